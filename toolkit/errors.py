@@ -1,0 +1,50 @@
+"""Typed errors. Every user-facing failure is a ``YolokitError`` subclass with a one-line message
+that names the file and the fix; the CLI maps ``exit_code`` to the process exit status."""
+
+from __future__ import annotations
+
+
+class YolokitError(Exception):
+    """Base class of every error yolokit raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(YolokitError):
+    """A path, option or image the user gave cannot be used."""
+
+    exit_code = 2
+
+
+class ModelFileError(YolokitError):
+    """A model file is missing, truncated, corrupt, of the wrong kind or unsupported."""
+
+    exit_code = 3
+
+
+class UnsafeCheckpointError(ModelFileError):
+    """A checkpoint's pickle asks for something outside the allow-list; nothing was executed."""
+
+
+class BackendUnavailableError(YolokitError):
+    """The runtime a backend needs is not installed, or the device it needs is absent."""
+
+    exit_code = 4
+
+
+class DownloadError(YolokitError):
+    """A weights download failed or did not match its checksum."""
+
+    exit_code = 5
+
+
+class ExportError(YolokitError):
+    """An export failed or its parity check against PyTorch did not pass."""
+
+    exit_code = 6
+
+
+class OutputError(YolokitError):
+    """The output folder cannot be created or written (permissions, full disk)."""
+
+    exit_code = 7
