@@ -56,6 +56,10 @@ class Detections:
         out[:, 3] = (b[:, 3] - b[:, 1]) / h
         return out
 
+    def rounded(self) -> Detections:
+        """A copy with box corners rounded to whole pixels (what YOLOv5's detect.py writes)."""
+        return Detections(np.round(self.xyxy), self.confidence, self.class_id, self.names, self.path, self.shape)
+
     def __getitem__(self, index: slice | np.ndarray) -> Detections:
         return Detections(self.xyxy[index], self.confidence[index], self.class_id[index],
                           self.names, self.path, self.shape)

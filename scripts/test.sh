@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's test command: make a virtual environment, install yolokit with the CPU runtimes and the
+# test tools, then run ruff, mypy and pytest. Shared data is found via $YOLOKIT_SHARED or ../shared.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${YOLOKIT_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip
+# torch first, pinned: the local CPU wheel (an unpinned torch pulls gigabytes of CUDA packages)
+"$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q -e ".[onnx,openvino,samples,dev]"
+"$PY" -m ruff check toolkit backends tests scripts
+"$PY" -m mypy
+"$PY" -m pytest -q "$@"

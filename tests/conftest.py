@@ -1,0 +1,52 @@
+"""Shared fixtures: where the shared data is, and skips with a stated reason where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("YOLOKIT_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set YOLOKIT_SHARED to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _need(shared_dir(), "shared data folder")
+
+
+@pytest.fixture(scope="session")
+def yolov5n_pt() -> Path:
+    return _need(shared_dir() / "weights" / "yolov5n.pt", "official yolov5n.pt")
+
+
+@pytest.fixture(scope="session")
+def coco128() -> Path:
+    return _need(shared_dir() / "datasets" / "coco128", "coco128 dataset")
+
+
+@pytest.fixture(scope="session")
+def coco128_images(coco128: Path) -> Path:
+    return _need(coco128 / "images" / "train2017", "coco128 images")
+
+
+@pytest.fixture(scope="session")
+def reference(shared: Path) -> Path:
+    return _need(shared / "reference" / "coco128_yolov5n", "official YOLOv5 reference outputs")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_pt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A built-in config name: yolokit builds it with random weights (no file needed)."""
+    return "yolov5n.yaml"

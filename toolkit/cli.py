@@ -1,0 +1,228 @@
+"""The ``yolokit`` command line. It parses, calls the library, prints, and maps errors to exit codes.
+
+Exit codes: 0 success; 1 some inputs failed (the rest were processed); 2 bad input or options;
+3 bad model file; 4 backend or device unavailable; 5 download failed; 6 export failed; 7 output not
+writable; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.errors import InputError, YolokitError
+
+app = typer.Typer(
+    name="yolokit",
+    help="Run YOLOv5 over many images: detect, validate, export, benchmark.\n\n"
+         "Quick start: `yolokit run` (sample photos, yolov5n) or `yolokit run photos/ --save-txt`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+weights_app = typer.Typer(help="List, download and verify official YOLOv5 checkpoints.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"yolokit: {msg}", err=True)
+
+
+def _parse_classes(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.replace(" ", "").split(",") if c)
+    except ValueError:
+        raise InputError(f"--classes takes class ids like 0,2,5, got {text!r}") from None
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=None, rate="")
+        return self
+
+    def update(self, done: int, total: int, *_: Any) -> None:
+        if self._bar is not None:
+            elapsed = self._bar.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
+            self._bar.update(self._task, completed=done, total=total, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+@app.command()
+def run(
+    source: Annotated[str | None, typer.Argument(
+        help="Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths, or video. "
+             "Default: a few sample photos shipped with scikit-image.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Model: .pt checkpoint, .onnx, OpenVINO .xml/folder, .engine, or a name (yolov5n..yolov5x). "
+             "Default: $YOLOKIT_WEIGHTS, the cache, ../shared/weights, then download yolov5n.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Force a backend (torch, onnx, openvino, trt); "
+                                                     "default: chosen from the model file.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    half: Annotated[bool | None, typer.Option("--half/--fp32", help="FP16 (CUDA only); default FP16 on "
+                                                                    "CUDA, FP32 on the CPU.")] = None,
+    imgsz: Annotated[int, typer.Option(help="Inference size: the long side, in pixels (multiple of 32).")] = 640,
+    conf: Annotated[float, typer.Option(help="Confidence threshold (objectness x class score).")] = 0.25,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
+    max_det: Annotated[int, typer.Option(help="At most this many detections per image.")] = 1000,
+    classes: Annotated[str | None, typer.Option(help="Keep only these class ids, e.g. 0,2.")] = None,
+    agnostic_nms: Annotated[bool, typer.Option(help="Class-agnostic NMS.")] = False,
+    batch: Annotated[int, typer.Option(help="Images per inference batch.")] = 1,
+    save_txt: Annotated[bool, typer.Option(help="Write labels/<name>.txt: class xc yc w h, normalised "
+                                                "(YOLO format).")] = False,
+    save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
+    save_json: Annotated[bool, typer.Option(help="Write predictions.json in COCO results format.")] = False,
+    nosave: Annotated[bool, typer.Option(help="Do not write annotated images.")] = False,
+    project: Annotated[str, typer.Option(help="Parent folder of the run folder.")] = "runs/detect",
+    name: Annotated[str, typer.Option(help="Run folder name (exp, exp2, ... when it exists).")] = "exp",
+    exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME instead of making a new one.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Detect objects in images or videos and write annotated images, labels and a summary.
+
+    Every input ends up processed or listed in failures.jsonl with its reason; the exit code is 1 when
+    any input failed.
+
+    Examples:\n
+      yolokit run photos/ --save-txt --nosave\n
+      yolokit run 'survey/**/*.jpg' --weights yolov5s.onnx --save-json --json
+    """
+    from toolkit.run import RunOptions, format_summary
+    from toolkit.run import run as run_job
+
+    opts = RunOptions(source=source, weights=weights, backend=backend, device=device, half=half,
+                      imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
+                      agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
+                      nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch)
+    with _Progress(not json_out, "detecting") as bar:
+        summary = run_job(opts, progress=bar.update)
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=1))
+    else:
+        typer.echo(format_summary(summary))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def val(
+    weights: Annotated[str | None, typer.Option(help="Model to evaluate (any format yolokit runs).")] = None,
+    data: Annotated[str, typer.Option(help="A YOLO dataset yaml, or a folder with images/ and labels/.")] = "",
+    backend: Annotated[str | None, typer.Option(help="Force a backend.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    imgsz: Annotated[int, typer.Option(help="Inference size (long side).")] = 640,
+    conf: Annotated[float, typer.Option(help="Confidence threshold for evaluation.")] = 0.001,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.6,
+    max_det: Annotated[int, typer.Option(help="Detections per image kept.")] = 300,
+    batch: Annotated[int, typer.Option(help="Images per inference batch.")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """COCO-style mAP50-95 and mAP50 (pycocotools), precision and recall on a labelled dataset.
+
+    Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128
+    """
+    from toolkit.val import ValOptions, format_metrics, validate
+
+    if not data:
+        raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
+    metrics = validate(ValOptions(weights=weights or "yolov5n", data=data, backend=backend, device=device,
+                                  imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch))
+    typer.echo(json.dumps(metrics, indent=1) if json_out else format_metrics(metrics))
+
+
+@app.command()
+def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported artifact or model name.")],
+         json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Show a model's classes, stride, input size, batch, precision, parameters and GFLOPs."""
+    from toolkit.inspect import model_info
+
+    data = model_info(model)
+    if json_out:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    for k, v in data.items():
+        if k == "names":
+            v = f"{len(v)} classes: " + ", ".join(list(v.values())[:10]) + (" ..." if len(v) > 10 else "")
+        typer.echo(f"{k:>16}: {v}")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """List the official checkpoints yolokit knows, and which are in the cache."""
+    from toolkit.weights import MANIFEST, default_cache_dir, verify
+
+    cache = default_cache_dir()
+    for entry in MANIFEST.values():
+        state = "cached" if verify(cache / entry.name, entry) else ""
+        typer.echo(f"{entry.name:<12} {entry.size / 1e6:7.1f} MB  {entry.sha256[:12]}…  {state}")
+    typer.echo(f"cache: {cache}")
+
+
+@weights_app.command("download")
+def weights_download(
+    names: Annotated[list[str], typer.Argument(help="Names like yolov5n yolov5s.")],
+    cache_dir: Annotated[str | None, typer.Option(help="Where to put them (default: the cache).")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from this URL instead (one name only).")] = None,
+) -> None:
+    """Download official checkpoints, verify size and sha256, and store them atomically in the cache."""
+    from toolkit.weights import download
+
+    if url and len(names) != 1:
+        raise InputError("--url takes exactly one name")
+    for n in names:
+        path = download(n, cache_dir=Path(cache_dir) if cache_dir else None, url=url)
+        typer.echo(f"{path}  (verified)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the Typer app and map yolokit errors to exit codes."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except YolokitError as e:
+        _err(str(e))
+        return e.exit_code
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            _err("aborted")
+            return 130
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

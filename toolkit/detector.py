@@ -1,0 +1,240 @@
+"""``Detector``: one interface over every backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.detections import Detections
+from toolkit.errors import InputError, YolokitError
+from toolkit.meta import ModelMeta
+from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.sources import ImageReadError, InputRef, SourceList, iter_video, list_sources, read_image
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over images (for ms/image reports)."""
+
+    read: float = 0.0
+    pre: float = 0.0
+    infer: float = 0.0
+    post: float = 0.0
+    images: int = 0
+
+    def ms_per_image(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        return {k: 1000 * getattr(self, k) / n for k in ("read", "pre", "infer", "post")}
+
+
+@dataclass
+class Result:
+    """One input's outcome: detections, or the reason it failed."""
+
+    ref: InputRef
+    detections: Detections | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # the BGR image, when asked to keep it
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Prepared:
+    index: int
+    ref: InputRef
+    chw: np.ndarray
+    info: LetterboxInfo
+    image: np.ndarray | None
+
+
+class Detector:
+    """Detect objects with a YOLOv5 model from any backend.
+
+    ``weights`` is a ``.pt`` checkpoint, an exported artifact (``.onnx``, OpenVINO ``.xml`` or folder,
+    TensorRT ``.engine``), a manifest name (``yolov5n``) or a built-in config (``yolov5s.yaml``, random
+    weights). The backend is chosen from the file unless ``backend`` is given.
+    """
+
+    def __init__(self, weights: str | Path, backend: str | None = None, device: str = "cpu",
+                 half: bool | None = None, imgsz: int | tuple[int, int] = 640, conf: float = 0.25,
+                 iou: float = 0.45, max_det: int = 1000, classes: Sequence[int] | None = None,
+                 agnostic: bool = False, multi_label: bool = False, threads: int | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        import backends
+        from backends.base import LoadOptions
+        from toolkit.weights import resolve_weights
+
+        if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+            raise InputError(f"conf and iou must be in [0, 1], got conf={conf} iou={iou}")
+        if max_det < 1:
+            raise InputError(f"max_det must be at least 1, got {max_det}")
+        from toolkit.loader import is_builtin_config
+
+        text = str(weights)
+        path = Path(text) if is_builtin_config(Path(text).name) and not Path(text).exists() else resolve_weights(text)
+        self.weights = path
+        self.backend_name = backend or backends.backend_for(path)
+        module = backends.require(self.backend_name)
+        size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+        self.runner = module.load(path, LoadOptions(device=device, half=half, threads=threads,
+                                                    imgsz=size, options=dict(options or {})))
+        self.meta: ModelMeta = self.runner.meta
+        stride = self.meta.stride
+        if self.meta.imgsz is not None:
+            self.imgsz: tuple[int, int] = tuple(self.meta.imgsz)  # type: ignore[assignment]
+            self.auto = False
+        else:
+            self.imgsz = (max(stride, -(-size[0] // stride) * stride), max(stride, -(-size[1] // stride) * stride))
+            self.auto = True
+        self.nms = NMSOptions(conf=conf, iou=iou, max_det=max_det,
+                              classes=tuple(int(c) for c in classes) if classes is not None else None,
+                              agnostic=agnostic, multi_label=multi_label)
+        self.names = dict(self.meta.names)
+        self.times = StageTimes()
+
+    # -------------------------------------------------------------------------------------------- steps
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """BGR HWC uint8 -> (letterboxed CHW RGB uint8, letterbox info)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"images must be BGR uint8 (H, W, 3) arrays, got {image.dtype} {image.shape}")
+        lb, info = letterbox(image, self.imgsz, self.meta.stride, auto=self.auto)
+        return to_chw_rgb(lb), info
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a uint8 (B, 3, H, W) batch, padding a partial batch for a static artifact."""
+        n = len(batch)
+        static = self.meta.batch
+        if static is not None and n < static:
+            pad = np.zeros((static - n, *batch.shape[1:]), dtype=batch.dtype)
+            return self.runner.infer(np.concatenate([batch, pad]))[:n]
+        if static is not None and n > static:
+            return np.concatenate([self.infer(batch[i:i + static]) for i in range(0, n, static)])
+        return self.runner.infer(batch)
+
+    def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
+        xyxy, conf, cls = postprocess(pred, self.nms)
+        return Detections(scale_boxes(xyxy, info), conf, cls, self.names, path, info.src_shape)
+
+    # -------------------------------------------------------------------------------------------- API
+    def predict(self, images: np.ndarray | str | Path | Iterable[np.ndarray | str | Path],
+                batch: int = 1) -> list[Detections]:
+        """Detections for one image or a sequence of images (BGR arrays or paths), in order.
+
+        An unreadable path raises :class:`ImageReadError`; use :meth:`predict_iter` to carry on past it.
+        """
+        if isinstance(images, (np.ndarray, str, Path)):
+            images = [images]
+        items = list(images)
+        loaded: list[tuple[InputRef, np.ndarray]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray):
+                loaded.append((InputRef(f"image{i}", f"image{i}"), item))
+            else:
+                loaded.append((InputRef(str(item), Path(item).stem), read_image(str(item))))
+        out: list[Detections] = []
+        for res in self._run_loaded(iter(loaded), batch=batch):
+            if res.error is not None:
+                raise YolokitError(f"{res.ref.name}: {res.error}")
+            assert res.detections is not None
+            if res.ref.path.startswith("image") and not Path(res.ref.path).exists():
+                res.detections.path = None
+            out.append(res.detections)
+        return out
+
+    def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1,
+                     keep_images: bool = False) -> Iterator[Result]:
+        """Results for every input of ``source`` (see :func:`toolkit.sources.list_sources`), in input order.
+
+        Inputs that cannot be read come back as failed results with the reason; nothing is dropped.
+        """
+        sources = source if isinstance(source, SourceList) else list_sources(
+            [str(s) for s in source] if isinstance(source, list) else source)
+        for ref, reason in sources.failed:
+            yield Result(ref, error=reason)
+        yield from self._run_loaded(self._read_all(sources.items), batch=batch, keep_images=keep_images)
+
+    def _read_all(self, refs: Iterable[InputRef]) -> Iterator[tuple[InputRef, np.ndarray | str]]:
+        for ref in refs:
+            if ref.frame == -1:
+                for fref, frame, reason in iter_video(ref):
+                    yield (fref, frame if frame is not None else (reason or "unreadable"))
+                continue
+            t0 = time.perf_counter()
+            try:
+                img: np.ndarray | str = read_image(ref.path)
+            except ImageReadError as e:
+                img = e.reason
+            self.times.read += time.perf_counter() - t0
+            yield ref, img
+
+    def _run_loaded(self, loaded: Iterator[tuple[InputRef, np.ndarray | str]], batch: int = 1,
+                    keep_images: bool = False) -> Iterator[Result]:
+        batch = max(1, batch)
+        pending: list[_Prepared] = []
+        index = 0
+        results: dict[int, Result] = {}
+        next_out = 0
+        for ref, img in loaded:
+            if isinstance(img, str):
+                results[index] = Result(ref, error=img)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    chw, info = self.preprocess(img)
+                except (InputError, ValueError) as e:
+                    results[index] = Result(ref, error=str(e))
+                else:
+                    pending.append(_Prepared(index, ref, chw, info, img if keep_images else None))
+                self.times.pre += time.perf_counter() - t0
+            index += 1
+            if len(pending) >= batch:
+                results.update(self._flush(pending))
+                pending = []
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+        results.update(self._flush(pending))
+        while next_out in results:
+            yield results.pop(next_out)
+            next_out += 1
+
+    def _flush(self, pending: list[_Prepared]) -> dict[int, Result]:
+        """Infer prepared images, grouped by letterboxed shape, and post-process them."""
+        out: dict[int, Result] = {}
+        groups: dict[tuple[int, ...], list[_Prepared]] = {}
+        for p in pending:
+            groups.setdefault(p.chw.shape, []).append(p)
+        for group in groups.values():
+            t0 = time.perf_counter()
+            try:
+                preds = self.infer(np.stack([p.chw for p in group]))
+            except YolokitError as e:
+                for p in group:
+                    out[p.index] = Result(p.ref, error=f"inference failed: {e}")
+                continue
+            t1 = time.perf_counter()
+            for p, pred in zip(group, preds, strict=True):
+                det = self.postprocess(pred, p.info, p.ref.path)
+                out[p.index] = Result(p.ref, det, image=p.image)
+            t2 = time.perf_counter()
+            self.times.infer += t1 - t0
+            self.times.post += t2 - t1
+            self.times.images += len(group)
+        return out
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""Turn a checkpoint, an architecture yaml or a built-in model name into a ready PyTorch model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.errors import ModelFileError
+from toolkit.meta import ModelMeta
+from toolkit.model import BUILTIN_CONFIGS, YOLOv5, build_model
+
+
+@dataclass
+class LoadedModel:
+    """A fused FP32 model on the CPU with its metadata (the source for every backend and export)."""
+
+    model: YOLOv5
+    meta: ModelMeta
+    path: Path | None
+
+
+def is_builtin_config(name: str) -> bool:
+    """True for built-in model names like ``yolov5s.yaml`` (random weights)."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    return stem in BUILTIN_CONFIGS
+
+
+def load_model(weights: str | Path, nc: int = 80) -> LoadedModel:
+    """Load an official or custom YOLOv5 ``.pt`` checkpoint (through the allow-listed unpickler), an
+    architecture ``.yaml`` file, or a built-in name like ``yolov5s.yaml`` (random weights, for benchmarks)."""
+    text = str(weights)
+    path = Path(text)
+    if not path.exists() and is_builtin_config(path.name):
+        model = build_model(path.name.removesuffix(".yaml"), nc=nc).fuse().eval()
+        names = {i: f"class{i}" for i in range(nc)}
+        meta = ModelMeta(names=names, stride=model.stride, extra={"arch": path.name, "random_init": True})
+        return LoadedModel(model, meta, None)
+    if path.suffix in (".yaml", ".yml"):
+        return _load_yaml(path)
+    from toolkit.checkpoint import read_checkpoint
+
+    raw = read_checkpoint(path)
+    try:
+        model = YOLOv5(raw.arch)
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in raw.state_dict.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        raise ModelFileError(f"{path}: the weights do not fit the architecture the checkpoint describes "
+                             f"({first}); the file may be corrupt or from an unsupported YOLOv5 variant") from None
+    if raw.names and len(raw.names) != model.nc:
+        raise ModelFileError(f"{path}: the checkpoint names {len(raw.names)} classes but its head has {model.nc}")
+    modules = dict(model.named_modules())
+    for name, eps in raw.bn_eps.items():  # eps is an attribute, not state: YOLOv5 trains with 1e-3
+        bn = modules.get(name)
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.eps = eps
+    model.set_strides(raw.stride or None)
+    model.fuse().eval()
+    names = raw.names or {i: f"class{i}" for i in range(model.nc)}
+    meta = ModelMeta(names=names, stride=model.stride, source_sha256=raw.sha256,
+                     extra={"checkpoint": path.name, "weights_from": raw.source_key})
+    return LoadedModel(model, meta, path)
+
+
+def _load_yaml(path: Path) -> LoadedModel:
+    import yaml
+
+    try:
+        arch: Any = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ModelFileError(f"{path}: cannot read the architecture yaml ({e})") from None
+    if not isinstance(arch, dict):
+        raise ModelFileError(f"{path}: not a YOLOv5 architecture yaml")
+    try:
+        model = build_model(arch).fuse().eval()
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    names_any = arch.get("names") or {}
+    names = ({int(k): str(v) for k, v in names_any.items()} if isinstance(names_any, dict)
+             else {i: str(v) for i, v in enumerate(names_any)}) or {i: f"class{i}" for i in range(model.nc)}
+    meta = ModelMeta(names=names, stride=model.stride, extra={"arch": path.name, "random_init": True})
+    return LoadedModel(model, meta, path)
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return torch.float16 if precision == "fp16" else torch.float32

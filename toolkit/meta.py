@@ -1,0 +1,53 @@
+"""Metadata that travels with every model artifact, so ``Detector(path)`` needs nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+YOLOKIT_VERSION = "0.1.0"
+META_KEY = "yolokit"  # key under which artifacts store the JSON (ONNX metadata_props, OpenVINO rt_info, ...)
+
+
+@dataclass
+class ModelMeta:
+    """What a runner needs to know about its model.
+
+    ``imgsz`` is the fixed input ``(h, w)`` of a static artifact, or ``None`` when any multiple of ``stride``
+    is accepted. ``batch`` is the static batch size, or ``None`` for a dynamic batch up to ``max_batch``
+    (``None``: unbounded).
+    """
+
+    names: dict[int, str]
+    stride: int = 32
+    imgsz: tuple[int, int] | None = None
+    batch: int | None = None
+    max_batch: int | None = None
+    precision: str = "fp32"
+    format: str = "pt"
+    source_sha256: str | None = None
+    yolokit_version: str = YOLOKIT_VERSION
+    runtime_versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["names"] = {str(k): v for k, v in self.names.items()}
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        d = json.loads(text)
+        if not isinstance(d, dict) or "names" not in d:
+            raise ValueError("not yolokit metadata (no 'names')")
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        d["names"] = {int(k): str(v) for k, v in d["names"].items()}
+        if d.get("imgsz") is not None:
+            d["imgsz"] = tuple(int(v) for v in d["imgsz"])
+        return cls(**d)

@@ -1,0 +1,190 @@
+"""Pure pre- and post-processing functions: letterbox, NMS, box conversions and scaling.
+
+All work on numpy arrays, hold no state, and follow YOLOv5's semantics (documented per function) so
+that detections match the official code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an image was letterboxed: scale ``ratio`` and the left/top padding, and both shapes (h, w)."""
+
+    ratio: float
+    pad: tuple[float, float]  # (dw, dh): padding on the left and top, before rounding
+    src_shape: tuple[int, int]
+    dst_shape: tuple[int, int]
+
+
+def letterbox_shape(src_shape: tuple[int, int], imgsz: int | tuple[int, int], stride: int = 32,
+                    auto: bool = True, scaleup: bool = True) -> tuple[tuple[int, int], tuple[int, int], float]:
+    """Shapes of a letterbox without doing it: ``(resized (h, w), output (h, w), ratio)``.
+
+    ``auto=True`` (rect): the long side goes to ``imgsz`` and the short side is padded only up to the
+    next multiple of ``stride``. ``auto=False``: padded to the fixed ``imgsz``.
+    """
+    h0, w0 = src_shape
+    th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    r = min(th / h0, tw / w0)
+    if not scaleup:
+        r = min(r, 1.0)
+    nw, nh = int(round(w0 * r)), int(round(h0 * r))
+    if auto:
+        oh = nh + (th - nh) % stride
+        ow = nw + (tw - nw) % stride
+    else:
+        oh, ow = th, tw
+    return (nh, nw), (oh, ow), r
+
+
+def letterbox(img: np.ndarray, imgsz: int | tuple[int, int] = 640, stride: int = 32, auto: bool = True,
+              scaleup: bool = True, color: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize keeping the aspect ratio (bilinear) and pad with grey, padding split evenly.
+
+    Returns the HWC image (same channel order as the input) and the :class:`LetterboxInfo` to map boxes back.
+    """
+    h0, w0 = img.shape[:2]
+    (nh, nw), (oh, ow), r = letterbox_shape((h0, w0), imgsz, stride, auto, scaleup)
+    dw, dh = (ow - nw) / 2, (oh - nh) / 2
+    if (h0, w0) != (nh, nw):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    if top or bottom or left or right:
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                 value=(color, color, color))
+    return img, LetterboxInfo(r, (dw, dh), (h0, w0), (oh, ow))
+
+
+def to_chw_rgb(img_bgr: np.ndarray) -> np.ndarray:
+    """HWC BGR uint8 -> contiguous CHW RGB uint8 (the model's input layout, before /255)."""
+    return np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def xywh2xyxy(x: np.ndarray) -> np.ndarray:
+    y = np.empty_like(x)
+    y[..., 0] = x[..., 0] - x[..., 2] / 2
+    y[..., 1] = x[..., 1] - x[..., 3] / 2
+    y[..., 2] = x[..., 0] + x[..., 2] / 2
+    y[..., 3] = x[..., 1] + x[..., 3] / 2
+    return y
+
+
+def xyxy2xywh(x: np.ndarray) -> np.ndarray:
+    y = np.empty_like(x)
+    y[..., 0] = (x[..., 0] + x[..., 2]) / 2
+    y[..., 1] = (x[..., 1] + x[..., 3]) / 2
+    y[..., 2] = x[..., 2] - x[..., 0]
+    y[..., 3] = x[..., 3] - x[..., 1]
+    return y
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``."""
+    a = a.astype(np.float64, copy=False)
+    b = b.astype(np.float64, copy=False)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS: indices of kept boxes, highest score first. A box is suppressed when its IoU with a
+    kept box is strictly greater than ``iou_thres`` (torchvision's rule). Stops after ``max_keep``."""
+    order = np.argsort(-scores, kind="stable")
+    boxes = boxes.astype(np.float32, copy=False)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    limit = len(order) if max_keep is None else max_keep
+    while order.size and len(keep) < limit:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        xx1 = np.maximum(x1[i], x1[rest])
+        yy1 = np.maximum(y1[i], y1[rest])
+        xx2 = np.minimum(x2[i], x2[rest])
+        yy2 = np.minimum(y2[i], y2[rest])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        union = areas[i] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= iou_thres]
+    return np.asarray(keep, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class NMSOptions:
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 1000
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    multi_label: bool = False
+    max_nms: int = 30000
+    max_wh: float = 7680.0
+
+
+def postprocess(pred: np.ndarray, opts: NMSOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw predictions ``(N, 5 + nc)`` (xywh, objectness, class scores) -> ``(xyxy, conf, cls)``
+    in model-input pixels, after YOLOv5's filtering and per-class NMS.
+
+    objectness > conf; score = objectness x class score; the best class (or, with ``multi_label``, every
+    class whose score > conf); optional class filter; the ``max_nms`` highest scores go into NMS, boxes
+    offset by class unless ``agnostic``; at most ``max_det`` kept. There is no time limit.
+    """
+    pred = np.asarray(pred, dtype=np.float32)
+    x = pred[pred[:, 4] > opts.conf]
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    if not len(x):
+        return empty
+    cls_scores = x[:, 5:] * x[:, 4:5]
+    box = xywh2xyxy(x[:, :4])
+    if opts.multi_label:
+        i, j = np.nonzero(cls_scores > opts.conf)
+        box, conf, cls = box[i], cls_scores[i, j], j
+    else:
+        cls = cls_scores.argmax(1)
+        conf = cls_scores[np.arange(len(cls)), cls]
+        m = conf > opts.conf
+        box, conf, cls = box[m], conf[m], cls[m]
+    if opts.classes is not None:
+        m = np.isin(cls, np.asarray(opts.classes))
+        box, conf, cls = box[m], conf[m], cls[m]
+    if not len(box):
+        return empty
+    order = np.argsort(-conf, kind="stable")[: opts.max_nms]
+    box, conf, cls = box[order], conf[order], cls[order]
+    offset = 0.0 if opts.agnostic else opts.max_wh
+    keep = nms(box + cls[:, None].astype(np.float32) * offset, conf, opts.iou, opts.max_det)
+    return box[keep], conf[keep], cls[keep].astype(np.int64)
+
+
+def scale_boxes(boxes: np.ndarray, info: LetterboxInfo, clip: bool = True) -> np.ndarray:
+    """Map xyxy boxes from letterboxed-input pixels back to the source image, clipped to it.
+
+    Like YOLOv5, the gain and padding are recomputed from the two shapes.
+    """
+    (h1, w1), (h0, w0) = info.dst_shape, info.src_shape
+    gain = min(h1 / h0, w1 / w0)
+    padx, pady = (w1 - w0 * gain) / 2, (h1 - h0 * gain) / 2
+    out = boxes.astype(np.float32, copy=True)
+    out[:, [0, 2]] -= padx
+    out[:, [1, 3]] -= pady
+    out[:, :4] /= gain
+    if clip:
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w0)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h0)
+    return out

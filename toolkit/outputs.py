@@ -1,0 +1,111 @@
+"""Output formats: YOLO label files, COCO results JSON, annotated images. Files are written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from toolkit.detections import Detections
+from toolkit.errors import OutputError
+
+# COCO's 80 detection classes in YOLO order mapped to the 91-id category numbering of COCO json files
+COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+                31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+                56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+                85, 86, 87, 88, 89, 90)
+
+
+def is_coco_names(names: dict[int, str]) -> bool:
+    return len(names) == 80 and names.get(0) == "person" and names.get(79) == "toothbrush"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OutputError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from None
+
+
+def label_lines(det: Detections, save_conf: bool = False) -> str:
+    """YOLO label text: ``class xc yc w h [conf]`` per box, normalised to the original image, ``%g``."""
+    lines = []
+    for (xc, yc, w, h), c, cls in zip(det.xywhn(), det.confidence, det.class_id, strict=True):
+        vals: tuple[float, ...] = (float(cls), xc, yc, w, h) + ((float(c),) if save_conf else ())
+        lines.append(" ".join("%g" % v for v in vals))
+    return "".join(line + "\n" for line in lines)
+
+
+def write_labels(path: Path, det: Detections, save_conf: bool = False) -> None:
+    atomic_write_bytes(path, label_lines(det, save_conf).encode())
+
+
+def coco_image_id(key: str) -> int | str:
+    stem = Path(key).name
+    return int(stem) if stem.isnumeric() else key
+
+
+def coco_results(det: Detections, image_id: int | str) -> list[dict[str, Any]]:
+    """COCO results entries (``bbox`` as top-left x, y, width, height in pixels)."""
+    coco = is_coco_names(det.names)
+    out = []
+    for (x1, y1, x2, y2), c, cls in zip(det.xyxy.tolist(), det.confidence.tolist(), det.class_id.tolist(),
+                                        strict=True):
+        out.append({"image_id": image_id, "category_id": COCO80_TO_91[cls] if coco else int(cls),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(c, 5)})
+    return out
+
+
+def _color(cls: int) -> tuple[int, int, int]:
+    # a fixed, well-spread palette from the golden-ratio hue sequence
+    hue = int((cls * 0.618033988749895 % 1.0) * 180)
+    hsv = np.uint8([[[hue, 200, 230]]])  # type: ignore[call-overload]
+    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
+    return int(b), int(g), int(r)
+
+
+def annotate(image: np.ndarray, det: Detections, line_width: int | None = None) -> np.ndarray:
+    """A copy of ``image`` with boxes and ``name conf`` labels drawn."""
+    out = image.copy()
+    lw = line_width or max(round(sum(out.shape[:2]) / 2 * 0.003), 2)
+    font_scale = lw / 3
+    for (x1, y1, x2, y2), c, cls in zip(det.xyxy, det.confidence, det.class_id, strict=True):
+        color = _color(int(cls))
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(out, p1, p2, color, lw, cv2.LINE_AA)
+        label = f"{det.names.get(int(cls), str(int(cls)))} {c:.2f}"
+        tf = max(lw - 1, 1)
+        w, h = cv2.getTextSize(label, 0, font_scale, tf)[0]
+        outside = p1[1] - h >= 3
+        q = (p1[0] + w, p1[1] - h - 3 if outside else p1[1] + h + 3)
+        cv2.rectangle(out, p1, q, color, -1, cv2.LINE_AA)
+        cv2.putText(out, label, (p1[0], p1[1] - 2 if outside else p1[1] + h + 2), 0, font_scale,
+                    (255, 255, 255), tf, cv2.LINE_AA)
+    return out
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    ext = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
+    ok, buf = cv2.imencode(ext, image)
+    if not ok:
+        raise OutputError(f"{path}: cannot encode the annotated image")
+    atomic_write_bytes(path.with_suffix(ext), buf.tobytes())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())

@@ -1,0 +1,182 @@
+"""The ``yolokit run`` job: detect over a SOURCE, write outputs, account for every input."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.detector import Detector, Result
+from toolkit.errors import InputError, OutputError
+from toolkit.outputs import annotate, coco_image_id, coco_results, write_image, write_json, write_labels
+from toolkit.sources import list_sources
+
+
+@dataclass
+class RunOptions:
+    """Options of a detection run (the CLI's ``yolokit run`` flags)."""
+
+    source: str | None = None
+    weights: str | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    half: bool | None = None
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 1000
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    nosave: bool = False
+    project: str = "runs/detect"
+    name: str = "exp"
+    exist_ok: bool = False
+    batch: int = 1
+    round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    weights: str
+    backend: str
+    source: str
+    images: int = 0
+    processed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    detections: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    img_per_s: float = 0.0
+    ms_per_image: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def increment_dir(project: str, name: str, exist_ok: bool) -> Path:
+    """``project/name``, or ``name2``, ``name3``... when it exists and ``exist_ok`` is false."""
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"
+
+
+def prepare_out_dir(path: Path) -> None:
+    """Create the output folder and prove it is writable, or fail now with a clear error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".yolokit-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write the output folder ({e.strerror or e}); "
+                          f"choose another with --project/--name or free some space") from None
+
+
+ProgressFn = Callable[[int, int, Result], None]
+
+
+def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
+    """Run detection over ``opts.source`` and write the outputs under ``project/name``.
+
+    Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
+    ``progress(done, total, result)`` is called after each input.
+    """
+    from toolkit.samples import sample_paths
+
+    source: str | list[str] = opts.source if opts.source is not None else sample_paths()
+    sources = list_sources(source)
+    out_dir = increment_dir(opts.project, opts.name, opts.exist_ok)
+    prepare_out_dir(out_dir)
+    t0 = time.perf_counter()
+    own = detector is None
+    det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
+                               half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
+                               max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
+    summary = RunSummary(out_dir=str(out_dir), weights=str(det.weights), backend=det.backend_name,
+                         source=str(opts.source or "scikit-image sample photos"),
+                         settings={"imgsz": list(det.imgsz), "conf": opts.conf, "iou": opts.iou,
+                                   "max_det": opts.max_det, "batch": opts.batch,
+                                   "precision": det.meta.precision})
+    total = len(sources.items) + len(sources.failed)
+    counts: Counter[str] = Counter()
+    coco: list[dict[str, Any]] = []
+    failures_path = out_dir / "failures.jsonl"
+    labels_dir = out_dir / "labels"
+    done = 0
+    try:
+        with failures_path.open("w") as failures:
+            for res in det.predict_iter(sources, batch=opts.batch, keep_images=not opts.nosave):
+                done += 1
+                summary.images += 1
+                if res.error is not None:
+                    summary.failed.append({"path": res.ref.name, "reason": res.error})
+                    failures.write(json.dumps({"path": res.ref.name, "reason": res.error}) + "\n")
+                    failures.flush()
+                else:
+                    d = res.detections
+                    assert d is not None
+                    if opts.round_boxes:
+                        d = d.rounded()
+                    summary.processed += 1
+                    summary.detections += len(d)
+                    counts.update(d.class_names)
+                    if opts.save_txt and len(d):
+                        write_labels(labels_dir / f"{res.ref.key}.txt", d, opts.save_conf)
+                    if opts.save_json:
+                        coco.extend(coco_results(d, coco_image_id(res.ref.key)))
+                    if not opts.nosave and res.image is not None:
+                        suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
+                        write_image(out_dir / f"{res.ref.key}{suffix}", annotate(res.image, d))
+                if progress is not None:
+                    progress(done, total, res)
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e})") from None
+    finally:
+        if own:
+            det.close()
+    if opts.save_json:
+        write_json(out_dir / "predictions.json", coco)
+    summary.wall_s = time.perf_counter() - t0
+    summary.img_per_s = summary.processed / summary.wall_s if summary.wall_s > 0 else 0.0
+    summary.per_class = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary.ms_per_image = {k: round(v, 2) for k, v in det.times.ms_per_image().items()}
+    write_json(out_dir / "summary.json", summary.to_dict())
+    if summary.images == 0:
+        raise InputError(f"{source}: no inputs to process")
+    return summary
+
+
+def format_summary(s: RunSummary) -> str:
+    """A short human-readable summary."""
+    lines = [f"{s.processed}/{s.images} images processed in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
+             f"{s.detections} detections; backend {s.backend}, weights {os.path.basename(s.weights)}"]
+    if s.per_class:
+        lines.append("  " + ", ".join(f"{n} {k}" for k, n in list(s.per_class.items())[:12])
+                     + (" ..." if len(s.per_class) > 12 else ""))
+    if s.ms_per_image:
+        lines.append("  ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
+    if s.failed:
+        lines.append(f"  {len(s.failed)} failed (listed in {s.out_dir}/failures.jsonl):")
+        lines.extend(f"    {f['path']}: {f['reason']}" for f in s.failed[:20])
+        if len(s.failed) > 20:
+            lines.append(f"    ... and {len(s.failed) - 20} more")
+    lines.append(f"  results in {s.out_dir}")
+    return "\n".join(lines)
