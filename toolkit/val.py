@@ -135,8 +135,14 @@ def coco_map(samples: list[Sample], dets: list[Detections], max_det: int = 300) 
         ev.params.maxDets = [1, 10, max_det]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    return {"map50_95": float(ev.stats[0]), "map50": float(ev.stats[1])}
+    # read AP at maxDets=max_det directly (summarize() hard-wires 100 for its first figure)
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # [iou thresholds, recall points, classes], area 'all'
+    valid = prec > -1
+
+    def _mean(p: np.ndarray, v: np.ndarray) -> float:
+        return float(p[v].mean()) if v.any() else 0.0
+
+    return {"map50_95": _mean(prec, valid), "map50": _mean(prec[0], valid[0])}
 
 
 def precision_recall(samples: list[Sample], dets: list[Detections], iou_thres: float = 0.5) -> dict[str, float]:
@@ -203,7 +209,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
         times = det.times.ms_per_image()
         backend, precision = det.backend_name, det.meta.precision
     metrics: dict[str, Any] = {
-        "weights": str(opts.weights), "backend": backend, "precision": precision, "data": opts.data,
+        "weights": str(opts.weights), "backend": backend, "model_precision": precision, "data": opts.data,
         "images": len(samples), "instances": int(sum(len(s.cls) for s in samples)),
         **coco_map(samples, dets, opts.max_det), **precision_recall(samples, dets),
         "ms_per_image": {k: round(v, 2) for k, v in times.items()},
@@ -216,7 +222,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
 
 def format_metrics(m: dict[str, Any]) -> str:
     ms = ", ".join(f"{k} {v:.1f}" for k, v in m["ms_per_image"].items())
-    lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['precision']})",
+    lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['model_precision']})",
              f"  mAP50-95 {m['map50_95']:.3f}  mAP50 {m['map50']:.3f}  P {m['precision']:.3f}  "
              f"R {m['recall']:.3f}",
              f"  ms/image: {ms}", f"  metric: {m['metric']}"]
