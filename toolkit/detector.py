@@ -83,7 +83,7 @@ class Detector:
         self.weights = path
         self.backend_name = backend or backends.backend_for(path)
         module = backends.require(self.backend_name)
-        size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+        size: tuple[int, int] = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
         self.runner = module.load(path, LoadOptions(device=device, half=half, threads=threads,
                                                     imgsz=size, options=dict(options or {})))
         self.meta: ModelMeta = self.runner.meta
@@ -179,10 +179,9 @@ class Detector:
                     keep_images: bool = False) -> Iterator[Result]:
         batch = max(1, batch)
         pending: list[_Prepared] = []
-        index = 0
         results: dict[int, Result] = {}
         next_out = 0
-        for ref, img in loaded:
+        for index, (ref, img) in enumerate(loaded):
             if isinstance(img, str):
                 results[index] = Result(ref, error=img)
             else:
@@ -194,7 +193,6 @@ class Detector:
                 else:
                     pending.append(_Prepared(index, ref, chw, info, img if keep_images else None))
                 self.times.pre += time.perf_counter() - t0
-            index += 1
             if len(pending) >= batch:
                 results.update(self._flush(pending))
                 pending = []

@@ -54,6 +54,7 @@ class Conv(nn.Module):
             return
         bn = self.bn
         assert isinstance(bn, nn.BatchNorm2d)
+        assert bn.running_var is not None and bn.running_mean is not None
         conv = self.conv
         with torch.no_grad():
             std = torch.sqrt(bn.running_var + bn.eps)
@@ -160,6 +161,8 @@ class Detect(nn.Module):
     """Detection head. Output: ``(B, N, 5 + nc)`` with ``xywh`` in input pixels, objectness and class
     scores (sigmoid applied), levels concatenated P3..P5(P6), each level ordered (anchor, y, x)."""
 
+    anchors: torch.Tensor
+
     def __init__(self, nc: int, anchors: list[list[float]], ch: list[int]) -> None:
         super().__init__()
         self.nc = nc
@@ -178,7 +181,7 @@ class Detect(nn.Module):
         key = (i, nx, ny, str(like.device), like.dtype)
         if not self.dynamic and key in self._grids:
             return self._grids[key]
-        anchors = self.anchors.to(like.device)  # type: ignore[operator]
+        anchors = self.anchors.to(like.device)
         y = torch.arange(ny, device=like.device, dtype=like.dtype)
         x = torch.arange(nx, device=like.device, dtype=like.dtype)
         yv, xv = torch.meshgrid(y, x, indexing="ij")
@@ -413,7 +416,7 @@ class YOLOv5(nn.Module):
         det.stride = [float(s) for s in strides]
         if anchors_in_pixels:
             with torch.no_grad():
-                det.anchors /= torch.tensor(det.stride, device=det.anchors.device).view(-1, 1, 1)  # type: ignore
+                det.anchors /= torch.tensor(det.stride, device=det.anchors.device).view(-1, 1, 1)
         det._grids.clear()
 
     @property
@@ -425,7 +428,9 @@ class YOLOv5(nn.Module):
         det = self.detect
         with torch.no_grad():
             for conv, s in zip(det.m, det.stride, strict=True):
-                b = conv.bias.view(det.na, -1)  # type: ignore[union-attr]
+                bias = conv.bias
+                assert isinstance(bias, torch.Tensor)
+                b = bias.view(det.na, -1)
                 b[:, 4] += math.log(8 / (640 / s) ** 2)
                 b[:, 5:] += math.log(0.6 / (det.nc - 0.99)) if det.nc > 1 else 0.0
 

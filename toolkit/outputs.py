@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -34,10 +35,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise OutputError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from None
 
 
@@ -46,7 +45,7 @@ def label_lines(det: Detections, save_conf: bool = False) -> str:
     lines = []
     for (xc, yc, w, h), c, cls in zip(det.xywhn(), det.confidence, det.class_id, strict=True):
         vals: tuple[float, ...] = (float(cls), xc, yc, w, h) + ((float(c),) if save_conf else ())
-        lines.append(" ".join("%g" % v for v in vals))
+        lines.append(" ".join(f"{v:g}" for v in vals))
     return "".join(line + "\n" for line in lines)
 
 
@@ -74,7 +73,7 @@ def coco_results(det: Detections, image_id: int | str) -> list[dict[str, Any]]:
 def _color(cls: int) -> tuple[int, int, int]:
     # a fixed, well-spread palette from the golden-ratio hue sequence
     hue = int((cls * 0.618033988749895 % 1.0) * 180)
-    hsv = np.uint8([[[hue, 200, 230]]])  # type: ignore[call-overload]
+    hsv = np.array([[[hue, 200, 230]]], dtype=np.uint8)
     b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
     return int(b), int(g), int(r)
 

@@ -1,0 +1,92 @@
+"""The command line: help, exit codes, outputs, info, and the default first run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from toolkit.cli import main
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_help_teaches() -> None:
+    out = _cli("run", "--help")
+    assert out.returncode == 0
+    for flag in ("--weights", "--save-txt", "--save-json", "--conf", "--json", "Examples"):
+        assert flag in out.stdout
+
+
+def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    out = _cli("run", str(tmp_path / "nope"), "--weights", "yolov5n.yaml", "--project", str(tmp_path))
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "nope" in lines[0] and "no such file" in lines[0]
+
+
+def test_missing_weights_exit_code(tmp_path: Path) -> None:
+    img = tmp_path / "a.jpg"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    assert main(["run", str(img), "--weights", str(tmp_path / "missing.pt"), "--project", str(tmp_path)]) == 2
+
+
+def test_corrupt_model_file_exit_code(tmp_path: Path) -> None:
+    img = tmp_path / "a.jpg"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert main(["run", str(img), "--weights", str(bad), "--project", str(tmp_path)]) == 3
+
+
+def test_json_summary_and_outputs_with_random_model(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "sub/b.png"):
+        cv2.imwrite(str(src / name), rng.integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    out = _cli("run", str(src), "--weights", "yolov5n.yaml", "--conf", "0.0001", "--project", str(tmp_path),
+               "--name", "j", "--save-txt", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["images"] == 2 and summary["processed"] == 2 and not summary["failed"]
+    assert summary["detections"] > 0
+    run_dir = Path(summary["out_dir"])
+    assert (run_dir / "a.jpg").is_file() and (run_dir / "sub" / "b.png").is_file()
+    assert (run_dir / "labels" / "sub" / "b.txt").is_file()
+    # a second run does not overwrite: exp -> exp2 style increment
+    out2 = _cli("run", str(src), "--weights", "yolov5n.yaml", "--project", str(tmp_path), "--name", "j", "--json",
+                "--nosave")
+    assert json.loads(out2.stdout)["out_dir"].endswith("j2")
+
+
+def test_default_run_on_sample_photos(yolov5n_pt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="scikit-image ships the sample photos")
+    out = _cli("run", "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--json", "--nosave")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert s["processed"] == 5
+    # real photos: the astronaut is a person, chelsea a cat, and there is a motorcycle
+    assert {"person", "cat", "motorcycle"} <= set(s["per_class"])
+
+
+def test_info_on_checkpoint(yolov5n_pt: Path) -> None:
+    out = _cli("info", str(yolov5n_pt), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["parameters"] == 1867405 and info["stride"] == 32
+    assert abs(info["gflops_640"] - 4.5) < 0.1
+    assert info["names"]["0"] == "person"
+
+
+def test_weights_list() -> None:
+    out = _cli("weights", "list")
+    assert out.returncode == 0 and "yolov5x.pt" in out.stdout

@@ -1,0 +1,96 @@
+"""yolokit's YOLOv5 model code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.errors import ModelFileError
+from toolkit.loader import load_model
+from toolkit.model import YOLOv5, build_model, builtin_config, count_gflops, count_parameters
+
+# parameter counts (unfused, fused) of the official architectures, from the YOLOv5 v7.0 model summaries
+OFFICIAL_PARAMS = {"yolov5n": (1872157, 1867405), "yolov5s": (7235389, 7225885)}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
+def test_builtin_parameter_counts(name: str) -> None:
+    m = build_model(name)
+    assert count_parameters(m) == OFFICIAL_PARAMS[name][0]
+    assert count_parameters(m.fuse()) == OFFICIAL_PARAMS[name][1]
+
+
+def test_p5_and_p6_strides_and_output_shape() -> None:
+    m = build_model("yolov5n")
+    assert m.detect.stride == [8.0, 16.0, 32.0]
+    y = m(torch.rand(2, 3, 256, 320))
+    assert y.shape == (2, 3 * (32 * 40 + 16 * 20 + 8 * 10), 85)
+    m6 = build_model("yolov5n6")
+    assert m6.detect.stride == [8.0, 16.0, 32.0, 64.0]
+    assert m6.stride == 64
+
+
+def test_fuse_keeps_outputs() -> None:
+    m = build_model("yolov5n")
+    # make BatchNorm non-trivial so fusion is really exercised
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        a = m(x)
+        b = m.fuse()(x)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gflops_yolov5n() -> None:
+    assert count_gflops(build_model("yolov5n")) == pytest.approx(4.5, abs=0.1)
+
+
+def test_unsupported_layers_and_activations_are_refused() -> None:
+    arch = builtin_config("yolov5n")
+    arch["backbone"][2][2] = "C3TR"
+    with pytest.raises(ModelFileError, match="unsupported architecture.*C3TR"):
+        YOLOv5(arch)
+    arch = builtin_config("yolov5n")
+    arch["activation"] = "__import__('os').system('x')"
+    with pytest.raises(ModelFileError, match="unsupported activation"):
+        YOLOv5(arch)
+
+
+def test_official_checkpoint_loads_with_its_batchnorm_eps(yolov5n_pt: Path) -> None:
+    loaded = load_model(yolov5n_pt)
+    assert loaded.meta.names[0] == "person" and len(loaded.meta.names) == 80
+    assert loaded.meta.stride == 32
+    assert loaded.meta.source_sha256 and loaded.meta.source_sha256.startswith("4f180cf2")
+    # every Conv is fused; unfused with the checkpoint's eps=1e-3 gives the same output
+    from toolkit.checkpoint import read_checkpoint
+
+    raw = read_checkpoint(yolov5n_pt)
+    assert set(raw.bn_eps.values()) == {0.001}
+    ref = YOLOv5(raw.arch)
+    ref.load_state_dict({k: v.float() for k, v in raw.state_dict.items()})
+    for mod in ref.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eps = 1e-3
+    ref.set_strides(raw.stride)
+    ref.eval()
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), ref(x), atol=2e-3, rtol=1e-3)
+
+
+def test_yaml_architecture_file(tmp_path: Path) -> None:
+    import yaml
+
+    arch = builtin_config("yolov5n", nc=3)
+    arch["names"] = ["a", "b", "c"]
+    p = tmp_path / "custom.yaml"
+    p.write_text(yaml.safe_dump(arch))
+    loaded = load_model(p)
+    assert loaded.meta.names == {0: "a", 1: "b", 2: "c"}
+    assert loaded.model(torch.rand(1, 3, 64, 64)).shape[-1] == 8

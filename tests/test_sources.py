@@ -1,0 +1,86 @@
+"""Finding inputs and reading images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from toolkit.errors import InputError
+from toolkit.sources import ImageReadError, list_sources, read_image
+
+
+def _jpg(path: Path, h: int = 40, w: int = 60) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def test_folder_is_recursive_sorted_and_keys_keep_relative_paths(tmp_path: Path) -> None:
+    _jpg(tmp_path / "b.jpg")
+    _jpg(tmp_path / "a" / "x.jpg")
+    _jpg(tmp_path / "c" / "x.jpg")  # same name in another folder: a distinct key
+    (tmp_path / "readme.md").write_text("not an input")
+    s = list_sources(tmp_path)
+    assert [r.key for r in s.items] == [os.path.join("a", "x"), "b", os.path.join("c", "x")]
+    assert not s.failed
+
+
+def test_glob_list_file_and_missing(tmp_path: Path) -> None:
+    a = _jpg(tmp_path / "imgs" / "a.jpg")
+    _jpg(tmp_path / "imgs" / "b.png")
+    assert len(list_sources(str(tmp_path / "imgs" / "*.jpg"))) == 1
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{a}\nimgs/b.png\n\n# comment\n")
+    assert [Path(r.path).name for r in list_sources(lst).items] == ["a.jpg", "b.png"]
+    with pytest.raises(InputError, match="no such file or folder"):
+        list_sources(tmp_path / "nope")
+    with pytest.raises(InputError, match="matches no files"):
+        list_sources(str(tmp_path / "*.gif"))
+
+
+def test_read_image_channels_depth_and_orientation(tmp_path: Path) -> None:
+    gray = tmp_path / "g.png"
+    cv2.imwrite(str(gray), np.full((10, 20), 200, np.uint8))
+    assert read_image(str(gray)).shape == (10, 20, 3)
+    rgba = tmp_path / "rgba.png"
+    cv2.imwrite(str(rgba), np.full((10, 20, 4), 100, np.uint8))
+    assert read_image(str(rgba)).shape == (10, 20, 3)
+    deep = tmp_path / "16.png"
+    cv2.imwrite(str(deep), np.full((10, 20, 3), 65535, np.uint16))
+    img = read_image(str(deep))
+    assert img.dtype == np.uint8 and img.max() == 255
+    # non-ASCII path and spaces
+    odd = _jpg(tmp_path / "über bild.jpg")
+    assert read_image(str(odd)).shape == (40, 60, 3)
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "empty file"),
+    (b"hello, not an image", "cannot decode"),
+    (os.urandom(5000), "cannot decode"),
+])
+def test_read_image_failures(tmp_path: Path, content: bytes, reason: str) -> None:
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageReadError, match=reason) as e:
+        read_image(str(p))
+    assert str(p) in str(e.value)
+
+
+def test_truncated_jpeg_and_missing(tmp_path: Path) -> None:
+    good = _jpg(tmp_path / "good.jpg", 200, 200)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(ImageReadError, match="truncated JPEG"):
+        read_image(str(cut))
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_image(str(tmp_path / "gone.jpg"))
+    link = tmp_path / "dangling.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(ImageReadError, match="broken symbolic link"):
+        read_image(str(link))
