@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends import torch_backend
+from backends import onnx_backend, openvino_backend, tensorrt_backend, torch_backend
 from backends.base import BackendModule, ExportOptions, LoadOptions, Runner
 from toolkit.errors import BackendUnavailableError, InputError
 
 REGISTRY: dict[str, BackendModule] = {
     "torch": torch_backend,  # type: ignore[dict-item]
+    "onnx": onnx_backend,  # type: ignore[dict-item]
+    "openvino": openvino_backend,  # type: ignore[dict-item]
+    "trt": tensorrt_backend,  # type: ignore[dict-item]
 }
 
 

@@ -64,6 +64,11 @@ class TorchRunner:
             y = self.model(x)
             return y.float().cpu().numpy()
 
+    def set_threads(self, n: int) -> None:
+        """Intra-op threads for this process (thread mode with several workers sets cores // workers)."""
+        if self.device.type == "cpu":
+            self._torch.set_num_threads(max(1, n))
+
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 

@@ -92,7 +92,10 @@ def run(
     max_det: Annotated[int, typer.Option(help="At most this many detections per image.")] = 1000,
     classes: Annotated[str | None, typer.Option(help="Keep only these class ids, e.g. 0,2.")] = None,
     agnostic_nms: Annotated[bool, typer.Option(help="Class-agnostic NMS.")] = False,
-    batch: Annotated[int, typer.Option(help="Images per inference batch.")] = 1,
+    batch: Annotated[int, typer.Option(help="Images per inference batch (0: chosen by --mode auto).")] = 0,
+    workers: Annotated[int, typer.Option(help="Inference workers (threads or processes; 0: auto).")] = 0,
+    mode: Annotated[str, typer.Option(help="auto, thread or process. auto picks from the backend, device, "
+                                           "core count and number of inputs; the summary shows the choice.")] = "auto",
     save_txt: Annotated[bool, typer.Option(help="Write labels/<name>.txt: class xc yc w h, normalised "
                                                 "(YOLO format).")] = False,
     save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
@@ -118,13 +121,16 @@ def run(
     opts = RunOptions(source=source, weights=weights, backend=backend, device=device, half=half,
                       imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
-                      nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch)
+                      nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
+                      workers=workers, mode=mode)
     with _Progress(not json_out, "detecting") as bar:
         summary = run_job(opts, progress=bar.update)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:
         typer.echo(format_summary(summary))
+    if summary.interrupted:
+        raise typer.Exit(130)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -169,6 +175,66 @@ def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported a
         if k == "names":
             v = f"{len(v)} classes: " + ", ".join(list(v.values())[:10]) + (" ..." if len(v) > 10 else "")
         typer.echo(f"{k:>16}: {v}")
+
+
+@app.command()
+def export(
+    weights: Annotated[str, typer.Argument(help="A .pt checkpoint, architecture yaml, model name (yolov5n) or "
+                                                "built-in config (yolov5s.yaml, random weights).")],
+    to: Annotated[str, typer.Option(help="Format: onnx, openvino or trt (TensorRT engine).")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Artifact path (default: beside the "
+                                               "weights: NAME.onnx, NAME_openvino/, NAME.engine).")] = None,
+    imgsz: Annotated[str, typer.Option(help="Input size: 640, or H,W like 384,640 (multiples of the stride).")]
+    = "640",
+    batch: Annotated[int, typer.Option(help="Static batch size (with --dynamic: TensorRT's optimal batch).")] = 1,
+    dynamic: Annotated[bool, typer.Option(help="Dynamic batch (and height/width for onnx and openvino).")]
+    = False,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic TensorRT engine.")] = 32,
+    half: Annotated[bool, typer.Option(help="FP16 weights and math.")] = False,
+    int8: Annotated[bool, typer.Option(help="INT8 post-training quantization (openvino; needs --data and "
+                                            "yolokit[int8]).")] = False,
+    data: Annotated[str | None, typer.Option(help="Folder of calibration images for --int8.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the ONNX graph with "
+                                           "onnxslim when it is installed.")] = True,
+    workspace: Annotated[float, typer.Option(help="TensorRT builder workspace, GB.")] = 4.0,
+    device: Annotated[str | None, typer.Option(help="Device for the artifact: cpu (onnx, openvino) or cuda:N "
+                                               "(trt, onnx on GPU). Default: cpu, cuda for trt.")] = None,
+    parity_data: Annotated[str | None, typer.Option(help="Images for the parity check (first 16 of a folder, "
+                                                    "glob or list); default: noise + scikit-image samples.")]
+    = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Export a model to ONNX, OpenVINO IR or a TensorRT engine, then check it against PyTorch FP32.
+
+    Examples:\n
+      yolokit export yolov5n.pt --to onnx --dynamic\n
+      yolokit export yolov5n.pt --to openvino --int8 --data ../shared/datasets/coco128 --dynamic\n
+      yolokit export yolov5n.pt --to trt --half --dynamic --batch 8 --device cuda
+    """
+    from backends.base import ExportOptions
+    from toolkit.export import export as run_export
+    from toolkit.export import format_report
+
+    try:
+        sizes = [int(v) for v in imgsz.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}") from None
+    if len(sizes) not in (1, 2):
+        raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}")
+    size = (sizes[0], sizes[-1])
+    parity: list[str] | None = None
+    if parity_data:
+        from toolkit.sources import list_sources
+
+        parity = [r.path for r in list_sources(parity_data).items if r.frame is None][:16]
+        if not parity:
+            raise InputError(f"{parity_data}: no images for the parity check")
+    opts = ExportOptions(imgsz=size, batch=batch, dynamic=dynamic, max_batch=max_batch, half=half, int8=int8,
+                         calib_data=data, opset=opset, simplify=simplify, workspace_gb=workspace,
+                         device=device or ("cuda" if to == "trt" else "cpu"))
+    report = run_export(weights, to, Path(output) if output else None, opts, parity)
+    typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))
 
 
 @weights_app.command("list")

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,10 @@ from toolkit.detections import Detections
 from toolkit.errors import InputError, YolokitError
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
-from toolkit.sources import ImageReadError, InputRef, SourceList, iter_video, list_sources, read_image
+from toolkit.sources import ImageReadError, InputRef, SourceList, decode_image, jpeg_size, list_sources, read_image
+
+if TYPE_CHECKING:
+    from toolkit.pipeline import Plan
 
 
 @dataclass
@@ -53,6 +56,7 @@ class _Prepared:
     chw: np.ndarray
     info: LetterboxInfo
     image: np.ndarray | None
+    orig_shape: tuple[int, int]
 
 
 class Detector:
@@ -99,6 +103,12 @@ class Detector:
                               agnostic=agnostic, multi_label=multi_label)
         self.names = dict(self.meta.names)
         self.times = StageTimes()
+        self.last_plan: Plan | None = None
+        # how to build this detector again in a worker process
+        self.init_kwargs: dict[str, Any] = dict(
+            weights=str(path), backend=self.backend_name, device=device, half=half, imgsz=imgsz, conf=conf,
+            iou=iou, max_det=max_det, classes=list(classes) if classes is not None else None, agnostic=agnostic,
+            multi_label=multi_label, threads=threads, options=dict(options or {}))
 
     # -------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
@@ -149,34 +159,98 @@ class Detector:
             out.append(res.detections)
         return out
 
-    def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1,
-                     keep_images: bool = False) -> Iterator[Result]:
+    def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
+                     mode: str = "thread", keep_images: bool = False, fast_decode: bool = True,
+                     plan: Plan | None = None) -> Iterator[Result]:
         """Results for every input of ``source`` (see :func:`toolkit.sources.list_sources`), in input order.
 
-        Inputs that cannot be read come back as failed results with the reason; nothing is dropped.
+        ``mode`` is ``thread``, ``process`` or ``auto`` (see :func:`toolkit.pipeline.make_plan`); decoding runs
+        in reader threads, inference in ``workers`` threads or processes, with bounded queues. Inputs that
+        cannot be read, or whose batch failed, come back as failed results with the reason; nothing is dropped.
+        ``fast_decode`` decodes large JPEGs at reduced size when they are at least twice the model input
+        (never when ``keep_images`` asks for the full image).
         """
+        from toolkit.pipeline import make_plan, run_pipeline
+
         sources = source if isinstance(source, SourceList) else list_sources(
             [str(s) for s in source] if isinstance(source, list) else source)
         for ref, reason in sources.failed:
             yield Result(ref, error=reason)
-        yield from self._run_loaded(self._read_all(sources.items), batch=batch, keep_images=keep_images)
+        if plan is None:
+            plan = make_plan(self, len(sources.items), mode=mode, workers=workers, batch=batch)
+        self.last_plan = plan
+        yield from run_pipeline(self, sources.items, plan, keep_images=keep_images,
+                                fast_decode=fast_decode and not keep_images)
 
-    def _read_all(self, refs: Iterable[InputRef]) -> Iterator[tuple[InputRef, np.ndarray | str]]:
-        for ref in refs:
-            if ref.frame == -1:
-                for fref, frame, reason in iter_video(ref):
-                    yield (fref, frame if frame is not None else (reason or "unreadable"))
-                continue
-            t0 = time.perf_counter()
+    # ------------------------------------------------------------------------------- pipeline steps
+    def reduce_factor(self, shape: tuple[int, int]) -> int:
+        """The largest JPEG reduced-decode factor (2, 4, 8) that keeps the long side >= the model input."""
+        target = max(self.imgsz)
+        f = 1
+        while f < 8 and max(shape) / (f * 2) >= target:
+            f *= 2
+        return f
+
+    def load_input(self, ref: InputRef, fast_decode: bool = True) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read."""
+        t0 = time.perf_counter()
+        try:
             try:
-                img: np.ndarray | str = read_image(ref.path)
-            except ImageReadError as e:
-                img = e.reason
+                data = np.fromfile(ref.path, dtype=np.uint8)
+            except OSError:
+                img = read_image(ref.path)  # raises ImageReadError with the precise reason
+                return img, (img.shape[0], img.shape[1])
+            size = jpeg_size(data) if fast_decode else None
+            factor = self.reduce_factor(size) if size else 1
+            img = decode_image(data, ref.path, factor)
+            shape = size if factor > 1 and size else (img.shape[0], img.shape[1])
+            return img, shape
+        except ImageReadError as e:
+            return e.reason
+        finally:
             self.times.read += time.perf_counter() - t0
-            yield ref, img
+
+    def prepare(self, index: int, ref: InputRef, image: np.ndarray, orig_shape: tuple[int, int] | None = None,
+                keep_image: bool = False) -> _Prepared | Result:
+        """Letterbox one decoded image, or a failed result."""
+        t0 = time.perf_counter()
+        try:
+            chw, info = self.preprocess(image)
+        except (InputError, ValueError) as e:
+            return Result(ref, error=str(e))
+        finally:
+            self.times.pre += time.perf_counter() - t0
+        return _Prepared(index, ref, chw, info, image if keep_image else None,
+                         orig_shape or (image.shape[0], image.shape[1]))
+
+    def run_batch(self, group: list[_Prepared]) -> list[tuple[int, Result]]:
+        """Infer one batch of same-shape prepared images and post-process it; failures become results."""
+        t0 = time.perf_counter()
+        try:
+            preds = self.infer(np.stack([p.chw for p in group]))
+        except Exception as e:  # a runtime error fails this batch's images, not the run
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return [(p.index, Result(p.ref, error=f"inference failed: {msg}")) for p in group]
+        t1 = time.perf_counter()
+        out = []
+        for p, pred in zip(group, preds, strict=True):
+            det = self.postprocess(pred, p.info, p.ref.path)
+            if p.orig_shape != p.info.src_shape:  # decoded at reduced size: back to original pixels
+                (h0, w0), (h1, w1) = p.orig_shape, p.info.src_shape
+                det.xyxy *= np.array([w0 / w1, h0 / h1, w0 / w1, h0 / h1], np.float32)
+                det.xyxy[:, [0, 2]] = det.xyxy[:, [0, 2]].clip(0, w0)
+                det.xyxy[:, [1, 3]] = det.xyxy[:, [1, 3]].clip(0, h0)
+                det.shape = p.orig_shape
+            out.append((p.index, Result(p.ref, det, image=p.image)))
+        t2 = time.perf_counter()
+        self.times.infer += t1 - t0
+        self.times.post += t2 - t1
+        self.times.images += len(group)
+        return out
 
     def _run_loaded(self, loaded: Iterator[tuple[InputRef, np.ndarray | str]], batch: int = 1,
                     keep_images: bool = False) -> Iterator[Result]:
+        """Sequential path for in-memory images (``predict``)."""
         batch = max(1, batch)
         pending: list[_Prepared] = []
         results: dict[int, Result] = {}
@@ -185,14 +259,11 @@ class Detector:
             if isinstance(img, str):
                 results[index] = Result(ref, error=img)
             else:
-                t0 = time.perf_counter()
-                try:
-                    chw, info = self.preprocess(img)
-                except (InputError, ValueError) as e:
-                    results[index] = Result(ref, error=str(e))
+                prepared = self.prepare(index, ref, img, keep_image=keep_images)
+                if isinstance(prepared, Result):
+                    results[index] = prepared
                 else:
-                    pending.append(_Prepared(index, ref, chw, info, img if keep_images else None))
-                self.times.pre += time.perf_counter() - t0
+                    pending.append(prepared)
             if len(pending) >= batch:
                 results.update(self._flush(pending))
                 pending = []
@@ -205,28 +276,10 @@ class Detector:
             next_out += 1
 
     def _flush(self, pending: list[_Prepared]) -> dict[int, Result]:
-        """Infer prepared images, grouped by letterboxed shape, and post-process them."""
-        out: dict[int, Result] = {}
         groups: dict[tuple[int, ...], list[_Prepared]] = {}
         for p in pending:
             groups.setdefault(p.chw.shape, []).append(p)
-        for group in groups.values():
-            t0 = time.perf_counter()
-            try:
-                preds = self.infer(np.stack([p.chw for p in group]))
-            except YolokitError as e:
-                for p in group:
-                    out[p.index] = Result(p.ref, error=f"inference failed: {e}")
-                continue
-            t1 = time.perf_counter()
-            for p, pred in zip(group, preds, strict=True):
-                det = self.postprocess(pred, p.info, p.ref.path)
-                out[p.index] = Result(p.ref, det, image=p.image)
-            t2 = time.perf_counter()
-            self.times.infer += t1 - t0
-            self.times.post += t2 - t1
-            self.times.images += len(group)
-        return out
+        return {i: r for group in groups.values() for i, r in self.run_batch(group)}
 
     def close(self) -> None:
         self.runner.close()

@@ -47,7 +47,7 @@ class ModelMeta:
             raise ValueError("not yolokit metadata (no 'names')")
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
-        d["names"] = {int(k): str(v) for k, v in d["names"].items()}
+        d["names"] = {int(k): str(v) for k, v in sorted(d["names"].items(), key=lambda kv: int(kv[0]))}
         if d.get("imgsz") is not None:
             d["imgsz"] = tuple(int(v) for v in d["imgsz"])
         return cls(**d)

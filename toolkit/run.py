@@ -39,7 +39,10 @@ class RunOptions:
     project: str = "runs/detect"
     name: str = "exp"
     exist_ok: bool = False
-    batch: int = 1
+    batch: int = 0  # 0: chosen by the plan
+    workers: int = 0  # 0: chosen by the plan
+    mode: str = "auto"  # auto | thread | process
+    fast_decode: bool = True  # decode big JPEGs at reduced size when not saving annotated images
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
 
 
@@ -57,6 +60,8 @@ class RunSummary:
     wall_s: float = 0.0
     img_per_s: float = 0.0
     ms_per_image: dict[str, float] = field(default_factory=dict)
+    plan: str = ""
+    interrupted: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,7 +128,9 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     done = 0
     try:
         with failures_path.open("w") as failures:
-            for res in det.predict_iter(sources, batch=opts.batch, keep_images=not opts.nosave):
+            results = det.predict_iter(sources, batch=opts.batch, workers=opts.workers, mode=opts.mode,
+                                       keep_images=not opts.nosave, fast_decode=opts.fast_decode)
+            for res in results:
                 done += 1
                 summary.images += 1
                 if res.error is not None:
@@ -147,6 +154,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                         write_image(out_dir / f"{res.ref.key}{suffix}", annotate(res.image, d))
                 if progress is not None:
                     progress(done, total, res)
+    except KeyboardInterrupt:
+        summary.interrupted = True  # what is done is written; the summary says the run was cut short
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e})") from None
     finally:
@@ -158,8 +167,10 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     summary.img_per_s = summary.processed / summary.wall_s if summary.wall_s > 0 else 0.0
     summary.per_class = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     summary.ms_per_image = {k: round(v, 2) for k, v in det.times.ms_per_image().items()}
+    summary.plan = det.last_plan.describe() if det.last_plan else ""
+    summary.settings["batch"] = det.last_plan.batch if det.last_plan else opts.batch
     write_json(out_dir / "summary.json", summary.to_dict())
-    if summary.images == 0:
+    if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{source}: no inputs to process")
     return summary
 
@@ -171,6 +182,10 @@ def format_summary(s: RunSummary) -> str:
     if s.per_class:
         lines.append("  " + ", ".join(f"{n} {k}" for k, n in list(s.per_class.items())[:12])
                      + (" ..." if len(s.per_class) > 12 else ""))
+    if s.plan:
+        lines.append(f"  {s.plan}")
+    if s.interrupted:
+        lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")
     if s.ms_per_image:
         lines.append("  ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
     if s.failed:

@@ -1,0 +1,303 @@
+"""OpenVINO backend: IR (``.xml`` + ``.bin``) export from the ONNX graph, FP32/FP16 and NNCF INT8; CPU runner.
+
+Export traces the model with the ONNX backend's exporter to a temporary file and converts it with
+``openvino.convert_model`` (one traced graph for every format, with stable ``/model.N/...`` node names that
+the INT8 ignored scope refers to). ``--dynamic`` makes batch, height and width dynamic.
+
+Precision that actually executes on the CPU: the CPU plugin's default ``INFERENCE_PRECISION_HINT`` is bf16
+on CPUs with AVX512-BF16/AMX (this includes AMD Zen 4 EPYC), f16 on CPUs with native FP16 arithmetic, else
+f32. yolokit pins ``f32`` for an FP32 IR (bf16 would move boxes by several pixels), and leaves the plugin
+default for FP16 and INT8 IRs (an FP16 IR's weights are decompressed and run at that default precision;
+INT8 IRs run quantized convolutions in int8 and the rest at that default). The precision used is recorded
+in the runner's ``meta.extra["inference_precision"]``; ``LoadOptions.options["inference_precision"]``
+("f32", "bf16", "f16") overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backends.base import ExportOptions, LoadOptions, check_batch
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
+from toolkit.meta import META_KEY, ModelMeta
+
+if TYPE_CHECKING:
+    from toolkit.loader import LoadedModel
+
+NAME = "openvino"
+EXTRA = "openvino"
+SUFFIXES = (".xml",)
+REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
+INT8_HINT = "pip install 'yolokit[int8]'"
+CALIB_SUBSET = 300
+
+
+def is_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _xml_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.xml") if p.is_file())
+
+
+def claims(path: Path) -> bool:
+    if path.is_dir():
+        return len(_xml_in(path)) == 1
+    return path.suffix.lower() in SUFFIXES
+
+
+def resolve_xml(path: Path) -> Path:
+    """The IR's .xml for a path that is the .xml itself or a folder holding exactly one."""
+    path = Path(path)
+    if path.is_dir():
+        found = _xml_in(path)
+        if len(found) != 1:
+            raise ModelFileError(f"{path}: an OpenVINO model folder holds exactly one .xml (found {len(found)})")
+        return found[0]
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such OpenVINO .xml file or folder")
+    return path
+
+
+def output_paths(path: Path, stem: str | None = None) -> tuple[Path, Path]:
+    """``(artifact, xml)`` for an export target: an ``.xml`` file, or a folder that gets ``<stem>.xml``."""
+    path = Path(path)
+    if path.suffix.lower() == ".xml":
+        return path, path
+    name = stem or path.name.removesuffix("_openvino")
+    return path, path / f"{name}.xml"
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def _calibration_batches(data: str, imgsz: tuple[int, int], stride: int, limit: int) -> list[np.ndarray]:
+    """Letterboxed (1, 3, H, W) float32 inputs in [0, 1] from the images under ``data`` (first ``limit``)."""
+    from toolkit.ops import letterbox, to_chw_rgb
+    from toolkit.sources import ImageReadError, list_sources, read_image
+
+    if not Path(data).exists():
+        raise InputError(f"{data}: the INT8 calibration folder does not exist (--data)")
+    sources = list_sources(data)
+    out: list[np.ndarray] = []
+    for ref in sources.items:
+        if len(out) >= limit:
+            break
+        if ref.frame is not None:  # videos are not calibration data
+            continue
+        try:
+            img = read_image(ref.path)
+        except ImageReadError:
+            continue
+        lb, _ = letterbox(img, imgsz, stride, auto=False)
+        out.append((to_chw_rgb(lb)[None].astype(np.float32) / 255).astype(np.float32))
+    if not out:
+        raise InputError(f"{data}: no readable images for INT8 calibration (--data)")
+    return out
+
+
+def _quantize(model: Any, options: ExportOptions, stride: int, detect_index: int) -> tuple[Any, list[str]]:
+    try:
+        import nncf  # type: ignore[import-not-found]
+    except ImportError:
+        raise BackendUnavailableError(f"INT8 export needs NNCF: {INT8_HINT}") from None
+    if not options.calib_data:
+        raise InputError("--int8 needs calibration images: --data FOLDER (a few hundred representative images)")
+    batches = _calibration_batches(options.calib_data, options.imgsz, stride, CALIB_SUBSET)
+    # Keep the Detect head's decode (sigmoid, grid/anchor arithmetic, concat) in floating point: its outputs
+    # are pixel coordinates up to the image size, where an 8-bit grid would cost whole pixels. The head's
+    # 1x1 convolutions (/model.N/m.K/Conv) are still quantized.
+    scope = nncf.IgnoredScope(patterns=[rf"^/model\.{detect_index}/(?!m\.\d+/).*"], validate=False)
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.WARNING)  # NNCF logs every skipped quantizer at INFO
+    try:
+        q = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
+                          subset_size=len(batches), ignored_scope=scope)
+    except Exception as e:
+        raise ExportError(f"NNCF INT8 quantization failed: {e}") from e
+    finally:
+        log.setLevel(level)
+    return q, [f"INT8: NNCF {nncf.__version__} post-training quantization, preset MIXED, "
+               f"{len(batches)} calibration images from {options.calib_data}, Detect decode ops kept in float"]
+
+
+def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
+    """Write an IR (``path`` is an .xml file or a folder) with the yolokit metadata in ``rt_info``."""
+    import openvino as ov
+    import torch
+
+    from backends import onnx_backend
+
+    if options.half and options.int8:
+        raise InputError("choose one of --half and --int8")
+    artifact, xml = output_paths(path)
+    with tempfile.TemporaryDirectory(prefix="yolokit_ov_") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        _, notes = onnx_backend.export_graph(source, onnx_path, options, half=False)
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as e:
+            raise ExportError(f"openvino.convert_model failed on the traced ONNX graph: {e}") from e
+    precision = "int8" if options.int8 else "fp16" if options.half else "fp32"
+    versions = {"openvino": ov.get_version(), "torch": torch.__version__}
+    if options.int8:
+        model, qnotes = _quantize(model, options, source.meta.stride, source.model.detect.i)  # type: ignore[arg-type]
+        notes += qnotes
+        import nncf  # type: ignore[import-not-found]
+
+        versions["nncf"] = nncf.__version__
+    meta = onnx_backend.export_meta(source, options, "openvino", precision, versions,
+                                    extra={"opset": options.opset, "via": "onnx", "notes": notes})
+    model.set_rt_info(meta.to_json(), [META_KEY])
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=bool(options.half))
+    except Exception as e:
+        raise ExportError(f"{xml}: openvino.save_model failed: {e}") from e
+    return artifact
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _read_model(path: Path) -> tuple[Any, Path]:
+    import openvino as ov
+
+    xml = resolve_xml(path)
+    if not xml.with_suffix(".bin").is_file():
+        raise ModelFileError(f"{xml}: the weights file {xml.with_suffix('.bin').name} is missing beside it; "
+                             f"{REEXPORT_HINT}")
+    try:
+        return ov.Core().read_model(str(xml)), xml
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{xml}: not a readable OpenVINO IR ({first}); the file is corrupt or not an IR; "
+                             f"{REEXPORT_HINT}") from None
+
+
+def _meta_of(model: Any, xml: Path) -> ModelMeta:
+    if not model.has_rt_info([META_KEY]):
+        raise ModelFileError(f"{xml}: this OpenVINO IR has no yolokit metadata (class names, stride, input size); "
+                             f"it was not exported by yolokit; {REEXPORT_HINT}")
+    try:
+        meta = ModelMeta.from_json(model.get_rt_info([META_KEY]).astype(str))
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{xml}: the yolokit metadata is unreadable ({e}); {REEXPORT_HINT}") from None
+    meta.names = dict(sorted(meta.names.items()))  # the JSON keeps names sorted as strings
+    return meta
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The yolokit metadata of an IR (``.xml`` or its folder), for ``yolokit info``."""
+    model, xml = _read_model(Path(path))
+    return _meta_of(model, xml)
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+class OpenVinoRunner:
+    """A compiled model with one infer request per thread (``CompiledModel`` is thread-safe, requests are not)."""
+
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        import openvino as ov
+
+        model, xml = _read_model(path)
+        meta = _meta_of(model, xml)
+        core = ov.Core()
+        device = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}.get(options.device.lower(), options.device)
+        if device.startswith("cuda"):
+            raise BackendUnavailableError(f"device {options.device!r}: OpenVINO runs on Intel/AMD CPUs and Intel "
+                                          f"GPUs/NPUs, not CUDA; use --device cpu or the onnx/trt backend")
+        known = set(core.available_devices) | {d.split(".")[0] for d in core.available_devices} | {"AUTO"}
+        if device not in known:
+            raise BackendUnavailableError(f"device {options.device!r}: OpenVINO sees "
+                                          f"{', '.join(core.available_devices)}")
+        extra = options.options
+        hint = str(extra.get("hint", extra.get("performance_hint", "LATENCY"))).upper()
+        if hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+            raise InputError(f"OpenVINO performance hint {hint!r}: choose LATENCY or THROUGHPUT")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        precision = extra.get("inference_precision") or ("f32" if meta.precision == "fp32" else None)
+        if precision and device == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = str(precision)
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as e:
+            raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
+        try:
+            hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            executes = str(hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else hint_type)
+        except Exception:  # not every device reports it
+            executes = "unknown"
+        self.meta = ModelMeta(**{**meta.__dict__, "extra": {**meta.extra, "inference_precision": executes,
+                                                             "device": device, "hint": hint}})
+        self._local = threading.local()
+        self._requests: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self.compiled.create_infer_request()
+            self._local.request = req
+            with self._lock:
+                self._requests.append(req)
+        return req
+
+    def _prepare(self, batch: np.ndarray) -> np.ndarray:
+        check_batch(batch, self.meta)
+        static = self.meta.batch
+        if static is not None and len(batch) < static:
+            batch = np.concatenate([batch, np.zeros((static - len(batch), *batch.shape[1:]), batch.dtype)])
+        x = batch.astype(np.float32)
+        x /= 255
+        return x
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        x = self._prepare(batch)
+        req = self._request()
+        req.infer({0: x})
+        return np.array(req.get_output_tensor(0).data[:n], dtype=np.float32)
+
+    def infer_many(self, batches: Iterable[np.ndarray], jobs: int = 0) -> list[np.ndarray]:
+        """Run several batches through an ``AsyncInferQueue`` (``jobs`` requests; 0: the device's optimal
+        number); results in input order."""
+        import openvino as ov
+
+        items = list(batches)
+        out: list[np.ndarray | None] = [None] * len(items)
+        queue = ov.AsyncInferQueue(self.compiled, jobs)
+
+        def done(req: Any, userdata: tuple[int, int]) -> None:
+            i, n = userdata
+            out[i] = np.array(req.get_output_tensor(0).data[:n], dtype=np.float32)
+
+        queue.set_callback(done)
+        for i, b in enumerate(items):
+            queue.start_async({0: self._prepare(b)}, (i, len(b)))
+        queue.wait_all()
+        return [o for o in out if o is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            self._requests.clear()
+        self._local = threading.local()
+        self.compiled = None
+
+
+def load(path: Path, options: LoadOptions) -> OpenVinoRunner:
+    return OpenVinoRunner(Path(path), options)

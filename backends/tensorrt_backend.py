@@ -1,0 +1,399 @@
+"""TensorRT backend: engines built from the traced ONNX graph, run on an NVIDIA GPU through torch.cuda buffers.
+
+Written against the documented TensorRT 10 Python API (and TensorRT 11, where every network is strongly
+typed and the FP16/INT8 builder flags are gone). TensorRT is imported only inside the functions that need
+it; everything that can be decided without it (the file header, metadata, version/GPU compatibility,
+optimisation-profile shapes, output shapes, precision plan) is a pure function below, tested without
+TensorRT.
+
+Engine file layout: ``b"YKTR"`` magic, a 4-byte little-endian length, that many bytes of UTF-8 JSON (the
+:class:`ModelMeta`, with ``runtime_versions["tensorrt"]`` and ``extra["gpu"]`` = name and compute
+capability of the GPU it was built on), then the serialized engine. A TensorRT engine only runs with the
+TensorRT version and the GPU it was built for, so the loader refuses any other with the fix (rebuild).
+
+Profiles: ``--dynamic`` builds one optimisation profile for the batch (min 1, opt ``--batch``, max
+``--max-batch``) at the fixed ``--imgsz``; a static export builds for exactly ``--batch`` images.
+INT8 is not offered (TensorRT 10 deprecates implicit calibration; explicit Q/DQ export is future work).
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backends.base import ExportOptions, LoadOptions, check_batch
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError, YolokitError
+from toolkit.meta import ModelMeta
+
+if TYPE_CHECKING:
+    from toolkit.loader import LoadedModel
+
+NAME = "trt"
+EXTRA = "trt"
+SUFFIXES = (".engine", ".plan")
+FORMAT = "tensorrt"
+MAGIC = b"YKTR"
+_LEN = struct.Struct("<I")
+HEADER_PREFIX = len(MAGIC) + _LEN.size
+MAX_HEADER = 16 * 1024 * 1024
+INSTALL_HINT = "pip install 'yolokit[trt]'"
+GPU_HINT = "TensorRT needs an NVIDIA GPU with CUDA"
+
+
+# ------------------------------------------------------------------------------------------- pure functions
+
+
+def pack_engine(meta: ModelMeta, engine: bytes) -> bytes:
+    """The engine file's bytes: magic, header length, metadata JSON, engine."""
+    header = meta.to_json().encode()
+    return MAGIC + _LEN.pack(len(header)) + header + bytes(engine)
+
+
+def _parse_header(prefix: bytes, head: bytes, name: str) -> tuple[ModelMeta, int]:
+    if len(prefix) < HEADER_PREFIX or prefix[:4] != MAGIC:
+        raise ModelFileError(f"{name}: not a yolokit TensorRT engine (no YKTR header; a plain trtexec engine "
+                             f"carries no class names or input size); rebuild it with "
+                             f"`yolokit export WEIGHTS --to trt`")
+    (length,) = _LEN.unpack(prefix[4:HEADER_PREFIX])
+    if length > MAX_HEADER or len(head) < length:
+        raise ModelFileError(f"{name}: the engine header is truncated or corrupt; rebuild it with "
+                             f"`yolokit export WEIGHTS --to trt`")
+    try:
+        meta = ModelMeta.from_json(head[:length].decode())
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{name}: the engine's yolokit metadata is unreadable ({e}); rebuild it with "
+                             f"`yolokit export WEIGHTS --to trt`") from None
+    meta.names = dict(sorted(meta.names.items()))  # the JSON keeps names sorted as strings
+    return meta, HEADER_PREFIX + length
+
+
+def unpack_engine(data: bytes, name: str = "engine") -> tuple[ModelMeta, bytes]:
+    """``(meta, engine bytes)`` of an engine file's contents; ModelFileError without a valid header."""
+    meta, offset = _parse_header(data[:HEADER_PREFIX], data[HEADER_PREFIX:], name)
+    engine = data[offset:]
+    if not engine:
+        raise ModelFileError(f"{name}: the engine file is truncated (header only); rebuild it with "
+                             f"`yolokit export WEIGHTS --to trt`")
+    return meta, engine
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The metadata of an engine file, read from its header alone (no TensorRT needed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such TensorRT engine file")
+    with path.open("rb") as f:
+        prefix = f.read(HEADER_PREFIX)
+        length = _LEN.unpack(prefix[4:])[0] if len(prefix) == HEADER_PREFIX and prefix[:4] == MAGIC else 0
+        head = f.read(min(length, MAX_HEADER))
+    return _parse_header(prefix, head, str(path))[0]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.9"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "compute_capability": self.compute_capability}
+
+
+def check_compat(meta: ModelMeta, trt_version: str, gpu: GpuInfo, name: str = "engine") -> None:
+    """Refuse an engine built by another TensorRT version or for another GPU, saying how to fix it."""
+    fix = "rebuild the engine on this machine with `yolokit export WEIGHTS --to trt`"
+    built = meta.runtime_versions.get("tensorrt")
+    if meta.format != FORMAT or not built:
+        raise ModelFileError(f"{name}: the header does not describe a TensorRT engine; {fix}")
+    if built != trt_version:
+        raise ModelFileError(f"{name}: built with TensorRT {built}, but this machine has TensorRT {trt_version}; "
+                             f"engines only run with the TensorRT version that built them; {fix}")
+    want = meta.extra.get("gpu") or {}
+    if not isinstance(want, dict) or "compute_capability" not in want:
+        raise ModelFileError(f"{name}: the header does not name the GPU the engine was built for; {fix}")
+    if str(want["compute_capability"]) != gpu.compute_capability or want.get("name") != gpu.name:
+        raise ModelFileError(f"{name}: built for {want.get('name')} (compute capability "
+                             f"{want['compute_capability']}), but this GPU is {gpu.name} (compute capability "
+                             f"{gpu.compute_capability}); {fix}")
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """Input shapes of the optimisation profile (``None`` for a static engine, which needs none)."""
+
+    min: tuple[int, int, int, int]
+    opt: tuple[int, int, int, int]
+    max: tuple[int, int, int, int]
+
+
+def plan_profile(imgsz: tuple[int, int], batch: int, dynamic: bool, max_batch: int,
+                 stride: int = 32) -> ProfilePlan | None:
+    """The batch profile: dynamic -> min 1, opt ``batch``, max ``max_batch`` at ``imgsz``; static -> None."""
+    h, w = int(imgsz[0]), int(imgsz[1])
+    if h <= 0 or w <= 0 or h % stride or w % stride:
+        raise InputError(f"--imgsz {h},{w}: height and width must be positive multiples of the stride {stride}")
+    if batch < 1:
+        raise InputError(f"--batch {batch}: must be at least 1")
+    if not dynamic:
+        return None
+    if max_batch < 1:
+        raise InputError(f"--max-batch {max_batch}: must be at least 1")
+    if batch > max_batch:
+        raise InputError(f"--batch {batch} is above --max-batch {max_batch}")
+    return ProfilePlan((1, 3, h, w), (batch, 3, h, w), (max_batch, 3, h, w))
+
+
+def output_shape(batch: int, imgsz: tuple[int, int], strides: list[float] | tuple[float, ...], na: int = 3,
+                 nc: int = 80) -> tuple[int, int, int]:
+    """``(B, N, 5 + nc)`` of the model's output for a batch at ``imgsz``: ``N = na * sum(h/s * w/s)``."""
+    h, w = imgsz
+    n = sum(na * (h // int(s)) * (w // int(s)) for s in strides)
+    return (int(batch), int(n), int(nc) + 5)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    precision: str  # fp32 | fp16
+    fp16_flag: bool  # set BuilderFlag.FP16 (TensorRT 10, weakly typed network)
+    strongly_typed: bool  # create the network STRONGLY_TYPED (precision comes from the ONNX types)
+    onnx_half: bool  # trace the ONNX graph in float16
+    clear_tf32: bool  # FP32 engines: no TF32 convolutions, so results match PyTorch FP32
+
+
+def plan_precision(half: bool, int8: bool, has_fp16_flag: bool) -> PrecisionPlan:
+    """How to build an engine of the asked precision with this TensorRT: TensorRT 10 takes an FP32 graph
+    and the FP16 builder flag; TensorRT 11 has no precision flags, so FP16 comes from an FP16 ONNX graph in
+    a strongly typed network."""
+    if int8:
+        raise ExportError("INT8 TensorRT engines are not supported by yolokit (TensorRT 10 deprecates "
+                          "implicit INT8 calibration); use --half, or --to openvino --int8")
+    if not half:
+        return PrecisionPlan("fp32", False, False, False, True)
+    if has_fp16_flag:
+        return PrecisionPlan("fp16", True, False, False, False)
+    return PrecisionPlan("fp16", False, True, True, False)
+
+
+def network_flags(strongly_typed: bool, strongly_typed_bit: int) -> int:
+    """``create_network`` flags: TensorRT 10 networks are always explicit batch (the EXPLICIT_BATCH flag is
+    deprecated and ignored), so only STRONGLY_TYPED is ever set."""
+    return (1 << int(strongly_typed_bit)) if strongly_typed else 0
+
+
+def cuda_index(device: str) -> int:
+    """``cuda`` / ``cuda:N`` / ``N`` -> N; anything else is refused (TensorRT runs only on NVIDIA GPUs)."""
+    d = device.strip().lower()
+    if d in ("cuda", "gpu"):
+        return 0
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return int(d[5:])
+    if d.isdigit():
+        return int(d)
+    raise BackendUnavailableError(f"device {device!r}: {GPU_HINT}; use --device cuda or cuda:N")
+
+
+def timing_cache_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".timing.cache")
+
+
+# ------------------------------------------------------------------------------------------- runtime side
+
+
+def unavailable_reason() -> str | None:
+    """Why this backend cannot run here, or None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"the trt backend needs TensorRT: {INSTALL_HINT}"
+    try:
+        import torch
+    except ImportError:
+        return "the trt backend needs PyTorch with CUDA for its device buffers"
+    if not torch.cuda.is_available():
+        return f"{GPU_HINT}; PyTorch {torch.__version__} sees no CUDA GPU"
+    return None
+
+
+def is_available() -> bool:
+    return unavailable_reason() is None
+
+
+def claims(path: Path) -> bool:
+    return path.suffix.lower() in SUFFIXES and not path.is_dir()
+
+
+def _runtime() -> Any:
+    reason = unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(reason)
+    import tensorrt as trt  # type: ignore[import-not-found]
+
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise BackendUnavailableError(f"yolokit needs TensorRT 10 or newer, found {trt.__version__}: {INSTALL_HINT}")
+    return trt
+
+
+def current_gpu(index: int) -> GpuInfo:
+    import torch
+
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailableError(f"cuda:{index} asked for, but PyTorch sees {torch.cuda.device_count()} GPU(s)")
+    major, minor = torch.cuda.get_device_capability(index)
+    return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}")
+
+
+_LOGGER: Any = None
+
+
+def _logger(trt: Any) -> Any:
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
+    """Build an engine for this GPU from the traced ONNX graph and write it with the yolokit header."""
+    import torch
+
+    from backends import onnx_backend
+    from toolkit.outputs import atomic_write_bytes
+
+    trt = _runtime()
+    index = cuda_index(options.device)
+    gpu = current_gpu(index)
+    plan = plan_precision(options.half, options.int8, hasattr(trt.BuilderFlag, "FP16"))
+    profile = plan_profile(options.imgsz, options.batch, options.dynamic, options.max_batch, source.meta.stride)
+    logger = _logger(trt)
+    with tempfile.TemporaryDirectory(prefix="yolokit_trt_") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        _, notes = onnx_backend.export_graph(source, onnx_path, options, half=plan.onnx_half)
+        with torch.cuda.device(index):
+            builder = trt.Builder(logger)
+            flags = network_flags(plan.strongly_typed, int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+                                  if plan.strongly_typed else 0)
+            network = builder.create_network(flags)
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise ExportError(f"TensorRT's ONNX parser rejected the graph: {errors}")
+            config = builder.create_builder_config()
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
+            if plan.fp16_flag:
+                config.set_flag(trt.BuilderFlag.FP16)
+            if plan.clear_tf32 and hasattr(trt.BuilderFlag, "TF32"):
+                config.clear_flag(trt.BuilderFlag.TF32)
+            if profile is not None:
+                prof = builder.create_optimization_profile()
+                prof.set_shape(onnx_backend.INPUT_NAME, profile.min, profile.opt, profile.max)
+                config.add_optimization_profile(prof)
+            cache_file = timing_cache_path(Path(path))
+            cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+            config.set_timing_cache(cache, False)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise ExportError("TensorRT could not build an engine (see the TensorRT log above); try a larger "
+                                  "--workspace or --no-simplify")
+            engine_bytes = bytes(serialized)
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+            except OSError as e:
+                notes.append(f"timing cache not saved ({e})")
+    meta = onnx_backend.export_meta(
+        source, options, FORMAT, plan.precision, {"tensorrt": str(trt.__version__), "torch": torch.__version__},
+        extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
+               "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
+               "strongly_typed": plan.strongly_typed},
+        dynamic_hw=False)
+    if options.dynamic:
+        meta.max_batch = int(options.max_batch)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(path), pack_engine(meta, engine_bytes))
+    return Path(path)
+
+
+class TrtRunner:
+    """A deserialized engine; one execution context and CUDA stream per thread, torch tensors as buffers."""
+
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        import torch
+
+        trt = _runtime()
+        self._trt, self._torch = trt, torch
+        self.index = cuda_index(options.device)
+        data = Path(path).read_bytes()
+        meta, engine_bytes = unpack_engine(data, str(path))
+        check_compat(meta, str(trt.__version__), current_gpu(self.index), str(path))
+        self.device = torch.device("cuda", self.index)
+        with torch.cuda.device(self.index):
+            self.runtime = trt.Runtime(_logger(trt))
+            self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
+                                 f"with `yolokit export WEIGHTS --to trt`")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(ins) != 1 or len(outs) != 1:
+            raise ModelFileError(f"{path}: expected one input and one output tensor, found {ins} and {outs}")
+        self._in, self._out = ins[0], outs[0]
+        self._in_dtype = self._dtype(self.engine.get_tensor_dtype(self._in))
+        self._out_dtype = self._dtype(self.engine.get_tensor_dtype(self._out))
+        self.meta = meta
+        self._local = threading.local()
+
+    def _dtype(self, t: Any) -> Any:
+        trt, torch = self._trt, self._torch
+        table = {trt.float32: torch.float32, trt.float16: torch.float16}
+        if t not in table:
+            raise ModelFileError(f"unsupported engine I/O type {t}")
+        return table[t]
+
+    def _context(self) -> tuple[Any, Any]:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            with self._torch.cuda.device(self.index):
+                ctx = self.engine.create_execution_context()
+                self._local.ctx = ctx
+                self._local.stream = self._torch.cuda.Stream(self.device)
+        return ctx, self._local.stream
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        check_batch(batch, self.meta)
+        torch = self._torch
+        n = len(batch)
+        static = self.meta.batch
+        if static is not None and n < static:
+            batch = np.concatenate([batch, np.zeros((static - n, *batch.shape[1:]), batch.dtype)])
+        ctx, stream = self._context()
+        with torch.cuda.device(self.index), torch.cuda.stream(stream):
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = x.to(self._in_dtype).div_(255).contiguous()
+            if not ctx.set_input_shape(self._in, tuple(x.shape)):
+                raise InputError(f"the engine does not accept input shape {tuple(x.shape)} (profile: "
+                                 f"{self.meta.extra.get('profile')})")
+            y = torch.empty(tuple(ctx.get_tensor_shape(self._out)), dtype=self._out_dtype, device=self.device)
+            ctx.set_tensor_address(self._in, x.data_ptr())
+            ctx.set_tensor_address(self._out, y.data_ptr())
+            if not ctx.execute_async_v3(stream.cuda_stream):
+                raise YolokitError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            out = y[:n].float().cpu()  # .cpu() on this stream waits for the copy
+        stream.synchronize()
+        return out.numpy()
+
+    def close(self) -> None:
+        self._local = threading.local()
+        self.engine = None
+        self.runtime = None
+
+
+def load(path: Path, options: LoadOptions) -> TrtRunner:
+    return TrtRunner(Path(path), options)
+

@@ -1,0 +1,427 @@
+"""Contract tests for every backend in ``backends.REGISTRY``, run with the real runtimes (onnxruntime,
+OpenVINO, NNCF) on the built-in ``yolov5n.yaml`` (random weights, no files needed).
+
+TensorRT cannot run on this machine (no NVIDIA GPU, no TensorRT wheel), so its runner/export tests skip with
+that reason; nothing fakes TensorRT. Its CPU-side logic (engine header pack/unpack, metadata, TensorRT
+version and GPU compatibility checks, optimisation-profile planning, output shapes, precision plan) is made
+of pure functions, tested here always.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import backends
+from backends import tensorrt_backend as trt_be
+from backends.base import ExportOptions, LoadOptions
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
+from toolkit.loader import LoadedModel, load_model
+from toolkit.meta import ModelMeta
+
+NAMES = list(backends.REGISTRY)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _need(name: str) -> Any:
+    module = backends.REGISTRY[name]
+    if not module.is_available():
+        if name == "trt":
+            pytest.skip("TensorRT/CUDA not available: " + (trt_be.unavailable_reason() or ""))
+        pytest.skip(f"{name} runtime not installed (pip install 'yolokit[{module.EXTRA}]')")
+    return module
+
+
+@pytest.fixture(scope="session")
+def source() -> LoadedModel:
+    return load_model("yolov5n.yaml")
+
+
+@pytest.fixture(scope="session")
+def artifact(source: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``artifact(name, **ExportOptions fields)``: export once per session and option set."""
+    cache: dict[tuple[str, tuple[tuple[str, Any], ...]], Path] = {}
+    root = tmp_path_factory.mktemp("artifacts")
+
+    def make(name: str, **kw: Any) -> Path:
+        module = _need(name)
+        if name == "torch":
+            return Path("yolov5n.yaml")
+        key = (name, tuple(sorted(kw.items())))
+        if key not in cache:
+            suffix = {"onnx": ".onnx", "openvino": "_openvino", "trt": ".engine"}[name]
+            path = root / f"m{len(cache)}{suffix}"
+            cache[key] = module.export(source, path, ExportOptions(**kw))
+        return cache[key]
+
+    return make
+
+
+def _reference(source: LoadedModel, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return source.model(torch.from_numpy(batch).float() / 255).numpy()
+
+
+def _batch(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (b, 3, h, w), dtype=np.uint8)
+
+
+def _close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-3) -> None:
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert got.dtype == np.float32
+    assert np.abs(got - ref).max() <= rel * scale, float(np.abs(got - ref).max())
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_module_contract(name: str) -> None:
+    m = backends.REGISTRY[name]
+    assert name == m.NAME
+    assert isinstance(m.SUFFIXES, tuple) and m.SUFFIXES
+    for fn in ("is_available", "claims", "load", "export"):
+        assert callable(getattr(m, fn))
+    assert isinstance(m.is_available(), bool)
+    if name != "torch":
+        assert name == m.EXTRA and callable(getattr(m, "read_meta", None))
+
+
+def test_runtimes_are_not_imported_with_the_registry() -> None:
+    code = ("import sys, backends; heavy = [m for m in ('onnx', 'onnxruntime', 'openvino', 'tensorrt', 'nncf') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_backend_for_claims(tmp_path: Path) -> None:
+    folder = tmp_path / "m_openvino"
+    folder.mkdir()
+    (folder / "m.xml").write_text("<net/>")
+    assert backends.backend_for(tmp_path / "m.onnx") == "onnx"
+    assert backends.backend_for(tmp_path / "m.xml") == "openvino"
+    assert backends.backend_for(folder) == "openvino"
+    assert backends.backend_for(tmp_path / "m.engine") == "trt"
+    assert backends.backend_for(tmp_path / "m.plan") == "trt"
+    (folder / "other.xml").write_text("<net/>")
+    assert not backends.REGISTRY["openvino"].claims(folder)  # two IRs: ambiguous
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dynamic_batch_and_size(name: str, source: LoadedModel, artifact: Callable[..., Path]) -> None:
+    path = artifact(name, imgsz=(160, 160), dynamic=True)
+    runner = backends.REGISTRY[name].load(path, LoadOptions(threads=2))
+    try:
+        meta = runner.meta
+        assert meta.imgsz is None and meta.batch is None and meta.nc == 80 and meta.stride == 32
+        for b, h, w in ((1, 160, 160), (3, 128, 192)):
+            x = _batch(b, h, w, seed=b)
+            y = runner.infer(x)
+            assert y.shape == trt_be.output_shape(b, (h, w), source.model.detect.stride, 3, 80)
+            _close(y, _reference(source, x))
+        with pytest.raises(InputError, match="multiple of the model stride"):
+            runner.infer(_batch(1, 160, 150))
+        with pytest.raises(InputError, match="uint8"):
+            runner.infer(_batch(1, 160, 160).astype(np.float32))
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_static_batch_and_size(name: str, source: LoadedModel, artifact: Callable[..., Path]) -> None:
+    if name == "torch":
+        pytest.skip("PyTorch models take any batch and size")
+    path = artifact(name, imgsz=(160, 224), batch=2)
+    runner = backends.REGISTRY[name].load(path, LoadOptions(threads=2))
+    try:
+        assert runner.meta.imgsz == (160, 224) and runner.meta.batch == 2
+        x = _batch(2, 160, 224)
+        _close(runner.infer(x), _reference(source, x))
+        one = runner.infer(x[:1])  # a partial batch is padded by the runner
+        assert one.shape[0] == 1
+        _close(one, _reference(source, x[:1]))
+        with pytest.raises(InputError, match="static batch of 2.*--dynamic"):
+            runner.infer(_batch(3, 160, 224))
+        with pytest.raises(InputError, match="exported for 160x224 input, got 224x160"):
+            runner.infer(_batch(2, 224, 160))
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "torch"])
+def test_read_meta_round_trip(name: str, source: LoadedModel, artifact: Callable[..., Path]) -> None:
+    module: Any = backends.REGISTRY[name]
+    path = artifact(name, imgsz=(160, 224), batch=2)
+    meta = module.read_meta(path)
+    assert meta.format == {"onnx": "onnx", "openvino": "openvino", "trt": "tensorrt"}[name]
+    assert meta.precision == "fp32"
+    assert meta.imgsz == (160, 224) and meta.batch == 2 and meta.max_batch == 2
+    assert meta.names == source.meta.names and list(meta.names)[:3] == [0, 1, 2]
+    assert meta.stride == 32 and meta.source_sha256 == source.meta.source_sha256
+    assert "torch" in meta.runtime_versions
+    dyn = module.read_meta(artifact(name, imgsz=(160, 160), dynamic=True))
+    assert dyn.imgsz is None and dyn.batch is None
+
+
+def _concurrent(runner: Any, batches: list[np.ndarray]) -> dict[int, np.ndarray]:
+    got: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        got[i] = runner.infer(batches[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_runners_are_thread_safe(name: str, artifact: Callable[..., Path]) -> None:
+    runner = backends.REGISTRY[name].load(artifact(name, imgsz=(160, 160), dynamic=True), LoadOptions())
+    batches = [_batch(1, 160, 160, seed=s) for s in range(6)]
+    serial = [runner.infer(b) for b in batches]
+    got = _concurrent(runner, batches)
+    for i, s in enumerate(serial):
+        np.testing.assert_array_equal(got[i], s)
+    runner.close()
+
+
+# ------------------------------------------------------------------------------------------------ precisions
+
+
+def test_onnx_fp16(source: LoadedModel, artifact: Callable[..., Path]) -> None:
+    _need("onnx")
+    import onnx
+
+    path = artifact("onnx", imgsz=(160, 160), dynamic=True, half=True)
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    runner = backends.REGISTRY["onnx"].load(path, LoadOptions())
+    assert runner.meta.precision == "fp16"
+    x = _batch(2, 160, 160)
+    _close(runner.infer(x), _reference(source, x), rel=5e-3)
+    runner.close()
+
+
+def test_openvino_fp16_ir(source: LoadedModel, artifact: Callable[..., Path]) -> None:
+    _need("openvino")
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True, half=True)
+    runner = backends.REGISTRY["openvino"].load(path, LoadOptions(options={"inference_precision": "f32"}))
+    assert runner.meta.precision == "fp16" and runner.meta.extra["inference_precision"] == "f32"
+    x = _batch(1, 160, 160)
+    _close(runner.infer(x), _reference(source, x), rel=5e-3)  # FP16 weights, f32 math
+    runner.close()
+    default = backends.REGISTRY["openvino"].load(path, LoadOptions())
+    assert default.meta.extra["inference_precision"] in ("f32", "bf16", "f16")  # the CPU plugin's choice
+    default.close()
+
+
+def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+                       ) -> None:
+    _need("openvino")
+    pytest.importorskip("nncf", reason="NNCF not installed (pip install 'yolokit[int8]')")
+    import cv2
+
+    calib = tmp_path_factory.mktemp("calib")
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        cv2.imwrite(str(calib / f"{i}.png"), rng.integers(0, 256, (120 + 10 * i, 200, 3), dtype=np.uint8))
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True, int8=True, calib_data=str(calib))
+    module: Any = backends.REGISTRY["openvino"]
+    meta = module.read_meta(path)
+    assert meta.precision == "int8" and "nncf" in meta.runtime_versions
+    runner = backends.REGISTRY["openvino"].load(path, LoadOptions())
+    x = _batch(2, 160, 160)
+    y = runner.infer(x)
+    assert y.shape == _reference(source, x).shape and np.isfinite(y).all()
+    runner.close()
+
+
+def test_int8_needs_calibration_data(source: LoadedModel, tmp_path: Path) -> None:
+    _need("openvino")
+    pytest.importorskip("nncf")
+    with pytest.raises(InputError, match="--data"):
+        backends.REGISTRY["openvino"].export(source, tmp_path / "q_openvino", ExportOptions(imgsz=(160, 160),
+                                                                                             int8=True))
+    with pytest.raises(InputError, match="does not exist"):
+        backends.REGISTRY["openvino"].export(source, tmp_path / "q_openvino", ExportOptions(
+            imgsz=(160, 160), int8=True, calib_data=str(tmp_path / "missing")))
+
+
+def test_onnx_refuses_int8(source: LoadedModel, tmp_path: Path) -> None:
+    _need("onnx")
+    with pytest.raises(ExportError, match="openvino --int8"):
+        backends.REGISTRY["onnx"].export(source, tmp_path / "m.onnx", ExportOptions(int8=True))
+
+
+# ------------------------------------------------------------------------------------------------ bad files
+
+
+def test_onnx_bad_files(tmp_path: Path, artifact: Callable[..., Path]) -> None:
+    module = _need("onnx")
+    import onnx
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 50)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    good = artifact("onnx", imgsz=(160, 160), dynamic=True)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for bad in (text, empty, truncated, tmp_path / "missing.onnx"):
+        with pytest.raises(ModelFileError, match=bad.name):
+            module.read_meta(bad)
+        with pytest.raises(ModelFileError):
+            module.load(bad, LoadOptions())
+    proto = onnx.load(str(good))
+    del proto.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(proto, str(plain))
+    for fn in (module.read_meta, lambda p: module.load(p, LoadOptions())):
+        with pytest.raises(ModelFileError, match=r"plain.onnx.*no yolokit metadata.*yolokit export"):
+            fn(plain)
+
+
+def test_openvino_bad_files(tmp_path: Path, artifact: Callable[..., Path]) -> None:
+    module = _need("openvino")
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_text("<<< definitely not an IR")
+    garbage.with_suffix(".bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ModelFileError, match="garbage.xml.*not a readable OpenVINO IR"):
+        module.read_meta(garbage)
+    with pytest.raises(ModelFileError):
+        module.load(garbage, LoadOptions())
+    good = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    xml = next(good.glob("*.xml"))
+    nobin = tmp_path / "nobin.xml"
+    nobin.write_bytes(xml.read_bytes())
+    with pytest.raises(ModelFileError, match="nobin.bin.*missing"):
+        module.read_meta(nobin)
+    with pytest.raises(ModelFileError, match="exactly one .xml"):
+        module.read_meta(tmp_path)  # holds garbage.xml and nobin.xml
+
+
+def test_openvino_refuses_cuda(artifact: Callable[..., Path]) -> None:
+    module = _need("openvino")
+    with pytest.raises(BackendUnavailableError, match="not CUDA"):
+        module.load(artifact("openvino", imgsz=(160, 160), dynamic=True), LoadOptions(device="cuda"))
+
+
+# ------------------------------------------------------------------------------------------------ TensorRT
+
+
+def _trt_meta(**kw: Any) -> ModelMeta:
+    base: dict[str, Any] = {"names": {0: "person", 1: "bicycle"}, "imgsz": (640, 640), "batch": None,
+                            "max_batch": 8, "precision": "fp16", "format": "tensorrt",
+                            "runtime_versions": {"tensorrt": "10.3.0"},
+                            "extra": {"gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"}}}
+    base.update(kw)
+    return ModelMeta(**base)
+
+
+def test_trt_header_round_trip(tmp_path: Path) -> None:
+    meta = _trt_meta()
+    data = trt_be.pack_engine(meta, b"ENGINEBYTES")
+    assert data[:4] == b"YKTR"
+    assert int.from_bytes(data[4:8], "little") == len(meta.to_json().encode())
+    got, engine = trt_be.unpack_engine(data)
+    assert engine == b"ENGINEBYTES" and got == meta
+    f = tmp_path / "m.engine"
+    f.write_bytes(data)
+    assert trt_be.read_meta(f) == meta
+
+
+def test_trt_header_refusals(tmp_path: Path) -> None:
+    data = trt_be.pack_engine(_trt_meta(), b"ENGINE")
+    with pytest.raises(ModelFileError, match="no YKTR header"):
+        trt_be.unpack_engine(b"\x00" * 64 + b"plain trtexec engine")
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        trt_be.unpack_engine(data[:20])
+    with pytest.raises(ModelFileError, match="header only"):
+        trt_be.unpack_engine(data[: -len(b"ENGINE")])
+    with pytest.raises(ModelFileError, match="unreadable"):
+        trt_be.unpack_engine(b"YKTR" + (5).to_bytes(4, "little") + b"{bad}ENGINE")
+    plain = tmp_path / "plain.engine"
+    plain.write_bytes(b"ftrt" + b"\x01" * 100)
+    with pytest.raises(ModelFileError, match=r"plain.engine.*no YKTR header.*yolokit export"):
+        trt_be.read_meta(plain)
+    with pytest.raises(ModelFileError, match="no such"):
+        trt_be.read_meta(tmp_path / "missing.engine")
+
+
+def test_trt_compat_checks() -> None:
+    meta = _trt_meta()
+    h100 = trt_be.GpuInfo("NVIDIA H100", "9.0")
+    trt_be.check_compat(meta, "10.3.0", h100)
+    with pytest.raises(ModelFileError, match=r"TensorRT 10.3.0.*this machine has TensorRT 10.8.0.*rebuild"):
+        trt_be.check_compat(meta, "10.8.0", h100)
+    with pytest.raises(ModelFileError, match=r"built for NVIDIA H100 \(compute capability 9.0\).*L4.*rebuild"):
+        trt_be.check_compat(meta, "10.3.0", trt_be.GpuInfo("NVIDIA L4", "8.9"))
+    with pytest.raises(ModelFileError, match="does not name the GPU"):
+        trt_be.check_compat(_trt_meta(extra={}), "10.3.0", h100)
+    with pytest.raises(ModelFileError, match="not describe a TensorRT engine"):
+        trt_be.check_compat(_trt_meta(runtime_versions={}), "10.3.0", h100)
+
+
+def test_trt_profile_and_shapes(source: LoadedModel) -> None:
+    p = trt_be.plan_profile((384, 640), batch=4, dynamic=True, max_batch=16)
+    assert p == trt_be.ProfilePlan((1, 3, 384, 640), (4, 3, 384, 640), (16, 3, 384, 640))
+    assert trt_be.plan_profile((640, 640), batch=2, dynamic=False, max_batch=16) is None
+    with pytest.raises(InputError, match="above --max-batch"):
+        trt_be.plan_profile((640, 640), batch=32, dynamic=True, max_batch=8)
+    with pytest.raises(InputError, match="multiples of the stride"):
+        trt_be.plan_profile((630, 640), batch=1, dynamic=True, max_batch=8)
+    assert trt_be.output_shape(1, (640, 640), [8, 16, 32]) == (1, 25200, 85)
+    x = torch.zeros(2, 3, 160, 224)
+    with torch.no_grad():
+        real = tuple(source.model(x).shape)
+    assert trt_be.output_shape(2, (160, 224), source.model.detect.stride, 3, 80) == real
+
+
+def test_trt_precision_plan_and_flags() -> None:
+    fp32 = trt_be.plan_precision(half=False, int8=False, has_fp16_flag=True)
+    assert fp32.precision == "fp32" and not fp32.fp16_flag and fp32.clear_tf32 and not fp32.strongly_typed
+    trt10 = trt_be.plan_precision(half=True, int8=False, has_fp16_flag=True)
+    assert trt10.fp16_flag and not trt10.onnx_half and not trt10.strongly_typed
+    trt11 = trt_be.plan_precision(half=True, int8=False, has_fp16_flag=False)
+    assert trt11.strongly_typed and trt11.onnx_half and not trt11.fp16_flag
+    with pytest.raises(ExportError, match="INT8"):
+        trt_be.plan_precision(half=False, int8=True, has_fp16_flag=True)
+    assert trt_be.network_flags(False, 1) == 0
+    assert trt_be.network_flags(True, 1) == 2
+    assert trt_be.cuda_index("cuda") == 0 and trt_be.cuda_index("cuda:1") == 1 and trt_be.cuda_index("2") == 2
+    with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
+        trt_be.cuda_index("cpu")
+    assert trt_be.timing_cache_path(Path("/x/m.engine")) == Path("/x/m.engine.timing.cache")
+
+
+def test_trt_unavailable_is_a_clear_refusal(tmp_path: Path) -> None:
+    reason = trt_be.unavailable_reason()
+    if reason is None:
+        pytest.skip("TensorRT and a CUDA GPU are available here")
+    assert "yolokit[trt]" in reason or "NVIDIA GPU" in reason
+    f = tmp_path / "m.engine"
+    f.write_bytes(trt_be.pack_engine(_trt_meta(), b"x"))
+    with pytest.raises(BackendUnavailableError):
+        trt_be.load(f, LoadOptions(device="cuda"))
+    with pytest.raises(BackendUnavailableError):
+        backends.require("trt")
+
+
+def test_openvino_infer_many_matches_infer(artifact: Callable[..., Path]) -> None:
+    _need("openvino")
+    runner: Any = backends.REGISTRY["openvino"].load(artifact("openvino", imgsz=(160, 160), dynamic=True),
+                                                     LoadOptions(options={"hint": "THROUGHPUT"}))
+    batches = [_batch(b, 160, 160, seed=b) for b in (1, 2, 3)]
+    for many, b in zip(runner.infer_many(batches, jobs=2), batches, strict=True):
+        np.testing.assert_allclose(many, runner.infer(b), rtol=0, atol=1e-4)
+    runner.close()

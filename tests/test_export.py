@@ -1,0 +1,166 @@
+"""``yolokit export`` end to end: the export API and CLI on a built-in config (always), and on the official
+yolov5n.pt with coco128 (skipped where the shared data is absent): exported ONNX and OpenVINO models give the
+same detections through ``yolokit run`` as the .pt checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+import backends
+from backends.base import ExportOptions
+from tests.helpers.matching import match, read_label_file, xywhn_to_xyxy
+from toolkit.cli import main
+from toolkit.errors import ExportError, InputError
+from toolkit.export import default_output, export, parity_check
+
+
+def _need(name: str) -> None:
+    if not backends.REGISTRY[name].is_available():
+        pytest.skip(f"{name} runtime not installed")
+
+
+# ------------------------------------------------------------------------------------------------ always
+
+
+def test_export_api_default_path_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _need("onnx")
+    monkeypatch.chdir(tmp_path)
+    report = export("yolov5n.yaml", "onnx", None, ExportOptions(imgsz=(160, 192)))
+    assert report.artifact == tmp_path / "yolov5n.onnx" and report.artifact.is_file()
+    assert report.meta.format == "onnx" and report.meta.imgsz == (160, 192) and report.meta.batch == 1
+    p = report.parity
+    assert p.passed and p.images >= 3 and p.imgsz == (160, 192)
+    assert p.max_abs_diff_conf < 1e-4 and p.max_abs_diff_box < 0.05
+    d = report.to_dict()
+    assert d["parity"]["passed"] and d["meta"]["format"] == "onnx"
+
+
+def test_default_output_names(tmp_path: Path) -> None:
+    pt = tmp_path / "w" / "yolov5n.pt"
+    assert default_output(pt, "onnx", ExportOptions()) == tmp_path / "w" / "yolov5n.onnx"
+    assert default_output(pt, "onnx", ExportOptions(half=True)) == tmp_path / "w" / "yolov5n_fp16.onnx"
+    assert default_output(pt, "openvino", ExportOptions()) == tmp_path / "w" / "yolov5n_openvino"
+    assert default_output(pt, "openvino", ExportOptions(int8=True)) == tmp_path / "w" / "yolov5n_int8_openvino"
+    assert default_output(pt, "trt", ExportOptions(half=True)) == tmp_path / "w" / "yolov5n_fp16.engine"
+
+
+def test_parity_check_catches_a_wrong_model(tmp_path: Path) -> None:
+    _need("onnx")
+    opts = ExportOptions(imgsz=(160, 160))
+    art = export("yolov5n.yaml", "onnx", tmp_path / "n.onnx", opts).artifact
+    report = parity_check("yolov5s.yaml", art, "onnx", opts, None, [])  # another network's reference
+    assert not report.passed and "differ" in report.reason
+
+
+def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _need("openvino")
+    out = tmp_path / "m_openvino"
+    assert main(["export", "yolov5n.yaml", "--to", "openvino", "-o", str(out), "--imgsz", "128,160",
+                 "--dynamic", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["artifact"] == str(out) and d["parity"]["passed"]
+    assert d["meta"]["imgsz"] is None and d["meta"]["batch"] is None and d["meta"]["format"] == "openvino"
+    assert len(list(out.glob("*.xml"))) == 1 and len(list(out.glob("*.bin"))) == 1
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "openvino" and info["precision"] == "fp32"
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--to", "onnx", "--imgsz", "100"], 2, "multiples of the model stride"),
+    (["--to", "onnx", "--imgsz", "a,b"], 2, "--imgsz takes"),
+    (["--to", "onnx", "--int8", "--data", "x"], 2, "openvino only"),
+    (["--to", "openvino", "--int8"], 2, "--data"),
+    (["--to", "openvino", "--half", "--int8", "--data", "x"], 2, "one of --half and --int8"),
+    (["--to", "tflite"], 2, "choose one of"),
+])
+def test_cli_export_refusals(args: list[str], code: int, text: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "yolov5n.yaml", "-o", str(tmp_path / "m.onnx"), *args]) == code
+    assert text in capsys.readouterr().err
+
+
+def test_cli_export_trt_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if backends.REGISTRY["trt"].is_available():
+        pytest.skip("TensorRT and a CUDA GPU are available here")
+    assert main(["export", "yolov5n.yaml", "--to", "trt", "-o", str(tmp_path / "m.engine")]) == 4
+    err = capsys.readouterr().err
+    assert "yolokit[trt]" in err or "NVIDIA GPU" in err
+
+
+def test_export_api_rejects_bad_target() -> None:
+    with pytest.raises(InputError):
+        export("yolov5n.yaml", "coreml", None, ExportOptions())
+
+
+def test_torch_backend_does_not_export(tmp_path: Path) -> None:
+    from toolkit.loader import load_model
+
+    with pytest.raises(ExportError):
+        backends.REGISTRY["torch"].export(load_model("yolov5n.yaml"), tmp_path / "x", ExportOptions())
+
+
+# ------------------------------------------------------------------------------------------------ shared data
+
+N_IMAGES = 16
+
+
+@pytest.fixture(scope="session")
+def subset(coco128_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("coco16")
+    for f in sorted(coco128_images.glob("*.jpg"))[:N_IMAGES]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def exported(yolov5n_pt: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """yolov5n.pt exported once per session: ONNX and OpenVINO FP32, dynamic, 640."""
+    root = tmp_path_factory.mktemp("exported")
+    parity = [str(p) for p in sorted(subset.glob("*.jpg"))[:4]]
+    out: dict[str, Path] = {}
+    for to, name in (("onnx", "yolov5n.onnx"), ("openvino", "yolov5n_openvino")):
+        if not backends.REGISTRY[to].is_available():
+            continue
+        report = export(yolov5n_pt, to, root / name, ExportOptions(imgsz=(640, 640), dynamic=True), parity)
+        assert report.parity.passed and report.parity.reference_detections > 0
+        out[to] = report.artifact
+    return out
+
+
+def _run_labels(weights: Path, source: Path, project: Path, name: str) -> Path:
+    rc = main(["run", str(source), "--weights", str(weights), "--save-txt", "--save-conf", "--nosave",
+               "--project", str(project), "--name", name])
+    assert rc == 0
+    return project / name / "labels"
+
+
+@pytest.fixture(scope="session")
+def pt_labels(yolov5n_pt: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run_labels(yolov5n_pt, subset, tmp_path_factory.mktemp("runs"), "pt")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_exported_model_detects_like_pt(fmt: str, exported: dict[str, Path], pt_labels: Path, subset: Path,
+                                        tmp_path: Path) -> None:
+    if fmt not in exported:
+        pytest.skip(f"{fmt} runtime not installed")
+    got_dir = _run_labels(exported[fmt], subset, tmp_path, fmt)
+    total = matched = 0
+    for img in sorted(subset.glob("*.jpg")):
+        ref = read_label_file(pt_labels / f"{img.stem}.txt")
+        got = read_label_file(got_dir / f"{img.stem}.txt")
+        arr = cv2.imread(str(img))
+        assert arr is not None
+        h, w = arr.shape[:2]
+        m, _ = match(xywhn_to_xyxy(ref, w, h), ref[:, 0], ref[:, 5], xywhn_to_xyxy(got, w, h), got[:, 0],
+                     got[:, 5], min_iou=0.98, conf_tol=None)
+        total += len(ref)
+        matched += m
+    assert total > 50
+    assert matched >= 0.99 * total, (matched, total)

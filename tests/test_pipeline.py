@@ -1,0 +1,149 @@
+"""Concurrency: every mode gives the sequential detections, in order; failures are contained."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from toolkit import Detector
+from toolkit.pipeline import make_plan
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """14 images of mixed sizes (two letterbox shapes), one broken, one large enough for reduced decode."""
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        h, w = (120, 200) if i % 3 else (200, 120)
+        img = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+        cv2.imwrite(str(d / f"{i:02d}.jpg"), img)
+    cv2.imwrite(str(d / "12_big.jpg"), cv2.resize(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (1280, 960)))
+    (d / "13_broken.jpg").write_bytes(b"\xff\xd8garbage\xff\xd9")
+    return d
+
+
+def _det() -> Detector:
+    return Detector("yolov5n.yaml", imgsz=128, conf=1e-6, max_det=50)
+
+
+def _key(results: list) -> list:  # type: ignore[type-arg]
+    out = []
+    for r in results:
+        if r.ok:
+            out.append((r.ref.path, r.detections.class_id.tolist(), np.round(r.detections.xyxy, 2).tolist()))
+        else:
+            out.append((r.ref.path, r.error))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "workers", "batch"), [("thread", 2, 1), ("thread", 2, 3), ("process", 2, 1),
+                                                        ("auto", 0, 0)])
+def test_modes_equal_sequential_and_keep_order(images: Path, mode: str, workers: int, batch: int) -> None:
+    det = _det()
+    seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+    assert [Path(r.ref.path).name for r in seq] == sorted(p.name for p in images.iterdir())
+    assert sum(len(r.detections) for r in seq if r.ok) > 0
+    assert [r.ok for r in seq].count(False) == 1
+    got = list(det.predict_iter(images, mode=mode, workers=workers, batch=batch))
+    assert _key(got) == _key(seq)
+
+
+def test_auto_plan_rules() -> None:
+    det = _det()
+    few = make_plan(det, 5, cores=2)
+    assert few.mode == "thread" and few.workers == 1 and few.threads == 2
+    many = make_plan(det, 1000, cores=2)
+    assert many.mode == "process" and many.workers == 2 and many.threads == 1
+    assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores
+    assert make_plan(det, 1000, cores=1).mode == "thread"
+
+
+class _FlakyRunner:
+    """Fault injection: the real runner, except that the call on a batch of 3 raises."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.meta = inner.meta  # type: ignore[attr-defined]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 3:
+            raise RuntimeError("simulated runtime failure")
+        return self.inner.infer(batch)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_batch_is_reported_and_the_rest_processed(images: Path) -> None:
+    det = _det()
+    det.runner = _FlakyRunner(det.runner)  # type: ignore[assignment]
+    results = list(det.predict_iter(images, mode="thread", workers=2, batch=3))
+    assert len(results) == 14
+    failed = [r for r in results if not r.ok]
+    assert any("simulated runtime failure" in (r.error or "") for r in failed)
+    assert any(r.ok for r in results)
+
+
+def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) -> None:
+    det = _det()
+    results = []
+    killed = False
+    for r in det.predict_iter(images, mode="process", workers=2, batch=1):
+        results.append(r)
+        if not killed:
+            victim = mp.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            killed = True
+    assert killed and len(results) == 14
+    assert [r.ok for r in results].count(False) == 1  # only the broken file
+    assert _key(results) == _key(list(det.predict_iter(images, mode="thread")))
+
+
+def test_reduced_decode_maps_boxes_to_original_pixels(images: Path) -> None:
+    det = _det()
+    big = images / "12_big.jpg"
+    assert det.reduce_factor((960, 1280)) == 8  # 1280 / 8 = 160 is still >= the 128 input
+    assert det.reduce_factor((500, 1000)) == 4  # 1000 / 8 = 125 would be < 128
+    assert det.reduce_factor((100, 200)) == 1
+    fast = next(iter(det.predict_iter([str(big)], fast_decode=True)))
+    assert fast.detections is not None and fast.detections.shape == (960, 1280)
+    if len(fast.detections):
+        assert fast.detections.xyxy[:, 2].max() <= 1280 and fast.detections.xyxy[:, 3].max() <= 960
+
+
+def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    for i in range(400):
+        cv2.imwrite(str(src / f"{i:03d}.jpg"), img)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
+                             "--mode", "process", "--workers", "2", "--nosave", "--save-txt", "--project",
+                             str(tmp_path), "--name", "r", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    labels = tmp_path / "r" / "failures.jsonl"
+    deadline = time.monotonic() + 120
+    while not labels.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)  # let it get going
+    assert proc.poll() is None, proc.communicate()
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15
+    assert proc.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["images"] < 400
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True
+    assert not mp.active_children()

@@ -1,0 +1,395 @@
+"""Batched, pipelined execution with bounded queues: reader threads decode and letterbox, inference runs in
+worker threads (one shared model) or worker processes (one model each), results come back in input order.
+
+Rules of ``auto`` (see :func:`make_plan`):
+
+* CUDA device: threads; 2 inference workers so copies overlap compute, batch 16 (or the artifact's static
+  batch), readers = all cores (JPEG decoding is the bottleneck on a GPU).
+* CPU, few inputs (< 8 per core) or one core: one inference thread using every core (intra-op threads); one
+  reader thread overlaps decoding with inference. Starting processes would cost more than it saves.
+* CPU, many inputs: one process per core, each with one intra-op thread and its own decode. Small models
+  parallelise poorly inside one inference; independent single-threaded processes keep every core busy
+  without oversubscription (workers x threads <= cores, always).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.detections import Detections
+from toolkit.errors import InputError, YolokitError
+from toolkit.sources import InputRef, iter_video
+
+if TYPE_CHECKING:
+    from toolkit.detector import Detector, Result, _Prepared
+
+MODES = ("auto", "thread", "process")
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run executes: ``mode``, inference ``workers``, ``batch`` size, intra-op ``threads`` per worker,
+    decode ``readers`` (thread mode), and why."""
+
+    mode: str
+    workers: int
+    batch: int
+    threads: int
+    readers: int
+    reason: str
+
+    def describe(self) -> str:
+        readers = f", {self.readers} reader thread(s)" if self.mode == "thread" else ""
+        return (f"{self.mode} mode: {self.workers} worker(s) x {self.threads} intra-op thread(s), batch "
+                f"{self.batch}{readers} ({self.reason})")
+
+
+def make_plan(det: Detector, n_inputs: int, mode: str = "auto", workers: int = 0, batch: int = 0,
+              cores: int | None = None) -> Plan:
+    """Choose mode, workers, batch and threads; explicit values are kept, zeros are filled in."""
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if workers < 0 or batch < 0:
+        raise InputError("--workers and --batch must not be negative")
+    cores = cores or cpu_count()
+    static = det.meta.batch
+    gpu = str(det.init_kwargs.get("device", "cpu")).startswith("cuda")
+    if static is not None and batch and batch != static:
+        batch = static  # a static artifact takes exactly its batch (partial batches are padded)
+    if mode == "auto":
+        if gpu:
+            mode, workers, reason = "thread", workers or 2, "CUDA device: threads feed one GPU"
+            batch = batch or static or 16
+        elif cores == 1 or n_inputs < 8 * cores:
+            mode, workers, reason = "thread", workers or 1, f"{n_inputs} inputs: too few to pay for processes"
+        else:
+            mode, workers, reason = "process", workers or cores, f"{n_inputs} inputs on {cores} cores"
+    else:
+        reason = "as asked"
+        workers = workers or (cores if mode == "process" else 1)
+    batch = batch or static or 1
+    asked = det.init_kwargs.get("threads")
+    threads = int(asked) if asked else (max(1, cores // workers) if not gpu else 1)
+    readers = cores if gpu else max(1, min(4, cores // 2))
+    return Plan(mode, workers, batch, threads, readers, reason)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+Payload = np.ndarray | str | None  # a decoded frame, a failure reason, or None: read the file
+
+
+def expand(items: Iterable[InputRef]) -> Iterator[tuple[int, InputRef, Payload]]:
+    """Number the inputs, expanding videos into frames (decoded here, in order)."""
+    index = 0
+    for ref in items:
+        if ref.frame == -1:
+            for fref, frame, reason in iter_video(ref):
+                yield index, fref, frame if frame is not None else (reason or "unreadable frame")
+                index += 1
+        else:
+            yield index, ref, None
+            index += 1
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+                 window: int) -> Iterator[Any]:
+    """``map`` over a thread pool with at most ``window`` items in flight, results in order."""
+    pending: deque[Future[Any]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _load_and_prepare(det: Detector, item: tuple[int, InputRef, Payload], keep_images: bool,
+                      fast_decode: bool) -> tuple[int, Result | _Prepared]:
+    from toolkit.detector import Result
+
+    index, ref, payload = item
+    if isinstance(payload, str):
+        return index, Result(ref, error=payload)
+    if payload is None:
+        got = det.load_input(ref, fast_decode)
+        if isinstance(got, str):
+            return index, Result(ref, error=got)
+        img, shape = got
+    else:
+        img, shape = payload, (payload.shape[0], payload.shape[1])
+    return index, det.prepare(index, ref, img, shape, keep_images)
+
+
+def run_pipeline(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool = False,
+                 fast_decode: bool = True) -> Iterator[Result]:
+    if plan.mode == "process":
+        yield from _run_processes(det, items, plan, fast_decode)
+    else:
+        yield from _run_threads(det, items, plan, keep_images, fast_decode)
+
+
+# --------------------------------------------------------------------------------------------- threads
+def _run_threads(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool,
+                 fast_decode: bool) -> Iterator[Result]:
+    from toolkit.detector import Result
+
+    set_threads = getattr(det.runner, "set_threads", None)
+    if set_threads is not None:
+        set_threads(plan.threads)
+    readers = ThreadPoolExecutor(plan.readers, thread_name_prefix="yolokit-read")
+    infer_pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer")
+    results: dict[int, Result] = {}
+    groups: dict[tuple[int, ...], list[_Prepared]] = {}
+    futures: deque[Future[list[tuple[int, Result]]]] = deque()
+    next_out = 0
+    max_wait = 4 * plan.batch  # a partial group older than this many inputs is flushed (bounded memory)
+
+    def submit(group: list[_Prepared]) -> None:
+        futures.append(infer_pool.submit(det.run_batch, group))
+
+    def collect(block: bool) -> None:
+        while futures and (block or futures[0].done()):
+            results.update(futures.popleft().result())
+            block = False
+
+    try:
+        prepared = _ordered_map(readers, lambda it: _load_and_prepare(det, it, keep_images, fast_decode),
+                                expand(items), window=plan.readers * 4)
+        for index, item in prepared:
+            if isinstance(item, Result):
+                results[index] = item
+            else:
+                key = item.chw.shape
+                group = groups.setdefault(key, [])
+                group.append(item)
+                if len(group) >= plan.batch:
+                    submit(groups.pop(key))
+            for key in [k for k, g in groups.items() if g[0].index < index - max_wait]:
+                submit(groups.pop(key))
+            while len(futures) > plan.workers * 2:
+                collect(block=True)
+            collect(block=False)
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+        for group in groups.values():
+            submit(group)
+        while futures:
+            collect(block=True)
+        while next_out in results:
+            yield results.pop(next_out)
+            next_out += 1
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        infer_pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------- processes
+_Lite = tuple[int, Any, Any, Any, Any, str | None]  # index, xyxy, conf, cls, shape, error
+
+
+def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int, fast_decode: bool,
+                 tasks: Any, results: Any) -> None:
+    """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(1)
+    from toolkit.detector import Detector
+
+    try:
+        det = Detector(**{**init_kwargs, "threads": threads})
+    except Exception as e:  # reported to the parent, which stops the run with this message
+        results.put(("init_error", wid, None, f"{type(e).__name__}: {e}"))
+        return
+    results.put(("ready", wid, None, None))
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        task_id, items = task
+        try:
+            out: list[_Lite] = []
+            prepared: list[_Prepared] = []
+            for item in items:
+                index, res = _load_and_prepare(det, item, False, fast_decode)
+                if hasattr(res, "chw"):
+                    prepared.append(res)  # type: ignore[arg-type]
+                else:
+                    out.append((index, None, None, None, None, res.error))  # type: ignore[union-attr]
+            groups: dict[tuple[int, ...], list[_Prepared]] = {}
+            for p in prepared:
+                groups.setdefault(p.chw.shape, []).append(p)
+            for group in groups.values():
+                for i in range(0, len(group), batch):
+                    for index, r in det.run_batch(group[i:i + batch]):
+                        d = r.detections
+                        if d is None:
+                            out.append((index, None, None, None, None, r.error))
+                        else:
+                            out.append((index, d.xyxy, d.confidence, d.class_id, d.shape, None))
+            results.put(("done", wid, task_id, out))
+        except Exception as e:
+            results.put(("error", wid, task_id, f"{type(e).__name__}: {e}"))
+
+
+@dataclass
+class _Worker:
+    wid: int
+    proc: Any
+    tasks: Any
+    inflight: dict[int, list[tuple[int, InputRef, Payload]]]
+    ready: bool = False
+
+
+def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode: bool) -> Iterator[Result]:
+    """Process mode: ``spawn`` workers, each loading the model once; tasks carry paths (frames for videos),
+    results carry only boxes. A worker that dies is replaced; its in-flight inputs are retried once, one by
+    one, then reported failed. Every wait is bounded and checks the workers are alive."""
+    from toolkit.detector import Result
+
+    ctx = mp.get_context("spawn")
+    results_q: Any = ctx.Queue()
+    chunk = max(plan.batch, 2)
+    source = expand(items)
+    retry: deque[tuple[int, list[tuple[int, InputRef, Payload]]]] = deque()  # (attempt, items)
+    attempts: dict[int, int] = {}
+    task_items: dict[int, list[tuple[int, InputRef, Payload]]] = {}
+    done: dict[int, Result] = {}
+    workers: dict[int, _Worker] = {}
+    next_wid = 0
+    next_task = 0
+    next_out = 0
+    exhausted = False
+    restarts = 0
+    max_restarts = 3 * plan.workers + 3
+    names = det.names
+
+    def start_worker() -> None:
+        nonlocal next_wid
+        tq = ctx.Queue()
+        p = ctx.Process(target=_worker_main, name=f"yolokit-worker-{next_wid}", daemon=True,
+                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, results_q))
+        p.start()
+        workers[next_wid] = _Worker(next_wid, p, tq, {})
+        next_wid += 1
+
+    def next_items() -> tuple[int, list[tuple[int, InputRef, Payload]]] | None:
+        nonlocal exhausted
+        if retry:
+            return retry.popleft()
+        if exhausted:
+            return None
+        batch_items = []
+        for item in source:
+            batch_items.append(item)
+            if len(batch_items) >= chunk:
+                break
+        else:
+            exhausted = True
+        return (0, batch_items) if batch_items else None
+
+    def fail(entries: list[tuple[int, InputRef, Payload]], reason: str) -> None:
+        for index, ref, _ in entries:
+            done[index] = Result(ref, error=reason)
+
+    for _ in range(plan.workers):
+        start_worker()
+    try:
+        while True:
+            # dispatch: at most two tasks in flight per ready worker, and a bounded reorder buffer
+            for w in workers.values():
+                while w.ready and len(w.inflight) < 2 and len(done) < 64 * chunk:
+                    nxt = next_items()
+                    if nxt is None:
+                        break
+                    attempt, entries = nxt
+                    tid = next_task
+                    next_task += 1
+                    attempts[tid] = attempt
+                    task_items[tid] = entries
+                    w.inflight[tid] = entries
+                    w.tasks.put((tid, entries))
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+            if exhausted and not retry and not any(w.inflight for w in workers.values()) and not done:
+                break
+            try:
+                kind, wid, tid, payload = results_q.get(timeout=0.5)
+            except queue.Empty:
+                kind = "timeout"
+            if kind == "ready":
+                workers[wid].ready = True
+            elif kind == "init_error":
+                raise YolokitError(f"a worker process could not load the model: {payload}")
+            elif kind in ("done", "error"):
+                owner = workers.get(wid)
+                entries = owner.inflight.pop(tid, []) if owner else task_items.get(tid, [])
+                task_items.pop(tid, None)
+                attempts.pop(tid, None)
+                emap = {e[0]: e[1] for e in entries}
+                if kind == "error":
+                    fail(entries, f"worker error: {payload}")
+                else:
+                    for index, xyxy, conf, cls, shape, error in payload:
+                        ref = emap[index]
+                        if error is not None:
+                            done[index] = Result(ref, error=error)
+                        else:
+                            done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape))
+            # liveness: replace dead workers; retry their inputs once, one at a time
+            for w in list(workers.values()):
+                if w.proc.is_alive():
+                    continue
+                w.proc.join(timeout=1)
+                code = w.proc.exitcode
+                del workers[w.wid]
+                for tid, entries in w.inflight.items():
+                    if attempts.get(tid, 0) >= 1:
+                        fail(entries, f"worker process died (exit code {code}) twice on this input")
+                    else:
+                        retry.extend((1, [e]) for e in entries)
+                    task_items.pop(tid, None)
+                    attempts.pop(tid, None)
+                restarts += 1
+                if restarts > max_restarts:
+                    raise YolokitError(f"worker processes keep dying (last exit code {code}); try --mode thread "
+                                       f"or fewer --workers (a script that uses process mode must start under "
+                                       f"`if __name__ == '__main__':`, which the spawn start method needs)")
+                start_worker()
+    finally:
+        for w in workers.values():
+            with contextlib.suppress(Exception):
+                w.tasks.put(None)
+        deadline = time.monotonic() + 5
+        for w in workers.values():
+            w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.terminate()
+                w.proc.join(timeout=2)
+        with contextlib.suppress(Exception):
+            results_q.close()
+            results_q.cancel_join_thread()
