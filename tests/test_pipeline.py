@@ -67,6 +67,15 @@ def test_auto_plan_rules() -> None:
     assert many.mode == "process" and many.workers == 2 and many.threads == 1
     assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores
     assert make_plan(det, 1000, cores=1).mode == "thread"
+    # on a CPU, decode threads only get the cores that inference leaves free
+    assert few.readers == 0
+    assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 0
+    det.init_kwargs["threads"] = 2  # an explicit intra-op budget leaves 8 - 2 x 2 cores to decoding
+    assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 4
+    det.init_kwargs["threads"] = None
+    det.init_kwargs["device"] = "cuda"  # the CUDA rule (planning only; nothing runs on a GPU here)
+    gpu = make_plan(det, 1000, cores=8)
+    assert (gpu.mode, gpu.workers, gpu.batch, gpu.readers) == ("thread", 2, 16, 8)
 
 
 class _FlakyRunner:
