@@ -29,7 +29,7 @@ def is_available() -> bool:
 
 
 def claims(path: Path) -> bool:
-    from toolkit.loader import is_builtin_config
+    from toolkit.configs import is_builtin_config
 
     return path.suffix.lower() in SUFFIXES or is_builtin_config(path.name)
 

@@ -63,8 +63,13 @@ def test_auto_plan_rules() -> None:
     det = _det()
     few = make_plan(det, 5, cores=2)
     assert few.mode == "thread" and few.workers == 1 and few.threads == 2
-    many = make_plan(det, 1000, cores=2)
+    many = make_plan(det, 1000, cores=2)  # PyTorch, >= 250 inputs per core
     assert many.mode == "process" and many.workers == 2 and many.threads == 1
+    some = make_plan(det, 200, cores=2)
+    assert (some.mode, some.workers, some.threads) == ("thread", 2, 1)
+    det.backend_name = "onnx"  # a runtime that releases the GIL: threads whatever the count
+    assert make_plan(det, 100000, cores=2).mode == "thread"
+    det.backend_name = "torch"
     assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores
     assert make_plan(det, 1000, cores=1).mode == "thread"
     # on a CPU, decode threads only get the cores that inference leaves free

@@ -80,7 +80,7 @@ class Detector:
             raise InputError(f"conf and iou must be in [0, 1], got conf={conf} iou={iou}")
         if max_det < 1:
             raise InputError(f"max_det must be at least 1, got {max_det}")
-        from toolkit.loader import is_builtin_config
+        from toolkit.configs import is_builtin_config
 
         text = str(weights)
         path = Path(text) if is_builtin_config(Path(text).name) and not Path(text).exists() else resolve_weights(text)

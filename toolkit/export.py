@@ -93,7 +93,7 @@ def format_report(r: ExportReport) -> str:
 def default_output(weights: str | Path, to: str, options: ExportOptions) -> Path:
     """Beside the weights (the current folder for a built-in config): ``yolov5n.onnx``,
     ``yolov5n_openvino/``, ``yolov5n.engine``; ``_fp16`` / ``_int8`` before the suffix when not FP32."""
-    from toolkit.loader import is_builtin_config
+    from toolkit.configs import is_builtin_config
 
     p = Path(weights)
     folder = Path.cwd() if (is_builtin_config(p.name) and not p.exists()) else p.parent
@@ -243,7 +243,8 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
     artifact against PyTorch FP32. Raises :class:`ExportError` when the export or the parity check fails."""
     import backends
-    from toolkit.loader import is_builtin_config, load_model
+    from toolkit.configs import is_builtin_config
+    from toolkit.loader import load_model
     from toolkit.weights import resolve_weights
 
     options = options or ExportOptions()

@@ -9,7 +9,8 @@ from typing import Any
 def model_info(model: str) -> dict[str, Any]:
     """Metadata of a checkpoint or artifact; for PyTorch models also parameters and GFLOPs at 640."""
     import backends
-    from toolkit.loader import is_builtin_config, load_model
+    from toolkit.configs import is_builtin_config
+    from toolkit.loader import load_model
     from toolkit.weights import resolve_weights
 
     path = Path(model) if is_builtin_config(Path(model).name) and not Path(model).exists() \

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from toolkit.configs import is_builtin_config
 from toolkit.errors import ModelFileError
 from toolkit.meta import ModelMeta
-from toolkit.model import BUILTIN_CONFIGS, YOLOv5, build_model
+from toolkit.model import YOLOv5, build_model
 
 
 @dataclass
@@ -20,12 +21,6 @@ class LoadedModel:
     model: YOLOv5
     meta: ModelMeta
     path: Path | None
-
-
-def is_builtin_config(name: str) -> bool:
-    """True for built-in model names like ``yolov5s.yaml`` (random weights)."""
-    stem = name[:-5] if name.endswith(".yaml") else name
-    return stem in BUILTIN_CONFIGS
 
 
 def load_model(weights: str | Path, nc: int = 80) -> LoadedModel:

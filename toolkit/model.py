@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolkit.configs import BUILTIN_CONFIGS, SCALES
 from toolkit.errors import ModelFileError
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -252,9 +253,6 @@ _P6_HEAD_BACKBONE: dict[str, Any] = {
     ],
 }
 
-_SCALES = {"n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75), "l": (1.0, 1.0), "x": (1.33, 1.25)}
-
-BUILTIN_CONFIGS: tuple[str, ...] = tuple(f"yolov5{s}" for s in _SCALES) + tuple(f"yolov5{s}6" for s in _SCALES)
 
 
 def builtin_config(name: str, nc: int = 80) -> dict[str, Any]:
@@ -262,7 +260,7 @@ def builtin_config(name: str, nc: int = 80) -> dict[str, Any]:
     m = re.fullmatch(r"yolov5([nsmlx])(6?)(\.yaml|\.pt)?", name)
     if not m:
         raise ModelFileError(f"unknown built-in model config {name!r}; choose one of {', '.join(BUILTIN_CONFIGS)}")
-    gd, gw = _SCALES[m.group(1)]
+    gd, gw = SCALES[m.group(1)]
     base = _P6_HEAD_BACKBONE if m.group(2) else _P5_HEAD_BACKBONE
     return {"nc": nc, "depth_multiple": gd, "width_multiple": gw, **copy.deepcopy(base)}
 

@@ -7,9 +7,12 @@ Rules of ``auto`` (see :func:`make_plan`):
   batch), readers = all cores (JPEG decoding is the bottleneck on a GPU).
 * CPU, few inputs (< 8 per core) or one core: one inference thread using every core (intra-op threads); one
   reader thread overlaps decoding with inference. Starting processes would cost more than it saves.
-* CPU, many inputs: one process per core, each with one intra-op thread and its own decode. Small models
-  parallelise poorly inside one inference; independent single-threaded processes keep every core busy
-  without oversubscription (workers x threads <= cores, always).
+* CPU, more inputs, a native runtime (onnxruntime, OpenVINO: they release the GIL): one thread per core, each
+  with one intra-op thread, sharing one loaded model; decoding inline. Small models parallelise poorly inside
+  one inference, so independent single-threaded inferences keep every core busy, without process start-up.
+* CPU, PyTorch, at least 250 inputs per core: one process per core with one intra-op thread each (PyTorch's
+  Python-level module calls hold the GIL); below that, threads as above (process start-up does not pay).
+* Always workers x threads <= cores, and decode threads only get cores that inference leaves free.
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ def make_plan(det: Detector, n_inputs: int, mode: str = "auto", workers: int = 0
             batch = batch or static or 16
         elif cores == 1 or n_inputs < 8 * cores:
             mode, workers, reason = "thread", workers or 1, f"{n_inputs} inputs: too few to pay for processes"
+        elif det.backend_name != "torch" or n_inputs < 250 * cores:
+            why = "the runtime releases the GIL" if det.backend_name != "torch" else f"{n_inputs} inputs"
+            mode, workers, reason = "thread", workers or cores, f"{why}: one shared model, no process start-up"
         else:
-            mode, workers, reason = "process", workers or cores, f"{n_inputs} inputs on {cores} cores"
+            mode, workers, reason = "process", workers or cores, f"{n_inputs} PyTorch inputs on {cores} cores"
     else:
         reason = "as asked"
         workers = workers or (cores if mode == "process" else 1)
