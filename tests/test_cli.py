@@ -33,6 +33,11 @@ def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and "nope" in lines[0] and "no such file" in lines[0]
 
 
+def test_usage_error_exit_code() -> None:
+    assert main(["run", "--no-such-option"]) == 2
+    assert main(["run", "x.jpg", "--conf", "not-a-number"]) == 2
+
+
 def test_missing_weights_exit_code(tmp_path: Path) -> None:
     img = tmp_path / "a.jpg"
     cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))

@@ -96,6 +96,13 @@ def run(
     workers: Annotated[int, typer.Option(help="Inference workers (threads or processes; 0: auto).")] = 0,
     mode: Annotated[str, typer.Option(help="auto, thread or process. auto picks from the backend, device, "
                                            "core count and number of inputs; the summary shows the choice.")] = "auto",
+    tile: Annotated[int, typer.Option(help="Sliced inference for huge images: tiles of this many source pixels "
+                                           "(e.g. 640), merged so each object is reported once; 0: off.")] = 0,
+    overlap: Annotated[float, typer.Option(help="With --tile: fraction of a tile shared by neighbours.")] = 0.2,
+    tile_batch: Annotated[int, typer.Option(help="With --tile: tiles per inference call.")] = 4,
+    full_frame: Annotated[bool, typer.Option("--full-frame/--no-full-frame",
+                                             help="With --tile: also run the whole image letterboxed, for "
+                                                  "objects larger than a tile.")] = True,
     save_txt: Annotated[bool, typer.Option(help="Write labels/<name>.txt: class xc yc w h, normalised "
                                                 "(YOLO format).")] = False,
     save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
@@ -104,12 +111,14 @@ def run(
     project: Annotated[str, typer.Option(help="Parent folder of the run folder.")] = "runs/detect",
     name: Annotated[str, typer.Option(help="Run folder name (exp, exp2, ... when it exists).")] = "exp",
     exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME instead of making a new one.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in PROJECT/NAME: inputs in its "
+                                              "manifest.jsonl are skipped, the rest processed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Detect objects in images or videos and write annotated images, labels and a summary.
 
     Every input ends up processed or listed in failures.jsonl with its reason; the exit code is 1 when
-    any input failed.
+    any input failed. manifest.jsonl records each finished input; --resume continues a killed run.
 
     Examples:\n
       yolokit run photos/ --save-txt --nosave\n
@@ -122,7 +131,8 @@ def run(
                       imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
-                      workers=workers, mode=mode)
+                      workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap,
+                      tile_batch=tile_batch, full_frame=full_frame)
     with _Progress(not json_out, "detecting") as bar:
         summary = run_job(opts, progress=bar.update)
     if json_out:
@@ -237,6 +247,49 @@ def export(
     typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))
 
 
+def _csv(text: str | None, kind: type = str) -> list | None:  # type: ignore[type-arg]
+    return [kind(v) for v in text.replace(" ", "").split(",") if v] if text else None
+
+
+@app.command()
+def bench(
+    weights: Annotated[str, typer.Option(help="The .pt checkpoint to compare (artifacts are exported from it).")],
+    source: Annotated[str, typer.Option(help="Folder (or glob/list) of images to run on.")],
+    data: Annotated[str | None, typer.Option(help="A labelled dataset (yaml or folder): accuracy as mAP50-95 "
+                                                  "on its images instead of agreement with the baseline.")] = None,
+    backends_: Annotated[str | None, typer.Option("--backends", help="e.g. torch,onnx,openvino,trt "
+                                                                     "(default: every installed one).")] = None,
+    precision: Annotated[str | None, typer.Option(help="e.g. fp32,fp16,int8 (default: what each backend "
+                                                       "supports on this device).")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8.")] = "1",
+    modes: Annotated[str, typer.Option(help="From seq,thread,process,auto.")] = "seq,auto",
+    workers: Annotated[str, typer.Option(help="Worker counts for thread/process modes, e.g. 1,2 (0: auto).")] = "0",
+    images: Annotated[int, typer.Option(help="How many images.")] = 100,
+    repeat: Annotated[int, typer.Option(help="Fresh-process runs per configuration (median reported).")] = 3,
+    out: Annotated[str, typer.Option(help="Where results.json/.csv, report.md and charts go.")] = "runs/bench",
+    imgsz: Annotated[int, typer.Option(help="Inference size.")] = 640,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Which backend, precision, batch and mode should I use here, and what do I lose?
+
+    Runs each configuration in a fresh process against the PyTorch baseline (FP32 on a CPU, FP16 on a GPU),
+    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy.
+
+    Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
+    """
+    from toolkit.bench import BenchOptions
+    from toolkit.bench import bench as run_bench
+
+    opts = BenchOptions(weights=weights, source=source, data=data, backends=_csv(backends_),
+                        precisions=_csv(precision), batches=_csv(batch, int) or [1], modes=_csv(modes) or ["seq"],
+                        workers=_csv(workers, int) or [0], images=images, repeat=repeat, out=out, imgsz=imgsz,
+                        device=device)
+    result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
+    typer.echo((Path(out) / "report.md").read_text())
+    if any("error" in r for r in result["rows"]):
+        raise typer.Exit(1)
+
+
 @weights_app.command("list")
 def weights_list() -> None:
     """List the official checkpoints yolokit knows, and which are in the cache."""
@@ -277,13 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:
+        # usage errors from the command-line parser (click, vendored by recent typer): shown, exit code 2
+        show = getattr(e, "show", None)
+        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
+            show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             _err("aborted")
             return 130
         raise

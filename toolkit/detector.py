@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from toolkit.errors import InputError, YolokitError
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
 from toolkit.sources import ImageReadError, InputRef, SourceList, decode_image, jpeg_size, list_sources, read_image
+from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
     from toolkit.pipeline import Plan
@@ -135,14 +137,19 @@ class Detector:
 
     # -------------------------------------------------------------------------------------------- API
     def predict(self, images: np.ndarray | str | Path | Iterable[np.ndarray | str | Path],
-                batch: int = 1) -> list[Detections]:
+                batch: int = 1, tile: TileOptions | int | None = None) -> list[Detections]:
         """Detections for one image or a sequence of images (BGR arrays or paths), in order.
 
+        ``tile`` (a :class:`TileOptions` or a tile size) switches to sliced inference for huge images.
         An unreadable path raises :class:`ImageReadError`; use :meth:`predict_iter` to carry on past it.
         """
         if isinstance(images, (np.ndarray, str, Path)):
             images = [images]
         items = list(images)
+        if tile is not None:
+            opts = TileOptions(tile=tile) if isinstance(tile, int) else tile
+            return [self.predict_tiled(im if isinstance(im, np.ndarray) else read_image(str(im)), opts,
+                                       None if isinstance(im, np.ndarray) else str(im)) for im in items]
         loaded: list[tuple[InputRef, np.ndarray]] = []
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
@@ -161,7 +168,7 @@ class Detector:
 
     def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
                      mode: str = "thread", keep_images: bool = False, fast_decode: bool = True,
-                     plan: Plan | None = None) -> Iterator[Result]:
+                     plan: Plan | None = None, tile: TileOptions | None = None) -> Iterator[Result]:
         """Results for every input of ``source`` (see :func:`toolkit.sources.list_sources`), in input order.
 
         ``mode`` is ``thread``, ``process`` or ``auto`` (see :func:`toolkit.pipeline.make_plan`); decoding runs
@@ -180,7 +187,7 @@ class Detector:
             plan = make_plan(self, len(sources.items), mode=mode, workers=workers, batch=batch)
         self.last_plan = plan
         yield from run_pipeline(self, sources.items, plan, keep_images=keep_images,
-                                fast_decode=fast_decode and not keep_images)
+                                fast_decode=fast_decode and not keep_images and tile is None, tile=tile)
 
     # ------------------------------------------------------------------------------- pipeline steps
     def reduce_factor(self, shape: tuple[int, int]) -> int:
@@ -216,8 +223,9 @@ class Detector:
         t0 = time.perf_counter()
         try:
             chw, info = self.preprocess(image)
-        except (InputError, ValueError) as e:
-            return Result(ref, error=str(e))
+        except Exception as e:  # one bad image fails alone (e.g. a shape OpenCV cannot resize)
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            return Result(ref, error=f"cannot prepare the image: {msg}")
         finally:
             self.times.pre += time.perf_counter() - t0
         return _Prepared(index, ref, chw, info, image if keep_image else None,
@@ -247,6 +255,55 @@ class Detector:
         self.times.post += t2 - t1
         self.times.images += len(group)
         return out
+
+    def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
+                      pool: Executor | None = None) -> Detections:
+        """Detections for one (huge) image by sliced inference: overlapping native-resolution tiles, batched
+        through the backend (in ``pool`` threads when given), boxes shifted back and merged
+        (:func:`toolkit.tiling.merge_tiles`); with ``tile.full_frame`` also the whole image letterboxed."""
+        from toolkit.tiling import cut_mask, merge_tiles, tile_grid
+
+        h, w = image.shape[:2]
+        grid = tile_grid(h, w, tile.tile, tile.overlap)
+        stride = self.meta.stride
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        groups: dict[tuple[int, ...], list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]] = {}
+        for box in grid:
+            x0, y0, x1, y1 = box
+            t0 = time.perf_counter()
+            lb, info = letterbox(image[y0:y1, x0:x1], self.imgsz, stride, auto=self.auto, scaleup=False)
+            self.times.pre += time.perf_counter() - t0
+            groups.setdefault(lb.shape, []).append((box, to_chw_rgb(lb), info))
+
+        def run(chunk: list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]) -> None:
+            t0 = time.perf_counter()
+            preds = self.infer(np.stack([c[1] for c in chunk]))
+            t1 = time.perf_counter()
+            for (box, _, info), pred in zip(chunk, preds, strict=True):
+                xyxy, conf, cls = postprocess(pred, self.nms)
+                xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
+                parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border)))
+            self.times.infer += t1 - t0
+            self.times.post += time.perf_counter() - t1
+
+        chunks = [g[i:i + tile.batch] for g in groups.values() for i in range(0, len(g), tile.batch)]
+        if pool is not None:
+            for f in [pool.submit(run, c) for c in chunks]:
+                f.result()
+        else:
+            for c in chunks:
+                run(c)
+        if tile.full_frame and len(grid) > 1:
+            chw, info = self.preprocess(image)
+            d = self.postprocess(self.infer(chw[None])[0], info)
+            parts.append((d.xyxy, d.confidence, d.class_id, np.zeros(len(d), bool)))
+        self.times.images += 1
+        if not parts:
+            return Detections.empty(self.names, path, (h, w))
+        xyxy, conf, cls = merge_tiles(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                      np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
+                                      self.nms.iou, tile.merge_ios, self.nms.max_det)
+        return Detections(xyxy, conf, cls, self.names, path, (h, w))
 
     def _run_loaded(self, loaded: Iterator[tuple[InputRef, np.ndarray | str]], batch: int = 1,
                     keep_images: bool = False) -> Iterator[Result]:

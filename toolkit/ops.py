@@ -36,7 +36,7 @@ def letterbox_shape(src_shape: tuple[int, int], imgsz: int | tuple[int, int], st
     r = min(th / h0, tw / w0)
     if not scaleup:
         r = min(r, 1.0)
-    nw, nh = int(round(w0 * r)), int(round(h0 * r))
+    nw, nh = max(1, int(round(w0 * r))), max(1, int(round(h0 * r)))
     if auto:
         oh = nh + (th - nh) % stride
         ow = nw + (tw - nw) % stride

@@ -33,6 +33,7 @@ import numpy as np
 from toolkit.detections import Detections
 from toolkit.errors import InputError, YolokitError
 from toolkit.sources import InputRef, iter_video
+from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
     from toolkit.detector import Detector, Result, _Prepared
@@ -148,11 +149,56 @@ def _load_and_prepare(det: Detector, item: tuple[int, InputRef, Payload], keep_i
 
 
 def run_pipeline(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool = False,
-                 fast_decode: bool = True) -> Iterator[Result]:
+                 fast_decode: bool = True, tile: TileOptions | None = None) -> Iterator[Result]:
     if plan.mode == "process":
-        yield from _run_processes(det, items, plan, fast_decode)
+        yield from _run_processes(det, items, plan, fast_decode, tile)
+    elif tile is not None:
+        yield from _run_tiled(det, items, plan, keep_images, tile)
     else:
         yield from _run_threads(det, items, plan, keep_images, fast_decode)
+
+
+def _tiled_result(det: Detector, index: int, ref: InputRef, payload: Payload, tile: TileOptions,
+                  keep_images: bool, pool: ThreadPoolExecutor | None) -> Result:
+    from toolkit.detector import Result
+
+    if isinstance(payload, str):
+        return Result(ref, error=payload)
+    if payload is None:
+        got = det.load_input(ref, fast_decode=False)
+        if isinstance(got, str):
+            return Result(ref, error=got)
+        payload = got[0]
+    try:
+        d = det.predict_tiled(payload, tile, ref.path, pool)
+    except Exception as e:  # this image fails, the run goes on
+        return Result(ref, error=f"tiled inference failed: {e}")
+    return Result(ref, d, image=payload if keep_images else None)
+
+
+def _run_tiled(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool,
+               tile: TileOptions) -> Iterator[Result]:
+    """Huge images one at a time (one more decoding ahead), their tile batches over the inference threads."""
+    set_threads = getattr(det.runner, "set_threads", None)
+    if set_threads is not None:
+        set_threads(plan.threads)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="yolokit-read")
+    pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer") if plan.workers > 1 else None
+
+    def load(item: tuple[int, InputRef, Payload]) -> tuple[int, InputRef, Payload]:
+        index, ref, payload = item
+        if payload is None:
+            got = det.load_input(ref, fast_decode=False)
+            payload = got if isinstance(got, str) else got[0]
+        return index, ref, payload
+
+    try:
+        for index, ref, payload in _ordered_map(reader, load, expand(items), window=2):
+            yield _tiled_result(det, index, ref, payload, tile, keep_images, pool)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------- threads
@@ -224,7 +270,7 @@ _Lite = tuple[int, Any, Any, Any, Any, str | None]  # index, xyxy, conf, cls, sh
 
 
 def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int, fast_decode: bool,
-                 tasks: Any, results: Any) -> None:
+                 tasks: Any, results: Any, tile: TileOptions | None = None) -> None:
     """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
     import signal
 
@@ -249,6 +295,14 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
         task_id, items = task
         try:
             out: list[_Lite] = []
+            if tile is not None:
+                for index, ref, payload in items:
+                    r = _tiled_result(det, index, ref, payload, tile, False, None)
+                    d = r.detections
+                    out.append((index, None, None, None, None, r.error) if d is None else
+                               (index, d.xyxy, d.confidence, d.class_id, d.shape, None))
+                results.put(("done", wid, task_id, out))
+                continue
             prepared: list[_Prepared] = []
             for item in items:
                 index, res = _load_and_prepare(det, item, False, fast_decode)
@@ -281,7 +335,8 @@ class _Worker:
     ready: bool = False
 
 
-def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode: bool) -> Iterator[Result]:
+def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode: bool,
+                   tile: TileOptions | None = None) -> Iterator[Result]:
     """Process mode: ``spawn`` workers, each loading the model once; tasks carry paths (frames for videos),
     results carry only boxes. A worker that dies is replaced; its in-flight inputs are retried once, one by
     one, then reported failed. Every wait is bounded and checks the workers are alive."""
@@ -289,7 +344,7 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
 
     ctx = mp.get_context("spawn")
     results_q: Any = ctx.Queue()
-    chunk = max(plan.batch, 2)
+    chunk = 1 if tile is not None else max(plan.batch, 2)
     source = expand(items)
     retry: deque[tuple[int, list[tuple[int, InputRef, Payload]]]] = deque()  # (attempt, items)
     attempts: dict[int, int] = {}
@@ -308,7 +363,7 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
         nonlocal next_wid
         tq = ctx.Queue()
         p = ctx.Process(target=_worker_main, name=f"yolokit-worker-{next_wid}", daemon=True,
-                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, results_q))
+                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, results_q, tile))
         p.start()
         workers[next_wid] = _Worker(next_wid, p, tq, {})
         next_wid += 1

@@ -13,8 +13,17 @@ from typing import Any
 
 from toolkit.detector import Detector, Result
 from toolkit.errors import InputError, OutputError
-from toolkit.outputs import annotate, coco_image_id, coco_results, write_image, write_json, write_labels
+from toolkit.outputs import (
+    annotate,
+    atomic_write_bytes,
+    coco_image_id,
+    coco_results,
+    write_image,
+    write_json,
+    write_labels,
+)
 from toolkit.sources import list_sources
+from toolkit.tiling import TileOptions
 
 
 @dataclass
@@ -43,6 +52,11 @@ class RunOptions:
     workers: int = 0  # 0: chosen by the plan
     mode: str = "auto"  # auto | thread | process
     fast_decode: bool = True  # decode big JPEGs at reduced size when not saving annotated images
+    resume: bool = False  # continue an interrupted run in project/name
+    tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
+    overlap: float = 0.2
+    tile_batch: int = 4
+    full_frame: bool = True
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
 
 
@@ -98,45 +112,106 @@ def prepare_out_dir(path: Path) -> None:
 ProgressFn = Callable[[int, int, Result], None]
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of a file; a line cut short by a crash is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
     """Run detection over ``opts.source`` and write the outputs under ``project/name``.
 
     Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
+    ``manifest.jsonl`` gets one line per finished input, written after its outputs, so ``opts.resume``
+    continues an interrupted run in the same folder: nothing done twice, nothing missing.
     ``progress(done, total, result)`` is called after each input.
     """
     from toolkit.samples import sample_paths
 
     source: str | list[str] = opts.source if opts.source is not None else sample_paths()
     sources = list_sources(source)
-    out_dir = increment_dir(opts.project, opts.name, opts.exist_ok)
+    out_dir = Path(opts.project) / opts.name if opts.resume else increment_dir(opts.project, opts.name,
+                                                                               opts.exist_ok)
+    manifest_path, failures_path = out_dir / "manifest.jsonl", out_dir / "failures.jsonl"
+    preds_path = out_dir / "predictions.jsonl"
+    source_label = str(opts.source or "scikit-image sample photos")
+    run_info: dict[str, Any] = {"source": source_label, "weights": opts.weights,
+                "conf": opts.conf, "iou": opts.iou, "imgsz": opts.imgsz, "max_det": opts.max_det,
+                "tile": opts.tile}
+    previous: list[dict[str, Any]] = []
+    if opts.resume:
+        if not manifest_path.is_file():
+            raise InputError(f"{out_dir}: nothing to resume (no manifest.jsonl); run without --resume first")
+        before = json.loads((out_dir / "run.json").read_text()) if (out_dir / "run.json").is_file() else {}
+        changed = [k for k in run_info if k in before and before[k] != run_info[k]]
+        if changed:
+            raise InputError(f"{out_dir}: --resume needs the same settings as the interrupted run; "
+                             f"{', '.join(changed)} differ")
+        previous = _read_jsonl(manifest_path)
     prepare_out_dir(out_dir)
+    write_json(out_dir / "run.json", run_info)
+    done_keys = {str(r.get("key")) for r in previous}
+    # a crash can leave a torn last line or outputs of inputs that never reached the manifest: tidy both
+    _rewrite_jsonl(manifest_path, previous)
+    _rewrite_jsonl(failures_path, [r for r in _read_jsonl(failures_path) if r.get("key") in done_keys])
+    _rewrite_jsonl(preds_path, [r for r in _read_jsonl(preds_path) if r.get("key") in done_keys])
+    if done_keys:
+        sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
+        sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
+
     t0 = time.perf_counter()
     own = detector is None
     det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
                                half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
                                max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
     summary = RunSummary(out_dir=str(out_dir), weights=str(det.weights), backend=det.backend_name,
-                         source=str(opts.source or "scikit-image sample photos"),
+                         source=source_label,
                          settings={"imgsz": list(det.imgsz), "conf": opts.conf, "iou": opts.iou,
                                    "max_det": opts.max_det, "batch": opts.batch,
-                                   "precision": det.meta.precision})
-    total = len(sources.items) + len(sources.failed)
+                                   "precision": det.meta.precision, "resumed": len(previous)})
     counts: Counter[str] = Counter()
-    coco: list[dict[str, Any]] = []
-    failures_path = out_dir / "failures.jsonl"
+    for r in previous:  # the summary covers the whole run, resumed or not
+        summary.images += 1
+        if r.get("ok"):
+            summary.processed += 1
+            summary.detections += int(r.get("n", 0))
+            counts.update({str(k): int(v) for k, v in (r.get("classes") or {}).items()})
+        else:
+            summary.failed.append({"path": str(r.get("path")), "reason": str(r.get("reason"))})
+    total = len(sources.items) + len(sources.failed) + len(previous)
     labels_dir = out_dir / "labels"
-    done = 0
+    done = len(previous)
     try:
-        with failures_path.open("w") as failures:
+        with manifest_path.open("a") as manifest, failures_path.open("a") as failures, \
+                preds_path.open("a") as preds:
+            tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame) if opts.tile else None
             results = det.predict_iter(sources, batch=opts.batch, workers=opts.workers, mode=opts.mode,
-                                       keep_images=not opts.nosave, fast_decode=opts.fast_decode)
+                                       keep_images=not opts.nosave, fast_decode=opts.fast_decode, tile=tiling)
             for res in results:
+                key = res.ref.key
+                if key in done_keys:  # a video frame finished before the interruption
+                    continue
                 done += 1
                 summary.images += 1
+                entry: dict[str, Any] = {"key": key, "path": res.ref.name}
                 if res.error is not None:
                     summary.failed.append({"path": res.ref.name, "reason": res.error})
-                    failures.write(json.dumps({"path": res.ref.name, "reason": res.error}) + "\n")
+                    failures.write(json.dumps({**entry, "reason": res.error}) + "\n")
                     failures.flush()
+                    entry.update(ok=False, reason=res.error)
                 else:
                     d = res.detections
                     assert d is not None
@@ -144,27 +219,35 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                         d = d.rounded()
                     summary.processed += 1
                     summary.detections += len(d)
-                    counts.update(d.class_names)
+                    per_class = Counter(d.class_names)
+                    counts.update(per_class)
                     if opts.save_txt and len(d):
-                        write_labels(labels_dir / f"{res.ref.key}.txt", d, opts.save_conf)
+                        write_labels(labels_dir / f"{key}.txt", d, opts.save_conf)
                     if opts.save_json:
-                        coco.extend(coco_results(d, coco_image_id(res.ref.key)))
+                        preds.write(json.dumps({"key": key,
+                                                "results": coco_results(d, coco_image_id(key))}) + "\n")
+                        preds.flush()
                     if not opts.nosave and res.image is not None:
                         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
-                        write_image(out_dir / f"{res.ref.key}{suffix}", annotate(res.image, d))
+                        write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
+                    entry.update(ok=True, n=len(d), classes=dict(per_class))
+                manifest.write(json.dumps(entry) + "\n")  # after the outputs: a manifest line means done
+                manifest.flush()
                 if progress is not None:
                     progress(done, total, res)
     except KeyboardInterrupt:
         summary.interrupted = True  # what is done is written; the summary says the run was cut short
     except OSError as e:
-        raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e})") from None
+        raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e}); check free space and "
+                          f"permissions, then continue with --resume") from None
     finally:
         if own:
             det.close()
     if opts.save_json:
-        write_json(out_dir / "predictions.json", coco)
+        write_json(out_dir / "predictions.json", [p for r in _read_jsonl(preds_path) for p in r["results"]])
     summary.wall_s = time.perf_counter() - t0
-    summary.img_per_s = summary.processed / summary.wall_s if summary.wall_s > 0 else 0.0
+    new = summary.processed - sum(1 for r in previous if r.get("ok"))
+    summary.img_per_s = new / summary.wall_s if summary.wall_s > 0 else 0.0
     summary.per_class = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     summary.ms_per_image = {k: round(v, 2) for k, v in det.times.ms_per_image().items()}
     summary.plan = det.last_plan.describe() if det.last_plan else ""
