@@ -266,7 +266,7 @@ class Detector:
         h, w = image.shape[:2]
         grid = tile_grid(h, w, tile.tile, tile.overlap)
         stride = self.meta.stride
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         groups: dict[tuple[int, ...], list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]] = {}
         for box in grid:
             x0, y0, x1, y1 = box
@@ -274,6 +274,7 @@ class Detector:
             lb, info = letterbox(image[y0:y1, x0:x1], self.imgsz, stride, auto=self.auto, scaleup=False)
             self.times.pre += time.perf_counter() - t0
             groups.setdefault(lb.shape, []).append((box, to_chw_rgb(lb), info))
+        tile_index = {box: i for i, box in enumerate(grid)}
 
         def run(chunk: list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]) -> None:
             t0 = time.perf_counter()
@@ -282,7 +283,8 @@ class Detector:
             for (box, _, info), pred in zip(chunk, preds, strict=True):
                 xyxy, conf, cls = postprocess(pred, self.nms)
                 xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
-                parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border)))
+                parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border),
+                              np.full(len(xyxy), tile_index[box])))
             self.times.infer += t1 - t0
             self.times.post += time.perf_counter() - t1
 
@@ -296,13 +298,13 @@ class Detector:
         if tile.full_frame and len(grid) > 1:
             chw, info = self.preprocess(image)
             d = self.postprocess(self.infer(chw[None])[0], info)
-            parts.append((d.xyxy, d.confidence, d.class_id, np.zeros(len(d), bool)))
+            parts.append((d.xyxy, d.confidence, d.class_id, np.zeros(len(d), bool), np.full(len(d), -1)))
         self.times.images += 1
         if not parts:
             return Detections.empty(self.names, path, (h, w))
-        xyxy, conf, cls = merge_tiles(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                                      np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
-                                      self.nms.iou, tile.merge_ios, self.nms.max_det)
+        cat = [np.concatenate([p[k] for p in parts]) for k in range(5)]
+        xyxy, conf, cls = merge_tiles(cat[0], cat[1], cat[2], cat[3], cat[4], self.nms.iou, tile.merge_ios,
+                                      self.nms.max_det)
         return Detections(xyxy, conf, cls, self.names, path, (h, w))
 
     def _run_loaded(self, loaded: Iterator[tuple[InputRef, np.ndarray | str]], batch: int = 1,

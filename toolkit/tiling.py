@@ -27,20 +27,21 @@ class TileOptions:
     border: float = 2.0  # a box edge this close (pixels) to an inner tile border counts as cut there
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
-    """Tiles ``(x0, y0, x1, y1)`` covering the image; neighbours share ``overlap`` of a tile; the last row and
-    column are aligned to the image edge; an image smaller than a tile is one tile."""
+def tile_grid(height: int, width: int, tile: int, overlap: float, align: int = 32) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(x0, y0, x1, y1)`` covering the image; neighbours share about ``overlap`` of a tile; an image
+    smaller than a tile is one tile. Tile origins are multiples of ``align`` (the model stride), so the image
+    sits on the same stride grid in every tile; the last row and column may be narrower (padded when run)."""
     if tile < 32:
         raise ValueError(f"tile must be at least 32 pixels, got {tile}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    step = max(1, int(round(tile * (1 - overlap))))
+    step = max(align, int(round(tile * (1 - overlap) / align)) * align)
 
     def starts(n: int) -> list[int]:
         if n <= tile:
             return [0]
         s = list(range(0, n - tile, step))
-        s.append(n - tile)
+        s.append(-(-(n - tile) // align) * align)  # the first aligned origin whose tile reaches the edge
         return sorted(set(s))
 
     return [(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
@@ -62,43 +63,49 @@ def cut_mask(xyxy: np.ndarray, tile: tuple[int, int, int, int], shape: tuple[int
     return near
 
 
-def merge_tiles(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, cut: np.ndarray, iou: float,
-                merge_ios: float, max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ios(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over the smaller box, of one box against many."""
+    lt = np.maximum(box[:2], others[:, :2])
+    rb = np.minimum(box[2:], others[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    small = np.minimum(np.prod(box[2:] - box[:2]), np.prod(others[:, 2:] - others[:, :2], axis=1))
+    return np.asarray(inter / np.maximum(small, 1e-9))
+
+
+def merge_tiles(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, cut: np.ndarray, tile_id: np.ndarray,
+                iou: float, merge_ios: float, max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge detections gathered from all tiles (and the full frame) so each object is reported once.
 
     1. Class-wise NMS at ``iou``: an object seen whole in two overlapping tiles is kept once.
-    2. Cut objects: a box that touches an inner tile border is joined (box union, higher confidence) with a
-       same-class box when their intersection over the smaller box exceeds ``merge_ios``; repeated until
-       nothing more joins. Boxes that touch no inner border are never joined, so neighbours stay apart.
+    2. A box cut by an inner tile border is dropped when a whole (uncut) box of the same class from another
+       tile covers it (intersection over the smaller box > ``merge_ios``): the whole view wins.
+    3. The remaining cut parts of one object, from different tiles, are joined (box union, higher confidence)
+       when they overlap by more than ``merge_ios`` of the smaller part.
+    Uncut boxes are never joined with each other, so neighbouring objects stay apart.
     """
     if not len(xyxy):
         return xyxy, conf, cls
     offset = cls[:, None].astype(np.float32) * (float(np.abs(xyxy).max()) + 1.0)
     keep = nms(xyxy + offset, conf, iou)
-    xyxy, conf, cls, cut = xyxy[keep].copy(), conf[keep].copy(), cls[keep], cut[keep].copy()
+    xyxy, conf, cls, cut, tile_id = xyxy[keep].copy(), conf[keep].copy(), cls[keep], cut[keep], tile_id[keep]
     alive = np.ones(len(xyxy), bool)
-    changed = True
-    while changed:
-        changed = False
-        for i in np.argsort(-conf, kind="stable"):
-            if not alive[i]:
-                continue
-            others = np.where(alive & (cls == cls[i]) & (np.arange(len(xyxy)) != i) & (cut | cut[i]))[0]
-            if not len(others):
-                continue
-            lt = np.maximum(xyxy[i, :2], xyxy[others, :2])
-            rb = np.minimum(xyxy[i, 2:], xyxy[others, 2:])
-            inter = np.clip(rb - lt, 0, None).prod(1)
-            area_i = np.prod(xyxy[i, 2:] - xyxy[i, :2])
-            area_o = np.prod(xyxy[others, 2:] - xyxy[others, :2], axis=1)
-            ios = inter / np.maximum(np.minimum(area_i, area_o), 1e-9)
-            for j in others[ios > merge_ios]:
-                xyxy[i, :2] = np.minimum(xyxy[i, :2], xyxy[j, :2])
-                xyxy[i, 2:] = np.maximum(xyxy[i, 2:], xyxy[j, 2:])
-                conf[i] = max(conf[i], conf[j])
-                cut[i] = cut[i] or cut[j]
-                alive[j] = False
-                changed = True
+    whole = np.where(~cut)[0]
+    for i in np.where(cut)[0]:
+        cand = whole[(cls[whole] == cls[i]) & (tile_id[whole] != tile_id[i])]
+        if len(cand) and (_ios(xyxy[i], xyxy[cand]) > merge_ios).any():
+            alive[i] = False
+    for i in np.argsort(-conf, kind="stable"):
+        if not alive[i] or not cut[i]:
+            continue
+        cand = np.where(alive & cut & (cls == cls[i]) & (tile_id != tile_id[i]))[0]
+        cand = cand[cand != i]
+        if not len(cand):
+            continue
+        for j in cand[_ios(xyxy[i], xyxy[cand]) > merge_ios]:
+            xyxy[i, :2] = np.minimum(xyxy[i, :2], xyxy[j, :2])
+            xyxy[i, 2:] = np.maximum(xyxy[i, 2:], xyxy[j, 2:])
+            conf[i] = max(conf[i], conf[j])
+            alive[j] = False
     idx = np.where(alive)[0]
     idx = idx[np.argsort(-conf[idx], kind="stable")][:max_det]
     return xyxy[idx], conf[idx], cls[idx]
