@@ -143,3 +143,25 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
                  "--nosave", "--resume", "--conf", "0.5"]) == 2
     assert main(["run", str(img.parent), "--weights", WEIGHTS, "--project", str(tmp_path), "--name", "none",
                  "--resume"]) == 2
+
+
+def test_video_with_a_corrupt_stretch_reports_the_bad_frame_and_keeps_the_rest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(cv2.GaussianBlur(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), (5, 5), 0))
+    writer.release()
+    data = bytearray((tmp_path / "v.avi").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 600] = bytes(600)  # a corrupt stretch in the middle
+    (src / "clip.avi").write_bytes(bytes(data))
+    rc = main(["run", str(src), "--weights", WEIGHTS, "--imgsz", "64", "--project", str(tmp_path), "--name", "v",
+               "--save-txt", "--conf", "0.00001"])
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert rc == 1 and summary["images"] == 20
+    assert 15 <= summary["processed"] < 20  # the frames around the damage fail, the rest are processed
+    assert all("#frame" in f["path"] for f in summary["failed"])
+    assert (tmp_path / "v" / "clip_0.jpg").is_file()  # annotated frames are written per frame

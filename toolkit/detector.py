@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,30 +268,38 @@ class Detector:
         grid = tile_grid(h, w, tile.tile, tile.overlap)
         stride = self.meta.stride
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        groups: dict[tuple[int, ...], list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]] = {}
-        for box in grid:
-            x0, y0, x1, y1 = box
+
+        def run(chunk: list[tuple[int, tuple[int, int, int, int]]]) -> None:
+            # tiles are letterboxed only when their batch runs: memory stays at one batch of tiles
             t0 = time.perf_counter()
-            lb, info = letterbox(image[y0:y1, x0:x1], self.imgsz, stride, auto=self.auto, scaleup=False)
+            groups: dict[tuple[int, ...], list[tuple[int, tuple[int, int, int, int], np.ndarray, LetterboxInfo]]]
+            groups = {}
+            for k, box in chunk:
+                x0, y0, x1, y1 = box
+                lb, info = letterbox(image[y0:y1, x0:x1], self.imgsz, stride, auto=self.auto, scaleup=False)
+                groups.setdefault(lb.shape, []).append((k, box, to_chw_rgb(lb), info))
             self.times.pre += time.perf_counter() - t0
-            groups.setdefault(lb.shape, []).append((box, to_chw_rgb(lb), info))
-        tile_index = {box: i for i, box in enumerate(grid)}
+            for group in groups.values():
+                t1 = time.perf_counter()
+                preds = self.infer(np.stack([g[2] for g in group]))
+                t2 = time.perf_counter()
+                for (k, box, _, info), pred in zip(group, preds, strict=True):
+                    xyxy, conf, cls = postprocess(pred, self.nms)
+                    xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
+                    parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border), np.full(len(xyxy), k)))
+                self.times.infer += t2 - t1
+                self.times.post += time.perf_counter() - t2
 
-        def run(chunk: list[tuple[tuple[int, int, int, int], np.ndarray, LetterboxInfo]]) -> None:
-            t0 = time.perf_counter()
-            preds = self.infer(np.stack([c[1] for c in chunk]))
-            t1 = time.perf_counter()
-            for (box, _, info), pred in zip(chunk, preds, strict=True):
-                xyxy, conf, cls = postprocess(pred, self.nms)
-                xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
-                parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border),
-                              np.full(len(xyxy), tile_index[box])))
-            self.times.infer += t1 - t0
-            self.times.post += time.perf_counter() - t1
-
-        chunks = [g[i:i + tile.batch] for g in groups.values() for i in range(0, len(g), tile.batch)]
+        indexed = list(enumerate(grid))
+        chunks = [indexed[i:i + tile.batch] for i in range(0, len(indexed), tile.batch)]
         if pool is not None:
-            for f in [pool.submit(run, c) for c in chunks]:
+            # at most two chunks in flight per worker thread: bounded memory, every thread busy
+            pending: deque[Future[None]] = deque()
+            for c in chunks:
+                pending.append(pool.submit(run, c))
+                if len(pending) >= 2 * getattr(pool, "_max_workers", 2):
+                    pending.popleft().result()
+            for f in pending:
                 f.result()
         else:
             for c in chunks:

@@ -178,7 +178,8 @@ def _tiled_result(det: Detector, index: int, ref: InputRef, payload: Payload, ti
 
 def _run_tiled(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool,
                tile: TileOptions) -> Iterator[Result]:
-    """Huge images one at a time (one more decoding ahead), their tile batches over the inference threads."""
+    """Huge images one at a time (the next one decoding meanwhile: at most two held), their tile batches over
+    the inference threads."""
     set_threads = getattr(det.runner, "set_threads", None)
     if set_threads is not None:
         set_threads(plan.threads)
