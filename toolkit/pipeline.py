@@ -195,7 +195,9 @@ def _run_tiled(det: Detector, items: list[InputRef], plan: Plan, keep_images: bo
 
     try:
         for index, ref, payload in _ordered_map(reader, load, expand(items), window=2):
-            yield _tiled_result(det, index, ref, payload, tile, keep_images, pool)
+            result = _tiled_result(det, index, ref, payload, tile, keep_images, pool)
+            del payload  # release this image before the next one starts decoding
+            yield result
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         if pool is not None:
