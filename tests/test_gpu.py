@@ -1,0 +1,250 @@
+"""toolkit.gpu on the CPU device: letterbox vs cv2, NMS/postprocess vs numpy, batch and buffer arithmetic, and
+the CUDA graph runner's refusal. The tests marked ``needs a CUDA GPU`` skip without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.errors import BackendUnavailableError, InputError
+from toolkit.gpu import (
+    CudaGraphRunner,
+    anchor_outputs,
+    buffer_plan,
+    letterbox_torch,
+    nms_torch,
+    plan_batches,
+    postprocess_batch_torch,
+    postprocess_torch,
+    scale_boxes_torch,
+)
+from toolkit.model import build_model
+from toolkit.ops import NMSOptions, box_iou, letterbox, nms, postprocess, scale_boxes
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus noise, BGR uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) % 97) * 2.6], -1)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ letterbox
+@pytest.mark.parametrize("shape,imgsz,auto", [((1080, 1920), 640, True), ((1080, 1920), 512, True),
+                                              ((480, 640), (320, 416), False),
+                                              ((100, 150), 640, True), ((640, 640), 640, True),
+                                              ((333, 517), 640, False)])
+def test_letterbox_matches_cv2(shape: tuple[int, int], imgsz: int | tuple[int, int], auto: bool) -> None:
+    img = _image(*shape)
+    ref, ref_info = letterbox(img, imgsz, 32, auto=auto)
+    out, info = letterbox_torch(torch.from_numpy(img), imgsz, 32, auto=auto)
+    assert info == ref_info
+    assert out.shape == (3, *ref.shape[:2]) and out.dtype == torch.float32
+    ref_chw = torch.from_numpy(ref[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255)
+    diff = (out - ref_chw).abs()
+    # measured: mean <= 0.27/255, max <= 0.81/255 (cv2 rounds to uint8 with fixed-point weights); exact 0 for
+    # 1920x1080 -> 640 (a 3x downscale samples pixel centres)
+    assert diff.mean().item() < 0.5 / 255
+    assert diff.max().item() <= 1.5 / 255
+    # padding identical: rows/columns that are exactly grey in cv2's output are exactly grey here
+    pad = (ref == 114).all(-1)
+    (nh, nw) = (round(shape[0] * info.ratio), round(shape[1] * info.ratio))
+    top, left = round(info.pad[1] - 0.1), round(info.pad[0] - 0.1)
+    mask = np.ones(ref.shape[:2], bool)
+    mask[top:top + nh, left:left + nw] = False
+    assert pad[mask].all()
+    assert torch.equal(out[:, torch.from_numpy(mask)], torch.full_like(out[:, torch.from_numpy(mask)], 114 / 255))
+    # quantized: within one grey level everywhere
+    q, _ = letterbox_torch(torch.from_numpy(img), imgsz, 32, auto=auto, quantize=True)
+    assert (q - ref_chw).abs().max().item() <= 1.0 / 255 + 1e-6
+
+
+def test_letterbox_batch_and_dtype() -> None:
+    imgs = np.stack([_image(270, 480, s) for s in range(3)])
+    out, info = letterbox_torch(torch.from_numpy(imgs), 256, 32, dtype=torch.float16)
+    assert out.shape == (3, 3, 160, 256) and out.dtype == torch.float16
+    single, info1 = letterbox_torch(torch.from_numpy(imgs[1]), 256, 32, dtype=torch.float16)
+    assert info == info1 and torch.equal(out[1], single)
+    with pytest.raises(InputError):
+        letterbox_torch(torch.zeros(10, 10, 3), 64)
+
+
+# ------------------------------------------------------------------------------------------------------ NMS
+def _random_boxes(n: int, seed: int, spread: float = 200.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, spread, (n, 2)).astype(np.float32)
+    wh = rng.uniform(5, 80, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.permutation(n).astype(np.float32) / n + 0.001  # distinct
+    return boxes, scores
+
+
+@pytest.mark.parametrize("n,seed,thr,max_keep", [(1, 0, 0.5, None), (50, 1, 0.45, None), (700, 2, 0.3, None),
+                                                 (2000, 3, 0.6, None), (900, 4, 0.45, 17), (600, 5, 0.0, None)])
+def test_nms_matches_numpy(n: int, seed: int, thr: float, max_keep: int | None) -> None:
+    boxes, scores = _random_boxes(n, seed)
+    ref = nms(boxes, scores, thr, max_keep)
+    out = nms_torch(torch.from_numpy(boxes), torch.from_numpy(scores), thr, max_keep, block=64)
+    assert out.dtype == torch.long
+    np.testing.assert_array_equal(out.numpy(), ref)
+    assert len(nms_torch(torch.zeros(0, 4), torch.zeros(0), 0.5)) == 0
+
+
+def test_nms_ties_and_duplicates() -> None:
+    boxes = np.array([[0, 0, 10, 10]] * 4 + [[100, 100, 110, 110]] * 3, np.float32)
+    scores = np.array([0.5, 0.9, 0.9, 0.1, 0.3, 0.3, 0.3], np.float32)
+    ref = nms(boxes, scores, 0.5)
+    np.testing.assert_array_equal(nms_torch(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy(), ref)
+
+
+def _random_pred(n: int, nc: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 640, (n, 2))
+    wh = rng.uniform(4, 200, (n, 2))
+    obj = rng.uniform(0, 1, (n, 1))
+    cls = rng.uniform(0, 1, (n, nc))
+    return np.concatenate([xy, wh, obj, cls], 1).astype(np.float32)
+
+
+def _assert_same(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 ref: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    for a, b in zip(out, ref, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+@pytest.mark.parametrize("opts", [NMSOptions(), NMSOptions(conf=0.05, iou=0.6, max_det=300),
+                                  NMSOptions(conf=0.1, multi_label=True), NMSOptions(conf=0.2, agnostic=True),
+                                  NMSOptions(conf=0.1, classes=(0, 3, 5)), NMSOptions(conf=0.01, max_nms=500),
+                                  NMSOptions(conf=0.99)])
+def test_postprocess_matches_numpy_random(opts: NMSOptions) -> None:
+    for seed in range(3):
+        pred = _random_pred(3000, 8, seed)
+        _assert_same(postprocess_torch(torch.from_numpy(pred), opts), postprocess(pred, opts))
+
+
+@pytest.fixture(scope="module")
+def model_outputs() -> np.ndarray:
+    model = build_model("yolov5n").eval()
+    det = model.detect
+    with torch.no_grad():  # a fresh model's objectness prior is ~1e-3: lift it so that NMS has work to do
+        for conv in det.m:
+            bias = conv.bias
+            assert isinstance(bias, torch.Tensor)
+            bias.view(det.na, -1)[:, 4] += 6.0
+            bias.view(det.na, -1)[:, 5:] += 3.0
+    rng = np.random.default_rng(0)
+    imgs = np.stack([letterbox(_image(360, 640, s), 320)[0][:, :, ::-1].transpose(2, 0, 1) for s in range(3)])
+    imgs = imgs.astype(np.float32) / 255 + rng.normal(0, 0.05, imgs.shape).astype(np.float32)
+    with torch.inference_mode():
+        return model(torch.from_numpy(imgs)).numpy()
+
+
+@pytest.mark.parametrize("opts", [NMSOptions(conf=0.001, iou=0.6, max_det=300), NMSOptions(conf=0.01),
+                                  NMSOptions(conf=0.001, multi_label=True, max_det=300)])
+def test_postprocess_matches_numpy_model(model_outputs: np.ndarray, opts: NMSOptions) -> None:
+    outs = postprocess_batch_torch(torch.from_numpy(model_outputs), opts)
+    assert len(outs) == len(model_outputs)
+    total = 0
+    for out, pred in zip(outs, model_outputs, strict=True):
+        ref = postprocess(pred, opts)
+        _assert_same(out, ref)
+        total += len(ref[0])
+    assert total > 0  # the comparison was not vacuous
+
+
+def test_postprocess_batch_empty_and_scale() -> None:
+    preds = torch.zeros(2, 100, 7)
+    outs = postprocess_batch_torch(preds, NMSOptions())
+    assert [len(o[0]) for o in outs] == [0, 0] and outs[0][2].dtype == torch.long
+    img = _image(1080, 1920)
+    _, info = letterbox(img, 640)
+    boxes = np.array([[10, 20, 300, 200], [-5, 0, 700, 400]], np.float32)
+    np.testing.assert_allclose(scale_boxes_torch(torch.from_numpy(boxes), info).numpy(),
+                               scale_boxes(boxes, info), rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ batches/buffers
+def test_plan_batches() -> None:
+    assert plan_batches(0, 8) == []
+    assert plan_batches(16, 8) == [8, 8]
+    assert plan_batches(19, 8) == [8, 8, 3]
+    assert plan_batches(19, 8, static_batch=True) == [8, 8, 8]
+    assert plan_batches(5, 1, static_batch=True) == [1] * 5
+    assert sum(plan_batches(1001, 16)) == 1001
+    with pytest.raises(InputError):
+        plan_batches(3, 0)
+
+
+def test_buffer_plan() -> None:
+    assert anchor_outputs((640, 640)) == 25200
+    assert anchor_outputs((384, 640)) == 3 * (48 * 80 + 24 * 40 + 12 * 20) == 15120
+    assert anchor_outputs((640, 640), (8, 16, 32, 64)) == 25200 + 3 * 100
+    p = buffer_plan(16, (384, 640), nc=80)
+    assert p.n_outputs == 15120 and p.dtype == torch.float16
+    assert p.host_input_bytes == p.device_input_u8_bytes == 16 * 3 * 384 * 640
+    assert p.device_input_bytes == 2 * 16 * 3 * 384 * 640
+    assert p.device_output_bytes == 16 * 15120 * 85 * 2
+    assert p.device_bytes == p.device_input_u8_bytes + p.device_input_bytes + p.device_output_bytes
+    q = buffer_plan(1, (640, 640), nc=3, n_outputs=100, dtype=torch.float32)
+    assert q.device_output_bytes == 100 * 8 * 4 and q.device_input_bytes == 3 * 640 * 640 * 4
+
+
+# ------------------------------------------------------------------------------------------------- runner
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_cuda_graph_runner_refuses_without_cuda() -> None:
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
+        CudaGraphRunner(build_model("yolov5n"), batch=2, imgsz=(320, 320))
+
+
+def _match_share(a: np.ndarray, ac: np.ndarray, b: np.ndarray, bc: np.ndarray, thr: float = 0.95) -> float:
+    """Share of ``b``'s boxes with a same-class box of ``a`` at IoU >= thr."""
+    if len(b) == 0:
+        return 1.0 if len(a) == 0 else 0.0
+    iou = box_iou(b, a) * (bc[:, None] == ac[None, :]) if len(a) else np.zeros((len(b), 0))
+    return float((iou.max(1, initial=0) >= thr).mean())
+
+
+@cuda
+def test_cuda_graph_runner_matches_cpu_fp32(yolov5n_pt, coco128_images) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    from toolkit.loader import load_model
+
+    imgsz = (384, 640)
+    paths = sorted(coco128_images.glob("*.jpg"))[:16]
+    imgs = [cv2.imread(str(p)) for p in paths]
+    batch = np.stack([letterbox(im, imgsz, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
+                      for im in imgs if im is not None])
+    batch = np.ascontiguousarray(batch)
+    cpu_model = load_model(yolov5n_pt).model.float().eval()
+    with torch.inference_mode():
+        ref = cpu_model(torch.from_numpy(batch).float() / 255).numpy()
+    runner = CudaGraphRunner(load_model(yolov5n_pt).model, batch=8, imgsz=imgsz)
+    got = np.concatenate([runner.infer(batch[i:i + 8]) for i in range(0, 16, 8)] + [runner.infer(batch[:3])])
+    opts = NMSOptions()
+    matched, total = 0.0, 0
+    for i in range(16):
+        r = postprocess(ref[i], opts)
+        g = postprocess_batch_torch(torch.from_numpy(got[i:i + 1]).cuda(), opts)[0]
+        gb, gc = g[0].cpu().numpy(), g[2].cpu().numpy()
+        matched += _match_share(gb, gc, r[0], r[2]) * len(r[0])
+        total += len(r[0])
+    assert total > 0 and matched / total >= 0.98
+    np.testing.assert_allclose(got[16:], got[:3], rtol=0, atol=1e-3)  # partial batch == same images in full
+
+
+@cuda
+def test_gpu_letterbox_and_nms_match_cpu_on_cuda() -> None:
+    img = _image(1080, 1920)
+    ref, _ = letterbox(img, 640)
+    out, _ = letterbox_torch(torch.from_numpy(img).cuda(), 640)
+    ref_chw = torch.from_numpy(ref[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255)
+    assert (out.cpu() - ref_chw).abs().mean().item() < 0.5 / 255
+    boxes, scores = _random_boxes(3000, 7)
+    keep = nms_torch(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.45)
+    np.testing.assert_array_equal(keep.cpu().numpy(), nms(boxes, scores, 0.45))

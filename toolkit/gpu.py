@@ -1,0 +1,361 @@
+"""The CUDA path's building blocks, written for CUDA and tested on the CPU device.
+
+* :func:`letterbox_torch`: letterbox on the device (bilinear resize, grey padding split as in
+  :func:`toolkit.ops.letterbox`), straight to normalised RGB CHW in the model dtype.
+* :func:`nms_torch`, :func:`postprocess_torch`, :func:`postprocess_batch_torch`, :func:`scale_boxes_torch`:
+  YOLOv5's filtering and per-class NMS in torch (no torchvision), with the same results as
+  :func:`toolkit.ops.nms` / :func:`toolkit.ops.postprocess` (same float32 arithmetic, same order, same ties).
+* :func:`plan_batches`, :class:`BufferPlan`, :func:`buffer_plan`: batch schedule and buffer sizes.
+* :class:`CudaGraphRunner`: FP16, static batch, pinned host buffer, side-stream copies, CUDA graph replay.
+
+Everything but :class:`CudaGraphRunner` runs on any device; the runner refuses cleanly without CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolkit.errors import BackendUnavailableError, InputError
+from toolkit.ops import PAD_VALUE, LetterboxInfo, NMSOptions, letterbox_shape
+
+__all__ = [
+    "BufferPlan", "CudaGraphRunner", "anchor_outputs", "buffer_plan", "letterbox_torch", "nms_torch",
+    "plan_batches", "postprocess_batch_torch", "postprocess_torch", "scale_boxes_torch",
+]
+
+Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (xyxy float32, conf float32, cls int64)
+
+
+# ------------------------------------------------------------------------------------------------ letterbox
+def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640, stride: int = 32,
+                    auto: bool = True, scaleup: bool = True, dtype: torch.dtype = torch.float32,
+                    quantize: bool = False) -> tuple[torch.Tensor, LetterboxInfo]:
+    """Letterbox BGR uint8 ``(H, W, 3)`` (or a same-shape batch ``(B, H, W, 3)``) on its own device.
+
+    Returns RGB ``(3, h, w)`` (or ``(B, 3, h, w)``) in ``dtype`` scaled to [0, 1], and the
+    :class:`LetterboxInfo` (shared by the whole batch). Shapes and padding are exactly those of
+    :func:`toolkit.ops.letterbox`; the resize is ``interpolate(bilinear, align_corners=False)`` without
+    antialiasing, which samples like cv2's ``INTER_LINEAR`` (cv2 uses fixed-point weights and rounds to
+    uint8, so values differ by a fraction of a grey level). ``quantize`` rounds the resized values to whole
+    grey levels as a uint8 image would be.
+    """
+    if img_u8.dtype != torch.uint8 or img_u8.ndim not in (3, 4) or img_u8.shape[-1] != 3:
+        raise InputError(f"letterbox_torch takes BGR uint8 (H, W, 3) or (B, H, W, 3), got {img_u8.dtype} "
+                         f"{tuple(img_u8.shape)}")
+    batched = img_u8.ndim == 4
+    x = img_u8 if batched else img_u8[None]
+    h0, w0 = int(x.shape[1]), int(x.shape[2])
+    (nh, nw), (oh, ow), r = letterbox_shape((h0, w0), new_shape, stride, auto, scaleup)
+    # BGR HWC -> RGB CHW; interpolate in float32 (half bilinear is not available everywhere), cast at the end
+    x = x.flip(-1).permute(0, 3, 1, 2).float()
+    if (h0, w0) != (nh, nw):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+        if quantize:
+            x = x.round_().clamp_(0, 255)
+    x = x.div_(255)
+    dw, dh = (ow - nw) / 2, (oh - nh) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), mode="constant", value=PAD_VALUE / 255)
+    x = x.to(dtype).contiguous()
+    return (x if batched else x[0]), LetterboxInfo(r, (dw, dh), (h0, w0), (oh, ow))
+
+
+# ------------------------------------------------------------------------------------------------------ NMS
+def _iou_rows(boxes: torch.Tensor, areas: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes[rows] with boxes[cols], ``(len(rows), len(cols))``, in the exact float32 arithmetic of
+    :func:`toolkit.ops.nms` (so that the comparison with the threshold comes out the same)."""
+    a, b = boxes[rows], boxes[cols]
+    xx1 = torch.maximum(a[:, None, 0], b[None, :, 0])
+    yy1 = torch.maximum(a[:, None, 1], b[None, :, 1])
+    xx2 = torch.minimum(a[:, None, 2], b[None, :, 2])
+    yy2 = torch.minimum(a[:, None, 3], b[None, :, 3])
+    inter = (xx2 - xx1).clamp_(min=0) * (yy2 - yy1).clamp_(min=0)
+    union = areas[rows][:, None] + areas[cols][None, :] - inter
+    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
+
+
+def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_keep: int | None = None,
+              block: int = 256) -> torch.Tensor:
+    """Greedy NMS, same rule and result as :func:`toolkit.ops.nms`: indices (int64, on ``boxes``' device) of
+    the kept boxes, highest score first; a box is suppressed when its IoU with a kept box is > ``iou_thres``.
+
+    Blocked so that memory stays ``O(block x N)`` and the work is a few large tensor ops: the sorted
+    candidates go in blocks of ``block``; inside a block the greedy result is the unique fixed point of
+    ``keep[j] = alive[j] and no kept i < j overlaps j``, reached by iterating that equation (at most
+    ``block`` rounds, usually a handful); the block's kept boxes then suppress every later candidate.
+    """
+    n = int(boxes.shape[0])
+    device = boxes.device
+    if n == 0 or (max_keep is not None and max_keep <= 0):
+        return torch.zeros(0, dtype=torch.long, device=device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes.float()[order]
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    limit = n if max_keep is None else max_keep
+    kept: list[torch.Tensor] = []
+    n_kept = 0
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        idx = torch.arange(s, e, device=device)[alive[s:e]]
+        if idx.numel() == 0:
+            continue
+        sup = (_iou_rows(b, areas, idx, idx) > iou_thres).triu_(1)  # sup[i, j]: i (higher score) would drop j
+        keep = torch.ones(idx.numel(), dtype=torch.bool, device=device)
+        for _ in range(idx.numel()):
+            new = ~(sup & keep[:, None]).any(0)
+            if torch.equal(new, keep):
+                break
+            keep = new
+        k = idx[keep]
+        if n_kept + k.numel() >= limit:
+            kept.append(k[: limit - n_kept])
+            n_kept = limit
+            break
+        kept.append(k)
+        n_kept += k.numel()
+        if e < n:
+            rest = torch.arange(e, n, device=device)
+            for c in range(0, rest.numel(), 8192):  # bound the (kept x rest) matrix
+                cols = rest[c:c + 8192]
+                hit = (_iou_rows(b, areas, k, cols) > iou_thres).any(0)
+                alive[cols] &= ~hit
+    if not kept:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return order[torch.cat(kept)]
+
+
+def _xywh2xyxy(x: torch.Tensor) -> torch.Tensor:
+    y = torch.empty_like(x)
+    y[:, 0] = x[:, 0] - x[:, 2] / 2
+    y[:, 1] = x[:, 1] - x[:, 3] / 2
+    y[:, 2] = x[:, 0] + x[:, 2] / 2
+    y[:, 3] = x[:, 1] + x[:, 3] / 2
+    return y
+
+
+def postprocess_torch(pred: torch.Tensor, opts: NMSOptions) -> Detections:
+    """One image's raw predictions ``(N, 5 + nc)`` -> ``(xyxy, conf, cls)`` on the same device, exactly as
+    :func:`toolkit.ops.postprocess`: objectness > conf, score = objectness x class score, best class (or every
+    class > conf with ``multi_label``), class filter, the ``max_nms`` best into NMS with boxes offset by
+    ``class x max_wh`` unless ``agnostic``, at most ``max_det`` kept. Computed in float32."""
+    pred = pred.float()
+    device = pred.device
+    x = pred[pred[:, 4] > opts.conf]
+    empty = (torch.zeros((0, 4), dtype=torch.float32, device=device),
+             torch.zeros(0, dtype=torch.float32, device=device), torch.zeros(0, dtype=torch.long, device=device))
+    if not len(x):
+        return empty
+    cls_scores = x[:, 5:] * x[:, 4:5]
+    box = _xywh2xyxy(x[:, :4])
+    if opts.multi_label:
+        i, j = torch.nonzero(cls_scores > opts.conf, as_tuple=True)
+        box, conf, cls = box[i], cls_scores[i, j], j
+    else:
+        conf, cls = cls_scores.max(1)
+        m = conf > opts.conf
+        box, conf, cls = box[m], conf[m], cls[m]
+    if opts.classes is not None:
+        m = torch.isin(cls, torch.tensor(opts.classes, dtype=cls.dtype, device=device))
+        box, conf, cls = box[m], conf[m], cls[m]
+    if not len(box):
+        return empty
+    order = torch.sort(conf, descending=True, stable=True).indices[: opts.max_nms]
+    box, conf, cls = box[order], conf[order], cls[order]
+    offset = 0.0 if opts.agnostic else opts.max_wh
+    keep = nms_torch(box + cls[:, None].float() * offset, conf, opts.iou, opts.max_det)
+    return box[keep], conf[keep], cls[keep].long()
+
+
+def postprocess_batch_torch(preds: torch.Tensor, opts: NMSOptions) -> list[Detections]:
+    """:func:`postprocess_torch` for each image of ``(B, N, 5 + nc)``. The objectness filter runs once for
+    the whole batch, so that images without candidates cost nothing more."""
+    if preds.ndim != 3:
+        raise InputError(f"postprocess_batch_torch takes (B, N, 5 + nc) predictions, got {tuple(preds.shape)}")
+    counts = (preds[..., 4] > opts.conf).sum(1).tolist()  # one sync for the batch
+    out: list[Detections] = []
+    for p, c in zip(preds, counts, strict=True):
+        if c == 0:
+            z = p.new_zeros((0, 4), dtype=torch.float32)
+            out.append((z, z[:, 0], torch.zeros(0, dtype=torch.long, device=p.device)))
+        else:
+            out.append(postprocess_torch(p, opts))
+    return out
+
+
+def scale_boxes_torch(boxes: torch.Tensor, info: LetterboxInfo, clip: bool = True) -> torch.Tensor:
+    """:func:`toolkit.ops.scale_boxes` in torch: model-input xyxy -> source-image pixels."""
+    (h1, w1), (h0, w0) = info.dst_shape, info.src_shape
+    gain = min(h1 / h0, w1 / w0)
+    padx, pady = (w1 - w0 * gain) / 2, (h1 - h0 * gain) / 2
+    out = boxes.float().clone()
+    out[:, [0, 2]] -= padx
+    out[:, [1, 3]] -= pady
+    out[:, :4] /= gain
+    if clip:
+        out[:, [0, 2]] = out[:, [0, 2]].clamp(0, w0)
+        out[:, [1, 3]] = out[:, [1, 3]].clamp(0, h0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ batches/buffers
+def plan_batches(n_images: int, batch: int, static_batch: bool = False) -> list[int]:
+    """Sizes of the batches that run for ``n_images``: full batches of ``batch`` then the remainder; with a
+    ``static_batch`` engine the last batch is padded to ``batch`` too (its real images:
+    ``n_images - batch * (len - 1)``)."""
+    if batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    if n_images < 0:
+        raise InputError(f"n_images must be >= 0, got {n_images}")
+    full, rest = divmod(n_images, batch)
+    sizes = [batch] * full
+    if rest:
+        sizes.append(batch if static_batch else rest)
+    return sizes
+
+
+def anchor_outputs(imgsz: tuple[int, int], strides: Sequence[int] = (8, 16, 32), na: int = 3) -> int:
+    """Rows ``N`` of a YOLOv5 output for input ``(h, w)``: ``na`` anchors per cell of every level."""
+    h, w = imgsz
+    return sum(na * math.ceil(h / s) * math.ceil(w / s) for s in strides)
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """Memory of one static batch: pinned host uint8 input, device uint8 copy, device model input in
+    ``dtype``, device output ``(B, N, 5 + nc)`` in ``dtype``; all in bytes."""
+
+    batch: int
+    imgsz: tuple[int, int]
+    nc: int
+    n_outputs: int
+    dtype: torch.dtype
+    host_input_bytes: int
+    device_input_u8_bytes: int
+    device_input_bytes: int
+    device_output_bytes: int
+
+    @property
+    def device_bytes(self) -> int:
+        return self.device_input_u8_bytes + self.device_input_bytes + self.device_output_bytes
+
+
+def buffer_plan(batch: int, imgsz: tuple[int, int], nc: int = 80, n_outputs: int | None = None,
+                dtype: torch.dtype = torch.float16, strides: Sequence[int] = (8, 16, 32), na: int = 3) -> BufferPlan:
+    """The :class:`BufferPlan` of a batch; ``n_outputs`` defaults to :func:`anchor_outputs`."""
+    if batch < 1 or nc < 1:
+        raise InputError(f"batch and nc must be at least 1, got batch={batch} nc={nc}")
+    h, w = imgsz
+    n = anchor_outputs((h, w), strides, na) if n_outputs is None else n_outputs
+    item = torch.empty(0, dtype=dtype).element_size()
+    pixels = batch * 3 * h * w
+    return BufferPlan(batch=batch, imgsz=(h, w), nc=nc, n_outputs=n, dtype=dtype, host_input_bytes=pixels,
+                      device_input_u8_bytes=pixels, device_input_bytes=pixels * item,
+                      device_output_bytes=batch * n * (5 + nc) * item)
+
+
+# ------------------------------------------------------------------------------------------------- runner
+class CudaGraphRunner:
+    """A YOLOv5 module on CUDA in FP16 (by default) at a static ``(batch, 3, h, w)``, captured once in a CUDA
+    graph and replayed.
+
+    :meth:`infer` takes uint8 ``(b, 3, h, w)`` numpy (``b <= batch``; a partial batch is padded), stages it
+    in a pinned host buffer, copies it to the device ``non_blocking`` on a side stream, normalises and
+    replays; it returns float32 numpy ``(b, N, 5 + nc)`` like :class:`backends.torch_backend.TorchRunner`.
+    :meth:`run` takes an already normalised device tensor (from :func:`letterbox_torch`) and returns the
+    device output without synchronising. Raises :class:`BackendUnavailableError` when CUDA is absent.
+
+    Tested only for its refusal on the CPU; its GPU tests skip without a CUDA GPU.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch: int, imgsz: tuple[int, int], device: str = "cuda",
+                 half: bool = True, warmup: int = 3) -> None:
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"CudaGraphRunner needs a CUDA GPU, but PyTorch sees none "
+                                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+                                          f"use the torch backend on the CPU")
+        dev = torch.device(device)
+        if dev.type != "cuda":
+            raise BackendUnavailableError(f"CudaGraphRunner runs on a CUDA device, got {device!r}")
+        if batch < 1:
+            raise InputError(f"batch must be at least 1, got {batch}")
+        h, w = imgsz
+        self.device = dev
+        self.batch = batch
+        self.imgsz = (h, w)
+        self.dtype = torch.float16 if half else torch.float32
+        self.model = model.to(device=dev, dtype=self.dtype).eval()
+        self.host = torch.empty((batch, 3, h, w), dtype=torch.uint8, pin_memory=True)
+        self.dev_u8 = torch.zeros((batch, 3, h, w), dtype=torch.uint8, device=dev)
+        self.static_in = torch.zeros((batch, 3, h, w), dtype=self.dtype, device=dev)
+        self.copy_stream = torch.cuda.Stream(dev)
+        self._copied = torch.cuda.Event()
+        self._copied.record(self.copy_stream)
+        # warm up on a side stream (cuDNN autotuning, Detect's grid caches), then capture
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(max(1, warmup)):
+                self.model(self.static_in)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.static_out: torch.Tensor = self.model(self.static_in)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(b, 3, h, w)`` device tensor -> device output ``(b, N, 5 + nc)`` in the model dtype
+        (a copy, valid after the next replay). Asynchronous: no host synchronisation."""
+        b = int(x.shape[0])
+        if b < 1 or b > self.batch or tuple(x.shape[1:]) != (3, *self.imgsz):
+            raise InputError(f"this runner takes (<= {self.batch}, 3, {self.imgsz[0]}, {self.imgsz[1]}), "
+                             f"got {tuple(x.shape)}")
+        self.static_in[:b].copy_(x)
+        if b < self.batch:
+            self.static_in[b:].zero_()
+        self.graph.replay()
+        return self.static_out[:b].clone()
+
+    def infer(self, batch_u8: np.ndarray) -> np.ndarray:
+        """uint8 ``(b, 3, h, w)`` numpy -> float32 numpy ``(b, N, 5 + nc)``."""
+        out = self.infer_device(batch_u8)
+        return out.float().cpu().numpy()
+
+    def infer_device(self, batch_u8: np.ndarray) -> torch.Tensor:
+        """Like :meth:`infer` but the output stays on the device (asynchronous)."""
+        if batch_u8.dtype != np.uint8 or batch_u8.ndim != 4:
+            raise InputError(f"a runner takes a uint8 (B, 3, H, W) batch, got {batch_u8.dtype} {batch_u8.shape}")
+        b = int(batch_u8.shape[0])
+        if b < 1 or b > self.batch or tuple(batch_u8.shape[1:]) != (3, *self.imgsz):
+            raise InputError(f"this runner takes (<= {self.batch}, 3, {self.imgsz[0]}, {self.imgsz[1]}), "
+                             f"got {tuple(batch_u8.shape)}")
+        self._copied.synchronize()  # the previous H2D copy has finished reading the pinned buffer
+        self.host[:b].numpy()[...] = batch_u8
+        with torch.cuda.stream(self.copy_stream):
+            self.dev_u8[:b].copy_(self.host[:b], non_blocking=True)
+            self._copied.record(self.copy_stream)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(self._copied)
+        self.static_in[:b].copy_(self.dev_u8[:b]).div_(255)
+        if b < self.batch:
+            self.static_in[b:].zero_()
+        self.graph.replay()
+        return self.static_out[:b].clone()
+
+    def close(self) -> None:
+        self.graph.reset()
+        self.model = None  # type: ignore[assignment]
+
+    def __enter__(self) -> CudaGraphRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
