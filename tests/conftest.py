@@ -44,9 +44,3 @@ def coco128_images(coco128: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference(shared: Path) -> Path:
     return _need(shared / "reference" / "coco128_yolov5n", "official YOLOv5 reference outputs")
-
-
-@pytest.fixture(scope="session")
-def tiny_model_pt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A built-in config name: yolokit builds it with random weights (no file needed)."""
-    return "yolov5n.yaml"

@@ -26,6 +26,7 @@ def test_predict_arrays_paths_and_batches_agree(coco128_images: Path, yolov5n_pt
         np.testing.assert_allclose(a.xyxy, c.xyxy, atol=1e-2)
         np.testing.assert_allclose(a.confidence, c.confidence, atol=1e-4)
     assert by_path[0].path == str(files[0]) and by_path[0].shape == cv2.imread(str(files[0])).shape[:2]
+    assert by_array[0].path is None and by_array[0].shape == by_path[0].shape
     assert sum(len(d) for d in by_path) > 0
 
 

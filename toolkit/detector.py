@@ -154,16 +154,16 @@ class Detector:
         loaded: list[tuple[InputRef, np.ndarray]] = []
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
-                loaded.append((InputRef(f"image{i}", f"image{i}"), item))
+                loaded.append((InputRef(f"<array {i}>", f"image{i}"), item))
             else:
                 loaded.append((InputRef(str(item), Path(item).stem), read_image(str(item))))
         out: list[Detections] = []
-        for res in self._run_loaded(iter(loaded), batch=batch):
+        for res, item in zip(self._run_loaded(iter(loaded), batch=batch), items, strict=True):
             if res.error is not None:
                 raise YolokitError(f"{res.ref.name}: {res.error}")
             assert res.detections is not None
-            if res.ref.path.startswith("image") and not Path(res.ref.path).exists():
-                res.detections.path = None
+            if isinstance(item, np.ndarray):
+                res.detections.path = None  # an in-memory image has no path
             out.append(res.detections)
         return out
 
