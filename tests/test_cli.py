@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,13 +75,19 @@ def test_json_summary_and_outputs_with_random_model(tmp_path: Path) -> None:
 
 
 def test_default_run_on_sample_photos(yolov5n_pt: Path, tmp_path: Path) -> None:
+    """The README's main command: no SOURCE, no --weights (the official yolov5n found via the lookup order)."""
     pytest.importorskip("skimage", reason="scikit-image ships the sample photos")
-    out = _cli("run", "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--json", "--nosave")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLOKIT_")}
+    env["YOLOKIT_SHARED"] = str(yolov5n_pt.parents[1])
+    env["YOLOKIT_CACHE_DIR"] = str(tmp_path / "empty-cache")
+    out = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", "--project", str(tmp_path), "--json",
+                          "--nosave"], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
     assert s["processed"] == 5
     # real photos: the astronaut is a person, chelsea a cat, and there is a motorcycle
     assert {"person", "cat", "motorcycle"} <= set(s["per_class"])
+    assert Path(s["weights"]).resolve() == yolov5n_pt.resolve()
 
 
 def test_info_on_checkpoint(yolov5n_pt: Path) -> None:

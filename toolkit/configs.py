@@ -9,6 +9,6 @@ BUILTIN_CONFIGS: tuple[str, ...] = tuple(f"yolov5{s}" for s in SCALES) + tuple(f
 
 
 def is_builtin_config(name: str) -> bool:
-    """True for built-in model names like ``yolov5s.yaml`` (random weights)."""
-    stem = name[:-5] if name.endswith(".yaml") else name
-    return stem in BUILTIN_CONFIGS
+    """True for built-in model configs like ``yolov5s.yaml`` (random weights). The ``.yaml`` suffix is
+    required: a bare ``yolov5s`` names the official checkpoint in the weights manifest."""
+    return name.endswith(".yaml") and name[:-5] in BUILTIN_CONFIGS
