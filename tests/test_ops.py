@@ -110,3 +110,20 @@ def test_postprocess_semantics() -> None:
 def test_postprocess_empty() -> None:
     xyxy, conf, cls = postprocess(np.zeros((10, 85), np.float32), NMSOptions())
     assert xyxy.shape == (0, 4) and conf.shape == (0,) and cls.shape == (0,)
+
+
+def test_match_greedy_one_to_one_by_confidence_and_class() -> None:
+    from toolkit.ops import match_greedy
+
+    targets = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    boxes = np.array([
+        [0, 0, 10, 10],    # exact match of target 0 (lower confidence)
+        [1, 0, 11, 10],    # also overlaps target 0, higher confidence: takes it first
+        [20, 20, 30, 30],  # target 1's place but another class: no match
+        [50, 50, 60, 60],  # nothing there
+    ], np.float32)
+    conf = np.array([0.5, 0.9, 0.8, 0.7], np.float32)
+    cls = np.array([0, 0, 1, 0])
+    m = match_greedy(boxes, conf, cls, targets, np.array([0, 0]), 0.5)
+    assert m.tolist() == [-1, 0, -1, -1]
+    assert match_greedy(boxes[:0], conf[:0], cls[:0], targets, np.array([0, 0]), 0.5).shape == (0,)

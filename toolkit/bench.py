@@ -172,29 +172,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- accuracy
 def _agreement(base: list[Any], got: list[Any]) -> dict[str, float]:
-    from toolkit.ops import box_iou
+    """Precision, recall and F1 of ``got``'s boxes against ``base``'s (IoU 0.5, same class, one-to-one)."""
+    from toolkit.ops import match_greedy
 
     tp = fp = fn = 0
     for b, g in zip(base, got, strict=True):
         if b is None or g is None:
             continue
         bx, gx = np.array(b[0], np.float32).reshape(-1, 4), np.array(g[0], np.float32).reshape(-1, 4)
-        bc, gc = np.array(b[2]), np.array(g[2])
-        if not len(bx) or not len(gx):
-            fp += len(gx)
-            fn += len(bx)
-            continue
-        iou = box_iou(gx, bx)
-        iou[gc[:, None] != bc[None, :]] = 0
-        used = np.zeros(len(bx), bool)
-        for i in np.argsort(-np.array(g[1])):
-            cand = np.where((iou[i] >= 0.5) & ~used)[0]
-            if len(cand):
-                used[cand[np.argmax(iou[i, cand])]] = True
-                tp += 1
-            else:
-                fp += 1
-        fn += int((~used).sum())
+        hits = int((match_greedy(gx, np.array(g[1]), np.array(g[2]), bx, np.array(b[2]), 0.5) >= 0).sum())
+        tp += hits
+        fp += len(gx) - hits
+        fn += len(bx) - hits
     p = tp / (tp + fp) if tp + fp else 1.0
     r = tp / (tp + fn) if tp + fn else 1.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}

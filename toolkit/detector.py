@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,8 @@ from toolkit.sources import ImageReadError, InputRef, SourceList, decode_image, 
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from toolkit.pipeline import Plan
 
 
@@ -151,14 +151,22 @@ class Detector:
             opts = TileOptions(tile=tile) if isinstance(tile, int) else tile
             return [self.predict_tiled(im if isinstance(im, np.ndarray) else read_image(str(im)), opts,
                                        None if isinstance(im, np.ndarray) else str(im)) for im in items]
-        loaded: list[tuple[InputRef, np.ndarray]] = []
+        prepared: list[_Prepared] = []
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
-                loaded.append((InputRef(f"<array {i}>", f"image{i}"), item))
+                ref, img = InputRef(f"<array {i}>", f"image{i}"), item
             else:
-                loaded.append((InputRef(str(item), Path(item).stem), read_image(str(item))))
+                ref, img = InputRef(str(item), Path(item).stem), read_image(str(item))
+            p = self.prepare(i, ref, img)
+            if isinstance(p, Result):
+                raise YolokitError(f"{ref.name}: {p.error}")
+            prepared.append(p)
+        results: dict[int, Result] = {}
+        for start in range(0, len(prepared), max(1, batch)):
+            results.update(self._flush(prepared[start:start + max(1, batch)]))
         out: list[Detections] = []
-        for res, item in zip(self._run_loaded(iter(loaded), batch=batch), items, strict=True):
+        for i, item in enumerate(items):
+            res = results[i]
             if res.error is not None:
                 raise YolokitError(f"{res.ref.name}: {res.error}")
             assert res.detections is not None
@@ -258,10 +266,11 @@ class Detector:
         return out
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
-                      pool: Executor | None = None) -> Detections:
+                      pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:
         """Detections for one (huge) image by sliced inference: overlapping native-resolution tiles, batched
-        through the backend (in ``pool`` threads when given), boxes shifted back and merged
-        (:func:`toolkit.tiling.merge_tiles`); with ``tile.full_frame`` also the whole image letterboxed."""
+        through the backend (in ``pool`` threads when given, at most ``in_flight`` tile batches at once), boxes
+        shifted back and merged (:func:`toolkit.tiling.merge_tiles`); with ``tile.full_frame`` also the whole
+        image letterboxed."""
         from toolkit.tiling import cut_mask, merge_tiles, tile_grid
 
         h, w = image.shape[:2]
@@ -293,14 +302,10 @@ class Detector:
         indexed = list(enumerate(grid))
         chunks = [indexed[i:i + tile.batch] for i in range(0, len(indexed), tile.batch)]
         if pool is not None:
-            # at most two chunks in flight per worker thread: bounded memory, every thread busy
-            pending: deque[Future[None]] = deque()
-            for c in chunks:
-                pending.append(pool.submit(run, c))
-                if len(pending) >= 2 * getattr(pool, "_max_workers", 2):
-                    pending.popleft().result()
-            for f in pending:
-                f.result()
+            from toolkit.pipeline import ordered_map
+
+            for _ in ordered_map(pool, run, chunks, window=in_flight):
+                pass
         else:
             for c in chunks:
                 run(c)
@@ -316,34 +321,8 @@ class Detector:
                                       self.nms.max_det)
         return Detections(xyxy, conf, cls, self.names, path, (h, w))
 
-    def _run_loaded(self, loaded: Iterator[tuple[InputRef, np.ndarray | str]], batch: int = 1,
-                    keep_images: bool = False) -> Iterator[Result]:
-        """Sequential path for in-memory images (``predict``)."""
-        batch = max(1, batch)
-        pending: list[_Prepared] = []
-        results: dict[int, Result] = {}
-        next_out = 0
-        for index, (ref, img) in enumerate(loaded):
-            if isinstance(img, str):
-                results[index] = Result(ref, error=img)
-            else:
-                prepared = self.prepare(index, ref, img, keep_image=keep_images)
-                if isinstance(prepared, Result):
-                    results[index] = prepared
-                else:
-                    pending.append(prepared)
-            if len(pending) >= batch:
-                results.update(self._flush(pending))
-                pending = []
-            while next_out in results:
-                yield results.pop(next_out)
-                next_out += 1
-        results.update(self._flush(pending))
-        while next_out in results:
-            yield results.pop(next_out)
-            next_out += 1
-
     def _flush(self, pending: list[_Prepared]) -> dict[int, Result]:
+        """Run prepared images grouped by letterboxed shape; results by input index."""
         groups: dict[tuple[int, ...], list[_Prepared]] = {}
         for p in pending:
             groups.setdefault(p.chw.shape, []).append(p)

@@ -164,20 +164,10 @@ def _parity_inputs(parity_images: list[str] | None, size: tuple[int, int], strid
 
 def _match(ref: Any, got: Any) -> int:
     """Greedy one-to-one matches, highest reference confidence first, same class and IoU >= PARITY_IOU."""
-    from toolkit.ops import box_iou
+    from toolkit.ops import match_greedy
 
-    if not len(ref) or not len(got):
-        return 0
-    iou = box_iou(ref.xyxy, got.xyxy)
-    ok = (ref.class_id[:, None] == got.class_id[None, :]) & (iou >= PARITY_IOU)
-    used = np.zeros(len(got), bool)
-    matched = 0
-    for i in np.argsort(-ref.confidence, kind="stable"):
-        cand = np.where(ok[i] & ~used)[0]
-        if len(cand):
-            used[cand[np.argmax(iou[i, cand])]] = True
-            matched += 1
-    return matched
+    m = match_greedy(ref.xyxy, ref.confidence, ref.class_id, got.xyxy, got.class_id, PARITY_IOU)
+    return int((m >= 0).sum())
 
 
 def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOptions,

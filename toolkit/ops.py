@@ -101,6 +101,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def match_greedy(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, target_xyxy: np.ndarray,
+                 target_cls: np.ndarray, iou_thres: float) -> np.ndarray:
+    """One-to-one matching of boxes to target boxes: highest confidence first, each box takes the unused target of
+    the same class with the highest IoU >= ``iou_thres``. Returns the matched target index per box, -1 if none."""
+    out = np.full(len(xyxy), -1, dtype=np.int64)
+    if not len(xyxy) or not len(target_xyxy):
+        return out
+    iou = box_iou(xyxy, target_xyxy)
+    ok = (np.asarray(cls)[:, None] == np.asarray(target_cls)[None, :]) & (iou >= iou_thres)
+    taken = np.zeros(len(target_xyxy), bool)
+    for i in np.argsort(-np.asarray(conf), kind="stable"):
+        cand = np.where(ok[i] & ~taken)[0]
+        if len(cand):
+            out[i] = cand[np.argmax(iou[i, cand])]
+            taken[out[i]] = True
+    return out
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS: indices of kept boxes, highest score first. A box is suppressed when its IoU with a
     kept box is strictly greater than ``iou_thres`` (torchvision's rule). Stops after ``max_keep``."""

@@ -119,7 +119,7 @@ def expand(items: Iterable[InputRef]) -> Iterator[tuple[int, InputRef, Payload]]
             index += 1
 
 
-def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
                  window: int) -> Iterator[Any]:
     """``map`` over a thread pool with at most ``window`` items in flight, results in order."""
     pending: deque[Future[Any]] = deque()
@@ -159,7 +159,7 @@ def run_pipeline(det: Detector, items: list[InputRef], plan: Plan, keep_images: 
 
 
 def _tiled_result(det: Detector, index: int, ref: InputRef, payload: Payload, tile: TileOptions,
-                  keep_images: bool, pool: ThreadPoolExecutor | None) -> Result:
+                  keep_images: bool, pool: ThreadPoolExecutor | None, in_flight: int = 4) -> Result:
     from toolkit.detector import Result
 
     if isinstance(payload, str):
@@ -170,7 +170,7 @@ def _tiled_result(det: Detector, index: int, ref: InputRef, payload: Payload, ti
             return Result(ref, error=got)
         payload = got[0]
     try:
-        d = det.predict_tiled(payload, tile, ref.path, pool)
+        d = det.predict_tiled(payload, tile, ref.path, pool, in_flight)
     except Exception as e:  # this image fails, the run goes on
         return Result(ref, error=f"tiled inference failed: {e}")
     return Result(ref, d, image=payload if keep_images else None)
@@ -194,8 +194,9 @@ def _run_tiled(det: Detector, items: list[InputRef], plan: Plan, keep_images: bo
         return index, ref, payload
 
     try:
-        for index, ref, payload in _ordered_map(reader, load, expand(items), window=2):
-            result = _tiled_result(det, index, ref, payload, tile, keep_images, pool)
+        for index, ref, payload in ordered_map(reader, load, expand(items), window=2):
+            # two tile batches in flight per inference thread: every thread busy, memory bounded
+            result = _tiled_result(det, index, ref, payload, tile, keep_images, pool, 2 * plan.workers)
             del payload  # release this image before the next one starts decoding
             yield result
     finally:
@@ -237,7 +238,7 @@ def _run_threads(det: Detector, items: list[InputRef], plan: Plan, keep_images: 
             return _load_and_prepare(det, it, keep_images, fast_decode)
 
         prepared: Iterable[tuple[int, Result | _Prepared]] = (
-            _ordered_map(readers, load, expand(items), window=plan.readers * 4) if plan.readers
+            ordered_map(readers, load, expand(items), window=plan.readers * 4) if plan.readers
             else map(load, expand(items)))
         for index, item in prepared:
             if isinstance(item, Result):

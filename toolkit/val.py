@@ -14,7 +14,7 @@ import numpy as np
 
 from toolkit.detections import Detections
 from toolkit.errors import InputError
-from toolkit.ops import box_iou
+from toolkit.ops import match_greedy
 from toolkit.sources import IMAGE_SUFFIXES
 
 
@@ -149,18 +149,7 @@ def precision_recall(samples: list[Sample], dets: list[Detections], iou_thres: f
     """Mean precision and recall over classes at the confidence that maximises mean F1 (IoU 0.5)."""
     tp_all, conf_all, cls_all = [], [], []
     for s, d in zip(samples, dets, strict=True):
-        tp = np.zeros(len(d), bool)
-        if len(d) and len(s.cls):
-            iou = box_iou(d.xyxy, s.xyxy)
-            iou[d.class_id[:, None] != s.cls[None, :]] = 0
-            taken = np.zeros(len(s.cls), bool)
-            for j in np.argsort(-d.confidence, kind="stable"):
-                cand = np.where((iou[j] >= iou_thres) & ~taken)[0]
-                if len(cand):
-                    k = cand[np.argmax(iou[j, cand])]
-                    taken[k] = True
-                    tp[j] = True
-        tp_all.append(tp)
+        tp_all.append(match_greedy(d.xyxy, d.confidence, d.class_id, s.xyxy, s.cls, iou_thres) >= 0)
         conf_all.append(d.confidence)
         cls_all.append(d.class_id)
     tp, conf, pcls = np.concatenate(tp_all), np.concatenate(conf_all), np.concatenate(cls_all)
