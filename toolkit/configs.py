@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SCALES: dict[str, tuple[float, float]] = {
     "n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75), "l": (1.0, 1.0), "x": (1.33, 1.25),
 }
@@ -12,3 +14,14 @@ def is_builtin_config(name: str) -> bool:
     """True for built-in model configs like ``yolov5s.yaml`` (random weights). The ``.yaml`` suffix is
     required: a bare ``yolov5s`` names the official checkpoint in the weights manifest."""
     return name.endswith(".yaml") and name[:-5] in BUILTIN_CONFIGS
+
+
+def resolve_model(weights: str | Path) -> Path:
+    """The model file to load: a built-in config name as given (no file needed), anything else through the
+    weights lookup order (:func:`toolkit.weights.resolve_weights`)."""
+    from toolkit.weights import resolve_weights
+
+    path = Path(weights)
+    if is_builtin_config(path.name) and not path.exists():
+        return path
+    return resolve_weights(str(weights))

@@ -77,16 +77,14 @@ class Detector:
                  options: dict[str, Any] | None = None) -> None:
         import backends
         from backends.base import LoadOptions
-        from toolkit.weights import resolve_weights
 
         if not 0 <= conf <= 1 or not 0 <= iou <= 1:
             raise InputError(f"conf and iou must be in [0, 1], got conf={conf} iou={iou}")
         if max_det < 1:
             raise InputError(f"max_det must be at least 1, got {max_det}")
-        from toolkit.configs import is_builtin_config
+        from toolkit.configs import resolve_model
 
-        text = str(weights)
-        path = Path(text) if is_builtin_config(Path(text).name) and not Path(text).exists() else resolve_weights(text)
+        path = resolve_model(weights)
         self.weights = path
         self.backend_name = backend or backends.backend_for(path)
         module = backends.require(self.backend_name)

@@ -233,9 +233,8 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
     artifact against PyTorch FP32. Raises :class:`ExportError` when the export or the parity check fails."""
     import backends
-    from toolkit.configs import is_builtin_config
+    from toolkit.configs import resolve_model
     from toolkit.loader import load_model
-    from toolkit.weights import resolve_weights
 
     options = options or ExportOptions()
     if to == "trt" and options.device in ("", "cpu"):
@@ -248,9 +247,7 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
         reason = why() if callable(why) else None
         raise BackendUnavailableError(reason or f"the {to} backend's runtime is not installed: "
                                                 f"pip install 'yolokit[{module.EXTRA}]'")
-    text = str(weights)
-    src_path = Path(text) if is_builtin_config(Path(text).name) and not Path(text).exists() \
-        else resolve_weights(text)
+    src_path = resolve_model(weights)
     source = load_model(src_path)
     _validate(to, options, source.meta.stride)
     target = Path(out) if out is not None else default_output(src_path, to, options)

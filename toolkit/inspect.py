@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 
 def model_info(model: str) -> dict[str, Any]:
     """Metadata of a checkpoint or artifact; for PyTorch models also parameters and GFLOPs at 640."""
     import backends
-    from toolkit.configs import is_builtin_config
+    from toolkit.configs import resolve_model
     from toolkit.loader import load_model
-    from toolkit.weights import resolve_weights
 
-    path = Path(model) if is_builtin_config(Path(model).name) and not Path(model).exists() \
-        else resolve_weights(model)
+    path = resolve_model(model)
     name = backends.backend_for(path)
     if name == "torch":
         from toolkit.model import count_gflops, count_parameters
