@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_ready
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -275,6 +275,8 @@ _Lite = tuple[int, Any, Any, Any, Any, str | None]  # index, xyxy, conf, cls, sh
 
 def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int, fast_decode: bool,
                  tasks: Any, results: Any, tile: TileOptions | None = None) -> None:
+    # ``results`` is this worker's own pipe to the parent: if the worker is killed mid-message, only its own
+    # channel breaks (a queue shared by all workers would stay locked and hang the others)
     """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
     import signal
 
@@ -289,9 +291,9 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
     try:
         det = Detector(**{**init_kwargs, "threads": threads})
     except Exception as e:  # reported to the parent, which stops the run with this message
-        results.put(("init_error", wid, None, f"{type(e).__name__}: {e}"))
+        results.send(("init_error", wid, None, f"{type(e).__name__}: {e}"))
         return
-    results.put(("ready", wid, None, None))
+    results.send(("ready", wid, None, None))
     while True:
         task = tasks.get()
         if task is None:
@@ -305,7 +307,7 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
                     d = r.detections
                     out.append((index, None, None, None, None, r.error) if d is None else
                                (index, d.xyxy, d.confidence, d.class_id, d.shape, None))
-                results.put(("done", wid, task_id, out))
+                results.send(("done", wid, task_id, out))
                 continue
             prepared: list[_Prepared] = []
             for item in items:
@@ -325,9 +327,9 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
                             out.append((index, None, None, None, None, r.error))
                         else:
                             out.append((index, d.xyxy, d.confidence, d.class_id, d.shape, None))
-            results.put(("done", wid, task_id, out))
+            results.send(("done", wid, task_id, out))
         except Exception as e:
-            results.put(("error", wid, task_id, f"{type(e).__name__}: {e}"))
+            results.send(("error", wid, task_id, f"{type(e).__name__}: {e}"))
 
 
 @dataclass
@@ -335,6 +337,7 @@ class _Worker:
     wid: int
     proc: Any
     tasks: Any
+    conn: Any  # the parent's end of this worker's result pipe
     inflight: dict[int, list[tuple[int, InputRef, Payload]]]
     ready: bool = False
 
@@ -343,11 +346,11 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                    tile: TileOptions | None = None) -> Iterator[Result]:
     """Process mode: ``spawn`` workers, each loading the model once; tasks carry paths (frames for videos),
     results carry only boxes. A worker that dies is replaced; its in-flight inputs are retried once, one by
-    one, then reported failed. Every wait is bounded and checks the workers are alive."""
+    one, then reported failed. Each worker sends results on its own pipe; the parent waits on those pipes and
+    on the workers' process sentinels together, so a death wakes it at once; every wait is bounded."""
     from toolkit.detector import Result
 
     ctx = mp.get_context("spawn")
-    results_q: Any = ctx.Queue()
     chunk = 1 if tile is not None else max(plan.batch, 2)
     source = expand(items)
     retry: deque[tuple[int, list[tuple[int, InputRef, Payload]]]] = deque()  # (attempt, items)
@@ -366,10 +369,12 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
     def start_worker() -> None:
         nonlocal next_wid
         tq = ctx.Queue()
+        recv_end, send_end = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker_main, name=f"yolokit-worker-{next_wid}", daemon=True,
-                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, results_q, tile))
+                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, send_end, tile))
         p.start()
-        workers[next_wid] = _Worker(next_wid, p, tq, {})
+        send_end.close()  # the worker holds the only write end: its death reads as end-of-file here
+        workers[next_wid] = _Worker(next_wid, p, tq, recv_end, {})
         next_wid += 1
 
     def next_items() -> tuple[int, list[tuple[int, InputRef, Payload]]] | None:
@@ -390,6 +395,27 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
     def fail(entries: list[tuple[int, InputRef, Payload]], reason: str) -> None:
         for index, ref, _ in entries:
             done[index] = Result(ref, error=reason)
+
+    def handle(kind: str, wid: int, tid: Any, payload: Any) -> None:
+        if kind == "ready":
+            workers[wid].ready = True
+        elif kind == "init_error":
+            raise YolokitError(f"a worker process could not load the model: {payload}")
+        elif kind in ("done", "error"):
+            owner = workers.get(wid)
+            entries = owner.inflight.pop(tid, []) if owner else task_items.get(tid, [])
+            task_items.pop(tid, None)
+            attempts.pop(tid, None)
+            emap = {e[0]: e[1] for e in entries}
+            if kind == "error":
+                fail(entries, f"worker error: {payload}")
+            else:
+                for index, xyxy, conf, cls, shape, error in payload:
+                    ref = emap[index]
+                    if error is not None:
+                        done[index] = Result(ref, error=error)
+                    else:
+                        done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape))
 
     for _ in range(plan.workers):
         start_worker()
@@ -413,29 +439,21 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                 next_out += 1
             if exhausted and not retry and not any(w.inflight for w in workers.values()) and not done:
                 break
-            try:
-                kind, wid, tid, payload = results_q.get(timeout=0.5)
-            except queue.Empty:
-                kind = "timeout"
-            if kind == "ready":
-                workers[wid].ready = True
-            elif kind == "init_error":
-                raise YolokitError(f"a worker process could not load the model: {payload}")
-            elif kind in ("done", "error"):
-                owner = workers.get(wid)
-                entries = owner.inflight.pop(tid, []) if owner else task_items.get(tid, [])
-                task_items.pop(tid, None)
-                attempts.pop(tid, None)
-                emap = {e[0]: e[1] for e in entries}
-                if kind == "error":
-                    fail(entries, f"worker error: {payload}")
-                else:
-                    for index, xyxy, conf, cls, shape, error in payload:
-                        ref = emap[index]
-                        if error is not None:
-                            done[index] = Result(ref, error=error)
-                        else:
-                            done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape))
+            by_conn = {w.conn: w for w in workers.values()}
+            messages: list[tuple[str, int, Any, Any]] = []
+            for ready in wait_ready([*by_conn, *(w.proc.sentinel for w in workers.values())], timeout=0.5):
+                sender = by_conn.get(ready)
+                if sender is None:
+                    continue  # a process sentinel: the liveness check below handles it
+                try:
+                    messages.append(sender.conn.recv())
+                    while sender.conn.poll():
+                        messages.append(sender.conn.recv())
+                except Exception:  # the pipe broke (the worker died mid-message): replace the worker
+                    sender.proc.kill()
+                    sender.proc.join(timeout=5)
+            for kind, wid, tid, payload in messages:
+                handle(kind, wid, tid, payload)
             # liveness: replace dead workers; retry their inputs once, one at a time
             for w in list(workers.values()):
                 if w.proc.is_alive():
@@ -443,6 +461,10 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                 w.proc.join(timeout=1)
                 code = w.proc.exitcode
                 del workers[w.wid]
+                with contextlib.suppress(Exception):
+                    w.conn.close()
+                    w.tasks.cancel_join_thread()  # nobody will read its task queue again
+                    w.tasks.close()
                 for tid, entries in w.inflight.items():
                     if attempts.get(tid, 0) >= 1:
                         fail(entries, f"worker process died (exit code {code}) twice on this input")
@@ -466,6 +488,6 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
             if w.proc.is_alive():
                 w.proc.terminate()
                 w.proc.join(timeout=2)
-        with contextlib.suppress(Exception):
-            results_q.close()
-            results_q.cancel_join_thread()
+        for w in workers.values():
+            with contextlib.suppress(Exception):
+                w.conn.close()
