@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from toolkit.cli import main
+from toolkit.detector import Detector
+from toolkit.errors import OutputError
+from toolkit.outputs import write_json
+from toolkit.sources import jpeg_size, read_image
 
 WEIGHTS = "yolov5n.yaml"  # random weights: these tests are about accounting, not accuracy
 
@@ -26,9 +34,10 @@ def _img(path: Path, h: int, w: int, seed: int = 0) -> Path:
     return path
 
 
-def _exif_rotated_jpeg(path: Path) -> None:
-    """A 40x80 (h x w) JPEG whose EXIF orientation 6 says: rotate 90 degrees clockwise to display."""
-    ok, buf = cv2.imencode(".jpg", np.full((40, 80, 3), 128, np.uint8))
+def _exif_rotated_jpeg(path: Path, image: np.ndarray | None = None) -> None:
+    """A JPEG of ``image`` (default: 40x80, h x w) whose EXIF orientation 6 says: rotate 90 degrees clockwise to
+    display."""
+    ok, buf = cv2.imencode(".jpg", np.full((40, 80, 3), 128, np.uint8) if image is None else image)
     assert ok
     data = buf.tobytes()
     # APP1 Exif, little-endian TIFF, IFD0 with one entry: Orientation (0x0112), SHORT, 1, value 6
@@ -37,6 +46,11 @@ def _exif_rotated_jpeg(path: Path) -> None:
     app1 = b"Exif\x00\x00" + tiff
     segment = b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
     path.write_bytes(data[:2] + segment + data[2:])
+
+
+def _cmyk_jpeg(path: Path) -> None:
+    """A 48x64 mostly-red CMYK JPEG as Pillow (and Photoshop) write it: Adobe APP14 marker, inverted CMYK."""
+    Image.new("RGB", (64, 48), (220, 30, 30)).convert("CMYK").save(path, "JPEG", quality=95)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +65,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cv2.imwrite(str(d / "deep16.png"), np.full((50, 60, 3), 40000, np.uint16))
     cv2.imwrite(str(d / "gray.jpg"), np.full((50, 60), 90, np.uint8))
     _exif_rotated_jpeg(d / "rotated.jpg")
+    _cmyk_jpeg(d / "cmyk.jpg")
     _img(d / "tiny_1x1.png", 1, 1)
     _img(d / "strip_10000x10.png", 10, 10000)
     _img(d / "name with spaces ü.jpg", 64, 64)
@@ -72,7 +87,7 @@ def test_every_hostile_input_is_processed_or_listed(hostile: Path, tmp_path: Pat
     assert "symbolic link" in failed["dangling.jpg"]
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert {Path(f["path"]).name for f in failures} == set(failed)
-    assert summary["images"] == 15 and summary["processed"] == 10
+    assert summary["images"] == 16 and summary["processed"] == 11
     # same names in different folders do not collide; names with spaces and non-ASCII survive
     assert (out / "a" / "same.jpg").is_file() and (out / "b" / "same.jpg").is_file()
     assert (out / "name with spaces ü.jpg").is_file()
@@ -80,7 +95,24 @@ def test_every_hostile_input_is_processed_or_listed(hostile: Path, tmp_path: Pat
     rotated = cv2.imread(str(out / "rotated.jpg"))
     assert rotated is not None and rotated.shape[:2] == (80, 40)
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 15 and len({m["key"] for m in manifest}) == 15
+    assert len(manifest) == 16 and len({m["key"] for m in manifest}) == 16
+    # the CMYK JPEG reads as red BGR, at full and at reduced (fast) decode, not inverted or 4-channel
+    for reduce in (1, 2):
+        bgr = read_image(str(hostile / "cmyk.jpg"), reduce)
+        assert bgr.shape == (48 // reduce, 64 // reduce, 3) and bgr.dtype == np.uint8
+        b, g, r = bgr.reshape(-1, 3).mean(0)
+        assert r > 190 and g < 60 and b < 60, (b, g, r)
+
+
+def test_a_large_exif_rotated_jpeg_keeps_its_displayed_size_when_decoded_reduced(tmp_path: Path) -> None:
+    stored = cv2.resize(np.random.default_rng(0).integers(0, 255, (8, 32, 3), dtype=np.uint8), (1600, 400))
+    _exif_rotated_jpeg(tmp_path / "r.jpg", stored)  # stored 400x1600 (h x w), displayed 1600 tall, 400 wide
+    with Detector(WEIGHTS, imgsz=128, conf=0.00001) as det:
+        (full,) = det.predict_iter(str(tmp_path / "r.jpg"), fast_decode=False)
+        (fast,) = det.predict_iter(str(tmp_path / "r.jpg"), fast_decode=True)  # decoded at 1/4 size
+    assert full.detections is not None and full.detections.shape == (1600, 400)
+    assert fast.detections is not None and fast.detections.shape == (1600, 400)
+    assert fast.detections.xyxy[:, [0, 2]].max() <= 400 and fast.detections.xyxy[:, [1, 3]].max() > 800
 
 
 def test_unwritable_output_is_one_clear_error(tmp_path: Path) -> None:
@@ -92,6 +124,192 @@ def test_unwritable_output_is_one_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 7
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "cannot write" in lines[0]
+
+
+def test_a_13400x9528_jpeg_keeps_its_original_size(tmp_path: Path) -> None:
+    """A 13400x9528 photo (smooth content: it encodes in a fraction of a second) is processed, decoded at reduced
+    size (--nosave) or in full (annotated image saved); either way boxes and labels are in its own pixels."""
+    h, w = 9528, 13400
+    src = tmp_path / "src"
+    src.mkdir()
+    small = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (30, 42, 3), dtype=np.uint8), (3, 3), 0)
+    assert cv2.imwrite(str(src / "huge.jpg"), cv2.resize(small, (w, h)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    for name, extra in (("fast", ["--nosave"]), ("full", [])):
+        rc = main(["run", str(src), "--weights", WEIGHTS, "--imgsz", "128", "--conf", "0.00001", "--save-txt",
+                   "--save-json", "--project", str(tmp_path), "--name", name, *extra])
+        out = tmp_path / name
+        summary = json.loads((out / "summary.json").read_text())
+        assert rc == 0 and summary["processed"] == 1 and not summary["failed"], summary["failed"]
+        boxes = np.array([p["bbox"] for p in json.loads((out / "predictions.json").read_text())])  # x, y, w, h
+        assert len(boxes) > 10
+        x2, y2 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+        assert boxes[:, :2].min() >= 0 and x2.max() <= w and y2.max() <= h
+        assert x2.max() > w / 2 and y2.max() > h / 2  # in original pixels, not in the reduced decode's
+        labels = np.loadtxt(out / "labels" / "huge.txt", ndmin=2)  # class xc yc w h, normalised to (w, h)
+        np.testing.assert_allclose(labels[:, 1:] * [w, h, w, h],
+                                   np.c_[boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], atol=0.5)
+    assert jpeg_size(np.fromfile(tmp_path / "full" / "huge.jpg", np.uint8)) == (h, w)  # annotated at full size
+    with Detector(WEIGHTS, imgsz=128, conf=0.00001) as det:
+        (res,) = det.predict_iter(str(src / "huge.jpg"), fast_decode=True)
+    assert res.error is None and res.detections is not None and res.detections.shape == (h, w)
+
+
+# Root reads any file whatever its mode, so a root test run drops root's two file-access capabilities
+# (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set and re-executes Python: it stays uid 0, so the
+# interpreter (which may live under a 0700 /root, out of reach of "nobody") and root's temporary folders stay
+# reachable through their owner bits, while a mode-000 file or folder is refused as for any user.
+_NO_DAC_OVERRIDE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+_PROBE = """
+import os, sys
+try:
+    open(sys.argv[1], "rb").close()
+    sys.exit("the mode-000 file is readable")
+except PermissionError:
+    pass
+try:
+    os.listdir(sys.argv[2])
+    sys.exit("the mode-000 folder is listable")
+except PermissionError:
+    pass
+"""
+
+
+_LIST_SOURCES = """
+import sys
+from toolkit.errors import InputError
+from toolkit.sources import list_sources
+for source in sys.argv[1:]:
+    try:
+        list_sources(source)
+        print("no error")
+    except InputError as e:
+        print(e)
+"""
+
+
+def _python_bound_by_permissions(locked_file: Path, locked_dir: Path) -> list[str]:
+    """The command prefix of a Python for which ``locked_file`` and ``locked_dir`` (mode 000) are unreadable;
+    skips, saying why, when there is none."""
+    if sys.platform != "linux":
+        pytest.skip("permission checks are exercised on Linux only")
+    prefix = [sys.executable, "-c", _NO_DAC_OVERRIDE] if os.geteuid() == 0 else [sys.executable]
+    probe = subprocess.run([*prefix, "-c", _PROBE, str(locked_file), str(locked_dir)], capture_output=True,
+                           text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a file unreadable here ({'root' if os.geteuid() == 0 else 'user'}): "
+                    f"{probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else probe.returncode}")
+    return prefix
+
+
+def test_unreadable_file_and_folder_are_listed_as_permission_denied(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _img(src / "a.jpg", 48, 64, seed=1)
+    _img(src / "b.jpg", 48, 64, seed=2)
+    locked = _img(src / "locked.jpg", 48, 64, seed=3)
+    _img(src / "sealed" / "c.jpg", 48, 64, seed=4)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{src / 'a.jpg'}\n")
+    for p in (locked, src / "sealed", listing):
+        p.chmod(0)
+    try:
+        python = _python_bound_by_permissions(locked, src / "sealed")
+        out = subprocess.run([*python, "-m", "toolkit.cli", "run", str(src), "--weights", WEIGHTS, "--imgsz", "64",
+                              "--conf", "0.00001", "--save-txt", "--nosave", "--project", str(tmp_path), "--name",
+                              "r", "--json"], capture_output=True, text=True, timeout=120)
+        # an unreadable SOURCE folder or list file is one clear error, not "no images" or a traceback
+        as_source = subprocess.run([*python, "-c", _LIST_SOURCES, str(src / "sealed"), str(listing)],
+                                   capture_output=True, text=True, timeout=60)
+    finally:
+        for p, mode in ((locked, 0o644), (src / "sealed", 0o755), (listing, 0o644)):
+            p.chmod(mode)
+    assert as_source.stdout.splitlines() == [f"{src / 'sealed'}: cannot list the folder (permission denied)",
+                                             f"{listing}: cannot read the list file (permission denied)"], \
+        as_source.stderr
+    assert out.returncode == 1, out.stderr
+    summary = json.loads(out.stdout)
+    failures = [json.loads(line) for line in (tmp_path / "r" / "failures.jsonl").read_text().splitlines()]
+    reasons = {Path(f["path"]).name: f["reason"] for f in failures}
+    assert set(reasons) == {"locked.jpg", "sealed"}  # the folder's images are not silently lost
+    assert all("permission denied" in why for why in reasons.values()), reasons
+    assert summary["images"] == 4 and summary["processed"] == 2
+    assert sorted(p.name for p in (tmp_path / "r" / "labels").iterdir()) == ["a.txt", "b.txt"]
+
+
+_FILE_SIZE_LIMIT = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (48 * 1024, 48 * 1024))
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path) -> Iterator[tuple[list[str], list[list[str]]]]:
+    """A 1 MB tmpfs on ``folder`` when this process may mount one (a true "no space left on device"); else a
+    Python whose files cannot grow past 48 KB ("file too large"). Yields the command prefix of a Python that
+    writes there with too little room, and the commands that make room afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = shutil.which("mount")
+    if os.geteuid() == 0 and mount and subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "yolokit-test",
+                                                       str(folder)], capture_output=True).returncode == 0:
+        try:
+            yield [sys.executable], [[mount, "-o", "remount,size=64m", str(folder)]]
+        finally:
+            if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    else:
+        yield [sys.executable, "-c", _FILE_SIZE_LIMIT], []
+
+
+def test_full_disk_is_one_clear_error_and_resume_completes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):  # noise: each annotated image is about 70 KB, 1.4 MB in all
+        assert cv2.imwrite(str(src / f"{i:02d}.jpg"), rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    disk = tmp_path / "disk"
+    args = ["-m", "toolkit.cli", "run", str(src), "--weights", WEIGHTS, "--imgsz", "64", "--conf", "0.00001",
+            "--save-txt", "--project", str(disk), "--name", "r", "--json"]
+    with _small_disk(disk) as (python, make_room):
+        full = subprocess.run([*python, *args], capture_output=True, text=True, timeout=120)
+        assert full.returncode == 7, full.stderr
+        assert "Traceback" not in full.stderr
+        lines = [ln for ln in full.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, full.stderr
+        line = lines[0]
+        assert line.startswith("yolokit: ") and str(disk / "r") in line
+        assert "No space left on device" in line or "File too large" in line
+        assert "free" in line and "--resume" in line
+        done = (disk / "r" / "manifest.jsonl").read_text().splitlines()
+        assert len(done) < 20
+        for cmd in make_room:
+            subprocess.run(cmd, check=True, capture_output=True)
+        resumed = subprocess.run([sys.executable, *args, "--resume"], capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        summary = json.loads(resumed.stdout)
+        assert summary["images"] == 20 and summary["processed"] == 20 and summary["settings"]["resumed"] == len(done)
+        keys = [json.loads(line)["key"] for line in (disk / "r" / "manifest.jsonl").read_text().splitlines()]
+        assert sorted(keys) == [f"{i:02d}" for i in range(20)]  # nothing twice, nothing missing
+        assert sorted(p.name for p in (disk / "r").glob("*.jpg")) == [f"{i:02d}.jpg" for i in range(20)]
+        assert not [p for p in (disk / "r").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_write_that_cannot_even_start_is_an_output_error(tmp_path: Path) -> None:
+    """Creating the folder or the temporary file fails too on a full disk (no inodes left) or a read-only folder:
+    one OutputError naming the file, never a bare OSError that reaches the user as a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match=r"file/sub/summary\.json: cannot write .*--resume"):
+        write_json(blocker / "sub" / "summary.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def _labels(folder: Path) -> dict[str, str]:

@@ -161,7 +161,7 @@ class Detector:
             prepared.append(p)
         results: dict[int, Result] = {}
         for start in range(0, len(prepared), max(1, batch)):
-            results.update(self._flush(prepared[start:start + max(1, batch)]))
+            results.update(self.run_prepared(prepared[start:start + max(1, batch)]))
         out: list[Detections] = []
         for i, item in enumerate(items):
             res = results[i]
@@ -214,15 +214,32 @@ class Detector:
             except OSError:
                 img = read_image(ref.path)  # raises ImageReadError with the precise reason
                 return img, (img.shape[0], img.shape[1])
-            size = jpeg_size(data) if fast_decode else None
-            factor = self.reduce_factor(size) if size else 1
-            img = decode_image(data, ref.path, factor)
-            shape = size if factor > 1 and size else (img.shape[0], img.shape[1])
-            return img, shape
+            return self._decode(data, ref, fast_decode)
         except ImageReadError as e:
             return e.reason
         finally:
             self.times.read += time.perf_counter() - t0
+
+    def decode_input(self, data: np.ndarray, ref: InputRef,
+                     fast_decode: bool = True) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """Decode one image's bytes (read elsewhere, e.g. by a Ray task): as :meth:`load_input`."""
+        t0 = time.perf_counter()
+        try:
+            return self._decode(data, ref, fast_decode)
+        except ImageReadError as e:
+            return e.reason
+        finally:
+            self.times.read += time.perf_counter() - t0
+
+    def _decode(self, data: np.ndarray, ref: InputRef, fast_decode: bool) -> tuple[np.ndarray, tuple[int, int]]:
+        size = jpeg_size(data) if fast_decode else None
+        factor = self.reduce_factor(size) if size else 1
+        img = decode_image(data, ref.path, factor)
+        if factor == 1 or not size:
+            return img, (img.shape[0], img.shape[1])
+        h, w = size  # as stored in the JPEG; OpenCV has applied any EXIF rotation while decoding
+        rotated = (img.shape[0], img.shape[1]) != (-(-h // factor), -(-w // factor))
+        return img, ((w, h) if rotated else (h, w))
 
     def prepare(self, index: int, ref: InputRef, image: np.ndarray, orig_shape: tuple[int, int] | None = None,
                 keep_image: bool = False) -> _Prepared | Result:
@@ -319,7 +336,7 @@ class Detector:
                                       self.nms.max_det)
         return Detections(xyxy, conf, cls, self.names, path, (h, w))
 
-    def _flush(self, pending: list[_Prepared]) -> dict[int, Result]:
+    def run_prepared(self, pending: list[_Prepared]) -> dict[int, Result]:
         """Run prepared images grouped by letterboxed shape; results by input index."""
         groups: dict[tuple[int, ...], list[_Prepared]] = {}
         for p in pending:

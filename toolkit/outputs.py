@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,26 @@ def is_coco_names(names: dict[int, str]) -> bool:
     return len(names) == 80 and names.get(0) == "person" and names.get(79) == "toothbrush"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+_RUN_HINT = "free some space or fix the permissions, then continue the run with --resume"
+
+
+def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space and permissions") -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename. A failure (full disk,
+    permissions) raises :class:`OutputError`: one line naming the file, the cause and ``hint``."""
+    tmp = None
+    try:  # creating the folder or the temporary file fails too on a full disk or a read-only folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the mode, as for any other file (mkstemp would give 0600)
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OutputError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write ({e.strerror or e}); {hint}") from None
 
 
 def label_lines(det: Detections, save_conf: bool = False) -> str:
@@ -50,7 +58,7 @@ def label_lines(det: Detections, save_conf: bool = False) -> str:
 
 
 def write_labels(path: Path, det: Detections, save_conf: bool = False) -> None:
-    atomic_write_bytes(path, label_lines(det, save_conf).encode())
+    atomic_write_bytes(path, label_lines(det, save_conf).encode(), _RUN_HINT)
 
 
 def coco_image_id(key: str) -> int | str:
@@ -103,8 +111,8 @@ def write_image(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(ext, image)
     if not ok:
         raise OutputError(f"{path}: cannot encode the annotated image")
-    atomic_write_bytes(path.with_suffix(ext), buf.tobytes())
+    atomic_write_bytes(path.with_suffix(ext), buf.tobytes(), _RUN_HINT)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode(), _RUN_HINT)

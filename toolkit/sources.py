@@ -88,7 +88,17 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_files(files, root, failed)
     if path.is_dir():
         files = []
-        for dirpath, dirnames, filenames in os.walk(text, followlinks=False):
+
+        def unlistable(e: OSError) -> None:
+            # os.walk skips a folder it cannot list; record it so its images are not silently lost
+            where = e.filename if isinstance(e.filename, str) else text
+            if os.path.normpath(where) == os.path.normpath(text):
+                raise InputError(f"{text}: cannot list the folder ({_os_reason(e)})")
+            key = os.path.relpath(where, text) + os.sep  # a folder's key cannot equal a file's key
+            failed.append((InputRef(where, key), f"{_os_reason(e)} (cannot list the folder; its images were "
+                                                  f"not read)"))
+
+        for dirpath, dirnames, filenames in os.walk(text, onerror=unlistable, followlinks=False):
             dirnames.sort()
             for f in filenames:
                 full = os.path.join(dirpath, f)
@@ -103,7 +113,10 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_files(files, text, failed)
     if path.suffix.lower() == ".txt" and path.is_file():
         base = path.parent
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+        try:
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+        except OSError as e:
+            raise InputError(f"{text}: cannot read the list file ({_os_reason(e)})") from None
         files = [str(base / ln) if not os.path.isabs(ln) else ln for ln in lines if ln and not ln.startswith("#")]
         return _from_files(files, "", failed)
     if path.is_file():
@@ -111,6 +124,12 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if os.path.islink(text):
         raise InputError(f"{text}: broken symbolic link")
     raise InputError(f"{text}: no such file or folder (give an image, a video, a folder, a glob or a .txt list)")
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return str(e.strerror or e)
 
 
 def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]]) -> SourceList:
