@@ -7,6 +7,7 @@ writable; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -113,6 +114,13 @@ def run(
     exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME instead of making a new one.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in PROJECT/NAME: inputs in its "
                                               "manifest.jsonl are skipped, the rest processed.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster, through Ray Data; "
+                                             "pip install 'yolokit[ray]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="With --engine ray: the cluster to join (auto, or HOST:PORT "
+                                                     "of 'ray start --head'); default: start a local one.")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per inference actor.")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: CPUs per inference actor (also its "
+                                                        "intra-op threads); 0: the cluster's CPUs / --workers.")] = 0.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Detect objects in images or videos and write annotated images, labels and a summary.
@@ -122,7 +130,8 @@ def run(
 
     Examples:\n
       yolokit run photos/ --save-txt --nosave\n
-      yolokit run 'survey/**/*.jpg' --weights yolov5s.onnx --save-json --json
+      yolokit run 'survey/**/*.jpg' --weights yolov5s.onnx --save-json --json\n
+      yolokit run /shared/survey --engine ray --address auto --workers 8 --save-txt --nosave
     """
     from toolkit.run import RunOptions, format_summary
     from toolkit.run import run as run_job
@@ -132,8 +141,11 @@ def run(
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
                       workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap,
-                      tile_batch=tile_batch, full_frame=full_frame)
-    with _Progress(not json_out, "detecting") as bar:
+                      tile_batch=tile_batch, full_frame=full_frame, engine=engine, address=address,
+                      gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
+    # there) goes to stderr
+    with _Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
         summary = run_job(opts, progress=bar.update)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=1))

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ class RunOptions:
     tile_batch: int = 4
     full_frame: bool = True
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
+    engine: str = "local"  # local | ray
+    address: str | None = None  # --engine ray: a running cluster (auto, HOST:PORT); None starts a local one
+    gpus_per_worker: float = 0.0  # --engine ray
+    cpus_per_worker: float = 0.0  # --engine ray; 0: the cluster's CPUs shared among the workers
 
 
 @dataclass
@@ -109,7 +113,7 @@ def prepare_out_dir(path: Path) -> None:
                           f"choose another with --project/--name or free some space") from None
 
 
-ProgressFn = Callable[[int, int, Result], None]
+ProgressFn = Callable[[int, int, "Outcome"], None]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -129,6 +133,38 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@dataclass
+class Outcome:
+    """What the run records of one finished input (its outputs are already written)."""
+
+    key: str
+    path: str
+    error: str | None = None
+    n: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    coco: list[dict[str, Any]] | None = None  # COCO results, with --save-json
+
+
+def write_outputs(res: Result, opts: RunOptions, out_dir: Path) -> Outcome:
+    """Write one result's labels and annotated image under ``out_dir`` (atomically); what to record of it.
+
+    The local engine calls this in the driver loop, the Ray engine inside its workers."""
+    key = res.ref.key
+    if res.error is not None:
+        return Outcome(key, res.ref.name, res.error)
+    d = res.detections
+    assert d is not None
+    if opts.round_boxes:
+        d = d.rounded()
+    if opts.save_txt and len(d):
+        write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
+    if not opts.nosave and res.image is not None:
+        suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
+        write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
+    return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
+                   coco_results(d, coco_image_id(key)) if opts.save_json else None)
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -172,16 +208,35 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
 
+    if opts.engine not in ("local", "ray"):
+        raise InputError(f"--engine must be local or ray, got {opts.engine!r}")
+    if opts.engine == "ray" and opts.tile:
+        raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     t0 = time.perf_counter()
-    own = detector is None
-    det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
-                               half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
-                               max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
-    summary = RunSummary(out_dir=str(out_dir), weights=str(det.weights), backend=det.backend_name,
+    det: Detector | None = None
+    job: Any = None
+    outcomes: Iterator[Outcome]
+    if opts.engine == "ray":
+        from toolkit.ray_engine import RayJob
+
+        job = RayJob(opts, out_dir)
+        weights_name, backend_name = job.weights, job.backend
+        outcomes = job.outcomes(sources)
+    else:
+        det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
+                                   half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
+                                   max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
+        weights_name, backend_name = str(det.weights), det.backend_name
+        tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame) if opts.tile else None
+        results = det.predict_iter(sources, batch=opts.batch, workers=opts.workers, mode=opts.mode,
+                                   keep_images=not opts.nosave, fast_decode=opts.fast_decode, tile=tiling)
+        outcomes = (write_outputs(res, opts, out_dir) for res in results)
+    summary = RunSummary(out_dir=str(out_dir), weights=weights_name, backend=backend_name,
                          source=source_label,
-                         settings={"imgsz": list(det.imgsz), "conf": opts.conf, "iou": opts.iou,
-                                   "max_det": opts.max_det, "batch": opts.batch,
-                                   "precision": det.meta.precision, "resumed": len(previous)})
+                         settings={"imgsz": list(det.imgsz) if det else [opts.imgsz, opts.imgsz],
+                                   "conf": opts.conf, "iou": opts.iou, "max_det": opts.max_det,
+                                   "batch": opts.batch, "precision": det.meta.precision if det else "",
+                                   "resumed": len(previous), "engine": opts.engine})
     counts: Counter[str] = Counter()
     for r in previous:  # the summary covers the whole run, resumed or not
         summary.images += 1
@@ -192,66 +247,57 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         else:
             summary.failed.append({"path": str(r.get("path")), "reason": str(r.get("reason"))})
     total = len(sources.items) + len(sources.failed) + len(previous)
-    labels_dir = out_dir / "labels"
     done = len(previous)
     try:
         with manifest_path.open("a") as manifest, failures_path.open("a") as failures, \
                 preds_path.open("a") as preds:
-            tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame) if opts.tile else None
-            results = det.predict_iter(sources, batch=opts.batch, workers=opts.workers, mode=opts.mode,
-                                       keep_images=not opts.nosave, fast_decode=opts.fast_decode, tile=tiling)
-            for res in results:
-                key = res.ref.key
-                if key in done_keys:  # a video frame finished before the interruption
+            for oc in outcomes:
+                if oc.key in done_keys:  # a video frame finished before the interruption
                     continue
                 done += 1
                 summary.images += 1
-                entry: dict[str, Any] = {"key": key, "path": res.ref.name}
-                if res.error is not None:
-                    summary.failed.append({"path": res.ref.name, "reason": res.error})
-                    failures.write(json.dumps({**entry, "reason": res.error}) + "\n")
+                entry: dict[str, Any] = {"key": oc.key, "path": oc.path}
+                if oc.error is not None:
+                    summary.failed.append({"path": oc.path, "reason": oc.error})
+                    failures.write(json.dumps({**entry, "reason": oc.error}) + "\n")
                     failures.flush()
-                    entry.update(ok=False, reason=res.error)
+                    entry.update(ok=False, reason=oc.error)
                 else:
-                    d = res.detections
-                    assert d is not None
-                    if opts.round_boxes:
-                        d = d.rounded()
                     summary.processed += 1
-                    summary.detections += len(d)
-                    per_class = Counter(d.class_names)
-                    counts.update(per_class)
-                    if opts.save_txt and len(d):
-                        write_labels(labels_dir / f"{key}.txt", d, opts.save_conf)
-                    if opts.save_json:
-                        preds.write(json.dumps({"key": key,
-                                                "results": coco_results(d, coco_image_id(key))}) + "\n")
+                    summary.detections += oc.n
+                    counts.update(oc.classes)
+                    if oc.coco is not None:
+                        preds.write(json.dumps({"key": oc.key, "results": oc.coco}) + "\n")
                         preds.flush()
-                    if not opts.nosave and res.image is not None:
-                        suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
-                        write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
-                    entry.update(ok=True, n=len(d), classes=dict(per_class))
+                    entry.update(ok=True, n=oc.n, classes=oc.classes)
                 manifest.write(json.dumps(entry) + "\n")  # after the outputs: a manifest line means done
                 manifest.flush()
                 if progress is not None:
-                    progress(done, total, res)
+                    progress(done, total, oc)
     except KeyboardInterrupt:
         summary.interrupted = True  # what is done is written; the summary says the run was cut short
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e}); check free space and "
                           f"permissions, then continue with --resume") from None
     finally:
-        if own:
+        if det is not None and detector is None:
             det.close()
+        if job is not None:
+            job.close()
     if opts.save_json:
         write_json(out_dir / "predictions.json", [p for r in _read_jsonl(preds_path) for p in r["results"]])
     summary.wall_s = time.perf_counter() - t0
     new = summary.processed - sum(1 for r in previous if r.get("ok"))
     summary.img_per_s = new / summary.wall_s if summary.wall_s > 0 else 0.0
     summary.per_class = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    summary.ms_per_image = {k: round(v, 2) for k, v in det.times.ms_per_image().items()}
-    summary.plan = det.last_plan.describe() if det.last_plan else ""
-    summary.settings["batch"] = det.last_plan.batch if det.last_plan else opts.batch
+    if det is not None:
+        summary.ms_per_image = {k: round(v, 2) for k, v in det.times.ms_per_image().items()}
+        summary.plan = det.last_plan.describe() if det.last_plan else ""
+        summary.settings["batch"] = det.last_plan.batch if det.last_plan else opts.batch
+    if job is not None:
+        summary.ms_per_image = job.ms_per_image()
+        summary.plan = job.describe()
+        summary.settings.update(job.settings())
     write_json(out_dir / "summary.json", summary.to_dict())
     if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{source}: no inputs to process")

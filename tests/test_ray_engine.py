@@ -1,0 +1,173 @@
+"""``--engine ray``: a real local Ray cluster (``ray start --head``, 2 CPUs) running yolov5n over coco128."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import InputError, ModelFileError
+from toolkit.run import RunOptions, run
+
+pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
+
+from toolkit.ray_engine import LOST_REASON, VIDEO_REASON  # noqa: E402
+
+ACTOR = "MapWorker(MapBatches(InferActor))"  # the process title Ray gives yolokit's inference actors
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_bin() -> str:
+    found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if found is None:
+        pytest.skip("the ray command is not on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """A one-machine Ray cluster with 2 CPUs and token authentication (Ray's default), as a user starts one."""
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    ray = _ray_bin()
+    start = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        pytest.fail(f"ray start failed:\n{start.stdout}\n{start.stderr}")
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local_labels(coco128: Path, yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Label files of the same job run by the local engine."""
+    out = tmp_path_factory.mktemp("local")
+    s = run(RunOptions(source=str(coco128 / "images" / "train2017"), weights=str(yolov5n_pt), save_txt=True,
+                       nosave=True, project=str(out), name="local"))
+    assert s.processed == 128 and not s.failed
+    return _labels(Path(s.out_dir))
+
+
+def _labels(out_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(out_dir / "labels")): p.read_text() for p in sorted((out_dir / "labels").rglob("*.txt"))}
+
+
+def _yolokit_ray(coco128: Path, weights: Path, address: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit.cli", "run", str(coco128 / "images" / "train2017"), "--weights",
+            str(weights), "--save-txt", "--nosave", "--engine", "ray", "--address", address, "--workers", "2",
+            "--project", str(out), "--name", "ray", "--json", *extra]
+
+
+def test_ray_run_on_a_local_cluster_equals_the_local_run(cluster: tuple[str, dict[str, str]], coco128: Path,
+                                                         yolov5n_pt: Path, local_labels: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    address, env = cluster
+    proc = subprocess.run(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["processed"] == 128 and summary["failed"] == []
+    assert summary["plan"].startswith("ray: 2 actors x 1 CPU")
+    assert summary["settings"]["engine"] == "ray"
+    out = Path(summary["out_dir"])
+    assert _labels(out) == local_labels  # byte for byte, file for file
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in manifest) == sorted(p.stem for p in (coco128 / "images" / "train2017").iterdir())
+    assert "Traceback" not in proc.stderr
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ACTOR in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_actor_leaves_every_image_processed_or_reported(cluster: tuple[str, dict[str, str]],
+                                                                 coco128: Path, yolov5n_pt: Path,
+                                                                 local_labels: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    address, env = cluster
+    job = subprocess.Popen(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path, "--batch", "2"), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    labels = tmp_path / "ray" / "labels"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if labels.is_dir() and len(list(labels.iterdir())) >= 3 and _actor_pids():
+            break
+        time.sleep(0.1)
+    assert job.poll() is None, "the run ended before an actor could be killed"
+    victim = _actor_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    manifest = tmp_path / "ray" / "manifest.jsonl"
+    done_at_kill = len(manifest.read_text().splitlines()) if manifest.exists() else 0
+    assert done_at_kill < 128, "the kill did not land mid-run"
+    stdout, stderr = job.communicate(timeout=600)
+    assert job.returncode in (0, 1) and stdout.strip(), stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["images"] == 128
+    assert summary["processed"] + len(summary["failed"]) == 128
+    assert all(f["reason"] == LOST_REASON for f in summary["failed"])
+    assert job.returncode == (1 if summary["failed"] else 0)
+    out = Path(summary["out_dir"])
+    got = _labels(out)
+    failed = {Path(f["path"]).stem + ".txt" for f in summary["failed"]}
+    assert got == {k: v for k, v in local_labels.items() if k not in failed}
+    keys = [json.loads(line)["key"] for line in manifest.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 128  # each image exactly once
+    assert victim not in _actor_pids()
+    # --resume retries only what was lost (here: whatever the kill cost beyond Ray's own retry), nothing twice
+    again = subprocess.run(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path, "--resume"), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads(again.stdout)
+    assert resumed["processed"] == 128 and resumed["failed"] == []
+    assert _labels(out) == local_labels
+
+
+def test_ray_engine_checks_options_and_model_before_starting(coco128: Path, tmp_path: Path) -> None:
+    images = str(coco128 / "images" / "train2017")
+    with pytest.raises(InputError, match="--tile"):
+        run(RunOptions(source=images, engine="ray", tile=640, project=str(tmp_path)))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(ModelFileError, match="bad.onnx"):  # found on the driver, before any cluster starts
+        run(RunOptions(source=images, weights=str(bad), engine="ray", project=str(tmp_path)))
+
+
+def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    video = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 5, (64, 48))
+    for _ in range(3):
+        w.write(np.zeros((48, 64, 3), np.uint8))
+    w.release()
+    s = run(RunOptions(source=str(video), weights="yolov5n.yaml", engine="ray", project=str(tmp_path), nosave=True))
+    assert s.images == 1 and s.processed == 0
+    assert s.failed == [{"path": str(video), "reason": VIDEO_REASON}]
