@@ -42,6 +42,16 @@ def _parse_classes(text: str | None) -> tuple[int, ...] | None:
         raise InputError(f"--classes takes class ids like 0,2,5, got {text!r}") from None
 
 
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(c) for c in text.replace(" ", "").split(",") if c)
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < s <= 1 for s in scales):
+        raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {text!r}")
+    return scales
+
+
 class _Progress:
     """A progress bar on stderr when it is a terminal; silent otherwise."""
 
@@ -99,7 +109,10 @@ def run(
                                            "core count and number of inputs; the summary shows the choice.")] = "auto",
     tile: Annotated[int, typer.Option(help="Sliced inference for huge images: tiles of this many source pixels "
                                            "(e.g. 640), merged so each object is reported once; 0: off.")] = 0,
-    overlap: Annotated[float, typer.Option(help="With --tile: fraction of a tile shared by neighbours.")] = 0.2,
+    overlap: Annotated[float, typer.Option(help="With --tile: fraction of a tile shared by neighbours.")] = 0.3,
+    tile_scales: Annotated[str, typer.Option(help="With --tile: pyramid levels, e.g. 1,0.5: at 0.5, tiles twice as "
+                                                  "large, shrunk by half, see objects cut at full size whole. "
+                                                  "1 alone: one level.")] = "1,0.5",
     tile_batch: Annotated[int, typer.Option(help="With --tile: tiles per inference call.")] = 4,
     full_frame: Annotated[bool, typer.Option("--full-frame/--no-full-frame",
                                              help="With --tile: also run the whole image letterboxed, for "
@@ -141,7 +154,8 @@ def run(
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
                       workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap,
-                      tile_batch=tile_batch, full_frame=full_frame, engine=engine, address=address,
+                      tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
+                      engine=engine, address=address,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
     # there) goes to stderr

@@ -286,10 +286,10 @@ class Detector:
         through the backend (in ``pool`` threads when given, at most ``in_flight`` tile batches at once), boxes
         shifted back and merged (:func:`toolkit.tiling.merge_tiles`); with ``tile.full_frame`` also the whole
         image letterboxed."""
-        from toolkit.tiling import cut_mask, merge_tiles, tile_grid
+        from toolkit.tiling import cut_mask, merge_tiles, pyramid_grid
 
         h, w = image.shape[:2]
-        grid = tile_grid(h, w, tile.tile, tile.overlap)
+        grid = pyramid_grid(h, w, tile)
         stride = self.meta.stride
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 

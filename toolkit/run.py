@@ -54,8 +54,9 @@ class RunOptions:
     fast_decode: bool = True  # decode big JPEGs at reduced size when not saving annotated images
     resume: bool = False  # continue an interrupted run in project/name
     tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
-    overlap: float = 0.2
+    overlap: float = 0.3
     tile_batch: int = 4
+    tile_scales: tuple[float, ...] = (1.0, 0.5)
     full_frame: bool = True
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
     engine: str = "local"  # local | ray
@@ -187,6 +188,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     run_info: dict[str, Any] = {"source": source_label, "weights": opts.weights,
                 "conf": opts.conf, "iou": opts.iou, "imgsz": opts.imgsz, "max_det": opts.max_det,
                 "tile": opts.tile}
+    if opts.tile:
+        run_info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales))
     previous: list[dict[str, Any]] = []
     if opts.resume:
         if not manifest_path.is_file():
@@ -227,7 +230,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                                    half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
                                    max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
         weights_name, backend_name = str(det.weights), det.backend_name
-        tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame) if opts.tile else None
+        tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame,
+                             scales=tuple(opts.tile_scales)) if opts.tile else None
         results = det.predict_iter(sources, batch=opts.batch, workers=opts.workers, mode=opts.mode,
                                    keep_images=not opts.nosave, fast_decode=opts.fast_decode, tile=tiling)
         outcomes = (write_outputs(res, opts, out_dir) for res in results)

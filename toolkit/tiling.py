@@ -16,15 +16,31 @@ from toolkit.ops import nms
 @dataclass(frozen=True)
 class TileOptions:
     """``tile``: tile side in source pixels; ``overlap``: fraction shared by neighbours; ``batch``: tiles per
-    inference call; ``full_frame``: also run the whole image letterboxed (for objects larger than a tile);
+    inference call; ``scales``: pyramid levels; ``full_frame``: also run the whole image letterboxed (for objects
+    larger than every tile);
     ``merge_ios``: parts of a cut object whose intersection over the smaller box exceeds this are joined."""
 
     tile: int = 640
-    overlap: float = 0.2
+    overlap: float = 0.3
     batch: int = 4
     full_frame: bool = True
     merge_ios: float = 0.5
     border: float = 2.0  # a box edge this close (pixels) to an inner tile border counts as cut there
+    scales: tuple[float, ...] = (1.0, 0.5)  # pyramid levels: at scale s, tiles of tile/s source pixels,
+    # shrunk to tile (0.5: objects cut at full resolution are seen whole at half)
+
+
+def pyramid_grid(height: int, width: int, opts: TileOptions, align: int = 32) -> list[tuple[int, int, int, int]]:
+    """The tiles of every pyramid level (``opts.scales``), finest first; see :func:`tile_grid`."""
+    grid: list[tuple[int, int, int, int]] = []
+    for s in opts.scales:
+        if not 0 < s <= 1:
+            raise ValueError(f"tile scales must be in (0, 1], got {s}")
+        size = int(round(opts.tile / s / align)) * align
+        if s < 1 and size >= max(height, width):
+            continue  # a coarse level as big as the image: the full-frame pass covers it
+        grid.extend(tile_grid(height, width, size, opts.overlap, align))
+    return grid
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: float, align: int = 32) -> list[tuple[int, int, int, int]]:
