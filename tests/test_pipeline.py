@@ -67,8 +67,14 @@ def test_auto_plan_rules() -> None:
     assert many.mode == "process" and many.workers == 2 and many.threads == 1
     some = make_plan(det, 200, cores=2)
     assert (some.mode, some.workers, some.threads) == ("thread", 2, 1)
-    det.backend_name = "onnx"  # a runtime that releases the GIL: threads whatever the count
-    assert make_plan(det, 100000, cores=2).mode == "thread"
+    det.backend_name = "onnx"  # ONNX Runtime: threads for a few inputs, processes once start-up pays off
+    assert make_plan(det, 100, cores=2).mode == "thread"
+    onnx_many = make_plan(det, 128, cores=2)
+    assert (onnx_many.mode, onnx_many.workers, onnx_many.threads, onnx_many.batch) == ("process", 2, 1, 1)
+    det.backend_name = "openvino"  # OpenVINO: threads with batch 4, whatever the count
+    ov = make_plan(det, 100000, cores=2)
+    assert (ov.mode, ov.workers, ov.threads, ov.batch) == ("thread", 2, 1, 4)
+    assert make_plan(det, 100000, cores=2, batch=2).batch == 2  # an explicit batch is kept
     det.backend_name = "torch"
     assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores
     assert make_plan(det, 1000, cores=1).mode == "thread"
