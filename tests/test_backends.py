@@ -225,6 +225,26 @@ def test_openvino_fp16_ir(source: LoadedModel, artifact: Callable[..., Path]) ->
     default.close()
 
 
+def test_openvino_pins_threads_only_when_the_model_has_every_core(artifact: Callable[..., Path]) -> None:
+    """Two worker processes with one OpenVINO thread each were both pinned to the same core (half the speed):
+    a model given fewer threads than cores is not pinned; one given them all keeps OpenVINO's default."""
+    import os
+
+    _need("openvino")
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    cores = os.cpu_count() or 1
+    shared = module.load(path, LoadOptions(threads=1))
+    assert shared.compiled.get_property("ENABLE_CPU_PINNING") is (cores <= 1)
+    shared.close()
+    whole = module.load(path, LoadOptions(threads=cores))
+    assert whole.compiled.get_property("ENABLE_CPU_PINNING") is True
+    whole.close()
+    forced = module.load(path, LoadOptions(threads=1, options={"cpu_pinning": True}))
+    assert forced.compiled.get_property("ENABLE_CPU_PINNING") is True
+    forced.close()
+
+
 def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
                        ) -> None:
     _need("openvino")
