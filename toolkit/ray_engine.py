@@ -221,10 +221,6 @@ class RayJob:
         self._connect()
         self._sizes()
         ray = self.ray
-        ctx = ray.data.DataContext.get_current()
-        ctx.max_errored_blocks = -1  # a batch that fails after its retry is dropped, then reported here
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
         data_log = logging.getLogger("ray.data")
         self._log_level = data_log.level
         data_log.setLevel(logging.ERROR)  # the run prints its own summary; restored in close()
@@ -237,8 +233,8 @@ class RayJob:
         detector_kwargs = dict(weights=self.weights, backend=self.backend, device=o.device, half=o.half,
                                imgsz=o.imgsz, conf=o.conf, iou=o.iou, max_det=o.max_det,
                                classes=list(o.classes) if o.classes is not None else None, agnostic=o.agnostic,
-                               threads=int(self.cpus))
-        run_options = {k: v for k, v in asdict(o).items()}
+                               threads=max(1, int(self.cpus)))
+        run_options = asdict(o)
         with warnings.catch_warnings():
             # Ray Data's default for actors is to retry a dead actor's batch forever (a batch that kills its
             # actor every time would never end); retrying once needs the ray_remote_args that Ray deprecates
@@ -250,6 +246,10 @@ class RayJob:
                                                            run_options=run_options, out_dir=str(self.out_dir)),
                                 num_cpus=self.cpus, num_gpus=o.gpus_per_worker or None,
                                 max_restarts=-1, max_task_retries=1)
+        ctx = ds.context  # this dataset's own copy: the process-wide DataContext is left alone
+        ctx.max_errored_blocks = -1  # a batch that fails after its retry is dropped, then reported below
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
         expected = dict(enumerate(items))  # by position: a list file may name the same image twice
         try:
             for row in ds.iter_rows():
