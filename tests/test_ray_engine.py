@@ -149,8 +149,14 @@ def test_a_killed_actor_leaves_every_image_processed_or_reported(cluster: tuple[
     assert _labels(out) == local_labels
 
 
-def test_ray_engine_checks_options_and_model_before_starting(coco128: Path, tmp_path: Path) -> None:
-    images = str(coco128 / "images" / "train2017")
+def test_ray_engine_checks_options_and_model_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+    import numpy as np
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens: trying to reach a cluster would fail
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    images = str(tmp_path / "a.jpg")
     with pytest.raises(InputError, match="--tile"):
         run(RunOptions(source=images, engine="ray", tile=640, project=str(tmp_path)))
     bad = tmp_path / "bad.onnx"
