@@ -14,7 +14,16 @@ from toolkit.detections import Detections
 from toolkit.errors import InputError, YolokitError
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
-from toolkit.sources import ImageReadError, InputRef, SourceList, decode_image, jpeg_size, list_sources, read_image
+from toolkit.sources import (
+    ImageReadError,
+    InputRef,
+    SourceList,
+    decode_image,
+    jpeg_size,
+    list_sources,
+    read_bytes,
+    read_image,
+)
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
@@ -206,38 +215,22 @@ class Detector:
         return f
 
     def load_input(self, ref: InputRef, fast_decode: bool = True) -> tuple[np.ndarray, tuple[int, int]] | str:
-        """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read."""
+        """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read. With
+        ``fast_decode``, a JPEG at least twice the model input is decoded at reduced size; the shape returned is
+        still the original's (as displayed: OpenCV applies the EXIF rotation)."""
         t0 = time.perf_counter()
         try:
-            try:
-                data = np.fromfile(ref.path, dtype=np.uint8)
-            except OSError:
-                img = read_image(ref.path)  # raises ImageReadError with the precise reason
-                return img, (img.shape[0], img.shape[1])
-            return self._decode(data, ref, fast_decode)
+            data = read_bytes(ref.path)
+            size = jpeg_size(data) if fast_decode else None
+            factor = self.reduce_factor(size) if size else 1
+            img = decode_image(data, ref.path, factor)
         except ImageReadError as e:
             return e.reason
         finally:
             self.times.read += time.perf_counter() - t0
-
-    def decode_input(self, data: np.ndarray, ref: InputRef,
-                     fast_decode: bool = True) -> tuple[np.ndarray, tuple[int, int]] | str:
-        """Decode one image's bytes (read elsewhere, e.g. by a Ray task): as :meth:`load_input`."""
-        t0 = time.perf_counter()
-        try:
-            return self._decode(data, ref, fast_decode)
-        except ImageReadError as e:
-            return e.reason
-        finally:
-            self.times.read += time.perf_counter() - t0
-
-    def _decode(self, data: np.ndarray, ref: InputRef, fast_decode: bool) -> tuple[np.ndarray, tuple[int, int]]:
-        size = jpeg_size(data) if fast_decode else None
-        factor = self.reduce_factor(size) if size else 1
-        img = decode_image(data, ref.path, factor)
         if factor == 1 or not size:
             return img, (img.shape[0], img.shape[1])
-        h, w = size  # as stored in the JPEG; OpenCV has applied any EXIF rotation while decoding
+        h, w = size  # as stored in the JPEG
         rotated = (img.shape[0], img.shape[1]) != (-(-h // factor), -(-w // factor))
         return img, ((w, h) if rotated else (h, w))
 

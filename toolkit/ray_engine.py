@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import BackendUnavailableError, InputError, ModelFileError, OutputError, YolokitError
+from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError
 from toolkit.sources import InputRef, SourceList
 
 LOST_REASON = ("its Ray worker died twice while processing it (killed or out of memory); "
@@ -42,28 +41,6 @@ def _import_ray() -> Any:
     except ImportError:
         raise BackendUnavailableError("--engine ray needs Ray Data: pip install 'yolokit[ray]'") from None
     return ray
-
-
-def read_files(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Each file's raw bytes, or the reason it cannot be read. The actor reads its own batch: on one machine
-    a separate Ray read stage cost more (object-store copies, extra worker processes) than the read itself."""
-    from toolkit.sources import ImageReadError, read_image
-
-    data: list[bytes] = []
-    errors: list[str] = []
-    for path in batch["abs"]:
-        try:
-            with open(str(path), "rb") as f:
-                data.append(f.read())
-            errors.append("")
-        except OSError:
-            data.append(b"")
-            try:
-                read_image(str(path))  # raises ImageReadError with the precise reason
-                errors.append("cannot read the file")
-            except ImageReadError as e:
-                errors.append(e.reason)
-    return {**batch, "data": np.array(data, dtype=object), "read_error": np.array(errors, dtype=object)}
 
 
 class InferActor:
@@ -115,16 +92,14 @@ class InferActor:
         from toolkit.run import Outcome, write_outputs
 
         det, opts = self.det, self.opts
-        t0 = time.perf_counter()
-        files = read_files(batch)
-        det.times.read += time.perf_counter() - t0
+        fast = opts.fast_decode and opts.nosave
         outcomes: list[Outcome] = []
         prepared: list[_Prepared] = []
         slots: dict[int, int] = {}
         for i, ref in enumerate(refs):
-            err = str(files["read_error"][i])
-            loaded = err or det.decode_input(np.frombuffer(files["data"][i], dtype=np.uint8), ref,
-                                             fast_decode=opts.fast_decode and opts.nosave)
+            # the actor reads its own batch: a separate Ray read stage (object-store copies, more worker
+            # processes) was slower on this 2-core machine than the reads themselves
+            loaded = det.load_input(InputRef(str(batch["abs"][i]), ref.key), fast_decode=fast)
             if isinstance(loaded, str):
                 outcomes.append(Outcome(ref.key, ref.name, loaded))
                 continue
@@ -151,11 +126,8 @@ class RayJob:
         self.ray = _import_ray()
         self.opts = opts
         self.out_dir = out_dir.resolve()
-        path = resolve_model(opts.weights or "yolov5n")
-        if not str(path).endswith(".yaml"):
-            path = Path(path).resolve()
-            if not path.exists():
-                raise ModelFileError(f"{path}: no such model file")
+        # absolute: actors may start in another folder (a built-in config name stays a name there)
+        path = resolve_model(opts.weights or "yolov5n").resolve()
         self.weights = str(path)
         self.backend = opts.backend or backends.backend_for(path)
         _check_model(self.backend, path)
@@ -271,7 +243,7 @@ class RayJob:
                 raise cause from None
             # Ray stopped the job (e.g. actors dying faster than they restart): what did not finish is
             # reported, with the reason, so the summary still accounts for every input
-            reason = f"the Ray job stopped before this input finished: {_first_line(e)}; rerun with --resume"
+            reason = f"the Ray job stopped before this input finished: {_last_line(e)}; rerun with --resume"
             for ref in expected.values():
                 yield Outcome(ref.key, ref.name, reason)
             return
@@ -325,7 +297,7 @@ def _check_model(backend: str, path: Path) -> None:
         read_meta(path)
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
 
@@ -350,4 +322,4 @@ def _yolokit_cause(e: BaseException) -> YolokitError | None:
     return None
 
 
-__all__ = ["InferActor", "RayJob", "read_files", "LOST_REASON", "VIDEO_REASON"]
+__all__ = ["InferActor", "RayJob", "LOST_REASON", "VIDEO_REASON"]

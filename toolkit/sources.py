@@ -148,8 +148,13 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
 def read_image(path: str, reduce: int = 1) -> np.ndarray:
     """Read an image as BGR uint8 (EXIF orientation applied, alpha dropped, 16 bits scaled to 8, grey to 3
     channels). ``reduce`` in (1, 2, 4, 8) decodes JPEGs at reduced size. Raises :class:`ImageReadError`."""
+    return decode_image(read_bytes(path), path, reduce)
+
+
+def read_bytes(path: str) -> np.ndarray:
+    """A file's raw bytes (uint8), or :class:`ImageReadError` with the precise reason it cannot be read."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         reason = "broken symbolic link" if os.path.islink(path) else "file not found"
         raise ImageReadError(path, reason) from None
@@ -159,7 +164,6 @@ def read_image(path: str, reduce: int = 1) -> np.ndarray:
         raise ImageReadError(path, "is a folder, not an image") from None
     except OSError as e:
         raise ImageReadError(path, f"cannot read: {e.strerror or e}") from None
-    return decode_image(data, path, reduce)
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
