@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.errors import BackendUnavailableError, InputError
-from toolkit.ops import PAD_VALUE, LetterboxInfo, NMSOptions, letterbox_shape
+from toolkit.ops import PAD_VALUE, LetterboxInfo, NMSOptions, letterbox_shape, unletterbox_params
 
 __all__ = [
     "BufferPlan", "CudaGraphRunner", "anchor_outputs", "buffer_plan", "letterbox_torch", "nms_torch",
@@ -194,9 +194,8 @@ def postprocess_batch_torch(preds: torch.Tensor, opts: NMSOptions) -> list[Detec
 
 def scale_boxes_torch(boxes: torch.Tensor, info: LetterboxInfo, clip: bool = True) -> torch.Tensor:
     """:func:`toolkit.ops.scale_boxes` in torch: model-input xyxy -> source-image pixels."""
-    (h1, w1), (h0, w0) = info.dst_shape, info.src_shape
-    gain = min(h1 / h0, w1 / w0)
-    padx, pady = (w1 - w0 * gain) / 2, (h1 - h0 * gain) / 2
+    gain, padx, pady = unletterbox_params(info)
+    h0, w0 = info.src_shape
     out = boxes.float().clone()
     out[:, [0, 2]] -= padx
     out[:, [1, 3]] -= pady

@@ -190,14 +190,21 @@ def postprocess(pred: np.ndarray, opts: NMSOptions) -> tuple[np.ndarray, np.ndar
     return box[keep], conf[keep], cls[keep].astype(np.int64)
 
 
+def unletterbox_params(info: LetterboxInfo) -> tuple[float, float, float]:
+    """(gain, pad x, pad y) mapping letterboxed pixels back to the source, recomputed from the two shapes as
+    YOLOv5 does: ``source = (letterboxed - pad) / gain``."""
+    (h1, w1), (h0, w0) = info.dst_shape, info.src_shape
+    gain = min(h1 / h0, w1 / w0)
+    return gain, (w1 - w0 * gain) / 2, (h1 - h0 * gain) / 2
+
+
 def scale_boxes(boxes: np.ndarray, info: LetterboxInfo, clip: bool = True) -> np.ndarray:
     """Map xyxy boxes from letterboxed-input pixels back to the source image, clipped to it.
 
     Like YOLOv5, the gain and padding are recomputed from the two shapes.
     """
-    (h1, w1), (h0, w0) = info.dst_shape, info.src_shape
-    gain = min(h1 / h0, w1 / w0)
-    padx, pady = (w1 - w0 * gain) / 2, (h1 - h0 * gain) / 2
+    gain, padx, pady = unletterbox_params(info)
+    h0, w0 = info.src_shape
     out = boxes.astype(np.float32, copy=True)
     out[:, [0, 2]] -= padx
     out[:, [1, 3]] -= pady
