@@ -284,9 +284,9 @@ _Lite = tuple[int, Any, Any, Any, Any, str | None]  # index, xyxy, conf, cls, sh
 
 def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int, fast_decode: bool,
                  tasks: Any, results: Any, tile: TileOptions | None = None) -> None:
+    """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
     # ``results`` is this worker's own pipe to the parent: if the worker is killed mid-message, only its own
     # channel breaks (a queue shared by all workers would stay locked and hang the others)
-    """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers

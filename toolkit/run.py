@@ -178,6 +178,10 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     """
     from toolkit.samples import sample_paths
 
+    if opts.engine not in ("local", "ray"):  # option checks first: nothing is created for a bad command
+        raise InputError(f"--engine must be local or ray, got {opts.engine!r}")
+    if opts.engine == "ray" and opts.tile:
+        raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     source: str | list[str] = opts.source if opts.source is not None else sample_paths()
     sources = list_sources(source)
     out_dir = Path(opts.project) / opts.name if opts.resume else increment_dir(opts.project, opts.name,
@@ -211,10 +215,6 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
 
-    if opts.engine not in ("local", "ray"):
-        raise InputError(f"--engine must be local or ray, got {opts.engine!r}")
-    if opts.engine == "ray" and opts.tile:
-        raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     t0 = time.perf_counter()
     det: Detector | None = None
     job: Any = None
