@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ports import free_port
 from toolkit.errors import InputError, ModelFileError
 from toolkit.run import RunOptions, run
 
@@ -24,12 +24,6 @@ pytest.importorskip("ray.data", reason="the ray extra is not installed: pip inst
 from toolkit.ray_engine import LOST_REASON, VIDEO_REASON  # noqa: E402
 
 ACTOR = "MapWorker(MapBatches(InferActor))"  # the process title Ray gives yolokit's inference actors
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ray_bin() -> str:
@@ -42,7 +36,7 @@ def _ray_bin() -> str:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, dict[str, str]]]:
     """A one-machine Ray cluster with 2 CPUs and token authentication (Ray's default), as a user starts one."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     ray = _ray_bin()
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",

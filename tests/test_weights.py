@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import toolkit
+from tests.helpers.ports import free_port
 from toolkit.errors import DownloadError, InputError, ModelFileError
 from toolkit.weights import (
     MANIFEST,
@@ -306,9 +306,7 @@ def test_404_is_not_retried(server: ServerState, tmp_path: Path) -> None:
 
 
 def test_connection_refused(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     entry = WeightsEntry("synthetic.pt", f"http://127.0.0.1:{port}/synthetic.pt", len(PAYLOAD), PAYLOAD_SHA)
     with pytest.raises(DownloadError, match="cannot connect"):
         download(entry, cache_dir=tmp_path, retries=1, **FAST)
