@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -47,16 +48,30 @@ def _key(results: list) -> list:  # type: ignore[type-arg]
     return out
 
 
-@pytest.mark.parametrize(("mode", "workers", "batch"), [("thread", 2, 1), ("thread", 2, 3), ("process", 2, 1),
-                                                        ("auto", 0, 0)])
-def test_modes_equal_sequential_and_keep_order(images: Path, mode: str, workers: int, batch: int) -> None:
+@pytest.mark.parametrize(("mode", "workers", "batch", "parent_works"), [
+    ("thread", 2, 1, True), ("thread", 2, 3, True), ("process", 2, 1, True), ("process", 2, 3, False),
+    ("auto", 0, 0, True)])
+def test_modes_equal_sequential_and_keep_order(images: Path, mode: str, workers: int, batch: int,
+                                               parent_works: bool) -> None:
     det = _det()
     seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
     assert [Path(r.ref.path).name for r in seq] == sorted(p.name for p in images.iterdir())
     assert sum(len(r.detections) for r in seq if r.ok) > 0
     assert [r.ok for r in seq].count(False) == 1
-    got = list(det.predict_iter(images, mode=mode, workers=workers, batch=batch))
+    # parent_works=False: the worker processes run every task (else the parent may finish these few itself)
+    plan = replace(make_plan(det, 14, mode=mode, workers=workers, batch=batch), parent_works=parent_works)
+    got = list(det.predict_iter(images, plan=plan))
     assert _key(got) == _key(seq)
+
+
+def test_process_mode_starts_no_process_for_a_job_done_within_one_task(images: Path) -> None:
+    det = _det()
+    two = [str(images / "00.jpg"), str(images / "01.jpg")]
+    got = []
+    for r in det.predict_iter(two, mode="process", workers=2, batch=1):  # a task holds max(batch, 2) inputs
+        assert not mp.active_children()
+        got.append(r)
+    assert _key(got) == _key(list(det.predict_iter(two, mode="thread", workers=1)))
 
 
 def test_auto_plan_rules() -> None:
@@ -90,14 +105,15 @@ def test_auto_plan_rules() -> None:
 
 
 class _FlakyRunner:
-    """Fault injection: the real runner, except that the call on a batch of 3 raises."""
+    """Fault injection: the real runner, except that the call on a batch of 3 (or every call) raises."""
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: object, always: bool = False) -> None:
         self.inner = inner
         self.meta = inner.meta  # type: ignore[attr-defined]
+        self.always = always
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if len(batch) == 3:
+        if self.always or len(batch) == 3:
             raise RuntimeError("simulated runtime failure")
         return self.inner.infer(batch)  # type: ignore[attr-defined]
 
@@ -115,11 +131,22 @@ def test_a_failing_batch_is_reported_and_the_rest_processed(images: Path) -> Non
     assert any(r.ok for r in results)
 
 
+def test_a_failure_in_the_parents_own_task_is_reported_and_the_run_goes_on(images: Path) -> None:
+    det = _det()
+    # only the parent's model fails; the worker processes load their own
+    det.runner = _FlakyRunner(det.runner, always=True)  # type: ignore[assignment]
+    results = list(det.predict_iter(images, mode="process", workers=2, batch=3))
+    assert len(results) == 14 and len({r.ref.path for r in results}) == 14
+    assert all("simulated runtime failure" in (r.error or "") for r in results[:3])  # the parent's first task
+    assert all(r.ok or r.error for r in results)
+
+
 def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) -> None:
     det = _det()
     results = []
     killed = False
-    for r in det.predict_iter(images, mode="process", workers=2, batch=1):
+    plan = replace(make_plan(det, 14, mode="process", workers=2, batch=1), parent_works=False)
+    for r in det.predict_iter(images, plan=plan):  # every result comes from a worker process
         results.append(r)
         if not killed:
             victim = mp.active_children()[0]

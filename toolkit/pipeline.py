@@ -13,6 +13,9 @@ Rules of ``auto`` (see :func:`make_plan`):
 * CPU, PyTorch, at least 250 inputs per core: one process per core with one intra-op thread each (PyTorch's
   Python-level module calls hold the GIL); below that, threads as above (process start-up does not pay).
 * Always workers x threads <= cores, and decode threads only get cores that inference leaves free.
+
+Process mode counts the parent as one of its workers: the parent has loaded the model already, runs the first
+task itself, and starts ``workers - 1`` processes only if more work remains (see :func:`_run_processes`).
 """
 
 from __future__ import annotations
@@ -59,11 +62,14 @@ class Plan:
     threads: int
     readers: int
     reason: str
+    parent_works: bool = True  # process mode: the parent process is one of the workers
 
     def describe(self) -> str:
         readers = (f", {self.readers} reader thread(s)" if self.readers else ", decode inline") \
             if self.mode == "thread" else ""
-        return (f"{self.mode} mode: {self.workers} worker(s) x {self.threads} intra-op thread(s), batch "
+        who = f" (this process and {self.workers - 1} started)" if self.mode == "process" and self.parent_works \
+            else ""
+        return (f"{self.mode} mode: {self.workers} worker(s){who} x {self.threads} intra-op thread(s), batch "
                 f"{self.batch}{readers} ({self.reason})")
 
 
@@ -309,36 +315,56 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
             break
         task_id, items = task
         try:
-            out: list[_Lite] = []
-            if tile is not None:
-                for index, ref, payload in items:
-                    r = _tiled_result(det, index, ref, payload, tile, False, None)
-                    d = r.detections
-                    out.append((index, None, None, None, None, r.error) if d is None else
-                               (index, d.xyxy, d.confidence, d.class_id, d.shape, None))
-                results.send(("done", wid, task_id, out))
-                continue
-            prepared: list[_Prepared] = []
-            for item in items:
-                index, res = _load_and_prepare(det, item, False, fast_decode)
-                if hasattr(res, "chw"):
-                    prepared.append(res)  # type: ignore[arg-type]
-                else:
-                    out.append((index, None, None, None, None, res.error))  # type: ignore[union-attr]
-            groups: dict[tuple[int, ...], list[_Prepared]] = {}
-            for p in prepared:
-                groups.setdefault(p.chw.shape, []).append(p)
-            for group in groups.values():
-                for i in range(0, len(group), batch):
-                    for index, r in det.run_batch(group[i:i + batch]):
-                        d = r.detections
-                        if d is None:
-                            out.append((index, None, None, None, None, r.error))
-                        else:
-                            out.append((index, d.xyxy, d.confidence, d.class_id, d.shape, None))
-            results.send(("done", wid, task_id, out))
+            results.send(("done", wid, task_id, _run_task(det, items, batch, fast_decode, tile)))
         except Exception as e:
             results.send(("error", wid, task_id, f"{type(e).__name__}: {e}"))
+
+
+def _run_task(det: Detector, items: list[tuple[int, InputRef, Payload]], batch: int, fast_decode: bool,
+              tile: TileOptions | None) -> list[_Lite]:
+    """One task of process mode (in a worker process, or in the parent while the workers start): small results
+    (boxes, no images) for ``items``."""
+    out: list[_Lite] = []
+    if tile is not None:
+        for index, ref, payload in items:
+            r = _tiled_result(det, index, ref, payload, tile, False, None)
+            d = r.detections
+            out.append((index, None, None, None, None, r.error) if d is None else
+                       (index, d.xyxy, d.confidence, d.class_id, d.shape, None))
+        return out
+    prepared: list[_Prepared] = []
+    for item in items:
+        index, res = _load_and_prepare(det, item, False, fast_decode)
+        if hasattr(res, "chw"):
+            prepared.append(res)  # type: ignore[arg-type]
+        else:
+            out.append((index, None, None, None, None, res.error))  # type: ignore[union-attr]
+    groups: dict[tuple[int, ...], list[_Prepared]] = {}
+    for p in prepared:
+        groups.setdefault(p.chw.shape, []).append(p)
+    for group in groups.values():
+        for i in range(0, len(group), batch):
+            for index, r in det.run_batch(group[i:i + batch]):
+                d = r.detections
+                if d is None:
+                    out.append((index, None, None, None, None, r.error))
+                else:
+                    out.append((index, d.xyxy, d.confidence, d.class_id, d.shape, None))
+    return out
+
+
+def _with_threads(det: Detector, threads: int) -> Detector:
+    """``det`` running ``threads`` intra-op threads: PyTorch changes its count in place; a runtime fixed at load
+    time (ONNX Runtime, OpenVINO) gets a second copy of the model in this process."""
+    from toolkit.detector import Detector
+
+    if det.init_kwargs.get("threads") == threads:
+        return det
+    set_threads = getattr(det.runner, "set_threads", None)
+    if set_threads is not None:
+        set_threads(threads)
+        return det
+    return Detector(**{**det.init_kwargs, "threads": threads})
 
 
 @dataclass
@@ -356,7 +382,13 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
     """Process mode: ``spawn`` workers, each loading the model once; tasks carry paths (frames for videos),
     results carry only boxes. A worker that dies is replaced; its in-flight inputs are retried once, one by
     one, then reported failed. Each worker sends results on its own pipe; the parent waits on those pipes and
-    on the workers' process sentinels together, so a death wakes it at once; every wait is bounded."""
+    on the workers' process sentinels together, so a death wakes it at once; every wait is bounded.
+
+    The parent is one of the ``workers`` (``plan.parent_works``): its model is loaded already, so it runs the
+    first task before any process starts, and only if more work remains do ``workers - 1`` processes join it
+    (the parent then runs with the workers' intra-op thread budget). A job done within one task starts nothing,
+    and one process start-up (a Python process, imports, the model) fewer is paid.
+    """
     from toolkit.detector import Result
 
     ctx = mp.get_context("spawn")
@@ -371,6 +403,8 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
     next_task = 0
     next_out = 0
     exhausted = False
+    spawned = not plan.parent_works  # the worker processes: started at once, or after the parent's first task
+    local = det  # the parent's model
     restarts = 0
     max_restarts = 3 * plan.workers + 3
     names = det.names
@@ -426,8 +460,41 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                     else:
                         done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape))
 
-    for _ in range(plan.workers):
-        start_worker()
+    def new_task(attempt: int, entries: list[tuple[int, InputRef, Payload]]) -> int:
+        nonlocal next_task
+        tid = next_task
+        next_task += 1
+        attempts[tid] = attempt
+        task_items[tid] = entries
+        return tid
+
+    def work_here() -> bool:
+        """The parent's share: run the next task here. Returns whether there was one."""
+        nonlocal spawned, local
+        if len(done) >= 64 * chunk:
+            return False
+        nxt = next_items()
+        if nxt is None:
+            return False
+        tid = new_task(*nxt)
+        try:
+            handle("done", -1, tid, _run_task(local, nxt[1], plan.batch, fast_decode, tile))
+        except Exception as e:  # reported for this task's inputs, as a worker's error would be
+            handle("error", -1, tid, f"{type(e).__name__}: {e}")
+        if not spawned:
+            spawned = True
+            more = next_items()
+            if more is not None:
+                retry.appendleft(more)  # a peek: back to the front of the queue
+                if plan.workers > 1:
+                    for _ in range(plan.workers - 1):
+                        start_worker()
+                    local = _with_threads(det, plan.threads)
+        return True
+
+    if spawned:
+        for _ in range(plan.workers):
+            start_worker()
     try:
         while True:
             # dispatch: at most two tasks in flight per ready worker, and a bounded reorder buffer
@@ -436,13 +503,10 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                     nxt = next_items()
                     if nxt is None:
                         break
-                    attempt, entries = nxt
-                    tid = next_task
-                    next_task += 1
-                    attempts[tid] = attempt
-                    task_items[tid] = entries
-                    w.inflight[tid] = entries
-                    w.tasks.put((tid, entries))
+                    tid = new_task(*nxt)
+                    w.inflight[tid] = nxt[1]
+                    w.tasks.put((tid, nxt[1]))
+            worked = plan.parent_works and work_here()
             while next_out in done:
                 yield done.pop(next_out)
                 next_out += 1
@@ -450,7 +514,8 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                 break
             by_conn = {w.conn: w for w in workers.values()}
             messages: list[tuple[str, int, Any, Any]] = []
-            for ready in wait_ready([*by_conn, *(w.proc.sentinel for w in workers.values())], timeout=0.5):
+            waitables = [*by_conn, *(w.proc.sentinel for w in workers.values())]
+            for ready in wait_ready(waitables, timeout=0 if worked else 0.5):
                 sender = by_conn.get(ready)
                 if sender is None:
                     continue  # a process sentinel: the liveness check below handles it
@@ -489,6 +554,8 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                 start_worker()
     finally:
         for w in workers.values():
+            if not w.ready:  # still starting (imports, model): nothing in flight, nothing to wait for
+                w.proc.terminate()
             with contextlib.suppress(Exception):
                 w.tasks.put(None)
         deadline = time.monotonic() + 5
