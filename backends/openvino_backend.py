@@ -11,6 +11,13 @@ default for FP16 and INT8 IRs (an FP16 IR's weights are decompressed and run at 
 INT8 IRs run quantized convolutions in int8 and the rest at that default). The precision used is recorded
 in the runner's ``meta.extra["inference_precision"]``; ``LoadOptions.options["inference_precision"]``
 ("f32", "bf16", "f16") overrides it.
+
+Compiled models are cached (OpenVINO's ``CACHE_DIR``): compiling yolov5n INT8 takes about 0.35 s on a 2-core
+CPU, loading it from the cache 0.08 s, in every process that loads it. OpenVINO keys the cache by model,
+configuration, device and its own version, and recompiles over a corrupt or truncated entry. The folder is
+``LoadOptions.options["cache_dir"]``, else ``$YOLOKIT_OPENVINO_CACHE`` (``off`` disables it), else
+``~/.cache/yolokit/openvino``; one that cannot be written is not used, and a compile that fails with the cache
+is retried without it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ SUFFIXES = (".xml",)
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
 INT8_HINT = "pip install 'yolokit[int8]'"
 CALIB_SUBSET = 300
+ENV_CACHE = "YOLOKIT_OPENVINO_CACHE"
 
 
 def is_available() -> bool:
@@ -205,6 +213,20 @@ def read_meta(path: Path) -> ModelMeta:
 
 
 # ------------------------------------------------------------------------------------------------ runner
+def compile_cache_dir(options: dict[str, Any]) -> Path | None:
+    """The folder for OpenVINO's compiled-model cache (see the module docstring), created if needed; None when
+    caching is off or the folder cannot be written."""
+    given = options.get("cache_dir", os.environ.get(ENV_CACHE))
+    if given is not None and str(given).strip().lower() in ("", "off", "0", "none", "false"):
+        return None
+    path = Path(str(given)).expanduser() if given is not None else Path.home() / ".cache" / "yolokit" / "openvino"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None
+
+
 
 
 class OpenVinoRunner:
@@ -241,8 +263,17 @@ class OpenVinoRunner:
         precision = extra.get("inference_precision") or ("f32" if meta.precision == "fp32" else None)
         if precision and device == "CPU":
             config["INFERENCE_PRECISION_HINT"] = str(precision)
+        cache = compile_cache_dir(extra)
+        if cache is not None:
+            core.set_property({"CACHE_DIR": str(cache)})
         try:
-            self.compiled = core.compile_model(model, device, config)
+            try:
+                self.compiled = core.compile_model(model, device, config)
+            except Exception:
+                if cache is None:
+                    raise
+                core.set_property({"CACHE_DIR": ""})  # a cache problem (full disk, ...) must not stop the run
+                self.compiled = core.compile_model(model, device, config)
         except Exception as e:
             raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 def shared_dir() -> Path:
     env = os.environ.get("YOLOKIT_SHARED")
     return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """OpenVINO caches compiled models under ~/.cache by default: tests (and the processes they start) use a
+    temporary folder instead."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("YOLOKIT_OPENVINO_CACHE", str(tmp_path_factory.mktemp("openvino_cache")))
+        yield
 
 
 def _need(path: Path, what: str) -> Path:

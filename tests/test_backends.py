@@ -245,6 +245,43 @@ def test_openvino_pins_threads_only_when_the_model_has_every_core(artifact: Call
     forced.close()
 
 
+def test_openvino_compiled_model_cache(artifact: Callable[..., Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second load comes from the cache and computes the same; a corrupt entry is recompiled; caching off
+    or an unusable folder still loads."""
+    _need("openvino")
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    x = np.random.default_rng(0).integers(0, 255, (1, 3, 160, 160), dtype=np.uint8)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(module.ENV_CACHE, str(cache))
+    first = module.load(path, LoadOptions(threads=1))
+    ref = first.infer(x)
+    first.close()
+    blobs = list(cache.glob("*.blob"))
+    assert len(blobs) == 1 and blobs[0].stat().st_size > 100_000
+    cached = module.load(path, LoadOptions(threads=1))
+    np.testing.assert_array_equal(cached.infer(x), ref)
+    cached.close()
+    blobs[0].chmod(0o644)  # OpenVINO stores its entries read-only
+    blobs[0].write_bytes(blobs[0].read_bytes()[:50_000])  # truncated, as by a full disk or a killed process
+    again = module.load(path, LoadOptions(threads=1))
+    np.testing.assert_array_equal(again.infer(x), ref)
+    again.close()
+    assert blobs[0].stat().st_size > 100_000  # rewritten whole
+
+    monkeypatch.setenv(module.ENV_CACHE, "off")
+    assert module.compile_cache_dir({}) is None
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    assert module.compile_cache_dir({"cache_dir": str(blocked / "sub")}) is None
+    off = module.load(path, LoadOptions(threads=1, options={"cache_dir": str(blocked / "sub")}))
+    np.testing.assert_array_equal(off.infer(x), ref)
+    off.close()
+    monkeypatch.delenv(module.ENV_CACHE)
+    assert module.compile_cache_dir({"cache_dir": str(tmp_path / "given")}) == tmp_path / "given"
+
+
 def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
                        ) -> None:
     _need("openvino")
