@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -194,3 +195,39 @@ def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path
     assert summary["interrupted"] is True and summary["images"] < 400
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True
     assert not mp.active_children()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    for i in range(400):
+        cv2.imwrite(str(src / f"{i:03d}.jpg"), img)
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
+                             "--mode", "process", "--workers", "2", "--nosave", "--project", str(tmp_path), "--name",
+                             "r"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 120
+    while not children and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert children, "the run started no worker process"
+    time.sleep(3)  # the worker has loaded its model and is working
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGSTOP)  # the worker finishes its tasks and waits, idle, for more (a busy one would
+    time.sleep(3)  # die anyway, on a broken pipe, when it sends its next result)
+    proc.kill()  # SIGKILL: the parent cannot stop its workers
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children)

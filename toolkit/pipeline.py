@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -309,11 +310,14 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
         results.send(("init_error", wid, None, f"{type(e).__name__}: {e}"))
         return
     results.send(("ready", wid, None, None))
+    parent = os.getppid()
     while True:
-        task = tasks.get()
-        if task is None:
-            break
-        task_id, items = task
+        try:
+            task_id, items = tasks.get(timeout=1)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent died without stopping this worker (SIGKILL): do not linger
+                return
+            continue
         try:
             results.send(("done", wid, task_id, _run_task(det, items, batch, fast_decode, tile)))
         except Exception as e:
@@ -322,7 +326,7 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
 
 def _run_task(det: Detector, items: list[tuple[int, InputRef, Payload]], batch: int, fast_decode: bool,
               tile: TileOptions | None) -> list[_Lite]:
-    """One task of process mode (in a worker process, or in the parent while the workers start): small results
+    """One task of process mode (in a worker process or in the parent): small results
     (boxes, no images) for ``items``."""
     out: list[_Lite] = []
     if tile is not None:
@@ -553,17 +557,17 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                                        f"`if __name__ == '__main__':`, which the spawn start method needs)")
                 start_worker()
     finally:
+        # every result is in, or the run is abandoned: no worker holds anything worth waiting for, and a graceful
+        # exit (the interpreter and the runtime tearing down) cost the run about 0.4 s (measured, PyTorch)
         for w in workers.values():
-            if not w.ready:  # still starting (imports, model): nothing in flight, nothing to wait for
-                w.proc.terminate()
-            with contextlib.suppress(Exception):
-                w.tasks.put(None)
+            w.proc.terminate()
         deadline = time.monotonic() + 5
         for w in workers.values():
             w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
-                w.proc.terminate()
+                w.proc.kill()
                 w.proc.join(timeout=2)
-        for w in workers.values():
             with contextlib.suppress(Exception):
                 w.conn.close()
+                w.tasks.cancel_join_thread()  # nobody reads its task queue any more
+                w.tasks.close()
