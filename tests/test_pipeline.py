@@ -170,16 +170,21 @@ def test_reduced_decode_maps_boxes_to_original_pixels(images: Path) -> None:
         assert fast.detections.xyxy[:, 2].max() <= 1280 and fast.detections.xyxy[:, 3].max() <= 960
 
 
-def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path) -> None:
+def _long_process_run(tmp_path: Path) -> subprocess.Popen[str]:
+    """`yolokit run` in process mode (2 workers) over 400 images with yolov5s: long enough to interrupt."""
     src = tmp_path / "src"
     src.mkdir()
     img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     for i in range(400):
         cv2.imwrite(str(src / f"{i:03d}.jpg"), img)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
+    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
                              "--mode", "process", "--workers", "2", "--nosave", "--save-txt", "--project",
                              str(tmp_path), "--name", "r", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path) -> None:
+    proc = _long_process_run(tmp_path)
     labels = tmp_path / "r" / "failures.jsonl"
     deadline = time.monotonic() + 120
     while not labels.exists() and time.monotonic() < deadline:
@@ -206,14 +211,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    for i in range(400):
-        cv2.imwrite(str(src / f"{i:03d}.jpg"), img)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
-                             "--mode", "process", "--workers", "2", "--nosave", "--project", str(tmp_path), "--name",
-                             "r"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _long_process_run(tmp_path)
     children: list[int] = []
     deadline = time.monotonic() + 120
     while not children and time.monotonic() < deadline and proc.poll() is None:
@@ -231,3 +229,4 @@ def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Path) -> No
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(c) for c in children)
+    proc.communicate(timeout=10)  # the workers held the output pipes too: they are closed now
