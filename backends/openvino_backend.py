@@ -227,8 +227,6 @@ def compile_cache_dir(options: dict[str, Any]) -> Path | None:
     return path if os.access(path, os.W_OK | os.X_OK) else None
 
 
-
-
 class OpenVinoRunner:
     """A compiled model with one infer request per thread (``CompiledModel`` is thread-safe, requests are not)."""
 

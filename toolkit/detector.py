@@ -329,12 +329,15 @@ class Detector:
                                       self.nms.max_det)
         return Detections(xyxy, conf, cls, self.names, path, (h, w))
 
-    def run_prepared(self, pending: list[_Prepared]) -> dict[int, Result]:
-        """Run prepared images grouped by letterboxed shape; results by input index."""
+    def run_prepared(self, pending: list[_Prepared], batch: int = 0) -> dict[int, Result]:
+        """Run prepared images grouped by letterboxed shape, at most ``batch`` per inference call (0: a whole
+        group per call); results by input index."""
         groups: dict[tuple[int, ...], list[_Prepared]] = {}
         for p in pending:
             groups.setdefault(p.chw.shape, []).append(p)
-        return {i: r for group in groups.values() for i, r in self.run_batch(group)}
+        step = batch if batch > 0 else max(1, len(pending))
+        return {i: r for group in groups.values() for start in range(0, len(group), step)
+                for i, r in self.run_batch(group[start:start + step])}
 
     def close(self) -> None:
         self.runner.close()

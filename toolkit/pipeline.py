@@ -196,9 +196,7 @@ def _run_tiled(det: Detector, items: list[InputRef], plan: Plan, keep_images: bo
                tile: TileOptions) -> Iterator[Result]:
     """Huge images one at a time (the next one decoding meanwhile: at most two held), their tile batches over
     the inference threads."""
-    set_threads = getattr(det.runner, "set_threads", None)
-    if set_threads is not None:
-        set_threads(plan.threads)
+    _set_threads(det, plan.threads)
     reader = ThreadPoolExecutor(1, thread_name_prefix="yolokit-read")
     pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer") if plan.workers > 1 else None
 
@@ -226,9 +224,7 @@ def _run_threads(det: Detector, items: list[InputRef], plan: Plan, keep_images: 
                  fast_decode: bool) -> Iterator[Result]:
     from toolkit.detector import Result
 
-    set_threads = getattr(det.runner, "set_threads", None)
-    if set_threads is not None:
-        set_threads(plan.threads)
+    _set_threads(det, plan.threads)
     readers = ThreadPoolExecutor(max(1, plan.readers), thread_name_prefix="yolokit-read")
     infer_pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer")
     inline = plan.workers == 1 and plan.readers == 0  # exactly the sequential loop, nothing in parallel
@@ -328,33 +324,33 @@ def _run_task(det: Detector, items: list[tuple[int, InputRef, Payload]], batch: 
               tile: TileOptions | None) -> list[_Lite]:
     """One task of process mode (in a worker process or in the parent): small results
     (boxes, no images) for ``items``."""
-    out: list[_Lite] = []
     if tile is not None:
-        for index, ref, payload in items:
-            r = _tiled_result(det, index, ref, payload, tile, False, None)
-            d = r.detections
-            out.append((index, None, None, None, None, r.error) if d is None else
-                       (index, d.xyxy, d.confidence, d.class_id, d.shape, None))
-        return out
+        return [_lite(index, _tiled_result(det, index, ref, payload, tile, False, None))
+                for index, ref, payload in items]
+    out: list[_Lite] = []
     prepared: list[_Prepared] = []
     for item in items:
         index, res = _load_and_prepare(det, item, False, fast_decode)
         if hasattr(res, "chw"):
             prepared.append(res)  # type: ignore[arg-type]
         else:
-            out.append((index, None, None, None, None, res.error))  # type: ignore[union-attr]
-    groups: dict[tuple[int, ...], list[_Prepared]] = {}
-    for p in prepared:
-        groups.setdefault(p.chw.shape, []).append(p)
-    for group in groups.values():
-        for i in range(0, len(group), batch):
-            for index, r in det.run_batch(group[i:i + batch]):
-                d = r.detections
-                if d is None:
-                    out.append((index, None, None, None, None, r.error))
-                else:
-                    out.append((index, d.xyxy, d.confidence, d.class_id, d.shape, None))
+            out.append(_lite(index, res))  # type: ignore[arg-type]
+    out.extend(_lite(index, r) for index, r in det.run_prepared(prepared, batch).items())
     return out
+
+
+def _lite(index: int, r: Result) -> _Lite:
+    d = r.detections
+    return (index, None, None, None, None, r.error) if d is None else \
+        (index, d.xyxy, d.confidence, d.class_id, d.shape, None)
+
+
+def _set_threads(det: Detector, threads: int) -> bool:
+    """Give ``det`` ``threads`` intra-op threads in place, where its runtime can (PyTorch); whether it could."""
+    set_threads = getattr(det.runner, "set_threads", None)
+    if set_threads is not None:
+        set_threads(threads)
+    return set_threads is not None
 
 
 def _with_threads(det: Detector, threads: int) -> Detector:
@@ -362,11 +358,7 @@ def _with_threads(det: Detector, threads: int) -> Detector:
     time (ONNX Runtime, OpenVINO) gets a second copy of the model in this process."""
     from toolkit.detector import Detector
 
-    if det.init_kwargs.get("threads") == threads:
-        return det
-    set_threads = getattr(det.runner, "set_threads", None)
-    if set_threads is not None:
-        set_threads(threads)
+    if det.init_kwargs.get("threads") == threads or _set_threads(det, threads):
         return det
     return Detector(**{**det.init_kwargs, "threads": threads})
 
@@ -379,6 +371,12 @@ class _Worker:
     conn: Any  # the parent's end of this worker's result pipe
     inflight: dict[int, list[tuple[int, InputRef, Payload]]]
     ready: bool = False
+
+    def close_channels(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+            self.tasks.cancel_join_thread()  # nobody reads its task queue any more
+            self.tasks.close()
 
 
 def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode: bool,
@@ -487,13 +485,12 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
             handle("error", -1, tid, f"{type(e).__name__}: {e}")
         if not spawned:
             spawned = True
-            more = next_items()
+            more = next_items() if plan.workers > 1 else None
             if more is not None:
                 retry.appendleft(more)  # a peek: back to the front of the queue
-                if plan.workers > 1:
-                    for _ in range(plan.workers - 1):
-                        start_worker()
-                    local = _with_threads(det, plan.threads)
+                for _ in range(plan.workers - 1):
+                    start_worker()
+                local = _with_threads(det, plan.threads)
         return True
 
     if spawned:
@@ -539,10 +536,7 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
                 w.proc.join(timeout=1)
                 code = w.proc.exitcode
                 del workers[w.wid]
-                with contextlib.suppress(Exception):
-                    w.conn.close()
-                    w.tasks.cancel_join_thread()  # nobody will read its task queue again
-                    w.tasks.close()
+                w.close_channels()
                 for tid, entries in w.inflight.items():
                     if attempts.get(tid, 0) >= 1:
                         fail(entries, f"worker process died (exit code {code}) twice on this input")
@@ -567,7 +561,4 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
             if w.proc.is_alive():
                 w.proc.kill()
                 w.proc.join(timeout=2)
-            with contextlib.suppress(Exception):
-                w.conn.close()
-                w.tasks.cancel_join_thread()  # nobody reads its task queue any more
-                w.tasks.close()
+            w.close_channels()
