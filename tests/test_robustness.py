@@ -383,3 +383,18 @@ def test_video_with_a_corrupt_stretch_reports_the_bad_frame_and_keeps_the_rest(t
     assert 15 <= summary["processed"] < 20  # the frames around the damage fail, the rest are processed
     assert all("#frame" in f["path"] for f in summary["failed"])
     assert (tmp_path / "v" / "clip_0.jpg").is_file()  # annotated frames are written per frame
+
+
+def test_resume_removes_partial_writes_of_the_killed_run(tmp_path: Path) -> None:
+    """A run killed inside an atomic write leaves its temporary file; --resume deletes it (and only it)."""
+    img = _img(tmp_path / "src" / "x.jpg", 32, 32)
+    assert main(["run", str(img.parent), "--weights", WEIGHTS, "--project", str(tmp_path), "--name", "r",
+                 "--nosave", "--save-txt", "--conf", "0.00001"]) == 0
+    stale = tmp_path / "r" / "labels" / ".y.txt.0123456789ab.tmp"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_text("half a label file")
+    mine = tmp_path / "r" / "notes.tmp"  # not yolokit's: left alone
+    mine.write_text("keep")
+    assert main(["run", str(img.parent), "--weights", WEIGHTS, "--project", str(tmp_path), "--name", "r",
+                 "--nosave", "--save-txt", "--conf", "0.00001", "--resume"]) == 0
+    assert not stale.exists() and mine.exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +25,8 @@ from toolkit.outputs import (
     write_labels,
 )
 from toolkit.sources import list_sources
+
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 from toolkit.tiling import TileOptions
 
 
@@ -112,6 +116,14 @@ def prepare_out_dir(path: Path) -> None:
     except OSError as e:
         raise OutputError(f"{path}: cannot write the output folder ({e.strerror or e}); "
                           f"choose another with --project/--name or free some space") from None
+
+
+def remove_partial_writes(out_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed run left behind (``.NAME.HEX.tmp``)."""
+    for p in out_dir.rglob(".*.tmp"):
+        if TEMP_NAME.fullmatch(p.name):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 ProgressFn = Callable[[int, int, "Outcome"], None]
@@ -211,6 +223,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     _rewrite_jsonl(manifest_path, previous)
     _rewrite_jsonl(failures_path, [r for r in _read_jsonl(failures_path) if r.get("key") in done_keys])
     _rewrite_jsonl(preds_path, [r for r in _read_jsonl(preds_path) if r.get("key") in done_keys])
+    if opts.resume:
+        remove_partial_writes(out_dir)
     if done_keys:
         sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
