@@ -6,7 +6,7 @@ from pathlib import Path
 
 from backends import onnx_backend, openvino_backend, tensorrt_backend, torch_backend
 from backends.base import BackendModule, ExportOptions, LoadOptions, Runner
-from toolkit.errors import BackendUnavailableError, InputError
+from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 
 REGISTRY: dict[str, BackendModule] = {
     "torch": torch_backend,  # type: ignore[dict-item]
@@ -33,12 +33,40 @@ def require(name: str) -> BackendModule:
 
 
 def backend_for(path: Path) -> str:
-    """The name of the backend that loads this file or folder."""
+    """The name of the backend that loads this file or folder: by its suffix, else by its first bytes (an artifact
+    saved under any name is still recognised)."""
     for name, backend in REGISTRY.items():
         if backend.claims(path):
             return name
-    raise InputError(f"{path}: no backend loads this kind of file (known: .pt, .onnx, OpenVINO .xml or folder, "
-                     f".engine); pass --backend to choose one")
+    head = _head(Path(path))
+    for name, backend in REGISTRY.items():
+        if backend.sniff(head):
+            return name
+    kinds = ", ".join(b.DESCRIPTION for b in REGISTRY.values())
+    raise ModelFileError(f"{path}: not a model file yolokit knows, by its name or its content (looked for {kinds}); "
+                         f"check the path, or pass --backend to choose one")
+
+
+def _head(path: Path, size: int = 4096) -> bytes:
+    """The first bytes of a regular file, opened without blocking (a named pipe or a device is refused, not read)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: a folder that holds no model yolokit knows") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ModelFileError(f"{path}: a folder that holds no model yolokit knows")
+        if not stat.S_ISREG(mode):
+            raise ModelFileError(f"{path}: not a regular file, so not a model file; give the path of the file itself")
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 __all__ = ["REGISTRY", "BackendModule", "ExportOptions", "LoadOptions", "Runner", "backend_for",

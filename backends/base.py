@@ -33,7 +33,7 @@ class LoadOptions:
 class ExportOptions:
     imgsz: tuple[int, int] = (640, 640)
     batch: int = 1
-    dynamic: bool = False  # dynamic batch (and height/width for ONNX)
+    dynamic: bool = True  # dynamic batch, height and width: the artifact letterboxes as the .pt does
     max_batch: int = 32
     half: bool = False
     int8: bool = False
@@ -56,10 +56,15 @@ class BackendModule(Protocol):
     NAME: str
     EXTRA: str | None
     SUFFIXES: tuple[str, ...]
+    DESCRIPTION: str
 
     def is_available(self) -> bool: ...
 
     def claims(self, path: Path) -> bool: ...
+
+    def sniff(self, head: bytes) -> bool: ...
+
+    def output_path(self, path: Path) -> Path: ...
 
     def load(self, path: Path, options: LoadOptions) -> Runner: ...
 
@@ -75,11 +80,14 @@ def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:
     b, _, h, w = batch.shape
     if meta.imgsz is not None and (h, w) != tuple(meta.imgsz):
         raise InputError(f"this {meta.format} model was exported for {meta.imgsz[0]}x{meta.imgsz[1]} input, "
-                         f"got {h}x{w}; re-export with --imgsz {h},{w} or --dynamic")
+                         f"got {h}x{w}; re-export with --imgsz {h},{w}, or without --static")
+    if meta.max_imgsz is not None and (h > meta.max_imgsz[0] or w > meta.max_imgsz[1]):
+        raise InputError(f"this {meta.format} model takes inputs up to {meta.max_imgsz[0]}x{meta.max_imgsz[1]}, got "
+                         f"{h}x{w}; use a smaller --imgsz or re-export with --imgsz {max(h, w)}")
     if meta.imgsz is None and (h % meta.stride or w % meta.stride):
         raise InputError(f"input {h}x{w} is not a multiple of the model stride {meta.stride}")
     if meta.batch is not None and b > meta.batch:
         raise InputError(f"this {meta.format} model has a static batch of {meta.batch}, got {b}; "
-                         f"re-export with --batch {b} or --dynamic")
+                         f"re-export with --batch {b}, or without --static")
     if meta.max_batch is not None and b > meta.max_batch:
         raise InputError(f"this {meta.format} model takes at most {meta.max_batch} images a batch, got {b}")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 NAME = "onnx"
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
+DESCRIPTION = "an ONNX model"
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to onnx`"
@@ -48,6 +49,21 @@ def is_available() -> bool:
 
 def claims(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES and not path.is_dir()
+
+
+def sniff(head: bytes) -> bool:
+    """Whether a file's first bytes are an ONNX ``ModelProto``: protobuf field 1 (``ir_version``, a small varint)
+    followed by another of ModelProto's fields (producer name/version, domain, model version, doc string, graph,
+    opset imports)."""
+    if len(head) < 4 or head[0] != 0x08 or not 1 <= head[1] <= 30:
+        return False
+    return head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)
+
+
+def output_path(path: Path) -> Path:
+    """The export target with the ``.onnx`` suffix added when it has none (``-o mymodel`` -> ``mymodel.onnx``)."""
+    path = Path(path)
+    return path if path.suffix.lower() in SUFFIXES else path.with_name(path.name + SUFFIXES[0])
 
 
 # ------------------------------------------------------------------------------------------------ export

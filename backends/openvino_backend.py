@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 NAME = "openvino"
 EXTRA = "openvino"
 SUFFIXES = (".xml",)
+DESCRIPTION = "an OpenVINO IR (.xml, or its folder)"
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
 INT8_HINT = "pip install 'yolokit[int8]'"
 CALIB_SUBSET = 300
@@ -62,6 +63,17 @@ def claims(path: Path) -> bool:
     if path.is_dir():
         return len(_xml_in(path)) == 1
     return path.suffix.lower() in SUFFIXES
+
+
+def sniff(head: bytes) -> bool:
+    """Whether a file's first bytes are an OpenVINO IR: an XML document whose root element is ``<net``."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return text.startswith((b"<?xml", b"<net")) and b"<net " in text[:4096]
+
+
+def output_path(path: Path) -> Path:
+    """Export targets: an ``.xml`` file as given, anything else is the folder that gets the IR."""
+    return Path(path)
 
 
 def resolve_xml(path: Path) -> Path:

@@ -11,8 +11,12 @@ Engine file layout: ``b"YKTR"`` magic, a 4-byte little-endian length, that many 
 capability of the GPU it was built on), then the serialized engine. A TensorRT engine only runs with the
 TensorRT version and the GPU it was built for, so the loader refuses any other with the fix (rebuild).
 
-Profiles: ``--dynamic`` builds one optimisation profile for the batch (min 1, opt ``--batch``, max
-``--max-batch``) at the fixed ``--imgsz``; a static export builds for exactly ``--batch`` images.
+Profiles: by default (dynamic) one optimisation profile covers batch 1 to ``--max-batch`` and every input height
+and width from the stride up to the long side of ``--imgsz``, so an engine letterboxes each image to the same
+rectangle as the ``.pt`` (a 1920x1080 photo runs at 384x640, not 640x640) and gives the same detections. TensorRT
+picks its kernels for the profile's optimum, ``--batch`` images at ``--imgsz`` (use ``--imgsz 384,640`` for 16:9
+input). ``--static`` builds for exactly ``--batch`` images at ``--imgsz``: fastest at that one shape, but any other
+aspect ratio is letterboxed to it, which changes detections.
 INT8 is not offered (TensorRT 10 deprecates implicit calibration; explicit Q/DQ export is future work).
 """
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 NAME = "trt"
 EXTRA = "trt"
 SUFFIXES = (".engine", ".plan")
+DESCRIPTION = "a yolokit TensorRT engine"
 FORMAT = "tensorrt"
 MAGIC = b"YKTR"
 _LEN = struct.Struct("<I")
@@ -133,7 +138,9 @@ class ProfilePlan:
 
 def plan_profile(imgsz: tuple[int, int], batch: int, dynamic: bool, max_batch: int,
                  stride: int = 32) -> ProfilePlan | None:
-    """The batch profile: dynamic -> min 1, opt ``batch``, max ``max_batch`` at ``imgsz``; static -> None."""
+    """The optimisation profile. Dynamic: min (1, 3, stride, stride), opt (``batch``, 3, ``imgsz``), max
+    (``max_batch``, 3, L, L) with L the long side of ``imgsz``: every rectangle a letterbox to L can produce.
+    Static: None (the engine takes exactly its build shape)."""
     h, w = int(imgsz[0]), int(imgsz[1])
     if h <= 0 or w <= 0 or h % stride or w % stride:
         raise InputError(f"--imgsz {h},{w}: height and width must be positive multiples of the stride {stride}")
@@ -145,7 +152,8 @@ def plan_profile(imgsz: tuple[int, int], batch: int, dynamic: bool, max_batch: i
         raise InputError(f"--max-batch {max_batch}: must be at least 1")
     if batch > max_batch:
         raise InputError(f"--batch {batch} is above --max-batch {max_batch}")
-    return ProfilePlan((1, 3, h, w), (batch, 3, h, w), (max_batch, 3, h, w))
+    side = max(h, w)
+    return ProfilePlan((1, 3, stride, stride), (batch, 3, h, w), (max_batch, 3, side, side))
 
 
 def output_shape(batch: int, imgsz: tuple[int, int], strides: list[float] | tuple[float, ...], na: int = 3,
@@ -225,6 +233,17 @@ def is_available() -> bool:
 
 def claims(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES and not path.is_dir()
+
+
+def sniff(head: bytes) -> bool:
+    """Whether a file's first bytes are a yolokit engine (the ``YKTR`` header)."""
+    return head[:4] == MAGIC
+
+
+def output_path(path: Path) -> Path:
+    """The export target with ``.engine`` added when it has no engine suffix (``-o m`` -> ``m.engine``)."""
+    path = Path(path)
+    return path if path.suffix.lower() in SUFFIXES else path.with_name(path.name + SUFFIXES[0])
 
 
 def _runtime() -> Any:
@@ -311,9 +330,10 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
                "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
                "strongly_typed": plan.strongly_typed},
-        dynamic_hw=False)
-    if options.dynamic:
+        dynamic_hw=profile is not None)
+    if profile is not None:
         meta.max_batch = int(options.max_batch)
+        meta.max_imgsz = (int(profile.max[2]), int(profile.max[3]))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), pack_engine(meta, engine_bytes))
     return Path(path)

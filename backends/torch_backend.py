@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 NAME = "torch"
 EXTRA = None
 SUFFIXES = (".pt", ".pth", ".yaml", ".yml")
+DESCRIPTION = "a PyTorch .pt checkpoint or model yaml"
 
 
 def is_available() -> bool:
@@ -32,6 +33,16 @@ def claims(path: Path) -> bool:
     from toolkit.configs import is_builtin_config
 
     return path.suffix.lower() in SUFFIXES or is_builtin_config(path.name)
+
+
+def sniff(head: bytes) -> bool:
+    """Whether a file's first bytes are a PyTorch checkpoint: a zip archive (``torch.save``'s format since 1.6)
+    or a pickle (the legacy format and plain pickles start with the PROTO opcode)."""
+    return head[:4] == b"PK\x03\x04" or (len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def output_path(path: Path) -> Path:
+    return Path(path)
 
 
 class TorchRunner:

@@ -54,3 +54,33 @@ def coco128_images(coco128: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference(shared: Path) -> Path:
     return _need(shared / "reference" / "coco128_yolov5n", "official YOLOv5 reference outputs")
+
+
+@pytest.fixture(scope="session")
+def coco128_large(shared: Path) -> Path:
+    return _need(shared / "datasets" / "coco128-large" / "images", "coco128-large images")
+
+
+@pytest.fixture(scope="session")
+def reference_large(shared: Path) -> Path:
+    return _need(shared / "reference" / "coco128-large_yolov5n", "official YOLOv5 reference outputs on coco128-large")
+
+
+@pytest.fixture(scope="session")
+def exported(yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """yolov5n.pt exported once per session with the default options (ONNX and OpenVINO FP32: dynamic batch, height
+    and width), each passing its own parity check."""
+    import backends
+    from backends.base import ExportOptions
+    from toolkit.export import export
+
+    root = tmp_path_factory.mktemp("exported")
+    out: dict[str, Path] = {}
+    for to, name in (("onnx", "yolov5n.onnx"), ("openvino", "yolov5n_openvino")):
+        if not backends.REGISTRY[to].is_available():
+            continue
+        report = export(yolov5n_pt, to, root / name, ExportOptions())
+        assert report.parity.passed and report.parity.reference_detections >= 50
+        assert report.meta.imgsz is None and report.meta.batch is None
+        out[to] = report.artifact
+    return out

@@ -45,6 +45,7 @@ class BenchOptions:
     out: str = "runs/bench"
     imgsz: int = 640
     device: str = "cpu"
+    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (changes detections; see Detector)
 
 
 @dataclass
@@ -134,7 +135,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     det = Detector(spec["model"], device=spec["device"], imgsz=spec["imgsz"], conf=spec["conf"],
-                   iou=spec["iou"], max_det=300, multi_label=spec["multi_label"])
+                   iou=spec["iou"], max_det=300, multi_label=spec["multi_label"],
+                   fast_decode=bool(spec.get("fast_decode", False)))
     paths: list[str] = spec["paths"]
     warm = to_chw_rgb(letterbox(read_image(paths[0]), det.imgsz, det.meta.stride, auto=det.auto)[0])[None]
     det.infer(warm)
@@ -235,7 +237,8 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             model = artifact(opts, cfg, out / "artifacts", opts.source)
             spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
                     "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers,
-                    "conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "multi_label": labelled}
+                    "conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "multi_label": labelled,
+                    "fast_decode": opts.fast_decode}
             runs = [_spawn(spec) for _ in range(opts.repeat)]
         except Exception as e:  # recorded; the bench goes on
             row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

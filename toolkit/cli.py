@@ -88,7 +88,7 @@ class _Progress:
 def run(
     source: Annotated[str | None, typer.Argument(
         help="Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths, or video. "
-             "Default: a few sample photos shipped with scikit-image.")] = None,
+             "Default: the four sample photos shipped with yolokit.")] = None,
     weights: Annotated[str | None, typer.Option(
         help="Model: .pt checkpoint, .onnx, OpenVINO .xml/folder, .engine, or a name (yolov5n..yolov5x). "
              "Default: $YOLOKIT_WEIGHTS, the cache, ../shared/weights, then download yolov5n.")] = None,
@@ -117,6 +117,11 @@ def run(
     full_frame: Annotated[bool, typer.Option("--full-frame/--no-full-frame",
                                              help="With --tile: also run the whole image letterboxed, for "
                                                   "objects larger than a tile.")] = True,
+    fast_decode: Annotated[bool, typer.Option(help="Decode JPEGs at least twice the model input at reduced size "
+                                                   "(with --nosave). Faster on large photos, but the model sees "
+                                                   "other pixels, so detections differ from YOLOv5's detect.py; "
+                                                   "off by default (see the README for the measured cost).")]
+    = False,
     save_txt: Annotated[bool, typer.Option(help="Write labels/<name>.txt: class xc yc w h, normalised "
                                                 "(YOLO format).")] = False,
     save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
@@ -153,7 +158,7 @@ def run(
                       imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
-                      workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap,
+                      workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap, fast_decode=fast_decode,
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
                       engine=engine, address=address,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
@@ -219,13 +224,23 @@ def export(
                                                 "built-in config (yolov5s.yaml, random weights).")],
     to: Annotated[str, typer.Option(help="Format: onnx, openvino or trt (TensorRT engine).")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="Artifact path (default: beside the "
-                                               "weights: NAME.onnx, NAME_openvino/, NAME.engine).")] = None,
-    imgsz: Annotated[str, typer.Option(help="Input size: 640, or H,W like 384,640 (multiples of the stride).")]
+                                               "weights: NAME.onnx, NAME_openvino/, NAME.engine); the format's "
+                                               "suffix is added when missing (-o m gives m.onnx).")] = None,
+    imgsz: Annotated[str, typer.Option(help="Input size: 640, or H,W like 384,640 (multiples of the stride). "
+                                            "Dynamic exports take any shape up to its long side; --static "
+                                            "fixes it; TensorRT tunes its kernels for it.")]
     = "640",
-    batch: Annotated[int, typer.Option(help="Static batch size (with --dynamic: TensorRT's optimal batch).")] = 1,
-    dynamic: Annotated[bool, typer.Option(help="Dynamic batch (and height/width for onnx and openvino).")]
-    = False,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic TensorRT engine.")] = 32,
+    batch: Annotated[int, typer.Option(help="With --static: the fixed batch. TensorRT: the batch its profile is "
+                                            "tuned for.")] = 1,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic (default): any batch, height and "
+                                          "width, so each image is letterboxed to the same rectangle as with the "
+                                          ".pt and detections match it. --static: exactly --batch images at "
+                                          "--imgsz (other aspect ratios are padded to it, which changes "
+                                          "detections). TensorRT's default profile: batch 1 to --max-batch, "
+                                          "inputs 32x32 up to the long side of --imgsz, tuned for --batch at "
+                                          "--imgsz.")]
+    = True,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic TensorRT engine's profile.")] = 32,
     half: Annotated[bool, typer.Option(help="FP16 weights and math.")] = False,
     int8: Annotated[bool, typer.Option(help="INT8 post-training quantization (openvino; needs --data and "
                                             "yolokit[int8]).")] = False,
@@ -237,16 +252,21 @@ def export(
     device: Annotated[str | None, typer.Option(help="Device for the artifact: cpu (onnx, openvino) or cuda:N "
                                                "(trt, onnx on GPU). Default: cpu, cuda for trt.")] = None,
     parity_data: Annotated[str | None, typer.Option(help="Images for the parity check (first 16 of a folder, "
-                                                    "glob or list); default: noise + scikit-image samples.")]
+                                                    "glob or list); default: the sample photos shipped with "
+                                                    "yolokit, mirrored, and their mosaic.")]
     = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Export a model to ONNX, OpenVINO IR or a TensorRT engine, then check it against PyTorch FP32.
 
+    Exports are dynamic by default, so they reproduce the .pt's detections. Every export ends with a parity check
+    on real photos that compares at least 50 detections with PyTorch FP32; a failed check exits with code 6.
+
     Examples:\n
-      yolokit export yolov5n.pt --to onnx --dynamic\n
-      yolokit export yolov5n.pt --to openvino --int8 --data ../shared/datasets/coco128 --dynamic\n
-      yolokit export yolov5n.pt --to trt --half --dynamic --batch 8 --device cuda
+      yolokit export yolov5n.pt --to onnx\n
+      yolokit export yolov5n.pt --to openvino --int8 --data ../shared/datasets/coco128\n
+      yolokit export yolov5n.pt --to onnx --static --imgsz 384,640 --batch 4\n
+      yolokit export yolov5n.pt --to trt --half --batch 8 --device cuda
     """
     from backends.base import ExportOptions
     from toolkit.export import export as run_export
@@ -295,6 +315,8 @@ def bench(
     out: Annotated[str, typer.Option(help="Where results.json/.csv, report.md and charts go.")] = "runs/bench",
     imgsz: Annotated[int, typer.Option(help="Inference size.")] = 640,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    fast_decode: Annotated[bool, typer.Option(help="Decode large JPEGs at reduced size in every configuration "
+                                                   "(faster, changes detections; off by default).")] = False,
 ) -> None:
     """Which backend, precision, batch and mode should I use here, and what do I lose?
 
@@ -309,7 +331,7 @@ def bench(
     opts = BenchOptions(weights=weights, source=source, data=data, backends=_csv(backends_),
                         precisions=_csv(precision), batches=_csv(batch, int) or [1], modes=_csv(modes) or ["seq"],
                         workers=_csv(workers, int) or [0], images=images, repeat=repeat, out=out, imgsz=imgsz,
-                        device=device)
+                        device=device, fast_decode=fast_decode)
     result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
     typer.echo((Path(out) / "report.md").read_text())
     if any("error" in r for r in result["rows"]):

@@ -13,7 +13,15 @@ import numpy as np
 from toolkit.detections import Detections
 from toolkit.errors import InputError, YolokitError
 from toolkit.meta import ModelMeta
-from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.ops import (
+    LetterboxInfo,
+    NMSOptions,
+    letterbox,
+    letterbox_shape,
+    postprocess,
+    scale_boxes,
+    to_chw_rgb,
+)
 from toolkit.sources import (
     ImageReadError,
     InputRef,
@@ -55,6 +63,7 @@ class Result:
     detections: Detections | None = None
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)  # the BGR image, when asked to keep it
+    annotated: bytes | None = field(default=None, repr=False)  # or the annotated image already encoded (workers)
 
     @property
     def ok(self) -> bool:
@@ -77,13 +86,18 @@ class Detector:
     ``weights`` is a ``.pt`` checkpoint, an exported artifact (``.onnx``, OpenVINO ``.xml`` or folder,
     TensorRT ``.engine``), a manifest name (``yolov5n``) or a built-in config (``yolov5s.yaml``, random
     weights). The backend is chosen from the file unless ``backend`` is given.
+
+    Images are decoded whole and letterboxed as YOLOv5's ``detect.py`` does, so detections match the official
+    code. ``fast_decode=True`` opts in to decoding JPEGs at least twice the model input at reduced size (libjpeg's
+    DCT scaling): faster on large photos, but the model sees different pixels and detections shift (the README
+    gives the measured cost in mAP and the speed gained).
     """
 
     def __init__(self, weights: str | Path, backend: str | None = None, device: str = "cpu",
                  half: bool | None = None, imgsz: int | tuple[int, int] = 640, conf: float = 0.25,
                  iou: float = 0.45, max_det: int = 1000, classes: Sequence[int] | None = None,
                  agnostic: bool = False, multi_label: bool = False, threads: int | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, fast_decode: bool = False) -> None:
         import backends
         from backends.base import LoadOptions
 
@@ -108,17 +122,33 @@ class Detector:
         else:
             self.imgsz = (max(stride, -(-size[0] // stride) * stride), max(stride, -(-size[1] // stride) * stride))
             self.auto = True
+            limit = self.meta.max_imgsz
+            if limit is not None and (self.imgsz[0] > limit[0] or self.imgsz[1] > limit[1]):
+                self.close()
+                raise InputError(f"{path}: this {self.meta.format} model takes inputs up to {limit[0]}x{limit[1]}, "
+                                 f"but --imgsz asks for {self.imgsz[0]}x{self.imgsz[1]}; use --imgsz {max(limit)} "
+                                 f"or less, or re-export with --imgsz {max(self.imgsz)}")
         self.nms = NMSOptions(conf=conf, iou=iou, max_det=max_det,
                               classes=tuple(int(c) for c in classes) if classes is not None else None,
                               agnostic=agnostic, multi_label=multi_label)
         self.names = dict(self.meta.names)
+        self.fast_decode = bool(fast_decode)
         self.times = StageTimes()
         self.last_plan: Plan | None = None
         # how to build this detector again in a worker process
         self.init_kwargs: dict[str, Any] = dict(
             weights=str(path), backend=self.backend_name, device=device, half=half, imgsz=imgsz, conf=conf,
             iou=iou, max_det=max_det, classes=list(classes) if classes is not None else None, agnostic=agnostic,
-            multi_label=multi_label, threads=threads, options=dict(options or {}))
+            multi_label=multi_label, threads=threads, options=dict(options or {}), fast_decode=bool(fast_decode))
+
+    def letterbox_differs(self, shape: tuple[int, int]) -> bool:
+        """Whether this detector letterboxes an image of ``shape`` (h, w) to another input shape than the ``.pt``
+        checkpoint would (a fixed-shape artifact pads a 16:9 photo to a square where the ``.pt`` uses a rectangle),
+        so that its detections can differ from the checkpoint's."""
+        if self.auto:
+            return False
+        rect = letterbox_shape(shape, max(self.imgsz), self.meta.stride, auto=True)[1]
+        return tuple(rect) != tuple(self.imgsz)
 
     # -------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
@@ -183,15 +213,15 @@ class Detector:
         return out
 
     def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
-                     mode: str = "thread", keep_images: bool = False, fast_decode: bool = True,
+                     mode: str = "thread", keep_images: bool = False, fast_decode: bool | None = None,
                      plan: Plan | None = None, tile: TileOptions | None = None) -> Iterator[Result]:
         """Results for every input of ``source`` (see :func:`toolkit.sources.list_sources`), in input order.
 
         ``mode`` is ``thread``, ``process`` or ``auto`` (see :func:`toolkit.pipeline.make_plan`); decoding runs
         in reader threads, inference in ``workers`` threads or processes, with bounded queues. Inputs that
         cannot be read, or whose batch failed, come back as failed results with the reason; nothing is dropped.
-        ``fast_decode`` decodes large JPEGs at reduced size when they are at least twice the model input
-        (never when ``keep_images`` asks for the full image).
+        ``fast_decode`` (default: the detector's own setting, off unless asked for) decodes large JPEGs at reduced
+        size when they are at least twice the model input (never when ``keep_images`` asks for the full image).
         """
         from toolkit.pipeline import make_plan, run_pipeline
 
@@ -202,8 +232,9 @@ class Detector:
         if plan is None:
             plan = make_plan(self, len(sources.items), mode=mode, workers=workers, batch=batch)
         self.last_plan = plan
+        fast = self.fast_decode if fast_decode is None else fast_decode
         yield from run_pipeline(self, sources.items, plan, keep_images=keep_images,
-                                fast_decode=fast_decode and not keep_images and tile is None, tile=tile)
+                                fast_decode=fast and not keep_images and tile is None, tile=tile)
 
     # ------------------------------------------------------------------------------- pipeline steps
     def reduce_factor(self, shape: tuple[int, int]) -> int:
@@ -214,11 +245,13 @@ class Detector:
             f *= 2
         return f
 
-    def load_input(self, ref: InputRef, fast_decode: bool = True) -> tuple[np.ndarray, tuple[int, int]] | str:
+    def load_input(self, ref: InputRef, fast_decode: bool | None = None) -> tuple[np.ndarray, tuple[int, int]] | str:
         """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read. With
-        ``fast_decode``, a JPEG at least twice the model input is decoded at reduced size; the shape returned is
-        still the original's (as displayed: OpenCV applies the EXIF rotation)."""
+        ``fast_decode`` (default: the detector's setting), a JPEG at least twice the model input is decoded at
+        reduced size; the shape returned is still the original's (as displayed: OpenCV applies the EXIF rotation)."""
         t0 = time.perf_counter()
+        if fast_decode is None:
+            fast_decode = self.fast_decode
         try:
             data = read_bytes(ref.path)
             size = jpeg_size(data) if fast_decode else None

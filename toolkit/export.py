@@ -22,8 +22,11 @@ from toolkit.meta import ModelMeta
 
 FORMATS = ("onnx", "openvino", "trt")
 PARITY_IOU = 0.9
-PARITY_CONF = 0.25
 PARITY_NMS_IOU = 0.45
+# Detections are compared at the first of these thresholds at which PyTorch finds at least MIN_DETECTIONS boxes
+# (the sample photos hold few objects; low-confidence boxes are still the model's detections and must agree too)
+PARITY_CONFS = (0.25, 0.1, 0.05, 0.01, 0.001)
+MIN_DETECTIONS = 50
 # Pass criteria per precision: (max conf-column diff, max box-column diff as a fraction of the input size,
 # minimum detection match rate). Reduced precisions are judged on detections only.
 THRESHOLDS: dict[str, tuple[float | None, float | None, float]] = {
@@ -39,7 +42,9 @@ class ParityReport:
 
     images: int
     inputs: str  # where the images came from
-    imgsz: tuple[int, int]
+    imgsz: tuple[int, int]  # the largest input side, twice
+    shapes: list[tuple[int, int]]  # the letterboxed input shapes that ran
+    conf: float  # the confidence threshold at which detections were compared
     max_abs_diff_conf: float  # objectness + class columns
     max_abs_diff_box: float  # xywh columns, pixels
     reference_detections: int
@@ -70,7 +75,8 @@ class ExportReport:
 def format_report(r: ExportReport) -> str:
     p = r.parity
     m = r.meta
-    size = f"any HxW (multiple of {m.stride})" if m.imgsz is None else f"{m.imgsz[0]}x{m.imgsz[1]}"
+    size = f"{m.imgsz[0]}x{m.imgsz[1]} (static)" if m.imgsz is not None else f"any HxW (multiple of {m.stride}" + (
+        f", up to {m.max_imgsz[0]}x{m.max_imgsz[1]})" if m.max_imgsz else ")")
     lines = [
         f"exported {r.artifact}  ({r.format} {r.precision}, {r.export_s:.1f} s)",
         f"  input: {size}, "
@@ -78,10 +84,11 @@ def format_report(r: ExportReport) -> str:
         + (f" (max {m.max_batch})" if m.batch is None and m.max_batch else "")
         + f", {m.nc} classes, stride {m.stride}",
         f"  runtime: {', '.join(f'{k} {v}' for k, v in m.runtime_versions.items())}",
-        f"  parity vs PyTorch FP32 on {p.images} images ({p.inputs}) at {p.imgsz[0]}x{p.imgsz[1]}: "
-        f"max |diff| conf {p.max_abs_diff_conf:.2e}, box {p.max_abs_diff_box:.3g} px; detections "
-        f"{p.matched}/{p.reference_detections} matched (IoU>={PARITY_IOU}, same class; artifact found "
-        f"{p.artifact_detections}), match rate {p.match_rate:.3f} -> {'PASS' if p.passed else 'FAIL'}",
+        f"  parity vs PyTorch FP32 on {p.images} images ({p.inputs}; input shapes "
+        f"{', '.join(f'{h}x{w}' for h, w in p.shapes)}): max |diff| conf {p.max_abs_diff_conf:.2e}, box "
+        f"{p.max_abs_diff_box:.3g} px; detections at conf {p.conf:.3g}: {p.matched}/{p.reference_detections} matched "
+        f"(IoU>={PARITY_IOU}, same class; artifact found {p.artifact_detections}), match rate {p.match_rate:.3f} "
+        f"-> {'PASS' if p.passed else 'FAIL'}" + (f" ({p.reason})" if p.reason else ""),
     ]
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines)
@@ -130,96 +137,103 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
         raise InputError(f"--workspace {options.workspace_gb}: must be positive (GB)")
 
 
-def _parity_inputs(parity_images: list[str] | None, size: tuple[int, int], stride: int,
-                   notes: list[str]) -> tuple[list[np.ndarray], list[Any], str]:
-    """Letterboxed CHW RGB uint8 images at ``size`` with their letterbox infos, and where they came from."""
-    from toolkit.ops import letterbox, to_chw_rgb
+def _parity_images(parity_images: list[str] | None) -> tuple[list[np.ndarray], str]:
+    """Real photos for the parity check: the given ones, else the sample photos shipped with yolokit, each also
+    mirrored, plus a 2x2 mosaic of them (several aspect ratios, so a dynamic artifact runs several input shapes)."""
+    import cv2
+
+    from toolkit.samples import sample_paths
     from toolkit.sources import read_image
 
-    images: list[np.ndarray] = []
-    what: list[str] = []
     if parity_images:
-        images = [read_image(p) for p in parity_images]
-        what.append(f"{len(images)} given images")
-    else:
-        rng = np.random.default_rng(0)
-        for shape in ((size[0], size[1]), (max(32, size[0] // 2), size[1]), (size[0], max(32, size[1] * 3 // 4))):
-            images.append(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
-        what.append(f"{len(images)} noise images")
-        try:
-            from toolkit.samples import sample_paths
+        return [read_image(p) for p in parity_images], f"{len(parity_images)} given images"
+    photos = [read_image(p) for p in sample_paths()]
+    mirrored = [np.ascontiguousarray(p[:, ::-1]) for p in photos]
+    tiles = [cv2.resize(p, (320, 240), interpolation=cv2.INTER_AREA) for p in photos[:4]]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:4], 1)], 0)
+    images = photos + mirrored + [mosaic]
+    return images, f"{len(photos)} sample photos, mirrored, and their mosaic"
 
-            samples = [read_image(p) for p in sample_paths()]
-            images += samples
-            what.append(f"{len(samples)} scikit-image samples")
-        except InputError as e:
-            notes.append(f"parity without sample photos ({e})")
-    chws, infos = [], []
-    for img in images:
-        lb, info = letterbox(img, size, stride, auto=False)
-        chws.append(to_chw_rgb(lb))
-        infos.append(info)
-    return chws, infos, " + ".join(what)
+
+def _parity_confs(outputs: list[np.ndarray]) -> list[float]:
+    """Thresholds to try, highest first: :data:`PARITY_CONFS`, then thresholds just below the scores of the
+    MIN_DETECTIONS-th, 2x, 4x ... best candidate boxes (a model with random weights, or one trained for other
+    objects, scores every box on the sample photos below 0.001; its top boxes are still compared)."""
+    scores = np.sort(np.concatenate([o[:, 4] * o[:, 5:].max(1) for o in outputs]))[::-1]
+    ranked = [float(scores[k]) * 0.999 for k in (MIN_DETECTIONS * 2 ** i for i in range(8)) if k < len(scores)]
+    return list(PARITY_CONFS) + [c for c in ranked if 0 < c < PARITY_CONFS[-1]]
 
 
 def _match(ref: Any, got: Any) -> int:
     """Greedy one-to-one matches, highest reference confidence first, same class and IoU >= PARITY_IOU."""
     from toolkit.ops import match_greedy
 
-    m = match_greedy(ref.xyxy, ref.confidence, ref.class_id, got.xyxy, got.class_id, PARITY_IOU)
+    m = match_greedy(ref[0], ref[1], ref[2], got[0], got[2], PARITY_IOU)
     return int((m >= 0).sum())
 
 
 def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOptions,
                  parity_images: list[str] | None, notes: list[str]) -> ParityReport:
-    """Run the same inputs through PyTorch FP32 (CPU) and the artifact; compare outputs and detections."""
-    from toolkit.detector import Detector
+    """Run the same real photos through PyTorch FP32 (CPU) and the artifact, letterboxed as the artifact letterboxes
+    them; compare the raw outputs and the detections.
 
-    kw: dict[str, Any] = {"conf": PARITY_CONF, "iou": PARITY_NMS_IOU}
-    with Detector(artifact, backend=to, device=options.device, **kw) as got_det, \
-            Detector(weights, backend="torch", device="cpu", half=False, **kw) as ref_det:
+    Detections are compared at the highest confidence threshold of :data:`PARITY_CONFS` at which PyTorch finds at
+    least :data:`MIN_DETECTIONS` boxes, so that the check always compares enough detections to fail; when even the
+    lowest threshold gives fewer, the check fails and says to pass more images with ``--parity-data``."""
+    from toolkit.detector import Detector
+    from toolkit.ops import NMSOptions, postprocess
+
+    with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz)) as got_det, \
+            Detector(weights, backend="torch", device="cpu", half=False, imgsz=got_det.imgsz) as ref_det:
         meta = got_det.meta
         executes = meta.extra.get("inference_precision")
         if executes:
             notes.append(f"OpenVINO {meta.extra.get('device', 'CPU')} executes this {meta.precision} IR at "
                          f"inference precision {executes}")
-        size = tuple(meta.imgsz) if meta.imgsz is not None else tuple(options.imgsz)
-        chws, infos, what = _parity_inputs(parity_images, size, meta.stride, notes)  # type: ignore[arg-type]
-        step = meta.batch or 1
-        ref_out, got_out = [], []
-        for i in range(0, len(chws), step):
-            batch = np.stack(chws[i:i + step])
-            ref_out.append(ref_det.infer(batch))
-            got_out.append(got_det.infer(batch))
-        ref = np.concatenate(ref_out)
-        got = np.concatenate(got_out)
-        if ref.shape != got.shape:
-            raise ExportError(f"{artifact}: output shape {got.shape} differs from PyTorch's {ref.shape}")
-        if not np.isfinite(got).all():
+        images, what = _parity_images(parity_images)
+        ref_out, got_out, shapes = [], [], set()
+        for img in images:
+            chw, _ = got_det.preprocess(img)
+            shapes.add(chw.shape[1:])
+            ref_out.append(ref_det.infer(chw[None])[0])
+            got_out.append(got_det.infer(chw[None])[0])
+    for r, g in zip(ref_out, got_out, strict=True):
+        if r.shape != g.shape:
+            raise ExportError(f"{artifact}: output shape {g.shape} differs from PyTorch's {r.shape}")
+        if not np.isfinite(g).all():
             raise ExportError(f"{artifact}: the artifact's outputs contain NaN or inf")
-        d_box = float(np.abs(got[..., :4] - ref[..., :4]).max())
-        d_conf = float(np.abs(got[..., 4:] - ref[..., 4:]).max())
-        n_ref = n_got = matched = 0
-        for r, g, info in zip(ref, got, infos, strict=True):
-            dr, dg = ref_det.postprocess(r, info), got_det.postprocess(g, info)
-            n_ref += len(dr)
-            n_got += len(dg)
-            matched += _match(dr, dg)
+    d_box = max(float(np.abs(g[:, :4] - r[:, :4]).max()) for r, g in zip(ref_out, got_out, strict=True))
+    d_conf = max(float(np.abs(g[:, 4:] - r[:, 4:]).max()) for r, g in zip(ref_out, got_out, strict=True))
+    for conf in _parity_confs(ref_out):
+        nms = NMSOptions(conf=conf, iou=PARITY_NMS_IOU)
+        ref_dets = [postprocess(r, nms) for r in ref_out]
+        n_ref = sum(len(d[0]) for d in ref_dets)
+        if n_ref >= MIN_DETECTIONS:
+            break
+    got_dets = [postprocess(g, nms) for g in got_out]
+    n_got = sum(len(d[0]) for d in got_dets)
+    matched = sum(_match(r, g) for r, g in zip(ref_dets, got_dets, strict=True))
     denom = max(n_ref, n_got)
-    rate = matched / denom if denom else 1.0
+    rate = matched / denom if denom else 0.0
     max_conf, max_box_frac, min_rate = THRESHOLDS.get(meta.precision, THRESHOLDS["int8"])
+    size = max(max(s) for s in shapes)
     failures = []
     if max_conf is not None and d_conf > max_conf:
         failures.append(f"confidence columns differ by {d_conf:.2e} > {max_conf:.0e}")
-    if max_box_frac is not None and d_box > max_box_frac * max(size):
-        failures.append(f"box columns differ by {d_box:.3g} px > {max_box_frac * max(size):.3g} px")
-    if denom >= 5 and rate < min_rate:
+    if max_box_frac is not None and d_box > max_box_frac * size:
+        failures.append(f"box columns differ by {d_box:.3g} px > {max_box_frac * size:.3g} px")
+    if n_ref < MIN_DETECTIONS:
+        failures.append(f"PyTorch finds only {n_ref} boxes on the parity images even at conf {conf:.3g}, fewer than "
+                        f"the {MIN_DETECTIONS} a meaningful comparison needs; pass images of the objects this model "
+                        f"detects with --parity-data")
+    elif rate < min_rate:
         failures.append(f"only {matched} of {denom} detections agree ({rate:.2f} < {min_rate})")
     crit = ", ".join(x for x in (
         f"conf diff <= {max_conf:.0e}" if max_conf is not None else "",
         f"box diff <= {max_box_frac:g} x imgsz" if max_box_frac is not None else "",
-        f"match rate >= {min_rate} (when >= 5 detections)") if x)
-    return ParityReport(images=len(chws), inputs=what, imgsz=(int(size[0]), int(size[1])),
+        f"match rate >= {min_rate} over >= {MIN_DETECTIONS} detections") if x)
+    return ParityReport(images=len(images), inputs=what, imgsz=(int(size), int(size)),
+                        shapes=sorted((int(h), int(w)) for h, w in shapes), conf=conf,
                         max_abs_diff_conf=d_conf, max_abs_diff_box=d_box, reference_detections=n_ref,
                         artifact_detections=n_got, matched=matched, match_rate=rate, passed=not failures,
                         criteria=crit, reason="; ".join(failures))
@@ -250,7 +264,7 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     src_path = resolve_model(weights)
     source = load_model(src_path)
     _validate(to, options, source.meta.stride)
-    target = Path(out) if out is not None else default_output(src_path, to, options)
+    target = module.output_path(Path(out)) if out is not None else default_output(src_path, to, options)
     t0 = time.perf_counter()
     artifact = module.export(source, target, options)
     export_s = time.perf_counter() - t0

@@ -15,8 +15,8 @@ class ModelMeta:
     """What a runner needs to know about its model.
 
     ``imgsz`` is the fixed input ``(h, w)`` of a static artifact, or ``None`` when any multiple of ``stride``
-    is accepted. ``batch`` is the static batch size, or ``None`` for a dynamic batch up to ``max_batch``
-    (``None``: unbounded).
+    is accepted (up to ``max_imgsz`` when that is set, e.g. a TensorRT profile's largest shape). ``batch`` is the
+    static batch size, or ``None`` for a dynamic batch up to ``max_batch`` (``None``: unbounded).
     """
 
     names: dict[int, str]
@@ -24,6 +24,7 @@ class ModelMeta:
     imgsz: tuple[int, int] | None = None
     batch: int | None = None
     max_batch: int | None = None
+    max_imgsz: tuple[int, int] | None = None
     precision: str = "fp32"
     format: str = "pt"
     source_sha256: str | None = None
@@ -48,6 +49,7 @@ class ModelMeta:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
         d["names"] = {int(k): str(v) for k, v in sorted(d["names"].items(), key=lambda kv: int(kv[0]))}
-        if d.get("imgsz") is not None:
-            d["imgsz"] = tuple(int(v) for v in d["imgsz"])
+        for key in ("imgsz", "max_imgsz"):
+            if d.get(key) is not None:
+                d[key] = tuple(int(v) for v in d[key])
         return cls(**d)

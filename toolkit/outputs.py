@@ -106,12 +106,26 @@ def annotate(image: np.ndarray, det: Detections, line_width: int | None = None) 
     return out
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    ext = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
-    ok, buf = cv2.imencode(ext, image)
+def image_suffix(path: Path) -> str:
+    """The suffix an annotated image is written with: the source's when OpenCV writes it, else ``.jpg``."""
+    return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
+
+
+def encode_image(image: np.ndarray, suffix: str, name: str = "image") -> bytes:
+    ok, buf = cv2.imencode(suffix, image)
     if not ok:
-        raise OutputError(f"{path}: cannot encode the annotated image")
-    atomic_write_bytes(path.with_suffix(ext), buf.tobytes(), _RUN_HINT)
+        raise OutputError(f"{name}: cannot encode the annotated image")
+    return bytes(buf.tobytes())
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    ext = image_suffix(path)
+    write_encoded(path.with_suffix(ext), encode_image(image, ext, str(path)))
+
+
+def write_encoded(path: Path, data: bytes) -> None:
+    """Write an already encoded image (process-mode workers annotate and encode their own images)."""
+    atomic_write_bytes(path, data, _RUN_HINT)
 
 
 def write_json(path: Path, obj: Any) -> None:

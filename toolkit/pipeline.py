@@ -167,7 +167,7 @@ def _load_and_prepare(det: Detector, item: tuple[int, InputRef, Payload], keep_i
 def run_pipeline(det: Detector, items: list[InputRef], plan: Plan, keep_images: bool = False,
                  fast_decode: bool = True, tile: TileOptions | None = None) -> Iterator[Result]:
     if plan.mode == "process":
-        yield from _run_processes(det, items, plan, fast_decode, tile)
+        yield from _run_processes(det, items, plan, fast_decode, tile, keep_images)
     elif tile is not None:
         yield from _run_tiled(det, items, plan, keep_images, tile)
     else:
@@ -282,11 +282,11 @@ def _run_threads(det: Detector, items: list[InputRef], plan: Plan, keep_images: 
 
 
 # --------------------------------------------------------------------------------------------- processes
-_Lite = tuple[int, Any, Any, Any, Any, str | None]  # index, xyxy, conf, cls, shape, error
+_Lite = tuple[int, Any, Any, Any, Any, str | None, bytes | None]  # index, xyxy, conf, cls, shape, error, annotated
 
 
 def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int, fast_decode: bool,
-                 tasks: Any, results: Any, tile: TileOptions | None = None) -> None:
+                 tasks: Any, results: Any, tile: TileOptions | None = None, annotate: bool = False) -> None:
     """A worker process: load the model once, then turn tasks (lists of inputs) into small results."""
     # ``results`` is this worker's own pipe to the parent: if the worker is killed mid-message, only its own
     # channel breaks (a queue shared by all workers would stay locked and hang the others)
@@ -315,22 +315,22 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
                 return
             continue
         try:
-            results.send(("done", wid, task_id, _run_task(det, items, batch, fast_decode, tile)))
+            results.send(("done", wid, task_id, _run_task(det, items, batch, fast_decode, tile, annotate)))
         except Exception as e:
             results.send(("error", wid, task_id, f"{type(e).__name__}: {e}"))
 
 
 def _run_task(det: Detector, items: list[tuple[int, InputRef, Payload]], batch: int, fast_decode: bool,
-              tile: TileOptions | None) -> list[_Lite]:
-    """One task of process mode (in a worker process or in the parent): small results
-    (boxes, no images) for ``items``."""
+              tile: TileOptions | None, annotate: bool = False) -> list[_Lite]:
+    """One task of process mode (in a worker process or in the parent): small results for ``items``: boxes and,
+    with ``annotate``, the annotated image already encoded (never the decoded image)."""
     if tile is not None:
-        return [_lite(index, _tiled_result(det, index, ref, payload, tile, False, None))
+        return [_lite(index, _tiled_result(det, index, ref, payload, tile, annotate, None))
                 for index, ref, payload in items]
     out: list[_Lite] = []
     prepared: list[_Prepared] = []
     for item in items:
-        index, res = _load_and_prepare(det, item, False, fast_decode)
+        index, res = _load_and_prepare(det, item, annotate, fast_decode and not annotate)
         if hasattr(res, "chw"):
             prepared.append(res)  # type: ignore[arg-type]
         else:
@@ -341,8 +341,17 @@ def _run_task(det: Detector, items: list[tuple[int, InputRef, Payload]], batch: 
 
 def _lite(index: int, r: Result) -> _Lite:
     d = r.detections
-    return (index, None, None, None, None, r.error) if d is None else \
-        (index, d.xyxy, d.confidence, d.class_id, d.shape, None)
+    if d is None:
+        return (index, None, None, None, None, r.error, None)
+    encoded = None
+    if r.image is not None:  # annotated here, in the worker, with the whole-pixel boxes that outputs carry
+        from pathlib import Path
+
+        from toolkit.outputs import annotate, encode_image, image_suffix
+
+        suffix = image_suffix(Path(r.ref.path)) if r.ref.frame is None else ".jpg"
+        encoded = encode_image(annotate(r.image, d.rounded()), suffix, r.ref.name)
+    return (index, d.xyxy, d.confidence, d.class_id, d.shape, None, encoded)
 
 
 def _set_threads(det: Detector, threads: int) -> bool:
@@ -380,7 +389,7 @@ class _Worker:
 
 
 def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode: bool,
-                   tile: TileOptions | None = None) -> Iterator[Result]:
+                   tile: TileOptions | None = None, keep_images: bool = False) -> Iterator[Result]:
     """Process mode: ``spawn`` workers, each loading the model once; tasks carry paths (frames for videos),
     results carry only boxes. A worker that dies is replaced; its in-flight inputs are retried once, one by
     one, then reported failed. Each worker sends results on its own pipe; the parent waits on those pipes and
@@ -416,7 +425,8 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
         tq = ctx.Queue()
         recv_end, send_end = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker_main, name=f"yolokit-worker-{next_wid}", daemon=True,
-                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, send_end, tile))
+                        args=(next_wid, det.init_kwargs, plan.threads, plan.batch, fast_decode, tq, send_end, tile,
+                              keep_images))
         p.start()
         send_end.close()  # the worker holds the only write end: its death reads as end-of-file here
         workers[next_wid] = _Worker(next_wid, p, tq, recv_end, {})
@@ -455,12 +465,13 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
             if kind == "error":
                 fail(entries, f"worker error: {payload}")
             else:
-                for index, xyxy, conf, cls, shape, error in payload:
+                for index, xyxy, conf, cls, shape, error, encoded in payload:
                     ref = emap[index]
                     if error is not None:
                         done[index] = Result(ref, error=error)
                     else:
-                        done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape))
+                        done[index] = Result(ref, Detections(xyxy, conf, cls, names, ref.path, shape),
+                                             annotated=encoded)
 
     def new_task(attempt: int, entries: list[tuple[int, InputRef, Payload]]) -> int:
         nonlocal next_task
@@ -480,7 +491,7 @@ def _run_processes(det: Detector, items: list[InputRef], plan: Plan, fast_decode
             return False
         tid = new_task(*nxt)
         try:
-            handle("done", -1, tid, _run_task(local, nxt[1], plan.batch, fast_decode, tile))
+            handle("done", -1, tid, _run_task(local, nxt[1], plan.batch, fast_decode, tile, keep_images))
         except Exception as e:  # reported for this task's inputs, as a worker's error would be
             handle("error", -1, tid, f"{type(e).__name__}: {e}")
         if not spawned:

@@ -74,14 +74,16 @@ class InferActor:
         after = (det.times.read, det.times.pre, det.times.infer, det.times.post)
         ms = json.dumps([1000 * (a - b) / max(len(refs), 1) for a, b in zip(after, before, strict=True)])
         worker = f"{os.uname().nodename}:{self.pid}"
-        meta = json.dumps({"imgsz": list(det.imgsz), "precision": det.meta.precision})
+        meta = json.dumps({"imgsz": list(det.imgsz), "precision": det.meta.precision, "fixed": not det.auto,
+                           "stride": det.meta.stride})
         return {
             "i": [int(i) for i in batch["i"]],
             "key": [o.key for o in outcomes],
             "path": [o.path for o in outcomes],
             "error": [o.error or "" for o in outcomes],
             "fatal": [fatal] * len(outcomes),
-            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco}) for o in outcomes],
+            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape})
+                       for o in outcomes],
             "ms": [ms] * len(outcomes),
             "worker": [worker] * len(outcomes),
             "meta": [meta] * len(outcomes),
@@ -233,8 +235,9 @@ class RayJob:
                 self._ms.append(json.loads(row["ms"]))
                 self._workers.add(str(row["worker"]))
                 self._meta = self._meta or json.loads(row["meta"])
+                shape = tuple(rec["shape"]) if rec.get("shape") else None
                 yield Outcome(str(row["key"]), str(row["path"]), str(row["error"]) or None, int(rec["n"]),
-                              {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"])
+                              {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"], shape)
         except YolokitError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own exception types
@@ -266,10 +269,19 @@ class RayJob:
         return (f"ray: {self.n_workers} actors x {self.cpus:g} CPU{gpus}, batch {self.batch}, "
                 f"{len(self._workers)} actor processes served results{lost}")
 
+    def letterbox_differs(self, shape: tuple[int, int]) -> bool:
+        """See :meth:`toolkit.detector.Detector.letterbox_differs` (from what the actors reported)."""
+        if not self._meta.get("fixed"):
+            return False
+        from toolkit.ops import letterbox_shape
+
+        fixed = tuple(int(v) for v in self._meta["imgsz"])
+        return tuple(letterbox_shape(shape, max(fixed), int(self._meta["stride"]), auto=True)[1]) != fixed
+
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"batch": self.batch, "workers": self.n_workers, "cpus_per_worker": self.cpus,
                                "gpus_per_worker": self.opts.gpus_per_worker, "address": self.opts.address}
-        out.update(self._meta)
+        out.update({k: v for k, v in self._meta.items() if k not in ("fixed", "stride")})
         return out
 
     def close(self) -> None:

@@ -20,14 +20,16 @@ from toolkit.outputs import (
     atomic_write_bytes,
     coco_image_id,
     coco_results,
+    image_suffix,
+    write_encoded,
     write_image,
     write_json,
     write_labels,
 )
 from toolkit.sources import list_sources
-
-TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 from toolkit.tiling import TileOptions
+
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # atomic_write_bytes' temporary files
 
 
 @dataclass
@@ -55,7 +57,7 @@ class RunOptions:
     batch: int = 0  # 0: chosen by the plan
     workers: int = 0  # 0: chosen by the plan
     mode: str = "auto"  # auto | thread | process
-    fast_decode: bool = True  # decode big JPEGs at reduced size when not saving annotated images
+    fast_decode: bool = False  # opt-in: decode big JPEGs at reduced size when not saving annotated images
     resume: bool = False  # continue an interrupted run in project/name
     tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
     overlap: float = 0.3
@@ -86,6 +88,7 @@ class RunSummary:
     plan: str = ""
     interrupted: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -158,6 +161,7 @@ class Outcome:
     n: int = 0
     classes: dict[str, int] = field(default_factory=dict)
     coco: list[dict[str, Any]] | None = None  # COCO results, with --save-json
+    shape: tuple[int, int] | None = None  # the source image's (h, w)
 
 
 def write_outputs(res: Result, opts: RunOptions, out_dir: Path) -> Outcome:
@@ -173,11 +177,15 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path) -> Outcome:
         d = d.rounded()
     if opts.save_txt and len(d):
         write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
-    if not opts.nosave and res.image is not None:
+    if not opts.nosave and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
-        write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
+        if res.annotated is not None:
+            write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
+        else:
+            assert res.image is not None
+            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
-                   coco_results(d, coco_image_id(key)) if opts.save_json else None)
+                   coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape)
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -200,10 +208,10 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                                                                                opts.exist_ok)
     manifest_path, failures_path = out_dir / "manifest.jsonl", out_dir / "failures.jsonl"
     preds_path = out_dir / "predictions.jsonl"
-    source_label = str(opts.source or "scikit-image sample photos")
+    source_label = str(opts.source or "the sample photos shipped with yolokit")
     run_info: dict[str, Any] = {"source": source_label, "weights": opts.weights,
                 "conf": opts.conf, "iou": opts.iou, "imgsz": opts.imgsz, "max_det": opts.max_det,
-                "tile": opts.tile}
+                "tile": opts.tile, "fast_decode": opts.fast_decode}
     if opts.tile:
         run_info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales))
     previous: list[dict[str, Any]] = []
@@ -242,7 +250,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     else:
         det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
                                    half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
-                                   max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic)
+                                   max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic,
+                                   fast_decode=opts.fast_decode)
         weights_name, backend_name = str(det.weights), det.backend_name
         tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame,
                              scales=tuple(opts.tile_scales)) if opts.tile else None
@@ -254,6 +263,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                          settings={"imgsz": list(det.imgsz) if det else [opts.imgsz, opts.imgsz],
                                    "conf": opts.conf, "iou": opts.iou, "max_det": opts.max_det,
                                    "batch": opts.batch, "precision": det.meta.precision if det else "",
+                                   "fast_decode": opts.fast_decode,
                                    "resumed": len(previous), "engine": opts.engine})
     counts: Counter[str] = Counter()
     for r in previous:  # the summary covers the whole run, resumed or not
@@ -266,6 +276,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
             summary.failed.append({"path": str(r.get("path")), "reason": str(r.get("reason"))})
     total = len(sources.items) + len(sources.failed) + len(previous)
     done = len(previous)
+    differs: Callable[[tuple[int, int]], bool] = det.letterbox_differs if det is not None else job.letterbox_differs
+    reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
     try:
         with manifest_path.open("a") as manifest, failures_path.open("a") as failures, \
                 preds_path.open("a") as preds:
@@ -283,6 +295,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                 else:
                     summary.processed += 1
                     summary.detections += oc.n
+                    if oc.shape is not None and differs(oc.shape):
+                        reshaped += 1
                     counts.update(oc.classes)
                     if oc.coco is not None:
                         preds.write(json.dumps({"key": oc.key, "results": oc.coco}) + "\n")
@@ -316,6 +330,11 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         summary.ms_per_image = job.ms_per_image()
         summary.plan = job.describe()
         summary.settings.update(job.settings())
+    if reshaped:
+        size = "x".join(str(v) for v in summary.settings.get("imgsz", []))
+        summary.notes.append(f"this model has a fixed {size} input: {reshaped} image(s) were letterboxed to it where "
+                             f"the .pt letterboxes to a smaller rectangle, so detections can differ from the .pt's; "
+                             f"export without --static for the same results")
     write_json(out_dir / "summary.json", summary.to_dict())
     if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{source}: no inputs to process")
@@ -331,6 +350,7 @@ def format_summary(s: RunSummary) -> str:
                      + (" ..." if len(s.per_class) > 12 else ""))
     if s.plan:
         lines.append(f"  {s.plan}")
+    lines.extend(f"  note: {n}" for n in s.notes)
     if s.interrupted:
         lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")
     if s.ms_per_image:

@@ -1,25 +1,21 @@
-"""Sample photos for a first run: a few real images that scikit-image ships inside its package."""
+"""Sample photos for a first run and for export parity checks: four small public-domain or CC0 photos shipped
+inside the package (``toolkit/data/samples``, sources and licences in its README)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from toolkit.errors import InputError
 
-SAMPLE_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
+SAMPLE_FILES = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")
 
 
 def sample_dir() -> Path:
-    """The folder of scikit-image's bundled sample photos (person, cat, cup, motorcycle, rocket)."""
-    try:
-        import skimage
-    except ImportError:
-        raise InputError("no SOURCE given and scikit-image (which ships the sample photos) is not installed: "
-                         "pass a folder of images, or pip install 'yolokit[samples]'") from None
-    d = Path(os.path.dirname(skimage.__file__)) / "data"
+    """The folder of the bundled sample photos (a person, a cat, a cup, a rocket launch)."""
+    d = Path(__file__).resolve().parent / "data" / "samples"
     if not all((d / f).is_file() for f in SAMPLE_FILES):
-        raise InputError(f"{d}: scikit-image's sample photos are missing; pass a folder of images instead")
+        raise InputError(f"{d}: the sample photos shipped with yolokit are missing (a broken install?); reinstall "
+                         f"yolokit or pass a folder of images")
     return d
 
 

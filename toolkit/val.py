@@ -29,6 +29,7 @@ class ValOptions:
     iou: float = 0.6
     max_det: int = 300
     batch: int = 1
+    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (to measure what it costs in mAP)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
     images, _ = dataset_images(opts.data)
     t0 = time.perf_counter()
     with Detector(opts.weights, backend=opts.backend, device=opts.device, imgsz=opts.imgsz, conf=opts.conf,
-                  iou=opts.iou, max_det=opts.max_det, multi_label=True) as det:
+                  iou=opts.iou, max_det=opts.max_det, multi_label=True, fast_decode=opts.fast_decode) as det:
         samples: list[Sample] = []
         dets: list[Detections] = []
         failed = []
