@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import hostile
 from tests.helpers.ports import free_port
 from toolkit.errors import InputError, ModelFileError
 from toolkit.run import RunOptions, run
@@ -171,3 +173,28 @@ def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> No
     s = run(RunOptions(source=str(video), weights="yolov5n.yaml", engine="ray", project=str(tmp_path), nosave=True))
     assert s.images == 1 and s.processed == 0
     assert s.failed == [{"path": str(video), "reason": VIDEO_REASON}]
+
+
+def test_odd_files_are_processed_or_refused_by_the_actors(cluster: tuple[str, dict[str, str]],
+                                                          tmp_path: Path) -> None:
+    """The hostile corpus (named pipes, devices, trailers, truncation, damaged chunks, pixel bombs) through Ray
+    actors: every good image processed, every bad input listed with its plain reason, promptly, exit code 1."""
+    address, env = cluster
+    src = tmp_path / "src"
+    expect = hostile.build(src)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5n.yaml",
+                           "--imgsz", "128", "--engine", "ray", "--address", address, "--workers", "2",
+                           "--project", str(tmp_path), "--name", "r", "--json"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert time.monotonic() - t0 < 300
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    failed = {Path(f["path"]).name: f["reason"] for f in summary["failed"]}
+    assert set(failed) == {k for k, v in expect.items() if v is not None}
+    for name, fragment in expect.items():
+        if fragment is not None:
+            assert fragment in failed[name] or (name.endswith(".mp4") and failed[name] == VIDEO_REASON), failed[name]
+    assert summary["processed"] == sum(v is None for v in expect.values())
+    for reason in failed.values():
+        assert "\n" not in reason and not [x for x in hostile.LEAKS if re.search(x, reason)], reason

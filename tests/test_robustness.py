@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -18,11 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import hostile as corpus
 from toolkit.cli import main
 from toolkit.detector import Detector
 from toolkit.errors import OutputError
 from toolkit.outputs import write_json
-from toolkit.sources import jpeg_size, read_image
+from toolkit.run import RunOptions, run
+from toolkit.sources import ImageReadError, ReadLimits, decode_image, jpeg_size, read_image
 
 WEIGHTS = "yolov5n.yaml"  # random weights: these tests are about accounting, not accuracy
 
@@ -127,14 +130,14 @@ def test_unwritable_output_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_13400x9528_jpeg_keeps_its_original_size(tmp_path: Path) -> None:
-    """A 13400x9528 photo (smooth content: it encodes in a fraction of a second) is processed, decoded at reduced
-    size (--nosave) or in full (annotated image saved); either way boxes and labels are in its own pixels."""
+    """A 13400x9528 photo (smooth content: it encodes in a fraction of a second) is processed, decoded in full (the
+    default) or at reduced size (--fast-decode); either way boxes and labels are in its own pixels."""
     h, w = 9528, 13400
     src = tmp_path / "src"
     src.mkdir()
     small = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (30, 42, 3), dtype=np.uint8), (3, 3), 0)
     assert cv2.imwrite(str(src / "huge.jpg"), cv2.resize(small, (w, h)), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    for name, extra in (("fast", ["--nosave"]), ("full", [])):
+    for name, extra in (("fast", ["--nosave", "--fast-decode"]), ("full", [])):
         rc = main(["run", str(src), "--weights", WEIGHTS, "--imgsz", "128", "--conf", "0.00001", "--save-txt",
                    "--save-json", "--project", str(tmp_path), "--name", name, *extra])
         out = tmp_path / name
@@ -398,3 +401,119 @@ def test_resume_removes_partial_writes_of_the_killed_run(tmp_path: Path) -> None
     assert main(["run", str(img.parent), "--weights", WEIGHTS, "--project", str(tmp_path), "--name", "r",
                  "--nosave", "--save-txt", "--conf", "0.00001", "--resume"]) == 0
     assert not stale.exists() and mine.exists()
+
+
+# ------------------------------------------------------------------------------------------ odd real-world files
+
+
+def _run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, bounded: an input that blocks fails the test instead of hanging the suite."""
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
+    d = tmp_path_factory.mktemp("odd") / "src"
+    return d, corpus.build(d)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_odd_files_are_processed_or_refused_at_once(mode: str, odd: tuple[Path, dict[str, str | None]],
+                                                     tmp_path: Path) -> None:
+    """Named pipes, sockets and devices (directly or behind links) are refused without being opened; JPEGs with
+    trailers are processed; truncated files, damaged PNG chunks and pixel bombs are refused from their bytes; every
+    reason is one plain sentence; the run ends promptly with exit code 1."""
+    src, expect = odd
+    t0 = time.monotonic()
+    out = _run_cli("run", str(src), "--weights", WEIGHTS, "--imgsz", "128", "--mode", mode, "--workers", "2",
+                   "--project", str(tmp_path), "--name", "r", "--json")
+    assert time.monotonic() - t0 < 120
+    assert out.returncode == 1, out.stderr
+    summary = json.loads(out.stdout)
+    failed = {Path(f["path"]).name: f["reason"] for f in summary["failed"]}
+    assert set(failed) == {k for k, v in expect.items() if v is not None}
+    for name, fragment in expect.items():
+        if fragment is not None:
+            assert fragment in failed[name], (name, failed[name])
+    assert summary["processed"] == sum(v is None for v in expect.values())
+    assert summary["images"] == len(expect)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "failures.jsonl").read_text().splitlines()]
+    assert {Path(x["path"]).name for x in lines} == set(failed)
+    _assert_plain(failed.values())
+    labels_done = {json.loads(x)["key"] for x in (tmp_path / "r" / "manifest.jsonl").read_text().splitlines()}
+    assert len(labels_done) == len(expect)
+
+
+def _assert_plain(reasons: Iterable[str]) -> None:
+    """Every reason is one line with no library internals (source paths, assertions, error codes)."""
+    for reason in reasons:
+        assert reason and "\n" not in reason, reason
+        assert not [leak for leak in corpus.LEAKS if re.search(leak, reason)], reason
+
+
+def test_every_reason_the_readers_give_is_plain(odd: tuple[Path, dict[str, str | None]]) -> None:
+    """The reader itself, file by file, and the header checks on a wider set of damage."""
+    src, expect = odd
+    reasons = []
+    for name in expect:
+        try:
+            read_image(str(src / name))
+        except ImageReadError as e:
+            reasons.append(e.reason)
+    assert len(reasons) == sum(v is not None for v in expect.values())
+    good = (src / "good.jpg").read_bytes()
+    for cut in range(2, len(good), max(1, len(good) // 40)):  # every kind of cut
+        try:
+            decode_image(np.frombuffer(good[:cut], np.uint8), "cut.jpg")
+        except ImageReadError as e:
+            reasons.append(e.reason)
+    for data in (b"\x89PNG\r\n\x1a\n" + os.urandom(100), b"BM" + os.urandom(60), b"GIF89a" + bytes(20),
+                 b"II*\x00" + os.urandom(50), b"RIFF\x00\x00\x00\x00WEBPVP8 " + os.urandom(30)):
+        try:
+            decode_image(np.frombuffer(data, np.uint8), "odd")
+        except ImageReadError as e:
+            reasons.append(e.reason)
+    assert len(reasons) > 20
+    _assert_plain(reasons)
+
+
+def test_lists_globs_and_a_special_source_are_refused_without_blocking(
+        odd: tuple[Path, dict[str, str | None]], tmp_path: Path) -> None:
+    src, _ = odd
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{src / 'good.jpg'}\n{src / 'pipe.jpg'}\n{src / 'endless.jpg'}\n")
+    out = _run_cli("run", str(listing), "--weights", WEIGHTS, "--imgsz", "128", "--project", str(tmp_path),
+                   "--name", "l", "--json", "--nosave")
+    s = json.loads(out.stdout)
+    assert out.returncode == 1 and s["processed"] == 1 and len(s["failed"]) == 2
+    out = _run_cli("run", str(src / "*.jpg"), "--weights", WEIGHTS, "--imgsz", "128", "--project", str(tmp_path),
+                   "--name", "g", "--json", "--nosave")
+    s = json.loads(out.stdout)
+    names = {Path(f["path"]).name for f in s["failed"]}
+    assert out.returncode == 1 and {"pipe.jpg", "endless.jpg"} <= names  # a glob lists special files too
+    out = _run_cli("run", str(src / "pipe.jpg"), "--weights", WEIGHTS, "--project", str(tmp_path), "--name", "p")
+    assert out.returncode == 1 and "pipe.jpg: is a named pipe" in out.stdout
+    out = _run_cli("run", str(src / "pipe_target"), "--weights", WEIGHTS, "--project", str(tmp_path))
+    assert out.returncode == 2 and "is a named pipe (FIFO), not an image, video, folder or list file" in out.stderr
+    out = _run_cli("run", str(src / "good.jpg"), "--weights", str(src / "pipe_target"), "--project", str(tmp_path))
+    assert out.returncode == 3 and "is a named pipe (FIFO), not a model file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_file_size_and_pixel_limits_are_options(tmp_path: Path) -> None:
+    small = _img(tmp_path / "src" / "small.jpg", 32, 32)
+    big = tmp_path / "src" / "big.png"
+    assert cv2.imwrite(str(big), np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    assert small.stat().st_size < 20_000 < big.stat().st_size
+    s = run(RunOptions(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="f",
+                       nosave=True, max_file_size=20_000))
+    assert s.processed == 1 and len(s.failed) == 1
+    assert "over the 19.5 KB limit; raise it with --max-file-size" in s.failed[0]["reason"]
+    s = run(RunOptions(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="p",
+                       nosave=True, max_pixels=100_000))
+    assert s.processed == 1 and "400x300 pixels" in s.failed[0]["reason"] and "--max-pixels" in s.failed[0]["reason"]
+    # the photos this tool exists for stay well inside the default
+    assert ReadLimits().max_pixels > 13400 * 9528 * 3
+    assert main(["run", str(small), "--weights", WEIGHTS, "--max-pixels", "2G"]) == 2
+    assert main(["run", str(small), "--weights", WEIGHTS, "--max-file-size", "lots"]) == 2

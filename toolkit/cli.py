@@ -42,6 +42,20 @@ def _parse_classes(text: str | None) -> tuple[int, ...] | None:
         raise InputError(f"--classes takes class ids like 0,2,5, got {text!r}") from None
 
 
+def _parse_amount(text: str, option: str, base: int) -> int:
+    """``500M``, ``2G``, ``1.5k`` or a plain number; K/M/G are powers of ``base`` (1024 for sizes, 1000 for
+    pixel counts)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": base, "M": base**2, "G": base**3}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        raise InputError(f"{option} takes a number like 500M or 2G, got {text!r}") from None
+    if value <= 0:
+        raise InputError(f"{option} must be positive, got {text!r}")
+    return int(value * scale)
+
+
 def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(c) for c in text.replace(" ", "").split(",") if c)
@@ -122,6 +136,12 @@ def run(
                                                    "other pixels, so detections differ from YOLOv5's detect.py; "
                                                    "off by default (see the README for the measured cost).")]
     = False,
+    max_file_size: Annotated[str, typer.Option(help="Refuse (and list as failed) image files larger than this, "
+                                                    "before reading them: bytes, or 500M, 2G. Videos are streamed "
+                                                    "and have no limit.")] = "1G",
+    max_pixels: Annotated[str, typer.Option(help="Refuse images whose header claims more pixels than this, before "
+                                                 "decoding (pixel bombs): a number, or 500M. At most 1073741824, "
+                                                 "OpenCV's own limit. A 13400x9528 photo is 128M.")] = "500M",
     save_txt: Annotated[bool, typer.Option(help="Write labels/<name>.txt: class xc yc w h, normalised "
                                                 "(YOLO format).")] = False,
     save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
@@ -159,6 +179,8 @@ def run(
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
                       workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap, fast_decode=fast_decode,
+                      max_file_size=_parse_amount(max_file_size, "--max-file-size", 1024),
+                      max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
                       engine=engine, address=address,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
@@ -368,6 +390,9 @@ def weights_download(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app and map yolokit errors to exit codes."""
+    from toolkit.sources import quiet_decoders
+
+    quiet_decoders()  # this process is the CLI's: failures are reported by yolokit, one line each
     try:
         rc = app(args=argv, standalone_mode=False)
     except YolokitError as e:

@@ -19,9 +19,17 @@ def is_builtin_config(name: str) -> bool:
 def resolve_model(weights: str | Path) -> Path:
     """The model file to load: a built-in config name as given (no file needed), anything else through the
     weights lookup order (:func:`toolkit.weights.resolve_weights`)."""
+    import os
+
+    from toolkit.errors import ModelFileError
+    from toolkit.sources import special_kind
     from toolkit.weights import resolve_weights
 
     path = Path(weights)
     if is_builtin_config(path.name) and not path.exists():
         return path
-    return resolve_weights(str(weights))
+    found = resolve_weights(str(weights))
+    kind = special_kind(os.stat(found).st_mode)
+    if kind is not None and kind != "a folder":  # a named pipe or a device would block or never end
+        raise ModelFileError(f"{found}: is {kind}, not a model file; give the path of the model file itself")
+    return found

@@ -23,8 +23,11 @@ from toolkit.ops import (
     to_chw_rgb,
 )
 from toolkit.sources import (
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MAX_PIXELS,
     ImageReadError,
     InputRef,
+    ReadLimits,
     SourceList,
     decode_image,
     jpeg_size,
@@ -97,7 +100,8 @@ class Detector:
                  half: bool | None = None, imgsz: int | tuple[int, int] = 640, conf: float = 0.25,
                  iou: float = 0.45, max_det: int = 1000, classes: Sequence[int] | None = None,
                  agnostic: bool = False, multi_label: bool = False, threads: int | None = None,
-                 options: dict[str, Any] | None = None, fast_decode: bool = False) -> None:
+                 options: dict[str, Any] | None = None, fast_decode: bool = False,
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         import backends
         from backends.base import LoadOptions
 
@@ -105,6 +109,7 @@ class Detector:
             raise InputError(f"conf and iou must be in [0, 1], got conf={conf} iou={iou}")
         if max_det < 1:
             raise InputError(f"max_det must be at least 1, got {max_det}")
+        self.limits = ReadLimits(int(max_file_size), int(max_pixels))
         from toolkit.configs import resolve_model
 
         path = resolve_model(weights)
@@ -139,7 +144,8 @@ class Detector:
         self.init_kwargs: dict[str, Any] = dict(
             weights=str(path), backend=self.backend_name, device=device, half=half, imgsz=imgsz, conf=conf,
             iou=iou, max_det=max_det, classes=list(classes) if classes is not None else None, agnostic=agnostic,
-            multi_label=multi_label, threads=threads, options=dict(options or {}), fast_decode=bool(fast_decode))
+            multi_label=multi_label, threads=threads, options=dict(options or {}), fast_decode=bool(fast_decode),
+            max_file_size=self.limits.max_file_size, max_pixels=self.limits.max_pixels)
 
     def letterbox_differs(self, shape: tuple[int, int]) -> bool:
         """Whether this detector letterboxes an image of ``shape`` (h, w) to another input shape than the ``.pt``
@@ -186,14 +192,15 @@ class Detector:
         items = list(images)
         if tile is not None:
             opts = TileOptions(tile=tile) if isinstance(tile, int) else tile
-            return [self.predict_tiled(im if isinstance(im, np.ndarray) else read_image(str(im)), opts,
+            return [self.predict_tiled(im if isinstance(im, np.ndarray) else read_image(str(im), limits=self.limits),
+                                       opts,
                                        None if isinstance(im, np.ndarray) else str(im)) for im in items]
         prepared: list[_Prepared] = []
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
                 ref, img = InputRef(f"<array {i}>", f"image{i}"), item
             else:
-                ref, img = InputRef(str(item), Path(item).stem), read_image(str(item))
+                ref, img = InputRef(str(item), Path(item).stem), read_image(str(item), limits=self.limits)
             p = self.prepare(i, ref, img)
             if isinstance(p, Result):
                 raise YolokitError(f"{ref.name}: {p.error}")
@@ -253,10 +260,10 @@ class Detector:
         if fast_decode is None:
             fast_decode = self.fast_decode
         try:
-            data = read_bytes(ref.path)
+            data = read_bytes(ref.path, self.limits.max_file_size)
             size = jpeg_size(data) if fast_decode else None
             factor = self.reduce_factor(size) if size else 1
-            img = decode_image(data, ref.path, factor)
+            img = decode_image(data, ref.path, factor, self.limits.max_pixels)
         except ImageReadError as e:
             return e.reason
         finally:

@@ -299,6 +299,9 @@ def _worker_main(wid: int, init_kwargs: dict[str, Any], threads: int, batch: int
 
     cv2.setNumThreads(1)
     from toolkit.detector import Detector
+    from toolkit.sources import quiet_decoders
+
+    quiet_decoders()
 
     try:
         det = Detector(**{**init_kwargs, "threads": threads})

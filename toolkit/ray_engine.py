@@ -49,7 +49,9 @@ class InferActor:
     def __init__(self, detector_kwargs: dict[str, Any], run_options: dict[str, Any], out_dir: str) -> None:
         from toolkit.detector import Detector
         from toolkit.run import RunOptions
+        from toolkit.sources import quiet_decoders
 
+        quiet_decoders()  # an actor process is yolokit's own: unreadable inputs are reported in its results
         self.det = Detector(**detector_kwargs)
         self.opts = RunOptions(**run_options)
         self.out_dir = Path(out_dir)
@@ -207,7 +209,8 @@ class RayJob:
         detector_kwargs = dict(weights=self.weights, backend=self.backend, device=o.device, half=o.half,
                                imgsz=o.imgsz, conf=o.conf, iou=o.iou, max_det=o.max_det,
                                classes=list(o.classes) if o.classes is not None else None, agnostic=o.agnostic,
-                               threads=max(1, int(self.cpus)))
+                               threads=max(1, int(self.cpus)), max_file_size=o.max_file_size,
+                               max_pixels=o.max_pixels)
         run_options = asdict(o)
         with warnings.catch_warnings():
             # Ray Data's default for actors is to retry a dead actor's batch forever (a batch that kills its

@@ -26,7 +26,7 @@ from toolkit.outputs import (
     write_json,
     write_labels,
 )
-from toolkit.sources import list_sources
+from toolkit.sources import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ReadLimits, list_sources
 from toolkit.tiling import TileOptions
 
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # atomic_write_bytes' temporary files
@@ -58,6 +58,8 @@ class RunOptions:
     workers: int = 0  # 0: chosen by the plan
     mode: str = "auto"  # auto | thread | process
     fast_decode: bool = False  # opt-in: decode big JPEGs at reduced size when not saving annotated images
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger inputs are refused before they are read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
     resume: bool = False  # continue an interrupted run in project/name
     tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
     overlap: float = 0.3
@@ -200,6 +202,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
 
     if opts.engine not in ("local", "ray"):  # option checks first: nothing is created for a bad command
         raise InputError(f"--engine must be local or ray, got {opts.engine!r}")
+    ReadLimits(opts.max_file_size, opts.max_pixels)  # checked before anything is created
     if opts.engine == "ray" and opts.tile:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     source: str | list[str] = opts.source if opts.source is not None else sample_paths()
@@ -251,7 +254,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         det = detector or Detector(opts.weights or "yolov5n", backend=opts.backend, device=opts.device,
                                    half=opts.half, imgsz=opts.imgsz, conf=opts.conf, iou=opts.iou,
                                    max_det=opts.max_det, classes=opts.classes, agnostic=opts.agnostic,
-                                   fast_decode=opts.fast_decode)
+                                   fast_decode=opts.fast_decode, max_file_size=opts.max_file_size,
+                                   max_pixels=opts.max_pixels)
         weights_name, backend_name = str(det.weights), det.backend_name
         tiling = TileOptions(opts.tile, opts.overlap, opts.tile_batch, opts.full_frame,
                              scales=tuple(opts.tile_scales)) if opts.tile else None

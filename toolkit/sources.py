@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob as globmod
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from toolkit.errors import InputError
+from toolkit.imageheader import check_encoded
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
@@ -38,7 +40,7 @@ class InputRef:
 
     @property
     def name(self) -> str:
-        return self.path if self.frame is None else f"{self.path}#frame{self.frame}"
+        return self.path if self.frame is None or self.frame < 0 else f"{self.path}#frame{self.frame}"
 
 
 @dataclass
@@ -82,7 +84,9 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if any(ch in text for ch in "*?[") and not path.exists():
         root = text.split("*")[0].split("?")[0].split("[")[0]
         root = root if root.endswith(os.sep) else os.path.dirname(root)
-        files = sorted(p for p in globmod.glob(text, recursive=True) if os.path.isfile(p))
+        # every match that is not a folder: a named pipe or a device is listed and refused by the reader, not
+        # silently dropped
+        files = sorted(p for p in globmod.glob(text, recursive=True) if not os.path.isdir(p))
         if not files:
             raise InputError(f"{text}: the pattern matches no files")
         return _from_files(files, root, failed)
@@ -121,9 +125,28 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_files(files, "", failed)
     if path.is_file():
         return _from_files([text], str(path.parent), failed)
+    if os.path.exists(text):  # neither a folder nor a regular file: a named pipe, a socket, a device
+        if _kind(text) is not None:  # named like an image or video: one input, refused (with the reason) when read
+            return _from_files([text], str(path.parent), failed)
+        raise InputError(f"{text}: is {special_kind(os.stat(text).st_mode)}, not an image, video, folder or list "
+                         f"file")
     if os.path.islink(text):
         raise InputError(f"{text}: broken symbolic link")
     raise InputError(f"{text}: no such file or folder (give an image, a video, a folder, a glob or a .txt list)")
+
+
+def _unique_key(key: str, path: str, taken: set[str]) -> str:
+    """``key``, or when another input already has it (``photo.jpg`` beside ``photo.png``, or a list naming one file
+    twice) ``photo.png`` then ``photo.png_2`` ...: each input gets its own outputs and manifest line."""
+    out = key
+    if out in taken:
+        out = key + os.path.splitext(path)[1]
+        n = 2
+        while out in taken:
+            out = f"{key}{os.path.splitext(path)[1]}_{n}"
+            n += 1
+    taken.add(out)
+    return out
 
 
 def _os_reason(e: OSError) -> str:
@@ -134,8 +157,9 @@ def _os_reason(e: OSError) -> str:
 
 def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]]) -> SourceList:
     items: list[InputRef] = []
+    taken = {ref.key for ref, _ in failed}
     for f in files:
-        ref = InputRef(f, _key(f, root))
+        ref = InputRef(f, _unique_key(_key(f, root), f, taken))
         if _kind(f) is None:
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":
@@ -145,49 +169,146 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     return SourceList(items, failed, root)
 
 
-def read_image(path: str, reduce: int = 1) -> np.ndarray:
+DEFAULT_MAX_FILE_SIZE = 1 << 30  # 1 GiB: an image file is read whole into memory
+DEFAULT_MAX_PIXELS = 500_000_000  # 4x a 13400x9528 survey photo; 1.5 GB decoded
+OPENCV_MAX_PIXELS = 1 << 30  # OpenCV refuses larger images whatever yolokit allows
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What an input may be before yolokit reads or decodes it: its file size (bytes) and the pixel count its
+    header claims (a "pixel bomb" is refused before any large allocation)."""
+
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_file_size < 1:
+            raise InputError(f"--max-file-size must be at least 1 byte, got {self.max_file_size}")
+        if not 1 <= self.max_pixels <= OPENCV_MAX_PIXELS:
+            raise InputError(f"--max-pixels must be between 1 and {OPENCV_MAX_PIXELS} (OpenCV's own limit), got "
+                             f"{self.max_pixels}")
+
+
+def read_image(path: str, reduce: int = 1, limits: ReadLimits | None = None) -> np.ndarray:
     """Read an image as BGR uint8 (EXIF orientation applied, alpha dropped, 16 bits scaled to 8, grey to 3
     channels). ``reduce`` in (1, 2, 4, 8) decodes JPEGs at reduced size. Raises :class:`ImageReadError`."""
-    return decode_image(read_bytes(path), path, reduce)
+    limits = limits or ReadLimits()
+    return decode_image(read_bytes(path, limits.max_file_size), path, reduce, limits.max_pixels)
 
 
-def read_bytes(path: str) -> np.ndarray:
-    """A file's raw bytes (uint8), or :class:`ImageReadError` with the precise reason it cannot be read."""
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file ("a named pipe (FIFO)", ...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+
+
+def _size_text(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _not_regular(path: str, kind: str) -> ImageReadError:
+    return ImageReadError(path, f"is {kind}, not an image file; it was not read")
+
+
+def regular_file(path: str) -> os.stat_result:
+    """``os.stat`` of an input that is a regular file (symbolic links followed), or :class:`ImageReadError` saying
+    what it is instead (missing, a broken link, unreachable, a named pipe, a device, ...). Nothing is opened."""
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        st = os.stat(path)
     except FileNotFoundError:
-        reason = "broken symbolic link" if os.path.islink(path) else "file not found"
-        raise ImageReadError(path, reason) from None
+        raise ImageReadError(path, "broken symbolic link" if os.path.islink(path) else "file not found") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied (cannot reach the file)") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read: {_os_reason(e)}") from None
+    kind = special_kind(st.st_mode)
+    if kind is not None:
+        raise _not_regular(path, kind)
+    return st
+
+
+def read_bytes(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> np.ndarray:
+    """A regular file's raw bytes (uint8), or :class:`ImageReadError` with the precise reason it cannot be read.
+
+    Only regular files are read: a named pipe, socket or device (directly or behind a symbolic link) is refused
+    from its ``stat`` alone and never opened, so no input can block a run or stream forever; the file is then
+    opened without blocking and checked again (it may have been replaced meanwhile). A file larger than
+    ``max_file_size`` is refused before it is read."""
+    st = regular_file(path)
+    if st.st_size > max_file_size:
+        raise ImageReadError(path, f"the file is {_size_text(st.st_size)}, over the {_size_text(max_file_size)} "
+                                   f"limit; raise it with --max-file-size if this is a real image")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found (removed while the run was reading it)") from None
     except PermissionError:
         raise ImageReadError(path, "permission denied (cannot read the file)") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a folder, not an image") from None
     except OSError as e:
-        raise ImageReadError(path, f"cannot read: {e.strerror or e}") from None
+        raise ImageReadError(path, f"cannot read: {_os_reason(e)}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        kind = special_kind(st.st_mode)
+        if kind is not None:
+            raise _not_regular(path, kind)
+        size = min(st.st_size, max_file_size)
+        data = np.empty(size, dtype=np.uint8)
+        view, got = memoryview(data.data), 0
+        try:
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break  # the file shrank while being read: decode what is there (checked below)
+                got += n
+        except OSError as e:
+            raise ImageReadError(path, f"cannot read: {_os_reason(e)}") from None
+    return data[:got]
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_UNDECODABLE = "cannot decode: not an image, or a damaged or unsupported one; re-copy or re-export the file"
+
+
+def quiet_decoders() -> None:
+    """Silence OpenCV's own log lines (for example ``[ERROR:0@0.2] global grfmt_tiff.cpp:117 TIFF_Error ...`` on a
+    damaged TIFF): yolokit reports every unreadable input itself, in one plain line. It changes OpenCV's
+    process-wide log level, so only the processes yolokit owns call it: the CLI, process-mode workers, Ray actors."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
 
 
 def _is_jpeg(data: np.ndarray) -> bool:
     return len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8
 
 
-def decode_image(data: np.ndarray, path: str = "<bytes>", reduce: int = 1) -> np.ndarray:
-    """Decode encoded image bytes; see :func:`read_image`."""
+def decode_image(data: np.ndarray, path: str = "<bytes>", reduce: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes; see :func:`read_image`. The header and structure are checked first
+    (:func:`toolkit.imageheader.check_encoded`): a pixel bomb, a truncated JPEG or PNG, or a PNG with a damaged
+    critical chunk is refused with one plain sentence before the decoder allocates anything. Data after a JPEG's
+    end-of-image marker (motion photos, camera trailers) is fine."""
     if data.size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
-    if _is_jpeg(data):
-        tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
-        if not tail.endswith(b"\xff\xd9"):
-            raise ImageReadError(path, "truncated JPEG (no end-of-image marker); re-copy or re-export the file")
+    problem = check_encoded(data, max_pixels)
+    if problem is not None:
+        raise ImageReadError(path, problem)
     flags = _REDUCED.get(reduce, cv2.IMREAD_COLOR) if _is_jpeg(data) else cv2.IMREAD_COLOR
     try:
         img = cv2.imdecode(data, flags)
-    except cv2.error as e:
-        raise ImageReadError(path, f"cannot decode ({str(e).strip().splitlines()[-1]})") from None
+    except cv2.error:  # OpenCV's text names its own source files and assertions: not a reason a user can act on
+        raise ImageReadError(path, _UNDECODABLE) from None
     if img is None or img.size == 0:
-        raise ImageReadError(path, "cannot decode: not an image, or a corrupt or unsupported one")
+        raise ImageReadError(path, _UNDECODABLE)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return img
@@ -216,7 +337,13 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
 
 
 def iter_video(ref: InputRef) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
-    """Frames of a video as (ref, frame, None), or (ref, None, reason) for an unreadable stretch/file."""
+    """Frames of a video as (ref, frame, None), or (ref, None, reason) for an unreadable stretch/file. Only a
+    regular file is opened (a named pipe named .mp4 would block the decoder)."""
+    try:
+        regular_file(ref.path)
+    except ImageReadError as e:
+        yield ref, None, e.reason.replace("not an image file", "not a video file")
+        return
     cap = cv2.VideoCapture(ref.path)
     if not cap.isOpened():
         yield ref, None, "cannot open the video (corrupt or unsupported codec)"
