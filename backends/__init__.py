@@ -1,7 +1,9 @@
-"""Backend registry: one module per runtime, one entry here. Runtimes are imported lazily by the modules."""
+"""Backend registry: one module per runtime, one entry here (a plain dict). Runtimes are imported lazily by the
+modules, so importing the registry loads none of them. See :mod:`backends.base` for the contract."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from backends import onnx_backend, openvino_backend, tensorrt_backend, torch_backend
@@ -24,11 +26,12 @@ def get_backend(name: str) -> BackendModule:
 
 
 def require(name: str) -> BackendModule:
-    """The backend module, or a clear error telling which extra installs its runtime."""
+    """The backend module, or a clear error saying why it cannot run here (which extra installs its runtime, or
+    which device it needs)."""
     backend = get_backend(name)
-    if not backend.is_available():
-        hint = f"pip install 'yolokit[{backend.EXTRA}]'" if backend.EXTRA else "see the README"
-        raise BackendUnavailableError(f"the {name} backend's runtime is not installed: {hint}")
+    reason = backend.unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(reason)
     return backend
 
 
@@ -38,7 +41,14 @@ def backend_for(path: Path) -> str:
     for name, backend in REGISTRY.items():
         if backend.claims(path):
             return name
-    head = _head(Path(path))
+    from toolkit.io.files import ImageReadError, read_head
+
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: a folder that holds no model yolokit knows")
+    try:
+        head = read_head(str(path))
+    except ImageReadError as e:
+        raise ModelFileError(f"{path}: cannot read the model file ({e.reason})") from None
     for name, backend in REGISTRY.items():
         if backend.sniff(head):
             return name
@@ -47,27 +57,15 @@ def backend_for(path: Path) -> str:
                          f"check the path, or pass --backend to choose one")
 
 
-def _head(path: Path, size: int = 4096) -> bytes:
-    """The first bytes of a regular file, opened without blocking (a named pipe or a device is refused, not read)."""
-    import os
-    import stat
+def checkpoint_backend() -> str:
+    """The backend that runs ``.pt`` checkpoints, the source of every export (the bench's baseline)."""
+    return next(n for n, b in REGISTRY.items() if b.claims(Path("model.pt")))
 
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: a folder that holds no model yolokit knows") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read the model file ({e.strerror or e})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ModelFileError(f"{path}: a folder that holds no model yolokit knows")
-        if not stat.S_ISREG(mode):
-            raise ModelFileError(f"{path}: not a regular file, so not a model file; give the path of the file itself")
-        return os.read(fd, size)
-    finally:
-        os.close(fd)
+
+def exporters() -> dict[str, BackendModule]:
+    """The backends ``yolokit export`` writes artifacts for."""
+    return {n: b for n, b in REGISTRY.items() if b.EXPORTS}
 
 
 __all__ = ["REGISTRY", "BackendModule", "ExportOptions", "LoadOptions", "Runner", "backend_for",
-           "get_backend", "require"]
+           "checkpoint_backend", "exporters", "get_backend", "require"]

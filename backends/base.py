@@ -1,9 +1,25 @@
-"""The small contract every backend module implements.
+"""The contract every backend module implements, so that the core never has to name a backend.
 
-A backend module has: ``NAME``, ``EXTRA`` (the pip extra that installs its runtime), ``SUFFIXES``,
-``is_available()``, ``claims(path)`` (can it load this file or folder), ``load(path, options) -> Runner``
-and ``export(source, path, options) -> Path``. A runner takes a uint8 ``(B, 3, H, W)`` RGB batch and returns
-``(B, N, 5 + nc)`` float32 predictions; it does its own normalisation and precision handling.
+A backend module states its own facts and does its own work:
+
+* ``NAME`` (its registry key), ``EXTRA`` (the pip extra that installs its runtime, or None), ``DESCRIPTION`` (what
+  its files are, for messages), ``SUFFIXES`` (the first is what ``output_path`` adds), ``PACKAGES`` (distributions
+  whose versions reports give);
+* ``DEFAULT_DEVICE``, ``PRECISIONS`` (device kind -> precisions it runs there, the first being its default) and
+  ``EXPORTS`` (whether ``export`` writes artifacts of it) with ``EXPORT_PRECISIONS``;
+* ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing names;
+* ``is_available()`` and ``unavailable_reason()`` (None when available);
+* ``claims(path)`` (by name), ``sniff(head)`` (by the file's first bytes), ``output_path(path)`` and
+  ``default_name(stem, tag)`` (export targets);
+* ``read_meta(path)`` (an artifact's :class:`ModelMeta`, without loading a runtime where possible),
+  ``describe(path)`` (extra facts for ``yolokit info``);
+* ``check_export(options)`` (refuses options it cannot honour, before any work), ``export(source, path, options)``
+  and ``load(path, options) -> Runner``.
+
+A runner takes a uint8 ``(B, 3, H, W)`` RGB batch and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
+own normalisation and precision handling. :class:`BaseRunner` checks the batch and pads a partial batch for a
+static artifact, once for every backend. Adding a backend is one module, one registry entry in
+``backends/__init__.py`` and one extra in ``pyproject.toml``; the contract tests pick it up.
 """
 
 from __future__ import annotations
@@ -14,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from toolkit.errors import InputError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
-    from toolkit.loader import LoadedModel
+    from toolkit.model.load import LoadedModel
 
 
 @dataclass
@@ -43,28 +60,97 @@ class ExportOptions:
     workspace_gb: float = 4.0
     device: str = "cpu"
 
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.half else "fp32"
+
+
+@dataclass(frozen=True)
+class PlanningHints:
+    """What a runtime is like, for the automatic plan on a CPU (see :func:`toolkit.engine.plan.make_plan`).
+
+    ``thread_batch``: the batch that suits it in thread mode (measured per runtime). ``process_inputs_per_core``:
+    from how many inputs per core separate worker processes pay for their start-up (None: threads always; a
+    runtime whose inference releases the GIL shares one loaded model between threads instead).
+    """
+
+    releases_gil: bool
+    thread_batch: int = 1
+    process_inputs_per_core: int | None = None
+
 
 class Runner(Protocol):
     meta: ModelMeta
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def set_threads(self, n: int) -> bool: ...
+
+    def current_threads(self) -> int | None: ...
+
     def close(self) -> None: ...
+
+
+class BaseRunner:
+    """What every runner does the same way: check the batch, pad a partial batch up to a static artifact's batch
+    and cut the padding off the output. Subclasses set ``meta`` and implement :meth:`_run`."""
+
+    meta: ModelMeta
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        check_batch(batch, self.meta)
+        n = len(batch)
+        static = self.meta.batch
+        if static is not None and n < static:  # a static graph takes exactly its batch
+            batch = np.concatenate([batch, np.zeros((static - n, *batch.shape[1:]), batch.dtype)])
+        out = self._run(batch)
+        return out[:n] if len(out) != n else out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_threads(self, n: int) -> bool:
+        """Change the intra-op thread count in place, where the runtime can; whether it could. Runtimes that fix
+        it when the model loads (ONNX Runtime, OpenVINO) say no, and the caller loads another copy."""
+        return False
+
+    def current_threads(self) -> int | None:
+        """The intra-op thread count where :meth:`set_threads` can change it, else None."""
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 class BackendModule(Protocol):
     NAME: str
     EXTRA: str | None
-    SUFFIXES: tuple[str, ...]
     DESCRIPTION: str
+    SUFFIXES: tuple[str, ...]
+    PACKAGES: tuple[str, ...]
+    DEFAULT_DEVICE: str
+    PRECISIONS: dict[str, tuple[str, ...]]
+    EXPORTS: bool
+    EXPORT_PRECISIONS: tuple[str, ...]
+    PLANNING: PlanningHints
 
     def is_available(self) -> bool: ...
+
+    def unavailable_reason(self) -> str | None: ...
 
     def claims(self, path: Path) -> bool: ...
 
     def sniff(self, head: bytes) -> bool: ...
 
     def output_path(self, path: Path) -> Path: ...
+
+    def default_name(self, stem: str, tag: str) -> str: ...
+
+    def read_meta(self, path: Path) -> ModelMeta: ...
+
+    def describe(self, path: Path) -> dict[str, Any]: ...
+
+    def check_export(self, options: ExportOptions) -> None: ...
 
     def load(self, path: Path, options: LoadOptions) -> Runner: ...
 
@@ -73,8 +159,6 @@ class BackendModule(Protocol):
 
 def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:
     """Raise a clear error for a batch this model cannot take."""
-    from toolkit.errors import InputError
-
     if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != np.uint8:
         raise InputError(f"a runner takes a uint8 (B, 3, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
     b, _, h, w = batch.shape
@@ -91,3 +175,16 @@ def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:
                          f"re-export with --batch {b}, or without --static")
     if meta.max_batch is not None and b > meta.max_batch:
         raise InputError(f"this {meta.format} model takes at most {meta.max_batch} images a batch, got {b}")
+
+
+def no_export_precision(name: str, options: ExportOptions, supported: tuple[str, ...]) -> None:
+    """Refuse an export precision this backend does not write (the message names the precision, not a backend)."""
+    if options.precision not in supported:
+        raise InputError(f"{options.precision.upper()} export is not supported for --to {name} (it writes "
+                         f"{', '.join(p.upper() for p in supported)})")
+
+
+def suffixed(path: Path, suffixes: tuple[str, ...]) -> Path:
+    """``path`` with ``suffixes[0]`` added when it has none of ``suffixes`` (``-o mymodel`` -> ``mymodel.onnx``)."""
+    path = Path(path)
+    return path if path.suffix.lower() in suffixes else path.with_name(path.name + suffixes[0])

@@ -31,16 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import ExportOptions, LoadOptions, check_batch
+from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
+from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError, YolokitError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
-    from toolkit.loader import LoadedModel
+    from toolkit.model.load import LoadedModel
 
 NAME = "trt"
 EXTRA = "trt"
 SUFFIXES = (".engine", ".plan")
+PACKAGES = ("tensorrt",)
+DEFAULT_DEVICE = "cuda"  # engines are built on, and for, an NVIDIA GPU
+PRECISIONS = {"cuda": ("fp16", "fp32")}
+EXPORTS = True
+EXPORT_PRECISIONS = ("fp32", "fp16")
+PLANNING = PlanningHints(releases_gil=True, thread_batch=1, process_inputs_per_core=None)
 DESCRIPTION = "a yolokit TensorRT engine"
 FORMAT = "tensorrt"
 MAGIC = b"YKTR"
@@ -74,7 +81,6 @@ def _parse_header(prefix: bytes, head: bytes, name: str) -> tuple[ModelMeta, int
     except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{name}: the engine's yolokit metadata is unreadable ({e}); rebuild it with "
                              f"`yolokit export WEIGHTS --to trt`") from None
-    meta.names = dict(sorted(meta.names.items()))  # the JSON keeps names sorted as strings
     return meta, HEADER_PREFIX + length
 
 
@@ -242,8 +248,19 @@ def sniff(head: bytes) -> bool:
 
 def output_path(path: Path) -> Path:
     """The export target with ``.engine`` added when it has no engine suffix (``-o m`` -> ``m.engine``)."""
-    path = Path(path)
-    return path if path.suffix.lower() in SUFFIXES else path.with_name(path.name + SUFFIXES[0])
+    return suffixed(path, SUFFIXES)
+
+
+def default_name(stem: str, tag: str) -> str:
+    return f"{stem}{tag}.engine"
+
+
+def check_export(options: ExportOptions) -> None:
+    no_export_precision(NAME, options, EXPORT_PRECISIONS)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    return {}
 
 
 def _runtime() -> Any:
@@ -281,8 +298,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     """Build an engine for this GPU from the traced ONNX graph and write it with the yolokit header."""
     import torch
 
-    from backends import onnx_backend
-    from toolkit.outputs import atomic_write_bytes
+    from toolkit.io.outputs import atomic_write_bytes
 
     trt = _runtime()
     index = cuda_index(options.device)
@@ -292,7 +308,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     logger = _logger(trt)
     with tempfile.TemporaryDirectory(prefix="yolokit_trt_") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        _, notes = onnx_backend.export_graph(source, onnx_path, options, half=plan.onnx_half)
+        _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half)
         with torch.cuda.device(index):
             builder = trt.Builder(logger)
             flags = network_flags(plan.strongly_typed, int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -310,7 +326,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
                 config.clear_flag(trt.BuilderFlag.TF32)
             if profile is not None:
                 prof = builder.create_optimization_profile()
-                prof.set_shape(onnx_backend.INPUT_NAME, profile.min, profile.opt, profile.max)
+                prof.set_shape(INPUT_NAME, profile.min, profile.opt, profile.max)
                 config.add_optimization_profile(prof)
             cache_file = timing_cache_path(Path(path))
             cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
@@ -325,7 +341,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
                 cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
             except OSError as e:
                 notes.append(f"timing cache not saved ({e})")
-    meta = onnx_backend.export_meta(
+    meta = export_meta(
         source, options, FORMAT, plan.precision, {"tensorrt": str(trt.__version__), "torch": torch.__version__},
         extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
                "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
@@ -339,7 +355,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     return Path(path)
 
 
-class TrtRunner:
+class TrtRunner(BaseRunner):
     """A deserialized engine; one execution context and CUDA stream per thread, torch tensors as buffers."""
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
@@ -385,13 +401,8 @@ class TrtRunner:
                 self._local.stream = self._torch.cuda.Stream(self.device)
         return ctx, self._local.stream
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        check_batch(batch, self.meta)
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
-        n = len(batch)
-        static = self.meta.batch
-        if static is not None and n < static:
-            batch = np.concatenate([batch, np.zeros((static - n, *batch.shape[1:]), batch.dtype)])
         ctx, stream = self._context()
         with torch.cuda.device(self.index), torch.cuda.stream(stream):
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -404,7 +415,7 @@ class TrtRunner:
             ctx.set_tensor_address(self._out, y.data_ptr())
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise YolokitError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-            out = y[:n].float().cpu()  # .cpu() on this stream waits for the copy
+            out = y.float().cpu()  # .cpu() on this stream waits for the copy
         stream.synchronize()
         return out.numpy()
 

@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import ExportOptions, LoadOptions, check_batch
-from toolkit.errors import BackendUnavailableError, ExportError
+from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints
+from toolkit.errors import BackendUnavailableError, ExportError, InputError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
-    from toolkit.loader import LoadedModel
+    from toolkit.model.load import LoadedModel
 
 NAME = "torch"
-EXTRA = None
+EXTRA = "torch"
 SUFFIXES = (".pt", ".pth", ".yaml", ".yml")
 DESCRIPTION = "a PyTorch .pt checkpoint or model yaml"
+PACKAGES = ("torch",)
+DEFAULT_DEVICE = "cpu"
+PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp16", "fp32")}
+EXPORTS = False  # checkpoints are run as they are; every export starts from one
+EXPORT_PRECISIONS: tuple[str, ...] = ()
+# PyTorch's Python-level module calls hold the GIL: separate processes pay once there are many inputs per core
+PLANNING = PlanningHints(releases_gil=False, thread_batch=1, process_inputs_per_core=250)
+
+
+def unavailable_reason() -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec("torch") else "PyTorch is not installed: pip install 'yolokit[torch]'"
 
 
 def is_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return unavailable_reason() is None
 
 
 def claims(path: Path) -> bool:
-    from toolkit.configs import is_builtin_config
+    from toolkit.model.configs import is_builtin_config
 
     return path.suffix.lower() in SUFFIXES or is_builtin_config(path.name)
 
@@ -45,7 +53,35 @@ def output_path(path: Path) -> Path:
     return Path(path)
 
 
-class TorchRunner:
+def default_name(stem: str, tag: str) -> str:
+    return f"{stem}{tag}.pt"
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The metadata of a checkpoint or architecture yaml (the model is built, nothing of the file runs)."""
+    from toolkit.model.load import load_model
+
+    return load_model(path).meta
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Parameters and GFLOPs at 640, for ``yolokit info``."""
+    from toolkit.model.load import load_model
+    from toolkit.model.yolov5 import count_gflops, count_parameters
+
+    loaded = load_model(path)
+    return {"format": "pt", "parameters": count_parameters(loaded.model),
+            "gflops_640": round(count_gflops(loaded.model), 2)}
+
+
+def check_export(options: ExportOptions) -> None:
+    raise InputError("a .pt checkpoint is run as it is; export it to another format")
+
+
+class TorchRunner(BaseRunner):
+    """A model in this process. Its intra-op thread count is PyTorch's process-wide one: the runner leaves it alone
+    when it loads, and :meth:`set_threads` changes it when a run plans it."""
+
     def __init__(self, loaded: LoadedModel, options: LoadOptions) -> None:
         import torch
 
@@ -56,18 +92,15 @@ class TorchRunner:
         half = options.half if options.half is not None else device.type == "cuda"
         if half and device.type == "cpu":
             raise BackendUnavailableError("FP16 PyTorch inference needs a CUDA device; use FP32 on the CPU")
-        if options.threads and device.type == "cpu":
-            torch.set_num_threads(options.threads)
         self._torch = torch
         self.device = device
+        self.threads = options.threads
         self.dtype = torch.float16 if half else torch.float32
         self.model = loaded.model.to(device=device, dtype=self.dtype).eval()
         self.meta = ModelMeta(**{**loaded.meta.__dict__, "precision": "fp16" if half else "fp32",
                                  "runtime_versions": {"torch": torch.__version__}})
-        self._lock = threading.Lock()  # grid caches are shared state; torch modules are otherwise reentrant
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        check_batch(batch, self.meta)
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
@@ -75,20 +108,24 @@ class TorchRunner:
             y = self.model(x)
             return y.float().cpu().numpy()
 
-    def set_threads(self, n: int) -> None:
-        """Intra-op threads for this process (thread mode with several workers sets cores // workers)."""
+    def set_threads(self, n: int) -> bool:
+        """Intra-op threads (PyTorch's are per process: a run sets them for its workers)."""
         if self.device.type == "cpu":
             self._torch.set_num_threads(max(1, n))
+        return True  # on a GPU the count does not matter: nothing to reload
+
+    def current_threads(self) -> int | None:
+        return int(self._torch.get_num_threads()) if self.device.type == "cpu" else None
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 
 
 def load(path: Path, options: LoadOptions) -> TorchRunner:
-    from toolkit.loader import load_model
+    from toolkit.model.load import load_model
 
     return TorchRunner(load_model(path), options)
 
 
 def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
-    raise ExportError("the torch backend runs .pt checkpoints directly; export to onnx, openvino or trt")
+    raise ExportError("the torch backend runs .pt checkpoints directly; export to another format")

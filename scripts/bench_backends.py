@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import backends  # noqa: E402
-from backends.base import LoadOptions  # noqa: E402
+from toolkit import Detector  # noqa: E402
+from toolkit.io.decode import read_image  # noqa: E402
+from toolkit.io.sources import list_sources  # noqa: E402
+from toolkit.jobs.bench.timing import raw_rate  # noqa: E402
 from toolkit.ops import letterbox, to_chw_rgb  # noqa: E402
-from toolkit.sources import list_sources, read_image  # noqa: E402
 
 
 def _images(data: str | None, n: int, size: int) -> np.ndarray:
@@ -32,19 +32,6 @@ def _images(data: str | None, n: int, size: int) -> np.ndarray:
             imgs += imgs[: n - len(imgs)]
         return np.stack(imgs)
     return np.random.default_rng(0).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
-
-
-def _rate(runner: object, batch: np.ndarray, seconds: float) -> float:
-    infer = runner.infer  # type: ignore[attr-defined]
-    for _ in range(2):
-        infer(batch)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        infer(batch)
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds and n >= 3:
-            return n * len(batch) / dt
 
 
 def main() -> None:
@@ -61,19 +48,18 @@ def main() -> None:
     rows = []
     for model in args.models:
         path = Path(model)
-        name = backends.backend_for(path)
-        runner = backends.require(name).load(path, LoadOptions(device=args.device, threads=args.threads,
-                                                                 imgsz=(args.imgsz, args.imgsz)))
-        meta = runner.meta
+        det = Detector(path, device=args.device, threads=args.threads, imgsz=args.imgsz)
+        det.runner.set_threads(args.threads)
+        name, meta = det.backend_name, det.meta
         executes = meta.extra.get("inference_precision") or meta.precision
-        b1 = _rate(runner, _images(args.data, 1, args.imgsz), args.seconds)
+        b1 = raw_rate(det.runner.infer, _images(args.data, 1, args.imgsz), args.seconds)
         b8 = None
         if meta.batch is None and (meta.max_batch is None or meta.max_batch >= 8):
-            b8 = _rate(runner, _images(args.data, 8, args.imgsz), args.seconds)
-        runner.close()
+            b8 = raw_rate(det.runner.infer, _images(args.data, 8, args.imgsz), args.seconds)
+        det.close()
         m = None
         if args.val and args.data:
-            from toolkit.val import ValOptions, validate
+            from toolkit.jobs.val import ValOptions, validate
 
             m = validate(ValOptions(weights=model, data=args.data, imgsz=args.imgsz))["map50_95"]
         rows.append((path.name, name, meta.precision, str(executes), m, b1, b8))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 def one(args: argparse.Namespace) -> None:
     """Child mode: run one job and print its timings as JSON."""
-    from toolkit.run import RunOptions, run
+    from toolkit.jobs.run import RunOptions, run
 
     t0 = time.perf_counter()
     marks: list[tuple[int, float]] = []
@@ -75,7 +75,7 @@ def main() -> None:
     subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={args.cpus}",
                     "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True)
     cluster_start = time.perf_counter() - t0
-    from toolkit.sources import list_sources
+    from toolkit.io.sources import list_sources
 
     paths = [os.path.abspath(r.path) for r in list_sources(args.source).items]
     lists = Path(tempfile.mkdtemp(prefix="bench_ray_"))

@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from toolkit.jobs.bench.timing import timed_command  # noqa: E402
 
 MODES = {"seq": ["--mode", "thread", "--workers", "1", "--batch", "1"],
          "thread": ["--mode", "thread", "--workers", "2"],
          "process": ["--mode", "process", "--workers", "2"],
          "auto": ["--mode", "auto"]}
-
-
-def timed(cmd: list[str], cwd: Path) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} (in {cwd}) failed: {proc.stderr[-800:]}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -54,7 +48,7 @@ def main() -> None:
                     cmd = [sys.executable, "-m", "toolkit.cli", "run", lst, "--weights", w, "--nosave",
                            "--project", str(here / "bench_out" / "compare_runs"), "--name", "r", "--exist-ok",
                            *flags]
-                    times.setdefault((lst, w, name), []).append(timed(cmd, cwd))
+                    times.setdefault((lst, w, name), []).append(timed_command(cmd, cwd))
     lines = ["| images | weights | mode | median s | runs | sequential / this |",
              "| --- | --- | --- | ---: | --- | ---: |"]
     for (lst, w, name), ts in times.items():

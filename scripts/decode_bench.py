@@ -18,18 +18,16 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.base import ExportOptions  # noqa: E402
-from toolkit.export import export  # noqa: E402
-from toolkit.val import ValOptions, validate  # noqa: E402
+from toolkit.jobs.bench.timing import timed_command  # noqa: E402
+from toolkit.jobs.export import ExportOptions, export  # noqa: E402
+from toolkit.jobs.val import ValOptions, validate  # noqa: E402
 
 
 def enlarged_dataset(data: Path, out: Path, factor: int) -> Path:
@@ -70,14 +68,6 @@ def photos_1080p(data: Path, out: Path, n: int) -> Path:
     return lst
 
 
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:  # every image must be processed, or the timing means nothing
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr[-800:]}")
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True, help="the .pt checkpoint")
@@ -112,7 +102,7 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "toolkit.cli", "run", str(lst), "--weights", str(model), "--nosave",
                        "--project", str(out / "runs"), "--name", "r", "--exist-ok"]
                 cmd += ["--fast-decode"] if fast else []
-                times.setdefault(f"{to} {'fast' if fast else 'exact'}", []).append(timed(cmd))
+                times.setdefault(f"{to} {'fast' if fast else 'exact'}", []).append(timed_command(cmd))
     speed = {}
     for to in models:
         exact, fast = statistics.median(times[f"{to} exact"]), statistics.median(times[f"{to} fast"])

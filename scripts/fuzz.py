@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.checkpoint import read_pickled_object  # noqa: E402
 from toolkit.errors import ModelFileError  # noqa: E402
-from toolkit.imageheader import check_encoded  # noqa: E402
-from toolkit.sources import ImageReadError, decode_image  # noqa: E402
+from toolkit.io.decode import decode_image  # noqa: E402
+from toolkit.io.files import ImageReadError  # noqa: E402
+from toolkit.io.imageheader import check_encoded  # noqa: E402
+from toolkit.model.checkpoint import read_pickled_object  # noqa: E402
 
 
 def seed_checkpoints() -> list[bytes]:

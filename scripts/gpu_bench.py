@@ -2,8 +2,9 @@
 
 (a) seed: one image at a time; cv2 decode, numpy letterbox, FP16 model on CUDA, numpy NMS, all sequential.
 (b) pipeline: decode threads write straight into pinned host buffers (a ring of batches), host->device copy on a
-    side stream, letterbox on the GPU (:func:`toolkit.gpu.letterbox_torch`), :class:`toolkit.gpu.CudaGraphRunner`
-    (FP16, static batch, CUDA graph), :func:`toolkit.gpu.postprocess_batch_torch` and box scaling on the GPU.
+    side stream, letterbox on the GPU (:func:`toolkit.engine.cuda.letterbox_torch`),
+    :class:`toolkit.engine.cuda.CudaGraphRunner` (FP16, static batch, CUDA graph),
+    :func:`toolkit.engine.cuda.postprocess_batch_torch` and box scaling on the GPU.
 
 Prints img/s of both and the time per stage (ms/img and share). Needs a CUDA GPU; exits with a message without.
 
@@ -26,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toolkit.engine.cuda import CudaGraphRunner, letterbox_torch, postprocess_batch_torch, scale_boxes_torch  # noqa: E402
+from toolkit.engine.plan import cpu_count  # noqa: E402
 from toolkit.errors import YolokitError  # noqa: E402
-from toolkit.gpu import CudaGraphRunner, letterbox_torch, postprocess_batch_torch, scale_boxes_torch  # noqa: E402
-from toolkit.loader import load_model  # noqa: E402
+from toolkit.model.load import load_model  # noqa: E402
 from toolkit.ops import NMSOptions, letterbox, letterbox_shape, postprocess, scale_boxes, to_chw_rgb  # noqa: E402
-from toolkit.pipeline import cpu_count  # noqa: E402
 
 SIZE = (1920, 1080)  # (w, h) of the generated JPEGs
 

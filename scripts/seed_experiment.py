@@ -17,9 +17,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -28,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit import Detector  # noqa: E402
-from toolkit.pipeline import cpu_count  # noqa: E402
+from toolkit.engine.plan import cpu_count  # noqa: E402
+from toolkit.jobs.bench.timing import raw_rate, timed_command  # noqa: E402
 
 
 def generate(images: Path, out: Path, n: int, size: tuple[int, int]) -> Path:
@@ -64,29 +63,12 @@ def seed_loop(weights: str, source: str) -> None:
     print(json.dumps({"detections": n}))
 
 
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:  # every image must be processed, or the timing means nothing
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-800:]}")
-    return dt
-
-
-def raw_rate(model: str, shape: tuple[int, int], threads: int, seconds: float = 5.0) -> float:
+def raw_model_rate(model: str, shape: tuple[int, int], threads: int, seconds: float = 5.0) -> float:
     """img/s of the model alone on a pre-letterboxed uint8 batch of 1 at ``shape`` with ``threads``."""
     det = Detector(model, threads=threads)
-    set_threads = getattr(det.runner, "set_threads", None)
-    if set_threads:
-        set_threads(threads)
+    det.runner.set_threads(threads)
     batch = np.random.default_rng(0).integers(0, 256, (1, 3, *shape), dtype=np.uint8)
-    for _ in range(3):
-        det.infer(batch)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 5:
-        det.infer(batch)
-        n += 1
-    return n / (time.perf_counter() - t0)
+    return raw_rate(det.infer, batch, seconds, warmup=3)
 
 
 def chart(rows: list[dict[str, object]], path: Path) -> None:
@@ -127,8 +109,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     cores = cpu_count()
-    from backends.base import ExportOptions
-    from toolkit.export import export
+    from toolkit.jobs.export import ExportOptions, export
 
     models = {"torch fp32": args.weights}
     calib = str(Path(args.images))
@@ -160,7 +141,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for label, lst, shape in sets:
         n = len(lst.read_text().split())
-        t = statistics.median(timed([py, __file__, "--seed-loop", args.weights, str(lst)])
+        t = statistics.median(timed_command([py, __file__, "--seed-loop", args.weights, str(lst)])
                               for _ in range(args.repeats))
         rows.append({"set": label, "config": "seed loop (torch fp32)", "wall_s": t, "img_s": n / t})
         print(rows[-1], flush=True)
@@ -168,11 +149,11 @@ def main() -> None:
             for mode in args.modes.split(","):
                 cmd = [py, "-m", "toolkit.cli", "run", str(lst), "--weights", model, "--nosave", "--project",
                        str(out / "runs"), "--name", "r", "--exist-ok", *modes[mode]]
-                t = statistics.median(timed(cmd) for _ in range(args.repeats))
+                t = statistics.median(timed_command(cmd) for _ in range(args.repeats))
                 rows.append({"set": label, "config": f"{mname} {mode}", "wall_s": t, "img_s": n / t})
                 print(rows[-1], flush=True)
         for mname, model in models.items():
-            rate = raw_rate(model, shape, cores)
+            rate = raw_model_rate(model, shape, cores)
             rows.append({"set": label, "config": f"{mname} raw model @{shape[0]}x{shape[1]}, {cores} threads",
                          "wall_s": None, "img_s": rate})
             print(rows[-1], flush=True)

@@ -14,4 +14,5 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q -e ".[onnx,openvino,int8,ray,dev]"
 "$PY" -m ruff check toolkit backends tests scripts
 "$PY" -m mypy
+"$VENV/bin/lint-imports"
 "$PY" -m pytest -q "$@"

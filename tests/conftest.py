@@ -72,7 +72,7 @@ def exported(yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     and width), each passing its own parity check."""
     import backends
     from backends.base import ExportOptions
-    from toolkit.export import export
+    from toolkit.jobs.export import export
 
     root = tmp_path_factory.mktemp("exported")
     out: dict[str, Path] = {}

@@ -24,8 +24,8 @@ import backends
 from backends import tensorrt_backend as trt_be
 from backends.base import ExportOptions, LoadOptions
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
-from toolkit.loader import LoadedModel, load_model
 from toolkit.meta import ModelMeta
+from toolkit.model.load import LoadedModel, load_model
 
 NAMES = list(backends.REGISTRY)
 REPO = Path(__file__).resolve().parents[1]
@@ -473,13 +473,3 @@ def test_trt_unavailable_is_a_clear_refusal(tmp_path: Path) -> None:
         trt_be.load(f, LoadOptions(device="cuda"))
     with pytest.raises(BackendUnavailableError):
         backends.require("trt")
-
-
-def test_openvino_infer_many_matches_infer(artifact: Callable[..., Path]) -> None:
-    _need("openvino")
-    runner: Any = backends.REGISTRY["openvino"].load(artifact("openvino", imgsz=(160, 160), dynamic=True),
-                                                     LoadOptions(options={"hint": "THROUGHPUT"}))
-    batches = [_batch(b, 160, 160, seed=b) for b in (1, 2, 3)]
-    for many, b in zip(runner.infer_many(batches, jobs=2), batches, strict=True):
-        np.testing.assert_allclose(many, runner.infer(b), rtol=0, atol=1e-4)
-    runner.close()

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from toolkit.bench import COLUMNS, BenchOptions, bench, grid
+from toolkit.jobs.bench import BenchOptions, bench, grid
+from toolkit.jobs.bench.report import COLUMNS
 
 
 def _check_outputs(out: Path, n_rows: int) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Tests for toolkit.checkpoint: real files only (the official yolov5n.pt and files built here)."""
+"""Tests for toolkit.model.checkpoint: real files only (the official yolov5n.pt and files built here)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.checkpoint import (
+from toolkit.errors import ModelFileError, UnsafeCheckpointError
+from toolkit.model.checkpoint import (
     ALLOWED_GLOBALS,
     ModuleRecord,
     RawCheckpoint,
     read_checkpoint,
     read_pickled_object,
 )
-from toolkit.errors import ModelFileError, UnsafeCheckpointError
 
 _REPO = Path(__file__).resolve().parents[1]
 _SHARED = Path(os.environ.get("YOLOKIT_SHARED") or _REPO.parent / "shared")
@@ -150,7 +150,7 @@ def test_loads_without_yolov5_code_importable() -> None:
         "import sys\n"
         "sys.modules['models'] = None\n"
         "sys.modules['utils'] = None\n"
-        "from toolkit.checkpoint import read_checkpoint\n"
+        "from toolkit.model.checkpoint import read_checkpoint\n"
         f"ck = read_checkpoint({str(OFFICIAL)!r})\n"
         "assert len(ck.state_dict) == 349, len(ck.state_dict)\n"
         "assert 'models.yolo' not in sys.modules or sys.modules['models.yolo'] is None\n"

@@ -17,7 +17,7 @@ from backends.base import ExportOptions
 from tests.helpers.matching import match, read_label_file, xywhn_to_xyxy
 from toolkit.cli import main
 from toolkit.errors import ExportError, InputError
-from toolkit.export import default_output, export, parity_check
+from toolkit.jobs.export import default_output, export, parity_check
 
 
 def _need(name: str) -> None:
@@ -65,7 +65,7 @@ def test_parity_check_fails_on_detections_alone(yolov5n_pt: Path, tmp_path: Path
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Raw-output thresholds off (as for FP16/INT8): the detections by themselves make the check fail."""
     _need("onnx")
-    import toolkit.export as export_mod
+    import toolkit.jobs.export as export_mod
 
     opts = ExportOptions(imgsz=(320, 320))
     art = export(yolov5n_pt, "onnx", tmp_path / "n.onnx", opts).artifact
@@ -80,7 +80,7 @@ def test_parity_check_fails_on_detections_alone(yolov5n_pt: Path, tmp_path: Path
 def test_parity_check_fails_with_too_few_detections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When even the lowest threshold leaves fewer boxes than the minimum, the check fails instead of passing."""
     _need("onnx")
-    import toolkit.export as export_mod
+    import toolkit.jobs.export as export_mod
 
     opts = ExportOptions(imgsz=(128, 128))
     art = export("yolov5n.yaml", "onnx", tmp_path / "n.onnx", opts).artifact
@@ -147,7 +147,7 @@ def test_export_api_rejects_bad_target() -> None:
 
 
 def test_torch_backend_does_not_export(tmp_path: Path) -> None:
-    from toolkit.loader import load_model
+    from toolkit.model.load import load_model
 
     with pytest.raises(ExportError):
         backends.REGISTRY["torch"].export(load_model("yolov5n.yaml"), tmp_path / "x", ExportOptions())
@@ -209,7 +209,7 @@ def test_static_export_and_the_run_summary_says_it_letterboxes_differently(tmp_p
     src.mkdir()
     cv2.imwrite(str(src / "wide.jpg"), np.full((90, 160, 3), 127, np.uint8))  # 16:9: the .pt would use 96x160
     cv2.imwrite(str(src / "square.jpg"), np.full((80, 80, 3), 127, np.uint8))  # letterboxed alike
-    from toolkit.run import RunOptions, run
+    from toolkit.jobs.run import RunOptions, run
 
     s = run(RunOptions(source=str(src), weights=str(tmp_path / "s.onnx"), imgsz=160, project=str(tmp_path),
                        name="r", nosave=True))

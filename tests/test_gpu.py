@@ -1,4 +1,4 @@
-"""toolkit.gpu on the CPU device: letterbox vs cv2, NMS/postprocess vs numpy, batch and buffer arithmetic, and
+"""toolkit.engine.cuda on the CPU device: letterbox vs cv2, NMS/postprocess vs numpy, batch and buffer arithmetic, and
 the CUDA graph runner's refusal. The tests marked ``needs a CUDA GPU`` skip without one."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.errors import BackendUnavailableError, InputError
-from toolkit.gpu import (
+from toolkit.engine.cuda import (
     CudaGraphRunner,
     anchor_outputs,
     buffer_plan,
@@ -19,7 +18,8 @@ from toolkit.gpu import (
     postprocess_torch,
     scale_boxes_torch,
 )
-from toolkit.model import build_model
+from toolkit.errors import BackendUnavailableError, InputError
+from toolkit.model.yolov5 import build_model
 from toolkit.ops import NMSOptions, box_iou, letterbox, nms, postprocess, scale_boxes
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -213,7 +213,7 @@ def _match_share(a: np.ndarray, ac: np.ndarray, b: np.ndarray, bc: np.ndarray, t
 def test_cuda_graph_runner_matches_cpu_fp32(yolov5n_pt, coco128_images) -> None:  # type: ignore[no-untyped-def]
     import cv2
 
-    from toolkit.loader import load_model
+    from toolkit.model.load import load_model
 
     imgsz = (384, 640)
     paths = sorted(coco128_images.glob("*.jpg"))[:16]

@@ -1,4 +1,4 @@
-"""toolkit.imageheader: header sizes, JPEG/PNG structure checks and the reader's pre-decode verdict.
+"""toolkit.io.imageheader: header sizes, JPEG/PNG structure checks and the reader's pre-decode verdict.
 
 Every test file is built here (OpenCV / Pillow, then byte surgery); no media is committed. Sizes are compared
 with what ``cv2.imdecode`` actually produces, and every file the checks accept is also decoded, so the checks
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from toolkit import imageheader as ih
+from toolkit.io import imageheader as ih
 
 # -- building test files -------------------------------------------------------------------------------------
 

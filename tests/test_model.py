@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from toolkit.errors import ModelFileError
-from toolkit.loader import load_model
-from toolkit.model import YOLOv5, build_model, builtin_config, count_gflops, count_parameters
+from toolkit.model.load import load_model
+from toolkit.model.yolov5 import YOLOv5, build_model, builtin_config, count_gflops, count_parameters
 
 # parameter counts (unfused, fused) of the official architectures, from the YOLOv5 v7.0 model summaries
 OFFICIAL_PARAMS = {"yolov5n": (1872157, 1867405), "yolov5s": (7235389, 7225885)}
@@ -68,7 +68,7 @@ def test_official_checkpoint_loads_with_its_batchnorm_eps(yolov5n_pt: Path) -> N
     assert loaded.meta.stride == 32
     assert loaded.meta.source_sha256 and loaded.meta.source_sha256.startswith("4f180cf2")
     # every Conv is fused; unfused with the checkpoint's eps=1e-3 gives the same output
-    from toolkit.checkpoint import read_checkpoint
+    from toolkit.model.checkpoint import read_checkpoint
 
     raw = read_checkpoint(yolov5n_pt)
     assert set(raw.bn_eps.values()) == {0.001}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from toolkit import Detector
-from toolkit.pipeline import make_plan
+from toolkit.engine.plan import make_plan
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +97,9 @@ def test_auto_plan_rules() -> None:
     # on a CPU, decode threads only get the cores that inference leaves free
     assert few.readers == 0
     assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 0
-    det.init_kwargs["threads"] = 2  # an explicit intra-op budget leaves 8 - 2 x 2 cores to decoding
+    det.config = replace(det.config, threads=2)  # an explicit intra-op budget leaves 8 - 2 x 2 cores to decoding
     assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 4
-    det.init_kwargs["threads"] = None
-    det.init_kwargs["device"] = "cuda"  # the CUDA rule (planning only; nothing runs on a GPU here)
+    det.config = replace(det.config, threads=None, device="cuda")  # the CUDA rule (planning only; nothing runs here)
     gpu = make_plan(det, 1000, cores=8)
     assert (gpu.mode, gpu.workers, gpu.batch, gpu.readers) == ("thread", 2, 16, 8)
 

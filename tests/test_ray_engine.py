@@ -19,11 +19,11 @@ import pytest
 from tests.helpers import hostile
 from tests.helpers.ports import free_port
 from toolkit.errors import InputError, ModelFileError
-from toolkit.run import RunOptions, run
+from toolkit.jobs.run import RunOptions, run
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
 
-from toolkit.ray_engine import LOST_REASON, VIDEO_REASON  # noqa: E402
+from toolkit.jobs.ray import LOST_REASON, VIDEO_REASON  # noqa: E402
 
 ACTOR = "MapWorker(MapBatches(InferActor))"  # the process title Ray gives yolokit's inference actors
 

@@ -21,11 +21,12 @@ from PIL import Image
 
 from tests.helpers import hostile as corpus
 from toolkit.cli import main
-from toolkit.detector import Detector
+from toolkit.engine.detector import Detector
 from toolkit.errors import OutputError
-from toolkit.outputs import write_json
-from toolkit.run import RunOptions, run
-from toolkit.sources import ImageReadError, ReadLimits, decode_image, jpeg_size, read_image
+from toolkit.io.decode import decode_image, jpeg_size, read_image
+from toolkit.io.files import ImageReadError, ReadLimits
+from toolkit.io.outputs import write_json
+from toolkit.jobs.run import RunOptions, run
 
 WEIGHTS = "yolov5n.yaml"  # random weights: these tests are about accounting, not accuracy
 
@@ -188,7 +189,7 @@ except PermissionError:
 _LIST_SOURCES = """
 import sys
 from toolkit.errors import InputError
-from toolkit.sources import list_sources
+from toolkit.io.sources import list_sources
 for source in sys.argv[1:]:
     try:
         list_sources(source)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from toolkit.errors import InputError
-from toolkit.sources import ImageReadError, list_sources, read_image
+from toolkit.io.decode import read_image
+from toolkit.io.files import ImageReadError
+from toolkit.io.sources import list_sources
 
 
 def _jpg(path: Path, h: int = 40, w: int = 60) -> Path:

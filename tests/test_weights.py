@@ -1,4 +1,4 @@
-"""Tests for toolkit.weights against a real local HTTP server (no mocks, no network)."""
+"""Tests for toolkit.model.weights against a real local HTTP server (no mocks, no network)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import toolkit
 from tests.helpers.ports import free_port
 from toolkit.errors import DownloadError, InputError, ModelFileError
-from toolkit.weights import (
+from toolkit.model.weights import (
     MANIFEST,
     WeightsEntry,
     default_cache_dir,

@@ -171,8 +171,8 @@ def run(
       yolokit run 'survey/**/*.jpg' --weights yolov5s.onnx --save-json --json\n
       yolokit run /shared/survey --engine ray --address auto --workers 8 --save-txt --nosave
     """
-    from toolkit.run import RunOptions, format_summary
-    from toolkit.run import run as run_job
+    from toolkit.jobs.run import RunOptions, format_summary
+    from toolkit.jobs.run import run as run_job
 
     opts = RunOptions(source=source, weights=weights, backend=backend, device=device, half=half,
                       imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
@@ -215,7 +215,7 @@ def val(
 
     Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128
     """
-    from toolkit.val import ValOptions, format_metrics, validate
+    from toolkit.jobs.val import ValOptions, format_metrics, validate
 
     if not data:
         raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
@@ -228,7 +228,7 @@ def val(
 def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported artifact or model name.")],
          json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Show a model's classes, stride, input size, batch, precision, parameters and GFLOPs."""
-    from toolkit.inspect import model_info
+    from toolkit.jobs.info import model_info
 
     data = model_info(model)
     if json_out:
@@ -291,8 +291,8 @@ def export(
       yolokit export yolov5n.pt --to trt --half --batch 8 --device cuda
     """
     from backends.base import ExportOptions
-    from toolkit.export import export as run_export
-    from toolkit.export import format_report
+    from toolkit.jobs.export import export as run_export
+    from toolkit.jobs.export import format_report
 
     try:
         sizes = [int(v) for v in imgsz.replace(" ", "").split(",") if v]
@@ -303,14 +303,14 @@ def export(
     size = (sizes[0], sizes[-1])
     parity: list[str] | None = None
     if parity_data:
-        from toolkit.sources import list_sources
+        from toolkit.io.sources import list_sources
 
         parity = [r.path for r in list_sources(parity_data).items if r.frame is None][:16]
         if not parity:
             raise InputError(f"{parity_data}: no images for the parity check")
     opts = ExportOptions(imgsz=size, batch=batch, dynamic=dynamic, max_batch=max_batch, half=half, int8=int8,
                          calib_data=data, opset=opset, simplify=simplify, workspace_gb=workspace,
-                         device=device or ("cuda" if to == "trt" else "cpu"))
+                         device=device or "")  # "": the format's own default device (a GPU for engines)
     report = run_export(weights, to, Path(output) if output else None, opts, parity)
     typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))
 
@@ -347,8 +347,8 @@ def bench(
 
     Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
     """
-    from toolkit.bench import BenchOptions
-    from toolkit.bench import bench as run_bench
+    from toolkit.jobs.bench import BenchOptions
+    from toolkit.jobs.bench import bench as run_bench
 
     opts = BenchOptions(weights=weights, source=source, data=data, backends=_csv(backends_),
                         precisions=_csv(precision), batches=_csv(batch, int) or [1], modes=_csv(modes) or ["seq"],
@@ -363,7 +363,7 @@ def bench(
 @weights_app.command("list")
 def weights_list() -> None:
     """List the official checkpoints yolokit knows, and which are in the cache."""
-    from toolkit.weights import MANIFEST, default_cache_dir, verify
+    from toolkit.model.weights import MANIFEST, default_cache_dir, verify
 
     cache = default_cache_dir()
     for entry in MANIFEST.values():
@@ -379,7 +379,7 @@ def weights_download(
     url: Annotated[str | None, typer.Option(help="Download from this URL instead (one name only).")] = None,
 ) -> None:
     """Download official checkpoints, verify size and sha256, and store them atomically in the cache."""
-    from toolkit.weights import download
+    from toolkit.model.weights import download
 
     if url and len(names) != 1:
         raise InputError("--url takes exactly one name")
@@ -390,7 +390,7 @@ def weights_download(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app and map yolokit errors to exit codes."""
-    from toolkit.sources import quiet_decoders
+    from toolkit.io.decode import quiet_decoders
 
     quiet_decoders()  # this process is the CLI's: failures are reported by yolokit, one line each
     try:

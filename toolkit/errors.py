@@ -48,3 +48,15 @@ class OutputError(YolokitError):
     """The output folder cannot be created or written (permissions, full disk)."""
 
     exit_code = 7
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first non-empty line, or its type name: runtimes put the cause first and a trace after."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def last_line(e: BaseException) -> str:
+    """An exception's last non-empty line, or its type name: wrapped errors put the cause last."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__

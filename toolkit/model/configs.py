@@ -18,12 +18,12 @@ def is_builtin_config(name: str) -> bool:
 
 def resolve_model(weights: str | Path) -> Path:
     """The model file to load: a built-in config name as given (no file needed), anything else through the
-    weights lookup order (:func:`toolkit.weights.resolve_weights`)."""
+    weights lookup order (:func:`toolkit.model.weights.resolve_weights`)."""
     import os
 
     from toolkit.errors import ModelFileError
-    from toolkit.sources import special_kind
-    from toolkit.weights import resolve_weights
+    from toolkit.io.files import special_kind
+    from toolkit.model.weights import resolve_weights
 
     path = Path(weights)
     if is_builtin_config(path.name) and not path.exists():

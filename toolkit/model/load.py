@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from toolkit.configs import is_builtin_config
 from toolkit.errors import ModelFileError
 from toolkit.meta import ModelMeta
-from toolkit.model import YOLOv5, build_model
+from toolkit.model.configs import is_builtin_config
+from toolkit.model.yolov5 import YOLOv5, build_model
 
 
 @dataclass
@@ -35,7 +35,7 @@ def load_model(weights: str | Path, nc: int = 80) -> LoadedModel:
         return LoadedModel(model, meta, None)
     if path.suffix in (".yaml", ".yml"):
         return _load_yaml(path)
-    from toolkit.checkpoint import read_checkpoint
+    from toolkit.model.checkpoint import read_checkpoint
 
     raw = read_checkpoint(path)
     try:
@@ -82,7 +82,3 @@ def _load_yaml(path: Path) -> LoadedModel:
              else {i: str(v) for i, v in enumerate(names_any)}) or {i: f"class{i}" for i in range(model.nc)}
     meta = ModelMeta(names=names, stride=model.stride, extra={"arch": path.name, "random_init": True})
     return LoadedModel(model, meta, path)
-
-
-def torch_dtype(precision: str) -> torch.dtype:
-    return torch.float16 if precision == "fp16" else torch.float32

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.configs import BUILTIN_CONFIGS, SCALES
 from toolkit.errors import ModelFileError
+from toolkit.model.configs import BUILTIN_CONFIGS, SCALES
 
 # ----------------------------------------------------------------------------------------------- layers
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from toolkit.detections import Detections
 from toolkit.errors import InputError
+from toolkit.io.sources import IMAGE_SUFFIXES
 from toolkit.ops import match_greedy
-from toolkit.sources import IMAGE_SUFFIXES
 
 
 @dataclass
@@ -178,7 +178,7 @@ def precision_recall(samples: list[Sample], dets: list[Detections], iou_thres: f
 
 def validate(opts: ValOptions) -> dict[str, Any]:
     """Run the model over the dataset and return the metrics and per-stage ms per image."""
-    from toolkit.detector import Detector
+    from toolkit.engine.detector import Detector
 
     images, _ = dataset_images(opts.data)
     t0 = time.perf_counter()

@@ -15,7 +15,6 @@ the run folder, which every node must see (shared storage) on a multi-node clust
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import warnings
@@ -26,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError
-from toolkit.sources import InputRef, SourceList
+from toolkit.engine.core import DetectorConfig, set_threads
+from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
+from toolkit.io.sources import InputRef, SourceList
+from toolkit.jobs.records import Outcome, RunOptions, write_outputs
 
 LOST_REASON = ("its Ray worker died twice while processing it (killed or out of memory); "
                "it was retried once. Run again with --resume to retry it")
@@ -44,25 +45,24 @@ def _import_ray() -> Any:
 
 
 class InferActor:
-    """One Ray actor: loads the model once, then decodes, detects and writes outputs batch by batch."""
+    """One Ray actor: loads the model once, then reads, detects and writes outputs batch by batch, through the same
+    batch routine as a local run."""
 
-    def __init__(self, detector_kwargs: dict[str, Any], run_options: dict[str, Any], out_dir: str) -> None:
-        from toolkit.detector import Detector
-        from toolkit.run import RunOptions
-        from toolkit.sources import quiet_decoders
+    def __init__(self, config: DetectorConfig, run_options: dict[str, Any], out_dir: str) -> None:
+        from toolkit.engine.detector import Detector
+        from toolkit.io.decode import quiet_decoders
 
         quiet_decoders()  # an actor process is yolokit's own: unreadable inputs are reported in its results
-        self.det = Detector(**detector_kwargs)
+        self.det = Detector.from_config(config)
+        set_threads(self.det.runner, int(config.threads or 1))
         self.opts = RunOptions(**run_options)
         self.out_dir = Path(out_dir)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from toolkit.run import Outcome
-
         det = self.det
         refs = [InputRef(str(p), str(k)) for p, k in zip(batch["path"], batch["key"], strict=True)]
-        before = (det.times.read, det.times.pre, det.times.infer, det.times.post)
+        before = det.times.snapshot()
         fatal = ""
         try:
             outcomes = self._process(batch, refs)
@@ -71,9 +71,8 @@ class InferActor:
                      f"permissions, then continue the run with --resume") if isinstance(e, OSError) else str(e)
             outcomes = [Outcome(r.key, r.name, fatal) for r in refs]
         except Exception as e:  # noqa: BLE001 - anything else fails this batch's images, not the run
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            outcomes = [Outcome(r.key, r.name, f"worker error: {msg}") for r in refs]
-        after = (det.times.read, det.times.pre, det.times.infer, det.times.post)
+            outcomes = [Outcome(r.key, r.name, f"worker error: {first_line(e)}") for r in refs]
+        after = det.times.snapshot()
         ms = json.dumps([1000 * (a - b) / max(len(refs), 1) for a, b in zip(after, before, strict=True)])
         worker = f"{os.uname().nodename}:{self.pid}"
         meta = json.dumps({"imgsz": list(det.imgsz), "precision": det.meta.precision, "fixed": not det.auto,
@@ -91,41 +90,28 @@ class InferActor:
             "meta": [meta] * len(outcomes),
         }
 
-    def _process(self, batch: dict[str, np.ndarray], refs: list[InputRef]) -> list[Any]:
-        from toolkit.detector import Result, _Prepared
-        from toolkit.run import Outcome, write_outputs
-
-        det, opts = self.det, self.opts
-        fast = opts.fast_decode and opts.nosave
-        outcomes: list[Outcome] = []
-        prepared: list[_Prepared] = []
-        slots: dict[int, int] = {}
+    def _process(self, batch: dict[str, np.ndarray], refs: list[InputRef]) -> list[Outcome]:
+        """The batch routine over this batch: files are read by their absolute paths (an actor may run in another
+        folder), results keep the paths the user gave. The actor reads its own batch: a separate Ray read stage
+        (object-store copies, more worker processes) was slower on a 2-core machine than the reads themselves."""
+        items = [(i, InputRef(str(batch["abs"][i]), ref.key), None) for i, ref in enumerate(refs)]
+        done = self.det.process(items, keep_images=not self.opts.nosave, fast_decode=self.opts.fast_decode)
+        outcomes = []
         for i, ref in enumerate(refs):
-            # the actor reads its own batch: a separate Ray read stage (object-store copies, more worker
-            # processes) was slower on this 2-core machine than the reads themselves
-            loaded = det.load_input(InputRef(str(batch["abs"][i]), ref.key), fast_decode=fast)
-            if isinstance(loaded, str):
-                outcomes.append(Outcome(ref.key, ref.name, loaded))
-                continue
-            img, shape = loaded
-            p = det.prepare(i, ref, img, shape, keep_image=not opts.nosave)
-            if isinstance(p, Result):
-                outcomes.append(write_outputs(p, opts, self.out_dir))
-            else:
-                slots[i] = len(outcomes)
-                outcomes.append(Outcome(ref.key, ref.name, "not run"))
-                prepared.append(p)
-        for i, res in det.run_prepared(prepared).items():
-            outcomes[slots[i]] = write_outputs(res, opts, self.out_dir)
+            res = done[i]
+            res.ref = ref
+            if res.detections is not None:
+                res.detections.path = ref.path
+            outcomes.append(write_outputs(res, self.opts, self.out_dir))
         return outcomes
 
 
 class RayJob:
     """Runs one ``yolokit run`` job on a Ray cluster; ``outcomes()`` streams the finished inputs."""
 
-    def __init__(self, opts: Any, out_dir: Path) -> None:
+    def __init__(self, opts: RunOptions, out_dir: Path) -> None:
         import backends
-        from toolkit.configs import resolve_model
+        from toolkit.model.configs import resolve_model
 
         self.ray = _import_ray()
         self.opts = opts
@@ -140,7 +126,6 @@ class RayJob:
         self._workers: set[str] = set()
         self._meta: dict[str, Any] = {}
         self.lost = 0
-        self._log_level: int | None = None
         self.n_workers = 0
         self.cpus = 0.0
         self.batch = 0
@@ -155,7 +140,7 @@ class RayJob:
                      log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
             where = self.opts.address or "a new local cluster"
-            raise BackendUnavailableError(f"cannot start or reach Ray at {where}: {str(e).splitlines()[0]}; "
+            raise BackendUnavailableError(f"cannot start or reach Ray at {where}: {first_line(e)}; "
                                           f"start one with 'ray start --head' or drop --address") from None
         self._owns_ray = True
 
@@ -182,7 +167,6 @@ class RayJob:
 
     # ------------------------------------------------------------------------------------------- run
     def outcomes(self, sources: SourceList) -> Iterator[Any]:
-        from toolkit.run import Outcome
 
         for ref, reason in sources.failed:
             yield Outcome(ref.key, ref.name, reason)
@@ -197,20 +181,13 @@ class RayJob:
         self._connect()
         self._sizes()
         ray = self.ray
-        data_log = logging.getLogger("ray.data")
-        self._log_level = data_log.level
-        data_log.setLevel(logging.ERROR)  # the run prints its own summary; restored in close()
         o = self.opts
         rows = [{"i": i, "abs": os.path.abspath(r.path), "path": r.path, "key": r.key} for i, r in enumerate(items)]
         # one batch per block: an actor returns a block's records when the whole block is done, so small blocks
         # mean early, steady results (and a killed actor loses less); capped at 20,000 blocks for huge jobs
         per_block = max(self.batch, -(-len(rows) // 20_000))
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_block)))
-        detector_kwargs = dict(weights=self.weights, backend=self.backend, device=o.device, half=o.half,
-                               imgsz=o.imgsz, conf=o.conf, iou=o.iou, max_det=o.max_det,
-                               classes=list(o.classes) if o.classes is not None else None, agnostic=o.agnostic,
-                               threads=max(1, int(self.cpus)), max_file_size=o.max_file_size,
-                               max_pixels=o.max_pixels)
+        config = o.detector_config(weights=self.weights, backend=self.backend, threads=max(1, int(self.cpus)))
         run_options = asdict(o)
         with warnings.catch_warnings():
             # Ray Data's default for actors is to retry a dead actor's batch forever (a batch that kills its
@@ -219,8 +196,8 @@ class RayJob:
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map_batches(InferActor, batch_size=self.batch, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=self.n_workers),
-                                fn_constructor_kwargs=dict(detector_kwargs=detector_kwargs,
-                                                           run_options=run_options, out_dir=str(self.out_dir)),
+                                fn_constructor_kwargs=dict(config=config, run_options=run_options,
+                                                           out_dir=str(self.out_dir)),
                                 num_cpus=self.cpus, num_gpus=o.gpus_per_worker or None,
                                 max_restarts=-1, max_task_retries=1)
         ctx = ds.context  # this dataset's own copy: the process-wide DataContext is left alone
@@ -249,7 +226,7 @@ class RayJob:
                 raise cause from None
             # Ray stopped the job (e.g. actors dying faster than they restart): what did not finish is
             # reported, with the reason, so the summary still accounts for every input
-            reason = f"the Ray job stopped before this input finished: {_last_line(e)}; rerun with --resume"
+            reason = f"the Ray job stopped before this input finished: {last_line(e)}; rerun with --resume"
             for ref in expected.values():
                 yield Outcome(ref.key, ref.name, reason)
             return
@@ -273,7 +250,7 @@ class RayJob:
                 f"{len(self._workers)} actor processes served results{lost}")
 
     def letterbox_differs(self, shape: tuple[int, int]) -> bool:
-        """See :meth:`toolkit.detector.Detector.letterbox_differs` (from what the actors reported)."""
+        """See :meth:`toolkit.engine.detector.Detector.letterbox_differs` (from what the actors reported)."""
         if not self._meta.get("fixed"):
             return False
         from toolkit.ops import letterbox_shape
@@ -288,8 +265,6 @@ class RayJob:
         return out
 
     def close(self) -> None:
-        if self._log_level is not None:
-            logging.getLogger("ray.data").setLevel(self._log_level)
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
 
@@ -302,19 +277,7 @@ def _check_model(backend: str, path: Path) -> None:
     module = backends.get_backend(backend)  # an unknown backend name fails here
     if str(path).endswith(".yaml") or not module.is_available():
         return
-    if backend == "torch":
-        from toolkit.checkpoint import read_checkpoint
-
-        read_checkpoint(path)
-        return
-    read_meta = getattr(module, "read_meta", None)
-    if read_meta is not None:
-        read_meta(path)
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
+    module.read_meta(path)
 
 
 def _yolokit_cause(e: BaseException) -> YolokitError | None:

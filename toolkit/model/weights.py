@@ -131,7 +131,7 @@ def get_entry(name: str, manifest: Mapping[str, WeightsEntry] | None = None) -> 
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def _checkout_weights_dir() -> Path | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,11 @@ from backends.base import ExportOptions
 from toolkit.errors import BackendUnavailableError, ExportError, InputError
 from toolkit.meta import ModelMeta
 
-FORMATS = ("onnx", "openvino", "trt")
+if TYPE_CHECKING:
+    from backends.base import BackendModule
+
+__all__ = ["ExportOptions", "ExportReport", "ParityReport", "default_output", "export", "format_report",
+           "parity_check"]
 PARITY_IOU = 0.9
 PARITY_NMS_IOU = 0.45
 # Detections are compared at the first of these thresholds at which PyTorch finds at least MIN_DETECTIONS boxes
@@ -100,25 +104,30 @@ def format_report(r: ExportReport) -> str:
 def default_output(weights: str | Path, to: str, options: ExportOptions) -> Path:
     """Beside the weights (the current folder for a built-in config): ``yolov5n.onnx``,
     ``yolov5n_openvino/``, ``yolov5n.engine``; ``_fp16`` / ``_int8`` before the suffix when not FP32."""
-    from toolkit.configs import is_builtin_config
+    from toolkit.model.configs import is_builtin_config
 
     p = Path(weights)
     folder = Path.cwd() if (is_builtin_config(p.name) and not p.exists()) else p.parent
     stem = p.name.split(".")[0] if p.suffix in (".pt", ".pth", ".yaml", ".yml") else p.stem
-    tag = "_int8" if options.int8 else "_fp16" if options.half else ""
-    if to == "onnx":
-        return folder / f"{stem}{tag}.onnx"
-    if to == "openvino":
-        return folder / f"{stem}{tag}_openvino"
-    return folder / f"{stem}{tag}.engine"
+    tag = "" if options.precision == "fp32" else f"_{options.precision}"
+    return folder / _exporter(to).default_name(stem, tag)
+
+
+def _exporter(to: str) -> BackendModule:
+    import backends
+
+    found = backends.exporters()
+    if to not in found:
+        raise InputError(f"--to {to!r}: choose one of {', '.join(found)}")
+    return found[to]
 
 
 # ------------------------------------------------------------------------------------------------ checks
 
 
 def _validate(to: str, options: ExportOptions, stride: int) -> None:
-    if to not in FORMATS:
-        raise InputError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
+    import backends
+
     h, w = options.imgsz
     if h <= 0 or w <= 0 or h % stride or w % stride:
         raise InputError(f"--imgsz {h},{w}: height and width must be positive multiples of the model stride "
@@ -127,10 +136,14 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
         raise InputError(f"--batch {options.batch}: must be at least 1")
     if options.half and options.int8:
         raise InputError("choose one of --half and --int8")
-    if options.int8 and to != "openvino":
-        raise InputError(f"--int8 is supported for --to openvino only (not {to})")
+    precision = options.precision
+    if precision not in _exporter(to).EXPORT_PRECISIONS:
+        able = [n for n, b in backends.exporters().items() if precision in b.EXPORT_PRECISIONS]
+        flag = "--int8" if options.int8 else "--half" if options.half else "FP32"
+        raise InputError(f"{flag} is supported for --to {' or '.join(able)} only (not {to})")
     if options.int8 and not options.calib_data:
         raise InputError("--int8 needs calibration images: --data FOLDER")
+    _exporter(to).check_export(options)
     if not 7 <= options.opset <= 23:
         raise InputError(f"--opset {options.opset}: choose an ONNX opset between 7 and 23 (default 17)")
     if options.workspace_gb <= 0:
@@ -142,8 +155,8 @@ def _parity_images(parity_images: list[str] | None) -> tuple[list[np.ndarray], s
     mirrored, plus a 2x2 mosaic of them (several aspect ratios, so a dynamic artifact runs several input shapes)."""
     import cv2
 
-    from toolkit.samples import sample_paths
-    from toolkit.sources import read_image
+    from toolkit.io.decode import read_image
+    from toolkit.io.samples import sample_paths
 
     if parity_images:
         return [read_image(p) for p in parity_images], f"{len(parity_images)} given images"
@@ -180,11 +193,11 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
     Detections are compared at the highest confidence threshold of :data:`PARITY_CONFS` at which PyTorch finds at
     least :data:`MIN_DETECTIONS` boxes, so that the check always compares enough detections to fail; when even the
     lowest threshold gives fewer, the check fails and says to pass more images with ``--parity-data``."""
-    from toolkit.detector import Detector
+    from toolkit.engine.detector import Detector
     from toolkit.ops import NMSOptions, postprocess
 
     with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz)) as got_det, \
-            Detector(weights, backend="torch", device="cpu", half=False, imgsz=got_det.imgsz) as ref_det:
+            Detector(weights, device="cpu", half=False, imgsz=got_det.imgsz) as ref_det:
         meta = got_det.meta
         executes = meta.extra.get("inference_precision")
         if executes:
@@ -246,21 +259,16 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
            parity_images: list[str] | None = None) -> ExportReport:
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
     artifact against PyTorch FP32. Raises :class:`ExportError` when the export or the parity check fails."""
-    import backends
-    from toolkit.configs import resolve_model
-    from toolkit.loader import load_model
+    from toolkit.model.configs import resolve_model
+    from toolkit.model.load import load_model
 
     options = options or ExportOptions()
-    if to == "trt" and options.device in ("", "cpu"):
-        options = replace(options, device="cuda")  # engines are built on (and for) a GPU
-    if to not in FORMATS:
-        raise InputError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
-    module = backends.get_backend(to)
-    if not module.is_available():
-        why = getattr(module, "unavailable_reason", None)
-        reason = why() if callable(why) else None
-        raise BackendUnavailableError(reason or f"the {to} backend's runtime is not installed: "
-                                                f"pip install 'yolokit[{module.EXTRA}]'")
+    module = _exporter(to)
+    if options.device in ("", "cpu"):
+        options = replace(options, device=module.DEFAULT_DEVICE)  # the format's own: engines are built on a GPU
+    reason = module.unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(reason)
     src_path = resolve_model(weights)
     source = load_model(src_path)
     _validate(to, options, source.meta.stride)
@@ -268,8 +276,7 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     t0 = time.perf_counter()
     artifact = module.export(source, target, options)
     export_s = time.perf_counter() - t0
-    meta_fn = getattr(module, "read_meta", None)
-    meta: ModelMeta = meta_fn(artifact) if meta_fn is not None else source.meta
+    meta = module.read_meta(artifact)
     notes = [str(n) for n in meta.extra.get("notes", [])]
     parity = parity_check(src_path, artifact, to, options, parity_images, notes)
     report = ExportReport(artifact=artifact, format=to, precision=meta.precision, meta=meta, export_s=export_s,

@@ -12,7 +12,7 @@ SAMPLE_FILES = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg")
 
 def sample_dir() -> Path:
     """The folder of the bundled sample photos (a person, a cat, a cup, a rocket launch)."""
-    d = Path(__file__).resolve().parent / "data" / "samples"
+    d = Path(__file__).resolve().parents[1] / "data" / "samples"
     if not all((d / f).is_file() for f in SAMPLE_FILES):
         raise InputError(f"{d}: the sample photos shipped with yolokit are missing (a broken install?); reinstall "
                          f"yolokit or pass a folder of images")

@@ -1,0 +1,122 @@
+"""The layout keeps its promises: the core never names a backend, every backend keeps the whole contract, no module
+grows past 500 lines, and importing the errors loads neither numpy nor OpenCV. (The import layers themselves are
+checked by ``lint-imports`` in the test command, from the contracts in pyproject.toml.)"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import backends
+from backends.base import ExportOptions, PlanningHints
+from toolkit.meta import ModelMeta
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted([*(REPO / "toolkit").rglob("*.py"), *(REPO / "backends").rglob("*.py")])
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append((node.lineno, node.value))
+    return out
+
+
+def test_no_backend_is_named_in_the_core() -> None:
+    """A backend's name as a string literal in toolkit/ means the core decides something a backend should state."""
+    names = set(backends.REGISTRY)
+    found = [f"{p.relative_to(REPO)}:{line}: {value!r}" for p in sorted((REPO / "toolkit").rglob("*.py"))
+             for line, value in _string_literals(p) if value in names]
+    assert not found, "\n".join(found)
+
+
+def test_the_literal_scan_can_fail(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('BACKEND = "onnx"\nOTHER = "the onnx backend"\n')
+    assert [v for _, v in _string_literals(sample) if v in backends.REGISTRY] == ["onnx"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_module_over_500_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= 500
+
+
+@pytest.mark.parametrize("name", list(backends.REGISTRY))
+def test_every_backend_keeps_the_whole_contract(name: str, tmp_path: Path) -> None:
+    m: Any = backends.REGISTRY[name]
+    assert name == m.NAME and isinstance(m.DESCRIPTION, str) and m.DESCRIPTION
+    assert m.EXTRA is None or isinstance(m.EXTRA, str)
+    assert isinstance(m.SUFFIXES, tuple) and m.SUFFIXES and all(s.startswith(".") for s in m.SUFFIXES)
+    assert isinstance(m.PACKAGES, tuple) and m.PACKAGES
+    assert m.DEFAULT_DEVICE in ("cpu", "cuda") and m.DEFAULT_DEVICE in m.PRECISIONS
+    assert all(set(p) <= {"fp32", "fp16", "int8"} and p for p in m.PRECISIONS.values())
+    assert isinstance(m.EXPORTS, bool) and set(m.EXPORT_PRECISIONS) <= {"fp32", "fp16", "int8"}
+    assert bool(m.EXPORT_PRECISIONS) == m.EXPORTS
+    assert isinstance(m.PLANNING, PlanningHints)
+    for fn in ("is_available", "unavailable_reason", "claims", "sniff", "output_path", "default_name", "read_meta",
+               "describe", "check_export", "load", "export"):
+        assert callable(getattr(m, fn)), fn
+    assert m.is_available() == (m.unavailable_reason() is None)
+    assert m.sniff(b"") is False and m.sniff(b"\x00" * 64) is False
+    assert m.claims(tmp_path / f"model{m.SUFFIXES[0]}")
+    target = m.output_path(tmp_path / "mymodel")
+    assert target.name.startswith("mymodel")
+    if target.suffix:  # a file target: named so that this backend claims it
+        assert m.claims(target) and backends.backend_for(target) == name
+    assert (name in backends.exporters()) == m.EXPORTS
+
+
+@pytest.mark.parametrize("name", [n for n, b in backends.REGISTRY.items() if b.EXPORTS])
+def test_exporting_backends_refuse_what_they_cannot_write(name: str) -> None:
+    from toolkit.errors import InputError
+
+    m: Any = backends.REGISTRY[name]
+    for precision in ("fp32", "fp16", "int8"):
+        options = ExportOptions(half=precision == "fp16", int8=precision == "int8", calib_data="x")
+        if precision in m.EXPORT_PRECISIONS:
+            m.check_export(options)
+        else:
+            with pytest.raises(InputError):
+                m.check_export(options)
+
+
+def test_artifacts_are_recognised_by_their_first_bytes(tmp_path: Path) -> None:
+    """Each backend's sniff claims its own files' first bytes and nobody else's."""
+    from backends import tensorrt_backend
+
+    heads = {"torch": b"PK\x03\x04" + bytes(60), "onnx": b"\x08\x08\x12\x07pytorch" + bytes(50),
+             "openvino": b'<?xml version="1.0"?>\n<net name="main_graph" version="11">',
+             "trt": tensorrt_backend.pack_engine(ModelMeta(names={0: "a"}), b"x")[:64]}
+    for owner, head in heads.items():
+        claimed = [n for n, b in backends.REGISTRY.items() if b.sniff(head)]
+        assert claimed == [owner], (owner, claimed)
+
+
+def test_importing_the_errors_loads_neither_numpy_nor_opencv() -> None:
+    code = ("import sys, toolkit.errors, toolkit; heavy = [m for m in ('numpy', 'cv2', 'torch') if m in sys.modules]; "
+            "assert not heavy, heavy; from toolkit import Detector; assert 'numpy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_lint_imports_finds_a_broken_layer(tmp_path: Path) -> None:
+    """The layer contracts can fail: an import from a lower layer up into a higher one is reported."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    if not lint.exists():
+        pytest.skip("import-linter is not installed: pip install 'yolokit[dev]'")
+    pkg = tmp_path / "demo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "high.py").write_text("import demo.low\n")
+    (pkg / "low.py").write_text("import demo.high\n")
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = demo\n\n[importlinter:contract:1]\n"
+        "name = demo layers\ntype = layers\nlayers =\n    demo.high\n    demo.low\n")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and "BROKEN" in out.stdout

@@ -1,0 +1,356 @@
+"""The one batch routine (load -> prepare -> infer -> post-process, with stage timings) and the small types around
+it: :class:`DetectorConfig`, :class:`StageTimes`, :class:`Result`, :class:`Prepared`.
+
+:class:`BatchRoutine` serves every way of running a model: ``Detector.predict``, thread mode (its reader threads
+call :meth:`BatchRoutine.load_and_prepare`, its inference threads :meth:`BatchRoutine.run_batch`), process-mode
+workers and Ray actors (both call :meth:`BatchRoutine.process`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.detections import Detections
+from toolkit.errors import InputError, first_line, last_line
+from toolkit.io.decode import decode_image
+from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits, read_bytes
+from toolkit.io.sources import InputRef, iter_video
+from toolkit.meta import ModelMeta
+from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
+
+if TYPE_CHECKING:
+    from backends.base import Runner
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything a :class:`~toolkit.engine.detector.Detector` is built from: a worker process, a Ray actor or a
+    second copy with another thread budget rebuild the same detector from it (``Detector.from_config``)."""
+
+    weights: str = "yolov5n"
+    backend: str | None = None
+    device: str = "cpu"
+    half: bool | None = None
+    imgsz: int | tuple[int, int] = 640
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 1000
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    multi_label: bool = False
+    threads: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    fast_decode: bool = False
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            raise InputError(f"conf and iou must be in [0, 1], got conf={self.conf} iou={self.iou}")
+        if self.max_det < 1:
+            raise InputError(f"max_det must be at least 1, got {self.max_det}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.imgsz, self.imgsz) if isinstance(self.imgsz, int) else (int(self.imgsz[0]), int(self.imgsz[1]))
+
+    @property
+    def limits(self) -> ReadLimits:
+        return ReadLimits(self.max_file_size, self.max_pixels)
+
+    def nms(self) -> NMSOptions:
+        return NMSOptions(conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
+                          agnostic=self.agnostic, multi_label=self.multi_label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StageTimes:
+    """Seconds spent per stage, summed over images (for ms/image reports). Safe to update from several threads."""
+
+    STAGES = ("read", "pre", "infer", "post")
+
+    def __init__(self) -> None:
+        self.read = self.pre = self.infer = self.post = 0.0
+        self.images = 0
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float, images: int = 0) -> None:
+        with self._lock:
+            setattr(self, stage, getattr(self, stage) + seconds)
+            self.images += images
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def snapshot(self) -> tuple[float, float, float, float]:
+        with self._lock:
+            return self.read, self.pre, self.infer, self.post
+
+    def ms_per_image(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        return {k: 1000 * getattr(self, k) / n for k in self.STAGES}
+
+
+@dataclass
+class Result:
+    """One input's outcome: detections, or the reason it failed."""
+
+    ref: InputRef
+    detections: Detections | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)  # the BGR image, when asked to keep it
+    annotated: bytes | None = field(default=None, repr=False)  # or the annotated image already encoded (workers)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Prepared:
+    """One input letterboxed and ready for a batch."""
+
+    index: int
+    ref: InputRef
+    chw: np.ndarray
+    info: LetterboxInfo
+    image: np.ndarray | None
+    orig_shape: tuple[int, int]
+
+
+Payload = np.ndarray | str | None  # a decoded frame, a failure reason, or None: read the file
+Item = tuple[int, InputRef, Payload]
+
+
+def expand(items: Iterable[InputRef]) -> Iterator[Item]:
+    """Number the inputs, expanding videos into frames (decoded here, in order)."""
+    index = 0
+    for ref in items:
+        if ref.frame == -1:
+            for fref, frame, reason in iter_video(ref):
+                yield index, fref, frame if frame is not None else (reason or "unreadable frame")
+                index += 1
+        else:
+            yield index, ref, None
+            index += 1
+
+
+def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+                window: int) -> Iterator[Any]:
+    """``map`` over a thread pool with at most ``window`` items in flight, results in order."""
+    pending: deque[Future[Any]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def set_threads(runner: Runner, n: int) -> bool:
+    """Give ``runner`` ``n`` intra-op threads in place, where its runtime can; whether it could. A runner without
+    ``set_threads`` (a wrapper, a runner of one's own) cannot."""
+    change = getattr(runner, "set_threads", None)
+    return bool(change(n)) if change is not None else False
+
+
+@contextmanager
+def intra_op_threads(runner: Runner, threads: int | None) -> Iterator[None]:
+    """Give ``runner`` ``threads`` intra-op threads for the duration of a run, where its runtime can change them in
+    place (PyTorch's count is per process), and restore the count it had, whatever the run changed meanwhile."""
+    # a runner that cannot change its count (a wrapper, a runner of one's own) need not implement these two
+    current: Callable[[], int | None] = getattr(runner, "current_threads", lambda: None)
+    before = current()
+    if threads:
+        set_threads(runner, int(threads))
+    try:
+        yield
+    finally:
+        if before is not None and current() != before:
+            set_threads(runner, before)
+
+
+class BatchRoutine:
+    """load -> prepare -> infer -> post-process over a loaded runner. :class:`~toolkit.engine.detector.Detector`
+    sets the attributes below and adds the public API."""
+
+    runner: Runner
+    meta: ModelMeta
+    config: DetectorConfig
+    imgsz: tuple[int, int]
+    auto: bool
+    nms: NMSOptions
+    names: dict[int, str]
+    times: StageTimes
+
+    # ------------------------------------------------------------------------------------------- steps
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """BGR HWC uint8 -> (letterboxed CHW RGB uint8, letterbox info)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"images must be BGR uint8 (H, W, 3) arrays, got {image.dtype} {image.shape}")
+        lb, info = letterbox(image, self.imgsz, self.meta.stride, auto=self.auto)
+        return to_chw_rgb(lb), info
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a uint8 (B, 3, H, W) batch; a batch larger than a static artifact's is split."""
+        static = self.meta.batch
+        if static is not None and len(batch) > static:
+            return np.concatenate([self.infer(batch[i:i + static]) for i in range(0, len(batch), static)])
+        return self.runner.infer(batch)
+
+    def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
+        xyxy, conf, cls = postprocess(pred, self.nms)
+        return Detections(scale_boxes(xyxy, info), conf, cls, self.names, path, info.src_shape)
+
+    def reduce_factor(self, shape: tuple[int, int]) -> int:
+        """The largest JPEG reduced-decode factor (2, 4, 8) that keeps the long side >= the model input."""
+        target = max(self.imgsz)
+        f = 1
+        while f < 8 and max(shape) / (f * 2) >= target:
+            f *= 2
+        return f
+
+    def load_input(self, ref: InputRef, fast_decode: bool | None = None) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read. With
+        ``fast_decode`` (default: the detector's setting), a JPEG at least twice the model input is decoded at
+        reduced size; the shape returned is still the original's (as displayed: OpenCV applies the EXIF rotation)."""
+        from toolkit.io.decode import jpeg_size
+
+        if fast_decode is None:
+            fast_decode = self.config.fast_decode
+        limits = self.config.limits
+        factor, size = 1, None
+        with self.times.timed("read"):
+            try:
+                data = read_bytes(ref.path, limits.max_file_size)
+                size = jpeg_size(data) if fast_decode else None
+                factor = self.reduce_factor(size) if size else 1
+                img = decode_image(data, ref.path, factor, limits.max_pixels)
+            except ImageReadError as e:
+                return e.reason
+        if factor == 1 or not size:
+            return img, (img.shape[0], img.shape[1])
+        h, w = size  # as stored in the JPEG
+        rotated = (img.shape[0], img.shape[1]) != (-(-h // factor), -(-w // factor))
+        return img, ((w, h) if rotated else (h, w))
+
+    def prepare(self, index: int, ref: InputRef, image: np.ndarray, orig_shape: tuple[int, int] | None = None,
+                keep_image: bool = False) -> Prepared | Result:
+        """Letterbox one decoded image, or a failed result."""
+        with self.times.timed("pre"):
+            try:
+                chw, info = self.preprocess(image)
+            except Exception as e:  # one bad image fails alone (e.g. a shape OpenCV cannot resize)
+                return Result(ref, error=f"cannot prepare the image: {last_line(e)}")
+        return Prepared(index, ref, chw, info, image if keep_image else None,
+                        orig_shape or (image.shape[0], image.shape[1]))
+
+    def load_and_prepare(self, item: Item, keep_images: bool, fast_decode: bool) -> tuple[int, Result | Prepared]:
+        """The first half of the routine for one input: read and decode it (or take its decoded frame), letterbox."""
+        index, ref, payload = item
+        if isinstance(payload, str):
+            return index, Result(ref, error=payload)
+        if payload is None:
+            got = self.load_input(ref, fast_decode)
+            if isinstance(got, str):
+                return index, Result(ref, error=got)
+            img, shape = got
+        else:
+            img, shape = payload, (payload.shape[0], payload.shape[1])
+        return index, self.prepare(index, ref, img, shape, keep_images)
+
+    def run_batch(self, group: list[Prepared]) -> list[tuple[int, Result]]:
+        """The second half: infer one batch of same-shape prepared images and post-process it; a runtime error
+        fails this batch's images, not the run."""
+        t0 = time.perf_counter()
+        try:
+            preds = self.infer(np.stack([p.chw for p in group]))
+        except Exception as e:
+            return [(p.index, Result(p.ref, error=f"inference failed: {first_line(e)}")) for p in group]
+        t1 = time.perf_counter()
+        out = []
+        for p, pred in zip(group, preds, strict=True):
+            det = self.postprocess(pred, p.info, p.ref.path)
+            if p.orig_shape != p.info.src_shape:  # decoded at reduced size: back to original pixels
+                (h0, w0), (h1, w1) = p.orig_shape, p.info.src_shape
+                det.xyxy *= np.array([w0 / w1, h0 / h1, w0 / w1, h0 / h1], np.float32)
+                det.xyxy[:, [0, 2]] = det.xyxy[:, [0, 2]].clip(0, w0)
+                det.xyxy[:, [1, 3]] = det.xyxy[:, [1, 3]].clip(0, h0)
+                det.shape = p.orig_shape
+            out.append((p.index, Result(p.ref, det, image=p.image)))
+        self.times.add("infer", t1 - t0)
+        self.times.add("post", time.perf_counter() - t1, images=len(group))
+        return out
+
+    def run_prepared(self, pending: list[Prepared], batch: int = 0) -> dict[int, Result]:
+        """Run prepared images grouped by letterboxed shape, at most ``batch`` per inference call (0: a whole
+        group per call); results by input index."""
+        groups: dict[tuple[int, ...], list[Prepared]] = {}
+        for p in pending:
+            groups.setdefault(p.chw.shape, []).append(p)
+        step = batch if batch > 0 else max(1, len(pending))
+        return {i: r for group in groups.values() for start in range(0, len(group), step)
+                for i, r in self.run_batch(group[start:start + step])}
+
+    def process(self, items: Iterable[Item], batch: int = 0, keep_images: bool = False,
+                fast_decode: bool | None = None) -> dict[int, Result]:
+        """The whole routine over a few inputs at once (``Detector.predict``, a process-mode task, a Ray actor's
+        batch): results by input index, failures included."""
+        fast = self.config.fast_decode if fast_decode is None else fast_decode
+        done: dict[int, Result] = {}
+        prepared: list[Prepared] = []
+        for item in items:
+            index, res = self.load_and_prepare(item, keep_images, fast and not keep_images)
+            if isinstance(res, Prepared):
+                prepared.append(res)
+            else:
+                done[index] = res
+        done.update(self.run_prepared(prepared, batch))
+        return done
+
+
+def resolve_size(config: DetectorConfig, meta: ModelMeta, path: Path) -> tuple[tuple[int, int], bool]:
+    """The letterbox target and whether it is a rectangle (``auto``): a fixed-shape artifact's own shape, else the
+    asked size rounded up to the stride (refused when a dynamic artifact takes less)."""
+    stride = meta.stride
+    if meta.imgsz is not None:
+        return (int(meta.imgsz[0]), int(meta.imgsz[1])), False
+    h, w = config.size
+    size = (max(stride, -(-h // stride) * stride), max(stride, -(-w // stride) * stride))
+    limit = meta.max_imgsz
+    if limit is not None and (size[0] > limit[0] or size[1] > limit[1]):
+        raise InputError(f"{path}: this {meta.format} model takes inputs up to {limit[0]}x{limit[1]}, but --imgsz "
+                         f"asks for {size[0]}x{size[1]}; use --imgsz {max(limit)} or less, or re-export with "
+                         f"--imgsz {max(size)}")
+    return size, True
+
+
+def as_items(images: Sequence[Any]) -> list[Item]:
+    """``Detector.predict``'s inputs as routine items: arrays pass as decoded payloads, paths are read."""
+    items: list[Item] = []
+    for i, item in enumerate(images):
+        if isinstance(item, np.ndarray):
+            items.append((i, InputRef(f"<array {i}>", f"image{i}"), item))
+        else:
+            items.append((i, InputRef(str(item), Path(item).stem), None))
+    return items

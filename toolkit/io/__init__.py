@@ -1,0 +1,1 @@
+"""Inputs and outputs: finding inputs, reading files safely, checking and decoding images, writing results."""

@@ -1,0 +1,212 @@
+"""``yolokit bench``: every backend, precision, batch and concurrency mode side by side, with accuracy.
+
+Each configuration runs in a fresh subprocess (clean start-up time and peak memory), over the same images,
+``repeat`` times; the median is reported with min-max. The baseline is the checkpoint run by its own backend
+(PyTorch), sequentially, at that backend's default precision: FP32 on a CPU, FP16 on a GPU. Accuracy: mAP50-95
+when the images have YOLO labels, else agreement with the baseline's boxes
+(precision / recall / F1 at IoU 0.5, same class). Exported artifacts are cached by checkpoint hash and options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.engine.plan import is_gpu
+from toolkit.errors import InputError, first_line
+from toolkit.jobs.bench.child import MODE_ARGS
+from toolkit.jobs.bench.report import agreement, charts, map50_95, report, versions, write_csv
+
+
+@dataclass
+class BenchOptions:
+    weights: str
+    source: str
+    data: str | None = None
+    backends: list[str] | None = None  # default: every installed CPU/GPU backend
+    precisions: list[str] | None = None  # default: what each backend supports on this device
+    batches: list[int] = field(default_factory=lambda: [1])
+    modes: list[str] = field(default_factory=lambda: ["seq", "auto"])
+    workers: list[int] = field(default_factory=lambda: [0])
+    images: int = 100
+    repeat: int = 3
+    out: str = "runs/bench"
+    imgsz: int = 640
+    device: str = "cpu"
+    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (changes detections; see Detector)
+
+
+@dataclass
+class Config:
+    backend: str
+    precision: str
+    batch: int
+    mode: str
+    workers: int
+
+    @property
+    def name(self) -> str:
+        w = f" w{self.workers}" if self.workers else ""
+        return f"{self.backend} {self.precision} b{self.batch} {self.mode}{w}"
+
+
+def _kind(device: str) -> str:
+    return "cuda" if is_gpu(device) else "cpu"
+
+
+def _available(device: str) -> list[str]:
+    """Installed backends that run on this device."""
+    import backends
+
+    return [n for n, b in backends.REGISTRY.items() if b.is_available() and _kind(device) in b.PRECISIONS]
+
+
+def _baseline(opts: BenchOptions) -> Config:
+    """The checkpoint run by its own backend, sequentially, at that backend's default precision on the device
+    (PyTorch: FP32 on a CPU, FP16 on a GPU)."""
+    import backends
+
+    name = backends.checkpoint_backend()
+    return Config(name, backends.REGISTRY[name].PRECISIONS[_kind(opts.device)][0], 1, "seq", 0)
+
+
+def grid(opts: BenchOptions) -> list[Config]:
+    import backends
+
+    names = opts.backends or _available(opts.device)
+    baseline = _baseline(opts)
+    out = []
+    for b in names:
+        module = backends.REGISTRY.get(b)  # an unknown name is recorded as that configuration's error
+        defaults = module.PRECISIONS.get(_kind(opts.device), ()) if module is not None else ()
+        if b == baseline.backend:
+            defaults = defaults[:1]  # the checkpoint's own backend: its default precision
+        for p in opts.precisions or defaults or ("fp32",):
+            for batch in opts.batches:
+                for mode in opts.modes:
+                    if mode not in MODE_ARGS:
+                        raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODE_ARGS)}")
+                    for w in opts.workers if mode in ("thread", "process") else [0]:
+                        out.append(Config(b, p, batch, mode, w))
+    if not any(asdict(c) == asdict(baseline) for c in out):
+        out.insert(0, baseline)
+    else:
+        out.sort(key=lambda c: asdict(c) != asdict(baseline))
+    return out
+
+
+def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str) -> str:
+    """The model file for a configuration, exported once and cached by checkpoint hash and options."""
+    import backends
+    from backends.base import ExportOptions
+    from toolkit.jobs.export import export
+    from toolkit.model.weights import sha256_file
+
+    module = backends.get_backend(cfg.backend)  # an unknown name is a clear InputError
+    if cfg.backend == _baseline(opts).backend:
+        return opts.weights
+    weights = Path(opts.weights)
+    digest = sha256_file(weights)[:12] if weights.is_file() else hashlib.sha256(opts.weights.encode()).hexdigest()[:12]
+    path = cache / module.default_name(f"{digest}_{cfg.precision}_{opts.imgsz}", "_dyn")
+    if not path.exists():
+        eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=cfg.precision == "fp16",
+                           int8=cfg.precision == "int8", calib_data=calib if cfg.precision == "int8" else None,
+                           device=opts.device)
+        export(opts.weights, cfg.backend, path, eo)
+    return str(path)
+
+
+
+# ------------------------------------------------------------------------------------------- parent side
+def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the grid and write results.json, results.csv, report.md and charts into ``opts.out``."""
+    from toolkit.io.sources import list_sources
+
+    say = progress or (lambda _msg: None)
+    if opts.data:  # a labelled dataset: its images, so accuracy is mAP
+        from toolkit.jobs.val import dataset_images
+
+        paths = [str(p.resolve()) for p in dataset_images(opts.data)[0][: opts.images]]
+    else:
+        refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
+        paths = [str(Path(r.path).resolve()) for r in refs]
+    if not paths:
+        raise InputError(f"{opts.source}: no images to benchmark")
+    out = Path(opts.out)
+    (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    from toolkit.jobs.val import _label_path
+
+    labelled = all(_label_path(Path(p)).is_file() for p in paths[:5])
+    rows: list[dict[str, Any]] = []
+    configs = grid(opts)
+    for i, cfg in enumerate(configs, 1):
+        say(f"[{i}/{len(configs)}] {cfg.name}")
+        row: dict[str, Any] = {"config": cfg.name, **asdict(cfg)}
+        try:
+            model = artifact(opts, cfg, out / "artifacts", opts.source)
+            spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
+                    "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers,
+                    "conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "multi_label": labelled,
+                    "fast_decode": opts.fast_decode}
+            runs = [_spawn(spec) for _ in range(opts.repeat)]
+        except Exception as e:  # recorded; the bench goes on
+            row["error"] = f"{type(e).__name__}: {first_line(e)}"
+            rows.append(row)
+            say(f"    failed: {row['error']}")
+            continue
+        for k in ("img_s", "steady_img_s", "p50_ms", "p95_ms", "startup_s", "raw_img_s", "peak_rss_mb"):
+            vals = [float(r[k]) for r in runs]
+            row[k] = statistics.median(vals)
+            row[f"{k}_min"], row[f"{k}_max"] = min(vals), max(vals)
+        row["gpu_peak_mb"] = runs[-1]["gpu_peak_mb"]
+        row["plan"] = runs[-1]["plan"]
+        row["_dets"] = runs[-1]["detections"]
+        rows.append(row)
+        say(f"    {row['img_s']:.1f} img/s (steady {row['steady_img_s']:.1f}, raw model {row['raw_img_s']:.1f})")
+    base = rows[0] if "error" not in rows[0] else None
+    for row in rows:
+        if "_dets" not in row:
+            continue
+        row["speedup"] = row["img_s"] / base["img_s"] if base else None
+        if labelled:
+            row["map50_95"] = map50_95(paths, row["_dets"])
+        if base is not None:
+            row.update({f"agree_{k}": v for k, v in agreement(base["_dets"], row["_dets"]).items()})
+    for row in rows:
+        row.pop("_dets", None)
+    if labelled and base is not None:
+        for row in rows:
+            if row.get("map50_95") is not None:
+                row["map_delta"] = row["map50_95"] - base["map50_95"]
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
+               "versions": versions()}
+    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_csv(out / "results.csv", rows)
+    (out / "report.md").write_text(report(result))
+    charts(rows, out)
+    return result
+
+
+def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", "import json,sys; from toolkit.jobs.bench.child import child; "
+           "print('@@' + json.dumps(child(json.loads(sys.stdin.read()))))"]
+    proc = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, timeout=3600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@")), None)
+    if proc.returncode != 0 or line is None:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(err[-1] if err else f"exit code {proc.returncode}")
+    result: dict[str, Any] = json.loads(line[2:])
+    return result
+
+

@@ -1,0 +1,109 @@
+"""What a run is asked to do (:class:`RunOptions`) and what it records of each input (:class:`Outcome`), with the
+one function that writes an input's outputs; shared by the local and the Ray engine."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.engine.core import DetectorConfig, Result
+from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
+from toolkit.io.outputs import (
+    annotate,
+    coco_image_id,
+    coco_results,
+    image_suffix,
+    write_encoded,
+    write_image,
+    write_labels,
+)
+
+
+@dataclass
+class RunOptions:
+    """Options of a detection run (the CLI's ``yolokit run`` flags)."""
+
+    source: str | None = None
+    weights: str | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    half: bool | None = None
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 1000
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    save_json: bool = False
+    nosave: bool = False
+    project: str = "runs/detect"
+    name: str = "exp"
+    exist_ok: bool = False
+    batch: int = 0  # 0: chosen by the plan
+    workers: int = 0  # 0: chosen by the plan
+    mode: str = "auto"  # auto | thread | process
+    fast_decode: bool = False  # opt-in: decode big JPEGs at reduced size when not saving annotated images
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger inputs are refused before they are read
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
+    resume: bool = False  # continue an interrupted run in project/name
+    tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
+    overlap: float = 0.3
+    tile_batch: int = 4
+    tile_scales: tuple[float, ...] = (1.0, 0.5)
+    full_frame: bool = True
+    round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
+    engine: str = "local"  # local | ray
+    address: str | None = None  # --engine ray: a running cluster (auto, HOST:PORT); None starts a local one
+    gpus_per_worker: float = 0.0  # --engine ray
+    cpus_per_worker: float = 0.0  # --engine ray; 0: the cluster's CPUs shared among the workers
+
+    def detector_config(self, **overrides: Any) -> DetectorConfig:
+        """The detector these options describe (the one place options become detector settings)."""
+        values: dict[str, Any] = dict(
+            weights=self.weights or "yolov5n", backend=self.backend, device=self.device, half=self.half,
+            imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
+            agnostic=self.agnostic, fast_decode=self.fast_decode, max_file_size=self.max_file_size,
+            max_pixels=self.max_pixels)
+        values.update(overrides)
+        return DetectorConfig(**values)
+
+
+@dataclass
+class Outcome:
+    """What the run records of one finished input (its outputs are already written)."""
+
+    key: str
+    path: str
+    error: str | None = None
+    n: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    coco: list[dict[str, Any]] | None = None  # COCO results, with --save-json
+    shape: tuple[int, int] | None = None  # the source image's (h, w)
+
+
+def write_outputs(res: Result, opts: RunOptions, out_dir: Path) -> Outcome:
+    """Write one result's labels and annotated image under ``out_dir`` (atomically); what to record of it.
+
+    The local engine calls this in the driver loop, the Ray engine inside its workers."""
+    key = res.ref.key
+    if res.error is not None:
+        return Outcome(key, res.ref.name, res.error)
+    d = res.detections
+    assert d is not None
+    if opts.round_boxes:
+        d = d.rounded()
+    if opts.save_txt and len(d):
+        write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
+    if not opts.nosave and (res.image is not None or res.annotated is not None):
+        suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
+        if res.annotated is not None:
+            write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
+        else:
+            assert res.image is not None
+            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
+    return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
+                   coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape)

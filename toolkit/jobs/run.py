@@ -1,0 +1,249 @@
+"""The ``yolokit run`` job: detect over a SOURCE, write outputs, account for every input.
+
+Two engines produce the outcomes: :class:`LocalEngine` (this machine's threads or processes) and
+:class:`toolkit.jobs.ray.RayJob` (a Ray cluster). Everything else (the run folder, the manifest, resume, the summary,
+exit codes) is the same for both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from toolkit.engine.detector import Detector
+from toolkit.errors import InputError, OutputError
+from toolkit.io.files import ReadLimits
+from toolkit.io.outputs import write_json
+from toolkit.io.sources import SourceList, list_sources
+from toolkit.jobs.manifest import Manifest, increment_dir, prepare_out_dir, read_jsonl, remove_partial_writes
+from toolkit.jobs.records import Outcome, RunOptions, write_outputs
+from toolkit.tiling import TileOptions
+
+ENGINES = ("local", "ray")
+__all__ = ["ENGINES", "LocalEngine", "Outcome", "RunOptions", "RunSummary", "format_summary", "increment_dir",
+           "prepare_out_dir", "read_jsonl", "remove_partial_writes", "run", "write_outputs"]
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    weights: str
+    backend: str
+    source: str
+    images: int = 0
+    processed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    detections: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    img_per_s: float = 0.0
+    ms_per_image: dict[str, float] = field(default_factory=dict)
+    plan: str = ""
+    interrupted: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def count(self, ok: bool, n: int = 0, classes: dict[str, int] | None = None, path: str = "",
+              reason: str = "") -> None:
+        self.images += 1
+        if ok:
+            self.processed += 1
+            self.detections += n
+            for k, v in (classes or {}).items():
+                self.per_class[k] = self.per_class.get(k, 0) + int(v)
+        else:
+            self.failed.append({"path": path, "reason": reason})
+
+
+ProgressFn = Callable[[int, int, Outcome], None]
+
+
+class Engine(Protocol):
+    """What :func:`run` needs of an engine."""
+
+    weights: str
+    backend: str
+
+    def outcomes(self, sources: SourceList) -> Iterator[Outcome]: ...
+
+    def letterbox_differs(self, shape: tuple[int, int]) -> bool: ...
+
+    def describe(self) -> str: ...
+
+    def ms_per_image(self) -> dict[str, float]: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEngine:
+    """This machine: a :class:`Detector` over threads or processes, outputs written as results arrive."""
+
+    def __init__(self, opts: RunOptions, out_dir: Path, detector: Detector | None = None) -> None:
+        self.opts, self.out_dir = opts, out_dir
+        self.det = detector or Detector.from_config(opts.detector_config())
+        self.owned = detector is None
+        self.weights, self.backend = str(self.det.weights), self.det.backend_name
+
+    def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
+        o = self.opts
+        tiling = TileOptions(o.tile, o.overlap, o.tile_batch, o.full_frame, scales=tuple(o.tile_scales)) \
+            if o.tile else None
+        results = self.det.predict_iter(sources, batch=o.batch, workers=o.workers, mode=o.mode,
+                                        keep_images=not o.nosave, fast_decode=o.fast_decode, tile=tiling)
+        return (write_outputs(res, o, self.out_dir) for res in results)
+
+    def letterbox_differs(self, shape: tuple[int, int]) -> bool:
+        return self.det.letterbox_differs(shape)
+
+    def describe(self) -> str:
+        return self.det.last_plan.describe() if self.det.last_plan else ""
+
+    def ms_per_image(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.det.times.ms_per_image().items()}
+
+    def settings(self) -> dict[str, Any]:
+        plan = self.det.last_plan
+        return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
+                "batch": plan.batch if plan else self.opts.batch}
+
+    def close(self) -> None:
+        if self.owned:
+            self.det.close()
+
+
+def _check(opts: RunOptions) -> None:
+    """Option checks first: nothing is created for a bad command."""
+    if opts.engine not in ENGINES:
+        raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")
+    ReadLimits(opts.max_file_size, opts.max_pixels)
+    if opts.engine != "local" and opts.tile:
+        raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
+
+
+def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
+    """The settings a resumed run must share with the interrupted one."""
+    info: dict[str, Any] = {"source": source_label, "weights": opts.weights, "conf": opts.conf, "iou": opts.iou,
+                            "imgsz": opts.imgsz, "max_det": opts.max_det, "tile": opts.tile,
+                            "fast_decode": opts.fast_decode}
+    if opts.tile:
+        info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales))
+    return info
+
+
+def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None) -> Engine:
+    if opts.engine == "ray":
+        from toolkit.jobs.ray import RayJob
+
+        return RayJob(opts, out_dir)
+    return LocalEngine(opts, out_dir, detector)
+
+
+def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
+    """Run detection over ``opts.source`` and write the outputs under ``project/name``.
+
+    Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
+    ``manifest.jsonl`` gets one line per finished input, written after its outputs, so ``opts.resume``
+    continues an interrupted run in the same folder: nothing done twice, nothing missing.
+    ``progress(done, total, result)`` is called after each input.
+    """
+    from toolkit.io.samples import sample_paths
+
+    _check(opts)
+    source: str | list[str] = opts.source if opts.source is not None else sample_paths()
+    sources = list_sources(source)
+    out_dir = Path(opts.project) / opts.name if opts.resume else increment_dir(opts.project, opts.name,
+                                                                               opts.exist_ok)
+    source_label = str(opts.source or "the sample photos shipped with yolokit")
+    records = Manifest(out_dir)
+    records.open(_run_info(opts, source_label), opts.resume)
+    done_keys = records.done_keys
+    if done_keys:
+        sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
+        sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
+    t0 = time.perf_counter()
+    engine = _engine(opts, out_dir, detector)
+    summary = RunSummary(out_dir=str(out_dir), weights=engine.weights, backend=engine.backend, source=source_label,
+                         settings={"imgsz": [opts.imgsz, opts.imgsz], "conf": opts.conf, "iou": opts.iou,
+                                   "max_det": opts.max_det, "batch": opts.batch, "precision": "",
+                                   "fast_decode": opts.fast_decode, "resumed": len(records.previous),
+                                   "engine": opts.engine})
+    for r in records.previous:  # the summary covers the whole run, resumed or not
+        summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
+                      str(r.get("reason")))
+    total = len(sources.items) + len(sources.failed) + len(records.previous)
+    reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
+    try:
+        with records:
+            for oc in engine.outcomes(sources):
+                if oc.key in done_keys:  # a video frame finished before the interruption
+                    continue
+                summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
+                reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
+                records.record(oc)
+                if progress is not None:
+                    progress(summary.images, total, oc)
+    except KeyboardInterrupt:
+        summary.interrupted = True  # what is done is written; the summary says the run was cut short
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e}); check free space and "
+                          f"permissions, then continue with --resume") from None
+    finally:
+        engine.close()
+    if opts.save_json:
+        records.write_predictions()
+    _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
+    write_json(out_dir / "summary.json", summary.to_dict())
+    if summary.images == 0 and not summary.interrupted:
+        raise InputError(f"{source}: no inputs to process")
+    return summary
+
+
+def _finish(summary: RunSummary, engine: Engine, t0: float, resumed_ok: int, reshaped: int) -> None:
+    summary.wall_s = time.perf_counter() - t0
+    new = summary.processed - resumed_ok
+    summary.img_per_s = new / summary.wall_s if summary.wall_s > 0 else 0.0
+    summary.per_class = dict(sorted(summary.per_class.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary.ms_per_image = engine.ms_per_image()
+    summary.plan = engine.describe()
+    summary.settings.update(engine.settings())
+    if reshaped:
+        size = "x".join(str(v) for v in summary.settings.get("imgsz", []))
+        summary.notes.append(f"this model has a fixed {size} input: {reshaped} image(s) were letterboxed to it where "
+                             f"the .pt letterboxes to a smaller rectangle, so detections can differ from the .pt's; "
+                             f"export without --static for the same results")
+
+
+def format_summary(s: RunSummary) -> str:
+    """A short human-readable summary."""
+    lines = [f"{s.processed}/{s.images} images processed in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
+             f"{s.detections} detections; backend {s.backend}, weights {os.path.basename(s.weights)}"]
+    if s.per_class:
+        lines.append("  " + ", ".join(f"{n} {k}" for k, n in list(s.per_class.items())[:12])
+                     + (" ..." if len(s.per_class) > 12 else ""))
+    if s.plan:
+        lines.append(f"  {s.plan}")
+    lines.extend(f"  note: {n}" for n in s.notes)
+    if s.interrupted:
+        lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")
+    if s.ms_per_image:
+        lines.append("  ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
+    if s.failed:
+        lines.append(f"  {len(s.failed)} failed (listed in {s.out_dir}/failures.jsonl):")
+        lines.extend(f"    {f['path']}: {f['reason']}" for f in s.failed[:20])
+        if len(s.failed) > 20:
+            lines.append(f"    ... and {len(s.failed) - 20} more")
+    lines.append(f"  results in {s.out_dir}")
+    return "\n".join(lines)

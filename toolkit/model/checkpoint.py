@@ -1,0 +1,241 @@
+"""Read official YOLOv5 ``.pt`` checkpoints without executing any code from their pickle.
+
+A YOLOv5 training checkpoint is a pickled ``dict`` holding a whole ``models.yolo.Model`` object
+(plus EMA, optimizer and options). ``torch.load`` would import the yolov5 repo and run whatever
+the pickle names. This module instead unpickles with an allow-list: every module class becomes an
+inert :class:`ModuleRecord` that only stores its pickled ``__dict__``, tensors are rebuilt by our
+own code straight from the raw storage bytes, and any other global (``os.system``,
+``builtins.eval`` ...) raises :class:`~toolkit.errors.UnsafeCheckpointError` before anything runs.
+
+Supported containers: the zip format (torch >= 1.6), the legacy stream format (torch < 1.6) and a
+plain pickle file; all of them go through the same restricted unpickler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from toolkit.errors import ModelFileError
+from toolkit.model.torchfile import read_file, read_pickled_object, unpickle_bytes
+from toolkit.model.unpickler import (
+    ALLOWED_GLOBALS,
+    ARCHIVE_HINT,
+    MAX_MODULE_DEPTH,
+    MODEL_CLASSES,
+    SUPPORTED_MODULE_CLASSES,
+    ModuleRecord,
+)
+
+# the unpickler's allow-list and record type, and the container reader, are part of this module's interface
+__all__ = ["ALLOWED_GLOBALS", "ModuleRecord", "RawCheckpoint", "read_checkpoint", "read_pickled_object"]
+
+# --------------------------------------------------------------------------- record tree -> RawCheckpoint
+
+
+@dataclass
+class RawCheckpoint:
+    """What yolokit needs from a YOLOv5 checkpoint, read without running any of its code."""
+
+    path: str
+    sha256: str
+    arch: dict[str, Any]  # the model's ``yaml`` dict: nc, depth_multiple, width_multiple, anchors, ...
+    names: dict[int, str]
+    state_dict: dict[str, torch.Tensor]  # same keys as ``nn.Module.state_dict()``, saved dtype kept
+    stride: list[float]
+    source_key: str  # 'ema' or 'model'; '' when the file's top level is the model itself
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able extras
+    bn_eps: dict[str, float] = field(default_factory=dict)  # BatchNorm module name -> eps (not in state_dict)
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _state_dict_error(path: str) -> NoReturn:
+    raise ModelFileError(
+        f"{path}: holds only a state_dict (tensors without the model architecture); yolokit needs a full "
+        "YOLOv5 checkpoint with its architecture, as saved by YOLOv5's train.py (e.g. the official "
+        "yolov5n.pt)."
+    )
+
+
+def _select_model(obj: Any, path: str) -> tuple[ModuleRecord, str]:
+    if isinstance(obj, ModuleRecord):
+        return obj, ""
+    if isinstance(obj, dict):
+        ema, model = obj.get("ema"), obj.get("model")
+        if isinstance(ema, ModuleRecord):
+            return ema, "ema"
+        if isinstance(model, ModuleRecord):
+            return model, "model"
+        if any(_is_tensor_dict(v) for v in (obj, model, ema, obj.get("state_dict"))):
+            _state_dict_error(path)
+    raise ModelFileError(
+        f"{path}: does not contain a YOLOv5 model under 'model' or 'ema' (found {type(obj).__name__}); "
+        "pass a YOLOv5 checkpoint saved by train.py, such as the official yolov5n.pt."
+    )
+
+
+def _iter_modules(
+    record: ModuleRecord, prefix: str, path: str, seen: set[int], depth: int = 0
+) -> Iterator[tuple[str, ModuleRecord]]:
+    if depth > MAX_MODULE_DEPTH or id(record) in seen:
+        raise ModelFileError(f"{path}: is corrupt: its module tree is cyclic or too deep; {ARCHIVE_HINT}.")
+    seen.add(id(record))
+    yield prefix, record
+    children = record.state.get("_modules", {})
+    if not isinstance(children, dict):
+        raise ModelFileError(f"{path}: is corrupt: {record.cls_name} has no module table; {ARCHIVE_HINT}.")
+    for name, child in children.items():
+        if child is None:
+            continue
+        if not isinstance(name, str) or not isinstance(child, ModuleRecord):
+            raise ModelFileError(
+                f"{path}: is corrupt: {record.cls_name} has a submodule that is not a module; "
+                f"{ARCHIVE_HINT}."
+            )
+        yield from _iter_modules(child, f"{prefix}{name}.", path, seen, depth + 1)
+
+
+def _module_state_dict(
+    model: ModuleRecord, path: str
+) -> tuple[dict[str, torch.Tensor], list[ModuleRecord], dict[str, float]]:
+    state_dict: dict[str, torch.Tensor] = {}
+    modules: list[ModuleRecord] = []
+    bn_eps: dict[str, float] = {}
+    for prefix, record in _iter_modules(model, "", path, set()):
+        modules.append(record)
+        eps = record.state.get("eps")
+        if record.cls_name.endswith("BatchNorm2d") and isinstance(eps, float):
+            bn_eps[prefix.rstrip(".")] = eps
+        params = record.state.get("_parameters", {})
+        buffers = record.state.get("_buffers", {})
+        skip = record.state.get("_non_persistent_buffers_set", set())
+        if (
+            not isinstance(params, dict)
+            or not isinstance(buffers, dict)
+            or not isinstance(skip, (set, frozenset))
+        ):
+            raise ModelFileError(
+                f"{path}: is corrupt: {record.cls_name} has a malformed state; {ARCHIVE_HINT}."
+            )
+        entries = list(params.items()) + [(k, v) for k, v in buffers.items() if k not in skip]
+        for name, tensor in entries:
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise ModelFileError(f"{path}: is corrupt: {prefix}{name} is not a tensor; {ARCHIVE_HINT}.")
+            state_dict[f"{prefix}{name}"] = tensor
+    return state_dict, modules, bn_eps
+
+
+def _as_float_list(value: Any) -> list[float] | None:
+    if isinstance(value, torch.Tensor):
+        return [float(v) for v in value.detach().flatten().double().tolist()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _jsonable_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return None
+
+
+def _names(
+    model: ModuleRecord, arch: dict[str, Any], detect: ModuleRecord | None, path: str
+) -> dict[int, str]:
+    raw = model.state.get("names")
+    if isinstance(raw, (list, tuple)):
+        return {i: str(n) for i, n in enumerate(raw)}
+    if isinstance(raw, dict):
+        try:
+            return {int(k): str(v) for k, v in raw.items()}
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: has malformed class names; re-save the checkpoint.") from exc
+    nc = arch.get("nc", detect.state.get("nc") if detect is not None else None)
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise ModelFileError(
+            f"{path}: records neither class names nor a class count; re-save the checkpoint."
+        )
+    return {i: f"class{i}" for i in range(nc)}
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
+    """Read a YOLOv5 ``.pt`` checkpoint without executing any code from it.
+
+    Raises ``UnsafeCheckpointError`` if the pickle names anything off :data:`ALLOWED_GLOBALS` and
+    ``ModelFileError`` (one line, naming the file and the fix) for every other problem.
+    """
+    p, data = read_file(path)
+    where = str(p)
+    sha256 = hashlib.sha256(data).hexdigest()
+    obj, fmt, n_storages = unpickle_bytes(data, where)
+    model, source_key = _select_model(obj, where)
+
+    if model.cls_name not in MODEL_CLASSES:
+        raise ModelFileError(
+            f"{where}: unsupported architecture: the model is a {model.cls_name}; yolokit runs YOLOv5 "
+            "detection models (models.yolo.Model / DetectionModel)."
+        )
+    arch = model.state.get("yaml")
+    if not isinstance(arch, dict):
+        raise ModelFileError(
+            f"{where}: the model has no architecture dict (its 'yaml' attribute is missing); "
+            "use a checkpoint saved by YOLOv5's train.py."
+        )
+    state_dict, modules, bn_eps = _module_state_dict(model, where)
+    classes = sorted({m.cls_name for m in modules})
+    unsupported = [c for c in classes if c not in SUPPORTED_MODULE_CLASSES]
+    if unsupported:
+        raise ModelFileError(
+            f"{where}: unsupported architecture: it uses {', '.join(unsupported)}; yolokit runs YOLOv5 "
+            "detection models built from Conv/C3/SPPF/Detect layers."
+        )
+    detect = next((m for m in reversed(modules) if m.cls_name == "models.yolo.Detect"), None)
+    stride = _as_float_list(model.state.get("stride"))
+    if stride is None and detect is not None:
+        stride = _as_float_list(detect.state.get("stride"))
+    if not stride:
+        raise ModelFileError(
+            f"{where}: the model records no stride; use a checkpoint saved by YOLOv5's train.py."
+        )
+    names = _names(model, arch, detect, where)
+
+    top = obj if isinstance(obj, dict) else {}
+    info: dict[str, Any] = {
+        "format": fmt,
+        "epoch": _jsonable_scalar(top.get("epoch")),
+        "date": top.get("date") if isinstance(top.get("date"), str) else None,
+        "best_fitness": _jsonable_scalar(top.get("best_fitness")),
+        "model_class": model.cls_name,
+        "module_classes": classes,
+        "storages": n_storages,
+    }
+    return RawCheckpoint(
+        path=where,
+        sha256=sha256,
+        arch=arch,
+        names=names,
+        state_dict=state_dict,
+        stride=stride,
+        source_key=source_key,
+        info=info,
+        bn_eps=bn_eps,
+    )
