@@ -207,11 +207,12 @@ def test_bad_tile_merge_is_refused_before_any_work(tmp_path: Path, capsys: pytes
 
 
 # The mosaic measure at test scale: 32 coco128 images on a 5200x3900 canvas (about the density of the full measure: 128
-# on 13400x9528), two random placements. Asserted: merge loss <= 1 % of the reference, no duplicates, recall and
-# fragments within what was measured here with a margin (docs/benchmarks.md gives the numbers). The full 13400x9528 x 3
-# seeds measure, against SAHI, is scripts/tiling_bench.py.
-MOSAIC_IMAGES, MOSAIC_CANVAS, MOSAIC_SEEDS = 32, (3900, 5200), (0, 1)
-MIN_RECALL, MAX_FRAGMENTS = 0.80, 1.6  # measured: see docs/benchmarks.md
+# on 13400x9528), one random placement, to stay near a minute on 2 cores. Asserted: merge loss <= 1 % of the reference
+# (here: at most one object), no duplicates, fragments and recall within what was measured here with a margin
+# (docs/benchmarks.md gives the numbers). The full 13400x9528 x 3 seeds measure, against SAHI, is
+# scripts/tiling_bench.py.
+MOSAIC_IMAGES, MOSAIC_CANVAS, MOSAIC_SEEDS = 32, (3900, 5200), (0,)
+MIN_RECALL, MAX_FRAGMENTS = 0.84, 1.6  # measured: recall 0.867, fragments 1.44x the reference's own
 
 
 def test_random_mosaic_keeps_what_the_tiles_found(coco128_images: Path, yolov5n_pt: Path) -> None:

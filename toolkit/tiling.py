@@ -11,7 +11,8 @@ Merges (``TileOptions.merge``):
   its confidence is the highest of its views. A part whose cut sides no
   view completed is dropped only when a box of the same class covers most of it, goes on past those sides (the
   same object, seen better) and is at least half as confident. Last, class-wise NMS at the model's IoU threshold,
-  which never suppresses a box for one that a tile reported beside it.
+  which suppresses a box for one that a tile reported beside it only when the two overlap as duplicates do
+  (IoU >= 0.5).
 * ``nms``: class-wise NMS over all boxes at the model's IoU threshold.
 * ``nmm``: greedy non-maximum merging, as SAHI's GREEDYNMM: the most confident box absorbs every box of its class
   whose intersection over the smaller box is >= ``match`` (union box, highest confidence).
@@ -343,9 +344,10 @@ def _classwise_nms(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, iou: flo
 
 
 def _nms_apart(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, told_apart: set[tuple[int, int]],
-               iou: float) -> np.ndarray:
-    """Class-wise NMS at ``iou`` (indices kept, most confident first) that never suppresses one box for another when
-    ``told_apart`` holds the pair ``(low, high)``: one tile reported both, so they are two objects."""
+               iou: float, same: float = 0.5) -> np.ndarray:
+    """Class-wise NMS at ``iou`` (indices kept, most confident first) that suppresses a pair ``told_apart`` holds
+    (``(low, high)``: one tile reported both, so they are two objects) only when they overlap as one object seen
+    twice would (IoU >= ``same``)."""
     if not len(xyxy):
         return np.zeros(0, np.int64)
     from toolkit.ops import box_iou
@@ -360,8 +362,9 @@ def _nms_apart(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, told_apart: 
         cand = np.where(alive & (cls == cls[i]))[0]
         cand = cand[cand != i]
         if len(cand):
-            hit = cand[box_iou(xyxy[i:i + 1], xyxy[cand])[0] > iou]
-            alive[[j for j in hit.tolist() if (min(i, j), max(i, j)) not in told_apart]] = False
+            overlap = box_iou(xyxy[i:i + 1], xyxy[cand])[0]
+            alive[[j for j, o in zip(cand.tolist(), overlap.tolist(), strict=True)
+                   if o >= same or (o > iou and (min(i, j), max(i, j)) not in told_apart)]] = False
         alive[i] = False
     return np.asarray(keep, np.int64)
 
