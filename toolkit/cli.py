@@ -123,14 +123,22 @@ def run(
                                            "core count and number of inputs; the summary shows the choice.")] = "auto",
     tile: Annotated[int, typer.Option(help="Sliced inference for huge images: tiles of this many source pixels "
                                            "(e.g. 640), merged so each object is reported once; 0: off.")] = 0,
-    overlap: Annotated[float, typer.Option(help="With --tile: fraction of a tile shared by neighbours.")] = 0.3,
-    tile_scales: Annotated[str, typer.Option(help="With --tile: pyramid levels, e.g. 1,0.5: at 0.5, tiles twice as "
-                                                  "large, shrunk by half, see objects cut at full size whole. "
-                                                  "1 alone: one level.")] = "1,0.5",
+    overlap: Annotated[float, typer.Option(help="With --tile: fraction of a tile shared by neighbours.")] = 0.2,
+    tile_scales: Annotated[str, typer.Option(help="With --tile: grid levels, e.g. 1,0.5: at 0.5, tiles twice as "
+                                                  "large, shrunk by half. Default 1: one level (the second look "
+                                                  "below costs less for the same recall).")] = "1",
     tile_batch: Annotated[int, typer.Option(help="With --tile: tiles per inference call.")] = 4,
     full_frame: Annotated[bool, typer.Option("--full-frame/--no-full-frame",
                                              help="With --tile: also run the whole image letterboxed, for "
                                                   "objects larger than a tile.")] = True,
+    tile_merge: Annotated[str, typer.Option(help="With --tile: how the tiles' boxes become one per object. views: "
+                                                 "boxes that agree where their tiles overlap are one object (one "
+                                                 "box per tile at most; sides from the views that saw them); nms: "
+                                                 "class-wise NMS; nmm: greedy non-maximum merging (SAHI's "
+                                                 "GREEDYNMM: union boxes).")] = "views",
+    tile_refocus: Annotated[bool, typer.Option("--tile-refocus/--no-tile-refocus",
+                                               help="With --tile: a second look, one window centred on each object "
+                                                    "that every tile cut, so it is seen whole.")] = True,
     fast_decode: Annotated[bool, typer.Option(help="Decode JPEGs at least twice the model input at reduced size "
                                                    "(with --nosave). Faster on large photos, but the model sees "
                                                    "other pixels, so detections differ from YOLOv5's detect.py; "
@@ -182,6 +190,7 @@ def run(
                       max_file_size=_parse_amount(max_file_size, "--max-file-size", 1024),
                       max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
+                      tile_merge=tile_merge, tile_refocus=tile_refocus,
                       engine=engine, address=address,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors

@@ -1,5 +1,6 @@
 """Sliced inference of one huge image through the batch routine: overlapping native-resolution tiles, batched
-(in a thread pool when given), boxes shifted back and merged by :func:`toolkit.tiling.merge_tiles`."""
+(in a thread pool when given), boxes shifted back (:class:`toolkit.tiling.Views`); with ``refocus``, a second look
+centred on the objects every tile cut; then merged by :func:`toolkit.tiling.merge`."""
 
 from __future__ import annotations
 
@@ -13,60 +14,79 @@ from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
 from toolkit.errors import first_line
 from toolkit.io.sources import InputRef
 from toolkit.ops import LetterboxInfo, letterbox, postprocess, scale_boxes, to_chw_rgb
-from toolkit.tiling import TileOptions, cut_mask, merge_tiles, pyramid_grid
+from toolkit.tiling import Tile, TileOptions, Views, merge, pyramid_grid, refocus_targets, refocus_windows
 
-Tile = tuple[int, int, int, int]
+Found = tuple[Tile, float, np.ndarray, np.ndarray, np.ndarray]
+
+
+def run_tiles(routine: BatchRoutine, image: np.ndarray, tiles: list[Tile], batch: int,
+              pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> list[Found]:
+    """The boxes each tile of ``image`` holds, in image coordinates, in tile order: ``(rect, ratio, xyxy, conf,
+    cls)``. Tiles are letterboxed (never upscaled) only when their batch runs, so memory stays at a few batches;
+    batches run in ``pool`` threads when given, at most ``in_flight`` at once."""
+    stride = routine.meta.stride
+    times = routine.times
+
+    def run(chunk: list[Tile]) -> list[Found]:
+        t0 = time.perf_counter()
+        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, LetterboxInfo]]] = {}
+        for k, (x0, y0, x1, y1) in enumerate(chunk):
+            lb, info = letterbox(image[y0:y1, x0:x1], routine.imgsz, stride, auto=routine.auto, scaleup=False)
+            groups.setdefault(lb.shape, []).append((k, to_chw_rgb(lb), info))
+        times.add("pre", time.perf_counter() - t0)
+        out: list[Found | None] = [None] * len(chunk)
+        for group in groups.values():
+            t1 = time.perf_counter()
+            preds = routine.infer(np.stack([g[1] for g in group]))
+            t2 = time.perf_counter()
+            for (k, _, info), pred in zip(group, preds, strict=True):
+                xyxy, conf, cls = postprocess(pred, routine.nms)
+                x0, y0 = chunk[k][:2]
+                xyxy = scale_boxes(xyxy, info) + np.array([x0, y0, x0, y0], np.float32)
+                out[k] = (chunk[k], float(info.ratio), xyxy, conf, cls)
+            times.add("infer", t2 - t1)
+            times.add("post", time.perf_counter() - t2)
+        return [o for o in out if o is not None]
+
+    chunks = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
+    found: list[Found] = []
+    results = ordered_map(pool, run, chunks, window=in_flight) if pool is not None else map(run, chunks)
+    for part in results:
+        found.extend(part)
+    return found
+
+
+def collect_views(routine: BatchRoutine, image: np.ndarray, tile: TileOptions, pool: ThreadPoolExecutor | None = None,
+                  in_flight: int = 4) -> Views:
+    """Every box the tiles of ``image`` found, before merging: the grid (every level of ``tile.scales``), the
+    whole image letterboxed (``tile.full_frame``), and with ``tile.refocus`` one window centred on each object that
+    every tile cut."""
+    h, w = image.shape[:2]
+    grid = pyramid_grid(h, w, tile)
+    views = Views((h, w))
+    views.add(run_tiles(routine, image, grid, tile.batch, pool, in_flight))
+    if tile.full_frame and len(grid) > 1:
+        chw, info = routine.preprocess(image)
+        d = routine.postprocess(routine.infer(chw[None])[0], info)
+        views.add([((0, 0, w, h), float(info.ratio), d.xyxy, d.confidence, d.class_id)])
+    if tile.refocus and len(grid) > 1:
+        t0 = time.perf_counter()
+        windows = refocus_windows(refocus_targets(views, tile.match, tile.border), (h, w), tile.tile)
+        routine.times.add("post", time.perf_counter() - t0)
+        views.add(run_tiles(routine, image, windows, tile.batch, pool, in_flight))
+    return views
 
 
 def predict_tiled(routine: BatchRoutine, image: np.ndarray, tile: TileOptions, path: str | None = None,
                   pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:
-    """Detections for one (huge) image by sliced inference: overlapping native-resolution tiles, batched through the
-    backend (in ``pool`` threads when given, at most ``in_flight`` tile batches at once), boxes shifted back and
-    merged; with ``tile.full_frame`` also the whole image letterboxed."""
+    """Detections for one (huge) image by sliced inference (:func:`collect_views`, then :func:`toolkit.tiling.merge`
+    by ``tile.merge``)."""
     h, w = image.shape[:2]
-    grid = pyramid_grid(h, w, tile)
-    stride = routine.meta.stride
-    times = routine.times
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def run(chunk: list[tuple[int, Tile]]) -> None:
-        # tiles are letterboxed only when their batch runs: memory stays at one batch of tiles
-        t0 = time.perf_counter()
-        groups: dict[tuple[int, ...], list[tuple[int, Tile, np.ndarray, LetterboxInfo]]] = {}
-        for k, box in chunk:
-            x0, y0, x1, y1 = box
-            lb, info = letterbox(image[y0:y1, x0:x1], routine.imgsz, stride, auto=routine.auto, scaleup=False)
-            groups.setdefault(lb.shape, []).append((k, box, to_chw_rgb(lb), info))
-        times.add("pre", time.perf_counter() - t0)
-        for group in groups.values():
-            t1 = time.perf_counter()
-            preds = routine.infer(np.stack([g[2] for g in group]))
-            t2 = time.perf_counter()
-            for (k, box, _, info), pred in zip(group, preds, strict=True):
-                xyxy, conf, cls = postprocess(pred, routine.nms)
-                xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
-                parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border), np.full(len(xyxy), k)))
-            times.add("infer", t2 - t1)
-            times.add("post", time.perf_counter() - t2)
-
-    indexed = list(enumerate(grid))
-    chunks = [indexed[i:i + tile.batch] for i in range(0, len(indexed), tile.batch)]
-    if pool is not None:
-        for _ in ordered_map(pool, run, chunks, window=in_flight):
-            pass
-    else:
-        for c in chunks:
-            run(c)
-    if tile.full_frame and len(grid) > 1:
-        chw, info = routine.preprocess(image)
-        d = routine.postprocess(routine.infer(chw[None])[0], info)
-        parts.append((d.xyxy, d.confidence, d.class_id, np.zeros(len(d), bool), np.full(len(d), -1)))
-    times.add("read", 0.0, images=1)
-    if not parts:
-        return Detections.empty(routine.names, path, (h, w))
-    cat = [np.concatenate([p[k] for p in parts]) for k in range(5)]
-    xyxy, conf, cls = merge_tiles(cat[0], cat[1], cat[2], cat[3], cat[4], routine.nms.iou, tile.merge_ios,
-                                  routine.nms.max_det)
+    views = collect_views(routine, image, tile, pool, in_flight)
+    t0 = time.perf_counter()
+    xyxy, conf, cls = merge(views, tile, routine.nms.iou, routine.nms.max_det)
+    routine.times.add("post", time.perf_counter() - t0)
+    routine.times.add("read", 0.0, images=1)
     return Detections(xyxy, conf, cls, routine.names, path, (h, w))
 
 

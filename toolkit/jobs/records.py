@@ -51,10 +51,12 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
     resume: bool = False  # continue an interrupted run in project/name
     tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
-    overlap: float = 0.3
+    overlap: float = 0.2
     tile_batch: int = 4
-    tile_scales: tuple[float, ...] = (1.0, 0.5)
+    tile_scales: tuple[float, ...] = (1.0,)
     full_frame: bool = True
+    tile_merge: str = "views"  # views | nms | nmm (toolkit.tiling)
+    tile_refocus: bool = True  # a second look, centred, at objects that every tile cut
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
     engine: str = "local"  # local | ray
     address: str | None = None  # --engine ray: a running cluster (auto, HOST:PORT); None starts a local one

@@ -99,8 +99,7 @@ class LocalEngine:
 
     def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
         o = self.opts
-        tiling = TileOptions(o.tile, o.overlap, o.tile_batch, o.full_frame, scales=tuple(o.tile_scales)) \
-            if o.tile else None
+        tiling = _tile_options(o) if o.tile else None
         results = self.det.predict_iter(sources, batch=o.batch, workers=o.workers, mode=o.mode,
                                         keep_images=not o.nosave, fast_decode=o.fast_decode, tile=tiling)
         return (write_outputs(res, o, self.out_dir) for res in results)
@@ -124,6 +123,11 @@ class LocalEngine:
             self.det.close()
 
 
+def _tile_options(o: RunOptions) -> TileOptions:
+    return TileOptions(o.tile, o.overlap, o.tile_batch, o.full_frame, merge=o.tile_merge,
+                       scales=tuple(o.tile_scales), refocus=o.tile_refocus)
+
+
 def _check(opts: RunOptions) -> None:
     """Option checks first: nothing is created for a bad command."""
     if opts.engine not in ENGINES:
@@ -131,6 +135,8 @@ def _check(opts: RunOptions) -> None:
     ReadLimits(opts.max_file_size, opts.max_pixels)
     if opts.engine != "local" and opts.tile:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
+    if opts.tile:
+        _tile_options(opts)  # refuses bad tile options before anything is created
 
 
 def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
@@ -139,7 +145,8 @@ def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
                             "imgsz": opts.imgsz, "max_det": opts.max_det, "tile": opts.tile,
                             "fast_decode": opts.fast_decode}
     if opts.tile:
-        info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales))
+        info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales), tile_merge=opts.tile_merge,
+                    tile_refocus=opts.tile_refocus, full_frame=opts.full_frame)
     return info
 
 
