@@ -229,3 +229,19 @@ def test_worker_processes_exit_when_their_parent_is_killed(tmp_path: Path) -> No
         time.sleep(0.2)
     assert not any(_alive(c) for c in children)
     proc.communicate(timeout=10)  # the workers held the output pipes too: they are closed now
+
+
+def test_ctrl_c_while_the_model_loads_still_ends_with_a_summary(tmp_path: Path, coco128_images: Path) -> None:
+    """Ctrl-C before the first result (yolov5x.yaml takes seconds to build) still writes and prints the summary."""
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(coco128_images), "--weights",
+                             "yolov5x.yaml", "--project", str(tmp_path), "--name", "r", "--json", "--nosave"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "r" / "failures.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["processed"] == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True

@@ -181,8 +181,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
     t0 = time.perf_counter()
-    engine = _engine(opts, out_dir, detector)
-    summary = RunSummary(out_dir=str(out_dir), weights=engine.weights, backend=engine.backend, source=source_label,
+    summary = RunSummary(out_dir=str(out_dir), weights=str(opts.weights or ""), backend=str(opts.backend or ""),
+                         source=source_label,
                          settings={"imgsz": [opts.imgsz, opts.imgsz], "conf": opts.conf, "iou": opts.iou,
                                    "max_det": opts.max_det, "batch": opts.batch, "precision": "",
                                    "fast_decode": opts.fast_decode, "resumed": len(records.previous),
@@ -192,7 +192,10 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                       str(r.get("reason")))
     total = len(sources.items) + len(sources.failed) + len(records.previous)
     reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
-    try:
+    engine: Engine | None = None
+    try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
+        engine = _engine(opts, out_dir, detector)
+        summary.weights, summary.backend = engine.weights, engine.backend
         with records:
             for oc in engine.outcomes(sources):
                 if oc.key in done_keys:  # a video frame finished before the interruption
@@ -208,7 +211,8 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e}); check free space and "
                           f"permissions, then continue with --resume") from None
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
     if opts.save_json:
         records.write_predictions()
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
@@ -218,11 +222,13 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     return summary
 
 
-def _finish(summary: RunSummary, engine: Engine, t0: float, resumed_ok: int, reshaped: int) -> None:
+def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: int, reshaped: int) -> None:
     summary.wall_s = time.perf_counter() - t0
     new = summary.processed - resumed_ok
     summary.img_per_s = new / summary.wall_s if summary.wall_s > 0 else 0.0
     summary.per_class = dict(sorted(summary.per_class.items(), key=lambda kv: (-kv[1], kv[0])))
+    if engine is None:  # interrupted while the model was still loading
+        return
     summary.ms_per_image = engine.ms_per_image()
     summary.plan = engine.describe()
     summary.settings.update(engine.settings())
