@@ -92,7 +92,8 @@ def test_a_webcam_that_is_not_there_is_listed(tmp_path: Path) -> None:
 
 @needs_ffmpeg
 def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path) -> None:
-    clip = _video(tmp_path / "clip.avi", 30, fps=10.0, size=(96, 64))
+    # 8 s: OpenCV opens streams one at a time (~1.5 s of probing each, up to --stream-timeout for a silent one)
+    clip = _video(tmp_path / "clip.avi", 160, fps=20.0, size=(96, 64))
     p1, p2, dead = free_port(), free_port(), free_port()
     listing = tmp_path / "cams.streams"
     with _silent() as quiet, _serve(clip, f"http://127.0.0.1:{p1}/one", "mpegts"), \
@@ -105,20 +106,20 @@ def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path)
         det.runner.infer = lambda b: (sizes.append(len(b)), infer(b))[1]  # type: ignore[method-assign]
         t0 = time.monotonic()
         s = run(RunOptions(source=str(listing), weights=RANDOM, imgsz=64, conf=1e-5, max_det=3, save_txt=True,
-                           save_csv=True, stream_timeout=4, project=str(tmp_path), name="r"), detector=det)
+                           save_csv=True, stream_timeout=3, project=str(tmp_path), name="r"), detector=det)
         assert time.monotonic() - t0 < 60
     stats = {st["key"]: st for st in s.streams}
     assert set(stats) == {"one", "two", "dead", "silent"}
     for key in ("one", "two"):
         st = stats[key]
-        assert st["state"] == "ended" and st["frames_processed"] > 5, st
+        assert st["state"] == "ended" and st["frames_read"] == 160 and st["frames_processed"] >= 3, st
         assert st["frames_read"] == st["frames_processed"] + st["dropped"]
         assert (tmp_path / "r" / f"{key}.mp4").is_file()
         assert len(list((tmp_path / "r" / "labels").glob(f"{key}_*.txt"))) == st["frames_processed"]
     assert 2 in sizes  # frames of the two streams inferred as one batch
     reasons = {Path(f["path"]).name: f["reason"] for f in s.failed}
     assert set(reasons) == {"dead", "silent"}
-    assert all("4 s" in r for r in reasons.values()), reasons
+    assert all("3 s" in r for r in reasons.values()), reasons
     failures = (tmp_path / "r" / "failures.jsonl").read_text().splitlines()
     assert len(failures) == 2
     assert s.processed == stats["one"]["frames_processed"] + stats["two"]["frames_processed"]
@@ -126,7 +127,7 @@ def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path)
 
 @needs_ffmpeg
 def test_an_rtmp_stream(tmp_path: Path) -> None:
-    clip = _video(tmp_path / "clip.avi", 20, fps=10.0, size=(96, 64))
+    clip = _video(tmp_path / "clip.avi", 60, fps=20.0, size=(96, 64))
     port = free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
     with _serve(clip, url, "flv") as server:
@@ -135,7 +136,9 @@ def test_an_rtmp_stream(tmp_path: Path) -> None:
         if server.poll() not in (None, 0):
             pytest.skip("this ffmpeg cannot serve RTMP in listen mode")
     st = s.streams[0]
-    assert st["key"] == "cam" and st["frames_processed"] > 3, st
+    # ffmpeg's RTMP server hands over its frames in bursts: most are replaced before they are processed
+    assert st["key"] == "cam" and st["frames_read"] == 60 and st["frames_processed"] >= 1, st
+    assert st["frames_read"] == st["frames_processed"] + st["dropped"]
 
 
 @needs_ffmpeg

@@ -36,7 +36,7 @@ class VideoSink:
             except OSError as e:
                 raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); free some space or fix the "
                                   f"permissions, then continue the run with --resume") from None
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
             if not self.writer.isOpened():
                 self.writer = None
                 raise OutputError(f"{self.path}: cannot write the annotated video (this OpenCV cannot encode "

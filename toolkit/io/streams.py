@@ -57,6 +57,10 @@ class LiveStream:
         return cv2.VideoCapture(src, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
                                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
 
+    @property
+    def what(self) -> str:
+        return "webcam" if self.ref.path.isdigit() else "stream"
+
     def _run(self) -> None:
         cap = None
         try:
@@ -67,8 +71,8 @@ class LiveStream:
                 cap.release()
                 cap = None
                 if time.monotonic() - self.started > self.timeout:
-                    what = "webcam" if self.ref.path.isdigit() else "stream"
-                    self._finish("failed", f"cannot open the {what} within {self.timeout:g} s (--stream-timeout)")
+                    self._finish("failed", f"cannot open the {self.what} within {self.timeout:g} s "
+                                           f"(--stream-timeout)")
                     return
                 self._stop.wait(0.5)
             if cap is None:
@@ -100,7 +104,7 @@ class LiveStream:
                 if self.read:
                     self._finish("ended", f"the source closed the stream after {self.read} frames")
                 else:
-                    self._finish("failed", "the stream opened but sent no frame")
+                    self._finish("failed", f"the {self.what} opened but sent no frame")
         except Exception as e:  # noqa: BLE001 - a reader thread must never die silently
             self._finish("failed", f"reading the stream failed ({type(e).__name__})")
         finally:
@@ -124,10 +128,10 @@ class LiveStream:
         since = self.last_t or self.started
         if now - since > self.timeout:
             if self.read:
-                self._finish("failed", f"no frame for {self.timeout:g} s after {self.read} frames (the stream died; "
-                                       f"--stream-timeout)")
+                self._finish("failed", f"no frame for {self.timeout:g} s after {self.read} frames (the {self.what} "
+                                       f"died; --stream-timeout)")
             else:
-                self._finish("failed", f"no frame within {self.timeout:g} s (the stream never answered; "
+                self._finish("failed", f"no frame within {self.timeout:g} s (the {self.what} never answered; "
                                        f"--stream-timeout)")
 
     def take(self) -> Frame | None:
@@ -140,6 +144,10 @@ class LiveStream:
         index, image = got
         ref = InputRef(self.ref.path, f"{self.ref.key}_{n}", index, self.ref.key, self.fps or DEFAULT_FPS, True)
         return Frame(ref, image)
+
+    @property
+    def has_frame(self) -> bool:
+        return self._frame is not None
 
     @property
     def finished(self) -> bool:
@@ -191,19 +199,28 @@ class StreamSet:
 
     def rounds(self, poll: float = 0.1) -> Iterator[tuple[list[Frame], list[tuple[InputRef, str]]]]:
         """Until every stream has ended: the newest frame of each stream that has one, and the streams that failed
-        since the last round (with the reason). Waits at most ``poll`` seconds between checks of the timeouts."""
+        since the last round (with the reason). Once one stream has a new frame, the others get up to one frame
+        interval (at most 0.1 s) to deliver theirs, so streams are inferred together as one batch. Waits at most
+        ``poll`` seconds between checks of the timeouts."""
         while True:
             with self.wake:
+                first = 0.0  # when the first waiting frame of this round was seen
                 while True:
                     now = time.monotonic()
                     for s in self.streams:
                         s.check_timeout(now)
-                    frames = [f for f in (s.take() for s in self.streams) if f is not None]
                     failed = [(s.ref, s.reason) for s in self.streams if s.new_failure()]
+                    live = [s for s in self.streams if s.state == "live"]
+                    waiting = [s for s in self.streams if s.has_frame]
                     done = all(s.finished for s in self.streams)
-                    if frames or failed or done:
+                    if waiting and not first:
+                        first = now
+                    gather = min(0.1, 1.0 / max([s.fps or DEFAULT_FPS for s in live] or [DEFAULT_FPS]))
+                    all_in = all(s.has_frame for s in live)
+                    if failed or done or (waiting and (all_in or now - first >= gather)):
                         break
-                    self.wake.wait(poll)
+                    self.wake.wait(min(poll, gather) if waiting else poll)
+                frames = [f for f in (s.take() for s in self.streams) if f is not None]
             if frames or failed:
                 yield frames, failed
             if done and not frames:
