@@ -16,7 +16,8 @@ A backend module states its own facts and does its own work:
 * ``check_export(options)`` (refuses options it cannot honour, before any work), ``export(source, path, options)``
   and ``load(path, options) -> Runner``.
 
-A runner takes a uint8 ``(B, 3, H, W)`` RGB batch and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
+A runner takes a uint8 ``(B, 3, H, W)`` RGB batch (or float32 on the same 0-255 scale: test-time augmentation's
+resized views, unrounded) and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
 own normalisation and precision handling. :class:`BaseRunner` checks the batch and pads a partial batch for a
 static artifact, once for every backend. Adding a backend is one module, one registry entry in
 ``backends/__init__.py`` and one extra in ``pyproject.toml``; the contract tests pick it up.
@@ -159,8 +160,9 @@ class BackendModule(Protocol):
 
 def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:
     """Raise a clear error for a batch this model cannot take."""
-    if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype != np.uint8:
-        raise InputError(f"a runner takes a uint8 (B, 3, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
+    if batch.ndim != 4 or batch.shape[1] != 3 or batch.dtype not in (np.uint8, np.float32):
+        raise InputError(f"a runner takes a uint8 (or 0-255 float32) (B, 3, H, W) batch, got {batch.dtype} "
+                         f"{tuple(batch.shape)}")
     b, _, h, w = batch.shape
     if meta.imgsz is not None and (h, w) != tuple(meta.imgsz):
         raise InputError(f"this {meta.format} model was exported for {meta.imgsz[0]}x{meta.imgsz[1]} input, "

@@ -104,7 +104,7 @@ class TorchRunner(BaseRunner):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.to(self.dtype).div_(255)
+            x = x.to(self.dtype, copy=True).div_(255)  # a copy: a float32 batch is the caller's own array
             y = self.model(x)
             return y.float().cpu().numpy()
 

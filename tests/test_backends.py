@@ -129,7 +129,11 @@ def test_dynamic_batch_and_size(name: str, source: LoadedModel, artifact: Callab
         with pytest.raises(InputError, match="multiple of the model stride"):
             runner.infer(_batch(1, 160, 150))
         with pytest.raises(InputError, match="uint8"):
-            runner.infer(_batch(1, 160, 160).astype(np.float32))
+            runner.infer(_batch(1, 160, 160).astype(np.float64))
+        x = _batch(1, 160, 160, seed=7)
+        as_float = x.astype(np.float32)  # test-time augmentation's views: float32 on the 0-255 scale
+        _close(runner.infer(as_float), runner.infer(x))
+        assert np.array_equal(as_float, x.astype(np.float32))  # the runner left its input alone
     finally:
         runner.close()
 

@@ -75,11 +75,13 @@ def test_ray_run_on_a_local_cluster_equals_the_local_run(cluster: tuple[str, dic
                                                          yolov5n_pt: Path, local_labels: dict[str, str],
                                                          tmp_path: Path) -> None:
     address, env = cluster
-    proc = subprocess.run(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path), env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path, "--save-csv"), env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["processed"] == 128 and summary["failed"] == []
+    rows = (Path(summary["out_dir"]) / "predictions.csv").read_text().splitlines()
+    assert len(rows) - 1 == summary["detections"] == sum(len(t.splitlines()) for t in local_labels.values())
     assert summary["plan"].startswith("ray: 2 actors x 1 CPU")
     assert summary["settings"]["engine"] == "ray"
     out = Path(summary["out_dir"])
@@ -155,6 +157,10 @@ def test_ray_engine_checks_options_and_model_before_starting(tmp_path: Path, mon
     images = str(tmp_path / "a.jpg")
     with pytest.raises(InputError, match="--tile"):
         run(RunOptions(source=images, engine="ray", tile=640, project=str(tmp_path)))
+    with pytest.raises(InputError, match="--save-crop"):
+        run(RunOptions(source=images, engine="ray", save_crop=True, project=str(tmp_path)))
+    with pytest.raises(InputError, match="live streams run with the local engine"):
+        run(RunOptions(source="rtsp://127.0.0.1:9/cam", engine="ray", project=str(tmp_path)))
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(os.urandom(4096))
     with pytest.raises(ModelFileError, match="bad.onnx"):  # found on the driver, before any cluster starts

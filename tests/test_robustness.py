@@ -386,7 +386,7 @@ def test_video_with_a_corrupt_stretch_reports_the_bad_frame_and_keeps_the_rest(t
     assert rc == 1 and summary["images"] == 20
     assert 15 <= summary["processed"] < 20  # the frames around the damage fail, the rest are processed
     assert all("#frame" in f["path"] for f in summary["failed"])
-    assert (tmp_path / "v" / "clip_0.jpg").is_file()  # annotated frames are written per frame
+    assert (tmp_path / "v" / "clip.mp4").is_file()  # the annotated frames make one video
 
 
 def test_resume_removes_partial_writes_of_the_killed_run(tmp_path: Path) -> None:

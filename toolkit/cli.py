@@ -101,8 +101,10 @@ class _Progress:
 @app.command()
 def run(
     source: Annotated[str | None, typer.Argument(
-        help="Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths, or video. "
-             "Default: the four sample photos shipped with yolokit.")] = None,
+        help="Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths or URLs, video, http(s) image or "
+             "video URL, or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam index "
+             "(0), a .streams file (one a line, batched together). Default: the four sample photos shipped with "
+             "yolokit.")] = None,
     weights: Annotated[str | None, typer.Option(
         help="Model: .pt checkpoint, .onnx, OpenVINO .xml/folder, .engine, or a name (yolov5n..yolov5x). "
              "Default: $YOLOKIT_WEIGHTS, the cache, ../shared/weights, then download yolov5n.")] = None,
@@ -117,6 +119,11 @@ def run(
     max_det: Annotated[int, typer.Option(help="At most this many detections per image.")] = 1000,
     classes: Annotated[str | None, typer.Option(help="Keep only these class ids, e.g. 0,2.")] = None,
     agnostic_nms: Annotated[bool, typer.Option(help="Class-agnostic NMS.")] = False,
+    augment: Annotated[bool, typer.Option(help="Test-time augmentation (YOLOv5's --augment): also run at 0.83 "
+                                               "flipped and 0.67, joined before NMS; ~2.1x inference.")] = False,
+    vid_stride: Annotated[int, typer.Option(help="Process every N-th video or stream frame.")] = 1,
+    stream_timeout: Annotated[float, typer.Option(help="Seconds a URL or live stream may stay silent before it is "
+                                                       "listed as failed.")] = 30.0,
     batch: Annotated[int, typer.Option(help="Images per inference batch (0: chosen by --mode auto).")] = 0,
     workers: Annotated[int, typer.Option(help="Inference workers (threads or processes; 0: auto).")] = 0,
     mode: Annotated[str, typer.Option(help="auto, thread or process. auto picks from the backend, device, "
@@ -154,7 +161,13 @@ def run(
                                                 "(YOLO format).")] = False,
     save_conf: Annotated[bool, typer.Option(help="Add the confidence to each --save-txt line.")] = False,
     save_json: Annotated[bool, typer.Option(help="Write predictions.json in COCO results format.")] = False,
-    nosave: Annotated[bool, typer.Option(help="Do not write annotated images.")] = False,
+    save_csv: Annotated[bool, typer.Option(help="Write predictions.csv: path, frame, class_id, class_name, "
+                                                "confidence, x1, y1, x2, y2 (source pixels).")] = False,
+    save_crop: Annotated[bool, typer.Option(help="Write each box's crop to crops/<class>/<name>.jpg.")] = False,
+    nosave: Annotated[bool, typer.Option(help="Do not write annotated images or videos.")] = False,
+    line_thickness: Annotated[int, typer.Option(help="Box line width in pixels (0: from the image size).")] = 0,
+    hide_labels: Annotated[bool, typer.Option(help="Draw boxes without labels.")] = False,
+    hide_conf: Annotated[bool, typer.Option(help="Draw labels without confidences.")] = False,
     project: Annotated[str, typer.Option(help="Parent folder of the run folder.")] = "runs/detect",
     name: Annotated[str, typer.Option(help="Run folder name (exp, exp2, ... when it exists).")] = "exp",
     exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME instead of making a new one.")] = False,
@@ -191,8 +204,10 @@ def run(
                       max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
                       tile_merge=tile_merge, tile_refocus=tile_refocus,
-                      engine=engine, address=address,
-                      gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+                      engine=engine, address=address, gpus_per_worker=gpus_per_worker,
+                      cpus_per_worker=cpus_per_worker, augment=augment, vid_stride=vid_stride,
+                      stream_timeout=stream_timeout, save_csv=save_csv, save_crop=save_crop,
+                      line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
     # there) goes to stderr
     with _Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
@@ -218,6 +233,7 @@ def val(
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.6,
     max_det: Annotated[int, typer.Option(help="Detections per image kept.")] = 300,
     batch: Annotated[int, typer.Option(help="Images per inference batch.")] = 1,
+    augment: Annotated[bool, typer.Option(help="Test-time augmentation (YOLOv5's --augment).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """COCO-style mAP50-95 and mAP50 (pycocotools), precision and recall on a labelled dataset.
@@ -229,7 +245,7 @@ def val(
     if not data:
         raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
     metrics = validate(ValOptions(weights=weights or "yolov5n", data=data, backend=backend, device=device,
-                                  imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch))
+                                  imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, augment=augment))
     typer.echo(json.dumps(metrics, indent=1) if json_out else format_metrics(metrics))
 
 

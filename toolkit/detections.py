@@ -1,10 +1,23 @@
-"""The result type: a small dataclass of numpy arrays."""
+"""The result type: a small dataclass of numpy arrays, convertible to a dict, a pandas DataFrame and supervision's
+``Detections`` (pandas and supervision are optional and imported only when asked for)."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from toolkit.errors import MissingExtraError
+
+
+def _optional(module: str, extra: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                                f"pip install 'yolokit[{extra}]'") from None
 
 
 @dataclass
@@ -63,3 +76,40 @@ class Detections:
     def __getitem__(self, index: slice | np.ndarray) -> Detections:
         return Detections(self.xyxy[index], self.confidence[index], self.class_id[index],
                           self.names, self.path, self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (JSON-ready): path, shape, names and one entry per box."""
+        return {"path": self.path, "shape": list(self.shape) if self.shape is not None else None,
+                "names": {int(k): v for k, v in self.names.items()},
+                "boxes": [{"xyxy": [float(v) for v in box], "confidence": float(c), "class_id": int(k),
+                           "class_name": self.names.get(int(k), str(int(k)))}
+                          for box, c, k in zip(self.xyxy, self.confidence, self.class_id, strict=True)]}
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame, one row per box: x1, y1, x2, y2, confidence, class_id, class_name (needs pandas:
+        ``pip install 'yolokit[pandas]'``)."""
+        pd = _optional("pandas", "pandas", "Detections.to_pandas()")
+        return pd.DataFrame({"x1": self.xyxy[:, 0], "y1": self.xyxy[:, 1], "x2": self.xyxy[:, 2],
+                             "y2": self.xyxy[:, 3], "confidence": self.confidence, "class_id": self.class_id,
+                             "class_name": pd.Series(self.class_names, dtype=object)})
+
+    def to_supervision(self) -> Any:
+        """supervision's ``Detections`` with the same arrays (class names in ``data['class_name']``; names, path and
+        shape in ``metadata``), needs ``pip install 'yolokit[supervision]'``."""
+        sv = _optional("supervision", "supervision", "Detections.to_supervision()")
+        return sv.Detections(xyxy=self.xyxy.copy(), confidence=self.confidence.copy(), class_id=self.class_id.copy(),
+                             data={"class_name": np.array(self.class_names, dtype=str)},
+                             metadata={"names": dict(self.names), "path": self.path, "shape": self.shape})
+
+    @classmethod
+    def from_supervision(cls, detections: Any, names: dict[int, str] | None = None, path: str | None = None,
+                         shape: tuple[int, int] | None = None) -> Detections:
+        """Back from supervision's ``Detections``; names, path and shape default to what :meth:`to_supervision`
+        stored in its ``metadata``. A missing confidence or class id reads as 1.0 or 0."""
+        meta = getattr(detections, "metadata", None) or {}
+        n = len(detections.xyxy)
+        conf = detections.confidence if detections.confidence is not None else np.ones(n, np.float32)
+        cls_id = detections.class_id if detections.class_id is not None else np.zeros(n, np.int64)
+        names = names if names is not None else meta.get("names") or {}
+        return cls(np.asarray(detections.xyxy), conf, cls_id, dict(names),
+                   path if path is not None else meta.get("path"), shape if shape is not None else meta.get("shape"))

@@ -32,6 +32,13 @@ class BackendUnavailableError(YolokitError):
     exit_code = 4
 
 
+class MissingExtraError(YolokitError, ImportError):
+    """An optional package a feature needs (pandas, supervision) is not installed; the message says what to pip
+    install."""
+
+    exit_code = 4
+
+
 class DownloadError(YolokitError):
     """A weights download failed or did not match its checksum."""
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit.augment import augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
-from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits, read_bytes
+from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
+from toolkit.io.remote import DEFAULT_TIMEOUT, read_source
 from toolkit.io.sources import InputRef, iter_video
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
@@ -53,12 +55,19 @@ class DetectorConfig:
     fast_decode: bool = False
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    augment: bool = False  # test-time augmentation (YOLOv5's --augment): three scales joined before NMS
+    vid_stride: int = 1  # every N-th video frame (YOLOv5's --vid-stride)
+    timeout: float = DEFAULT_TIMEOUT  # seconds a URL or stream may stay silent
 
     def __post_init__(self) -> None:
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
             raise InputError(f"conf and iou must be in [0, 1], got conf={self.conf} iou={self.iou}")
         if self.max_det < 1:
             raise InputError(f"max_det must be at least 1, got {self.max_det}")
+        if self.vid_stride < 1:
+            raise InputError(f"--vid-stride must be at least 1, got {self.vid_stride}")
+        if not self.timeout > 0:
+            raise InputError(f"--stream-timeout must be positive, got {self.timeout}")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
@@ -120,6 +129,7 @@ class Result:
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)  # the BGR image, when asked to keep it
     annotated: bytes | None = field(default=None, repr=False)  # or the annotated image already encoded (workers)
+    crops: list[bytes | None] | None = field(default=None, repr=False)  # each box's crop, encoded (workers)
 
     @property
     def ok(self) -> bool:
@@ -142,12 +152,13 @@ Payload = np.ndarray | str | None  # a decoded frame, a failure reason, or None:
 Item = tuple[int, InputRef, Payload]
 
 
-def expand(items: Iterable[InputRef]) -> Iterator[Item]:
-    """Number the inputs, expanding videos into frames (decoded here, in order)."""
+def expand(items: Iterable[InputRef], config: DetectorConfig | None = None) -> Iterator[Item]:
+    """Number the inputs, expanding videos into frames (decoded here, in order; every ``config.vid_stride``-th)."""
+    config = config or DetectorConfig()
     index = 0
     for ref in items:
         if ref.frame == -1:
-            for fref, frame, reason in iter_video(ref):
+            for fref, frame, reason in iter_video(ref, config.vid_stride, config.max_file_size, config.timeout):
                 yield index, fref, frame if frame is not None else (reason or "unreadable frame")
                 index += 1
         else:
@@ -212,10 +223,19 @@ class BatchRoutine:
         return to_chw_rgb(lb), info
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a uint8 (B, 3, H, W) batch; a batch larger than a static artifact's is split."""
+        """Run the model on a uint8 (B, 3, H, W) batch: raw ``(B, N, 5 + nc)`` predictions in input pixels. With
+        test-time augmentation (``config.augment``), the three views' predictions joined as YOLOv5 joins them."""
+        if not self.config.augment:
+            return self._infer(batch)
+        views = augment_views(batch, self.meta.stride)
+        preds = [self._infer(v.batch) for v in views]
+        return merge_views(preds, views, (batch.shape[2], batch.shape[3]), self.meta.stride)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The runner on one batch; a batch larger than a static artifact's is split."""
         static = self.meta.batch
         if static is not None and len(batch) > static:
-            return np.concatenate([self.infer(batch[i:i + static]) for i in range(0, len(batch), static)])
+            return np.concatenate([self._infer(batch[i:i + static]) for i in range(0, len(batch), static)])
         return self.runner.infer(batch)
 
     def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
@@ -242,7 +262,7 @@ class BatchRoutine:
         factor, size = 1, None
         with self.times.timed("read"):
             try:
-                data = read_bytes(ref.path, limits.max_file_size)
+                data = read_source(ref.path, limits.max_file_size, self.config.timeout)
                 size = jpeg_size(data) if fast_decode else None
                 factor = self.reduce_factor(size) if size else 1
                 img = decode_image(data, ref.path, factor, limits.max_pixels)
@@ -333,6 +353,9 @@ def resolve_size(config: DetectorConfig, meta: ModelMeta, path: Path) -> tuple[t
     """The letterbox target and whether it is a rectangle (``auto``): a fixed-shape artifact's own shape, else the
     asked size rounded up to the stride (refused when a dynamic artifact takes less)."""
     stride = meta.stride
+    if meta.imgsz is not None and config.augment:
+        raise InputError(f"{path}: --augment runs the model on three input sizes, but this {meta.format} model was "
+                         f"exported for a fixed {meta.imgsz[0]}x{meta.imgsz[1]} input; export it without --static")
     if meta.imgsz is not None:
         return (int(meta.imgsz[0]), int(meta.imgsz[1])), False
     h, w = config.size

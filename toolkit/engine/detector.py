@@ -19,6 +19,7 @@ from toolkit.engine.tiled import predict_tiled
 from toolkit.errors import YolokitError
 from toolkit.io.decode import read_image
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
+from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
 from toolkit.ops import letterbox_shape
@@ -36,7 +37,9 @@ class Detector(BatchRoutine):
     code. ``fast_decode=True`` opts in to decoding JPEGs at least twice the model input at reduced size (libjpeg's
     DCT scaling): faster on large photos, but the model sees different pixels and detections shift (the README
     gives the measured cost in mAP and the speed gained). ``max_file_size`` and ``max_pixels`` bound what an input
-    may be before it is read or decoded. The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
+    may be before it is read or decoded. ``augment=True`` is YOLOv5's test-time augmentation (``--augment``): the
+    model also runs on the image scaled by 0.83 and flipped, and by 0.67, all joined before NMS (about 2.1x the
+    inference time). The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
     """
 
     def __init__(self, weights: str | Path = "yolov5n", backend: str | None = None, device: str = "cpu",
@@ -44,10 +47,12 @@ class Detector(BatchRoutine):
                  iou: float = 0.45, max_det: int = 1000, classes: Sequence[int] | None = None,
                  agnostic: bool = False, multi_label: bool = False, threads: int | None = None,
                  options: dict[str, Any] | None = None, fast_decode: bool = False,
-                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 augment: bool = False) -> None:
         self._load(DetectorConfig(str(weights), backend, device, half, imgsz, conf, iou, max_det,
                                   tuple(classes) if classes is not None else None, agnostic, multi_label, threads,
-                                  dict(options or {}), bool(fast_decode), int(max_file_size), int(max_pixels)))
+                                  dict(options or {}), bool(fast_decode), int(max_file_size), int(max_pixels),
+                                  bool(augment)))
 
     @classmethod
     def from_config(cls, config: DetectorConfig) -> Detector:
@@ -123,7 +128,8 @@ class Detector(BatchRoutine):
 
     def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
                      mode: str = "thread", keep_images: bool = False, fast_decode: bool | None = None,
-                     plan: Plan | None = None, tile: TileOptions | None = None) -> Iterator[Result]:
+                     plan: Plan | None = None, tile: TileOptions | None = None, crops: bool = False,
+                     style: AnnotateStyle | None = None) -> Iterator[Result]:
         """Results for every input of ``source`` (see :func:`toolkit.io.sources.list_sources`), in input order.
 
         ``mode`` is ``thread``, ``process`` or ``auto`` (see :func:`toolkit.engine.plan.make_plan`); decoding runs
@@ -131,6 +137,8 @@ class Detector(BatchRoutine):
         cannot be read, or whose batch failed, come back as failed results with the reason; nothing is dropped.
         ``fast_decode`` (default: the detector's own setting, off unless asked for) decodes large JPEGs at reduced
         size when they are at least twice the model input (never when ``keep_images`` asks for the full image).
+        Process-mode workers annotate (in ``style``) and encode the images they keep, and with ``crops`` cut and
+        encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``).
         """
         sources = source if isinstance(source, SourceList) else list_sources(
             [str(s) for s in source] if isinstance(source, list) else source)
@@ -139,14 +147,15 @@ class Detector(BatchRoutine):
         if plan is None:
             plan = make_plan(self, len(sources.items), mode=mode, workers=workers, batch=batch)
         self.last_plan = plan
-        fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep_images and tile is None
+        keep = keep_images or crops
+        fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep and tile is None
         if plan.mode == "process":
-            spec = TaskSpec(plan.batch, fast, tile, keep_images)
+            spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle())
             yield from ProcessPool(self, type(self).from_config, sources.items, plan, spec).results()
         elif tile is not None:
-            yield from run_tiled(self, sources.items, plan, keep_images, tile)
+            yield from run_tiled(self, sources.items, plan, keep, tile)
         else:
-            yield from run_threads(self, sources.items, plan, keep_images, fast)
+            yield from run_threads(self, sources.items, plan, keep, fast)
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:

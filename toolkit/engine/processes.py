@@ -25,15 +25,19 @@ from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, expand, intra_op_threads, set_threads
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
 from toolkit.errors import YolokitError
+from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef
 from toolkit.tiling import TileOptions
 
-Lite = tuple[int, Any, Any, Any, Any, str | None, bytes | None]  # index, xyxy, conf, cls, shape, error, annotated
+# index, xyxy, conf, cls, shape, error, annotated, crops
+Lite = tuple[int, Any, Any, Any, Any, str | None, bytes | None, list[bytes | None] | None]
 Factory = Callable[[DetectorConfig], BatchRoutine]  # builds a routine from a config (``Detector.from_config``)
 
 
@@ -45,28 +49,39 @@ class TaskSpec:
     fast_decode: bool
     tile: TileOptions | None = None
     annotate: bool = False  # encode the annotated image in the worker (annotated images are saved)
+    crops: bool = False  # cut and encode each box's crop in the worker (--save-crop)
+    style: AnnotateStyle = field(default_factory=AnnotateStyle)
+
+    @property
+    def keep_images(self) -> bool:
+        return self.annotate or self.crops
 
 
 def run_task(routine: BatchRoutine, items: list[Item], spec: TaskSpec) -> list[Lite]:
     """One task (in a worker process or in the parent): small results for ``items``."""
     if spec.tile is not None:
-        return [_lite(index, tiled_result(routine, ref, payload, spec.tile, spec.annotate, None))
+        return [_lite(index, tiled_result(routine, ref, payload, spec.tile, spec.keep_images, None), spec)
                 for index, ref, payload in items]
-    done = routine.process(items, spec.batch, keep_images=spec.annotate, fast_decode=spec.fast_decode)
-    return [_lite(index, r) for index, r in done.items()]
+    done = routine.process(items, spec.batch, keep_images=spec.keep_images, fast_decode=spec.fast_decode)
+    return [_lite(index, r, spec) for index, r in done.items()]
 
 
-def _lite(index: int, r: Result) -> Lite:
+def _lite(index: int, r: Result, spec: TaskSpec) -> Lite:
     d = r.detections
     if d is None:
-        return (index, None, None, None, None, r.error, None)
-    encoded = None
-    if r.image is not None:  # annotated here, in the worker, with the whole-pixel boxes that outputs carry
-        from toolkit.io.outputs import annotate, encode_image, image_suffix
+        return (index, None, None, None, None, r.error, None, None)
+    encoded = crops = None
+    if r.image is not None:  # annotated and cut here, in the worker, with the whole-pixel boxes outputs carry
+        from toolkit.io.outputs import annotate, encode_crops, encode_image, image_suffix
 
-        suffix = image_suffix(Path(r.ref.path)) if r.ref.frame is None else ".jpg"
-        encoded = encode_image(annotate(r.image, d.rounded()), suffix, r.ref.name)
-    return (index, d.xyxy, d.confidence, d.class_id, d.shape, None, encoded)
+        rounded = d.rounded()
+        # a video frame goes into its video: the parent, which decoded it, annotates it there
+        if spec.annotate and not r.ref.video:
+            suffix = image_suffix(Path(r.ref.path)) if r.ref.frame is None else ".jpg"
+            encoded = encode_image(annotate(r.image, rounded, spec.style), suffix, r.ref.name)
+        if spec.crops:
+            crops = encode_crops(r.image, rounded)
+    return (index, d.xyxy, d.confidence, d.class_id, d.shape, None, encoded, crops)
 
 
 def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSpec, tasks: Any,
@@ -130,7 +145,7 @@ class ProcessPool:
         self.routine, self.factory, self.plan, self.spec = routine, factory, plan, spec
         self.ctx = mp.get_context("spawn")
         self.chunk = 1 if spec.tile is not None else max(plan.batch, 2)
-        self.source = expand(items)
+        self.source = expand(items, routine.config)
         self.exhausted = False
         self.retry: deque[tuple[int, list[Item]]] = deque()  # (attempt, items)
         self.attempts: dict[int, int] = {}
@@ -195,10 +210,12 @@ class ProcessPool:
                 self.fail(entries, f"worker error: {payload}")
                 return
             refs = {e[0]: e[1] for e in entries}
-            for index, xyxy, conf, cls, shape, error, encoded in payload:
+            frames = {e[0]: e[2] for e in entries if isinstance(e[2], np.ndarray)} if self.spec.annotate else {}
+            for index, xyxy, conf, cls, shape, error, encoded, crops in payload:
                 ref = refs[index]
                 self.done[index] = Result(ref, error=error) if error is not None else Result(
-                    ref, Detections(xyxy, conf, cls, self.routine.names, ref.path, shape), annotated=encoded)
+                    ref, Detections(xyxy, conf, cls, self.routine.names, ref.path, shape),
+                    image=frames.get(index) if ref.video else None, annotated=encoded, crops=crops)
 
     # ------------------------------------------------------------------------------------------- the loop
     def work_here(self) -> bool:

@@ -30,7 +30,7 @@ def run_tiled(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_ima
 
     try:
         with intra_op_threads(routine.runner, plan.threads):
-            for _index, ref, payload in ordered_map(reader, load, expand(items), window=2):
+            for _index, ref, payload in ordered_map(reader, load, expand(items, routine.config), window=2):
                 # two tile batches in flight per inference thread: every thread busy, memory bounded
                 result = tiled_result(routine, ref, payload, tile, keep_images, pool, 2 * plan.workers)
                 del payload  # release this image before the next one starts decoding
@@ -97,8 +97,8 @@ def run_threads(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_i
     try:
         with intra_op_threads(routine.runner, plan.threads):
             prepared: Iterable[tuple[int, Result | Prepared]] = (
-                ordered_map(readers, load, expand(items), window=plan.readers * 4) if plan.readers
-                else map(load, expand(items)))
+                ordered_map(readers, load, expand(items, routine.config), window=plan.readers * 4) if plan.readers
+                else map(load, expand(items, routine.config)))
             for index, item in prepared:
                 if isinstance(item, Result):
                     batcher.results[index] = item

@@ -3,6 +3,8 @@ the header and structure checks of :mod:`toolkit.io.imageheader`; failures are o
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -24,10 +26,14 @@ _UNDECODABLE = "cannot decode: not an image, or a damaged or unsupported one; re
 def quiet_decoders() -> None:
     """Silence OpenCV's own log lines (for example ``[ERROR:0@0.2] global grfmt_tiff.cpp:117 TIFF_Error ...`` on a
     damaged TIFF): yolokit reports every unreadable input itself, in one plain line. It changes OpenCV's
-    process-wide log level, so only the processes yolokit owns call it: the CLI, process-mode workers, Ray actors."""
+    process-wide log level (and FFmpeg's, through ``OPENCV_FFMPEG_LOGLEVEL`` unless it is set), so only the processes
+    yolokit owns call it: the CLI, process-mode workers, Ray actors."""
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging is not None:
         logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    # FFmpeg's own lines inside OpenCV's video reader ("Connection refused", "Stream timeout"): its level is read
+    # when the reader is first used (0: panics only)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")
 
 
 def decode_image(data: np.ndarray, path: str = "<bytes>", reduce: int = 1,

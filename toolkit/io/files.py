@@ -56,7 +56,8 @@ def special_kind(mode: int) -> str | None:
     return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
 
 
-def _size_text(n: int) -> str:
+def size_text(n: int) -> str:
+    """A byte count for messages: 1.5 GB, 200 KB, 12 bytes."""
     for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
@@ -93,7 +94,7 @@ def read_bytes(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> np.ndar
     ``max_file_size`` is refused before it is read."""
     st = regular_file(path)
     if st.st_size > max_file_size:
-        raise ImageReadError(path, f"the file is {_size_text(st.st_size)}, over the {_size_text(max_file_size)} "
+        raise ImageReadError(path, f"the file is {size_text(st.st_size)}, over the {size_text(max_file_size)} "
                                    f"limit; raise it with --max-file-size if this is a real image")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))

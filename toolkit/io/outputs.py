@@ -1,4 +1,5 @@
-"""Output formats: YOLO label files, COCO results JSON, annotated images. Files are written atomically."""
+"""Output formats: YOLO label files, COCO results JSON, CSV rows, annotated images, crops. Files are written
+atomically."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +88,30 @@ def _color(cls: int) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
-def annotate(image: np.ndarray, det: Detections, line_width: int | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class AnnotateStyle:
+    """How boxes are drawn: ``line_width`` in pixels (None: from the image size), labels and confidences shown or
+    not (YOLOv5's ``--line-thickness``, ``--hide-labels``, ``--hide-conf``)."""
+
+    line_width: int | None = None
+    hide_labels: bool = False
+    hide_conf: bool = False
+
+
+def annotate(image: np.ndarray, det: Detections, style: AnnotateStyle | None = None) -> np.ndarray:
     """A copy of ``image`` with boxes and ``name conf`` labels drawn."""
+    style = style or AnnotateStyle()
     out = image.copy()
-    lw = line_width or max(round(sum(out.shape[:2]) / 2 * 0.003), 2)
+    lw = style.line_width or max(round(sum(out.shape[:2]) / 2 * 0.003), 2)
     font_scale = lw / 3
     for (x1, y1, x2, y2), c, cls in zip(det.xyxy, det.confidence, det.class_id, strict=True):
         color = _color(int(cls))
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, color, lw, cv2.LINE_AA)
-        label = f"{det.names.get(int(cls), str(int(cls)))} {c:.2f}"
+        if style.hide_labels:
+            continue
+        name = det.names.get(int(cls), str(int(cls)))
+        label = name if style.hide_conf else f"{name} {c:.2f}"
         tf = max(lw - 1, 1)
         w, h = cv2.getTextSize(label, 0, font_scale, tf)[0]
         outside = p1[1] - h >= 3
@@ -104,6 +120,46 @@ def annotate(image: np.ndarray, det: Detections, line_width: int | None = None) 
         cv2.putText(out, label, (p1[0], p1[1] - 2 if outside else p1[1] + h + 2), 0, font_scale,
                     (255, 255, 255), tf, cv2.LINE_AA)
     return out
+
+
+def crop_box(image: np.ndarray, xyxy: np.ndarray, gain: float = 1.02, pad: int = 10) -> np.ndarray:
+    """The part of ``image`` around one box as YOLOv5's ``save_one_box`` cuts it: width and height times ``gain``
+    plus ``pad`` pixels, about the same centre, truncated to whole pixels and clipped to the image (a view)."""
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    xc, yc = (x1 + x2) / 2, (y1 + y2) / 2
+    w, h = (x2 - x1) * gain + pad, (y2 - y1) * gain + pad
+    ih, iw = image.shape[:2]
+    # torch's .long() truncates toward zero, then clip_boxes clamps to the image
+    a, b = min(max(int(xc - w / 2), 0), iw), min(max(int(yc - h / 2), 0), ih)
+    c, d = min(max(int(xc + w / 2), 0), iw), min(max(int(yc + h / 2), 0), ih)
+    return image[b:d, a:c]
+
+
+_CROP_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]  # save_one_box: quality 95, no chroma subsampling
+if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
+    _CROP_PARAMS += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+
+
+def encode_crops(image: np.ndarray, det: Detections) -> list[bytes | None]:
+    """Each box's crop (see :func:`crop_box`) as JPEG bytes, in box order; None for a box with no pixels."""
+    out: list[bytes | None] = []
+    for box in det.xyxy:
+        crop = crop_box(image, box)
+        ok, buf = cv2.imencode(".jpg", crop, _CROP_PARAMS) if crop.size else (False, None)
+        out.append(bytes(buf.tobytes()) if ok and buf is not None else None)
+    return out
+
+
+CSV_HEADER = ("path", "frame", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2")
+
+
+def csv_rows(det: Detections, path: str, frame: int | None) -> list[list[Any]]:
+    """``predictions.csv`` rows of one image: path, frame (empty for an image), class id and name, confidence,
+    box corners in source pixels."""
+    fr = "" if frame is None else int(frame)
+    return [[path, fr, int(cls), det.names.get(int(cls), str(int(cls))), round(float(c), 5),
+             *(round(float(v), 2) for v in box)]
+            for box, c, cls in zip(det.xyxy, det.confidence, det.class_id, strict=True)]
 
 
 def image_suffix(path: Path) -> str:

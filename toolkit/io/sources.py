@@ -1,33 +1,42 @@
-"""Finding inputs: a file, a folder (recursive), a glob, a ``.txt`` list, a video's frames. Every entry becomes an
-input or a failure with its reason; nothing is silently skipped."""
+"""Finding inputs: a file, a folder (recursive), a glob, a ``.txt`` list, image and video URLs, a video's frames, and
+live streams (``rtsp://``, ``rtmp://``, an ``http(s)://`` URL naming no media file, a webcam index, a ``.streams``
+file). Every entry becomes an input or a failure with its reason; nothing is silently skipped."""
 
 from __future__ import annotations
 
 import glob as globmod
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.io.files import ImageReadError, os_reason, regular_file, special_kind
+from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, regular_file, special_kind
+from toolkit.io.remote import DEFAULT_TIMEOUT, downloaded_video, is_url, url_name, url_suffix
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
                             ".wmv"})
 
 
+STREAM_SCHEMES = ("rtsp://", "rtmp://")
+
+
 @dataclass(frozen=True)
 class InputRef:
-    """One input: the file, its output key (relative path below the source, without suffix) and, for
-    a video, the frame number."""
+    """One input: the file (or URL), its output key (relative path below the source, without suffix) and, for a
+    video, the frame number (-1 for a whole video not yet expanded). A video or stream frame also names its video's
+    key (``video``), the frame rate its annotated video is written at (``fps``) and whether it is live."""
 
     path: str
     key: str
     frame: int | None = None
+    video: str = ""
+    fps: float = 0.0
+    live: bool = False
 
     @property
     def name(self) -> str:
@@ -41,13 +50,14 @@ class SourceList:
     items: list[InputRef]
     failed: list[tuple[InputRef, str]]
     root: str
+    streams: list[InputRef] = field(default_factory=list)  # live streams (read in their own threads)
 
     def __len__(self) -> int:
         return len(self.items)
 
 
 def _kind(path: str) -> str | None:
-    suffix = os.path.splitext(path)[1].lower()
+    suffix = url_suffix(path) if is_url(path) else os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in VIDEO_SUFFIXES:
@@ -56,6 +66,8 @@ def _kind(path: str) -> str | None:
 
 
 def _key(path: str, root: str) -> str:
+    if is_url(path):
+        return os.path.splitext(url_name(path))[0] or "url"
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
     if rel.startswith(".."):
         rel = os.path.basename(path)
@@ -72,6 +84,19 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     text = os.fspath(source)
     path = Path(text)
     failed: list[tuple[InputRef, str]] = []
+    if is_live(text) and not path.exists():  # a folder named 0 stays a folder
+        return SourceList([], [], "", _streams([text]))
+    if is_url(text):
+        return _from_files([text], "", failed)
+    if path.suffix.lower() == ".streams" and path.is_file():
+        try:
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+        except OSError as e:
+            raise InputError(f"{text}: cannot read the streams file ({os_reason(e)})") from None
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not lines:
+            raise InputError(f"{text}: the streams file lists no stream (one URL or webcam index a line)")
+        return SourceList([], [], "", _streams(lines))
     if any(ch in text for ch in "*?[") and not path.exists():
         root = text.split("*")[0].split("?")[0].split("[")[0]
         root = root if root.endswith(os.sep) else os.path.dirname(root)
@@ -112,7 +137,8 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
             lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
         except OSError as e:
             raise InputError(f"{text}: cannot read the list file ({os_reason(e)})") from None
-        files = [str(base / ln) if not os.path.isabs(ln) else ln for ln in lines if ln and not ln.startswith("#")]
+        files = [str(base / ln) if not (os.path.isabs(ln) or "://" in ln) else ln
+                 for ln in lines if ln and not ln.startswith("#")]
         return _from_files(files, "", failed)
     if path.is_file():
         return _from_files([text], str(path.parent), failed)
@@ -145,7 +171,11 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     taken = {ref.key for ref, _ in failed}
     for f in files:
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
-        if _kind(f) is None:
+        if is_live(f):
+            failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
+        elif "://" in f and not is_url(f):
+            failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp or rtmp"))
+        elif _kind(f) is None:
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":
             items.append(InputRef(f, ref.key, frame=-1))  # expanded to frames when read
@@ -154,34 +184,72 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     return SourceList(items, failed, root)
 
 
-def iter_video(ref: InputRef) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
-    """Frames of a video as (ref, frame, None), or (ref, None, reason) for an unreadable stretch/file. Only a
-    regular file is opened (a named pipe named .mp4 would block the decoder)."""
+def is_live(text: str) -> bool:
+    """A live stream: ``rtsp://``, ``rtmp://``, an ``http(s)://`` URL naming no image or video file (as YOLOv5's
+    detect.py decides), or a webcam index (``0``)."""
+    low = text.lower()
+    return text.isdigit() or low.startswith(STREAM_SCHEMES) or (is_url(text) and _kind(text) is None)
+
+
+def _streams(lines: list[str]) -> list[InputRef]:
+    taken: set[str] = set()
+    refs = []
+    for ln in lines:
+        base = f"webcam{ln}" if ln.isdigit() else os.path.splitext(url_name(ln) if "://" in ln
+                                                                   else os.path.basename(ln))[0]
+        refs.append(InputRef(ln, _unique_key(base or "stream", ln, taken), live=True))
+    return refs
+
+
+def iter_video(ref: InputRef, stride: int = 1, max_bytes: int = DEFAULT_MAX_FILE_SIZE,
+               timeout: float = DEFAULT_TIMEOUT) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+    """Every ``stride``-th frame of a video as (ref, frame, None), or (ref, None, reason) for an unreadable
+    stretch or file. Frames are numbered as YOLOv5's detect.py numbers them with ``--vid-stride``: it reads
+    ``stride`` frames and keeps the last, counting kept frames from 1 (keys ``<video>_1``, ``<video>_2``...); a
+    frame's ``frame`` is its index in the video. Only a regular file is opened (a named pipe named .mp4 would block
+    the decoder); a URL is downloaded first (within ``max_bytes`` and ``timeout``)."""
+    if is_url(ref.path):
+        try:
+            with downloaded_video(ref.path, max_bytes, timeout) as tmp:
+                yield from _frames(ref, tmp, stride)
+        except ImageReadError as e:
+            yield ref, None, e.reason
+        return
     try:
         regular_file(ref.path)
     except ImageReadError as e:
         yield ref, None, e.reason.replace("not an image file", "not a video file")
         return
-    cap = cv2.VideoCapture(ref.path)
+    yield from _frames(ref, ref.path, stride)
+
+
+def _frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+    cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         yield ref, None, "cannot open the video (corrupt or unsupported codec)"
         return
     try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        fps = fps / stride if fps > 0 and fps == fps else 0.0
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
-        i = 0
-        misses = 0
+        i = misses = 0  # i: the index of the next frame in the video
+
+        def frame_ref(index: int) -> InputRef:
+            return InputRef(ref.path, f"{ref.key}_{(index + 1) // stride}", index, ref.key, fps)
+
         while True:
-            ok, frame = cap.read()
-            if not ok:
-                if total and i < total and misses < 10:
-                    # a corrupt stretch: report this frame and try the next one
-                    yield InputRef(ref.path, f"{ref.key}_{i}", i), None, "cannot decode this frame"
-                    i += 1
-                    misses += 1
-                    continue
+            kept = (i + 1) % stride == 0
+            if cap.grab():
+                misses = 0
+                if kept:
+                    ok, frame = cap.retrieve()
+                    yield (frame_ref(i), frame, None) if ok else (frame_ref(i), None, "cannot decode this frame")
+            elif total and i < total and misses < 10:  # a corrupt stretch: report its frames, try the next
+                misses += 1
+                if kept:
+                    yield frame_ref(i), None, "cannot decode this frame"
+            else:
                 break
-            misses = 0
-            yield InputRef(ref.path, f"{ref.key}_{i}", i), frame, None
             i += 1
     finally:
         cap.release()

@@ -4,6 +4,8 @@ after its outputs), ``failures.jsonl`` and ``predictions.jsonl``; resuming an in
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -11,10 +13,10 @@ from types import TracebackType
 from typing import IO, Any
 
 from toolkit.errors import InputError, OutputError
-from toolkit.io.outputs import atomic_write_bytes, write_json
+from toolkit.io.outputs import CSV_HEADER, atomic_write_bytes, write_json
 from toolkit.jobs.records import Outcome
 
-TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # atomic_write_bytes' temporary files
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp(\.mp4)?")  # atomic writes' and video sinks' temporary files
 
 
 def increment_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -41,8 +43,9 @@ def prepare_out_dir(path: Path) -> None:
 
 
 def remove_partial_writes(out_dir: Path) -> None:
-    """Delete the temporary files of atomic writes that a killed run left behind (``.NAME.HEX.tmp``)."""
-    for p in out_dir.rglob(".*.tmp"):
+    """Delete the temporary files of atomic writes that a killed run left behind (``.NAME.HEX.tmp``, and
+    ``.NAME.HEX.tmp.mp4`` of unfinished videos)."""
+    for p in [*out_dir.rglob(".*.tmp"), *out_dir.rglob(".*.tmp.mp4")]:
         if TEMP_NAME.fullmatch(p.name):
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -81,6 +84,15 @@ class Manifest:
     @property
     def done_keys(self) -> set[str]:
         return {str(r.get("key")) for r in self.previous}
+
+    @property
+    def done_videos(self) -> set[str]:
+        """Videos whose outputs (their annotated .mp4 too) were complete: a resumed run skips them."""
+        return {str(r["video"]) for r in self.previous if r.get("video_done") and r.get("video")}
+
+    @property
+    def crop_names(self) -> list[str]:
+        return [str(c) for r in self.previous for c in r.get("crops") or ()]
 
     def open(self, run_info: dict[str, Any], resume: bool) -> None:
         if resume:
@@ -121,13 +133,36 @@ class Manifest:
             failures.flush()
             entry.update(ok=False, reason=oc.error)
         else:
-            if oc.coco is not None:
-                preds.write(json.dumps({"key": oc.key, "results": oc.coco}) + "\n")
+            if oc.coco is not None or oc.rows is not None:
+                row: dict[str, Any] = {"key": oc.key}
+                if oc.coco is not None:
+                    row["results"] = oc.coco
+                if oc.rows is not None:
+                    row["rows"] = oc.rows
+                preds.write(json.dumps(row) + "\n")
                 preds.flush()
             entry.update(ok=True, n=oc.n, classes=oc.classes)
+            if oc.crops:
+                entry["crops"] = oc.crops
+        if oc.video:
+            entry["video"] = oc.video
+            if oc.video_done:
+                entry["video_done"] = True
         manifest.write(json.dumps(entry) + "\n")  # after the outputs: a manifest line means done
         manifest.flush()
 
-    def write_predictions(self) -> None:
-        """``predictions.json``: the COCO results of the whole run, resumed parts included."""
-        write_json(self.out_dir / "predictions.json", [p for r in read_jsonl(self.preds) for p in r["results"]])
+    def write_predictions(self, coco: bool = True, rows: bool = False) -> None:
+        """``predictions.json`` (COCO results) and ``predictions.csv`` (one row per box) of the whole run, resumed
+        parts included: both come from ``predictions.jsonl``, which holds only inputs the manifest records, so a
+        killed and resumed run has every box once."""
+        records = read_jsonl(self.preds)
+        if coco:
+            write_json(self.out_dir / "predictions.json", [p for r in records for p in r.get("results") or ()])
+        if rows:
+            text = io.StringIO()
+            out = csv.writer(text, lineterminator="\n")
+            out.writerow(CSV_HEADER)
+            for r in records:
+                out.writerows(r.get("rows") or ())
+            atomic_write_bytes(self.out_dir / "predictions.csv", text.getvalue().encode(),
+                               "free some space or fix the permissions, then continue the run with --resume")

@@ -27,6 +27,7 @@ import numpy as np
 
 from toolkit.engine.core import DetectorConfig, set_threads
 from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
+from toolkit.io.remote import is_url
 from toolkit.io.sources import InputRef, SourceList
 from toolkit.jobs.records import Outcome, RunOptions, write_outputs
 
@@ -83,7 +84,7 @@ class InferActor:
             "path": [o.path for o in outcomes],
             "error": [o.error or "" for o in outcomes],
             "fatal": [fatal] * len(outcomes),
-            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape})
+            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows})
                        for o in outcomes],
             "ms": [ms] * len(outcomes),
             "worker": [worker] * len(outcomes),
@@ -182,7 +183,8 @@ class RayJob:
         self._sizes()
         ray = self.ray
         o = self.opts
-        rows = [{"i": i, "abs": os.path.abspath(r.path), "path": r.path, "key": r.key} for i, r in enumerate(items)]
+        rows = [{"i": i, "abs": r.path if is_url(r.path) else os.path.abspath(r.path), "path": r.path, "key": r.key}
+                for i, r in enumerate(items)]
         # one batch per block: an actor returns a block's records when the whole block is done, so small blocks
         # mean early, steady results (and a killed actor loses less); capped at 20,000 blocks for huge jobs
         per_block = max(self.batch, -(-len(rows) // 20_000))
@@ -217,7 +219,8 @@ class RayJob:
                 self._meta = self._meta or json.loads(row["meta"])
                 shape = tuple(rec["shape"]) if rec.get("shape") else None
                 yield Outcome(str(row["key"]), str(row["path"]), str(row["error"]) or None, int(rec["n"]),
-                              {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"], shape)
+                              {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"], shape,
+                              rec.get("rows"))
         except YolokitError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own exception types

@@ -4,6 +4,7 @@ one function that writes an input's outputs; shared by the local and the Ray eng
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,18 @@ from typing import Any
 from toolkit.engine.core import DetectorConfig, Result
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
 from toolkit.io.outputs import (
+    AnnotateStyle,
     annotate,
     coco_image_id,
     coco_results,
+    csv_rows,
+    encode_crops,
     image_suffix,
     write_encoded,
     write_image,
     write_labels,
 )
+from toolkit.io.remote import DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -39,7 +44,16 @@ class RunOptions:
     save_txt: bool = False
     save_conf: bool = False
     save_json: bool = False
+    save_csv: bool = False  # predictions.csv: one row per box
+    save_crop: bool = False  # crops/<class name>/<key>.jpg
     nosave: bool = False
+    line_thickness: int = 0  # 0: from the image size
+    hide_labels: bool = False
+    hide_conf: bool = False
+    augment: bool = False  # test-time augmentation
+    vid_stride: int = 1
+    stream_timeout: float = DEFAULT_TIMEOUT  # seconds a URL or live stream may stay silent
+    save_workers: int = 0  # threads that annotate, encode and write outputs (0: from the core count)
     project: str = "runs/detect"
     name: str = "exp"
     exist_ok: bool = False
@@ -69,9 +83,18 @@ class RunOptions:
             weights=self.weights or "yolov5n", backend=self.backend, device=self.device, half=self.half,
             imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
             agnostic=self.agnostic, fast_decode=self.fast_decode, max_file_size=self.max_file_size,
-            max_pixels=self.max_pixels)
+            max_pixels=self.max_pixels, augment=self.augment, vid_stride=self.vid_stride,
+            timeout=self.stream_timeout)
         values.update(overrides)
         return DetectorConfig(**values)
+
+    def style(self) -> AnnotateStyle:
+        return AnnotateStyle(self.line_thickness or None, self.hide_labels, self.hide_conf)
+
+    @property
+    def keep_images(self) -> bool:
+        """Whether results keep their decoded image: annotated images or crops are saved."""
+        return not self.nosave or self.save_crop
 
 
 @dataclass
@@ -85,27 +108,66 @@ class Outcome:
     classes: dict[str, int] = field(default_factory=dict)
     coco: list[dict[str, Any]] | None = None  # COCO results, with --save-json
     shape: tuple[int, int] | None = None  # the source image's (h, w)
+    rows: list[list[Any]] | None = None  # predictions.csv rows, with --save-csv
+    crops: list[str] | None = None  # crop files written (below crops/), with --save-crop
+    video: str = ""  # a video frame's video key
+    video_done: bool = False  # the last record of a video whose outputs (its annotated .mp4) are complete
 
 
-def write_outputs(res: Result, opts: RunOptions, out_dir: Path) -> Outcome:
-    """Write one result's labels and annotated image under ``out_dir`` (atomically); what to record of it.
+class CropNames:
+    """Crop file names, unique within a run: ``<class>/<key>.jpg`` for an image's first box of a class, then
+    ``<key>_2.jpg``, ``<key>_3.jpg``... A name another input already took is skipped, so no crop overwrites another;
+    names are given in input order, so a resumed run gives an input the names it had."""
 
-    The local engine calls this in the driver loop, the Ray engine inside its workers."""
-    key = res.ref.key
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken = set(taken)
+
+    def assign(self, key: str, class_names: list[str]) -> list[str]:
+        counts: Counter[str] = Counter()
+        out = []
+        for name in class_names:
+            folder = name.replace("/", "_").replace("\\", "_").strip(". ") or "class"
+            n = counts[folder] + 1
+            while True:
+                candidate = f"{folder}/{key}.jpg" if n == 1 else f"{folder}/{key}_{n}.jpg"
+                if candidate not in self.taken:
+                    break
+                n += 1
+            counts[folder] = n
+            self.taken.add(candidate)
+            out.append(candidate)
+        return out
+
+
+def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list[str] | None = None) -> Outcome:
+    """Write one result's labels, crops and annotated image under ``out_dir`` (atomically); what to record of it.
+    A video frame's annotated image goes into its video (:class:`toolkit.jobs.saving.OutputPool`), not here.
+
+    The local engine calls this in its output pool, the Ray engine inside its workers."""
+    key, video = res.ref.key, res.ref.video
     if res.error is not None:
-        return Outcome(key, res.ref.name, res.error)
+        return Outcome(key, res.ref.name, res.error, video=video)
     d = res.detections
     assert d is not None
     if opts.round_boxes:
         d = d.rounded()
     if opts.save_txt and len(d):
         write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
-    if not opts.nosave and (res.image is not None or res.annotated is not None):
+    if not opts.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
         if res.annotated is not None:
             write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
         else:
             assert res.image is not None
-            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d))
+            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.style()))
+    written: list[str] | None = None
+    if crop_names and (res.crops is not None or res.image is not None):
+        crops = res.crops if res.crops is not None else encode_crops(res.image, d)  # type: ignore[arg-type]
+        written = []
+        for name, data in zip(crop_names, crops, strict=True):
+            if data is not None:
+                write_encoded(out_dir / "crops" / name, data)
+                written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
-                   coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape)
+                   coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape,
+                   csv_rows(d, res.ref.path, res.ref.frame) if opts.save_csv else None, written, video)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
 from toolkit.errors import InputError, OutputError
 from toolkit.io.files import ReadLimits
@@ -21,6 +22,7 @@ from toolkit.io.outputs import write_json
 from toolkit.io.sources import SourceList, list_sources
 from toolkit.jobs.manifest import Manifest, increment_dir, prepare_out_dir, read_jsonl, remove_partial_writes
 from toolkit.jobs.records import Outcome, RunOptions, write_outputs
+from toolkit.jobs.saving import OutputPool
 from toolkit.tiling import TileOptions
 
 ENGINES = ("local", "ray")
@@ -46,6 +48,7 @@ class RunSummary:
     interrupted: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    streams: list[dict[str, Any]] = field(default_factory=list)  # live streams: frames read, processed, dropped, fps
 
     @property
     def ok(self) -> bool:
@@ -89,25 +92,54 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """This machine: a :class:`Detector` over threads or processes, outputs written as results arrive."""
+    """This machine: a :class:`Detector` over threads or processes (or live streams, batched across streams);
+    outputs written by an :class:`OutputPool` as results arrive."""
 
-    def __init__(self, opts: RunOptions, out_dir: Path, detector: Detector | None = None) -> None:
+    def __init__(self, opts: RunOptions, out_dir: Path, detector: Detector | None = None,
+                 taken_crops: list[str] | None = None) -> None:
         self.opts, self.out_dir = opts, out_dir
         self.det = detector or Detector.from_config(opts.detector_config())
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
+        self.taken_crops = taken_crops or []
+        self.live: Any = None  # the StreamSet of a live run
+
+    def results(self, sources: SourceList) -> Iterator[Result]:
+        o = self.opts
+        if sources.streams:
+            yield from self._live(sources)
+            return
+        tiling = _tile_options(o) if o.tile else None
+        yield from self.det.predict_iter(sources, batch=o.batch, workers=o.workers, mode=o.mode,
+                                         keep_images=not o.nosave, fast_decode=o.fast_decode, tile=tiling,
+                                         crops=o.save_crop, style=o.style())
+
+    def _live(self, sources: SourceList) -> Iterator[Result]:
+        from toolkit.engine.live import run_live
+        from toolkit.io.streams import StreamSet
+
+        for ref, reason in sources.failed:
+            yield Result(ref, error=reason)
+        self.live = StreamSet(sources.streams, self.opts.stream_timeout, self.opts.vid_stride)
+        with self.live:
+            yield from run_live(self.det, self.live, self.opts.keep_images)
 
     def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
-        o = self.opts
-        tiling = _tile_options(o) if o.tile else None
-        results = self.det.predict_iter(sources, batch=o.batch, workers=o.workers, mode=o.mode,
-                                        keep_images=not o.nosave, fast_decode=o.fast_decode, tile=tiling)
-        return (write_outputs(res, o, self.out_dir) for res in results)
+        saver = OutputPool(self.opts, self.out_dir, self.taken_crops, self.opts.save_workers)
+        try:
+            for res in self.results(sources):
+                saver.submit(res)
+                yield from saver.ready()
+            yield from saver.finish()
+        finally:
+            saver.close()
 
     def letterbox_differs(self, shape: tuple[int, int]) -> bool:
         return self.det.letterbox_differs(shape)
 
     def describe(self) -> str:
+        if self.live is not None:
+            return f"live: {len(self.live.streams)} stream(s), the newest frame of each inferred as one batch"
         return self.det.last_plan.describe() if self.det.last_plan else ""
 
     def ms_per_image(self) -> dict[str, float]:
@@ -117,6 +149,9 @@ class LocalEngine:
         plan = self.det.last_plan
         return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
                 "batch": plan.batch if plan else self.opts.batch}
+
+    def stream_stats(self) -> list[dict[str, Any]]:
+        return self.live.stats() if self.live is not None else []
 
     def close(self) -> None:
         if self.owned:
@@ -137,25 +172,28 @@ def _check(opts: RunOptions) -> None:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     if opts.tile:
         _tile_options(opts)  # refuses bad tile options before anything is created
+    if opts.engine != "local" and opts.save_crop:
+        raise InputError("--save-crop runs with the local engine only; drop --engine ray or --save-crop")
 
 
 def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
     """The settings a resumed run must share with the interrupted one."""
     info: dict[str, Any] = {"source": source_label, "weights": opts.weights, "conf": opts.conf, "iou": opts.iou,
                             "imgsz": opts.imgsz, "max_det": opts.max_det, "tile": opts.tile,
-                            "fast_decode": opts.fast_decode}
+                            "fast_decode": opts.fast_decode, "augment": opts.augment, "vid_stride": opts.vid_stride,
+                            "save_csv": opts.save_csv, "save_crop": opts.save_crop}
     if opts.tile:
         info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales), tile_merge=opts.tile_merge,
                     tile_refocus=opts.tile_refocus, full_frame=opts.full_frame)
     return info
 
 
-def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None) -> Engine:
+def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest) -> Engine:
     if opts.engine == "ray":
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
-    return LocalEngine(opts, out_dir, detector)
+    return LocalEngine(opts, out_dir, detector, records.crop_names)
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -171,14 +209,19 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     _check(opts)
     source: str | list[str] = opts.source if opts.source is not None else sample_paths()
     sources = list_sources(source)
+    if sources.streams and opts.resume:
+        raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
+    if sources.streams and opts.engine != "local":
+        raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
     out_dir = Path(opts.project) / opts.name if opts.resume else increment_dir(opts.project, opts.name,
                                                                                opts.exist_ok)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     records = Manifest(out_dir)
     records.open(_run_info(opts, source_label), opts.resume)
-    done_keys = records.done_keys
-    if done_keys:
-        sources.items = [r for r in sources.items if r.frame == -1 or r.key not in done_keys]
+    done_keys, done_videos = records.done_keys, records.done_videos
+    if done_keys:  # a video is skipped once its annotated .mp4 was finished; otherwise it is run again
+        sources.items = [r for r in sources.items
+                         if (r.key not in done_videos if r.frame == -1 else r.key not in done_keys)]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
     t0 = time.perf_counter()
     summary = RunSummary(out_dir=str(out_dir), weights=str(opts.weights or ""), backend=str(opts.backend or ""),
@@ -186,18 +229,20 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
                          settings={"imgsz": [opts.imgsz, opts.imgsz], "conf": opts.conf, "iou": opts.iou,
                                    "max_det": opts.max_det, "batch": opts.batch, "precision": "",
                                    "fast_decode": opts.fast_decode, "resumed": len(records.previous),
-                                   "engine": opts.engine})
+                                   "engine": opts.engine, "augment": opts.augment, "vid_stride": opts.vid_stride})
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
     total = len(sources.items) + len(sources.failed) + len(records.previous)
     reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
     engine: Engine | None = None
+    outcomes: Iterator[Outcome] | None = None
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
-        engine = _engine(opts, out_dir, detector)
+        engine = _engine(opts, out_dir, detector, records)
         summary.weights, summary.backend = engine.weights, engine.backend
+        outcomes = engine.outcomes(sources)
         with records:
-            for oc in engine.outcomes(sources):
+            for oc in outcomes:
                 if oc.key in done_keys:  # a video frame finished before the interruption
                     continue
                 summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
@@ -211,10 +256,15 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise OutputError(f"{out_dir}: cannot write outputs ({e.strerror or e}); check free space and "
                           f"permissions, then continue with --resume") from None
     finally:
+        stop = getattr(outcomes, "close", None)
+        if stop is not None:
+            stop()  # the local engine's output pool finishes the writes under way and the open videos
         if engine is not None:
             engine.close()
-    if opts.save_json:
-        records.write_predictions()
+    if opts.save_json or opts.save_csv:
+        records.write_predictions(coco=opts.save_json, rows=opts.save_csv)
+    if engine is not None:
+        summary.streams = list(getattr(engine, "stream_stats", list)())
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
     write_json(out_dir / "summary.json", summary.to_dict())
     if summary.images == 0 and not summary.interrupted:
@@ -248,6 +298,10 @@ def format_summary(s: RunSummary) -> str:
                      + (" ..." if len(s.per_class) > 12 else ""))
     if s.plan:
         lines.append(f"  {s.plan}")
+    for st in s.streams:
+        lines.append(f"  stream {st['source']}: {st['frames_processed']} of {st['frames_read']} frames processed "
+                     f"({st['dropped']} dropped), read at {st['fps_read']:.1f} fps, processed at "
+                     f"{st['fps_processed']:.1f} fps; {st['reason'] or st['state']}")
     lines.extend(f"  note: {n}" for n in s.notes)
     if s.interrupted:
         lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")

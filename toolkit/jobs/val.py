@@ -30,6 +30,7 @@ class ValOptions:
     max_det: int = 300
     batch: int = 1
     fast_decode: bool = False  # opt-in reduced-size JPEG decoding (to measure what it costs in mAP)
+    augment: bool = False  # test-time augmentation (YOLOv5's val.py --augment)
 
 
 @dataclass
@@ -183,7 +184,8 @@ def validate(opts: ValOptions) -> dict[str, Any]:
     images, _ = dataset_images(opts.data)
     t0 = time.perf_counter()
     with Detector(opts.weights, backend=opts.backend, device=opts.device, imgsz=opts.imgsz, conf=opts.conf,
-                  iou=opts.iou, max_det=opts.max_det, multi_label=True, fast_decode=opts.fast_decode) as det:
+                  iou=opts.iou, max_det=opts.max_det, multi_label=True, fast_decode=opts.fast_decode,
+                  augment=opts.augment) as det:
         samples: list[Sample] = []
         dets: list[Detections] = []
         failed = []
@@ -200,6 +202,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
         backend, precision = det.backend_name, det.meta.precision
     metrics: dict[str, Any] = {
         "weights": str(opts.weights), "backend": backend, "model_precision": precision, "data": opts.data,
+        "augment": opts.augment,
         "images": len(samples), "instances": int(sum(len(s.cls) for s in samples)),
         **coco_map(samples, dets, opts.max_det), **precision_recall(samples, dets),
         "ms_per_image": {k: round(v, 2) for k, v in times.items()},
@@ -212,7 +215,8 @@ def validate(opts: ValOptions) -> dict[str, Any]:
 
 def format_metrics(m: dict[str, Any]) -> str:
     ms = ", ".join(f"{k} {v:.1f}" for k, v in m["ms_per_image"].items())
-    lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['model_precision']})",
+    aug = ", test-time augmentation" if m.get("augment") else ""
+    lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['model_precision']}{aug})",
              f"  mAP50-95 {m['map50_95']:.3f}  mAP50 {m['map50']:.3f}  P {m['precision']:.3f}  "
              f"R {m['recall']:.3f}",
              f"  ms/image: {ms}", f"  metric: {m['metric']}"]

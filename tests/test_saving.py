@@ -1,0 +1,149 @@
+"""Run outputs: --save-crop, --save-csv, the annotation options, and the output pool that writes them off the
+critical path while keeping the resume guarantees (nothing twice, nothing missing after SIGKILL and --resume)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.helpers.matching import read_label_file
+from toolkit.cli import main
+from toolkit.io.outputs import crop_box
+
+RANDOM = "yolov5n.yaml"  # random weights: many boxes of many classes, for accounting tests
+
+
+def _img(path: Path, h: int, w: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    assert cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (3, 3), 0))
+
+
+def _csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def photos(coco128_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("photos")
+    for f in sorted(coco128_images.glob("*.jpg"))[:6]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_crops_and_csv_follow_the_detections(mode: str, photos: Path, yolov5n_pt: Path, tmp_path: Path) -> None:
+    rc = main(["run", str(photos), "--weights", str(yolov5n_pt), "--save-txt", "--save-conf", "--save-crop",
+               "--save-csv", "--mode", mode, "--workers", "2", "--project", str(tmp_path), "--name", "r"])
+    assert rc == 0
+    out = tmp_path / "r"
+    rows = _csv(out / "predictions.csv")
+    assert rows[0] == ["path", "frame", "class_id", "class_name", "confidence", "x1", "y1", "x2", "y2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(rows) - 1 == summary["detections"] > 10
+    crops = sorted(p.relative_to(out / "crops").as_posix() for p in (out / "crops").rglob("*.jpg"))
+    assert len(crops) == summary["detections"]
+    assert {c.split("/")[0]: 0 for c in crops}.keys() == summary["per_class"].keys()
+    for img in sorted(photos.glob("*.jpg")):
+        image = cv2.imread(str(img))
+        h, w = image.shape[:2]
+        mine = [r for r in rows[1:] if r[0] == str(img)]
+        labels = read_label_file(out / "labels" / f"{img.stem}.txt")
+        assert len(mine) == len(labels)
+        for r, lab in zip(mine, labels, strict=True):  # the same boxes as the label files, in source pixels
+            x1, y1, x2, y2 = map(float, r[5:])
+            assert int(r[2]) == int(lab[0]) and r[1] == ""
+            assert abs((x1 + x2) / 2 / w - lab[1]) < 1e-4 and abs((y2 - y1) / h - lab[4]) < 1e-4
+            assert abs(float(r[4]) - lab[5]) < 1e-4
+        per_class: dict[str, int] = {}
+        for r in mine:  # each crop is save_one_box's cut of the original image
+            n = per_class[r[3]] = per_class.get(r[3], 0) + 1
+            name = f"{img.stem}.jpg" if n == 1 else f"{img.stem}_{n}.jpg"
+            crop = cv2.imread(str(out / "crops" / r[3] / name))
+            want = crop_box(image, np.array([float(v) for v in r[5:]]))
+            assert crop is not None and crop.shape == want.shape
+            assert np.abs(crop.astype(int) - want).mean() < 6  # JPEG quality 95
+
+
+def test_annotation_options_change_the_annotated_images(photos: Path, yolov5n_pt: Path, tmp_path: Path) -> None:
+    one = sorted(photos.glob("*.jpg"))[0]
+    outs = {}
+    for name, flags in (("plain", []), ("bare", ["--hide-labels"]), ("names", ["--hide-conf"]),
+                        ("thick", ["--line-thickness", "9"])):
+        assert main(["run", str(one), "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--name", name,
+                     *flags]) == 0
+        outs[name] = cv2.imread(str(tmp_path / name / one.name)).astype(int)
+    original = cv2.imread(str(one)).astype(int)
+    changed = {k: int((np.abs(v - original).max(axis=2) > 40).sum()) for k, v in outs.items()}
+    assert changed["bare"] < changed["names"] < changed["plain"] < changed["thick"], changed
+
+
+def _kill_part_way(cmd: list[str], manifest: Path, at: int, total: int) -> int:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.is_file() and len(manifest.read_text().splitlines()) >= at:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = len(manifest.read_text().splitlines())
+    assert at <= done < total, "the run must be killed part-way through"
+    return done
+
+
+def test_sigkill_then_resume_keeps_csv_and_crops_exact(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(80):
+        _img(src / f"{i:03d}.jpg", 96, 128, seed=i)
+    common = [sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", RANDOM, "--imgsz", "128",
+              "--conf", "0.00001", "--max-det", "5", "--save-csv", "--save-crop", "--save-txt", "--mode", "thread",
+              "--workers", "1", "--project", str(tmp_path)]
+    full = subprocess.run([*common, "--name", "full"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    manifest = tmp_path / "cut" / "manifest.jsonl"
+    _kill_part_way([*common, "--name", "cut"], manifest, 15, 80)
+    resumed = subprocess.run([*common, "--name", "cut", "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows_full, rows_cut = _csv(tmp_path / "full" / "predictions.csv"), _csv(tmp_path / "cut" / "predictions.csv")
+    assert len(rows_full) > 80
+    assert sorted(map(tuple, rows_cut)) == sorted(map(tuple, rows_full))  # no row twice, none missing
+
+    def crops(run: str) -> dict[str, bytes]:
+        root = tmp_path / run / "crops"
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert crops("cut") == crops("full")
+    keys = [json.loads(line)["key"] for line in manifest.read_text().splitlines()]
+    assert sorted(keys) == [f"{i:03d}" for i in range(80)]
+
+
+def test_manifest_lines_come_in_input_order_after_their_outputs(tmp_path: Path) -> None:
+    """The output pool writes in parallel, but records inputs in order, each after its files exist."""
+    src = tmp_path / "src"
+    for i in range(30):
+        _img(src / f"{i:02d}.jpg", 64 + 8 * (i % 3), 96, seed=i)
+    from toolkit.jobs.run import RunOptions, run
+
+    seen: list[str] = []
+
+    def progress(done: int, total: int, oc: object) -> None:
+        key = oc.key  # type: ignore[attr-defined]
+        assert (tmp_path / "r" / f"{key}.jpg").is_file() and (tmp_path / "r" / "labels" / f"{key}.txt").is_file()
+        seen.append(key)
+
+    s = run(RunOptions(source=str(src), weights=RANDOM, imgsz=96, conf=1e-5, save_txt=True, project=str(tmp_path),
+                       name="r", mode="process", workers=2, save_workers=3), progress=progress)
+    assert s.processed == 30 and seen == [f"{i:02d}" for i in range(30)]

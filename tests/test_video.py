@@ -1,0 +1,111 @@
+"""Videos: --vid-stride, one annotated .mp4 per input video (source size, source fps / N), label files named as
+detect.py names them, corrupt stretches failing only their frames, and resume of an unfinished video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from toolkit.cli import main
+from toolkit.io.sources import InputRef, iter_video
+
+RANDOM = "yolov5n.yaml"
+ARGS = ["--weights", RANDOM, "--imgsz", "64", "--conf", "0.00001", "--max-det", "3", "--save-txt"]
+
+
+def _video(path: Path, frames: int, fps: float = 10.0, size: tuple[int, int] = (96, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (5, 5), 0)
+        cv2.putText(frame, str(i), (5, 30), 0, 1.0, (255, 255, 255), 2)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _read_mp4(path: Path) -> tuple[int, float, tuple[int, int]]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    fps, size = cap.get(cv2.CAP_PROP_FPS), (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                                           int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    return n, fps, size
+
+
+def test_iter_video_keeps_every_nth_frame_numbered_like_detect_py(tmp_path: Path) -> None:
+    v = _video(tmp_path / "clip.avi", 10)
+    got = [(r.key, r.frame, r.video, round(r.fps, 3)) for r, f, why in iter_video(InputRef(str(v), "clip", -1), 3)]
+    # detect.py reads 3 frames and keeps the last: frames 2, 5, 8, labelled _1, _2, _3
+    assert got == [("clip_1", 2, "clip", 3.333), ("clip_2", 5, "clip", 3.333), ("clip_3", 8, "clip", 3.333)]
+    all_frames = list(iter_video(InputRef(str(v), "clip", -1)))
+    assert [r.key for r, _, _ in all_frames] == [f"clip_{i}" for i in range(1, 11)]
+    assert np.array_equal(all_frames[5][1], [f for r, f, _ in iter_video(InputRef(str(v), "clip", -1), 3)][1])
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_vid_stride_writes_one_mp4_at_source_fps_over_n(mode: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _video(src / "clip.avi", 25, fps=10.0, size=(96, 64))
+    cv2.imwrite(str(src / "still.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    rc = main(["run", str(src), *ARGS, "--vid-stride", "3", "--mode", mode, "--workers", "2", "--project",
+               str(tmp_path), "--name", "r"])
+    assert rc == 0
+    out = tmp_path / "r"
+    n, fps, size = _read_mp4(out / "clip.mp4")
+    assert (n, size) == (8, (96, 64)) and abs(fps - 10 / 3) < 0.01
+    assert sorted(p.name for p in (out / "labels").glob("clip_*.txt")) == sorted(f"clip_{i}.txt" for i in range(1, 9))
+    assert (out / "still.jpg").is_file() and not list(out.glob("clip_*.jpg"))
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    frames = [m for m in manifest if m.get("video") == "clip"]
+    assert [m["key"] for m in frames] == [f"clip_{i}" for i in range(1, 9)]
+    assert [bool(m.get("video_done")) for m in frames] == [False] * 7 + [True]
+
+
+def test_a_corrupt_stretch_fails_only_its_frames_and_the_video_keeps_the_rest(tmp_path: Path) -> None:
+    v = _video(tmp_path / "v.avi", 20)
+    data = bytearray(v.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 600] = bytes(600)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "clip.avi").write_bytes(bytes(data))
+    rc = main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "v"])
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert rc == 1 and summary["images"] == 20
+    assert 15 <= summary["processed"] < 20
+    assert all("#frame" in f["path"] and "cannot decode" in f["reason"] for f in summary["failed"])
+    assert _read_mp4(tmp_path / "v" / "clip.mp4")[0] == summary["processed"]
+
+
+def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _video(src / "a.avi", 6)
+    _video(src / "b.avi", 7)
+    args = ["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "r", "--mode", "thread"]
+    assert main(args) == 0
+    out = tmp_path / "r"
+    manifest = out / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == 13
+    # as a kill during b would leave it: a's records, b's half-written video, none of b's records
+    manifest.write_text("".join(line + "\n" for line in lines[:6]))
+    (out / "b.mp4").unlink()
+    (out / ".b.mp4.0123456789ab.tmp.mp4").write_bytes(b"half a video")
+    a_before = (out / "a.mp4").stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    keys = [json.loads(line)["key"] for line in manifest.read_text().splitlines()]
+    assert sorted(keys) == sorted([f"a_{i}" for i in range(1, 7)] + [f"b_{i}" for i in range(1, 8)])
+    assert _read_mp4(out / "b.mp4")[0] == 7 and (out / "a.mp4").stat().st_mtime_ns == a_before
+    assert not list(out.glob(".*.tmp*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 13 and summary["processed"] == 13 and summary["settings"]["resumed"] == 6

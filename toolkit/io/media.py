@@ -1,0 +1,62 @@
+"""Annotated video out: one ``.mp4`` per input video or stream (OpenCV's ``mp4v`` writer), written under a temporary
+name and renamed when complete, like every other output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from toolkit.errors import OutputError
+
+DEFAULT_FPS = 30.0  # when a source does not say its frame rate
+
+
+class VideoSink:
+    """Frames in order into ``path`` (an ``.mp4``) at ``fps``, sized like the first frame. :meth:`close` finishes
+    the file and gives it its name; until then it is ``.NAME.HEX.tmp.mp4`` (deleted by ``--resume``)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = fps if fps > 0 else DEFAULT_FPS
+        self.tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp.mp4"
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = frame.shape[:2]
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); free some space or fix the "
+                                  f"permissions, then continue the run with --resume") from None
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+            if not self.writer.isOpened():
+                self.writer = None
+                raise OutputError(f"{self.path}: cannot write the annotated video (this OpenCV cannot encode "
+                                  f"MPEG-4, or the folder is not writable); use --nosave, or check the folder")
+            self.size = (w, h)
+        if self.size is not None and (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)  # a stream that changed size
+        self.writer.write(frame)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file and rename it to its name (nothing is written for a video without a processed frame)."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); free some space or fix the "
+                              f"permissions, then continue the run with --resume") from None
