@@ -318,8 +318,8 @@ class OnnxRunner(BaseRunner):
             import torch
 
             dev = self.device_runner()
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(dev.device).to(dev.dtype).div_(255)
-            return dev.forward(x).float().cpu().numpy()
+            xt = torch.from_numpy(np.ascontiguousarray(batch)).to(dev.device).to(dev.dtype).div_(255)
+            return dev.forward(xt).float().cpu().numpy()
         x = batch.astype(np.float32)
         x /= 255
         if self._dtype is np.float16:

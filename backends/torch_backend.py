@@ -83,7 +83,7 @@ class TorchDeviceRunner:
     """The device side of a :class:`TorchRunner` (see :class:`backends.base.DeviceRunner`): the module called on
     tensors already on its device. Capturable in a CUDA graph."""
 
-    static_batch = None
+    static_batch: int | None = None
 
     def __init__(self, model: Any, device: Any, dtype: Any) -> None:
         self.model, self.device, self.dtype = model, device, dtype

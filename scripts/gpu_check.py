@@ -20,7 +20,7 @@ Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown
     python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
         --coco ../shared/datasets/coco128/images/train2017 --out bench_out/gpu_check
 
-``--dry-run`` runs the whole script on the CPU with 8 small images (FP32 only: the device pipeline on the CPU
+``--dry-run`` runs the whole script on the CPU with 4 small images (FP32 only: the device pipeline on the CPU
 against the CPU path), to prove the script itself works where there is no GPU.
 """
 
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args)
     if args.dry_run:
-        args.device, args.images, args.size, args.imgsz, args.coco_images = "cpu", 8, "640x360", 320, 8
+        args.device, args.images, args.size, args.imgsz, args.coco_images = "cpu", 4, "320x180", 160, 4
     spec = parse_device(args.device)
     if spec.is_gpu and not torch.cuda.is_available():
         print(f"gpu_check.py needs a CUDA GPU, but PyTorch {torch.__version__} (CUDA build: {torch.version.cuda}) "
@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     t_all = time.perf_counter()
     coco = sorted(coco_dir.glob("*.jpg"))[: args.coco_images]
-    folder = generate(coco_dir, out / f"images_{w}x{h}_{args.images}", args.images, (w, h))
+    folder = out / f"images_{w}x{h}_{args.images}"
+    generate(coco_dir, folder, args.images, (w, h))
     try:
         corr = correctness(args, coco)
         rows = throughput(args, folder, out)

@@ -209,7 +209,7 @@ def _tf32_get() -> Any:
 def _tf32_set(value: Any) -> None:
     kind, v = value
     if kind == "new":
-        torch.backends.cudnn.conv.fp32_precision = v
+        setattr(getattr(torch.backends.cudnn, "conv"), "fp32_precision", v)  # noqa: B009, B010
     else:
         torch.backends.cudnn.allow_tf32 = v
 

@@ -375,7 +375,9 @@ def background(produce: Callable[[threading.Event], Iterator[T]], maxsize: int =
         except BaseException as e:  # handed to the consumer
             put((False, e))
         finally:
-            gen.close()
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
             put(_END)
 
     thread = threading.Thread(target=work, name="yolokit-gpu", daemon=True)
