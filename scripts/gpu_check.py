@@ -11,8 +11,8 @@ network, no pip install, and none of onnxruntime, openvino, pycocotools, rich or
 2. Throughput on ``--images`` (1,000) generated 1920x1080 JPEGs, each in a fresh process (whole-process img/s
    includes start-up), for yolov5s (built-in config, random weights: speed only) and yolov5n:
    the seed-style loop (PyTorch FP16, one image at a time, cv2.imread in the loop), ``yolokit run --device cuda
-   --nosave``, and the default run (annotated images saved). Per-stage times and peak GPU memory come from inside
-   each process.
+   --nosave``, and the default run (annotated images saved); for yolov5s also ``--nosave --gpu-resize``. Per-stage
+   times and peak GPU memory come from inside each process.
 
 Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when the FP32 target holds
 (>= 99.5 % of reference boxes matched), 1 when a check fails, 2 when there is no CUDA GPU (nothing is measured).
@@ -230,7 +230,7 @@ def child_seed(args: argparse.Namespace) -> dict[str, Any]:
             "ms_per_image": {k: 1000 * v / max(1, len(paths)) for k, v in times.items()}, "plan": "sequential"}
 
 
-def child_yolokit(args: argparse.Namespace, save: bool) -> dict[str, Any]:
+def child_yolokit(args: argparse.Namespace, save: bool, gpu_resize: bool = False) -> dict[str, Any]:
     """``yolokit run`` in this process (through the CLI entry point), its JSON summary captured."""
     from toolkit.cli import main as cli
 
@@ -238,6 +238,8 @@ def child_yolokit(args: argparse.Namespace, save: bool) -> dict[str, Any]:
             "--project", args.project, "--name", args.name, "--exist-ok", "--json"]
     if not save:
         argv.append("--nosave")
+    if gpu_resize:
+        argv.append("--gpu-resize")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli(argv)
@@ -250,7 +252,8 @@ def child_yolokit(args: argparse.Namespace, save: bool) -> dict[str, Any]:
 
 def child_main(args: argparse.Namespace) -> int:
     kind = args.child
-    res = child_seed(args) if kind == "seed" else child_yolokit(args, save=kind == "save")
+    res = child_seed(args) if kind == "seed" else child_yolokit(args, save=kind == "save",
+                                                                 gpu_resize=kind == "gpuresize")
     res["gpu_memory"] = _gpu_memory()
     Path(args.result).write_text(json.dumps(res))
     return 0
@@ -259,8 +262,10 @@ def child_main(args: argparse.Namespace) -> int:
 def throughput(args: argparse.Namespace, folder: Path, out: Path) -> list[dict[str, Any]]:
     rows = []
     models = [("yolov5s", "yolov5s.yaml"), ("yolov5n", args.weights)]
+    runs = {"seed": "seed loop", "nosave": "yolokit --nosave", "save": "yolokit (saves images)",
+            "gpuresize": "yolokit --nosave --gpu-resize"}
     for label, model in models:
-        for kind in ("seed", "nosave", "save"):
+        for kind in ("seed", "nosave", "save") + (("gpuresize",) if label == "yolov5s" else ()):
             result = out / f"child_{label}_{kind}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--model", model, "--images-dir",
                    str(folder), "--device", args.device, "--imgsz", str(args.imgsz), "--result", str(result),
@@ -271,13 +276,12 @@ def throughput(args: argparse.Namespace, folder: Path, out: Path) -> list[dict[s
             whole = time.perf_counter() - t0
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                rows.append({"model": label, "run": kind, "error": " | ".join(tail)})
+                rows.append({"model": label, "run": runs[kind], "kind": kind, "error": " | ".join(tail)})
                 continue
             r = json.loads(result.read_text())
             stages = r["ms_per_image"]
             busy = sum(stages.values()) or 1.0
-            rows.append({"model": label, "run": {"seed": "seed loop", "nosave": "yolokit --nosave",
-                                                 "save": "yolokit (saves images)"}[kind],
+            rows.append({"model": label, "run": runs[kind],
                          "kind": kind, "images": r["images"], "whole_s": round(whole, 2),
                          "whole_img_s": round(r["images"] / whole, 1), "run_s": round(r["run_s"], 2),
                          "run_img_s": round(r["run_img_s"], 1), "startup_s": round(whole - r["run_s"], 2),
@@ -301,6 +305,8 @@ def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool) -> dic
             if s_save:
                 v["default_run_within_15pct_of_nosave"] = s_save["run_img_s"] >= TARGETS["save_vs_nosave"] * \
                     s_nosave["run_img_s"]
+        v["gpu_pipeline_used"] = all("GPU pipeline" in r.get("plan", "") for r in rows
+                                     if r.get("kind") in ("nosave", "save", "gpuresize") and "error" not in r)
     return v
 
 
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coco-images", type=int, default=128)
     ap.add_argument("--child-timeout", type=int, default=240)
     ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU, tiny: proves it runs")
-    ap.add_argument("--child", choices=("seed", "nosave", "save"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("seed", "nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

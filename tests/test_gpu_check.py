@@ -75,7 +75,8 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path, yolov5n_pt: Path, coco128_
     same, total = corr["unit"]["batched_nms_images_identical_to_numpy"].split("/")
     assert same == total and int(total) > 0
     runs = {(r["model"], r["kind"]) for r in rep["throughput"] if "error" not in r}
-    assert runs == {(m, k) for m in ("yolov5s", "yolov5n") for k in ("seed", "nosave", "save")}, rep["throughput"]
+    want = {(m, k) for m in ("yolov5s", "yolov5n") for k in ("seed", "nosave", "save")} | {("yolov5s", "gpuresize")}
+    assert runs == want, rep["throughput"]
     for r in rep["throughput"]:
         assert r["images"] == 4 and r["whole_s"] > r["run_s"] > 0 and set(r["ms_per_image"]) >= {"read", "infer"}
     assert rep["verdicts"] == {"fp32_match": True}

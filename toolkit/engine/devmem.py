@@ -86,7 +86,7 @@ def _round_up(n: int, unit: int = MiB) -> int:
 class PinnedRing:
     """Up to ``slots`` page-locked buffers, ``budget`` bytes in all, recycled in order. Thread-safe."""
 
-    def __init__(self, ctx: DeviceContext, slots: int, budget: int = 2 << 30, first: int = 8 * MiB) -> None:
+    def __init__(self, ctx: DeviceContext, slots: int, budget: int = 2 << 30, first: int = MiB) -> None:
         if slots < 1:
             raise InputError(f"a pinned ring needs at least one slot, got {slots}")
         self.ctx, self.slots, self.budget, self.first = ctx, slots, budget, first

@@ -113,7 +113,7 @@ class DevicePipeline:
         self.batch = int(dev.static_batch or max(1, batch))
         self.depth, self.gpu_resize, self.max_graphs = max(1, depth), gpu_resize, max_graphs
         self.nms = BatchedNMS(routine.nms)
-        self.ring = DeviceRing(self.ctx)
+        self.ring = DeviceRing(self.ctx, slots=max(4, 2 * self.batch))  # copies may run a batch ahead
         self.pinned: PinnedRing | None = None
         self.buckets: dict[tuple[int, int], _Bucket] = {}
         self.graphs_on = self.ctx.cuda and bool(dev.graphable)
@@ -234,6 +234,7 @@ class DevicePipeline:
                     x = bucket.input if self.dev.static_batch else bucket.input[:b]
                     preds = self.dev.forward(x)[:b]
                 cand, out, info = self.nms(preds)
+                out = out.contiguous()  # one plain copy back
                 out_h = ctx.host_empty(tuple(out.shape), out.dtype)
                 info_h = ctx.host_empty(tuple(info.shape), info.dtype)
                 out_h.copy_(out, non_blocking=True)
