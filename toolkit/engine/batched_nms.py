@@ -164,7 +164,7 @@ def select(cand: Candidates, opts: NMSOptions, k: int = K_START, rounds: int = R
     device = rows.device
     out = rows.new_zeros((b, opts.max_det + 1, 6))  # the last row takes what is not kept
     info = torch.zeros((b, 3), dtype=torch.int32, device=device)
-    upper = torch.ones((k, k), dtype=torch.bool, device=device).triu_(1)
+    upper = torch.ones((k, k), device=device).triu_(1).bool()  # float triu: every backend has it
     arange = torch.arange(k, device=device)
     step = max(1, max_elems // (k * k))
     for s in range(0, b, step):
