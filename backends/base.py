@@ -19,8 +19,11 @@ A backend module states its own facts and does its own work:
 A runner takes a uint8 ``(B, 3, H, W)`` RGB batch (or float32 on the same 0-255 scale: test-time augmentation's
 resized views, unrounded) and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
 own normalisation and precision handling. :class:`BaseRunner` checks the batch and pads a partial batch for a
-static artifact, once for every backend. Adding a backend is one module, one registry entry in
-``backends/__init__.py`` and one extra in ``pyproject.toml``; the contract tests pick it up.
+static artifact, once for every backend. A runner whose runtime can take tensors already on its device also offers
+a :class:`DeviceRunner` (``runner.device_runner()``): the engine's GPU pipeline letterboxes on the device straight
+into the runner's input dtype and post-processes on the device, so only detections come back to the host.
+Adding a backend is one module, one registry entry in ``backends/__init__.py`` and one extra in ``pyproject.toml``;
+the contract tests pick it up.
 """
 
 from __future__ import annotations
@@ -80,10 +83,30 @@ class PlanningHints:
     process_inputs_per_core: int | None = None
 
 
+class DeviceRunner(Protocol):
+    """A runner's device side, for the engine's GPU pipeline (``toolkit.engine.gpu``).
+
+    ``forward(x)`` takes a normalised ``(B, 3, H, W)`` torch tensor already on ``device``, in ``dtype``, enqueues the
+    model on the calling thread's current torch stream (no host synchronisation) and returns the ``(B, N, 5 + nc)``
+    output on the device, valid until that thread's next ``forward``. ``graphable``: the same kernels may be
+    captured once in a CUDA graph at a fixed shape and replayed (a PyTorch module; not a runtime that brings its own
+    launches). ``static_batch``: the batch ``forward`` must always get (a static artifact), else None.
+    """
+
+    device: Any
+    dtype: Any
+    graphable: bool
+    static_batch: int | None
+
+    def forward(self, x: Any) -> Any: ...
+
+
 class Runner(Protocol):
     meta: ModelMeta
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def device_runner(self) -> DeviceRunner | None: ...
 
     def set_threads(self, n: int) -> bool: ...
 
@@ -109,6 +132,10 @@ class BaseRunner:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def device_runner(self) -> DeviceRunner | None:
+        """The runner's device side (see :class:`DeviceRunner`), or None when its runtime only takes host arrays."""
+        return None
 
     def set_threads(self, n: int) -> bool:
         """Change the intra-op thread count in place, where the runtime can; whether it could. Runtimes that fix

@@ -2,17 +2,26 @@
 
 The yolokit metadata (:class:`toolkit.meta.ModelMeta` as JSON) is stored in ``metadata_props`` under ``"yolokit"``.
 onnxruntime and onnx are imported only when a function needs them.
+
+On a CUDA device (``onnxruntime-gpu``): the TensorRT provider, when present, with its engine and timing caches
+(:func:`ort_cache_dir`), FP16 for FP16 models or ``--half``, and a shape profile over the letterbox rectangles
+(:func:`trt_profile_options`); then the CUDA provider. Inputs are normalised on the GPU and bound with IOBinding.
+None of the CUDA side has run here (no GPU); :func:`provider_list` is tested as a pure function, and the IOBinding
+path runs, and is tested, with CPU tensors.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
-from backends.onnx_graph import export_graph, export_meta
+from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
+from toolkit.devices import GPU_BATCH, parse_device
 from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import META_KEY, ModelMeta
 
@@ -150,31 +159,129 @@ def describe(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ runner
 
 
-def _providers(device: str, extra: dict[str, Any]) -> list[Any]:
-    import onnxruntime as ort
+ENV_CACHE = "YOLOKIT_ORT_CACHE"
 
+
+def ort_cache_dir(options: dict[str, Any]) -> Path | None:
+    """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache: ``options["cache_dir"]``, else
+    ``$YOLOKIT_ORT_CACHE`` (``off`` disables it), else ``~/.cache/yolokit/onnxruntime``; created if needed, None when
+    off or not writable. Without it every process rebuilds its TensorRT engines, for minutes."""
+    given = options.get("cache_dir", os.environ.get(ENV_CACHE))
+    if given is not None and str(given).strip().lower() in ("", "off", "0", "none", "false"):
+        return None
+    path = Path(str(given)).expanduser() if given is not None else Path.home() / ".cache" / "yolokit" / "onnxruntime"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None
+
+
+def trt_profile_options(meta: ModelMeta, imgsz: tuple[int, int] | None, batch: int = GPU_BATCH,
+                        max_batch: int = GPU_BATCH) -> dict[str, str]:
+    """The TensorRT provider's shape profile (``trt_profile_{min,opt,max}_shapes``) for a model with dynamic axes:
+    batch 1 to ``max_batch`` (tuned for ``batch``), height and width from the stride up to the long side of
+    ``imgsz`` (tuned for ``imgsz``), as :mod:`backends.tensorrt_backend` builds its own engines. Empty for a fully
+    static model (nothing to profile)."""
+    if meta.batch is not None and meta.imgsz is not None:
+        return {}
+    s = meta.stride
+    h, w = imgsz if imgsz is not None else (640, 640)
+    h, w = max(s, -(-int(h) // s) * s), max(s, -(-int(w) // s) * s)
+    side = max(h, w)
+    b_min, b_opt, b_max = (meta.batch,) * 3 if meta.batch is not None else (1, min(batch, max_batch), max_batch)
+    if meta.imgsz is not None:
+        lo = opt = hi = (int(meta.imgsz[0]), int(meta.imgsz[1]))
+    else:
+        lo, opt, hi = (s, s), (h, w), (side, side)
+
+    def dims(b: int, hw: tuple[int, int]) -> str:
+        return f"{INPUT_NAME}:{b}x3x{hw[0]}x{hw[1]}"
+
+    return {"trt_profile_min_shapes": dims(b_min, lo), "trt_profile_opt_shapes": dims(b_opt, opt),
+            "trt_profile_max_shapes": dims(b_max, hi)}
+
+
+def provider_list(device: str | None, available: list[str], meta: ModelMeta, extra: dict[str, Any],
+                  half: bool | None = None, imgsz: tuple[int, int] | None = None,
+                  cache_dir: Path | None = None) -> list[Any]:
+    """The execution providers (with their options) for ``device``, from the ``available`` ones: the CPU; or on a
+    CUDA device TensorRT (engine and timing caches in ``cache_dir``, FP16 for an FP16 model or when ``half`` asks,
+    the shape profile of :func:`trt_profile_options`), then CUDA, then the CPU. ``extra["providers"]`` overrides
+    everything; ``extra["tensorrt"] = False`` leaves TensorRT out."""
     if "providers" in extra:
         return list(extra["providers"])
-    available = ort.get_available_providers()
-    dev = device.lower()
-    if dev in ("cpu", ""):
+    spec = parse_device(device)
+    if spec.kind == "cpu":
         return ["CPUExecutionProvider"]
-    if not (dev in ("cuda", "gpu") or dev.startswith("cuda:")):
+    if spec.kind != "cuda":
         raise InputError(f"device {device!r}: the onnx backend runs on cpu, cuda or cuda:N")
     if "CUDAExecutionProvider" not in available:
         raise BackendUnavailableError(f"device {device!r} asked for, but this onnxruntime has no CUDA provider "
                                       f"(has {', '.join(available)}): pip install 'yolokit[gpu]', or use --device cpu")
-    index = int(dev.split(":", 1)[1]) if ":" in dev else 0
     providers: list[Any] = []
     if "TensorrtExecutionProvider" in available and extra.get("tensorrt", True):
-        providers.append(("TensorrtExecutionProvider", {"device_id": index}))
-    providers.append(("CUDAExecutionProvider", {"device_id": index}))
+        trt: dict[str, Any] = {"device_id": spec.index, "trt_fp16_enable": bool(half) or meta.precision == "fp16"}
+        if cache_dir is not None:
+            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir / "trt_engines"),
+                       trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir / "trt_timing"))
+        trt.update(trt_profile_options(meta, imgsz, int(extra.get("trt_batch", GPU_BATCH)),
+                                       int(extra.get("trt_max_batch", GPU_BATCH))))
+        providers.append(("TensorrtExecutionProvider", trt))
+    providers.append(("CUDAExecutionProvider", {"device_id": spec.index}))
     providers.append("CPUExecutionProvider")
     return providers
 
 
+class OrtDeviceRunner:
+    """The device side of an :class:`OnnxRunner` (see :class:`backends.base.DeviceRunner`) through IOBinding: the
+    input is bound where it lies (a CUDA or CPU torch tensor), the output to a torch buffer of the calling thread.
+    ONNX Runtime runs on its own CUDA stream, so the caller's stream is synchronised first; its ``Run`` returns once
+    the output is written."""
+
+    graphable = False
+
+    def __init__(self, runner: OnnxRunner, device: Any, dtype: Any) -> None:
+        self.runner, self.device, self.dtype = runner, device, dtype
+        self.static_batch = runner.meta.batch
+        self._local = threading.local()
+        self._kind = ("cuda", int(device.index or 0)) if device.type == "cuda" else ("cpu", 0)
+
+    def forward(self, x: Any) -> Any:
+        import torch
+
+        session = self.runner.session
+        st = self._local
+        if getattr(st, "binding", None) is None:
+            st.binding, st.shapes, st.buf = session.io_binding(), {}, None
+        x = x.contiguous()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # x is complete before ONNX Runtime reads it
+        shape = tuple(int(v) for v in x.shape)
+        in_np, out_np = self.runner._dtype, self.runner._out_dtype
+        binding = st.binding
+        binding.bind_input(self.runner._in, *self._kind, in_np, shape, x.data_ptr())
+        if shape not in st.shapes:  # first run at this shape: ONNX Runtime allocates, and says the output shape
+            binding.bind_output(self.runner._out, *self._kind)
+            session.run_with_iobinding(binding)
+            st.shapes[shape] = tuple(int(v) for v in binding.get_outputs()[0].shape())
+        out_shape = st.shapes[shape]
+        n = int(np.prod(out_shape))
+        out_dtype = torch.float16 if out_np is np.float16 else torch.float32
+        if st.buf is None or st.buf.numel() < n:
+            st.buf = torch.empty(max(n, 2 * (0 if st.buf is None else st.buf.numel())), dtype=out_dtype,
+                                 device=self.device)
+        out = st.buf[:n].view(out_shape)
+        binding.bind_output(self.runner._out, *self._kind, out_np, out_shape, out.data_ptr())
+        session.run_with_iobinding(binding)
+        return out
+
+
 class OnnxRunner(BaseRunner):
-    """An onnxruntime session. ``InferenceSession.run`` is thread-safe, so one runner serves many threads."""
+    """An onnxruntime session. ``InferenceSession.run`` is thread-safe, so one runner serves many threads.
+
+    On a CUDA device the batch is normalised on the GPU (a quarter of the bytes cross the bus) and run through
+    IOBinding (:class:`OrtDeviceRunner`), which also serves the GPU pipeline."""
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         import onnxruntime as ort
@@ -186,16 +293,33 @@ class OnnxRunner(BaseRunner):
         if level not in _OPT_LEVELS:
             raise InputError(f"graph_optimization_level {level!r}: choose one of {', '.join(_OPT_LEVELS)}")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
-        self.session = _session(path, so, _providers(options.device, options.options))
+        spec = parse_device(options.device)
+        if spec.kind == "other" and "providers" not in options.options:
+            raise InputError(f"device {options.device!r}: the onnx backend runs on cpu, cuda or cuda:N")
+        file_meta = read_meta(path) if spec.is_gpu else ModelMeta(names={})  # the TensorRT profile needs it first
+        providers = provider_list(options.device if spec.is_gpu else "cpu", ort.get_available_providers(), file_meta,
+                                  options.options, options.half, options.imgsz,
+                                  ort_cache_dir(options.options) if spec.is_gpu else None)
+        self.session = _session(path, so, providers)
         meta = meta_from_props(dict(self.session.get_modelmeta().custom_metadata_map), path)
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self._in, self._out = inp.name, out.name
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self._out_dtype = np.float16 if out.type == "tensor(float16)" else np.float32
         used = self.session.get_providers()
         self.meta = ModelMeta(**{**meta.__dict__, "extra": {**meta.extra, "providers": used}})
+        self._cuda = spec.is_gpu and any(p in used for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+        self._device = f"cuda:{spec.index}" if self._cuda else "cpu"
+        self._device_side: OrtDeviceRunner | None = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._cuda:
+            import torch
+
+            dev = self.device_runner()
+            xt = torch.from_numpy(np.ascontiguousarray(batch)).to(dev.device).to(dev.dtype).div_(255)
+            return dev.forward(xt).float().cpu().numpy()
         x = batch.astype(np.float32)
         x /= 255
         if self._dtype is np.float16:
@@ -203,7 +327,16 @@ class OnnxRunner(BaseRunner):
         y = self.session.run([self._out], {self._in: x})[0]
         return np.asarray(y, dtype=np.float32)
 
+    def device_runner(self) -> OrtDeviceRunner:
+        if self._device_side is None:
+            import torch
+
+            dtype = torch.float16 if self._dtype is np.float16 else torch.float32
+            self._device_side = OrtDeviceRunner(self, torch.device(self._device), dtype)
+        return self._device_side
+
     def close(self) -> None:
+        self._device_side = None
         self.session = None  # type: ignore[assignment]
 
 

@@ -14,9 +14,12 @@ TensorRT version and the GPU it was built for, so the loader refuses any other w
 Profiles: by default (dynamic) one optimisation profile covers batch 1 to ``--max-batch`` and every input height
 and width from the stride up to the long side of ``--imgsz``, so an engine letterboxes each image to the same
 rectangle as the ``.pt`` (a 1920x1080 photo runs at 384x640, not 640x640) and gives the same detections. TensorRT
-picks its kernels for the profile's optimum, ``--batch`` images at ``--imgsz`` (use ``--imgsz 384,640`` for 16:9
-input). ``--static`` builds for exactly ``--batch`` images at ``--imgsz``: fastest at that one shape, but any other
-aspect ratio is letterboxed to it, which changes detections.
+picks its kernels for the profile's optimum, ``--batch`` images at ``--imgsz``: ``yolokit export`` defaults
+``--batch`` to the batch a GPU run plans (:data:`toolkit.devices.GPU_BATCH`, within ``--max-batch``), the engine
+records it (``extra["opt_batch"]``) and the plan then runs at it; give ``--imgsz 384,640`` for 16:9 input.
+``--static`` builds for exactly ``--batch`` images at ``--imgsz``: fastest at that one shape, but any other
+aspect ratio is letterboxed to it, which changes detections. The runtime side (per-thread contexts and
+preallocated I/O) is :mod:`backends.tensorrt_runner`.
 INT8 is not offered (TensorRT 10 deprecates implicit calibration; explicit Q/DQ export is future work).
 """
 
@@ -24,16 +27,14 @@ from __future__ import annotations
 
 import struct
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
+from backends.base import ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
 from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
-from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError, YolokitError
+from toolkit.devices import parse_device
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
@@ -193,22 +194,38 @@ def plan_precision(half: bool, int8: bool, has_fp16_flag: bool) -> PrecisionPlan
     return PrecisionPlan("fp16", False, True, True, False)
 
 
-def network_flags(strongly_typed: bool, strongly_typed_bit: int) -> int:
+def network_flags(strongly_typed: bool, strongly_typed_bit: int | None) -> int:
     """``create_network`` flags: TensorRT 10 networks are always explicit batch (the EXPLICIT_BATCH flag is
-    deprecated and ignored), so only STRONGLY_TYPED is ever set."""
-    return (1 << int(strongly_typed_bit)) if strongly_typed else 0
+    deprecated and ignored), so only STRONGLY_TYPED is ever set. ``strongly_typed_bit`` is None where the TensorRT
+    has no such flag (every network strongly typed, as TensorRT 11 plans): then nothing is set."""
+    return (1 << int(strongly_typed_bit)) if strongly_typed and strongly_typed_bit is not None else 0
 
 
-def cuda_index(device: str) -> int:
-    """``cuda`` / ``cuda:N`` / ``N`` -> N; anything else is refused (TensorRT runs only on NVIDIA GPUs)."""
-    d = device.strip().lower()
-    if d in ("cuda", "gpu"):
-        return 0
-    if d.startswith("cuda:") and d[5:].isdigit():
-        return int(d[5:])
-    if d.isdigit():
-        return int(d)
-    raise BackendUnavailableError(f"device {device!r}: {GPU_HINT}; use --device cuda or cuda:N")
+def strongly_typed_bit(trt: Any) -> int | None:
+    """``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` of this TensorRT, read defensively (None when absent)."""
+    flags = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    flag = getattr(flags, "STRONGLY_TYPED", None) if flags is not None else None
+    return None if flag is None else int(flag)
+
+
+def cuda_index(device: str | None) -> int:
+    """``cuda`` / ``cuda:N`` / ``gpu`` / ``N`` -> N (:func:`toolkit.devices.parse_device`); anything else is
+    refused (TensorRT runs only on NVIDIA GPUs)."""
+    try:
+        spec = parse_device(device, default="cuda")
+    except InputError:
+        spec = None
+    if spec is None or not spec.is_gpu:
+        raise BackendUnavailableError(f"device {device!r}: {GPU_HINT}; use --device cuda or cuda:N")
+    return spec.index
+
+
+def grown(capacity: int, needed: int) -> int:
+    """The capacity (elements) of a buffer that must hold ``needed``: unchanged when it does, else at least
+    doubled, so that a run of growing shapes reallocates a few times, not at every call."""
+    if needed <= capacity:
+        return capacity
+    return max(needed, 2 * capacity)
 
 
 def timing_cache_path(engine: Path) -> Path:
@@ -311,8 +328,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half)
         with torch.cuda.device(index):
             builder = trt.Builder(logger)
-            flags = network_flags(plan.strongly_typed, int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-                                  if plan.strongly_typed else 0)
+            flags = network_flags(plan.strongly_typed, strongly_typed_bit(trt))
             network = builder.create_network(flags)
             parser = trt.OnnxParser(network, logger)
             if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
@@ -345,7 +361,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         source, options, FORMAT, plan.precision, {"tensorrt": str(trt.__version__), "torch": torch.__version__},
         extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
                "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
-               "strongly_typed": plan.strongly_typed},
+               "opt_batch": int(options.batch), "strongly_typed": plan.strongly_typed},
         dynamic_hw=profile is not None)
     if profile is not None:
         meta.max_batch = int(options.max_batch)
@@ -355,76 +371,8 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     return Path(path)
 
 
-class TrtRunner(BaseRunner):
-    """A deserialized engine; one execution context and CUDA stream per thread, torch tensors as buffers."""
+def load(path: Path, options: LoadOptions) -> Any:
+    """A :class:`backends.tensorrt_runner.TrtRunner` (the runtime side lives in its own module)."""
+    from backends.tensorrt_runner import TrtRunner
 
-    def __init__(self, path: Path, options: LoadOptions) -> None:
-        import torch
-
-        trt = _runtime()
-        self._trt, self._torch = trt, torch
-        self.index = cuda_index(options.device)
-        data = Path(path).read_bytes()
-        meta, engine_bytes = unpack_engine(data, str(path))
-        check_compat(meta, str(trt.__version__), current_gpu(self.index), str(path))
-        self.device = torch.device("cuda", self.index)
-        with torch.cuda.device(self.index):
-            self.runtime = trt.Runtime(_logger(trt))
-            self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
-        if self.engine is None:
-            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
-                                 f"with `yolokit export WEIGHTS --to trt`")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(ins) != 1 or len(outs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output tensor, found {ins} and {outs}")
-        self._in, self._out = ins[0], outs[0]
-        self._in_dtype = self._dtype(self.engine.get_tensor_dtype(self._in))
-        self._out_dtype = self._dtype(self.engine.get_tensor_dtype(self._out))
-        self.meta = meta
-        self._local = threading.local()
-
-    def _dtype(self, t: Any) -> Any:
-        trt, torch = self._trt, self._torch
-        table = {trt.float32: torch.float32, trt.float16: torch.float16}
-        if t not in table:
-            raise ModelFileError(f"unsupported engine I/O type {t}")
-        return table[t]
-
-    def _context(self) -> tuple[Any, Any]:
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
-            with self._torch.cuda.device(self.index):
-                ctx = self.engine.create_execution_context()
-                self._local.ctx = ctx
-                self._local.stream = self._torch.cuda.Stream(self.device)
-        return ctx, self._local.stream
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        ctx, stream = self._context()
-        with torch.cuda.device(self.index), torch.cuda.stream(stream):
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            x = x.to(self._in_dtype).div_(255).contiguous()
-            if not ctx.set_input_shape(self._in, tuple(x.shape)):
-                raise InputError(f"the engine does not accept input shape {tuple(x.shape)} (profile: "
-                                 f"{self.meta.extra.get('profile')})")
-            y = torch.empty(tuple(ctx.get_tensor_shape(self._out)), dtype=self._out_dtype, device=self.device)
-            ctx.set_tensor_address(self._in, x.data_ptr())
-            ctx.set_tensor_address(self._out, y.data_ptr())
-            if not ctx.execute_async_v3(stream.cuda_stream):
-                raise YolokitError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-            out = y.float().cpu()  # .cpu() on this stream waits for the copy
-        stream.synchronize()
-        return out.numpy()
-
-    def close(self) -> None:
-        self._local = threading.local()
-        self.engine = None
-        self.runtime = None
-
-
-def load(path: Path, options: LoadOptions) -> TrtRunner:
     return TrtRunner(Path(path), options)
-

@@ -1,7 +1,8 @@
-"""PyTorch backend: ``.pt`` checkpoints (and built-in configs), FP32 on the CPU, FP16 or FP32 on CUDA."""
+"""PyTorch backend: ``.pt`` checkpoints (and built-in configs), FP32 on the CPU, FP16 (default) or FP32 on CUDA."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,17 +79,67 @@ def check_export(options: ExportOptions) -> None:
     raise InputError("a .pt checkpoint is run as it is; export it to another format")
 
 
+class TorchDeviceRunner:
+    """The device side of a :class:`TorchRunner` (see :class:`backends.base.DeviceRunner`): the module called on
+    tensors already on its device. Capturable in a CUDA graph."""
+
+    static_batch: int | None = None
+
+    def __init__(self, model: Any, device: Any, dtype: Any) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.graphable = device.type == "cuda"
+
+    def forward(self, x: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(x)
+
+
+class _HostBuffers:
+    """One thread's CUDA stream and page-locked staging buffers (grown on demand), for the host path on a GPU."""
+
+    def __init__(self, torch: Any, device: Any) -> None:
+        self.torch = torch
+        self.stream = torch.cuda.Stream(device)
+        self.inp = torch.empty(0, dtype=torch.uint8, pin_memory=True)
+        self.out = torch.empty(0, dtype=torch.float32, pin_memory=True)
+
+    def host_in(self, n: int) -> Any:
+        if self.inp.numel() < n:
+            self.inp = self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
+        return self.inp[:n]
+
+    def host_out(self, n: int) -> Any:
+        if self.out.numel() < n:
+            self.out = self.torch.empty(n, dtype=self.torch.float32, pin_memory=True)
+        return self.out[:n]
+
+
 class TorchRunner(BaseRunner):
     """A model in this process. Its intra-op thread count is PyTorch's process-wide one: the runner leaves it alone
-    when it loads, and :meth:`set_threads` changes it when a run plans it."""
+    when it loads, and :meth:`set_threads` changes it when a run plans it.
+
+    On a CUDA device each calling thread gets its own stream and page-locked staging buffers: the batch is copied
+    into pinned memory, to the device without blocking, normalised there, and the output comes back through pinned
+    memory with one synchronisation per call. :meth:`device_runner` serves the GPU pipeline."""
 
     def __init__(self, loaded: LoadedModel, options: LoadOptions) -> None:
         import torch
 
-        device = torch.device(options.device if options.device not in ("", "gpu") else "cuda")
+        from toolkit.devices import parse_device
+
+        spec = parse_device(options.device)
+        if spec.kind == "other":
+            raise InputError(f"device {options.device!r}: the torch backend runs on cpu, cuda, cuda:N, gpu or a GPU "
+                             f"index")
+        device = torch.device(spec.torch)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {options.device!r} asked for, but PyTorch sees no CUDA GPU "
                                           f"(torch {torch.__version__}); use --device cpu")
+        if device.type == "cuda" and spec.index >= torch.cuda.device_count():
+            raise BackendUnavailableError(f"device {options.device!r} asked for, but PyTorch sees "
+                                          f"{torch.cuda.device_count()} GPU(s)")
         half = options.half if options.half is not None else device.type == "cuda"
         if half and device.type == "cpu":
             raise BackendUnavailableError("FP16 PyTorch inference needs a CUDA device; use FP32 on the CPU")
@@ -99,14 +150,39 @@ class TorchRunner(BaseRunner):
         self.model = loaded.model.to(device=device, dtype=self.dtype).eval()
         self.meta = ModelMeta(**{**loaded.meta.__dict__, "precision": "fp16" if half else "fp32",
                                  "runtime_versions": {"torch": torch.__version__}})
+        self._local = threading.local()
+        self._device_side: TorchDeviceRunner | None = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        if self.device.type == "cuda":
+            return self._run_cuda(batch)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
             x = x.to(self.dtype, copy=True).div_(255)  # a copy: a float32 batch is the caller's own array
             y = self.model(x)
             return y.float().cpu().numpy()
+
+    def _run_cuda(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        bufs: _HostBuffers | None = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = self._local.bufs = _HostBuffers(torch, self.device)
+        batch = np.ascontiguousarray(batch)
+        with torch.cuda.device(self.device), torch.cuda.stream(bufs.stream), torch.inference_mode():
+            host = bufs.host_in(batch.nbytes)
+            np.copyto(host.numpy().reshape(batch.shape), batch)
+            x = host.view(batch.shape).to(self.device, non_blocking=True).to(self.dtype).div_(255)
+            y = self.model(x).float()
+            out = bufs.host_out(y.numel()).view(y.shape)
+            out.copy_(y, non_blocking=True)
+            bufs.stream.synchronize()  # the one wait: output copied back, pinned input free again
+            return out.numpy().copy()
+
+    def device_runner(self) -> TorchDeviceRunner:
+        if self._device_side is None:
+            self._device_side = TorchDeviceRunner(self.model, self.device, self.dtype)
+        return self._device_side
 
     def set_threads(self, n: int) -> bool:
         """Intra-op threads (PyTorch's are per process: a run sets them for its workers)."""
@@ -119,6 +195,8 @@ class TorchRunner(BaseRunner):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+        self._device_side = None
+        self._local = threading.local()
 
 
 def load(path: Path, options: LoadOptions) -> TorchRunner:

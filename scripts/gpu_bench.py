@@ -2,9 +2,11 @@
 
 (a) seed: one image at a time; cv2 decode, numpy letterbox, FP16 model on CUDA, numpy NMS, all sequential.
 (b) pipeline: decode threads write straight into pinned host buffers (a ring of batches), host->device copy on a
-    side stream, letterbox on the GPU (:func:`toolkit.engine.cuda.letterbox_torch`),
-    :class:`toolkit.engine.cuda.CudaGraphRunner` (FP16, static batch, CUDA graph),
-    :func:`toolkit.engine.cuda.postprocess_batch_torch` and box scaling on the GPU.
+    side stream into one of two device staging buffers (ordered by events, so copies overlap compute), letterbox on
+    the GPU (:func:`toolkit.engine.cuda.letterbox_torch`), :class:`toolkit.engine.cuda.CudaGraphRunner` (FP16,
+    static batch, CUDA graph), :func:`toolkit.engine.batched_nms.postprocess_batch_torch` and box scaling on the GPU.
+
+For the whole of ``yolokit run`` on a GPU (and the seed loop beside it), use ``scripts/gpu_check.py``.
 
 Prints img/s of both and the time per stage (ms/img and share). Needs a CUDA GPU; exits with a message without.
 
@@ -27,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.engine.cuda import CudaGraphRunner, letterbox_torch, postprocess_batch_torch, scale_boxes_torch  # noqa: E402
+from toolkit.engine.batched_nms import postprocess_batch_torch  # noqa: E402
+from toolkit.engine.cuda import CudaGraphRunner, letterbox_torch, scale_boxes_torch  # noqa: E402
 from toolkit.engine.plan import cpu_count  # noqa: E402
 from toolkit.errors import YolokitError  # noqa: E402
 from toolkit.model.load import load_model  # noqa: E402
@@ -101,11 +104,17 @@ def gpu_pipeline(model: torch.nn.Module, paths: list[Path], imgsz: int, stride: 
     _, (oh, ow), _ = letterbox_shape((h0, w0), imgsz, stride, auto=True)
     runner = CudaGraphRunner(model, batch=batch, imgsz=(oh, ow), half=True)
     bufs = [torch.empty((batch, h0, w0, 3), dtype=torch.uint8, pin_memory=True) for _ in range(ring)]
-    dev_raw = torch.empty((batch, h0, w0, 3), dtype=torch.uint8, device=dev)
+    # two device staging buffers: batch k+1 is copied into one while batch k is letterboxed from the other; the copy
+    # stream waits only for the event recorded after the last read of its target (no whole-stream waits)
+    dev_raw = [torch.empty((batch, h0, w0, 3), dtype=torch.uint8, device=dev) for _ in range(2)]
+    main = torch.cuda.current_stream(dev)
     copy_stream = torch.cuda.Stream(dev)
     copied = [torch.cuda.Event() for _ in range(ring)]
+    consumed = [torch.cuda.Event() for _ in range(2)]
     for e in copied:
         e.record(copy_stream)
+    for e in consumed:
+        e.record(main)
     batches = [paths[i:i + batch] for i in range(0, len(paths), batch)]
     decode_s = [0.0] * len(batches)
     times = dict.fromkeys(("decode wait", "h2d", "letterbox", "infer", "post"), 0.0)
@@ -122,7 +131,6 @@ def gpu_pipeline(model: torch.nn.Module, paths: list[Path], imgsz: int, stride: 
     ev = {name: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
           for name in ("h2d", "letterbox", "infer")}
     gpu_ms = dict.fromkeys(ev, 0.0)
-    main = torch.cuda.current_stream(dev)
     with ThreadPoolExecutor(readers) as pool:
         def fill(k: int) -> list[Future[float]]:
             copied[k % ring].synchronize()  # the slot's previous batch has left the pinned buffer
@@ -137,16 +145,17 @@ def gpu_pipeline(model: torch.nn.Module, paths: list[Path], imgsz: int, stride: 
             t0 = time.perf_counter()
             decode_s[k] = sum(f.result() for f in pending.popleft())
             times["decode wait"] += time.perf_counter() - t0
-            b, slot = len(group), k % ring
-            copy_stream.wait_stream(main)  # the previous batch's letterbox has read dev_raw
+            b, slot, d = len(group), k % ring, k % 2
+            copy_stream.wait_event(consumed[d])  # the letterbox of batch k-2 has read this staging buffer
             with torch.cuda.stream(copy_stream):
                 ev["h2d"][0].record(copy_stream)
-                dev_raw[:b].copy_(bufs[slot][:b], non_blocking=True)
+                dev_raw[d][:b].copy_(bufs[slot][:b], non_blocking=True)
                 ev["h2d"][1].record(copy_stream)
                 copied[slot].record(copy_stream)
             main.wait_event(copied[slot])
             ev["letterbox"][0].record(main)
-            x, info = letterbox_torch(dev_raw[:b], imgsz, stride, auto=True, dtype=torch.float16)
+            x, info = letterbox_torch(dev_raw[d][:b], imgsz, stride, auto=True, dtype=torch.float16, quantize=True)
+            consumed[d].record(main)
             ev["letterbox"][1].record(main)
             ev["infer"][0].record(main)
             pred = runner.run(x)

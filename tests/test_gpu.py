@@ -7,20 +7,31 @@ import numpy as np
 import pytest
 import torch
 
+from toolkit.engine.batched_nms import postprocess_batch_torch
 from toolkit.engine.cuda import (
     CudaGraphRunner,
     anchor_outputs,
     buffer_plan,
     letterbox_torch,
     nms_torch,
+    pad_normalise,
     plan_batches,
-    postprocess_batch_torch,
     postprocess_torch,
     scale_boxes_torch,
 )
 from toolkit.errors import BackendUnavailableError, InputError
 from toolkit.model.yolov5 import build_model
-from toolkit.ops import NMSOptions, box_iou, letterbox, nms, postprocess, scale_boxes
+from toolkit.ops import (
+    NMSOptions,
+    box_iou,
+    letterbox,
+    letterbox_info,
+    letterbox_padding,
+    letterbox_resize,
+    nms,
+    postprocess,
+    scale_boxes,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -61,6 +72,26 @@ def test_letterbox_matches_cv2(shape: tuple[int, int], imgsz: int | tuple[int, i
     # quantized: within one grey level everywhere
     q, _ = letterbox_torch(torch.from_numpy(img), imgsz, 32, auto=auto, quantize=True)
     assert (q - ref_chw).abs().max().item() <= 1.0 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("shape", "imgsz"), [((1080, 1920), 640), ((480, 640), 416), ((333, 517), 640),
+                                              ((640, 480), 640)])
+def test_pad_normalise_is_the_cpu_letterbox_exactly(shape: tuple[int, int], imgsz: int, dtype: torch.dtype) -> None:
+    """The GPU pipeline's default letterbox: OpenCV resizes (on the CPU), the device pads and normalises; the model
+    input is the CPU path's ``x.to(dtype) / 255`` bit for bit."""
+    img = _image(*shape)
+    ref, ref_info = letterbox(img, imgsz, 32)
+    info = letterbox_info(shape, imgsz, 32)
+    assert info == ref_info
+    small = letterbox_resize(img, info)
+    top, _, left, _ = letterbox_padding(info)
+    out = torch.zeros((3, *info.dst_shape), dtype=dtype)
+    pad_normalise(torch.from_numpy(small), out, top, left)
+    want = torch.from_numpy(np.ascontiguousarray(ref[:, :, ::-1].transpose(2, 0, 1))).to(dtype).div_(255)
+    assert torch.equal(out, want)
+    with pytest.raises(InputError):
+        pad_normalise(torch.from_numpy(small), out[:, :10], top, left)
 
 
 def test_letterbox_batch_and_dtype() -> None:
@@ -248,3 +279,42 @@ def test_gpu_letterbox_and_nms_match_cpu_on_cuda() -> None:
     boxes, scores = _random_boxes(3000, 7)
     keep = nms_torch(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.45)
     np.testing.assert_array_equal(keep.cpu().numpy(), nms(boxes, scores, 0.45))
+
+
+@cuda
+def test_cuda_graph_runner_keeps_batches_apart_when_called_ahead(yolov5n_pt) -> None:  # type: ignore[no-untyped-def]
+    """Back-to-back calls without waiting: each batch's output is its own (the copy stream waits for the event after
+    the previous batch was read, the host for the previous copy)."""
+    from toolkit.model.load import load_model
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (4, 3, 256, 320), dtype=np.uint8) for _ in range(6)]
+    runner = CudaGraphRunner(load_model(yolov5n_pt).model, batch=4, imgsz=(256, 320), half=False)
+    one_by_one = [runner.infer(b) for b in batches]
+    ahead = [runner.infer_device(b) for b in batches]
+    torch.cuda.synchronize()
+    for a, b in zip(one_by_one, ahead, strict=True):
+        np.testing.assert_allclose(b.float().cpu().numpy(), a, rtol=0, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize(("half", "tol", "share"), [(False, 0.002, 0.995), (True, 0.02, 0.95)])
+def test_gpu_pipeline_matches_the_cpu_on_coco128(yolov5n_pt, coco128_images, half: bool, tol: float,  # type: ignore[no-untyped-def]
+                                                 share: float) -> None:
+    from toolkit import Detector
+
+    paths = sorted(str(p) for p in coco128_images.glob("*.jpg"))
+    with Detector(yolov5n_pt, device="cpu") as cpu_det:
+        ref = list(cpu_det.predict_iter(paths, mode="auto"))
+    with Detector(yolov5n_pt, device="cuda", half=half) as gpu_det:
+        got = list(gpu_det.predict_iter(paths, mode="auto"))
+        assert gpu_det.last_plan is not None and gpu_det.last_plan.pipeline == "device"
+    matched = total = 0
+    for a, b in zip(ref, got, strict=True):
+        da, db = a.detections, b.detections
+        total += len(da)
+        if len(da) and len(db):
+            iou = box_iou(da.xyxy, db.xyxy) * (da.class_id[:, None] == db.class_id[None, :])
+            close = np.abs(da.confidence[:, None] - db.confidence[None, :]) <= tol
+            matched += int(((iou >= 0.9) & close).any(1).sum())
+    assert total > 500 and matched / total >= share

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from toolkit import Detector
+from toolkit.devices import GPU_BATCH
 from toolkit.engine.plan import make_plan
 
 
@@ -101,7 +102,10 @@ def test_auto_plan_rules() -> None:
     assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 4
     det.config = replace(det.config, threads=None, device="cuda")  # the CUDA rule (planning only; nothing runs here)
     gpu = make_plan(det, 1000, cores=8)
-    assert (gpu.mode, gpu.workers, gpu.batch, gpu.readers) == ("thread", 2, 16, 8)
+    assert (gpu.mode, gpu.workers, gpu.batch, gpu.readers, gpu.gpu) == ("thread", 2, GPU_BATCH, 8, True)
+    for spelling in ("gpu", "0", "cuda:1"):  # one reading of device strings
+        det.config = replace(det.config, device=spelling)
+        assert make_plan(det, 1000, cores=8).gpu
 
 
 class _FlakyRunner:

@@ -52,16 +52,36 @@ def letterbox(img: np.ndarray, imgsz: int | tuple[int, int] = 640, stride: int =
     Returns the HWC image (same channel order as the input) and the :class:`LetterboxInfo` to map boxes back.
     """
     h0, w0 = img.shape[:2]
-    (nh, nw), (oh, ow), r = letterbox_shape((h0, w0), imgsz, stride, auto, scaleup)
-    dw, dh = (ow - nw) / 2, (oh - nh) / 2
-    if (h0, w0) != (nh, nw):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    info = letterbox_info((h0, w0), imgsz, stride, auto, scaleup)
+    img = letterbox_resize(img, info)
+    top, bottom, left, right = letterbox_padding(info)
     if top or bottom or left or right:
         img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
                                  value=(color, color, color))
-    return img, LetterboxInfo(r, (dw, dh), (h0, w0), (oh, ow))
+    return img, info
+
+
+def letterbox_info(src_shape: tuple[int, int], imgsz: int | tuple[int, int] = 640, stride: int = 32,
+                   auto: bool = True, scaleup: bool = True) -> LetterboxInfo:
+    """The :class:`LetterboxInfo` :func:`letterbox` gives an image of ``src_shape`` (h, w), without the image."""
+    (nh, nw), (oh, ow), r = letterbox_shape(src_shape, imgsz, stride, auto, scaleup)
+    return LetterboxInfo(r, ((ow - nw) / 2, (oh - nh) / 2), (int(src_shape[0]), int(src_shape[1])), (oh, ow))
+
+
+def letterbox_resize(img: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """The resize step of :func:`letterbox` (bilinear, OpenCV's ``INTER_LINEAR``): ``img`` at the size it takes
+    inside the padded output (unchanged when it already has it)."""
+    (oh, ow), (dw, dh) = info.dst_shape, info.pad
+    nh, nw = int(round(oh - 2 * dh)), int(round(ow - 2 * dw))
+    if img.shape[:2] != (nh, nw):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return img
+
+
+def letterbox_padding(info: LetterboxInfo) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding of :func:`letterbox`: the padding split evenly, as YOLOv5 rounds it."""
+    dw, dh = info.pad
+    return int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)), int(round(dw + 0.1))
 
 
 def to_chw_rgb(img_bgr: np.ndarray) -> np.ndarray:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from backends.base import Runner
 
 
+PIPELINES = ("auto", "host", "device")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything a :class:`~toolkit.engine.detector.Detector` is built from: a worker process, a Ray actor or a
@@ -41,7 +44,7 @@ class DetectorConfig:
 
     weights: str = "yolov5n"
     backend: str | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: the backend's own default device
     half: bool | None = None
     imgsz: int | tuple[int, int] = 640
     conf: float = 0.25
@@ -58,8 +61,12 @@ class DetectorConfig:
     augment: bool = False  # test-time augmentation (YOLOv5's --augment): three scales joined before NMS
     vid_stride: int = 1  # every N-th video frame (YOLOv5's --vid-stride)
     timeout: float = DEFAULT_TIMEOUT  # seconds a URL or stream may stay silent
+    pipeline: str = "auto"  # auto: the GPU pipeline on a CUDA device; host: never; device: wherever it can run
+    gpu_resize: bool = False  # the GPU pipeline resizes on the device too (opt-in: pixels differ by a grey level)
 
     def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise InputError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
             raise InputError(f"conf and iou must be in [0, 1], got conf={self.conf} iou={self.iou}")
         if self.max_det < 1:
@@ -178,6 +185,17 @@ def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Itera
         yield pending.popleft().result()
 
 
+def to_original(det: Detections, orig_shape: tuple[int, int], decoded_shape: tuple[int, int]) -> None:
+    """Boxes of an image decoded at reduced size (``decoded_shape``) back to its original pixels, in place."""
+    if orig_shape == decoded_shape:
+        return
+    (h0, w0), (h1, w1) = orig_shape, decoded_shape
+    det.xyxy *= np.array([w0 / w1, h0 / h1, w0 / w1, h0 / h1], np.float32)
+    det.xyxy[:, [0, 2]] = det.xyxy[:, [0, 2]].clip(0, w0)
+    det.xyxy[:, [1, 3]] = det.xyxy[:, [1, 3]].clip(0, h0)
+    det.shape = orig_shape
+
+
 def set_threads(runner: Runner, n: int) -> bool:
     """Give ``runner`` ``n`` intra-op threads in place, where its runtime can; whether it could. A runner without
     ``set_threads`` (a wrapper, a runner of one's own) cannot."""
@@ -232,10 +250,11 @@ class BatchRoutine:
         return merge_views(preds, views, (batch.shape[2], batch.shape[3]), self.meta.stride)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """The runner on one batch; a batch larger than a static artifact's is split."""
-        static = self.meta.batch
-        if static is not None and len(batch) > static:
-            return np.concatenate([self._infer(batch[i:i + static]) for i in range(0, len(batch), static)])
+        """The runner on one batch; a batch larger than a static artifact's batch (or than a dynamic artifact's
+        ``max_batch``) is split."""
+        limit = self.meta.batch or self.meta.max_batch
+        if limit is not None and len(batch) > limit:
+            return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
         return self.runner.infer(batch)
 
     def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
@@ -311,12 +330,7 @@ class BatchRoutine:
         out = []
         for p, pred in zip(group, preds, strict=True):
             det = self.postprocess(pred, p.info, p.ref.path)
-            if p.orig_shape != p.info.src_shape:  # decoded at reduced size: back to original pixels
-                (h0, w0), (h1, w1) = p.orig_shape, p.info.src_shape
-                det.xyxy *= np.array([w0 / w1, h0 / h1, w0 / w1, h0 / h1], np.float32)
-                det.xyxy[:, [0, 2]] = det.xyxy[:, [0, 2]].clip(0, w0)
-                det.xyxy[:, [1, 3]] = det.xyxy[:, [1, 3]].clip(0, h0)
-                det.shape = p.orig_shape
+            to_original(det, p.orig_shape, p.info.src_shape)
             out.append((p.index, Result(p.ref, det, image=p.image)))
         self.times.add("infer", t1 - t0)
         self.times.add("post", time.perf_counter() - t1, images=len(group))

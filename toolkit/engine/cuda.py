@@ -2,11 +2,13 @@
 
 * :func:`letterbox_torch`: letterbox on the device (bilinear resize, grey padding split as in
   :func:`toolkit.ops.letterbox`), straight to normalised RGB CHW in the model dtype.
-* :func:`nms_torch`, :func:`postprocess_torch`, :func:`postprocess_batch_torch`, :func:`scale_boxes_torch`:
-  YOLOv5's filtering and per-class NMS in torch (no torchvision), with the same results as
-  :func:`toolkit.ops.nms` / :func:`toolkit.ops.postprocess` (same float32 arithmetic, same order, same ties).
+* :func:`nms_torch`, :func:`postprocess_torch`, :func:`scale_boxes_torch`: YOLOv5's filtering and per-class NMS
+  in torch (no torchvision), one image at a time, with the same results as :func:`toolkit.ops.nms` /
+  :func:`toolkit.ops.postprocess` (same float32 arithmetic, same order, same ties): the exact fallback of the
+  batched NMS (:mod:`toolkit.engine.batched_nms`, which also has ``postprocess_batch_torch``).
 * :func:`plan_batches`, :class:`BufferPlan`, :func:`buffer_plan`: batch schedule and buffer sizes.
-* :class:`CudaGraphRunner`: FP16, static batch, pinned host buffer, side-stream copies, CUDA graph replay.
+* :class:`CudaGraphRunner`: FP16, static batch, pinned host buffer, side-stream copies ordered by events, CUDA
+  graph replay, thread-safe (the stand-alone runner of ``scripts/gpu_bench.py``).
 
 Everything but :class:`CudaGraphRunner` runs on any device; the runner refuses cleanly without CUDA.
 """
@@ -26,17 +28,18 @@ from toolkit.errors import BackendUnavailableError, InputError
 from toolkit.ops import PAD_VALUE, LetterboxInfo, NMSOptions, letterbox_shape, unletterbox_params
 
 __all__ = [
-    "BufferPlan", "CudaGraphRunner", "anchor_outputs", "buffer_plan", "letterbox_torch", "nms_torch",
-    "plan_batches", "postprocess_batch_torch", "postprocess_torch", "scale_boxes_torch",
+    "BufferPlan", "CudaGraphRunner", "anchor_outputs", "buffer_plan", "letterbox_torch", "nms_torch", "pad_normalise",
+    "plan_batches", "postprocess_torch", "scale_boxes_torch",
 ]
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (xyxy float32, conf float32, cls int64)
+PAD_FLOAT = float(np.float32(PAD_VALUE / 255))  # the float32 grey of the padding, whatever the output dtype
 
 
 # ------------------------------------------------------------------------------------------------ letterbox
 def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640, stride: int = 32,
                     auto: bool = True, scaleup: bool = True, dtype: torch.dtype = torch.float32,
-                    quantize: bool = False) -> tuple[torch.Tensor, LetterboxInfo]:
+                    quantize: bool = False, out: torch.Tensor | None = None) -> tuple[torch.Tensor, LetterboxInfo]:
     """Letterbox BGR uint8 ``(H, W, 3)`` (or a same-shape batch ``(B, H, W, 3)``) on its own device.
 
     Returns RGB ``(3, h, w)`` (or ``(B, 3, h, w)``) in ``dtype`` scaled to [0, 1], and the
@@ -44,7 +47,8 @@ def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640
     :func:`toolkit.ops.letterbox`; the resize is ``interpolate(bilinear, align_corners=False)`` without
     antialiasing, which samples like cv2's ``INTER_LINEAR`` (cv2 uses fixed-point weights and rounds to
     uint8, so values differ by a fraction of a grey level). ``quantize`` rounds the resized values to whole
-    grey levels as a uint8 image would be.
+    grey levels as a uint8 image would be (then they differ from cv2's by at most one level).
+    ``out``: write into this ``(3, h, w)`` (``(B, 3, h, w)``) tensor, e.g. one slot of a batch, and return it.
     """
     if img_u8.dtype != torch.uint8 or img_u8.ndim not in (3, 4) or img_u8.shape[-1] != 3:
         raise InputError(f"letterbox_torch takes BGR uint8 (H, W, 3) or (B, H, W, 3), got {img_u8.dtype} "
@@ -53,6 +57,8 @@ def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640
     x = img_u8 if batched else img_u8[None]
     h0, w0 = int(x.shape[1]), int(x.shape[2])
     (nh, nw), (oh, ow), r = letterbox_shape((h0, w0), new_shape, stride, auto, scaleup)
+    if out is not None and tuple(out.shape) != ((int(x.shape[0]),) if batched else ()) + (3, oh, ow):
+        raise InputError(f"letterbox_torch: out has shape {tuple(out.shape)}, the letterbox is (3, {oh}, {ow})")
     # BGR HWC -> RGB CHW; interpolate in float32 (half bilinear is not available everywhere), cast at the end
     x = x.flip(-1).permute(0, 3, 1, 2).float()
     if (h0, w0) != (nh, nw):
@@ -63,10 +69,36 @@ def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640
     dw, dh = (ow - nw) / 2, (oh - nh) / 2
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    info = LetterboxInfo(r, (dw, dh), (h0, w0), (oh, ow))
+    if out is not None:
+        o = out if batched else out[None]
+        if top or bottom or left or right:
+            o.fill_(PAD_FLOAT)
+        o[:, :, top:top + nh, left:left + nw].copy_(x)
+        return out, info
     if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom), mode="constant", value=PAD_VALUE / 255)
+        x = F.pad(x, (left, right, top, bottom), mode="constant", value=PAD_FLOAT)
     x = x.to(dtype).contiguous()
-    return (x if batched else x[0]), LetterboxInfo(r, (dw, dh), (h0, w0), (oh, ow))
+    return (x if batched else x[0]), info
+
+
+def pad_normalise(img_u8: torch.Tensor, out: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """The device half of the exact letterbox: a BGR uint8 ``(h, w, 3)`` image already resized (by OpenCV, as
+    :func:`toolkit.ops.letterbox_resize` does on the CPU) goes into ``out`` ``(3, oh, ow)`` at (``top``, ``left``)
+    as RGB divided by 255 in ``out``'s dtype, the rest grey: the CPU letterbox's pixels, divided as the model's
+    runner divides them (``x.to(dtype) / 255``)."""
+    h, w = int(img_u8.shape[0]), int(img_u8.shape[1])
+    oh, ow = int(out.shape[-2]), int(out.shape[-1])
+    if img_u8.dtype != torch.uint8 or img_u8.ndim != 3 or img_u8.shape[2] != 3 or top < 0 or left < 0 \
+            or top + h > oh or left + w > ow:
+        raise InputError(f"pad_normalise: a uint8 (h, w, 3) image inside {tuple(out.shape)} at ({top}, {left}), "
+                         f"got {img_u8.dtype} {tuple(img_u8.shape)}")
+    if (h, w) != (oh, ow):
+        out.fill_(PAD_FLOAT)
+    region = out[:, top:top + h, left:left + w]
+    region.copy_(img_u8.flip(-1).permute(2, 0, 1))
+    region.div_(255)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ NMS
@@ -176,22 +208,6 @@ def postprocess_torch(pred: torch.Tensor, opts: NMSOptions) -> Detections:
     return box[keep], conf[keep], cls[keep].long()
 
 
-def postprocess_batch_torch(preds: torch.Tensor, opts: NMSOptions) -> list[Detections]:
-    """:func:`postprocess_torch` for each image of ``(B, N, 5 + nc)``. The objectness filter runs once for
-    the whole batch, so that images without candidates cost nothing more."""
-    if preds.ndim != 3:
-        raise InputError(f"postprocess_batch_torch takes (B, N, 5 + nc) predictions, got {tuple(preds.shape)}")
-    counts = (preds[..., 4] > opts.conf).sum(1).tolist()  # one sync for the batch
-    out: list[Detections] = []
-    for p, c in zip(preds, counts, strict=True):
-        if c == 0:
-            z = p.new_zeros((0, 4), dtype=torch.float32)
-            out.append((z, z[:, 0], torch.zeros(0, dtype=torch.long, device=p.device)))
-        else:
-            out.append(postprocess_torch(p, opts))
-    return out
-
-
 def scale_boxes_torch(boxes: torch.Tensor, info: LetterboxInfo, clip: bool = True) -> torch.Tensor:
     """:func:`toolkit.ops.scale_boxes` in torch: model-input xyxy -> source-image pixels."""
     gain, padx, pady = unletterbox_params(info)
@@ -265,63 +281,85 @@ def buffer_plan(batch: int, imgsz: tuple[int, int], nc: int = 80, n_outputs: int
 # ------------------------------------------------------------------------------------------------- runner
 class CudaGraphRunner:
     """A YOLOv5 module on CUDA in FP16 (by default) at a static ``(batch, 3, h, w)``, captured once in a CUDA
-    graph and replayed.
+    graph and replayed: the stand-alone runner of ``scripts/gpu_bench.py`` (``yolokit run`` uses the pipeline of
+    :mod:`toolkit.engine.gpu`, which captures one graph per input shape).
 
     :meth:`infer` takes uint8 ``(b, 3, h, w)`` numpy (``b <= batch``; a partial batch is padded), stages it
     in a pinned host buffer, copies it to the device ``non_blocking`` on a side stream, normalises and
     replays; it returns float32 numpy ``(b, N, 5 + nc)`` like :class:`backends.torch_backend.TorchRunner`.
     :meth:`run` takes an already normalised device tensor (from :func:`letterbox_torch`) and returns the
-    device output without synchronising. Raises :class:`BackendUnavailableError` when CUDA is absent.
+    device output without synchronising the host. Raises :class:`BackendUnavailableError` when CUDA is absent.
+
+    All device work runs on the runner's own stream, ordered by events: the copy stream waits until the previous
+    batch has been read out of the device staging buffer before overwriting it, and the host waits for the previous
+    copy before overwriting the pinned buffer; the caller's stream waits for the result. Calls are serialised by a
+    lock (one set of static buffers): several threads may share a runner, and one runner per thread runs in
+    parallel.
 
     Tested only for its refusal on the CPU; its GPU tests skip without a CUDA GPU.
     """
 
     def __init__(self, model: torch.nn.Module, batch: int, imgsz: tuple[int, int], device: str = "cuda",
                  half: bool = True, warmup: int = 3) -> None:
+        import threading
+
+        from toolkit.devices import parse_device
+        from toolkit.engine.devmem import CapturedForward, DeviceContext, cuda_settings
+
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"CudaGraphRunner needs a CUDA GPU, but PyTorch sees none "
                                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
                                           f"use the torch backend on the CPU")
-        dev = torch.device(device)
-        if dev.type != "cuda":
+        spec = parse_device(device)
+        if not spec.is_gpu:
             raise BackendUnavailableError(f"CudaGraphRunner runs on a CUDA device, got {device!r}")
         if batch < 1:
             raise InputError(f"batch must be at least 1, got {batch}")
         h, w = imgsz
+        dev = torch.device(spec.torch)
         self.device = dev
         self.batch = batch
         self.imgsz = (h, w)
         self.dtype = torch.float16 if half else torch.float32
         self.model = model.to(device=dev, dtype=self.dtype).eval()
+        self._lock = threading.Lock()
+        self.ctx = DeviceContext(dev)
         self.host = torch.empty((batch, 3, h, w), dtype=torch.uint8, pin_memory=True)
         self.dev_u8 = torch.zeros((batch, 3, h, w), dtype=torch.uint8, device=dev)
-        self.static_in = torch.zeros((batch, 3, h, w), dtype=self.dtype, device=dev)
-        self.copy_stream = torch.cuda.Stream(dev)
-        self._copied = torch.cuda.Event()
-        self._copied.record(self.copy_stream)
-        # warm up on a side stream (cuDNN autotuning, Detect's grid caches), then capture
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(max(1, warmup)):
-                self.model(self.static_in)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.static_out: torch.Tensor = self.model(self.static_in)
+        self._copied = self.ctx.record(self.ctx.copy)
+        self._consumed = self.ctx.record(self.ctx.compute)
+        with torch.cuda.device(dev), cuda_settings(dev, fp32=not half), torch.cuda.stream(self.ctx.compute):
+            self._graph = CapturedForward(self.model, self.ctx, batch, (h, w), self.dtype, warmup)
+        self.static_in = self._graph.static_in
+
+    def _check(self, shape: tuple[int, ...]) -> int:
+        b = int(shape[0])
+        if b < 1 or b > self.batch or tuple(shape[1:]) != (3, *self.imgsz):
+            raise InputError(f"this runner takes (<= {self.batch}, 3, {self.imgsz[0]}, {self.imgsz[1]}), "
+                             f"got {tuple(shape)}")
+        return b
+
+    def _replay(self, b: int) -> torch.Tensor:
+        """Replay on the runner's stream; a copy of the output that the caller's stream may use."""
+        caller = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.ctx.compute):
+            out = self._graph.replay()[:b].clone()
+            done = self.ctx.record(self.ctx.compute)
+        caller.wait_event(done)
+        out.record_stream(caller)
+        return out
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised ``(b, 3, h, w)`` device tensor -> device output ``(b, N, 5 + nc)`` in the model dtype
-        (a copy, valid after the next replay). Asynchronous: no host synchronisation."""
-        b = int(x.shape[0])
-        if b < 1 or b > self.batch or tuple(x.shape[1:]) != (3, *self.imgsz):
-            raise InputError(f"this runner takes (<= {self.batch}, 3, {self.imgsz[0]}, {self.imgsz[1]}), "
-                             f"got {tuple(x.shape)}")
-        self.static_in[:b].copy_(x)
-        if b < self.batch:
-            self.static_in[b:].zero_()
-        self.graph.replay()
-        return self.static_out[:b].clone()
+        """Normalised ``(b, 3, h, w)`` device tensor -> device output ``(b, N, 5 + nc)`` in the model dtype.
+        Asynchronous: no host synchronisation."""
+        b = self._check(tuple(x.shape))
+        with self._lock:
+            self.ctx.compute.wait_stream(torch.cuda.current_stream(self.device))  # x was made on the caller's stream
+            with torch.cuda.stream(self.ctx.compute):
+                self.static_in[:b].copy_(x)
+                if b < self.batch:
+                    self.static_in[b:].zero_()
+            return self._replay(b)
 
     def infer(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 ``(b, 3, h, w)`` numpy -> float32 numpy ``(b, N, 5 + nc)``."""
@@ -332,25 +370,25 @@ class CudaGraphRunner:
         """Like :meth:`infer` but the output stays on the device (asynchronous)."""
         if batch_u8.dtype != np.uint8 or batch_u8.ndim != 4:
             raise InputError(f"a runner takes a uint8 (B, 3, H, W) batch, got {batch_u8.dtype} {batch_u8.shape}")
-        b = int(batch_u8.shape[0])
-        if b < 1 or b > self.batch or tuple(batch_u8.shape[1:]) != (3, *self.imgsz):
-            raise InputError(f"this runner takes (<= {self.batch}, 3, {self.imgsz[0]}, {self.imgsz[1]}), "
-                             f"got {tuple(batch_u8.shape)}")
-        self._copied.synchronize()  # the previous H2D copy has finished reading the pinned buffer
-        self.host[:b].numpy()[...] = batch_u8
-        with torch.cuda.stream(self.copy_stream):
-            self.dev_u8[:b].copy_(self.host[:b], non_blocking=True)
-            self._copied.record(self.copy_stream)
-        main = torch.cuda.current_stream(self.device)
-        main.wait_event(self._copied)
-        self.static_in[:b].copy_(self.dev_u8[:b]).div_(255)
-        if b < self.batch:
-            self.static_in[b:].zero_()
-        self.graph.replay()
-        return self.static_out[:b].clone()
+        b = self._check(tuple(batch_u8.shape))
+        ctx = self.ctx
+        with self._lock:
+            self._copied.synchronize()  # the previous H2D copy has finished reading the pinned buffer
+            self.host[:b].numpy()[...] = batch_u8
+            with torch.cuda.stream(ctx.copy):
+                ctx.copy.wait_event(self._consumed)  # the previous batch has been read out of dev_u8
+                self.dev_u8[:b].copy_(self.host[:b], non_blocking=True)
+                self._copied = ctx.record(ctx.copy)
+            with torch.cuda.stream(ctx.compute):
+                ctx.compute.wait_event(self._copied)
+                self.static_in[:b].copy_(self.dev_u8[:b]).div_(255)
+                self._consumed = ctx.record(ctx.compute)
+                if b < self.batch:
+                    self.static_in[b:].zero_()
+            return self._replay(b)
 
     def close(self) -> None:
-        self.graph.reset()
+        self._graph.close()
         self.model = None  # type: ignore[assignment]
 
     def __enter__(self) -> CudaGraphRunner:

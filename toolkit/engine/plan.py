@@ -3,8 +3,11 @@ says of itself (:class:`backends.base.PlanningHints`), the device, the core coun
 
 Rules of ``auto`` (see :func:`make_plan`):
 
-* CUDA device: threads; 2 inference workers so copies overlap compute, batch 16 (or the artifact's static
-  batch), readers = all cores (JPEG decoding is the bottleneck on a GPU).
+* CUDA device (``cuda``, ``cuda:N``, ``gpu``, ``N``: :func:`toolkit.devices.parse_device`): threads; the GPU
+  pipeline (:mod:`toolkit.engine.gpu`) when the runner has a device side, one driver thread, reader threads on all
+  cores (JPEG decoding is the bottleneck on a GPU); batch: the artifact's static batch, else the batch its
+  TensorRT profile was tuned for, else :data:`toolkit.devices.GPU_BATCH`; never above the artifact's ``max_batch``.
+  A runner without a device side gets 2 inference workers so that copies overlap compute.
 * CPU, few inputs (< 8 per core) or one core: one inference thread using every core (intra-op threads); one
   reader thread overlaps decoding with inference. Starting processes would cost more than it saves.
 * CPU, a runtime whose hints say processes pay from N inputs per core, with at least that many: one process per
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backends.base import PlanningHints
+from toolkit.devices import GPU_BATCH, parse_device
 from toolkit.engine.core import DetectorConfig
 from toolkit.errors import InputError
 from toolkit.meta import ModelMeta
@@ -39,10 +43,16 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def is_gpu(device: str) -> bool:
-    """Whether a device string names a GPU (``cuda``, ``cuda:1``, ``gpu``, ``0``)."""
-    d = device.strip().lower()
-    return d.startswith("cuda") or d == "gpu" or d.isdigit()
+def tuned_batch(meta: ModelMeta) -> int | None:
+    """The batch an artifact was tuned for (a TensorRT profile's optimum), when its metadata says."""
+    opt = meta.extra.get("opt_batch")
+    if opt is None:
+        profile = meta.extra.get("profile")
+        opt = profile.get("opt", [None])[0] if isinstance(profile, dict) and profile.get("opt") else None
+    try:
+        return int(opt) if opt is not None and int(opt) > 0 else None
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,33 +67,41 @@ class Plan:
     readers: int
     reason: str
     parent_works: bool = True  # process mode: the parent process is one of the workers
+    gpu: bool = False  # a CUDA device: thread mode runs the GPU pipeline when the runner has a device side
+    pipeline: str = "host"  # "device" once a run uses the GPU pipeline (letterbox and NMS on the device)
 
     def describe(self) -> str:
         readers = (f", {self.readers} reader thread(s)" if self.readers else ", decode inline") \
             if self.mode == "thread" else ""
+        if self.pipeline == "device":
+            return (f"{self.mode} mode: GPU pipeline (letterbox, graph/engine, NMS on the device), batch "
+                    f"{self.batch}{readers} ({self.reason})")
         who = f" (this process and {self.workers - 1} started)" if self.mode == "process" and self.parent_works \
             else ""
         return (f"{self.mode} mode: {self.workers} worker(s){who} x {self.threads} intra-op thread(s), batch "
                 f"{self.batch}{readers} ({self.reason})")
 
 
-def plan_for(meta: ModelMeta, hints: PlanningHints, device: str, threads: int | None, n_inputs: int,
-             mode: str = "auto", workers: int = 0, batch: int = 0, cores: int | None = None) -> Plan:
-    """Choose mode, workers, batch and threads; explicit values are kept, zeros are filled in."""
+def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads: int | None, n_inputs: int,
+             mode: str = "auto", workers: int = 0, batch: int = 0, cores: int | None = None,
+             gpu: bool | None = None) -> Plan:
+    """Choose mode, workers, batch and threads; explicit values are kept, zeros are filled in. ``gpu`` (default:
+    whether ``device`` names a CUDA device) selects the CUDA rules."""
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if workers < 0 or batch < 0:
         raise InputError("--workers and --batch must not be negative")
     cores = cores or cpu_count()
     static = meta.batch
-    gpu = is_gpu(device)
+    gpu = parse_device(device).is_gpu if gpu is None else gpu
     if static is not None and batch and batch != static:
         batch = static  # a static artifact takes exactly its batch (partial batches are padded)
     per_core = hints.process_inputs_per_core
+    if gpu:
+        batch = batch or static or tuned_batch(meta) or GPU_BATCH
     if mode == "auto":
         if gpu:
-            mode, workers, reason = "thread", workers or 2, "CUDA device: threads feed one GPU"
-            batch = batch or static or 16
+            mode, workers, reason = "thread", workers or 2, "CUDA device: reader threads decode, the GPU infers"
         elif cores == 1 or n_inputs < 8 * cores:
             mode, workers, reason = "thread", workers or 1, f"{n_inputs} inputs: too few to pay for processes"
         elif per_core is not None and n_inputs >= per_core * cores:
@@ -97,11 +115,14 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str, threads: int | 
         reason = "as asked"
         workers = workers or (cores if mode == "process" else 1)
     batch = batch or static or 1
+    if meta.max_batch is not None and batch > meta.max_batch:
+        batch = int(meta.max_batch)
+        reason += f"; batch capped at the model's largest, {batch}"
     threads = int(threads) if threads else (max(1, cores // workers) if not gpu else 1)
     # on a CPU, decode threads only get the cores inference leaves free: a reader thread beside spinning
     # intra-op threads slows inference more than it saves (measured: 66 vs 40 ms/image on 2 cores)
     readers = cores if gpu else max(0, min(4, cores - workers * threads))
-    return Plan(mode, workers, batch, threads, readers, reason)
+    return Plan(mode, workers, batch, threads, readers, reason, gpu=gpu)
 
 
 def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: int = 0, batch: int = 0,
@@ -109,8 +130,11 @@ def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: 
     """:func:`plan_for` a detector: its metadata, its backend's planning hints, its device and thread budget."""
     import backends
 
-    hints = backends.get_backend(det.backend_name).PLANNING
-    return plan_for(det.meta, hints, det.config.device, det.config.threads, n_inputs, mode, workers, batch, cores)
+    module = backends.get_backend(det.backend_name)
+    # a runtime that has no CUDA build (OpenVINO's "GPU" is an Intel GPU) gets the CPU rules whatever the string
+    gpu = parse_device(det.config.device).is_gpu and "cuda" in module.PRECISIONS
+    return plan_for(det.meta, module.PLANNING, det.config.device, det.config.threads, n_inputs, mode, workers, batch,
+                    cores, gpu=gpu)
 
 
 class PlannedDetector(Protocol):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backends.base import ExportOptions
+from toolkit.devices import GPU_BATCH, is_gpu
 from toolkit.errors import BackendUnavailableError, ExportError, InputError
 from toolkit.meta import ModelMeta
 
@@ -255,6 +256,18 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
 # ------------------------------------------------------------------------------------------------ export
 
 
+def export_defaults(options: ExportOptions, default_device: str) -> ExportOptions:
+    """The options with what was not chosen filled in: the format's own device (engines are built on a GPU) for
+    ``""``/``cpu``, and for ``batch=0`` the batch a GPU run plans (:data:`toolkit.devices.GPU_BATCH`, within
+    ``max_batch``) as a dynamic GPU artifact's profile optimum, else 1."""
+    if options.device in ("", "cpu"):
+        options = replace(options, device=default_device)
+    if options.batch == 0:
+        gpu_profile = options.dynamic and is_gpu(options.device)
+        options = replace(options, batch=min(GPU_BATCH, max(1, options.max_batch)) if gpu_profile else 1)
+    return options
+
+
 def export(weights: str | Path, to: str, out: Path | None = None, options: ExportOptions | None = None,
            parity_images: list[str] | None = None) -> ExportReport:
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
@@ -264,8 +277,7 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
 
     options = options or ExportOptions()
     module = _exporter(to)
-    if options.device in ("", "cpu"):
-        options = replace(options, device=module.DEFAULT_DEVICE)  # the format's own: engines are built on a GPU
+    options = export_defaults(options, module.DEFAULT_DEVICE)
     reason = module.unavailable_reason()
     if reason:
         raise BackendUnavailableError(reason)

@@ -33,7 +33,7 @@ class RunOptions:
     source: str | None = None
     weights: str | None = None
     backend: str | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: the backend's own default device
     half: bool | None = None
     imgsz: int = 640
     conf: float = 0.25
@@ -61,6 +61,7 @@ class RunOptions:
     workers: int = 0  # 0: chosen by the plan
     mode: str = "auto"  # auto | thread | process
     fast_decode: bool = False  # opt-in: decode big JPEGs at reduced size when not saving annotated images
+    gpu_resize: bool = False  # opt-in: the GPU pipeline resizes on the device (pixels differ by a grey level)
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger inputs are refused before they are read
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
     resume: bool = False  # continue an interrupted run in project/name
@@ -84,7 +85,7 @@ class RunOptions:
             imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
             agnostic=self.agnostic, fast_decode=self.fast_decode, max_file_size=self.max_file_size,
             max_pixels=self.max_pixels, augment=self.augment, vid_stride=self.vid_stride,
-            timeout=self.stream_timeout)
+            timeout=self.stream_timeout, gpu_resize=self.gpu_resize)
         values.update(overrides)
         return DetectorConfig(**values)
 

@@ -23,7 +23,7 @@ class ValOptions:
     weights: str = "yolov5n"
     data: str = ""
     backend: str | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: the backend's own default device
     imgsz: int = 640
     conf: float = 0.001
     iou: float = 0.6

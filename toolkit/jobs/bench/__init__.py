@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.engine.plan import is_gpu
+from toolkit.devices import is_gpu
 from toolkit.errors import InputError, first_line
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, report, versions, write_csv

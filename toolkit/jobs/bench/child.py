@@ -15,8 +15,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration once in this process and measure it (called in a fresh subprocess)."""
     import resource
 
+    from toolkit.devices import is_gpu
     from toolkit.engine.detector import Detector
-    from toolkit.engine.plan import is_gpu
     from toolkit.io.decode import read_image
     from toolkit.ops import letterbox, to_chw_rgb
 

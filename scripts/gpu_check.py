@@ -1,0 +1,410 @@
+"""The GPU checks of yolokit in one command: correctness and throughput on one CUDA GPU, in under 8 minutes.
+
+Needs only torch (with CUDA), numpy, opencv-python-headless, typer and pyyaml, and the checkout on PYTHONPATH: no
+network, no pip install, and none of onnxruntime, openvino, pycocotools, rich or tensorrt.
+
+1. Correctness on coco128 (``--coco``): yolov5n (``--weights``) through ``Detector`` on CUDA, as ``yolokit run``
+   runs it (the GPU pipeline), FP16 and FP32, against yolokit's own CPU FP32 run. A reference box counts as matched
+   by a box of the same class at IoU >= 0.9 with |conf difference| <= 0.02 (FP16) or 0.002 (FP32). Also FP32 with
+   the host pipeline on the GPU (CPU letterbox and NMS), FP32 at --conf 0.001 (the NMS fallback path), the device
+   letterbox against OpenCV's, and the batched NMS against NumPy's on real outputs.
+2. Throughput on ``--images`` (1,000) generated 1920x1080 JPEGs, each in a fresh process (whole-process img/s
+   includes start-up), for yolov5s (built-in config, random weights: speed only) and yolov5n:
+   the seed-style loop (PyTorch FP16, one image at a time, cv2.imread in the loop), ``yolokit run --device cuda
+   --nosave``, and the default run (annotated images saved); for yolov5s also ``--nosave --gpu-resize``. Per-stage
+   times and peak GPU memory come from inside each process.
+
+Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when the FP32 target holds
+(>= 99.5 % of reference boxes matched), 1 when a check fails, 2 when there is no CUDA GPU (nothing is measured).
+
+    python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
+        --coco ../shared/datasets/coco128/images/train2017 --out bench_out/gpu_check
+
+``--dry-run`` runs the whole script on the CPU with 4 small images (FP32 only: the device pipeline on the CPU
+against the CPU path), to prove the script itself works where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from toolkit.devices import parse_device  # noqa: E402
+from toolkit.errors import YolokitError  # noqa: E402
+
+TARGETS = {"fp32_match": 0.995, "yolov5s_nosave_img_s": 1000.0, "speedup_vs_seed": 10.0, "save_vs_nosave": 0.85}
+
+
+# --------------------------------------------------------------------------------------------------- images
+def generate(sources: Path, folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """``n`` JPEGs of ``size`` (w, h) resized from the images of ``sources`` in turn; reused when present."""
+    srcs = sorted(sources.glob("*.jpg"))
+    if not srcs:
+        raise SystemExit(f"gpu_check: no .jpg images in {sources}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def make(i: int) -> Path:
+        path = folder / f"{i:05d}.jpg"
+        if not path.exists():
+            img = cv2.imread(str(srcs[i % len(srcs)]))
+            if img is None:
+                raise SystemExit(f"gpu_check: cannot read {srcs[i % len(srcs)]}")
+            big = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+            cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return path
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(make, range(n)))
+
+
+# ---------------------------------------------------------------------------------------------- correctness
+def _detect(paths: list[Path], weights: str, device: str, **kw: Any) -> tuple[dict[str, Any], str]:
+    from toolkit import Detector
+
+    out: dict[str, Any] = {}
+    with Detector(weights, device=device, **kw) as det:
+        for r in det.predict_iter([str(p) for p in paths], mode="auto"):
+            if r.detections is None:
+                raise SystemExit(f"gpu_check: {r.ref.path} failed: {r.error}")
+            d = r.detections
+            out[r.ref.path] = (d.xyxy.copy(), d.confidence.copy(), d.class_id.copy())
+        plan = det.last_plan.describe() if det.last_plan else ""
+    return out, plan
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def compare(ref: dict[str, Any], got: dict[str, Any], min_iou: float, conf_tol: float) -> dict[str, Any]:
+    """Reference boxes matched one-to-one (highest conf first) by a box of the same class, IoU >= ``min_iou``,
+    |conf difference| <= ``conf_tol``; and boxes of ``got`` left unmatched."""
+    total = matched = extra = 0
+    for key, (rb, rc, rk) in ref.items():
+        gb, gc, gk = got.get(key, (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)))
+        total += len(rb)
+        if len(rb) and len(gb):
+            close = np.abs(rc[:, None] - gc[None, :]) <= conf_tol
+            ok = (rk[:, None] == gk[None, :]) & (_iou(rb, gb) >= min_iou) & close
+            used = np.zeros(len(gb), bool)
+            for i in np.argsort(-rc, kind="stable"):
+                cand = np.where(ok[i] & ~used)[0]
+                if len(cand):
+                    used[cand[0]] = True
+                    matched += 1
+            extra += int((~used).sum())
+        else:
+            extra += len(gb)
+    return {"reference_boxes": total, "matched": matched, "share": matched / total if total else 1.0,
+            "extra": extra, "min_iou": min_iou, "conf_tol": conf_tol}
+
+
+def unit_checks(paths: list[Path], weights: str, device: str) -> dict[str, Any]:
+    """The device letterbox against OpenCV's, and the batched NMS against NumPy's on real model outputs."""
+    from toolkit.engine.batched_nms import postprocess_batch_torch
+    from toolkit.engine.cuda import letterbox_torch
+    from toolkit.model.load import load_model
+    from toolkit.ops import NMSOptions, letterbox, postprocess
+
+    dev = torch.device(parse_device(device).torch)
+    diffs, exact_1080 = [], True
+    for p in paths[:16]:
+        img = cv2.imread(str(p))
+        # coco128 photos resized to 416 (a real resize; at 640 most are only padded), 1920x1080 to 640 (exact)
+        for src, size in ((img, 416), (cv2.resize(img, (1920, 1080), interpolation=cv2.INTER_LINEAR), 640)):
+            ref, _ = letterbox(src, size, 32)
+            got, _ = letterbox_torch(torch.from_numpy(src).to(dev), size, 32, quantize=True)
+            d = got.cpu().numpy() * 255 - ref[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+            if size == 640:
+                exact_1080 &= float(np.abs(d).max()) < 1e-3
+            else:
+                diffs.append((float(np.abs(d).mean()), float(np.abs(d).max())))
+    model = load_model(weights).model.to(dev).float().eval()
+    same = total = 0
+    for opts in (NMSOptions(), NMSOptions(conf=0.001, iou=0.6, max_det=300)):
+        batch = np.stack([letterbox(cv2.imread(str(p)), (480, 640), 32, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
+                          for p in paths[:8]])
+        with torch.inference_mode():
+            preds = model(torch.from_numpy(np.ascontiguousarray(batch)).to(dev).float() / 255)
+        got = postprocess_batch_torch(preds, opts)
+        for pred, (bx, cf, cl) in zip(preds.cpu().numpy(), got, strict=True):
+            rb, rc, rk = postprocess(pred, opts)
+            total += 1
+            same += bool(np.array_equal(bx.cpu().numpy(), rb) and np.array_equal(cf.cpu().numpy(), rc)
+                         and np.array_equal(cl.cpu().numpy(), rk))
+    worst = [round(max(d[0] for d in diffs), 4), round(max(d[1] for d in diffs), 3)]
+    return {"letterbox_416_grey_levels_mean_max": worst,
+            "letterbox_1080p_to_640_exact": bool(exact_1080),
+            "batched_nms_images_identical_to_numpy": f"{same}/{total}"}
+
+
+def correctness(args: argparse.Namespace, coco: list[Path]) -> dict[str, Any]:
+    dev = args.device
+    kw = {"imgsz": args.imgsz}
+    t0 = time.perf_counter()
+    ref, ref_plan = _detect(coco, args.weights, "cpu", half=False, **kw)
+    out: dict[str, Any] = {"reference": {"device": "cpu", "precision": "fp32", "plan": ref_plan,
+                                         "seconds": round(time.perf_counter() - t0, 2)}}
+    runs = [("fp32_gpu_pipeline", {"half": False, "pipeline": "device"}, 0.002),
+            ("fp32_host_pipeline", {"half": False, "pipeline": "host"}, 0.002)]
+    if parse_device(dev).is_gpu:
+        runs.insert(0, ("fp16_gpu_pipeline", {"half": True}, 0.02))
+    for name, extra, tol in runs:
+        t0 = time.perf_counter()
+        got, plan = _detect(coco, args.weights, dev, **kw, **extra)
+        out[name] = {**compare(ref, got, 0.9, tol), "plan": plan, "seconds": round(time.perf_counter() - t0, 2)}
+    low = {"conf": 0.001, "iou": 0.6, "max_det": 300}
+    ref_low, _ = _detect(coco, args.weights, "cpu", half=False, **kw, **low)
+    got_low, plan = _detect(coco, args.weights, dev, half=False, pipeline="device", **kw, **low)
+    out["fp32_gpu_pipeline_conf0.001"] = {**compare(ref_low, got_low, 0.9, 0.002), "plan": plan}
+    out["unit"] = unit_checks(coco, args.weights, dev)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- throughput
+def _gpu_memory() -> dict[str, float] | None:
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return {"peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+
+
+def child_seed(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed-style loop: one image at a time, cv2.imread, NumPy letterbox, FP16 model (FP32 on a CPU), NumPy NMS."""
+    from toolkit.model.load import load_model
+    from toolkit.ops import NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
+
+    dev = torch.device(parse_device(args.device).torch)
+    half = dev.type == "cuda"
+    loaded = load_model(args.model)
+    model = loaded.model.to(dev).eval()
+    model = model.half() if half else model.float()
+    stride, opts = loaded.meta.stride, NMSOptions()
+    paths = sorted(Path(args.images_dir).glob("*.jpg"))
+    times = dict.fromkeys(("read", "pre", "infer", "post"), 0.0)
+    n_det = 0
+    t_start = time.perf_counter()
+    for p in paths:
+        t0 = time.perf_counter()
+        img = cv2.imread(str(p))
+        t1 = time.perf_counter()
+        lb, info = letterbox(img, args.imgsz, stride)
+        chw = to_chw_rgb(lb)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            x = torch.from_numpy(chw).to(dev)[None]
+            x = (x.half() if half else x.float()).div_(255)
+            pred = model(x).float().cpu().numpy()[0]
+        t3 = time.perf_counter()
+        xyxy, _, _ = postprocess(pred, opts)
+        n_det += len(scale_boxes(xyxy, info))
+        t4 = time.perf_counter()
+        for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[k] += dt
+    run_s = time.perf_counter() - t_start
+    return {"images": len(paths), "run_s": run_s, "run_img_s": len(paths) / run_s, "detections": n_det,
+            "ms_per_image": {k: 1000 * v / max(1, len(paths)) for k, v in times.items()}, "plan": "sequential"}
+
+
+def child_yolokit(args: argparse.Namespace, save: bool, gpu_resize: bool = False) -> dict[str, Any]:
+    """``yolokit run`` in this process (through the CLI entry point), its JSON summary captured."""
+    from toolkit.cli import main as cli
+
+    argv = ["run", args.images_dir, "--weights", args.model, "--device", args.device, "--imgsz", str(args.imgsz),
+            "--project", args.project, "--name", args.name, "--exist-ok", "--json"]
+    if not save:
+        argv.append("--nosave")
+    if gpu_resize:
+        argv.append("--gpu-resize")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(argv)
+    if rc != 0:
+        raise SystemExit(f"gpu_check child: yolokit run exited {rc}")
+    s = json.loads(buf.getvalue())
+    return {"images": s["processed"], "run_s": s["wall_s"], "run_img_s": s["img_per_s"], "detections": s["detections"],
+            "ms_per_image": s["ms_per_image"], "plan": s["plan"]}
+
+
+def child_main(args: argparse.Namespace) -> int:
+    kind = args.child
+    res = child_seed(args) if kind == "seed" else child_yolokit(args, save=kind == "save",
+                                                                 gpu_resize=kind == "gpuresize")
+    res["gpu_memory"] = _gpu_memory()
+    Path(args.result).write_text(json.dumps(res))
+    return 0
+
+
+def throughput(args: argparse.Namespace, folder: Path, out: Path) -> list[dict[str, Any]]:
+    rows = []
+    models = [("yolov5s", "yolov5s.yaml"), ("yolov5n", args.weights)]
+    runs = {"seed": "seed loop", "nosave": "yolokit --nosave", "save": "yolokit (saves images)",
+            "gpuresize": "yolokit --nosave --gpu-resize"}
+    for label, model in models:
+        for kind in ("seed", "nosave", "save") + (("gpuresize",) if label == "yolov5s" else ()):
+            result = out / f"child_{label}_{kind}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--model", model, "--images-dir",
+                   str(folder), "--device", args.device, "--imgsz", str(args.imgsz), "--result", str(result),
+                   "--project", str(out / "runs"), "--name", f"{label}_{kind}"]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
+            whole = time.perf_counter() - t0
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                rows.append({"model": label, "run": runs[kind], "kind": kind, "error": " | ".join(tail)})
+                continue
+            r = json.loads(result.read_text())
+            stages = r["ms_per_image"]
+            busy = sum(stages.values()) or 1.0
+            rows.append({"model": label, "run": runs[kind],
+                         "kind": kind, "images": r["images"], "whole_s": round(whole, 2),
+                         "whole_img_s": round(r["images"] / whole, 1), "run_s": round(r["run_s"], 2),
+                         "run_img_s": round(r["run_img_s"], 1), "startup_s": round(whole - r["run_s"], 2),
+                         "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
+                         "stage_share": {k: round(v / busy, 3) for k, v in stages.items()},
+                         "gpu_memory": r.get("gpu_memory"), "plan": r.get("plan", ""), "detections": r["detections"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool) -> dict[str, Any]:
+    v: dict[str, Any] = {"fp32_match": corr["fp32_gpu_pipeline"]["share"] >= TARGETS["fp32_match"]}
+    if gpu:
+        by = {(r["model"], r.get("kind")): r for r in rows if "error" not in r}
+        s_seed, s_nosave, s_save = (by.get(("yolov5s", k)) for k in ("seed", "nosave", "save"))
+        if s_nosave:
+            v["yolov5s_nosave_run_img_s_at_least_1000"] = s_nosave["run_img_s"] >= TARGETS["yolov5s_nosave_img_s"]
+            if s_seed:
+                v["yolov5s_speedup_vs_seed_at_least_10x_whole_process"] = \
+                    s_nosave["whole_img_s"] >= TARGETS["speedup_vs_seed"] * s_seed["whole_img_s"]
+            if s_save:
+                v["default_run_within_15pct_of_nosave"] = s_save["run_img_s"] >= TARGETS["save_vs_nosave"] * \
+                    s_nosave["run_img_s"]
+        v["gpu_pipeline_used"] = all("GPU pipeline" in r.get("plan", "") for r in rows
+                                     if r.get("kind") in ("nosave", "save", "gpuresize") and "error" not in r)
+    return v
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    m = rep["machine"]
+    lines = [f"# gpu_check: {m['device_name']}", "",
+             f"torch {m['torch']} (CUDA {m['cuda']}), OpenCV {m['opencv']}, {m['cpus']} CPUs, {m['platform']}; "
+             f"{rep['images']} images of {rep['image_size']}; imgsz {rep['imgsz']}", "",
+             "## Correctness (coco128, against yolokit's CPU FP32 run)", "",
+             "| run | reference boxes | matched | share | extra boxes | IoU >= | abs(d conf) <= |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, c in rep["correctness"].items():
+        if isinstance(c, dict) and "share" in c:
+            lines.append(f"| {name} | {c['reference_boxes']} | {c['matched']} | {100 * c['share']:.2f} % | "
+                         f"{c['extra']} | {c['min_iou']} | {c['conf_tol']} |")
+    lines += ["", f"Unit checks: `{json.dumps(rep['correctness']['unit'])}`", "",
+              "## Throughput (each run a fresh process; whole = from process start to exit)", "",
+              "| model | run | whole img/s | run img/s | whole s | start-up s | ms/img read / pre / infer / post "
+              "(thread-s) | peak GPU MiB (alloc / reserved) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rep["throughput"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['run']} | error: {r['error']} | | | | | |")
+            continue
+        st = r["ms_per_image"]
+        mem = r["gpu_memory"] or {}
+        lines.append(f"| {r['model']} | {r['run']} | {r['whole_img_s']} | {r['run_img_s']} | {r['whole_s']} | "
+                     f"{r['startup_s']} | {' / '.join(f'{st.get(k, 0):.2f}' for k in ('read', 'pre', 'infer', 'post'))}"
+                     f" | {mem.get('peak_allocated_mib', '-')} / {mem.get('peak_reserved_mib', '-')} |")
+    lines += ["", "Plans: " + "; ".join(sorted({f"{r['run']}: {r['plan']}" for r in rep['throughput']
+                                               if r.get('plan')})), "",
+              "## Verdicts", "", *(f"- {k}: {'PASS' if ok else 'FAIL'}" for k, ok in rep["verdicts"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=str(REPO.parent / "shared" / "weights" / "yolov5n.pt"))
+    ap.add_argument("--coco", default=str(REPO.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"),
+                    help="coco128 images (correctness, and the sources of the generated JPEGs)")
+    ap.add_argument("--out", default="bench_out/gpu_check")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--size", default="1920x1080", help="generated JPEGs, WxH")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--coco-images", type=int, default=128)
+    ap.add_argument("--child-timeout", type=int, default=240)
+    ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU, tiny: proves it runs")
+    ap.add_argument("--child", choices=("seed", "nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--images-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--project", help=argparse.SUPPRESS)
+    ap.add_argument("--name", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child_main(args)
+    if args.dry_run:
+        args.device, args.images, args.size, args.imgsz, args.coco_images = "cpu", 4, "320x180", 160, 4
+    spec = parse_device(args.device)
+    if spec.is_gpu and not torch.cuda.is_available():
+        print(f"gpu_check.py needs a CUDA GPU, but PyTorch {torch.__version__} (CUDA build: {torch.version.cuda}) "
+              f"sees none; nothing was measured. To check the script itself on a CPU: --dry-run", file=sys.stderr)
+        return 2
+    weights, coco_dir = Path(args.weights), Path(args.coco)
+    for path, what in ((weights, "--weights (yolov5n.pt)"), (coco_dir, "--coco (coco128 images)")):
+        if not path.exists():
+            print(f"gpu_check.py: {what} not found at {path}", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    t_all = time.perf_counter()
+    coco = sorted(coco_dir.glob("*.jpg"))[: args.coco_images]
+    folder = out / f"images_{w}x{h}_{args.images}"
+    generate(coco_dir, folder, args.images, (w, h))
+    try:
+        corr = correctness(args, coco)
+        rows = throughput(args, folder, out)
+    except YolokitError as e:
+        print(f"gpu_check.py: {e}", file=sys.stderr)
+        return 1
+    gpu = spec.is_gpu
+    rep = {"machine": {"device_name": torch.cuda.get_device_name(spec.index) if gpu else "CPU (dry run)",
+                       "torch": torch.__version__, "cuda": torch.version.cuda, "opencv": cv2.__version__,
+                       "cpus": os.cpu_count(), "platform": platform.platform()},
+           "device": args.device, "images": args.images, "image_size": f"{w}x{h}", "imgsz": args.imgsz,
+           "correctness": corr, "throughput": rows}
+    rep["verdicts"] = verdicts(corr, rows, gpu)
+    rep["seconds"] = round(time.perf_counter() - t_all, 1)
+    (out / "report.json").write_text(json.dumps(rep, indent=1, default=str))
+    md = markdown(rep) + f"\nTotal: {rep['seconds']} s\n"
+    (out / "report.md").write_text(md)
+    print(md)
+    failed = [k for k, ok in rep["verdicts"].items() if not ok] + [r["model"] + " " + r["run"] for r in rows
+                                                                    if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""scripts/gpu_check.py works end to end where it will run: with only torch, numpy, OpenCV, typer and pyyaml importable
+(onnxruntime, openvino, pycocotools, rich, tensorrt, onnx, ... blocked in the script's process and the processes it
+starts), and it refuses clearly without a GPU. The dry run uses the CPU and 4 small images: it checks the script, it
+measures nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.py"
+BLOCKED = ("onnxruntime", "openvino", "pycocotools", "rich", "tensorrt", "onnx", "onnxslim", "nncf", "ray",
+           "matplotlib", "PIL", "scipy", "pandas")
+
+SITECUSTOMIZE = f'''
+import os, sys
+BLOCKED = {set(BLOCKED)!r}
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            with open(os.environ["YK_BLOCK_LOG"], "a") as f:
+                f.write(name + "\\n")
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def _env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "blocked.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "YK_BLOCK_LOG": str(log)}
+    return env, log
+
+
+def test_the_blocker_blocks(tmp_path: Path) -> None:
+    env, log = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "import rich"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "blocked by the test" in proc.stderr and log.read_text() == "rich\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a CUDA GPU")
+def test_gpu_check_refuses_without_a_gpu(tmp_path: Path, yolov5n_pt: Path, coco128_images: Path) -> None:
+    env, _ = _env(tmp_path)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(yolov5n_pt), "--coco", str(coco128_images),
+                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr and "--dry-run" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing measured, nothing written
+
+
+def test_gpu_check_dry_run_end_to_end(tmp_path: Path, yolov5n_pt: Path, coco128_images: Path) -> None:
+    env, log = _env(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--weights", str(yolov5n_pt), "--coco",
+                           str(coco128_images), "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not log.exists(), log.read_text()  # none of the packages the GPU machine lacks was even tried
+    rep = json.loads((out / "report.json").read_text())
+    corr = rep["correctness"]
+    # on the CPU: the device pipeline (its code on the CPU device) and the host path both equal the CPU reference
+    for name in ("fp32_gpu_pipeline", "fp32_host_pipeline", "fp32_gpu_pipeline_conf0.001"):
+        assert corr[name]["reference_boxes"] > 0 and corr[name]["share"] == 1.0 and corr[name]["extra"] == 0
+    assert corr["unit"]["letterbox_1080p_to_640_exact"] is True
+    same, total = corr["unit"]["batched_nms_images_identical_to_numpy"].split("/")
+    assert same == total and int(total) > 0
+    runs = {(r["model"], r["kind"]) for r in rep["throughput"] if "error" not in r}
+    want = {(m, k) for m in ("yolov5s", "yolov5n") for k in ("seed", "nosave", "save")} | {("yolov5s", "gpuresize")}
+    assert runs == want, rep["throughput"]
+    for r in rep["throughput"]:
+        assert r["images"] == 4 and r["whole_s"] > r["run_s"] > 0 and set(r["ms_per_image"]) >= {"read", "infer"}
+    assert rep["verdicts"] == {"fp32_match": True}
+    md = (out / "report.md").read_text()
+    assert "## Correctness" in md and "## Throughput" in md and "yolokit --nosave" in md
