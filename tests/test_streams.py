@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.ports import free_port
+from tests.helpers.ports import free_port, wait_listening
 from tests.test_video import _video
 from toolkit.engine.detector import Detector
 from toolkit.io.sources import InputRef, list_sources
@@ -39,6 +39,8 @@ def _serve(clip: Path, url: str, fmt: str, loop: bool = False) -> Iterator[subpr
            "-i", str(clip), "-an", *codec, "-f", fmt, "-listen", "1", url]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # a loaded machine can take seconds to start ffmpeg: the client must not race it
+        wait_listening(int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]))
         yield proc
     finally:
         proc.kill()
@@ -166,3 +168,23 @@ def test_ctrl_c_stops_a_live_run_with_the_summary(tmp_path: Path) -> None:
     assert summary["interrupted"] and summary["processed"] >= 5
     assert summary["streams"][0]["frames_processed"] >= 5
     assert (tmp_path / "r" / "cam.mp4").is_file()
+
+
+def test_silence_is_judged_from_the_open_not_from_the_start() -> None:
+    """OpenCV opens FFmpeg streams one at a time: a stream queued behind others' open timeouts is not failed as
+    silent before its own open had a chance; once open, it gets ``timeout`` seconds from the open."""
+    refs = [InputRef(f"rtsp://127.0.0.1:9/s{i}", f"s{i}", live=True) for i in range(3)]
+    streams = StreamSet(refs, timeout=2)
+    s = streams.streams[0]
+    s.open_grace = s.timeout * (len(refs) + 1)  # what entering the set does, without starting readers
+    s.check_timeout(s.started + 5)
+    assert s.state not in ("failed", "ended")
+    s.opened_at = s.started + 5
+    s.check_timeout(s.started + 6.5)
+    assert s.state not in ("failed", "ended")
+    s.check_timeout(s.started + 7.5)
+    assert s.state == "failed" and "never answered" in s.reason and "2 s" in s.reason
+    t = streams.streams[1]
+    t.open_grace = 8
+    t.check_timeout(t.started + 8.5)
+    assert t.state == "failed" and "cannot open" in t.reason

@@ -41,6 +41,10 @@ class LiveStream:
         self.fps = 0.0  # the source's frame rate, as it says
         self.read = self.used = self.dropped = 0
         self.started = time.monotonic()
+        self.opened_at = 0.0  # when OpenCV opened it: silence is judged from here
+        # OpenCV opens FFmpeg streams one at a time (a process-wide lock), so a stream may wait behind others'
+        # open timeouts before its own attempt starts; StreamSet widens this to cover all of them
+        self.open_grace = timeout
         self.first_t = self.last_t = 0.0
         self._frame: tuple[int, np.ndarray] | None = None
         self._seen_failure = False
@@ -67,6 +71,7 @@ class LiveStream:
             while not self._stop.is_set():
                 cap = self._capture()
                 if cap.isOpened():
+                    self.opened_at = time.monotonic()
                     break
                 cap.release()
                 cap = None
@@ -125,7 +130,13 @@ class LiveStream:
         """Fail the stream when it has been silent for ``timeout`` seconds (its thread is left to give up)."""
         if self.state in ("ended", "failed"):
             return
-        since = self.last_t or self.started
+        if not self.opened_at:
+            # still opening: the reader thread fails it after its own attempts; this only guards against an open
+            # that never returns, after every stream's open timeout could have passed
+            if now - self.started > self.open_grace:
+                self._finish("failed", f"cannot open the {self.what} within {self.timeout:g} s (--stream-timeout)")
+            return
+        since = self.last_t or self.opened_at
         if now - since > self.timeout:
             if self.read:
                 self._finish("failed", f"no frame for {self.timeout:g} s after {self.read} frames (the {self.what} "
@@ -187,6 +198,7 @@ class StreamSet:
         self.started = time.monotonic()
         for s in self.streams:
             s.started = self.started
+            s.open_grace = s.timeout * (len(self.streams) + 1)
             s.thread.start()
         return self
 
