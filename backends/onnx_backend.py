@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
+from backends.base import (
+    E2E_OUTPUTS,
+    RAW_OUTPUT,
+    BaseRunner,
+    ExportOptions,
+    LoadOptions,
+    PlanningHints,
+    no_export_precision,
+    pack_detections,
+    suffixed,
+)
 from backends.onnx_graph import export_graph, export_meta
 from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import META_KEY, ModelMeta
@@ -92,11 +102,11 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
 
     if options.int8:
         raise ExportError("INT8 is not supported for ONNX export; use --to openvino --int8")
-    proto, notes = export_graph(source, path, options)
+    proto, notes = export_graph(source, path, options, nms=options.nms)
     meta = export_meta(source, options, "onnx", options.precision,
                        {"onnx": onnx.__version__, "torch": torch.__version__},
                        extra={"opset": options.opset, "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-                              "notes": notes})
+                              "notes": notes}, nms=options.nms)
     onnx.helper.set_model_props(proto, {META_KEY: meta.to_json()})
     onnx.save(proto, str(path))
     return path
@@ -112,14 +122,23 @@ def _check_file(path: Path) -> None:
         raise ModelFileError(f"{path}: the file is empty, not an ONNX model")
 
 
-def _session(path: Path, so: Any = None, providers: list[Any] | None = None) -> Any:
+def _session(path: Path, so: Any = None, providers: list[Any] | None = None, raw: bool = False) -> Any:
     """An onnxruntime session; any failure to load is one line about the file (onnxruntime's text means nothing to
-    a user: protobuf parse errors, graph checks)."""
+    a user: protobuf parse errors, graph checks). ``raw``: a model with NMS inside, with its raw output instead."""
     import onnxruntime as ort
 
     _check_file(path)
     try:
-        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        model: Any = str(path)
+        if raw:
+            import onnx
+
+            from backends.onnx_nms import raw_graph
+
+            proto = onnx.load(str(path))
+            if [o.name for o in proto.graph.output] == list(E2E_OUTPUTS):
+                model = raw_graph(proto).SerializeToString()
+        return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
     except Exception:
         raise ModelFileError(f"{path}: not a readable ONNX model; the file is truncated, corrupt or not ONNX "
                              f"(or uses operators this onnxruntime lacks); {REEXPORT_HINT}") from None
@@ -186,21 +205,29 @@ class OnnxRunner(BaseRunner):
         if level not in _OPT_LEVELS:
             raise InputError(f"graph_optimization_level {level!r}: choose one of {', '.join(_OPT_LEVELS)}")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
-        self.session = _session(path, so, _providers(options.device, options.options))
+        raw = bool(options.options.get(RAW_OUTPUT))
+        self.session = _session(path, so, _providers(options.device, options.options), raw=raw)
         meta = meta_from_props(dict(self.session.get_modelmeta().custom_metadata_map), path)
         inp = self.session.get_inputs()[0]
-        out = self.session.get_outputs()[0]
-        self._in, self._out = inp.name, out.name
+        self._in = inp.name
+        self._outs = [o.name for o in self.session.get_outputs()]
+        self._e2e = meta.nms is not None and not raw
+        if self._e2e and self._outs != list(E2E_OUTPUTS):
+            raise ModelFileError(f"{path}: its metadata says NMS is inside, but its outputs are {self._outs}, not "
+                                 f"{', '.join(E2E_OUTPUTS)}; {REEXPORT_HINT} --nms")
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         used = self.session.get_providers()
-        self.meta = ModelMeta(**{**meta.__dict__, "extra": {**meta.extra, "providers": used}})
+        self.meta = ModelMeta(**{**meta.__dict__, "nms": meta.nms if self._e2e else None,
+                                 "extra": {**meta.extra, "providers": used}})
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = batch.astype(np.float32)
         x /= 255
         if self._dtype is np.float16:
             x = x.astype(np.float16)
-        y = self.session.run([self._out], {self._in: x})[0]
+        if self._e2e:
+            return pack_detections(*self.session.run(self._outs, {self._in: x}))
+        y = self.session.run(self._outs[:1], {self._in: x})[0]
         return np.asarray(y, dtype=np.float32)
 
     def close(self) -> None:

@@ -18,6 +18,12 @@ picks its kernels for the profile's optimum, ``--batch`` images at ``--imgsz`` (
 input). ``--static`` builds for exactly ``--batch`` images at ``--imgsz``: fastest at that one shape, but any other
 aspect ratio is letterboxed to it, which changes detections.
 INT8 is not offered (TensorRT 10 deprecates implicit calibration; explicit Q/DQ export is future work).
+
+NMS inside (``--nms``): the engine is built from the same end-to-end graph as the ONNX export
+(:mod:`backends.onnx_nms`); TensorRT's ONNX parser maps ``NonMaxSuppression`` to its NMS layer (TensorRT 8.5 and
+newer, per its operator support list; yolokit needs 10). The graph skips the 30000-candidate TopK (TensorRT's TopK
+takes K <= 3840, see :func:`backends.onnx_nms.for_tensorrt`). Such an engine cannot return the raw predictions, so
+its export parity check compares final detections only. None of this has run on TensorRT here.
 """
 
 from __future__ import annotations
@@ -31,8 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
+from backends.base import (
+    E2E_OUTPUTS,
+    BaseRunner,
+    ExportOptions,
+    LoadOptions,
+    PlanningHints,
+    no_export_precision,
+    pack_detections,
+    suffixed,
+)
 from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
+from backends.onnx_nms import for_tensorrt
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError, YolokitError
 from toolkit.meta import ModelMeta
 
@@ -257,6 +273,8 @@ def default_name(stem: str, tag: str) -> str:
 
 def check_export(options: ExportOptions) -> None:
     no_export_precision(NAME, options, EXPORT_PRECISIONS)
+    if options.nms is not None:
+        for_tensorrt(options.nms)
 
 
 def describe(path: Path) -> dict[str, Any]:
@@ -308,7 +326,8 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     logger = _logger(trt)
     with tempfile.TemporaryDirectory(prefix="yolokit_trt_") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half)
+        nms = for_tensorrt(options.nms) if options.nms is not None else None
+        _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half, nms=nms)
         with torch.cuda.device(index):
             builder = trt.Builder(logger)
             flags = network_flags(plan.strongly_typed, int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -346,7 +365,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
                "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
                "strongly_typed": plan.strongly_typed},
-        dynamic_hw=profile is not None)
+        dynamic_hw=profile is not None, nms=nms)
     if profile is not None:
         meta.max_batch = int(options.max_batch)
         meta.max_imgsz = (int(profile.max[2]), int(profile.max[3]))
@@ -377,17 +396,18 @@ class TrtRunner(BaseRunner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(ins) != 1 or len(outs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output tensor, found {ins} and {outs}")
-        self._in, self._out = ins[0], outs[0]
+        want = list(E2E_OUTPUTS) if meta.nms is not None else outs[:1]  # an engine cannot give NMS's input back
+        if len(ins) != 1 or sorted(outs) != sorted(want):
+            raise ModelFileError(f"{path}: expected one input and the output tensors {want}, found {ins} and {outs}")
+        self._in, self._outs = ins[0], want
         self._in_dtype = self._dtype(self.engine.get_tensor_dtype(self._in))
-        self._out_dtype = self._dtype(self.engine.get_tensor_dtype(self._out))
+        self._out_dtypes = [self._dtype(self.engine.get_tensor_dtype(n)) for n in want]
         self.meta = meta
         self._local = threading.local()
 
     def _dtype(self, t: Any) -> Any:
         trt, torch = self._trt, self._torch
-        table = {trt.float32: torch.float32, trt.float16: torch.float16}
+        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
         if t not in table:
             raise ModelFileError(f"unsupported engine I/O type {t}")
         return table[t]
@@ -410,14 +430,18 @@ class TrtRunner(BaseRunner):
             if not ctx.set_input_shape(self._in, tuple(x.shape)):
                 raise InputError(f"the engine does not accept input shape {tuple(x.shape)} (profile: "
                                  f"{self.meta.extra.get('profile')})")
-            y = torch.empty(tuple(ctx.get_tensor_shape(self._out)), dtype=self._out_dtype, device=self.device)
+            ys = [torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=t, device=self.device)
+                  for n, t in zip(self._outs, self._out_dtypes, strict=True)]
             ctx.set_tensor_address(self._in, x.data_ptr())
-            ctx.set_tensor_address(self._out, y.data_ptr())
+            for n, y in zip(self._outs, ys, strict=True):
+                ctx.set_tensor_address(n, y.data_ptr())
             if not ctx.execute_async_v3(stream.cuda_stream):
                 raise YolokitError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-            out = y.float().cpu()  # .cpu() on this stream waits for the copy
+            outs = [(y.float() if y.is_floating_point() else y).cpu() for y in ys]  # .cpu() waits for the copy
         stream.synchronize()
-        return out.numpy()
+        if len(outs) == 1:
+            return outs[0].numpy()
+        return pack_detections(*(o.numpy() for o in outs))  # NMS inside: the four outputs, packed
 
     def close(self) -> None:
         self._local = threading.local()

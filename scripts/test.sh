@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 # torch first, pinned: the local CPU wheel (an unpinned torch pulls gigabytes of CUDA packages)
 "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[onnx,openvino,int8,ray,dev]"
+"$PY" -m pip install -q -e ".[torch,onnx,openvino,int8,ray,dev]"
 "$PY" -m ruff check toolkit backends tests scripts
 "$PY" -m mypy
 "$VENV/bin/lint-imports"

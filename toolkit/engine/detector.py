@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.detections import Detections
-from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, StageTimes, resolve_size
+from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, StageTimes, resolve_nms, resolve_size
 from toolkit.engine.plan import Plan, make_plan
 from toolkit.engine.processes import ProcessPool, TaskSpec
 from toolkit.engine.threads import run_threads, run_tiled
@@ -71,10 +71,10 @@ class Detector(BatchRoutine):
         self.meta: ModelMeta = self.runner.meta
         try:
             self.imgsz, self.auto = resolve_size(config, self.meta, path)
+            self.nms = resolve_nms(config, self.meta, path)
         except YolokitError:
             self.runner.close()
             raise
-        self.nms = config.nms()
         self.names = dict(self.meta.names)
         self.times = StageTimes()
         self.last_plan: Plan | None = None

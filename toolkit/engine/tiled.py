@@ -12,7 +12,7 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
 from toolkit.errors import first_line
 from toolkit.io.sources import InputRef
-from toolkit.ops import LetterboxInfo, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.ops import LetterboxInfo, letterbox, scale_boxes, to_chw_rgb
 from toolkit.tiling import TileOptions, cut_mask, merge_tiles, pyramid_grid
 
 Tile = tuple[int, int, int, int]
@@ -43,7 +43,7 @@ def predict_tiled(routine: BatchRoutine, image: np.ndarray, tile: TileOptions, p
             preds = routine.infer(np.stack([g[2] for g in group]))
             t2 = time.perf_counter()
             for (k, box, _, info), pred in zip(group, preds, strict=True):
-                xyxy, conf, cls = postprocess(pred, routine.nms)
+                xyxy, conf, cls = routine.detect(pred)
                 xyxy = scale_boxes(xyxy, info) + np.array([box[0], box[1], box[0], box[1]], np.float32)
                 parts.append((xyxy, conf, cls, cut_mask(xyxy, box, (h, w), tile.border), np.full(len(xyxy), k)))
             times.add("infer", t2 - t1)
