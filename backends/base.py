@@ -67,7 +67,8 @@ class Int8Data:
     [0, 1]. ``metric(items, outputs)`` is mAP50-95 on the ``validation`` items from the model's outputs on them, in
     the runner format (raw ``(1, N, 5 + nc)``, or packed final detections for a model with NMS inside); None when the
     data has no labels. ``max_drop``: accuracy-controlled quantization, at most this absolute mAP50-95 drop.
-    ``max_iterations``: at most this many layer groups returned to float by the accuracy control (None: no limit).
+    ``max_iterations``: at most this many layer groups returned to float by the accuracy control (None: no limit;
+    0: none, the drop is only measured and checked against ``max_drop``).
     ``record``: facts for the artifact's metadata (how many images, out of how many, which)."""
 
     calibration: list[Any]

@@ -11,6 +11,7 @@ data has labels; with ``--max-drop``, an INT8 model whose measured drop is large
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,15 +31,15 @@ def _infer(compiled: Any, x: np.ndarray, e2e: bool) -> np.ndarray:
     return pack_detections(*(np.asarray(res[compiled.output(n)]) for n in E2E_OUTPUTS))
 
 
-def _evaluate(model: Any, data: Int8Data, e2e: bool, fp32: bool) -> float:
+def _evaluate(model: Any, metric: Callable[[list[Any], list[np.ndarray]], float], data: Int8Data, e2e: bool,
+              fp32: bool) -> float:
     """mAP50-95 of ``model`` on the validation items, compiled as the runner compiles it (FP32 pinned to f32)."""
     import openvino as ov
 
-    assert data.metric is not None
     config = {"INFERENCE_PRECISION_HINT": "f32"} if fp32 else {}
     compiled = ov.Core().compile_model(model, "CPU", config)
     outs = [_infer(compiled, data.to_input(item), e2e) for item in data.validation]
-    return float(data.metric(data.validation, outs))
+    return float(metric(data.validation, outs))
 
 
 def quantize(model: Any, options: ExportOptions, detect_index: int) -> tuple[Any, list[str], dict[str, Any]]:
@@ -59,20 +60,21 @@ def quantize(model: Any, options: ExportOptions, detect_index: int) -> tuple[Any
     level = log.level
     log.setLevel(logging.WARNING)  # NNCF logs every skipped quantizer at INFO
     try:
-        fp32_map = _evaluate(model, data, e2e, fp32=True) if data.metric is not None else None
-        if data.max_drop is not None:
+        fp32_map = _evaluate(model, data.metric, data, e2e, fp32=True) if data.metric is not None else None
+        controlled = data.max_drop is not None and data.max_iterations != 0  # 0: no layer back to float, drop checked
+        if controlled:
             q = _accuracy_controlled(nncf, model, calibration, data, e2e, scope)
         else:
             q = nncf.quantize(model, calibration, preset=nncf.QuantizationPreset.MIXED,
                               subset_size=len(data.calibration), ignored_scope=scope)
-        int8_map = _evaluate(q, data, e2e, fp32=False) if data.metric is not None else None
+        int8_map = _evaluate(q, data.metric, data, e2e, fp32=False) if data.metric is not None else None
     except (ExportError, InputError, BackendUnavailableError):
         raise
     except Exception as e:
         raise ExportError(f"NNCF INT8 quantization failed: {e}") from e
     finally:
         log.setLevel(level)
-    mode = "accuracy-controlled (quantize_with_accuracy_control)" if data.max_drop is not None else "post-training"
+    mode = "accuracy-controlled (quantize_with_accuracy_control)" if controlled else "post-training"
     record.update({"nncf": nncf.__version__, "mode": mode, "preset": "mixed"})
     notes = [f"INT8: NNCF {nncf.__version__} {mode} quantization, preset MIXED, {len(data.calibration)} calibration "
              f"images, Detect decode{' and NMS' if e2e else ''} kept in float"]

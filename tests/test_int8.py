@@ -41,17 +41,21 @@ def test_spread_is_even_and_deterministic() -> None:
     assert spread(128, 16) == spread(128, 16) and len(spread(128, 16)) == 16 and spread(0, 5) == []
 
 
-def test_calibration_count_fraction_and_labels(labelled32: Path, coco128_images: Path) -> None:
+def test_calibration_count_fraction_and_labels(labelled32: Path, tmp_path: Path) -> None:
     d = int8_data(ExportOptions(int8=True, calib_data=str(labelled32), calib_images=300, fraction=0.25), 32, False)
     assert len(d.calibration) == 8 and d.record["calib_available"] == 32 and d.record["fraction"] == 0.25
     assert d.calibration[0].name < d.calibration[-1].name and len(d.validation) == 32 and d.metric is not None
     d = int8_data(ExportOptions(int8=True, calib_data=str(labelled32), calib_images=5), 32, False)
     assert len(d.calibration) == 5 and d.to_input(d.calibration[0]).shape == (1, 3, 640, 640)
     # a plain folder of images calibrates but has no labels: nothing to measure, and --max-drop is refused
-    d = int8_data(ExportOptions(int8=True, calib_data=str(coco128_images), calib_images=4), 32, False)
-    assert len(d.calibration) == 4 and d.metric is None
+    plain = tmp_path / "photos"
+    plain.mkdir()
+    for p in sorted((labelled32 / "images").glob("*.jpg"))[:6]:
+        shutil.copy(p, plain / p.name)
+    d = int8_data(ExportOptions(int8=True, calib_data=str(plain), calib_images=4), 32, False)
+    assert len(d.calibration) == 4 and d.metric is None and not d.validation
     with pytest.raises(InputError, match="--max-drop needs labelled images"):
-        int8_data(ExportOptions(int8=True, calib_data=str(coco128_images), max_drop=0.01), 32, False)
+        int8_data(ExportOptions(int8=True, calib_data=str(plain), max_drop=0.01), 32, False)
     for bad, text in (({"calib_images": 0}, "--calib-images 0"), ({"fraction": 0.0}, "--fraction 0.0"),
                       ({"calib_data": "/nonexistent/x"}, "does not exist")):
         with pytest.raises(InputError, match=text):
@@ -69,6 +73,7 @@ def test_accuracy_controlled_int8_reports_fp32_and_int8_map_in_the_artifact(
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     q = info["int8"]
+    print(q)
     assert q["calib_images"] == 16 and q["val_images"] == 32 and q["max_drop"] == 0.05
     assert 0.1 < q["fp32_map50_95"] < 0.6 and q["drop"] == pytest.approx(q["fp32_map50_95"] - q["int8_map50_95"],
                                                                           abs=2e-4)
@@ -79,8 +84,9 @@ def test_accuracy_controlled_int8_reports_fp32_and_int8_map_in_the_artifact(
 
 def test_a_drop_that_cannot_be_met_fails_the_export_and_writes_nothing(yolov5n_pt: Path, labelled32: Path,
                                                                        tmp_path: Path) -> None:
-    """One calibration image and no layer returned to float (at most 0 iterations): the INT8 model loses mAP, so a
-    --max-drop of 0 cannot be met: exit code 6, one line with both mAPs, and no artifact."""
+    """One calibration image and no layer allowed back to float (0 iterations: the drop is measured and checked):
+    the INT8 model loses mAP, so a --max-drop of 0 cannot be met: exit code 6, one line with both mAPs, and no
+    artifact. (NNCF's own search for layers to return to float costs minutes here; the success test above runs it.)"""
     _need_int8()
     from toolkit.jobs.export import export
 
@@ -88,5 +94,6 @@ def test_a_drop_that_cannot_be_met_fails_the_export_and_writes_nothing(yolov5n_p
     with pytest.raises(ExportError) as e:
         export(yolov5n_pt, "openvino", out, ExportOptions(int8=True, calib_data=str(labelled32), calib_images=1,
                                                           max_drop=0.0, max_drop_iterations=0))
+    print(e.value)
     assert e.value.exit_code == 6 and "more than --max-drop 0" in str(e.value) and "FP32" in str(e.value)
     assert "\n" not in str(e.value) and not out.exists()

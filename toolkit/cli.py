@@ -344,7 +344,8 @@ def export(
                          calib_data=data, opset=opset, simplify=simplify, workspace_gb=workspace,
                          device=device or "",  # "": the format's own default device (a GPU for engines)
                          nms=baked, calib_images=calib_images, fraction=fraction, max_drop=max_drop)
-    report = run_export(weights, to, Path(output) if output else None, opts, parity)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report (NNCF prints progress bars)
+        report = run_export(weights, to, Path(output) if output else None, opts, parity)
     typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))
 
 
