@@ -18,16 +18,22 @@ A backend module states its own facts and does its own work:
 
 A runner takes a uint8 ``(B, 3, H, W)`` RGB batch (or float32 on the same 0-255 scale: test-time augmentation's
 resized views, unrounded) and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
-own normalisation and precision handling. :class:`BaseRunner` checks the batch and pads a partial batch for a
-static artifact, once for every backend. A runner whose runtime can take tensors already on its device also offers
-a :class:`DeviceRunner` (``runner.device_runner()``): the engine's GPU pipeline letterboxes on the device straight
-into the runner's input dtype and post-processes on the device, so only detections come back to the host.
+own normalisation and precision handling. A model exported with NMS inside (``meta.nms`` set, see
+:class:`toolkit.meta.BakedNMS`) returns final detections instead: its runner packs the four end-to-end outputs
+(:data:`E2E_OUTPUTS`) into ``(B, max_det, 6)`` rows ``x1 y1 x2 y2 score class`` with :func:`pack_detections`, and
+the core post-processes nothing again. ``LoadOptions.options[RAW_OUTPUT] = True`` asks such a runner for the raw
+``(B, N, 5 + nc)`` predictions before the NMS (its ``meta.nms`` is then None), where the runtime can give them.
+:class:`BaseRunner` checks the batch and pads a partial batch for a static artifact, once for every backend. A runner
+whose runtime can take tensors already on its device also offers a :class:`DeviceRunner` (``runner.device_runner()``):
+the engine's GPU pipeline letterboxes on the device straight into the runner's input dtype and post-processes on the
+device, so only detections come back to the host.
 Adding a backend is one module, one registry entry in ``backends/__init__.py`` and one extra in ``pyproject.toml``;
 the contract tests pick it up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.meta import ModelMeta
+from toolkit.meta import BakedNMS, ModelMeta
 
 if TYPE_CHECKING:
     from toolkit.model.load import LoadedModel
@@ -48,6 +54,34 @@ class LoadOptions:
     threads: int | None = None  # intra-op threads; None lets the runtime choose
     imgsz: tuple[int, int] | None = None  # the input size the caller will use, when known (warm-up)
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific (e.g. OpenVINO hint)
+
+
+# the outputs of a model with NMS inside, in this order: num_dets int32 (B, 1), det_boxes float32 (B, max_det, 4)
+# xyxy in letterboxed-input pixels, det_scores float32 (B, max_det), det_classes int32 (B, max_det)
+E2E_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+RAW_OUTPUT = "raw_output"  # LoadOptions.options key: the raw predictions of a model with NMS inside
+NMS_MIN_OPSET = 13  # the end-to-end graph's ops take their axes as inputs from this opset on
+CALIB_IMAGES = 300  # default number of INT8 calibration images (NNCF's own default subset size)
+
+
+@dataclass
+class Int8Data:
+    """What INT8 quantization calibrates and validates on, chosen by the export job so that every backend uses the
+    same images. Items are opaque to the backend: ``to_input(item)`` is the float32 ``(1, 3, H, W)`` input in
+    [0, 1]. ``metric(items, outputs)`` is mAP50-95 on the ``validation`` items from the model's outputs on them, in
+    the runner format (raw ``(1, N, 5 + nc)``, or packed final detections for a model with NMS inside); None when the
+    data has no labels. ``max_drop``: accuracy-controlled quantization, at most this absolute mAP50-95 drop.
+    ``max_iterations``: at most this many layer groups returned to float by the accuracy control (None: no limit;
+    0: none, the drop is only measured and checked against ``max_drop``).
+    ``record``: facts for the artifact's metadata (how many images, out of how many, which)."""
+
+    calibration: list[Any]
+    to_input: Callable[[Any], np.ndarray]
+    validation: list[Any] = field(default_factory=list)
+    metric: Callable[[list[Any], list[np.ndarray]], float] | None = None
+    max_drop: float | None = None
+    max_iterations: int | None = None
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +97,12 @@ class ExportOptions:
     simplify: bool = True
     workspace_gb: float = 4.0
     device: str = "cpu"
+    nms: BakedNMS | None = None  # NMS inside the model, with these settings (end-to-end outputs)
+    calib_images: int = CALIB_IMAGES  # INT8: at most this many calibration images ...
+    fraction: float = 1.0  # ... and at most this fraction of the images under calib_data
+    max_drop: float | None = None  # INT8: accuracy-controlled, at most this mAP50-95 drop (labelled calib_data)
+    max_drop_iterations: int | None = None  # ... returning at most this many layer groups to float (None: any)
+    int8_data: Int8Data | None = None  # filled by the export job from the options above
 
     @property
     def precision(self) -> str:
@@ -183,6 +223,20 @@ class BackendModule(Protocol):
     def load(self, path: Path, options: LoadOptions) -> Runner: ...
 
     def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path: ...
+
+
+def pack_detections(num: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The four end-to-end outputs as one ``(B, max_det, 6)`` float32 array: ``x1 y1 x2 y2 score class`` per row,
+    class -1 in the rows past each image's ``num_dets`` (which the model leaves zero)."""
+    boxes = np.asarray(boxes, np.float32)
+    b, k = boxes.shape[:2]
+    out = np.zeros((b, k, 6), np.float32)
+    out[..., :4] = boxes
+    out[..., 4] = np.asarray(scores, np.float32).reshape(b, k)
+    out[..., 5] = np.asarray(classes).reshape(b, k)
+    n = np.asarray(num).reshape(b, -1)[:, 0].astype(np.int64)
+    out[np.arange(k)[None, :] >= n[:, None], 5] = -1
+    return out
 
 
 def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:

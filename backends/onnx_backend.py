@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
+from backends.base import (
+    E2E_OUTPUTS,
+    RAW_OUTPUT,
+    BaseRunner,
+    ExportOptions,
+    LoadOptions,
+    PlanningHints,
+    no_export_precision,
+    pack_detections,
+    suffixed,
+)
 from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
 from toolkit.devices import GPU_BATCH, parse_device
 from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
@@ -101,11 +111,11 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
 
     if options.int8:
         raise ExportError("INT8 is not supported for ONNX export; use --to openvino --int8")
-    proto, notes = export_graph(source, path, options)
+    proto, notes = export_graph(source, path, options, nms=options.nms)
     meta = export_meta(source, options, "onnx", options.precision,
                        {"onnx": onnx.__version__, "torch": torch.__version__},
                        extra={"opset": options.opset, "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
-                              "notes": notes})
+                              "notes": notes}, nms=options.nms)
     onnx.helper.set_model_props(proto, {META_KEY: meta.to_json()})
     onnx.save(proto, str(path))
     return path
@@ -121,14 +131,23 @@ def _check_file(path: Path) -> None:
         raise ModelFileError(f"{path}: the file is empty, not an ONNX model")
 
 
-def _session(path: Path, so: Any = None, providers: list[Any] | None = None) -> Any:
+def _session(path: Path, so: Any = None, providers: list[Any] | None = None, raw: bool = False) -> Any:
     """An onnxruntime session; any failure to load is one line about the file (onnxruntime's text means nothing to
-    a user: protobuf parse errors, graph checks)."""
+    a user: protobuf parse errors, graph checks). ``raw``: a model with NMS inside, with its raw output instead."""
     import onnxruntime as ort
 
     _check_file(path)
     try:
-        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        model: Any = str(path)
+        if raw:
+            import onnx
+
+            from backends.onnx_nms import raw_graph
+
+            proto = onnx.load(str(path))
+            if [o.name for o in proto.graph.output] == list(E2E_OUTPUTS):
+                model = raw_graph(proto).SerializeToString()
+        return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
     except Exception:
         raise ModelFileError(f"{path}: not a readable ONNX model; the file is truncated, corrupt or not ONNX "
                              f"(or uses operators this onnxruntime lacks); {REEXPORT_HINT}") from None
@@ -300,34 +319,47 @@ class OnnxRunner(BaseRunner):
         providers = provider_list(options.device if spec.is_gpu else "cpu", ort.get_available_providers(), file_meta,
                                   options.options, options.half, options.imgsz,
                                   ort_cache_dir(options.options) if spec.is_gpu else None)
-        self.session = _session(path, so, providers)
+        raw = bool(options.options.get(RAW_OUTPUT))
+        self.session = _session(path, so, providers, raw=raw)
         meta = meta_from_props(dict(self.session.get_modelmeta().custom_metadata_map), path)
         inp = self.session.get_inputs()[0]
+        self._in = inp.name
+        self._outs = [o.name for o in self.session.get_outputs()]
         out = self.session.get_outputs()[0]
-        self._in, self._out = inp.name, out.name
+        self._out = out.name
+        self._e2e = meta.nms is not None and not raw
+        if self._e2e and self._outs != list(E2E_OUTPUTS):
+            raise ModelFileError(f"{path}: its metadata says NMS is inside, but its outputs are {self._outs}, not "
+                                 f"{', '.join(E2E_OUTPUTS)}; {REEXPORT_HINT} --nms")
         self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self._out_dtype = np.float16 if out.type == "tensor(float16)" else np.float32
         used = self.session.get_providers()
-        self.meta = ModelMeta(**{**meta.__dict__, "extra": {**meta.extra, "providers": used}})
+        self.meta = ModelMeta(**{**meta.__dict__, "nms": meta.nms if self._e2e else None,
+                                 "extra": {**meta.extra, "providers": used}})
         self._cuda = spec.is_gpu and any(p in used for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
         self._device = f"cuda:{spec.index}" if self._cuda else "cpu"
         self._device_side: OrtDeviceRunner | None = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self._cuda:
+        if self._cuda and not self._e2e:
             import torch
 
             dev = self.device_runner()
+            assert dev is not None  # only models without NMS inside come here
             xt = torch.from_numpy(np.ascontiguousarray(batch)).to(dev.device).to(dev.dtype).div_(255)
             return dev.forward(xt).float().cpu().numpy()
         x = batch.astype(np.float32)
         x /= 255
         if self._dtype is np.float16:
             x = x.astype(np.float16)
-        y = self.session.run([self._out], {self._in: x})[0]
+        if self._e2e:
+            return pack_detections(*self.session.run(self._outs, {self._in: x}))
+        y = self.session.run(self._outs[:1], {self._in: x})[0]
         return np.asarray(y, dtype=np.float32)
 
-    def device_runner(self) -> OrtDeviceRunner:
+    def device_runner(self) -> OrtDeviceRunner | None:
+        if self._e2e:
+            return None  # NMS inside: the GPU pipeline post-processes raw predictions; session.run serves it
         if self._device_side is None:
             import torch
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import ExportOptions
 from toolkit.errors import ExportError
-from toolkit.meta import ModelMeta
+from toolkit.meta import BakedNMS, ModelMeta
 
 if TYPE_CHECKING:
     from toolkit.model.load import LoadedModel
@@ -40,9 +40,11 @@ def _grid_fp32(self: Any, i: int, nx: int, ny: int, like: Any) -> tuple[Any, Any
 
 
 def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, half: bool | None = None,
-                 dynamic: bool | None = None, simplify: bool | None = None) -> tuple[Any, list[str]]:
+                 dynamic: bool | None = None, simplify: bool | None = None,
+                 nms: BakedNMS | None = None, suppresses_at_equal: bool = False) -> tuple[Any, list[str]]:
     """Trace ``source`` to an ONNX file at ``path`` without yolokit metadata (OpenVINO and TensorRT build
-    from this). Returns the checked ``onnx.ModelProto`` and notes about what was done or skipped."""
+    from this), simplified, with NMS appended when ``nms`` is given (:mod:`backends.onnx_nms`). Returns the
+    checked ``onnx.ModelProto`` and notes about what was done or skipped."""
     import warnings
 
     import onnx
@@ -82,13 +84,23 @@ def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, hal
         try:
             import onnxslim  # type: ignore[import-not-found]
         except ImportError:
-            notes.append("onnxslim is not installed: graph not simplified (pip install onnxslim)")
+            notes.append(f"onnxslim is not installed: graph not simplified, {len(proto.graph.node)} nodes "
+                         f"(pip install 'yolokit[onnx]' installs it)")
         else:
             try:
+                before = len(proto.graph.node)
                 proto = onnxslim.slim(proto)
-                notes.append(f"simplified with onnxslim {getattr(onnxslim, '__version__', '')}".strip())
+                notes.append(f"simplified with onnxslim {getattr(onnxslim, '__version__', '')}: {before} -> "
+                             f"{len(proto.graph.node)} nodes")
             except Exception as e:  # slimming is an optimisation: keep the traced graph
                 notes.append(f"onnxslim failed ({e}); kept the unsimplified graph")
+    if nms is not None:
+        from backends.onnx_nms import append_nms
+
+        before = len(proto.graph.node)
+        proto = append_nms(proto, nms, suppresses_at_equal)
+        notes.append(f"NMS inside: {len(proto.graph.node) - before} standard ONNX nodes appended (conf {nms.conf}, "
+                     f"iou {nms.iou}, max_det {nms.max_det}, agnostic {nms.agnostic}, max_nms {nms.max_nms})")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
@@ -99,12 +111,12 @@ def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, hal
 
 def export_meta(source: LoadedModel, options: ExportOptions, fmt: str, precision: str,
                 runtime_versions: dict[str, str], extra: dict[str, Any] | None = None,
-                dynamic_hw: bool | None = None) -> ModelMeta:
+                dynamic_hw: bool | None = None, nms: BakedNMS | None = None) -> ModelMeta:
     """Metadata of an artifact exported from ``source`` with ``options``."""
     dynamic = options.dynamic
     dynamic_hw = dynamic if dynamic_hw is None else dynamic_hw
     return ModelMeta(
-        names=dict(source.meta.names), stride=source.meta.stride,
+        names=dict(source.meta.names), stride=source.meta.stride, nms=nms,
         imgsz=None if dynamic_hw else (int(options.imgsz[0]), int(options.imgsz[1])),
         batch=None if dynamic else int(options.batch),
         max_batch=None if dynamic else int(options.batch),

@@ -22,7 +22,6 @@ is retried without it.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import threading
@@ -31,8 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints, no_export_precision
+from backends.base import (
+    E2E_OUTPUTS,
+    RAW_OUTPUT,
+    BaseRunner,
+    ExportOptions,
+    LoadOptions,
+    PlanningHints,
+    no_export_precision,
+    pack_detections,
+)
 from backends.onnx_graph import export_graph, export_meta
+from backends.onnx_nms import RAW_NAME
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
 from toolkit.meta import META_KEY, ModelMeta
 
@@ -52,8 +61,6 @@ EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 PLANNING = PlanningHints(releases_gil=True, thread_batch=4, process_inputs_per_core=None)
 DESCRIPTION = "an OpenVINO IR (.xml, or its folder)"
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
-INT8_HINT = "pip install 'yolokit[int8]'"
-CALIB_SUBSET = 300
 ENV_CACHE = "YOLOKIT_OPENVINO_CACHE"
 
 
@@ -95,7 +102,7 @@ def default_name(stem: str, tag: str) -> str:
 
 def check_export(options: ExportOptions) -> None:
     no_export_precision(NAME, options, EXPORT_PRECISIONS)
-    if options.int8 and not options.calib_data:
+    if options.int8 and not options.calib_data and options.int8_data is None:
         raise InputError("--int8 needs calibration images: --data FOLDER")
 
 
@@ -124,59 +131,6 @@ def output_paths(path: Path, stem: str | None = None) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------------ export
 
 
-def _calibration_batches(data: str, imgsz: tuple[int, int], stride: int, limit: int) -> list[np.ndarray]:
-    """Letterboxed (1, 3, H, W) float32 inputs in [0, 1] from the images under ``data`` (first ``limit``)."""
-    from toolkit.io.decode import read_image
-    from toolkit.io.files import ImageReadError
-    from toolkit.io.sources import list_sources
-    from toolkit.ops import letterbox, to_chw_rgb
-
-    if not Path(data).exists():
-        raise InputError(f"{data}: the INT8 calibration folder does not exist (--data)")
-    sources = list_sources(data)
-    out: list[np.ndarray] = []
-    for ref in sources.items:
-        if len(out) >= limit:
-            break
-        if ref.frame is not None:  # videos are not calibration data
-            continue
-        try:
-            img = read_image(ref.path)
-        except ImageReadError:
-            continue
-        lb, _ = letterbox(img, imgsz, stride, auto=False)
-        out.append((to_chw_rgb(lb)[None].astype(np.float32) / 255).astype(np.float32))
-    if not out:
-        raise InputError(f"{data}: no readable images for INT8 calibration (--data)")
-    return out
-
-
-def _quantize(model: Any, options: ExportOptions, stride: int, detect_index: int) -> tuple[Any, list[str]]:
-    try:
-        import nncf  # type: ignore[import-not-found]
-    except ImportError:
-        raise BackendUnavailableError(f"INT8 export needs NNCF: {INT8_HINT}") from None
-    if not options.calib_data:
-        raise InputError("--int8 needs calibration images: --data FOLDER (a few hundred representative images)")
-    batches = _calibration_batches(options.calib_data, options.imgsz, stride, CALIB_SUBSET)
-    # Keep the Detect head's decode (sigmoid, grid/anchor arithmetic, concat) in floating point: its outputs
-    # are pixel coordinates up to the image size, where an 8-bit grid would cost whole pixels. The head's
-    # 1x1 convolutions (/model.N/m.K/Conv) are still quantized.
-    scope = nncf.IgnoredScope(patterns=[rf"^/model\.{detect_index}/(?!m\.\d+/).*"], validate=False)
-    log = logging.getLogger("nncf")
-    level = log.level
-    log.setLevel(logging.WARNING)  # NNCF logs every skipped quantizer at INFO
-    try:
-        q = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
-                          subset_size=len(batches), ignored_scope=scope)
-    except Exception as e:
-        raise ExportError(f"NNCF INT8 quantization failed: {e}") from e
-    finally:
-        log.setLevel(level)
-    return q, [f"INT8: NNCF {nncf.__version__} post-training quantization, preset MIXED, "
-               f"{len(batches)} calibration images from {options.calib_data}, Detect decode ops kept in float"]
-
-
 def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     """Write an IR (``path`` is an .xml file or a folder) with the yolokit metadata in ``rt_info``."""
     import openvino as ov
@@ -187,21 +141,25 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     artifact, xml = output_paths(path)
     with tempfile.TemporaryDirectory(prefix="yolokit_ov_") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        _, notes = export_graph(source, onnx_path, options, half=False)
+        # OpenVINO's NonMaxSuppression suppresses at IoU >= its threshold (YOLOv5: >); see backends.onnx_nms
+        _, notes = export_graph(source, onnx_path, options, half=False, nms=options.nms, suppresses_at_equal=True)
         try:
             model = ov.convert_model(str(onnx_path))
         except Exception as e:
             raise ExportError(f"openvino.convert_model failed on the traced ONNX graph: {e}") from e
     precision = options.precision
     versions = {"openvino": ov.get_version(), "torch": torch.__version__}
+    extra: dict[str, Any] = {"opset": options.opset, "via": "onnx", "notes": notes}
     if options.int8:
-        model, qnotes = _quantize(model, options, source.meta.stride, source.model.detect.i)  # type: ignore[arg-type]
+        from backends.openvino_int8 import quantize
+
+        model, qnotes, record = quantize(model, options, source.model.detect.i)  # type: ignore[arg-type]
         notes += qnotes
+        extra["int8"] = record
         import nncf  # type: ignore[import-not-found]
 
         versions["nncf"] = nncf.__version__
-    meta = export_meta(source, options, "openvino", precision, versions,
-                                    extra={"opset": options.opset, "via": "onnx", "notes": notes})
+    meta = export_meta(source, options, "openvino", precision, versions, extra=extra, nms=options.nms)
     model.set_rt_info(meta.to_json(), [META_KEY])
     xml.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -271,6 +229,13 @@ class OpenVinoRunner(BaseRunner):
 
         model, xml = _read_model(path)
         meta = _meta_of(model, xml)
+        raw = bool(options.options.get(RAW_OUTPUT)) and meta.nms is not None
+        if raw:
+            model.add_outputs(RAW_NAME)  # the NMS part is then left unused
+        self._outs = [RAW_NAME] if raw else list(E2E_OUTPUTS) if meta.nms is not None else None
+        if meta.nms is not None and not raw and not set(E2E_OUTPUTS) <= {n for o in model.outputs for n in o.names}:
+            raise ModelFileError(f"{xml}: its metadata says NMS is inside, but it lacks the outputs "
+                                 f"{', '.join(E2E_OUTPUTS)}; {REEXPORT_HINT} --nms")
         core = ov.Core()
         device = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}.get(options.device.lower(), options.device)
         if device.startswith("cuda"):
@@ -315,8 +280,9 @@ class OpenVinoRunner(BaseRunner):
             executes = str(hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else hint_type)
         except Exception:  # not every device reports it
             executes = "unknown"
-        self.meta = ModelMeta(**{**meta.__dict__, "extra": {**meta.extra, "inference_precision": executes,
-                                                             "device": device, "hint": hint}})
+        self.meta = ModelMeta(**{**meta.__dict__, "nms": None if raw else meta.nms,
+                                 "extra": {**meta.extra, "inference_precision": executes, "device": device,
+                                           "hint": hint}})
         self._local = threading.local()
         self._requests: list[Any] = []
         self._lock = threading.Lock()
@@ -335,13 +301,23 @@ class OpenVinoRunner(BaseRunner):
         x /= 255
         req = self._request()
         req.infer({0: x})
-        return np.array(req.get_output_tensor(0).data, dtype=np.float32)
+        return outputs_of(req, self._outs)
 
     def close(self) -> None:
         with self._lock:
             self._requests.clear()
         self._local = threading.local()
         self.compiled = None
+
+
+def outputs_of(request: Any, names: list[str] | None) -> np.ndarray:
+    """A finished infer request's result in the runner format: its first output, the output ``names[0]`` (the raw
+    output of a model with NMS inside), or the four end-to-end outputs packed (:func:`pack_detections`)."""
+    if names is None:
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+    if len(names) == 1:
+        return np.array(request.get_tensor(names[0]).data, dtype=np.float32)
+    return pack_detections(*(np.array(request.get_tensor(n).data) for n in names))
 
 
 def load(path: Path, options: LoadOptions) -> OpenVinoRunner:

@@ -21,6 +21,12 @@ records it (``extra["opt_batch"]``) and the plan then runs at it; give ``--imgsz
 aspect ratio is letterboxed to it, which changes detections. The runtime side (per-thread contexts and
 preallocated I/O) is :mod:`backends.tensorrt_runner`.
 INT8 is not offered (TensorRT 10 deprecates implicit calibration; explicit Q/DQ export is future work).
+
+NMS inside (``--nms``): the engine is built from the same end-to-end graph as the ONNX export
+(:mod:`backends.onnx_nms`); TensorRT's ONNX parser maps ``NonMaxSuppression`` to its NMS layer (TensorRT 8.5 and
+newer, per its operator support list; yolokit needs 10). The graph skips the 30000-candidate TopK (TensorRT's TopK
+takes K <= 3840, see :func:`backends.onnx_nms.for_tensorrt`). Such an engine cannot return the raw predictions, so
+its export parity check compares final detections only. None of this has run on TensorRT here.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import ExportOptions, LoadOptions, PlanningHints, no_export_precision, suffixed
 from backends.onnx_graph import INPUT_NAME, export_graph, export_meta
+from backends.onnx_nms import for_tensorrt
 from toolkit.devices import parse_device
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
@@ -274,6 +281,8 @@ def default_name(stem: str, tag: str) -> str:
 
 def check_export(options: ExportOptions) -> None:
     no_export_precision(NAME, options, EXPORT_PRECISIONS)
+    if options.nms is not None:
+        for_tensorrt(options.nms)
 
 
 def describe(path: Path) -> dict[str, Any]:
@@ -325,7 +334,8 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
     logger = _logger(trt)
     with tempfile.TemporaryDirectory(prefix="yolokit_trt_") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half)
+        nms = for_tensorrt(options.nms) if options.nms is not None else None
+        _, notes = export_graph(source, onnx_path, options, half=plan.onnx_half, nms=nms)
         with torch.cuda.device(index):
             builder = trt.Builder(logger)
             flags = network_flags(plan.strongly_typed, strongly_typed_bit(trt))
@@ -362,7 +372,7 @@ def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         extra={"gpu": gpu.to_dict(), "workspace_gb": options.workspace_gb, "notes": notes,
                "profile": None if profile is None else {"min": profile.min, "opt": profile.opt, "max": profile.max},
                "opt_batch": int(options.batch), "strongly_typed": plan.strongly_typed},
-        dynamic_hw=profile is not None)
+        dynamic_hw=profile is not None, nms=nms)
     if profile is not None:
         meta.max_batch = int(options.max_batch)
         meta.max_imgsz = (int(profile.max[2]), int(profile.max[3]))

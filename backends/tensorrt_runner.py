@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BaseRunner, LoadOptions
+from backends.base import E2E_OUTPUTS, BaseRunner, DeviceRunner, LoadOptions, pack_detections
 from backends.tensorrt_backend import _logger, _runtime, check_compat, cuda_index, current_gpu, grown, unpack_engine
 from toolkit.errors import InputError, ModelFileError, YolokitError
 
@@ -28,7 +28,7 @@ class _ThreadState:
         self.torch, self.ctx, self.device = torch, ctx, device
         self.stream = torch.cuda.Stream(device)
         self.shape: tuple[int, ...] | None = None
-        self.out: Any = None
+        self.outs: list[Any] = []
         self._bufs: dict[str, Any] = {}
 
     def buffer(self, key: str, n: int, dtype: Any, pinned: bool = False) -> Any:
@@ -57,7 +57,7 @@ class TrtDeviceRunner:
 
     def forward(self, x: Any) -> Any:
         torch = self.runner._torch
-        return self.runner._enqueue(self.runner._state(), x.contiguous(), torch.cuda.current_stream(self.device))
+        return self.runner._enqueue(self.runner._state(), x.contiguous(), torch.cuda.current_stream(self.device))[0]
 
 
 class TrtRunner(BaseRunner):
@@ -66,7 +66,9 @@ class TrtRunner(BaseRunner):
     Host path (:meth:`infer`): the uint8 batch is copied into the thread's page-locked buffer, to the device without
     blocking, normalised there into the engine's input dtype, run with ``execute_async_v3`` and copied back into
     page-locked memory: one synchronisation per call, no allocation once the buffers have grown to the largest
-    shape. :meth:`device_runner` serves the GPU pipeline."""
+    shape. :meth:`device_runner` serves the GPU pipeline. An engine with NMS inside (``meta.nms``) has the four
+    end-to-end outputs, returned packed (:func:`backends.base.pack_detections`); it has no device side, since the GPU
+    pipeline post-processes raw predictions."""
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         import torch
@@ -87,18 +89,20 @@ class TrtRunner(BaseRunner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(ins) != 1 or len(outs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output tensor, found {ins} and {outs}")
-        self._in, self._out = ins[0], outs[0]
+        want = list(E2E_OUTPUTS) if meta.nms is not None else outs[:1]  # an engine cannot give NMS's input back
+        if len(ins) != 1 or sorted(outs) != sorted(want):
+            raise ModelFileError(f"{path}: expected one input and the output tensors {want}, found {ins} and {outs}")
+        self._in, self._outs = ins[0], want
+        self._e2e = meta.nms is not None
         self._in_dtype = self._dtype(self.engine.get_tensor_dtype(self._in))
-        self._out_dtype = self._dtype(self.engine.get_tensor_dtype(self._out))
+        self._out_dtypes = [self._dtype(self.engine.get_tensor_dtype(n)) for n in want]
         self.meta = meta
         self._local = threading.local()
         self._device_side: TrtDeviceRunner | None = None
 
     def _dtype(self, t: Any) -> Any:
         trt, torch = self._trt, self._torch
-        table = {trt.float32: torch.float32, trt.float16: torch.float16}
+        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
         if t not in table:
             raise ModelFileError(f"unsupported engine I/O type {t}")
         return table[t]
@@ -111,8 +115,8 @@ class TrtRunner(BaseRunner):
             self._local.state = st
         return st
 
-    def _enqueue(self, st: _ThreadState, x: Any, stream: Any) -> Any:
-        """Run the engine on ``x`` (on the device, the engine's input dtype) on ``stream``; the thread's output."""
+    def _enqueue(self, st: _ThreadState, x: Any, stream: Any) -> list[Any]:
+        """Run the engine on ``x`` (on the device, the engine's input dtype) on ``stream``; the thread's outputs."""
         ctx, shape = st.ctx, tuple(int(v) for v in x.shape)
         if x.dtype != self._in_dtype:
             raise InputError(f"the engine takes {self._in_dtype} input, got {x.dtype}")
@@ -120,17 +124,20 @@ class TrtRunner(BaseRunner):
             if not ctx.set_input_shape(self._in, shape):
                 raise InputError(f"the engine does not accept input shape {shape} (profile: "
                                  f"{self.meta.extra.get('profile')})")
-            out_shape = tuple(int(v) for v in ctx.get_tensor_shape(self._out))
-            n = 1
-            for v in out_shape:
-                n *= v
-            st.out = st.buffer("out", n, self._out_dtype).view(out_shape)
-            ctx.set_tensor_address(self._out, st.out.data_ptr())
+            st.outs = []
+            for name, dtype in zip(self._outs, self._out_dtypes, strict=True):
+                out_shape = tuple(int(v) for v in ctx.get_tensor_shape(name))
+                n = 1
+                for v in out_shape:
+                    n *= v
+                out = st.buffer(f"out:{name}", n, dtype).view(out_shape)
+                ctx.set_tensor_address(name, out.data_ptr())
+                st.outs.append(out)
             st.shape = shape
         ctx.set_tensor_address(self._in, x.data_ptr())
         if not ctx.execute_async_v3(stream.cuda_stream):
             raise YolokitError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-        return st.out
+        return st.outs
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -144,13 +151,19 @@ class TrtRunner(BaseRunner):
             raw.copy_(host.view(shape), non_blocking=True)
             x = st.buffer("dev_in", batch.size, self._in_dtype).view(shape)
             x.copy_(raw).div_(255)
-            y = self._enqueue(st, x, st.stream)
-            back = st.buffer("host_out", y.numel(), self._out_dtype, pinned=True).view(y.shape)
-            back.copy_(y, non_blocking=True)
+            backs = []
+            for name, y in zip(self._outs, self._enqueue(st, x, st.stream), strict=True):
+                back = st.buffer(f"host_out:{name}", y.numel(), y.dtype, pinned=True).view(y.shape)
+                back.copy_(y, non_blocking=True)
+                backs.append(back)
             st.stream.synchronize()  # the one wait per call
-        return back.numpy().astype(np.float32)
+        if self._e2e:  # NMS inside: the four outputs, packed
+            return pack_detections(*(b.numpy() for b in backs))
+        return backs[0].numpy().astype(np.float32)
 
-    def device_runner(self) -> TrtDeviceRunner:
+    def device_runner(self) -> DeviceRunner | None:
+        if self._e2e:
+            return None
         if self._device_side is None:
             self._device_side = TrtDeviceRunner(self)
         return self._device_side

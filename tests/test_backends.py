@@ -296,8 +296,13 @@ def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_p
     rng = np.random.default_rng(1)
     for i in range(6):
         cv2.imwrite(str(calib / f"{i}.png"), rng.integers(0, 256, (120 + 10 * i, 200, 3), dtype=np.uint8))
-    path = artifact("openvino", imgsz=(160, 160), dynamic=True, int8=True, calib_data=str(calib))
+    from toolkit.jobs.calibration import int8_data
+
+    opts = ExportOptions(imgsz=(160, 160), dynamic=True, int8=True, calib_data=str(calib))
+    opts.int8_data = int8_data(opts, source.meta.stride, False)  # the export job chooses the images
     module: Any = backends.REGISTRY["openvino"]
+    path = module.export(source, tmp_path_factory.mktemp("int8") / "q_openvino", opts)
+    assert module.read_meta(path).extra["int8"]["calib_images"] == 6
     meta = module.read_meta(path)
     assert meta.precision == "int8" and "nncf" in meta.runtime_versions
     runner = backends.REGISTRY["openvino"].load(path, LoadOptions())
@@ -313,9 +318,10 @@ def test_int8_needs_calibration_data(source: LoadedModel, tmp_path: Path) -> Non
     with pytest.raises(InputError, match="--data"):
         backends.REGISTRY["openvino"].export(source, tmp_path / "q_openvino", ExportOptions(imgsz=(160, 160),
                                                                                              int8=True))
+    from toolkit.jobs.calibration import int8_data
+
     with pytest.raises(InputError, match="does not exist"):
-        backends.REGISTRY["openvino"].export(source, tmp_path / "q_openvino", ExportOptions(
-            imgsz=(160, 160), int8=True, calib_data=str(tmp_path / "missing")))
+        int8_data(ExportOptions(imgsz=(160, 160), int8=True, calib_data=str(tmp_path / "missing")), 32, False)
 
 
 def test_onnx_refuses_int8(source: LoadedModel, tmp_path: Path) -> None:

@@ -28,16 +28,21 @@ def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, t
     opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["torch", "onnx"],
                         precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"))
     result = bench(opts)
-    rows = _check_outputs(tmp_path / "b", 2)
-    base, onnx = result["rows"]
+    rows = _check_outputs(tmp_path / "b", 3)
+    base, onnx, e2e = result["rows"]
     assert base["config"] == "torch fp32 b1 seq" and "error" not in onnx
+    assert e2e["config"] == "onnx fp32 +nms b1 seq" and "error" not in e2e and e2e["nms"] is True
     # coco128 has labels: accuracy is mAP, and the baseline agrees with itself exactly
     assert base["agree_f1"] == 1.0 and base["speedup"] == 1.0 and base["map_delta"] == 0.0
     assert onnx["agree_f1"] > 0.95 and abs(onnx["map_delta"]) < 0.02
+    # NMS inside the model (single label, as exported at the bench's val settings)
+    assert e2e["agree_f1"] > 0.95 and abs(e2e["map_delta"]) < 0.02
+    assert any(r["pareto"] for r in result["rows"])
+    assert cv2.imread(str(tmp_path / "b" / "speed_vs_accuracy.png")) is not None
     for r in result["rows"]:
         assert r["img_s"] > 0 and r["raw_img_s"] > 0 and r["peak_rss_mb"] > 50 and r["startup_s"] > 0
     report = (tmp_path / "b" / "report.md").read_text()
-    assert "torch fp32 b1 seq" in report and "onnx fp32 b1 seq" in report
+    assert "torch fp32 b1 seq" in report and "onnx fp32 b1 seq" in report and "Pareto front" in report
     assert rows[0]["config"] == "torch fp32 b1 seq"
     # a second run reuses the exported artifact
     artifacts = sorted((tmp_path / "b" / "artifacts").iterdir())
@@ -63,3 +68,15 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
 def test_default_grid_has_the_baseline_first() -> None:
     configs = grid(BenchOptions(weights="w", source="s", backends=["onnx"], modes=["auto"]))
     assert configs[0].name == "torch fp32 b1 seq" and configs[1].backend == "onnx"
+
+
+def test_pareto_front() -> None:
+    from toolkit.jobs.bench.report import mark_pareto, pareto_front
+
+    # (img/s, accuracy): the fastest, the most accurate and one in between are on the front; the dominated are not
+    pts = [(10.0, 0.30), (20.0, 0.28), (15.0, 0.25), (5.0, 0.31), (20.0, 0.20), (10.0, 0.30)]
+    assert pareto_front(pts) == [0, 1, 3, 5]  # equal points do not beat each other
+    rows = [{"img_s": 10.0, "map50_95": 0.3}, {"img_s": 30.0, "map50_95": 0.1}, {"img_s": 9.0, "map50_95": 0.29},
+            {"config": "x", "error": "failed"}, {"img_s": 50.0, "agree_f1": None}]
+    mark_pareto(rows)
+    assert [r.get("pareto") for r in rows] == [True, True, False, None, None]

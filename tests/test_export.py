@@ -126,6 +126,12 @@ def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (["--to", "openvino", "--int8"], 2, "--data"),
     (["--to", "openvino", "--half", "--int8", "--data", "x"], 2, "one of --half and --int8"),
     (["--to", "tflite"], 2, "choose one of"),
+    (["--to", "onnx", "--conf", "0.1"], 2, "add --nms"),
+    (["--to", "onnx", "--nms", "--opset", "12"], 2, "--opset 13"),
+    (["--to", "onnx", "--nms", "--iou", "1.5"], 2, "must be in [0, 1]"),
+    (["--to", "onnx", "--nms", "--max-det", "0"], 2, "--max-det 0"),
+    (["--to", "onnx", "--max-drop", "0.01"], 2, "--max-drop applies to --int8"),
+    (["--to", "openvino", "--int8", "--data", "x", "--max-drop", "-1"], 2, "--max-drop -1"),
 ])
 def test_cli_export_refusals(args: list[str], code: int, text: str, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:

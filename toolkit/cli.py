@@ -268,6 +268,8 @@ def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported a
     for k, v in data.items():
         if k == "names":
             v = f"{len(v)} classes: " + ", ".join(list(v.values())[:10]) + (" ..." if len(v) > 10 else "")
+        elif k in ("nms", "int8"):
+            v = ", ".join(f"{a} {b}" for a, b in v.items())
         typer.echo(f"{k:>16}: {v}")
 
 
@@ -298,7 +300,25 @@ def export(
     half: Annotated[bool, typer.Option(help="FP16 weights and math.")] = False,
     int8: Annotated[bool, typer.Option(help="INT8 post-training quantization (openvino; needs --data and "
                                             "yolokit[int8]).")] = False,
-    data: Annotated[str | None, typer.Option(help="Folder of calibration images for --int8.")] = None,
+    data: Annotated[str | None, typer.Option(help="Calibration images for --int8: a folder, glob or list, or a "
+                                                  "labelled dataset (yaml, or a folder with images/ and labels/): "
+                                                  "then FP32 and INT8 mAP50-95 are measured on it.")] = None,
+    calib_images: Annotated[int, typer.Option(help="With --int8: at most this many calibration images, evenly "
+                                                   "spaced over the sorted images of --data.")] = 300,
+    fraction: Annotated[float, typer.Option(help="With --int8: at most this fraction of the images of --data "
+                                                 "calibrate (with --calib-images, the smaller count wins).")] = 1.0,
+    max_drop: Annotated[float | None, typer.Option(help="With --int8 and a labelled --data: accuracy-controlled "
+                                                        "quantization (NNCF) returns layers to float until mAP50-95 "
+                                                        "drops by at most this much (e.g. 0.01); if it cannot, the "
+                                                        "export fails (exit 6).")] = None,
+    nms: Annotated[bool, typer.Option(help="NMS inside the model (end-to-end): outputs num_dets, det_boxes, "
+                                           "det_scores, det_classes with --conf, --iou, --max-det and "
+                                           "--agnostic-nms baked in (see the README).")] = False,
+    conf: Annotated[float | None, typer.Option(help="With --nms: confidence threshold (default 0.25).")] = None,
+    iou: Annotated[float | None, typer.Option(help="With --nms: NMS IoU threshold (default 0.45).")] = None,
+    max_det: Annotated[int | None, typer.Option(help="With --nms: detections kept per image (default "
+                                                     "1000).")] = None,
+    agnostic_nms: Annotated[bool, typer.Option(help="With --nms: class-agnostic NMS.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify the ONNX graph with "
                                            "onnxslim when it is installed.")] = True,
@@ -319,6 +339,7 @@ def export(
     Examples:\n
       yolokit export yolov5n.pt --to onnx\n
       yolokit export yolov5n.pt --to openvino --int8 --data ../shared/datasets/coco128\n
+      yolokit export yolov5n.pt --to onnx --nms --conf 0.001 --iou 0.6 --max-det 300\n
       yolokit export yolov5n.pt --to onnx --static --imgsz 384,640 --batch 4\n
       yolokit export yolov5n.pt --to trt --half --batch 8 --device cuda
     """
@@ -340,10 +361,23 @@ def export(
         parity = [r.path for r in list_sources(parity_data).items if r.frame is None][:16]
         if not parity:
             raise InputError(f"{parity_data}: no images for the parity check")
+    given = [f for f, v in (("--conf", conf), ("--iou", iou), ("--max-det", max_det),
+                            ("--agnostic-nms", agnostic_nms or None)) if v is not None]
+    if given and not nms:
+        raise InputError(f"{', '.join(given)} set what NMS inside the model keeps: add --nms")
+    baked = None
+    if nms:
+        from toolkit.meta import BakedNMS
+
+        default = BakedNMS()
+        baked = BakedNMS(conf=default.conf if conf is None else conf, iou=default.iou if iou is None else iou,
+                         max_det=default.max_det if max_det is None else max_det, agnostic=agnostic_nms)
     opts = ExportOptions(imgsz=size, batch=batch, dynamic=dynamic, max_batch=max_batch, half=half, int8=int8,
                          calib_data=data, opset=opset, simplify=simplify, workspace_gb=workspace,
-                         device=device or "")  # "": the format's own default device (a GPU for engines)
-    report = run_export(weights, to, Path(output) if output else None, opts, parity)
+                         device=device or "",  # "": the format's own default device (a GPU for engines)
+                         nms=baked, calib_images=calib_images, fraction=fraction, max_drop=max_drop)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report (NNCF prints progress bars)
+        report = run_export(weights, to, Path(output) if output else None, opts, parity)
     typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))
 
 
@@ -371,6 +405,8 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     fast_decode: Annotated[bool, typer.Option(help="Decode large JPEGs at reduced size in every configuration "
                                                    "(faster, changes detections; off by default).")] = False,
+    nms: Annotated[bool, typer.Option("--nms/--no-nms", help="Also run every exported configuration with NMS "
+                                                            "inside the model (end-to-end).")] = True,
 ) -> None:
     """Which backend, precision, batch and mode should I use here, and what do I lose?
 
@@ -385,7 +421,7 @@ def bench(
     opts = BenchOptions(weights=weights, source=source, data=data, backends=_csv(backends_),
                         precisions=_csv(precision), batches=_csv(batch, int) or [1], modes=_csv(modes) or ["seq"],
                         workers=_csv(workers, int) or [0], images=images, repeat=repeat, out=out, imgsz=imgsz,
-                        device=device, fast_decode=fast_decode)
+                        device=device, fast_decode=fast_decode, nms=nms)
     result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
     typer.echo((Path(out) / "report.md").read_text())
     if any("error" in r for r in result["rows"]):

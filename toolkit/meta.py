@@ -10,6 +10,22 @@ YOLOKIT_VERSION = "0.1.0"
 META_KEY = "yolokit"  # key under which artifacts store the JSON (ONNX metadata_props, OpenVINO rt_info, ...)
 
 
+@dataclass(frozen=True)
+class BakedNMS:
+    """NMS inside the model (``yolokit export --nms``): the settings it was exported with.
+
+    YOLOv5's semantics: objectness > ``conf``, score = objectness x class score > ``conf``, the best class per box,
+    the ``max_nms`` highest scores into NMS (``None``: every candidate), boxes offset by class unless ``agnostic``,
+    a box suppressed when its IoU with a kept box is greater than ``iou``, at most ``max_det`` kept per image.
+    """
+
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 1000
+    agnostic: bool = False
+    max_nms: int | None = 30000
+
+
 @dataclass
 class ModelMeta:
     """What a runner needs to know about its model.
@@ -31,6 +47,9 @@ class ModelMeta:
     yolokit_version: str = YOLOKIT_VERSION
     runtime_versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # set when the model returns final detections (NMS inside): its runner returns (B, max_det, 6) rows
+    # x1 y1 x2 y2 score class in letterboxed-input pixels, best first, class -1 in the rows past its detections
+    nms: BakedNMS | None = None
 
     @property
     def nc(self) -> int:
@@ -49,6 +68,8 @@ class ModelMeta:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
         d["names"] = {int(k): str(v) for k, v in sorted(d["names"].items(), key=lambda kv: int(kv[0]))}
+        if isinstance(d.get("nms"), dict):
+            d["nms"] = BakedNMS(**{k: v for k, v in d["nms"].items() if k in BakedNMS.__dataclass_fields__})
         for key in ("imgsz", "max_imgsz"):
             if d.get(key) is not None:
                 d[key] = tuple(int(v) for v in d[key])

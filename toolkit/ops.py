@@ -210,6 +210,21 @@ def postprocess(pred: np.ndarray, opts: NMSOptions) -> tuple[np.ndarray, np.ndar
     return box[keep], conf[keep], cls[keep].astype(np.int64)
 
 
+def final_detections(rows: np.ndarray, opts: NMSOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's final detections from a model with NMS inside: ``(max_det, 6)`` rows ``x1 y1 x2 y2 score
+    class``, best first, class -1 in the rows past its detections -> ``(xyxy, conf, cls)`` in model-input pixels.
+
+    What ``opts`` asks for is applied on top of what the model did, which gives the same boxes as NMS at these
+    settings would: score > ``conf`` (a box never suppresses a higher-scored one), the ``classes`` filter (exact for
+    per-class NMS), the first ``max_det``. The model's own IoU threshold and agnostic setting stay as exported."""
+    rows = np.asarray(rows, dtype=np.float32).reshape(-1, 6)
+    keep = (rows[:, 5] >= 0) & (rows[:, 4] > opts.conf)
+    if opts.classes is not None:
+        keep &= np.isin(rows[:, 5].astype(np.int64), np.asarray(opts.classes))
+    rows = rows[keep][: opts.max_det]
+    return rows[:, :4].copy(), rows[:, 4].copy(), rows[:, 5].astype(np.int64)
+
+
 def unletterbox_params(info: LetterboxInfo) -> tuple[float, float, float]:
     """(gain, pad x, pad y) mapping letterboxed pixels back to the source, recomputed from the two shapes as
     YOLOv5 does: ``source = (letterboxed - pad) / gain``."""

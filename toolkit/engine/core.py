@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageRea
 from toolkit.io.remote import DEFAULT_TIMEOUT, read_source
 from toolkit.io.sources import InputRef, iter_video
 from toolkit.meta import ModelMeta
-from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
 if TYPE_CHECKING:
     from backends.base import Runner
@@ -257,8 +257,16 @@ class BatchRoutine:
             return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
         return self.runner.infer(batch)
 
+    def detect(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's model output -> ``(xyxy, conf, cls)`` in letterboxed-input pixels: YOLOv5's NMS over raw
+        predictions, or, for a model with NMS inside (``meta.nms``), its final detections with what was asked
+        applied on top (:func:`toolkit.ops.final_detections`); they are never post-processed again."""
+        if self.meta.nms is not None:
+            return final_detections(pred, self.nms)
+        return postprocess(pred, self.nms)
+
     def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
-        xyxy, conf, cls = postprocess(pred, self.nms)
+        xyxy, conf, cls = self.detect(pred)
         return Detections(scale_boxes(xyxy, info), conf, cls, self.names, path, info.src_shape)
 
     def reduce_factor(self, shape: tuple[int, int]) -> int:
@@ -380,6 +388,36 @@ def resolve_size(config: DetectorConfig, meta: ModelMeta, path: Path) -> tuple[t
                          f"asks for {size[0]}x{size[1]}; use --imgsz {max(limit)} or less, or re-export with "
                          f"--imgsz {max(size)}")
     return size, True
+
+
+def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptions:
+    """The NMS options of a detector. For a model with NMS inside, what is asked must be reachable from what was
+    exported: a higher ``conf``, a smaller ``max_det`` and a ``classes`` filter are applied on top; a lower
+    ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting cannot be, and are refused in one line.
+    Multi-label is not possible there: such a model keeps the best class per box (as YOLOv5's ``detect.py``)."""
+    nms = config.nms()
+    baked = meta.nms
+    if baked is None:
+        return nms
+    if config.augment:
+        raise InputError(f"{path}: --augment joins the raw predictions of three views before NMS, and this model has "
+                         f"NMS inside; use the plain export (without --nms) for --augment")
+    fix = "or re-export it with `yolokit export WEIGHTS --to FORMAT --nms` at the settings you need"
+    exported = (f"--conf {baked.conf:g} --iou {baked.iou:g} --max-det {baked.max_det}"
+                + (" --agnostic-nms" if baked.agnostic else ""))
+    problems = []
+    if nms.conf < baked.conf:
+        problems.append(f"--conf {nms.conf:g} is below the exported --conf {baked.conf:g} (boxes under it are gone)")
+    if nms.max_det > baked.max_det:
+        problems.append(f"--max-det {nms.max_det} is above the exported --max-det {baked.max_det}")
+    if abs(nms.iou - baked.iou) > 1e-9:
+        problems.append(f"--iou {nms.iou:g} differs from the exported --iou {baked.iou:g} (NMS cannot be redone)")
+    if nms.agnostic != baked.agnostic:
+        problems.append(f"{'' if nms.agnostic else 'no '}--agnostic-nms differs from the export")
+    if problems:
+        raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
+                         + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
+    return replace(nms, multi_label=False)
 
 
 def as_items(images: Sequence[Any]) -> list[Item]:

@@ -21,6 +21,7 @@ from toolkit.engine.core import (
     StageTimes,
     expand,
     intra_op_threads,
+    resolve_nms,
     resolve_size,
 )
 from toolkit.engine.plan import Plan, make_plan
@@ -107,10 +108,10 @@ class Detector(BatchRoutine):
         self.meta: ModelMeta = self.runner.meta
         try:
             self.imgsz, self.auto = resolve_size(config, self.meta, path)
+            self.nms = resolve_nms(config, self.meta, path)
         except YolokitError:
             self.runner.close()
             raise
-        self.nms = config.nms()
         self.names = dict(self.meta.names)
         self.times = StageTimes()
         self.last_plan: Plan | None = None

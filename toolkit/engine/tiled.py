@@ -13,7 +13,7 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
 from toolkit.errors import first_line
 from toolkit.io.sources import InputRef
-from toolkit.ops import LetterboxInfo, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.ops import LetterboxInfo, letterbox, scale_boxes, to_chw_rgb
 from toolkit.tiling import Tile, TileOptions, Views, merge, pyramid_grid, refocus_targets, refocus_windows
 
 Found = tuple[Tile, float, np.ndarray, np.ndarray, np.ndarray]
@@ -40,7 +40,7 @@ def run_tiles(routine: BatchRoutine, image: np.ndarray, tiles: list[Tile], batch
             preds = routine.infer(np.stack([g[1] for g in group]))
             t2 = time.perf_counter()
             for (k, _, info), pred in zip(group, preds, strict=True):
-                xyxy, conf, cls = postprocess(pred, routine.nms)
+                xyxy, conf, cls = routine.detect(pred)
                 x0, y0 = chunk[k][:2]
                 xyxy = scale_boxes(xyxy, info) + np.array([x0, y0, x0, y0], np.float32)
                 out[k] = (chunk[k], float(info.ratio), xyxy, conf, cls)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import ExportOptions
+from backends.base import NMS_MIN_OPSET, RAW_OUTPUT, ExportOptions
 from toolkit.devices import GPU_BATCH, is_gpu
 from toolkit.errors import BackendUnavailableError, ExportError, InputError
-from toolkit.meta import ModelMeta
+from toolkit.meta import BakedNMS, ModelMeta
 
 if TYPE_CHECKING:
     from backends.base import BackendModule
@@ -59,6 +59,8 @@ class ParityReport:
     passed: bool
     criteria: str
     reason: str = ""
+    # NMS inside: the artifact's final detections against PyTorch + yolokit's NMS at the exported settings
+    final: dict[str, Any] | None = None
 
 
 @dataclass
@@ -95,6 +97,17 @@ def format_report(r: ExportReport) -> str:
         f"(IoU>={PARITY_IOU}, same class; artifact found {p.artifact_detections}), match rate {p.match_rate:.3f} "
         f"-> {'PASS' if p.passed else 'FAIL'}" + (f" ({p.reason})" if p.reason else ""),
     ]
+    if p.final is not None:
+        f = p.final
+        lines.append(f"  NMS inside (conf {f['conf']:g}, iou {f['iou']:g}, max_det {f['max_det']}"
+                     f"{', agnostic' if f['agnostic'] else ''}): final detections {f['matched']}/{f['reference']} "
+                     f"matched against PyTorch + yolokit NMS (artifact found {f['artifact']}), match rate "
+                     f"{f['match_rate']:.3f}")
+    int8 = m.extra.get("int8")
+    if isinstance(int8, dict):
+        from toolkit.jobs.calibration import describe
+
+        lines.append(f"  INT8: {describe(int8)}")
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines)
 
@@ -142,13 +155,30 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
         able = [n for n, b in backends.exporters().items() if precision in b.EXPORT_PRECISIONS]
         flag = "--int8" if options.int8 else "--half" if options.half else "FP32"
         raise InputError(f"{flag} is supported for --to {' or '.join(able)} only (not {to})")
-    if options.int8 and not options.calib_data:
+    if options.int8 and not options.calib_data and options.int8_data is None:
         raise InputError("--int8 needs calibration images: --data FOLDER")
+    if options.max_drop is not None and not options.int8:
+        raise InputError("--max-drop applies to --int8 exports (accuracy-controlled quantization)")
+    if options.max_drop is not None and options.max_drop < 0:
+        raise InputError(f"--max-drop {options.max_drop}: must be 0 or more (an absolute mAP50-95 drop, e.g. 0.01)")
+    if options.nms is not None:
+        _validate_nms(options.nms, options.opset)
     _exporter(to).check_export(options)
     if not 7 <= options.opset <= 23:
         raise InputError(f"--opset {options.opset}: choose an ONNX opset between 7 and 23 (default 17)")
     if options.workspace_gb <= 0:
         raise InputError(f"--workspace {options.workspace_gb}: must be positive (GB)")
+
+
+def _validate_nms(nms: BakedNMS, opset: int) -> None:
+    if not 0 <= nms.conf <= 1 or not 0 <= nms.iou <= 1:
+        raise InputError(f"--conf {nms.conf:g} and --iou {nms.iou:g} must be in [0, 1]")
+    if nms.max_det < 1:
+        raise InputError(f"--max-det {nms.max_det}: must be at least 1")
+    if nms.max_nms is not None and nms.max_nms < 1:
+        raise InputError(f"max_nms {nms.max_nms}: must be at least 1")
+    if opset < NMS_MIN_OPSET:
+        raise InputError(f"--nms needs --opset {NMS_MIN_OPSET} or newer, got {opset}")
 
 
 def _parity_images(parity_images: list[str] | None) -> tuple[list[np.ndarray], str]:
@@ -193,11 +223,18 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
 
     Detections are compared at the highest confidence threshold of :data:`PARITY_CONFS` at which PyTorch finds at
     least :data:`MIN_DETECTIONS` boxes, so that the check always compares enough detections to fail; when even the
-    lowest threshold gives fewer, the check fails and says to pass more images with ``--parity-data``."""
-    from toolkit.engine.detector import Detector
-    from toolkit.ops import NMSOptions, postprocess
+    lowest threshold gives fewer, the check fails and says to pass more images with ``--parity-data``.
 
-    with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz)) as got_det, \
+    An artifact with NMS inside is checked twice: its raw predictions (asked for with ``RAW_OUTPUT``) as above, and
+    its final detections against yolokit's NMS of PyTorch's predictions at the exported settings. A runtime that
+    cannot give the raw predictions back (a TensorRT engine) is judged on the final detections alone."""
+    from toolkit.engine.detector import Detector
+
+    baked = _exporter(to).read_meta(artifact).nms
+    at: dict[str, Any] = {} if baked is None else {"conf": baked.conf, "iou": baked.iou, "max_det": baked.max_det,
+                                                   "agnostic": baked.agnostic}
+    with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz),
+                  options={RAW_OUTPUT: True}, **at) as got_det, \
             Detector(weights, device="cpu", half=False, imgsz=got_det.imgsz) as ref_det:
         meta = got_det.meta
         executes = meta.extra.get("inference_precision")
@@ -205,12 +242,55 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
             notes.append(f"OpenVINO {meta.extra.get('device', 'CPU')} executes this {meta.precision} IR at "
                          f"inference precision {executes}")
         images, what = _parity_images(parity_images)
-        ref_out, got_out, shapes = [], [], set()
-        for img in images:
-            chw, _ = got_det.preprocess(img)
-            shapes.add(chw.shape[1:])
-            ref_out.append(ref_det.infer(chw[None])[0])
-            got_out.append(got_det.infer(chw[None])[0])
+        chws = [got_det.preprocess(img)[0] for img in images]
+        ref_out = [ref_det.infer(chw[None])[0] for chw in chws]
+        raw = meta.nms is None  # the artifact's raw predictions
+        got_out = [got_det.infer(chw[None])[0] for chw in chws] if raw else []
+        final = None
+        if baked is not None:
+            if raw:
+                with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz), **at) as e2e:
+                    final_out = [e2e.infer(chw[None])[0] for chw in chws]
+            else:
+                final_out = [got_det.infer(chw[None])[0] for chw in chws]
+            final = _final_parity(baked, ref_out, final_out)
+    shapes = {tuple(c.shape[1:]) for c in chws}
+    size = max(max(s) for s in shapes)
+    max_conf, max_box_frac, min_rate = THRESHOLDS.get(meta.precision, THRESHOLDS["int8"])
+    failures: list[str] = []
+    if raw:
+        d_conf, d_box, conf, n_ref, n_got, matched, rate = _raw_parity(artifact, ref_out, got_out, failures,
+                                                                       max_conf, max_box_frac, min_rate, size)
+    else:
+        notes.append("this runtime cannot return the raw predictions of a model with NMS inside: only its final "
+                     "detections were compared")
+        d_conf = d_box = float("nan")
+        conf, n_ref, n_got, matched, rate = 0.0, 0, 0, 0, 0.0
+    if final is not None:
+        if not raw:
+            conf, n_ref, n_got, matched, rate = (final["conf"], final["reference"], final["artifact"],
+                                                 final["matched"], final["match_rate"])
+        if final["match_rate"] < min_rate:
+            failures.append(f"only {final['matched']} of {max(final['reference'], final['artifact'])} final "
+                            f"detections agree ({final['match_rate']:.2f} < {min_rate})")
+    crit = ", ".join(x for x in (
+        f"conf diff <= {max_conf:.0e}" if max_conf is not None else "",
+        f"box diff <= {max_box_frac:g} x imgsz" if max_box_frac is not None else "",
+        f"match rate >= {min_rate} over >= {MIN_DETECTIONS} detections") if x)
+    return ParityReport(images=len(images), inputs=what, imgsz=(int(size), int(size)),
+                        shapes=sorted((int(h), int(w)) for h, w in shapes), conf=conf,
+                        max_abs_diff_conf=d_conf, max_abs_diff_box=d_box, reference_detections=n_ref,
+                        artifact_detections=n_got, matched=matched, match_rate=rate, passed=not failures,
+                        criteria=crit, reason="; ".join(failures), final=final)
+
+
+def _raw_parity(artifact: Path, ref_out: list[np.ndarray], got_out: list[np.ndarray], failures: list[str],
+                max_conf: float | None, max_box_frac: float | None, min_rate: float,
+                size: int) -> tuple[float, float, float, int, int, int, float]:
+    """Raw outputs and detections at the highest threshold with enough boxes: (conf diff, box diff, threshold,
+    reference boxes, artifact boxes, matched, match rate); failures are appended."""
+    from toolkit.ops import NMSOptions, postprocess
+
     for r, g in zip(ref_out, got_out, strict=True):
         if r.shape != g.shape:
             raise ExportError(f"{artifact}: output shape {g.shape} differs from PyTorch's {r.shape}")
@@ -229,9 +309,6 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
     matched = sum(_match(r, g) for r, g in zip(ref_dets, got_dets, strict=True))
     denom = max(n_ref, n_got)
     rate = matched / denom if denom else 0.0
-    max_conf, max_box_frac, min_rate = THRESHOLDS.get(meta.precision, THRESHOLDS["int8"])
-    size = max(max(s) for s in shapes)
-    failures = []
     if max_conf is not None and d_conf > max_conf:
         failures.append(f"confidence columns differ by {d_conf:.2e} > {max_conf:.0e}")
     if max_box_frac is not None and d_box > max_box_frac * size:
@@ -242,15 +319,23 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
                         f"detects with --parity-data")
     elif rate < min_rate:
         failures.append(f"only {matched} of {denom} detections agree ({rate:.2f} < {min_rate})")
-    crit = ", ".join(x for x in (
-        f"conf diff <= {max_conf:.0e}" if max_conf is not None else "",
-        f"box diff <= {max_box_frac:g} x imgsz" if max_box_frac is not None else "",
-        f"match rate >= {min_rate} over >= {MIN_DETECTIONS} detections") if x)
-    return ParityReport(images=len(images), inputs=what, imgsz=(int(size), int(size)),
-                        shapes=sorted((int(h), int(w)) for h, w in shapes), conf=conf,
-                        max_abs_diff_conf=d_conf, max_abs_diff_box=d_box, reference_detections=n_ref,
-                        artifact_detections=n_got, matched=matched, match_rate=rate, passed=not failures,
-                        criteria=crit, reason="; ".join(failures))
+    return d_conf, d_box, conf, n_ref, n_got, matched, rate
+
+
+def _final_parity(baked: BakedNMS, ref_out: list[np.ndarray], final_out: list[np.ndarray]) -> dict[str, Any]:
+    """The artifact's final detections against yolokit's NMS of PyTorch's predictions at the exported settings."""
+    from toolkit.ops import NMSOptions, final_detections, postprocess
+
+    nms = NMSOptions(conf=baked.conf, iou=baked.iou, max_det=baked.max_det, agnostic=baked.agnostic,
+                     max_nms=baked.max_nms if baked.max_nms is not None else 1 << 62)
+    ref = [postprocess(r, nms) for r in ref_out]
+    got = [final_detections(f, nms) for f in final_out]
+    n_ref, n_got = sum(len(d[0]) for d in ref), sum(len(d[0]) for d in got)
+    matched = sum(_match(r, g) for r, g in zip(ref, got, strict=True))
+    denom = max(n_ref, n_got)
+    return {"conf": baked.conf, "iou": baked.iou, "max_det": baked.max_det, "agnostic": baked.agnostic,
+            "reference": n_ref, "artifact": n_got, "matched": matched,
+            "match_rate": matched / denom if denom else 1.0}
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -272,7 +357,10 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
            parity_images: list[str] | None = None) -> ExportReport:
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
     artifact against PyTorch FP32. Raises :class:`ExportError` when the export or the parity check fails."""
+    import backends
     from toolkit.model.configs import resolve_model
+
+    backends.require(backends.checkpoint_backend())  # every export reads a checkpoint with PyTorch
     from toolkit.model.load import load_model
 
     options = options or ExportOptions()
@@ -284,6 +372,10 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     src_path = resolve_model(weights)
     source = load_model(src_path)
     _validate(to, options, source.meta.stride)
+    if options.int8 and options.int8_data is None:
+        from toolkit.jobs.calibration import int8_data
+
+        options = replace(options, int8_data=int8_data(options, source.meta.stride, options.nms is not None))
     target = module.output_path(Path(out)) if out is not None else default_output(src_path, to, options)
     t0 = time.perf_counter()
     artifact = module.export(source, target, options)

@@ -199,7 +199,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
             samples.append(Sample(res.ref.path, shape, cls, xyxy))
             dets.append(res.detections)
         times = det.times.ms_per_image()
-        backend, precision = det.backend_name, det.meta.precision
+        backend, precision, inside = det.backend_name, det.meta.precision, det.meta.nms
     metrics: dict[str, Any] = {
         "weights": str(opts.weights), "backend": backend, "model_precision": precision, "data": opts.data,
         "augment": opts.augment,
@@ -208,7 +208,9 @@ def validate(opts: ValOptions) -> dict[str, Any]:
         "ms_per_image": {k: round(v, 2) for k, v in times.items()},
         "wall_s": round(time.perf_counter() - t0, 2), "failed": failed,
         "metric": f"pycocotools COCOeval bbox, IoU 0.50:0.95, area all, maxDets {opts.max_det}; "
-                  f"conf {opts.conf}, NMS IoU {opts.iou}, multi-label",
+                  f"conf {opts.conf}, NMS IoU {opts.iou}, "
+                  + ("multi-label" if inside is None else
+                     f"NMS inside the model (exported conf {inside.conf:g}, max_det {inside.max_det}), single-label"),
     }
     return metrics
 

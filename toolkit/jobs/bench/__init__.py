@@ -24,7 +24,7 @@ from typing import Any
 from toolkit.devices import is_gpu
 from toolkit.errors import InputError, first_line
 from toolkit.jobs.bench.child import MODE_ARGS
-from toolkit.jobs.bench.report import agreement, charts, map50_95, report, versions, write_csv
+from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
 
 
 @dataclass
@@ -43,6 +43,7 @@ class BenchOptions:
     imgsz: int = 640
     device: str = "cpu"
     fast_decode: bool = False  # opt-in reduced-size JPEG decoding (changes detections; see Detector)
+    nms: bool = True  # every exported configuration also with NMS inside the model (end-to-end)
 
 
 @dataclass
@@ -52,11 +53,12 @@ class Config:
     batch: int
     mode: str
     workers: int
+    nms: bool = False  # an artifact with NMS inside (exported at the bench's NMS settings)
 
     @property
     def name(self) -> str:
         w = f" w{self.workers}" if self.workers else ""
-        return f"{self.backend} {self.precision} b{self.batch} {self.mode}{w}"
+        return f"{self.backend} {self.precision}{' +nms' if self.nms else ''} b{self.batch} {self.mode}{w}"
 
 
 def _kind(device: str) -> str:
@@ -97,6 +99,8 @@ def grid(opts: BenchOptions) -> list[Config]:
                         raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODE_ARGS)}")
                     for w in opts.workers if mode in ("thread", "process") else [0]:
                         out.append(Config(b, p, batch, mode, w))
+                        if opts.nms and module is not None and module.EXPORTS and b != baseline.backend:
+                            out.append(Config(b, p, batch, mode, w, nms=True))
     if not any(asdict(c) == asdict(baseline) for c in out):
         out.insert(0, baseline)
     else:
@@ -104,11 +108,18 @@ def grid(opts: BenchOptions) -> list[Config]:
     return out
 
 
-def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str) -> str:
+def nms_settings(labelled: bool) -> dict[str, Any]:
+    """The NMS every configuration runs with (and an end-to-end artifact is exported with): yolokit val's on
+    labelled images, detect.py's otherwise; 300 detections per image."""
+    return {"conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "max_det": 300}
+
+
+def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False) -> str:
     """The model file for a configuration, exported once and cached by checkpoint hash and options."""
     import backends
     from backends.base import ExportOptions
     from toolkit.jobs.export import export
+    from toolkit.meta import BakedNMS
     from toolkit.model.weights import sha256_file
 
     module = backends.get_backend(cfg.backend)  # an unknown name is a clear InputError
@@ -116,11 +127,13 @@ def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str) -> str:
         return opts.weights
     weights = Path(opts.weights)
     digest = sha256_file(weights)[:12] if weights.is_file() else hashlib.sha256(opts.weights.encode()).hexdigest()[:12]
-    path = cache / module.default_name(f"{digest}_{cfg.precision}_{opts.imgsz}", "_dyn")
+    nms = BakedNMS(**nms_settings(labelled)) if cfg.nms else None
+    tag = f"_nms{nms.conf:g}_{nms.iou:g}_{nms.max_det}" if nms else ""
+    path = cache / module.default_name(f"{digest}_{cfg.precision}_{opts.imgsz}{tag}", "_dyn")
     if not path.exists():
         eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=cfg.precision == "fp16",
                            int8=cfg.precision == "int8", calib_data=calib if cfg.precision == "int8" else None,
-                           device=opts.device)
+                           device=opts.device, nms=nms)
         export(opts.weights, cfg.backend, path, eo)
     return str(path)
 
@@ -152,11 +165,10 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         say(f"[{i}/{len(configs)}] {cfg.name}")
         row: dict[str, Any] = {"config": cfg.name, **asdict(cfg)}
         try:
-            model = artifact(opts, cfg, out / "artifacts", opts.source)
+            model = artifact(opts, cfg, out / "artifacts", opts.source, labelled)
             spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
-                    "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers,
-                    "conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "multi_label": labelled,
-                    "fast_decode": opts.fast_decode}
+                    "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers, **nms_settings(labelled),
+                    "multi_label": labelled, "fast_decode": opts.fast_decode}
             runs = [_spawn(spec) for _ in range(opts.repeat)]
         except Exception as e:  # recorded; the bench goes on
             row["error"] = f"{type(e).__name__}: {first_line(e)}"
@@ -183,6 +195,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             row.update({f"agree_{k}": v for k, v in agreement(base["_dets"], row["_dets"]).items()})
     for row in rows:
         row.pop("_dets", None)
+    mark_pareto(rows)
     if labelled and base is not None:
         for row in rows:
             if row.get("map50_95") is not None:

@@ -22,7 +22,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     det = Detector(spec["model"], device=spec["device"], imgsz=spec["imgsz"], conf=spec["conf"],
-                   iou=spec["iou"], max_det=300, multi_label=spec["multi_label"],
+                   iou=spec["iou"], max_det=spec.get("max_det", 300), multi_label=spec["multi_label"],
                    fast_decode=bool(spec.get("fast_decode", False)))
     paths: list[str] = spec["paths"]
     warm = to_chw_rgb(letterbox(read_image(paths[0]), det.imgsz, det.meta.stride, auto=det.auto)[0])[None]

@@ -60,9 +60,31 @@ def versions() -> dict[str, str]:
     return out
 
 
-COLUMNS = ["config", "backend", "precision", "batch", "mode", "workers", "img_s", "img_s_min", "img_s_max",
+COLUMNS = ["config", "backend", "precision", "nms", "batch", "mode", "workers", "img_s", "img_s_min", "img_s_max",
            "steady_img_s", "raw_img_s", "p50_ms", "p95_ms", "startup_s", "peak_rss_mb", "gpu_peak_mb", "speedup",
-           "map50_95", "map_delta", "agree_precision", "agree_recall", "agree_f1", "plan", "error"]
+           "map50_95", "map_delta", "agree_precision", "agree_recall", "agree_f1", "pareto", "plan", "error"]
+
+
+def accuracy(row: dict[str, Any]) -> tuple[float | None, str]:
+    """A configuration's accuracy and its name: mAP50-95 on labelled images, else F1 against the baseline."""
+    if row.get("map50_95") is not None:
+        return float(row["map50_95"]), "mAP50-95"
+    f1 = row.get("agree_f1")
+    return (None if f1 is None else float(f1)), "F1 vs baseline"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: none is at least as fast and as accurate and better in one."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)]
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """Set ``row["pareto"]`` (True on the front of img/s against accuracy) on every measured row."""
+    ok = [r for r in rows if "error" not in r and accuracy(r)[0] is not None]
+    front = set(pareto_front([(r["img_s"], accuracy(r)[0] or 0.0) for r in ok]))
+    for i, r in enumerate(ok):
+        r["pareto"] = i in front
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -95,6 +117,12 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"| {i} | {r['config']} | {r['img_s']:.1f} ({r['img_s_min']:.1f}-{r['img_s_max']:.1f}) | "
                      f"{r['steady_img_s']:.1f} | {r['raw_img_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                      f"{r['startup_s']:.2f} | {r['peak_rss_mb']:.0f} | {_fmt(r.get('speedup'), '.2f')}x | {acc} |")
+    front = [r for r in rows if r.get("pareto")]
+    if front:
+        what = accuracy(front[0])[1]
+        lines += ["", f"Pareto front of img/s against {what} (no other configuration is both faster and more "
+                      f"accurate; chart: speed_vs_accuracy.png):",
+                  *[f"- {r['config']}: {r['img_s']:.1f} img/s, {what} {accuracy(r)[0]:.3f}" for r in front]]
     failed = [r for r in result["rows"] if "error" in r]
     if failed:
         lines += ["", "Failed configurations:", *[f"- {r['config']}: {r['error']}" for r in failed]]
@@ -121,7 +149,47 @@ def _bar_chart(items: list[tuple[str, float, bool]], title: str, path: Path) -> 
     cv2.imwrite(str(path), img)
 
 
+def _scatter_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """img/s (x) against accuracy (y) for every configuration, the Pareto front in red and joined."""
+    import cv2
+
+    pts = [(float(r["img_s"]), float(accuracy(r)[0] or 0.0), r) for r in rows
+           if "error" not in r and accuracy(r)[0] is not None]
+    if not pts:
+        return
+    what = accuracy(pts[0][2])[1]
+    w, h, left, right, top, bottom = 960, 640, 70, 30, 40, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    xmax = max(p[0] for p in pts) * 1.1 or 1.0
+    ys = [p[1] for p in pts]
+    pad = max((max(ys) - min(ys)) * 0.1, 0.005)
+    ylo, yhi = min(ys) - pad, max(ys) + pad
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return (int(left + (w - left - right) * x / xmax),
+                int(h - bottom - (h - top - bottom) * (y - ylo) / (yhi - ylo)))
+
+    black, grey, red = (0, 0, 0), (150, 150, 150), (40, 40, 220)
+    cv2.line(img, (left, h - bottom), (w - right, h - bottom), black, 1)
+    cv2.line(img, (left, top), (left, h - bottom), black, 1)
+    for k in range(6):
+        x, y = xmax * k / 5, ylo + (yhi - ylo) * k / 5
+        cv2.putText(img, f"{x:.0f}", (at(x, ylo)[0] - 10, h - bottom + 18), 0, 0.4, black, 1, cv2.LINE_AA)
+        cv2.putText(img, f"{y:.3f}", (8, at(0, y)[1] + 4), 0, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(img, f"img/s (x) against {what} (y); red: Pareto front", (left, 22), 0, 0.5, black, 1, cv2.LINE_AA)
+    front = sorted((p for p in pts if p[2].get("pareto")), key=lambda p: p[0])
+    for a, b in zip(front, front[1:], strict=False):
+        cv2.line(img, at(a[0], a[1]), at(b[0], b[1]), red, 1, cv2.LINE_AA)
+    for x, y, r in pts:
+        on = bool(r.get("pareto"))
+        cv2.circle(img, at(x, y), 5 if on else 4, red if on else grey, -1, cv2.LINE_AA)
+        if on:
+            cv2.putText(img, r["config"][:40], (at(x, y)[0] + 7, at(x, y)[1] - 6), 0, 0.38, red, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
 def charts(rows: list[dict[str, Any]], out: Path) -> None:
+    _scatter_chart(rows, out / "speed_vs_accuracy.png")
     ok = [r for r in rows if "error" not in r]
     ranked = sorted(ok, key=lambda r: -r["img_s"])
     _bar_chart([(r["config"], r["img_s"], r is rows[0]) for r in ranked],

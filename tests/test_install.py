@@ -1,0 +1,149 @@
+"""An install without PyTorch runs exported models.
+
+* In this environment, with ``torch`` made unimportable: ``yolokit run``, ``info`` and ``val`` work on an ONNX export;
+  a ``.pt`` and ``export`` say in one line to ``pip install 'yolokit[torch]'`` (exit 4).
+* In a fresh virtual environment, ``pip install "yolokit[onnx]"`` (from this checkout, dependencies from the
+  package index): no torch is installed, and ``yolokit run`` on an ONNX export works. The environment is kept in
+  pytest's cache folder (``.pytest_cache``) and reused while ``pyproject.toml`` is unchanged (yolokit itself is
+  reinstalled every time); the test skips, with pip's reason, when the package index cannot be reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # `import torch` now raises ImportError, and find_spec("torch") is None
+sys.modules["torchvision"] = None
+from toolkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+NETWORK_SIGNS = ("Could not find a version", "No matching distribution", "Failed to establish a new connection",
+                 "Temporary failure in name resolution", "Network is unreachable", "Read timed out", "ProxyError",
+                 "Max retries exceeded", "Name or service not known", "SSLError", "ConnectTimeout")
+
+
+def _yolokit_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_labelled(coco128: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("coco8")
+    for sub in ("images", "labels"):
+        (root / sub).mkdir()
+    for img in sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]:
+        shutil.copy(img, root / "images" / img.name)
+        label = coco128 / "labels" / "train2017" / f"{img.stem}.txt"
+        if label.is_file():
+            shutil.copy(label, root / "labels" / label.name)
+    return root
+
+
+def test_run_info_and_val_need_no_torch(exported: dict[str, Path], small_labelled: Path, yolov5n_pt: Path,
+                                         tmp_path: Path) -> None:
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime not installed")
+    onnx = str(exported["onnx"])
+    r = _yolokit_without_torch("run", str(small_labelled / "images"), "--weights", onnx, "--save-txt", "--nosave",
+                               "--project", str(tmp_path), "--name", "r", "--mode", "thread", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "r" / "labels").glob("*.txt"))) >= 5
+    r = _yolokit_without_torch("info", onnx, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["backend"] == "onnx", r.stderr
+    r = _yolokit_without_torch("val", "--weights", onnx, "--data", str(small_labelled), "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["map50_95"] > 0.1, r.stderr
+    for args in (["run", str(small_labelled / "images"), "--weights", str(yolov5n_pt), "--nosave"],
+                 ["export", str(yolov5n_pt), "--to", "onnx", "-o", str(tmp_path / "x.onnx")],
+                 ["info", str(yolov5n_pt)]):
+        r = _yolokit_without_torch(*args, "--project", str(tmp_path), cwd=tmp_path) if args[0] == "run" else \
+            _yolokit_without_torch(*args, cwd=tmp_path)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 4 and len(lines) == 1 and "pip install 'yolokit[torch]'" in lines[0], (args, r.stderr)
+
+
+# ------------------------------------------------------------------------------------------ a fresh environment
+
+
+def _sources(dest: Path) -> Path:
+    """What a wheel is built from, copied (building in the checkout would write build/ and *.egg-info there)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    for pkg in ("toolkit", "backends"):
+        shutil.copytree(REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def _pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=3600)
+
+
+@pytest.fixture(scope="session")
+def onnx_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtual environment with ``pip install "yolokit[onnx]"`` and nothing else; its bin folder."""
+    cache = Path(request.config.cache.mkdir("yolokit_onnx_only"))
+    venv, stamp = cache / "venv", cache / "venv" / ".yolokit-pyproject"
+    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    src = _sources(tmp_path_factory.mktemp("yolokit_src") / "yolokit")
+    python = venv / "bin" / "python"
+    if python.is_file() and stamp.is_file() and stamp.read_text() == want:
+        r = _pip(python, "--no-deps", "--force-reinstall", str(src))  # this checkout's code, same dependencies
+    else:
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
+        r = _pip(python, f"{src}[onnx]")
+    if r.returncode != 0:
+        text = (r.stderr or r.stdout).strip()
+        last = text.splitlines()[-1] if text else f"exit code {r.returncode}"
+        if any(s in text for s in NETWORK_SIGNS):
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.skip(f"pip could not reach the package index to build a fresh environment: {last}")
+        pytest.fail(f"pip install yolokit[onnx] failed: {text[-2000:]}")
+    stamp.write_text(want)
+    return venv / "bin"
+
+
+def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Path, exported: dict[str, Path],
+                                                                    coco128_images: Path, yolov5n_pt: Path,
+                                                                    tmp_path: Path) -> None:
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime not installed here to export the model")
+    python = onnx_only / "python"
+    r = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
+    assert r.returncode != 0 and "No module named 'torch'" in r.stderr
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
+                            check=True).stdout
+    names = {p["name"].lower() for p in json.loads(listed)}
+    assert "torch" not in names and not any(n.startswith("nvidia-") for n in names), sorted(names)
+    assert {"yolokit", "onnxruntime", "numpy", "opencv-python-headless", "pycocotools"} <= names
+    src = tmp_path / "images"
+    src.mkdir()
+    for p in sorted(coco128_images.glob("*.jpg"))[:4]:
+        shutil.copy(p, src / p.name)
+    yolokit = str(onnx_only / "yolokit")
+    r = subprocess.run([yolokit, "run", str(src), "--weights", str(exported["onnx"]), "--save-txt", "--nosave",
+                        "--project", str(tmp_path), "--name", "r"], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "r" / "labels").glob("*.txt"))) >= 3
+    r = subprocess.run([yolokit, "info", str(exported["onnx"])], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "onnx" in r.stdout, r.stderr
+    r = subprocess.run([yolokit, "run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--project",
+                        str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 4 and "pip install 'yolokit[torch]'" in r.stderr, r.stderr
