@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, NMS_MIN_OPSET
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, InputError
 from toolkit.meta import BakedNMS
 
 MIN_OPSET = NMS_MIN_OPSET
@@ -197,7 +197,7 @@ def for_tensorrt(nms: BakedNMS) -> BakedNMS:
     from dataclasses import replace
 
     if nms.max_det > TRT_MAX_K:
-        raise ExportError(f"--max-det {nms.max_det}: a TensorRT engine with NMS inside keeps at most {TRT_MAX_K} "
+        raise InputError(f"--max-det {nms.max_det}: a TensorRT engine with NMS inside keeps at most {TRT_MAX_K} "
                           f"boxes per image (its TopK limit); use --max-det {TRT_MAX_K} or less")
     return replace(nms, max_nms=None)
 

@@ -168,8 +168,10 @@ def test_trt_settings_and_opset_refusals() -> None:
     from backends.onnx_nms import TRT_MAX_K, for_tensorrt
 
     assert for_tensorrt(DEFAULT).max_nms is None and for_tensorrt(DEFAULT).max_det == 1000
-    with pytest.raises(ExportError, match="3840"):
+    with pytest.raises(InputError, match="3840"):
         for_tensorrt(BakedNMS(max_det=TRT_MAX_K + 1))
+    with pytest.raises(InputError, match="3840"):  # refused before any work, where TensorRT is not even installed
+        backends.REGISTRY["trt"].check_export(ExportOptions(half=True, nms=BakedNMS(max_det=5000)))
     with pytest.raises(ExportError, match="opset 13"):
         _nms_model(DEFAULT, opset=12)
 
