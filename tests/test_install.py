@@ -97,7 +97,8 @@ def _pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def onnx_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtual environment with ``pip install "yolokit[onnx]"`` and nothing else; its bin folder."""
-    cache = Path(request.config.cache.mkdir("yolokit_onnx_only"))
+    store = getattr(request.config, "cache", None)  # pytest's cache (absent with -p no:cacheprovider): reused
+    cache = Path(store.mkdir("yolokit_onnx_only")) if store is not None else tmp_path_factory.mktemp("onnx_only")
     venv, stamp = cache / "venv", cache / "venv" / ".yolokit-pyproject"
     want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
     src = _sources(tmp_path_factory.mktemp("yolokit_src") / "yolokit")
