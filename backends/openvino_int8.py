@@ -11,6 +11,7 @@ data has labels; with ``--max-drop``, an INT8 model whose measured drop is large
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -58,10 +59,14 @@ def quantize(model: Any, options: ExportOptions, detect_index: int) -> tuple[Any
     record: dict[str, Any] = dict(data.record)
     log = logging.getLogger("nncf")
     level = log.level
-    log.setLevel(logging.WARNING)  # NNCF logs every skipped quantizer at INFO
+    controlled = data.max_drop is not None and data.max_iterations != 0  # 0: no layer back to float, drop checked
+    # NNCF logs every skipped quantizer at INFO: only the accuracy restorer's steps pass, as one line each on stderr
+    # (its handler writes to stdout, which carries the export report)
+    progress = RestorerProgress()
+    log.setLevel(logging.INFO if controlled else logging.WARNING)
+    log.addFilter(progress)
     try:
         fp32_map = _evaluate(model, data.metric, data, e2e, fp32=True) if data.metric is not None else None
-        controlled = data.max_drop is not None and data.max_iterations != 0  # 0: no layer back to float, drop checked
         if controlled:
             q = _accuracy_controlled(nncf, model, calibration, data, e2e, scope)
         else:
@@ -73,6 +78,7 @@ def quantize(model: Any, options: ExportOptions, detect_index: int) -> tuple[Any
     except Exception as e:
         raise ExportError(f"NNCF INT8 quantization failed: {e}") from e
     finally:
+        log.removeFilter(progress)
         log.setLevel(level)
     mode = "accuracy-controlled (quantize_with_accuracy_control)" if controlled else "post-training"
     record.update({"nncf": nncf.__version__, "mode": mode, "preset": "mixed"})
@@ -91,6 +97,28 @@ def quantize(model: Any, options: ExportOptions, detect_index: int) -> tuple[Any
                                   f"written. Allow a larger --max-drop, calibrate on other or more images "
                                   f"(--calib-images), or export FP16 (--half)")
     return q, notes, record
+
+
+class RestorerProgress(logging.Filter):
+    """A filter for NNCF's logger that drops every record and writes the accuracy restorer's steps (a group of
+    layers returned to float, the drop measured after it, the end) to ``stream`` (stderr), one line each: a
+    ``--max-drop`` export can take many minutes, and NNCF's progress bars do not cover those steps."""
+
+    STEPS = ("Accuracy drop", "Reverted", "Re-calculating ranking", "Algorithm completed",
+             "Maximum number of iteration", "The algorithm could not", "All layers have been checked")
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        text = record.getMessage().split("\n", 1)[0].strip().rstrip(":")
+        if text.startswith(self.STEPS):
+            out = self.stream if self.stream is not None else sys.stderr
+            print(f"INT8 accuracy control: {text}", file=out, flush=True)
+        return False
 
 
 def _accuracy_controlled(nncf: Any, model: Any, calibration: Any, data: Int8Data, e2e: bool, scope: Any) -> Any:

@@ -97,3 +97,34 @@ def test_a_drop_that_cannot_be_met_fails_the_export_and_writes_nothing(yolov5n_p
     print(e.value)
     assert e.value.exit_code == 6 and "more than --max-drop 0" in str(e.value) and "FP32" in str(e.value)
     assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_the_restorer_steps_reach_stderr_one_line_each_and_nothing_else_passes() -> None:
+    """NNCF's logger writes to stdout (the export report's stream): its records are all dropped, and only the
+    accuracy restorer's steps are written, as one line each, to the progress stream."""
+    import io
+    import logging
+
+    from backends.openvino_int8 import RestorerProgress
+
+    out = io.StringIO()
+    progress = RestorerProgress(out)
+
+    def record(msg: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("nncf", level, __file__, 1, msg, None, None)
+
+    assert not progress.filter(record("Reverted 3 operations to the floating-point precision: \n\t/model.2/conv"))
+    assert not progress.filter(record("Accuracy drop with the new quantization scope is 0.004 (DropType.ABSOLUTE)"))
+    assert not progress.filter(record("Skipping quantizer for node /model.24/Mul"))  # dropped, not shown
+    assert progress.filter(record("a real warning", logging.WARNING))  # warnings go through NNCF's own handler
+    lines = out.getvalue().splitlines()
+    assert lines == ["INT8 accuracy control: Reverted 3 operations to the floating-point precision",
+                     "INT8 accuracy control: Accuracy drop with the new quantization scope is 0.004 "
+                     "(DropType.ABSOLUTE)"]
+
+
+def test_max_drop_steps_needs_max_drop(yolov5n_pt: Path, labelled32: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["export", str(yolov5n_pt), "--to", "openvino", "--int8", "--data", str(labelled32),
+                 "--max-drop-steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--max-drop-steps 2: needs --max-drop" in err[0], err

@@ -311,6 +311,11 @@ def export(
                                                         "quantization (NNCF) returns layers to float until mAP50-95 "
                                                         "drops by at most this much (e.g. 0.01); if it cannot, the "
                                                         "export fails (exit 6).")] = None,
+    max_drop_steps: Annotated[int | None, typer.Option(help="With --max-drop: return at most this many groups of "
+                                                             "layers to float (each step re-measures mAP on --data, "
+                                                             "and a step that makes it worse re-ranks the rest: a "
+                                                             "strict --max-drop can take an hour on a small CPU). "
+                                                             "Default: no limit.")] = None,
     nms: Annotated[bool, typer.Option(help="NMS inside the model (end-to-end): outputs num_dets, det_boxes, "
                                            "det_scores, det_classes with --conf, --iou, --max-det and "
                                            "--agnostic-nms baked in (see the README).")] = False,
@@ -375,7 +380,8 @@ def export(
     opts = ExportOptions(imgsz=size, batch=batch, dynamic=dynamic, max_batch=max_batch, half=half, int8=int8,
                          calib_data=data, opset=opset, simplify=simplify, workspace_gb=workspace,
                          device=device or "",  # "": the format's own default device (a GPU for engines)
-                         nms=baked, calib_images=calib_images, fraction=fraction, max_drop=max_drop)
+                         nms=baked, calib_images=calib_images, fraction=fraction, max_drop=max_drop,
+                         max_drop_iterations=max_drop_steps)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report (NNCF prints progress bars)
         report = run_export(weights, to, Path(output) if output else None, opts, parity)
     typer.echo(json.dumps(report.to_dict(), indent=1, default=str) if json_out else format_report(report))

@@ -159,6 +159,9 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
         raise InputError("--int8 needs calibration images: --data FOLDER")
     if options.max_drop is not None and not options.int8:
         raise InputError("--max-drop applies to --int8 exports (accuracy-controlled quantization)")
+    if options.max_drop_iterations is not None and (options.max_drop is None or options.max_drop_iterations < 0):
+        raise InputError(f"--max-drop-steps {options.max_drop_iterations}: needs --max-drop, and must be 0 or more "
+                         f"(0: no layer returned to float, the drop only checked)")
     if options.max_drop is not None and options.max_drop < 0:
         raise InputError(f"--max-drop {options.max_drop}: must be 0 or more (an absolute mAP50-95 drop, e.g. 0.01)")
     if options.nms is not None:
