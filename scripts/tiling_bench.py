@@ -55,7 +55,7 @@ from toolkit.tiling_eval import (  # noqa: E402
 
 DEFAULTS = TileOptions()
 VARIANTS: list[tuple[str, TileOptions]] = [
-    ("yolokit defaults (views merge, overlap 0.2, second look, full frame)", DEFAULTS),
+    ("yolokit defaults (views merge, overlap 0.2, second look at cut and near-threshold boxes, full frame)", DEFAULTS),
     ("yolokit --tile-merge nms", replace(DEFAULTS, merge="nms")),
     ("yolokit --tile-merge nmm", replace(DEFAULTS, merge="nmm")),
     ("yolokit --no-tile-refocus (one pass)", replace(DEFAULTS, refocus=False)),
@@ -66,6 +66,8 @@ VARIANTS: list[tuple[str, TileOptions]] = [
     ("yolokit --overlap 0.3 --tile-scales 1,0.5", replace(DEFAULTS, overlap=0.3, scales=(1.0, 0.5))),
     ("yolokit --overlap 0.3 --tile-scales 1,0.5 --no-tile-refocus (last default grid)",
      replace(DEFAULTS, overlap=0.3, scales=(1.0, 0.5), refocus=False)),
+    ("yolokit --tile-near 0 (second look only at cut objects: the default before)", replace(DEFAULTS, near=0.0)),
+    ("yolokit --tile-near 0.7", replace(DEFAULTS, near=0.7)),
 ]
 SAHI_VARIANTS = [("SAHI 640, overlap 0.2, NMS (IOU 0.5)", "NMS", "IOU"),
                  ("SAHI 640, overlap 0.2, GREEDYNMM (IOS 0.5, its default)", "GREEDYNMM", "IOS")]

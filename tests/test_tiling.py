@@ -18,6 +18,7 @@ from toolkit.tiling import (
     Views,
     cut_sides,
     merge,
+    near_targets,
     pyramid_grid,
     refocus_windows,
     tile_grid,
@@ -75,7 +76,8 @@ def test_pyramid_grid_adds_coarser_levels_and_skips_those_as_big_as_the_image() 
 
 def test_tile_options_refuse_bad_values_with_the_option_named() -> None:
     for kwargs, flag in (({"merge": "wbf"}, "--tile-merge"), ({"scales": (2.0,)}, "--tile-scales"),
-                         ({"overlap": 1.0}, "--overlap"), ({"tile": 16}, "--tile"), ({"batch": 0}, "--tile-batch")):
+                         ({"overlap": 1.0}, "--overlap"), ({"tile": 16}, "--tile"), ({"batch": 0}, "--tile-batch"),
+                         ({"near": 1.0}, "--tile-near"), ({"near": -0.1}, "--tile-near")):
         with pytest.raises(InputError, match=flag):
             TileOptions(**kwargs)  # type: ignore[arg-type]
 
@@ -219,7 +221,7 @@ def test_bad_tile_merge_is_refused_before_any_work(tmp_path: Path, capsys: pytes
 # (docs/benchmarks.md gives the numbers). The full 13400x9528 x 3 seeds measure, against SAHI, is
 # scripts/tiling_bench.py.
 MOSAIC_IMAGES, MOSAIC_CANVAS, MOSAIC_SEEDS = 32, (3900, 5200), (0,)
-MIN_RECALL, MAX_FRAGMENTS = 0.84, 1.6  # measured: recall 0.867, fragments 1.44x the reference's own
+MIN_RECALL, MAX_FRAGMENTS = 0.87, 1.8  # measured: recall 0.895, fragments 1.67x the reference's own (--tile-near 0.5)
 
 
 def test_random_mosaic_keeps_what_the_tiles_found(coco128_images: Path, yolov5n_pt: Path) -> None:
@@ -248,3 +250,36 @@ def test_random_mosaic_keeps_what_the_tiles_found(coco128_images: Path, yolov5n_
         assert s.fragments <= MAX_FRAGMENTS * s.reference_fragments
         assert s.fragments < nms.fragments  # the cut parts that NMS leaves beside their objects are joined or dropped
         assert plain_found < 0.1 * s.found
+
+
+def test_near_targets_are_weak_boxes_no_strong_box_of_their_class_covers() -> None:
+    weak = np.array([[0, 0, 10, 10], [100, 100, 120, 120], [200, 200, 220, 220], [300, 300, 310, 310]], np.float32)
+    conf = np.array([0.2, 0.15, 0.22, 0.1], np.float32)
+    cls = np.array([0, 0, 1, 2])
+    strong = np.array([[0, 0, 12, 12], [200, 200, 220, 220]], np.float32)
+    strong_cls = np.array([0, 0])  # the first covers weak box 0 (same class); the second is of another class
+    got = near_targets(weak, conf, cls, strong, strong_cls)
+    np.testing.assert_array_equal(got, [[200, 200, 220, 220], [100, 100, 120, 120], [300, 300, 310, 310]])
+    assert near_targets(weak[:0], conf[:0], cls[:0], strong, strong_cls).shape == (0, 4)
+
+
+def test_the_near_threshold_look_changes_no_grid_box_and_only_adds_windows(coco128_images: Path,
+                                                                           yolov5n_pt: Path) -> None:
+    """Running the grid's NMS at a lower confidence leaves every box above the threshold as it was (NMS only lets
+    a higher score suppress); the weak boxes only add second-look windows, and nothing under --conf is kept."""
+    from toolkit.engine.tiled import collect_views
+
+    files = sorted(coco128_images.glob("*.jpg"))[:12]
+    images = [cv2.imread(str(f)) for f in files]
+    canvas, _ = mosaic(images, (3000, 4000), 3)
+    det = Detector(yolov5n_pt)
+    plain = collect_views(det, canvas, TileOptions(refocus=False, full_frame=False))
+    base = collect_views(det, canvas, TileOptions(near=0.0))
+    near = collect_views(det, canvas, TileOptions(near=0.5))
+    grid = len(plain.rects)
+    for v in (base, near):
+        first = v.tile < grid
+        np.testing.assert_array_equal(v.xyxy[first], plain.xyxy)
+        np.testing.assert_array_equal(v.conf[first], plain.conf)
+    assert near.calls > base.calls  # windows at the weak boxes
+    assert (near.conf > det.nms.conf).all()

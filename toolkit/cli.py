@@ -147,6 +147,10 @@ def run(
     tile_refocus: Annotated[bool, typer.Option("--tile-refocus/--no-tile-refocus",
                                                help="With --tile: a second look, one window centred on each object "
                                                     "that every tile cut, so it is seen whole.")] = True,
+    tile_near: Annotated[float, typer.Option(help="With --tile and the second look: also look again, centred, at "
+                                                  "boxes the tiles found from this fraction of --conf up to it "
+                                                  "(e.g. 0.5); only boxes above --conf are kept. 0: off. More "
+                                                  "model calls (see the README).")] = 0.5,
     fast_decode: Annotated[bool, typer.Option(help="Decode JPEGs at least twice the model input at reduced size "
                                                    "(with --nosave). Faster on large photos, but the model sees "
                                                    "other pixels, so detections differ from YOLOv5's detect.py; "
@@ -208,7 +212,7 @@ def run(
                       max_file_size=_parse_amount(max_file_size, "--max-file-size", 1024),
                       max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
-                      tile_merge=tile_merge, tile_refocus=tile_refocus,
+                      tile_merge=tile_merge, tile_refocus=tile_refocus, tile_near=tile_near,
                       engine=engine, address=address, gpus_per_worker=gpus_per_worker,
                       cpus_per_worker=cpus_per_worker, augment=augment, vid_stride=vid_stride,
                       stream_timeout=stream_timeout, save_csv=save_csv, save_crop=save_crop,

@@ -41,7 +41,9 @@ class TileOptions:
     ``merge``: ``views``, ``nms`` or ``nmm`` (see the module); ``match``: the merge's overlap threshold (``views``:
     IoU of two views clipped to each other's tile; ``nmm``: intersection over the smaller box); ``scales``: grid
     levels (at 0.5, tiles of twice the side, shrunk by half); ``refocus``: a second look, centred, at objects cut by
-    every tile."""
+    every tile; ``near`` (with ``refocus``, 0: off): also at boxes the grid found just under the confidence
+    threshold, from ``near`` x conf up (the grid's NMS runs at that lower threshold, which leaves every box above
+    the threshold as it was; only the second look's own boxes above the threshold are kept)."""
 
     tile: int = 640
     overlap: float = 0.2
@@ -52,6 +54,7 @@ class TileOptions:
     scales: tuple[float, ...] = (1.0,)
     refocus: bool = True
     border: float = 8.0  # a box edge this close (model-input pixels) to an inner tile border counts as cut there
+    near: float = 0.5  # measured: recall 0.892 -> 0.914 for 16 % more calls (README, docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if self.tile < 32:
@@ -64,6 +67,8 @@ class TileOptions:
             raise InputError(f"--tile-merge must be one of {', '.join(MERGES)}, got {self.merge!r}")
         if not 0 < self.match <= 1:
             raise InputError(f"the tile merge threshold must be in (0, 1], got {self.match}")
+        if not 0 <= self.near < 1:
+            raise InputError(f"--tile-near must be in [0, 1) (a fraction of --conf; 0: off), got {self.near}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
             raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {self.scales}")
 
@@ -426,6 +431,25 @@ def merge(v: Views, opts: TileOptions, iou: float, max_det: int) -> tuple[np.nda
     order = np.argsort(-conf, kind="stable")[:max_det]
     return (np.asarray(xyxy, np.float32)[order], np.asarray(conf, np.float32)[order],
             np.asarray(cls, np.int64)[order])
+
+
+def near_targets(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, strong_xyxy: np.ndarray,
+                 strong_cls: np.ndarray, cover: float = 0.5) -> np.ndarray:
+    """Boxes found under the threshold that no box above it (same class) covers by ``cover`` of the weak box's
+    area, most confident first: where a second look, centred, may see an object the grid scored too low."""
+    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    keep = np.ones(len(xyxy), bool)
+    s = np.asarray(strong_xyxy, np.float64).reshape(-1, 4)
+    if len(xyxy) and len(s):
+        ix = np.clip(np.minimum(xyxy[:, None, 2], s[None, :, 2]) - np.maximum(xyxy[:, None, 0], s[None, :, 0]), 0,
+                     None)
+        iy = np.clip(np.minimum(xyxy[:, None, 3], s[None, :, 3]) - np.maximum(xyxy[:, None, 1], s[None, :, 1]), 0,
+                     None)
+        area = np.maximum((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), 1e-9)
+        same = np.asarray(cls)[:, None] == np.asarray(strong_cls)[None, :]
+        keep = ~((ix * iy / area[:, None] >= cover) & same).any(1)
+    idx = np.where(keep)[0]
+    return xyxy[idx[np.argsort(-np.asarray(conf)[idx], kind="stable")]]
 
 
 def refocus_targets(v: Views, match: float, border: float) -> np.ndarray:

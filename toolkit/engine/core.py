@@ -257,13 +257,14 @@ class BatchRoutine:
             return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
         return self.runner.infer(batch)
 
-    def detect(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect(self, pred: np.ndarray, nms: NMSOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image's model output -> ``(xyxy, conf, cls)`` in letterboxed-input pixels: YOLOv5's NMS over raw
         predictions, or, for a model with NMS inside (``meta.nms``), its final detections with what was asked
         applied on top (:func:`toolkit.ops.final_detections`); they are never post-processed again."""
+        nms = nms or self.nms
         if self.meta.nms is not None:
-            return final_detections(pred, self.nms)
-        return postprocess(pred, self.nms)
+            return final_detections(pred, nms)
+        return postprocess(pred, nms)
 
     def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
         xyxy, conf, cls = self.detect(pred)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -13,17 +14,27 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
 from toolkit.errors import first_line
 from toolkit.io.sources import InputRef
-from toolkit.ops import LetterboxInfo, letterbox, scale_boxes, to_chw_rgb
-from toolkit.tiling import Tile, TileOptions, Views, merge, pyramid_grid, refocus_targets, refocus_windows
+from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, scale_boxes, to_chw_rgb
+from toolkit.tiling import (
+    Tile,
+    TileOptions,
+    Views,
+    merge,
+    near_targets,
+    pyramid_grid,
+    refocus_targets,
+    refocus_windows,
+)
 
 Found = tuple[Tile, float, np.ndarray, np.ndarray, np.ndarray]
 
 
 def run_tiles(routine: BatchRoutine, image: np.ndarray, tiles: list[Tile], batch: int,
-              pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> list[Found]:
+              pool: ThreadPoolExecutor | None = None, in_flight: int = 4, nms: NMSOptions | None = None) -> list[Found]:
     """The boxes each tile of ``image`` holds, in image coordinates, in tile order: ``(rect, ratio, xyxy, conf,
     cls)``. Tiles are letterboxed (never upscaled) only when their batch runs, so memory stays at a few batches;
-    batches run in ``pool`` threads when given, at most ``in_flight`` at once."""
+    batches run in ``pool`` threads when given, at most ``in_flight`` at once. ``nms``: other NMS settings than the
+    routine's (a lower confidence threshold, for the near-threshold second look)."""
     stride = routine.meta.stride
     times = routine.times
 
@@ -40,7 +51,7 @@ def run_tiles(routine: BatchRoutine, image: np.ndarray, tiles: list[Tile], batch
             preds = routine.infer(np.stack([g[1] for g in group]))
             t2 = time.perf_counter()
             for (k, _, info), pred in zip(group, preds, strict=True):
-                xyxy, conf, cls = routine.detect(pred)
+                xyxy, conf, cls = routine.detect(pred, nms)
                 x0, y0 = chunk[k][:2]
                 xyxy = scale_boxes(xyxy, info) + np.array([x0, y0, x0, y0], np.float32)
                 out[k] = (chunk[k], float(info.ratio), xyxy, conf, cls)
@@ -64,14 +75,28 @@ def collect_views(routine: BatchRoutine, image: np.ndarray, tile: TileOptions, p
     h, w = image.shape[:2]
     grid = pyramid_grid(h, w, tile)
     views = Views((h, w))
-    views.add(run_tiles(routine, image, grid, tile.batch, pool, in_flight))
+    thr = routine.nms.conf
+    near = tile.near > 0 and tile.refocus and len(grid) > 1
+    found = run_tiles(routine, image, grid, tile.batch, pool, in_flight,
+                      replace(routine.nms, conf=thr * tile.near) if near else None)
+    weak: list[np.ndarray] = []
+    if near:  # the boxes under the threshold are only targets for the second look
+        weak = [np.concatenate([f[2][f[3] <= thr].reshape(-1, 4) for f in found] or [np.zeros((0, 4))]),
+                np.concatenate([f[3][f[3] <= thr] for f in found] or [np.zeros(0)]),
+                np.concatenate([f[4][f[3] <= thr] for f in found] or [np.zeros(0)])]
+        found = [(r, q, xyxy[c > thr], c[c > thr], k[c > thr]) for r, q, xyxy, c, k in found]  # as NMS keeps
+    views.add(found)
     if tile.full_frame and len(grid) > 1:
         chw, info = routine.preprocess(image)
         d = routine.postprocess(routine.infer(chw[None])[0], info)
         views.add([((0, 0, w, h), float(info.ratio), d.xyxy, d.confidence, d.class_id)])
     if tile.refocus and len(grid) > 1:
         t0 = time.perf_counter()
-        windows = refocus_windows(refocus_targets(views, tile.match, tile.border), (h, w), tile.tile)
+        targets = refocus_targets(views, tile.match, tile.border)
+        if near:
+            targets = np.concatenate([targets.reshape(-1, 4),
+                                      near_targets(weak[0], weak[1], weak[2], views.xyxy, views.cls)])
+        windows = refocus_windows(targets, (h, w), tile.tile)
         routine.times.add("post", time.perf_counter() - t0)
         views.add(run_tiles(routine, image, windows, tile.batch, pool, in_flight))
     return views

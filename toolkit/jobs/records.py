@@ -72,6 +72,7 @@ class RunOptions:
     full_frame: bool = True
     tile_merge: str = "views"  # views | nms | nmm (toolkit.tiling)
     tile_refocus: bool = True  # a second look, centred, at objects that every tile cut
+    tile_near: float = 0.5  # ... and at boxes from this fraction of conf up to it (0: off)
     round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
     engine: str = "local"  # local | ray
     address: str | None = None  # --engine ray: a running cluster (auto, HOST:PORT); None starts a local one

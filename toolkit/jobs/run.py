@@ -160,7 +160,7 @@ class LocalEngine:
 
 def _tile_options(o: RunOptions) -> TileOptions:
     return TileOptions(o.tile, o.overlap, o.tile_batch, o.full_frame, merge=o.tile_merge,
-                       scales=tuple(o.tile_scales), refocus=o.tile_refocus)
+                       scales=tuple(o.tile_scales), refocus=o.tile_refocus, near=o.tile_near)
 
 
 def _check(opts: RunOptions) -> None:
@@ -184,7 +184,8 @@ def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
                             "save_csv": opts.save_csv, "save_crop": opts.save_crop}
     if opts.tile:
         info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales), tile_merge=opts.tile_merge,
-                    tile_refocus=opts.tile_refocus, full_frame=opts.full_frame)
+                    tile_refocus=opts.tile_refocus, tile_near=opts.tile_near,
+                    full_frame=opts.full_frame)
     return info
 
 
