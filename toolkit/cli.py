@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,14 +18,9 @@ import typer
 
 from toolkit.errors import InputError, YolokitError
 
-app = typer.Typer(
-    name="yolokit",
-    help="Run YOLOv5 over many images: detect, validate, export, benchmark.\n\n"
-         "Quick start: `yolokit run` (sample photos, yolov5n) or `yolokit run photos/ --save-txt`.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = typer.Typer(name="yolokit", help="Run YOLOv5 over many images: detect, validate, export, benchmark.\n\n"
+                  "Quick start: `yolokit run` (sample photos, yolov5n) or `yolokit run photos/ --save-txt`.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 weights_app = typer.Typer(help="List, download and verify official YOLOv5 checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
@@ -34,10 +30,8 @@ def _err(msg: str) -> None:
 
 
 def _parse_classes(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
     try:
-        return tuple(int(c) for c in text.replace(" ", "").split(",") if c)
+        return tuple(int(c) for c in text.replace(" ", "").split(",") if c) if text else None
     except ValueError:
         raise InputError(f"--classes takes class ids like 0,2,5, got {text!r}") from None
 
@@ -57,12 +51,11 @@ def _parse_amount(text: str, option: str, base: int) -> int:
 
 
 def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
+    with contextlib.suppress(ValueError):
         scales = tuple(float(c) for c in text.replace(" ", "").split(",") if c)
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < s <= 1 for s in scales):
-        raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {text!r}")
+        if scales and all(0 < s <= 1 for s in scales):
+            return scales
+    raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {text!r}")
     return scales
 
 
@@ -70,8 +63,7 @@ class _Progress:
     """A progress bar on stderr when it is a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.label = label
+        self.enabled, self.label = enabled and sys.stderr.isatty(), label
         self._bar: Any = None
         self._task: Any = None
 
@@ -147,10 +139,9 @@ def run(
     tile_refocus: Annotated[bool, typer.Option("--tile-refocus/--no-tile-refocus",
                                                help="With --tile: a second look, one window centred on each object "
                                                     "that every tile cut, so it is seen whole.")] = True,
-    tile_near: Annotated[float, typer.Option(help="With --tile and the second look: also look again, centred, at "
-                                                  "boxes the tiles found from this fraction of --conf up to it "
-                                                  "(e.g. 0.5); only boxes above --conf are kept. 0: off. More "
-                                                  "model calls (see the README).")] = 0.5,
+    tile_near: Annotated[float, typer.Option(help="With --tile-refocus: also look again, centred, at boxes the tiles "
+                                                  "found from this fraction of --conf up to it; only boxes above "
+                                                  "--conf are kept. 0: off.")] = 0.5,
     fast_decode: Annotated[bool, typer.Option(help="Decode JPEGs at least twice the model input at reduced size "
                                                    "(with --nosave). Faster on large photos, but the model sees "
                                                    "other pixels, so detections differ from YOLOv5's detect.py; "
@@ -315,11 +306,9 @@ def export(
                                                         "quantization (NNCF) returns layers to float until mAP50-95 "
                                                         "drops by at most this much (e.g. 0.01); if it cannot, the "
                                                         "export fails (exit 6).")] = None,
-    max_drop_steps: Annotated[int | None, typer.Option(help="With --max-drop: return at most this many groups of "
-                                                             "layers to float (each step re-measures mAP on --data, "
-                                                             "and a step that makes it worse re-ranks the rest: a "
-                                                             "strict --max-drop can take an hour on a small CPU). "
-                                                             "Default: no limit.")] = None,
+    max_drop_steps: Annotated[int | None, typer.Option(help="With --max-drop: at most this many groups of layers "
+                                                             "back to float (each step re-measures mAP; a strict "
+                                                             "--max-drop can take an hour on a small CPU).")] = None,
     nms: Annotated[bool, typer.Option(help="NMS inside the model (end-to-end): outputs num_dets, det_boxes, "
                                            "det_scores, det_classes with --conf, --iou, --max-det and "
                                            "--agnostic-nms baked in (see the README).")] = False,
@@ -496,14 +485,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``yolokit`` command (and ``python -m toolkit.cli``): :func:`main`, then exit with its code. After an
-    interrupted run (130) the summary and every output are already written and the workers stopped; the process
-    ends at once, so a Ctrl-C that arrives again while the interpreter shuts down cannot turn the exit code into a
-    death by SIGINT (seen once in a full test run as -2 instead of 130)."""
+    """``yolokit`` and ``python -m toolkit.cli``. After an interrupt (130: summary and outputs written, workers
+    stopped) the process ends at once: the interpreter's shutdown cannot turn 130 into a death by SIGINT."""
     rc = main()
     if rc == 130:
-        import os
-
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed pipe must not change the exit code
                 stream.flush()
