@@ -33,6 +33,7 @@ the contract tests pick it up.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,3 +272,17 @@ def suffixed(path: Path, suffixes: tuple[str, ...]) -> Path:
     """``path`` with ``suffixes[0]`` added when it has none of ``suffixes`` (``-o mymodel`` -> ``mymodel.onnx``)."""
     path = Path(path)
     return path if path.suffix.lower() in suffixes else path.with_name(path.name + suffixes[0])
+
+
+def cache_dir(options: dict[str, Any], env: str, name: str) -> Path | None:
+    """A runtime's cache folder: ``options["cache_dir"]``, else ``$env`` (``off``, ``0``, ``none``, ``false`` or
+    empty disable it), else ``~/.cache/yolokit/<name>``; created if needed, None when off or not writable."""
+    given = options.get("cache_dir", os.environ.get(env))
+    if given is not None and str(given).strip().lower() in ("", "off", "0", "none", "false"):
+        return None
+    path = Path(str(given)).expanduser() if given is not None else Path.home() / ".cache" / "yolokit" / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None

@@ -12,7 +12,6 @@ path runs, and is tested, with CPU tensors.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from backends.base import (
     ExportOptions,
     LoadOptions,
     PlanningHints,
+    cache_dir,
     no_export_precision,
     pack_detections,
     suffixed,
@@ -185,15 +185,7 @@ def ort_cache_dir(options: dict[str, Any]) -> Path | None:
     """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache: ``options["cache_dir"]``, else
     ``$YOLOKIT_ORT_CACHE`` (``off`` disables it), else ``~/.cache/yolokit/onnxruntime``; created if needed, None when
     off or not writable. Without it every process rebuilds its TensorRT engines, for minutes."""
-    given = options.get("cache_dir", os.environ.get(ENV_CACHE))
-    if given is not None and str(given).strip().lower() in ("", "off", "0", "none", "false"):
-        return None
-    path = Path(str(given)).expanduser() if given is not None else Path.home() / ".cache" / "yolokit" / "onnxruntime"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return path if os.access(path, os.W_OK | os.X_OK) else None
+    return cache_dir(options, ENV_CACHE, "onnxruntime")
 
 
 def trt_profile_options(meta: ModelMeta, imgsz: tuple[int, int] | None, batch: int = GPU_BATCH,

@@ -37,6 +37,7 @@ from backends.base import (
     ExportOptions,
     LoadOptions,
     PlanningHints,
+    cache_dir,
     no_export_precision,
     pack_detections,
 )
@@ -210,15 +211,7 @@ def describe(path: Path) -> dict[str, Any]:
 def compile_cache_dir(options: dict[str, Any]) -> Path | None:
     """The folder for OpenVINO's compiled-model cache (see the module docstring), created if needed; None when
     caching is off or the folder cannot be written."""
-    given = options.get("cache_dir", os.environ.get(ENV_CACHE))
-    if given is not None and str(given).strip().lower() in ("", "off", "0", "none", "false"):
-        return None
-    path = Path(str(given)).expanduser() if given is not None else Path.home() / ".cache" / "yolokit" / "openvino"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return path if os.access(path, os.W_OK | os.X_OK) else None
+    return cache_dir(options, ENV_CACHE, "openvino")
 
 
 class OpenVinoRunner(BaseRunner):
