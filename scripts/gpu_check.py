@@ -124,9 +124,10 @@ def compare(ref: dict[str, Any], got: dict[str, Any], min_iou: float, conf_tol: 
 
 
 def unit_checks(paths: list[Path], weights: str, device: str) -> dict[str, Any]:
-    """The device letterbox against OpenCV's, and the batched NMS against NumPy's on real model outputs."""
-    from toolkit.engine.batched_nms import postprocess_batch_torch
-    from toolkit.engine.cuda import letterbox_torch
+    """The device letterbox against OpenCV's, and the batched NMS against NumPy's on real model outputs (read back as
+    the GPU pipeline reads them: one copy per batch, flagged images answered by the exact fallback)."""
+    from toolkit.engine.gpu.letterbox import letterbox_torch
+    from toolkit.engine.gpu.nms import BatchedNMS
     from toolkit.model.load import load_model
     from toolkit.ops import NMSOptions, letterbox, postprocess
 
@@ -150,12 +151,15 @@ def unit_checks(paths: list[Path], weights: str, device: str) -> dict[str, Any]:
                           for p in paths[:8]])
         with torch.inference_mode():
             preds = model(torch.from_numpy(np.ascontiguousarray(batch)).to(dev).float() / 255)
-        got = postprocess_batch_torch(preds, opts)
-        for pred, (bx, cf, cl) in zip(preds.cpu().numpy(), got, strict=True):
+        nms = BatchedNMS(opts)
+        cand, out, info = nms(preds)
+        out_h, info_h = out.cpu().numpy(), info.cpu().numpy()
+        for i, pred in enumerate(preds.cpu().numpy()):
+            rows = nms.rows(cand, out_h, info_h, i)
             rb, rc, rk = postprocess(pred, opts)
             total += 1
-            same += bool(np.array_equal(bx.cpu().numpy(), rb) and np.array_equal(cf.cpu().numpy(), rc)
-                         and np.array_equal(cl.cpu().numpy(), rk))
+            same += bool(np.array_equal(rows[:, :4], rb) and np.array_equal(rows[:, 4], rc)
+                         and np.array_equal(rows[:, 5].astype(np.int64), rk))
     worst = [round(max(d[0] for d in diffs), 4), round(max(d[1] for d in diffs), 3)]
     return {"letterbox_416_grey_levels_mean_max": worst,
             "letterbox_1080p_to_640_exact": bool(exact_1080),
