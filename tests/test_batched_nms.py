@@ -1,4 +1,4 @@
-"""The batched fixed-K NMS (toolkit.engine.batched_nms) gives exactly toolkit.ops.postprocess's detections, on the
+"""The batched fixed-K NMS (toolkit.engine.gpu.nms) gives exactly toolkit.ops.postprocess's detections, on the
 CPU device: random predictions, a real model's outputs, every NMS option, and the paths where the fixed K overflows
 or the fixed-point iteration has not settled (answered exactly by the sequential fallback)."""
 
@@ -10,13 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.engine.batched_nms import (
-    BatchedNMS,
-    candidates,
-    exact_rows,
-    postprocess_batch_torch,
-    select,
-)
+from toolkit.engine.gpu.nms import BatchedNMS, candidates, exact_rows, select
 from toolkit.errors import InputError
 from toolkit.model.yolov5 import build_model
 from toolkit.ops import NMSOptions, letterbox, postprocess
@@ -158,17 +152,12 @@ def test_ties_keep_numpys_order() -> None:
     _assert_exact(rows[0], postprocess(pred[0], opts))
 
 
-def test_postprocess_batch_torch_and_refusals(model_outputs: np.ndarray) -> None:
+def test_whole_batches_and_refusals(model_outputs: np.ndarray) -> None:
     opts = NMSOptions(conf=0.01)
-    for (bx, cf, cl), p in zip(postprocess_batch_torch(torch.from_numpy(model_outputs), opts), model_outputs,
-                               strict=True):
-        ref = postprocess(p, opts)
-        np.testing.assert_array_equal(bx.numpy(), ref[0])
-        np.testing.assert_array_equal(cf.numpy(), ref[1])
-        np.testing.assert_array_equal(cl.numpy(), ref[2])
-        assert cl.dtype == torch.long
-    empty = postprocess_batch_torch(torch.zeros(2, 50, 7), opts)
-    assert [len(e[0]) for e in empty] == [0, 0]
+    for r, p in zip(_host_rows(BatchedNMS(opts), model_outputs), model_outputs, strict=True):
+        _assert_exact(r, postprocess(p, opts))
+    empty = _host_rows(BatchedNMS(opts), np.zeros((2, 50, 7), np.float32))
+    assert [r.shape for r in empty] == [(0, 6), (0, 6)]
     with pytest.raises(InputError):
         candidates(torch.zeros(10, 7), opts)
     with pytest.raises(InputError):

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from toolkit import Detector
-from toolkit.engine.cuda import letterbox_torch
-from toolkit.engine.devmem import DeviceContext, DeviceRing, PinnedRing, cuda_settings
 from toolkit.engine.gpu import background
+from toolkit.engine.gpu.letterbox import letterbox_torch
+from toolkit.engine.gpu.memory import DeviceContext, DeviceRing, PinnedRing, cuda_settings
 from toolkit.engine.plan import Plan
 from toolkit.errors import InputError
 from toolkit.ops import box_iou, letterbox

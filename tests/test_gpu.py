@@ -1,5 +1,5 @@
-"""toolkit.engine.cuda on the CPU device: letterbox vs cv2, NMS/postprocess vs numpy, batch and buffer arithmetic, and
-the CUDA graph runner's refusal. The tests marked ``needs a CUDA GPU`` skip without one."""
+"""toolkit.engine.gpu's device letterbox and sequential NMS on the CPU device (letterbox vs cv2, NMS vs numpy), and
+the batched NMS on a model's outputs. The tests marked ``needs a CUDA GPU`` skip without one."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.engine.batched_nms import postprocess_batch_torch
-from toolkit.engine.cuda import (
-    CudaGraphRunner,
-    anchor_outputs,
-    buffer_plan,
-    letterbox_torch,
-    nms_torch,
-    pad_normalise,
-    plan_batches,
-    postprocess_torch,
-    scale_boxes_torch,
-)
-from toolkit.errors import BackendUnavailableError, InputError
+from toolkit.engine.gpu.letterbox import letterbox_torch, pad_normalise
+from toolkit.engine.gpu.nms import BatchedNMS, nms_torch
+from toolkit.errors import InputError
 from toolkit.model.yolov5 import build_model
 from toolkit.ops import (
     NMSOptions,
@@ -30,7 +20,6 @@ from toolkit.ops import (
     letterbox_resize,
     nms,
     postprocess,
-    scale_boxes,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -132,32 +121,6 @@ def test_nms_ties_and_duplicates() -> None:
     np.testing.assert_array_equal(nms_torch(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy(), ref)
 
 
-def _random_pred(n: int, nc: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 640, (n, 2))
-    wh = rng.uniform(4, 200, (n, 2))
-    obj = rng.uniform(0, 1, (n, 1))
-    cls = rng.uniform(0, 1, (n, nc))
-    return np.concatenate([xy, wh, obj, cls], 1).astype(np.float32)
-
-
-def _assert_same(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 ref: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    for a, b in zip(out, ref, strict=True):
-        assert a.shape == b.shape
-        np.testing.assert_array_equal(a.numpy(), b)
-
-
-@pytest.mark.parametrize("opts", [NMSOptions(), NMSOptions(conf=0.05, iou=0.6, max_det=300),
-                                  NMSOptions(conf=0.1, multi_label=True), NMSOptions(conf=0.2, agnostic=True),
-                                  NMSOptions(conf=0.1, classes=(0, 3, 5)), NMSOptions(conf=0.01, max_nms=500),
-                                  NMSOptions(conf=0.99)])
-def test_postprocess_matches_numpy_random(opts: NMSOptions) -> None:
-    for seed in range(3):
-        pred = _random_pred(3000, 8, seed)
-        _assert_same(postprocess_torch(torch.from_numpy(pred), opts), postprocess(pred, opts))
-
-
 @pytest.fixture(scope="module")
 def model_outputs() -> np.ndarray:
     model = build_model("yolov5n").eval()
@@ -175,98 +138,32 @@ def model_outputs() -> np.ndarray:
         return model(torch.from_numpy(imgs)).numpy()
 
 
+def _batched_rows(preds: np.ndarray, opts: NMSOptions) -> list[np.ndarray]:
+    """The pipeline's batched NMS over one batch: each image's rows ``(n, 6)`` as the host reads them."""
+    batched = BatchedNMS(opts)
+    cand, out, info = batched(torch.from_numpy(preds))
+    return [batched.rows(cand, out.numpy(), info.numpy(), i) for i in range(len(preds))]
+
+
 @pytest.mark.parametrize("opts", [NMSOptions(conf=0.001, iou=0.6, max_det=300), NMSOptions(conf=0.01),
                                   NMSOptions(conf=0.001, multi_label=True, max_det=300)])
-def test_postprocess_matches_numpy_model(model_outputs: np.ndarray, opts: NMSOptions) -> None:
-    outs = postprocess_batch_torch(torch.from_numpy(model_outputs), opts)
+def test_batched_nms_matches_numpy_model(model_outputs: np.ndarray, opts: NMSOptions) -> None:
+    outs = _batched_rows(model_outputs, opts)
     assert len(outs) == len(model_outputs)
     total = 0
-    for out, pred in zip(outs, model_outputs, strict=True):
-        ref = postprocess(pred, opts)
-        _assert_same(out, ref)
-        total += len(ref[0])
+    for rows, pred in zip(outs, model_outputs, strict=True):
+        xyxy, conf, cls = postprocess(pred, opts)
+        assert rows.shape == (len(xyxy), 6)
+        np.testing.assert_array_equal(rows[:, :4], xyxy)
+        np.testing.assert_array_equal(rows[:, 4], conf)
+        np.testing.assert_array_equal(rows[:, 5].astype(np.int64), cls)
+        total += len(xyxy)
     assert total > 0  # the comparison was not vacuous
 
 
-def test_postprocess_batch_empty_and_scale() -> None:
-    preds = torch.zeros(2, 100, 7)
-    outs = postprocess_batch_torch(preds, NMSOptions())
-    assert [len(o[0]) for o in outs] == [0, 0] and outs[0][2].dtype == torch.long
-    img = _image(1080, 1920)
-    _, info = letterbox(img, 640)
-    boxes = np.array([[10, 20, 300, 200], [-5, 0, 700, 400]], np.float32)
-    np.testing.assert_allclose(scale_boxes_torch(torch.from_numpy(boxes), info).numpy(),
-                               scale_boxes(boxes, info), rtol=0, atol=1e-4)
-
-
-# ------------------------------------------------------------------------------------------ batches/buffers
-def test_plan_batches() -> None:
-    assert plan_batches(0, 8) == []
-    assert plan_batches(16, 8) == [8, 8]
-    assert plan_batches(19, 8) == [8, 8, 3]
-    assert plan_batches(19, 8, static_batch=True) == [8, 8, 8]
-    assert plan_batches(5, 1, static_batch=True) == [1] * 5
-    assert sum(plan_batches(1001, 16)) == 1001
-    with pytest.raises(InputError):
-        plan_batches(3, 0)
-
-
-def test_buffer_plan() -> None:
-    assert anchor_outputs((640, 640)) == 25200
-    assert anchor_outputs((384, 640)) == 3 * (48 * 80 + 24 * 40 + 12 * 20) == 15120
-    assert anchor_outputs((640, 640), (8, 16, 32, 64)) == 25200 + 3 * 100
-    p = buffer_plan(16, (384, 640), nc=80)
-    assert p.n_outputs == 15120 and p.dtype == torch.float16
-    assert p.host_input_bytes == p.device_input_u8_bytes == 16 * 3 * 384 * 640
-    assert p.device_input_bytes == 2 * 16 * 3 * 384 * 640
-    assert p.device_output_bytes == 16 * 15120 * 85 * 2
-    assert p.device_bytes == p.device_input_u8_bytes + p.device_input_bytes + p.device_output_bytes
-    q = buffer_plan(1, (640, 640), nc=3, n_outputs=100, dtype=torch.float32)
-    assert q.device_output_bytes == 100 * 8 * 4 and q.device_input_bytes == 3 * 640 * 640 * 4
-
-
-# ------------------------------------------------------------------------------------------------- runner
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
-def test_cuda_graph_runner_refuses_without_cuda() -> None:
-    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
-        CudaGraphRunner(build_model("yolov5n"), batch=2, imgsz=(320, 320))
-
-
-def _match_share(a: np.ndarray, ac: np.ndarray, b: np.ndarray, bc: np.ndarray, thr: float = 0.95) -> float:
-    """Share of ``b``'s boxes with a same-class box of ``a`` at IoU >= thr."""
-    if len(b) == 0:
-        return 1.0 if len(a) == 0 else 0.0
-    iou = box_iou(b, a) * (bc[:, None] == ac[None, :]) if len(a) else np.zeros((len(b), 0))
-    return float((iou.max(1, initial=0) >= thr).mean())
-
-
-@cuda
-def test_cuda_graph_runner_matches_cpu_fp32(yolov5n_pt, coco128_images) -> None:  # type: ignore[no-untyped-def]
-    import cv2
-
-    from toolkit.model.load import load_model
-
-    imgsz = (384, 640)
-    paths = sorted(coco128_images.glob("*.jpg"))[:16]
-    imgs = [cv2.imread(str(p)) for p in paths]
-    batch = np.stack([letterbox(im, imgsz, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
-                      for im in imgs if im is not None])
-    batch = np.ascontiguousarray(batch)
-    cpu_model = load_model(yolov5n_pt).model.float().eval()
-    with torch.inference_mode():
-        ref = cpu_model(torch.from_numpy(batch).float() / 255).numpy()
-    runner = CudaGraphRunner(load_model(yolov5n_pt).model, batch=8, imgsz=imgsz)
-    got = np.concatenate([runner.infer(batch[i:i + 8]) for i in range(0, 16, 8)] + [runner.infer(batch[:3])])
-    opts = NMSOptions()
-    matched, total = 0.0, 0
-    for i in range(16):
-        r = postprocess(ref[i], opts)
-        g = postprocess_batch_torch(torch.from_numpy(got[i:i + 1]).cuda(), opts)[0]
-        gb, gc = g[0].cpu().numpy(), g[2].cpu().numpy()
-        matched += _match_share(gb, gc, r[0], r[2]) * len(r[0])
-        total += len(r[0])
-    assert total > 0 and matched / total >= 0.98
-    np.testing.assert_allclose(got[16:], got[:3], rtol=0, atol=1e-3)  # partial batch == same images in full
+def test_batched_nms_empty() -> None:
+    outs = _batched_rows(np.zeros((2, 100, 7), np.float32), NMSOptions())
+    assert [r.shape for r in outs] == [(0, 6), (0, 6)]
 
 
 @cuda
@@ -279,22 +176,6 @@ def test_gpu_letterbox_and_nms_match_cpu_on_cuda() -> None:
     boxes, scores = _random_boxes(3000, 7)
     keep = nms_torch(torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda(), 0.45)
     np.testing.assert_array_equal(keep.cpu().numpy(), nms(boxes, scores, 0.45))
-
-
-@cuda
-def test_cuda_graph_runner_keeps_batches_apart_when_called_ahead(yolov5n_pt) -> None:  # type: ignore[no-untyped-def]
-    """Back-to-back calls without waiting: each batch's output is its own (the copy stream waits for the event after
-    the previous batch was read, the host for the previous copy)."""
-    from toolkit.model.load import load_model
-
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 255, (4, 3, 256, 320), dtype=np.uint8) for _ in range(6)]
-    runner = CudaGraphRunner(load_model(yolov5n_pt).model, batch=4, imgsz=(256, 320), half=False)
-    one_by_one = [runner.infer(b) for b in batches]
-    ahead = [runner.infer_device(b) for b in batches]
-    torch.cuda.synchronize()
-    for a, b in zip(one_by_one, ahead, strict=True):
-        np.testing.assert_allclose(b.float().cpu().numpy(), a, rtol=0, atol=1e-4)
 
 
 @cuda

@@ -5,11 +5,13 @@ measures nothing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -82,3 +84,32 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path, yolov5n_pt: Path, coco128_
     assert rep["verdicts"] == {"fp32_match": True}
     md = (out / "report.md").read_text()
     assert "## Correctness" in md and "## Throughput" in md and "yolokit --nosave" in md
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_verdict_fails_on_fp16_matching_too() -> None:
+    """On a GPU the FP16 run (the default precision there) is judged like the FP32 one: a share under its target, or
+    a missing FP16 run, fails the verdict (and so the exit code); the dry run on the CPU judges FP32 only."""
+    gc = _script()
+    fp32, fp16 = gc.TARGETS["fp32_match"], gc.TARGETS["fp16_match"]
+    assert gc.CONF_TOL == {"fp32": 0.002, "fp16": 0.02} and gc.MIN_IOU == 0.9
+
+    def corr(fp32_share: float, fp16_share: float | None) -> dict[str, dict[str, float]]:
+        c = {"fp32_gpu_pipeline": {"share": fp32_share}}
+        if fp16_share is not None:
+            c["fp16_gpu_pipeline"] = {"share": fp16_share}
+        return c
+
+    assert gc.verdicts(corr(fp32, fp16), [], gpu=True) == {"fp32_match": True, "fp16_match": True,
+                                                           "gpu_pipeline_used": True}
+    assert gc.verdicts(corr(1.0, fp16 - 0.01), [], gpu=True)["fp16_match"] is False
+    assert gc.verdicts(corr(1.0, None), [], gpu=True)["fp16_match"] is False
+    assert gc.verdicts(corr(fp32 - 0.001, 1.0), [], gpu=True)["fp32_match"] is False
+    assert gc.verdicts(corr(1.0, None), [], gpu=False) == {"fp32_match": True}

@@ -158,12 +158,12 @@ class Detector(BatchRoutine):
 
     def _device_settings(self) -> AbstractContextManager[None]:
         """On a CUDA device, cuDNN autotuning and (FP32) no TF32 for the duration of a run (see
-        :func:`toolkit.engine.devmem.cuda_settings`); nothing elsewhere."""
+        :func:`toolkit.engine.gpu.memory.cuda_settings`); nothing elsewhere."""
         if not self._gpu:
             return nullcontext()
         import torch
 
-        from toolkit.engine.devmem import cuda_settings
+        from toolkit.engine.gpu import cuda_settings
 
         return cuda_settings(torch.device(parse_device(self.config.device).torch), self.meta.precision == "fp32")
 

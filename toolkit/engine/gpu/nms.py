@@ -16,8 +16,9 @@ No step creates a tensor from host data, so nothing waits for the device until t
 3. Per image, ``info = (kept, count, flag)``. ``flag`` says that this image's answer may be incomplete: the
    iteration had not settled, or more than ``K`` candidates were above the thresholds and fewer than ``max_det``
    were kept. The host reads ``info`` with the detections (one copy, one synchronisation per batch) and answers a
-   flagged image with :func:`exact_rows`, the sequential greedy NMS over all its candidates (still on the device).
-   :class:`BatchedNMS` raises ``K`` for later batches when candidates overflowed.
+   flagged image with :func:`exact_rows`, the sequential greedy NMS over all its candidates (:func:`nms_torch`,
+   :func:`toolkit.ops.nms` in blocked tensor operations, still on the device). :class:`BatchedNMS` raises ``K`` for
+   later batches when candidates overflowed.
 
 So every image gets exactly :func:`toolkit.ops.postprocess`'s detections (``tests/test_batched_nms.py`` checks it,
 bit for bit, on the CPU device). One caveat: when more than ``max_nms`` (30,000) candidates pass the thresholds,
@@ -31,12 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toolkit.engine.cuda import Detections as TorchDetections
-from toolkit.engine.cuda import nms_torch
 from toolkit.errors import InputError
 from toolkit.ops import NMSOptions
 
-__all__ = ["BatchedNMS", "Candidates", "candidates", "exact_rows", "postprocess_batch_torch", "select"]
+__all__ = ["BatchedNMS", "Candidates", "candidates", "exact_rows", "nms_torch", "select"]
 
 ROUNDS = 12  # fixed-point rounds; chains longer than this are rare and are answered exactly by exact_rows
 K_START = 512  # candidates per image compared at once (a (B, K, K) IoU matrix)
@@ -122,20 +121,20 @@ def _offset_boxes(rows: torch.Tensor, opts: NMSOptions) -> torch.Tensor:
     return box + rows[..., 5:6] * opts.max_wh  # box + cls x max_wh, in float32 as toolkit.ops.postprocess
 
 
+def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of ``a`` ``(..., n, 4)`` with every box of ``b`` ``(..., m, 4)``: ``(..., n, m)``, in the
+    float32 arithmetic of :func:`toolkit.ops.nms` (so that every comparison with the threshold comes out the same)."""
+    ax1, ay1, ax2, ay2 = (t.unsqueeze(-1) for t in a.unbind(-1))
+    bx1, by1, bx2, by2 = (t.unsqueeze(-2) for t in b.unbind(-1))
+    inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0) \
+        * (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
+
+
 def _suppression(off: torch.Tensor, iou_thres: float, upper: torch.Tensor) -> torch.Tensor:
-    """``(b, K, K)`` bool: ``S[i, j]`` = i ranks above j and their IoU is > ``iou_thres``, in the float32
-    arithmetic of :func:`toolkit.ops.nms`."""
-    x1, y1, x2, y2 = off.unbind(-1)
-    areas = (x2 - x1) * (y2 - y1)
-    xx1 = torch.maximum(x1[:, :, None], x1[:, None, :])
-    yy1 = torch.maximum(y1[:, :, None], y1[:, None, :])
-    xx2 = torch.minimum(x2[:, :, None], x2[:, None, :])
-    yy2 = torch.minimum(y2[:, :, None], y2[:, None, :])
-    inter = (xx2 - xx1).clamp_(min=0) * (yy2 - yy1).clamp_(min=0)
-    del xx1, yy1, xx2, yy2
-    union = areas[:, :, None] + areas[:, None, :] - inter
-    iou = torch.where(union > 0, inter / union, torch.zeros_like(inter))
-    return (iou > iou_thres) & upper
+    """``(b, K, K)`` bool: ``S[i, j]`` = i ranks above j and their IoU is > ``iou_thres``."""
+    return (_pair_iou(off, off) > iou_thres) & upper
 
 
 def _fixed_point(sup: torch.Tensor, valid: torch.Tensor, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +183,56 @@ def select(cand: Candidates, opts: NMSOptions, k: int = K_START, rounds: int = R
     return out[:, : opts.max_det], info
 
 
+def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_keep: int | None = None,
+              block: int = 256) -> torch.Tensor:
+    """Greedy NMS, same rule and result as :func:`toolkit.ops.nms`: indices (int64, on ``boxes``' device) of
+    the kept boxes, highest score first; a box is suppressed when its IoU with a kept box is > ``iou_thres``.
+
+    Blocked so that memory stays ``O(block x N)`` and the work is a few large tensor ops: the sorted
+    candidates go in blocks of ``block``; inside a block the greedy result is the unique fixed point of
+    ``keep[j] = alive[j] and no kept i < j overlaps j``, reached by iterating that equation (at most
+    ``block`` rounds, usually a handful); the block's kept boxes then suppress every later candidate.
+    """
+    n = int(boxes.shape[0])
+    device = boxes.device
+    if n == 0 or (max_keep is not None and max_keep <= 0):
+        return torch.zeros(0, dtype=torch.long, device=device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes.float()[order]
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    limit = n if max_keep is None else max_keep
+    kept: list[torch.Tensor] = []
+    n_kept = 0
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        idx = torch.arange(s, e, device=device)[alive[s:e]]
+        if idx.numel() == 0:
+            continue
+        sup = (_pair_iou(b[idx], b[idx]) > iou_thres).triu_(1)  # sup[i, j]: i (higher score) would drop j
+        keep = torch.ones(idx.numel(), dtype=torch.bool, device=device)
+        for _ in range(idx.numel()):
+            new = ~(sup & keep[:, None]).any(0)
+            if torch.equal(new, keep):
+                break
+            keep = new
+        k = idx[keep]
+        if n_kept + k.numel() >= limit:
+            kept.append(k[: limit - n_kept])
+            n_kept = limit
+            break
+        kept.append(k)
+        n_kept += k.numel()
+        if e < n:
+            rest = torch.arange(e, n, device=device)
+            for c in range(0, rest.numel(), 8192):  # bound the (kept x rest) matrix
+                cols = rest[c:c + 8192]
+                hit = (_pair_iou(b[k], b[cols]) > iou_thres).any(0)
+                alive[cols] &= ~hit
+    if not kept:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return order[torch.cat(kept)]
+
+
 def exact_rows(cand: Candidates, i: int, opts: NMSOptions, count: int | None = None) -> torch.Tensor:
     """Image ``i``'s kept rows ``(n, 6)`` by the sequential greedy NMS over all its candidates (the answer for a
     flagged image; it synchronises with the host)."""
@@ -228,19 +277,3 @@ class BatchedNMS:
         if flag:
             return exact_rows(cand, i, self.opts, count).cpu().numpy()
         return np.array(out_host[i, :kept], dtype=np.float32)
-
-
-def postprocess_batch_torch(preds: torch.Tensor, opts: NMSOptions) -> list[TorchDetections]:
-    """:func:`postprocess_torch` for each image of ``(B, N, 5 + nc)``, batched: the whole batch goes through
-    :mod:`toolkit.engine.batched_nms` (fixed-K, no Python loop over images) and the host reads the kept counts
-    once; an image whose candidates overflow the fixed K is answered by the exact sequential NMS."""
-    if preds.ndim != 3:
-        raise InputError(f"postprocess_batch_torch takes (B, N, 5 + nc) predictions, got {tuple(preds.shape)}")
-    nms = BatchedNMS(opts)
-    cand, rows, info = nms(preds)
-    info_host = info.cpu().numpy()  # the one synchronisation for the batch
-    out: list[TorchDetections] = []
-    for i, (kept, count, flag) in enumerate(info_host.tolist()):
-        r = exact_rows(cand, i, opts, count) if flag else rows[i, :kept]
-        out.append((r[:, :4], r[:, 4], r[:, 5].long()))
-    return out

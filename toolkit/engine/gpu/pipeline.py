@@ -17,16 +17,16 @@ through IOBinding).
   static-batch graph, padded with whatever the slots held (those rows are computed and ignored); a runner without a
   graph runs exactly the images (a static artifact always gets its full batch).
 * **Graphs.** A PyTorch model is captured once per bucket shape at the plan's batch (at most ``max_graphs``
-  shapes; further shapes run eagerly), inside :func:`toolkit.engine.devmem.cuda_settings` (cuDNN autotuning on,
+  shapes; further shapes run eagerly), inside :func:`toolkit.engine.gpu.memory.cuda_settings` (cuDNN autotuning on,
   TF32 off for FP32).
 * **Letterbox, exact by default.** The reader thread resizes the decoded image with OpenCV exactly as the CPU path
   does (:func:`toolkit.ops.letterbox_resize`; a 1920x1080 photo becomes 640x360, a ninth of the bytes to copy), and
   the device pads it, swaps BGR to RGB and divides by 255 straight into the runner's input dtype
-  (:func:`toolkit.engine.cuda.pad_normalise`): the model sees the CPU path's input, bit for bit. With
+  (:func:`toolkit.engine.gpu.letterbox.pad_normalise`): the model sees the CPU path's input, bit for bit. With
   ``gpu_resize`` the device resizes too (bilinear in float32, rounded to whole grey levels), sparing the CPU the
   resize; OpenCV's ``INTER_LINEAR`` uses 11-bit fixed-point weights, so resized pixels can differ by one grey level
   and about 1 % of boxes move (measured on coco128 at 512: 524 of 529 boxes within IoU 0.9 and 0.02 conf).
-* **Results.** The batched NMS (:mod:`toolkit.engine.batched_nms`) gives :func:`toolkit.ops.postprocess`'s
+* **Results.** The batched NMS (:mod:`toolkit.engine.gpu.nms`) gives :func:`toolkit.ops.postprocess`'s
   detections; boxes are scaled to the original image on the host with :func:`toolkit.ops.scale_boxes`, as on the
   CPU path. A failed batch fails only its images.
 
@@ -49,10 +49,17 @@ import numpy as np
 import torch
 
 from toolkit.detections import Detections
-from toolkit.engine.batched_nms import BatchedNMS, Candidates
 from toolkit.engine.core import BatchRoutine, Item, Result, ordered_map, to_original
-from toolkit.engine.cuda import letterbox_torch, pad_normalise
-from toolkit.engine.devmem import CapturedForward, DeviceContext, DeviceRing, PinnedRing, PinnedSlot, cuda_settings
+from toolkit.engine.gpu.letterbox import letterbox_torch, pad_normalise
+from toolkit.engine.gpu.memory import (
+    CapturedForward,
+    DeviceContext,
+    DeviceRing,
+    PinnedRing,
+    PinnedSlot,
+    cuda_settings,
+)
+from toolkit.engine.gpu.nms import BatchedNMS, Candidates
 from toolkit.errors import first_line, last_line
 from toolkit.io.sources import InputRef
 from toolkit.ops import LetterboxInfo, letterbox_info, letterbox_padding, letterbox_resize, scale_boxes

@@ -1,4 +1,4 @@
-"""Device memory, streams and graphs for the GPU pipeline (:mod:`toolkit.engine.gpu`).
+"""Device memory, streams and graphs for the GPU pipeline (:mod:`toolkit.engine.gpu.pipeline`).
 
 * :class:`DeviceContext`: a compute stream and a copy stream on a CUDA device, and their events. On the CPU device
   the same calls run inline (events are always complete), so the pipeline's logic runs, and is tested, on the CPU.
