@@ -55,6 +55,7 @@ from toolkit.engine.cuda import letterbox_torch, pad_normalise
 from toolkit.engine.devmem import CapturedForward, DeviceContext, DeviceRing, PinnedRing, PinnedSlot, cuda_settings
 from toolkit.errors import first_line, last_line
 from toolkit.io.sources import InputRef
+from toolkit.io.transfer import Download
 from toolkit.ops import LetterboxInfo, letterbox_info, letterbox_padding, letterbox_resize, scale_boxes
 
 if TYPE_CHECKING:
@@ -140,8 +141,8 @@ class DevicePipeline:
         _, ref, payload = item
         if isinstance(payload, str):
             return Result(ref, error=payload)
-        if payload is None:
-            got = self.routine.load_input(ref, fast_decode)
+        if payload is None or isinstance(payload, Download):
+            got = self.routine.load_input(ref, fast_decode, payload)
             if isinstance(got, str):
                 return Result(ref, error=got)
             img, shape = got
