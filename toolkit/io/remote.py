@@ -100,13 +100,18 @@ class _Sockets:
     def __init__(self) -> None:
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._cut = False
 
     def add(self, sock: socket.socket) -> None:
         with self._lock:
             self._socks.append(sock.dup())
+            if self._cut:  # opened as the deadline passed
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
         with self._lock:
+            self._cut = True
             for s in self._socks:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
@@ -222,6 +227,8 @@ def open_http(url: str, timeout: float, deadline: Deadline, headers: Mapping[str
     current, seen = url, {url}
     try:
         for _ in range(MAX_REDIRECTS + 1):
+            if deadline.passed:
+                raise deadline.refusal(url, 0)
             wait = max(0.05, min(timeout, deadline.remaining()))
             try:
                 response = opener.open(urllib.request.Request(current, headers=sent), timeout=wait)

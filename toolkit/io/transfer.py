@@ -16,8 +16,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,6 +76,26 @@ class Stream(Protocol):
     def abort(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class FileStream:
+    """A local file read as a :class:`Stream` (a ``file://`` mirror); no HTTP status or headers."""
+
+    status = None
+    headers: Mapping[str, str] = MappingProxyType({})
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.length: int | None = os.fstat(self.file.fileno()).st_size
+
+    def read1(self, n: int) -> bytes:
+        return self.file.read1(n)
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Deadline:
