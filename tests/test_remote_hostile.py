@@ -23,7 +23,10 @@ import pytest
 
 from tests.helpers.hostile import LEAKS
 from tests.helpers.hostile_http import HostileServer
+from tests.test_video import _video
 from toolkit.cli import main
+from toolkit.engine.detector import Detector
+from toolkit.engine.plan import Plan
 from toolkit.io.downloads import DownloadSettings, expand_inputs
 from toolkit.io.remote import MAX_REDIRECTS, fetch_image, fetch_image_bytes
 from toolkit.io.sources import InputRef
@@ -41,8 +44,9 @@ def _jpeg(seed: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileServer]:
-    with HostileServer(_jpeg(), interval=0.1, slow_delay=0.5) as server:
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileServer]:
+    clip = _video(tmp_path_factory.mktemp("clip") / "clip.avi", 4)
+    with HostileServer(_jpeg(), interval=0.1, slow_delay=0.5, files={"clip.avi": clip.read_bytes()}) as server:
         yield server
 
 
@@ -130,6 +134,30 @@ def test_the_deadline_bounds_a_run_and_names_its_option(hostile: HostileServer, 
     keys = [json.loads(ln)["key"] for ln in (tmp_path / "r" / "manifest.jsonl").read_text().splitlines()]
     assert keys == ["first", *(f"good{i}" for i in range(5)), *(f"img{i:02d}" for i in range(20))]
     assert took < 4 + 60  # the deadline plus the normal work (model build, 25 tiny images), with room for a busy host
+
+
+@pytest.mark.parametrize("how", ["thread", "process", "tile", "device"])
+def test_every_engine_keeps_the_input_order(hostile: HostileServer, tmp_path: Path, how: str) -> None:
+    """A slow image URL first, a video URL, good URLs and local files: results and manifest in input order, in
+    thread and process mode, tiled, and through the GPU pipeline's code on the CPU."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jpg").write_bytes(_jpeg(ord(name)))
+    entries = [hostile.url("/slow/first.jpg"), str(tmp_path / "a.jpg"), hostile.url("/file/clip.avi"),
+               hostile.url("/image/good.jpg"), str(tmp_path / "b.jpg")]
+    want = ["first", "a", *(f"clip_{i}" for i in range(1, 5)), "good", "b"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(entries) + "\n")
+    if how == "device":
+        det = Detector("yolov5n.yaml", imgsz=64, conf=1e-5, pipeline="device")
+        got = [r.ref.key for r in det.predict_iter(str(listing), plan=Plan("thread", 1, 2, 1, 2, "test"))]
+        assert det.last_plan is not None and det.last_plan.pipeline == "device"
+        assert got == want
+        return
+    extra = ["--tile", "64", "--no-tile-refocus"] if how == "tile" else ["--mode", how, "--workers", "2",
+                                                                         "--batch", "2"]
+    assert main(["run", str(listing), *RANDOM, *extra, "--save-txt", "--project", str(tmp_path), "--name", how]) == 0
+    keys = [json.loads(ln)["key"] for ln in (tmp_path / how / "manifest.jsonl").read_text().splitlines()]
+    assert keys == want
 
 
 # ------------------------------------------------------------------------------------------- the pool

@@ -3,8 +3,8 @@ are :mod:`tests.helpers.hostile`).
 
 Routes (the last path segment is a file name, so that yolokit takes the URL for an image or a video):
 
-* ``/image/NAME``: the image at once, with a Content-Length; ``/image-nocl/NAME``: without one (HTTP/1.0, the body
-  ends when the connection closes).
+* ``/file/NAME``: ``files[NAME]`` at once; ``/image/NAME``: the image at once, with a Content-Length;
+  ``/image-nocl/NAME``: without one (HTTP/1.0, the body ends when the connection closes).
 * ``/slow/NAME``: the image after ``slow_delay`` seconds.
 * ``/trickle-cl/NAME``, ``/trickle/NAME`` (no Content-Length), ``/trickle-chunked/NAME`` (one byte per chunk),
   ``/trickle-headers/NAME`` (a header line that never ends): one byte every ``interval`` seconds, for up to
@@ -80,6 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = parts[-1]
         if route == "image":
             self._body(h.image)
+        elif route == "file" and name in h.files:
+            self._body(h.files[name])
         elif route == "image-nocl":
             self._body(h.image, length=False)
         elif route == "slow":
@@ -135,9 +137,10 @@ class _Handler(BaseHTTPRequestHandler):
 class HostileServer:
     """The server above, serving ``image``; a context manager (stopped, its trickles ended, on exit)."""
 
-    def __init__(self, image: bytes, interval: float = 0.1, slow_delay: float = 1.0, max_seconds: float = 120.0
-                 ) -> None:
+    def __init__(self, image: bytes, interval: float = 0.1, slow_delay: float = 1.0, max_seconds: float = 120.0,
+                 files: dict[str, bytes] | None = None) -> None:
         self.image, self.interval, self.slow_delay, self.max_seconds = image, interval, slow_delay, max_seconds
+        self.files = files or {}
         self.lock = threading.Lock()
         self.now: Counter[str] = Counter()
         self.most: Counter[str] = Counter()
