@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import socket
 import threading
@@ -155,6 +156,8 @@ def test_every_engine_keeps_the_input_order(hostile: HostileServer, tmp_path: Pa
         return
     extra = ["--tile", "64", "--no-tile-refocus"] if how == "tile" else ["--mode", how, "--workers", "2",
                                                                          "--batch", "2"]
+    if how == "process":  # downloads past the budget go to files: the workers read them there
+        extra += ["--download-memory", "1K"]
     assert main(["run", str(listing), *RANDOM, *extra, "--save-txt", "--project", str(tmp_path), "--name", how]) == 0
     keys = [json.loads(ln)["key"] for ln in (tmp_path / how / "manifest.jsonl").read_text().splitlines()]
     assert keys == want
@@ -309,7 +312,11 @@ def test_a_download_is_sized_from_its_length_or_spilled_past_the_budget(hostile:
         got = fetch_image(hostile.url(f"/{route}/c.jpg"), tight)
         assert got.data is None and got.path is not None and os.path.getsize(got.path) == size
         assert got.array().tobytes() == hostile.image and tight.memory.used == 0
+        copy = pickle.loads(pickle.dumps(got))  # as a process-mode worker gets it: reads the file, never deletes it
+        assert copy.array().tobytes() == hostile.image
         path = got.path
+        copy.close()
+        assert os.path.exists(path)
         got.close()
         assert not os.path.exists(path)
 

@@ -33,7 +33,9 @@ from toolkit.io.sources import InputRef, iter_video, video_frames
 from toolkit.io.transfer import DEFAULT_MEMORY, Download, FetchContext, FetchLimits, MemoryBudget
 
 DEFAULT_WORKERS = 8  # downloads at once: --download-workers
-WINDOW = 64  # inputs the run may work past a download still in flight
+# inputs the run may work past a download still in flight; below process mode's reorder bound (64 results per
+# task item, toolkit.engine.processes), which stops pulling inputs once reached
+WINDOW = 32
 
 Payload = np.ndarray | str | Download | None
 Fetcher = Callable[[str, FetchContext], Download]
