@@ -101,10 +101,10 @@ class FileStream:
 class Deadline:
     """A wall-clock budget of ``seconds``, started when made. At the deadline a timer marks it passed and calls the
     ``abort`` functions given to :meth:`watch` (cutting connections a read may be blocked on). :meth:`close` it when
-    the download ends."""
+    the download ends. ``hint`` ends its refusal: how to give a slow server more time."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, hint: str = "raise --download-timeout for a slow server") -> None:
+        self.seconds, self.hint = seconds, hint
         self.start = time.monotonic()
         self._fired = False
         self._closed = False
@@ -152,7 +152,7 @@ class Deadline:
 
     def refusal(self, url: str, got: int) -> FetchError:
         return FetchError(url, f"the download took longer than {self.seconds:g} s ({size_text(got)} received in "
-                               f"{self.elapsed():.1f} s); raise --download-timeout for a slow server", "deadline")
+                               f"{self.elapsed():.1f} s); {self.hint}", "deadline")
 
 
 class MemoryBudget:

@@ -381,7 +381,7 @@ def download(
     attempts = retries + 1
     last = ""
     ok = False
-    clock = Deadline(deadline)
+    clock = Deadline(deadline, f"more time: `yolokit weights download {entry.name[:-3]} --download-timeout SECONDS`")
     try:
         for i in range(attempts):
             if i:
@@ -390,7 +390,7 @@ def download(
             try:
                 _attempt(entry, src, part, progress, timeout, clock)
             except FetchError as e:  # the deadline: another attempt would be past it too
-                kept = f"; the partial file is kept at {part}, run again to resume" if part.exists() else ""
+                kept = f" (it resumes the partial file kept at {part})" if part.exists() else ""
                 raise DownloadError(f"could not download {entry.name} from {src}: {e.reason}{kept}") from None
             except _Retryable as e:
                 last = str(e)
