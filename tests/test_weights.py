@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -107,6 +109,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, bytes(b ^ 0xFF for b in data[:16]) + data[16:], 0, len(data))
         elif mode == "short":  # a different (shorter) file
             self._send(200, data[:-10], 0, len(data) - 10)
+        elif mode == "trickle":  # the whole length declared, then 100 bytes every 0.05 s
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for i in range(start, len(data), 100):
+                    self.wfile.write(data[i:i + 100])
+                    time.sleep(0.05)
+        elif mode == "to-ftp":
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1:1/synthetic.pt")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:  # pragma: no cover - test bug
             raise AssertionError(mode)
 
@@ -311,6 +328,32 @@ def test_connection_refused(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="cannot connect"):
         download(entry, cache_dir=tmp_path, retries=1, **FAST)
     assert _files(tmp_path) == []
+
+
+def test_a_trickle_stops_at_the_deadline_and_the_part_resumes(server: ServerState, tmp_path: Path) -> None:
+    """2 KB/s never trips the 5 s silence timeout; the 1 s deadline ends the call (not retried: another attempt would
+    be past it too), in one sentence naming the option, and keeps the .part for the next call to resume."""
+    server.plan = ["trickle"]
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"took longer than 1 s \(.* received in") as err:
+        download(server.entry(), cache_dir=tmp_path, retries=2, deadline=1.0, **FAST)
+    assert time.monotonic() - t0 < 15  # a ceiling, not a speed: the trickle alone would last 100 s
+    msg = str(err.value)
+    assert "\n" not in msg and "yolokit weights download synthetic --download-timeout" in msg
+    assert len(server.requests) == 1
+    kept = (tmp_path / "synthetic.pt.part").read_bytes()
+    assert 0 < len(kept) < len(PAYLOAD) and PAYLOAD.startswith(kept) and str(tmp_path) in msg
+    server.plan = ["full"]
+    assert verify(download(server.entry(), cache_dir=tmp_path, **FAST), server.entry())
+    assert server.ranges()[-1] == f"bytes={len(kept)}-"
+
+
+def test_a_redirect_off_http_is_refused(server: ServerState, tmp_path: Path) -> None:
+    server.plan = ["to-ftp"]
+    with pytest.raises(DownloadError, match="redirected to ftp://127.0.0.1:1/synthetic.pt, which yolokit does not "
+                                            "follow"):
+        download(server.entry(), cache_dir=tmp_path, retries=2, **FAST)
+    assert len(server.requests) == 1 and _files(tmp_path) == []
 
 
 def test_existing_corrupt_final_is_replaced(server: ServerState, tmp_path: Path) -> None:

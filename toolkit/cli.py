@@ -37,8 +37,7 @@ def _parse_classes(text: str | None) -> tuple[int, ...] | None:
 
 
 def _parse_amount(text: str, option: str, base: int) -> int:
-    """``500M``, ``2G``, ``1.5k`` or a plain number; K/M/G are powers of ``base`` (1024 for sizes, 1000 for
-    pixel counts)."""
+    """``500M``, ``2G``, ``1.5k`` or a number; K/M/G: powers of ``base`` (1024: sizes, 1000: pixel counts)."""
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": base, "M": base**2, "G": base**3}.get(t[-1:], 1)
     try:
@@ -117,6 +116,10 @@ def run(
     vid_stride: Annotated[int, typer.Option(help="Process every N-th video or stream frame.")] = 1,
     stream_timeout: Annotated[float, typer.Option(help="Seconds a URL or live stream may stay silent before it is "
                                                        "listed as failed.")] = 30.0,
+    download_timeout: Annotated[float, typer.Option(help="Seconds a whole download may take, however slow.")] = 600.0,
+    download_workers: Annotated[int, typer.Option(help="URLs downloaded at once, beside decoding.")] = 8,
+    download_memory: Annotated[str, typer.Option(help="Memory the downloads in progress hold together; past it, a "
+                                                      "download goes to a temporary file.")] = "256M",
     batch: Annotated[int, typer.Option(help="Images per inference batch (0: chosen by --mode auto).")] = 0,
     workers: Annotated[int, typer.Option(help="Inference workers (threads or processes; 0: auto).")] = 0,
     mode: Annotated[str, typer.Option(help="auto, thread or process. auto picks from the backend, device, "
@@ -145,14 +148,13 @@ def run(
     fast_decode: Annotated[bool, typer.Option(help="Decode JPEGs at least twice the model input at reduced size "
                                                    "(with --nosave). Faster on large photos, but the model sees "
                                                    "other pixels, so detections differ from YOLOv5's detect.py; "
-                                                   "off by default (see the README for the measured cost).")]
-    = False,
+                                                   "off by default (see the README for the measured cost).")] = False,
     gpu_resize: Annotated[bool, typer.Option(help="On a GPU, resize images on the device too (less CPU work). "
                                                   "Resized pixels can differ from OpenCV's by a grey level, which "
                                                   "moves about 1 % of boxes slightly; off by default.")] = False,
-    max_file_size: Annotated[str, typer.Option(help="Refuse (and list as failed) image files larger than this, "
-                                                    "before reading them: bytes, or 500M, 2G. Videos are streamed "
-                                                    "and have no limit.")] = "1G",
+    max_file_size: Annotated[str, typer.Option(help="Refuse (and list as failed) images and downloads larger than "
+                                                    "this, before reading them: bytes, or 500M, 2G. Local videos "
+                                                    "are streamed and have no limit.")] = "1G",
     max_pixels: Annotated[str, typer.Option(help="Refuse images whose header claims more pixels than this, before "
                                                  "decoding (pixel bombs): a number, or 500M. At most 1073741824, "
                                                  "OpenCV's own limit. A 13400x9528 photo is 128M.")] = "500M",
@@ -194,20 +196,20 @@ def run(
     from toolkit.jobs.run import RunOptions, format_summary
     from toolkit.jobs.run import run as run_job
 
-    opts = RunOptions(source=source, weights=weights, backend=backend, device=device, half=half,
-                      imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
-                      agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
-                      nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
-                      workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap, fast_decode=fast_decode,
-                      gpu_resize=gpu_resize,
+    opts = RunOptions(source=source, weights=weights, backend=backend, device=device, half=half, imgsz=imgsz, conf=conf,
+                      iou=iou, max_det=max_det, classes=_parse_classes(classes), agnostic=agnostic_nms,
+                      save_txt=save_txt, save_conf=save_conf, save_json=save_json, nosave=nosave, project=project,
+                      name=name, exist_ok=exist_ok, batch=batch, workers=workers, mode=mode, resume=resume, tile=tile,
+                      overlap=overlap, fast_decode=fast_decode, gpu_resize=gpu_resize,
                       max_file_size=_parse_amount(max_file_size, "--max-file-size", 1024),
-                      max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
-                      tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
-                      tile_merge=tile_merge, tile_refocus=tile_refocus, tile_near=tile_near,
-                      engine=engine, address=address, gpus_per_worker=gpus_per_worker,
-                      cpus_per_worker=cpus_per_worker, augment=augment, vid_stride=vid_stride,
-                      stream_timeout=stream_timeout, save_csv=save_csv, save_crop=save_crop,
-                      line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
+                      max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000), tile_batch=tile_batch,
+                      full_frame=full_frame, tile_scales=_parse_scales(tile_scales), tile_merge=tile_merge,
+                      tile_refocus=tile_refocus, tile_near=tile_near, engine=engine, address=address,
+                      gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, augment=augment,
+                      vid_stride=vid_stride, stream_timeout=stream_timeout, save_csv=save_csv, save_crop=save_crop,
+                      line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf,
+                      download_timeout=download_timeout, download_workers=download_workers,
+                      download_memory=_parse_amount(download_memory, "--download-memory", 1024))
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
     # there) goes to stderr
     with _Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
@@ -278,8 +280,7 @@ def export(
                                                "suffix is added when missing (-o m gives m.onnx).")] = None,
     imgsz: Annotated[str, typer.Option(help="Input size: 640, or H,W like 384,640 (multiples of the stride). "
                                             "Dynamic exports take any shape up to its long side; --static "
-                                            "fixes it; TensorRT tunes its kernels for it.")]
-    = "640",
+                                            "fixes it; TensorRT tunes its kernels for it.")] = "640",
     batch: Annotated[int, typer.Option(help="With --static: the fixed batch (0: 1). TensorRT: the batch its "
                                             "profile is tuned for (0: the batch a GPU run uses, 32, within "
                                             "--max-batch).")] = 0,
@@ -289,8 +290,7 @@ def export(
                                           "--imgsz (other aspect ratios are padded to it, which changes "
                                           "detections). TensorRT's default profile: batch 1 to --max-batch, "
                                           "inputs 32x32 up to the long side of --imgsz, tuned for --batch at "
-                                          "--imgsz.")]
-    = True,
+                                          "--imgsz.")] = True,
     max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic TensorRT engine's profile.")] = 32,
     half: Annotated[bool, typer.Option(help="FP16 weights and math.")] = False,
     int8: Annotated[bool, typer.Option(help="INT8 post-training quantization (openvino; needs --data and "
@@ -325,8 +325,7 @@ def export(
                                                "(trt, onnx on GPU). Default: cpu, cuda for trt.")] = None,
     parity_data: Annotated[str | None, typer.Option(help="Images for the parity check (first 16 of a folder, "
                                                     "glob or list); default: the sample photos shipped with "
-                                                    "yolokit, mirrored, and their mosaic.")]
-    = None,
+                                                    "yolokit, mirrored, and their mosaic.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Export a model to ONNX, OpenVINO IR or a TensorRT engine, then check it against PyTorch FP32.
@@ -444,6 +443,7 @@ def weights_download(
     names: Annotated[list[str], typer.Argument(help="Names like yolov5n yolov5s.")],
     cache_dir: Annotated[str | None, typer.Option(help="Where to put them (default: the cache).")] = None,
     url: Annotated[str | None, typer.Option(help="Download from this URL instead (one name only).")] = None,
+    download_timeout: Annotated[float, typer.Option(help="Seconds one download may take in all.")] = 600.0,
 ) -> None:
     """Download official checkpoints, verify size and sha256, and store them atomically in the cache."""
     from toolkit.model.weights import download
@@ -451,7 +451,7 @@ def weights_download(
     if url and len(names) != 1:
         raise InputError("--url takes exactly one name")
     for n in names:
-        path = download(n, cache_dir=Path(cache_dir) if cache_dir else None, url=url)
+        path = download(n, cache_dir=Path(cache_dir) if cache_dir else None, url=url, deadline=download_timeout)
         typer.echo(f"{path}  (verified)")
 
 
@@ -481,7 +481,6 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         raise
     return rc if isinstance(rc, int) else 0
-
 
 
 def entry() -> None:

@@ -24,9 +24,11 @@ from toolkit.augment import augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
+from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
-from toolkit.io.remote import DEFAULT_TIMEOUT, read_source
-from toolkit.io.sources import InputRef, iter_video
+from toolkit.io.remote import read_source
+from toolkit.io.sources import InputRef
+from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
@@ -61,6 +63,9 @@ class DetectorConfig:
     augment: bool = False  # test-time augmentation (YOLOv5's --augment): three scales joined before NMS
     vid_stride: int = 1  # every N-th video frame (YOLOv5's --vid-stride)
     timeout: float = DEFAULT_TIMEOUT  # seconds a URL or stream may stay silent
+    download_timeout: float = DEFAULT_DEADLINE  # seconds a whole download may take, however slowly bytes arrive
+    download_workers: int = DEFAULT_WORKERS  # downloads at once, beside decoding and inference
+    download_memory: int = DEFAULT_MEMORY  # bytes downloads hold in memory together (past it: temporary files)
     pipeline: str = "auto"  # auto: the GPU pipeline on a CUDA device; host: never; device: wherever it can run
     gpu_resize: bool = False  # the GPU pipeline resizes on the device too (opt-in: pixels differ by a grey level)
 
@@ -73,8 +78,7 @@ class DetectorConfig:
             raise InputError(f"max_det must be at least 1, got {self.max_det}")
         if self.vid_stride < 1:
             raise InputError(f"--vid-stride must be at least 1, got {self.vid_stride}")
-        if not self.timeout > 0:
-            raise InputError(f"--stream-timeout must be positive, got {self.timeout}")
+        self.downloads()  # refuses a bad --stream-timeout, --download-timeout, --download-workers, --download-memory
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
@@ -86,6 +90,10 @@ class DetectorConfig:
     @property
     def limits(self) -> ReadLimits:
         return ReadLimits(self.max_file_size, self.max_pixels)
+
+    def downloads(self) -> DownloadSettings:
+        return DownloadSettings(FetchLimits(self.max_file_size, self.timeout, self.download_timeout),
+                                self.download_workers, self.download_memory)
 
     def nms(self) -> NMSOptions:
         return NMSOptions(conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
@@ -155,22 +163,30 @@ class Prepared:
     orig_shape: tuple[int, int]
 
 
-Payload = np.ndarray | str | None  # a decoded frame, a failure reason, or None: read the file
+# Payload: a decoded frame, a failure reason, a remote image's finished download, or None: read the file
 Item = tuple[int, InputRef, Payload]
 
 
 def expand(items: Iterable[InputRef], config: DetectorConfig | None = None) -> Iterator[Item]:
-    """Number the inputs, expanding videos into frames (decoded here, in order; every ``config.vid_stride``-th)."""
+    """Number the inputs, expanding videos into frames (decoded here, in order; every ``config.vid_stride``-th),
+    with remote inputs downloaded ahead in a bounded pool (:func:`toolkit.io.downloads.expand_inputs`): a remote
+    image comes when its download ends, so items may come out of index order (never more than the pool's window
+    past the oldest one missing); :func:`in_order` puts results back in order."""
     config = config or DetectorConfig()
-    index = 0
-    for ref in items:
-        if ref.frame == -1:
-            for fref, frame, reason in iter_video(ref, config.vid_stride, config.max_file_size, config.timeout):
-                yield index, fref, frame if frame is not None else (reason or "unreadable frame")
-                index += 1
-        else:
-            yield index, ref, None
-            index += 1
+    return expand_inputs(items, config.vid_stride, config.downloads())
+
+
+def in_order(results: Iterable[tuple[int, Any]]) -> Iterator[Any]:
+    """``(index, value)`` pairs that come out of order (see :func:`expand`) -> the values in index order."""
+    held: dict[int, Any] = {}
+    next_out = 0
+    for index, value in results:
+        held[index] = value
+        while next_out in held:
+            yield held.pop(next_out)
+            next_out += 1
+    for index in sorted(held):
+        yield held.pop(index)
 
 
 def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
@@ -278,8 +294,10 @@ class BatchRoutine:
             f *= 2
         return f
 
-    def load_input(self, ref: InputRef, fast_decode: bool | None = None) -> tuple[np.ndarray, tuple[int, int]] | str:
-        """Read one image file: (BGR image, original (h, w)), or the reason it cannot be read. With
+    def load_input(self, ref: InputRef, fast_decode: bool | None = None, data: Download | None = None
+                   ) -> tuple[np.ndarray, tuple[int, int]] | str:
+        """Read one image file (or take its finished download, ``data``, released here): (BGR image, original
+        (h, w)), or the reason it cannot be read. With
         ``fast_decode`` (default: the detector's setting), a JPEG at least twice the model input is decoded at
         reduced size; the shape returned is still the original's (as displayed: OpenCV applies the EXIF rotation)."""
         from toolkit.io.decode import jpeg_size
@@ -290,12 +308,16 @@ class BatchRoutine:
         factor, size = 1, None
         with self.times.timed("read"):
             try:
-                data = read_source(ref.path, limits.max_file_size, self.config.timeout)
-                size = jpeg_size(data) if fast_decode else None
+                encoded = data.array() if data is not None else read_source(
+                    ref.path, limits.max_file_size, self.config.timeout, self.config.download_timeout)
+                size = jpeg_size(encoded) if fast_decode else None
                 factor = self.reduce_factor(size) if size else 1
-                img = decode_image(data, ref.path, factor, limits.max_pixels)
+                img = decode_image(encoded, ref.path, factor, limits.max_pixels)
             except ImageReadError as e:
                 return e.reason
+            finally:
+                if data is not None:
+                    data.close()
         if factor == 1 or not size:
             return img, (img.shape[0], img.shape[1])
         h, w = size  # as stored in the JPEG
@@ -318,8 +340,8 @@ class BatchRoutine:
         index, ref, payload = item
         if isinstance(payload, str):
             return index, Result(ref, error=payload)
-        if payload is None:
-            got = self.load_input(ref, fast_decode)
+        if payload is None or isinstance(payload, Download):
+            got = self.load_input(ref, fast_decode, payload)
             if isinstance(got, str):
                 return index, Result(ref, error=got)
             img, shape = got

@@ -20,6 +20,7 @@ from toolkit.engine.core import (
     Result,
     StageTimes,
     expand,
+    in_order,
     intra_op_threads,
     resolve_nms,
     resolve_size,
@@ -240,8 +241,9 @@ class Detector(BatchRoutine):
             self.last_plan = replace(plan, pipeline="device", workers=1)
             refs = sources.items
             with intra_op_threads(self.runner, plan.threads):  # matters on the CPU device only
-                results = background(lambda stop: pipe.results(expand(refs), plan.readers, keep, fast, stop))
-                yield from (r for _, r in results)
+                results = background(lambda stop: pipe.results(expand(refs, self.config), plan.readers, keep, fast,
+                                                                stop))
+                yield from in_order(results)  # a remote image comes when downloaded: back in input order
             return
         with self._device_settings():
             if plan.mode == "process":

@@ -7,10 +7,21 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from toolkit.engine.core import BatchRoutine, Item, Payload, Prepared, Result, expand, intra_op_threads, ordered_map
+from toolkit.engine.core import (
+    BatchRoutine,
+    Item,
+    Payload,
+    Prepared,
+    Result,
+    expand,
+    in_order,
+    intra_op_threads,
+    ordered_map,
+)
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
 from toolkit.io.sources import InputRef
+from toolkit.io.transfer import Download
 from toolkit.tiling import TileOptions
 
 
@@ -23,18 +34,21 @@ def run_tiled(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_ima
 
     def load(item: Item) -> tuple[int, InputRef, Payload]:
         index, ref, payload = item
-        if payload is None:
-            got = routine.load_input(ref, fast_decode=False)
+        if payload is None or isinstance(payload, Download):
+            got = routine.load_input(ref, fast_decode=False, data=payload)
             payload = got if isinstance(got, str) else got[0]
         return index, ref, payload
 
+    def tiled() -> Iterator[tuple[int, Result]]:
+        for index, ref, payload in ordered_map(reader, load, expand(items, routine.config), window=2):
+            # two tile batches in flight per inference thread: every thread busy, memory bounded
+            result = tiled_result(routine, ref, payload, tile, keep_images, pool, 2 * plan.workers)
+            del payload  # release this image before the next one starts decoding
+            yield index, result
+
     try:
         with intra_op_threads(routine.runner, plan.threads):
-            for _index, ref, payload in ordered_map(reader, load, expand(items, routine.config), window=2):
-                # two tile batches in flight per inference thread: every thread busy, memory bounded
-                result = tiled_result(routine, ref, payload, tile, keep_images, pool, 2 * plan.workers)
-                del payload  # release this image before the next one starts decoding
-                yield result
+            yield from in_order(tiled())  # a remote image comes when downloaded: back in input order
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         if pool is not None:

@@ -14,6 +14,7 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
 from toolkit.errors import first_line
 from toolkit.io.sources import InputRef
+from toolkit.io.transfer import Download
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, scale_boxes, to_chw_rgb
 from toolkit.tiling import (
     Tile,
@@ -120,8 +121,8 @@ def tiled_result(routine: BatchRoutine, ref: InputRef, payload: Payload, tile: T
     """One input through tiled inference: read whole (tiles are native resolution), or its failure."""
     if isinstance(payload, str):
         return Result(ref, error=payload)
-    if payload is None:
-        got = routine.load_input(ref, fast_decode=False)
+    if payload is None or isinstance(payload, Download):
+        got = routine.load_input(ref, fast_decode=False, data=payload)
         if isinstance(got, str):
             return Result(ref, error=got)
         payload = got[0]

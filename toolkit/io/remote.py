@@ -1,27 +1,49 @@
-"""Inputs behind ``http(s)://`` URLs: downloaded within a size limit and a timeout, their content sniffed (an HTML
-error page is not decoded as an image), every failure one plain sentence. Only the standard library's urllib."""
+"""Inputs behind ``http(s)://`` URLs: downloaded within a size limit, a silence timeout and a wall-clock deadline
+(:mod:`toolkit.io.transfer`), their content sniffed (an HTML error page is not decoded as an image), every failure
+one plain sentence. Only the standard library's urllib and http.client.
+
+Redirects are followed here, not by urllib: every hop is checked as the first URL is (http or https only, at most
+:data:`MAX_REDIRECTS` hops, no loop), and every connection a download opens is cut at its deadline, so a server
+trickling its headers, its chunk sizes or its body cannot hold a download past it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.client
 import os
 import socket
-import tempfile
-import time
+import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, read_bytes, size_text
+from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, read_bytes
 from toolkit.io.imageheader import image_format
+from toolkit.io.transfer import (
+    DEFAULT_DEADLINE,
+    DEFAULT_TIMEOUT,
+    Deadline,
+    Download,
+    FetchContext,
+    FetchError,
+    FetchLimits,
+    os_reason,
+    receive,
+)
 from toolkit.meta import YOLOKIT_VERSION
 
-DEFAULT_TIMEOUT = 30.0  # seconds a server may stay silent (connecting, or between two reads)
-_CHUNK = 1 << 16
+__all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "MAX_REDIRECTS", "HttpStream", "fetch", "fetch_image",
+           "fetch_image_bytes", "fetch_video", "is_url", "open_http", "read_source", "sniff_media", "url_name",
+           "url_suffix"]
+
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def is_url(text: str) -> bool:
@@ -61,99 +83,248 @@ def _what(kind: str | None) -> str:
                                                                                               "unknown data")
 
 
-def _open(url: str, timeout: float) -> object:
-    request = urllib.request.Request(url, headers={"User-Agent": f"yolokit/{YOLOKIT_VERSION}"})
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only, checked by the caller
-    except urllib.error.HTTPError as e:
-        raise ImageReadError(url, f"the server answered HTTP {e.code} {e.reason}".rstrip()) from None
-    except urllib.error.URLError as e:
-        raise ImageReadError(url, f"cannot connect ({_reason(e.reason, timeout)})") from None
-    except TimeoutError:
-        raise ImageReadError(url, f"no answer within {timeout:g} s (--stream-timeout)") from None
-    except (OSError, ValueError) as e:
-        raise ImageReadError(url, f"cannot download ({_reason(e, timeout)})") from None
+def _short(text: str, limit: int = 160) -> str:
+    """A server-chosen string (a URL, a reason phrase) fit for a one-line message."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _reason(e: object, timeout: float) -> str:
-    if isinstance(e, (TimeoutError, socket.timeout)):
+# ------------------------------------------------------------------------------------------- connections
+
+
+class _Sockets:
+    """The sockets of one download's connections (each redirect opens one), cut together at its deadline. Each is
+    held as a duplicate, which stays valid when TLS takes the original over; shutting it down wakes a read blocked
+    on the connection."""
+
+    def __init__(self) -> None:
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock.dup())
+            if self._cut:  # opened as the deadline passed
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            for s in self._socks:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._socks:
+                s.close()
+            self._socks.clear()
+
+
+class _Watched:
+    """An HTTP connection whose socket is handed to its download's :class:`_Sockets` the moment it exists."""
+
+    def __init__(self, *args: Any, sockets: _Sockets, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sockets = sockets
+        self._create_connection = self._watched_connection
+
+    def _watched_connection(self, address: tuple[str, int], timeout: float | None,
+                            source_address: tuple[str, int] | None = None) -> socket.socket:
+        sock = socket.create_connection(address, timeout, source_address)
+        self._sockets.add(sock)
+        return sock
+
+
+class _Connection(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, sockets: _Sockets) -> None:
+        super().__init__()
+        self.sockets = sockets
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_Connection, sockets=self.sockets), req)  # type: ignore[arg-type]
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, sockets: _Sockets) -> None:
+        super().__init__()
+        self.sockets = sockets
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_TLSConnection, sockets=self.sockets), req,  # type: ignore[arg-type]
+                            context=ssl.create_default_context())
+
+
+def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
+    """http and https only (proxies from the environment apply); a redirect comes back as an HTTPError, for
+    :func:`open_http` to check and follow."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(sockets), _HTTPSHandler(sockets),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+class HttpStream:
+    """An HTTP response as a :class:`toolkit.io.transfer.Stream`: ``status``, ``headers``, ``url`` (after
+    redirects), ``length`` (None when not declared), ``read1`` (what has arrived), ``abort`` (cuts the
+    connection), ``close``."""
+
+    def __init__(self, response: http.client.HTTPResponse, sockets: _Sockets) -> None:
+        self.response, self.sockets = response, sockets
+        self.status: int = response.status
+        self.headers = response.headers
+        self.url: str = getattr(response, "url", "")
+        self.length: int | None = response.length
+
+    def read1(self, n: int) -> bytes:
+        try:
+            return self.response.read1(n)
+        except http.client.IncompleteRead:
+            raise ConnectionError("the connection closed early") from None
+        except http.client.HTTPException:
+            raise ConnectionError("the server sent a malformed response") from None
+
+    def abort(self) -> None:
+        self.sockets.cut()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.response.close()
+        self.sockets.close()
+
+
+def _connect_reason(e: object, timeout: float) -> str:
+    if isinstance(e, TimeoutError):
         return f"no answer within {timeout:g} s"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
     if isinstance(e, socket.gaierror):
         return "unknown host"
-    if isinstance(e, OSError) and e.strerror:
-        return str(e.strerror)
-    return str(e) or type(e).__name__
+    if isinstance(e, BaseException):
+        return os_reason(e)
+    return _short(str(e), 80)
 
 
-def iter_download(url: str, max_bytes: int, timeout: float = DEFAULT_TIMEOUT) -> Iterator[bytes]:
-    """The body of ``url`` in chunks. Raises :class:`ImageReadError` with a plain reason: an HTTP error, no
-    connection, the server silent for ``timeout`` s (or the whole transfer over 20 times that), more than
-    ``max_bytes``."""
-    response = _open(url, timeout)
-    deadline = time.monotonic() + 20 * timeout
-    with contextlib.closing(response):  # type: ignore[type-var]
-        length = response.headers.get("Content-Length")  # type: ignore[attr-defined]
-        if length and length.isdigit() and int(length) > max_bytes:
-            raise ImageReadError(url, f"the server sends {size_text(int(length))}, over the "
-                                      f"{size_text(max_bytes)} limit; raise it with --max-file-size")
-        got = 0
-        while True:
+def open_http(url: str, timeout: float, deadline: Deadline, headers: Mapping[str, str] | None = None) -> HttpStream:
+    """``GET url``, following redirects: each hop must be http or https, new (no loop), and at most
+    :data:`MAX_REDIRECTS` of them. Raises :class:`FetchError` in one sentence of yolokit's own; the connections are
+    cut at ``deadline``."""
+    if not is_url(url):
+        raise FetchError(url, "not an http or https URL", "refused")
+    sockets = _Sockets()
+    deadline.watch(sockets.cut)
+    opener = _opener(sockets)
+    sent = {"User-Agent": f"yolokit/{YOLOKIT_VERSION}", "Accept-Encoding": "identity", **(headers or {})}
+    current, seen = url, {url}
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            if deadline.passed:
+                raise deadline.refusal(url, 0)
+            wait = max(0.05, min(timeout, deadline.remaining()))
             try:
-                chunk = response.read(_CHUNK)  # type: ignore[attr-defined]
+                response = opener.open(urllib.request.Request(current, headers=sent), timeout=wait)
+                return HttpStream(response, sockets)
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("Location") if e.code in _REDIRECTS and e.headers else None
+                e.close()
+                if e.code not in _REDIRECTS:
+                    raise FetchError(url, f"the server answered HTTP {e.code} {_short(str(e.reason), 60)}".rstrip(),
+                                     "http", e.code) from None
+                if not location:
+                    raise FetchError(url, f"the server answered HTTP {e.code} (a redirect) without saying where to",
+                                     "redirect") from None
+                target = urllib.parse.urljoin(current, location.strip())
+                if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+                    raise FetchError(url, f"redirected to {_short(target)}, which yolokit does not follow (only http "
+                                          f"and https)", "redirect") from None
+                if target in seen:
+                    raise FetchError(url, f"the server redirects in a loop (back to {_short(target)})",
+                                     "redirect") from None
+                seen.add(target)
+                current = target
+            except urllib.error.URLError as e:
+                if deadline.passed:
+                    raise deadline.refusal(url, 0) from None
+                raise FetchError(url, f"cannot connect ({_connect_reason(e.reason, wait)})") from None
             except TimeoutError:
-                raise ImageReadError(url, f"the server stopped sending for {timeout:g} s (--stream-timeout)") \
-                    from None
-            except OSError as e:
-                raise ImageReadError(url, f"the download broke off ({_reason(e, timeout)})") from None
-            if not chunk:
-                return
-            got += len(chunk)
-            if got > max_bytes:
-                raise ImageReadError(url, f"the download passed the {size_text(max_bytes)} limit; raise it with "
-                                          f"--max-file-size")
-            if time.monotonic() > deadline:
-                raise ImageReadError(url, f"the download took over {20 * timeout:g} s; raise --stream-timeout")
-            yield chunk
+                if deadline.passed:
+                    raise deadline.refusal(url, 0) from None
+                raise FetchError(url, f"no answer within {wait:g} s (--stream-timeout)", "silence") from None
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                if deadline.passed:
+                    raise deadline.refusal(url, 0) from None
+                if isinstance(e, ValueError) and not isinstance(e, http.client.HTTPException):
+                    raise FetchError(url, f"not a valid URL ({_short(str(e), 80)})", "refused") from None
+                what = "the server sent a malformed answer" if isinstance(e, http.client.HTTPException) \
+                    else f"cannot download ({os_reason(e)})"
+                raise FetchError(url, what) from None
+        raise FetchError(url, f"the server redirected more than {MAX_REDIRECTS} times (last to {_short(current)}); "
+                              f"yolokit follows at most {MAX_REDIRECTS}", "redirect")
+    except BaseException:
+        sockets.close()
+        raise
 
 
-def fetch_image_bytes(url: str, max_bytes: int, timeout: float = DEFAULT_TIMEOUT) -> np.ndarray:
+# ------------------------------------------------------------------------------------------- downloads
+
+
+def fetch(url: str, ctx: FetchContext, to_file: bool = False, suffix: str = "") -> Download:
+    """The body of ``url`` within ``ctx`` (limits, memory budget, temporary folder): see
+    :func:`toolkit.io.transfer.receive`."""
+    with ctx.deadline() as deadline:
+        stream = open_http(url, ctx.limits.timeout, deadline)
+        try:
+            return receive(stream, url, ctx, deadline, to_file, suffix)
+        finally:
+            stream.close()
+
+
+def fetch_image(url: str, ctx: FetchContext) -> Download:
     """An image URL's bytes, refused with the reason when the server sends something else."""
-    data = b"".join(iter_download(url, max_bytes, timeout))
-    if not data:
-        raise ImageReadError(url, "the server sent an empty body")
-    kind = sniff_media(data[:4096])
+    got = fetch(url, ctx)
+    kind = sniff_media(got.head)
     if kind != "image":
+        got.close()
+        if not got.size:
+            raise FetchError(url, "the server sent an empty body", "content")
         hint = "; name it with a video suffix (.mp4) to run its frames" if kind == "video" else ""
-        raise ImageReadError(url, f"the server sent {_what(kind)}, not an image{hint}")
-    return np.frombuffer(data, np.uint8)
+        raise FetchError(url, f"the server sent {_what(kind)}, not an image{hint}", "content")
+    return got
 
 
-def read_source(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-                timeout: float = DEFAULT_TIMEOUT) -> np.ndarray:
+def fetch_video(url: str, ctx: FetchContext) -> Download:
+    """A video URL downloaded to a temporary file (``path``), refused when it is not a video."""
+    got = fetch(url, ctx, to_file=True, suffix=url_suffix(url) or ".mp4")
+    kind = sniff_media(got.head)
+    if kind != "video" and got.head[:3] != b"GIF":  # OpenCV reads an animated GIF as a video
+        got.close()
+        raise FetchError(url, f"the server sent {_what(kind)}, not a video" if got.size
+                         else "the server sent an empty body", "content")
+    return got
+
+
+def fetch_image_bytes(url: str, max_bytes: int, timeout: float = DEFAULT_TIMEOUT,
+                      deadline: float = DEFAULT_DEADLINE) -> np.ndarray:
+    """An image URL's encoded bytes (see :func:`fetch_image`), downloaded here."""
+    got = fetch_image(url, FetchContext(FetchLimits(max_bytes, timeout, deadline)))
+    try:
+        return got.array()
+    finally:
+        got.close()
+
+
+def read_source(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE, timeout: float = DEFAULT_TIMEOUT,
+                deadline: float = DEFAULT_DEADLINE) -> np.ndarray:
     """An input's encoded bytes: a local file (see :func:`toolkit.io.files.read_bytes`) or an image URL."""
     if is_url(path):
-        return fetch_image_bytes(path, max_file_size, timeout)
+        return fetch_image_bytes(path, max_file_size, timeout, deadline)
     return read_bytes(path, max_file_size)
-
-
-@contextlib.contextmanager
-def downloaded_video(url: str, max_bytes: int, timeout: float = DEFAULT_TIMEOUT) -> Iterator[str]:
-    """A video URL downloaded to a temporary file (removed afterwards), refused when it is not a video."""
-    fd, tmp = tempfile.mkstemp(prefix="yolokit-", suffix=url_suffix(url) or ".mp4")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            head = b""
-            for chunk in iter_download(url, max_bytes, timeout):
-                if len(head) < 4096:
-                    head += chunk[:4096 - len(head)]
-                f.write(chunk)
-        kind = sniff_media(head)
-        if kind != "video" and head[:3] != b"GIF":  # OpenCV reads an animated GIF as a video
-            raise ImageReadError(url, f"the server sent {_what(kind)}, not a video" if head
-                                 else "the server sent an empty body")
-        yield tmp
-    finally:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()

@@ -15,7 +15,8 @@ import numpy as np
 
 from toolkit.errors import InputError
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, regular_file, special_kind
-from toolkit.io.remote import DEFAULT_TIMEOUT, downloaded_video, is_url, url_name, url_suffix
+from toolkit.io.remote import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, fetch_video, is_url, url_name, url_suffix
+from toolkit.io.transfer import FetchContext, FetchLimits
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
@@ -202,28 +203,35 @@ def _streams(lines: list[str]) -> list[InputRef]:
 
 
 def iter_video(ref: InputRef, stride: int = 1, max_bytes: int = DEFAULT_MAX_FILE_SIZE,
-               timeout: float = DEFAULT_TIMEOUT) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+               timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE
+               ) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
     """Every ``stride``-th frame of a video as (ref, frame, None), or (ref, None, reason) for an unreadable
-    stretch or file. Frames are numbered as YOLOv5's detect.py numbers them with ``--vid-stride``: it reads
-    ``stride`` frames and keeps the last, counting kept frames from 1 (keys ``<video>_1``, ``<video>_2``...); a
-    frame's ``frame`` is its index in the video. Only a regular file is opened (a named pipe named .mp4 would block
-    the decoder); a URL is downloaded first (within ``max_bytes`` and ``timeout``)."""
+    stretch or file (see :func:`video_frames`). Only a regular file is opened (a named pipe named .mp4 would block
+    the decoder); a URL is downloaded first, here (within ``max_bytes``, ``timeout`` s of silence and ``deadline``
+    s in all; a run downloads its videos ahead, in its download pool: :mod:`toolkit.io.downloads`)."""
     if is_url(ref.path):
         try:
-            with downloaded_video(ref.path, max_bytes, timeout) as tmp:
-                yield from _frames(ref, tmp, stride)
+            got = fetch_video(ref.path, FetchContext(FetchLimits(max_bytes, timeout, deadline)))
         except ImageReadError as e:
             yield ref, None, e.reason
+            return
+        try:
+            yield from video_frames(ref, str(got.path), stride)
+        finally:
+            got.close()
         return
     try:
         regular_file(ref.path)
     except ImageReadError as e:
         yield ref, None, e.reason.replace("not an image file", "not a video file")
         return
-    yield from _frames(ref, ref.path, stride)
+    yield from video_frames(ref, ref.path, stride)
 
 
-def _frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+    """The frames of the video file at ``path`` (``ref``'s own file, or its download). Frames are numbered as
+    YOLOv5's detect.py numbers them with ``--vid-stride``: it reads ``stride`` frames and keeps the last, counting
+    kept frames from 1 (keys ``<video>_1``, ``<video>_2``...); a frame's ``frame`` is its index in the video."""
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         yield ref, None, "cannot open the video (corrupt or unsupported codec)"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.engine.core import DetectorConfig, Result
+from toolkit.io.downloads import DEFAULT_WORKERS
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
 from toolkit.io.outputs import (
     AnnotateStyle,
@@ -23,7 +24,7 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
-from toolkit.io.remote import DEFAULT_TIMEOUT
+from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -53,6 +54,9 @@ class RunOptions:
     augment: bool = False  # test-time augmentation
     vid_stride: int = 1
     stream_timeout: float = DEFAULT_TIMEOUT  # seconds a URL or live stream may stay silent
+    download_timeout: float = DEFAULT_DEADLINE  # seconds a whole download (image or video URL) may take
+    download_workers: int = DEFAULT_WORKERS  # downloads at once, beside decoding and inference
+    download_memory: int = DEFAULT_MEMORY  # bytes downloads hold in memory together (past it: temporary files)
     save_workers: int = 0  # threads that annotate, encode and write outputs (0: from the core count)
     project: str = "runs/detect"
     name: str = "exp"
@@ -86,7 +90,8 @@ class RunOptions:
             imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
             agnostic=self.agnostic, fast_decode=self.fast_decode, max_file_size=self.max_file_size,
             max_pixels=self.max_pixels, augment=self.augment, vid_stride=self.vid_stride,
-            timeout=self.stream_timeout, gpu_resize=self.gpu_resize)
+            timeout=self.stream_timeout, gpu_resize=self.gpu_resize, download_timeout=self.download_timeout,
+            download_workers=self.download_workers, download_memory=self.download_memory)
         values.update(overrides)
         return DetectorConfig(**values)
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from toolkit.errors import DownloadError, InputError, ModelFileError
+from toolkit.io.remote import HttpStream, open_http
+from toolkit.io.transfer import DEFAULT_DEADLINE, Deadline, FetchError, FileStream, pump
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -53,7 +53,6 @@ ENV_WEIGHTS: Final = "YOLOKIT_WEIGHTS"
 ENV_WEIGHTS_URL: Final = "YOLOKIT_WEIGHTS_URL"
 ENV_SHARED: Final = "YOLOKIT_SHARED"
 
-_CHUNK = 1 << 16
 _USER_AGENT = "yolokit-weights/0.1"
 # Client errors that will not change on a retry; everything else (5xx, 408, 429, network trouble) is retried.
 _PERMANENT_HTTP = frozenset({400, 401, 403, 404, 405, 410, 451})
@@ -237,15 +236,40 @@ def _mismatch(entry: WeightsEntry, src: str, part: Path, what: str) -> DownloadE
     )
 
 
+def _open(entry: WeightsEntry, src: str, part: Path, start: int, timeout: float,
+          deadline: Deadline) -> HttpStream | FileStream:
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    if src.lower().startswith("file://"):
+        try:
+            return FileStream(urllib.request.url2pathname(src[7:]))
+        except OSError as e:
+            raise DownloadError(f"could not download {entry.name}: cannot read {src} ({e.strerror or e})") from None
+    try:
+        return open_http(src, timeout, deadline, headers)
+    except FetchError as e:
+        if e.kind == "http" and e.code == 416 and start:
+            _unlink(part)  # our .part does not fit the server's file: restart from zero
+            raise _Retryable(f"HTTP 416 for a resume from byte {start}") from None
+        if e.retryable or (e.kind == "http" and e.code not in _PERMANENT_HTTP):
+            raise _Retryable(e.reason) from None
+        if e.kind == "deadline":
+            raise
+        raise DownloadError(f"could not download {entry.name} from {src}: {e.reason}. Fix: check the name/URL (--url "
+                            f"or ${ENV_WEIGHTS_URL}), or place the file at {part.with_suffix('')} yourself") from None
+
+
 def _attempt(
     entry: WeightsEntry,
     src: str,
     part: Path,
     progress: Callable[[int, int], object] | None,
     timeout: float,
+    deadline: Deadline,
 ) -> None:
     """One request. Returns with ``part`` complete and verified, raises ``_Retryable`` to try again (the .part
-    kept when it is a valid prefix), or ``DownloadError`` for failures a retry cannot fix."""
+    kept when it is a valid prefix), or ``DownloadError`` (or the deadline's ``FetchError``) for good."""
     start = 0
     if part.exists():
         have = part.stat().st_size
@@ -257,35 +281,10 @@ def _attempt(
         else:
             start = have
 
-    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    request = urllib.request.Request(src, headers=headers)
-    try:
-        resp = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) or file mirrors
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code == 416 and start:
-            _unlink(part)  # our .part does not fit the server's file: restart from zero
-            raise _Retryable(f"HTTP 416 for a resume from byte {start}") from None
-        msg = f"HTTP {e.code} {e.reason}"
-        if e.code in _PERMANENT_HTTP:
-            raise DownloadError(
-                f"could not download {entry.name} from {src}: {msg}. Fix: check the name/URL "
-                f"(--url or ${ENV_WEIGHTS_URL}), or place the file at {part.with_suffix('')} yourself"
-            ) from None
-        raise _Retryable(msg) from None
-    except urllib.error.URLError as e:
-        raise _Retryable(f"cannot connect: {e.reason}") from None
-    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad status lines
-        raise _Retryable(f"cannot connect: {e!r}") from None
-    except ValueError as e:
-        raise DownloadError(f"could not download {entry.name}: bad URL {src!r} ({e})") from None
-
-    with resp:
-        status = getattr(resp, "status", None)
-        if status == 206:
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "") or "")
+    stream = _open(entry, src, part, start, timeout, deadline)
+    with contextlib.closing(stream):
+        if stream.status == 206:
+            m = _CONTENT_RANGE.match(stream.headers.get("Content-Range", "") or "")
             if m is None or int(m.group(1)) != start:
                 _unlink(part)
                 raise _Retryable("server answered a resume with an unexpected Content-Range")
@@ -299,31 +298,28 @@ def _attempt(
             hasher, done = hashlib.sha256(), 0
             mode = "wb"
 
-        length_header = resp.headers.get("Content-Length")
-        expected_body = int(length_header) if length_header and length_header.isdigit() else None
-        if expected_body is not None and start + expected_body != entry.size:
-            got_size = start + expected_body
-            raise _mismatch(entry, src, part, f"expected size {entry.size} bytes, got {got_size}")
+        if stream.length is not None and start + stream.length != entry.size:
+            raise _mismatch(entry, src, part, f"expected size {entry.size} bytes, got {start + stream.length}")
 
-        limit = entry.size - done  # read at most one byte past the expected size: bounded even if lied to
         try:
             with open(part, mode) as f:
+                def write(block: bytes) -> None:
+                    nonlocal done
+                    f.write(block)
+                    hasher.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(min(done, entry.size), entry.size)
+
                 try:
-                    while limit >= 0:
-                        try:
-                            block = resp.read(min(_CHUNK, limit + 1))
-                        except (OSError, http.client.HTTPException) as e:
-                            raise _Retryable(
-                                f"transfer interrupted at byte {done} of {entry.size}: {e!r}"
-                            ) from None
-                        if not block:
-                            break
-                        f.write(block)
-                        hasher.update(block)
-                        done += len(block)
-                        limit -= len(block)
-                        if progress is not None:
-                            progress(min(done, entry.size), entry.size)
+                    # at most the expected size: bounded even if lied to; the clock checked on every chunk
+                    pump(stream, src, deadline, entry.size - done, timeout, write, start=done)
+                except FetchError as e:
+                    if e.kind == "size":
+                        raise _mismatch(entry, src, part, f"expected size {entry.size} bytes, got more") from None
+                    if e.kind == "deadline":
+                        raise
+                    raise _Retryable(f"transfer interrupted at byte {done} of {entry.size}: {e.reason}") from None
                 finally:
                     f.flush()
                     os.fsync(f.fileno())
@@ -334,8 +330,6 @@ def _attempt(
 
     if done < entry.size:
         raise _Retryable(f"connection closed early at byte {done} of {entry.size}")
-    if done > entry.size:
-        raise _mismatch(entry, src, part, f"expected size {entry.size} bytes, got more")
     got = hasher.hexdigest()
     if got != entry.sha256.lower():
         raise _mismatch(entry, src, part, f"expected sha256 {entry.sha256}, got {got}")
@@ -350,6 +344,7 @@ def download(
     retries: int = 2,
     *,
     backoff: float = 1.0,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> Path:
     """Download a checkpoint into the cache, verified, and return its path ``<cache_dir>/<name>.pt``.
 
@@ -360,7 +355,8 @@ def download(
     for size and sha256, then renamed atomically. A checksum/size mismatch deletes the .part and raises
     ``DownloadError`` at once; server errors (5xx), refused connections and truncated transfers are retried up
     to ``retries`` times, resuming the kept .part, waiting ``backoff`` seconds (doubling, at most 10 s)
-    between attempts. ``progress(bytes_done, total)`` is called as bytes arrive.
+    between attempts. ``progress(bytes_done, total)`` is called as bytes arrive. ``timeout``: seconds of silence;
+    ``deadline``: seconds for the whole call, however slow (the .part is kept). Redirects: http(s) only.
     """
     entry = name if isinstance(name, WeightsEntry) else get_entry(name)
     if retries < 0:
@@ -385,13 +381,17 @@ def download(
     attempts = retries + 1
     last = ""
     ok = False
+    clock = Deadline(deadline, f"more time: `yolokit weights download {entry.name[:-3]} --download-timeout SECONDS`")
     try:
         for i in range(attempts):
             if i:
-                time.sleep(min(backoff * 2 ** (i - 1), 10.0))
+                time.sleep(max(0.0, min(backoff * 2 ** (i - 1), 10.0, clock.remaining())))
             log.info("downloading %s from %s (attempt %d/%d)", entry.name, src, i + 1, attempts)
             try:
-                _attempt(entry, src, part, progress, timeout)
+                _attempt(entry, src, part, progress, timeout, clock)
+            except FetchError as e:  # the deadline: another attempt would be past it too
+                kept = f" (it resumes the partial file kept at {part})" if part.exists() else ""
+                raise DownloadError(f"could not download {entry.name} from {src}: {e.reason}{kept}") from None
             except _Retryable as e:
                 last = str(e)
                 log.warning("download of %s: %s", entry.name, last)
@@ -403,6 +403,7 @@ def download(
             ok = True
             return final
     finally:
+        clock.close()
         if not ok and final.exists() and not verify(final, entry):
             _unlink(final)  # never leave an unverified file under the final name
     kept = f"partial file kept at {part}; " if part.exists() else ""

@@ -62,6 +62,7 @@ from toolkit.engine.gpu.memory import (
 from toolkit.engine.gpu.nms import BatchedNMS, Candidates
 from toolkit.errors import first_line, last_line
 from toolkit.io.sources import InputRef
+from toolkit.io.transfer import Download
 from toolkit.ops import LetterboxInfo, letterbox_info, letterbox_padding, letterbox_resize, scale_boxes
 
 if TYPE_CHECKING:
@@ -147,8 +148,8 @@ class DevicePipeline:
         _, ref, payload = item
         if isinstance(payload, str):
             return Result(ref, error=payload)
-        if payload is None:
-            got = self.routine.load_input(ref, fast_decode)
+        if payload is None or isinstance(payload, Download):
+            got = self.routine.load_input(ref, fast_decode, payload)
             if isinstance(got, str):
                 return Result(ref, error=got)
             img, shape = got
