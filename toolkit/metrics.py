@@ -142,9 +142,5 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         for j in range(nl):
             ap[ci, j] = compute_ap(recall[:, j], precision[:, j])
     f1 = 2 * p * r / (p + r + EPS)
-    if nc:
-        k = int(smooth(f1.mean(0), 0.1).argmax())
-        p, r, f1 = p[:, k], r[:, k], f1[:, k]
-    else:
-        p, r, f1 = np.zeros(0), np.zeros(0), np.zeros(0)
-    return ClassMetrics(classes.astype(int), nt, p, r, f1, ap)
+    k = int(smooth(f1.mean(0), 0.1).argmax()) if nc else 0
+    return ClassMetrics(classes.astype(int), nt, p[:, k], r[:, k], f1[:, k], ap)

@@ -22,7 +22,8 @@ import numpy as np
 from backends.base import ExportOptions, Int8Data
 from toolkit.detections import Detections
 from toolkit.errors import InputError
-from toolkit.jobs.val import Sample, _label_path, coco_map, dataset_images, load_labels
+from toolkit.jobs.val import coco_map
+from toolkit.jobs.valdata import Sample, dataset_images, label_path, load_labels
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
 MAX_VAL_IMAGES = 500
@@ -83,7 +84,7 @@ def int8_data(options: ExportOptions, stride: int, nms_inside: bool) -> Int8Data
         raise InputError(f"{options.calib_data}: no images for INT8 calibration (--data)")
     n = min(options.calib_images, math.ceil(options.fraction * len(images)))
     calibration = [images[i] for i in spread(len(images), n)]
-    labelled = [p for p in images if _label_path(p).is_file()]
+    labelled = [p for p in images if label_path(p).is_file()]
     if options.max_drop is not None and not labelled:
         raise InputError(f"{options.calib_data}: --max-drop needs labelled images (YOLO label files under labels/ "
                          f"beside images/, or a dataset yaml); none found")

@@ -28,11 +28,17 @@ import numpy as np
 from toolkit.detections import Detections
 from toolkit.errors import InputError, OutputError
 from toolkit.io.sources import InputRef
-from toolkit.jobs.valdata import Sample as Sample
-from toolkit.jobs.valdata import dataset_images as dataset_images
-from toolkit.jobs.valdata import label_path as _label_path
-from toolkit.jobs.valdata import load_labels as load_labels
-from toolkit.jobs.valdata import load_resized, native_labels, read_labels, rect_batches, resized_shape, to_native
+from toolkit.jobs.valdata import (
+    Sample,
+    dataset_images,
+    load_labels,
+    load_resized,
+    native_labels,
+    read_labels,
+    rect_batches,
+    resized_shape,
+    to_native,
+)
 from toolkit.metrics import IOU_LEVELS, ap_per_class, match_levels
 from toolkit.ops import LetterboxInfo, letterbox, match_greedy, to_chw_rgb
 
