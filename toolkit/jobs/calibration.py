@@ -6,8 +6,9 @@ the sorted list, so that every folder of a dataset is represented and the choice
 letterboxed to the export size (a square for the default 640), as NNCF's statistics need one input per image.
 
 Labelled data (YOLO label files found through YOLOv5's images -> labels rule): up to :data:`MAX_VAL_IMAGES` of its
-images, evenly spaced, letterboxed as ``yolokit val`` does, judge the FP32 and INT8 models by mAP50-95 (pycocotools,
-conf 0.001, IoU 0.6, multi-label, 300 detections per image, as ``yolokit val``). They are held in memory as uint8.
+images, evenly spaced, letterboxed as ``yolokit run`` does, judge the FP32 and INT8 models by mAP50-95 (pycocotools,
+conf 0.001, IoU 0.6, multi-label, 300 detections per image: ``yolokit val --protocol coco``). They are held in memory
+as uint8.
 """
 
 from __future__ import annotations
