@@ -55,7 +55,6 @@ def _parse_scales(text: str) -> tuple[float, ...]:
         if scales and all(0 < s <= 1 for s in scales):
             return scales
     raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {text!r}")
-    return scales
 
 
 class _Progress:
@@ -229,26 +228,28 @@ def val(
     weights: Annotated[str | None, typer.Option(help="Model to evaluate (any format yolokit runs).")] = None,
     data: Annotated[str, typer.Option(help="A YOLO dataset yaml, or a folder with images/ and labels/.")] = "",
     backend: Annotated[str | None, typer.Option(help="Force a backend.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, gpu or a GPU index. Default: the "
-                                                    "backend's own.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N, gpu or a GPU index.")] = None,
     imgsz: Annotated[int, typer.Option(help="Inference size (long side).")] = 640,
     conf: Annotated[float, typer.Option(help="Confidence threshold for evaluation.")] = 0.001,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.6,
     max_det: Annotated[int, typer.Option(help="Detections per image kept.")] = 300,
-    batch: Annotated[int, typer.Option(help="Images per inference batch.")] = 1,
+    batch: Annotated[int, typer.Option(help="Images per batch (val.py's --batch-size; it shapes the batches).")] = 32,
     augment: Annotated[bool, typer.Option(help="Test-time augmentation (YOLOv5's --augment).")] = False,
+    protocol: Annotated[str, typer.Option(help="yolov5: YOLOv5 val.py's figures; coco: pycocotools on "
+                                               "detect.py-style inputs.")] = "yolov5",
+    half: Annotated[bool, typer.Option(help="FP16 PyTorch on CUDA (val.py --half); default FP32.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Per-class figures, as val.py --verbose.")] = False,
+    save_json: Annotated[str | None, typer.Option(help="Write COCO-format predictions to this file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """COCO-style mAP50-95 and mAP50 (pycocotools), precision and recall on a labelled dataset.
+    """mAP50-95, mAP50, P and R on a labelled dataset, as YOLOv5's val.py computes them (or --protocol coco).
 
-    Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128
-    """
+    Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128"""
     from toolkit.jobs.val import ValOptions, format_metrics, validate
 
-    if not data:
-        raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
     metrics = validate(ValOptions(weights=weights or "yolov5n", data=data, backend=backend, device=device,
-                                  imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, augment=augment))
+                                  imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, augment=augment,
+                                  protocol=protocol, half=half, verbose=verbose, save_json=save_json))
     typer.echo(json.dumps(metrics, indent=1) if json_out else format_metrics(metrics))
 
 

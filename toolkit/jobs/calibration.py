@@ -6,8 +6,9 @@ the sorted list, so that every folder of a dataset is represented and the choice
 letterboxed to the export size (a square for the default 640), as NNCF's statistics need one input per image.
 
 Labelled data (YOLO label files found through YOLOv5's images -> labels rule): up to :data:`MAX_VAL_IMAGES` of its
-images, evenly spaced, letterboxed as ``yolokit val`` does, judge the FP32 and INT8 models by mAP50-95 (pycocotools,
-conf 0.001, IoU 0.6, multi-label, 300 detections per image, as ``yolokit val``). They are held in memory as uint8.
+images, evenly spaced, letterboxed as ``yolokit run`` does, judge the FP32 and INT8 models by mAP50-95 (pycocotools,
+conf 0.001, IoU 0.6, multi-label, 300 detections per image: ``yolokit val --protocol coco``). They are held in memory
+as uint8.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from backends.base import ExportOptions, Int8Data
 from toolkit.detections import Detections
 from toolkit.errors import InputError
-from toolkit.jobs.val import Sample, _label_path, coco_map, dataset_images, load_labels
+from toolkit.jobs.val import coco_map
+from toolkit.jobs.valdata import Sample, dataset_images, label_path, load_labels
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
 MAX_VAL_IMAGES = 500
@@ -83,7 +85,7 @@ def int8_data(options: ExportOptions, stride: int, nms_inside: bool) -> Int8Data
         raise InputError(f"{options.calib_data}: no images for INT8 calibration (--data)")
     n = min(options.calib_images, math.ceil(options.fraction * len(images)))
     calibration = [images[i] for i in spread(len(images), n)]
-    labelled = [p for p in images if _label_path(p).is_file()]
+    labelled = [p for p in images if label_path(p).is_file()]
     if options.max_drop is not None and not labelled:
         raise InputError(f"{options.calib_data}: --max-drop needs labelled images (YOLO label files under labels/ "
                          f"beside images/, or a dataset yaml); none found")

@@ -1,21 +1,53 @@
-"""``yolokit val``: COCO-style mAP on a YOLO-labelled dataset, computed with pycocotools."""
+"""``yolokit val``: mAP on a YOLO-labelled dataset, by one of two protocols.
+
+* ``yolov5`` (the default): what YOLOv5 v7.0's ``val.py`` does, so the figures are the ones it prints. Images are
+  read whole, resized so the long side is the input size (INTER_AREA when shrinking), sorted by aspect ratio into
+  rectangular batches (``--batch``, default 32, as ``val.py``'s ``--batch-size``) and letterboxed to their batch's
+  shape; NMS keeps every class above ``--conf`` (multi-label); detections are matched at IoU 0.50:0.05:0.95 and
+  scored by ``ap_per_class`` (:mod:`toolkit.metrics`). A model that cannot take rectangular batches (a fixed input
+  shape, or a largest shape below a batch's) gets square inputs, which is what ``val.py`` does with ``rect`` off.
+* ``coco``: pycocotools' COCOeval (101 recall points, area 'all', ``--max-det`` detections) on the detections
+  ``yolokit run`` gives (each image letterboxed alone, as ``detect.py`` does).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toolkit.detections import Detections
-from toolkit.errors import InputError
-from toolkit.io.sources import IMAGE_SUFFIXES
-from toolkit.ops import match_greedy
+from toolkit.errors import InputError, OutputError
+from toolkit.io.sources import InputRef
+from toolkit.jobs.valdata import (
+    Sample,
+    dataset_images,
+    load_labels,
+    load_resized,
+    native_labels,
+    read_labels,
+    rect_batches,
+    resized_shape,
+    to_native,
+)
+from toolkit.metrics import IOU_LEVELS, ap_per_class, match_levels
+from toolkit.ops import LetterboxInfo, letterbox, match_greedy, to_chw_rgb
+
+if TYPE_CHECKING:
+    from toolkit.engine.detector import Detector
+
+PROTOCOLS = ("yolov5", "coco")
+RECT_PAD = 0.5  # val.py's padding of the rectangular batch shapes, in strides
+CACHE_BYTES = 1 << 30  # resized images kept from the first pass (which reads every image's size) for the second
 
 
 @dataclass
@@ -28,84 +60,22 @@ class ValOptions:
     conf: float = 0.001
     iou: float = 0.6
     max_det: int = 300
-    batch: int = 1
+    batch: int = 32  # val.py's --batch-size: the rectangular batches (and so the figures) depend on it
     fast_decode: bool = False  # opt-in reduced-size JPEG decoding (to measure what it costs in mAP)
     augment: bool = False  # test-time augmentation (YOLOv5's val.py --augment)
+    protocol: str = "yolov5"  # yolov5: val.py's loader and ap_per_class; coco: pycocotools on detect.py's inputs
+    half: bool = False  # FP16 PyTorch on a CUDA device (val.py --half); artifacts keep their own precision
+    verbose: bool = False  # per-class figures
+    save_json: str | None = None  # write COCO-format predictions (val.py --save-json) to this file
 
 
-@dataclass
-class Sample:
-    image: str
-    shape: tuple[int, int]  # (h, w)
-    cls: np.ndarray  # (M,)
-    xyxy: np.ndarray  # (M, 4) pixels
-
-
-def _label_path(image: Path) -> Path:
-    parts = list(image.parts)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            return Path(*parts).with_suffix(".txt")
-    return image.with_suffix(".txt")
-
-
-def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
-    """Image paths of a dataset: a YOLO dataset yaml (its ``val`` split), a folder with ``images/`` (and
-    ``labels/`` beside it), or a folder of images whose labels follow YOLOv5's images->labels rule."""
-    p = Path(data)
-    names: dict[int, str] | None = None
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        import yaml
-
-        d = yaml.safe_load(p.read_text()) or {}
-        root = Path(d.get("path") or p.parent)
-        if not root.is_absolute():
-            root = (p.parent / root).resolve()
-        split = d.get("val") or d.get("test") or d.get("train")
-        if not split:
-            raise InputError(f"{p}: the dataset yaml has no val/train split")
-        folders = [root / s for s in (split if isinstance(split, list) else [split])]
-        raw = d.get("names")
-        if isinstance(raw, dict):
-            names = {int(k): str(v) for k, v in raw.items()}
-        elif isinstance(raw, list):
-            names = dict(enumerate(map(str, raw)))
-    elif p.is_dir():
-        folders = [p / "images"] if (p / "images").is_dir() else [p]
-    else:
-        raise InputError(f"{data}: not a dataset yaml or folder (give a YOLO dataset .yaml, or a folder with "
-                         f"images/ and labels/)")
-    images: list[Path] = []
-    for folder in folders:
-        if folder.is_file() and folder.suffix == ".txt":
-            images += [Path(line.strip()) for line in folder.read_text().splitlines() if line.strip()]
-            continue
-        if not folder.is_dir():
-            raise InputError(f"{folder}: dataset split folder not found")
-        for dirpath, _, files in os.walk(folder):
-            images += [Path(dirpath) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise InputError(f"{data}: no images found")
-    return sorted(images), names
-
-
-def load_labels(image: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(class ids, xyxy pixel boxes) of an image's YOLO label file; no file means no objects."""
-    lp = _label_path(image)
-    if not lp.is_file():
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
-    rows = [line.split() for line in lp.read_text().splitlines() if line.strip()]
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
-    try:
-        arr = np.array([[float(v) for v in r[:5]] for r in rows], dtype=np.float64)
-    except ValueError:
-        raise InputError(f"{lp}: malformed label line (expected: class xc yc w h, normalised)") from None
-    h, w = shape
-    xc, yc, bw, bh = arr[:, 1] * w, arr[:, 2] * h, arr[:, 3] * w, arr[:, 4] * h
-    xyxy = np.stack([xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2], 1).astype(np.float32)
-    return arr[:, 0].astype(np.int64), xyxy
+def _check(opts: ValOptions) -> None:
+    if opts.protocol not in PROTOCOLS:
+        raise InputError(f"--protocol {opts.protocol}: must be one of {', '.join(PROTOCOLS)}")
+    if opts.batch < 1:
+        raise InputError(f"--batch {opts.batch}: must be at least 1")
+    if not opts.data:
+        raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
 
 
 def coco_map(samples: list[Sample], dets: list[Detections], max_det: int = 300) -> dict[str, float]:
@@ -177,51 +147,257 @@ def precision_recall(samples: list[Sample], dets: list[Detections], iou_thres: f
     return {"precision": float(p[:, i].mean()), "recall": float(r[:, i].mean())}
 
 
+def _coco_protocol(det: Detector, images: list[Path], opts: ValOptions) -> tuple[dict[str, Any], list[Detections]]:
+    """Each image letterboxed alone (as ``yolokit run`` and ``detect.py`` do), scored by pycocotools."""
+    samples: list[Sample] = []
+    dets: list[Detections] = []
+    failed: list[dict[str, str]] = []
+    for res in det.predict_iter([str(p) for p in images], batch=opts.batch):
+        if res.detections is None or res.detections.shape is None:
+            failed.append({"path": res.ref.path, "reason": res.error or ""})
+            continue
+        try:
+            cls, xyxy = load_labels(Path(res.ref.path), res.detections.shape)
+        except InputError as e:
+            failed.append({"path": res.ref.path, "reason": str(e)})
+            continue
+        samples.append(Sample(res.ref.path, res.detections.shape, cls, xyxy))
+        dets.append(res.detections)
+    return {"images": len(samples), "instances": int(sum(len(s.cls) for s in samples)),
+            **coco_map(samples, dets, opts.max_det), **precision_recall(samples, dets), "failed": failed,
+            "letterbox": "each image letterboxed alone, as detect.py does",
+            "metric": f"pycocotools COCOeval bbox, IoU 0.50:0.95, area all, maxDets {opts.max_det}"}, dets
+
+
+@dataclass
+class _Image:
+    """One readable image of the dataset: its size as read, its labels and (while kept) ``load_image``'s result."""
+
+    path: str
+    shape: tuple[int, int]
+    labels: np.ndarray
+    resized: np.ndarray | None = field(default=None, repr=False)
+
+
+Batch = tuple[np.ndarray, tuple[int, int]]  # image indices and the letterbox shape (h, w) of one batch
+
+
+def _batches(det: Detector, shapes: np.ndarray, size: int, batch: int) -> tuple[list[Batch], bool, str]:
+    """val.py's rectangular batches where the model takes them, else square inputs in file order (val.py without
+    ``rect``); whether they are rectangular, and a line saying which."""
+    meta, n = det.meta, len(shapes)
+    if det.auto:
+        order, bshapes = rect_batches(shapes, batch, size, meta.stride, RECT_PAD)
+        top = (int(bshapes[:, 0].max()), int(bshapes[:, 1].max())) if n else (0, 0)
+        limit = meta.max_imgsz
+        if limit is None or (top[0] <= limit[0] and top[1] <= limit[1]):
+            plan = [(order[k * batch:(k + 1) * batch], (int(h), int(w))) for k, (h, w) in enumerate(bshapes)]
+            return plan, True, (f"rectangular batches of {batch} sorted by aspect ratio (pad {RECT_PAD}, stride "
+                                f"{meta.stride}), as val.py")
+        reason = (f"this {meta.format} model takes inputs up to {limit[0]}x{limit[1]}, and a rectangular batch "
+                  f"needs {top[0]}x{top[1]}")
+    else:
+        reason = f"this {meta.format} model has a fixed input shape"
+    h, w = det.imgsz
+    order = np.arange(n)
+    plan = [(order[k:k + batch], (int(h), int(w))) for k in range(0, n, batch)]
+    return plan, False, f"square {h}x{w} inputs, as val.py without rect ({reason})"
+
+
+def _first_pass(det: Detector, images: list[Path], size: int, pool: ThreadPoolExecutor,
+                window: int) -> tuple[list[_Image], list[dict[str, str]]]:
+    """Every image read once for its size (the batches depend on all of them) and its labels; ``load_image``'s
+    results are kept up to :data:`CACHE_BYTES`, the rest read again in the second pass."""
+    from toolkit.engine.core import ordered_map
+
+    def load(p: Path) -> _Image | dict[str, str]:
+        try:
+            labels = read_labels(p)
+        except InputError as e:
+            return {"path": str(p), "reason": str(e)}
+        got = det.load_input(InputRef(str(p), p.stem))
+        if isinstance(got, str):
+            return {"path": str(p), "reason": got}
+        img, shape = got
+        with det.times.timed("pre"):
+            return _Image(str(p), shape, labels, load_resized(img, shape, size))
+
+    kept, out, failed = 0, [], []
+    for r in ordered_map(pool, load, images, window):
+        if isinstance(r, dict):
+            failed.append(r)
+            continue
+        if r.resized is not None:
+            kept += r.resized.nbytes
+            if kept > CACHE_BYTES:
+                r.resized = None
+        out.append(r)
+    return out, failed
+
+
+def _prepare(det: Detector, im: _Image, shape: tuple[int, int], size: int) \
+        -> tuple[np.ndarray, LetterboxInfo, tuple[int, int]] | str:
+    """One image letterboxed to its batch's shape (``auto=False``, never enlarged): (CHW RGB, letterbox info, the
+    size ``load_image`` gave it), or the reason it cannot be read."""
+    resized, im.resized = im.resized, None
+    if resized is None:
+        got = det.load_input(InputRef(im.path, Path(im.path).stem))
+        if isinstance(got, str):
+            return got
+        with det.times.timed("pre"):
+            resized = load_resized(got[0], im.shape, size)
+    with det.times.timed("pre"):
+        lb, info = letterbox(resized, shape, det.meta.stride, auto=False, scaleup=False)
+        return to_chw_rgb(lb), info, resized_shape(im.shape, size)
+
+
+def _prepared_batches(det: Detector, items: list[_Image], plan: list[Batch], size: int,
+                      pool: ThreadPoolExecutor) -> Iterator[list[tuple[_Image, Any]]]:
+    """The batches of ``plan`` prepared in ``pool``, the next one while the caller runs this one."""
+    from collections import deque
+
+    pending: deque[list[tuple[_Image, Any]]] = deque()
+    steps = iter(plan)
+
+    def submit() -> None:
+        step = next(steps, None)
+        if step is not None:
+            pending.append([(items[i], pool.submit(_prepare, det, items[i], step[1], size)) for i in step[0]])
+
+    submit()
+    while pending:
+        submit()
+        yield [(im, f.result()) for im, f in pending.popleft()]
+
+
+def _yolov5_protocol(det: Detector, images: list[Path], opts: ValOptions) -> tuple[dict[str, Any], list[Detections]]:
+    """val.py's loader, rectangular batches, multi-label NMS, matching and ``ap_per_class``."""
+    from toolkit.errors import first_line
+
+    size = max(det.imgsz)
+    stats: list[tuple[np.ndarray, ...]] = []
+    dets: list[Detections] = []
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        items, failed = _first_pass(det, images, size, pool, 4 * workers)
+        plan, rect, how = _batches(det, np.array([im.shape for im in items]).reshape(-1, 2), size, opts.batch)
+        for group in _prepared_batches(det, items, plan, size, pool):
+            failed += [{"path": im.path, "reason": r} for im, r in group if isinstance(r, str)]
+            ready = [(im, r) for im, r in group if not isinstance(r, str)]
+            if not ready:
+                continue
+            t0 = time.perf_counter()
+            try:
+                preds = det.infer(np.stack([r[0] for _, r in ready]))
+            except Exception as e:
+                failed += [{"path": im.path, "reason": f"inference failed: {first_line(e)}"} for im, _ in ready]
+                continue
+            t1 = time.perf_counter()
+            for (im, (_, info, hw)), pred in zip(ready, preds, strict=True):
+                xyxy, conf, cls = det.detect(pred)
+                gain = hw[0] / im.shape[0] * info.ratio  # val.py's ratio: resized over original height
+                predn = to_native(xyxy, info, gain, im.shape)
+                tcls, tbox = native_labels(im.labels, hw, info, gain, im.shape)
+                stats.append((match_levels(predn, cls, tbox, tcls), conf.astype(np.float32),
+                              cls.astype(np.float32), tcls))
+                if opts.save_json:
+                    dets.append(Detections(predn, conf, cls, path=im.path, shape=im.shape))
+            det.times.add("infer", t1 - t0)
+            det.times.add("post", time.perf_counter() - t1, images=len(ready))
+    metrics = _scores(stats, det.names, opts.verbose)
+    metrics.update({"images": len(stats), "failed": failed, "rect": rect, "letterbox": how,
+                    "metric": f"YOLOv5 val.py: ap_per_class, 101-point interpolated AP at IoU "
+                              f"{IOU_LEVELS[0]:.2f}:0.05:{IOU_LEVELS[-1]:.2f}, maxDets {opts.max_det}"})
+    return metrics, dets
+
+
+def _scores(stats: list[tuple[np.ndarray, ...]], names: dict[int, str], verbose: bool) -> dict[str, Any]:
+    """P, R, mAP50 and mAP50-95 over all classes (and per class with ``verbose`` or under 50 classes, as val.py
+    prints them) from the per-image (correct, conf, class, label classes)."""
+    if not stats:
+        return {"instances": 0, "precision": 0.0, "recall": 0.0, "map50": 0.0, "map50_95": 0.0}
+    tp, conf, pcls, tcls = (np.concatenate(x, 0) for x in zip(*stats, strict=True))
+    out: dict[str, Any] = {"instances": len(tcls), "precision": 0.0, "recall": 0.0, "map50": 0.0, "map50_95": 0.0}
+    if not tp.any():
+        return out
+    cm = ap_per_class(tp, conf, pcls, tcls)
+    out.update(precision=cm.mp, recall=cm.mr, map50=cm.map50, map50_95=cm.map50_95)
+    if (verbose or len(names) < 50) and len(names) > 1:
+        out["classes"] = [{"class": int(c), "name": names.get(int(c), str(c)), "instances": int(cm.nt[i]),
+                           "precision": float(cm.p[i]), "recall": float(cm.r[i]), "map50": float(cm.ap50[i]),
+                           "map50_95": float(cm.ap[i].mean())} for i, c in enumerate(cm.classes)]
+    return out
+
+
 def validate(opts: ValOptions) -> dict[str, Any]:
-    """Run the model over the dataset and return the metrics and per-stage ms per image."""
+    """Run the model over the dataset and return the metrics (``map50_95``, ``map50``, ``precision``, ``recall``),
+    the protocol, counts, failures and per-stage ms per image."""
     from toolkit.engine.detector import Detector
 
-    images, _ = dataset_images(opts.data)
+    _check(opts)
+    images, names = dataset_images(opts.data)
     t0 = time.perf_counter()
-    with Detector(opts.weights, backend=opts.backend, device=opts.device, imgsz=opts.imgsz, conf=opts.conf,
-                  iou=opts.iou, max_det=opts.max_det, multi_label=True, fast_decode=opts.fast_decode,
-                  augment=opts.augment) as det:
-        samples: list[Sample] = []
-        dets: list[Detections] = []
-        failed = []
-        for res in det.predict_iter([str(p) for p in images], batch=opts.batch):
-            if res.detections is None:
-                failed.append({"path": res.ref.path, "reason": res.error or ""})
-                continue
-            shape = res.detections.shape
-            assert shape is not None
-            cls, xyxy = load_labels(Path(res.ref.path), shape)
-            samples.append(Sample(res.ref.path, shape, cls, xyxy))
-            dets.append(res.detections)
-        times = det.times.ms_per_image()
-        backend, precision, inside = det.backend_name, det.meta.precision, det.meta.nms
-    metrics: dict[str, Any] = {
-        "weights": str(opts.weights), "backend": backend, "model_precision": precision, "data": opts.data,
-        "augment": opts.augment,
-        "images": len(samples), "instances": int(sum(len(s.cls) for s in samples)),
-        **coco_map(samples, dets, opts.max_det), **precision_recall(samples, dets),
-        "ms_per_image": {k: round(v, 2) for k, v in times.items()},
-        "wall_s": round(time.perf_counter() - t0, 2), "failed": failed,
-        "metric": f"pycocotools COCOeval bbox, IoU 0.50:0.95, area all, maxDets {opts.max_det}; "
-                  f"conf {opts.conf}, NMS IoU {opts.iou}, "
-                  + ("multi-label" if inside is None else
-                     f"NMS inside the model (exported conf {inside.conf:g}, max_det {inside.max_det}), single-label"),
-    }
+    with Detector(opts.weights, backend=opts.backend, device=opts.device, half=opts.half, imgsz=opts.imgsz,
+                  conf=opts.conf, iou=opts.iou, max_det=opts.max_det, multi_label=True,
+                  fast_decode=opts.fast_decode, augment=opts.augment) as det:
+        if names is not None and len(names) != len(det.names):
+            raise InputError(f"{opts.data}: the dataset has {len(names)} classes, the model {len(det.names)}; "
+                             f"give the dataset the model was trained on")
+        if opts.protocol == "coco":
+            metrics, dets = _coco_protocol(det, images, opts)
+        else:
+            metrics, dets = _yolov5_protocol(det, images, opts)
+        inside = det.meta.nms
+        metrics = {"protocol": opts.protocol, "weights": str(opts.weights), "backend": det.backend_name,
+                   "model_precision": det.meta.precision, "data": opts.data, "augment": opts.augment, **metrics,
+                   "ms_per_image": {k: round(v, 2) for k, v in det.times.ms_per_image().items()}}
+        nms = ("multi-label" if inside is None else
+               f"NMS inside the model (exported conf {inside.conf:g}, max_det {inside.max_det}), single-label")
+        metrics["metric"] += f"; conf {opts.conf}, NMS IoU {opts.iou}, {nms}"
+        if opts.save_json:
+            metrics["save_json"] = _save_json(opts.save_json, dets, det.names)
+    metrics["wall_s"] = round(time.perf_counter() - t0, 2)
     return metrics
+
+
+def _save_json(path: str, dets: list[Detections], names: dict[int, str]) -> str:
+    """COCO results of every image, as ``val.py --save-json`` writes them: ``image_id`` the file stem (a number
+    when it is one), ``bbox`` top-left x, y, width, height in pixels (3 decimals), ``score`` (5 decimals); the
+    category id is COCO's (1-90) when the model has the 80 COCO classes, else the class id."""
+    from toolkit.io.outputs import coco_image_id, coco_results
+
+    rows: list[dict[str, Any]] = []
+    for d in dets:
+        d.names = names
+        rows += coco_results(d, coco_image_id(Path(d.path or "").stem))
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows))
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write the predictions ({e.strerror or e}); give a writable path to "
+                          f"--save-json") from None
+    return str(out)
 
 
 def format_metrics(m: dict[str, Any]) -> str:
     ms = ", ".join(f"{k} {v:.1f}" for k, v in m["ms_per_image"].items())
     aug = ", test-time augmentation" if m.get("augment") else ""
-    lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['model_precision']}{aug})",
-             f"  mAP50-95 {m['map50_95']:.3f}  mAP50 {m['map50']:.3f}  P {m['precision']:.3f}  "
-             f"R {m['recall']:.3f}",
-             f"  ms/image: {ms}", f"  metric: {m['metric']}"]
+    if m["protocol"] == "yolov5":
+        row = "%22s" + "%11i" * 2 + "%11.3g" * 4
+        lines = [("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"),
+                 row % ("all", m["images"], m["instances"], m["precision"], m["recall"], m["map50"],
+                        m["map50_95"])]
+        lines += [row % (c["name"], m["images"], c["instances"], c["precision"], c["recall"], c["map50"],
+                         c["map50_95"]) for c in m.get("classes", [])]
+        lines.append(f"  {m['backend']} {m['model_precision']}{aug}; {m['letterbox']}")
+    else:
+        lines = [f"{m['images']} images, {m['instances']} instances ({m['backend']} {m['model_precision']}{aug})",
+                 f"  mAP50-95 {m['map50_95']:.3f}  mAP50 {m['map50']:.3f}  P {m['precision']:.3f}  "
+                 f"R {m['recall']:.3f}"]
+    lines += [f"  ms/image: {ms}", f"  protocol {m['protocol']}: {m['metric']}"]
+    if m.get("save_json"):
+        lines.append(f"  predictions: {m['save_json']}")
     if m["failed"]:
         lines.append(f"  {len(m['failed'])} images failed: " + "; ".join(
             f"{f['path']}: {f['reason']}" for f in m["failed"][:5]))

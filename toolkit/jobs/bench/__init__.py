@@ -146,7 +146,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
 
     say = progress or (lambda _msg: None)
     if opts.data:  # a labelled dataset: its images, so accuracy is mAP
-        from toolkit.jobs.val import dataset_images
+        from toolkit.jobs.valdata import dataset_images
 
         paths = [str(p.resolve()) for p in dataset_images(opts.data)[0][: opts.images]]
     else:
@@ -156,9 +156,9 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         raise InputError(f"{opts.source}: no images to benchmark")
     out = Path(opts.out)
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
-    from toolkit.jobs.val import _label_path
+    from toolkit.jobs.valdata import label_path
 
-    labelled = all(_label_path(Path(p)).is_file() for p in paths[:5])
+    labelled = all(label_path(Path(p)).is_file() for p in paths[:5])
     rows: list[dict[str, Any]] = []
     configs = grid(opts)
     for i, cfg in enumerate(configs, 1):

@@ -31,9 +31,10 @@ def agreement(base: list[Any], got: list[Any]) -> dict[str, float]:
 
 def map50_95(paths: list[str], dets: list[Any]) -> float | None:
     from toolkit.detections import Detections
-    from toolkit.jobs.val import Sample, _label_path, coco_map, load_labels
+    from toolkit.jobs.val import coco_map
+    from toolkit.jobs.valdata import Sample, label_path, load_labels
 
-    if not all(_label_path(Path(p)).is_file() for p in paths[:5]):
+    if not all(label_path(Path(p)).is_file() for p in paths[:5]):
         return None
     samples, ds = [], []
     for p, d in zip(paths, dets, strict=True):

@@ -1,0 +1,205 @@
+"""A labelled dataset as YOLOv5 v7.0's ``val.py`` reads it: its images, its label files, and the pure steps of its
+loader (``LoadImagesAndLabels`` with ``rect``): the long-side resize of ``load_image``, the rectangular batches and
+the label conversions, so that ``yolokit val`` sees the pixels and boxes ``val.py`` sees.
+
+Label files follow YOLOv5's images -> labels rule (the last ``images`` folder of the path becomes ``labels``, the
+suffix ``.txt``); a missing file means no objects. Rows are ``class xc yc w h`` normalised (or ``class x1 y1 x2 y2
+...``, a polygon, whose bounding box is used), read as float32; duplicate rows count once (``val.py`` drops them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from toolkit.errors import InputError
+from toolkit.io.sources import IMAGE_SUFFIXES
+from toolkit.ops import LetterboxInfo
+
+
+@dataclass
+class Sample:
+    image: str
+    shape: tuple[int, int]  # (h, w)
+    cls: np.ndarray  # (M,)
+    xyxy: np.ndarray  # (M, 4) pixels
+
+
+def label_path(image: Path) -> Path:
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
+    """Image paths of a dataset, sorted as ``val.py`` sorts them (by the path's text), and its class names when a
+    yaml gives them: a YOLO dataset yaml (its ``val`` split: folders or ``.txt`` lists), a folder with ``images/``
+    (and ``labels/`` beside it), or a folder of images whose labels follow the images -> labels rule."""
+    p = Path(data)
+    names: dict[int, str] | None = None
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        import yaml
+
+        d = yaml.safe_load(p.read_text()) or {}
+        root = Path(d.get("path") or p.parent)
+        if not root.is_absolute():
+            root = (p.parent / root).resolve()
+        split = d.get("val") or d.get("test") or d.get("train")
+        if not split:
+            raise InputError(f"{p}: the dataset yaml has no val/train split")
+        folders = [root / s for s in (split if isinstance(split, list) else [split])]
+        raw = d.get("names")
+        if isinstance(raw, dict):
+            names = {int(k): str(v) for k, v in raw.items()}
+        elif isinstance(raw, list):
+            names = dict(enumerate(map(str, raw)))
+    elif p.is_dir():
+        folders = [p / "images"] if (p / "images").is_dir() else [p]
+    else:
+        raise InputError(f"{data}: not a dataset yaml or folder (give a YOLO dataset .yaml, or a folder with "
+                         f"images/ and labels/)")
+    images: list[Path] = []
+    for folder in folders:
+        if folder.is_file() and folder.suffix == ".txt":
+            lines = [line.strip() for line in folder.read_text().splitlines() if line.strip()]
+            images += [folder.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+            continue
+        if not folder.is_dir():
+            raise InputError(f"{folder}: dataset split folder not found")
+        for dirpath, _, files in os.walk(folder):
+            images += [Path(dirpath) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise InputError(f"{data}: no images found")
+    return sorted(images, key=str), names
+
+
+def read_labels(image: Path) -> np.ndarray:
+    """An image's labels as ``(M, 5)`` float32 rows ``class xc yc w h`` (normalised), duplicates dropped (the rows
+    come back sorted, as ``val.py`` keeps them). Raises :class:`InputError` for a file ``val.py`` would reject."""
+    lp = label_path(image)
+    if not lp.is_file():
+        return np.zeros((0, 5), np.float32)
+    rows = [line.split() for line in lp.read_text().strip().splitlines() if len(line)]
+    fix = "fix it to 'class xc yc w h' rows, normalised to 0-1"
+    try:
+        if any(len(r) > 6 for r in rows):  # polygons: class x1 y1 x2 y2 ...
+            boxes = []
+            for r in rows:
+                xy = np.array(r[1:], np.float32).reshape(-1, 2)
+                (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+                boxes.append([float(r[0]), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+            arr = np.array(boxes, np.float32)
+        else:
+            arr = np.array(rows, np.float32)
+    except ValueError:
+        raise InputError(f"{lp}: a label line is not numbers or a polygon has an odd count; {fix}") from None
+    if not len(arr):
+        return np.zeros((0, 5), np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise InputError(f"{lp}: labels need 5 columns (class xc yc w h); {fix}")
+    if (arr < 0).any():
+        raise InputError(f"{lp}: negative label values; {fix}")
+    if (arr[:, 1:] > 1).any():
+        raise InputError(f"{lp}: box coordinates above 1 (not normalised); {fix}")
+    return np.unique(arr, axis=0)
+
+
+def load_labels(image: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids, xyxy pixel boxes) of an image's labels for an image of ``shape`` (h, w)."""
+    arr = read_labels(image).astype(np.float64)
+    h, w = shape
+    xc, yc, bw, bh = arr[:, 1] * w, arr[:, 2] * h, arr[:, 3] * w, arr[:, 4] * h
+    xyxy = np.stack([xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2], 1).astype(np.float32).reshape(-1, 4)
+    return arr[:, 0].astype(np.int64), xyxy
+
+
+# -- the steps of val.py's loader ------------------------------------------------------------------------------
+
+
+def resized_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(h, w) of an image of ``shape`` after ``load_image``: the long side to ``size``, each side truncated."""
+    h0, w0 = shape
+    r = size / max(h0, w0)
+    return (int(h0 * r), int(w0 * r)) if r != 1 else (h0, w0)
+
+
+def load_resized(img: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """``load_image``'s resize of an image whose original size is ``shape`` (h, w): to :func:`resized_shape`, with
+    INTER_AREA when shrinking and INTER_LINEAR when enlarging. ``img`` may have been decoded at a reduced size that
+    is still at least the target (``fast_decode``)."""
+    h, w = resized_shape(shape, size)
+    if img.shape[:2] == (h, w):
+        return img
+    interp = cv2.INTER_LINEAR if size / max(shape) > 1 else cv2.INTER_AREA
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def rect_batches(shapes: np.ndarray, batch: int, size: int, stride: int,
+                 pad: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``val.py``'s rectangular batches for images of ``shapes`` ``(n, 2)`` (h, w as read): the image order (sorted by
+    aspect ratio h/w with numpy's default sort) and ``(n_batches, 2)`` letterbox shapes (h, w): per batch of
+    ``batch`` consecutive images, the extreme aspect ratio scaled to ``size``, plus ``pad`` strides, rounded up to
+    the stride."""
+    hw = np.asarray(shapes, np.int64).reshape(-1, 2)
+    ar = hw[:, 0] / hw[:, 1]
+    order = ar.argsort()
+    ar = ar[order]
+    bi = np.floor(np.arange(len(hw)) / batch).astype(int)
+    ratios = [[1.0, 1.0]] * (int(bi[-1]) + 1 if len(bi) else 0)
+    for i in range(len(ratios)):
+        ari = ar[bi == i]
+        lo, hi = ari.min(), ari.max()
+        if hi < 1:
+            ratios[i] = [hi, 1]
+        elif lo > 1:
+            ratios[i] = [1, 1 / lo]
+    shapes_out = np.ceil(np.array(ratios).reshape(-1, 2) * size / stride + pad).astype(int) * stride
+    return order, shapes_out
+
+
+def to_native(xyxy: np.ndarray, info: LetterboxInfo, gain: float, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes in letterboxed pixels back to the original image (``val.py``'s ``scale_boxes`` with its ratio and
+    padding): minus the padding, divided by ``gain`` (resized over original height, times the letterbox ratio),
+    clipped to ``shape`` (h, w); float32 throughout."""
+    out = np.array(xyxy, np.float32).reshape(-1, 4)
+    padw, padh = info.pad
+    out[:, [0, 2]] -= np.float32(padw)
+    out[:, [1, 3]] -= np.float32(padh)
+    out /= np.float32(gain)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(np.float32(0), np.float32(shape[1]))
+    out[:, [1, 3]] = out[:, [1, 3]].clip(np.float32(0), np.float32(shape[0]))
+    return out
+
+
+def native_labels(labels: np.ndarray, resized: tuple[int, int], info: LetterboxInfo, gain: float,
+                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(class, xyxy) float32 of ``labels`` (``read_labels`` rows) as ``val.py`` scores them: to letterboxed pixels,
+    clipped a thousandth of a pixel inside the letterboxed image and normalised to it (the loader), back to pixels,
+    to corners, and to the original image (:func:`to_native`)."""
+    lab = np.asarray(labels, np.float32).reshape(-1, 5)
+    h, w = resized
+    r, (padw, padh) = info.ratio, info.pad
+    sw, sh = np.float32(r * w), np.float32(r * h)
+    x, y, bw, bh = lab[:, 1], lab[:, 2], lab[:, 3], lab[:, 4]
+    x1 = sw * (x - bw / np.float32(2)) + np.float32(padw)
+    y1 = sh * (y - bh / np.float32(2)) + np.float32(padh)
+    x2 = sw * (x + bw / np.float32(2)) + np.float32(padw)
+    y2 = sh * (y + bh / np.float32(2)) + np.float32(padh)
+    hh, ww = info.dst_shape
+    xs = np.clip(np.stack([x1, x2], 1), np.float32(0), np.float32(ww - 1e-3))
+    ys = np.clip(np.stack([y1, y2], 1), np.float32(0), np.float32(hh - 1e-3))
+    fw, fh = np.float32(ww), np.float32(hh)
+    xc = (xs[:, 0] + xs[:, 1]) / np.float32(2) / fw * fw
+    yc = (ys[:, 0] + ys[:, 1]) / np.float32(2) / fh * fh
+    wn = (xs[:, 1] - xs[:, 0]) / fw * fw
+    hn = (ys[:, 1] - ys[:, 0]) / fh * fh
+    box = np.stack([xc - wn / np.float32(2), yc - hn / np.float32(2), xc + wn / np.float32(2),
+                    yc + hn / np.float32(2)], 1)
+    return lab[:, 0].copy(), to_native(box, info, gain, shape)
