@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from backends.base import Backend, ExportOptions, LoadOptions, PlanningHints
 from backends.openvino.int8 import quantize
-from backends.openvino.ir import output_paths, read_meta, xml_in
+from backends.openvino.ir import FOLDER_SUFFIX, output_paths, read_meta, xml_in
 from backends.openvino.runner import OpenVinoRunner
 from backends.shared.onnx_graph import export_graph, export_meta
 from toolkit.errors import ExportError, InputError
@@ -56,7 +56,7 @@ class OpenVinoBackend(Backend):
         return Path(path)
 
     def default_name(self, stem: str, tag: str) -> str:
-        return f"{stem}{tag}_openvino"
+        return f"{stem}{tag}{FOLDER_SUFFIX}"
 
     def check_export(self, options: ExportOptions) -> None:
         super().check_export(options)

@@ -10,6 +10,7 @@ from toolkit.errors import ModelFileError
 from toolkit.meta import META_KEY, ModelMeta
 
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
+FOLDER_SUFFIX = "_openvino"  # what an exported IR's folder is named after the model: yolov5n_openvino/
 
 
 def xml_in(folder: Path) -> list[Path]:
@@ -66,5 +67,5 @@ def output_paths(path: Path, stem: str | None = None) -> tuple[Path, Path]:
     path = Path(path)
     if path.suffix.lower() == ".xml":
         return path, path
-    name = stem or path.name.removesuffix("_openvino")
+    name = stem or path.name.removesuffix(FOLDER_SUFFIX)
     return path, path / f"{name}.xml"

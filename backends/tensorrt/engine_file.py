@@ -19,6 +19,7 @@ MAGIC = b"YKTR"
 _LEN = struct.Struct("<I")
 HEADER_PREFIX = len(MAGIC) + _LEN.size
 MAX_HEADER = 16 * 1024 * 1024
+REBUILD_HINT = "rebuild it with `yolokit export WEIGHTS --to trt`"
 
 
 def pack_engine(meta: ModelMeta, engine: bytes) -> bytes:
@@ -30,17 +31,14 @@ def pack_engine(meta: ModelMeta, engine: bytes) -> bytes:
 def _parse_header(prefix: bytes, head: bytes, name: str) -> tuple[ModelMeta, int]:
     if len(prefix) < HEADER_PREFIX or prefix[:4] != MAGIC:
         raise ModelFileError(f"{name}: not a yolokit TensorRT engine (no YKTR header; a plain trtexec engine "
-                             f"carries no class names or input size); rebuild it with "
-                             f"`yolokit export WEIGHTS --to trt`")
+                             f"carries no class names or input size); {REBUILD_HINT}")
     (length,) = _LEN.unpack(prefix[4:HEADER_PREFIX])
     if length > MAX_HEADER or len(head) < length:
-        raise ModelFileError(f"{name}: the engine header is truncated or corrupt; rebuild it with "
-                             f"`yolokit export WEIGHTS --to trt`")
+        raise ModelFileError(f"{name}: the engine header is truncated or corrupt; {REBUILD_HINT}")
     try:
         meta = ModelMeta.from_json(head[:length].decode())
     except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{name}: the engine's yolokit metadata is unreadable ({e}); rebuild it with "
-                             f"`yolokit export WEIGHTS --to trt`") from None
+        raise ModelFileError(f"{name}: the engine's yolokit metadata is unreadable ({e}); {REBUILD_HINT}") from None
     return meta, HEADER_PREFIX + length
 
 
@@ -49,8 +47,7 @@ def unpack_engine(data: bytes, name: str = "engine") -> tuple[ModelMeta, bytes]:
     meta, offset = _parse_header(data[:HEADER_PREFIX], data[HEADER_PREFIX:], name)
     engine = data[offset:]
     if not engine:
-        raise ModelFileError(f"{name}: the engine file is truncated (header only); rebuild it with "
-                             f"`yolokit export WEIGHTS --to trt`")
+        raise ModelFileError(f"{name}: the engine file is truncated (header only); {REBUILD_HINT}")
     return meta, engine
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, BaseRunner, DeviceRunner, LoadOptions, pack_detections
-from backends.tensorrt.engine_file import check_compat, unpack_engine
+from backends.tensorrt.engine_file import REBUILD_HINT, check_compat, unpack_engine
 from backends.tensorrt.runtime import cuda_index, current_gpu, load_tensorrt, new_logger
 from toolkit.errors import InputError, ModelFileError, YolokitError
 
@@ -93,8 +93,8 @@ class TrtRunner(BaseRunner):
             self.runtime = trt.Runtime(self._logger)
             self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
-            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
-                                 f"with `yolokit export WEIGHTS --to trt`")
+            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); "
+                                 f"{REBUILD_HINT}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
