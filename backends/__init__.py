@@ -1,32 +1,36 @@
-"""Backend registry: one module per runtime, one entry here (a plain dict). Runtimes are imported lazily by the
-modules, so importing the registry loads none of them. See :mod:`backends.base` for the contract."""
+"""Backend registry: one :class:`~backends.base.Backend` subclass per runtime, one instance of it here (a plain dict).
+Runtimes are imported lazily by the backends, so importing the registry loads none of them. The contract is
+:class:`backends.base.Backend`'s docstring."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from backends import onnx_backend, openvino_backend, tensorrt_backend, torch_backend
-from backends.base import BackendModule, ExportOptions, LoadOptions, Runner
+from backends.base import Backend, ExportOptions, LoadOptions, Runner
+from backends.onnx import OnnxBackend
+from backends.openvino import OpenVinoBackend
+from backends.pytorch import TorchBackend
+from backends.tensorrt import TensorRTBackend
 from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 
-REGISTRY: dict[str, BackendModule] = {
-    "torch": torch_backend,  # type: ignore[dict-item]
-    "onnx": onnx_backend,  # type: ignore[dict-item]
-    "openvino": openvino_backend,  # type: ignore[dict-item]
-    "trt": tensorrt_backend,  # type: ignore[dict-item]
+REGISTRY: dict[str, Backend] = {
+    "torch": TorchBackend(),
+    "onnx": OnnxBackend(),
+    "openvino": OpenVinoBackend(),
+    "trt": TensorRTBackend(),
 }
 
 
-def get_backend(name: str) -> BackendModule:
+def get_backend(name: str) -> Backend:
     try:
         return REGISTRY[name]
     except KeyError:
         raise InputError(f"unknown backend {name!r}; choose one of {', '.join(REGISTRY)}") from None
 
 
-def require(name: str) -> BackendModule:
-    """The backend module, or a clear error saying why it cannot run here (which extra installs its runtime, or
+def require(name: str) -> Backend:
+    """The backend, or a clear error saying why it cannot run here (which extra installs its runtime, or
     which device it needs)."""
     backend = get_backend(name)
     reason = backend.unavailable_reason()
@@ -62,10 +66,10 @@ def checkpoint_backend() -> str:
     return next(n for n, b in REGISTRY.items() if b.claims(Path("model.pt")))
 
 
-def exporters() -> dict[str, BackendModule]:
+def exporters() -> dict[str, Backend]:
     """The backends ``yolokit export`` writes artifacts for."""
     return {n: b for n, b in REGISTRY.items() if b.EXPORTS}
 
 
-__all__ = ["REGISTRY", "BackendModule", "ExportOptions", "LoadOptions", "Runner", "backend_for",
+__all__ = ["REGISTRY", "Backend", "ExportOptions", "LoadOptions", "Runner", "backend_for",
            "checkpoint_backend", "exporters", "get_backend", "require"]

@@ -1,43 +1,14 @@
-"""The contract every backend module implements, so that the core never has to name a backend.
-
-A backend module states its own facts and does its own work:
-
-* ``NAME`` (its registry key), ``EXTRA`` (the pip extra that installs its runtime, or None), ``DESCRIPTION`` (what
-  its files are, for messages), ``SUFFIXES`` (the first is what ``output_path`` adds), ``PACKAGES`` (distributions
-  whose versions reports give);
-* ``DEFAULT_DEVICE``, ``PRECISIONS`` (device kind -> precisions it runs there, the first being its default) and
-  ``EXPORTS`` (whether ``export`` writes artifacts of it) with ``EXPORT_PRECISIONS``;
-* ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing names;
-* ``is_available()`` and ``unavailable_reason()`` (None when available);
-* ``claims(path)`` (by name), ``sniff(head)`` (by the file's first bytes), ``output_path(path)`` and
-  ``default_name(stem, tag)`` (export targets);
-* ``read_meta(path)`` (an artifact's :class:`ModelMeta`, without loading a runtime where possible),
-  ``describe(path)`` (extra facts for ``yolokit info``);
-* ``check_export(options)`` (refuses options it cannot honour, before any work), ``export(source, path, options)``
-  and ``load(path, options) -> Runner``.
-
-A runner takes a uint8 ``(B, 3, H, W)`` RGB batch (or float32 on the same 0-255 scale: test-time augmentation's
-resized views, unrounded) and returns ``(B, N, 5 + nc)`` float32 predictions; it does its
-own normalisation and precision handling. A model exported with NMS inside (``meta.nms`` set, see
-:class:`toolkit.meta.BakedNMS`) returns final detections instead: its runner packs the four end-to-end outputs
-(:data:`E2E_OUTPUTS`) into ``(B, max_det, 6)`` rows ``x1 y1 x2 y2 score class`` with :func:`pack_detections`, and
-the core post-processes nothing again. ``LoadOptions.options[RAW_OUTPUT] = True`` asks such a runner for the raw
-``(B, N, 5 + nc)`` predictions before the NMS (its ``meta.nms`` is then None), where the runtime can give them.
-:class:`BaseRunner` checks the batch and pads a partial batch for a static artifact, once for every backend. A runner
-whose runtime can take tensors already on its device also offers a :class:`DeviceRunner` (``runner.device_runner()``):
-the engine's GPU pipeline letterboxes on the device straight into the runner's input dtype and post-processes on the
-device, so only detections come back to the host.
-Adding a backend is one module, one registry entry in ``backends/__init__.py`` and one extra in ``pyproject.toml``;
-the contract tests pick it up.
-"""
+"""What every backend shares: the :class:`Backend` base class (whose docstring is the contract, written once), the
+options a backend loads and exports with, and :class:`BaseRunner`, which every runner subclasses."""
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -143,6 +114,8 @@ class DeviceRunner(Protocol):
 
 
 class Runner(Protocol):
+    """What :meth:`Backend.load` returns (the runner contract is in :class:`Backend`)."""
+
     meta: ModelMeta
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
@@ -191,39 +164,130 @@ class BaseRunner:
         pass
 
 
-class BackendModule(Protocol):
-    NAME: str
-    EXTRA: str | None
-    DESCRIPTION: str
-    SUFFIXES: tuple[str, ...]
-    PACKAGES: tuple[str, ...]
-    DEFAULT_DEVICE: str
-    PRECISIONS: dict[str, tuple[str, ...]]
-    EXPORTS: bool
-    EXPORT_PRECISIONS: tuple[str, ...]
-    PLANNING: PlanningHints
+class Backend(ABC):
+    """One runtime behind one contract, so that the core never names a backend: a backend states its own facts and
+    does its own work. ``backends.REGISTRY`` maps each name to one instance; a backend holds no state (its runners
+    do). A runtime is one subclass that overrides only what differs from the defaults below.
 
-    def is_available(self) -> bool: ...
+    **Facts** (class attributes):
 
-    def unavailable_reason(self) -> str | None: ...
+    * ``NAME``: the registry key (``--backend``, ``--to``). ``EXTRA``: the pip extra that installs its runtime, or
+      None. ``DESCRIPTION``: what its files are, for messages ("an ONNX model").
+    * ``SUFFIXES``: its file suffixes, the first being what :meth:`output_path` and :meth:`default_name` add.
+    * ``PACKAGES``: distributions whose versions reports give. ``REQUIRES``: the modules its runner imports; the
+      first one missing is why it cannot run (:meth:`unavailable_reason`).
+    * ``DEFAULT_DEVICE``: the device it runs on when none is chosen (the CPU; a GPU for TensorRT engines).
+      ``PRECISIONS``: device kind -> the precisions it runs there, its default first (the bench grid reads these;
+      a backend without "cuda" gets the CPU rules whatever the device string, as OpenVINO's Intel "GPU").
+    * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``.
+    * ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing
+      names.
 
-    def claims(self, path: Path) -> bool: ...
+    **Methods**, with their defaults:
 
-    def sniff(self, head: bytes) -> bool: ...
+    * :meth:`is_available`, :meth:`unavailable_reason`: whether it can run here, else one line with the fix (``pip
+      install 'yolokit[EXTRA]'``, or the device it needs). Default: every module of ``REQUIRES`` importable.
+    * :meth:`claims` (by name: a file with one of ``SUFFIXES``), :meth:`sniff` (by a file's first bytes, so that
+      ``--weights anything.bin`` works; default False): which backend loads a file (``backends.backend_for``).
+    * :meth:`output_path` (``-o m`` gets ``SUFFIXES[0]``) and :meth:`default_name` (``yolov5n_fp16.onnx``): export
+      targets.
+    * :meth:`read_meta`: an artifact's :class:`ModelMeta`, without loading a runtime where possible;
+      :meth:`describe`: extra facts for ``yolokit info`` (default none).
+    * :meth:`check_export`: refuses, before any work, options it cannot honour (default: a precision not in
+      ``EXPORT_PRECISIONS``). :meth:`export` writes an artifact from a loaded checkpoint; an exporting backend
+      usually starts from :func:`backends.shared.onnx_graph.export_graph` and stores
+      :func:`~backends.shared.onnx_graph.export_meta` in its artifact.
+    * :meth:`load`: a :class:`Runner`.
 
-    def output_path(self, path: Path) -> Path: ...
+    **Runners.** A runner takes a uint8 ``(B, 3, H, W)`` RGB batch (or float32 on the same 0-255 scale: test-time
+    augmentation's resized views, unrounded; a runner leaves its input unchanged) and returns ``(B, N, 5 + nc)``
+    float32 predictions; it does its own normalisation and precision handling. It subclasses :class:`BaseRunner`,
+    which checks every batch against the model's metadata and pads a partial batch for a static artifact, and
+    implements ``_run(batch)``; one whose runtime can change its intra-op thread count in place implements
+    ``set_threads`` and ``current_threads``. One whose runtime can take tensors already on its device also offers a
+    :class:`DeviceRunner` (``runner.device_runner()``): the engine's GPU pipeline letterboxes on the device straight
+    into the runner's input dtype and post-processes there, so only detections come back to the host.
 
-    def default_name(self, stem: str, tag: str) -> str: ...
+    **Models with NMS inside** (``meta.nms`` set, see :class:`toolkit.meta.BakedNMS`) return final detections: the
+    runner packs the four end-to-end outputs (:data:`E2E_OUTPUTS`) into ``(B, max_det, 6)`` rows ``x1 y1 x2 y2
+    score class`` with :func:`pack_detections`, and the core post-processes nothing again.
+    ``LoadOptions.options[RAW_OUTPUT] = True`` asks such a runner for the raw ``(B, N, 5 + nc)`` predictions before
+    the NMS (its ``meta.nms`` is then None), where the runtime can give them.
 
-    def read_meta(self, path: Path) -> ModelMeta: ...
+    **INT8.** ``ExportOptions.int8_data`` (an :class:`Int8Data`, filled by the export job) holds the calibration
+    images, the labelled validation images and the mAP metric: a backend quantizes with them, never choosing images
+    or computing mAP itself, and records ``extra["int8"]`` in its artifact.
 
-    def describe(self, path: Path) -> dict[str, Any]: ...
+    **Adding a backend** is one module (or package) with one subclass, one entry in ``backends.REGISTRY``, one extra
+    in ``pyproject.toml`` and its name in the ``backends-alone`` and ``core-via-registry`` import contracts there;
+    the contract tests (``tests/test_layout.py``, ``tests/test_backends.py``) are parametrized over the registry and
+    pick it up.
+    """
 
-    def check_export(self, options: ExportOptions) -> None: ...
+    NAME: ClassVar[str]
+    EXTRA: ClassVar[str | None]
+    DESCRIPTION: ClassVar[str]
+    SUFFIXES: ClassVar[tuple[str, ...]]
+    PACKAGES: ClassVar[tuple[str, ...]]
+    REQUIRES: ClassVar[tuple[str, ...]] = ()
+    DEFAULT_DEVICE: ClassVar[str] = "cpu"
+    PRECISIONS: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",)}
+    EXPORTS: ClassVar[bool] = False
+    EXPORT_PRECISIONS: ClassVar[tuple[str, ...]] = ()
+    PLANNING: ClassVar[PlanningHints] = PlanningHints(releases_gil=False)
 
-    def load(self, path: Path, options: LoadOptions) -> Runner: ...
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here (the module it needs and the extra that installs it), or None."""
+        import importlib.util
 
-    def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path: ...
+        for module in self.REQUIRES:
+            if importlib.util.find_spec(module) is None:
+                return f"the {self.NAME} backend needs {module}, which is not installed: pip install " \
+                       f"'yolokit[{self.EXTRA}]'"
+        return None
+
+    def is_available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def claims(self, path: Path) -> bool:
+        """Whether this backend loads ``path``, by its name (a file with one of ``SUFFIXES``)."""
+        return path.suffix.lower() in self.SUFFIXES and not path.is_dir()
+
+    def sniff(self, head: bytes) -> bool:
+        """Whether a file's first bytes are one of this backend's artifacts."""
+        return False
+
+    def output_path(self, path: Path) -> Path:
+        """The export target: ``path`` with ``SUFFIXES[0]`` added when it has none of them (``-o m`` -> ``m.onnx``)."""
+        path = Path(path)
+        return path if path.suffix.lower() in self.SUFFIXES else path.with_name(path.name + self.SUFFIXES[0])
+
+    def default_name(self, stem: str, tag: str) -> str:
+        """The artifact's name when no ``-o`` is given: ``tag`` (``_fp16``, ``_int8`` or empty) before the suffix."""
+        return f"{stem}{tag}{self.SUFFIXES[0]}"
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """Facts beyond the metadata, for ``yolokit info``."""
+        return {}
+
+    def check_export(self, options: ExportOptions) -> None:
+        """Refuse an export precision this backend does not write (the message names the precision)."""
+        if options.precision not in self.EXPORT_PRECISIONS:
+            writes = ", ".join(p.upper() for p in self.EXPORT_PRECISIONS) or "nothing"
+            raise InputError(f"{options.precision.upper()} export is not supported for --to {self.NAME} (it writes "
+                             f"{writes})")
+
+    @abstractmethod
+    def read_meta(self, path: Path) -> ModelMeta:
+        """An artifact's metadata; :class:`~toolkit.errors.ModelFileError` naming the file when it has none."""
+
+    @abstractmethod
+    def load(self, path: Path, options: LoadOptions) -> Runner:
+        """A runner for the model at ``path``."""
+
+    @abstractmethod
+    def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path:
+        """Write an artifact of ``source`` to ``path`` (from :meth:`output_path`); the artifact's path."""
 
 
 def pack_detections(num: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -259,19 +323,6 @@ def check_batch(batch: np.ndarray, meta: ModelMeta) -> None:
                          f"re-export with --batch {b}, or without --static")
     if meta.max_batch is not None and b > meta.max_batch:
         raise InputError(f"this {meta.format} model takes at most {meta.max_batch} images a batch, got {b}")
-
-
-def no_export_precision(name: str, options: ExportOptions, supported: tuple[str, ...]) -> None:
-    """Refuse an export precision this backend does not write (the message names the precision, not a backend)."""
-    if options.precision not in supported:
-        raise InputError(f"{options.precision.upper()} export is not supported for --to {name} (it writes "
-                         f"{', '.join(p.upper() for p in supported)})")
-
-
-def suffixed(path: Path, suffixes: tuple[str, ...]) -> Path:
-    """``path`` with ``suffixes[0]`` added when it has none of ``suffixes`` (``-o mymodel`` -> ``mymodel.onnx``)."""
-    path = Path(path)
-    return path if path.suffix.lower() in suffixes else path.with_name(path.name + suffixes[0])
 
 
 def cache_dir(options: dict[str, Any], env: str, name: str) -> Path | None:

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import backends
-from backends import tensorrt_backend as trt_be
-from backends.base import ExportOptions, LoadOptions
+from backends.base import Backend, ExportOptions, LoadOptions
+from backends.tensorrt import engine_file, plan, runtime
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
 from toolkit.model.load import LoadedModel, load_model
@@ -35,7 +35,7 @@ def _need(name: str) -> Any:
     module = backends.REGISTRY[name]
     if not module.is_available():
         if name == "trt":
-            pytest.skip("TensorRT/CUDA not available: " + (trt_be.unavailable_reason() or ""))
+            pytest.skip("TensorRT/CUDA not available: " + (module.unavailable_reason() or ""))
         pytest.skip(f"{name} runtime not installed (pip install 'yolokit[{module.EXTRA}]')")
     return module
 
@@ -84,9 +84,9 @@ def _close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-3) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_module_contract(name: str) -> None:
+def test_backend_contract(name: str) -> None:
     m = backends.REGISTRY[name]
-    assert name == m.NAME
+    assert isinstance(m, Backend) and name == m.NAME
     assert isinstance(m.SUFFIXES, tuple) and m.SUFFIXES
     for fn in ("is_available", "claims", "load", "export"):
         assert callable(getattr(m, fn))
@@ -124,7 +124,7 @@ def test_dynamic_batch_and_size(name: str, source: LoadedModel, artifact: Callab
         for b, h, w in ((1, 160, 160), (3, 128, 192)):
             x = _batch(b, h, w, seed=b)
             y = runner.infer(x)
-            assert y.shape == trt_be.output_shape(b, (h, w), source.model.detect.stride, 3, 80)
+            assert y.shape == plan.output_shape(b, (h, w), source.model.detect.stride, 3, 80)
             _close(y, _reference(source, x))
         with pytest.raises(InputError, match="multiple of the model stride"):
             runner.infer(_batch(1, 160, 150))
@@ -255,10 +255,12 @@ def test_openvino_compiled_model_cache(artifact: Callable[..., Path], tmp_path: 
     or an unusable folder still loads."""
     _need("openvino")
     path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    from backends.openvino.runner import ENV_CACHE, compile_cache_dir
+
     module: Any = backends.REGISTRY["openvino"]
     x = np.random.default_rng(0).integers(0, 255, (1, 3, 160, 160), dtype=np.uint8)
     cache = tmp_path / "cache"
-    monkeypatch.setenv(module.ENV_CACHE, str(cache))
+    monkeypatch.setenv(ENV_CACHE, str(cache))
     first = module.load(path, LoadOptions(threads=1))
     ref = first.infer(x)
     first.close()
@@ -274,16 +276,16 @@ def test_openvino_compiled_model_cache(artifact: Callable[..., Path], tmp_path: 
     again.close()
     assert blobs[0].stat().st_size > 100_000  # rewritten whole
 
-    monkeypatch.setenv(module.ENV_CACHE, "off")
-    assert module.compile_cache_dir({}) is None
+    monkeypatch.setenv(ENV_CACHE, "off")
+    assert compile_cache_dir({}) is None
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
-    assert module.compile_cache_dir({"cache_dir": str(blocked / "sub")}) is None
+    assert compile_cache_dir({"cache_dir": str(blocked / "sub")}) is None
     off = module.load(path, LoadOptions(threads=1, options={"cache_dir": str(blocked / "sub")}))
     np.testing.assert_array_equal(off.infer(x), ref)
     off.close()
-    monkeypatch.delenv(module.ENV_CACHE)
-    assert module.compile_cache_dir({"cache_dir": str(tmp_path / "given")}) == tmp_path / "given"
+    monkeypatch.delenv(ENV_CACHE)
+    assert compile_cache_dir({"cache_dir": str(tmp_path / "given")}) == tmp_path / "given"
 
 
 def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
@@ -397,89 +399,90 @@ def _trt_meta(**kw: Any) -> ModelMeta:
 
 def test_trt_header_round_trip(tmp_path: Path) -> None:
     meta = _trt_meta()
-    data = trt_be.pack_engine(meta, b"ENGINEBYTES")
+    data = engine_file.pack_engine(meta, b"ENGINEBYTES")
     assert data[:4] == b"YKTR"
     assert int.from_bytes(data[4:8], "little") == len(meta.to_json().encode())
-    got, engine = trt_be.unpack_engine(data)
+    got, engine = engine_file.unpack_engine(data)
     assert engine == b"ENGINEBYTES" and got == meta
     f = tmp_path / "m.engine"
     f.write_bytes(data)
-    assert trt_be.read_meta(f) == meta
+    assert backends.REGISTRY["trt"].read_meta(f) == meta
 
 
 def test_trt_header_refusals(tmp_path: Path) -> None:
-    data = trt_be.pack_engine(_trt_meta(), b"ENGINE")
+    data = engine_file.pack_engine(_trt_meta(), b"ENGINE")
     with pytest.raises(ModelFileError, match="no YKTR header"):
-        trt_be.unpack_engine(b"\x00" * 64 + b"plain trtexec engine")
+        engine_file.unpack_engine(b"\x00" * 64 + b"plain trtexec engine")
     with pytest.raises(ModelFileError, match="truncated or corrupt"):
-        trt_be.unpack_engine(data[:20])
+        engine_file.unpack_engine(data[:20])
     with pytest.raises(ModelFileError, match="header only"):
-        trt_be.unpack_engine(data[: -len(b"ENGINE")])
+        engine_file.unpack_engine(data[: -len(b"ENGINE")])
     with pytest.raises(ModelFileError, match="unreadable"):
-        trt_be.unpack_engine(b"YKTR" + (5).to_bytes(4, "little") + b"{bad}ENGINE")
+        engine_file.unpack_engine(b"YKTR" + (5).to_bytes(4, "little") + b"{bad}ENGINE")
     plain = tmp_path / "plain.engine"
     plain.write_bytes(b"ftrt" + b"\x01" * 100)
     with pytest.raises(ModelFileError, match=r"plain.engine.*no YKTR header.*yolokit export"):
-        trt_be.read_meta(plain)
+        backends.REGISTRY["trt"].read_meta(plain)
     with pytest.raises(ModelFileError, match="no such"):
-        trt_be.read_meta(tmp_path / "missing.engine")
+        backends.REGISTRY["trt"].read_meta(tmp_path / "missing.engine")
 
 
 def test_trt_compat_checks() -> None:
     meta = _trt_meta()
-    h100 = trt_be.GpuInfo("NVIDIA H100", "9.0")
-    trt_be.check_compat(meta, "10.3.0", h100)
+    h100 = engine_file.GpuInfo("NVIDIA H100", "9.0")
+    engine_file.check_compat(meta, "10.3.0", h100)
     with pytest.raises(ModelFileError, match=r"TensorRT 10.3.0.*this machine has TensorRT 10.8.0.*rebuild"):
-        trt_be.check_compat(meta, "10.8.0", h100)
+        engine_file.check_compat(meta, "10.8.0", h100)
     with pytest.raises(ModelFileError, match=r"built for NVIDIA H100 \(compute capability 9.0\).*L4.*rebuild"):
-        trt_be.check_compat(meta, "10.3.0", trt_be.GpuInfo("NVIDIA L4", "8.9"))
+        engine_file.check_compat(meta, "10.3.0", engine_file.GpuInfo("NVIDIA L4", "8.9"))
     with pytest.raises(ModelFileError, match="does not name the GPU"):
-        trt_be.check_compat(_trt_meta(extra={}), "10.3.0", h100)
+        engine_file.check_compat(_trt_meta(extra={}), "10.3.0", h100)
     with pytest.raises(ModelFileError, match="not describe a TensorRT engine"):
-        trt_be.check_compat(_trt_meta(runtime_versions={}), "10.3.0", h100)
+        engine_file.check_compat(_trt_meta(runtime_versions={}), "10.3.0", h100)
 
 
 def test_trt_profile_and_shapes(source: LoadedModel) -> None:
-    p = trt_be.plan_profile((384, 640), batch=4, dynamic=True, max_batch=16)
+    p = plan.plan_profile((384, 640), batch=4, dynamic=True, max_batch=16)
     # every letterbox rectangle up to the long side fits; the kernels are tuned for the asked batch and shape
-    assert p == trt_be.ProfilePlan((1, 3, 32, 32), (4, 3, 384, 640), (16, 3, 640, 640))
-    assert trt_be.plan_profile((640, 640), batch=2, dynamic=False, max_batch=16) is None
+    assert p == plan.ProfilePlan((1, 3, 32, 32), (4, 3, 384, 640), (16, 3, 640, 640))
+    assert plan.plan_profile((640, 640), batch=2, dynamic=False, max_batch=16) is None
     with pytest.raises(InputError, match="above --max-batch"):
-        trt_be.plan_profile((640, 640), batch=32, dynamic=True, max_batch=8)
+        plan.plan_profile((640, 640), batch=32, dynamic=True, max_batch=8)
     with pytest.raises(InputError, match="multiples of the stride"):
-        trt_be.plan_profile((630, 640), batch=1, dynamic=True, max_batch=8)
-    assert trt_be.output_shape(1, (640, 640), [8, 16, 32]) == (1, 25200, 85)
+        plan.plan_profile((630, 640), batch=1, dynamic=True, max_batch=8)
+    assert plan.output_shape(1, (640, 640), [8, 16, 32]) == (1, 25200, 85)
     x = torch.zeros(2, 3, 160, 224)
     with torch.no_grad():
         real = tuple(source.model(x).shape)
-    assert trt_be.output_shape(2, (160, 224), source.model.detect.stride, 3, 80) == real
+    assert plan.output_shape(2, (160, 224), source.model.detect.stride, 3, 80) == real
 
 
 def test_trt_precision_plan_and_flags() -> None:
-    fp32 = trt_be.plan_precision(half=False, int8=False, has_fp16_flag=True)
+    fp32 = plan.plan_precision(half=False, int8=False, has_fp16_flag=True)
     assert fp32.precision == "fp32" and not fp32.fp16_flag and fp32.clear_tf32 and not fp32.strongly_typed
-    trt10 = trt_be.plan_precision(half=True, int8=False, has_fp16_flag=True)
+    trt10 = plan.plan_precision(half=True, int8=False, has_fp16_flag=True)
     assert trt10.fp16_flag and not trt10.onnx_half and not trt10.strongly_typed
-    trt11 = trt_be.plan_precision(half=True, int8=False, has_fp16_flag=False)
+    trt11 = plan.plan_precision(half=True, int8=False, has_fp16_flag=False)
     assert trt11.strongly_typed and trt11.onnx_half and not trt11.fp16_flag
     with pytest.raises(ExportError, match="INT8"):
-        trt_be.plan_precision(half=False, int8=True, has_fp16_flag=True)
-    assert trt_be.network_flags(False, 1) == 0
-    assert trt_be.network_flags(True, 1) == 2
-    assert trt_be.cuda_index("cuda") == 0 and trt_be.cuda_index("cuda:1") == 1 and trt_be.cuda_index("2") == 2
+        plan.plan_precision(half=False, int8=True, has_fp16_flag=True)
+    assert plan.network_flags(False, 1) == 0
+    assert plan.network_flags(True, 1) == 2
+    assert runtime.cuda_index("cuda") == 0 and runtime.cuda_index("cuda:1") == 1 and runtime.cuda_index("2") == 2
     with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
-        trt_be.cuda_index("cpu")
-    assert trt_be.timing_cache_path(Path("/x/m.engine")) == Path("/x/m.engine.timing.cache")
+        runtime.cuda_index("cpu")
+    assert plan.timing_cache_path(Path("/x/m.engine")) == Path("/x/m.engine.timing.cache")
 
 
 def test_trt_unavailable_is_a_clear_refusal(tmp_path: Path) -> None:
-    reason = trt_be.unavailable_reason()
+    trt = backends.REGISTRY["trt"]
+    reason = trt.unavailable_reason()
     if reason is None:
         pytest.skip("TensorRT and a CUDA GPU are available here")
     assert "yolokit[trt]" in reason or "NVIDIA GPU" in reason
     f = tmp_path / "m.engine"
-    f.write_bytes(trt_be.pack_engine(_trt_meta(), b"x"))
+    f.write_bytes(engine_file.pack_engine(_trt_meta(), b"x"))
     with pytest.raises(BackendUnavailableError):
-        trt_be.load(f, LoadOptions(device="cuda"))
+        trt.load(f, LoadOptions(device="cuda"))
     with pytest.raises(BackendUnavailableError):
         backends.require("trt")

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import backends
-from backends import onnx_backend as onnx_be
-from backends import tensorrt_backend as trt_be
 from backends.base import ExportOptions, PlanningHints
+from backends.onnx import providers as ort_providers
+from backends.tensorrt import plan as trt_plan
+from backends.tensorrt import runner as trt_runner
+from backends.tensorrt import runtime as trt_runtime
 from toolkit import Detector
 from toolkit.devices import GPU_BATCH, Device, is_gpu, parse_device
 from toolkit.engine.plan import make_plan, plan_for, tuned_batch
@@ -127,29 +129,29 @@ def test_export_defaults_tune_a_gpu_profile_for_the_plans_batch() -> None:
     assert export_defaults(ExportOptions(batch=0, dynamic=False), "cuda").batch == 1
     assert export_defaults(ExportOptions(batch=0), "cpu").batch == 1
     assert export_defaults(ExportOptions(batch=5, device="cpu"), "cuda") == ExportOptions(batch=5, device="cuda")
-    prof = trt_be.plan_profile((384, 640), GPU_BATCH, True, 32)
+    prof = trt_plan.plan_profile((384, 640), GPU_BATCH, True, 32)
     assert prof is not None and prof.opt == (GPU_BATCH, 3, 384, 640) and prof.max == (32, 3, 640, 640)
 
 
 def test_tensorrt_flags_and_devices_read_defensively() -> None:
     trt10 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
     trt11 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())  # flag gone: always strongly typed
-    assert trt_be.strongly_typed_bit(trt10) == 1 and trt_be.strongly_typed_bit(trt11) is None
-    assert trt_be.strongly_typed_bit(SimpleNamespace()) is None
-    assert trt_be.network_flags(True, trt_be.strongly_typed_bit(trt10)) == 2
-    assert trt_be.network_flags(True, None) == 0 and trt_be.network_flags(False, 1) == 0
-    assert [trt_be.cuda_index(d) for d in ("cuda", "gpu", "0", "cuda:2", "gpu:1", None)] == [0, 0, 0, 2, 1, 0]
+    assert trt_plan.strongly_typed_bit(trt10) == 1 and trt_plan.strongly_typed_bit(trt11) is None
+    assert trt_plan.strongly_typed_bit(SimpleNamespace()) is None
+    assert trt_plan.network_flags(True, trt_plan.strongly_typed_bit(trt10)) == 2
+    assert trt_plan.network_flags(True, None) == 0 and trt_plan.network_flags(False, 1) == 0
+    assert [trt_runtime.cuda_index(d) for d in ("cuda", "gpu", "0", "cuda:2", "gpu:1", None)] == [0, 0, 0, 2, 1, 0]
     for bad in ("cpu", "npu", "cuda:x"):
         with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
-            trt_be.cuda_index(bad)
+            trt_runtime.cuda_index(bad)
 
 
 def test_buffer_growth_is_amortised() -> None:
-    assert trt_be.grown(100, 50) == 100 and trt_be.grown(100, 100) == 100
-    assert trt_be.grown(100, 150) == 200 and trt_be.grown(100, 1000) == 1000 and trt_be.grown(0, 7) == 7
+    assert trt_runner.grown(100, 50) == 100 and trt_runner.grown(100, 100) == 100
+    assert trt_runner.grown(100, 150) == 200 and trt_runner.grown(100, 1000) == 1000 and trt_runner.grown(0, 7) == 7
     cap, allocations = 0, 0
     for need in range(1, 5000, 7):
-        new = trt_be.grown(cap, need)
+        new = trt_runner.grown(cap, need)
         allocations += new != cap
         cap = new
         assert cap >= need
@@ -161,46 +163,47 @@ def _meta(**kw: object) -> ModelMeta:
 
 
 def test_ort_tensorrt_profile_options() -> None:
-    opts = onnx_be.trt_profile_options(_meta(), (384, 640), batch=16, max_batch=32)
+    opts = ort_providers.trt_profile_options(_meta(), (384, 640), batch=16, max_batch=32)
     assert opts == {"trt_profile_min_shapes": "images:1x3x32x32", "trt_profile_opt_shapes": "images:16x3x384x640",
                     "trt_profile_max_shapes": "images:32x3x640x640"}
-    odd = onnx_be.trt_profile_options(_meta(), (370, 630), batch=64, max_batch=8)
+    odd = ort_providers.trt_profile_options(_meta(), (370, 630), batch=64, max_batch=8)
     assert odd["trt_profile_opt_shapes"] == "images:8x3x384x640" and odd["trt_profile_max_shapes"].endswith("640x640")
-    static_hw = onnx_be.trt_profile_options(_meta(imgsz=(384, 640)), None)
+    static_hw = ort_providers.trt_profile_options(_meta(imgsz=(384, 640)), None)
     assert static_hw["trt_profile_min_shapes"] == "images:1x3x384x640"
     assert static_hw["trt_profile_max_shapes"] == f"images:{GPU_BATCH}x3x384x640"
-    assert onnx_be.trt_profile_options(_meta(imgsz=(640, 640), batch=4), None) == {}
+    assert ort_providers.trt_profile_options(_meta(imgsz=(640, 640), batch=4), None) == {}
 
 
 def test_ort_provider_list(tmp_path: Path) -> None:
     gpu_ort = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert onnx_be.provider_list("cpu", gpu_ort, _meta(), {}) == ["CPUExecutionProvider"]
-    got = onnx_be.provider_list("gpu:1", gpu_ort, _meta(precision="fp16"), {}, imgsz=(640, 640), cache_dir=tmp_path)
+    assert ort_providers.provider_list("cpu", gpu_ort, _meta(), {}) == ["CPUExecutionProvider"]
+    got = ort_providers.provider_list("gpu:1", gpu_ort, _meta(precision="fp16"), {}, imgsz=(640, 640),
+                                      cache_dir=tmp_path)
     trt_name, trt = got[0]
     assert trt_name == "TensorrtExecutionProvider" and trt["device_id"] == 1 and trt["trt_fp16_enable"] is True
     assert trt["trt_engine_cache_enable"] and trt["trt_timing_cache_enable"]
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path)) and "trt_profile_opt_shapes" in trt
     assert got[1] == ("CUDAExecutionProvider", {"device_id": 1}) and got[2] == "CPUExecutionProvider"
-    fp32 = onnx_be.provider_list("0", gpu_ort, _meta(), {}, half=None)[0][1]
+    fp32 = ort_providers.provider_list("0", gpu_ort, _meta(), {}, half=None)[0][1]
     assert fp32["trt_fp16_enable"] is False and "trt_engine_cache_path" not in fp32  # no cache folder given
-    assert onnx_be.provider_list("cuda", gpu_ort, _meta(), {}, half=True)[0][1]["trt_fp16_enable"] is True
-    no_trt = onnx_be.provider_list("cuda", gpu_ort, _meta(), {"tensorrt": False})
+    assert ort_providers.provider_list("cuda", gpu_ort, _meta(), {}, half=True)[0][1]["trt_fp16_enable"] is True
+    no_trt = ort_providers.provider_list("cuda", gpu_ort, _meta(), {"tensorrt": False})
     assert [p if isinstance(p, str) else p[0] for p in no_trt] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(BackendUnavailableError, match="CUDA provider"):
-        onnx_be.provider_list("cuda", ["CPUExecutionProvider"], _meta(), {})
+        ort_providers.provider_list("cuda", ["CPUExecutionProvider"], _meta(), {})
     with pytest.raises(InputError):
-        onnx_be.provider_list("npu", gpu_ort, _meta(), {})
-    assert onnx_be.provider_list("cuda", [], _meta(), {"providers": ["X"]}) == ["X"]
+        ort_providers.provider_list("npu", gpu_ort, _meta(), {})
+    assert ort_providers.provider_list("cuda", [], _meta(), {"providers": ["X"]}) == ["X"]
 
 
 def test_ort_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert onnx_be.ort_cache_dir({"cache_dir": str(tmp_path / "c")}) == tmp_path / "c"
+    assert ort_providers.ort_cache_dir({"cache_dir": str(tmp_path / "c")}) == tmp_path / "c"
     assert (tmp_path / "c").is_dir()
-    assert onnx_be.ort_cache_dir({"cache_dir": "off"}) is None
-    monkeypatch.setenv(onnx_be.ENV_CACHE, str(tmp_path / "env"))
-    assert onnx_be.ort_cache_dir({}) == tmp_path / "env"
-    monkeypatch.setenv(onnx_be.ENV_CACHE, "off")
-    assert onnx_be.ort_cache_dir({}) is None
+    assert ort_providers.ort_cache_dir({"cache_dir": "off"}) is None
+    monkeypatch.setenv(ort_providers.ENV_CACHE, str(tmp_path / "env"))
+    assert ort_providers.ort_cache_dir({}) == tmp_path / "env"
+    monkeypatch.setenv(ort_providers.ENV_CACHE, "off")
+    assert ort_providers.ort_cache_dir({}) is None
 
 
 def test_ort_iobinding_device_runner_matches_session_run(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def _nms_model(nms: BakedNMS, nc: int = 4, opset: int = 17, suppresses_at_equal:
     """A graph whose input ``x`` (B, N, 5 + nc) is the 'model output', with NMS appended."""
     from onnx import TensorProto, helper
 
-    from backends.onnx_nms import append_nms
+    from backends.shared.onnx_nms import append_nms
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["output0"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "anchors", 5 + nc])],
@@ -165,11 +165,11 @@ def test_each_runtimes_iou_rule_and_the_graph_that_gives_yolov5s(tmp_path: Path)
 
 
 def test_trt_settings_and_opset_refusals() -> None:
-    from backends.onnx_nms import TRT_MAX_K, for_tensorrt
+    from backends.tensorrt.plan import TRT_MAX_K, engine_nms
 
-    assert for_tensorrt(DEFAULT).max_nms is None and for_tensorrt(DEFAULT).max_det == 1000
+    assert engine_nms(DEFAULT).max_nms is None and engine_nms(DEFAULT).max_det == 1000
     with pytest.raises(InputError, match="3840"):
-        for_tensorrt(BakedNMS(max_det=TRT_MAX_K + 1))
+        engine_nms(BakedNMS(max_det=TRT_MAX_K + 1))
     with pytest.raises(InputError, match="3840"):  # refused before any work, where TensorRT is not even installed
         backends.REGISTRY["trt"].check_export(ExportOptions(half=True, nms=BakedNMS(max_det=5000)))
     with pytest.raises(ExportError, match="opset 13"):

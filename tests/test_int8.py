@@ -105,7 +105,7 @@ def test_the_restorer_steps_reach_stderr_one_line_each_and_nothing_else_passes()
     import io
     import logging
 
-    from backends.openvino_int8 import RestorerProgress
+    from backends.openvino.int8 import RestorerProgress
 
     out = io.StringIO()
     progress = RestorerProgress(out)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import backends
-from backends.base import ExportOptions, PlanningHints
+from backends.base import Backend, ExportOptions, LoadOptions, PlanningHints
+from toolkit.errors import BackendUnavailableError, InputError
 from toolkit.meta import ModelMeta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,10 +51,10 @@ def test_no_module_over_500_lines(path: Path) -> None:
 @pytest.mark.parametrize("name", list(backends.REGISTRY))
 def test_every_backend_keeps_the_whole_contract(name: str, tmp_path: Path) -> None:
     m: Any = backends.REGISTRY[name]
-    assert name == m.NAME and isinstance(m.DESCRIPTION, str) and m.DESCRIPTION
+    assert isinstance(m, Backend) and name == m.NAME and isinstance(m.DESCRIPTION, str) and m.DESCRIPTION
     assert m.EXTRA is None or isinstance(m.EXTRA, str)
     assert isinstance(m.SUFFIXES, tuple) and m.SUFFIXES and all(s.startswith(".") for s in m.SUFFIXES)
-    assert isinstance(m.PACKAGES, tuple) and m.PACKAGES
+    assert isinstance(m.PACKAGES, tuple) and m.PACKAGES and isinstance(m.REQUIRES, tuple)
     assert m.DEFAULT_DEVICE in ("cpu", "cuda") and m.DEFAULT_DEVICE in m.PRECISIONS
     assert all(set(p) <= {"fp32", "fp16", "int8"} and p for p in m.PRECISIONS.values())
     assert isinstance(m.EXPORTS, bool) and set(m.EXPORT_PRECISIONS) <= {"fp32", "fp16", "int8"}
@@ -74,8 +75,6 @@ def test_every_backend_keeps_the_whole_contract(name: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", [n for n, b in backends.REGISTRY.items() if b.EXPORTS])
 def test_exporting_backends_refuse_what_they_cannot_write(name: str) -> None:
-    from toolkit.errors import InputError
-
     m: Any = backends.REGISTRY[name]
     for precision in ("fp32", "fp16", "int8"):
         options = ExportOptions(half=precision == "fp16", int8=precision == "int8", calib_data="x")
@@ -86,13 +85,78 @@ def test_exporting_backends_refuse_what_they_cannot_write(name: str) -> None:
                 m.check_export(options)
 
 
+class _Foo(Backend):
+    """A backend that states its facts and implements only the three abstract methods."""
+
+    NAME = "foo"
+    EXTRA = "foo"
+    DESCRIPTION = "a foo model"
+    SUFFIXES = (".foo", ".bar")
+    PACKAGES = ("foo-runtime",)
+    REQUIRES = ("yolokit_test_no_such_module",)
+    EXPORTS = True
+    EXPORT_PRECISIONS = ("fp32",)
+
+    def read_meta(self, path: Path) -> ModelMeta:
+        return ModelMeta(names={0: "a"})
+
+    def load(self, path: Path, options: LoadOptions) -> Any:
+        raise NotImplementedError
+
+    def export(self, source: Any, path: Path, options: ExportOptions) -> Path:
+        return path
+
+
+def test_a_backend_states_its_facts_and_inherits_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What adding a backend takes: a subclass with its facts and read_meta/load/export gets availability from
+    REQUIRES, claims by suffix, export targets and the precision refusal from the base class, and the registry
+    serves it with one entry."""
+    foo = _Foo()
+    assert foo.unavailable_reason() == ("the foo backend needs yolokit_test_no_such_module, which is not installed: "
+                                        "pip install 'yolokit[foo]'")
+    assert not foo.is_available()
+    assert foo.claims(tmp_path / "m.FOO") and foo.claims(tmp_path / "m.bar") and not foo.claims(tmp_path / "m.onnx")
+    (tmp_path / "folder.foo").mkdir()
+    assert not foo.claims(tmp_path / "folder.foo")
+    assert not foo.sniff(b"anything") and foo.describe(tmp_path / "m.foo") == {}
+    assert foo.output_path(tmp_path / "m") == tmp_path / "m.foo" and foo.output_path(tmp_path / "m.bar").name == "m.bar"
+    assert foo.default_name("yolov5n", "_fp16") == "yolov5n_fp16.foo"
+    foo.check_export(ExportOptions())
+    with pytest.raises(InputError, match=r"FP16 export is not supported for --to foo \(it writes FP32\)"):
+        foo.check_export(ExportOptions(half=True))
+    monkeypatch.setitem(backends.REGISTRY, "foo", foo)
+    assert backends.backend_for(tmp_path / "m.foo") == "foo" and "foo" in backends.exporters()
+    with pytest.raises(BackendUnavailableError, match=r"yolokit\[foo\]"):
+        backends.require("foo")
+
+
+def test_a_backend_must_implement_the_work() -> None:
+    class Incomplete(Backend):
+        NAME = "incomplete"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()  # type: ignore[abstract]
+
+
+def test_the_contract_is_written_once_and_whole() -> None:
+    """Every fact and method of the base class is described in its docstring (the one place the contract is
+    written); docs/design.md links to it instead of repeating it."""
+    doc = Backend.__doc__ or ""
+    members = [n for n in vars(Backend) if n.isupper() or (not n.startswith("_") and callable(vars(Backend)[n]))]
+    members += list(Backend.__annotations__)
+    missing = sorted({n for n in members if f"``{n}``" not in doc and f":meth:`{n}`" not in doc})
+    assert not missing, missing
+    design = (REPO / "docs" / "design.md").read_text()
+    assert "backends.base.Backend" in design and "| member |" not in design
+
+
 def test_artifacts_are_recognised_by_their_first_bytes(tmp_path: Path) -> None:
     """Each backend's sniff claims its own files' first bytes and nobody else's."""
-    from backends import tensorrt_backend
+    from backends.tensorrt.engine_file import pack_engine
 
     heads = {"torch": b"PK\x03\x04" + bytes(60), "onnx": b"\x08\x08\x12\x07pytorch" + bytes(50),
              "openvino": b'<?xml version="1.0"?>\n<net name="main_graph" version="11">',
-             "trt": tensorrt_backend.pack_engine(ModelMeta(names={0: "a"}), b"x")[:64]}
+             "trt": pack_engine(ModelMeta(names={0: "a"}), b"x")[:64]}
     for owner, head in heads.items():
         claimed = [n for n, b in backends.REGISTRY.items() if b.sniff(head)]
         assert claimed == [owner], (owner, claimed)

@@ -22,7 +22,7 @@ from toolkit.errors import BackendUnavailableError, ExportError, InputError
 from toolkit.meta import BakedNMS, ModelMeta
 
 if TYPE_CHECKING:
-    from backends.base import BackendModule
+    from backends.base import Backend
 
 __all__ = ["ExportOptions", "ExportReport", "ParityReport", "default_output", "export", "format_report",
            "parity_check"]
@@ -127,7 +127,7 @@ def default_output(weights: str | Path, to: str, options: ExportOptions) -> Path
     return folder / _exporter(to).default_name(stem, tag)
 
 
-def _exporter(to: str) -> BackendModule:
+def _exporter(to: str) -> Backend:
     import backends
 
     found = backends.exporters()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, ExportOptions, Int8Data, pack_detections
-from backends.onnx_nms import PREFIX
+from backends.shared.onnx_nms import PREFIX
 from toolkit.errors import BackendUnavailableError, ExportError, InputError
 
 INT8_HINT = "pip install 'yolokit[int8]'"

@@ -8,76 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.base import BaseRunner, ExportOptions, LoadOptions, PlanningHints
+from backends.base import Backend, BaseRunner, ExportOptions, LoadOptions, PlanningHints
 from toolkit.errors import BackendUnavailableError, ExportError, InputError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
     from toolkit.model.load import LoadedModel
-
-NAME = "torch"
-EXTRA = "torch"
-SUFFIXES = (".pt", ".pth", ".yaml", ".yml")
-DESCRIPTION = "a PyTorch .pt checkpoint or model yaml"
-PACKAGES = ("torch",)
-DEFAULT_DEVICE = "cpu"
-PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp16", "fp32")}
-EXPORTS = False  # checkpoints are run as they are; every export starts from one
-EXPORT_PRECISIONS: tuple[str, ...] = ()
-# PyTorch's Python-level module calls hold the GIL: separate processes pay once there are many inputs per core
-PLANNING = PlanningHints(releases_gil=False, thread_batch=1, process_inputs_per_core=250)
-
-
-def unavailable_reason() -> str | None:
-    import importlib.util
-
-    return None if importlib.util.find_spec("torch") else "PyTorch is not installed: pip install 'yolokit[torch]'"
-
-
-def is_available() -> bool:
-    return unavailable_reason() is None
-
-
-def claims(path: Path) -> bool:
-    from toolkit.model.configs import is_builtin_config
-
-    return path.suffix.lower() in SUFFIXES or is_builtin_config(path.name)
-
-
-def sniff(head: bytes) -> bool:
-    """Whether a file's first bytes are a PyTorch checkpoint: a zip archive (``torch.save``'s format since 1.6)
-    or a pickle (the legacy format and plain pickles start with the PROTO opcode)."""
-    return head[:4] == b"PK\x03\x04" or (len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
-def output_path(path: Path) -> Path:
-    return Path(path)
-
-
-def default_name(stem: str, tag: str) -> str:
-    return f"{stem}{tag}.pt"
-
-
-def read_meta(path: Path) -> ModelMeta:
-    """The metadata of a checkpoint or architecture yaml (the model is built, nothing of the file runs)."""
-    from toolkit.model.load import load_model
-
-    return load_model(path).meta
-
-
-def describe(path: Path) -> dict[str, Any]:
-    """Parameters and GFLOPs at 640, for ``yolokit info``."""
-    from toolkit.model.load import load_model
-    from toolkit.model.yolov5 import count_gflops, count_parameters
-
-    loaded = load_model(path)
-    return {"format": "pt", "parameters": count_parameters(loaded.model),
-            "gflops_640": round(count_gflops(loaded.model), 2)}
-
-
-def check_export(options: ExportOptions) -> None:
-    raise InputError("a .pt checkpoint is run as it is; export it to another format")
-
 
 class TorchDeviceRunner:
     """The device side of a :class:`TorchRunner` (see :class:`backends.base.DeviceRunner`): the module called on
@@ -199,11 +135,51 @@ class TorchRunner(BaseRunner):
         self._local = threading.local()
 
 
-def load(path: Path, options: LoadOptions) -> TorchRunner:
-    from toolkit.model.load import load_model
+class TorchBackend(Backend):
+    """``.pt`` checkpoints and model yamls (the built-in configs too), run in this process by PyTorch."""
 
-    return TorchRunner(load_model(path), options)
+    NAME = "torch"
+    EXTRA = "torch"
+    SUFFIXES = (".pt", ".pth", ".yaml", ".yml")
+    DESCRIPTION = "a PyTorch .pt checkpoint or model yaml"
+    PACKAGES = ("torch",)
+    REQUIRES = ("torch",)
+    PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp16", "fp32")}
+    # PyTorch's Python-level module calls hold the GIL: separate processes pay once there are many inputs per core
+    PLANNING = PlanningHints(releases_gil=False, thread_batch=1, process_inputs_per_core=250)
 
+    def claims(self, path: Path) -> bool:
+        from toolkit.model.configs import is_builtin_config
 
-def export(source: LoadedModel, path: Path, options: ExportOptions) -> Path:
-    raise ExportError("the torch backend runs .pt checkpoints directly; export to another format")
+        return path.suffix.lower() in self.SUFFIXES or is_builtin_config(path.name)
+
+    def sniff(self, head: bytes) -> bool:
+        """Whether a file's first bytes are a PyTorch checkpoint: a zip archive (``torch.save``'s format since 1.6)
+        or a pickle (the legacy format and plain pickles start with the PROTO opcode)."""
+        return head[:4] == b"PK\x03\x04" or (len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+    def read_meta(self, path: Path) -> ModelMeta:
+        """The metadata of a checkpoint or architecture yaml (the model is built, nothing of the file runs)."""
+        from toolkit.model.load import load_model
+
+        return load_model(path).meta
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """Parameters and GFLOPs at 640, for ``yolokit info``."""
+        from toolkit.model.load import load_model
+        from toolkit.model.yolov5 import count_gflops, count_parameters
+
+        loaded = load_model(path)
+        return {"format": "pt", "parameters": count_parameters(loaded.model),
+                "gflops_640": round(count_gflops(loaded.model), 2)}
+
+    def check_export(self, options: ExportOptions) -> None:
+        raise InputError("a .pt checkpoint is run as it is; export it to another format")
+
+    def load(self, path: Path, options: LoadOptions) -> TorchRunner:
+        from toolkit.model.load import load_model
+
+        return TorchRunner(load_model(path), options)
+
+    def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path:
+        raise ExportError("the torch backend runs .pt checkpoints directly; export to another format")

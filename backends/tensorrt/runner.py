@@ -1,5 +1,4 @@
-"""The runtime side of the TensorRT backend (:mod:`backends.tensorrt_backend` holds its facts, file format, export
-and pure planning functions): a deserialized engine run with ``execute_async_v3``, one execution context, CUDA stream
+"""Running a TensorRT engine: a deserialized engine run with ``execute_async_v3``, one execution context, CUDA stream
 and set of preallocated I/O buffers per thread, and its device side for the GPU pipeline.
 
 Not run here: no machine of this project has had TensorRT. Its buffer arithmetic (:func:`grown`) is tested.
@@ -14,10 +13,19 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, BaseRunner, DeviceRunner, LoadOptions, pack_detections
-from backends.tensorrt_backend import _logger, _runtime, check_compat, cuda_index, current_gpu, grown, unpack_engine
+from backends.tensorrt.engine_file import REBUILD_HINT, check_compat, unpack_engine
+from backends.tensorrt.runtime import cuda_index, current_gpu, load_tensorrt, new_logger
 from toolkit.errors import InputError, ModelFileError, YolokitError
 
-__all__ = ["TrtDeviceRunner", "TrtRunner"]
+__all__ = ["TrtDeviceRunner", "TrtRunner", "grown"]
+
+
+def grown(capacity: int, needed: int) -> int:
+    """The capacity (elements) of a buffer that must hold ``needed``: unchanged when it does, else at least
+    doubled, so that a run of growing shapes reallocates a few times, not at every call."""
+    if needed <= capacity:
+        return capacity
+    return max(needed, 2 * capacity)
 
 
 class _ThreadState:
@@ -73,7 +81,7 @@ class TrtRunner(BaseRunner):
     def __init__(self, path: Path, options: LoadOptions) -> None:
         import torch
 
-        trt = _runtime()
+        trt = load_tensorrt()
         self._trt, self._torch = trt, torch
         self.index = cuda_index(options.device)
         data = Path(path).read_bytes()
@@ -81,11 +89,12 @@ class TrtRunner(BaseRunner):
         check_compat(meta, str(trt.__version__), current_gpu(self.index), str(path))
         self.device = torch.device("cuda", self.index)
         with torch.cuda.device(self.index):
-            self.runtime = trt.Runtime(_logger(trt))
+            self._logger = new_logger(trt)  # lives as long as the runtime and the engine
+            self.runtime = trt.Runtime(self._logger)
             self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
-            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); rebuild it "
-                                 f"with `yolokit export WEIGHTS --to trt`")
+            raise ModelFileError(f"{path}: TensorRT could not deserialize the engine (corrupt file?); "
+                                 f"{REBUILD_HINT}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]

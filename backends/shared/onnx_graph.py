@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.base import ExportOptions
+from backends.shared.onnx_nms import RAW_NAME, append_nms
 from toolkit.errors import ExportError
 from toolkit.meta import BakedNMS, ModelMeta
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from toolkit.model.load import LoadedModel
 
 INPUT_NAME = "images"
-OUTPUT_NAME = "output0"
+OUTPUT_NAME = RAW_NAME  # what the NMS part reads
 
 
 def _grid_fp32(self: Any, i: int, nx: int, ny: int, like: Any) -> tuple[Any, Any]:
@@ -43,7 +44,7 @@ def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, hal
                  dynamic: bool | None = None, simplify: bool | None = None,
                  nms: BakedNMS | None = None, suppresses_at_equal: bool = False) -> tuple[Any, list[str]]:
     """Trace ``source`` to an ONNX file at ``path`` without yolokit metadata (OpenVINO and TensorRT build
-    from this), simplified, with NMS appended when ``nms`` is given (:mod:`backends.onnx_nms`). Returns the
+    from this), simplified, with NMS appended when ``nms`` is given (:mod:`backends.shared.onnx_nms`). Returns the
     checked ``onnx.ModelProto`` and notes about what was done or skipped."""
     import warnings
 
@@ -95,8 +96,6 @@ def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, hal
             except Exception as e:  # slimming is an optimisation: keep the traced graph
                 notes.append(f"onnxslim failed ({e}); kept the unsimplified graph")
     if nms is not None:
-        from backends.onnx_nms import append_nms
-
         before = len(proto.graph.node)
         proto = append_nms(proto, nms, suppresses_at_equal)
         notes.append(f"NMS inside: {len(proto.graph.node) - before} standard ONNX nodes appended (conf {nms.conf}, "

@@ -36,15 +36,13 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, NMS_MIN_OPSET
-from toolkit.errors import ExportError, InputError
+from toolkit.errors import ExportError
 from toolkit.meta import BakedNMS
 
 MIN_OPSET = NMS_MIN_OPSET
 MAX_WH = 7680.0  # YOLOv5's class offset for per-class NMS in one pass
 PREFIX = "/nms/"  # node and tensor names of the appended part (INT8 quantization leaves it alone)
 RAW_NAME = "output0"
-# TensorRT's TopK layer takes K <= 3840 (TensorRT 8.x documentation); its engines skip the 30000-candidate TopK
-TRT_MAX_K = 3840
 
 
 class _Builder:
@@ -189,18 +187,3 @@ def raw_graph(proto: Any) -> Any:
     proto.graph.output.append(raw)
     return proto
 
-
-def for_tensorrt(nms: BakedNMS) -> BakedNMS:
-    """The settings an engine's graph uses: TensorRT's TopK takes K <= 3840, so the engine's graph sends every
-    candidate into NMS (no 30000-candidate TopK; identical whenever at most 30000 boxes pass ``conf``, which is
-    always the case at imgsz 640: 25200 anchors), and ``max_det`` must be at most 3840."""
-    from dataclasses import replace
-
-    if nms.max_det > TRT_MAX_K:
-        raise InputError(f"--max-det {nms.max_det}: a TensorRT engine with NMS inside keeps at most {TRT_MAX_K} "
-                          f"boxes per image (its TopK limit); use --max-det {TRT_MAX_K} or less")
-    return replace(nms, max_nms=None)
-
-
-def node_count(proto: Any) -> int:
-    return len(proto.graph.node)

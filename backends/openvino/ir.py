@@ -1,0 +1,71 @@
+"""An OpenVINO IR on disk (``.xml`` + ``.bin``, or a folder holding one): finding it, reading it, and the yolokit
+metadata in its ``rt_info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ModelFileError
+from toolkit.meta import META_KEY, ModelMeta
+
+REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
+FOLDER_SUFFIX = "_openvino"  # what an exported IR's folder is named after the model: yolov5n_openvino/
+
+
+def xml_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.xml") if p.is_file())
+
+
+def resolve_xml(path: Path) -> Path:
+    """The IR's .xml for a path that is the .xml itself or a folder holding exactly one."""
+    path = Path(path)
+    if path.is_dir():
+        found = xml_in(path)
+        if len(found) != 1:
+            raise ModelFileError(f"{path}: an OpenVINO model folder holds exactly one .xml (found {len(found)})")
+        return found[0]
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such OpenVINO .xml file or folder")
+    return path
+
+
+def read_model(path: Path) -> tuple[Any, Path]:
+    """The ``openvino.Model`` of an IR (``.xml`` or its folder) and its .xml; one clear line when it cannot be read."""
+    import openvino as ov
+
+    xml = resolve_xml(path)
+    if not xml.with_suffix(".bin").is_file():
+        raise ModelFileError(f"{xml}: the weights file {xml.with_suffix('.bin').name} is missing beside it; "
+                             f"{REEXPORT_HINT}")
+    try:
+        return ov.Core().read_model(str(xml)), xml
+    except Exception:  # OpenVINO's parser text names its own sources: not a reason a user can act on
+        raise ModelFileError(f"{xml}: not a readable OpenVINO IR; the file is corrupt or not an IR; "
+                             f"{REEXPORT_HINT}") from None
+
+
+def meta_of(model: Any, xml: Path) -> ModelMeta:
+    """The yolokit metadata in a model's ``rt_info``."""
+    if not model.has_rt_info([META_KEY]):
+        raise ModelFileError(f"{xml}: this OpenVINO IR has no yolokit metadata (class names, stride, input size); "
+                             f"it was not exported by yolokit; {REEXPORT_HINT}")
+    try:
+        return ModelMeta.from_json(model.get_rt_info([META_KEY]).astype(str))
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{xml}: the yolokit metadata is unreadable ({e}); {REEXPORT_HINT}") from None
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The yolokit metadata of an IR (``.xml`` or its folder), for ``yolokit info``."""
+    model, xml = read_model(Path(path))
+    return meta_of(model, xml)
+
+
+def output_paths(path: Path, stem: str | None = None) -> tuple[Path, Path]:
+    """``(artifact, xml)`` for an export target: an ``.xml`` file, or a folder that gets ``<stem>.xml``."""
+    path = Path(path)
+    if path.suffix.lower() == ".xml":
+        return path, path
+    name = stem or path.name.removesuffix(FOLDER_SUFFIX)
+    return path, path / f"{name}.xml"
