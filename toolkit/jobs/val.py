@@ -13,24 +13,38 @@ from typing import Any
 import numpy as np
 
 from toolkit.detections import Detections
+from toolkit.engine.core import DetectorConfig
 from toolkit.errors import InputError
 from toolkit.io.sources import IMAGE_SUFFIXES
 from toolkit.ops import match_greedy
+from toolkit.options import check, declared, option
+
+
+def _like(name: str, **changes: Any) -> Any:
+    """A field declared as ``DetectorConfig``'s option ``name`` is (``changes``: val's own default or help)."""
+    return declared(DetectorConfig, name).field(**changes)
 
 
 @dataclass
 class ValOptions:
-    weights: str = "yolov5n"
-    data: str = ""
-    backend: str | None = None
-    device: str | None = None  # None: the backend's own default device
-    imgsz: int = 640
-    conf: float = 0.001
-    iou: float = 0.6
-    max_det: int = 300
-    batch: int = 1
-    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (to measure what it costs in mAP)
-    augment: bool = False  # test-time augmentation (YOLOv5's val.py --augment)
+    """``yolokit val``'s options: the detector's own declarations, with val's defaults for the NMS (YOLOv5's val.py:
+    a low threshold, so that mAP integrates over every confidence)."""
+
+    weights: str = _like("weights", help="Model to evaluate (any format yolokit runs).")
+    data: str = option("", "A YOLO dataset yaml, or a folder with images/ and labels/.")
+    backend: str | None = _like("backend")
+    device: str | None = _like("device")
+    imgsz: int = _like("imgsz")
+    conf: float = _like("conf", default=0.001, help="Confidence threshold for evaluation (YOLOv5's val.py: low, so "
+                        "that mAP integrates over every confidence).")
+    iou: float = _like("iou", default=0.6)
+    max_det: int = _like("max_det", default=300)
+    batch: int = option(1, "Images per inference batch.", lo=1)
+    fast_decode: bool = _like("fast_decode", cli=False)  # to measure what it costs in mAP
+    augment: bool = _like("augment")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass
