@@ -221,9 +221,23 @@ def refuse_unknown(given: Iterable[str], known: Iterable[str], what: str) -> Non
     known = list(known)
     for name in given:
         if name not in known:
-            near = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-            hint = f"did you mean {near[0]!r}?" if near else "known: " + ", ".join(sorted(known))
+            near = nearest(name, known)
+            hint = f"did you mean {near!r}?" if near else "known: " + ", ".join(sorted(known))
             raise InputError(f"{what} has no setting {name!r}; {hint}")
+
+
+def nearest(name: str, known: Iterable[str]) -> str | None:
+    """The known name ``name`` most likely meant: one that contains it or that it contains (YOLOv5's
+    ``conf_thres`` for ``conf``), else the closest spelling; None when nothing is close."""
+    def score(k: str) -> tuple[bool, float]:
+        inside = (len(k) >= 3 and k in name) or (len(name) >= 3 and name in k)
+        return inside, difflib.SequenceMatcher(None, name, k).ratio()
+
+    best = max(known, key=score, default=None)
+    if best is None:
+        return None
+    contains, ratio = score(best)
+    return best if contains or ratio >= 0.5 else None
 
 
 def build(cls: type, values: dict[str, Any], what: str = "") -> Any:
@@ -286,4 +300,4 @@ def identity(obj: Any) -> dict[str, Any]:
 
 __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
            "RAY", "REQUIRED", "SAVING", "SPEED", "TILING", "Entry", "Option", "build", "check", "declared", "group",
-           "identity", "keys", "option", "plain", "refuse_unknown", "walk"]
+           "identity", "keys", "nearest", "option", "plain", "refuse_unknown", "walk"]

@@ -22,11 +22,12 @@ import numpy as np
 from backends.base import ExportOptions, Int8Data
 from toolkit.detections import Detections
 from toolkit.errors import InputError
-from toolkit.jobs.val import Sample, _label_path, coco_map, dataset_images, load_labels
+from toolkit.jobs.val import Sample, ValOptions, _label_path, coco_map, dataset_images, load_labels
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
 MAX_VAL_IMAGES = 500
-VAL_NMS = NMSOptions(conf=0.001, iou=0.6, max_det=300, multi_label=True)  # yolokit val's settings
+_VAL = ValOptions()
+VAL_NMS = NMSOptions(conf=_VAL.conf, iou=_VAL.iou, max_det=_VAL.max_det, multi_label=True)  # yolokit val's settings
 
 
 @dataclass

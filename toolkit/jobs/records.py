@@ -23,7 +23,7 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
-from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, group, identity, option
+from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, group, identity, option
 from toolkit.tiling import TileOptions
 
 ENGINES = ("local", "ray")
@@ -51,6 +51,9 @@ class SaveOptions:
     round_boxes: bool = option(True, "Written outputs use whole-pixel box corners, as YOLOv5's detect.py does.",
                                cli=False, affects_output=True)
 
+    def __post_init__(self) -> None:
+        check(self)
+
     @property
     def keep_images(self) -> bool:
         """Whether results keep their decoded image: annotated images or crops are saved."""
@@ -67,6 +70,9 @@ class RunFolder:
     resume: bool = option(False, "Continue an interrupted run in PROJECT/NAME: inputs in its manifest.jsonl are "
                           "skipped, the rest processed. The settings that change outputs must be the same.",
                           panel=FOLDER)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,9 @@ class EngineOptions:
     gpus_per_worker: float = option(0.0, "With --engine ray: GPUs per inference actor.", panel=RAY, lo=0)
     cpus_per_worker: float = option(0.0, "With --engine ray: CPUs per inference actor (also its intra-op threads); "
                                     "0: the cluster's CPUs / --workers.", panel=RAY, lo=0)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)

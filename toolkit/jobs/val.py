@@ -122,7 +122,7 @@ def load_labels(image: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.nda
     return arr[:, 0].astype(np.int64), xyxy
 
 
-def coco_map(samples: list[Sample], dets: list[Detections], max_det: int = 300) -> dict[str, float]:
+def coco_map(samples: list[Sample], dets: list[Detections], max_det: int) -> dict[str, float]:
     """mAP50-95 and mAP50 with pycocotools' COCOeval (area 'all', up to ``max_det`` detections per image)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
