@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -118,7 +119,7 @@ class Option:
             return value in self.choices
         if self.lo is None and self.hi is None:
             return True
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):  # numpy's too
             return False
         low = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
         high = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
@@ -157,8 +158,6 @@ class Entry:
     path: tuple[str, ...]
     option: Option
     owner: type  # the dataclass that declares it
-    group: str = ""  # the composite's field holding ``owner`` ("" at the top)
-    optional: bool = False  # ``owner`` sits in an optional group
 
     @property
     def name(self) -> str:
@@ -183,13 +182,13 @@ def declared(cls: type, name: str) -> Option:
     raise KeyError(f"{cls.__name__}.{name} is not a declared option")
 
 
-def walk(cls: type, _path: tuple[str, ...] = (), _group: str = "", _optional: bool = False) -> Iterator[Entry]:
+def walk(cls: type, _path: tuple[str, ...] = ()) -> Iterator[Entry]:
     """Every declared option of ``cls``, groups included, in declaration order."""
     for f in fields(cls):
         if GROUP in f.metadata:
-            yield from walk(f.metadata[GROUP], (*_path, f.name), f.name, f.default is None)
+            yield from walk(f.metadata[GROUP], (*_path, f.name))
         elif KEY in f.metadata:
-            yield Entry((*_path, f.name), f.metadata[KEY], cls, _group, _optional)
+            yield Entry((*_path, f.name), f.metadata[KEY], cls)
 
 
 def keys(cls: type) -> dict[str, Entry]:
