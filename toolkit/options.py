@@ -121,6 +121,7 @@ class Option:
             return True
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):  # numpy's too
             return False
+        value = float(value)
         low = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
         high = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
         return low and high
