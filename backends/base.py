@@ -14,6 +14,7 @@ import numpy as np
 
 from toolkit.errors import InputError
 from toolkit.meta import BakedNMS, ModelMeta
+from toolkit.options import IMGSZ
 
 if TYPE_CHECKING:
     from toolkit.model.load import LoadedModel
@@ -58,7 +59,7 @@ class Int8Data:
 
 @dataclass
 class ExportOptions:
-    imgsz: tuple[int, int] = (640, 640)
+    imgsz: tuple[int, int] = (IMGSZ.default, IMGSZ.default)
     batch: int = 1
     dynamic: bool = True  # dynamic batch, height and width: the artifact letterboxes as the .pt does
     max_batch: int = 32

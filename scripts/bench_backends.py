@@ -49,13 +49,13 @@ def main() -> None:
     for model in args.models:
         path = Path(model)
         det = Detector(path, device=args.device, threads=args.threads, imgsz=args.imgsz)
-        det.runner.set_threads(args.threads)
+        det.routine.runner.set_threads(args.threads)
         name, meta = det.backend_name, det.meta
         executes = meta.extra.get("inference_precision") or meta.precision
-        b1 = raw_rate(det.runner.infer, _images(args.data, 1, args.imgsz), args.seconds)
+        b1 = raw_rate(det.routine.runner.infer, _images(args.data, 1, args.imgsz), args.seconds)
         b8 = None
         if meta.batch is None and (meta.max_batch is None or meta.max_batch >= 8):
-            b8 = raw_rate(det.runner.infer, _images(args.data, 8, args.imgsz), args.seconds)
+            b8 = raw_rate(det.routine.runner.infer, _images(args.data, 8, args.imgsz), args.seconds)
         det.close()
         m = None
         if args.val and args.data:

@@ -41,7 +41,7 @@ def one(args: argparse.Namespace) -> None:
         marks.append((done, time.perf_counter() - t0))
 
     with tempfile.TemporaryDirectory() as tmp:
-        s = run(RunOptions(source=args.source, weights=args.weights, save_txt=True, nosave=True, project=tmp,
+        s = run(RunOptions.of(source=args.source, weights=args.weights, save_txt=True, nosave=True, project=tmp,
                            name="b", engine=args.engine, address=args.address, workers=args.workers,
                            batch=args.batch), progress=progress)
     wall = time.perf_counter() - t0

@@ -90,10 +90,10 @@ def slim(weights: str, out: Path, repeats: int) -> list[dict[str, Any]]:
         dets = {True: a, False: b}
         for _ in range(max(3, repeats)):
             for s, det in dets.items():
-                det.infer(x)
+                det.routine.infer(x)
                 t0, n = time.perf_counter(), 0
                 while time.perf_counter() - t0 < 2.0:
-                    det.infer(x)
+                    det.routine.infer(x)
                     n += 1
                 times[s].append(n / (time.perf_counter() - t0))
     for s, path in paths.items():

@@ -66,9 +66,9 @@ def seed_loop(weights: str, source: str) -> None:
 def raw_model_rate(model: str, shape: tuple[int, int], threads: int, seconds: float = 5.0) -> float:
     """img/s of the model alone on a pre-letterboxed uint8 batch of 1 at ``shape`` with ``threads``."""
     det = Detector(model, threads=threads)
-    det.runner.set_threads(threads)
+    det.routine.runner.set_threads(threads)
     batch = np.random.default_rng(0).integers(0, 256, (1, 3, *shape), dtype=np.uint8)
-    return raw_rate(det.infer, batch, seconds, warmup=3)
+    return raw_rate(det.routine.infer, batch, seconds, warmup=3)
 
 
 def chart(rows: list[dict[str, object]], path: Path) -> None:

@@ -78,12 +78,12 @@ def run_yolokit(det: Detector, canvas: np.ndarray, ref: Any, variants: list[tupl
     """Every variant on one mosaic; variants differing only in the merge share one tile pass."""
     out: dict[str, TilingScore] = {}
     passes: dict[TileOptions, tuple[Any, float]] = {}
-    with intra_op_threads(det.runner, threads):
+    with intra_op_threads(det.routine.runner, threads):
         for label, opts in variants:
             key = replace(opts, merge="views")
             if key not in passes:
                 t0 = time.perf_counter()
-                views = collect_views(det, canvas, opts)
+                views = collect_views(det.routine, canvas, opts)
                 passes[key] = (views, time.perf_counter() - t0)
             views, seconds = passes[key]
             t0 = time.perf_counter()
@@ -114,8 +114,8 @@ def sahi_model(det: Detector) -> Any:
             self.model = model
 
         def perform_inference(self, image: np.ndarray) -> None:  # RGB HWC, as SAHI hands slices over
-            lb, info = letterbox(image, det.imgsz, det.meta.stride, auto=det.auto, scaleup=False)
-            pred = det.infer(np.ascontiguousarray(lb.transpose(2, 0, 1))[None])[0]
+            lb, info = letterbox(image, det.imgsz, det.meta.stride, auto=det.routine.auto, scaleup=False)
+            pred = det.routine.infer(np.ascontiguousarray(lb.transpose(2, 0, 1))[None])[0]
             xyxy, conf, cls = postprocess(pred, det.nms)
             self._original_predictions = (scale_boxes(xyxy, info), conf, cls)
             self.calls += 1
@@ -141,7 +141,7 @@ def run_sahi(det: Detector, canvas_bgr: np.ndarray, ref: Any, threads: int) -> d
 
     rgb = np.ascontiguousarray(canvas_bgr[:, :, ::-1])
     out: dict[str, TilingScore] = {}
-    with intra_op_threads(det.runner, threads):
+    with intra_op_threads(det.routine.runner, threads):
         for label, kind, metric in SAHI_VARIANTS:
             model = sahi_model(det)
             t0 = time.perf_counter()
@@ -166,14 +166,15 @@ def raw_rate(det: Detector, canvas: np.ndarray, batch: int, threads: int, n: int
     tiles = []
     for _ in range(n):
         x, y = int(rng.integers(0, w - 640)), int(rng.integers(0, h - 640))
-        lb, _ = letterbox(canvas[y:y + 640, x:x + 640], det.imgsz, det.meta.stride, auto=det.auto, scaleup=False)
+        lb, _ = letterbox(canvas[y:y + 640, x:x + 640], det.imgsz, det.meta.stride, auto=det.routine.auto,
+                          scaleup=False)
         tiles.append(to_chw_rgb(lb))
     batches = [np.stack(tiles[i:i + batch]) for i in range(0, n, batch)]
-    with intra_op_threads(det.runner, threads):
-        det.infer(batches[0])  # warm-up
+    with intra_op_threads(det.routine.runner, threads):
+        det.routine.infer(batches[0])  # warm-up
         t0 = time.perf_counter()
         for b in batches:
-            det.infer(b)
+            det.routine.infer(b)
         return n / (time.perf_counter() - t0)
 
 
@@ -218,8 +219,8 @@ def main() -> None:
     det = Detector(weights)
     plan = make_plan(det, 1)  # what `yolokit run --tile` plans for one image
     print(f"{det.backend_name} {weights}: {plan.describe()}", flush=True)
-    with intra_op_threads(det.runner, plan.threads):
-        reference = native_reference(det, images)
+    with intra_op_threads(det.routine.runner, plan.threads):
+        reference = native_reference(det.routine, images)
     variants = [VARIANTS[int(k)] for k in args.variants.split(",")] if args.variants else VARIANTS
     runs: dict[str, list[TilingScore]] = {}
     rates: list[tuple[float, float]] = []  # (raw model, tiled defaults) tiles/s, measured back to back per mosaic

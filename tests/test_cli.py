@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from toolkit.cli import main
 
@@ -50,6 +55,44 @@ def test_corrupt_model_file_exit_code(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     assert main(["run", str(img), "--weights", str(bad), "--project", str(tmp_path)]) == 3
+
+
+class _NotFound(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+
+@pytest.fixture
+def empty_mirror(tmp_path: Path) -> Iterator[str]:
+    """A weights mirror on loopback that has no file: every download fails with 404."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_NotFound, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("model", ["missing", "corrupt", "undownloadable"])
+def test_a_run_whose_model_cannot_load_leaves_no_run_folder(model: str, tmp_path: Path, empty_mirror: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing was read, so nothing is left: no runs/detect/exp, and no runs/detect made for it either."""
+    img = tmp_path / "a.jpg"
+    cv2.imwrite(str(img), np.zeros((32, 32, 3), np.uint8))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    monkeypatch.setenv("YOLOKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("YOLOKIT_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("YOLOKIT_WEIGHTS_URL", empty_mirror)
+    weights, code = {"missing": (str(tmp_path / "missing.pt"), 2), "corrupt": (str(bad), 3),
+                     "undownloadable": ("yolov5s", 5)}[model]
+    project = tmp_path / "runs" / "detect"
+    assert main(["run", str(img), "--weights", weights, "--project", str(project)]) == code
+    assert not (tmp_path / "runs").exists()
+    (project / "exp").mkdir(parents=True)  # an existing project keeps its folders; only this run's exp2 goes
+    assert main(["run", str(img), "--weights", weights, "--project", str(project)]) == code
+    assert sorted(p.name for p in project.iterdir()) == ["exp"]
 
 
 def test_json_summary_and_outputs_with_random_model(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_building_a_detector_leaves_torch_threads_alone_and_a_run_restores_them(
     before = torch.get_num_threads()
     det = Detector("yolov5n.yaml", imgsz=64, threads=1)
     assert torch.get_num_threads() == before  # construction has no process-wide side effect
-    with intra_op_threads(det.runner, 1):
+    with intra_op_threads(det.routine.runner, 1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     other = replace(det.config, threads=None)

@@ -27,7 +27,7 @@ from toolkit.ops import box_iou, letterbox
 
 def _lifted(det: Detector) -> Detector:
     """A fresh model's objectness prior is ~1e-3: lift it so that NMS has clustered boxes to work on."""
-    model = det.runner.model  # type: ignore[attr-defined]
+    model = det.routine.runner.model  # type: ignore[attr-defined]
     head = model.detect
     with torch.no_grad():
         for conv in head.m:
@@ -69,12 +69,12 @@ def resized(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _host(det: Detector) -> Detector:
-    det.config = replace(det.config, pipeline="host")
+    det.routine.config = replace(det.config, pipeline="host")
     return det
 
 
 def _device(det: Detector) -> Detector:
-    det.config = replace(det.config, pipeline="device")
+    det.routine.config = replace(det.config, pipeline="device")
     return det
 
 
@@ -144,9 +144,9 @@ def test_keep_images_fast_decode_and_the_routine_entry_points(det: Detector, res
     from toolkit.io.sources import InputRef
 
     items = [(10 + i, InputRef(p, Path(p).stem), None) for i, p in enumerate(paths)]
-    res = det.process(items, batch=2)
+    res = det.routine.process(items, batch=2)
     assert sorted(res) == [10, 11, 12, 13, 14] and all(r.ok for r in res.values())
-    bad = det.process([(7, InputRef("<a>", "a"), np.zeros((4, 4), np.uint8))])
+    bad = det.routine.process([(7, InputRef("<a>", "a"), np.zeros((4, 4), np.uint8))])
     assert bad[7].error is not None and bad[7].error.startswith("cannot prepare the image")
 
 
@@ -231,9 +231,9 @@ def test_yolov5n_on_coco128_equals_the_cpu_path(yolov5n_pt: Path, coco128_images
     paths = sorted(str(p) for p in coco128_images.glob("*.jpg"))[:24]
     with Detector(yolov5n_pt, imgsz=512, pipeline="host") as d:
         host = list(d.predict_iter(paths, plan=_plan(8)))
-        d.config = replace(d.config, pipeline="device")
+        d.routine.config = replace(d.config, pipeline="device")
         dev = list(d.predict_iter(paths, plan=_plan(8)))
-        d.config = replace(d.config, gpu_resize=True)
+        d.routine.config = replace(d.config, gpu_resize=True)
         approx = list(d.predict_iter(paths, plan=_plan(8)))
     for a, b in zip(host, dev, strict=True):
         assert a.ok and b.ok and a.ref.path == b.ref.path

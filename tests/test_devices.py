@@ -79,10 +79,10 @@ def test_gpu_batch_follows_the_artifact() -> None:
 def test_make_plan_uses_the_backends_cuda_fact() -> None:
     det = Detector("yolov5n.yaml", imgsz=64)
     assert det.config.device == "cpu"  # not chosen: the torch backend's own default
-    det.config = SimpleNamespace(device="gpu", threads=None)  # type: ignore[assignment]
-    assert make_plan(det, 100, cores=4).gpu
-    det.backend_name = "openvino"  # OpenVINO's "gpu" is an Intel GPU: the CPU rules
-    assert not make_plan(det, 100, cores=4).gpu
+    planned = SimpleNamespace(meta=det.meta, config=SimpleNamespace(device="gpu", threads=None, backend="torch"))
+    assert make_plan(planned, 100, cores=4).gpu  # type: ignore[arg-type]
+    planned.config.backend = "openvino"  # OpenVINO's "gpu" is an Intel GPU: the CPU rules
+    assert not make_plan(planned, 100, cores=4).gpu  # type: ignore[arg-type]
 
 
 class _FakeRunner:
@@ -119,7 +119,7 @@ def test_unchosen_device_is_the_backends_default(tmp_path: Path, monkeypatch: py
     assert Detector("yolov5n.yaml", imgsz=64).config.device == "cpu"
     from toolkit.jobs.records import RunOptions
 
-    assert RunOptions().device is None and RunOptions().detector_config().device is None
+    assert RunOptions().detector.device is None and RunOptions().detector_config().device is None
 
 
 def test_export_defaults_tune_a_gpu_profile_for_the_plans_batch() -> None:

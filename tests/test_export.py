@@ -217,12 +217,12 @@ def test_static_export_and_the_run_summary_says_it_letterboxes_differently(tmp_p
     cv2.imwrite(str(src / "square.jpg"), np.full((80, 80, 3), 127, np.uint8))  # letterboxed alike
     from toolkit.jobs.run import RunOptions, run
 
-    s = run(RunOptions(source=str(src), weights=str(tmp_path / "s.onnx"), imgsz=160, project=str(tmp_path),
+    s = run(RunOptions.of(source=str(src), weights=str(tmp_path / "s.onnx"), imgsz=160, project=str(tmp_path),
                        name="r", nosave=True))
     assert s.processed == 2 and len(s.notes) == 1
     assert "fixed 160x160 input: 1 image(s)" in s.notes[0] and "without --static" in s.notes[0]
     assert main(["export", "yolov5n.yaml", "--to", "onnx", "--imgsz", "160", "-o", str(tmp_path / "d.onnx")]) == 0
-    s = run(RunOptions(source=str(src), weights=str(tmp_path / "d.onnx"), imgsz=160, project=str(tmp_path),
+    s = run(RunOptions.of(source=str(src), weights=str(tmp_path / "d.onnx"), imgsz=160, project=str(tmp_path),
                        name="d", nosave=True))
     assert s.processed == 2 and not s.notes
 

@@ -22,6 +22,19 @@ def _det() -> Detections:
                       np.array([0.91, 0.55, 0.3], np.float32), np.array([0, 1, 0]), NAMES, "a.jpg", (120, 200))
 
 
+def test_repr_is_a_summary_not_every_class_name() -> None:
+    coco = {i: f"class{i}" for i in range(80)}
+    d = Detections(_det().xyxy, _det().confidence, _det().class_id, coco, "a.jpg", (120, 200))
+    text = repr(d)
+    assert text == ("Detections(3 boxes: 2 class0, 1 class1; confidence 0.30-0.91; image 120x200; path='a.jpg'; "
+                    "80 class names)")
+    assert "class79" not in text and len(text) < 120
+    many = Detections(np.zeros((7, 4)), np.full(7, 0.5), np.arange(7), coco)
+    assert repr(many) == ("Detections(7 boxes: 1 class0, 1 class1, 1 class2, 1 class3, 1 class4, and 2 more classes; "
+                          "confidence 0.50-0.50; 80 class names)")
+    assert repr(Detections.empty(coco)) == "Detections(0 boxes; 80 class names)" == str(Detections.empty(coco))
+
+
 def test_annotation_styles() -> None:
     img = np.full((120, 200, 3), 60, np.uint8)
     d = _det()

@@ -84,27 +84,27 @@ def test_auto_plan_rules() -> None:
     assert many.mode == "process" and many.workers == 2 and many.threads == 1
     some = make_plan(det, 200, cores=2)
     assert (some.mode, some.workers, some.threads) == ("thread", 2, 1)
-    det.backend_name = "onnx"  # ONNX Runtime: threads for a few inputs, processes once start-up pays off
+    det.routine.config = replace(det.config, backend="onnx")  # ONNX Runtime: threads for few inputs, processes for many
     assert make_plan(det, 100, cores=2).mode == "thread"
     onnx_many = make_plan(det, 128, cores=2)
     assert (onnx_many.mode, onnx_many.workers, onnx_many.threads, onnx_many.batch) == ("process", 2, 1, 1)
-    det.backend_name = "openvino"  # OpenVINO: threads with batch 4, whatever the count
+    det.routine.config = replace(det.config, backend="openvino")  # OpenVINO: threads with batch 4, whatever the count
     ov = make_plan(det, 100000, cores=2)
     assert (ov.mode, ov.workers, ov.threads, ov.batch) == ("thread", 2, 1, 4)
     assert make_plan(det, 100000, cores=2, batch=2).batch == 2  # an explicit batch is kept
-    det.backend_name = "torch"
+    det.routine.config = replace(det.config, backend="torch")
     assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores
     assert make_plan(det, 1000, cores=1).mode == "thread"
     # on a CPU, decode threads only get the cores that inference leaves free
     assert few.readers == 0
     assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 0
-    det.config = replace(det.config, threads=2)  # an explicit intra-op budget leaves 8 - 2 x 2 cores to decoding
+    det.routine.config = replace(det.config, threads=2)  # an explicit intra-op budget: 8 - 2 x 2 cores to decoding
     assert make_plan(det, 1000, cores=8, mode="thread", workers=2).readers == 4
-    det.config = replace(det.config, threads=None, device="cuda")  # the CUDA rule (planning only; nothing runs here)
+    det.routine.config = replace(det.config, threads=None, device="cuda")  # the CUDA rule (planning only)
     gpu = make_plan(det, 1000, cores=8)
     assert (gpu.mode, gpu.workers, gpu.batch, gpu.readers, gpu.gpu) == ("thread", 2, GPU_BATCH, 8, True)
     for spelling in ("gpu", "0", "cuda:1"):  # one reading of device strings
-        det.config = replace(det.config, device=spelling)
+        det.routine.config = replace(det.config, device=spelling)
         assert make_plan(det, 1000, cores=8).gpu
 
 
@@ -127,7 +127,7 @@ class _FlakyRunner:
 
 def test_a_failing_batch_is_reported_and_the_rest_processed(images: Path) -> None:
     det = _det()
-    det.runner = _FlakyRunner(det.runner)  # type: ignore[assignment]
+    det.routine.runner = _FlakyRunner(det.routine.runner)  # type: ignore[assignment]
     results = list(det.predict_iter(images, mode="thread", workers=2, batch=3))
     assert len(results) == 14
     failed = [r for r in results if not r.ok]
@@ -138,7 +138,7 @@ def test_a_failing_batch_is_reported_and_the_rest_processed(images: Path) -> Non
 def test_a_failure_in_the_parents_own_task_is_reported_and_the_run_goes_on(images: Path) -> None:
     det = _det()
     # only the parent's model fails; the worker processes load their own
-    det.runner = _FlakyRunner(det.runner, always=True)  # type: ignore[assignment]
+    det.routine.runner = _FlakyRunner(det.routine.runner, always=True)  # type: ignore[assignment]
     results = list(det.predict_iter(images, mode="process", workers=2, batch=3))
     assert len(results) == 14 and len({r.ref.path for r in results}) == 14
     assert all("simulated runtime failure" in (r.error or "") for r in results[:3])  # the parent's first task
@@ -164,9 +164,9 @@ def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) 
 def test_reduced_decode_maps_boxes_to_original_pixels(images: Path) -> None:
     det = _det()
     big = images / "12_big.jpg"
-    assert det.reduce_factor((960, 1280)) == 8  # 1280 / 8 = 160 is still >= the 128 input
-    assert det.reduce_factor((500, 1000)) == 4  # 1000 / 8 = 125 would be < 128
-    assert det.reduce_factor((100, 200)) == 1
+    assert det.routine.reduce_factor((960, 1280)) == 8  # 1280 / 8 = 160 is still >= the 128 input
+    assert det.routine.reduce_factor((500, 1000)) == 4  # 1000 / 8 = 125 would be < 128
+    assert det.routine.reduce_factor((100, 200)) == 1
     fast = next(iter(det.predict_iter([str(big)], fast_decode=True)))
     assert fast.detections is not None and fast.detections.shape == (960, 1280)
     if len(fast.detections):

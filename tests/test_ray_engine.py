@@ -55,7 +55,7 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
 def local_labels(coco128: Path, yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Label files of the same job run by the local engine."""
     out = tmp_path_factory.mktemp("local")
-    s = run(RunOptions(source=str(coco128 / "images" / "train2017"), weights=str(yolov5n_pt), save_txt=True,
+    s = run(RunOptions.of(source=str(coco128 / "images" / "train2017"), weights=str(yolov5n_pt), save_txt=True,
                        nosave=True, project=str(out), name="local"))
     assert s.processed == 128 and not s.failed
     return _labels(Path(s.out_dir))
@@ -156,15 +156,15 @@ def test_ray_engine_checks_options_and_model_before_starting(tmp_path: Path, mon
     cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
     images = str(tmp_path / "a.jpg")
     with pytest.raises(InputError, match="--tile"):
-        run(RunOptions(source=images, engine="ray", tile=640, project=str(tmp_path)))
+        run(RunOptions.of(source=images, engine="ray", tile=640, project=str(tmp_path)))
     with pytest.raises(InputError, match="--save-crop"):
-        run(RunOptions(source=images, engine="ray", save_crop=True, project=str(tmp_path)))
+        run(RunOptions.of(source=images, engine="ray", save_crop=True, project=str(tmp_path)))
     with pytest.raises(InputError, match="live streams run with the local engine"):
-        run(RunOptions(source="rtsp://127.0.0.1:9/cam", engine="ray", project=str(tmp_path)))
+        run(RunOptions.of(source="rtsp://127.0.0.1:9/cam", engine="ray", project=str(tmp_path)))
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(os.urandom(4096))
     with pytest.raises(ModelFileError, match="bad.onnx"):  # found on the driver, before any cluster starts
-        run(RunOptions(source=images, weights=str(bad), engine="ray", project=str(tmp_path)))
+        run(RunOptions.of(source=images, weights=str(bad), engine="ray", project=str(tmp_path)))
 
 
 def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> No
     for _ in range(3):
         w.write(np.zeros((48, 64, 3), np.uint8))
     w.release()
-    s = run(RunOptions(source=str(video), weights="yolov5n.yaml", engine="ray", project=str(tmp_path), nosave=True))
+    s = run(RunOptions.of(source=str(video), weights="yolov5n.yaml", engine="ray", project=str(tmp_path), nosave=True))
     assert s.images == 1 and s.processed == 0
     assert s.failed == [{"path": str(video), "reason": VIDEO_REASON}]
 

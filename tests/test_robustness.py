@@ -507,11 +507,11 @@ def test_file_size_and_pixel_limits_are_options(tmp_path: Path) -> None:
     big = tmp_path / "src" / "big.png"
     assert cv2.imwrite(str(big), np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     assert small.stat().st_size < 20_000 < big.stat().st_size
-    s = run(RunOptions(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="f",
+    s = run(RunOptions.of(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="f",
                        nosave=True, max_file_size=20_000))
     assert s.processed == 1 and len(s.failed) == 1
     assert "over the 19.5 KB limit; raise it with --max-file-size" in s.failed[0]["reason"]
-    s = run(RunOptions(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="p",
+    s = run(RunOptions.of(source=str(small.parent), weights=WEIGHTS, imgsz=64, project=str(tmp_path), name="p",
                        nosave=True, max_pixels=100_000))
     assert s.processed == 1 and "400x300 pixels" in s.failed[0]["reason"] and "--max-pixels" in s.failed[0]["reason"]
     # the photos this tool exists for stay well inside the default

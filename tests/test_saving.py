@@ -144,6 +144,6 @@ def test_manifest_lines_come_in_input_order_after_their_outputs(tmp_path: Path) 
         assert (tmp_path / "r" / f"{key}.jpg").is_file() and (tmp_path / "r" / "labels" / f"{key}.txt").is_file()
         seen.append(key)
 
-    s = run(RunOptions(source=str(src), weights=RANDOM, imgsz=96, conf=1e-5, save_txt=True, project=str(tmp_path),
+    s = run(RunOptions.of(source=str(src), weights=RANDOM, imgsz=96, conf=1e-5, save_txt=True, project=str(tmp_path),
                        name="r", mode="process", workers=2, save_workers=3), progress=progress)
     assert s.processed == 30 and seen == [f"{i:02d}" for i in range(30)]

@@ -87,7 +87,7 @@ def test_sources_that_are_streams() -> None:
 def test_a_webcam_that_is_not_there_is_listed(tmp_path: Path) -> None:
     if Path("/dev/video0").exists():
         pytest.skip("this machine has a camera")
-    s = run(RunOptions(source="0", weights=RANDOM, imgsz=64, stream_timeout=1, project=str(tmp_path), name="w"))
+    s = run(RunOptions.of(source="0", weights=RANDOM, imgsz=64, stream_timeout=1, project=str(tmp_path), name="w"))
     assert s.processed == 0 and len(s.failed) == 1 and "webcam" in s.failed[0]["reason"]
     assert s.streams[0]["state"] == "failed"
 
@@ -104,10 +104,10 @@ def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path)
                            f"rtsp://127.0.0.1:{dead}/dead\nrtsp://127.0.0.1:{quiet}/silent\n")
         det = Detector(RANDOM, imgsz=64, conf=1e-5, max_det=3)
         sizes: list[int] = []
-        infer = det.runner.infer
-        det.runner.infer = lambda b: (sizes.append(len(b)), infer(b))[1]  # type: ignore[method-assign]
+        infer = det.routine.runner.infer
+        det.routine.runner.infer = lambda b: (sizes.append(len(b)), infer(b))[1]  # type: ignore[method-assign]
         t0 = time.monotonic()
-        s = run(RunOptions(source=str(listing), weights=RANDOM, imgsz=64, conf=1e-5, max_det=3, save_txt=True,
+        s = run(RunOptions.of(source=str(listing), weights=RANDOM, imgsz=64, conf=1e-5, max_det=3, save_txt=True,
                            save_csv=True, stream_timeout=3, project=str(tmp_path), name="r"), detector=det)
         assert time.monotonic() - t0 < 60
     stats = {st["key"]: st for st in s.streams}
@@ -133,7 +133,7 @@ def test_an_rtmp_stream(tmp_path: Path) -> None:
     port = free_port()
     url = f"rtmp://127.0.0.1:{port}/live/cam"
     with _serve(clip, url, "flv") as server:
-        s = run(RunOptions(source=url, weights=RANDOM, imgsz=64, conf=1e-5, nosave=True, stream_timeout=8,
+        s = run(RunOptions.of(source=url, weights=RANDOM, imgsz=64, conf=1e-5, nosave=True, stream_timeout=8,
                            project=str(tmp_path), name="r"))
         if server.poll() not in (None, 0):
             pytest.skip("this ffmpeg cannot serve RTMP in listen mode")

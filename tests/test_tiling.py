@@ -231,12 +231,12 @@ def test_random_mosaic_keeps_what_the_tiles_found(coco128_images: Path, yolov5n_
     images = [cv2.imread(str(f)) for f in files]
     assert all(im is not None for im in images)
     det = Detector(yolov5n_pt)
-    reference = native_reference(det, images)
+    reference = native_reference(det.routine, images)
     opts = TileOptions()
     for seed in MOSAIC_SEEDS:
         canvas, offsets = mosaic(images, MOSAIC_CANVAS, seed)
         ref = shifted(reference, offsets)
-        views = collect_views(det, canvas, opts)
+        views = collect_views(det.routine, canvas, opts)
         final = merge(views, opts, det.nms.iou, det.nms.max_det)
         s = score(ref, (views.xyxy, views.conf, views.cls), views.tile, final, views.calls, 0.0)
         nms = score(ref, (views.xyxy, views.conf, views.cls), views.tile,
@@ -273,9 +273,9 @@ def test_the_near_threshold_look_changes_no_grid_box_and_only_adds_windows(coco1
     images = [cv2.imread(str(f)) for f in files]
     canvas, _ = mosaic(images, (3000, 4000), 3)
     det = Detector(yolov5n_pt)
-    plain = collect_views(det, canvas, TileOptions(refocus=False, full_frame=False))
-    base = collect_views(det, canvas, TileOptions(near=0.0))
-    near = collect_views(det, canvas, TileOptions(near=0.5))
+    plain = collect_views(det.routine, canvas, TileOptions(refocus=False, full_frame=False))
+    base = collect_views(det.routine, canvas, TileOptions(near=0.0))
+    near = collect_views(det.routine, canvas, TileOptions(near=0.5))
     grid = len(plain.rects)
     for v in (base, near):
         first = v.tile < grid

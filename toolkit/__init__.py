@@ -1,7 +1,7 @@
 """yolokit: run YOLOv5 over many images, with any backend.
 
 The public face: :class:`Detector`, :class:`Detections`, :class:`Result` and the errors. They are imported on first
-use (PEP 562), so ``import toolkit.errors`` (or the CLI's ``--help``) loads neither numpy nor OpenCV.
+use (PEP 562), so ``import toolkit.errors`` loads neither numpy nor OpenCV.
 """
 
 from __future__ import annotations

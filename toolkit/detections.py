@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ def _optional(module: str, extra: str, what: str) -> Any:
                                 f"pip install 'yolokit[{extra}]'") from None
 
 
-@dataclass
+@dataclass(repr=False)
 class Detections:
     """Detections for one image, in that image's original pixel coordinates.
 
@@ -45,6 +46,23 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.xyxy)
+
+    def __repr__(self) -> str:
+        """A summary, not the arrays and every class name: ``Detections(3 boxes: 2 person, 1 dog; confidence
+        0.31-0.89; image 480x640; path='a.jpg'; 80 class names)``."""
+        n = len(self)
+        parts = [f"{n} box{'' if n == 1 else 'es'}"]
+        if n:
+            counts = Counter(self.class_names).most_common()
+            parts[0] += ": " + ", ".join(f"{k} {name}" for name, k in counts[:5]) + (
+                f", and {len(counts) - 5} more classes" if len(counts) > 5 else "")
+            parts.append(f"confidence {self.confidence.min():.2f}-{self.confidence.max():.2f}")
+        if self.shape is not None:
+            parts.append(f"image {self.shape[0]}x{self.shape[1]}")
+        if self.path is not None:
+            parts.append(f"path={self.path!r}")
+        parts.append(f"{len(self.names)} class names")
+        return f"Detections({'; '.join(parts)})"
 
     @classmethod
     def empty(cls, names: dict[int, str] | None = None, path: str | None = None,

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from toolkit.options import CONF, IOU, MAX_DET
+
 YOLOKIT_VERSION = "0.1.0"
 META_KEY = "yolokit"  # key under which artifacts store the JSON (ONNX metadata_props, OpenVINO rt_info, ...)
 
@@ -19,9 +21,9 @@ class BakedNMS:
     a box suppressed when its IoU with a kept box is greater than ``iou``, at most ``max_det`` kept per image.
     """
 
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 1000
+    conf: float = CONF.default
+    iou: float = IOU.default
+    max_det: int = MAX_DET.default
     agnostic: bool = False
     max_nms: int | None = 30000
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from toolkit.options import CONF, IMGSZ, IOU, MAX_DET
+
 PAD_VALUE = 114
 
 
@@ -45,7 +47,7 @@ def letterbox_shape(src_shape: tuple[int, int], imgsz: int | tuple[int, int], st
     return (nh, nw), (oh, ow), r
 
 
-def letterbox(img: np.ndarray, imgsz: int | tuple[int, int] = 640, stride: int = 32, auto: bool = True,
+def letterbox(img: np.ndarray, imgsz: int | tuple[int, int] = IMGSZ.default, stride: int = 32, auto: bool = True,
               scaleup: bool = True, color: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:
     """Resize keeping the aspect ratio (bilinear) and pad with grey, padding split evenly.
 
@@ -61,7 +63,7 @@ def letterbox(img: np.ndarray, imgsz: int | tuple[int, int] = 640, stride: int =
     return img, info
 
 
-def letterbox_info(src_shape: tuple[int, int], imgsz: int | tuple[int, int] = 640, stride: int = 32,
+def letterbox_info(src_shape: tuple[int, int], imgsz: int | tuple[int, int] = IMGSZ.default, stride: int = 32,
                    auto: bool = True, scaleup: bool = True) -> LetterboxInfo:
     """The :class:`LetterboxInfo` :func:`letterbox` gives an image of ``src_shape`` (h, w), without the image."""
     (nh, nw), (oh, ow), r = letterbox_shape(src_shape, imgsz, stride, auto, scaleup)
@@ -165,9 +167,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int |
 
 @dataclass(frozen=True)
 class NMSOptions:
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 1000
+    """YOLOv5's NMS settings (see :func:`postprocess`); the defaults are the declared ones (:mod:`toolkit.options`)."""
+
+    conf: float = CONF.default
+    iou: float = IOU.default
+    max_det: int = MAX_DET.default
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
     multi_label: bool = False

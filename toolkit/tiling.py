@@ -29,6 +29,7 @@ import numpy as np
 
 from toolkit.errors import InputError
 from toolkit.ops import nms
+from toolkit.options import TILING, check, option
 
 Tile = tuple[int, int, int, int]
 MERGES = ("views", "nms", "nmm")
@@ -36,41 +37,45 @@ MERGES = ("views", "nms", "nmm")
 
 @dataclass(frozen=True)
 class TileOptions:
-    """``tile``: tile side in source pixels; ``overlap``: fraction shared by neighbours; ``batch``: tiles per
-    inference call; ``full_frame``: also run the whole image letterboxed (objects larger than every tile);
-    ``merge``: ``views``, ``nms`` or ``nmm`` (see the module); ``match``: the merge's overlap threshold (``views``:
-    IoU of two views clipped to each other's tile; ``nmm``: intersection over the smaller box); ``scales``: grid
-    levels (at 0.5, tiles of twice the side, shrunk by half); ``refocus``: a second look, centred, at objects cut by
-    every tile; ``near`` (with ``refocus``, 0: off): also at boxes the grid found just under the confidence
-    threshold, from ``near`` x conf up (the grid's NMS runs at that lower threshold, which leaves every box above
-    the threshold as it was; only the second look's own boxes above the threshold are kept)."""
+    """Sliced inference's settings, each declared once (:mod:`toolkit.options`; ``yolokit run`` shows them under
+    "Tiling"). ``merge``: see the module; ``match``: the merge's overlap threshold (``views``: IoU of two views
+    clipped to each other's tile; ``nmm``: intersection over the smaller box); ``near`` (with ``refocus``): the grid's
+    NMS runs at ``near`` x conf, which leaves every box above the threshold as it was; the boxes under it are only
+    targets for the second look, and only the second look's own boxes above the threshold are kept."""
 
-    tile: int = 640
-    overlap: float = 0.2
-    batch: int = 4
-    full_frame: bool = True
-    merge: str = "views"
-    match: float = 0.5
-    scales: tuple[float, ...] = (1.0,)
-    refocus: bool = True
-    border: float = 8.0  # a box edge this close (model-input pixels) to an inner tile border counts as cut there
-    near: float = 0.5  # measured: recall 0.892 -> 0.914 for 16 % more calls (README, docs/benchmarks.md)
+    tile: int = option(640, "Sliced inference for huge images: tiles of this many source pixels (e.g. 640), merged so "
+                       "each object is reported once; 0: off.", panel=TILING, affects_output=True, lo=32, off=0)
+    overlap: float = option(0.2, "With --tile: the fraction of a tile shared by its neighbours.", panel=TILING,
+                            affects_output=True, lo=0, hi=1, hi_open=True)
+    batch: int = option(4, "With --tile: tiles per inference call.", cli_name="tile_batch", panel=TILING, lo=1)
+    full_frame: bool = option(True, "With --tile: also run the whole image letterboxed, for objects larger than a "
+                              "tile.", decls=("--full-frame/--no-full-frame",), panel=TILING, affects_output=True)
+    merge: str = option("views", "With --tile: how the tiles' boxes become one per object. views: boxes that agree "
+                        "where their tiles overlap are one object (one box per tile at most; each side from the views "
+                        "that saw it whole); nms: class-wise NMS; nmm: greedy non-maximum merging (SAHI's GREEDYNMM: "
+                        "union boxes).", cli_name="tile_merge", panel=TILING, affects_output=True, choices=MERGES)
+    match: float = option(0.5, "The tile merge's overlap threshold.", cli=False, affects_output=True, lo=0,
+                          lo_open=True, hi=1)
+    scales: tuple[float, ...] = option((1.0,), "With --tile: grid levels, e.g. 1,0.5: at 0.5, tiles twice as large, "
+                                       "shrunk by half. Default 1: one level (the second look, --tile-refocus, costs "
+                                       "less for the same recall).", cli_name="tile_scales", text="scales",
+                                       panel=TILING, affects_output=True, lo=0, lo_open=True, hi=1)
+    refocus: bool = option(True, "With --tile: a second look, one window centred on each object that every tile cut, "
+                           "so it is seen whole.", decls=("--tile-refocus/--no-tile-refocus",), cli_name="tile_refocus",
+                           panel=TILING, affects_output=True)
+    border: float = option(8.0, "A box edge this close (model-input pixels) to an inner tile border counts as cut "
+                           "there.", cli=False, affects_output=True, lo=0)
+    # measured: recall 0.892 -> 0.914 for 16 % more calls (docs/benchmarks.md)
+    near: float = option(0.5, "With --tile and the second look (--tile-refocus): also look again, centred, at boxes "
+                         "the tiles found from this fraction of --conf up to it (e.g. 0.5); only boxes above --conf "
+                         "are kept. 0: off. More model calls for more recall (docs/benchmarks.md).",
+                         cli_name="tile_near", panel=TILING, affects_output=True, lo=0, hi=1, hi_open=True)
 
     def __post_init__(self) -> None:
-        if self.tile < 32:
-            raise InputError(f"the tile side (--tile) must be at least 32 pixels, got {self.tile}")
-        if not 0 <= self.overlap < 1:
-            raise InputError(f"--overlap must be in [0, 1), got {self.overlap}")
-        if self.batch < 1:
-            raise InputError(f"--tile-batch must be at least 1, got {self.batch}")
-        if self.merge not in MERGES:
-            raise InputError(f"--tile-merge must be one of {', '.join(MERGES)}, got {self.merge!r}")
-        if not 0 < self.match <= 1:
-            raise InputError(f"the tile merge threshold must be in (0, 1], got {self.match}")
-        if not 0 <= self.near < 1:
-            raise InputError(f"--tile-near must be in [0, 1) (a fraction of --conf; 0: off), got {self.near}")
-        if not self.scales or not all(0 < s <= 1 for s in self.scales):
-            raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {self.scales}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales:
+            raise InputError("--tile-scales takes scales in (0, 1] like 1,0.5, got none")
+        check(self)
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: float, align: int = 32) -> list[Tile]:

@@ -31,6 +31,7 @@ from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.options import CONF, DETECTION, IMGSZ, INPUTS, IOU, MAX_DET, MODEL, SPEED, check, option
 
 if TYPE_CHECKING:
     from backends.base import Runner
@@ -42,46 +43,74 @@ PIPELINES = ("auto", "host", "device")
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything a :class:`~toolkit.engine.detector.Detector` is built from: a worker process, a Ray actor or a
-    second copy with another thread budget rebuild the same detector from it (``Detector.from_config``)."""
+    second copy with another thread budget rebuild the same detector from it (``Detector.from_config``). Each field
+    is declared once (:mod:`toolkit.options`): ``yolokit run`` builds its model, detection and input options from
+    these declarations, and ``Detector(**settings)`` takes these names."""
 
-    weights: str = "yolov5n"
-    backend: str | None = None
-    device: str | None = None  # None: the backend's own default device
-    half: bool | None = None
-    imgsz: int | tuple[int, int] = 640
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 1000
-    classes: tuple[int, ...] | None = None
-    agnostic: bool = False
-    multi_label: bool = False
-    threads: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    fast_decode: bool = False
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    augment: bool = False  # test-time augmentation (YOLOv5's --augment): three scales joined before NMS
-    vid_stride: int = 1  # every N-th video frame (YOLOv5's --vid-stride)
-    timeout: float = DEFAULT_TIMEOUT  # seconds a URL or stream may stay silent
-    download_timeout: float = DEFAULT_DEADLINE  # seconds a whole download may take, however slowly bytes arrive
-    download_workers: int = DEFAULT_WORKERS  # downloads at once, beside decoding and inference
-    download_memory: int = DEFAULT_MEMORY  # bytes downloads hold in memory together (past it: temporary files)
-    pipeline: str = "auto"  # auto: the GPU pipeline on a CUDA device; host: never; device: wherever it can run
-    gpu_resize: bool = False  # the GPU pipeline resizes on the device too (opt-in: pixels differ by a grey level)
+    weights: str = option("yolov5n", "Model: a .pt checkpoint, .onnx, OpenVINO .xml or folder, TensorRT .engine (under "
+                          "any name: the backend is found from the file's first bytes), or a name (yolov5n..yolov5x6, "
+                          "found in the cache or ../shared/weights, else downloaded and verified).",
+                          panel=MODEL, affects_output=True)
+    backend: str | None = option(None, "Force a backend (torch, onnx, openvino, trt); default: chosen from the model "
+                                 "file.", panel=MODEL)
+    device: str | None = option(None, "cpu, cuda, cuda:N, gpu or a GPU index. Default: the backend's own: the CPU, "
+                                "a GPU for a TensorRT engine.", panel=MODEL)
+    half: bool | None = option(None, "FP16 (CUDA only); default FP16 on CUDA, FP32 on the CPU.",
+                               decls=("--half/--fp32",), panel=MODEL, affects_output=True)
+    imgsz: int | tuple[int, int] = IMGSZ.field()
+    conf: float = CONF.field()
+    iou: float = IOU.field()
+    max_det: int = MAX_DET.field()
+    classes: tuple[int, ...] | None = option(None, "Keep only these class ids, e.g. 0,2 (COCO: 0 person, 2 car).",
+                                             text="classes", panel=DETECTION, affects_output=True, lo=0)
+    agnostic: bool = option(False, "Class-agnostic NMS: boxes of different classes suppress each other too.",
+                            cli_name="agnostic_nms", panel=DETECTION, affects_output=True)
+    multi_label: bool = option(False, "Every class that scores above conf gets its box, not only the best (YOLOv5's "
+                               "val.py).", cli=False, affects_output=True)
+    threads: int | None = option(None, "Intra-op threads of the runtime (None: its own choice; a run's plan sets "
+                                 "them for its duration).", cli=False, lo=1)
+    options: dict[str, Any] = option({}, "Runtime options a backend reads at load (backends.base.LoadOptions).",
+                                     cli=False)
+    fast_decode: bool = option(False, "Decode JPEGs at least twice the model input at reduced size (libjpeg's DCT "
+                               "scaling; never when annotated images are saved). Faster on large photos, but the "
+                               "model sees other pixels, so detections differ from YOLOv5's detect.py (the cost in "
+                               "mAP and the speed gained are measured in docs/benchmarks.md).", panel=SPEED,
+                               affects_output=True)
+    max_file_size: int = option(DEFAULT_MAX_FILE_SIZE, "Refuse (and list as failed) images and downloads larger "
+                                "than this, before reading them: bytes, or 500M, 2G. Local videos are streamed and "
+                                "have no limit.",
+                                text="bytes", panel=INPUTS, lo=1)
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse images whose header claims more pixels than this, before "
+                             "decoding them (pixel bombs): a number, or 500M. At most 1073741824, OpenCV's own "
+                             "limit. A 13400x9528 photo is 128M.", text="pixels", panel=INPUTS, lo=1)
+    augment: bool = option(False, "Test-time augmentation (YOLOv5's --augment): the model also runs on the image "
+                           "scaled by 0.83 and flipped, and by 0.67, all joined before NMS; about 2.1x the inference "
+                           "time.", panel=DETECTION, affects_output=True)
+    vid_stride: int = option(1, "Process every N-th video or stream frame (YOLOv5's --vid-stride).", panel=INPUTS,
+                             affects_output=True, lo=1)
+    timeout: float = option(DEFAULT_TIMEOUT, "Seconds a URL or live stream may stay silent before it is listed as "
+                            "failed.", cli_name="stream_timeout", panel=INPUTS, lo=0, lo_open=True)
+    download_timeout: float = option(DEFAULT_DEADLINE, "Seconds a whole download (an image or video URL) may take, "
+                                     "however slowly its bytes arrive; past it the URL is listed as failed.",
+                                     panel=INPUTS, lo=0, lo_open=True)
+    download_workers: int = option(DEFAULT_WORKERS, "URLs downloaded at once, beside decoding and inference.",
+                                   panel=INPUTS, lo=1)
+    download_memory: int = option(DEFAULT_MEMORY, "Memory the downloads in progress hold together: bytes, or 256M; "
+                                  "past it, a download goes to a temporary file.", text="bytes", panel=INPUTS, lo=1)
+    pipeline: str = option("auto", "auto: the GPU pipeline on a CUDA device; host: never; device: wherever the "
+                           "runner has a device side (the CPU too, which is how the tests check it).", cli=False,
+                           choices=PIPELINES)
+    gpu_resize: bool = option(False, "On a GPU, resize images on the device too (less CPU work). Resized pixels can "
+                              "differ from OpenCV's by a grey level, which moves about 1 % of boxes slightly.",
+                              panel=SPEED, affects_output=True)
 
     def __post_init__(self) -> None:
-        if self.pipeline not in PIPELINES:
-            raise InputError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
-        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
-            raise InputError(f"conf and iou must be in [0, 1], got conf={self.conf} iou={self.iou}")
-        if self.max_det < 1:
-            raise InputError(f"max_det must be at least 1, got {self.max_det}")
-        if self.vid_stride < 1:
-            raise InputError(f"--vid-stride must be at least 1, got {self.vid_stride}")
-        self.downloads()  # refuses a bad --stream-timeout, --download-timeout, --download-workers, --download-memory
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        object.__setattr__(self, "options", dict(self.options))
+        check(self)
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
+        self.downloads()  # refuses a bad --stream-timeout, --download-timeout, --download-workers, --download-memory
 
     @property
     def size(self) -> tuple[int, int]:
@@ -236,17 +265,19 @@ def intra_op_threads(runner: Runner, threads: int | None) -> Iterator[None]:
 
 
 class BatchRoutine:
-    """load -> prepare -> infer -> post-process over a loaded runner. :class:`~toolkit.engine.detector.Detector`
-    sets the attributes below and adds the public API."""
+    """load -> prepare -> infer -> post-process over a loaded ``runner``: letterboxed to ``imgsz`` (a rectangle
+    when ``auto``), NMS by ``nms``, stage times summed in :attr:`times`. A
+    :class:`~toolkit.engine.detector.Detector` holds one (``Detector.routine``, built by
+    :meth:`toolkit.engine.detector.ModelRoutine.load`) and runs it; the ways of running it (threads, processes, Ray
+    actors, live streams, tiles, the GPU pipeline) call its steps."""
 
-    runner: Runner
-    meta: ModelMeta
-    config: DetectorConfig
-    imgsz: tuple[int, int]
-    auto: bool
-    nms: NMSOptions
-    names: dict[int, str]
-    times: StageTimes
+    def __init__(self, runner: Runner, config: DetectorConfig, imgsz: tuple[int, int], auto: bool,
+                 nms: NMSOptions) -> None:
+        self.runner, self.config = runner, config
+        self.meta: ModelMeta = runner.meta
+        self.imgsz, self.auto, self.nms = imgsz, auto, nms
+        self.names: dict[int, str] = dict(self.meta.names)
+        self.times = StageTimes()
 
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:

@@ -1,11 +1,13 @@
-"""``Detector``: one interface over every backend."""
+"""``Detector``: one interface over every backend, and :class:`ModelRoutine`, the batch routine of a loaded model
+that it holds (with the GPU pipeline where the model's runner has a device side)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import inspect
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +33,11 @@ from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
 from toolkit.errors import YolokitError
 from toolkit.io.decode import read_image
-from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
-from toolkit.ops import letterbox_shape
+from toolkit.ops import NMSOptions, letterbox_shape
+from toolkit.options import refuse_unknown
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
@@ -47,84 +49,46 @@ def module_runs_cuda(precisions: dict[str, tuple[str, ...]], device: str) -> boo
     return parse_device(device).is_gpu and "cuda" in precisions
 
 
-class Detector(BatchRoutine):
-    """Detect objects with a YOLOv5 model from any backend.
+class ModelRoutine(BatchRoutine):
+    """The batch routine of one loaded model (:meth:`load`), which the ways of running it share: a
+    :class:`Detector`'s calls, thread- and process-mode runs, Ray actors and live streams. On a CUDA device, when the
+    model's runner has a device side, :meth:`process` runs the GPU pipeline of :mod:`toolkit.engine.gpu`."""
 
-    ``weights`` is a ``.pt`` checkpoint, an exported artifact (``.onnx``, OpenVINO ``.xml`` or folder,
-    TensorRT ``.engine``, or any of them under another name), a manifest name (``yolov5n``) or a built-in config
-    (``yolov5s.yaml``, random weights). The backend is chosen from the file unless ``backend`` is given.
-
-    Images are decoded whole and letterboxed as YOLOv5's ``detect.py`` does, so detections match the official
-    code. ``fast_decode=True`` opts in to decoding JPEGs at least twice the model input at reduced size (libjpeg's
-    DCT scaling): faster on large photos, but the model sees different pixels and detections shift (the README
-    gives the measured cost in mAP and the speed gained). ``max_file_size`` and ``max_pixels`` bound what an input
-    may be before it is read or decoded. ``augment=True`` is YOLOv5's test-time augmentation (``--augment``): the
-    model also runs on the image scaled by 0.83 and flipped, and by 0.67, all joined before NMS (about 2.1x the
-    inference time). The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
-    ``device`` is ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or a GPU index (:func:`toolkit.devices.parse_device`);
-    ``None`` means the backend's own default (the CPU, a GPU for TensorRT engines). On a CUDA device, a backend
-    whose runner has a device side (PyTorch, FP16 by default; TensorRT; ONNX Runtime with IOBinding) runs the GPU
-    pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections copied back.
-    ``pipeline="host"`` keeps the CPU letterbox and NMS on a GPU too; ``"device"`` uses the device pipeline on any
-    device whose runner has a device side, the CPU included (how the tests run it without a GPU). The pipeline's
-    letterbox resizes with OpenCV on the CPU, so the model sees the CPU path's input exactly; ``gpu_resize=True``
-    resizes on the device instead (less CPU work; resized pixels can differ by one grey level, which moves about 1 %
-    of boxes beyond IoU 0.9 or 0.02 confidence, measured on coco128).
-    """
-
-    def __init__(self, weights: str | Path = "yolov5n", backend: str | None = None, device: str | None = None,
-                 half: bool | None = None, imgsz: int | tuple[int, int] = 640, conf: float = 0.25,
-                 iou: float = 0.45, max_det: int = 1000, classes: Sequence[int] | None = None,
-                 agnostic: bool = False, multi_label: bool = False, threads: int | None = None,
-                 options: dict[str, Any] | None = None, fast_decode: bool = False,
-                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 augment: bool = False, pipeline: str = "auto", gpu_resize: bool = False) -> None:
-        self._load(DetectorConfig(
-            weights=str(weights), backend=backend, device=device, half=half, imgsz=imgsz, conf=conf, iou=iou,
-            max_det=max_det, classes=tuple(classes) if classes is not None else None, agnostic=agnostic,
-            multi_label=multi_label, threads=threads, options=dict(options or {}), fast_decode=bool(fast_decode),
-            max_file_size=int(max_file_size), max_pixels=int(max_pixels), augment=bool(augment), pipeline=pipeline,
-            gpu_resize=bool(gpu_resize)))
+    def __init__(self, runner: Any, config: DetectorConfig, imgsz: tuple[int, int], auto: bool, nms: NMSOptions,
+                 gpu: bool = False) -> None:
+        super().__init__(runner, config, imgsz, auto, nms)
+        self.gpu = gpu  # the device is a CUDA device of a backend that runs CUDA
+        self._pipeline: DevicePipeline | None = None
 
     @classmethod
-    def from_config(cls, config: DetectorConfig) -> Detector:
-        """The detector ``config`` describes (worker processes and Ray actors rebuild theirs this way)."""
-        det = cls.__new__(cls)
-        det._load(config)
-        return det
-
-    def _load(self, config: DetectorConfig) -> None:
+    def load(cls, config: DetectorConfig) -> ModelRoutine:
+        """Find the model, choose its backend (unless ``config.backend`` names one), load it on ``config.device``
+        (default: the backend's own) and resolve the letterbox size and NMS; ``config`` of the result records the
+        model's path, the backend and the device. Worker processes and Ray actors load theirs this way."""
         import backends
         from backends.base import LoadOptions
         from toolkit.model.configs import resolve_model
 
         path = resolve_model(config.weights)
-        self.weights = path
-        self.backend_name = config.backend or backends.backend_for(path)
-        module = backends.require(self.backend_name)
+        name = config.backend or backends.backend_for(path)
+        module = backends.require(name)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
-        self.config = replace(config, weights=str(path), backend=self.backend_name, device=device)
-        self.runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
-                                                    imgsz=config.size, options=dict(config.options)))
-        self.meta: ModelMeta = self.runner.meta
+        config = replace(config, weights=str(path), backend=name, device=device)
+        runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
+                                               imgsz=config.size, options=dict(config.options)))
         try:
-            self.imgsz, self.auto = resolve_size(config, self.meta, path)
-            self.nms = resolve_nms(config, self.meta, path)
+            imgsz, auto = resolve_size(config, runner.meta, path)
+            nms = resolve_nms(config, runner.meta, path)
         except YolokitError:
-            self.runner.close()
+            runner.close()
             raise
-        self.names = dict(self.meta.names)
-        self.times = StageTimes()
-        self.last_plan: Plan | None = None
-        self._pipeline: DevicePipeline | None = None
-        self._gpu = module_runs_cuda(module.PRECISIONS, device)
+        return cls(runner, config, imgsz, auto, nms, module_runs_cuda(module.PRECISIONS, device))
 
-    # ------------------------------------------------------------------------------------------ GPU pipeline
     def device_pipeline(self, batch: int) -> DevicePipeline | None:
-        """The GPU pipeline at ``batch`` when this detector runs on a CUDA device and its runner has a device side;
+        """The GPU pipeline at ``batch`` when this model runs on a CUDA device and its runner has a device side;
         a fresh one while the cached one is busy with another pass."""
         mode = self.config.pipeline
-        if mode == "host" or (mode == "auto" and not self._gpu) or self.config.augment:
+        if mode == "host" or (mode == "auto" and not self.gpu) or self.config.augment:
             return None  # test-time augmentation runs the three views through the host routine
         get = getattr(self.runner, "device_runner", None)
         dev = get() if get is not None else None
@@ -149,24 +113,127 @@ class Detector(BatchRoutine):
     def process(self, items: Iterable[Item], batch: int = 0, keep_images: bool = False,
                 fast_decode: bool | None = None) -> dict[int, Result]:
         """The whole routine over a few inputs (see :meth:`BatchRoutine.process`), through the GPU pipeline when
-        this detector has one."""
+        this model has one."""
         pipe = self.device_pipeline(batch or 1)
         if pipe is None:
-            with self._device_settings():
+            with self.device_settings():
                 return super().process(items, batch, keep_images, fast_decode)
         fast = self.config.fast_decode if fast_decode is None else fast_decode
         return dict(pipe.results(items, 0, keep_images, fast and not keep_images))
 
-    def _device_settings(self) -> AbstractContextManager[None]:
+    def device_settings(self) -> AbstractContextManager[None]:
         """On a CUDA device, cuDNN autotuning and (FP32) no TF32 for the duration of a run (see
         :func:`toolkit.engine.gpu.memory.cuda_settings`); nothing elsewhere."""
-        if not self._gpu:
+        if not self.gpu:
             return nullcontext()
         import torch
 
         from toolkit.engine.gpu import cuda_settings
 
         return cuda_settings(torch.device(parse_device(self.config.device).torch), self.meta.precision == "fp32")
+
+    def close(self) -> None:
+        if self._pipeline is not None and not self._pipeline.busy():
+            self._pipeline.close()
+        self._pipeline = None
+        self.runner.close()
+
+
+def _settings_signature() -> inspect.Signature:
+    """``Detector(weights, *, conf=..., ...)`` as help() and editors show it: the :class:`DetectorConfig` fields."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for f in fields(DetectorConfig):
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name == "weights" else inspect.Parameter.KEYWORD_ONLY
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
+        params.append(inspect.Parameter(f.name, kind, default=default, annotation=f.type))
+    return inspect.Signature(params, return_annotation=None)
+
+
+class Detector:
+    """Detect objects with a YOLOv5 model from any backend.
+
+    ``weights`` is a ``.pt`` checkpoint, an exported artifact (``.onnx``, OpenVINO ``.xml`` or folder,
+    TensorRT ``.engine``, or any of them under another name), a manifest name (``yolov5n``) or a built-in config
+    (``yolov5s.yaml``, random weights). The other settings are keywords, the fields of :class:`DetectorConfig`
+    (``conf``, ``iou``, ``max_det``, ``imgsz``, ``classes``, ``agnostic``, ``backend``, ``device``, ``half``, ...;
+    each declared once, with its default and help, in :mod:`toolkit.engine.core`; ``docs/guide/options.md`` lists
+    them); an unknown keyword is an :class:`~toolkit.errors.InputError` naming the nearest known one. The backend is
+    chosen from the file unless ``backend`` is given.
+
+    Images are decoded whole and letterboxed as YOLOv5's ``detect.py`` does, so detections match the official
+    code. ``fast_decode=True`` opts in to decoding JPEGs at least twice the model input at reduced size (libjpeg's
+    DCT scaling): faster on large photos, but the model sees different pixels and detections shift (the measured
+    cost in mAP and the speed gained are in docs/benchmarks.md). ``max_file_size`` and ``max_pixels`` bound what an
+    input may be before it is read or decoded. ``augment=True`` is YOLOv5's test-time augmentation (``--augment``):
+    the model also runs on the image scaled by 0.83 and flipped, and by 0.67, all joined before NMS (about 2.1x the
+    inference time). The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or a GPU index (:func:`toolkit.devices.parse_device`);
+    ``None`` means the backend's own default (the CPU, a GPU for TensorRT engines). On a CUDA device, a backend
+    whose runner has a device side (PyTorch, FP16 by default; TensorRT; ONNX Runtime with IOBinding) runs the GPU
+    pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections copied back.
+    ``pipeline="host"`` keeps the CPU letterbox and NMS on a GPU too; ``"device"`` uses the device pipeline on any
+    device whose runner has a device side, the CPU included (how the tests run it without a GPU). The pipeline's
+    letterbox resizes with OpenCV on the CPU, so the model sees the CPU path's input exactly; ``gpu_resize=True``
+    resizes on the device instead (less CPU work; resized pixels can differ by one grey level, which moves about 1 %
+    of boxes beyond IoU 0.9 or 0.02 confidence, measured on coco128).
+
+    The model itself runs in :attr:`routine` (a :class:`ModelRoutine`: read, letterbox, infer, NMS, step by step),
+    which code that drives the steps (benchmarks, the export parity check) uses directly.
+    """
+
+    def __init__(self, weights: str | Path = "yolov5n", **settings: Any) -> None:
+        refuse_unknown(settings, [f.name for f in fields(DetectorConfig) if f.name != "weights"], "Detector()")
+        self._hold(ModelRoutine.load(DetectorConfig(weights=str(weights), **settings)))
+
+    __init__.__signature__ = _settings_signature()  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig) -> Detector:
+        """The detector ``config`` describes."""
+        det = cls.__new__(cls)
+        det._hold(ModelRoutine.load(config))
+        return det
+
+    def _hold(self, routine: ModelRoutine) -> None:
+        self.routine = routine
+        self.last_plan: Plan | None = None  # the plan of the last predict_iter
+
+    # ------------------------------------------------------------------------------------------ what it is
+    @property
+    def config(self) -> DetectorConfig:
+        """The whole configuration, with the model's path, the backend and the device it resolved to."""
+        return self.routine.config
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self.routine.meta
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.routine.names
+
+    @property
+    def weights(self) -> Path:
+        """The model file (or built-in config name) that was loaded."""
+        return Path(self.routine.config.weights)
+
+    @property
+    def backend_name(self) -> str:
+        return str(self.routine.config.backend)
+
+    @property
+    def times(self) -> StageTimes:
+        """Seconds per stage (read, pre, infer, post) summed over every image this detector ran."""
+        return self.routine.times
+
+    @property
+    def imgsz(self) -> tuple[int, int]:
+        """The letterbox target (h, w): a fixed-shape artifact's own, else the asked size rounded to the stride."""
+        return self.routine.imgsz
+
+    @property
+    def nms(self) -> NMSOptions:
+        return self.routine.nms
 
     @property
     def fast_decode(self) -> bool:
@@ -176,10 +243,11 @@ class Detector(BatchRoutine):
         """Whether this detector letterboxes an image of ``shape`` (h, w) to another input shape than the ``.pt``
         checkpoint would (a fixed-shape artifact pads a 16:9 photo to a square where the ``.pt`` uses a rectangle),
         so that its detections can differ from the checkpoint's."""
-        if self.auto:
+        r = self.routine
+        if r.auto:
             return False
-        rect = letterbox_shape(shape, max(self.imgsz), self.meta.stride, auto=True)[1]
-        return tuple(rect) != tuple(self.imgsz)
+        rect = letterbox_shape(shape, max(r.imgsz), r.meta.stride, auto=True)[1]
+        return tuple(rect) != tuple(r.imgsz)
 
     # -------------------------------------------------------------------------------------------- API
     def predict(self, images: np.ndarray | str | Path | Iterable[np.ndarray | str | Path],
@@ -200,7 +268,7 @@ class Detector(BatchRoutine):
             return [self.predict_tiled(a, opts, p) for a, p in zip(arrays, paths, strict=True)]
         items: list[Item] = [(i, InputRef(p or f"<array {i}>", Path(p).stem if p else f"image{i}"), a)
                              for i, (a, p) in enumerate(zip(arrays, paths, strict=True))]
-        results = self.process(items, max(1, batch))
+        results = self.routine.process(items, max(1, batch))
         out: list[Detections] = []
         for i, p in enumerate(paths):
             res = results[i]
@@ -228,42 +296,40 @@ class Detector(BatchRoutine):
             [str(s) for s in source] if isinstance(source, list) else source)
         for ref, reason in sources.failed:
             yield Result(ref, error=reason)
+        routine = self.routine
         if plan is None:
-            plan = make_plan(self, len(sources.items), mode=mode, workers=workers, batch=batch)
+            plan = make_plan(routine, len(sources.items), mode=mode, workers=workers, batch=batch)
         self.last_plan = plan
         keep = keep_images or crops
         fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep and tile is None
         wanted = plan.gpu or self.config.pipeline == "device"
-        pipe = self.device_pipeline(plan.batch) if plan.mode == "thread" and wanted and tile is None else None
+        pipe = routine.device_pipeline(plan.batch) if plan.mode == "thread" and wanted and tile is None else None
         if pipe is not None:
             from toolkit.engine.gpu import background
 
             self.last_plan = replace(plan, pipeline="device", workers=1)
             refs = sources.items
-            with intra_op_threads(self.runner, plan.threads):  # matters on the CPU device only
+            with intra_op_threads(routine.runner, plan.threads):  # matters on the CPU device only
                 results = background(lambda stop: pipe.results(expand(refs, self.config), plan.readers, keep, fast,
                                                                 stop))
                 yield from in_order(results)  # a remote image comes when downloaded: back in input order
             return
-        with self._device_settings():
+        with routine.device_settings():
             if plan.mode == "process":
                 spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle())
-                yield from ProcessPool(self, type(self).from_config, sources.items, plan, spec).results()
+                yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
             elif tile is not None:
-                yield from run_tiled(self, sources.items, plan, keep, tile)
+                yield from run_tiled(routine, sources.items, plan, keep, tile)
             else:
-                yield from run_threads(self, sources.items, plan, keep, fast)
+                yield from run_threads(routine, sources.items, plan, keep, fast)
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:
         """Detections for one (huge) image by sliced inference (see :func:`toolkit.engine.tiled.predict_tiled`)."""
-        return predict_tiled(self, image, tile, path, pool, in_flight)
+        return predict_tiled(self.routine, image, tile, path, pool, in_flight)
 
     def close(self) -> None:
-        if self._pipeline is not None and not self._pipeline.busy():
-            self._pipeline.close()
-        self._pipeline = None
-        self.runner.close()
+        self.routine.close()
 
     def __enter__(self) -> Detector:
         return self

@@ -127,10 +127,11 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads:
 
 def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: int = 0, batch: int = 0,
               cores: int | None = None) -> Plan:
-    """:func:`plan_for` a detector: its metadata, its backend's planning hints, its device and thread budget."""
+    """:func:`plan_for` a loaded model (a detector or its routine): its metadata, its backend's planning hints, its
+    device and thread budget."""
     import backends
 
-    module = backends.get_backend(det.backend_name)
+    module = backends.get_backend(str(det.config.backend))
     # a runtime that has no CUDA build (OpenVINO's "GPU" is an Intel GPU) gets the CPU rules whatever the string
     gpu = parse_device(det.config.device).is_gpu and "cuda" in module.PRECISIONS
     return plan_for(det.meta, module.PLANNING, det.config.device, det.config.threads, n_inputs, mode, workers, batch,
@@ -138,7 +139,8 @@ def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: 
 
 
 class PlannedDetector(Protocol):
-    backend_name: str
+    """A loaded model: its ``config`` names the backend and device it resolved to."""
+
     meta: ModelMeta
 
     @property

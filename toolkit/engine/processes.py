@@ -38,7 +38,7 @@ from toolkit.tiling import TileOptions
 
 # index, xyxy, conf, cls, shape, error, annotated, crops
 Lite = tuple[int, Any, Any, Any, Any, str | None, bytes | None, list[bytes | None] | None]
-Factory = Callable[[DetectorConfig], BatchRoutine]  # builds a routine from a config (``Detector.from_config``)
+Factory = Callable[[DetectorConfig], BatchRoutine]  # loads a routine from a config (``ModelRoutine.load``)
 
 
 @dataclass(frozen=True)

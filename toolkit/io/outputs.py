@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.detections import Detections
 from toolkit.errors import OutputError
+from toolkit.options import DRAWING, check, option
 
 # COCO's 80 detection classes in YOLO order mapped to the 91-id category numbering of COCO json files
 COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
@@ -90,12 +91,16 @@ def _color(cls: int) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class AnnotateStyle:
-    """How boxes are drawn: ``line_width`` in pixels (None: from the image size), labels and confidences shown or
-    not (YOLOv5's ``--line-thickness``, ``--hide-labels``, ``--hide-conf``)."""
+    """How boxes are drawn (YOLOv5's ``--line-thickness``, ``--hide-labels``, ``--hide-conf``), each declared once
+    (:mod:`toolkit.options`)."""
 
-    line_width: int | None = None
-    hide_labels: bool = False
-    hide_conf: bool = False
+    line_width: int | None = option(0, "Box line width in pixels (0: from the image size).",
+                                    cli_name="line_thickness", panel=DRAWING, affects_output=True, lo=0)
+    hide_labels: bool = option(False, "Draw boxes without labels.", panel=DRAWING, affects_output=True)
+    hide_conf: bool = option(False, "Draw labels without confidences.", panel=DRAWING, affects_output=True)
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def annotate(image: np.ndarray, det: Detections, style: AnnotateStyle | None = None) -> np.ndarray:

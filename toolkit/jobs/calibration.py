@@ -23,12 +23,13 @@ import numpy as np
 from backends.base import ExportOptions, Int8Data
 from toolkit.detections import Detections
 from toolkit.errors import InputError
-from toolkit.jobs.val import coco_map
+from toolkit.jobs.val import ValOptions, coco_map
 from toolkit.jobs.valdata import Sample, dataset_images, label_path, load_labels
 from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
 
 MAX_VAL_IMAGES = 500
-VAL_NMS = NMSOptions(conf=0.001, iou=0.6, max_det=300, multi_label=True)  # yolokit val's settings
+_VAL = ValOptions()
+VAL_NMS = NMSOptions(conf=_VAL.conf, iou=_VAL.iou, max_det=_VAL.max_det, multi_label=True)  # yolokit val's settings
 
 
 @dataclass

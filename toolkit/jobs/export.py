@@ -245,17 +245,17 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
             notes.append(f"OpenVINO {meta.extra.get('device', 'CPU')} executes this {meta.precision} IR at "
                          f"inference precision {executes}")
         images, what = _parity_images(parity_images)
-        chws = [got_det.preprocess(img)[0] for img in images]
-        ref_out = [ref_det.infer(chw[None])[0] for chw in chws]
+        chws = [got_det.routine.preprocess(img)[0] for img in images]
+        ref_out = [ref_det.routine.infer(chw[None])[0] for chw in chws]
         raw = meta.nms is None  # the artifact's raw predictions
-        got_out = [got_det.infer(chw[None])[0] for chw in chws] if raw else []
+        got_out = [got_det.routine.infer(chw[None])[0] for chw in chws] if raw else []
         final = None
         if baked is not None:
             if raw:
                 with Detector(artifact, backend=to, device=options.device, imgsz=max(options.imgsz), **at) as e2e:
-                    final_out = [e2e.infer(chw[None])[0] for chw in chws]
+                    final_out = [e2e.routine.infer(chw[None])[0] for chw in chws]
             else:
-                final_out = [got_det.infer(chw[None])[0] for chw in chws]
+                final_out = [got_det.routine.infer(chw[None])[0] for chw in chws]
             final = _final_parity(baked, ref_out, final_out)
     shapes = {tuple(c.shape[1:]) for c in chws}
     size = max(max(s) for s in shapes)

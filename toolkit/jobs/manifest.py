@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -16,6 +17,9 @@ from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import CSV_HEADER, atomic_write_bytes, write_json
 from toolkit.jobs.records import Outcome
 
+# the files a run writes itself, besides each input's outputs
+BOOKKEEPING = ("run.json", "manifest.jsonl", "failures.jsonl", "predictions.jsonl", "predictions.json",
+               "predictions.csv", "summary.json")
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp(\.mp4)?")  # atomic writes' and video sinks' temporary files
 
 
@@ -79,6 +83,7 @@ class Manifest:
         self.manifest, self.failures = out_dir / "manifest.jsonl", out_dir / "failures.jsonl"
         self.preds = out_dir / "predictions.jsonl"
         self.previous: list[dict[str, Any]] = []
+        self.recorded = 0  # inputs recorded by this run
         self._files: list[IO[str]] = []
 
     @property
@@ -115,6 +120,24 @@ class Manifest:
         if resume:
             remove_partial_writes(self.out_dir)
 
+    @contextlib.contextmanager
+    def removed_unless_used(self) -> Iterator[None]:
+        """Remove the run folder again (and the parents this run made) when the run fails before recording any input
+        (a model that cannot be found, downloaded or loaded; no inputs at all): only the files a run writes itself
+        are deleted, and a folder only when that leaves it empty."""
+        made = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]  # deepest first
+        try:
+            yield
+        except BaseException:
+            if made and not self.recorded and not self.previous:
+                for name in BOOKKEEPING:
+                    with contextlib.suppress(OSError):
+                        (self.out_dir / name).unlink()
+                for folder in made:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
+
     def __enter__(self) -> Manifest:
         self._files = [p.open("a") for p in (self.manifest, self.failures, self.preds)]
         return self
@@ -150,6 +173,7 @@ class Manifest:
                 entry["video_done"] = True
         manifest.write(json.dumps(entry) + "\n")  # after the outputs: a manifest line means done
         manifest.flush()
+        self.recorded += 1
 
     def write_predictions(self, coco: bool = True, rows: bool = False) -> None:
         """``predictions.json`` (COCO results) and ``predictions.csv`` (one row per box) of the whole run, resumed

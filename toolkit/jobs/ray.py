@@ -19,7 +19,6 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +48,19 @@ class InferActor:
     """One Ray actor: loads the model once, then reads, detects and writes outputs batch by batch, through the same
     batch routine as a local run."""
 
-    def __init__(self, config: DetectorConfig, run_options: dict[str, Any], out_dir: str) -> None:
-        from toolkit.engine.detector import Detector
+    def __init__(self, config: DetectorConfig, run_options: RunOptions, out_dir: str) -> None:
+        from toolkit.engine.detector import ModelRoutine
         from toolkit.io.decode import quiet_decoders
 
         quiet_decoders()  # an actor process is yolokit's own: unreadable inputs are reported in its results
-        self.det = Detector.from_config(config)
-        set_threads(self.det.runner, int(config.threads or 1))
-        self.opts = RunOptions(**run_options)
+        self.routine = ModelRoutine.load(config)
+        set_threads(self.routine.runner, int(config.threads or 1))
+        self.opts = run_options
         self.out_dir = Path(out_dir)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        det = self.det
+        det = self.routine
         refs = [InputRef(str(p), str(k)) for p, k in zip(batch["path"], batch["key"], strict=True)]
         before = det.times.snapshot()
         fatal = ""
@@ -96,7 +95,8 @@ class InferActor:
         folder), results keep the paths the user gave. The actor reads its own batch: a separate Ray read stage
         (object-store copies, more worker processes) was slower on a 2-core machine than the reads themselves."""
         items = [(i, InputRef(str(batch["abs"][i]), ref.key), None) for i, ref in enumerate(refs)]
-        done = self.det.process(items, keep_images=not self.opts.nosave, fast_decode=self.opts.fast_decode)
+        done = self.routine.process(items, keep_images=not self.opts.save.nosave,
+                                    fast_decode=self.opts.detector.fast_decode)
         outcomes = []
         for i, ref in enumerate(refs):
             res = done[i]
@@ -118,9 +118,9 @@ class RayJob:
         self.opts = opts
         self.out_dir = out_dir.resolve()
         # absolute: actors may start in another folder (a built-in config name stays a name there)
-        path = resolve_model(opts.weights or "yolov5n").resolve()
+        path = resolve_model(opts.detector.weights).resolve()
         self.weights = str(path)
-        self.backend = opts.backend or backends.backend_for(path)
+        self.backend = opts.detector.backend or backends.backend_for(path)
         _check_model(self.backend, path)
         self._owns_ray = False
         self._ms: list[list[float]] = []
@@ -137,10 +137,10 @@ class RayJob:
         if ray.is_initialized():
             return
         try:
-            ray.init(address=self.opts.address, include_dashboard=False, logging_level="ERROR",
+            ray.init(address=self.opts.engine.address, include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            where = self.opts.address or "a new local cluster"
+            where = self.opts.engine.address or "a new local cluster"
             raise BackendUnavailableError(f"cannot start or reach Ray at {where}: {first_line(e)}; "
                                           f"start one with 'ray start --head' or drop --address") from None
         self._owns_ray = True
@@ -149,7 +149,7 @@ class RayJob:
         """Workers, CPUs per worker and batch, from the options and the cluster's resources."""
         res = self.ray.cluster_resources()
         cpus, gpus = float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
-        o = self.opts
+        o = self.opts.engine
         if o.gpus_per_worker > 0 and gpus < o.gpus_per_worker:
             raise BackendUnavailableError(f"--gpus-per-worker {o.gpus_per_worker}: the Ray cluster has "
                                           f"{gpus:g} GPUs")
@@ -190,7 +190,6 @@ class RayJob:
         per_block = max(self.batch, -(-len(rows) // 20_000))
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_block)))
         config = o.detector_config(weights=self.weights, backend=self.backend, threads=max(1, int(self.cpus)))
-        run_options = asdict(o)
         with warnings.catch_warnings():
             # Ray Data's default for actors is to retry a dead actor's batch forever (a batch that kills its
             # actor every time would never end); retrying once needs the ray_remote_args that Ray deprecates
@@ -198,9 +197,8 @@ class RayJob:
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ds.map_batches(InferActor, batch_size=self.batch, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=self.n_workers),
-                                fn_constructor_kwargs=dict(config=config, run_options=run_options,
-                                                           out_dir=str(self.out_dir)),
-                                num_cpus=self.cpus, num_gpus=o.gpus_per_worker or None,
+                                fn_constructor_kwargs=dict(config=config, run_options=o, out_dir=str(self.out_dir)),
+                                num_cpus=self.cpus, num_gpus=o.engine.gpus_per_worker or None,
                                 max_restarts=-1, max_task_retries=1)
         ctx = ds.context  # this dataset's own copy: the process-wide DataContext is left alone
         ctx.max_errored_blocks = -1  # a batch that fails after its retry is dropped, then reported below
@@ -247,7 +245,7 @@ class RayJob:
     def describe(self) -> str:
         if not self.n_workers:
             return "ray: nothing to run"
-        gpus = f", {self.opts.gpus_per_worker:g} GPU" if self.opts.gpus_per_worker else ""
+        gpus = f", {self.opts.engine.gpus_per_worker:g} GPU" if self.opts.engine.gpus_per_worker else ""
         lost = f"; {self.lost} lost to dead workers" if self.lost else ""
         return (f"ray: {self.n_workers} actors x {self.cpus:g} CPU{gpus}, batch {self.batch}, "
                 f"{len(self._workers)} actor processes served results{lost}")
@@ -263,7 +261,8 @@ class RayJob:
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"batch": self.batch, "workers": self.n_workers, "cpus_per_worker": self.cpus,
-                               "gpus_per_worker": self.opts.gpus_per_worker, "address": self.opts.address}
+                               "gpus_per_worker": self.opts.engine.gpus_per_worker,
+                               "address": self.opts.engine.address}
         out.update({k: v for k, v in self._meta.items() if k not in ("fixed", "stride")})
         return out
 

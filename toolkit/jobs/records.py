@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from toolkit.engine.core import DetectorConfig, Result
-from toolkit.io.downloads import DEFAULT_WORKERS
-from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
+from toolkit.engine.plan import MODES
 from toolkit.io.outputs import (
     AnnotateStyle,
     annotate,
@@ -24,84 +23,115 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
-from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT
+from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, group, identity, option
+from toolkit.tiling import TileOptions
+
+ENGINES = ("local", "ray")
+
+SOURCE_HELP = ("Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths or URLs, video, http(s) image or "
+               "video URL, or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam index "
+               "(0), a .streams file (one a line, batched together). Default: the four sample photos shipped with "
+               "yolokit.")
 
 
-@dataclass
-class RunOptions:
-    """Options of a detection run (the CLI's ``yolokit run`` flags)."""
+@dataclass(frozen=True)
+class SaveOptions:
+    """What a run writes besides ``summary.json``, ``failures.jsonl`` and its records."""
 
-    source: str | None = None
-    weights: str | None = None
-    backend: str | None = None
-    device: str | None = None  # None: the backend's own default device
-    half: bool | None = None
-    imgsz: int = 640
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 1000
-    classes: tuple[int, ...] | None = None
-    agnostic: bool = False
-    save_txt: bool = False
-    save_conf: bool = False
-    save_json: bool = False
-    save_csv: bool = False  # predictions.csv: one row per box
-    save_crop: bool = False  # crops/<class name>/<key>.jpg
-    nosave: bool = False
-    line_thickness: int = 0  # 0: from the image size
-    hide_labels: bool = False
-    hide_conf: bool = False
-    augment: bool = False  # test-time augmentation
-    vid_stride: int = 1
-    stream_timeout: float = DEFAULT_TIMEOUT  # seconds a URL or live stream may stay silent
-    download_timeout: float = DEFAULT_DEADLINE  # seconds a whole download (image or video URL) may take
-    download_workers: int = DEFAULT_WORKERS  # downloads at once, beside decoding and inference
-    download_memory: int = DEFAULT_MEMORY  # bytes downloads hold in memory together (past it: temporary files)
-    save_workers: int = 0  # threads that annotate, encode and write outputs (0: from the core count)
-    project: str = "runs/detect"
-    name: str = "exp"
-    exist_ok: bool = False
-    batch: int = 0  # 0: chosen by the plan
-    workers: int = 0  # 0: chosen by the plan
-    mode: str = "auto"  # auto | thread | process
-    fast_decode: bool = False  # opt-in: decode big JPEGs at reduced size when not saving annotated images
-    gpu_resize: bool = False  # opt-in: the GPU pipeline resizes on the device (pixels differ by a grey level)
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger inputs are refused before they are read
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
-    resume: bool = False  # continue an interrupted run in project/name
-    tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
-    overlap: float = 0.2
-    tile_batch: int = 4
-    tile_scales: tuple[float, ...] = (1.0,)
-    full_frame: bool = True
-    tile_merge: str = "views"  # views | nms | nmm (toolkit.tiling)
-    tile_refocus: bool = True  # a second look, centred, at objects that every tile cut
-    tile_near: float = 0.5  # ... and at boxes from this fraction of conf up to it (0: off)
-    round_boxes: bool = True  # written outputs use whole-pixel corners, as YOLOv5's detect.py does
-    engine: str = "local"  # local | ray
-    address: str | None = None  # --engine ray: a running cluster (auto, HOST:PORT); None starts a local one
-    gpus_per_worker: float = 0.0  # --engine ray
-    cpus_per_worker: float = 0.0  # --engine ray; 0: the cluster's CPUs shared among the workers
+    save_txt: bool = option(False, "Write labels/<name>.txt: class xc yc w h, normalised (YOLO format).",
+                            panel=SAVING, affects_output=True)
+    save_conf: bool = option(False, "Add the confidence to each --save-txt line.", panel=SAVING, affects_output=True)
+    save_json: bool = option(False, "Write predictions.json in COCO results format.", panel=SAVING,
+                             affects_output=True)
+    save_csv: bool = option(False, "Write predictions.csv: path, frame, class_id, class_name, confidence, x1, y1, x2, "
+                            "y2 (source pixels), one row per box.", panel=SAVING, affects_output=True)
+    save_crop: bool = option(False, "Write each box's crop to crops/<class>/<name>.jpg.", panel=SAVING,
+                             affects_output=True)
+    nosave: bool = option(False, "Do not write annotated images or videos.", panel=SAVING, affects_output=True)
+    round_boxes: bool = option(True, "Written outputs use whole-pixel box corners, as YOLOv5's detect.py does.",
+                               cli=False, affects_output=True)
 
-    def detector_config(self, **overrides: Any) -> DetectorConfig:
-        """The detector these options describe (the one place options become detector settings)."""
-        values: dict[str, Any] = dict(
-            weights=self.weights or "yolov5n", backend=self.backend, device=self.device, half=self.half,
-            imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det, classes=self.classes,
-            agnostic=self.agnostic, fast_decode=self.fast_decode, max_file_size=self.max_file_size,
-            max_pixels=self.max_pixels, augment=self.augment, vid_stride=self.vid_stride,
-            timeout=self.stream_timeout, gpu_resize=self.gpu_resize, download_timeout=self.download_timeout,
-            download_workers=self.download_workers, download_memory=self.download_memory)
-        values.update(overrides)
-        return DetectorConfig(**values)
-
-    def style(self) -> AnnotateStyle:
-        return AnnotateStyle(self.line_thickness or None, self.hide_labels, self.hide_conf)
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def keep_images(self) -> bool:
         """Whether results keep their decoded image: annotated images or crops are saved."""
         return not self.nosave or self.save_crop
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run writes: ``project/name`` (``name2``, ``name3``... when it exists, unless ``exist_ok``)."""
+
+    project: str = option("runs/detect", "Parent folder of the run folder.", panel=FOLDER)
+    name: str = option("exp", "Run folder name (exp, exp2, ... when it exists).", panel=FOLDER)
+    exist_ok: bool = option(False, "Reuse PROJECT/NAME instead of making a new one.", panel=FOLDER)
+    resume: bool = option(False, "Continue an interrupted run in PROJECT/NAME: inputs in its manifest.jsonl are "
+                          "skipped, the rest processed. The settings that change outputs must be the same.",
+                          panel=FOLDER)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a run is spread: this machine's threads or processes, or a Ray cluster (``name``: ``--engine``)."""
+
+    batch: int = option(0, "Images per inference batch (0: chosen by --mode auto; with --engine ray, 8).",
+                        panel=CONCURRENCY, lo=0)
+    workers: int = option(0, "Inference workers: threads or processes, or Ray actors (0: auto).", panel=CONCURRENCY,
+                          lo=0)
+    mode: str = option("auto", "auto, thread or process. auto picks from the backend, the device, the core count and "
+                       "the number of inputs; the summary shows the choice.", panel=CONCURRENCY, choices=MODES)
+    save_workers: int = option(0, "Threads that annotate, encode and write outputs (0: from the core count).",
+                               cli=False, lo=0)
+    name: str = option("local", "local (this machine) or ray (a Ray cluster, through Ray Data; pip install "
+                       "'yolokit[ray]').", cli_name="engine", panel=RAY, choices=ENGINES)
+    address: str | None = option(None, "With --engine ray: the cluster to join (auto, or HOST:PORT of 'ray start "
+                                 "--head'); default: start a local one.", panel=RAY)
+    gpus_per_worker: float = option(0.0, "With --engine ray: GPUs per inference actor.", panel=RAY, lo=0)
+    cpus_per_worker: float = option(0.0, "With --engine ray: CPUs per inference actor (also its intra-op threads); "
+                                    "0: the cluster's CPUs / --workers.", panel=RAY, lo=0)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of a detection run (``yolokit run``): the source, and one group per concept, each of whose options is
+    declared once in its own dataclass. :meth:`of` builds one from flat settings by their command-line names
+    (``RunOptions.of(source="photos", conf=0.5, save_txt=True, tile=640)``); ``tiling`` is None unless a tile size
+    is given."""
+
+    source: str | None = option(None, SOURCE_HELP, argument=True, affects_output=True)
+    detector: DetectorConfig = group(DetectorConfig)
+    save: SaveOptions = group(SaveOptions)
+    draw: AnnotateStyle = group(AnnotateStyle)
+    tiling: TileOptions | None = group(TileOptions, optional=True)
+    folder: RunFolder = group(RunFolder)
+    engine: EngineOptions = group(EngineOptions)
+
+    @classmethod
+    def of(cls, **settings: Any) -> RunOptions:
+        """Options from flat settings by their command-line names (``max_det``, ``agnostic_nms``, ``tile_merge``,
+        ``engine``...); the rest keep their defaults; an unknown name is an InputError naming the nearest."""
+        return build(cls, settings, "RunOptions")  # type: ignore[no-any-return]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change this run's outputs (:func:`toolkit.options.identity`): what a resumed run must
+        share with the interrupted one."""
+        return identity(self)
+
+    def detector_config(self, **overrides: Any) -> DetectorConfig:
+        """The detector these options describe, with ``overrides`` (the engine's weights path, threads...)."""
+        return replace(self.detector, **overrides)
+
+    @property
+    def keep_images(self) -> bool:
+        return self.save.keep_images
 
 
 @dataclass
@@ -156,17 +186,18 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
         return Outcome(key, res.ref.name, res.error, video=video)
     d = res.detections
     assert d is not None
-    if opts.round_boxes:
+    save = opts.save
+    if save.round_boxes:
         d = d.rounded()
-    if opts.save_txt and len(d):
-        write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
-    if not opts.nosave and not video and (res.image is not None or res.annotated is not None):
+    if save.save_txt and len(d):
+        write_labels(out_dir / "labels" / f"{key}.txt", d, save.save_conf)
+    if not save.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
         if res.annotated is not None:
             write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
         else:
             assert res.image is not None
-            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.style()))
+            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.draw))
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
         crops = res.crops if res.crops is not None else encode_crops(res.image, d)  # type: ignore[arg-type]
@@ -176,5 +207,5 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
                 write_encoded(out_dir / "crops" / name, data)
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
-                   coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape,
-                   csv_rows(d, res.ref.path, res.ref.frame) if opts.save_csv else None, written, video)
+                   coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,
+                   csv_rows(d, res.ref.path, res.ref.frame) if save.save_csv else None, written, video)

@@ -17,15 +17,12 @@ from typing import Any, Protocol
 from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
 from toolkit.errors import InputError, OutputError
-from toolkit.io.files import ReadLimits
 from toolkit.io.outputs import write_json
 from toolkit.io.sources import SourceList, list_sources
 from toolkit.jobs.manifest import Manifest, increment_dir, prepare_out_dir, read_jsonl, remove_partial_writes
-from toolkit.jobs.records import Outcome, RunOptions, write_outputs
+from toolkit.jobs.records import ENGINES, Outcome, RunOptions, write_outputs
 from toolkit.jobs.saving import OutputPool
-from toolkit.tiling import TileOptions
 
-ENGINES = ("local", "ray")
 __all__ = ["ENGINES", "LocalEngine", "Outcome", "RunOptions", "RunSummary", "format_summary", "increment_dir",
            "prepare_out_dir", "read_jsonl", "remove_partial_writes", "run", "write_outputs"]
 
@@ -109,10 +106,9 @@ class LocalEngine:
         if sources.streams:
             yield from self._live(sources)
             return
-        tiling = _tile_options(o) if o.tile else None
-        yield from self.det.predict_iter(sources, batch=o.batch, workers=o.workers, mode=o.mode,
-                                         keep_images=not o.nosave, fast_decode=o.fast_decode, tile=tiling,
-                                         crops=o.save_crop, style=o.style())
+        yield from self.det.predict_iter(sources, batch=o.engine.batch, workers=o.engine.workers, mode=o.engine.mode,
+                                         keep_images=not o.save.nosave, fast_decode=o.detector.fast_decode,
+                                         tile=o.tiling, crops=o.save.save_crop, style=o.draw)
 
     def _live(self, sources: SourceList) -> Iterator[Result]:
         from toolkit.engine.live import run_live
@@ -120,12 +116,12 @@ class LocalEngine:
 
         for ref, reason in sources.failed:
             yield Result(ref, error=reason)
-        self.live = StreamSet(sources.streams, self.opts.stream_timeout, self.opts.vid_stride)
+        self.live = StreamSet(sources.streams, self.opts.detector.timeout, self.opts.detector.vid_stride)
         with self.live:
-            yield from run_live(self.det, self.live, self.opts.keep_images)
+            yield from run_live(self.det.routine, self.live, self.opts.keep_images)
 
     def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
-        saver = OutputPool(self.opts, self.out_dir, self.taken_crops, self.opts.save_workers)
+        saver = OutputPool(self.opts, self.out_dir, self.taken_crops, self.opts.engine.save_workers)
         try:
             for res in self.results(sources):
                 saver.submit(res)
@@ -148,7 +144,7 @@ class LocalEngine:
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
         return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-                "batch": plan.batch if plan else self.opts.batch}
+                "batch": plan.batch if plan else self.opts.engine.batch}
 
     def stream_stats(self) -> list[dict[str, Any]]:
         return self.live.stats() if self.live is not None else []
@@ -158,39 +154,29 @@ class LocalEngine:
             self.det.close()
 
 
-def _tile_options(o: RunOptions) -> TileOptions:
-    return TileOptions(o.tile, o.overlap, o.tile_batch, o.full_frame, merge=o.tile_merge,
-                       scales=tuple(o.tile_scales), refocus=o.tile_refocus, near=o.tile_near)
-
-
 def _check(opts: RunOptions) -> None:
-    """Option checks first: nothing is created for a bad command."""
-    if opts.engine not in ENGINES:
-        raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {opts.engine!r}")
-    ReadLimits(opts.max_file_size, opts.max_pixels)
-    if opts.engine != "local" and opts.tile:
+    """Option checks first: nothing is created for a bad command (each group checked its own values already)."""
+    if opts.engine.name != "local" and opts.tiling is not None:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
-    if opts.tile:
-        _tile_options(opts)  # refuses bad tile options before anything is created
-    if opts.engine != "local" and opts.save_crop:
+    if opts.engine.name != "local" and opts.save.save_crop:
         raise InputError("--save-crop runs with the local engine only; drop --engine ray or --save-crop")
 
 
 def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
     """The settings a resumed run must share with the interrupted one."""
-    info: dict[str, Any] = {"source": source_label, "weights": opts.weights, "conf": opts.conf, "iou": opts.iou,
-                            "imgsz": opts.imgsz, "max_det": opts.max_det, "tile": opts.tile,
-                            "fast_decode": opts.fast_decode, "augment": opts.augment, "vid_stride": opts.vid_stride,
-                            "save_csv": opts.save_csv, "save_crop": opts.save_crop}
-    if opts.tile:
-        info.update(overlap=opts.overlap, tile_scales=list(opts.tile_scales), tile_merge=opts.tile_merge,
-                    tile_refocus=opts.tile_refocus, tile_near=opts.tile_near,
-                    full_frame=opts.full_frame)
+    d, t = opts.detector, opts.tiling
+    info: dict[str, Any] = {"source": source_label, "weights": d.weights, "conf": d.conf, "iou": d.iou,
+                            "imgsz": d.imgsz, "max_det": d.max_det, "tile": t.tile if t is not None else 0,
+                            "fast_decode": d.fast_decode, "augment": d.augment, "vid_stride": d.vid_stride,
+                            "save_csv": opts.save.save_csv, "save_crop": opts.save.save_crop}
+    if t is not None:
+        info.update(overlap=t.overlap, tile_scales=list(t.scales), tile_merge=t.merge, tile_refocus=t.refocus,
+                    tile_near=t.near, full_frame=t.full_frame)
     return info
 
 
 def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest) -> Engine:
-    if opts.engine == "ray":
+    if opts.engine.name == "ray":
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
@@ -210,27 +196,34 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     _check(opts)
     source: str | list[str] = opts.source if opts.source is not None else sample_paths()
     sources = list_sources(source)
-    if sources.streams and opts.resume:
+    folder = opts.folder
+    if sources.streams and folder.resume:
         raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
-    if sources.streams and opts.engine != "local":
+    if sources.streams and opts.engine.name != "local":
         raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
-    out_dir = Path(opts.project) / opts.name if opts.resume else increment_dir(opts.project, opts.name,
-                                                                               opts.exist_ok)
-    source_label = str(opts.source or "the sample photos shipped with yolokit")
+    out_dir = Path(folder.project) / folder.name if folder.resume else increment_dir(folder.project, folder.name,
+                                                                                     folder.exist_ok)
     records = Manifest(out_dir)
-    records.open(_run_info(opts, source_label), opts.resume)
+    with records.removed_unless_used():  # a run that fails before any input leaves no empty run folder behind
+        return _run(opts, sources, out_dir, records, progress, detector)
+
+
+def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest, progress: ProgressFn | None,
+         detector: Detector | None) -> RunSummary:
+    source_label = str(opts.source or "the sample photos shipped with yolokit")
+    records.open(_run_info(opts, source_label), opts.folder.resume)
     done_keys, done_videos = records.done_keys, records.done_videos
     if done_keys:  # a video is skipped once its annotated .mp4 was finished; otherwise it is run again
         sources.items = [r for r in sources.items
                          if (r.key not in done_videos if r.frame == -1 else r.key not in done_keys)]
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
     t0 = time.perf_counter()
-    summary = RunSummary(out_dir=str(out_dir), weights=str(opts.weights or ""), backend=str(opts.backend or ""),
-                         source=source_label,
-                         settings={"imgsz": [opts.imgsz, opts.imgsz], "conf": opts.conf, "iou": opts.iou,
-                                   "max_det": opts.max_det, "batch": opts.batch, "precision": "",
-                                   "fast_decode": opts.fast_decode, "resumed": len(records.previous),
-                                   "engine": opts.engine, "augment": opts.augment, "vid_stride": opts.vid_stride})
+    d = opts.detector
+    summary = RunSummary(out_dir=str(out_dir), weights=d.weights, backend=str(d.backend or ""), source=source_label,
+                         settings={"imgsz": [d.imgsz, d.imgsz], "conf": d.conf, "iou": d.iou, "max_det": d.max_det,
+                                   "batch": opts.engine.batch, "precision": "", "fast_decode": d.fast_decode,
+                                   "resumed": len(records.previous), "engine": opts.engine.name,
+                                   "augment": d.augment, "vid_stride": d.vid_stride})
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
@@ -262,14 +255,15 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
             stop()  # the local engine's output pool finishes the writes under way and the open videos
         if engine is not None:
             engine.close()
-    if opts.save_json or opts.save_csv:
-        records.write_predictions(coco=opts.save_json, rows=opts.save_csv)
+    save = opts.save
+    if save.save_json or save.save_csv:
+        records.write_predictions(coco=save.save_json, rows=save.save_csv)
     if engine is not None:
         summary.streams = list(getattr(engine, "stream_stats", list)())
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
     write_json(out_dir / "summary.json", summary.to_dict())
     if summary.images == 0 and not summary.interrupted:
-        raise InputError(f"{source}: no inputs to process")
+        raise InputError(f"{opts.source or 'the sample photos'}: no inputs to process")
     return summary
 
 

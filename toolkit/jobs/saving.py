@@ -76,8 +76,8 @@ class OutputPool:
         self.pending: deque[_Entry] = deque()
         self.video: _Video | None = None
         self.live: dict[str, _Video] = {}
-        self.crops = CropNames(taken_crops) if opts.save_crop else None
-        self.style = opts.style()
+        self.crops = CropNames(taken_crops) if opts.save.save_crop else None
+        self.style = opts.draw
 
     # ------------------------------------------------------------------------------------------- in
     def submit(self, res: Result) -> None:
@@ -105,7 +105,7 @@ class OutputPool:
             self.inflight.popleft().result()
 
     def _new_video(self, key: str, fps: float) -> _Video:
-        if self.opts.nosave:
+        if self.opts.save.nosave:
             return _Video(key, None, None)
         writer = ThreadPoolExecutor(1, thread_name_prefix="yolokit-video")
         return _Video(key, VideoSink(self.out_dir / f"{key}.mp4", fps), writer)
@@ -137,7 +137,7 @@ class OutputPool:
         d = res.detections
         if d is None or res.image is None:
             return oc, None  # a frame that failed is not in the video
-        return oc, annotate(res.image, d.rounded() if self.opts.round_boxes else d, self.style)
+        return oc, annotate(res.image, d.rounded() if self.opts.save.round_boxes else d, self.style)
 
     # ------------------------------------------------------------------------------------------- out
     def ready(self) -> Iterator[Outcome]:

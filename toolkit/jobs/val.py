@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.detections import Detections
+from toolkit.engine.core import DetectorConfig
 from toolkit.errors import InputError, OutputError
 from toolkit.io.sources import InputRef
 from toolkit.jobs.valdata import (
@@ -41,6 +42,7 @@ from toolkit.jobs.valdata import (
 )
 from toolkit.metrics import IOU_LEVELS, ap_per_class, match_levels
 from toolkit.ops import LetterboxInfo, letterbox, match_greedy, to_chw_rgb
+from toolkit.options import check, declared, option
 
 if TYPE_CHECKING:
     from toolkit.engine.detector import Detector
@@ -50,35 +52,48 @@ RECT_PAD = 0.5  # val.py's padding of the rectangular batch shapes, in strides
 CACHE_BYTES = 1 << 30  # resized images kept from the first pass (which reads every image's size) for the second
 
 
+def _like(name: str, **changes: Any) -> Any:
+    """A field declared as ``DetectorConfig``'s option ``name`` is (``changes``: val's own default or help)."""
+    return declared(DetectorConfig, name).field(**changes)
+
+
 @dataclass
 class ValOptions:
-    weights: str = "yolov5n"
-    data: str = ""
-    backend: str | None = None
-    device: str | None = None  # None: the backend's own default device
-    imgsz: int = 640
-    conf: float = 0.001
-    iou: float = 0.6
-    max_det: int = 300
-    batch: int = 32  # val.py's --batch-size: the rectangular batches (and so the figures) depend on it
-    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (to measure what it costs in mAP)
-    augment: bool = False  # test-time augmentation (YOLOv5's val.py --augment)
-    protocol: str = "yolov5"  # yolov5: val.py's loader and ap_per_class; coco: pycocotools on detect.py's inputs
-    half: bool = False  # FP16 PyTorch on a CUDA device (val.py --half); artifacts keep their own precision
-    verbose: bool = False  # per-class figures
-    save_json: str | None = None  # write COCO-format predictions (val.py --save-json) to this file
+    """``yolokit val``'s options: the detector's own declarations, with val's defaults for the NMS (YOLOv5's val.py:
+    a low threshold, so that mAP integrates over every confidence)."""
+
+    weights: str = _like("weights", help="Model to evaluate (any format yolokit runs).")
+    data: str = option("", "A YOLO dataset yaml, or a folder with images/ and labels/.")
+    backend: str | None = _like("backend")
+    device: str | None = _like("device")
+    imgsz: int = _like("imgsz")
+    conf: float = _like("conf", default=0.001, help="Confidence threshold for evaluation (YOLOv5's val.py: low, so "
+                        "that mAP integrates over every confidence).")
+    iou: float = _like("iou", default=0.6)
+    max_det: int = _like("max_det", default=300)
+    batch: int = option(32, "Images per batch (val.py's --batch-size): the rectangular batches, and so the figures, "
+                        "depend on it.", lo=1)
+    fast_decode: bool = _like("fast_decode", cli=False)  # to measure what it costs in mAP
+    augment: bool = _like("augment", help="Test-time augmentation (val.py --augment): also run at 0.83 flipped and "
+                          "0.67, joined before NMS.")
+    protocol: str = option("yolov5", "yolov5: val.py's loader, rectangular batches, matching and 101-point AP (the "
+                           "figures YOLOv5's val.py prints); coco: pycocotools on detect.py's inputs.",
+                           choices=PROTOCOLS)
+    half: bool = option(False, "FP16 PyTorch on a CUDA device (val.py --half); artifacts keep their own precision.")
+    verbose: bool = option(False, "Also print the figures of every class.")
+    save_json: str | None = option(None, "Write the predictions in COCO results format (val.py --save-json) to this "
+                                   "file.")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def _check(opts: ValOptions) -> None:
-    if opts.protocol not in PROTOCOLS:
-        raise InputError(f"--protocol {opts.protocol}: must be one of {', '.join(PROTOCOLS)}")
-    if opts.batch < 1:
-        raise InputError(f"--batch {opts.batch}: must be at least 1")
     if not opts.data:
         raise InputError("--data is required: a dataset yaml or a folder with images/ and labels/")
 
 
-def coco_map(samples: list[Sample], dets: list[Detections], max_det: int = 300) -> dict[str, float]:
+def coco_map(samples: list[Sample], dets: list[Detections], max_det: int) -> dict[str, float]:
     """mAP50-95 and mAP50 with pycocotools' COCOeval (area 'all', up to ``max_det`` detections per image)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -186,7 +201,7 @@ def _batches(det: Detector, shapes: np.ndarray, size: int, batch: int) -> tuple[
     """val.py's rectangular batches where the model takes them, else square inputs in file order (val.py without
     ``rect``); whether they are rectangular, and a line saying which."""
     meta, n = det.meta, len(shapes)
-    if det.auto:
+    if det.routine.auto:
         order, bshapes = rect_batches(shapes, batch, size, meta.stride, RECT_PAD)
         top = (int(bshapes[:, 0].max()), int(bshapes[:, 1].max())) if n else (0, 0)
         limit = meta.max_imgsz
@@ -215,7 +230,7 @@ def _first_pass(det: Detector, images: list[Path], size: int, pool: ThreadPoolEx
             labels = read_labels(p)
         except InputError as e:
             return {"path": str(p), "reason": str(e)}
-        got = det.load_input(InputRef(str(p), p.stem))
+        got = det.routine.load_input(InputRef(str(p), p.stem))
         if isinstance(got, str):
             return {"path": str(p), "reason": got}
         img, shape = got
@@ -241,7 +256,7 @@ def _prepare(det: Detector, im: _Image, shape: tuple[int, int], size: int) \
     size ``load_image`` gave it), or the reason it cannot be read."""
     resized, im.resized = im.resized, None
     if resized is None:
-        got = det.load_input(InputRef(im.path, Path(im.path).stem))
+        got = det.routine.load_input(InputRef(im.path, Path(im.path).stem))
         if isinstance(got, str):
             return got
         with det.times.timed("pre"):
@@ -288,13 +303,13 @@ def _yolov5_protocol(det: Detector, images: list[Path], opts: ValOptions) -> tup
                 continue
             t0 = time.perf_counter()
             try:
-                preds = det.infer(np.stack([r[0] for _, r in ready]))
+                preds = det.routine.infer(np.stack([r[0] for _, r in ready]))
             except Exception as e:
                 failed += [{"path": im.path, "reason": f"inference failed: {first_line(e)}"} for im, _ in ready]
                 continue
             t1 = time.perf_counter()
             for (im, (_, info, hw)), pred in zip(ready, preds, strict=True):
-                xyxy, conf, cls = det.detect(pred)
+                xyxy, conf, cls = det.routine.detect(pred)
                 gain = hw[0] / im.shape[0] * info.ratio  # val.py's ratio: resized over original height
                 predn = to_native(xyxy, info, gain, im.shape)
                 tcls, tbox = native_labels(im.labels, hw, info, gain, im.shape)

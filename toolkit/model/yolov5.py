@@ -19,6 +19,7 @@ from torch import nn
 
 from toolkit.errors import ModelFileError
 from toolkit.model.configs import BUILTIN_CONFIGS, SCALES
+from toolkit.options import IMGSZ
 
 # ----------------------------------------------------------------------------------------------- layers
 
@@ -457,7 +458,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_gflops(model: YOLOv5, imgsz: tuple[int, int] = (640, 640)) -> float:
+def count_gflops(model: YOLOv5, imgsz: tuple[int, int] = (IMGSZ.default, IMGSZ.default)) -> float:
     """Multiply-accumulates x 2 of the conv layers for one image of ``imgsz``, in GFLOPs."""
     total = 0
 

@@ -17,33 +17,47 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.devices import is_gpu
+from toolkit.engine.core import DetectorConfig
 from toolkit.errors import InputError, first_line
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
+from toolkit.jobs.val import ValOptions
+from toolkit.options import REQUIRED, check, declared, option
 
 
 @dataclass
 class BenchOptions:
-    weights: str
-    source: str
-    data: str | None = None
-    backends: list[str] | None = None  # default: every installed CPU/GPU backend
-    precisions: list[str] | None = None  # default: what each backend supports on this device
-    batches: list[int] = field(default_factory=lambda: [1])
-    modes: list[str] = field(default_factory=lambda: ["seq", "auto"])
-    workers: list[int] = field(default_factory=lambda: [0])
-    images: int = 100
-    repeat: int = 3
-    out: str = "runs/bench"
-    imgsz: int = 640
-    device: str = "cpu"
-    fast_decode: bool = False  # opt-in reduced-size JPEG decoding (changes detections; see Detector)
-    nms: bool = True  # every exported configuration also with NMS inside the model (end-to-end)
+    """``yolokit bench``'s options; the model and detection settings are the detector's own declarations."""
+
+    weights: str = declared(DetectorConfig, "weights").field(
+        default=REQUIRED, help="The .pt checkpoint to compare (artifacts are exported from it).")
+    source: str = option(REQUIRED, "Folder (or glob/list) of images to run on.")
+    data: str | None = option(None, "A labelled dataset (yaml or folder): accuracy as mAP50-95 on its images instead "
+                              "of agreement with the baseline.")
+    backends: list[str] | None = option(None, "e.g. torch,onnx,openvino,trt (default: every installed one).",
+                                        text="strs")
+    precisions: list[str] | None = option(None, "e.g. fp32,fp16,int8 (default: what each backend supports on this "
+                                          "device).", cli_name="precision", text="strs")
+    batches: list[int] = option([1], "Batch sizes, e.g. 1,8.", cli_name="batch", text="ints", lo=1)
+    modes: list[str] = option(["seq", "auto"], "From seq,thread,process,auto.", text="strs", choices=tuple(MODE_ARGS))
+    workers: list[int] = option([0], "Worker counts for thread/process modes, e.g. 1,2 (0: auto).", text="ints", lo=0)
+    images: int = option(100, "How many images.", lo=1)
+    repeat: int = option(3, "Fresh-process runs per configuration (median reported).", lo=1)
+    out: str = option("runs/bench", "Where results.json/.csv, report.md and charts go.")
+    imgsz: int = declared(DetectorConfig, "imgsz").field()
+    device: str = declared(DetectorConfig, "device").field(default="cpu", help="cpu or cuda.")
+    fast_decode: bool = declared(DetectorConfig, "fast_decode").field(
+        help="Decode large JPEGs at reduced size in every configuration (faster, changes detections; off by default).")
+    nms: bool = option(True, "Also run every exported configuration with NMS inside the model (end-to-end).",
+                       decls=("--nms/--no-nms",))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass
@@ -110,8 +124,10 @@ def grid(opts: BenchOptions) -> list[Config]:
 
 def nms_settings(labelled: bool) -> dict[str, Any]:
     """The NMS every configuration runs with (and an end-to-end artifact is exported with): yolokit val's on
-    labelled images, detect.py's otherwise; 300 detections per image."""
-    return {"conf": 0.001 if labelled else 0.25, "iou": 0.6 if labelled else 0.45, "max_det": 300}
+    labelled images, detect.py's otherwise; val's detections per image (300)."""
+    val, run = ValOptions(), DetectorConfig()
+    return {"conf": val.conf if labelled else run.conf, "iou": val.iou if labelled else run.iou,
+            "max_det": val.max_det}
 
 
 def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False) -> str:

@@ -31,7 +31,7 @@ def agreement(base: list[Any], got: list[Any]) -> dict[str, float]:
 
 def map50_95(paths: list[str], dets: list[Any]) -> float | None:
     from toolkit.detections import Detections
-    from toolkit.jobs.val import coco_map
+    from toolkit.jobs.val import ValOptions, coco_map
     from toolkit.jobs.valdata import Sample, label_path, load_labels
 
     if not all(label_path(Path(p)).is_file() for p in paths[:5]):
@@ -44,7 +44,7 @@ def map50_95(paths: list[str], dets: list[Any]) -> float | None:
         cls, xyxy = load_labels(Path(p), shape)
         samples.append(Sample(p, shape, cls, xyxy))
         ds.append(Detections(np.array(d[0], np.float32).reshape(-1, 4), d[1], d[2], shape=shape))
-    return coco_map(samples, ds)["map50_95"]
+    return coco_map(samples, ds, ValOptions().max_det)["map50_95"]
 
 
 # ------------------------------------------------------------------------------------------- parent side

@@ -1,0 +1,148 @@
+"""Options declared once: the CLI's flags and defaults are the library's, values outside their limits and unknown
+names are refused in one line, a run's identity holds exactly the settings that change its outputs, and the
+generated options reference is up to date."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from toolkit.cli import app, main
+from toolkit.cli.params import collect
+from toolkit.cli.reference import PAGE, options_reference
+from toolkit.engine.core import DetectorConfig
+from toolkit.errors import InputError
+from toolkit.jobs.bench import BenchOptions, nms_settings
+from toolkit.jobs.records import EngineOptions, RunOptions
+from toolkit.jobs.val import ValOptions
+from toolkit.options import CONF, IMGSZ, IOU, MAX_DET, build, keys, option, walk
+from toolkit.tiling import TileOptions
+
+
+def _parsed(command: str, args: list[str]) -> dict[str, Any]:
+    """What Typer hands the command function for ``args`` (the command line's parsing, without running it)."""
+    group: Any = typer.main.get_command(app)
+    cmd = group.commands[command]
+    return dict(cmd.make_context(command, list(args)).params)
+
+
+def test_the_options_reference_is_up_to_date() -> None:
+    assert PAGE.is_file(), f"{PAGE} is missing: run python -m toolkit.cli.reference"
+    assert PAGE.read_text() == options_reference(), "docs/guide/options.md is stale: python -m toolkit.cli.reference"
+
+
+def test_the_command_lines_defaults_are_the_librarys() -> None:
+    assert collect(RunOptions, _parsed("run", [])) == RunOptions()
+    assert RunOptions().tiling is None  # --tile 0: off
+    assert collect(ValOptions, _parsed("val", [])) == ValOptions()
+    bench = collect(BenchOptions, _parsed("bench", ["--weights", "w.pt", "--source", "s"]))
+    assert bench == BenchOptions(weights="w.pt", source="s")
+
+
+def test_flags_reach_their_groups() -> None:
+    opts = collect(RunOptions, _parsed("run", [
+        "imgs", "--conf", "0.5", "--classes", "0,2", "--agnostic-nms", "--half", "--max-file-size", "2G",
+        "--max-pixels", "1.5k", "--stream-timeout", "3", "--save-txt", "--hide-conf", "--line-thickness", "3",
+        "--tile", "320", "--tile-merge", "nms", "--tile-scales", "1,0.5", "--no-tile-refocus", "--workers", "3",
+        "--engine", "ray", "--resume"]))
+    d = opts.detector
+    assert opts.source == "imgs" and (d.conf, d.classes, d.agnostic, d.half) == (0.5, (0, 2), True, True)
+    assert (d.max_file_size, d.max_pixels, d.timeout) == (2 << 30, 1500, 3.0)
+    assert opts.save.save_txt and opts.draw.hide_conf and opts.draw.line_width == 3
+    assert opts.tiling == TileOptions(tile=320, merge="nms", scales=(1.0, 0.5), refocus=False)
+    assert (opts.engine.workers, opts.engine.name, opts.folder.resume) == (3, "ray", True)
+    assert opts == RunOptions.of(source="imgs", conf=0.5, classes=(0, 2), agnostic_nms=True, half=True,
+                                 max_file_size=2 << 30, max_pixels=1500, stream_timeout=3.0, save_txt=True,
+                                 hide_conf=True, line_thickness=3, tile=320, tile_merge="nms", tile_scales=(1, 0.5),
+                                 tile_refocus=False, workers=3, engine="ray", resume=True)
+
+
+def test_the_shared_defaults_are_the_declared_ones() -> None:
+    from backends.base import ExportOptions
+    from toolkit.meta import BakedNMS
+    from toolkit.ops import NMSOptions
+
+    for nms in (DetectorConfig(), NMSOptions(), BakedNMS()):
+        assert (nms.conf, nms.iou, nms.max_det) == (CONF.default, IOU.default, MAX_DET.default)
+    assert DetectorConfig().imgsz == IMGSZ.default and ExportOptions().imgsz == (IMGSZ.default, IMGSZ.default)
+    val = ValOptions()  # YOLOv5's val.py defaults, declared once, read by bench
+    assert (val.conf, val.iou, val.max_det) == (0.001, 0.6, 300)
+    assert nms_settings(True) == {"conf": val.conf, "iou": val.iou, "max_det": val.max_det}
+    assert nms_settings(False) == {"conf": CONF.default, "iou": IOU.default, "max_det": val.max_det}
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: DetectorConfig(conf=1.5), "--conf must be in [0, 1], got 1.5"),
+    (lambda: DetectorConfig(max_det=0), "--max-det must be at least 1"),
+    (lambda: DetectorConfig(vid_stride=0), "--vid-stride must be at least 1"),
+    (lambda: DetectorConfig(timeout=0), "--stream-timeout must be positive"),
+    (lambda: DetectorConfig(pipeline="gpu"), "pipeline must be one of auto, host, device"),
+    (lambda: TileOptions(overlap=1.0), "--overlap must be in [0, 1)"),
+    (lambda: TileOptions(scales=(1.0, 1.5)), "--tile-scales must be in (0, 1]"),
+    (lambda: TileOptions(merge="union"), "--tile-merge must be one of views, nms, nmm"),
+    (lambda: EngineOptions(mode="fast"), "--mode must be one of auto, thread, process"),
+    (lambda: EngineOptions(name="spark"), "--engine must be one of local, ray"),
+    (lambda: BenchOptions(weights="w", source="s", modes=["seq", "turbo"]), "--modes must be one of"),
+])
+def test_values_outside_their_limits_are_refused_naming_the_flag(make: Any, message: str) -> None:
+    with pytest.raises(InputError) as e:
+        make()
+    assert str(e.value).startswith(message)
+
+
+def test_a_bad_option_on_the_command_line_creates_nothing(tmp_path: Path) -> None:
+    assert main(["run", str(tmp_path), "--mode", "fast", "--project", str(tmp_path / "p")]) == 2
+    assert not (tmp_path / "p").exists()
+
+
+def test_unknown_names_are_refused_naming_the_nearest() -> None:
+    from toolkit.engine.detector import Detector
+
+    with pytest.raises(InputError, match=r"Detector\(\) has no setting 'conf_thres'; did you mean 'conf'\?"):
+        Detector("yolov5n.yaml", conf_thres=0.5)  # refused before any model is loaded
+    with pytest.raises(InputError, match="did you mean 'agnostic'"):
+        Detector("yolov5n.yaml", agnostic_nms=True)  # the library's name is the field's
+    with pytest.raises(InputError, match="RunOptions has no setting 'save_text'; did you mean 'save_txt'"):
+        RunOptions.of(save_text=True)
+    with pytest.raises(InputError, match="did you mean 'agnostic_nms'"):
+        RunOptions.of(agnostic=True)  # flat settings take the command line's names
+
+
+def test_a_runs_identity_holds_what_changes_its_outputs() -> None:
+    base = RunOptions().identity()
+    assert json.loads(json.dumps(base)) == base  # plain values: compared with what a run folder holds
+    for how_fast in ({"workers": 4}, {"mode": "process"}, {"batch": 8}, {"device": "cuda"}, {"project": "x"},
+                     {"name": "y"}, {"resume": True}, {"engine": "ray"}, {"save_workers": 2}):
+        assert RunOptions.of(**how_fast).identity() == base, how_fast
+    for what in ({"conf": 0.5}, {"imgsz": 320}, {"classes": (0,)}, {"weights": "yolov5s"}, {"save_txt": True},
+                 {"nosave": True}, {"hide_labels": True}, {"line_thickness": 2}, {"augment": True},
+                 {"vid_stride": 2}, {"fast_decode": True}, {"source": "elsewhere"}, {"tile": 640}):
+        assert RunOptions.of(**what).identity() != base, what
+    assert base["tile"] == 0 and "tile_merge" not in base  # tiling off: its other settings do not matter
+    tiled = RunOptions.of(tile=640).identity()
+    assert tiled["tile_merge"] == "views" and tiled["tile_scales"] == [1.0]
+    assert RunOptions.of(tile=640, tile_batch=16).identity() == tiled  # tiles per call: speed only
+    # every declared option of a run is either in its identity or declared as not changing outputs
+    assert {k for k, e in keys(RunOptions).items() if e.option.affects_output} == set(tiled)
+
+
+def test_two_options_with_one_flat_name_are_a_declaration_error() -> None:
+    @dataclass(frozen=True)
+    class Twice:
+        conf: float = option(0.5, "one")
+        threshold: float = option(0.5, "two", cli_name="conf")
+
+    with pytest.raises(TypeError, match="two options named 'conf'"):
+        keys(Twice)
+    assert [e.key for e in walk(Twice)] == ["conf", "conf"]
+
+
+def test_build_leaves_an_optional_group_off_unless_switched_on() -> None:
+    assert build(RunOptions, {"tile_merge": "nms"}).tiling is None
+    assert build(RunOptions, {"tile": 0, "tile_merge": "nms"}).tiling is None
+    assert build(RunOptions, {"tile": 512}).tiling == TileOptions(tile=512)

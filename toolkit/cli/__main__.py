@@ -1,0 +1,5 @@
+"""``python -m toolkit.cli``: the ``yolokit`` command."""
+
+from toolkit.cli import entry
+
+entry()

@@ -1,0 +1,109 @@
+"""``yolokit val``, ``info``, ``bench`` and ``weights``: what one does with a model besides running it. val's and
+bench's options are built from the declarations of :class:`toolkit.jobs.val.ValOptions` and
+:class:`toolkit.jobs.bench.BenchOptions` (which take the detector's own declarations for the settings they share)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.cli.app import app, weights_app
+from toolkit.cli.params import collect, command, flag
+from toolkit.engine.core import DetectorConfig
+from toolkit.errors import InputError
+from toolkit.jobs.bench import BenchOptions
+from toolkit.jobs.val import ValOptions
+from toolkit.options import declared
+
+DOWNLOAD_TIMEOUT = declared(DetectorConfig, "download_timeout").default
+
+
+def val(**kwargs: Any) -> None:
+    """mAP50-95, mAP50, P and R on a labelled dataset, as YOLOv5's val.py computes them (or --protocol coco).
+
+    The defaults are YOLOv5's val.py's (--conf 0.001 --iou 0.6 --max-det 300, multi-label NMS, rectangular batches
+    of 32), so the numbers are the ones val.py prints.
+
+    Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128
+    """
+    from toolkit.jobs.val import format_metrics, validate
+
+    json_out = kwargs.pop("json_out")
+    opts = collect(ValOptions, kwargs)
+    metrics = validate(opts)
+    typer.echo(json.dumps(metrics, indent=1) if json_out else format_metrics(metrics))
+
+
+app.command()(command(val, ValOptions, [flag("json_out", "Print the metrics as JSON on stdout.", ("--json",))]))
+
+
+@app.command()
+def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported artifact or model name.")],
+         json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Show a model's classes, stride, input size, batch, precision, parameters and GFLOPs."""
+    from toolkit.jobs.info import model_info
+
+    data = model_info(model)
+    if json_out:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    for k, v in data.items():
+        if k == "names":
+            v = f"{len(v)} classes: " + ", ".join(list(v.values())[:10]) + (" ..." if len(v) > 10 else "")
+        elif k in ("nms", "int8"):
+            v = ", ".join(f"{a} {b}" for a, b in v.items())
+        typer.echo(f"{k:>16}: {v}")
+
+
+def bench(**kwargs: Any) -> None:
+    """Which backend, precision, batch and mode should I use here, and what do I lose?
+
+    Runs each configuration in a fresh process against the PyTorch baseline (FP32 on a CPU, FP16 on a GPU),
+    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy.
+
+    Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
+    """
+    from toolkit.jobs.bench import bench as run_bench
+
+    opts = collect(BenchOptions, kwargs)
+    result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
+    typer.echo((Path(opts.out) / "report.md").read_text())
+    if any("error" in r for r in result["rows"]):
+        raise typer.Exit(1)
+
+
+app.command()(command(bench, BenchOptions))
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """List the official checkpoints yolokit knows, and which are in the cache."""
+    from toolkit.model.weights import MANIFEST, default_cache_dir, verify
+
+    cache = default_cache_dir()
+    for entry in MANIFEST.values():
+        state = "cached" if verify(cache / entry.name, entry) else ""
+        typer.echo(f"{entry.name:<12} {entry.size / 1e6:7.1f} MB  {entry.sha256[:12]}…  {state}")
+    typer.echo(f"cache: {cache}")
+
+
+@weights_app.command("download")
+def weights_download(
+    names: Annotated[list[str], typer.Argument(help="Names like yolov5n yolov5s.")],
+    cache_dir: Annotated[str | None, typer.Option(help="Where to put them (default: the cache).")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from this URL instead (one name only).")] = None,
+    download_timeout: Annotated[float, typer.Option(help="Seconds one checkpoint's download may take in all, however "
+                                                         "slowly its bytes arrive (an interrupted download resumes "
+                                                         "from its .part file).")] = DOWNLOAD_TIMEOUT,
+) -> None:
+    """Download official checkpoints, verify size and sha256, and store them atomically in the cache."""
+    from toolkit.model.weights import download
+
+    if url and len(names) != 1:
+        raise InputError("--url takes exactly one name")
+    for n in names:
+        path = download(n, cache_dir=Path(cache_dir) if cache_dir else None, url=url, deadline=download_timeout)
+        typer.echo(f"{path}  (verified)")
