@@ -131,7 +131,7 @@ def test_unreadable_images_and_bad_labels_are_listed_and_the_rest_scored(small: 
 def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["val", "--data", str(small), "--protocol", "voc"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--protocol voc" in err and "yolov5, coco" in err and "\n" not in err
+    assert "--protocol" in err and "'voc'" in err and "yolov5, coco" in err and "\n" not in err
     with pytest.raises(InputError, match="--data is required"):
         validate(ValOptions())
 
