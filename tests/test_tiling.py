@@ -12,6 +12,16 @@ import pytest
 from toolkit import Detector
 from toolkit.cli import main
 from toolkit.errors import InputError
+from toolkit.jobs.bench.tiling_eval import (
+    duplicates,
+    found_by_tiles,
+    fragments,
+    matched,
+    mosaic,
+    native_reference,
+    score,
+    shifted,
+)
 from toolkit.ops import box_iou
 from toolkit.tiling import (
     TileOptions,
@@ -23,7 +33,6 @@ from toolkit.tiling import (
     refocus_windows,
     tile_grid,
 )
-from toolkit.tiling_eval import duplicates, found_by_tiles, fragments, matched, mosaic, native_reference, score, shifted
 
 A, B = (0, 0, 640, 640), (512, 0, 1152, 640)  # two neighbouring tiles sharing x 512..640
 SHAPE = (1000, 2000)
