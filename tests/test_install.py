@@ -134,6 +134,7 @@ def onnx_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return venv / "bin"
 
 
+@pytest.mark.timeout(1800)  # a first run downloads and installs yolokit[onnx]'s dependencies from the index
 def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Path, exported: dict[str, Path],
                                                                     coco128_images: Path, yolov5n_pt: Path,
                                                                     tmp_path: Path) -> None:
