@@ -116,6 +116,7 @@ def test_augment_refuses_a_fixed_shape_artifact(tmp_path: Path, capsys: pytest.C
     assert rc == 2 and "fixed 160x160 input" in err and "without --static" in err
 
 
+@pytest.mark.timeout(900)  # three views of 128 images: 48 s on a 2-core VM at a load of 4, 181 s at 5 rising
 def test_val_augment(coco128: Path, yolov5n_pt: Path) -> None:
     from toolkit.jobs.val import ValOptions, validate
 
