@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit import Detector  # noqa: E402
-from toolkit.io.decode import read_image  # noqa: E402
-from toolkit.io.sources import list_sources  # noqa: E402
-from toolkit.jobs.bench.timing import raw_rate  # noqa: E402
-from toolkit.ops import letterbox, to_chw_rgb  # noqa: E402
+from toolkit import Detector
+from toolkit.io.decode import read_image
+from toolkit.io.sources import list_sources
+from toolkit.jobs.bench.timing import raw_rate
+from toolkit.ops import letterbox, to_chw_rgb
 
 
 def _images(data: str | None, n: int, size: int) -> np.ndarray:

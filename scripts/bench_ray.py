@@ -22,12 +22,15 @@ import os
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+from toolkit.jobs.bench.timing import interleaved, medians
 
 
 def one(args: argparse.Namespace) -> None:
@@ -81,27 +84,30 @@ def main() -> None:
     lists = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     (lists / "x1.txt").write_text("\n".join(paths) + "\n")
     (lists / "x2.txt").write_text("\n".join(paths + paths) + "\n")
-    rows: list[dict[str, object]] = []
+
+    def job(size: str, engine: str) -> dict[str, Any]:
+        cmd = [sys.executable, __file__, "--one", "--source", str(lists / f"{size}.txt"), "--weights", args.weights,
+               "--engine", engine, "--workers", str(args.workers), "--batch", str(args.batch)]
+        if engine == "ray":
+            cmd += ["--address", f"127.0.0.1:{port}"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        row: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        row["size"] = size
+        print(json.dumps(row), file=sys.stderr)
+        return row
+
     try:
-        for r in range(args.repeats):
-            for size in ("x1", "x2"):
-                for engine in ("local", "ray"):
-                    cmd = [sys.executable, __file__, "--one", "--source", str(lists / f"{size}.txt"), "--weights",
-                           args.weights, "--engine", engine, "--workers", str(args.workers), "--batch",
-                           str(args.batch)]
-                    if engine == "ray":
-                        cmd += ["--address", f"127.0.0.1:{port}"]
-                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-                    row = json.loads(out.strip().splitlines()[-1])
-                    row.update(repeat=r, size=size)
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr)
+        runs = interleaved({(size, engine): partial(job, size, engine) for size in ("x1", "x2")
+                            for engine in ("local", "ray")}, args.repeats)
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
         shutil.rmtree(lists, ignore_errors=True)
+    rows = [dict(row, repeat=r) for rs in runs.values() for r, row in enumerate(rs)]
+    timings = {key: medians({k: v for k, v in row.items() if k in ("wall_s", "first_s")} for row in rs)
+               for key, rs in runs.items()}
 
     def med(engine: str, size: str, key: str) -> float:
-        return statistics.median(float(str(x[key])) for x in rows if x["engine"] == engine and x["size"] == size)
+        return timings[(size, engine)][key]
 
     n = len(paths)
     out = Path(args.out)

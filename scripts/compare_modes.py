@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
+from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.jobs.bench.timing import timed_command  # noqa: E402
+from toolkit.jobs.bench.timing import interleaved, timed_command, yolokit_command
 
 MODES = {"seq": ["--mode", "thread", "--workers", "1", "--batch", "1"],
          "thread": ["--mode", "thread", "--workers", "2"],
@@ -34,21 +32,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench_out/compare_modes.md")
     args = ap.parse_args()
-    here = Path(__file__).resolve().parents[1]
-    configs: list[tuple[str, Path, list[str]]] = [(m, here, MODES[m]) for m in args.modes.split(",")]
+    # this checkout's modes run the yolokit installed here; the baseline's run its checkout's code (its folder first)
+    configs: list[tuple[str, Path | None, list[str]]] = [(m, None, MODES[m]) for m in args.modes.split(",")]
     if args.baseline:
         configs.append(("process (baseline)", Path(args.baseline).resolve(), MODES["process"]))
     lists = [str(Path(x).resolve()) for x in args.lists.split(",")]
     weights = [str(Path(w).resolve()) if Path(w).exists() else w for w in args.weights.split(",")]
-    times: dict[tuple[str, str, str], list[float]] = {}
-    for _ in range(args.repeats):
-        for lst in lists:
-            for w in weights:
-                for name, cwd, flags in configs:
-                    cmd = [sys.executable, "-m", "toolkit.cli", "run", lst, "--weights", w, "--nosave",
-                           "--project", str(here / "bench_out" / "compare_runs"), "--name", "r", "--exist-ok",
-                           *flags]
-                    times.setdefault((lst, w, name), []).append(timed_command(cmd, cwd))
+    project = str(Path("bench_out/compare_runs").resolve())
+    times = interleaved({(lst, w, name): partial(timed_command, yolokit_command(
+        "run", lst, "--weights", w, "--nosave", "--project", project, "--name", "r", "--exist-ok", *flags), cwd)
+        for lst in lists for w in weights for name, cwd, flags in configs}, args.repeats)
     lines = ["| images | weights | mode | median s | runs | sequential / this |",
              "| --- | --- | --- | ---: | --- | ---: |"]
     for (lst, w, name), ts in times.items():

@@ -2,9 +2,10 @@
 
 1. Accuracy: mAP50-95 (``yolokit val`` metric) on coco128 enlarged 3x (1920x1440 and similar, ``cv2.resize``
    INTER_CUBIC, JPEG quality 92; the normalised YOLO labels stay valid), exact decode vs ``fast_decode=True``.
-2. Speed: whole-process ``yolokit run LIST --weights MODEL --nosave [--fast-decode]`` wall time on 1920x1080 JPEGs
-   made the same way, with the default (dynamic) ONNX and OpenVINO exports; the configurations are interleaved
-   repeat by repeat, so the noise of a shared machine falls on all of them alike; medians are compared.
+2. Speed: whole-process ``yolokit run LIST --weights MODEL --nosave [--fast-decode]`` wall time on the 1920x1080
+   JPEG set made from the coco128 photos (``toolkit.jobs.bench.inputs.photo_set``), with the default (dynamic) ONNX
+   and OpenVINO exports; the configurations are interleaved repeat by repeat, so the noise of a shared machine falls
+   on all of them alike; medians are compared.
 
 Writes decode_bench.json and decode_bench.md into --out (generated images stay there; never commit them).
 
@@ -19,15 +20,14 @@ import json
 import shutil
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.jobs.bench.timing import timed_command  # noqa: E402
-from toolkit.jobs.export import ExportOptions, export  # noqa: E402
-from toolkit.jobs.val import ValOptions, validate  # noqa: E402
+from toolkit.jobs.bench.inputs import exported, list_file, photo_set
+from toolkit.jobs.bench.timing import interleaved, timed_command, yolokit_command
+from toolkit.jobs.val import ValOptions, validate
 
 
 def enlarged_dataset(data: Path, out: Path, factor: int) -> Path:
@@ -40,32 +40,14 @@ def enlarged_dataset(data: Path, out: Path, factor: int) -> Path:
         dst = img_out / src.name
         if not dst.exists():
             img = cv2.imread(str(src))
-            assert img is not None
+            if img is None:
+                sys.exit(f"{src}: cannot be read as an image")
             big = cv2.resize(img, (img.shape[1] * factor, img.shape[0] * factor), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(str(dst), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
         label = data / "labels" / "train2017" / f"{src.stem}.txt"
         if label.is_file():
             shutil.copy(label, lab_out / label.name)
     return root
-
-
-def photos_1080p(data: Path, out: Path, n: int) -> Path:
-    """A list file of ``n`` 1920x1080 JPEGs made from the coco128 images in turn."""
-    folder = out / "gen_1920x1080"
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted((data / "images" / "train2017").glob("*.jpg"))
-    paths = []
-    for i in range(n):
-        path = folder / f"{i:04d}.jpg"
-        if not path.exists():
-            img = cv2.imread(str(sources[i % len(sources)]))
-            assert img is not None
-            cv2.imwrite(str(path), cv2.resize(img, (1920, 1080), interpolation=cv2.INTER_CUBIC),
-                        [cv2.IMWRITE_JPEG_QUALITY, 92])
-        paths.append(str(path.resolve()))
-    lst = out / f"gen_1920x1080_{n}.txt"
-    lst.write_text("".join(p + "\n" for p in paths))
-    return lst
 
 
 def main() -> None:
@@ -80,12 +62,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
-    models = {}
-    for to, name in (("onnx", "yolov5n.onnx"), ("openvino", "yolov5n_openvino")):
-        path = out / name
-        if not path.exists():
-            export(args.weights, to, path, ExportOptions())  # the default export: dynamic batch and shape
-        models[to] = path
+    models = {to: exported(args.weights, to, out / name)  # the default export: dynamic batch and shape
+              for to, name in (("onnx", "yolov5n.onnx"), ("openvino", "yolov5n_openvino"))}
     result: dict[str, object] = {"command": " ".join(sys.argv)}
     if not args.skip_map:
         big = enlarged_dataset(data, out, 3)
@@ -94,15 +72,12 @@ def main() -> None:
             m = validate(ValOptions(weights=str(models["onnx"]), data=str(big), fast_decode=fast))
             acc["fast" if fast else "exact"] = {k: m[k] for k in ("map50_95", "map50", "precision", "recall")}
         result["accuracy"] = {"set": f"coco128 enlarged 3x ({big})", "model": "yolov5n ONNX (default export)", **acc}
-    lst = photos_1080p(data, out, args.images)
-    times: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        for to, model in models.items():
-            for fast in (False, True):
-                cmd = [sys.executable, "-m", "toolkit.cli", "run", str(lst), "--weights", str(model), "--nosave",
-                       "--project", str(out / "runs"), "--name", "r", "--exist-ok"]
-                cmd += ["--fast-decode"] if fast else []
-                times.setdefault(f"{to} {'fast' if fast else 'exact'}", []).append(timed_command(cmd))
+    lst = list_file(photo_set(data / "images" / "train2017", out / "gen_1920x1080", args.images),
+                    out / f"gen_1920x1080_{args.images}.txt")
+    times = interleaved({f"{to} {'fast' if fast else 'exact'}": partial(timed_command, yolokit_command(
+        "run", str(lst), "--weights", str(model), "--nosave", "--project", str(out / "runs"), "--name", "r",
+        "--exist-ok", *(["--fast-decode"] if fast else []))) for to, model in models.items() for fast in (False, True)},
+        args.repeats)
     speed = {}
     for to in models:
         exact, fast = statistics.median(times[f"{to} exact"]), statistics.median(times[f"{to} fast"])

@@ -22,26 +22,24 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.engine.detector import Detector  # noqa: E402
-from toolkit.jobs.export import ExportOptions, export  # noqa: E402
-from toolkit.meta import BakedNMS  # noqa: E402
+from toolkit.engine.detector import Detector
+from toolkit.jobs.bench.inputs import exported
+from toolkit.jobs.bench.timing import interleaved, medians, raw_rate
+from toolkit.jobs.export import ExportOptions
+from toolkit.meta import BakedNMS
 
 SETTINGS = {"default": BakedNMS(conf=0.25, iou=0.45, max_det=1000), "val": BakedNMS(conf=0.001, iou=0.6, max_det=300)}
 NAMES = {"onnx": "{}.onnx", "openvino": "{}_openvino"}
 
 
 def artifact(weights: str, to: str, out: Path, tag: str, options: ExportOptions) -> Path:
-    path = out / "artifacts" / NAMES[to].format(tag)
-    if not path.exists():
-        export(weights, to, path, options)
-    return path
+    return exported(weights, to, out / "artifacts" / NAMES[to].format(tag), options)
 
 
 def one_pass(model: Path, nms: BakedNMS, images: list[str]) -> dict[str, float]:
@@ -60,17 +58,13 @@ def compare(weights: str, to: str, setting: str, images: list[str], repeats: int
     nms = SETTINGS[setting]
     plain = artifact(weights, to, out, "plain", ExportOptions())
     e2e = artifact(weights, to, out, f"e2e_{setting}", ExportOptions(nms=nms))
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "e2e": []}
-    one_pass(plain, nms, images[:2])  # warm the file cache and OpenVINO's compiled-model cache
-    one_pass(e2e, nms, images[:2])
-    for _ in range(repeats):
-        runs["plain"].append(one_pass(plain, nms, images))
-        runs["e2e"].append(one_pass(e2e, nms, images))
+    models = {"plain": plain, "e2e": e2e}
+    for model in models.values():
+        one_pass(model, nms, images[:2])  # warm the file cache and OpenVINO's compiled-model cache
+    runs = interleaved({kind: partial(one_pass, model, nms, images) for kind, model in models.items()}, repeats)
     rows = []
     for kind, rs in runs.items():
-        row: dict[str, Any] = {"format": to, "setting": setting, "model": kind}
-        for k in rs[0]:
-            row[k] = statistics.median(r[k] for r in rs)
+        row: dict[str, Any] = {"format": to, "setting": setting, "model": kind, **medians(rs)}
         rows.append(row)
         print(f"{to} {setting} {kind}: {row['img_s']:.1f} img/s, infer {row['infer_ms']:.2f} ms + post "
               f"{row['post_ms']:.2f} ms, {row['boxes']:.0f} boxes", flush=True)
@@ -85,17 +79,9 @@ def slim(weights: str, out: Path, repeats: int) -> list[dict[str, Any]]:
     paths = {s: artifact(weights, "onnx", out, "plain" if s else "plain_noslim", ExportOptions(simplify=s))
              for s in (True, False)}
     x = np.full((1, 3, 640, 640), 114, np.uint8)
-    times: dict[bool, list[float]] = {True: [], False: []}
     with Detector(paths[True]) as a, Detector(paths[False]) as b:
-        dets = {True: a, False: b}
-        for _ in range(max(3, repeats)):
-            for s, det in dets.items():
-                det.routine.infer(x)
-                t0, n = time.perf_counter(), 0
-                while time.perf_counter() - t0 < 2.0:
-                    det.routine.infer(x)
-                    n += 1
-                times[s].append(n / (time.perf_counter() - t0))
+        times = interleaved({s: partial(raw_rate, det.routine.infer, x, 2.0, 1) for s, det in ((True, a), (False, b))},
+                            max(3, repeats))
     for s, path in paths.items():
         rows.append({"simplified": s, "nodes": len(onnx.load(str(path)).graph.node),
                      "raw_img_s": statistics.median(times[s])})

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import tempfile
 import time
 import zlib
@@ -25,13 +24,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.errors import ModelFileError  # noqa: E402
-from toolkit.io.decode import decode_image  # noqa: E402
-from toolkit.io.files import ImageReadError  # noqa: E402
-from toolkit.io.imageheader import check_encoded  # noqa: E402
-from toolkit.model.checkpoint import read_pickled_object  # noqa: E402
+from toolkit.errors import ModelFileError
+from toolkit.io.decode import decode_image
+from toolkit.io.files import ImageReadError
+from toolkit.io.imageheader import check_encoded
+from toolkit.model.checkpoint import read_pickled_object
 
 
 def seed_checkpoints() -> list[bytes]:

@@ -15,57 +15,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-import cv2
+from toolkit.jobs.bench.inputs import exported, photo_set
+from toolkit.jobs.bench.timing import interleaved, run_timed, yolokit_command
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def make_images(source: Path, n: int, folder: Path) -> Path:
-    """``n`` 1920x1080 JPEGs (quality 92) made from the photos in ``source``, reused when already there."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if len(list(folder.glob("*.jpg"))) == n:
-        return folder
-    for old in folder.glob("*.jpg"):
-        old.unlink()
-    photos = sorted(source.glob("*.jpg"))
-    if not photos:
-        sys.exit(f"{source}: no JPEGs to make the benchmark images from")
-    for i in range(n):
-        img = cv2.imread(str(photos[i % len(photos)]))
-        img = cv2.resize(img, (1920, 1080), interpolation=cv2.INTER_AREA)
-        if i >= len(photos):  # a different image each time, not a cached decode of the same bytes
-            img = cv2.flip(img, 1) if (i // len(photos)) % 2 else img
-        cv2.imwrite(str(folder / f"{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return folder
+SHARED = Path(os.environ.get("YOLOKIT_SHARED", "../shared"))
 
 
 def export(weights: Path, fmt: str, folder: Path) -> Path:
-    """The format's default export (dynamic input), made once."""
+    """The format's default export (dynamic input), made once; the checkpoint itself for ``pt``."""
     if fmt == "pt":
         return weights
-    target = folder / {"onnx": "yolov5n.onnx", "openvino": "yolov5n_openvino"}[fmt]
-    if not target.exists():
-        subprocess.run([sys.executable, "-m", "toolkit.cli", "export", str(weights), "--to", fmt, "-o", str(target)],
-                       check=True, cwd=REPO)
-    return target
+    return exported(weights, fmt, folder / {"onnx": "yolov5n.onnx", "openvino": "yolov5n_openvino"}[fmt])
 
 
 def timed_run(images: Path, model: Path, out: Path, name: str, save: bool) -> tuple[float, dict[str, object]]:
-    cmd = [sys.executable, "-m", "toolkit.cli", "run", str(images), "--weights", str(model), "--project", str(out),
-           "--name", name, "--exist-ok", "--json", *([] if save else ["--nosave"])]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    return wall, json.loads(done.stdout)
+    wall, stdout = run_timed(yolokit_command("run", str(images), "--weights", str(model), "--project", str(out),
+                                             "--name", name, "--exist-ok", "--json", *([] if save else ["--nosave"])))
+    return wall, json.loads(stdout)
 
 
 def main() -> None:
@@ -75,20 +47,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--formats", default="pt,onnx,openvino")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "save_bench")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/save_bench"))
     a = ap.parse_args()
-    images = make_images(a.source, a.images, a.out / f"images_{a.images}")
+    images = a.out / f"images_{a.images}"
+    photo_set(a.source, images, a.images)
     rows = []
     for fmt in a.formats.split(","):
         model = export(a.weights, fmt, a.out / "models")
-        walls: dict[bool, list[float]] = {True: [], False: []}
-        last: dict[bool, dict[str, object]] = {}
-        for _ in range(a.repeat):
-            for save in (False, True):
-                wall, summary = timed_run(images, model, a.out / "runs", f"{fmt}_{'save' if save else 'nosave'}",
-                                          save)
-                walls[save].append(wall)
-                last[save] = summary
+        runs = interleaved({save: partial(timed_run, images, model, a.out / "runs",
+                                          f"{fmt}_{'save' if save else 'nosave'}", save) for save in (False, True)},
+                           a.repeat)
+        walls = {save: [w for w, _ in r] for save, r in runs.items()}
+        last = {save: r[-1][1] for save, r in runs.items()}
         save_s, nosave_s = statistics.median(walls[True]), statistics.median(walls[False])
         rows.append({"format": fmt, "model": str(model), "images": a.images, "nosave_s": round(nosave_s, 2),
                      "save_s": round(save_s, 2), "ratio": round(save_s / nosave_s, 3),

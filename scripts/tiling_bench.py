@@ -2,8 +2,8 @@
 
 Each mosaic holds the first --images coco128 images at native size, placed at random (not on the 32-pixel stride) on a
 --canvas (default 13400x9528), one mosaic per seed. The reference is what the model finds on each image alone at
-native size (letterboxed without upscaling, as tiles never are). Figures (``toolkit.tiling_eval``), mean over the
-seeds: recall and raw-tile recall (the merge loss is the difference), boxes, boxes matching nothing, nested
+native size (letterboxed without upscaling, as tiles never are). Figures (``toolkit.jobs.bench.tiling_eval``), mean
+over the seeds: recall and raw-tile recall (the merge loss is the difference), boxes, boxes matching nothing, nested
 same-class fragments (and the reference's own count), duplicates (same-class pairs at IoU >= 0.5), model calls (tiles
 run) and wall time. yolokit runs as ``yolokit run --tile`` does for one image: the automatic plan (one inference
 thread, every core as intra-op threads); variants that differ only in the merge share one tile pass, and their time
@@ -36,22 +36,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit import Detector  # noqa: E402
-from toolkit.engine.core import intra_op_threads  # noqa: E402
-from toolkit.engine.plan import make_plan  # noqa: E402
-from toolkit.engine.tiled import collect_views  # noqa: E402
-from toolkit.ops import letterbox, postprocess, scale_boxes, to_chw_rgb  # noqa: E402
-from toolkit.tiling import TileOptions, merge  # noqa: E402
-from toolkit.tiling_eval import (  # noqa: E402
-    TilingScore,
-    mean_scores,
-    mosaic,
-    native_reference,
-    score,
-    shifted,
-)
+from toolkit import Detector
+from toolkit.engine.core import intra_op_threads
+from toolkit.engine.plan import make_plan
+from toolkit.engine.tiled import collect_views
+from toolkit.jobs.bench.inputs import exported
+from toolkit.jobs.bench.tiling_eval import TilingScore, mean_scores, mosaic, native_reference, score, shifted
+from toolkit.jobs.bench.timing import raw_rate
+from toolkit.ops import letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.tiling import TileOptions, merge
 
 DEFAULTS = TileOptions()
 VARIANTS: list[tuple[str, TileOptions]] = [
@@ -159,8 +152,8 @@ def run_sahi(det: Detector, canvas_bgr: np.ndarray, ref: Any, threads: int) -> d
     return out
 
 
-def raw_rate(det: Detector, canvas: np.ndarray, batch: int, threads: int, n: int = 64) -> float:
-    """Tiles per second of the model alone on full 640x640 tiles of ``canvas``, in batches of ``batch``."""
+def raw_tile_rate(det: Detector, canvas: np.ndarray, batch: int, threads: int, n: int = 64) -> float:
+    """Tiles per second of the model alone on ``n`` full 640x640 tiles of ``canvas``, in batches of ``batch``."""
     h, w = canvas.shape[:2]
     rng = np.random.default_rng(0)
     tiles = []
@@ -171,11 +164,7 @@ def raw_rate(det: Detector, canvas: np.ndarray, batch: int, threads: int, n: int
         tiles.append(to_chw_rgb(lb))
     batches = [np.stack(tiles[i:i + batch]) for i in range(0, n, batch)]
     with intra_op_threads(det.routine.runner, threads):
-        det.routine.infer(batches[0])  # warm-up
-        t0 = time.perf_counter()
-        for b in batches:
-            det.routine.infer(b)
-        return n / (time.perf_counter() - t0)
+        return raw_rate(det.routine.infer, batches, seconds=0.0, warmup=1, min_calls=len(batches))  # every tile once
 
 
 def table(means: dict[str, dict[str, float]], seeds: list[int]) -> str:
@@ -207,15 +196,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = Path(args.weights)
-    if not weights.exists() and weights.suffix == ".onnx":
-        from toolkit.jobs.export import ExportOptions, export
-
-        export(args.pt, "onnx", weights, ExportOptions())  # the default export: dynamic batch and shape
+    if weights.suffix == ".onnx":
+        exported(args.pt, "onnx", weights)  # the default export (dynamic batch and shape), when absent
     cw, ch = (int(v) for v in args.canvas.lower().split("x"))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     files = sorted((Path(args.data) / "images" / "train2017").glob("*.jpg"))[:args.images]
     images = [cv2.imread(str(f)) for f in files]
-    assert all(im is not None for im in images)
+    if not images or any(im is None for im in images):
+        sys.exit(f"{args.data}: no readable images in images/train2017")
     det = Detector(weights)
     plan = make_plan(det, 1)  # what `yolokit run --tile` plans for one image
     print(f"{det.backend_name} {weights}: {plan.describe()}", flush=True)
@@ -231,7 +219,7 @@ def main() -> None:
         got = run_yolokit(det, canvas, ref, variants, plan.threads)
         if args.throughput and VARIANTS[0][0] in got:
             d = got[VARIANTS[0][0]]
-            rates.append((raw_rate(det, canvas, DEFAULTS.batch, plan.threads), d.calls / d.seconds))
+            rates.append((raw_tile_rate(det, canvas, DEFAULTS.batch, plan.threads), d.calls / d.seconds))
         if not args.no_sahi:
             got.update(run_sahi(det, canvas, ref, plan.threads))
         for k, v in got.items():

@@ -23,6 +23,7 @@ def _check_outputs(out: Path, n_rows: int) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.timeout(900)  # fresh processes and an export: 35 s on a 2-core VM at a load of 3, 179 s at 10
 def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["torch", "onnx"],

@@ -94,17 +94,26 @@ def test_the_nms_graph_is_yolov5s_nms(nms: BakedNMS) -> None:
     assert int(outs["num_dets"].max()) > 5  # the data exercise NMS (boxes survive and are suppressed)
 
 
-def test_fewer_anchors_than_max_det_are_padded_and_openvino_agrees(tmp_path: Path) -> None:
-    """N < max_det (a tiny input): padded to max_det; the same graph converted by OpenVINO gives the same rows."""
-    nms = BakedNMS(conf=0.01, iou=0.45, max_det=300)
-    model = _nms_model(nms, 3)
+def _few_anchors() -> tuple[bytes, np.ndarray, list[np.ndarray]]:
+    """An end-to-end graph fed fewer anchors (63) than max_det (300), and what onnxruntime returns for it."""
+    model = _nms_model(BakedNMS(conf=0.01, iou=0.45, max_det=300), 3)
     x = _predictions(np.random.default_rng(1), 2, 63, 3)
     got = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(list(E2E_OUTPUTS), {"x": x})
+    return model, x, got
+
+
+def test_fewer_anchors_than_max_det_are_padded() -> None:
+    """N < max_det (a tiny input): padded to max_det."""
+    _, _, got = _few_anchors()
     assert got[1].shape == (2, 300, 4) and 0 < int(got[0].max()) <= 63
-    if not backends.REGISTRY["openvino"].is_available():
-        return
+
+
+def test_fewer_anchors_than_max_det_openvino_agrees(tmp_path: Path) -> None:
+    """The same graph converted by OpenVINO gives onnxruntime's rows."""
+    _have("openvino")
     import openvino as ov
 
+    model, x, got = _few_anchors()
     compiled = ov.Core().compile_model(ov.convert_model(_onnx_file(model, tmp_path)), "CPU",
                                        {"INFERENCE_PRECISION_HINT": "f32"})
     res = compiled(x)
@@ -118,50 +127,59 @@ def _onnx_file(model: bytes, folder: Path) -> str:
     return str(path)
 
 
-def test_each_runtimes_iou_rule_and_the_graph_that_gives_yolov5s(tmp_path: Path) -> None:
-    """YOLOv5 (torchvision, toolkit.ops.nms) suppresses a box whose IoU with a kept box is greater than the
-    threshold. ONNX Runtime's NonMaxSuppression does the same; OpenVINO's suppresses at IoU >= its threshold. Two
-    boxes with IoU exactly 0.5 in float ([0, 0, 2, 1] and [0, 0, 1, 1]): at a threshold of 0.5 YOLOv5 keeps both.
-    The end-to-end graph built for OpenVINO (the next float32 above the threshold) keeps both there too."""
+# Two boxes with IoU exactly 0.5 in float ([0, 0, 2, 1] and [0, 0, 1, 1]), as NonMaxSuppression's inputs, and the
+# same two as xywh rows of one class for an end-to-end graph
+TIE_BOXES = np.array([[[0, 0, 2, 1], [0, 0, 1, 1]]], np.float32)
+TIE_SCORES = np.array([[[0.9, 0.8]]], np.float32)
+TIE_ROWS = np.array([[[1, 0.5, 2, 1, 0.9, 1.0], [0.5, 0.5, 1, 1, 0.8, 1.0]]], np.float32)
+TIE = BakedNMS(conf=0.1, iou=0.5, max_det=10)
+
+
+def _nms_op_model() -> bytes:
+    """A graph of one NonMaxSuppression node: boxes b, scores s, max per class m, IoU threshold t."""
     from onnx import TensorProto, helper
 
-    from toolkit.ops import nms as numpy_nms
-
-    boxes = np.array([[[0, 0, 2, 1], [0, 0, 1, 1]]], np.float32)
-    scores = np.array([[[0.9, 0.8]]], np.float32)
-    assert len(numpy_nms(boxes[0], scores[0, 0], 0.5)) == 2 and len(numpy_nms(boxes[0], scores[0, 0], 0.49)) == 1
     node = helper.make_node("NonMaxSuppression", ["b", "s", "m", "t"], ["o"])
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 4]),
                                         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 2]),
                                         helper.make_tensor_value_info("m", TensorProto.INT64, [1]),
                                         helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])],
                           [helper.make_tensor_value_info("o", TensorProto.INT64, [None, 3])])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def test_onnxruntimes_iou_rule_is_yolov5s() -> None:
+    """YOLOv5 (torchvision, toolkit.ops.nms) suppresses a box whose IoU with a kept box is greater than the
+    threshold; ONNX Runtime's NonMaxSuppression does the same: at a threshold of 0.5 both boxes of the tie stay,
+    also through the end-to-end graph."""
+    from toolkit.ops import nms as numpy_nms
+
+    boxes, scores = TIE_BOXES, TIE_SCORES
+    assert len(numpy_nms(boxes[0], scores[0, 0], 0.5)) == 2 and len(numpy_nms(boxes[0], scores[0, 0], 0.49)) == 1
     feed = {"b": boxes, "s": scores, "m": np.array([10])}
-    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_nms_op_model(), providers=["CPUExecutionProvider"])
     kept = [len(sess.run(None, {**feed, "t": np.array([t], np.float32)})[0]) for t in (0.5, 0.49)]
     assert kept == [2, 1]  # onnxruntime: suppressed only above the threshold
-    # the same tie through the end-to-end graph: xywh rows of those two boxes, class 0
-    x = np.zeros((1, 2, 6), np.float32)
-    x[0, :, :4] = [[1, 0.5, 2, 1], [0.5, 0.5, 1, 1]]
-    x[0, :, 4:] = [[0.9, 1.0], [0.8, 1.0]]
-    tie = BakedNMS(conf=0.1, iou=0.5, max_det=10)
-    e2e = ort.InferenceSession(_nms_model(tie, nc=1), providers=["CPUExecutionProvider"])
-    assert int(e2e.run(["num_dets"], {"x": x})[0][0, 0]) == 2
-    if not backends.REGISTRY["openvino"].is_available():
-        return
+    e2e = ort.InferenceSession(_nms_model(TIE, nc=1), providers=["CPUExecutionProvider"])
+    assert int(e2e.run(["num_dets"], {"x": TIE_ROWS})[0][0, 0]) == 2
+
+
+def test_openvinos_iou_rule_and_the_graph_that_gives_yolov5s(tmp_path: Path) -> None:
+    """OpenVINO's NonMaxSuppression suppresses at IoU >= its threshold; the end-to-end graph built for OpenVINO
+    (the next float32 above the threshold) keeps both boxes of the tie, as YOLOv5 does."""
+    _have("openvino")
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(ov.convert_model(_onnx_file(model, tmp_path)), "CPU")
-    kept = [len([r for r in np.asarray(compiled([boxes, scores, np.array([10]), np.array([t], np.float32)])[0])
-                 if r[2] >= 0]) for t in (0.5, 0.49)]
+    compiled = core.compile_model(ov.convert_model(_onnx_file(_nms_op_model(), tmp_path)), "CPU")
+    kept = [len([r for r in np.asarray(compiled([TIE_BOXES, TIE_SCORES, np.array([10]),
+                                                 np.array([t], np.float32)])[0]) if r[2] >= 0]) for t in (0.5, 0.49)]
     assert kept == [1, 1]  # OpenVINO: suppressed at IoU == threshold as well
     for at_equal, want in ((False, 1), (True, 2)):
         path = tmp_path / f"tie_{at_equal}.onnx"
-        path.write_bytes(_nms_model(tie, nc=1, suppresses_at_equal=at_equal))
+        path.write_bytes(_nms_model(TIE, nc=1, suppresses_at_equal=at_equal))
         c = core.compile_model(ov.convert_model(str(path)), "CPU")
-        assert int(np.asarray(c(x)[c.output("num_dets")])[0, 0]) == want
+        assert int(np.asarray(c(TIE_ROWS)[c.output("num_dets")])[0, 0]) == want
 
 
 def test_trt_settings_and_opset_refusals() -> None:

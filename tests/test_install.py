@@ -5,17 +5,24 @@
 * In a fresh virtual environment, ``pip install "yolokit[onnx]"`` (from this checkout, dependencies from the
   package index): no torch is installed, and ``yolokit run`` on an ONNX export works. The environment is kept in
   pytest's cache folder (``.pytest_cache``) and reused while ``pyproject.toml`` is unchanged (yolokit itself is
-  reinstalled every time); the test skips, with pip's reason, when the package index cannot be reached.
+  reinstalled every time); the test skips, with pip's reason, only when pip met a network error (connection refused
+  or reset, a name that does not resolve, a timeout). Anything else, an unsatisfiable requirement included, fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +35,16 @@ sys.modules["torchvision"] = None
 from toolkit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-NETWORK_SIGNS = ("Could not find a version", "No matching distribution", "Failed to establish a new connection",
-                 "Temporary failure in name resolution", "Network is unreachable", "Read timed out", "ProxyError",
-                 "Max retries exceeded", "Name or service not known", "SSLError", "ConnectTimeout")
+# What pip (urllib3) says when the network fails: its retry warnings name the cause. "Could not find a version" and
+# "No matching distribution" are not among them: pip says those for an unsatisfiable requirement too.
+NETWORK_SIGNS = ("Connection refused", "Connection reset", "Connection aborted", "Failed to establish a new connection",
+                 "Temporary failure in name resolution", "Name or service not known", "nodename nor servname",
+                 "Network is unreachable", "No route to host", "timed out", "Cannot connect to proxy")
+
+
+def _network_error(pip_output: str) -> str | None:
+    """The line of pip's output that shows a network error, or None when nothing in it does."""
+    return next((ln.strip() for ln in pip_output.splitlines() if any(s in ln for s in NETWORK_SIGNS)), None)
 
 
 def _yolokit_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -110,16 +124,17 @@ def onnx_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
         r = _pip(python, f"{src}[onnx]")
     if r.returncode != 0:
-        text = (r.stderr or r.stdout).strip()
-        last = text.splitlines()[-1] if text else f"exit code {r.returncode}"
-        if any(s in text for s in NETWORK_SIGNS):
+        text = f"{r.stdout}\n{r.stderr}".strip()
+        network = _network_error(text)
+        if network:
             shutil.rmtree(venv, ignore_errors=True)
-            pytest.skip(f"pip could not reach the package index to build a fresh environment: {last}")
+            pytest.skip(f"pip could not reach the package index to build a fresh environment: {network}")
         pytest.fail(f"pip install yolokit[onnx] failed: {text[-2000:]}")
     stamp.write_text(want)
     return venv / "bin"
 
 
+@pytest.mark.timeout(1800)  # a first run downloads and installs yolokit[onnx]'s dependencies from the index
 def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Path, exported: dict[str, Path],
                                                                     coco128_images: Path, yolov5n_pt: Path,
                                                                     tmp_path: Path) -> None:
@@ -148,3 +163,79 @@ def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Pa
     r = subprocess.run([yolokit, "run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--project",
                         str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 4 and "pip install 'yolokit[torch]'" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------- what counts as a network error (real pip, loopback)
+
+
+@contextlib.contextmanager
+def _index(kind: str, root: Path) -> Iterator[str]:
+    """A package index URL on 127.0.0.1 that refuses connections, resets them, never answers, or answers with one
+    project, ``yolokit-pin-test``, in version 1.0 only."""
+    if kind == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: nothing listens there
+        yield f"http://127.0.0.1:{port}/simple/"
+        return
+    if kind == "answers":
+        page = root / "simple" / "yolokit-pin-test"
+        page.mkdir(parents=True)
+        (page / "index.html").write_text('<a href="yolokit_pin_test-1.0-py3-none-any.whl">'
+                                         "yolokit_pin_test-1.0-py3-none-any.whl</a>\n")
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
+        finally:
+            server.shutdown()
+            server.server_close()
+        return
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                if kind == "reset":  # read the request, then close with a reset (RST, not FIN)
+                    conn.recv(1024)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.close()
+                else:  # silent: hold the connection, never answer
+                    held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/simple/"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize(("kind", "network"), [("refused", True), ("reset", True), ("silent", True),
+                                               ("answers", False)])
+def test_only_a_network_error_counts_as_offline(kind: str, network: bool, tmp_path: Path) -> None:
+    """pip against indexes on 127.0.0.1: a refused or reset connection and a read timeout are network errors (the
+    fresh-environment test skips); an index that answers, for a pin it cannot satisfy, is not (the test fails)."""
+    with _index(kind, tmp_path / "index") as url:
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--isolated", "--disable-pip-version-check",
+                            "--no-cache-dir", "--retries", "1", "--timeout", "2", "--index-url", url,
+                            "--target", str(tmp_path / "target"), "yolokit-pin-test==0.0.1"],
+                           capture_output=True, text=True, timeout=120)
+    text = f"{r.stdout}\n{r.stderr}"
+    assert r.returncode != 0 and "No matching distribution found for yolokit-pin-test==0.0.1" in text, text
+    assert (_network_error(text) is not None) == network, text
+    if kind == "answers":
+        assert "from versions: 1.0" in text, text  # the index answered: the pin is what cannot be met

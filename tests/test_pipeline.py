@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -59,7 +60,7 @@ def test_modes_equal_sequential_and_keep_order(images: Path, mode: str, workers:
     seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
     assert [Path(r.ref.path).name for r in seq] == sorted(p.name for p in images.iterdir())
     assert sum(len(r.detections) for r in seq if r.ok) > 0
-    assert [r.ok for r in seq].count(False) == 1
+    assert [Path(r.ref.path).name for r in seq if not r.ok] == ["13_broken.jpg"]
     # parent_works=False: the worker processes run every task (else the parent may finish these few itself)
     plan = replace(make_plan(det, 14, mode=mode, workers=workers, batch=batch), parent_works=parent_works)
     got = list(det.predict_iter(images, plan=plan))
@@ -108,16 +109,27 @@ def test_auto_plan_rules() -> None:
         assert make_plan(det, 1000, cores=8).gpu
 
 
-class _FlakyRunner:
-    """Fault injection: the real runner, except that the call on a batch of 3 (or every call) raises."""
+def _digest(x: np.ndarray) -> str:
+    """One model input (a CHW image of a batch), by content."""
+    return f"{x.shape}:{hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()}"
 
-    def __init__(self, inner: object, always: bool = False) -> None:
+
+class _FlakyRunner:
+    """Fault injection: the real runner, except that the call on a batch of 3 (or every call, or none) raises. It
+    records the inputs of every call, and of every call it failed, by content."""
+
+    def __init__(self, inner: object, fail: str = "batch of 3") -> None:
         self.inner = inner
         self.meta = inner.meta  # type: ignore[attr-defined]
-        self.always = always
+        self.fail = fail
+        self.seen: list[str] = []
+        self.failed: list[str] = []
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.always or len(batch) == 3:
+        digests = [_digest(x) for x in batch]
+        self.seen += digests
+        if self.fail == "always" or (self.fail == "batch of 3" and len(batch) == 3):
+            self.failed += digests
             raise RuntimeError("simulated runtime failure")
         return self.inner.infer(batch)  # type: ignore[attr-defined]
 
@@ -125,24 +137,58 @@ class _FlakyRunner:
         pass
 
 
+def _names_by_input(det: Detector, seq: list) -> dict[str, str]:  # type: ignore[type-arg]
+    """Which image each model input is: every image read on its own through a recording runner."""
+    inner, recorder = det.routine.runner, _FlakyRunner(det.routine.runner, fail="never")
+    det.routine.runner = recorder  # type: ignore[assignment]
+    names = {}
+    for r in seq:
+        if r.ok:
+            recorder.seen.clear()
+            assert all(x.ok for x in det.predict_iter([r.ref.path], mode="thread", workers=1, batch=1))
+            assert len(recorder.seen) == 1
+            names[recorder.seen[0]] = Path(r.ref.path).name
+    det.routine.runner = inner
+    return names
+
+
+def _check_failures_named(results: list, seq: list, failed: set[str]) -> None:  # type: ignore[type-arg]
+    """Every input once, in order; exactly the inputs in ``failed`` fail with the simulated runtime failure and the
+    broken file with its read error; every other input has the sequential run's detections."""
+    name = {id(r): Path(r.ref.path).name for r in [*results, *seq]}
+    assert [name[id(r)] for r in results] == [name[id(r)] for r in seq]
+    simulated = {name[id(r)] for r in results if "simulated runtime failure" in (r.error or "")}
+    assert simulated == failed, f"failed: {sorted(simulated)}, expected: {sorted(failed)}"
+    assert {name[id(r)] for r in results if not r.ok} == failed | {"13_broken.jpg"}
+    rest = [r for r in results if name[id(r)] not in failed]
+    assert _key(rest) == _key([r for r in seq if name[id(r)] not in failed])  # the broken file's error included
+
+
 def test_a_failing_batch_is_reported_and_the_rest_processed(images: Path) -> None:
     det = _det()
-    det.routine.runner = _FlakyRunner(det.routine.runner)  # type: ignore[assignment]
+    seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+    names = _names_by_input(det, seq)
+    flaky = _FlakyRunner(det.routine.runner)
+    det.routine.runner = flaky  # type: ignore[assignment]
     results = list(det.predict_iter(images, mode="thread", workers=2, batch=3))
-    assert len(results) == 14
-    failed = [r for r in results if not r.ok]
-    assert any("simulated runtime failure" in (r.error or "") for r in failed)
-    assert any(r.ok for r in results)
+    failed = {names[d] for d in flaky.failed}
+    assert failed and len(flaky.failed) % 3 == 0  # some batches of 3 were run, and failed whole
+    assert len(failed) < len(names)  # and a smaller batch went through
+    _check_failures_named(results, seq, failed)
 
 
 def test_a_failure_in_the_parents_own_task_is_reported_and_the_run_goes_on(images: Path) -> None:
     det = _det()
+    seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+    names = _names_by_input(det, seq)
     # only the parent's model fails; the worker processes load their own
-    det.routine.runner = _FlakyRunner(det.routine.runner, always=True)  # type: ignore[assignment]
+    flaky = _FlakyRunner(det.routine.runner, fail="always")
+    det.routine.runner = flaky  # type: ignore[assignment]
     results = list(det.predict_iter(images, mode="process", workers=2, batch=3))
-    assert len(results) == 14 and len({r.ref.path for r in results}) == 14
-    assert all("simulated runtime failure" in (r.error or "") for r in results[:3])  # the parent's first task
-    assert all(r.ok or r.error for r in results)
+    failed = {names[d] for d in flaky.failed}
+    assert {Path(r.ref.path).name for r in results[:3]} <= failed  # the parent's first task
+    assert len(failed) < len(names)  # the workers ran the rest
+    _check_failures_named(results, seq, failed)
 
 
 def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) -> None:
@@ -157,7 +203,7 @@ def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) 
             os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
             killed = True
     assert killed and len(results) == 14
-    assert [r.ok for r in results].count(False) == 1  # only the broken file
+    assert [Path(r.ref.path).name for r in results if not r.ok] == ["13_broken.jpg"]  # only the broken file
     assert _key(results) == _key(list(det.predict_iter(images, mode="thread")))
 
 

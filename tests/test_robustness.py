@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import hostile as corpus
+from tests.helpers.avi import frames_touched
 from toolkit.cli import main
 from toolkit.engine.detector import Detector
 from toolkit.errors import OutputError
@@ -380,12 +381,23 @@ def test_video_with_a_corrupt_stretch_reports_the_bad_frame_and_keeps_the_rest(t
     data = bytearray((tmp_path / "v.avi").read_bytes())
     data[len(data) // 2: len(data) // 2 + 600] = bytes(600)  # a corrupt stretch in the middle
     (src / "clip.avi").write_bytes(bytes(data))
-    rc = main(["run", str(src), "--weights", WEIGHTS, "--imgsz", "64", "--project", str(tmp_path), "--name", "v",
-               "--save-txt", "--conf", "0.00001"])
+    args = ["--weights", WEIGHTS, "--imgsz", "64", "--project", str(tmp_path), "--save-txt", "--conf", "0.00001"]
+    rc = main(["run", str(src), *args, "--name", "v"])
     summary = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert rc == 1 and summary["images"] == 20
     assert 15 <= summary["processed"] < 20  # the frames around the damage fail, the rest are processed
-    assert all("#frame" in f["path"] for f in summary["failed"])
+    bad = {int(f["path"].rsplit("#frame", 1)[1]) for f in summary["failed"]}  # the failed frames, by number
+    assert len(bad) == len(summary["failed"]) == 20 - summary["processed"]
+    intact = tmp_path / "intact"
+    intact.mkdir()
+    (intact / "clip.avi").write_bytes((tmp_path / "v.avi").read_bytes())
+    assert main(["run", str(intact), *args, "--name", "i"]) == 0
+    want = {p.name: p.read_text() for p in (tmp_path / "i" / "labels").glob("*.txt")}
+    got = {p.name: p.read_text() for p in (tmp_path / "v" / "labels").glob("*.txt")}
+    assert set(got) == {f"clip_{i + 1}.txt" for i in range(20) if i not in bad}  # labels for every other frame
+    first = min(frames_touched((tmp_path / "v.avi").read_bytes(), len(data) // 2, len(data) // 2 + 600))
+    before = {f"clip_{i + 1}.txt" for i in range(first)}  # the frames before the damage: as in the intact video
+    assert {k: got[k] for k in before} == {k: want[k] for k in before}
     assert (tmp_path / "v" / "clip.mp4").is_file()  # the annotated frames make one video
 
 
@@ -487,7 +499,8 @@ def test_lists_globs_and_a_special_source_are_refused_without_blocking(
     out = _run_cli("run", str(listing), "--weights", WEIGHTS, "--imgsz", "128", "--project", str(tmp_path),
                    "--name", "l", "--json", "--nosave")
     s = json.loads(out.stdout)
-    assert out.returncode == 1 and s["processed"] == 1 and len(s["failed"]) == 2
+    assert out.returncode == 1 and s["processed"] == 1
+    assert {Path(f["path"]).name for f in s["failed"]} == {"pipe.jpg", "endless.jpg"}, s["failed"]
     out = _run_cli("run", str(src / "*.jpg"), "--weights", WEIGHTS, "--imgsz", "128", "--project", str(tmp_path),
                    "--name", "g", "--json", "--nosave")
     s = json.loads(out.stdout)

@@ -30,18 +30,54 @@ needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installe
                                                          "scripts/test.sh installs it where apt is usable)")
 
 
+# What ffmpeg says when it fails on its own, whoever the client: it cannot listen, or lacks an encoder or a protocol
+FFMPEG_OWN_FAILURES = ("Address already in use", "Cannot open connection", "Unknown encoder", "Encoder not found",
+                       "Error while opening encoder", "Protocol not found", "Unrecognized option", "Option not found")
+
+
+class _Server:
+    """An ffmpeg server process and its error output (``-loglevel error``, kept in a file)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def errors(self) -> str:
+        return self.log.read_text(errors="replace").strip() if self.log.is_file() else ""
+
+    def check(self) -> None:
+        """After the client (yolokit) is done: ffmpeg exiting with an error is ffmpeg's own failure (skip) when its
+        error output says so; otherwise it failed because of what the client did (fail, with ffmpeg's words)."""
+        code = self.proc.poll()
+        if code in (None, 0):
+            return
+        err = self.errors()
+        if any(sign in err for sign in FFMPEG_OWN_FAILURES):
+            pytest.skip(f"ffmpeg failed on its own (exit {code}): {err.splitlines()[-1]}")
+        pytest.fail(f"ffmpeg exited {code} after yolokit connected to it, so yolokit's side broke the stream: "
+                    f"{err or '(ffmpeg said nothing)'}")
+
+
 @contextlib.contextmanager
-def _serve(clip: Path, url: str, fmt: str, loop: bool = False) -> Iterator[subprocess.Popen[bytes]]:
-    """ffmpeg streaming ``clip`` in real time as a server on 127.0.0.1 (``-listen 1``): one client, then it exits."""
+def _serve(clip: Path, url: str, fmt: str, loop: bool = False) -> Iterator[_Server]:
+    """ffmpeg streaming ``clip`` in real time as a server on 127.0.0.1 (``-listen 1``): one client, then it exits.
+    ffmpeg failing before it serves (before any client connects) is its own failure: the test skips with its words."""
     codec = ["-c:v", "mpeg2video", "-q:v", "5"] if fmt == "mpegts" else ["-c:v", "libx264", "-preset",
                                                                          "ultrafast", "-tune", "zerolatency"]
     cmd = [str(FFMPEG), "-hide_banner", "-loglevel", "error", "-re", *(["-stream_loop", "-1"] if loop else []),
            "-i", str(clip), "-an", *codec, "-f", fmt, "-listen", "1", url]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    log = clip.parent / f"ffmpeg_{port}.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    server = _Server(proc, log)
     try:
         # a loaded machine can take seconds to start ffmpeg: the client must not race it
-        wait_listening(int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]))
-        yield proc
+        listening = wait_listening(port, timeout=30, pid=proc.pid)
+        if proc.poll() is not None or (not listening and Path("/proc/net/tcp").exists()):
+            how = f"exit {proc.returncode}" if proc.poll() is not None else "not listening after 30 s"
+            pytest.skip(f"ffmpeg could not serve {url} ({how}, before any client connected): "
+                        f"{server.errors() or '(ffmpeg said nothing)'}")
+        yield server
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -135,12 +171,38 @@ def test_an_rtmp_stream(tmp_path: Path) -> None:
     with _serve(clip, url, "flv") as server:
         s = run(RunOptions.of(source=url, weights=RANDOM, imgsz=64, conf=1e-5, nosave=True, stream_timeout=8,
                            project=str(tmp_path), name="r"))
-        if server.poll() not in (None, 0):
-            pytest.skip("this ffmpeg cannot serve RTMP in listen mode")
+        try:
+            server.proc.wait(timeout=30)  # the 3 s clip is over: ffmpeg ends once its one client has it all
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ffmpeg still serves {url} 30 s after the run ended: yolokit did not let go of it")
+        server.check()
     st = s.streams[0]
     # ffmpeg's RTMP server hands over its frames in bursts: most are replaced before they are processed
     assert st["key"] == "cam" and st["frames_read"] == 60 and st["frames_processed"] >= 1, st
     assert st["frames_read"] == st["frames_processed"] + st["dropped"]
+
+
+@needs_ffmpeg
+def test_ffmpeg_failing_because_of_its_client_fails_the_test(tmp_path: Path) -> None:
+    """The check the RTMP test relies on: a client that connects and hangs up mid-handshake makes ffmpeg exit with
+    an error that is not its own, and the check fails the test instead of skipping it."""
+    clip = _video(tmp_path / "clip.avi", 60, fps=20.0, size=(96, 64))
+    port = free_port()
+    with _serve(clip, f"rtmp://127.0.0.1:{port}/live/cam", "flv") as server:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        server.proc.wait(timeout=30)
+        assert server.proc.returncode != 0, server.errors()
+        with pytest.raises(pytest.fail.Exception, match="yolokit's side"):
+            server.check()
+
+
+@needs_ffmpeg
+def test_ffmpeg_that_cannot_serve_is_its_own_failure(tmp_path: Path) -> None:
+    """ffmpeg that exits before any client connects (here: its port is taken) skips the test with its words."""
+    clip = _video(tmp_path / "clip.avi", 20, fps=20.0, size=(96, 64))
+    with _silent() as taken, pytest.raises(pytest.skip.Exception, match="(?s)before any client connected.*in use"), \
+            _serve(clip, f"rtmp://127.0.0.1:{taken}/live/cam", "flv"):
+        pytest.fail("ffmpeg served on a port that was taken")
 
 
 @needs_ffmpeg

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.helpers.avi import frame_spans, frames_touched
 from toolkit.cli import main
 from toolkit.io.sources import InputRef, iter_video
 
@@ -83,8 +84,44 @@ def test_a_corrupt_stretch_fails_only_its_frames_and_the_video_keeps_the_rest(tm
     summary = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert rc == 1 and summary["images"] == 20
     assert 15 <= summary["processed"] < 20
-    assert all("#frame" in f["path"] and "cannot decode" in f["reason"] for f in summary["failed"])
+    assert all("cannot decode" in f["reason"] for f in summary["failed"]), summary["failed"]
+    bad = {int(f["path"].rsplit("#frame", 1)[1]) for f in summary["failed"]}  # 0-based frame numbers, by name
+    assert len(bad) == 20 - summary["processed"] == len(summary["failed"])
+    touched = frames_touched(v.read_bytes(), len(data) // 2, len(data) // 2 + 600)
+    assert bad <= touched, (bad, touched)  # only frames whose bytes were damaged fail
+    intact = tmp_path / "intact"
+    intact.mkdir()
+    (intact / "clip.avi").write_bytes(v.read_bytes())
+    assert main(["run", str(intact), *ARGS, "--project", str(tmp_path), "--name", "i"]) == 0
+    want = {p.name: p.read_text() for p in (tmp_path / "i" / "labels").glob("*.txt")}
+    got = {p.name: p.read_text() for p in (tmp_path / "v" / "labels").glob("*.txt")}
+    assert set(got) == {f"clip_{i + 1}.txt" for i in range(20) if i not in bad}  # the failed frames have no labels
+    untouched = {k for k in got if int(k[5:-4]) - 1 not in touched}
+    assert {k: got[k] for k in untouched} == {k: want[k] for k in untouched}  # the intact video's detections
     assert _read_mp4(tmp_path / "v" / "clip.mp4")[0] == summary["processed"]
+
+
+@pytest.mark.xfail(strict=True, reason="found, not fixed: a frame whose chunk header is damaged is dropped by "
+                   "OpenCV's demuxer, and the frames after it are numbered one too low (frame k+1's detections are "
+                   "written as frame k's) while the last frame number is reported as the one that failed")
+def test_a_frame_the_demuxer_drops_is_reported_as_itself(tmp_path: Path) -> None:
+    v = _video(tmp_path / "v.avi", 20)
+    data = bytearray(v.read_bytes())
+    start, _ = frame_spans(bytes(data))[8]
+    data[start:start + 16] = bytes(16)  # frame 8's chunk header (and the start of its JPEG)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "clip.avi").write_bytes(bytes(data))
+    assert main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "v"]) == 1
+    intact = tmp_path / "intact"
+    intact.mkdir()
+    (intact / "clip.avi").write_bytes(v.read_bytes())
+    assert main(["run", str(intact), *ARGS, "--project", str(tmp_path), "--name", "i"]) == 0
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert [f["path"].rsplit("#", 1)[1] for f in summary["failed"]] == ["frame8"]
+    want = {p.name: p.read_text() for p in (tmp_path / "i" / "labels").glob("*.txt")}
+    got = {p.name: p.read_text() for p in (tmp_path / "v" / "labels").glob("*.txt")}
+    assert got == {k: v for k, v in want.items() if k != "clip_9.txt"}
 
 
 def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Measuring tiled inference the way it is used: images at native size placed at random (not on the stride grid) on a
-large canvas, against what the model finds on each image alone. Shared by ``tests/test_tiling.py`` and
-``scripts/tiling_bench.py``; nothing in yolokit's run path imports it.
+large canvas, against what the model finds on each image alone. Measurement beside the bench, shared by
+``tests/test_tiling.py`` and ``scripts/tiling_bench.py``; nothing in yolokit's run path imports it.
 
 Figures (:class:`TilingScore`), all against the reference, same class, IoU >= 0.5:
 

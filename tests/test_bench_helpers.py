@@ -1,0 +1,90 @@
+"""What the benchmark scripts share (toolkit.jobs.bench): the generated JPEG sets, interleaved timing and the seed
+loop they are compared against."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from toolkit import Detector
+from toolkit.errors import InputError
+from toolkit.jobs.bench.inputs import list_file, photo_set
+from toolkit.jobs.bench.seed import seed_command
+from toolkit.jobs.bench.timing import interleaved, medians, raw_rate
+
+
+def _photos(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (9, 9), 0)
+        img[:, :20] = 255  # a white left edge: mirrored images have it on the right
+        cv2.imwrite(str(folder / f"p{i}.jpg"), img)
+    return folder
+
+
+def test_photo_set_is_made_once_mirrored_on_the_second_pass_and_trimmed(tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "photos", 3)
+    out = tmp_path / "set"
+    made = photo_set(photos, out, 5, size=(64, 36))
+    assert [p.name for p in made] == [f"{i:05d}.jpg" for i in range(5)]
+    imgs = [cv2.imread(str(p)) for p in made]
+    assert all(im is not None and im.shape == (36, 64, 3) for im in imgs)
+    left = [float(im[:, :8].mean()) for im in imgs]
+    right = [float(im[:, -8:].mean()) for im in imgs]
+    assert all(left[i] > 240 > right[i] for i in range(3))  # the first pass as the photos are
+    assert all(right[i] > 240 > left[i] for i in (3, 4))  # the second pass mirrored
+    assert np.abs(imgs[3].astype(int) - imgs[0][:, ::-1]).mean() < 4  # photo 0 again, mirrored
+    stamps = [p.stat().st_mtime_ns for p in made]
+    assert [p.stat().st_mtime_ns for p in photo_set(photos, out, 5, size=(64, 36))] == stamps  # reused
+    two = photo_set(photos, out, 2, size=(64, 36))
+    assert sorted(p.name for p in out.glob("*.jpg")) == [p.name for p in two]  # the surplus is removed
+    bigger = photo_set(photos, out, 2, size=(96, 54))  # another recipe: made again
+    assert cv2.imread(str(bigger[0])).shape == (54, 96, 3)
+    lst = list_file(bigger, tmp_path / "lists" / "two.txt")
+    assert lst.read_text().splitlines() == [str(p.resolve()) for p in bigger]
+
+
+def test_photo_set_without_photos_names_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty: no .jpg photos"):
+        photo_set(tmp_path / "empty", tmp_path / "set", 2)
+
+
+def test_configurations_are_interleaved_and_their_medians_taken() -> None:
+    calls: list[str] = []
+
+    def run(name: str, value: float) -> dict[str, float]:
+        calls.append(name)
+        return {"s": value + len(calls), "n": 1.0}
+
+    got = interleaved({"a": lambda: run("a", 0), "b": lambda: run("b", 100)}, 3)
+    assert calls == ["a", "b"] * 3  # A B A B A B, never A A A B B B
+    assert [r["s"] for r in got["a"]] == [1, 3, 5] and [r["s"] for r in got["b"]] == [102, 104, 106]
+    assert medians(got["a"]) == {"s": 3.0, "n": 1.0} and medians([]) == {}
+
+
+def test_raw_rate_takes_the_batches_in_turn_and_counts_images() -> None:
+    sizes: list[int] = []
+    batches = [np.zeros((n, 3, 8, 8), np.uint8) for n in (1, 2, 4)]
+    rate = raw_rate(lambda b: sizes.append(len(b)), batches, seconds=0.0, warmup=1, min_calls=6)
+    assert sizes == [1, 1, 2, 4, 1, 2, 4] and rate > 0  # one warm-up call, then every batch twice
+
+
+def test_the_seed_loop_finds_what_yolokit_finds(yolov5n_pt: Path, coco128_images: Path, tmp_path: Path) -> None:
+    """The baseline does the same work: on the same images, the seed loop (in its own process, as the scripts time
+    it) reports as many boxes as yolokit's detector at its defaults."""
+    paths = sorted(coco128_images.glob("*.jpg"))[:3]
+    lst = list_file(paths, tmp_path / "three.txt")
+    proc = subprocess.run(seed_command(yolov5n_pt, lst), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert run["images"] == 3 and run["run_s"] > 0 and set(run["ms_per_image"]) == {"read", "pre", "infer", "post"}
+    with Detector(yolov5n_pt, backend="torch") as det:
+        want = sum(len(r.detections) for r in det.predict_iter([str(p) for p in paths]) if r.detections is not None)
+    assert run["detections"] == want > 0
