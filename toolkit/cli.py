@@ -56,7 +56,6 @@ def _parse_scales(text: str) -> tuple[float, ...]:
         if scales and all(0 < s <= 1 for s in scales):
             return scales
     raise InputError(f"--tile-scales takes scales in (0, 1] like 1,0.5, got {text!r}")
-    return scales
 
 
 class _Progress:
@@ -169,9 +168,11 @@ def run(
     hide_conf: Annotated[bool, typer.Option(help="Draw labels without confidences.")] = False,
     project: Annotated[str, typer.Option(help="Parent folder of the run folder.")] = "runs/detect",
     name: Annotated[str, typer.Option(help="Run folder name (exp, exp2, ... when it exists).")] = "exp",
-    exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME instead of making a new one.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in PROJECT/NAME: inputs in its "
-                                              "manifest.jsonl are skipped, the rest processed.")] = False,
+    exist_ok: Annotated[bool, typer.Option(help="Reuse PROJECT/NAME (not while another run writes it).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in PROJECT/NAME, with its output settings: done "
+                                              "inputs are skipped; new, changed and retryable failed ones processed; "
+                                              "outputs of inputs gone from SOURCE removed.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="With --resume: retry every failed input (damaged too).")] = False,
     engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster, through Ray Data; "
                                              "pip install 'yolokit[ray]').")] = "local",
     address: Annotated[str | None, typer.Option(help="With --engine ray: the cluster to join (auto, or HOST:PORT "
@@ -198,8 +199,8 @@ def run(
                       imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, classes=_parse_classes(classes),
                       agnostic=agnostic_nms, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
                       nosave=nosave, project=project, name=name, exist_ok=exist_ok, batch=batch,
-                      workers=workers, mode=mode, resume=resume, tile=tile, overlap=overlap, fast_decode=fast_decode,
-                      gpu_resize=gpu_resize,
+                      workers=workers, mode=mode, resume=resume, retry_failed=retry_failed, tile=tile, overlap=overlap,
+                      fast_decode=fast_decode, gpu_resize=gpu_resize,
                       max_file_size=_parse_amount(max_file_size, "--max-file-size", 1024),
                       max_pixels=_parse_amount(max_pixels, "--max-pixels", 1000),
                       tile_batch=tile_batch, full_frame=full_frame, tile_scales=_parse_scales(tile_scales),
@@ -481,7 +482,6 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         raise
     return rc if isinstance(rc, int) else 0
-
 
 
 def entry() -> None:

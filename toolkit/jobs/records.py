@@ -3,9 +3,10 @@ one function that writes an input's outputs; shared by the local and the Ray eng
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class RunOptions:
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # bytes; larger inputs are refused before they are read
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (by their header) are refused before they are decoded
     resume: bool = False  # continue an interrupted run in project/name
+    retry_failed: bool = False  # with resume: retry every failed input, refusals of what an input is included
     tile: int = 0  # > 0: sliced inference with tiles of this many source pixels
     overlap: float = 0.2
     tile_batch: int = 4
@@ -114,6 +116,7 @@ class Outcome:
     crops: list[str] | None = None  # crop files written (below crops/), with --save-crop
     video: str = ""  # a video frame's video key
     video_done: bool = False  # the last record of a video whose outputs (its annotated .mp4) are complete
+    files: list[str] = field(default_factory=list)  # files written (below the run folder), crops apart
 
 
 class CropNames:
@@ -153,15 +156,19 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
     assert d is not None
     if opts.round_boxes:
         d = d.rounded()
+    files = []
     if opts.save_txt and len(d):
         write_labels(out_dir / "labels" / f"{key}.txt", d, opts.save_conf)
+        files.append(f"labels/{key}.txt")
     if not opts.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
+        name = f"{key}{image_suffix(Path(suffix))}"  # the name write_image gives it too
         if res.annotated is not None:
-            write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
+            write_encoded(out_dir / name, res.annotated)
         else:
             assert res.image is not None
             write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.style()))
+        files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
         crops = res.crops if res.crops is not None else encode_crops(res.image, d)  # type: ignore[arg-type]
@@ -172,4 +179,49 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key)) if opts.save_json else None, d.shape,
-                   csv_rows(d, res.ref.path, res.ref.frame) if opts.save_csv else None, written, video)
+                   csv_rows(d, res.ref.path, res.ref.frame) if opts.save_csv else None, written, video,
+                   files=files)
+
+
+# The settings that change no output: --resume accepts any value of these. Every other RunOptions field is part of
+# a run's identity (run_identity), so a field added to RunOptions is checked on --resume unless it is named here.
+NO_OUTPUT_CHANGE = frozenset({
+    "project", "name", "exist_ok", "resume", "retry_failed",  # where the run folder is and how it is opened
+    "batch", "workers", "mode", "save_workers", "tile_batch",  # how the work is split: the same boxes either way
+    "engine", "address", "gpus_per_worker", "cpus_per_worker",  # where it runs: the Ray engine writes the same files
+    "stream_timeout",  # how long to wait for a URL; what it fails is retried by --resume
+})
+TILE_ONLY = frozenset({"overlap", "tile_scales", "full_frame", "tile_merge", "tile_refocus", "tile_near"})
+_FLAGS = {"source": "SOURCE", "agnostic": "--agnostic-nms", "half": "--half/--fp32"}
+
+
+def run_identity(opts: RunOptions) -> dict[str, Any]:
+    """The settings that make a run's outputs what they are (as JSON values): every :class:`RunOptions` field but
+    :data:`NO_OUTPUT_CHANGE`, and the tiling options only when tiling is on. ``run.json`` records them; a resumed
+    run must have the same."""
+    values = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NO_OUTPUT_CHANGE}
+    if not opts.tile:
+        values = {k: v for k, v in values.items() if k not in TILE_ONLY}
+    return dict(json.loads(json.dumps(values)))
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each setting of ``now`` that differs from ``before`` as ``--flag OLD -> NEW``. A setting ``before`` does not
+    record (an option newer than the run folder) counts as its default."""
+    defaults = run_identity(RunOptions(tile=1))
+    out = []
+    for k, v in now.items():
+        old = before.get(k, defaults.get(k))
+        if old != v:
+            out.append(f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {_shown(old)} -> {_shown(v)}")
+    return out
