@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from toolkit.errors import InputError
+from toolkit.errors import InputError, OutputError
 
 try:
     import fcntl
@@ -37,7 +37,11 @@ class FolderLock:
         if fcntl is None:
             self.note = "this system has no file locks: make sure no other run writes this run folder"
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            raise OutputError(f"{self.folder}: cannot write the output folder ({e.strerror or e}); choose another "
+                              f"with --project/--name or free some space") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
