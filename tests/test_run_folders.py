@@ -345,3 +345,27 @@ def test_a_held_folder_is_refused_before_the_model_loads(tmp_path: Path) -> None
     s = run(RunOptions(source=str(tmp_path / "src"), weights=RANDOM, imgsz=64, project=str(tmp_path), name="r",
                        exist_ok=True, nosave=True))
     assert s.processed == 1  # released: the folder is free again
+
+
+def test_inputs_below_a_folder_that_cannot_be_listed_now_are_kept(tmp_path: Path) -> None:
+    """A sub-folder that cannot be listed (its permissions changed) is a failed input of its own; the inputs below
+    it may still be there, so a resume keeps their outputs instead of taking them for gone. (As root, this machine
+    cannot make a folder unlistable, so the records are reconciled directly.)"""
+    from toolkit.jobs.manifest import Manifest
+    from toolkit.jobs.records import run_identity
+
+    out = tmp_path / "r"
+    out.mkdir()
+    for name in ("sub/a.jpg", "b.jpg", "c.jpg"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"annotated")
+    lines = [{"key": k, "path": f"/src/{k}.jpg", "fp": "1:2", "ok": True, "n": 0, "classes": {},
+              "files": [f"{k}.jpg"]} for k in ("sub/a", "b", "c")]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    identity = run_identity(RunOptions(source="/src"))
+    (out / "run.json").write_text(json.dumps({**identity, "run_format": 2}))
+    now = {"sub" + os.sep: ("/src/sub", ""), "b": ("/src/b.jpg", "1:2")}  # c.jpg deleted, sub/ unlistable
+    found = Manifest(out).open(identity, True, now)
+    assert found.removed == ["/src/c.jpg"] and found.changed == [] and found.retried == []
+    assert sorted(_manifest_keys(out)) == ["b", "sub/a"]
+    assert (out / "sub" / "a.jpg").is_file() and (out / "b.jpg").is_file() and not (out / "c.jpg").exists()
