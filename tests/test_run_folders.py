@@ -369,3 +369,10 @@ def test_inputs_below_a_folder_that_cannot_be_listed_now_are_kept(tmp_path: Path
     assert found.removed == ["/src/c.jpg"] and found.changed == [] and found.retried == []
     assert sorted(_manifest_keys(out)) == ["b", "sub/a"]
     assert (out / "sub" / "a.jpg").is_file() and (out / "b.jpg").is_file() and not (out / "c.jpg").exists()
+
+
+def test_retry_failed_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _img(tmp_path / "src" / "a.jpg", 0)
+    assert main(["run", str(tmp_path / "src"), *COMMON, "--project", str(tmp_path), "--retry-failed"]) == 2
+    assert "add --resume" in capsys.readouterr().err
+    assert not list(tmp_path.glob("exp*"))  # refused before any folder is made
