@@ -13,12 +13,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers import hostile
 from tests.helpers.ports import free_port
 from toolkit.errors import InputError, ModelFileError
+from toolkit.jobs.manifest import RETRY_NOTE
 from toolkit.jobs.run import RunOptions, run
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
@@ -129,7 +131,7 @@ def test_a_killed_actor_leaves_every_image_processed_or_reported(cluster: tuple[
     summary = json.loads(stdout)
     assert summary["images"] == 128
     assert summary["processed"] + len(summary["failed"]) == 128
-    assert all(f["reason"] == LOST_REASON for f in summary["failed"])
+    assert all(f["reason"] == f"{LOST_REASON}; {RETRY_NOTE}" for f in summary["failed"])
     assert job.returncode == (1 if summary["failed"] else 0)
     out = Path(summary["out_dir"])
     got = _labels(out)
@@ -178,7 +180,7 @@ def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> No
     w.release()
     s = run(RunOptions.of(source=str(video), weights="yolov5n.yaml", engine="ray", project=str(tmp_path), nosave=True))
     assert s.images == 1 and s.processed == 0
-    assert s.failed == [{"path": str(video), "reason": VIDEO_REASON}]
+    assert s.failed == [{"path": str(video), "reason": f"{VIDEO_REASON}; {RETRY_NOTE}"}]
 
 
 def test_odd_files_are_processed_or_refused_by_the_actors(cluster: tuple[str, dict[str, str]],
@@ -200,7 +202,85 @@ def test_odd_files_are_processed_or_refused_by_the_actors(cluster: tuple[str, di
     assert set(failed) == {k for k, v in expect.items() if v is not None}
     for name, fragment in expect.items():
         if fragment is not None:
-            assert fragment in failed[name] or (name.endswith(".mp4") and failed[name] == VIDEO_REASON), failed[name]
+            assert fragment in failed[name] or (name.endswith(".mp4") and failed[name].startswith(VIDEO_REASON)), \
+                failed[name]
     assert summary["processed"] == sum(v is None for v in expect.values())
     for reason in failed.values():
         assert "\n" not in reason and not [x for x in hostile.LEAKS if re.search(x, reason)], reason
+
+
+def test_ray_resume_retries_lost_inputs_and_follows_a_changed_input_set(cluster: tuple[str, dict[str, str]],
+                                                                        coco128_images: Path, yolov5n_pt: Path,
+                                                                        tmp_path: Path) -> None:
+    """Issue 25 with --engine ray: on a 3-node cluster with a node killed, 44 inputs were lost ("Run again with
+    --resume to retry it") and --resume said "nothing to run". One machine cannot lose a node, so two inputs are
+    recorded as a lost node leaves them (failed with the Ray engine's reason, no outputs); the input set changes
+    too. --resume retries the lost inputs, redoes the changed one, removes the vanished one's outputs, and the folder
+    ends as the local engine leaves it over the new inputs."""
+    address, env = cluster
+    images = sorted(coco128_images.glob("*.jpg"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in images[:8]:
+        shutil.copy(f, src / f.name)
+    cmd = [sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", str(yolov5n_pt), "--save-txt",
+           "--save-csv", "--nosave", "--engine", "ray", "--address", address, "--workers", "2", "--project",
+           str(tmp_path), "--name", "ray", "--json"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "ray"
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    lost = {r["key"] for r in lines[2:4]}
+    for r in lines:
+        if r["key"] in lost:
+            for name in r.get("files") or ():
+                (out / name).unlink()
+            for k in ("n", "classes", "files"):
+                r.pop(k, None)
+            r.update(ok=False, reason=f"{LOST_REASON}; {RETRY_NOTE}", retry=True)
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    preds = [x for x in (out / "predictions.jsonl").read_text().splitlines() if json.loads(x)["key"] not in lost]
+    (out / "predictions.jsonl").write_text("".join(x + "\n" for x in preds))
+    (src / images[0].name).unlink()  # gone
+    shutil.copy(images[9], src / images[1].name)  # another photo under the same name
+    os.utime(src / images[1].name, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+    shutil.copy(images[8], src / images[8].name)  # new
+    # a changed setting is refused before the cluster is used
+    refused = subprocess.run([*cmd, "--resume", "--conf", "0.5"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "--conf 0.25 -> 0.5" in refused.stderr, refused.stderr[-2000:]
+    again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    assert summary["images"] == summary["processed"] == 8 and summary["failed"] == []
+    assert summary["resume"]["removed"] == [str(src / images[0].name)]
+    assert summary["resume"]["changed"] == [str(src / images[1].name)]
+    assert sorted(summary["resume"]["retried"]) == sorted(str(src / f"{k}.jpg") for k in lost)
+    local = run(RunOptions.of(source=str(src), weights=str(yolov5n_pt), save_txt=True, save_csv=True, nosave=True,
+                           project=str(tmp_path), name="local"))
+    assert _labels(out) == _labels(Path(local.out_dir))
+    rows = sorted((out / "predictions.csv").read_text().splitlines())
+    assert rows == sorted((Path(local.out_dir) / "predictions.csv").read_text().splitlines())
+    keys = [json.loads(x)["key"] for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 8
+
+
+def test_ray_runs_check_the_settings_and_the_lock_before_starting(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume with another output setting, or into a folder another run holds, is refused before any cluster is
+    reached (nothing listens at RAY_ADDRESS here)."""
+    import cv2
+    import numpy as np
+
+    from toolkit.jobs.lock import FolderLock
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    (tmp_path / "src").mkdir()
+    cv2.imwrite(str(tmp_path / "src" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    opts: dict[str, Any] = dict(source=str(tmp_path / "src"), weights="yolov5n.yaml", imgsz=64, nosave=True,
+                                project=str(tmp_path), name="r")
+    assert run(RunOptions.of(**opts)).processed == 1  # a local run: the engine is no output setting
+    with pytest.raises(InputError, match="--classes unset -> 0"):
+        run(RunOptions.of(**opts, engine="ray", resume=True, classes=(0,)))
+    with FolderLock(tmp_path / "r"), pytest.raises(InputError, match=rf"another yolokit run \(process {os.getpid()}"):
+        run(RunOptions.of(**opts, engine="ray", resume=True))

@@ -146,3 +146,27 @@ def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Pa
     assert not list(out.glob(".*.tmp*"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 13 and summary["processed"] == 13 and summary["settings"]["resumed"] == 6
+
+
+def test_resume_redoes_a_changed_video_and_removes_a_vanished_one(tmp_path: Path) -> None:
+    """A video replaced by another clip is done again (its .mp4 and labels replaced, frames it no longer has
+    removed); a deleted video's .mp4 and labels are removed; the summary counts what the folder holds."""
+    src = tmp_path / "src"
+    _video(src / "a.avi", 6)
+    _video(src / "b.avi", 7)
+    cv2.imwrite(str(src / "still.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    args = ["run", str(src), *ARGS, "--project", str(tmp_path), "--mode", "thread"]
+    assert main([*args, "--name", "r"]) == 0
+    out = tmp_path / "r"
+    (src / "a.avi").unlink()
+    _video(src / "b.avi", 4, size=(64, 48))  # a shorter, smaller clip under the same name
+    assert main([*args, "--name", "r", "--resume"]) == 0
+    assert not (out / "a.mp4").exists() and not list((out / "labels").glob("a_*"))
+    assert _read_mp4(out / "b.mp4")[0::2] == (4, (64, 48))
+    assert sorted(p.name for p in (out / "labels").glob("b_*")) == [f"b_{i}.txt" for i in range(1, 5)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == summary["processed"] == 5
+    assert summary["resume"] == {"changed": [str(src / "b.avi")], "retried": [], "removed": [str(src / "a.avi")]}
+    assert main([*args, "--name", "fresh"]) == 0
+    assert sorted(json.loads(x)["key"] for x in (out / "manifest.jsonl").read_text().splitlines()) == \
+        sorted(json.loads(x)["key"] for x in (tmp_path / "fresh" / "manifest.jsonl").read_text().splitlines())

@@ -79,10 +79,11 @@ class DetectorConfig:
     max_file_size: int = option(DEFAULT_MAX_FILE_SIZE, "Refuse (and list as failed) images and downloads larger "
                                 "than this, before reading them: bytes, or 500M, 2G. Local videos are streamed and "
                                 "have no limit.",
-                                text="bytes", panel=INPUTS, lo=1)
+                                text="bytes", panel=INPUTS, lo=1, affects_output=True)
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse images whose header claims more pixels than this, before "
                              "decoding them (pixel bombs): a number, or 500M. At most 1073741824, OpenCV's own "
-                             "limit. A 13400x9528 photo is 128M.", text="pixels", panel=INPUTS, lo=1)
+                             "limit. A 13400x9528 photo is 128M.", text="pixels", panel=INPUTS, lo=1,
+                             affects_output=True)
     augment: bool = option(False, "Test-time augmentation (YOLOv5's --augment): the model also runs on the image "
                            "scaled by 0.83 and flipped, and by 0.67, all joined before NMS; about 2.1x the inference "
                            "time.", panel=DETECTION, affects_output=True)

@@ -30,7 +30,9 @@ STREAM_SCHEMES = ("rtsp://", "rtmp://")
 class InputRef:
     """One input: the file (or URL), its output key (relative path below the source, without suffix) and, for a
     video, the frame number (-1 for a whole video not yet expanded). A video or stream frame also names its video's
-    key (``video``), the frame rate its annotated video is written at (``fps``) and whether it is live."""
+    key (``video``), the frame rate its annotated video is written at (``fps``) and whether it is live.
+    ``content_id``: what identifies the content, where the source knows it (an object store's ETag, a content
+    hash); :func:`fingerprint` uses it instead of a local file's size and modification time."""
 
     path: str
     key: str
@@ -38,6 +40,7 @@ class InputRef:
     video: str = ""
     fps: float = 0.0
     live: bool = False
+    content_id: str = ""
 
     @property
     def name(self) -> str:
@@ -183,6 +186,21 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         else:
             items.append(ref)
     return SourceList(items, failed, root)
+
+
+def fingerprint(ref: InputRef) -> str:
+    """What tells a resumed run whether an input changed since it was recorded: the ``content_id`` its source gave,
+    else a local file's size and modification time (``SIZE:MTIME_NS``, the link's target for a symbolic link).
+    Empty when nothing can be known: a URL, or a path that cannot be reached now."""
+    if ref.content_id:
+        return ref.content_id
+    if is_url(ref.path):
+        return ""
+    try:
+        st = os.stat(ref.path)
+    except (OSError, ValueError):
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def is_live(text: str) -> bool:

@@ -1,5 +1,7 @@
-"""A run folder's bookkeeping: ``run.json`` (the settings), ``manifest.jsonl`` (one line per finished input, written
-after its outputs), ``failures.jsonl`` and ``predictions.jsonl``; resuming an interrupted run from them."""
+"""A run folder's bookkeeping: ``run.json`` (the settings that make its outputs), ``manifest.jsonl`` (one line per
+finished input, written after its outputs, with the input's fingerprint and the files it got), ``failures.jsonl``
+and ``predictions.jsonl``; resuming a run from them: same settings, changed inputs redone, vanished inputs' outputs
+removed, failed inputs retried where that can help."""
 
 from __future__ import annotations
 
@@ -7,20 +9,52 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import CSV_HEADER, atomic_write_bytes, write_json
-from toolkit.jobs.records import Outcome
+from toolkit.jobs.records import Outcome, identity_changes
 
 # the files a run writes itself, besides each input's outputs
 BOOKKEEPING = ("run.json", "manifest.jsonl", "failures.jsonl", "predictions.jsonl", "predictions.json",
                "predictions.csv", "summary.json")
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp(\.mp4)?")  # atomic writes' and video sinks' temporary files
+RUN_FORMAT = 2  # run.json's "run_format": 2 records every output setting, manifest lines fingerprint their inputs
+
+# Refusals of what an input is (its bytes, its kind, its size): trying again gives the same answer while the file
+# is unchanged. Any other failure (a lost worker, a timeout, an I/O or permission error, a server's answer, a reason
+# not listed here) may pass next time.
+_LASTING = re.compile("|".join(re.escape(text) for text in (
+    "re-copy or re-export the file",  # damaged, truncated or undecodable images
+    "the header says",  # impossible sizes, pixel counts over --max-pixels
+    "empty file (0 bytes)",
+    "not an image file", "not a video file", "not a regular file",  # named pipes, sockets, devices
+    "limit; raise it with --max-file-size",
+    "not an image or video file type",
+    "a live stream: give it as SOURCE",
+    "not a URL yolokit reads",
+    "cannot open the video",
+    "cannot decode this frame",
+)))
+RETRY_NOTE = "--resume retries it"
+LASTING_NOTE = "--resume retries it only once the file changes, or with --retry-failed"
+
+
+def retried_on_resume(reason: str, fingerprint: str) -> bool:
+    """Whether ``--resume`` retries a failed input: not for a refusal of what the input is while its file is
+    unchanged; always for an input without a fingerprint (a URL: nothing tells whether it changed)."""
+    return not fingerprint or _LASTING.search(reason) is None
+
+
+def with_resume_note(reason: str, retry: bool) -> str:
+    """A failure's reason, saying what ``--resume`` will do with the input."""
+    return f"{reason}; {RETRY_NOTE if retry else LASTING_NOTE}"
 
 
 def increment_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -32,6 +66,30 @@ def increment_dir(project: str, name: str, exist_ok: bool) -> Path:
     while (Path(project) / f"{name}{n}").exists():
         n += 1
     return Path(project) / f"{name}{n}"
+
+
+def claim_out_dir(project: str, name: str, exist_ok: bool, resume: bool) -> Path:
+    """The run folder, created: ``project/name`` to resume (it must hold a run) or with ``exist_ok``; otherwise a
+    new one (``name2``, ``name3``... when taken), made with an exclusive ``mkdir`` so two runs starting together
+    never pick the same."""
+    base = Path(project) / name
+    if resume:
+        if not (base / "manifest.jsonl").is_file():
+            raise InputError(f"{base}: nothing to resume (no manifest.jsonl); run without --resume first")
+        return base
+    while True:
+        path = increment_dir(project, name, exist_ok)
+        try:
+            path.mkdir(parents=True, exist_ok=exist_ok)
+        except FileExistsError:
+            if exist_ok:  # a file where the folder should be
+                raise OutputError(f"{path}: cannot write the output folder (a file has its name); choose another "
+                                  f"with --project/--name") from None
+            continue  # another run took it meanwhile: the next name
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write the output folder ({e.strerror or e}); "
+                              f"choose another with --project/--name or free some space") from None
+        return path
 
 
 def prepare_out_dir(path: Path) -> None:
@@ -74,9 +132,28 @@ def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+@dataclass
+class Reconciled:
+    """What a resume found: inputs (their paths) done again because they changed, failed inputs retried, and
+    inputs gone from SOURCE whose outputs were removed."""
+
+    changed: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+Inputs = dict[str, tuple[str, str]]  # an input's id (its key; a video's key) -> (its path, its fingerprint)
+
+
+def input_id(record: dict[str, Any]) -> str:
+    """The input a manifest line belongs to: a video frame's video, else its own key."""
+    return str(record.get("video") or record.get("key"))
+
+
 class Manifest:
-    """The run folder's records. :meth:`open` checks a resume and tidies what a crash left; :meth:`record` appends an
-    input's lines (the manifest line last: a manifest line means the input's outputs exist)."""
+    """The run folder's records. :meth:`open` checks a resume, reconciles it with the inputs SOURCE now holds and
+    tidies what a crash left; :meth:`record` appends an input's lines (the manifest line last: a manifest line means
+    the input's outputs exist)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -99,19 +176,20 @@ class Manifest:
     def crop_names(self) -> list[str]:
         return [str(c) for r in self.previous for c in r.get("crops") or ()]
 
-    def open(self, run_info: dict[str, Any], resume: bool) -> None:
+    def open(self, identity: dict[str, Any], resume: bool, inputs: Inputs | None = None,
+             retry_failed: bool = False) -> Reconciled:
+        """Start the records of a run with ``identity`` (:func:`toolkit.jobs.records.run_identity`). To resume,
+        check the settings and reconcile the records with ``inputs``, the inputs SOURCE holds now."""
+        found = Reconciled()
         if resume:
             if not self.manifest.is_file():
                 raise InputError(f"{self.out_dir}: nothing to resume (no manifest.jsonl); run without --resume first")
-            info = self.out_dir / "run.json"
-            before = json.loads(info.read_text()) if info.is_file() else {}
-            changed = [k for k in run_info if k in before and before[k] != run_info[k]]
-            if changed:
-                raise InputError(f"{self.out_dir}: --resume needs the same settings as the interrupted run; "
-                                 f"{', '.join(changed)} differ")
+            self._check(identity)
             self.previous = read_jsonl(self.manifest)
+            if inputs is not None:
+                found = self._reconcile(inputs, retry_failed)
         prepare_out_dir(self.out_dir)
-        write_json(self.out_dir / "run.json", run_info)
+        write_json(self.out_dir / "run.json", {**identity, "run_format": RUN_FORMAT})
         done = self.done_keys
         # a crash can leave a torn last line or outputs of inputs that never reached the manifest: tidy both
         rewrite_jsonl(self.manifest, self.previous)
@@ -119,18 +197,73 @@ class Manifest:
         rewrite_jsonl(self.preds, [r for r in read_jsonl(self.preds) if r.get("key") in done])
         if resume:
             remove_partial_writes(self.out_dir)
+        return found
+
+    def _check(self, identity: dict[str, Any]) -> None:
+        info = self.out_dir / "run.json"
+        try:
+            before = json.loads(info.read_text()) if info.is_file() else {}
+        except (OSError, ValueError):
+            before = {}
+        if not isinstance(before, dict) or before.get("run_format") != RUN_FORMAT:
+            raise InputError(f"{self.out_dir}: this run folder was made by an earlier yolokit, whose run.json does "
+                             f"not record every setting that shapes the outputs, so --resume cannot check them; "
+                             f"start a new run without --resume")
+        changes = identity_changes(before, identity)
+        if changes:
+            raise InputError(f"{self.out_dir}: --resume continues a run with the settings it started with, and "
+                             f"these differ: {'; '.join(changes)}. Resume with the run's settings (its run.json "
+                             f"lists them), or start a new run without --resume")
+
+    def _reconcile(self, inputs: Inputs, retry_failed: bool) -> Reconciled:
+        """Keep the records of inputs that are unchanged and done (or failed for good); drop the others, deleting
+        their outputs first (so a crash meanwhile leaves records that a next resume drops again, never outputs
+        without records). Inputs below a folder that cannot be listed now are kept, not taken for gone."""
+        found = Reconciled()
+        unlisted = tuple(k for k in inputs if k.endswith(os.sep))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in self.previous:
+            groups.setdefault(input_id(r), []).append(r)
+        kept: list[dict[str, Any]] = []
+        dropped: list[dict[str, Any]] = []
+        for key, recs in groups.items():
+            first = recs[0]
+            shown = str(first.get("src") or first.get("path"))
+            now = inputs.get(key)
+            if now is None:
+                if key.startswith(unlisted) and unlisted:
+                    kept.extend(recs)
+                    continue
+                found.removed.append(shown)
+            elif (str(first.get("src") or first.get("path")), str(first.get("fp", ""))) != now:
+                found.changed.append(shown)
+            elif any(not r.get("ok") and (retry_failed or r.get("retry", True)) for r in recs):
+                found.retried.append(shown)
+            else:
+                kept.extend(recs)
+                continue
+            dropped.extend(recs)
+        if dropped:
+            root = self.out_dir.resolve()
+            for r in dropped:
+                for name in [*(r.get("files") or ()), *(f"crops/{c}" for c in r.get("crops") or ())]:
+                    path = (self.out_dir / str(name)).resolve()
+                    if path.is_relative_to(root) and path != root:  # only files of this folder, whatever the lines say
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+            self.previous = kept
+        return found
 
     @contextlib.contextmanager
-    def removed_unless_used(self) -> Iterator[None]:
-        """Remove the run folder again (and the parents this run made) when the run fails before recording any input
-        (a model that cannot be found, downloaded or loaded; no inputs at all): only the files a run writes itself
-        are deleted, and a folder only when that leaves it empty."""
-        made = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]  # deepest first
+    def removed_unless_used(self, made: list[Path], also: tuple[str, ...] = ()) -> Iterator[None]:
+        """Remove the run folder again, and the parents this run made (``made``, deepest first), when the run fails
+        before recording any input (a model that cannot be found, downloaded or loaded; no inputs at all): only the
+        files a run writes itself (and ``also``) are deleted, and a folder only when that leaves it empty."""
         try:
             yield
         except BaseException:
             if made and not self.recorded and not self.previous:
-                for name in BOOKKEEPING:
+                for name in (*BOOKKEEPING, *also):
                     with contextlib.suppress(OSError):
                         (self.out_dir / name).unlink()
                 for folder in made:
@@ -148,13 +281,18 @@ class Manifest:
                 f.close()
         self._files = []
 
-    def record(self, oc: Outcome) -> None:
+    def record(self, oc: Outcome, source: str = "", fingerprint: str = "", retry: bool = True) -> None:
+        """Append ``oc``'s lines. ``source``: the input's path (when it is not ``oc.path``: a video frame's video);
+        ``fingerprint``: the input's, from before it was read; ``retry``: whether a failure is retried on resume."""
         manifest, failures, preds = self._files
         entry: dict[str, Any] = {"key": oc.key, "path": oc.path}
+        if source and source != oc.path:
+            entry["src"] = source
+        entry["fp"] = fingerprint
         if oc.error is not None:
-            failures.write(json.dumps({**entry, "reason": oc.error}) + "\n")
+            failures.write(json.dumps({"key": oc.key, "path": oc.path, "reason": oc.error, "retry": retry}) + "\n")
             failures.flush()
-            entry.update(ok=False, reason=oc.error)
+            entry.update(ok=False, reason=oc.error, retry=retry)
         else:
             if oc.coco is not None or oc.rows is not None:
                 row: dict[str, Any] = {"key": oc.key}
@@ -167,6 +305,8 @@ class Manifest:
             entry.update(ok=True, n=oc.n, classes=oc.classes)
             if oc.crops:
                 entry["crops"] = oc.crops
+        if oc.files:
+            entry["files"] = oc.files
         if oc.video:
             entry["video"] = oc.video
             if oc.video_done:

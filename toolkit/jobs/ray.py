@@ -8,8 +8,8 @@ small records (key, counts, COCO results) come back to the driver, which writes 
 in flight, and images never pass through the object store, so memory does not grow with the inputs.
 
 A killed actor is restarted by Ray and its batch retried once; a batch that fails again is dropped by
-Ray Data (``max_errored_blocks``) and its images are reported failed with the reason. Outputs go under
-the run folder, which every node must see (shared storage) on a multi-node cluster.
+Ray Data (``max_errored_blocks``) and its images are reported failed with the reason (``--resume`` retries
+them). Outputs go under the run folder, which every node must see (shared storage) on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from toolkit.io.remote import is_url
 from toolkit.io.sources import InputRef, SourceList
 from toolkit.jobs.records import Outcome, RunOptions, write_outputs
 
-LOST_REASON = ("its Ray worker died twice while processing it (killed or out of memory); "
-               "it was retried once. Run again with --resume to retry it")
+LOST_REASON = "its Ray worker died twice while processing it (killed or out of memory); it was retried once"
 VIDEO_REASON = "videos are not supported by --engine ray; run them with the local engine"
 
 
@@ -83,8 +82,8 @@ class InferActor:
             "path": [o.path for o in outcomes],
             "error": [o.error or "" for o in outcomes],
             "fatal": [fatal] * len(outcomes),
-            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows})
-                       for o in outcomes],
+            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows,
+                                   "files": o.files}) for o in outcomes],
             "ms": [ms] * len(outcomes),
             "worker": [worker] * len(outcomes),
             "meta": [meta] * len(outcomes),
@@ -218,7 +217,7 @@ class RayJob:
                 shape = tuple(rec["shape"]) if rec.get("shape") else None
                 yield Outcome(str(row["key"]), str(row["path"]), str(row["error"]) or None, int(rec["n"]),
                               {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"], shape,
-                              rec.get("rows"))
+                              rec.get("rows"), files=[str(f) for f in rec.get("files") or ()])
         except YolokitError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own exception types
@@ -227,7 +226,7 @@ class RayJob:
                 raise cause from None
             # Ray stopped the job (e.g. actors dying faster than they restart): what did not finish is
             # reported, with the reason, so the summary still accounts for every input
-            reason = f"the Ray job stopped before this input finished: {last_line(e)}; rerun with --resume"
+            reason = f"the Ray job stopped before this input finished: {last_line(e)}"
             for ref in expected.values():
                 yield Outcome(ref.key, ref.name, reason)
             return

@@ -66,10 +66,14 @@ class RunFolder:
 
     project: str = option("runs/detect", "Parent folder of the run folder.", panel=FOLDER)
     name: str = option("exp", "Run folder name (exp, exp2, ... when it exists).", panel=FOLDER)
-    exist_ok: bool = option(False, "Reuse PROJECT/NAME instead of making a new one.", panel=FOLDER)
-    resume: bool = option(False, "Continue an interrupted run in PROJECT/NAME: inputs in its manifest.jsonl are "
-                          "skipped, the rest processed. The settings that change outputs must be the same.",
-                          panel=FOLDER)
+    exist_ok: bool = option(False, "Reuse PROJECT/NAME instead of making a new one (never while another run holds "
+                            "it).", panel=FOLDER)
+    resume: bool = option(False, "Continue an interrupted run in PROJECT/NAME: inputs it finished are skipped, "
+                          "inputs that changed are redone, failures that can now pass are retried, the rest "
+                          "processed. The settings that change outputs must be the same (see "
+                          "docs/guide/run-folders.md).", panel=FOLDER)
+    retry_failed: bool = option(False, "With --resume: retry every failed input, also those refused for what the "
+                                "file is (damaged, too large) and not changed since.", panel=FOLDER)
 
     def __post_init__(self) -> None:
         check(self)
@@ -149,6 +153,7 @@ class Outcome:
     crops: list[str] | None = None  # crop files written (below crops/), with --save-crop
     video: str = ""  # a video frame's video key
     video_done: bool = False  # the last record of a video whose outputs (its annotated .mp4) are complete
+    files: list[str] = field(default_factory=list)  # files written (below the run folder), crops apart
 
 
 class CropNames:
@@ -189,15 +194,19 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
     save = opts.save
     if save.round_boxes:
         d = d.rounded()
+    files = []
     if save.save_txt and len(d):
         write_labels(out_dir / "labels" / f"{key}.txt", d, save.save_conf)
+        files.append(f"labels/{key}.txt")
     if not save.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
+        name = f"{key}{image_suffix(Path(suffix))}"  # the name write_image gives it too
         if res.annotated is not None:
-            write_encoded(out_dir / f"{key}{image_suffix(Path(suffix))}", res.annotated)
+            write_encoded(out_dir / name, res.annotated)
         else:
             assert res.image is not None
             write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.draw))
+        files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
         crops = res.crops if res.crops is not None else encode_crops(res.image, d)  # type: ignore[arg-type]
@@ -208,4 +217,28 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,
-                   csv_rows(d, res.ref.path, res.ref.frame) if save.save_csv else None, written, video)
+                   csv_rows(d, res.ref.path, res.ref.frame) if save.save_csv else None, written, video,
+                   files=files)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each setting of ``now`` (a :meth:`RunOptions.identity`) that differs from ``before`` as ``--flag OLD -> NEW``.
+    A setting ``before`` does not record (an option newer than the run folder) counts as its default."""
+    defaults = {**RunOptions.of(tile=640).identity(), **RunOptions.of().identity()}  # tiling off, its options' defaults
+    out = []
+    for k, v in now.items():
+        old = before.get(k, defaults.get(k))
+        if old != v:
+            flag = "SOURCE" if k == "source" else "--" + k.replace("_", "-")
+            out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
+    return out

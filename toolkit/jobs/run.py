@@ -7,6 +7,7 @@ exit codes) is the same for both.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +19,19 @@ from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import write_json
-from toolkit.io.sources import SourceList, list_sources
-from toolkit.jobs.manifest import Manifest, increment_dir, prepare_out_dir, read_jsonl, remove_partial_writes
+from toolkit.io.sources import SourceList, fingerprint, list_sources
+from toolkit.jobs.lock import LOCK_NAME, FolderLock
+from toolkit.jobs.manifest import (
+    Inputs,
+    Manifest,
+    claim_out_dir,
+    increment_dir,
+    prepare_out_dir,
+    read_jsonl,
+    remove_partial_writes,
+    retried_on_resume,
+    with_resume_note,
+)
 from toolkit.jobs.records import ENGINES, Outcome, RunOptions, write_outputs
 from toolkit.jobs.saving import OutputPool
 
@@ -46,6 +58,7 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     streams: list[dict[str, Any]] = field(default_factory=list)  # live streams: frames read, processed, dropped, fps
+    resume: dict[str, list[str]] = field(default_factory=dict)  # a resume's changed, retried and removed inputs
 
     @property
     def ok(self) -> bool:
@@ -160,19 +173,14 @@ def _check(opts: RunOptions) -> None:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     if opts.engine.name != "local" and opts.save.save_crop:
         raise InputError("--save-crop runs with the local engine only; drop --engine ray or --save-crop")
+    if opts.folder.retry_failed and not opts.folder.resume:
+        raise InputError("--retry-failed retries the failed inputs of a run it resumes: add --resume")
 
 
-def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
-    """The settings a resumed run must share with the interrupted one."""
-    d, t = opts.detector, opts.tiling
-    info: dict[str, Any] = {"source": source_label, "weights": d.weights, "conf": d.conf, "iou": d.iou,
-                            "imgsz": d.imgsz, "max_det": d.max_det, "tile": t.tile if t is not None else 0,
-                            "fast_decode": d.fast_decode, "augment": d.augment, "vid_stride": d.vid_stride,
-                            "save_csv": opts.save.save_csv, "save_crop": opts.save.save_crop}
-    if t is not None:
-        info.update(overlap=t.overlap, tile_scales=list(t.scales), tile_merge=t.merge, tile_refocus=t.refocus,
-                    tile_near=t.near, full_frame=t.full_frame)
-    return info
+def _inputs(sources: SourceList) -> Inputs:
+    """Every input SOURCE names (failed ones too) by its id, with its path and fingerprint, taken before any is
+    read: a file changed while the run reads it is found changed by the next resume."""
+    return {ref.key: (ref.path, fingerprint(ref)) for ref in [*sources.items, *(r for r, _ in sources.failed)]}
 
 
 def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest) -> Engine:
@@ -188,7 +196,9 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
 
     Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
     ``manifest.jsonl`` gets one line per finished input, written after its outputs, so ``opts.resume``
-    continues an interrupted run in the same folder: nothing done twice, nothing missing.
+    continues an interrupted run in the same folder: nothing done twice, nothing missing. A resume needs the same
+    output settings; it redoes inputs that changed, removes the outputs of inputs gone from SOURCE and retries
+    failed inputs that may pass now (all of them with ``opts.retry_failed``). One run at a time holds the folder.
     ``progress(done, total, result)`` is called after each input.
     """
     from toolkit.io.samples import sample_paths
@@ -201,17 +211,25 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
     if sources.streams and opts.engine.name != "local":
         raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
-    out_dir = Path(folder.project) / folder.name if folder.resume else increment_dir(folder.project, folder.name,
-                                                                                     folder.exist_ok)
+    project = Path(folder.project)
+    kept = {p for p in (project, *project.parents) if p.exists()}  # folders this run did not make
+    if folder.resume or (folder.exist_ok and (project / folder.name).is_dir()):
+        kept.add(project / folder.name)
+    out_dir = claim_out_dir(folder.project, folder.name, folder.exist_ok, folder.resume)
+    made = list(itertools.takewhile(lambda p: p not in kept, (out_dir, *out_dir.parents)))  # deepest first
     records = Manifest(out_dir)
-    with records.removed_unless_used():  # a run that fails before any input leaves no empty run folder behind
-        return _run(opts, sources, out_dir, records, progress, detector)
+    # one run at a time holds the folder (released when the run ends, or by the kernel when the process dies);
+    # a run that fails before any input leaves no empty run folder behind
+    with FolderLock(out_dir) as lock, records.removed_unless_used(made, also=(LOCK_NAME,)):
+        return _run_in(out_dir, opts, sources, records, progress, detector, lock.note)
 
 
-def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest, progress: ProgressFn | None,
-         detector: Detector | None) -> RunSummary:
+def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
+            detector: Detector | None, lock_note: str) -> RunSummary:
+    live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
-    records.open(_run_info(opts, source_label), opts.folder.resume)
+    inputs = {} if live else _inputs(sources)
+    found = records.open(opts.identity(), opts.folder.resume, inputs, opts.folder.retry_failed)
     done_keys, done_videos = records.done_keys, records.done_videos
     if done_keys:  # a video is skipped once its annotated .mp4 was finished; otherwise it is run again
         sources.items = [r for r in sources.items
@@ -224,6 +242,8 @@ def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest
                                    "batch": opts.engine.batch, "precision": "", "fast_decode": d.fast_decode,
                                    "resumed": len(records.previous), "engine": opts.engine.name,
                                    "augment": d.augment, "vid_stride": d.vid_stride})
+    summary.resume = {"changed": found.changed, "retried": found.retried, "removed": found.removed}
+    summary.notes.extend(_resume_notes(summary.resume) + ([lock_note] if lock_note else []))
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
@@ -239,9 +259,13 @@ def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest
             for oc in outcomes:
                 if oc.key in done_keys:  # a video frame finished before the interruption
                     continue
+                path, fp = inputs.get(oc.video or oc.key, ("", ""))
+                retry = oc.error is None or retried_on_resume(oc.error, fp)
+                if oc.error is not None and not live:  # a live run cannot be resumed
+                    oc.error = with_resume_note(oc.error, retry)
                 summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
                 reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
-                records.record(oc)
+                records.record(oc, path, fp, retry)
                 if progress is not None:
                     progress(summary.images, total, oc)
     except KeyboardInterrupt:
@@ -263,8 +287,21 @@ def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
     write_json(out_dir / "summary.json", summary.to_dict())
     if summary.images == 0 and not summary.interrupted:
-        raise InputError(f"{opts.source or 'the sample photos'}: no inputs to process")
+        raise InputError(f"{opts.source or source_label}: no inputs to process")
     return summary
+
+
+def _resume_notes(found: dict[str, list[str]]) -> list[str]:
+    notes = []
+    if found["changed"]:
+        notes.append(f"{len(found['changed'])} input(s) changed since they were recorded: done again, their old "
+                     f"outputs replaced")
+    if found["retried"]:
+        notes.append(f"{len(found['retried'])} input(s) that had failed were tried again")
+    if found["removed"]:
+        notes.append(f"{len(found['removed'])} input(s) recorded earlier are no longer in SOURCE: their outputs "
+                     f"were removed (summary.json lists them under resume.removed)")
+    return notes
 
 
 def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: int, reshaped: int) -> None:

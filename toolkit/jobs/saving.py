@@ -30,8 +30,8 @@ class _Entry:
     """Outcomes handed back together, in order, once all their futures (and a video's closing) are done."""
 
     def __init__(self, futures: list[Future[Outcome]], closing: Future[None] | None = None,
-                 video: bool = False) -> None:
-        self.futures, self.closing, self.video = futures, closing, video
+                 video: bool = False, file: str = "") -> None:
+        self.futures, self.closing, self.video, self.file = futures, closing, video, file
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures) and (self.closing is None or self.closing.done())
@@ -42,6 +42,8 @@ class _Entry:
         out = [f.result() for f in self.futures]
         if self.video and out:
             out[-1].video_done = True
+            if self.file:  # the annotated .mp4, recorded with the video's last frame
+                out[-1].files.append(self.file)
         return out
 
 
@@ -124,7 +126,8 @@ class OutputPool:
     def _end_video(self) -> None:
         video, self.video = self.video, None
         if video is not None:
-            self.pending.append(_Entry(video.frames, video.close(), video=True))
+            file = f"{video.key}.mp4" if video.sink is not None else ""
+            self.pending.append(_Entry(video.frames, video.close(), video=True, file=file))
 
     def _frame(self, video: _Video, res: Result, names: list[str] | None) -> Future[Outcome]:
         if video.sink is None or video.writer is None:
