@@ -143,3 +143,21 @@ def test_info_on_checkpoint(yolov5n_pt: Path) -> None:
 def test_weights_list() -> None:
     out = _cli("weights", "list")
     assert out.returncode == 0 and "yolov5x.pt" in out.stdout
+
+
+def test_run_without_weights_takes_yolokit_weights(tmp_path: Path, yolov5n_pt: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`yolokit run` with no --weights loads $YOLOKIT_WEIGHTS (its help says so), here a copy under another name."""
+    model = tmp_path / "my-model.pt"
+    model.write_bytes(yolov5n_pt.read_bytes())
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.full((64, 96, 3), 128, np.uint8))
+    monkeypatch.setenv("YOLOKIT_WEIGHTS", str(model))
+    out = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(img), "--json", "--nosave", "--project",
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert Path(json.loads(out.stdout)["weights"]).name == "my-model.pt"
+    monkeypatch.setenv("YOLOKIT_WEIGHTS", str(tmp_path / "absent.pt"))
+    out = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(img), "--nosave", "--project",
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "absent.pt" in out.stderr and "YOLOKIT_WEIGHTS" in out.stderr, out.stderr

@@ -43,7 +43,7 @@ def export(
     max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic TensorRT engine's profile.")] = 32,
     half: Annotated[bool, typer.Option(help="FP16 weights and math.")] = False,
     int8: Annotated[bool, typer.Option(help="INT8 post-training quantization (openvino; needs --data and "
-                                            "yolokit[int8]).")] = False,
+                                            "yolokit\\[int8]).")] = False,
     data: Annotated[str | None, typer.Option(help="Calibration images for --int8: a folder, glob or list, or a "
                                                   "labelled dataset (yaml, or a folder with images/ and labels/): "
                                                   "then FP32 and INT8 mAP50-95 are measured on it.")] = None,

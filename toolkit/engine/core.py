@@ -47,9 +47,11 @@ class DetectorConfig:
     is declared once (:mod:`toolkit.options`): ``yolokit run`` builds its model, detection and input options from
     these declarations, and ``Detector(**settings)`` takes these names."""
 
-    weights: str = option("yolov5n", "Model: a .pt checkpoint, .onnx, OpenVINO .xml or folder, TensorRT .engine (under "
-                          "any name: the backend is found from the file's first bytes), or a name (yolov5n..yolov5x6, "
-                          "found in the cache or ../shared/weights, else downloaded and verified).",
+    weights: str | None = option(None, "Model: a .pt checkpoint, .onnx, OpenVINO .xml or folder, TensorRT .engine "
+                                 "(under any name: the backend is found from the file's first bytes), or a name "
+                                 "(yolov5n, yolov5s, yolov5m, yolov5l, yolov5x: found in the cache or "
+                                 "../shared/weights, else downloaded and verified). Default: $YOLOKIT_WEIGHTS, else "
+                                 "yolov5n.",
                           panel=MODEL, affects_output=True)
     backend: str | None = option(None, "Force a backend (torch, onnx, openvino, trt); default: chosen from the model "
                                  "file.", panel=MODEL)

@@ -154,7 +154,8 @@ class Detector:
 
     ``weights`` is a ``.pt`` checkpoint, an exported artifact (``.onnx``, OpenVINO ``.xml`` or folder,
     TensorRT ``.engine``, or any of them under another name), a manifest name (``yolov5n``) or a built-in config
-    (``yolov5s.yaml``, random weights). The other settings are keywords, the fields of :class:`DetectorConfig`
+    (``yolov5s.yaml``, random weights); None: ``$YOLOKIT_WEIGHTS``, else yolov5n. The other settings are keywords,
+    the fields of :class:`DetectorConfig`
     (``conf``, ``iou``, ``max_det``, ``imgsz``, ``classes``, ``agnostic``, ``backend``, ``device``, ``half``, ...;
     each declared once, with its default and help, in :mod:`toolkit.engine.core`; ``docs/guide/options.md`` lists
     them); an unknown keyword is an :class:`~toolkit.errors.InputError` naming the nearest known one. The backend is
@@ -181,9 +182,9 @@ class Detector:
     which code that drives the steps (benchmarks, the export parity check) uses directly.
     """
 
-    def __init__(self, weights: str | Path = "yolov5n", **settings: Any) -> None:
+    def __init__(self, weights: str | Path | None = None, **settings: Any) -> None:
         refuse_unknown(settings, [f.name for f in fields(DetectorConfig) if f.name != "weights"], "Detector()")
-        self._hold(ModelRoutine.load(DetectorConfig(weights=str(weights), **settings)))
+        self._hold(ModelRoutine.load(DetectorConfig(weights=None if weights is None else str(weights), **settings)))
 
     __init__.__signature__ = _settings_signature()  # type: ignore[attr-defined]
 
@@ -215,7 +216,7 @@ class Detector:
     @property
     def weights(self) -> Path:
         """The model file (or built-in config name) that was loaded."""
-        return Path(self.routine.config.weights)
+        return Path(str(self.routine.config.weights))  # resolved at load: never None here
 
     @property
     def backend_name(self) -> str:

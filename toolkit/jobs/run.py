@@ -237,7 +237,8 @@ def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manif
         sources.failed = [(r, why) for r, why in sources.failed if r.key not in done_keys]
     t0 = time.perf_counter()
     d = opts.detector
-    summary = RunSummary(out_dir=str(out_dir), weights=d.weights, backend=str(d.backend or ""), source=source_label,
+    summary = RunSummary(out_dir=str(out_dir), weights=str(d.weights or ""), backend=str(d.backend or ""),
+                         source=source_label,
                          settings={"imgsz": [d.imgsz, d.imgsz], "conf": d.conf, "iou": d.iou, "max_det": d.max_det,
                                    "batch": opts.engine.batch, "precision": "", "fast_decode": d.fast_decode,
                                    "resumed": len(records.previous), "engine": opts.engine.name,

@@ -16,19 +16,19 @@ def is_builtin_config(name: str) -> bool:
     return name.endswith(".yaml") and name[:-5] in BUILTIN_CONFIGS
 
 
-def resolve_model(weights: str | Path) -> Path:
+def resolve_model(weights: str | Path | None) -> Path:
     """The model file to load: a built-in config name as given (no file needed), anything else through the
-    weights lookup order (:func:`toolkit.model.weights.resolve_weights`)."""
+    weights lookup order (:func:`toolkit.model.weights.resolve_weights`; None: ``$YOLOKIT_WEIGHTS``, else
+    yolov5n)."""
     import os
 
     from toolkit.errors import ModelFileError
     from toolkit.io.files import special_kind
     from toolkit.model.weights import resolve_weights
 
-    path = Path(weights)
-    if is_builtin_config(path.name) and not path.exists():
-        return path
-    found = resolve_weights(str(weights))
+    if weights is not None and is_builtin_config(Path(weights).name) and not Path(weights).exists():
+        return Path(weights)
+    found = resolve_weights(None if weights is None else str(weights))
     kind = special_kind(os.stat(found).st_mode)
     if kind is not None and kind != "a folder":  # a named pipe or a device would block or never end
         raise ModelFileError(f"{found}: is {kind}, not a model file; give the path of the model file itself")
