@@ -15,6 +15,7 @@ from backends.shared.onnx_graph import INPUT_NAME
 from toolkit.devices import GPU_BATCH, parse_device
 from toolkit.errors import BackendUnavailableError, InputError
 from toolkit.meta import ModelMeta
+from toolkit.options import IMGSZ
 
 ENV_CACHE = "YOLOKIT_ORT_CACHE"
 
@@ -35,7 +36,7 @@ def trt_profile_options(meta: ModelMeta, imgsz: tuple[int, int] | None, batch: i
     if meta.batch is not None and meta.imgsz is not None:
         return {}
     s = meta.stride
-    h, w = imgsz if imgsz is not None else (640, 640)
+    h, w = imgsz if imgsz is not None else (IMGSZ.default, IMGSZ.default)
     h, w = max(s, -(-int(h) // s) * s), max(s, -(-int(w) // s) * s)
     side = max(h, w)
     b_min, b_opt, b_max = (meta.batch,) * 3 if meta.batch is not None else (1, min(batch, max_batch), max_batch)

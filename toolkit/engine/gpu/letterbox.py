@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from toolkit.errors import InputError
 from toolkit.ops import PAD_VALUE, LetterboxInfo, letterbox_shape
+from toolkit.options import IMGSZ
 
 __all__ = ["letterbox_torch", "pad_normalise"]
 
 PAD_FLOAT = float(np.float32(PAD_VALUE / 255))  # the float32 grey of the padding, whatever the output dtype
 
 
-def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = 640, stride: int = 32,
+def letterbox_torch(img_u8: torch.Tensor, new_shape: int | tuple[int, int] = IMGSZ.default, stride: int = 32,
                     auto: bool = True, scaleup: bool = True, dtype: torch.dtype = torch.float32,
                     quantize: bool = False, out: torch.Tensor | None = None) -> tuple[torch.Tensor, LetterboxInfo]:
     """Letterbox BGR uint8 ``(H, W, 3)`` (or a same-shape batch ``(B, H, W, 3)``) on its own device.
