@@ -1,28 +1,30 @@
 """The GPU checks of yolokit in one command: correctness and throughput on one CUDA GPU, in under 8 minutes.
 
-Needs only torch (with CUDA), numpy, opencv-python-headless, typer and pyyaml, and the checkout on PYTHONPATH: no
-network, no pip install, and none of onnxruntime, openvino, pycocotools, rich or tensorrt.
+Needs only torch (with CUDA), numpy, opencv-python-headless, typer and pyyaml, and yolokit importable: installed, or
+the checkout on PYTHONPATH (``PYTHONPATH=.`` from the checkout, as below). No network, no pip install, and none of
+onnxruntime, openvino, pycocotools, rich or tensorrt. The processes it starts inherit its environment.
 
 1. Correctness on coco128 (``--coco``): yolov5n (``--weights``) through ``Detector`` on CUDA, as ``yolokit run``
    runs it (the GPU pipeline), FP16 and FP32, against yolokit's own CPU FP32 run. A reference box counts as matched
    by a box of the same class at IoU >= 0.9 with |conf difference| <= 0.02 (FP16) or 0.002 (FP32). Also FP32 with
    the host pipeline on the GPU (CPU letterbox and NMS), FP32 at --conf 0.001 (the NMS fallback path), the device
    letterbox against OpenCV's, and the batched NMS against NumPy's on real outputs.
-2. Throughput on ``--images`` (1,000) generated 1920x1080 JPEGs, each in a fresh process (whole-process img/s
-   includes start-up), for yolov5s (built-in config, random weights: speed only) and yolov5n:
-   the seed-style loop (PyTorch FP16, one image at a time, cv2.imread in the loop), ``yolokit run --device cuda
-   --nosave``, and the default run (annotated images saved); for yolov5s also ``--nosave --gpu-resize``. Per-stage
-   times and peak GPU memory come from inside each process.
+2. Throughput on ``--images`` (1,000) 1920x1080 JPEGs made from the coco128 photos
+   (``toolkit.jobs.bench.inputs.photo_set``), each run in a fresh process (whole-process img/s includes start-up),
+   for yolov5s (built-in config, random weights: speed only) and yolov5n: the seed loop
+   (``toolkit.jobs.bench.seed``: PyTorch FP16, one image at a time, cv2.imread in the loop), ``yolokit run --device
+   cuda --nosave``, and the default run (annotated images saved); for yolov5s also ``--nosave --gpu-resize``.
+   Per-stage times and peak GPU memory come from inside each process.
 
 Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when every verdict passes:
 the GPU pipeline matches >= 99.5 % of the reference boxes in FP32 and >= 95 % in FP16 (``TARGETS``), and the
 throughput targets hold; 1 when a verdict fails or a run errs, 2 when there is no CUDA GPU (nothing is measured).
 
-    python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
+    PYTHONPATH=. python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
         --coco ../shared/datasets/coco128/images/train2017 --out bench_out/gpu_check
 
-``--dry-run`` runs the whole script on the CPU with 4 small images (FP32 only: the device pipeline on the CPU
-against the CPU path), to prove the script itself works where there is no GPU.
+``PYTHONPATH=. python scripts/gpu_check.py --dry-run`` runs the whole script on the CPU with 4 small images (FP32
+only: the device pipeline on the CPU against the CPU path), to prove the script itself works where there is no GPU.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,40 +44,19 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from toolkit.devices import parse_device
+from toolkit.errors import YolokitError
+from toolkit.jobs.bench.inputs import photo_set
+from toolkit.jobs.bench.seed import peak_gpu_memory, seed_command
+from toolkit.jobs.bench.timing import run_timed
 
-from toolkit.devices import parse_device  # noqa: E402
-from toolkit.errors import YolokitError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the default --weights and --coco are in ../shared beside the checkout
 
 # shares of reference boxes matched (same class, IoU >= MIN_IOU, |conf difference| <= CONF_TOL), and speed targets
 TARGETS = {"fp32_match": 0.995, "fp16_match": 0.95, "yolov5s_nosave_img_s": 1000.0, "speedup_vs_seed": 10.0,
            "save_vs_nosave": 0.85}
 MIN_IOU = 0.9
 CONF_TOL = {"fp32": 0.002, "fp16": 0.02}
-
-
-# --------------------------------------------------------------------------------------------------- images
-def generate(sources: Path, folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
-    """``n`` JPEGs of ``size`` (w, h) resized from the images of ``sources`` in turn; reused when present."""
-    srcs = sorted(sources.glob("*.jpg"))
-    if not srcs:
-        raise SystemExit(f"gpu_check: no .jpg images in {sources}")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def make(i: int) -> Path:
-        path = folder / f"{i:05d}.jpg"
-        if not path.exists():
-            img = cv2.imread(str(srcs[i % len(srcs)]))
-            if img is None:
-                raise SystemExit(f"gpu_check: cannot read {srcs[i % len(srcs)]}")
-            big = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-            cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        return path
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(pool.map(make, range(n)))
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -195,108 +174,60 @@ def correctness(args: argparse.Namespace, coco: list[Path]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- throughput
-def _gpu_memory() -> dict[str, float] | None:
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return {"peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-            "peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
-
-
-def child_seed(args: argparse.Namespace) -> dict[str, Any]:
-    """The seed-style loop: one image at a time, cv2.imread, NumPy letterbox, FP16 model (FP32 on a CPU), NumPy NMS."""
-    from toolkit.model.load import load_model
-    from toolkit.ops import NMSOptions, letterbox, postprocess, scale_boxes, to_chw_rgb
-
-    dev = torch.device(parse_device(args.device).torch)
-    half = dev.type == "cuda"
-    loaded = load_model(args.model)
-    model = loaded.model.to(dev).eval()
-    model = model.half() if half else model.float()
-    stride, opts = loaded.meta.stride, NMSOptions()
-    paths = sorted(Path(args.images_dir).glob("*.jpg"))
-    times = dict.fromkeys(("read", "pre", "infer", "post"), 0.0)
-    n_det = 0
-    t_start = time.perf_counter()
-    for p in paths:
-        t0 = time.perf_counter()
-        img = cv2.imread(str(p))
-        t1 = time.perf_counter()
-        lb, info = letterbox(img, args.imgsz, stride)
-        chw = to_chw_rgb(lb)
-        t2 = time.perf_counter()
-        with torch.inference_mode():
-            x = torch.from_numpy(chw).to(dev)[None]
-            x = (x.half() if half else x.float()).div_(255)
-            pred = model(x).float().cpu().numpy()[0]
-        t3 = time.perf_counter()
-        xyxy, _, _ = postprocess(pred, opts)
-        n_det += len(scale_boxes(xyxy, info))
-        t4 = time.perf_counter()
-        for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            times[k] += dt
-    run_s = time.perf_counter() - t_start
-    return {"images": len(paths), "run_s": run_s, "run_img_s": len(paths) / run_s, "detections": n_det,
-            "ms_per_image": {k: 1000 * v / max(1, len(paths)) for k, v in times.items()}, "plan": "sequential"}
-
-
-def child_yolokit(args: argparse.Namespace, save: bool, gpu_resize: bool = False) -> dict[str, Any]:
-    """``yolokit run`` in this process (through the CLI entry point), its JSON summary captured."""
+def child_main(args: argparse.Namespace) -> int:
+    """One ``yolokit run`` in this process (through the CLI entry point, so that the peak GPU memory is this run's):
+    its JSON summary and the peak GPU memory, printed as one JSON line."""
     from toolkit.cli import main as cli
 
     argv = ["run", args.images_dir, "--weights", args.model, "--device", args.device, "--imgsz", str(args.imgsz),
             "--project", args.project, "--name", args.name, "--exist-ok", "--json"]
-    if not save:
-        argv.append("--nosave")
-    if gpu_resize:
-        argv.append("--gpu-resize")
+    argv += [] if args.child == "save" else ["--nosave"]
+    argv += ["--gpu-resize"] if args.child == "gpuresize" else []
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli(argv)
     if rc != 0:
-        raise SystemExit(f"gpu_check child: yolokit run exited {rc}")
+        print(f"gpu_check child: yolokit run exited {rc}", file=sys.stderr)
+        return 1
     s = json.loads(buf.getvalue())
-    return {"images": s["processed"], "run_s": s["wall_s"], "run_img_s": s["img_per_s"], "detections": s["detections"],
-            "ms_per_image": s["ms_per_image"], "plan": s["plan"]}
-
-
-def child_main(args: argparse.Namespace) -> int:
-    kind = args.child
-    res = child_seed(args) if kind == "seed" else child_yolokit(args, save=kind == "save",
-                                                                 gpu_resize=kind == "gpuresize")
-    res["gpu_memory"] = _gpu_memory()
-    Path(args.result).write_text(json.dumps(res))
+    spec = parse_device(args.device)
+    print(json.dumps({"images": s["processed"], "run_s": s["wall_s"], "detections": s["detections"],
+                      "ms_per_image": s["ms_per_image"], "plan": s["plan"],
+                      "gpu_memory": peak_gpu_memory(spec.torch) if spec.is_gpu else None}))
     return 0
 
 
 def throughput(args: argparse.Namespace, folder: Path, out: Path) -> list[dict[str, Any]]:
-    rows = []
+    """Each model and run once, in a fresh process of this interpreter and environment, timed from start to exit."""
+    rows: list[dict[str, Any]] = []
     models = [("yolov5s", "yolov5s.yaml"), ("yolov5n", args.weights)]
     runs = {"seed": "seed loop", "nosave": "yolokit --nosave", "save": "yolokit (saves images)",
             "gpuresize": "yolokit --nosave --gpu-resize"}
     for label, model in models:
         for kind in ("seed", "nosave", "save") + (("gpuresize",) if label == "yolov5s" else ()):
-            result = out / f"child_{label}_{kind}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--model", model, "--images-dir",
-                   str(folder), "--device", args.device, "--imgsz", str(args.imgsz), "--result", str(result),
-                   "--project", str(out / "runs"), "--name", f"{label}_{kind}"]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
-            whole = time.perf_counter() - t0
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                rows.append({"model": label, "run": runs[kind], "kind": kind, "error": " | ".join(tail)})
+            if kind == "seed":
+                cmd = seed_command(model, folder, args.device, args.imgsz)
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--model", model,
+                       "--images-dir", str(folder), "--device", args.device, "--imgsz", str(args.imgsz),
+                       "--project", str(out / "runs"), "--name", f"{label}_{kind}"]
+            try:
+                whole, stdout = run_timed(cmd, timeout=args.child_timeout)
+            except YolokitError as e:
+                rows.append({"model": label, "run": runs[kind], "kind": kind,
+                             "error": " | ".join(str(e).strip().splitlines()[-5:])})
                 continue
-            r = json.loads(result.read_text())
+            r = json.loads(stdout.strip().splitlines()[-1])
             stages = r["ms_per_image"]
             busy = sum(stages.values()) or 1.0
             rows.append({"model": label, "run": runs[kind],
                          "kind": kind, "images": r["images"], "whole_s": round(whole, 2),
                          "whole_img_s": round(r["images"] / whole, 1), "run_s": round(r["run_s"], 2),
-                         "run_img_s": round(r["run_img_s"], 1), "startup_s": round(whole - r["run_s"], 2),
+                         "run_img_s": round(r["images"] / r["run_s"], 1), "startup_s": round(whole - r["run_s"], 2),
                          "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
                          "stage_share": {k: round(v / busy, 3) for k, v in stages.items()},
-                         "gpu_memory": r.get("gpu_memory"), "plan": r.get("plan", ""), "detections": r["detections"]})
+                         "gpu_memory": r.get("gpu_memory"), "plan": r.get("plan", "sequential"),
+                         "detections": r["detections"]})
     return rows
 
 
@@ -373,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coco-images", type=int, default=128)
     ap.add_argument("--child-timeout", type=int, default=240)
     ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU, tiny: proves it runs")
-    ap.add_argument("--child", choices=("seed", "nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--project", help=argparse.SUPPRESS)
     ap.add_argument("--name", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -399,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     t_all = time.perf_counter()
     coco = sorted(coco_dir.glob("*.jpg"))[: args.coco_images]
-    folder = out / f"images_{w}x{h}_{args.images}"
-    generate(coco_dir, folder, args.images, (w, h))
+    folder = out / f"images_{w}x{h}"
     try:
+        photo_set(coco_dir, folder, args.images, (w, h))
         corr = correctness(args, coco)
         rows = throughput(args, folder, out)
     except YolokitError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 
 from toolkit import Detector
-from toolkit.errors import InputError
+from toolkit.errors import InputError, YolokitError
 from toolkit.jobs.bench.inputs import list_file, photo_set
 from toolkit.jobs.bench.seed import seed_command
-from toolkit.jobs.bench.timing import interleaved, medians, raw_rate
+from toolkit.jobs.bench.timing import interleaved, medians, raw_rate, run_timed
 
 
 def _photos(folder: Path, n: int) -> Path:
@@ -69,6 +70,15 @@ def test_configurations_are_interleaved_and_their_medians_taken() -> None:
     assert medians(got["a"]) == {"s": 3.0, "n": 1.0} and medians([]) == {}
 
 
+def test_run_timed_returns_the_output_and_raises_on_failure_or_timeout() -> None:
+    wall, out = run_timed([sys.executable, "-c", "print('done')"])
+    assert out == "done\n" and wall > 0
+    with pytest.raises(YolokitError, match="failed: .*boom"):
+        run_timed([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    with pytest.raises(YolokitError, match="did not finish in 0.5 s"):
+        run_timed([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+
+
 def test_raw_rate_takes_the_batches_in_turn_and_counts_images() -> None:
     sizes: list[int] = []
     batches = [np.zeros((n, 3, 8, 8), np.uint8) for n in (1, 2, 4)]
@@ -85,6 +95,7 @@ def test_the_seed_loop_finds_what_yolokit_finds(yolov5n_pt: Path, coco128_images
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout.strip().splitlines()[-1])
     assert run["images"] == 3 and run["run_s"] > 0 and set(run["ms_per_image"]) == {"read", "pre", "infer", "post"}
+    assert run["gpu_memory"] is None  # measured on a CUDA device only (scripts/gpu_check.py reports it there)
     with Detector(yolov5n_pt, backend="torch") as det:
         want = sum(len(r.detections) for r in det.predict_iter([str(p) for p in paths]) if r.detections is not None)
     assert run["detections"] == want > 0

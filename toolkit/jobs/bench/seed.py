@@ -7,7 +7,8 @@ fresh process (start-up and model load included) with::
 
     python -m toolkit.jobs.bench.seed --weights yolov5n.pt SOURCE [--device cuda] [--imgsz 640]
 
-which prints the :class:`SeedRun` as one JSON line; :func:`seed_command` builds that command.
+which prints the :class:`SeedRun` as one JSON line; :func:`seed_command` builds that command. On a CUDA device the
+run also reports the process's peak GPU memory (:func:`peak_gpu_memory`), read after the loop, outside its times.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from toolkit.errors import InputError
+from toolkit.errors import InputError, YolokitError
 
 
 @dataclass
@@ -28,10 +29,22 @@ class SeedRun:
     run_s: float  # the loop alone: from the first read to the last image's boxes
     detections: int
     ms_per_image: dict[str, float]  # read, pre (letterbox), infer, post (NMS and scaling)
+    gpu_memory: dict[str, float] | None = None  # peak_gpu_memory() on a CUDA device (model load included); else None
 
     @property
     def img_s(self) -> float:
         return self.images / self.run_s if self.run_s > 0 else 0.0
+
+
+def peak_gpu_memory(device: str | None = None) -> dict[str, float] | None:
+    """The peak CUDA memory of this process on ``device`` (a torch device string; the current CUDA device when None)
+    in MiB: ``peak_allocated_mib`` (by tensors) and ``peak_reserved_mib`` (held by PyTorch's caching allocator).
+    None where this process never used CUDA (it does not import torch to find out)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return {"peak_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "peak_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20, 1)}
 
 
 def image_paths(source: str | Path) -> list[str]:
@@ -59,6 +72,8 @@ def seed_loop(weights: str | Path, paths: list[str], device: str = "cpu", imgsz:
     nms = NMSOptions(conf=defaults.conf, iou=defaults.iou, max_det=defaults.max_det)
     dev = torch.device(parse_device(device).torch)
     half = dev.type == "cuda"
+    if half:  # the peak of this run, should an earlier one have run in this process
+        torch.cuda.reset_peak_memory_stats(dev)
     loaded = load_model(weights)
     model = loaded.model.to(dev).eval()
     model = model.half() if half else model.float()
@@ -86,7 +101,8 @@ def seed_loop(weights: str | Path, paths: list[str], device: str = "cpu", imgsz:
         for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             times[k] += dt
     run_s = time.perf_counter() - start
-    return SeedRun(len(paths), run_s, found, {k: 1000 * v / max(1, len(paths)) for k, v in times.items()})
+    return SeedRun(len(paths), run_s, found, {k: 1000 * v / max(1, len(paths)) for k, v in times.items()},
+                   peak_gpu_memory(str(dev)) if half else None)
 
 
 def seed_command(weights: str | Path, source: str | Path, device: str = "cpu", imgsz: int | None = None) -> list[str]:
@@ -103,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--imgsz", type=int, default=None, help="inference size (default: yolokit's)")
     args = ap.parse_args(argv)
-    run = seed_loop(args.weights, image_paths(args.source), args.device, args.imgsz)
+    try:
+        run = seed_loop(args.weights, image_paths(args.source), args.device, args.imgsz)
+    except YolokitError as e:  # one line naming the input, as yolokit itself reports it
+        raise SystemExit(f"seed loop: {e}") from None
     print(json.dumps({**asdict(run), "img_s": run.img_s}))
 
 

@@ -24,14 +24,17 @@ def yolokit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "toolkit.cli", *args]
 
 
-def run_timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
-    """Wall seconds and standard output of ``cmd``; a failed command raises (every image must be processed, or the
-    time means nothing)."""
+def run_timed(cmd: list[str], cwd: Path | None = None, timeout: float | None = None) -> tuple[float, str]:
+    """Wall seconds and standard output of ``cmd``; a failed command, or one still running after ``timeout``
+    seconds (stopped then), raises (every image must be processed, or the time means nothing)."""
+    where = f" (in {cwd})" if cwd else ""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise YolokitError(f"{' '.join(cmd)}{where} did not finish in {timeout} s; stopped") from e
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
-        where = f" (in {cwd})" if cwd else ""
         raise YolokitError(f"{' '.join(cmd)}{where} failed: {proc.stderr[-800:]}")
     return dt, proc.stdout
 
