@@ -221,7 +221,7 @@ class Batcher:
                 continue
             if wait == 0.0:
                 continue  # the group held only dropped jobs: look again
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     def _launch(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:

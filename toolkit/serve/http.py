@@ -194,7 +194,11 @@ class _Http:
             return _error(r)
         gone: asyncio.Future[Any] | None = None
         try:
-            body = await _read_body(request, svc.options.max_body)
+            try:  # a body that trickles in holds a place in the queue: it gets the request's deadline too
+                body = await asyncio.wait_for(_read_body(request, svc.options.max_body), svc.options.timeout_s)
+            except asyncio.TimeoutError:
+                raise Refusal(408, f"the request body did not arrive within {svc.options.timeout_s:g} s (the "
+                                   f"server's --timeout-s)", m.REJECTED) from None
             gone = asyncio.ensure_future(_disconnected(request))
             response: Response = await answer(gone, body, ticket, arrived)
             svc.succeeded(arrived)

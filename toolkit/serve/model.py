@@ -16,6 +16,7 @@ deployment can call the same ones (its ``@serve.batch`` method calling :meth:`Se
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import numpy as np
 
 from backends.base import E2E_OUTPUTS
 from toolkit.detections import Detections
-from toolkit.engine.core import DetectorConfig, Prepared, Result
+from toolkit.engine.core import DetectorConfig, Prepared, Result, intra_op_threads
 from toolkit.engine.detector import ModelRoutine
 from toolkit.engine.plan import cpu_count, make_plan
 from toolkit.errors import YolokitError
@@ -42,6 +43,7 @@ from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor
 INPUT = "images"
 VERSION = "1"
 CPU_BATCH = 8  # the default --max-batch on a CPU, where batching buys little beyond fewer Python round trips
+CPU_INSTANCES = 4  # the most model instances --instances 0 starts on a CPU (one per core)
 # request parameters of the protocol itself, beside the detector settings: binary outputs; Triton's request timeout
 # (microseconds) and priority (accepted, not used)
 PROTOCOL_PARAMETERS = ("binary_data_output", "timeout", "priority")
@@ -63,19 +65,31 @@ class ServedModel:
         self.version = version
 
     @classmethod
-    def load(cls, config: DetectorConfig, name: str = "", instances: int = 1) -> ServedModel:
-        """Load ``instances`` copies of the model ``config`` describes; the CPU's cores are shared between them
-        unless ``config.threads`` says how many each takes."""
-        if instances > 1 and config.threads is None:
-            config = replace(config, threads=max(1, cpu_count() // instances))
+    def load(cls, config: DetectorConfig, name: str = "", instances: int = 0) -> ServedModel:
+        """Load ``instances`` copies of the model ``config`` describes (0: :data:`CPU_INSTANCES` at most, one per
+        core, on a CPU; 1 on a CUDA device); the CPU's cores are shared between them unless ``config.threads`` says
+        how many each takes."""
+        n = instances or min(cpu_count(), CPU_INSTANCES)
+        if config.threads is None:
+            config = replace(config, threads=max(1, cpu_count() // n))
         routines = [ModelRoutine.load(config)]
         try:
-            routines += [ModelRoutine.load(routines[0].config) for _ in range(instances - 1)]
+            if not instances and routines[0].gpu:
+                n = 1
+            routines += [ModelRoutine.load(routines[0].config) for _ in range(n - 1)]
         except BaseException:
             for r in routines:
                 r.close()
             raise
         return cls(routines, name)
+
+    def settings(self) -> contextlib.ExitStack[bool | None]:
+        """What a run sets for its duration, for the server's: the intra-op thread count where the runtime sets it
+        per process (PyTorch), the device's settings (cuDNN autotuning on a CUDA device)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(intra_op_threads(self.routine.runner, self.routine.config.threads))
+        stack.enter_context(self.routine.device_settings())
+        return stack
 
     def close(self) -> None:
         for r in self.routines:

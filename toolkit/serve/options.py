@@ -48,8 +48,10 @@ class ServeOptions:
                             "(so that answers stay yolokit run's exactly).", panel=SERVER, lo=0)
     max_delay_ms: float = option(5.0, "Most milliseconds a batch waits for more requests while others are still "
                                  "being decoded; it never waits when none are.", panel=SERVER, lo=0)
-    instances: int = option(1, "Model instances: threads that run batches at once, each with its own copy of the "
-                            "model when more than one (the CPU's cores shared between them).", panel=SERVER, lo=1)
+    instances: int = option(0, "Model instances: threads that run batches at once, each with its own copy of the "
+                            "model, sharing the CPU's cores. 0: one per core on a CPU (at most 4; with one intra-op "
+                            "thread each on 2 cores, which measured faster than one instance on both), 1 on a CUDA "
+                            "device.", panel=SERVER, lo=0)
     max_queue: int = option(64, "Most requests admitted at once (decoding, waiting or running); past it a request "
                             "gets 503 with Retry-After at once (gRPC: UNAVAILABLE).", panel=SERVER, lo=1)
     timeout_s: float = option(30.0, "A request not answered this many seconds after it arrived gets 504 (gRPC: "

@@ -126,7 +126,7 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             if loading.done():
                 stopping.cancel()
                 model, batch = loading.result()
-                with model.routine.device_settings():
+                with model.settings():
                     service.start(model, batch)
                     log(f"yolokit serve: {name} ready ({model.routine.config.backend} on "
                         f"{model.routine.config.device}, batches of up to {batch}, {len(model.routines)} "
