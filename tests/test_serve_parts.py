@@ -266,3 +266,38 @@ def test_metrics_use_tritons_exact_names() -> None:
         assert line in text.splitlines(), line
     assert "_total" not in "".join(x for x in text.splitlines() if x.startswith("nv_"))
     json.dumps(text)  # plain text
+
+
+def test_the_http_listener_gives_connections_tcp_nodelay() -> None:
+    """asyncio sets TCP_NODELAY on the connections of a listener whose protocol says TCP; without it, every answer on
+    a kept-alive connection waited 40 ms (Nagle's algorithm against the client's delayed ACK: measured here, a
+    GET /v2/health/ready took 44 ms instead of 1)."""
+    import socket
+
+    from tests.helpers.ports import free_port
+    from toolkit.serve.server import listen
+
+    async def main() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                sock = transport.get_extra_info("socket")
+                got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        port = free_port()
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listen("127.0.0.1", port, "HTTP"))
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        value = await asyncio.wait_for(got, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(main()) != 0
+    with pytest.raises(InputError, match="cannot listen on 127.0.0.1:.*--port"):
+        taken = listen("127.0.0.1", 0, "HTTP")
+        try:
+            listen("127.0.0.1", taken.getsockname()[1], "HTTP")
+        finally:
+            taken.close()

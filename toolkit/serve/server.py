@@ -47,7 +47,9 @@ def listen(host: str, port: int, what: str) -> socket.socket:
     """A listening TCP socket on ``host:port``, or :class:`InputError` saying why not."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it every answer on a
+        # kept-alive connection waits 40 ms (Nagle's algorithm against the client's delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
         sock.listen(2048)
