@@ -438,9 +438,9 @@ def test_metrics_carry_tritons_names(server: Served) -> None:
 # ------------------------------------------------------------------------------------------------------ capacity
 @pytest.fixture(scope="module")
 def busy_server(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One instance, one image per execution, at most 6 requests in the server."""
+    """One instance, one image per execution, at most 16 requests in the server."""
     s = serving.start(onnx_model, tmp_path_factory.mktemp("busy") / "serve.log", "--name", MODEL, "--instances", "1",
-                      "--max-batch", "1", "--max-queue", "6", "--timeout-s", "20")
+                      "--max-batch", "1", "--max-queue", "16", "--timeout-s", "20")
     try:
         yield s
     finally:
@@ -455,17 +455,17 @@ def _trickle(port: int, data: bytes) -> tuple[socket.socket, bytes]:
 
 def test_a_full_queue_is_refused_at_once_then_served(busy_server: Served, images: list[Path],
                                                      run_labels: dict[str, str], names: dict[int, str]) -> None:
-    held = [_trickle(busy_server.port, images[i].read_bytes()) for i in range(6)]
+    held = [_trickle(busy_server.port, images[i].read_bytes()) for i in range(16)]
     deadline = time.monotonic() + 30
-    while busy_server.metric("yolokit_requests_in_flight") < 6 and time.monotonic() < deadline:
+    while busy_server.metric("yolokit_requests_in_flight") < 16 and time.monotonic() < deadline:
         time.sleep(0.05)
     t0 = time.perf_counter()
-    r = httpx.post(busy_server.url + "/v1/detect", content=images[6].read_bytes(), timeout=60)
+    r = httpx.post(busy_server.url + "/v1/detect", content=images[16].read_bytes(), timeout=60)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "--max-queue" in r.json()["error"]
     assert time.perf_counter() - t0 < 5
     with pytest.raises(InferenceServerException) as e:
         tritonclient_grpc.InferenceServerClient(busy_server.grpc).infer(
-            MODEL, [_bytes_input(tritonclient_grpc, [images[6].read_bytes()])])
+            MODEL, [_bytes_input(tritonclient_grpc, [images[16].read_bytes()])])
     assert e.value.status() == "StatusCode.UNAVAILABLE" and "--max-queue" in e.value.message()
     for i, (s, rest) in enumerate(held):  # the held requests end their bodies and are answered
         s.sendall(rest)
@@ -484,12 +484,12 @@ def test_a_full_queue_is_refused_at_once_then_served(busy_server: Served, images
 
 def test_requests_past_their_deadline_get_504_and_their_work_is_dropped(busy_server: Served,
                                                                         coco128_large: Path) -> None:
-    big = sorted(coco128_large.glob("*_4032x3024.jpg"))[:6]
-    assert len(big) == 6
+    big = sorted(coco128_large.glob("*_4032x3024.jpg"))[:10]
+    assert len(big) == 10
     ran = busy_server.metric("nv_inference_count")
-    client = tritonclient_http.InferenceServerClient(busy_server.http, concurrency=6)
-    pending = [client.async_infer(MODEL, [_bytes_input(tritonclient_http, [p.read_bytes()])], timeout=200_000)
-               for p in big]  # Triton's request timeout, in microseconds: 0.2 s each, queued behind one another
+    client = tritonclient_http.InferenceServerClient(busy_server.http, concurrency=len(big))
+    pending = [client.async_infer(MODEL, [_bytes_input(tritonclient_http, [p.read_bytes()])], timeout=100_000)
+               for p in big]  # Triton's request timeout, in microseconds: 0.1 s each, queued behind one another
     statuses = []
     for req in pending:
         try:
@@ -508,17 +508,19 @@ def test_requests_past_their_deadline_get_504_and_their_work_is_dropped(busy_ser
 def test_a_client_that_leaves_has_its_queued_work_cancelled(busy_server: Served, coco128_large: Path,
                                                             images: list[Path], run_labels: dict[str, str],
                                                             names: dict[int, str]) -> None:
-    big = sorted(coco128_large.glob("*_4032x3024.jpg"))[:4]
+    big = sorted(coco128_large.glob("*_4032x3024.jpg"))[:12]  # about 12 decodes and 12 runs ahead of the one
     ran = busy_server.metric("nv_inference_count")
     canceled = busy_server.metric("nv_inference_request_failure", reason="CANCELED")
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(len(big)) as pool:
         busy = [pool.submit(httpx.post, busy_server.url + "/v1/detect", content=p.read_bytes(), timeout=120)
                 for p in big]
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while busy_server.metric("yolokit_requests_in_flight") < len(big) and time.monotonic() < deadline:
+            time.sleep(0.01)
         data = big[0].read_bytes()
         s = _raw(busy_server.port, f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n",
                  data)
-        time.sleep(0.2)
+        time.sleep(0.05)
         s.close()  # gone while its image waits to be decoded or run
         assert all(f.result().status_code == 200 for f in busy)
     deadline = time.monotonic() + 30
@@ -648,3 +650,49 @@ def test_which_runtimes_answer_an_image_the_same_in_any_batch(onnx_model: Path, 
         assert choose_batch(torch, 4, logged.append) == 4 and "can differ" in logged[1]
     finally:
         torch.close()
+
+
+def test_create_app_serves_a_detector_mounted_in_an_app_of_ones_own(onnx_model: Path, images: list[Path],
+                                                                     run_labels: dict[str, str],
+                                                                     names: dict[int, str]) -> None:
+    """The library face: ``create_app(detector)`` is an ASGI app; mounted under /yolo in a Starlette app of one's
+    own, on uvicorn in this process, with an API key."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from tests.helpers.ports import free_port
+    from toolkit import Detector
+    from toolkit.serve import ServeOptions, create_app
+
+    with Detector(onnx_model) as det:
+        app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("mine")),
+                                Mount("/yolo", create_app(det, ServeOptions(api_key="k", max_delay_ms=0)))])
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            base, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k"}
+            assert httpx.get(base + "/", timeout=10).text == "mine"
+            assert httpx.get(base + "/yolo/v2/health/ready", timeout=10).status_code == 200
+            assert httpx.get(base + "/yolo/v2", timeout=10).status_code == 401
+            for p in images[:4]:
+                r = httpx.post(base + "/yolo/v1/detect", content=p.read_bytes(), headers=key, timeout=60)
+                rows = r.json()["detections"]
+                boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in rows], np.float32).reshape(-1, 4)
+                got = _labels(boxes, np.array([d["confidence"] for d in rows], np.float32),
+                              np.array([d["class_id"] for d in rows]), len(rows), p, names)
+                assert got == run_labels[p.stem]
+            client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{port}/yolo")
+            result = client.infer(det.weights.stem, [_bytes_input(tritonclient_http, [images[4].read_bytes()])],
+                                  headers=key)
+            assert _result_labels(result, 0, images[4], names) == run_labels[images[4].stem]
+        finally:
+            server.should_exit = True
+            thread.join(30)

@@ -41,9 +41,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.key = key.encode() if key else None
 
     async def _refuse(self, context: Any, r: Refusal) -> None:
-        if r.retry_after is not None:
-            context.set_trailing_metadata((("retry-after", str(r.retry_after)),))
-        await context.abort(STATUS.get(r.status, grpc.StatusCode.UNKNOWN), r.message)
+        trailing = (("retry-after", str(r.retry_after)),) if r.retry_after is not None else ()
+        await context.abort(STATUS.get(r.status, grpc.StatusCode.UNKNOWN), r.message, trailing)
 
     async def _authorized(self, context: Any) -> None:
         if self.key is None:

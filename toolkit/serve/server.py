@@ -110,6 +110,7 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             yield
 
     config = uvicorn.Config(create_app(service=service), log_level="warning", access_log=False, lifespan="off",
+                            server_header=False,
                             timeout_graceful_shutdown=max(1, int(opts.drain_timeout)))
     http = Server(config)
     signals = _Signals()
