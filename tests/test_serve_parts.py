@@ -301,3 +301,25 @@ def test_the_http_listener_gives_connections_tcp_nodelay() -> None:
             listen("127.0.0.1", taken.getsockname()[1], "HTTP")
         finally:
             taken.close()
+
+
+def test_every_http_error_is_the_protocols_error_object() -> None:
+    """Starlette's own 404 and 405 too, and the routes answer before any model is loaded (503, not a crash)."""
+    import httpx
+
+    from toolkit.serve.http import create_app
+    from toolkit.serve.service import Service
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=create_app(service=Service(ServeOptions(), "m")))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/nowhere")).json() == {"error": "no route /nowhere"}
+            r = await client.get("/v1/detect")
+            assert r.status_code == 405 and r.json() == {"error": "GET is not allowed on /v1/detect"}
+            assert (await client.get("/v2/health/live")).json() == {"live": True}
+            assert (await client.get("/v2/health/ready")).status_code == 503
+            r = await client.post("/v2/models/m/infer", content=b"{}")
+            assert r.status_code == 503 and "still loading" in r.json()["error"] and r.headers["Retry-After"] == "1"
+            assert (await client.get("/v2/models/other")).status_code == 404
+
+    asyncio.run(main())

@@ -111,6 +111,11 @@ class Batcher:
         return self._admitted
 
     @property
+    def running(self) -> int:
+        """Batches running in the instances' threads."""
+        return len(self._running)
+
+    @property
     def depth(self) -> int:
         """Items queued, waiting for an instance."""
         return self._depth

@@ -97,7 +97,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._refuse(context, r)
         try:
             parsed = parse_grpc(request)
-            tensors, _ = await svc.infer(ticket, parsed, arrived)
+            tensors = await svc.infer(ticket, parsed, arrived)
             response = fill_grpc(pb.ModelInferResponse(), svc.name, "1", parsed.id, tensors)
             svc.succeeded(arrived)
             return response

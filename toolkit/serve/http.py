@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -66,7 +67,7 @@ def create_app(model: Any = None, options: ServeOptions | None = None, *, servic
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [Route(base, http.model_metadata), Route(base + "/ready", http.model_ready),
                    Route(base + "/infer", http.infer, methods=["POST"])]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.service = service
     key = service.options.api_key
     return _ApiKey(app, key) if key else app  # type: ignore[return-value]
@@ -96,6 +97,14 @@ class _ApiKey:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method a route does not take) as the protocol's error object."""
+    status = getattr(exc, "status_code", 500)
+    what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return JSONResponse({"error": what.get(status, str(getattr(exc, "detail", exc)))}, status,
+                        headers=getattr(exc, "headers", None))
 
 
 def _error(r: Refusal) -> Response:
@@ -155,7 +164,7 @@ class _Http:
 
         async def answer(gone: asyncio.Future[Any], body: bytes, ticket: Any, arrived: float) -> Response:
             parsed = parse_http(body, header_length(request.headers.get(HEADER_LENGTH)))
-            tensors, _ = await svc.infer(ticket, parsed, arrived, gone)
+            tensors = await svc.infer(ticket, parsed, arrived, gone)
             t0 = asyncio.get_running_loop().time()
             payload, json_length = encode_http(svc.name, "1", parsed.id, tensors,
                                                {t.name: parsed.binary(t.name) for t in tensors})

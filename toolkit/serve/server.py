@@ -154,8 +154,9 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             if grpc_server is not None:
                 await grpc_server.stop(grace=1.0)
             await http_task
+            running = service.batcher.running if service.batcher is not None else 0
             await service.close()
-            if model is not None:
+            if model is not None and not running:  # a batch still running keeps its model (the process is ending)
                 model.close()
     log("yolokit serve: stopped")
 

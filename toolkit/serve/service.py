@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from toolkit.engine.plan import cpu_count
 from toolkit.errors import InputError, YolokitError
 from toolkit.serve import metrics as m
 from toolkit.serve.batcher import Batcher, Draining, Expired, QueueFull, Ticket
@@ -39,6 +39,14 @@ class Refusal(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be answered (loop time), and the seconds it was given."""
+
+    at: float
+    seconds: float
 
 
 class ClientGone(Exception):
@@ -67,7 +75,7 @@ class Service:
         runs = [lambda items, i=i: model.run(items, i) for i in range(len(model.routines))]
         self.batcher = Batcher(runs, max_batch, opts.max_delay_ms / 1000, opts.max_queue, self.metrics)
         self.batcher.start()
-        self._prepare = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="yolokit-prepare")
+        self._prepare = ThreadPoolExecutor(min(8, cpu_count()), thread_name_prefix="yolokit-prepare")
         self.state = READY
 
     @property
@@ -120,9 +128,9 @@ class Service:
         self.metrics.in_flight.dec()
 
     async def infer(self, ticket: Ticket, request: InferRequest, arrived: float,
-                    gone: asyncio.Future[Any] | None = None) -> tuple[list[Tensor], float]:
-        """A KServe v2 request's output tensors (and its deadline, loop time). ``arrived``: its loop time of
-        arrival; ``gone``: done when the client disconnects."""
+                    gone: asyncio.Future[Any] | None = None) -> list[Tensor]:
+        """A KServe v2 request's output tensors. ``arrived``: its loop time of arrival; ``gone``: done when the
+        client disconnects."""
         model = self.check_model(self.name)
         deadline = self._deadline(arrived, request.parameters.get("timeout"))
         with self._refusals():
@@ -133,7 +141,7 @@ class Service:
             t0 = asyncio.get_running_loop().time()
             tensors = model.outputs(dets, names)
             self.metrics.encoded(asyncio.get_running_loop().time() - t0)
-            return tensors, deadline
+            return tensors
 
     async def detect(self, ticket: Ticket, data: bytes, parameters: dict[str, Any], arrived: float,
                      gone: asyncio.Future[Any] | None = None) -> dict[str, Any]:
@@ -152,13 +160,13 @@ class Service:
         if reason is not None:
             self.metrics.failed(reason, asyncio.get_running_loop().time() - arrived)
 
-    def _deadline(self, arrived: float, timeout_us: Any) -> float:
+    def _deadline(self, arrived: float, timeout_us: Any) -> Deadline:
         seconds = self.options.timeout_s
         if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
             seconds = min(seconds, timeout_us / 1e6)  # Triton's request timeout, in microseconds
-        return arrived + seconds
+        return Deadline(arrived + seconds, seconds)
 
-    async def _run(self, ticket: Ticket, preparations: list[Any], deadline: float,
+    async def _run(self, ticket: Ticket, preparations: list[Any], deadline: Deadline,
                    gone: asyncio.Future[Any] | None) -> list[Any]:
         loop = asyncio.get_running_loop()
         assert self.model is not None and self._prepare is not None
@@ -166,23 +174,24 @@ class Service:
         prepared = await self._wait(asyncio.gather(*jobs), deadline, gone)
         self.metrics.decoded([s for _, s in prepared])
         items = [p for p, _ in prepared]
-        futures = ticket.submit(items, [self.model.key(p) for p in items], deadline)
+        futures = ticket.submit(items, [self.model.key(p) for p in items], deadline.at)
         return await self._wait(asyncio.gather(*futures), deadline, gone)
 
-    async def _wait(self, work: Awaitable[T], deadline: float, gone: asyncio.Future[Any] | None) -> T:
+    async def _wait(self, work: Awaitable[T], deadline: Deadline, gone: asyncio.Future[Any] | None) -> T:
         """``work``'s result, or :class:`Refusal` 504 past the deadline, or :class:`ClientGone`; what is left of
         ``work`` is cancelled (its queued images leave the queue)."""
         task = asyncio.ensure_future(work)
         waiting: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
         try:
-            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            timeout = max(0.0, deadline.at - asyncio.get_running_loop().time())
             done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
             if gone is not None and gone in done:
                 raise ClientGone()
-            raise Refusal(504, f"the request was not answered within {deadline_text(self.options.timeout_s)} (its "
-                               f"--timeout-s, or its own timeout); its queued work was dropped", m.REJECTED)
+            raise Refusal(504, f"the request was not answered within its {deadline.seconds:g} s (the server's "
+                               f"--timeout-s, or the request's own timeout); its queued work was dropped",
+                          m.REJECTED)
         finally:
             if not task.done():
                 task.cancel()
@@ -207,6 +216,3 @@ class Service:
         except YolokitError as e:
             raise Refusal(500, str(e), m.BACKEND) from None
 
-
-def deadline_text(seconds: float) -> str:
-    return f"{seconds:g} s"
