@@ -194,9 +194,9 @@ class Service:
                           m.REJECTED)
         finally:
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                task.cancel()  # a gathering future cancels its parts at once: queued images leave the queue
+            elif not task.cancelled():
+                task.exception()  # retrieved, whatever it is: this request is answered already
 
     @contextlib.contextmanager
     def _refusals(self) -> Any:
