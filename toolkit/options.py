@@ -51,6 +51,7 @@ DETECTION = "Detection"
 INPUTS = "Inputs"
 SPEED = "Faster, but detections differ from YOLOv5's"
 SAVING = "What is saved"
+SERVER = "Server"
 DRAWING = "How boxes are drawn"
 TILING = "Tiling (huge images)"
 FOLDER = "Run folder"
@@ -67,7 +68,8 @@ class Option:
     ``cli_type``: the command-line type when the field's is wider (``imgsz``: int, though the library takes (h, w));
     ``cli``: shown on the command line (False: library only); ``off``: the value of a group's switch that leaves the
     whole group off (``--tile 0``); ``lo``/``hi``: limits, excluded when ``lo_open``/``hi_open``;
-    ``affects_output``: changing it changes what a run writes (a resumed run must keep it)."""
+    ``affects_output``: changing it changes what a run writes (a resumed run must keep it); ``env``: an environment
+    variable the command line reads the value from when the flag is not given (a secret: ``--api-key``)."""
 
     default: Any
     help: str
@@ -85,6 +87,7 @@ class Option:
     cli: bool = True
     off: Any = None
     argument: bool = False
+    env: str = ""
 
     def field(self, **changes: Any) -> Any:
         """A dataclass field declared by this option (``changes`` make a variant: another default, help...)."""
@@ -299,5 +302,5 @@ def identity(obj: Any) -> dict[str, Any]:
 
 
 __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
-           "RAY", "REQUIRED", "SAVING", "SPEED", "TILING", "Entry", "Option", "build", "check", "declared", "group",
-           "identity", "keys", "nearest", "option", "plain", "refuse_unknown", "walk"]
+           "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "build", "check", "declared",
+           "group", "identity", "keys", "nearest", "option", "plain", "refuse_unknown", "walk"]

@@ -6,7 +6,8 @@ Typer parsed back into the options dataclass."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, get_type_hints
 
 import typer
@@ -35,25 +36,42 @@ def _type(entry: Entry, hints: dict[type, dict[str, Any]]) -> Any:
     return hints[entry.owner][entry.name]
 
 
-def parameters(cls: type) -> list[inspect.Parameter]:
-    """One keyword parameter per command-line option that ``cls`` (a composite included) declares."""
-    hints: dict[type, dict[str, Any]] = {}
+def entries(cls: type, omit: Collection[str] = (), changes: Mapping[str, Mapping[str, Any]] | None = None
+            ) -> list[Entry]:
+    """The command-line options of ``cls`` (a composite included), but those whose flat names are in ``omit``,
+    with ``changes`` made to some declarations (``{"weights": {"argument": True}}``: a command that takes the model
+    as its argument)."""
     out = []
     for entry in walk(cls):
-        opt = entry.option
-        if not opt.cli:
+        if not entry.option.cli or entry.key in omit:
             continue
+        if changes and entry.key in changes:
+            entry = replace(entry, option=replace(entry.option, **changes[entry.key]))
+        out.append(entry)
+    return out
+
+
+def parameters(cls: type, omit: Collection[str] = (), changes: Mapping[str, Mapping[str, Any]] | None = None
+               ) -> list[inspect.Parameter]:
+    """One keyword parameter per command-line option of :func:`entries`."""
+    hints: dict[type, dict[str, Any]] = {}
+    out = []
+    for entry in entries(cls, omit, changes):
+        opt = entry.option
         text = opt.help.replace("[", "\\[")  # rich markup would take 'yolokit[ray]' for a tag and drop it
         info = (typer.Argument(help=text) if opt.argument
-                else typer.Option(*opt.decls, help=text, rich_help_panel=opt.panel or None))
+                else typer.Option(*opt.decls, help=text, rich_help_panel=opt.panel or None, envvar=opt.env or None,
+                                  show_envvar=bool(opt.env)))
         out.append(inspect.Parameter(entry.key, inspect.Parameter.KEYWORD_ONLY, default=cli_default(entry),
                                      annotation=Annotated[_type(entry, hints), info]))
     return out
 
 
-def command(fn: Callable[..., Any], cls: type, extra: Sequence[inspect.Parameter] = ()) -> Callable[..., Any]:
-    """``fn`` (which takes ``**kwargs``) with the signature Typer reads: ``cls``'s options, then ``extra``."""
-    fn.__signature__ = inspect.Signature([*parameters(cls), *extra])  # type: ignore[attr-defined]
+def command(fn: Callable[..., Any], cls: type, extra: Sequence[inspect.Parameter] = (), omit: Collection[str] = (),
+            changes: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[..., Any]:
+    """``fn`` (which takes ``**kwargs``) with the signature Typer reads: ``cls``'s options (see :func:`entries`),
+    then ``extra``."""
+    fn.__signature__ = inspect.Signature([*parameters(cls, omit, changes), *extra])  # type: ignore[attr-defined]
     return fn
 
 
@@ -63,13 +81,12 @@ def flag(name: str, help: str, decls: tuple[str, ...] = (), default: Any = False
                              annotation=Annotated[type(default), typer.Option(*decls, help=help)])
 
 
-def collect(cls: type, kwargs: dict[str, Any]) -> Any:
-    """The ``cls`` that Typer's parsed ``kwargs`` describe (each text form parsed); ``kwargs`` keeps the rest."""
+def collect(cls: type, kwargs: dict[str, Any], omit: Collection[str] = ()) -> Any:
+    """The ``cls`` that Typer's parsed ``kwargs`` describe (each text form parsed; the options in ``omit`` keep
+    their defaults); ``kwargs`` keeps the rest."""
     values: dict[str, Any] = {}
-    for entry in walk(cls):
+    for entry in entries(cls, omit):
         opt = entry.option
-        if not opt.cli:
-            continue
         value = kwargs.pop(entry.key)
         if opt.text and value is not None:
             value = FORMS[opt.text][0](value, entry.flag)

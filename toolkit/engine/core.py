@@ -193,6 +193,7 @@ class Prepared:
     info: LetterboxInfo
     image: np.ndarray | None
     orig_shape: tuple[int, int]
+    nms: NMSOptions | None = None  # this image's NMS settings, when not the routine's (a served request's own)
 
 
 # Payload: a decoded frame, a failure reason, a remote image's finished download, or None: read the file
@@ -316,8 +317,9 @@ class BatchRoutine:
             return final_detections(pred, nms)
         return postprocess(pred, nms)
 
-    def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None) -> Detections:
-        xyxy, conf, cls = self.detect(pred)
+    def postprocess(self, pred: np.ndarray, info: LetterboxInfo, path: str | None = None,
+                    nms: NMSOptions | None = None) -> Detections:
+        xyxy, conf, cls = self.detect(pred, nms)
         return Detections(scale_boxes(xyxy, info), conf, cls, self.names, path, info.src_shape)
 
     def reduce_factor(self, shape: tuple[int, int]) -> int:
@@ -330,28 +332,32 @@ class BatchRoutine:
 
     def load_input(self, ref: InputRef, fast_decode: bool | None = None, data: Download | None = None
                    ) -> tuple[np.ndarray, tuple[int, int]] | str:
-        """Read one image file (or take its finished download, ``data``, released here): (BGR image, original
-        (h, w)), or the reason it cannot be read. With
+        """Read one image file (or take its finished download, ``data``, released here) and :meth:`decode` it:
+        (BGR image, original (h, w)), or the reason it cannot be read."""
+        with self.times.timed("read"):
+            try:
+                encoded = data.array() if data is not None else read_source(
+                    ref.path, self.config.limits.max_file_size, self.config.timeout, self.config.download_timeout)
+                return self.decode(encoded, ref.path, fast_decode)
+            except ImageReadError as e:
+                return e.reason
+            finally:
+                if data is not None:
+                    data.close()
+
+    def decode(self, encoded: np.ndarray, name: str, fast_decode: bool | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode one image's bytes as every run does: (BGR image, original (h, w)), or
+        :class:`~toolkit.io.files.ImageReadError` naming ``name`` and the reason (within ``config.max_pixels``). With
         ``fast_decode`` (default: the detector's setting), a JPEG at least twice the model input is decoded at
         reduced size; the shape returned is still the original's (as displayed: OpenCV applies the EXIF rotation)."""
         from toolkit.io.decode import jpeg_size
 
         if fast_decode is None:
             fast_decode = self.config.fast_decode
-        limits = self.config.limits
-        factor, size = 1, None
-        with self.times.timed("read"):
-            try:
-                encoded = data.array() if data is not None else read_source(
-                    ref.path, limits.max_file_size, self.config.timeout, self.config.download_timeout)
-                size = jpeg_size(encoded) if fast_decode else None
-                factor = self.reduce_factor(size) if size else 1
-                img = decode_image(encoded, ref.path, factor, limits.max_pixels)
-            except ImageReadError as e:
-                return e.reason
-            finally:
-                if data is not None:
-                    data.close()
+        size = jpeg_size(encoded) if fast_decode else None
+        factor = self.reduce_factor(size) if size else 1
+        img = decode_image(encoded, name, factor, self.config.limits.max_pixels)
         if factor == 1 or not size:
             return img, (img.shape[0], img.shape[1])
         h, w = size  # as stored in the JPEG
@@ -394,7 +400,7 @@ class BatchRoutine:
         t1 = time.perf_counter()
         out = []
         for p, pred in zip(group, preds, strict=True):
-            det = self.postprocess(pred, p.info, p.ref.path)
+            det = self.postprocess(pred, p.info, p.ref.path, p.nms)
             to_original(det, p.orig_shape, p.info.src_shape)
             out.append((p.index, Result(p.ref, det, image=p.image)))
         self.times.add("infer", t1 - t0)

@@ -64,6 +64,14 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def check_size(path: str, size: int, max_file_size: int) -> None:
+    """:class:`ImageReadError` for an input of ``size`` bytes over ``max_file_size`` (a file before it is read, an
+    image a server received)."""
+    if size > max_file_size:
+        raise ImageReadError(path, f"the file is {size_text(size)}, over the {size_text(max_file_size)} limit; raise "
+                                   f"it with --max-file-size if this is a real image")
+
+
 def _not_regular(path: str, kind: str) -> ImageReadError:
     return ImageReadError(path, f"is {kind}, not an image file; it was not read")
 
@@ -93,9 +101,7 @@ def read_bytes(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> np.ndar
     opened without blocking and checked again (it may have been replaced meanwhile). A file larger than
     ``max_file_size`` is refused before it is read."""
     st = regular_file(path)
-    if st.st_size > max_file_size:
-        raise ImageReadError(path, f"the file is {size_text(st.st_size)}, over the {size_text(max_file_size)} "
-                                   f"limit; raise it with --max-file-size if this is a real image")
+    check_size(path, st.st_size, max_file_size)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:

@@ -1,0 +1,152 @@
+"""What ``yolokit serve`` is given: the server's own options (:class:`ServeOptions`, declared once like every
+option, :mod:`toolkit.options`) and the detector's, read from :class:`~toolkit.engine.core.DetectorConfig`'s
+declarations: every detector option but those about files, URLs and videos (:data:`NOT_SERVED`), so one added there
+later is served too. :class:`ServeSettings` composes the two, as ``RunOptions`` composes a run's groups.
+
+A request's own ``parameters`` (:data:`REQUEST_PARAMETERS`) are checked against the same declarations
+(:func:`request_nms`), and a model with NMS inside refuses what its baked NMS cannot give, as ``yolokit run`` does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit.engine.core import DetectorConfig, resolve_nms
+from toolkit.errors import InputError
+from toolkit.meta import ModelMeta
+from toolkit.ops import NMSOptions
+from toolkit.options import SERVER, build, check, declared, group, option
+
+# DetectorConfig's options that a server has no use for (by flat name): it reads no files, URLs, videos or streams,
+# and letterboxes on the host
+NOT_SERVED = ("vid_stride", "stream_timeout", "download_timeout", "download_workers", "download_memory", "gpu_resize")
+
+# the detector settings a request may set in its "parameters" (KServe v2) or query string (/v1/detect)
+REQUEST_PARAMETERS = ("conf", "iou", "max_det", "classes")
+
+API_KEY_ENV = "YOLOKIT_API_KEY"
+DEFAULT_MAX_BODY = 64 << 20
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's options: where it listens, how it batches, what it admits, how it stops."""
+
+    name: str = option("", "The model's name in the routes (/v2/models/NAME); default: the model file's stem.",
+                       panel=SERVER)
+    host: str = option("127.0.0.1", "Address to listen on. Any address but loopback needs --api-key (or "
+                       "--insecure).", panel=SERVER)
+    port: int = option(8000, "HTTP port: KServe v2 REST, /v1/detect, /metrics.", panel=SERVER, lo=1, hi=65535)
+    grpc_port: int = option(8001, "gRPC port: KServe v2 GRPCInferenceService; 0 turns gRPC off.", panel=SERVER, lo=0,
+                            hi=65535)
+    max_batch: int = option(0, "Most images in one model execution (requests are gathered into batches). 0: 8 on a "
+                            "CPU, the GPU plan's batch on a CUDA device, within the model's own limit; 1 when the "
+                            "warm-up finds that this runtime's output for an image changes with the batch it rides in "
+                            "(so that answers stay yolokit run's exactly).", panel=SERVER, lo=0)
+    max_delay_ms: float = option(5.0, "Most milliseconds a batch waits for more requests while others are still "
+                                 "being decoded; it never waits when none are.", panel=SERVER, lo=0)
+    instances: int = option(0, "Model instances: threads that run batches at once, each with its own copy of the "
+                            "model, sharing the CPU's cores. 0: one per core on a CPU (at most 4; with one intra-op "
+                            "thread each on 2 cores, which measured faster than one instance on both), 1 on a CUDA "
+                            "device.", panel=SERVER, lo=0)
+    max_queue: int = option(64, "Most requests admitted at once (decoding, waiting or running); past it a request "
+                            "gets 503 with Retry-After at once (gRPC: UNAVAILABLE).", panel=SERVER, lo=1)
+    timeout_s: float = option(30.0, "A request not answered this many seconds after it arrived gets 504 (gRPC: "
+                              "DEADLINE_EXCEEDED), and its queued work is dropped.", panel=SERVER, lo=0, lo_open=True)
+    max_body: int = option(DEFAULT_MAX_BODY, "Largest request body (bytes, or 64M); a larger one gets 413 before it "
+                           "is read whole.", text="bytes", panel=SERVER, lo=1)
+    api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every route but /v2/health/live and "
+                                 "/v2/health/ready (gRPC: the same metadata; all but ServerLive and ServerReady).",
+                                 panel=SERVER, env=API_KEY_ENV)
+    drain_timeout: float = option(30.0, "On SIGTERM or SIGINT: seconds the requests in flight get to finish (readiness "
+                                  "turns 503 and new requests are refused meanwhile); then the process exits 0.",
+                                  panel=SERVER, lo=0)
+    insecure: bool = option(False, "Allow listening on an address other than loopback without --api-key.",
+                            panel=SERVER)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError(f"--api-key (or ${API_KEY_ENV}) is empty; give a key, or leave it unset")
+
+    def check_exposure(self) -> None:
+        """Refuse (exit 2) to listen beyond this machine without a key, unless ``--insecure`` says so."""
+        if self.api_key or self.insecure or is_loopback(self.host):
+            return
+        raise InputError(f"--host {self.host} listens beyond this machine, and no --api-key (or ${API_KEY_ENV}) is "
+                         f"set, so anyone who reaches it could use the model; give --api-key KEY, or --insecure to "
+                         f"serve without one")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``yolokit serve`` is given: the detector (every :class:`DetectorConfig` option but
+    :data:`NOT_SERVED`) and the server. :meth:`of` builds one from flat settings by their command-line names."""
+
+    detector: DetectorConfig = group(DetectorConfig)
+    server: ServeOptions = group(ServeOptions)
+
+    @classmethod
+    def of(cls, **settings: Any) -> ServeSettings:
+        unserved = [k for k in settings if k in NOT_SERVED]
+        if unserved:
+            raise InputError(f"yolokit serve has no setting {unserved[0]!r}: the server reads no files, URLs, videos "
+                             f"or streams")
+        return build(cls, settings, "yolokit serve")  # type: ignore[no-any-return]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def request_nms(config: DetectorConfig, meta: ModelMeta, base: NMSOptions, values: dict[str, Any],
+                model: str) -> NMSOptions:
+    """The NMS settings of one request: ``base`` (the server's) with ``values`` (a request's conf, iou, max_det,
+    classes) applied, each checked against its declaration; for a model with NMS inside, what its NMS cannot give is
+    refused as ``yolokit run`` refuses it. :class:`InputError` in one line naming the parameter."""
+    if not values:
+        return base
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in REQUEST_PARAMETERS:
+            raise InputError(f"parameter {name!r} is not one this server takes; it takes "
+                             + ", ".join(REQUEST_PARAMETERS))
+        value = _typed(name, value)
+        decl = declared(DetectorConfig, name)
+        if not decl.allows(value):
+            raise InputError(f"parameter {name} must be {decl.limits()}, got {value!r}")
+        changes[name] = value
+    asked = replace(config, **changes)
+    if meta.nms is not None:
+        resolve_nms(asked, meta, Path(model))
+    return replace(base, **changes)
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A parameter's value as its option takes it: numbers from JSON numbers or strings, classes from ``0,2``, a list
+    or one id."""
+    kind = {"conf": float, "iou": float, "max_det": int}.get(name)
+    try:
+        if kind is not None:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return kind(value)
+        if isinstance(value, str):
+            return tuple(int(c) for c in value.replace(" ", "").split(",") if c) or None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value) or None
+    except (TypeError, ValueError):
+        pass
+    what = {"conf": "a number", "iou": "a number", "max_det": "a whole number"}.get(name, "class ids like 0,2")
+    raise InputError(f"parameter {name} takes {what}, got {value!r}")

@@ -1,0 +1,340 @@
+"""The KServe v2 inference protocol (the Open Inference Protocol) and Triton's binary tensor extension, as plain
+functions over plain types, apart from any transport: a request's body (JSON, then the binary tensors it announces)
+or a gRPC ``ModelInferRequest`` -> :class:`InferRequest`; output tensors -> the response body or message.
+
+What the extension defines, and this module does:
+
+* a tensor in binary is little-endian, row-major, without padding; a BYTES element is a 4-byte little-endian
+  length, then its bytes (:func:`pack_bytes`, :func:`unpack_bytes`);
+* over HTTP, an input whose ``parameters`` hold ``binary_data_size`` takes that many bytes from what follows the
+  JSON (whose length the ``Inference-Header-Content-Length`` header gives), in input order; an output is returned in
+  binary when its requested ``parameters`` say ``binary_data: true``, or when the request's ``parameters`` say
+  ``binary_data_output: true`` and the output says nothing; the response then carries its own
+  ``Inference-Header-Content-Length``;
+* over gRPC, inputs may come in ``raw_input_contents`` (one per input, in order) and outputs always go in
+  ``raw_output_contents``, as Triton sends them.
+
+Errors are :class:`ProtocolError` (an :class:`~toolkit.errors.InputError`) carrying the HTTP status to answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import InputError
+
+HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP header names: any case)
+
+DTYPES: dict[str, Any] = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+                          "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+                          "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+BYTES = "BYTES"
+
+# the typed field of InferTensorContents that holds each datatype (gRPC without raw contents)
+_CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+             "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", BYTES: "bytes_contents"}
+
+
+class ProtocolError(InputError):
+    """A request the server cannot take, with the HTTP ``status`` to answer (400 unless said)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Tensor:
+    """A named tensor: ``data`` a numpy array of ``shape`` (numeric datatypes) or a list of bytes (BYTES, one per
+    element, row-major)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Any
+
+    def describe(self) -> str:
+        return f"{self.datatype} {list(self.shape)}"
+
+
+@dataclass
+class InferRequest:
+    """A decoded inference request. ``outputs``: the outputs asked for, each with whether it was asked in binary
+    (None: not said), or None when the request names none (all of them)."""
+
+    inputs: list[Tensor]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, bool | None] | None = None
+
+    def binary(self, name: str) -> bool:
+        """Whether output ``name`` goes back in binary (HTTP)."""
+        asked = self.outputs.get(name) if self.outputs is not None else None
+        return bool(self.parameters.get("binary_data_output", False)) if asked is None else asked
+
+
+# ----------------------------------------------------------------------------------------------- tensor data
+def pack_bytes(elements: Iterable[bytes]) -> bytes:
+    """BYTES elements in the binary form: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(e)) + bytes(e) for e in elements)
+
+
+def unpack_bytes(buf: bytes | memoryview, count: int, name: str) -> list[memoryview]:
+    """``count`` BYTES elements from their binary form (views into ``buf``, nothing copied)."""
+    mv = memoryview(buf)
+    out, pos = [], 0
+    for i in range(count):
+        if pos + 4 > len(mv):
+            raise ProtocolError(f"input {name}: its binary data ends before element {i} of {count} (each BYTES "
+                                f"element is a 4-byte little-endian length, then its bytes)")
+        (n,) = struct.unpack_from("<I", mv, pos)
+        if pos + 4 + n > len(mv):
+            raise ProtocolError(f"input {name}: element {i} claims {n} bytes, but only {len(mv) - pos - 4} follow")
+        out.append(mv[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    if pos != len(mv):
+        raise ProtocolError(f"input {name}: {len(mv) - pos} bytes follow its {count} BYTES elements; the shape says "
+                            f"{count} elements")
+    return out
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                        for d in value):
+        raise ProtocolError(f"input {name}: shape must be a list of whole numbers, got {value!r}")
+    return tuple(int(d) for d in value)
+
+
+def from_binary(name: str, datatype: str, shape: tuple[int, ...], buf: bytes | memoryview) -> Tensor:
+    """A tensor from its binary form (HTTP binary data, gRPC raw contents)."""
+    count = _elements(shape)
+    if datatype == BYTES:
+        return Tensor(name, datatype, shape, unpack_bytes(buf, count, name))
+    dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    if len(buf) != count * dtype.itemsize:
+        raise ProtocolError(f"input {name}: {datatype} {list(shape)} is {count * dtype.itemsize} bytes, but "
+                            f"{len(buf)} came")
+    return Tensor(name, datatype, shape, np.frombuffer(buf, dtype).reshape(shape))
+
+
+def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Tensor:
+    """A tensor from its JSON ``data`` (nested or flat, row-major)."""
+    count = _elements(shape)
+    if datatype == BYTES:
+        flat = list(_flatten(data))
+        if len(flat) != count or not all(isinstance(v, str) for v in flat):
+            raise ProtocolError(f"input {name}: BYTES {list(shape)} takes {count} strings in 'data'; an image file "
+                                f"is sent as binary data (the binary tensor extension), not in JSON")
+        return Tensor(name, datatype, shape, [v.encode() for v in flat])
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        arr = np.asarray([], dtype=object)
+    kinds = "b" if datatype == "BOOL" else "biuf" if datatype.startswith("FP") else "biu"
+    if arr.dtype.kind not in kinds or arr.size != count:
+        raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes {count} "
+                            f"{'true/false values' if datatype == 'BOOL' else 'numbers'} in 'data', got "
+                            f"{arr.size if arr.dtype.kind != 'O' else 'an uneven list of'} "
+                            f"{'values' if arr.dtype.kind in 'biufO' else 'strings'}")
+    return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
+
+
+def _flatten(data: Any) -> Iterable[Any]:
+    if isinstance(data, list):
+        for v in data:
+            yield from _flatten(v)
+    else:
+        yield data
+
+
+# ----------------------------------------------------------------------------------------------------- HTTP
+def header_length(value: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header's value, checked."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ProtocolError(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
+    return n
+
+
+def parse_http(body: bytes, json_length: int | None) -> InferRequest:
+    """An inference request's HTTP body: its JSON (all of it, or the first ``json_length`` bytes, the
+    ``Inference-Header-Content-Length``), then the binary data of the inputs that announce ``binary_data_size``."""
+    mv = memoryview(body)
+    if json_length is not None and json_length > len(mv):
+        raise ProtocolError(f"Inference-Header-Content-Length says {json_length} bytes of JSON, but the body is "
+                            f"{len(mv)} bytes")
+    head, binary = (mv, mv[:0]) if json_length is None else (mv[:json_length], mv[json_length:])
+    try:
+        doc = json.loads(bytes(head))
+    except (ValueError, UnicodeDecodeError) as e:
+        hint = ("; a body with binary data needs the Inference-Header-Content-Length header" if json_length is None
+                else "")
+        raise ProtocolError(f"the request is not valid JSON ({_json_reason(e)}){hint}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("the request must be a JSON object with 'inputs'")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise ProtocolError("the request must have 'inputs': a list of input tensors")
+    tensors, offset = [], 0
+    for i, spec in enumerate(inputs):
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"input {i} has no 'name'")
+        datatype, shape, params = _datatype(spec.get("datatype"), name), _shape(spec.get("shape"), name), \
+            _params(spec.get("parameters"), f"input {name}")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ProtocolError(f"input {name}: binary_data_size must be a byte count, got {size!r}")
+            if offset + size > len(binary):
+                raise ProtocolError(f"input {name}: binary_data_size {size} runs past the end of the body ("
+                                    f"{len(binary) - offset} bytes of binary data left)")
+            tensors.append(from_binary(name, datatype, shape, binary[offset:offset + size]))
+            offset += size
+        elif "data" in spec:
+            tensors.append(from_json(name, datatype, shape, spec["data"]))
+        else:
+            raise ProtocolError(f"input {name} has neither 'data' nor a binary_data_size parameter")
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes follow the JSON that no input's binary_data_size accounts "
+                            f"for")
+    outputs = doc.get("outputs")
+    wanted: dict[str, bool | None] | None = None
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                    for o in outputs):
+            raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+        wanted = {}
+        for o in outputs:
+            flag = _params(o.get("parameters"), f"output {o['name']}").get("binary_data")
+            wanted[o["name"]] = None if flag is None else bool(flag)
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, got {request_id!r}")
+    return InferRequest(tensors, request_id, _params(doc.get("parameters"), "the request"), wanted)
+
+
+def _json_reason(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at byte {e.pos}"
+    return "not UTF-8 text"
+
+
+def _datatype(value: Any, name: str) -> str:
+    if value not in DTYPES and value != BYTES:
+        raise ProtocolError(f"input {name}: datatype {value!r} is not a KServe v2 datatype (BOOL, UINT8..UINT64, "
+                            f"INT8..INT64, FP16, FP32, FP64, BYTES)")
+    return str(value)
+
+
+def _params(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be a JSON object")
+    return value
+
+
+def encode_http(model: str, version: str, request_id: str, outputs: list[Tensor], binary: Mapping[str, bool]
+                ) -> tuple[bytes, int | None]:
+    """The response body, and the length of its JSON when binary data follows it (the
+    ``Inference-Header-Content-Length`` to send; None: the body is all JSON)."""
+    described, blobs = [], []
+    for t in outputs:
+        out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if binary.get(t.name):
+            blob = to_binary(t)
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = [e.decode("utf-8", "replace") for e in t.data] if t.datatype == BYTES \
+                else np.asarray(t.data).reshape(-1).tolist()
+        described.append(out)
+    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": described}
+    if request_id:
+        doc["id"] = request_id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def to_binary(t: Tensor) -> bytes:
+    if t.datatype == BYTES:
+        return pack_bytes(t.data)
+    return np.ascontiguousarray(t.data, dtype=np.dtype(DTYPES[t.datatype]).newbyteorder("<")).tobytes()
+
+
+def error_body(message: str) -> bytes:
+    """The protocol's error object."""
+    return json.dumps({"error": message}).encode()
+
+
+# ----------------------------------------------------------------------------------------------------- gRPC
+def parameter_value(p: Any) -> Any:
+    """An ``InferParameter``'s value (bool, int, str or float); None when unset."""
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def parse_grpc(request: Any) -> InferRequest:
+    """A ``ModelInferRequest`` (inputs in ``raw_input_contents`` or in their typed ``contents``)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs")
+    if not request.inputs:
+        raise ProtocolError("the request has no inputs")
+    tensors = []
+    for i, inp in enumerate(request.inputs):
+        datatype, shape = _datatype(inp.datatype, inp.name), tuple(int(d) for d in inp.shape)
+        if any(d < 0 for d in shape):
+            raise ProtocolError(f"input {inp.name}: shape must be whole numbers, got {list(shape)}")
+        if raw:
+            tensors.append(from_binary(inp.name, datatype, shape, raw[i]))
+            continue
+        field_name = _CONTENTS.get(datatype)
+        if field_name is None:
+            raise ProtocolError(f"input {inp.name}: {datatype} comes only in raw_input_contents")
+        values = getattr(inp.contents, field_name)
+        if datatype == BYTES:
+            if len(values) != _elements(shape):
+                raise ProtocolError(f"input {inp.name}: BYTES {list(shape)} takes {_elements(shape)} elements, got "
+                                    f"{len(values)}")
+            tensors.append(Tensor(inp.name, datatype, shape, list(values)))
+        else:
+            arr = np.asarray(values, dtype=DTYPES[datatype])
+            if arr.size != _elements(shape):
+                raise ProtocolError(f"input {inp.name}: {datatype} {list(shape)} takes {_elements(shape)} values, "
+                                    f"got {arr.size}")
+            tensors.append(Tensor(inp.name, datatype, shape, arr.reshape(shape)))
+    params = {k: parameter_value(v) for k, v in request.parameters.items()}
+    outputs: dict[str, bool | None] | None = {o.name: None for o in request.outputs} if request.outputs else None
+    return InferRequest(tensors, request.id, params, outputs)
+
+
+def fill_grpc(response: Any, model: str, version: str, request_id: str, outputs: list[Tensor]) -> Any:
+    """A ``ModelInferResponse`` with ``outputs`` described and their data in ``raw_output_contents``."""
+    response.model_name, response.model_version, response.id = model, version, request_id
+    for t in outputs:
+        out = response.outputs.add()
+        out.name, out.datatype = t.name, t.datatype
+        out.shape.extend(t.shape)
+        response.raw_output_contents.append(to_binary(t))
+    return response

@@ -1,0 +1,218 @@
+"""The inference service that both transports share: the server's state (loading, ready, draining), admission,
+preparation off the event loop, the batcher, deadlines, client disconnects and the metrics. HTTP
+(:mod:`toolkit.serve.http`) and gRPC (:mod:`toolkit.serve.grpc`) only decode a request, call :meth:`Service.infer`
+or :meth:`Service.detect`, and encode the answer or the :class:`Refusal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from toolkit.engine.plan import cpu_count
+from toolkit.errors import InputError, YolokitError
+from toolkit.serve import metrics as m
+from toolkit.serve.batcher import Batcher, Draining, Expired, QueueFull, Ticket
+from toolkit.serve.metrics import ServerMetrics
+from toolkit.serve.model import ModelFailure, ServedModel, timed
+from toolkit.serve.options import ServeOptions
+from toolkit.serve.protocol import InferRequest, ProtocolError, Tensor
+
+T = TypeVar("T")
+
+LOADING, READY, DRAINING = "loading", "ready", "draining"
+
+
+@dataclass
+class Refusal(Exception):
+    """A request answered with an error: the HTTP ``status``, one plain sentence, the metrics' failure ``reason``
+    (None: not counted, such as an unknown model) and, for 503, when to retry."""
+
+    status: int
+    message: str
+    reason: str | None = m.OTHER
+    retry_after: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be answered (loop time), and the seconds it was given."""
+
+    at: float
+    seconds: float
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited."""
+
+
+class Service:
+    """One served model's inference service (see the module's docstring). It starts :data:`LOADING`; the server
+    calls :meth:`start` once the model is loaded and warm (:data:`READY`), :meth:`drain` on SIGTERM
+    (:data:`DRAINING`) and :meth:`close` at the end."""
+
+    def __init__(self, options: ServeOptions, name: str) -> None:
+        self.options = options
+        self.name = name
+        self.state = LOADING
+        self.model: ServedModel | None = None
+        self.batcher: Batcher | None = None
+        self.metrics = ServerMetrics(name)
+        self._prepare: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self, model: ServedModel, max_batch: int) -> None:
+        """Serve ``model`` (loaded and warmed), batching at most ``max_batch`` images; call on the event loop."""
+        self.model = model
+        opts = self.options
+        runs = [lambda items, i=i: model.run(items, i) for i in range(len(model.routines))]
+        self.batcher = Batcher(runs, max_batch, opts.max_delay_ms / 1000, opts.max_queue, self.metrics)
+        self.batcher.start()
+        self._prepare = ThreadPoolExecutor(min(8, cpu_count()), thread_name_prefix="yolokit-prepare")
+        self.state = READY
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    def drain(self) -> None:
+        """Readiness off, new requests refused; the admitted ones go on."""
+        self.state = DRAINING
+        if self.batcher is not None:
+            self.batcher.drain()
+
+    async def idle(self, timeout: float) -> bool:
+        return await self.batcher.idle(timeout) if self.batcher is not None else True
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._prepare is not None:
+            self._prepare.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------------ requests
+    def check_model(self, name: str, version: str = "") -> ServedModel:
+        """The served model if ``name`` (and ``version``, when given) names it; 404 otherwise, 503 while loading."""
+        if name != self.name or version not in ("", "1"):
+            what = f"model {name!r}" + (f" version {version!r}" if version else "")
+            raise Refusal(404, f"unknown {what}; this server serves {self.name!r} (version 1)", None)
+        if self.model is None:
+            raise Refusal(503, f"model {self.name!r} is still loading", None, retry_after=1)
+        return self.model
+
+    def admit(self) -> Ticket:
+        """Admit one request, or refuse it at once (503): shutting down, still loading, or the queue is full."""
+        if self.batcher is None or self.state == LOADING:
+            raise Refusal(503, f"model {self.name!r} is still loading; retry when /v2/health/ready says so",
+                          m.REJECTED, retry_after=1)
+        try:
+            ticket = self.batcher.admit()
+        except Draining:
+            raise Refusal(503, "the server is shutting down and takes no new requests", m.REJECTED,
+                          retry_after=1) from None
+        except QueueFull:
+            raise Refusal(503, f"the server is busy: {self.options.max_queue} requests are in progress (its "
+                               f"--max-queue); retry shortly", m.REJECTED, retry_after=1) from None
+        self.metrics.in_flight.inc()
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        ticket.release()
+        self.metrics.in_flight.dec()
+
+    async def infer(self, ticket: Ticket, request: InferRequest, arrived: float,
+                    gone: asyncio.Future[Any] | None = None) -> list[Tensor]:
+        """A KServe v2 request's output tensors. ``arrived``: its loop time of arrival; ``gone``: done when the
+        client disconnects."""
+        model = self.check_model(self.name)
+        deadline = self._deadline(arrived, request.parameters.get("timeout"))
+        with self._refusals():
+            nms = model.nms_for(request.parameters)
+            names = model.check_outputs(request)
+            preparations = model.preparations(request, nms)
+            dets = await self._run(ticket, preparations, deadline, gone)
+            t0 = asyncio.get_running_loop().time()
+            tensors = model.outputs(dets, names)
+            self.metrics.encoded(asyncio.get_running_loop().time() - t0)
+            return tensors
+
+    async def detect(self, ticket: Ticket, data: bytes, parameters: dict[str, Any], arrived: float,
+                     gone: asyncio.Future[Any] | None = None) -> dict[str, Any]:
+        """``/v1/detect``: one encoded image -> its JSON answer."""
+        model = self.check_model(self.name)
+        deadline = self._deadline(arrived, None)
+        with self._refusals():
+            nms = model.nms_for(parameters)
+            dets = await self._run(ticket, [lambda: model.prepare_encoded(data, "image", nms)], deadline, gone)
+            return model.detect_json(dets[0])
+
+    def succeeded(self, arrived: float) -> None:
+        self.metrics.succeeded(asyncio.get_running_loop().time() - arrived)
+
+    def failed(self, reason: str | None, arrived: float) -> None:
+        if reason is not None:
+            self.metrics.failed(reason, asyncio.get_running_loop().time() - arrived)
+
+    def _deadline(self, arrived: float, timeout_us: Any) -> Deadline:
+        seconds = self.options.timeout_s
+        if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
+            seconds = min(seconds, timeout_us / 1e6)  # Triton's request timeout, in microseconds
+        return Deadline(arrived + seconds, seconds)
+
+    async def _run(self, ticket: Ticket, preparations: list[Any], deadline: Deadline,
+                   gone: asyncio.Future[Any] | None) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        assert self.model is not None and self._prepare is not None
+        jobs = [loop.run_in_executor(self._prepare, timed, p) for p in preparations]
+        prepared = await self._wait(asyncio.gather(*jobs), deadline, gone)
+        self.metrics.decoded([s for _, s in prepared])
+        items = [p for p, _ in prepared]
+        futures = ticket.submit(items, [self.model.key(p) for p in items], deadline.at)
+        return await self._wait(asyncio.gather(*futures), deadline, gone)
+
+    async def _wait(self, work: Awaitable[T], deadline: Deadline, gone: asyncio.Future[Any] | None) -> T:
+        """``work``'s result, or :class:`Refusal` 504 past the deadline, or :class:`ClientGone`; what is left of
+        ``work`` is cancelled (its queued images leave the queue)."""
+        task = asyncio.ensure_future(work)
+        waiting: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
+        try:
+            timeout = max(0.0, deadline.at - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if gone is not None and gone in done:
+                raise ClientGone()
+            raise Refusal(504, f"the request was not answered within its {deadline.seconds:g} s (the server's "
+                               f"--timeout-s, or the request's own timeout); its queued work was dropped",
+                          m.REJECTED)
+        finally:
+            if not task.done():
+                task.cancel()  # a gathering future cancels its parts at once: queued images leave the queue
+            elif not task.cancelled():
+                task.exception()  # retrieved, whatever it is: this request is answered already
+
+    @contextlib.contextmanager
+    def _refusals(self) -> Any:
+        """Errors of a request's own making or of the model -> :class:`Refusal` with their status."""
+        try:
+            yield
+        except (Refusal, ClientGone, asyncio.CancelledError):
+            raise
+        except Expired:
+            raise Refusal(504, "the request waited past its deadline; its work was dropped", m.REJECTED) from None
+        except ProtocolError as e:
+            raise Refusal(e.status, str(e)) from None
+        except ModelFailure as e:
+            raise Refusal(500, str(e), m.BACKEND) from None
+        except InputError as e:  # an image yolokit run would list as failed, a parameter out of its limits
+            raise Refusal(400, str(e)) from None
+        except YolokitError as e:
+            raise Refusal(500, str(e), m.BACKEND) from None
+
