@@ -24,9 +24,8 @@ from toolkit.augment import augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
-from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs
+from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
-from toolkit.io.remote import read_source
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
@@ -340,8 +339,7 @@ class BatchRoutine:
         factor, size = 1, None
         with self.times.timed("read"):
             try:
-                encoded = data.array() if data is not None else read_source(
-                    ref.path, limits.max_file_size, self.config.timeout, self.config.download_timeout)
+                encoded = data.array() if data is not None else read_input(ref.path, self.config.downloads().limits)
                 size = jpeg_size(encoded) if fast_decode else None
                 factor = self.reduce_factor(size) if size else 1
                 img = decode_image(encoded, ref.path, factor, limits.max_pixels)

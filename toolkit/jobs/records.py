@@ -23,6 +23,7 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
+from toolkit.io.store import Store
 from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, group, identity, option
 from toolkit.tiling import TileOptions
 
@@ -181,8 +182,9 @@ class CropNames:
         return out
 
 
-def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list[str] | None = None) -> Outcome:
-    """Write one result's labels, crops and annotated image under ``out_dir`` (atomically); what to record of it.
+def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
+    """Write one result's labels, crops and annotated image into the run folder ``out_dir``, each whole (a local
+    folder or object storage: :mod:`toolkit.io.store`); what to record of it.
     A video frame's annotated image goes into its video (:class:`toolkit.jobs.saving.OutputPool`), not here.
 
     The local engine calls this in its output pool, the Ray engine inside its workers."""
@@ -196,16 +198,16 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
         d = d.rounded()
     files = []
     if save.save_txt and len(d):
-        write_labels(out_dir / "labels" / f"{key}.txt", d, save.save_conf)
+        write_labels(out_dir, f"labels/{key}.txt", d, save.save_conf)
         files.append(f"labels/{key}.txt")
     if not save.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
         name = f"{key}{image_suffix(Path(suffix))}"  # the name write_image gives it too
         if res.annotated is not None:
-            write_encoded(out_dir / name, res.annotated)
+            write_encoded(out_dir, name, res.annotated)
         else:
             assert res.image is not None
-            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.draw))
+            write_image(out_dir, f"{key}{suffix}", annotate(res.image, d, opts.draw))
         files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
@@ -213,7 +215,7 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
         written = []
         for name, data in zip(crop_names, crops, strict=True):
             if data is not None:
-                write_encoded(out_dir / "crops" / name, data)
+                write_encoded(out_dir, f"crops/{name}", data)
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,

@@ -26,7 +26,7 @@ def resolve_model(weights: str | Path) -> Path:
     from toolkit.model.weights import resolve_weights
 
     path = Path(weights)
-    if is_builtin_config(path.name) and not path.exists():
+    if is_builtin_config(path.name) and "://" not in str(weights) and not path.exists():
         return path
     found = resolve_weights(str(weights))
     kind = special_kind(os.stat(found).st_mode)
