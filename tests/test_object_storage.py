@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +26,14 @@ from toolkit.jobs.run import RunOptions, run
 WEIGHTS = "s3://models/yolov5n.pt"
 
 
-@pytest.fixture(scope="module")
-def store_env(yolov5n_pt: Path, coco128_images: Path) -> Iterator[dict[str, str]]:
-    """A moto S3 server with the buckets ``data`` (coco128's images below ``coco128/``), ``models`` (yolov5n.pt)
-    and ``runs``; this process's clients point at it."""
-    with s3.moto_server() as env, pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        s3.fresh_clients()
-        fs = s3.filesystem()
-        for bucket in ("data", "models", "runs", "odd", "seam"):
-            fs.mkdir(bucket)
-        s3.upload(fs, coco128_images, "data/coco128", "*.jpg")
-        fs.put_file(str(yolov5n_pt), "models/yolov5n.pt")
-        try:
-            yield env
-        finally:
-            s3.fresh_clients()
+@pytest.fixture()
+def store_env(s3_store: dict[str, str]) -> dict[str, str]:
+    return s3_store
 
 
-@pytest.fixture(scope="module")
-def local_run(coco128_images: Path, yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same job on local disk: the run folder every store run is compared with."""
-    out = tmp_path_factory.mktemp("local")
-    s = run(RunOptions.of(source=str(coco128_images), weights=str(yolov5n_pt), save_txt=True, save_csv=True,
-                          nosave=True, project=str(out), name="local"))
-    assert s.processed == 128 and not s.failed
-    return Path(s.out_dir)
+@pytest.fixture()
+def local_run(coco128_local_run: Path) -> Path:
+    return coco128_local_run
 
 
 def _local_labels(folder: Path) -> dict[str, bytes]:
