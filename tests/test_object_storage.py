@@ -289,3 +289,76 @@ def test_missing_store_packages_and_unknown_schemes_are_one_line(tmp_path: Path)
         run(RunOptions.of(source="nosuchscheme://bucket/x/", project=str(tmp_path)))
     assert not list(tmp_path.iterdir())
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- the deadline
+
+
+class _Trickle:
+    """What the two hostile file systems below serve: a JPEG's size, then a byte at a time (or nothing at all)."""
+
+    size = 50_000
+    stall = False
+
+    @classmethod
+    def info(cls, path: str) -> dict[str, Any]:
+        return {"name": path, "size": cls.size, "type": "file", "ETag": '"abc"'}
+
+
+def _hostile_filesystems() -> None:
+    import asyncio
+
+    import fsspec
+    from fsspec.asyn import AsyncFileSystem
+    from fsspec.spec import AbstractFileSystem
+
+    class TrickleFS(AbstractFileSystem):  # a file system without async reads: read in a thread of its own
+        protocol = "trickle"
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            return _Trickle.info(path)
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            time.sleep(3600 if _Trickle.stall else 0.2)
+            return b"\xff"
+
+    class StallFS(AsyncFileSystem):  # an async one (as s3fs is), whose reads never answer
+        protocol = "stall"
+
+        async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            return _Trickle.info(path)
+
+        async def _cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                            **kwargs: Any) -> bytes:
+            await asyncio.sleep(3600)
+            return b""
+
+    fsspec.register_implementation("trickle", TrickleFS, clobber=True)
+    fsspec.register_implementation("stall", StallFS, clobber=True)
+
+
+@pytest.mark.parametrize(("url", "stall", "timeout", "reason"), [
+    ("trickle://bucket/a.jpg", False, 30.0, "the download took longer than 2 s"),
+    ("trickle://bucket/a.jpg", True, 30.0, "the download took longer than 2 s"),
+    ("stall://bucket/a.jpg", False, 30.0, "the download took longer than 2 s"),
+    ("stall://bucket/a.jpg", False, 1.0, "the server stopped sending for 1 s"),
+])
+def test_an_object_read_ends_at_its_deadline(url: str, stall: bool, timeout: float, reason: str,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that trickles a byte at a time (under the silence timeout) or stops answering: the object's download
+    ends at --download-timeout, its wait cut by the deadline's timer, as an http(s) download does; the other inputs
+    of the run are done meanwhile."""
+    import cv2
+    import numpy as np
+
+    _hostile_filesystems()
+    monkeypatch.setattr(_Trickle, "stall", stall)
+    cv2.imwrite(str(tmp_path / "local.jpg"), np.zeros((64, 64, 3), np.uint8))
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{url}\n{tmp_path / 'local.jpg'}\n")
+    t0 = time.monotonic()
+    s = run(RunOptions.of(source=str(listed), weights="yolov5n.yaml", imgsz=64, nosave=True, download_timeout=2.0,
+                          stream_timeout=timeout, project=str(tmp_path), name="r"))
+    assert time.monotonic() - t0 < 30
+    assert s.processed == 1 and len(s.failed) == 1
+    assert s.failed[0]["path"] == url and reason in s.failed[0]["reason"], s.failed[0]["reason"]

@@ -30,8 +30,9 @@ from typing import Any
 from toolkit.errors import InputError, MissingExtraError, OutputError, first_line
 from toolkit.io.transfer import Deadline, Download, FetchContext, FetchError, expect_image, expect_video, receive
 
-# schemes read by yolokit's own readers (toolkit.io.remote, toolkit.io.streams), never through a store
-_OWN_SCHEMES = frozenset({"http", "https", "rtsp", "rtmp"})
+# schemes read by yolokit's own readers (toolkit.io.remote, toolkit.io.streams), never through a store; a file:// URL
+# is a local path by another name, which yolokit reads itself (only regular files, never blocking)
+_OWN_SCHEMES = frozenset({"http", "https", "rtsp", "rtmp", "file", "local"})
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 BLOCK = 1 << 20  # bytes an object read asks for at once
 PAGE = 1000  # listing entries taken from the store at once
@@ -47,7 +48,7 @@ def url_scheme(text: str) -> str:
 
 def is_store_url(text: str) -> bool:
     """A URL of object storage or any other fsspec file system (``s3://``, ``gs://``, ``az://``, ``memory://``...),
-    not one yolokit reads itself (http, https, rtsp, rtmp)."""
+    not one yolokit reads itself (http, https, rtsp, rtmp, file)."""
     scheme = url_scheme(text)
     return bool(scheme) and scheme not in _OWN_SCHEMES
 
@@ -442,34 +443,51 @@ def read_object(url: str, max_bytes: int) -> bytes:
 
 class ObjectStream:
     """An object read as a :class:`toolkit.io.transfer.Stream`: its size from the store first (``length``, so the
-    size limit refuses it before any byte is read), then ranged reads of :data:`BLOCK` bytes. On an async file
-    system (s3fs, gcsfs, adlfs) each read runs on its event loop and :meth:`abort` cancels it, so a stalled read
-    ends at the deadline; ``timeout`` seconds without an answer is silence. A file system without async reads is
-    read in this thread, checked against the deadline between blocks."""
+    size limit refuses it before any byte is read), then ranged reads of :data:`BLOCK` bytes. Each request runs
+    apart from the reading thread (on an async file system's event loop: s3fs, gcsfs, adlfs; in a thread of its own
+    otherwise), so ``timeout`` seconds without an answer is silence, and :meth:`abort` (the deadline) ends the wait
+    at once and cancels the request where the file system can."""
 
     def __init__(self, fs: Any, path: str, url: str, timeout: float) -> None:
         self.fs, self.path, self.url, self.timeout = fs, path, url, timeout
         self.length: int | None = None
         self.pos = 0
-        self._lock = threading.Lock()
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._aborted = False
         self.buffer = b""
+        self._lock = threading.Lock()
+        self._waiting: concurrent.futures.Future[Any] | None = None
+        self._request: concurrent.futures.Future[Any] | None = None
+        self._aborted = False
+
+    def _submit(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        if getattr(self.fs, "async_impl", False):
+            coro = getattr(self.fs, "_" + name)(*args, **kwargs)
+            return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+        # a daemon thread per request: one stuck in a file system that never answers cannot hold the process at exit
+        request: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not request.set_running_or_notify_cancel():
+                return
+            try:
+                request.set_result(getattr(self.fs, name)(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to the reader
+                request.set_exception(e)
+
+        threading.Thread(target=work, name="yolokit-object", daemon=True).start()
+        return request
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(self.fs, "async_impl", False):
-            if self._aborted:
-                raise ConnectionAbortedError("the read was cut")
-            return getattr(self.fs, name)(*args, **kwargs)
+        waiting: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._aborted:
                 raise ConnectionAbortedError("the read was cut")
-            fut = asyncio.run_coroutine_threadsafe(getattr(self.fs, "_" + name)(*args, **kwargs), self.fs.loop)
-            self._pending = fut
+            request = self._submit(name, *args, **kwargs)
+            self._waiting, self._request = waiting, request
+        request.add_done_callback(lambda done: _pass_on(done, waiting))
         try:
-            return fut.result(self.timeout)
+            return waiting.result(self.timeout)
         except concurrent.futures.TimeoutError:
-            fut.cancel()
+            request.cancel()
             if self._aborted:
                 raise ConnectionAbortedError("the read was cut") from None
             raise TimeoutError from None
@@ -477,7 +495,7 @@ class ObjectStream:
             raise ConnectionAbortedError("the read was cut") from None
         finally:
             with self._lock:
-                self._pending = None
+                self._waiting = self._request = None
 
     def open(self) -> None:
         """Ask the store for the object's size (FetchError when it is missing or refused)."""
@@ -513,12 +531,28 @@ class ObjectStream:
     def abort(self) -> None:
         with self._lock:
             self._aborted = True
-            pending = self._pending
-        if pending is not None:
-            pending.cancel()
+            waiting, request = self._waiting, self._request
+        if request is not None:
+            request.cancel()
+        if waiting is not None and not waiting.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                waiting.set_exception(ConnectionAbortedError("the read was cut"))
 
     def close(self) -> None:
         self.buffer = b""
+
+
+def _pass_on(done: concurrent.futures.Future[Any], waiting: concurrent.futures.Future[Any]) -> None:
+    """Hand a request's outcome to the future its reader waits on (unless the deadline already ended the wait)."""
+    if waiting.done():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if done.cancelled():
+            waiting.set_exception(ConnectionAbortedError("the read was cut"))
+        elif done.exception() is not None:
+            waiting.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            waiting.set_result(done.result())
 
 
 def fetch_object(url: str, ctx: FetchContext, to_file: bool = False, suffix: str = "") -> Download:
