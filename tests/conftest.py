@@ -100,13 +100,16 @@ def coco128_local_run(coco128_images: Path, yolov5n_pt: Path, tmp_path_factory: 
 
 
 @pytest.fixture(scope="session")
-def s3_store(yolov5n_pt: Path, coco128_images: Path) -> Iterator[dict[str, str]]:
+def s3_store(yolov5n_pt: Path, coco128_images: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real S3-compatible server on loopback (moto's server mode, tests/helpers/s3.py) with the buckets ``data``
     (coco128's images below ``coco128/``), ``models`` (yolov5n.pt), ``runs``, ``odd`` and ``seam``; this process
-    (and every process it starts from now on: the Ray nodes too) reaches it through AWS_ENDPOINT_URL."""
+    (and every process it starts from now on: the Ray nodes too) reaches it through AWS_ENDPOINT_URL. Weights
+    downloaded from it go to a temporary cache, not the checkout's."""
     from tests.helpers import s3
 
     with s3.moto_server() as env, pytest.MonkeyPatch.context() as mp:
+        env = {**env, "YOLOKIT_CACHE_DIR": str(tmp_path_factory.mktemp("weights_cache"))}
         for k, v in env.items():
             mp.setenv(k, v)
         s3.fresh_clients()

@@ -284,6 +284,17 @@ def test_weights_in_a_bucket_are_cached_by_their_etag(store_env: dict[str, str],
         fetch_stored_model("s3://models/missing.pt", tmp_path)
 
 
+def test_a_run_that_fails_before_any_input_leaves_nothing_in_the_bucket(store_env: dict[str, str]) -> None:
+    from toolkit.errors import ModelFileError
+
+    fs = s3.filesystem()
+    with pytest.raises(ModelFileError, match=r"s3://models/missing\.pt: no such model object"):
+        run(RunOptions.of(source="s3://data/coco128/000000000009.jpg", weights="s3://models/missing.pt",
+                          project="s3://runs/failed", name="exp"))
+    fs.invalidate_cache()
+    assert not fs.find("runs/failed")  # no run folder, no lock, no records
+
+
 def test_missing_store_packages_and_unknown_schemes_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"nosuchscheme:// is not a file system yolokit can read"):
         run(RunOptions.of(source="nosuchscheme://bucket/x/", project=str(tmp_path)))

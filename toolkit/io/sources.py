@@ -186,7 +186,8 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         if is_live(f):
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
         elif "://" in f and not is_url(f) and not is_store_url(f):
-            failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp or rtmp"))
+            failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
+                                f"store's URL (s3://...) or the file's path"))
         elif _kind(f) is None:
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":

@@ -76,6 +76,8 @@ def filesystem(url: str) -> tuple[Any, str]:
             raise InputError(f"{url}: {scheme}:// is not a file system yolokit can read (fsspec does not know it); "
                              f"use a local path, http(s), or an fsspec URL such as s3://") from None
         raise InputError(f"{url}: not a valid {scheme}:// URL ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a file system that connects when made (ftp, sftp) and cannot
+        raise InputError(f"{url}: cannot reach the store ({store_reason(e)})") from None
 
 
 def store_reason(e: BaseException) -> str:
@@ -125,6 +127,10 @@ class Store:
 
     def exists(self, name: str) -> bool:
         raise NotImplementedError
+
+    def read_many(self, names: list[str]) -> list[bytes]:
+        """Several objects whole, in the order named (at once where the store can)."""
+        return [self.read(name) for name in names]
 
     def put(self, name: str, data: bytes, create: bool = False, hint: str = RUN_HINT) -> None:
         """Write ``data`` as the object ``name``, whole. ``create``: only when there is none (FileExistsError
@@ -261,6 +267,11 @@ class ObjectStore(Store):
 
     def exists(self, name: str) -> bool:
         return bool(self.fs.exists(self._path(name)))
+
+    def read_many(self, names: list[str]) -> list[bytes]:
+        paths = [self._path(name) for name in names]
+        got = self.fs.cat(paths, on_error="raise") if paths else {}
+        return [bytes(got[p]) for p in paths]
 
     def put(self, name: str, data: bytes, create: bool = False, hint: str = STORE_HINT) -> None:
         try:

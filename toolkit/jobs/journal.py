@@ -149,7 +149,7 @@ class SegmentJournal(Journal):
         resets = [i for i, (_, reset, _) in enumerate(segments) if reset]
         names = [name for _, _, name in segments[resets[-1] if resets else 0:]]
         texts = [] if resets or not self.store.exists(self.plain) else [self.store.read(self.plain)]
-        texts += [self.store.read(name) for name in names]
+        texts += self.store.read_many(names)
         return [row for text in texts for row in parse_lines(text.decode(errors="replace"))]
 
     def rewrite(self, rows: list[dict[str, Any]]) -> None:

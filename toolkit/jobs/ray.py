@@ -269,6 +269,7 @@ class _Dispatch:
         self.restarts = RESTARTS * job.n_workers
         self.alone_since: float | None = None  # when the last actor was lost, while none is alive
         self.start_error: YolokitError | None = None
+        self.start_failure = ""  # why the last actor that could not start did not
 
     def _start(self) -> None:
         actor = self.make.remote(*self.args)
@@ -328,6 +329,7 @@ class _Dispatch:
             self.ray.get(ref)
         except Exception as e:  # noqa: BLE001 - the actor died in its constructor, or its node did
             cause = _yolokit_cause(e)
+            self.start_failure = str(cause) if cause is not None else last_line(e)
             if cause is not None:  # e.g. the model file, found bad by the actor: no other actor would do better
                 self.start_error = cause
             elif self.restarts > 0:
@@ -368,9 +370,13 @@ class _Dispatch:
             if not self.inflight and not self.alive:
                 waited = time.monotonic() - (self.alone_since or time.monotonic())
                 if not self.starting or (self.alone_since is not None and waited > START_GRACE):
-                    yield from self._fail([{"i": i} for i in list(self.expected)], NO_WORKER_REASON)
+                    why = f" (the last actor that tried to start: {self.start_failure})" if self.start_failure else ""
+                    yield from self._fail([{"i": i} for i in list(self.expected)], NO_WORKER_REASON + why)
                     return
             refs = [*self.inflight, *self.starting]
+            if not refs:  # nothing in flight or starting, yet inputs unaccounted for: never left unreported
+                yield from self._fail([{"i": i} for i in list(self.expected)], NO_WORKER_REASON)
+                return
             ready, _ = self.ray.wait(refs, num_returns=1, timeout=5.0)
             for ref in ready:
                 if ref in self.starting:

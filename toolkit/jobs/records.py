@@ -30,9 +30,10 @@ from toolkit.tiling import TileOptions
 ENGINES = ("local", "ray")
 
 SOURCE_HELP = ("Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths or URLs, video, http(s) image or "
-               "video URL, or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam index "
-               "(0), a .streams file (one a line, batched together). Default: the four sample photos shipped with "
-               "yolokit.")
+               "video URL, a prefix or object in a store (s3://bucket/images/, gs://, az://: pip install "
+               "'yolokit[cloud]'), or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam "
+               "index (0), a .streams file (one a line, batched together). Default: the four sample photos shipped "
+               "with yolokit.")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class SaveOptions:
 class RunFolder:
     """Where a run writes: ``project/name`` (``name2``, ``name3``... when it exists, unless ``exist_ok``)."""
 
-    project: str = option("runs/detect", "Parent folder of the run folder.", panel=FOLDER)
+    project: str = option("runs/detect", "Parent folder of the run folder: a local folder, or a prefix in a store "
+                          "(s3://bucket/runs; see docs/guide/object-storage.md).", panel=FOLDER)
     name: str = option("exp", "Run folder name (exp, exp2, ... when it exists).", panel=FOLDER)
     exist_ok: bool = option(False, "Reuse PROJECT/NAME instead of making a new one (never while another run holds "
                             "it).", panel=FOLDER)
@@ -92,8 +94,8 @@ class EngineOptions:
                        "the number of inputs; the summary shows the choice.", panel=CONCURRENCY, choices=MODES)
     save_workers: int = option(0, "Threads that annotate, encode and write outputs (0: from the core count).",
                                cli=False, lo=0)
-    name: str = option("local", "local (this machine) or ray (a Ray cluster, through Ray Data; pip install "
-                       "'yolokit[ray]').", cli_name="engine", panel=RAY, choices=ENGINES)
+    name: str = option("local", "local (this machine) or ray (a Ray cluster; pip install 'yolokit[ray]').",
+                       cli_name="engine", panel=RAY, choices=ENGINES)
     address: str | None = option(None, "With --engine ray: the cluster to join (auto, or HOST:PORT of 'ray start "
                                  "--head'); default: start a local one.", panel=RAY)
     gpus_per_worker: float = option(0.0, "With --engine ray: GPUs per inference actor.", panel=RAY, lo=0)

@@ -217,7 +217,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
     # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
     with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
-        return _run_in(out_dir, opts, sources, records, progress, detector, lock.note)
+        return _run_in(out_dir, opts, sources, records, progress, detector, lock)
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
@@ -237,7 +237,7 @@ def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list
 
 
 def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
-            detector: Detector | None, lock_note: str) -> RunSummary:
+            detector: Detector | None, lock: FolderLock | StoreLock) -> RunSummary:
     live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     inputs = {} if live else _inputs(sources)
@@ -255,7 +255,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                                    "resumed": len(records.previous), "engine": opts.engine.name,
                                    "augment": d.augment, "vid_stride": d.vid_stride})
     summary.resume = {"changed": found.changed, "retried": found.retried, "removed": found.removed}
-    summary.notes.extend(_resume_notes(summary.resume) + ([lock_note] if lock_note else []))
+    summary.notes.extend(_resume_notes(summary.resume) + ([lock.note] if lock.note else []))
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
@@ -297,6 +297,9 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     if engine is not None:
         summary.streams = list(getattr(engine, "stream_stats", list)())
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
+    if getattr(lock, "lost", False):
+        summary.notes.append("another run took this run folder's lock over while this run held it (its renewals "
+                             "had stopped for longer than the lease): check that no other run wrote here")
     out_dir.put("summary.json", json_bytes(summary.to_dict()))
     if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{opts.source or source_label}: no inputs to process")
