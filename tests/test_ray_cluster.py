@@ -76,7 +76,7 @@ def _check_folder(fs: Any, prefix: str, want: dict[str, bytes], n: int, detectio
     assert len(rows) == len({tuple(r) for r in rows}) == detections
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_coco128_from_a_bucket_on_three_nodes_equals_a_local_disk_run(cluster: Cluster, s3_store: dict[str, str],
                                                                       coco128_local_run: Path) -> None:
     proc = subprocess.run(_cmd("s3://data/coco128/", cluster.address, "s3://runs/ray3"),
@@ -119,7 +119,7 @@ def _actors_on(pids: list[int]) -> list[int]:
     return out
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_a_worker_node_killed_mid_run_loses_nothing(cluster: Cluster, s3_store: dict[str, str],
                                                     coco128_local_run: Path) -> None:
     """80 images on 3 nodes; one worker node's raylet and every process on it SIGKILLed once a quarter of the
