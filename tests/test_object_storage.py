@@ -293,6 +293,10 @@ def test_a_run_that_fails_before_any_input_leaves_nothing_in_the_bucket(store_en
                           project="s3://runs/failed", name="exp"))
     fs.invalidate_cache()
     assert not fs.find("runs/failed")  # no run folder, no lock, no records
+    with pytest.raises(OutputError, match=r"s3://no-such-bucket/runs/exp: cannot list \(no such object, prefix or "
+                                          r"bucket\); check the store's credentials"):
+        run(RunOptions.of(source="s3://data/coco128/000000000009.jpg", weights="yolov5n.yaml",
+                          project="s3://no-such-bucket/runs", name="exp"))
 
 
 def test_missing_store_packages_and_unknown_schemes_are_one_line(tmp_path: Path) -> None:

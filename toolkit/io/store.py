@@ -262,15 +262,30 @@ class ObjectStore(Store):
     def url(self, name: str) -> str:
         return f"{self.scheme}://{self._path(name)}"
 
+    def _refused(self, what: str, name: str, e: BaseException) -> OutputError:
+        return OutputError(f"{self.url(name)}: cannot {what} ({store_reason(e)}); check the store's credentials, "
+                           f"permissions and endpoint")
+
     def read(self, name: str) -> bytes:
-        return bytes(self.fs.cat_file(self._path(name)))
+        try:
+            return bytes(self.fs.cat_file(self._path(name)))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - stores raise OSError subclasses and their own client errors
+            raise self._refused("read", name, e) from None
 
     def exists(self, name: str) -> bool:
-        return bool(self.fs.exists(self._path(name)))
+        try:
+            return bool(self.fs.exists(self._path(name)))
+        except Exception as e:  # noqa: BLE001
+            raise self._refused("read", name, e) from None
 
     def read_many(self, names: list[str]) -> list[bytes]:
         paths = [self._path(name) for name in names]
-        got = self.fs.cat(paths, on_error="raise") if paths else {}
+        try:
+            got = self.fs.cat(paths, on_error="raise") if paths else {}
+        except Exception as e:  # noqa: BLE001
+            raise self._refused("read", names[0] if names else "", e) from None
         return [bytes(got[p]) for p in paths]
 
     def put(self, name: str, data: bytes, create: bool = False, hint: str = STORE_HINT) -> None:
@@ -295,12 +310,23 @@ class ObjectStore(Store):
                 os.unlink(path)
 
     def delete(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.rm_file(self._path(name))
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            raise self._refused("delete", name, e) from None
 
     def names(self, prefix: str = "") -> Iterator[str]:
         start = len(self.base) + 1
-        for info in _listing(self.fs, self._path(prefix.rstrip("/")) if prefix else self.base):
+        listing = _listing(self.fs, self._path(prefix.rstrip("/")) if prefix else self.base)
+        while True:
+            try:
+                info = next(listing)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001
+                raise self._refused("list", prefix, e) from None
             yield str(info["name"])[start:]
 
     def child(self, name: str) -> ObjectStore:

@@ -120,7 +120,7 @@ class StoreLock:
             got = json.loads(self.store.read(LOCK_NAME))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, OutputError):
             return {}  # unreadable: taken for one just being written
         return got if isinstance(got, dict) else {}
 
