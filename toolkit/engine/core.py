@@ -24,9 +24,8 @@ from toolkit.augment import augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
-from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs
+from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
-from toolkit.io.remote import read_source
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
@@ -336,8 +335,7 @@ class BatchRoutine:
         (BGR image, original (h, w)), or the reason it cannot be read."""
         with self.times.timed("read"):
             try:
-                encoded = data.array() if data is not None else read_source(
-                    ref.path, self.config.limits.max_file_size, self.config.timeout, self.config.download_timeout)
+                encoded = data.array() if data is not None else read_input(ref.path, self.config.downloads().limits)
                 return self.decode(encoded, ref.path, fast_decode)
             except ImageReadError as e:
                 return e.reason
