@@ -138,6 +138,26 @@ def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: 
                     cores, gpu=gpu)
 
 
+def load_threads(config: DetectorConfig, n_inputs: int, mode: str = "auto", workers: int = 0,
+                 cores: int | None = None) -> int | None:
+    """The intra-op threads each worker of a run over ``n_inputs`` will get, known before the model loads (the
+    plan's thread count depends on the backend's facts, the device and the counts, not on the model): load the
+    model at this count and a runtime that fixes its count at load (ONNX Runtime, OpenVINO) runs the plan it is
+    given, without a second copy. ``config.threads`` when set; None on a CUDA device (the runtime's own choice)."""
+    if config.threads:
+        return config.threads
+    import backends
+    from toolkit.model.configs import resolve_model
+
+    name = config.backend or backends.backend_for(resolve_model(config.weights))
+    module = backends.get_backend(name)
+    device = config.device or module.DEFAULT_DEVICE
+    if parse_device(device).is_gpu and "cuda" in module.PRECISIONS:
+        return None
+    return plan_for(ModelMeta(names={}), module.PLANNING, device, None, n_inputs, mode, workers, 0, cores,
+                    gpu=False).threads
+
+
 class PlannedDetector(Protocol):
     """A loaded model: its ``config`` names the backend and device it resolved to."""
 

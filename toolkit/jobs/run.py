@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
+from toolkit.engine.plan import load_threads
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import write_json
 from toolkit.io.sources import SourceList, list_sources
@@ -93,9 +94,13 @@ class LocalEngine:
     outputs written by an :class:`OutputPool` as results arrive."""
 
     def __init__(self, opts: RunOptions, out_dir: Path, detector: Detector | None = None,
-                 taken_crops: list[str] | None = None) -> None:
+                 taken_crops: list[str] | None = None, n_inputs: int | None = None) -> None:
         self.opts, self.out_dir = opts, out_dir
-        self.det = detector or Detector.from_config(opts.detector_config())
+        config = opts.detector_config()
+        if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
+            e = opts.engine
+            config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
+        self.det = detector or Detector.from_config(config)
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -175,12 +180,13 @@ def _run_info(opts: RunOptions, source_label: str) -> dict[str, Any]:
     return info
 
 
-def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest) -> Engine:
+def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest,
+            sources: SourceList) -> Engine:
     if opts.engine.name == "ray":
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
-    return LocalEngine(opts, out_dir, detector, records.crop_names)
+    return LocalEngine(opts, out_dir, detector, records.crop_names, None if sources.streams else len(sources.items))
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -232,7 +238,7 @@ def _run(opts: RunOptions, sources: SourceList, out_dir: Path, records: Manifest
     engine: Engine | None = None
     outcomes: Iterator[Outcome] | None = None
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
-        engine = _engine(opts, out_dir, detector, records)
+        engine = _engine(opts, out_dir, detector, records, sources)
         summary.weights, summary.backend = engine.weights, engine.backend
         outcomes = engine.outcomes(sources)
         with records:
