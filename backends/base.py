@@ -27,6 +27,7 @@ class LoadOptions:
     threads: int | None = None  # intra-op threads; None lets the runtime choose
     imgsz: tuple[int, int] | None = None  # the input size the caller will use, when known (warm-up)
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific (e.g. OpenVINO hint)
+    precision: str = "auto"  # how the runtime computes: auto (the model's own), fp32, bf16 (RUN_PRECISIONS)
 
 
 # the outputs of a model with NMS inside, in this order: num_dets int32 (B, 1), det_boxes float32 (B, max_det, 4)
@@ -236,6 +237,8 @@ class Backend(ABC):
     PRECISIONS: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",)}
     EXPORTS: ClassVar[bool] = False
     EXPORT_PRECISIONS: ClassVar[tuple[str, ...]] = ()
+    # what --precision may ask of its runner (LoadOptions.precision); anything else is refused before loading
+    RUN_PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32")
     # what exporting needs beyond the runtime: PyTorch reads the checkpoint, onnx builds the traced graph, onnxslim
     # simplifies it (all in the EXPORT_EXTRA, kept out of the run-only extras)
     EXPORT_REQUIRES: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxslim")
@@ -253,6 +256,15 @@ class Backend(ABC):
 
     def is_available(self) -> bool:
         return self.unavailable_reason() is None
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, in one line, a ``--precision`` this backend's runner cannot compute in (``RUN_PRECISIONS``); a
+        runner that can checks the CPU itself when it loads."""
+        if precision not in self.RUN_PRECISIONS:
+            raise InputError(f"--precision {precision}: the {self.NAME} backend computes in "
+                             f"{' or '.join(p for p in self.RUN_PRECISIONS if p != 'auto')} only; {precision} runs "
+                             f"OpenVINO models on CPUs that have it (yolokit export WEIGHTS --to openvino), or leave "
+                             f"--precision at auto")
 
     def export_unavailable_reason(self, simplify: bool = True) -> str | None:
         """Why ``yolokit export --to NAME`` cannot run here: the export tools missing (``EXPORT_REQUIRES``; onnxslim

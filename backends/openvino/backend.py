@@ -36,6 +36,7 @@ class OpenVinoBackend(Backend):
     PRECISIONS = {"cpu": ("fp32", "fp16", "int8")}
     EXPORTS = True
     EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+    RUN_PRECISIONS = ("auto", "fp32", "bf16")  # bf16: the CPU plugin's INFERENCE_PRECISION_HINT, where the CPU has it
     # measured (200/400 JPEGs of 1920x1080, 2 cores): threads with batch 4 beat batch 1 by 1.2-1.3x and processes by
     # 1.6x; OpenVINO runs one compiled model's infer requests in parallel without the GIL
     PLANNING = PlanningHints(releases_gil=True, thread_batch=4, process_inputs_per_core=None)

@@ -4,9 +4,10 @@ Precision that actually executes on the CPU: the CPU plugin's default ``INFERENC
 on CPUs with AVX512-BF16/AMX (this includes AMD Zen 4 EPYC), f16 on CPUs with native FP16 arithmetic, else
 f32. yolokit pins ``f32`` for an FP32 IR (bf16 would move boxes by several pixels), and leaves the plugin
 default for FP16 and INT8 IRs (an FP16 IR's weights are decompressed and run at that default precision;
-INT8 IRs run quantized convolutions in int8 and the rest at that default). The precision used is recorded
-in the runner's ``meta.extra["inference_precision"]``; ``LoadOptions.options["inference_precision"]``
-("f32", "bf16", "f16") overrides it.
+INT8 IRs run quantized convolutions in int8 and the rest at that default). ``--precision``
+(``LoadOptions.precision``) asks for ``bf16`` (refused in one line on a CPU without it: :func:`require_bf16`) or
+``fp32`` (f32 for every IR); the precision used is recorded in the runner's ``meta.extra["inference_precision"]``;
+``LoadOptions.options["inference_precision"]`` ("f32", "bf16", "f16") overrides the default one.
 
 Compiled models are cached (OpenVINO's ``CACHE_DIR``): compiling yolov5n INT8 takes about 0.35 s on a 2-core
 CPU, loading it from the cache 0.08 s, in every process that loads it. OpenVINO keys the cache by model,
@@ -38,6 +39,24 @@ def compile_cache_dir(options: dict[str, Any]) -> Path | None:
     """The folder for OpenVINO's compiled-model cache (see the module docstring), created if needed; None when
     caching is off or the folder cannot be written."""
     return cache_dir(options, ENV_CACHE, "openvino")
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """What OpenVINO's CPU plugin finds this CPU computes in (``OPTIMIZATION_CAPABILITIES``: FP32, BF16 with
+    AVX512-BF16 or AMX, INT8, ...)."""
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def require_bf16(core: Any) -> None:
+    """Refuse ``--precision bf16``, in one line, on a CPU that has no bf16 arithmetic (emulating it would be slower
+    than FP32 and still move boxes)."""
+    if "BF16" not in cpu_capabilities(core):
+        try:
+            name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+        except Exception:
+            name = "this CPU"
+        raise BackendUnavailableError(f"--precision bf16: {name} has no bf16 arithmetic (AVX512-BF16 or AMX), so "
+                                      f"OpenVINO cannot compute in it here; run without --precision (FP32)")
 
 
 class OpenVinoRunner(BaseRunner):
@@ -78,7 +97,14 @@ class OpenVinoRunner(BaseRunner):
             if pin is None:
                 pin = not options.threads or int(options.threads) >= (os.cpu_count() or 1)
             config["ENABLE_CPU_PINNING"] = bool(pin)
-        precision = extra.get("inference_precision") or ("f32" if meta.precision == "fp32" else None)
+        if options.precision == "bf16":  # asked for: on a CPU that computes it, never by default
+            if device == "CPU":
+                require_bf16(core)
+            precision: str | None = "bf16"
+        elif options.precision == "fp32":
+            precision = "f32"
+        else:
+            precision = extra.get("inference_precision") or ("f32" if meta.precision == "fp32" else None)
         if precision and device == "CPU":
             config["INFERENCE_PRECISION_HINT"] = str(precision)
         cache = compile_cache_dir(extra)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 
 PIPELINES = ("auto", "host", "device")
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision: how a runtime computes (backends.base.Backend.RUN_PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,12 @@ class DetectorConfig:
     gpu_resize: bool = option(False, "On a GPU, resize images on the device too (less CPU work). Resized pixels can "
                               "differ from OpenCV's by a grey level, which moves about 1 % of boxes slightly.",
                               panel=SPEED, affects_output=True)
+    precision: str = option("auto", "How the runtime computes on the CPU. auto: as the model file says (an FP32 "
+                            "model in FP32, as PyTorch); fp32: FP32 wherever the model allows (also the float parts "
+                            "of an INT8 OpenVINO model); bf16: bfloat16 inside an OpenVINO model, on CPUs with "
+                            "AVX512-BF16 or AMX (refused elsewhere): faster, but boxes move (parity, mAP and speed in "
+                            "docs/guide/performance.md). Never the default.", panel=SPEED, affects_output=True,
+                            choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.classes is not None:

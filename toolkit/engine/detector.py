@@ -73,10 +73,12 @@ class ModelRoutine(BatchRoutine):
         path = resolve_model(config.weights)
         name = config.backend or backends.backend_for(path)
         module = backends.require(name)
+        module.check_precision(config.precision)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
         config = replace(config, weights=str(path), backend=name, device=device)
         runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
-                                               imgsz=config.size, options=dict(config.options)))
+                                               imgsz=config.size, options=dict(config.options),
+                                               precision=config.precision))
         try:
             imgsz, auto = resolve_size(config, runner.meta, path)
             nms = resolve_nms(config, runner.meta, path)

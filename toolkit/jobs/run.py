@@ -148,8 +148,12 @@ class LocalEngine:
 
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
-        return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-                "batch": plan.batch if plan else self.opts.engine.batch}
+        out = {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
+               "batch": plan.batch if plan else self.opts.engine.batch}
+        computes = self.det.meta.extra.get("inference_precision")  # what the runtime computes in (--precision)
+        if computes:
+            out["inference_precision"] = computes
+        return out
 
     def stream_stats(self) -> list[dict[str, Any]]:
         return self.live.stats() if self.live is not None else []

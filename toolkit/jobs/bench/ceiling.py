@@ -62,12 +62,12 @@ class Parts:
         return asdict(self)
 
 
-def cpu_ms(fn: Callable[[], Any], repeat: int = 1) -> float:
-    """Median CPU milliseconds (this process, every thread) of ``fn`` over ``repeat`` calls."""
+def cpu_ms(fn: Callable[..., Any], *args: Any, repeat: int = 1) -> float:
+    """Median CPU milliseconds (this process, every thread) of ``fn(*args)`` over ``repeat`` calls."""
     times = []
     for _ in range(repeat):
         t0 = time.process_time()
-        fn()
+        fn(*args)
         times.append((time.process_time() - t0) * 1000)
     return statistics.median(times)
 
@@ -110,9 +110,12 @@ def measure_parts(model: str, paths: list[str], n_run: int, sample: int = 24, se
     det = Detector(model, threads=plan.threads)
     routine = det.routine
     datas = [read_bytes(p, 1 << 31) for p in picked]
-    decode = statistics.median(cpu_ms(lambda p=p: decode_image(read_bytes(p, 1 << 31), p)) for p in picked)
+    def decode_one(path: str) -> None:
+        decode_image(read_bytes(path, 1 << 31), path)
+
+    decode = statistics.median(cpu_ms(decode_one, p) for p in picked)
     images = [decode_image(d, p) for d, p in zip(datas, picked, strict=True)]
-    letterbox = statistics.median(cpu_ms(lambda im=im: routine.preprocess(im)) for im in images)
+    letterbox = statistics.median(cpu_ms(routine.preprocess, im) for im in images)
     prepared = [routine.preprocess(im) for im in images]
     shape = prepared[0][0].shape
     same = [p for p in prepared if p[0].shape == shape]
@@ -124,14 +127,14 @@ def measure_parts(model: str, paths: list[str], n_run: int, sample: int = 24, se
         options[f"{cpu_count()}x1 threads, batch 1"] = model_cost(single.routine, batch[:1], cpu_count(), seconds)
     single.close()
     preds = [routine.infer(p[0][None])[0] for p in prepared[:8]]
-    post = statistics.median(cpu_ms(lambda i=i: routine.postprocess(preds[i], prepared[i][1]), 5)
+    post = statistics.median(cpu_ms(routine.postprocess, preds[i], prepared[i][1], repeat=5)
                              for i in range(len(preds)))
     dets = [routine.postprocess(preds[i], prepared[i][1]).rounded() for i in range(len(preds))]
     with tempfile.TemporaryDirectory(prefix="yolokit_ceiling_") as tmp:
         def save(i: int) -> None:
             write_encoded(Path(tmp) / f"{i}.jpg", encode_image(annotate(images[i], dets[i % len(dets)]), ".jpg"))
 
-        saving = statistics.median(cpu_ms(lambda i=i: save(i)) for i in range(len(images)))
+        saving = statistics.median(cpu_ms(save, i) for i in range(len(images)))
     det.close()
     return Parts(decode, letterbox, min(options.values()), post, saving, cores=cpu_count(), plan=plan.describe(),
                  model_at_plan=at_plan, model_options=options)
