@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.devices import is_gpu
-from toolkit.engine.core import DetectorConfig
+from toolkit.engine.core import PRECISIONS, DetectorConfig
 from toolkit.errors import InputError, first_line
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
@@ -58,6 +58,9 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         check(self)
+
+
+RUN_ONLY = tuple(p for p in PRECISIONS if p not in ("auto", "fp32"))  # computed in, not exported: bf16
 
 
 @dataclass
@@ -106,6 +109,8 @@ def grid(opts: BenchOptions) -> list[Config]:
         defaults = module.PRECISIONS.get(_kind(opts.device), ()) if module is not None else ()
         if b == baseline.backend:
             defaults = defaults[:1]  # the checkpoint's own backend: its default precision
+        elif module is not None and _kind(opts.device) == "cpu":  # and what it can compute in besides (bf16)
+            defaults = (*defaults, *(p for p in module.RUN_PRECISIONS if p not in ("auto", "fp32", *defaults)))
         for p in opts.precisions or defaults or ("fp32",):
             for batch in opts.batches:
                 for mode in opts.modes:
@@ -130,6 +135,17 @@ def nms_settings(labelled: bool) -> dict[str, Any]:
             "max_det": val.max_det}
 
 
+def exported_precision(cfg: Config) -> str:
+    """The precision of the artifact a configuration runs: its own, or FP32 for one the runtime computes in from
+    an FP32 model (``--precision bf16``)."""
+    return "fp32" if cfg.precision in RUN_ONLY else cfg.precision
+
+
+def run_precision(cfg: Config) -> str:
+    """The ``--precision`` a configuration runs its artifact at: bf16, or the model's own (auto)."""
+    return cfg.precision if cfg.precision in RUN_ONLY else "auto"
+
+
 def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False) -> str:
     """The model file for a configuration, exported once and cached by checkpoint hash and options."""
     import backends
@@ -141,14 +157,15 @@ def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled:
     module = backends.get_backend(cfg.backend)  # an unknown name is a clear InputError
     if cfg.backend == _baseline(opts).backend:
         return opts.weights
+    precision = exported_precision(cfg)
     weights = Path(opts.weights)
     digest = sha256_file(weights)[:12] if weights.is_file() else hashlib.sha256(opts.weights.encode()).hexdigest()[:12]
     nms = BakedNMS(**nms_settings(labelled)) if cfg.nms else None
     tag = f"_nms{nms.conf:g}_{nms.iou:g}_{nms.max_det}" if nms else ""
-    path = cache / module.default_name(f"{digest}_{cfg.precision}_{opts.imgsz}{tag}", "_dyn")
+    path = cache / module.default_name(f"{digest}_{precision}_{opts.imgsz}{tag}", "_dyn")
     if not path.exists():
-        eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=cfg.precision == "fp16",
-                           int8=cfg.precision == "int8", calib_data=calib if cfg.precision == "int8" else None,
+        eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=precision == "fp16",
+                           int8=precision == "int8", calib_data=calib if precision == "int8" else None,
                            device=opts.device, nms=nms)
         export(opts.weights, cfg.backend, path, eo)
     return str(path)
@@ -184,7 +201,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             model = artifact(opts, cfg, out / "artifacts", opts.source, labelled)
             spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
                     "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers, **nms_settings(labelled),
-                    "multi_label": labelled, "fast_decode": opts.fast_decode}
+                    "multi_label": labelled, "fast_decode": opts.fast_decode, "precision": run_precision(cfg)}
             runs = [_spawn(spec) for _ in range(opts.repeat)]
         except Exception as e:  # recorded; the bench goes on
             row["error"] = f"{type(e).__name__}: {first_line(e)}"
@@ -219,11 +236,11 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
                "versions": versions()}
-    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows}
+    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows,
+              "charts": charts(rows, out, len(paths))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
-    charts(rows, out)
     return result
 
 

@@ -23,7 +23,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     det = Detector(spec["model"], device=spec["device"], imgsz=spec["imgsz"], conf=spec["conf"],
                    iou=spec["iou"], max_det=spec["max_det"], multi_label=spec["multi_label"],
-                   fast_decode=bool(spec.get("fast_decode", False)))
+                   fast_decode=bool(spec.get("fast_decode", False)), precision=spec.get("precision", "auto"))
     paths: list[str] = spec["paths"]
     routine = det.routine  # the raw model's rate is measured on the routine's own inference step
     warm = to_chw_rgb(letterbox(read_image(paths[0]), det.imgsz, det.meta.stride, auto=routine.auto)[0])[None]
