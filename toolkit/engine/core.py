@@ -248,6 +248,16 @@ def to_original(det: Detections, orig_shape: tuple[int, int], decoded_shape: tup
     det.shape = orig_shape
 
 
+def batch_sizes(n: int, batch: int, whole: bool = True) -> list[int]:
+    """How ``n`` same-shape images go through the model in calls of at most ``batch``: whole batches, then the rest
+    one by one when ``whole`` (so that the model only ever sees two batch sizes: a dynamic-shape runtime compiles
+    its kernels again for each new input shape, batch size included; measured on OpenVINO's CPU plugin: 40-65 ms per
+    new shape, which a folder of mixed aspect ratios paid once per shape and partial batch size), else the rest as
+    one partial batch (a GPU, where batching pays and engines take any batch of their profile)."""
+    full, rest = divmod(n, max(1, batch))
+    return [batch] * full + ([1] * rest if whole and batch > 1 else [rest] if rest else [])
+
+
 def set_threads(runner: Runner, n: int) -> bool:
     """Give ``runner`` ``n`` intra-op threads in place, where its runtime can; whether it could. A runner without
     ``set_threads`` (a wrapper, a runner of one's own) cannot."""
@@ -285,6 +295,7 @@ class BatchRoutine:
         self.imgsz, self.auto, self.nms = imgsz, auto, nms
         self.names: dict[int, str] = dict(self.meta.names)
         self.times = StageTimes()
+        self.whole_batches = True  # partial batches run one image at a time (batch_sizes); a GPU routine: False
 
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
@@ -411,9 +422,13 @@ class BatchRoutine:
         groups: dict[tuple[int, ...], list[Prepared]] = {}
         for p in pending:
             groups.setdefault(p.chw.shape, []).append(p)
-        step = batch if batch > 0 else max(1, len(pending))
-        return {i: r for group in groups.values() for start in range(0, len(group), step)
-                for i, r in self.run_batch(group[start:start + step])}
+        out: dict[int, Result] = {}
+        for group in groups.values():
+            start = 0
+            for size in batch_sizes(len(group), batch if batch > 0 else len(group), self.whole_batches and batch > 0):
+                out.update(self.run_batch(group[start:start + size]))
+                start += size
+        return out
 
     def process(self, items: Iterable[Item], batch: int = 0, keep_images: bool = False,
                 fast_decode: bool | None = None) -> dict[int, Result]:

@@ -58,6 +58,7 @@ class ModelRoutine(BatchRoutine):
                  gpu: bool = False) -> None:
         super().__init__(runner, config, imgsz, auto, nms)
         self.gpu = gpu  # the device is a CUDA device of a backend that runs CUDA
+        self.whole_batches = not gpu  # a GPU takes partial batches whole (batch_sizes)
         self._pipeline: DevicePipeline | None = None
         self._copies: dict[int, ModelRoutine] = {}  # this model at other intra-op thread counts (at_threads)
 
