@@ -332,3 +332,17 @@ def test_a_run_gets_the_intra_op_threads_of_its_plan(exported: dict[str, Path], 
     with Detector(exported["onnx"], threads=plan.threads) as det:
         list(det.predict_iter(images, mode="thread", workers=2, batch=1))
         assert det.routine._copies == {}  # loaded at the plan's count: no copy
+
+
+def test_stage_times_count_what_new_input_shapes_cost() -> None:
+    from toolkit.engine.core import StageTimes
+
+    t = StageTimes()
+    t.add_shape((1, 3, 384, 640), 0.060)  # first call at a shape: kernels compiled for it
+    t.add_shape((1, 3, 384, 640), 0.010)
+    t.add_shape((1, 3, 384, 640), 0.012)
+    t.add_shape((4, 3, 384, 640), 0.090)
+    t.add_shape((4, 3, 384, 640), 0.044)
+    t.add_shape((1, 3, 480, 640), 0.050)  # met once: beyond the typical repeat (0.011 or 0.044, the median's pick)
+    shapes, cost = t.first_call_cost()
+    assert shapes == 3 and cost == pytest.approx((0.060 - 0.011) + (0.090 - 0.044) + (0.050 - 0.044))

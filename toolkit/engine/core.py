@@ -148,6 +148,27 @@ class StageTimes:
         self.read = self.pre = self.infer = self.post = 0.0
         self.images = 0
         self._lock = threading.Lock()
+        # per model input shape (batch, 3, h, w): [calls, seconds of the first call, seconds of the others]
+        self.shapes: dict[tuple[int, ...], list[float]] = {}
+
+    def add_shape(self, shape: tuple[int, ...], seconds: float) -> None:
+        """One inference call at ``shape`` took ``seconds``."""
+        with self._lock:
+            seen = self.shapes.get(shape)
+            if seen is None:
+                self.shapes[shape] = [1, seconds, 0.0]
+            else:
+                seen[0] += 1
+                seen[2] += seconds
+
+    def first_call_cost(self) -> tuple[int, float]:
+        """How many input shapes the model met, and the seconds their first calls took beyond a repeat's (what a
+        dynamic-shape runtime spends compiling kernels for each new shape; shapes met once count whole)."""
+        with self._lock:
+            shapes = list(self.shapes.values())
+        later = [rest / (n - 1) for n, _, rest in shapes if n > 1]
+        typical = sorted(later)[len(later) // 2] if later else 0.0
+        return len(shapes), sum(max(0.0, first - (rest / (n - 1) if n > 1 else typical)) for n, first, rest in shapes)
 
     def add(self, stage: str, seconds: float, images: int = 0) -> None:
         with self._lock:
@@ -407,6 +428,7 @@ class BatchRoutine:
         except Exception as e:
             return [(p.index, Result(p.ref, error=f"inference failed: {first_line(e)}")) for p in group]
         t1 = time.perf_counter()
+        self.times.add_shape((len(group), *group[0].chw.shape), t1 - t0)
         out = []
         for p, pred in zip(group, preds, strict=True):
             det = self.postprocess(pred, p.info, p.ref.path)

@@ -213,6 +213,8 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             row[k] = statistics.median(vals)
             row[f"{k}_min"], row[f"{k}_max"] = min(vals), max(vals)
         row["gpu_peak_mb"] = runs[-1]["gpu_peak_mb"]
+        row["shapes"] = runs[-1].get("shapes")
+        row["first_calls_s"] = statistics.median(float(r.get("first_calls_s", 0.0)) for r in runs)
         row["plan"] = runs[-1]["plan"]
         row["_dets"] = runs[-1]["detections"]
         rows.append(row)

@@ -73,8 +73,8 @@ def versions() -> dict[str, str]:
 
 COLUMNS = ["config", "backend", "precision", "nms", "batch", "mode", "workers", "img_s", "img_s_min", "img_s_max",
            "steady_img_s", "raw_img_s", "p50_ms", "p95_ms", "startup_s", "peak_rss_mb", "gpu_peak_mb", "speedup",
-           "map50_95", "map_delta", "agree_precision", "agree_recall", "agree_f1", "agree_parity", "pareto", "plan",
-           "error"]
+           "map50_95", "map_delta", "agree_precision", "agree_recall", "agree_f1", "agree_parity", "shapes",
+           "first_calls_s", "pareto", "plan", "error"]
 
 
 def accuracy(row: dict[str, Any]) -> tuple[float | None, str]:
@@ -136,6 +136,15 @@ def report(result: dict[str, Any]) -> str:
         lines += ["", f"Pareto front of img/s against {what} (no other configuration is both faster and more "
                       f"accurate; chart: speed_vs_accuracy.png):",
                   *[f"- {r['config']}: {r['img_s']:.1f} img/s, {what} {accuracy(r)[0]:.3f}" for r in front]]
+    def shape_share(r: dict[str, Any]) -> float:  # the share of a run its first calls at new shapes took
+        return float(r.get("first_calls_s") or 0.0) * float(r["img_s"]) / max(1, int(result["images"]))
+
+    costly = [r for r in rows if shape_share(r) >= 0.05]
+    if costly:
+        lines += ["", "New input shapes (why a model can be slower in a whole run than alone): the first inference "
+                      "at each new input shape compiles kernels for it.",
+                  *[f"- {r['config']}: {r['shapes']} shapes (batch x height x width) met, their first calls took "
+                    f"{r['first_calls_s']:.2f} s beyond a repeat's, {shape_share(r):.0%} of the run" for r in costly]]
     failed = [r for r in result["rows"] if "error" in r]
     if failed:
         lines += ["", "Failed configurations:", *[f"- {r['config']}: {r['error']}" for r in failed]]
