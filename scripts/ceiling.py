@@ -9,15 +9,14 @@ is the ceiling's seconds over the run's. Rounds interleave everything (parts, st
 ratio of two numbers taken side by side; the report gives the median share and its range over the rounds, the
 1-minute load average during each round and the CPU's flags.
 
-Options compare against other code in the same rounds: `--baseline-checkout DIR` runs the same commands from another
-yolokit checkout (before/after); `--yolov5 DIR --yolov5-python PY` times the official YOLOv5 detect.py (a checkout
-outside this repository, run with its own Python) on the same images with the .pt given by `--pt`.
+The images are the shared 1080p JPEG set made from real photos (toolkit.jobs.bench.inputs.photo_set); the models
+are the default ONNX and OpenVINO exports of --weights, made once (or --models). Against other code, in the same
+rounds: `--baseline-checkout DIR` runs the same commands from another yolokit checkout (before/after);
+`--yolov5 DIR --yolov5-python PY` times the official YOLOv5 detect.py (a checkout outside this repository, run with
+its own Python) on the same images and .pt; without it, the seed loop (python -m toolkit.jobs.bench.seed, PyTorch
+FP32, one image at a time) stands in for it, on `--nosave` rows.
 
-    python scripts/ceiling.py --models bench_out/perf/yolov5n.onnx,bench_out/perf/yolov5n_openvino \\
-        --images bench_out/perf/hd --counts 100,1000 --repeats 3 --out bench_out/ceiling
-
-The images: a folder of JPEGs (or a .txt list); `--make-images N` first writes N distinct 1920x1080 JPEGs made from
-the coco128 photos into that folder (crops and flips of each photo, resized; never committed).
+    PYTHONPATH=. python scripts/ceiling.py --counts 100,1000 --repeats 3 --out bench_out/ceiling
 """
 
 from __future__ import annotations
@@ -28,59 +27,24 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toolkit.jobs.bench.ceiling import Parts, cpu_flags, load_average, startup_seconds, timed  # noqa: E402
+from toolkit.jobs.bench.ceiling import Parts, cpu_flags, load_average, startup_seconds, timed
+from toolkit.jobs.bench.inputs import exported, list_file, photo_set
+from toolkit.jobs.bench.seed import seed_command
+from toolkit.jobs.bench.timing import yolokit_command
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 RUNS = {"nosave": ["--nosave"], "default": []}
-
-
-def make_images(folder: Path, n: int, photos: Path) -> None:
-    """``n`` distinct 1920x1080 JPEGs: each coco128 photo in turn, after the first pass a random crop (75-100 %) of
-    it, every other pass mirrored, resized with INTER_CUBIC, quality 90."""
-    import cv2
-    import numpy as np
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted(photos.glob("*.jpg"))
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        path = folder / f"{i:04d}.jpg"
-        img = cv2.imread(str(sources[i % len(sources)]))
-        h, w = img.shape[:2]
-        turn = i // len(sources)
-        if turn:
-            s = 0.75 + 0.25 * rng.random()
-            ch, cw = int(h * s), int(w * s)
-            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            img = img[y:y + ch, x:x + cw]
-            if turn % 2:
-                img = img[:, ::-1]
-        if not path.exists():
-            cv2.imwrite(str(path), cv2.resize(img, (1920, 1080), interpolation=cv2.INTER_CUBIC),
-                        [cv2.IMWRITE_JPEG_QUALITY, 90])
-
-
-def image_list(images: Path, n: int, out: Path) -> Path:
-    paths = [ln.strip() for ln in images.read_text().splitlines() if ln.strip()] if images.is_file() else \
-        [str(p.resolve()) for p in sorted(images.glob("*.jpg"))]
-    if len(paths) < n:
-        raise SystemExit(f"{images}: {len(paths)} images, {n} asked for (use --make-images {n})")
-    listing = out / f"images_{n}.txt"
-    listing.write_text("".join(f"{p}\n" for p in paths[:n]))
-    return listing
 
 
 def parts(model: str, listing: Path, n: int, python: str) -> Parts:
     proc_cmd = [python, "-m", "toolkit.jobs.bench.ceiling", model, str(listing), str(n)]
-    import subprocess
-
     proc = subprocess.run(proc_cmd, capture_output=True, text=True, cwd=REPO)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@")), None)
     if proc.returncode != 0 or line is None:
@@ -88,9 +52,9 @@ def parts(model: str, listing: Path, n: int, python: str) -> Parts:
     return Parts(**json.loads(line[2:]))
 
 
-def yolokit_cmd(python: str, listing: Path, model: str, run: str, tmp: Path) -> list[str]:
-    return [python, "-m", "toolkit.cli", "run", str(listing), "--weights", model, *RUNS[run], "--project", str(tmp),
-            "--name", "r", "--exist-ok"]
+def yolokit_cmd(listing: Path, model: str, run: str, tmp: Path) -> list[str]:
+    return yolokit_command("run", str(listing), "--weights", model, *RUNS[run], "--project", str(tmp), "--name", "r",
+                           "--exist-ok")
 
 
 def timed_run(cmd: list[str], tmp: Path, env_path: str | None = None) -> tuple[float, float]:
@@ -113,12 +77,16 @@ def detect_py_cmd(args: argparse.Namespace, listing: Path, run: str, tmp: Path) 
             "--exist-ok"]
 
 
+def against(args: argparse.Namespace) -> str:
+    return "detect.py" if args.yolov5 else "seed loop (stand-in for detect.py)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="comma-separated exported models (the default exports)")
-    ap.add_argument("--images", required=True, help="folder of JPEGs or a .txt list")
-    ap.add_argument("--make-images", type=int, default=0, help="first write this many 1920x1080 JPEGs there")
-    ap.add_argument("--photos", default=str(REPO.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"))
+    ap.add_argument("--weights", default=str(SHARED / "weights" / "yolov5n.pt"), help="the .pt the models come from")
+    ap.add_argument("--models", default="", help="comma-separated models instead of the default ONNX and OpenVINO "
+                    "exports of --weights")
+    ap.add_argument("--photos", default=str(SHARED / "datasets" / "coco128" / "images" / "train2017"))
     ap.add_argument("--counts", default="100,1000")
     ap.add_argument("--runs", default="nosave,default", help=f"from {', '.join(RUNS)}")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (medians and ranges over them)")
@@ -126,35 +94,35 @@ def main() -> None:
     ap.add_argument("--baseline-checkout", help="also run the same commands from this yolokit checkout")
     ap.add_argument("--yolov5", help="a YOLOv5 checkout (outside this repository) whose detect.py is timed")
     ap.add_argument("--yolov5-python", default=sys.executable, help="the Python that runs detect.py")
-    ap.add_argument("--pt", default=str(REPO.parent / "shared" / "weights" / "yolov5n.pt"), help="detect.py's weights")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    images = Path(args.images)
     counts = [int(c) for c in args.counts.split(",") if c]
-    if args.make_images:
-        make_images(images, args.make_images, Path(args.photos))
-    listings = {n: image_list(images, n, out) for n in counts}
-    models = [str(Path(m).resolve()) for m in args.models.split(",") if m]
+    images = photo_set(args.photos, out / "hd", max(counts))
+    listings = {n: list_file(images[:n], out / f"images_{n}.txt") for n in counts}
+    models = [str(Path(m).resolve()) for m in args.models.split(",") if m] or [
+        str(exported(args.weights, "onnx", out / "yolov5n.onnx")),
+        str(exported(args.weights, "openvino", out / "yolov5n_openvino"))]
     runs = [r for r in args.runs.split(",") if r]
-    py = sys.executable
     tmp = Path(tempfile.mkdtemp(prefix="yolokit_ceiling_runs_"))
     samples: list[dict[str, Any]] = []
     for rnd in range(args.repeats):
         for model in models:
             for n in counts:
-                p = parts(model, listings[n], n, py)
+                p = parts(model, listings[n], n, sys.executable)
                 p.startup, startup_cpu = startup_seconds(model, 0)
                 for run in runs:
                     row: dict[str, Any] = {"round": rnd, "model": model, "images": n, "run": run,
                                            "parts": p.to_dict(), "load": load_average(), "startup_cpu": startup_cpu}
                     row["ceiling_s"] = p.ceiling_seconds(n, run == "default")
-                    row["wall_s"], row["cpu_s"] = timed_run(yolokit_cmd(py, listings[n], model, run, tmp), tmp)
+                    row["wall_s"], row["cpu_s"] = timed_run(yolokit_cmd(listings[n], model, run, tmp), tmp)
                     if args.baseline_checkout:
                         row["base_wall_s"], row["base_cpu_s"] = timed_run(
-                            yolokit_cmd(py, listings[n], model, run, tmp), tmp, str(Path(args.baseline_checkout)))
-                    if args.yolov5 and model == models[0]:
-                        row["detect_wall_s"], _ = timed_run(detect_py_cmd(args, listings[n], run, tmp), tmp)
+                            yolokit_cmd(listings[n], model, run, tmp), tmp, str(Path(args.baseline_checkout)))
+                    if model == models[0] and (args.yolov5 or run == "nosave"):  # detect.py, or the seed loop
+                        cmd = detect_py_cmd(args, listings[n], run, tmp) if args.yolov5 else \
+                            seed_command(args.weights, listings[n])
+                        row["detect_wall_s"], _ = timed_run(cmd, tmp)
                     samples.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "parts"}), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -162,7 +130,7 @@ def main() -> None:
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version()}
     result = {"machine": machine, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "samples": samples,
-              "rows": summarise(samples, detect)}
+              "rows": summarise(samples, detect), "against": against(args)}
     (out / "ceiling.json").write_text(json.dumps(result, indent=1))
     (out / "ceiling.md").write_text(report(result))
     print(report(result))
@@ -203,7 +171,8 @@ def report(result: dict[str, Any]) -> str:
              f"{m['platform']}, Python {m['python']}.", f"Command: `{result['command']}`.", "",
              "| model | images | run | ceiling img/s | yolokit img/s | share of ceiling (min-max) | CPU efficiency | "
              + ("before (share) | " if any("base_share" in r for r in result["rows"]) else "")
-             + ("vs detect.py | " if any("vs_detect" in r for r in result["rows"]) else "") + "load (1 min) |",
+             + (f"vs {result.get('against', 'detect.py')} | " if any("vs_detect" in r for r in result["rows"]) else "")
+             + "load (1 min) |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | "
              + ("---: | " if any("base_share" in r for r in result["rows"]) else "")
              + ("---: | " if any("vs_detect" in r for r in result["rows"]) else "") + "--- |"]
