@@ -30,7 +30,10 @@ class OnnxBackend(Backend):
     EXPORTS = True
     EXPORT_PRECISIONS = ("fp32", "fp16")
     # measured (200/400 JPEGs of 1920x1080, 2 cores): processes 1.2-1.5x faster than threads once start-up (~1 s) is
-    # paid for; the per-image Python work (letterbox, NMS) contends for the GIL in threads
+    # paid for; the per-image Python work (letterbox, NMS) contends for the GIL in threads. That was measured while
+    # thread mode still shared one two-thread session between its two inference threads; since the model is loaded
+    # at the plan's threads, 400 photos took 11.7-11.8 core-s in threads and 12.0-12.6 in processes (a busy VM, wall
+    # times not comparable): re-measure on a quiet machine (scripts/ceiling.py) before moving this threshold
     PLANNING = PlanningHints(releases_gil=True, thread_batch=1, process_inputs_per_core=64)
 
     def sniff(self, head: bytes) -> bool:
