@@ -27,13 +27,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from toolkit.jobs.bench.ceiling import Parts, cpu_flags, load_average, startup_seconds, timed
+from toolkit.jobs.bench.ceiling import Parts, cpu_flags, load_average, parts_in_fresh_process, startup_seconds, timed
 from toolkit.jobs.bench.inputs import exported, list_file, photo_set
 from toolkit.jobs.bench.seed import seed_command
 from toolkit.jobs.bench.timing import yolokit_command
@@ -41,15 +40,6 @@ from toolkit.jobs.bench.timing import yolokit_command
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RUNS = {"nosave": ["--nosave"], "default": []}
-
-
-def parts(model: str, listing: Path, n: int, python: str) -> Parts:
-    proc_cmd = [python, "-m", "toolkit.jobs.bench.ceiling", model, str(listing), str(n)]
-    proc = subprocess.run(proc_cmd, capture_output=True, text=True, cwd=REPO)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@")), None)
-    if proc.returncode != 0 or line is None:
-        raise SystemExit(f"measuring the parts of {model} failed: {proc.stderr[-800:]}")
-    return Parts(**json.loads(line[2:]))
 
 
 def yolokit_cmd(listing: Path, model: str, run: str, tmp: Path) -> list[str]:
@@ -109,7 +99,7 @@ def main() -> None:
     for rnd in range(args.repeats):
         for model in models:
             for n in counts:
-                p = parts(model, listings[n], n, sys.executable)
+                p = parts_in_fresh_process(model, [str(q) for q in images[:n]], n)
                 p.startup, startup_cpu = startup_seconds(model, 0)
                 for run in runs:
                     row: dict[str, Any] = {"round": rnd, "model": model, "images": n, "run": run,

@@ -26,7 +26,8 @@ def _check_outputs(out: Path, n_rows: int) -> list[dict[str, str]]:
 def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["torch", "onnx"],
-                        precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"))
+                        precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"),
+                        ceiling=False)
     result = bench(opts)
     rows = _check_outputs(tmp_path / "b", 3)
     base, onnx, e2e = result["rows"]
@@ -62,6 +63,9 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
                         precisions=["fp32"], modes=["seq"], images=3, repeat=1, out=str(tmp_path / "b"), imgsz=64)
     result = bench(opts)
     assert "error" not in result["rows"][0] and "nonexistent" in result["rows"][1]["error"]
+    base = result["rows"][0]  # the machine's ceiling for the model, and the configuration's share of it
+    assert base["ceiling_img_s"] > 0 and base["ceiling_share"] == pytest.approx(base["img_s"] / base["ceiling_img_s"])
+    assert "| ceiling img/s (share) |" in (tmp_path / "b" / "report.md").read_text()
     data = json.loads((tmp_path / "b" / "results.json").read_text())
     assert data["machine"]["cores"] and data["images"] == 3
     _check_outputs(tmp_path / "b", 2)
@@ -103,7 +107,7 @@ def test_bf16_in_the_bench_with_its_parity_and_map(yolov5n_pt: Path, coco128_ima
         pytest.skip("OpenVINO not installed")
     opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["openvino"],
                         precisions=["fp32", "bf16"], modes=["seq"], images=6, repeat=1, out=str(tmp_path / "b"),
-                        nms=False)
+                        nms=False, ceiling=False)
     rows = bench(opts)["rows"]
     base, fp32, bf16 = rows
     assert fp32["config"] == "openvino fp32 b1 seq" and fp32["agree_parity"] > 0.97  # FP32 keeps the .pt's boxes

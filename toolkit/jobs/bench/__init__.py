@@ -24,6 +24,7 @@ from typing import Any
 from toolkit.devices import is_gpu
 from toolkit.engine.core import PRECISIONS, DetectorConfig
 from toolkit.errors import InputError, first_line
+from toolkit.jobs.bench.ceiling import Parts, parts_in_fresh_process, startup_seconds
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
 from toolkit.jobs.val import ValOptions
@@ -55,6 +56,9 @@ class BenchOptions:
         help="Decode large JPEGs at reduced size in every configuration (faster, changes detections; off by default).")
     nms: bool = option(True, "Also run every exported configuration with NMS inside the model (end-to-end).",
                        decls=("--nms/--no-nms",))
+    ceiling: bool = option(True, "Also measure the machine's ceiling for each model (decode, letterbox, the model, "
+                           "NMS and start-up, as scripts/ceiling.py does) and give each configuration's share of it.",
+                           decls=("--ceiling/--no-ceiling",))
 
     def __post_init__(self) -> None:
         check(self)
@@ -193,6 +197,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
 
     labelled = all(label_path(Path(p)).is_file() for p in paths[:5])
     rows: list[dict[str, Any]] = []
+    ceilings: dict[tuple[str, str], Parts] = {}
     configs = grid(opts)
     for i, cfg in enumerate(configs, 1):
         say(f"[{i}/{len(configs)}] {cfg.name}")
@@ -216,6 +221,17 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         row["shapes"] = runs[-1].get("shapes")
         row["first_calls_s"] = statistics.median(float(r.get("first_calls_s", 0.0)) for r in runs)
         row["plan"] = runs[-1]["plan"]
+        if opts.ceiling and opts.device == "cpu":  # the machine's ceiling for this model, measured once
+            key = (model, run_precision(cfg))
+            try:
+                if key not in ceilings:
+                    say(f"    measuring the ceiling of {Path(model).name} ({key[1]})")
+                    ceilings[key] = parts_in_fresh_process(model, paths, len(paths), key[1], opts.imgsz)
+                    ceilings[key].startup = startup_seconds(model, 0)[0]
+                row["ceiling_img_s"] = len(paths) / ceilings[key].ceiling_seconds(len(paths), save=False)
+                row["ceiling_share"] = row["img_s"] / row["ceiling_img_s"]
+            except Exception as e:  # the ceiling is extra: the row keeps its own measurements
+                say(f"    no ceiling: {first_line(e)}")
         row["_dets"] = runs[-1]["detections"]
         rows.append(row)
         say(f"    {row['img_s']:.1f} img/s (steady {row['steady_img_s']:.1f}, raw model {row['raw_img_s']:.1f})")

@@ -93,10 +93,11 @@ def model_cost(routine: Any, batch: np.ndarray, workers: int, seconds: float) ->
     return (time.process_time() - t0) * 1000 / max(1, sum(done))
 
 
-def measure_parts(model: str, paths: list[str], n_run: int, sample: int = 24, seconds: float = 3.0) -> Parts:
-    """Every per-image part for ``model`` on ``sample`` of ``paths`` (spread over them), the model at the plan a run
-    over ``n_run`` inputs gets. Runs in the calling process: call it in a fresh one (``python -m
-    toolkit.jobs.bench.ceiling``)."""
+def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "auto", imgsz: int = 640,
+                  sample: int = 24, seconds: float = 3.0) -> Parts:
+    """Every per-image part for ``model`` (computing in ``precision``) on ``sample`` of ``paths`` (spread over them),
+    the model at the plan a run over ``n_run`` inputs gets, on letterboxed batches of the first image's shape. Runs
+    in the calling process: call it in a fresh one (:func:`parts_in_fresh_process`)."""
     from toolkit.engine.detector import Detector
     from toolkit.engine.plan import cpu_count, make_plan
     from toolkit.io.decode import decode_image
@@ -104,10 +105,10 @@ def measure_parts(model: str, paths: list[str], n_run: int, sample: int = 24, se
     from toolkit.io.outputs import annotate, encode_image, write_encoded
 
     picked = [paths[i * len(paths) // sample] for i in range(min(sample, len(paths)))]
-    probe = Detector(model)
+    probe = Detector(model, precision=precision, imgsz=imgsz)
     plan = make_plan(probe.routine, n_run)
     probe.close()
-    det = Detector(model, threads=plan.threads)
+    det = Detector(model, threads=plan.threads, precision=precision, imgsz=imgsz)
     routine = det.routine
     datas = [read_bytes(p, 1 << 31) for p in picked]
     def decode_one(path: str) -> None:
@@ -122,7 +123,7 @@ def measure_parts(model: str, paths: list[str], n_run: int, sample: int = 24, se
     batch = np.stack([same[i % len(same)][0] for i in range(plan.batch)])
     at_plan = model_cost(routine, batch, plan.workers, seconds)
     options = {f"{plan.workers}x{plan.threads} threads, batch {plan.batch} (the plan)": at_plan}
-    single = Detector(model, threads=1)
+    single = Detector(model, threads=1, precision=precision, imgsz=imgsz)
     if (plan.workers, plan.threads, plan.batch) != (cpu_count(), 1, 1):
         options[f"{cpu_count()}x1 threads, batch 1"] = model_cost(single.routine, batch[:1], cpu_count(), seconds)
     single.close()
@@ -198,13 +199,34 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in have]
 
 
+def parts_in_fresh_process(model: str, paths: list[str], n_run: int, precision: str = "auto",
+                           imgsz: int = 640) -> Parts:
+    """:func:`measure_parts` in a fresh Python process (nothing of the caller's warm state counts)."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="yolokit_parts_") as tmp:
+        listing = Path(tmp) / "images.txt"
+        listing.write_text("".join(f"{p}\n" for p in paths))
+        cmd = [sys.executable, "-m", "toolkit.jobs.bench.ceiling", model, str(listing), str(n_run), precision,
+               str(imgsz)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@")), None)
+    if proc.returncode != 0 or line is None:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError(f"measuring the parts of {model} failed: {err[-1] if err else proc.returncode}")
+    return Parts(**json.loads(line[2:]))
+
+
 def _main() -> None:
-    """``python -m toolkit.jobs.bench.ceiling MODEL LIST N``: the parts as JSON on the last line of stdout."""
+    """``python -m toolkit.jobs.bench.ceiling MODEL LIST N [PRECISION [IMGSZ]]``: the parts as JSON on the last
+    line."""
     import json
 
     model, listing, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    precision = sys.argv[4] if len(sys.argv) > 4 else "auto"
+    imgsz = int(sys.argv[5]) if len(sys.argv) > 5 else 640
     paths = [ln.strip() for ln in Path(listing).read_text().splitlines() if ln.strip()]
-    print("@@" + json.dumps(measure_parts(model, paths, n).to_dict()))
+    print("@@" + json.dumps(measure_parts(model, paths, n, precision, imgsz).to_dict()))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def versions() -> dict[str, str]:
 COLUMNS = ["config", "backend", "precision", "nms", "batch", "mode", "workers", "img_s", "img_s_min", "img_s_max",
            "steady_img_s", "raw_img_s", "p50_ms", "p95_ms", "startup_s", "peak_rss_mb", "gpu_peak_mb", "speedup",
            "map50_95", "map_delta", "agree_precision", "agree_recall", "agree_f1", "agree_parity", "shapes",
-           "first_calls_s", "pareto", "plan", "error"]
+           "first_calls_s", "ceiling_img_s", "ceiling_share", "pareto", "plan", "error"]
 
 
 def accuracy(row: dict[str, Any]) -> tuple[float | None, str]:
@@ -119,9 +119,10 @@ def report(result: dict[str, Any]) -> str:
              f"Machine: {m['processor']}, {m['cores']} cores, device {m['device']}; {m['platform']}; "
              f"versions {m['versions']}. Median of {result['options']['repeat']} fresh-process runs.", "",
              "| rank | configuration | img/s (min-max) | steady | raw model | p50 ms | p95 ms | start-up s | "
-             "peak RSS MB | vs baseline | accuracy | parity |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "peak RSS MB | vs baseline | accuracy | parity | ceiling img/s (share) |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for i, r in enumerate(rows, 1):
+        ceiling = f"{r['ceiling_img_s']:.1f} ({r['ceiling_share']:.0%})" if r.get("ceiling_img_s") else "-"
         if r.get("map50_95") is not None:
             acc = f"mAP50-95 {r['map50_95']:.3f} ({r.get('map_delta', 0):+.3f})"
         else:
@@ -129,7 +130,7 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"| {i} | {r['config']} | {r['img_s']:.1f} ({r['img_s_min']:.1f}-{r['img_s_max']:.1f}) | "
                      f"{r['steady_img_s']:.1f} | {r['raw_img_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                      f"{r['startup_s']:.2f} | {r['peak_rss_mb']:.0f} | {_fmt(r.get('speedup'), '.2f')}x | {acc} | "
-                     f"{_fmt(r.get('agree_parity'), '.1%')} |")
+                     f"{_fmt(r.get('agree_parity'), '.1%')} | {ceiling} |")
     front = [r for r in rows if r.get("pareto")]
     if front:
         what = accuracy(front[0])[1]
@@ -151,7 +152,9 @@ def report(result: dict[str, Any]) -> str:
     lines += ["", f"Baseline: {result['rows'][0]['config']}. img/s is whole-run throughput including start-up; "
               "steady excludes the first 5 images; raw model is the runner alone on a letterboxed batch. Parity: "
               f"the share of the baseline's boxes found again at IoU >= {PARITY_IOU} with a confidence within "
-              f"{PARITY_CONF} (bf16 moves boxes; FP32 exports keep them)."]
+              f"{PARITY_CONF} (bf16 moves boxes; FP32 exports keep them). Ceiling: the fastest this machine could "
+              "run the model over these images, start-up + images x (decode + letterbox + model + NMS core-ms) / "
+              "cores, and the configuration's share of it (docs/guide/performance.md)."]
     drawn = result.get("charts")
     if drawn:
         lines += ["", "Charts: " + ", ".join(f"![{name}]({name})" for name in drawn)]
