@@ -332,6 +332,9 @@ def test_a_run_gets_the_intra_op_threads_of_its_plan(exported: dict[str, Path], 
     with Detector(exported["onnx"], threads=plan.threads) as det:
         list(det.predict_iter(images, mode="thread", workers=2, batch=1))
         assert det.routine._copies == {}  # loaded at the plan's count: no copy
+    with Detector(exported["onnx"]) as det:  # one worker on every core: the runtime's own choice serves it
+        list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+        assert det.last_plan is not None and det.last_plan.workers == 1 and det.routine._copies == {}
 
 
 def test_stage_times_count_what_new_input_shapes_cost() -> None:

@@ -27,7 +27,7 @@ from toolkit.engine.core import (
     resolve_nms,
     resolve_size,
 )
-from toolkit.engine.plan import Plan, make_plan
+from toolkit.engine.plan import Plan, cpu_count, make_plan
 from toolkit.engine.processes import ProcessPool, TaskSpec
 from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
@@ -97,7 +97,8 @@ class ModelRoutine(BatchRoutine):
         from backends.base import BaseRunner
 
         can_change = getattr(self.runner, "current_threads", lambda: None)() is not None
-        if self.config.threads == threads or can_change or not isinstance(self.runner, BaseRunner):
+        own = self.config.threads is None and threads >= cpu_count()  # the runtime's own choice: every core
+        if self.config.threads == threads or own or can_change or not isinstance(self.runner, BaseRunner):
             return self
         copy = self._copies.get(threads)
         if copy is None:
