@@ -11,12 +11,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
+from toolkit.engine.plan import load_threads
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import json_bytes
 from toolkit.io.sources import SourceList, fingerprint, list_sources
@@ -107,9 +108,13 @@ class LocalEngine:
     outputs written by an :class:`OutputPool` as results arrive."""
 
     def __init__(self, opts: RunOptions, out_dir: Store, detector: Detector | None = None,
-                 taken_crops: list[str] | None = None) -> None:
+                 taken_crops: list[str] | None = None, n_inputs: int | None = None) -> None:
         self.opts, self.out_dir = opts, out_dir
-        self.det = detector or Detector.from_config(opts.detector_config())
+        config = opts.detector_config()
+        if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
+            e = opts.engine
+            config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
+        self.det = detector or Detector.from_config(config)
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -157,8 +162,12 @@ class LocalEngine:
 
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
-        return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-                "batch": plan.batch if plan else self.opts.engine.batch}
+        out = {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
+               "batch": plan.batch if plan else self.opts.engine.batch}
+        computes = self.det.meta.extra.get("inference_precision")  # what the runtime computes in (--precision)
+        if computes:
+            out["inference_precision"] = computes
+        return out
 
     def stream_stats(self) -> list[dict[str, Any]]:
         return self.live.stats() if self.live is not None else []
@@ -184,12 +193,13 @@ def _inputs(sources: SourceList) -> Inputs:
     return {ref.key: (ref.path, fingerprint(ref)) for ref in [*sources.items, *(r for r, _ in sources.failed)]}
 
 
-def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records: Manifest) -> Engine:
+def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records: Manifest,
+            sources: SourceList) -> Engine:
     if opts.engine.name == "ray":
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
-    return LocalEngine(opts, out_dir, detector, records.crop_names)
+    return LocalEngine(opts, out_dir, detector, records.crop_names, None if sources.streams else len(sources.items))
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -265,7 +275,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     engine: Engine | None = None
     outcomes: Iterator[Outcome] | None = None
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
-        engine = _engine(opts, out_dir, detector, records)
+        engine = _engine(opts, out_dir, detector, records, sources)
         summary.weights, summary.backend = engine.weights, engine.backend
         outcomes = engine.outcomes(sources)
         with records:
