@@ -103,6 +103,7 @@ def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "au
     from toolkit.io.decode import decode_image
     from toolkit.io.files import read_bytes
     from toolkit.io.outputs import annotate, encode_image, write_encoded
+    from toolkit.io.store import LocalStore
 
     picked = [paths[i * len(paths) // sample] for i in range(min(sample, len(paths)))]
     probe = Detector(model, precision=precision, imgsz=imgsz)
@@ -132,8 +133,10 @@ def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "au
                              for i in range(len(preds)))
     dets = [routine.postprocess(preds[i], prepared[i][1]).rounded() for i in range(len(preds))]
     with tempfile.TemporaryDirectory(prefix="yolokit_ceiling_") as tmp:
+        store = LocalStore(tmp)
+
         def save(i: int) -> None:
-            write_encoded(Path(tmp) / f"{i}.jpg", encode_image(annotate(images[i], dets[i % len(dets)]), ".jpg"))
+            write_encoded(store, f"{i}.jpg", encode_image(annotate(images[i], dets[i % len(dets)]), ".jpg"))
 
         saving = statistics.median(cpu_ms(save, i) for i in range(len(images)))
     det.close()
