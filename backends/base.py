@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass
 class LoadOptions:
     device: str = "cpu"
-    half: bool | None = None  # None: FP16 on CUDA, FP32 on CPU (PyTorch); artifacts keep their precision
+    half: bool | None = None  # None: FP32 (PyTorch; FP16 only when asked, on CUDA); artifacts keep their precision
     threads: int | None = None  # intra-op threads; None lets the runtime choose
     imgsz: tuple[int, int] | None = None  # the input size the caller will use, when known (warm-up)
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific (e.g. OpenVINO hint)

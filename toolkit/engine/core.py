@@ -57,7 +57,9 @@ class DetectorConfig:
                                  "file.", panel=MODEL)
     device: str | None = option(None, "cpu, cuda, cuda:N, gpu or a GPU index. Default: the backend's own: the CPU, "
                                 "a GPU for a TensorRT engine.", panel=MODEL)
-    half: bool | None = option(None, "FP16 (CUDA only); default FP16 on CUDA, FP32 on the CPU.",
+    half: bool | None = option(None, "FP16 PyTorch on a CUDA device: faster, but boxes and confidences move slightly "
+                               "against YOLOv5's detect.py, whose default is FP32 (the default here too). Exported "
+                               "artifacts keep the precision they were exported in.",
                                decls=("--half/--fp32",), panel=MODEL, affects_output=True)
     imgsz: int | tuple[int, int] = IMGSZ.field()
     conf: float = CONF.field()

@@ -195,8 +195,9 @@ class Detector:
     inference time). The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
     ``device`` is ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or a GPU index (:func:`toolkit.devices.parse_device`);
     ``None`` means the backend's own default (the CPU, a GPU for TensorRT engines). On a CUDA device, a backend
-    whose runner has a device side (PyTorch, FP16 by default; TensorRT; ONNX Runtime with IOBinding) runs the GPU
-    pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections copied back.
+    whose runner has a device side (PyTorch, FP32 unless ``half=True``; TensorRT; ONNX Runtime with IOBinding) runs
+    the GPU pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections
+    copied back.
     ``pipeline="host"`` keeps the CPU letterbox and NMS on a GPU too; ``"device"`` uses the device pipeline on any
     device whose runner has a device side, the CPU included (how the tests run it without a GPU). The pipeline's
     letterbox resizes with OpenCV on the CPU, so the model sees the CPU path's input exactly; ``gpu_resize=True``

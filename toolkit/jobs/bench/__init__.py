@@ -94,12 +94,13 @@ def _available(device: str) -> list[str]:
 
 
 def _baseline(opts: BenchOptions) -> Config:
-    """The checkpoint run by its own backend, sequentially, at that backend's default precision on the device
-    (PyTorch: FP32 on a CPU, FP16 on a GPU)."""
+    """The checkpoint run by its own backend, sequentially: plain PyTorch as people run it, FP32 on a CPU and FP16
+    on a GPU where the backend runs FP16 there (its fastest plain precision; yolokit's own default is FP32)."""
     import backends
 
     name = backends.checkpoint_backend()
-    return Config(name, backends.REGISTRY[name].PRECISIONS[_kind(opts.device)][0], 1, "seq", 0)
+    runs = backends.REGISTRY[name].PRECISIONS[_kind(opts.device)]
+    return Config(name, "fp16" if _kind(opts.device) != "cpu" and "fp16" in runs else runs[0], 1, "seq", 0)
 
 
 def grid(opts: BenchOptions) -> list[Config]:
