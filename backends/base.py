@@ -182,7 +182,11 @@ class Backend(ABC):
     * ``DEFAULT_DEVICE``: the device it runs on when none is chosen (the CPU; a GPU for TensorRT engines).
       ``PRECISIONS``: device kind -> the precisions it runs there, its default first (the bench grid reads these;
       a backend without "cuda" gets the CPU rules whatever the device string, as OpenVINO's Intel "GPU").
-    * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``.
+    * ``RUN_PRECISIONS``: what ``--precision`` may ask of its runner (``auto``, ``fp32``, ``bf16``); anything else
+      is refused before loading (:meth:`check_precision`).
+    * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``;
+      ``EXPORT_REQUIRES``: the modules exporting needs (the ``export`` extra's), checked by
+      :meth:`export_unavailable_reason`.
     * ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing
       names.
 
@@ -196,6 +200,9 @@ class Backend(ABC):
       targets.
     * :meth:`read_meta`: an artifact's :class:`ModelMeta`, without loading a runtime where possible;
       :meth:`describe`: extra facts for ``yolokit info`` (default none).
+    * :meth:`check_precision`: refuses a ``--precision`` outside ``RUN_PRECISIONS`` in one line.
+      :meth:`export_unavailable_reason`: why ``yolokit export --to NAME`` cannot run here (the export tools missing,
+      naming ``pip install 'yolokit[export]'``), or None.
     * :meth:`check_export`: refuses, before any work, options it cannot honour (default: a precision not in
       ``EXPORT_PRECISIONS``). :meth:`export` writes an artifact from a loaded checkpoint; an exporting backend
       usually starts from :func:`backends.shared.onnx_graph.export_graph` and stores

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.options import IMGSZ
+
 PER_IMAGE = ("decode", "letterbox", "model", "post")
 
 
@@ -93,7 +95,7 @@ def model_cost(routine: Any, batch: np.ndarray, workers: int, seconds: float) ->
     return (time.process_time() - t0) * 1000 / max(1, sum(done))
 
 
-def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "auto", imgsz: int = 640,
+def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "auto", imgsz: int = IMGSZ.default,
                   sample: int = 24, seconds: float = 3.0) -> Parts:
     """Every per-image part for ``model`` (computing in ``precision``) on ``sample`` of ``paths`` (spread over them),
     the model at the plan a run over ``n_run`` inputs gets, on letterboxed batches of the first image's shape. Runs
@@ -203,7 +205,7 @@ def cpu_flags() -> list[str]:
 
 
 def parts_in_fresh_process(model: str, paths: list[str], n_run: int, precision: str = "auto",
-                           imgsz: int = 640) -> Parts:
+                           imgsz: int = IMGSZ.default) -> Parts:
     """:func:`measure_parts` in a fresh Python process (nothing of the caller's warm state counts)."""
     import json
 
