@@ -51,6 +51,18 @@ def test_photo_set_is_made_once_mirrored_on_the_second_pass_and_trimmed(tmp_path
     assert lst.read_text().splitlines() == [str(p.resolve()) for p in bigger]
 
 
+def test_photo_set_past_twice_the_photos_stays_distinct(tmp_path: Path) -> None:
+    """From the third pass on, each pass crops the photo a little more, so a set of many passes over few photos
+    holds no two equal images (a server benchmark must not be able to cache an answer)."""
+    photos = _photos(tmp_path / "photos", 2)
+    made = photo_set(photos, tmp_path / "set", 10, size=(64, 36))
+    imgs = [cv2.imread(str(p)).astype(int) for p in made]
+    closest = min(np.abs(imgs[i] - imgs[j]).mean() for i in range(10) for j in range(i))
+    assert closest > 1.0 and len({p.read_bytes() for p in made}) == 10
+    right = [float(im[:, -8:].mean()) for im in imgs]
+    assert right[6] > 240 and right[4] < 240  # pass 3 (images 6, 7) mirrored, pass 2 (4, 5) not
+
+
 def test_photo_set_without_photos_names_the_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: no .jpg photos"):
