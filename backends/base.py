@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 @dataclass
 class LoadOptions:
     device: str = "cpu"
-    half: bool | None = None  # None: FP16 on CUDA, FP32 on CPU (PyTorch); artifacts keep their precision
+    half: bool | None = None  # None: FP32 (PyTorch; FP16 only when asked, on CUDA); artifacts keep their precision
     threads: int | None = None  # intra-op threads; None lets the runtime choose
     imgsz: tuple[int, int] | None = None  # the input size the caller will use, when known (warm-up)
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific (e.g. OpenVINO hint)
+    precision: str = "auto"  # how the runtime computes: auto (the model's own), fp32, bf16 (RUN_PRECISIONS)
 
 
 # the outputs of a model with NMS inside, in this order: num_dets int32 (B, 1), det_boxes float32 (B, max_det, 4)
@@ -35,6 +36,7 @@ E2E_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 RAW_OUTPUT = "raw_output"  # LoadOptions.options key: the raw predictions of a model with NMS inside
 NMS_MIN_OPSET = 13  # the end-to-end graph's ops take their axes as inputs from this opset on
 CALIB_IMAGES = 300  # default number of INT8 calibration images (NNCF's own default subset size)
+EXPORT_EXTRA = "yolokit[export]"  # PyTorch and the ONNX tools: what every export needs beyond the target's runtime
 
 
 @dataclass
@@ -180,7 +182,11 @@ class Backend(ABC):
     * ``DEFAULT_DEVICE``: the device it runs on when none is chosen (the CPU; a GPU for TensorRT engines).
       ``PRECISIONS``: device kind -> the precisions it runs there, its default first (the bench grid reads these;
       a backend without "cuda" gets the CPU rules whatever the device string, as OpenVINO's Intel "GPU").
-    * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``.
+    * ``RUN_PRECISIONS``: what ``--precision`` may ask of its runner (``auto``, ``fp32``, ``bf16``); anything else
+      is refused before loading (:meth:`check_precision`).
+    * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``;
+      ``EXPORT_REQUIRES``: the modules exporting needs (the ``export`` extra's), checked by
+      :meth:`export_unavailable_reason`.
     * ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing
       names.
 
@@ -194,6 +200,9 @@ class Backend(ABC):
       targets.
     * :meth:`read_meta`: an artifact's :class:`ModelMeta`, without loading a runtime where possible;
       :meth:`describe`: extra facts for ``yolokit info`` (default none).
+    * :meth:`check_precision`: refuses a ``--precision`` outside ``RUN_PRECISIONS`` in one line.
+      :meth:`export_unavailable_reason`: why ``yolokit export --to NAME`` cannot run here (the export tools missing,
+      naming ``pip install 'yolokit[export]'``), or None.
     * :meth:`check_export`: refuses, before any work, options it cannot honour (default: a precision not in
       ``EXPORT_PRECISIONS``). :meth:`export` writes an artifact from a loaded checkpoint; an exporting backend
       usually starts from :func:`backends.shared.onnx_graph.export_graph` and stores
@@ -235,6 +244,11 @@ class Backend(ABC):
     PRECISIONS: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",)}
     EXPORTS: ClassVar[bool] = False
     EXPORT_PRECISIONS: ClassVar[tuple[str, ...]] = ()
+    # what --precision may ask of its runner (LoadOptions.precision); anything else is refused before loading
+    RUN_PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32")
+    # what exporting needs beyond the runtime: PyTorch reads the checkpoint, onnx builds the traced graph, onnxslim
+    # simplifies it (all in the EXPORT_EXTRA, kept out of the run-only extras)
+    EXPORT_REQUIRES: ClassVar[tuple[str, ...]] = ("torch", "onnx", "onnxslim")
     PLANNING: ClassVar[PlanningHints] = PlanningHints(releases_gil=False)
 
     def unavailable_reason(self) -> str | None:
@@ -249,6 +263,27 @@ class Backend(ABC):
 
     def is_available(self) -> bool:
         return self.unavailable_reason() is None
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, in one line, a ``--precision`` this backend's runner cannot compute in (``RUN_PRECISIONS``); a
+        runner that can checks the CPU itself when it loads."""
+        if precision not in self.RUN_PRECISIONS:
+            raise InputError(f"--precision {precision}: the {self.NAME} backend computes in "
+                             f"{' or '.join(p for p in self.RUN_PRECISIONS if p != 'auto')} only; {precision} runs "
+                             f"OpenVINO models on CPUs that have it (yolokit export WEIGHTS --to openvino), or leave "
+                             f"--precision at auto")
+
+    def export_unavailable_reason(self, simplify: bool = True) -> str | None:
+        """Why ``yolokit export --to NAME`` cannot run here: the export tools missing (``EXPORT_REQUIRES``; onnxslim
+        only when the graph is simplified) and the extra that installs them, or None."""
+        import importlib.util
+
+        needed = [m for m in self.EXPORT_REQUIRES if simplify or m != "onnxslim"]
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        return (f"exporting needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed "
+                f"(the run-only extras leave the export tools out): pip install '{EXPORT_EXTRA}'")
 
     def claims(self, path: Path) -> bool:
         """Whether this backend loads ``path``, by its name (a file with one of ``SUFFIXES``)."""

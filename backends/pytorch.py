@@ -76,7 +76,7 @@ class TorchRunner(BaseRunner):
         if device.type == "cuda" and spec.index >= torch.cuda.device_count():
             raise BackendUnavailableError(f"device {options.device!r} asked for, but PyTorch sees "
                                           f"{torch.cuda.device_count()} GPU(s)")
-        half = options.half if options.half is not None else device.type == "cuda"
+        half = bool(options.half)  # FP32 unless asked: FP16 moves boxes against detect.py, whose default is FP32
         if half and device.type == "cpu":
             raise BackendUnavailableError("FP16 PyTorch inference needs a CUDA device; use FP32 on the CPU")
         self._torch = torch
@@ -144,7 +144,7 @@ class TorchBackend(Backend):
     DESCRIPTION = "a PyTorch .pt checkpoint or model yaml"
     PACKAGES = ("torch",)
     REQUIRES = ("torch",)
-    PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp16", "fp32")}
+    PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # FP32 first: the default, as detect.py's
     # PyTorch's Python-level module calls hold the GIL: separate processes pay once there are many inputs per core
     PLANNING = PlanningHints(releases_gil=False, thread_batch=1, process_inputs_per_core=250)
 

@@ -183,6 +183,7 @@ def child_main(args: argparse.Namespace) -> int:
             "--project", args.project, "--name", args.name, "--exist-ok", "--json"]
     argv += [] if args.child == "save" else ["--nosave"]
     argv += ["--gpu-resize"] if args.child == "gpuresize" else []
+    argv += ["--half"] if parse_device(args.device).is_gpu else []  # FP16, as the seed loop runs on a GPU
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli(argv)

@@ -1,6 +1,9 @@
 """Installed size of yolokit with each common set of extras: one fresh virtual environment per set, ``pip install
 "yolokit[EXTRAS]"`` from this checkout (dependencies from the package index, as a user gets them), then the size of
-the environment on disk and its largest packages.
+its site-packages folder (pip's and setuptools' own files included, as a fresh venv has them) and its largest packages.
+
+The run-only extras (``onnx``, ``openvino``) install what running an exported model needs; exporting needs the
+``export`` extra (PyTorch, onnx, onnxslim).
 
 PyTorch: an unpinned ``torch`` from PyPI is the CUDA build on Linux x86-64 (several GB with its nvidia-* packages);
 ``--torch-spec "torch==2.13.0"`` with ``--torch-index https://download.pytorch.org/whl/cpu`` measures the CPU build
@@ -22,15 +25,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"base": "", "onnx": "onnx", "openvino": "openvino", "onnx+openvino": "onnx,openvino",
-        "torch": "torch", "everything": "torch,onnx,openvino,int8"}
+        "torch": "torch", "export": "export", "everything": "torch,export,onnx,openvino,int8,charts"}
 
 
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def site_packages(venv: Path) -> Path:
+    return next(venv.glob("lib/python*/site-packages"))
+
+
 def largest(venv: Path, n: int = 6) -> list[tuple[str, int]]:
-    site = next(venv.glob("lib/python*/site-packages"))
+    site = site_packages(venv)
     sizes = [(p.name, du(p)) for p in site.iterdir()
              if p.is_dir() and not p.name.endswith((".dist-info", "__pycache__"))]
     return sorted(sizes, key=lambda s: -s[1])[:n]
@@ -61,7 +68,7 @@ def main() -> None:
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         py = str(venv / "bin" / "python")
-        if args.torch_spec and "torch" in SETS[name]:
+        if args.torch_spec and ("torch" in SETS[name] or "export" in SETS[name]):
             extra = ["--extra-index-url", args.torch_index] if args.torch_index else []
             subprocess.run([py, "-m", "pip", "install", "-q", args.torch_spec, *extra], check=True)
         spec = f"{src}[{SETS[name]}]" if SETS[name] else str(src)
@@ -69,12 +76,12 @@ def main() -> None:
         listed = json.loads(subprocess.run([py, "-m", "pip", "list", "--format", "json"], capture_output=True,
                                            text=True, check=True).stdout)
         versions = {p["name"].lower(): p["version"] for p in listed}
-        row = {"set": name, "extras": SETS[name], "bytes": du(venv), "torch": versions.get("torch"),
+        row = {"set": name, "extras": SETS[name], "bytes": du(site_packages(venv)), "torch": versions.get("torch"),
                "packages": len(listed), "largest": largest(venv)}
         rows.append(row)
         print(f"{name}: {row['bytes'] / 1e6:.0f} MB, {row['packages']} packages, torch {row['torch']}", flush=True)
     (out / "install_sizes.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| install | size on disk | packages | torch | largest |", "| --- | ---: | ---: | --- | --- |"]
+    lines = ["| install | site-packages | packages | torch | largest |", "| --- | ---: | ---: | --- | --- |"]
     for r in rows:
         big = ", ".join(f"{n} {b / 1e6:.0f} MB" for n, b in r["largest"][:4])
         spec = f"yolokit[{r['extras']}]" if r["extras"] else "yolokit"

@@ -15,7 +15,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$PY" -m pip install -q --upgrade pip
   # torch first, pinned: the local CPU wheel (an unpinned torch pulls gigabytes of CUDA packages)
   "$PY" -m pip install -q "torch==2.13.0"
-  "$PY" -m pip install -q -e ".[torch,onnx,openvino]"
+  "$PY" -m pip install -q -e ".[torch,export,onnx,openvino]"
   echo "$WANT" > "$STAMP"
 fi
 exec "$VENV/bin/yolokit" run "$@"

@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 # torch first, pinned: the local CPU wheel (an unpinned torch pulls gigabytes of CUDA packages)
 "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[torch,onnx,openvino,int8,ray,serve,pandas,supervision,dev]"
+"$PY" -m pip install -q -e ".[torch,export,onnx,openvino,int8,charts,ray,serve,cloud,pandas,supervision,dev]"
 # ffmpeg serves the live streams the stream tests read (HTTP and RTMP on 127.0.0.1); without it they skip
 if ! command -v ffmpeg >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -84,3 +84,41 @@ def exported(yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         assert report.meta.imgsz is None and report.meta.batch is None
         out[to] = report.artifact
     return out
+
+
+@pytest.fixture(scope="session")
+def coco128_local_run(coco128_images: Path, yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """yolov5n over coco128 by the local engine into a local run folder (labels and predictions.csv, no images):
+    what the Ray engine and the object-storage runs are compared with."""
+    from toolkit.jobs.run import RunOptions, run
+
+    out = tmp_path_factory.mktemp("coco128_local")
+    s = run(RunOptions.of(source=str(coco128_images), weights=str(yolov5n_pt), save_txt=True, save_csv=True,
+                          nosave=True, project=str(out), name="local"))
+    assert s.processed == 128 and not s.failed
+    return Path(s.out_dir)
+
+
+@pytest.fixture(scope="session")
+def s3_store(yolov5n_pt: Path, coco128_images: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real S3-compatible server on loopback (moto's server mode, tests/helpers/s3.py) with the buckets ``data``
+    (coco128's images below ``coco128/``), ``models`` (yolov5n.pt), ``runs``, ``odd`` and ``seam``; this process
+    (and every process it starts from now on: the Ray nodes too) reaches it through AWS_ENDPOINT_URL. Weights
+    downloaded from it go to a temporary cache, not the checkout's."""
+    from tests.helpers import s3
+
+    with s3.moto_server() as env, pytest.MonkeyPatch.context() as mp:
+        env = {**env, "YOLOKIT_CACHE_DIR": str(tmp_path_factory.mktemp("weights_cache"))}
+        for k, v in env.items():
+            mp.setenv(k, v)
+        s3.fresh_clients()
+        fs = s3.filesystem()
+        for bucket in ("data", "models", "runs", "odd", "seam"):
+            fs.mkdir(bucket)
+        s3.upload(fs, coco128_images, "data/coco128", "*.jpg")
+        fs.put_file(str(yolov5n_pt), "models/yolov5n.pt")
+        try:
+            yield env
+        finally:
+            s3.fresh_clients()

@@ -27,7 +27,8 @@ def _check_outputs(out: Path, n_rows: int) -> list[dict[str, str]]:
 def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["torch", "onnx"],
-                        precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"))
+                        precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"),
+                        ceiling=False)
     result = bench(opts)
     rows = _check_outputs(tmp_path / "b", 3)
     base, onnx, e2e = result["rows"]
@@ -63,6 +64,9 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
                         precisions=["fp32"], modes=["seq"], images=3, repeat=1, out=str(tmp_path / "b"), imgsz=64)
     result = bench(opts)
     assert "error" not in result["rows"][0] and "nonexistent" in result["rows"][1]["error"]
+    base = result["rows"][0]  # the machine's ceiling for the model, and the configuration's share of it
+    assert base["ceiling_img_s"] > 0 and base["ceiling_share"] == pytest.approx(base["img_s"] / base["ceiling_img_s"])
+    assert "| ceiling img/s (share) |" in (tmp_path / "b" / "report.md").read_text()
     data = json.loads((tmp_path / "b" / "results.json").read_text())
     assert data["machine"]["cores"] and data["images"] == 3
     _check_outputs(tmp_path / "b", 2)
@@ -83,3 +87,54 @@ def test_pareto_front() -> None:
             {"config": "x", "error": "failed"}, {"img_s": 50.0, "agree_f1": None}]
     mark_pareto(rows)
     assert [r.get("pareto") for r in rows] == [True, True, False, None, None]
+
+
+def test_the_default_grid_runs_bf16_from_the_fp32_export() -> None:
+    from toolkit.jobs.bench import exported_precision, run_precision
+
+    configs = grid(BenchOptions(weights="w", source="s", backends=["openvino", "onnx"], modes=["auto"], nms=False))
+    names = [c.name for c in configs]
+    assert "openvino bf16 b1 auto" in names and not any(n.startswith("onnx bf16") for n in names)
+    bf16 = next(c for c in configs if c.precision == "bf16")
+    assert (exported_precision(bf16), run_precision(bf16)) == ("fp32", "bf16")
+    fp32 = next(c for c in configs if c.backend == "openvino" and c.precision == "fp32")
+    assert (exported_precision(fp32), run_precision(fp32)) == ("fp32", "auto")
+
+
+def test_bf16_in_the_bench_with_its_parity_and_map(yolov5n_pt: Path, coco128_images: Path, tmp_path: Path) -> None:
+    import backends
+
+    if not backends.REGISTRY["openvino"].is_available():
+        pytest.skip("OpenVINO not installed")
+    opts = BenchOptions(weights=str(yolov5n_pt), source=str(coco128_images), backends=["openvino"],
+                        precisions=["fp32", "bf16"], modes=["seq"], images=6, repeat=1, out=str(tmp_path / "b"),
+                        nms=False, ceiling=False)
+    rows = bench(opts)["rows"]
+    base, fp32, bf16 = rows
+    assert fp32["config"] == "openvino fp32 b1 seq" and fp32["agree_parity"] > 0.97  # FP32 keeps the .pt's boxes
+    assert len(list((tmp_path / "b" / "artifacts").iterdir())) == 1  # bf16 runs the FP32 export
+    if "error" in bf16:  # a CPU without bf16: the one-line refusal is the row's error
+        assert "--precision bf16" in bf16["error"] and "no bf16 arithmetic" in bf16["error"]
+        return
+    assert bf16["map50_95"] > 0.2 and 0 < bf16["agree_parity"] <= 1 and bf16["agree_f1"] > 0.8
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "openvino bf16 b1 seq" in report and "| parity |" in report
+
+
+def test_without_matplotlib_the_report_says_how_to_get_charts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    from toolkit.jobs.bench import plots as charts
+    from toolkit.jobs.bench.report import report
+
+    rows = [{"config": "torch fp32 b1 seq", "img_s": 10.0, "img_s_min": 9.0, "img_s_max": 11.0, "steady_img_s": 10.0,
+             "raw_img_s": 20.0, "p50_ms": 1.0, "p95_ms": 2.0, "startup_s": 0.5, "peak_rss_mb": 100.0, "mode": "seq",
+             "map50_95": 0.3, "pareto": True}]
+    result = {"machine": {"processor": "x", "cores": 2, "device": "cpu", "platform": "p", "versions": {}},
+              "options": {"repeat": 1}, "images": 1, "rows": rows}
+    pytest.importorskip("matplotlib")
+    assert charts.draw(rows, tmp_path, lambda r: (r["map50_95"], "mAP50-95"), 1) == [
+        "speed_vs_accuracy.png", "throughput.png"]
+    assert "Charts: ![speed_vs_accuracy.png]" in report({**result, "charts": ["speed_vs_accuracy.png"]})
+    monkeypatch.setattr(charts, "available", lambda: False)
+    assert charts.draw(rows, tmp_path / "none", lambda r: (r["map50_95"], "mAP50-95")) == []
+    assert "pip install 'yolokit[charts]'" in report({**result, "charts": []})

@@ -108,7 +108,8 @@ def test_unchosen_device_is_the_backends_default(tmp_path: Path, monkeypatch: py
         return _FakeRunner(options.device)
 
     fake = SimpleNamespace(NAME="fake", DEFAULT_DEVICE="cuda", PRECISIONS={"cuda": ("fp16",)},
-                           PLANNING=HINTS, unavailable_reason=lambda: None, load=load)
+                           PLANNING=HINTS, unavailable_reason=lambda: None, load=load,
+                           check_precision=lambda *args: None)
     monkeypatch.setitem(backends.REGISTRY, "fake", fake)
     model = tmp_path / "m.bin"
     model.write_bytes(b"x")

@@ -1,7 +1,8 @@
 """An install without PyTorch runs exported models.
 
 * In this environment, with ``torch`` made unimportable: ``yolokit run``, ``info`` and ``val`` work on an ONNX export;
-  a ``.pt`` and ``export`` say in one line to ``pip install 'yolokit[torch]'`` (exit 4).
+  a ``.pt`` says in one line to ``pip install 'yolokit[torch]'``, ``export`` to ``pip install 'yolokit[export]'``
+  (exit 4).
 * In a fresh virtual environment, ``pip install "yolokit[onnx]"`` (from this checkout, dependencies from the
   package index): no torch is installed, and ``yolokit run`` on an ONNX export works. The environment is kept in
   pytest's cache folder (``.pytest_cache``) and reused while ``pyproject.toml`` is unchanged (yolokit itself is
@@ -85,7 +86,8 @@ def test_run_info_and_val_need_no_torch(exported: dict[str, Path], small_labelle
         r = _yolokit_without_torch(*args, "--project", str(tmp_path), cwd=tmp_path) if args[0] == "run" else \
             _yolokit_without_torch(*args, cwd=tmp_path)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert r.returncode == 4 and len(lines) == 1 and "pip install 'yolokit[torch]'" in lines[0], (args, r.stderr)
+        extra = "export" if args[0] == "export" else "torch"  # exporting needs the export tools too
+        assert r.returncode == 4 and len(lines) == 1 and f"pip install 'yolokit[{extra}]'" in lines[0], (args, r.stderr)
 
 
 # ------------------------------------------------------------------------------------------ a fresh environment
@@ -148,6 +150,11 @@ def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Pa
     names = {p["name"].lower() for p in json.loads(listed)}
     assert "torch" not in names and not any(n.startswith("nvidia-") for n in names), sorted(names)
     assert {"yolokit", "onnxruntime", "numpy", "opencv-python-headless", "pycocotools"} <= names
+    # run-only: the export tools (and sympy, which onnxslim brings) are in the export extra
+    assert not names & {"onnx", "onnxslim", "sympy", "ml-dtypes"}, sorted(names)
+    site = next((onnx_only.parent / "lib").glob("python*/site-packages"))
+    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file() and not p.is_symlink())
+    assert size < 400e6, f"yolokit[onnx] takes {size / 1e6:.0f} MB of site-packages"
     src = tmp_path / "images"
     src.mkdir()
     for p in sorted(coco128_images.glob("*.jpg"))[:4]:
@@ -163,6 +170,11 @@ def test_a_fresh_onnx_install_has_no_torch_and_runs_an_onnx_export(onnx_only: Pa
     r = subprocess.run([yolokit, "run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--project",
                         str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 4 and "pip install 'yolokit[torch]'" in r.stderr, r.stderr
+    r = subprocess.run([yolokit, "export", str(yolov5n_pt), "--to", "onnx", "-o", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 4 and len(lines) == 1 and "pip install 'yolokit[export]'" in lines[0], r.stderr
+    assert "torch, onnx, onnxslim" in lines[0], r.stderr
 
 
 # --------------------------------------------------------------- what counts as a network error (real pip, loopback)

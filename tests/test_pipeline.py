@@ -295,3 +295,103 @@ def test_ctrl_c_while_the_model_loads_still_ends_with_a_summary(tmp_path: Path, 
     summary = json.loads(out)
     assert summary["interrupted"] is True and summary["processed"] == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True
+
+
+def test_partial_batches_run_one_image_at_a_time_on_a_cpu() -> None:
+    from toolkit.engine.core import batch_sizes
+
+    assert batch_sizes(11, 4) == [4, 4, 1, 1, 1]  # the model sees batch 4 and batch 1 only
+    assert batch_sizes(11, 4, whole=False) == [4, 4, 3]  # a GPU takes the partial batch whole
+    assert batch_sizes(3, 1) == [1, 1, 1] and batch_sizes(0, 4) == [] and batch_sizes(8, 4) == [4, 4]
+
+
+class _Sizes:
+    """The real runner, recording the batch size of every call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.meta, self.sizes = inner, inner.meta, []  # type: ignore[attr-defined]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        return self.inner.infer(batch)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_run_of_mixed_shapes_calls_the_model_at_two_batch_sizes(images: Path) -> None:
+    det = _det()
+    ref = _key(list(det.predict_iter(images, mode="thread", workers=1, batch=1)))
+    for mode, workers in (("thread", 2), ("thread", 1)):
+        spy = _Sizes(det.routine.runner)
+        det.routine.runner = spy  # type: ignore[assignment]
+        got = _key(list(det.predict_iter(images, mode=mode, workers=workers, batch=4)))
+        det.routine.runner = spy.inner  # type: ignore[assignment]
+        assert set(spy.sizes) <= {1, 4} and 4 in spy.sizes and sum(spy.sizes) == 13, spy.sizes
+        assert got == ref  # the grouping changes no answer
+    spy = _Sizes(det.routine.runner)
+    det.routine.runner = spy  # type: ignore[assignment]
+    det.predict([str(p) for p in sorted(images.glob("0*.jpg"))], batch=4)  # 10 images, two shapes
+    assert set(spy.sizes) <= {1, 4}, spy.sizes
+
+
+def test_an_openvino_model_runs_one_stream_per_concurrent_inference(yolov5n_pt: Path, tmp_path: Path) -> None:
+    """Requests of one OpenVINO stream run one after another: a model loaded at t intra-op threads gets
+    cores // t streams, so that the plan's inference threads run at once."""
+    import backends
+
+    if not backends.REGISTRY["openvino"].is_available():
+        pytest.skip("OpenVINO not installed")
+    from backends.base import ExportOptions
+    from backends.openvino.runner import cpu_count
+    from toolkit.jobs.export import export
+
+    model = export(yolov5n_pt, "openvino", tmp_path / "m_openvino", ExportOptions(imgsz=(128, 128))).artifact
+    with Detector(model, threads=1) as det:
+        compiled = det.routine.runner.compiled  # type: ignore[attr-defined]
+        assert int(compiled.get_property("NUM_STREAMS")) == cpu_count()
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == cpu_count()
+
+
+def test_a_run_gets_the_intra_op_threads_of_its_plan(exported: dict[str, Path], images: Path) -> None:
+    """ONNX Runtime and OpenVINO fix their thread count at load: yolokit run loads the model at the plan's count
+    (load_threads), and a thread-mode run of a model loaded otherwise gets a copy at the plan's count (two inference
+    threads sharing one two-thread session oversubscribe the cores: 4.2-5.0 instead of 3.4 core-s for 100 photos)."""
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime not installed")
+    from toolkit.engine.core import DetectorConfig
+    from toolkit.engine.plan import load_threads
+
+    config = DetectorConfig(weights=str(exported["onnx"]))
+    assert load_threads(config, 1000, cores=2) == 1  # auto: two workers x one thread
+    assert load_threads(config, 1000, "thread", 2, cores=2) == 1
+    assert load_threads(config, 4, cores=2) == 2  # few inputs: one worker with both cores
+    assert load_threads(replace(config, threads=3), 1000, cores=2) == 3  # asked for: kept
+    with Detector(exported["onnx"]) as det:
+        assert det.config.threads is None
+        results = list(det.predict_iter(images, mode="thread", workers=2, batch=1))
+        plan = det.last_plan
+        assert plan is not None and len(results) == 14
+        copy = det.routine._copies.get(plan.threads)
+        assert copy is not None and copy.config.threads == plan.threads and copy.times is det.routine.times
+        assert det.times.images >= 13  # the copy's work is counted in the detector's stage times
+    with Detector(exported["onnx"], threads=plan.threads) as det:
+        list(det.predict_iter(images, mode="thread", workers=2, batch=1))
+        assert det.routine._copies == {}  # loaded at the plan's count: no copy
+    with Detector(exported["onnx"]) as det:  # one worker on every core: the runtime's own choice serves it
+        list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+        assert det.last_plan is not None and det.last_plan.workers == 1 and det.routine._copies == {}
+
+
+def test_stage_times_count_what_new_input_shapes_cost() -> None:
+    from toolkit.engine.core import StageTimes
+
+    t = StageTimes()
+    t.add_shape((1, 3, 384, 640), 0.060)  # first call at a shape: kernels compiled for it
+    t.add_shape((1, 3, 384, 640), 0.010)
+    t.add_shape((1, 3, 384, 640), 0.012)
+    t.add_shape((4, 3, 384, 640), 0.090)
+    t.add_shape((4, 3, 384, 640), 0.044)
+    t.add_shape((1, 3, 480, 640), 0.050)  # met once: beyond the typical repeat (0.011 or 0.044, the median's pick)
+    shapes, cost = t.first_call_cost()
+    assert shapes == 3 and cost == pytest.approx((0.060 - 0.011) + (0.090 - 0.044) + (0.050 - 0.044))

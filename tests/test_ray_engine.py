@@ -23,11 +23,11 @@ from toolkit.errors import InputError, ModelFileError
 from toolkit.jobs.manifest import RETRY_NOTE
 from toolkit.jobs.run import RunOptions, run
 
-pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
+pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
 
 from toolkit.jobs.ray import LOST_REASON, VIDEO_REASON  # noqa: E402
 
-ACTOR = "MapWorker(MapBatches(InferActor))"  # the process title Ray gives yolokit's inference actors
+ACTOR = "ray::InferActor"  # the process title Ray gives yolokit's inference actors
 
 
 def _ray_bin() -> str:
@@ -54,13 +54,9 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def local_labels(coco128: Path, yolov5n_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def local_labels(coco128_local_run: Path) -> dict[str, str]:
     """Label files of the same job run by the local engine."""
-    out = tmp_path_factory.mktemp("local")
-    s = run(RunOptions.of(source=str(coco128 / "images" / "train2017"), weights=str(yolov5n_pt), save_txt=True,
-                       nosave=True, project=str(out), name="local"))
-    assert s.processed == 128 and not s.failed
-    return _labels(Path(s.out_dir))
+    return _labels(coco128_local_run)
 
 
 def _labels(out_dir: Path) -> dict[str, str]:
@@ -107,17 +103,17 @@ def _actor_pids() -> list[int]:
     return pids
 
 
-def test_a_killed_actor_leaves_every_image_processed_or_reported(cluster: tuple[str, dict[str, str]],
-                                                                 coco128: Path, yolov5n_pt: Path,
-                                                                 local_labels: dict[str, str],
-                                                                 tmp_path: Path) -> None:
+def test_a_killed_actor_loses_nothing(cluster: tuple[str, dict[str, str]], coco128: Path, yolov5n_pt: Path,
+                                      local_labels: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL to one inference actor mid-run: its batches are retried on the other actor (and a new one started
+    where the CPU it freed is), within the run: every image processed, each exactly once."""
     address, env = cluster
     job = subprocess.Popen(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path, "--batch", "2"), env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     labels = tmp_path / "ray" / "labels"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
-        if labels.is_dir() and len(list(labels.iterdir())) >= 3 and _actor_pids():
+        if labels.is_dir() and len(list(labels.iterdir())) >= 3 and len(_actor_pids()) >= 2:
             break
         time.sleep(0.1)
     assert job.poll() is None, "the run ended before an actor could be killed"
@@ -127,25 +123,19 @@ def test_a_killed_actor_leaves_every_image_processed_or_reported(cluster: tuple[
     done_at_kill = len(manifest.read_text().splitlines()) if manifest.exists() else 0
     assert done_at_kill < 128, "the kill did not land mid-run"
     stdout, stderr = job.communicate(timeout=600)
-    assert job.returncode in (0, 1) and stdout.strip(), stderr[-3000:]
+    assert job.returncode == 0 and stdout.strip(), stderr[-3000:]
     summary = json.loads(stdout)
-    assert summary["images"] == 128
-    assert summary["processed"] + len(summary["failed"]) == 128
-    assert all(f["reason"] == f"{LOST_REASON}; {RETRY_NOTE}" for f in summary["failed"])
-    assert job.returncode == (1 if summary["failed"] else 0)
+    assert summary["images"] == summary["processed"] == 128 and summary["failed"] == []
+    assert "1 actor(s) died" in summary["plan"]
     out = Path(summary["out_dir"])
-    got = _labels(out)
-    failed = {Path(f["path"]).stem + ".txt" for f in summary["failed"]}
-    assert got == {k: v for k, v in local_labels.items() if k not in failed}
+    assert _labels(out) == local_labels
     keys = [json.loads(line)["key"] for line in manifest.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 128  # each image exactly once
     assert victim not in _actor_pids()
-    # --resume retries only what was lost (here: whatever the kill cost beyond Ray's own retry), nothing twice
     again = subprocess.run(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path, "--resume"), env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    resumed = json.loads(again.stdout)
-    assert resumed["processed"] == 128 and resumed["failed"] == []
+    assert json.loads(again.stdout)["processed"] == 128
     assert _labels(out) == local_labels
 
 

@@ -106,7 +106,7 @@ def test_url_failures_are_listed_with_reasons(site: tuple[str, Path], silent: st
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join([f"{base}/photo.jpg", f"{base}/missing.jpg", f"{base}/page.jpg",
                                   f"{base}/clip_as.jpg", f"{base}/big.png", f"http://127.0.0.1:{closed}/x.jpg",
-                                  silent, "rtsp://127.0.0.1:1/cam", "ftp://127.0.0.1/a.jpg",
+                                  silent, "rtsp://127.0.0.1:1/cam", "file:///tmp/a.jpg",
                                   str(root / "photo.jpg")]) + "\n")
     rc = main(["run", str(listing), *RANDOM, "--max-file-size", "100K", "--stream-timeout", "1", "--project",
                str(tmp_path), "--name", "r"])

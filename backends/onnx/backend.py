@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from backends.base import Backend, ExportOptions, LoadOptions, PlanningHints
 from backends.onnx.runner import OnnxRunner, read_meta
 from backends.shared.onnx_graph import export_graph, export_meta
-from toolkit.errors import BackendUnavailableError, ExportError
+from toolkit.errors import ExportError
 from toolkit.meta import META_KEY, ModelMeta
 
 if TYPE_CHECKING:
@@ -25,12 +25,15 @@ class OnnxBackend(Backend):
     SUFFIXES = (".onnx",)
     DESCRIPTION = "an ONNX model"
     PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnx")
-    REQUIRES = ("onnxruntime",)  # running needs onnxruntime only; exporting also needs onnx (check_export)
+    REQUIRES = ("onnxruntime",)  # running needs onnxruntime only; exporting, EXPORT_REQUIRES too
     PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp16", "fp32")}
     EXPORTS = True
     EXPORT_PRECISIONS = ("fp32", "fp16")
     # measured (200/400 JPEGs of 1920x1080, 2 cores): processes 1.2-1.5x faster than threads once start-up (~1 s) is
-    # paid for; the per-image Python work (letterbox, NMS) contends for the GIL in threads
+    # paid for; the per-image Python work (letterbox, NMS) contends for the GIL in threads. That was measured while
+    # thread mode still shared one two-thread session between its two inference threads; since the model is loaded
+    # at the plan's threads, 400 photos took 11.7-11.8 core-s in threads and 12.0-12.6 in processes (a busy VM, wall
+    # times not comparable): re-measure on a quiet machine (scripts/ceiling.py) before moving this threshold
     PLANNING = PlanningHints(releases_gil=True, thread_batch=1, process_inputs_per_core=64)
 
     def sniff(self, head: bytes) -> bool:
@@ -40,13 +43,6 @@ class OnnxBackend(Backend):
         if len(head) < 4 or head[0] != 0x08 or not 1 <= head[1] <= 30:
             return False
         return head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)
-
-    def check_export(self, options: ExportOptions) -> None:
-        import importlib.util
-
-        super().check_export(options)
-        if importlib.util.find_spec("onnx") is None:
-            raise BackendUnavailableError("ONNX export needs the onnx package: pip install 'yolokit[onnx]'")
 
     def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         """Write ``path`` (.onnx) with yolokit metadata; FP32, or FP16 with ``options.half``."""

@@ -9,17 +9,18 @@ None of the CUDA side has run here (no GPU); the IOBinding path runs, and is tes
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.base import E2E_OUTPUTS, RAW_OUTPUT, BaseRunner, LoadOptions, pack_detections
+from backends.base import E2E_OUTPUTS, EXPORT_EXTRA, RAW_OUTPUT, BaseRunner, LoadOptions, pack_detections
 from backends.onnx.providers import ort_cache_dir, provider_list
 from backends.shared.onnx_nms import raw_graph
 from toolkit.devices import parse_device
-from toolkit.errors import InputError, ModelFileError
+from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import META_KEY, ModelMeta
 
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to onnx`"
@@ -40,6 +41,9 @@ def open_session(path: Path, so: Any = None, providers: list[Any] | None = None,
     import onnxruntime as ort
 
     _check_file(path)
+    if raw and importlib.util.find_spec("onnx") is None:
+        raise BackendUnavailableError(f"{path}: reading the raw output of a model with NMS inside needs the onnx "
+                                      f"package: pip install '{EXPORT_EXTRA}'")
     try:
         model: Any = str(path)
         if raw:

@@ -36,8 +36,10 @@ class OpenVinoBackend(Backend):
     PRECISIONS = {"cpu": ("fp32", "fp16", "int8")}
     EXPORTS = True
     EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+    RUN_PRECISIONS = ("auto", "fp32", "bf16")  # bf16: the CPU plugin's INFERENCE_PRECISION_HINT, where the CPU has it
     # measured (200/400 JPEGs of 1920x1080, 2 cores): threads with batch 4 beat batch 1 by 1.2-1.3x and processes by
-    # 1.6x; OpenVINO runs one compiled model's infer requests in parallel without the GIL
+    # 1.6x; OpenVINO runs one compiled model's infer requests in parallel without the GIL, one stream each (the
+    # runner makes cores / threads streams; before, two requests shared one stream and ran one after another)
     PLANNING = PlanningHints(releases_gil=True, thread_batch=4, process_inputs_per_core=None)
 
     def claims(self, path: Path) -> bool:

@@ -19,7 +19,7 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backends.base import ExportOptions
+from backends.base import EXPORT_EXTRA, ExportOptions
 from backends.shared.onnx_nms import RAW_NAME, append_nms
 from toolkit.errors import ExportError
 from toolkit.meta import BakedNMS, ModelMeta
@@ -86,7 +86,7 @@ def export_graph(source: LoadedModel, path: Path, options: ExportOptions, *, hal
             import onnxslim  # type: ignore[import-not-found]
         except ImportError:
             notes.append(f"onnxslim is not installed: graph not simplified, {len(proto.graph.node)} nodes "
-                         f"(pip install 'yolokit[onnx]' installs it)")
+                         f"(pip install '{EXPORT_EXTRA}' installs it)")
         else:
             try:
                 before = len(proto.graph.node)

@@ -24,9 +24,8 @@ from toolkit.augment import augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
-from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs
+from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
-from toolkit.io.remote import read_source
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
 
 
 PIPELINES = ("auto", "host", "device")
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision: how a runtime computes (backends.base.Backend.RUN_PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ class DetectorConfig:
                                  "file.", panel=MODEL)
     device: str | None = option(None, "cpu, cuda, cuda:N, gpu or a GPU index. Default: the backend's own: the CPU, "
                                 "a GPU for a TensorRT engine.", panel=MODEL)
-    half: bool | None = option(None, "FP16 (CUDA only); default FP16 on CUDA, FP32 on the CPU.",
+    half: bool | None = option(None, "FP16 PyTorch on a CUDA device: faster, but boxes and confidences move slightly "
+                               "against YOLOv5's detect.py, whose default is FP32 (the default here too). Exported "
+                               "artifacts keep the precision they were exported in.",
                                decls=("--half/--fp32",), panel=MODEL, affects_output=True)
     imgsz: int | tuple[int, int] = IMGSZ.field()
     conf: float = CONF.field()
@@ -106,6 +108,12 @@ class DetectorConfig:
     gpu_resize: bool = option(False, "On a GPU, resize images on the device too (less CPU work). Resized pixels can "
                               "differ from OpenCV's by a grey level, which moves about 1 % of boxes slightly.",
                               panel=SPEED, affects_output=True)
+    precision: str = option("auto", "How the runtime computes on the CPU. auto: as the model file says (an FP32 "
+                            "model in FP32, as PyTorch); fp32: FP32 wherever the model allows (also the float parts "
+                            "of an INT8 OpenVINO model); bf16: bfloat16 inside an OpenVINO model, on CPUs with "
+                            "AVX512-BF16 or AMX (refused elsewhere): faster, but boxes move (parity, mAP and speed in "
+                            "docs/guide/performance.md). Never the default.", panel=SPEED, affects_output=True,
+                            choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -144,6 +152,27 @@ class StageTimes:
         self.read = self.pre = self.infer = self.post = 0.0
         self.images = 0
         self._lock = threading.Lock()
+        # per model input shape (batch, 3, h, w): [calls, seconds of the first call, seconds of the others]
+        self.shapes: dict[tuple[int, ...], list[float]] = {}
+
+    def add_shape(self, shape: tuple[int, ...], seconds: float) -> None:
+        """One inference call at ``shape`` took ``seconds``."""
+        with self._lock:
+            seen = self.shapes.get(shape)
+            if seen is None:
+                self.shapes[shape] = [1, seconds, 0.0]
+            else:
+                seen[0] += 1
+                seen[2] += seconds
+
+    def first_call_cost(self) -> tuple[int, float]:
+        """How many input shapes the model met, and the seconds their first calls took beyond a repeat's (what a
+        dynamic-shape runtime spends compiling kernels for each new shape; shapes met once count whole)."""
+        with self._lock:
+            shapes = list(self.shapes.values())
+        later = [rest / (n - 1) for n, _, rest in shapes if n > 1]
+        typical = sorted(later)[len(later) // 2] if later else 0.0
+        return len(shapes), sum(max(0.0, first - (rest / (n - 1) if n > 1 else typical)) for n, first, rest in shapes)
 
     def add(self, stage: str, seconds: float, images: int = 0) -> None:
         with self._lock:
@@ -245,6 +274,16 @@ def to_original(det: Detections, orig_shape: tuple[int, int], decoded_shape: tup
     det.shape = orig_shape
 
 
+def batch_sizes(n: int, batch: int, whole: bool = True) -> list[int]:
+    """How ``n`` same-shape images go through the model in calls of at most ``batch``: whole batches, then the rest
+    one by one when ``whole`` (so that the model only ever sees two batch sizes: a dynamic-shape runtime compiles
+    its kernels again for each new input shape, batch size included; measured on OpenVINO's CPU plugin: 40-65 ms per
+    new shape, which a folder of mixed aspect ratios paid once per shape and partial batch size), else the rest as
+    one partial batch (a GPU, where batching pays and engines take any batch of their profile)."""
+    full, rest = divmod(n, max(1, batch))
+    return [batch] * full + ([1] * rest if whole and batch > 1 else [rest] if rest else [])
+
+
 def set_threads(runner: Runner, n: int) -> bool:
     """Give ``runner`` ``n`` intra-op threads in place, where its runtime can; whether it could. A runner without
     ``set_threads`` (a wrapper, a runner of one's own) cannot."""
@@ -282,6 +321,7 @@ class BatchRoutine:
         self.imgsz, self.auto, self.nms = imgsz, auto, nms
         self.names: dict[int, str] = dict(self.meta.names)
         self.times = StageTimes()
+        self.whole_batches = True  # partial batches run one image at a time (batch_sizes); a GPU routine: False
 
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
@@ -336,8 +376,7 @@ class BatchRoutine:
         (BGR image, original (h, w)), or the reason it cannot be read."""
         with self.times.timed("read"):
             try:
-                encoded = data.array() if data is not None else read_source(
-                    ref.path, self.config.limits.max_file_size, self.config.timeout, self.config.download_timeout)
+                encoded = data.array() if data is not None else read_input(ref.path, self.config.downloads().limits)
                 return self.decode(encoded, ref.path, fast_decode)
             except ImageReadError as e:
                 return e.reason
@@ -398,6 +437,7 @@ class BatchRoutine:
         except Exception as e:
             return [(p.index, Result(p.ref, error=f"inference failed: {first_line(e)}")) for p in group]
         t1 = time.perf_counter()
+        self.times.add_shape((len(group), *group[0].chw.shape), t1 - t0)
         out = []
         for p, pred in zip(group, preds, strict=True):
             det = self.postprocess(pred, p.info, p.ref.path, p.nms)
@@ -413,9 +453,13 @@ class BatchRoutine:
         groups: dict[tuple[int, ...], list[Prepared]] = {}
         for p in pending:
             groups.setdefault(p.chw.shape, []).append(p)
-        step = batch if batch > 0 else max(1, len(pending))
-        return {i: r for group in groups.values() for start in range(0, len(group), step)
-                for i, r in self.run_batch(group[start:start + step])}
+        out: dict[int, Result] = {}
+        for group in groups.values():
+            start = 0
+            for size in batch_sizes(len(group), batch if batch > 0 else len(group), self.whole_batches and batch > 0):
+                out.update(self.run_batch(group[start:start + size]))
+                start += size
+        return out
 
     def process(self, items: Iterable[Item], batch: int = 0, keep_images: bool = False,
                 fast_decode: bool | None = None) -> dict[int, Result]:

@@ -27,7 +27,7 @@ from toolkit.engine.core import (
     resolve_nms,
     resolve_size,
 )
-from toolkit.engine.plan import Plan, make_plan
+from toolkit.engine.plan import Plan, cpu_count, make_plan
 from toolkit.engine.processes import ProcessPool, TaskSpec
 from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
@@ -58,7 +58,9 @@ class ModelRoutine(BatchRoutine):
                  gpu: bool = False) -> None:
         super().__init__(runner, config, imgsz, auto, nms)
         self.gpu = gpu  # the device is a CUDA device of a backend that runs CUDA
+        self.whole_batches = not gpu  # a GPU takes partial batches whole (batch_sizes)
         self._pipeline: DevicePipeline | None = None
+        self._copies: dict[int, ModelRoutine] = {}  # this model at other intra-op thread counts (at_threads)
 
     @classmethod
     def load(cls, config: DetectorConfig) -> ModelRoutine:
@@ -72,10 +74,12 @@ class ModelRoutine(BatchRoutine):
         path = resolve_model(config.weights)
         name = config.backend or backends.backend_for(path)
         module = backends.require(name)
+        module.check_precision(config.precision)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
         config = replace(config, weights=str(path), backend=name, device=device)
         runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
-                                               imgsz=config.size, options=dict(config.options)))
+                                               imgsz=config.size, options=dict(config.options),
+                                               precision=config.precision))
         try:
             imgsz, auto = resolve_size(config, runner.meta, path)
             nms = resolve_nms(config, runner.meta, path)
@@ -83,6 +87,24 @@ class ModelRoutine(BatchRoutine):
             runner.close()
             raise
         return cls(runner, config, imgsz, auto, nms, module_runs_cuda(module.PRECISIONS, device))
+
+    def at_threads(self, threads: int) -> ModelRoutine:
+        """This model at ``threads`` intra-op threads: this routine when it was loaded at that count or its runner
+        changes the count in place (PyTorch); else a copy loaded at that count (ONNX Runtime and OpenVINO fix it at
+        load: two inference threads sharing one two-thread session oversubscribe the cores), kept for later runs,
+        sharing this routine's stage times and closed with it. A runner of one's own (a wrapper, not a backend's
+        :class:`~backends.base.BaseRunner`) is kept as it is."""
+        from backends.base import BaseRunner
+
+        can_change = getattr(self.runner, "current_threads", lambda: None)() is not None
+        own = self.config.threads is None and threads >= cpu_count()  # the runtime's own choice: every core
+        if self.config.threads == threads or own or can_change or not isinstance(self.runner, BaseRunner):
+            return self
+        copy = self._copies.get(threads)
+        if copy is None:
+            copy = self._copies[threads] = ModelRoutine.load(replace(self.config, threads=threads))
+            copy.times = self.times
+        return copy
 
     def device_pipeline(self, batch: int) -> DevicePipeline | None:
         """The GPU pipeline at ``batch`` when this model runs on a CUDA device and its runner has a device side;
@@ -136,6 +158,9 @@ class ModelRoutine(BatchRoutine):
         if self._pipeline is not None and not self._pipeline.busy():
             self._pipeline.close()
         self._pipeline = None
+        for copy in self._copies.values():
+            copy.close()
+        self._copies.clear()
         self.runner.close()
 
 
@@ -170,8 +195,9 @@ class Detector:
     inference time). The whole configuration is :attr:`config`, a :class:`DetectorConfig`.
     ``device`` is ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or a GPU index (:func:`toolkit.devices.parse_device`);
     ``None`` means the backend's own default (the CPU, a GPU for TensorRT engines). On a CUDA device, a backend
-    whose runner has a device side (PyTorch, FP16 by default; TensorRT; ONNX Runtime with IOBinding) runs the GPU
-    pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections copied back.
+    whose runner has a device side (PyTorch, FP32 unless ``half=True``; TensorRT; ONNX Runtime with IOBinding) runs
+    the GPU pipeline of :mod:`toolkit.engine.gpu`: letterbox, inference and NMS on the device, only detections
+    copied back.
     ``pipeline="host"`` keeps the CPU letterbox and NMS on a GPU too; ``"device"`` uses the device pipeline on any
     device whose runner has a device side, the CPU included (how the tests run it without a GPU). The pipeline's
     letterbox resizes with OpenCV on the CPU, so the model sees the CPU path's input exactly; ``gpu_resize=True``
@@ -319,10 +345,12 @@ class Detector:
             if plan.mode == "process":
                 spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle())
                 yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
-            elif tile is not None:
-                yield from run_tiled(routine, sources.items, plan, keep, tile)
             else:
-                yield from run_threads(routine, sources.items, plan, keep, fast)
+                local = routine if plan.gpu else routine.at_threads(plan.threads)  # the plan's CPU threads
+                if tile is not None:
+                    yield from run_tiled(local, sources.items, plan, keep, tile)
+                else:
+                    yield from run_threads(local, sources.items, plan, keep, fast)
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:

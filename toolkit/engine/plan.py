@@ -138,6 +138,34 @@ def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: 
                     cores, gpu=gpu)
 
 
+def preplan(config: DetectorConfig, n_inputs: int, mode: str = "auto", workers: int = 0,
+            cores: int | None = None) -> Plan | None:
+    """The plan a run over ``n_inputs`` will get on a CPU, known before the model loads as far as the mode, the
+    workers and their intra-op threads go (those depend on the backend's facts, the device and the counts, not on
+    the model; the batch may still change with the model's own). None on a CUDA device."""
+    import backends
+    from toolkit.model.configs import resolve_model
+
+    name = config.backend or backends.backend_for(resolve_model(config.weights))
+    module = backends.get_backend(name)
+    device = config.device or module.DEFAULT_DEVICE
+    if parse_device(device).is_gpu and "cuda" in module.PRECISIONS:
+        return None
+    return plan_for(ModelMeta(names={}), module.PLANNING, device, config.threads, n_inputs, mode, workers, 0, cores,
+                    gpu=False)
+
+
+def load_threads(config: DetectorConfig, n_inputs: int, mode: str = "auto", workers: int = 0,
+                 cores: int | None = None) -> int | None:
+    """The intra-op threads each worker of a run over ``n_inputs`` will get (:func:`preplan`): load the model at
+    this count, and a runtime that fixes its count at load (ONNX Runtime, OpenVINO) runs the plan it is given,
+    without a second copy. ``config.threads`` when set; None on a CUDA device (the runtime's own choice)."""
+    if config.threads:
+        return config.threads
+    plan = preplan(config, n_inputs, mode, workers, cores)
+    return plan.threads if plan is not None else None
+
+
 class PlannedDetector(Protocol):
     """A loaded model: its ``config`` names the backend and device it resolved to."""
 

@@ -13,6 +13,7 @@ from toolkit.engine.core import (
     Payload,
     Prepared,
     Result,
+    batch_sizes,
     expand,
     in_order,
     intra_op_threads,
@@ -80,10 +81,13 @@ class _Batcher:
         self.collect(block=False)
 
     def submit(self, group: list[Prepared]) -> None:
-        if self.inline:
-            self.results.update(self.routine.run_batch(group))
-        else:
-            self.futures.append(self.pool.submit(self.routine.run_batch, group))
+        start = 0
+        for size in batch_sizes(len(group), self.plan.batch, self.routine.whole_batches):
+            part, start = group[start:start + size], start + size
+            if self.inline:
+                self.results.update(self.routine.run_batch(part))
+            else:
+                self.futures.append(self.pool.submit(self.routine.run_batch, part))
 
     def collect(self, block: bool) -> None:
         while self.futures and (block or self.futures[0].done()):

@@ -14,7 +14,8 @@ when its turn comes, so the inputs behind it wait for its download (image downlo
 on).
 
 Other protocols plug in at :func:`fetcher`: a function ``(url, FetchContext) -> Download`` built on
-:func:`toolkit.io.transfer.receive` gets the same pool, deadline, limits and memory budget."""
+:func:`toolkit.io.transfer.receive` gets the same pool, deadline, limits and memory budget. Objects in a store
+(``s3://`` and the other fsspec URLs, :mod:`toolkit.io.store`) are downloaded this way."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.io.files import ImageReadError
+from toolkit.io.files import ImageReadError, read_bytes
 from toolkit.io.remote import fetch_image, fetch_video, is_url
 from toolkit.io.sources import InputRef, iter_video, video_frames
+from toolkit.io.store import fetch_object_image, fetch_object_video, is_store_url
 from toolkit.io.transfer import DEFAULT_MEMORY, Download, FetchContext, FetchLimits, MemoryBudget
 
 DEFAULT_WORKERS = 8  # downloads at once: --download-workers
@@ -65,7 +67,22 @@ def fetcher(path: str, video: bool) -> Fetcher | None:
     """How the input at ``path`` is downloaded (a video to a file, an image into memory), or None: a local file."""
     if is_url(path):
         return fetch_video if video else fetch_image
+    if is_store_url(path):
+        return fetch_object_video if video else fetch_object_image
     return None
+
+
+def read_input(path: str, limits: FetchLimits) -> np.ndarray:
+    """An image input's encoded bytes, read here: a local file (:func:`toolkit.io.files.read_bytes`), or an image
+    URL or object downloaded within ``limits`` (a Ray actor's inputs, ``Detector.predict`` given a path)."""
+    fetch = fetcher(path, False)
+    if fetch is None:
+        return read_bytes(path, limits.max_bytes)
+    got = fetch(path, FetchContext(limits))
+    try:
+        return got.array()
+    finally:
+        got.close()
 
 
 class DownloadPool:

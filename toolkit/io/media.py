@@ -1,29 +1,34 @@
 """Annotated video out: one ``.mp4`` per input video or stream (OpenCV's ``mp4v`` writer), written under a temporary
-name and renamed when complete, like every other output."""
+name and renamed when complete, like every other output; into object storage, uploaded whole once complete."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from toolkit.errors import OutputError
+from toolkit.io.store import Store
 
 DEFAULT_FPS = 30.0  # when a source does not say its frame rate
 
 
 class VideoSink:
-    """Frames in order into ``path`` (an ``.mp4``) at ``fps``, sized like the first frame. :meth:`close` finishes
-    the file and gives it its name; until then it is ``.NAME.HEX.tmp.mp4`` (deleted by ``--resume``)."""
+    """Frames in order into the object ``name`` (an ``.mp4``) of ``store`` at ``fps``, sized like the first frame.
+    :meth:`close` finishes the file and gives it its name; until then it is ``.NAME.HEX.tmp.mp4`` beside it
+    (deleted by ``--resume``), or, for object storage, a temporary file on this machine uploaded whole at the end."""
 
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
+    def __init__(self, store: Store, name: str, fps: float) -> None:
+        self.store, self.name = store, name
+        self.path = store.local / name if store.local is not None else Path(store.url(name))
         self.fps = fps if fps > 0 else DEFAULT_FPS
-        self.tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp.mp4"
+        folder = self.path.parent if store.local is not None else Path(tempfile.gettempdir())
+        self.tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp.mp4"
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
@@ -32,7 +37,7 @@ class VideoSink:
         if self.writer is None:
             h, w = frame.shape[:2]
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.tmp.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); free some space or fix the "
                                   f"permissions, then continue the run with --resume") from None
@@ -53,6 +58,9 @@ class VideoSink:
             return
         self.writer.release()
         self.writer = None
+        if self.store.local is None:
+            self.store.put_file(self.name, self.tmp)  # one whole upload; the temporary file is removed
+            return
         try:
             os.replace(self.tmp, self.path)
         except OSError as e:

@@ -1,12 +1,10 @@
-"""Output formats: YOLO label files, COCO results JSON, CSV rows, annotated images, crops. Files are written
-atomically."""
+"""Output formats: YOLO label files, COCO results JSON, CSV rows, annotated images, crops. Each output is written
+whole into the run folder's store (:mod:`toolkit.io.store`): a local folder through a temporary file and a rename,
+object storage in one put."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,12 @@ import numpy as np
 
 from toolkit.detections import Detections
 from toolkit.errors import OutputError
+from toolkit.io.store import RUN_HINT, Store, atomic_write_bytes
 from toolkit.options import DRAWING, check, option
+
+__all__ = ["CSV_HEADER", "AnnotateStyle", "annotate", "atomic_write_bytes", "coco_image_id", "coco_results",
+           "crop_box", "csv_rows", "encode_crops", "encode_image", "image_suffix", "is_coco_names", "json_bytes",
+           "label_lines", "write_encoded", "write_image", "write_json", "write_labels"]
 
 # COCO's 80 detection classes in YOLO order mapped to the 91-id category numbering of COCO json files
 COCO80_TO_91 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
@@ -29,28 +32,6 @@ def is_coco_names(names: dict[int, str]) -> bool:
     return len(names) == 80 and names.get(0) == "person" and names.get(79) == "toothbrush"
 
 
-_RUN_HINT = "free some space or fix the permissions, then continue the run with --resume"
-
-
-def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space and permissions") -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename. A failure (full disk,
-    permissions) raises :class:`OutputError`: one line naming the file, the cause and ``hint``."""
-    tmp = None
-    try:  # creating the folder or the temporary file fails too on a full disk or a read-only folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide the mode, as for any other file (mkstemp would give 0600)
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise OutputError(f"{path}: cannot write ({e.strerror or e}); {hint}") from None
-
-
 def label_lines(det: Detections, save_conf: bool = False) -> str:
     """YOLO label text: ``class xc yc w h [conf]`` per box, normalised to the original image, ``%g``."""
     lines = []
@@ -60,8 +41,8 @@ def label_lines(det: Detections, save_conf: bool = False) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def write_labels(path: Path, det: Detections, save_conf: bool = False) -> None:
-    atomic_write_bytes(path, label_lines(det, save_conf).encode(), _RUN_HINT)
+def write_labels(store: Store, name: str, det: Detections, save_conf: bool = False) -> None:
+    store.put(name, label_lines(det, save_conf).encode())
 
 
 def coco_image_id(key: str) -> int | str:
@@ -179,15 +160,24 @@ def encode_image(image: np.ndarray, suffix: str, name: str = "image") -> bytes:
     return bytes(buf.tobytes())
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    ext = image_suffix(path)
-    write_encoded(path.with_suffix(ext), encode_image(image, ext, str(path)))
+def write_image(store: Store, name: str, image: np.ndarray) -> str:
+    """Encode ``image`` by the suffix of ``name`` (``.jpg`` when OpenCV does not write that one) and write it; the
+    name it got."""
+    ext = image_suffix(Path(name))
+    name = str(Path(name).with_suffix(ext))
+    write_encoded(store, name, encode_image(image, ext, store.url(name)))
+    return name
 
 
-def write_encoded(path: Path, data: bytes) -> None:
+def write_encoded(store: Store, name: str, data: bytes) -> None:
     """Write an already encoded image (process-mode workers annotate and encode their own images)."""
-    atomic_write_bytes(path, data, _RUN_HINT)
+    store.put(name, data)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1).encode()
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode(), _RUN_HINT)
+    """A JSON file on this machine, written atomically."""
+    atomic_write_bytes(path, json_bytes(obj), RUN_HINT)

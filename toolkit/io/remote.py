@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, read_bytes
-from toolkit.io.imageheader import image_format
 from toolkit.io.transfer import (
     DEFAULT_DEADLINE,
     DEFAULT_TIMEOUT,
@@ -33,8 +32,11 @@ from toolkit.io.transfer import (
     FetchContext,
     FetchError,
     FetchLimits,
+    expect_image,
+    expect_video,
     os_reason,
     receive,
+    sniff_media,
 )
 from toolkit.meta import YOLOKIT_VERSION
 
@@ -60,27 +62,6 @@ def url_name(url: str) -> str:
 
 def url_suffix(url: str) -> str:
     return os.path.splitext(url_name(url))[1].lower()
-
-
-def sniff_media(head: bytes) -> str | None:
-    """What downloaded bytes are, from their first bytes: ``image``, ``video``, ``html``, ``text``, or None."""
-    if image_format(np.frombuffer(head, np.uint8)) is not None:
-        return "image"
-    if (head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1aE\xdf\xa3"
-            or head[:3] == b"FLV" or head[:4] in (b"\x00\x00\x01\xba", b"0&\xb2u")
-            or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)):
-        return "video"
-    text = head[:512].lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "html"
-    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:512]):
-        return "text"
-    return None
-
-
-def _what(kind: str | None) -> str:
-    return {"html": "an HTML page", "text": "text", "video": "a video", "image": "an image"}.get(kind or "",
-                                                                                              "unknown data")
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -290,26 +271,12 @@ def fetch(url: str, ctx: FetchContext, to_file: bool = False, suffix: str = "") 
 
 def fetch_image(url: str, ctx: FetchContext) -> Download:
     """An image URL's bytes, refused with the reason when the server sends something else."""
-    got = fetch(url, ctx)
-    kind = sniff_media(got.head)
-    if kind != "image":
-        got.close()
-        if not got.size:
-            raise FetchError(url, "the server sent an empty body", "content")
-        hint = "; name it with a video suffix (.mp4) to run its frames" if kind == "video" else ""
-        raise FetchError(url, f"the server sent {_what(kind)}, not an image{hint}", "content")
-    return got
+    return expect_image(fetch(url, ctx), url)
 
 
 def fetch_video(url: str, ctx: FetchContext) -> Download:
     """A video URL downloaded to a temporary file (``path``), refused when it is not a video."""
-    got = fetch(url, ctx, to_file=True, suffix=url_suffix(url) or ".mp4")
-    kind = sniff_media(got.head)
-    if kind != "video" and got.head[:3] != b"GIF":  # OpenCV reads an animated GIF as a video
-        got.close()
-        raise FetchError(url, f"the server sent {_what(kind)}, not a video" if got.size
-                         else "the server sent an empty body", "content")
-    return got
+    return expect_video(fetch(url, ctx, to_file=True, suffix=url_suffix(url) or ".mp4"), url)
 
 
 def fetch_image_bytes(url: str, max_bytes: int, timeout: float = DEFAULT_TIMEOUT,

@@ -1,6 +1,7 @@
-"""Finding inputs: a file, a folder (recursive), a glob, a ``.txt`` list, image and video URLs, a video's frames, and
-live streams (``rtsp://``, ``rtmp://``, an ``http(s)://`` URL naming no media file, a webcam index, a ``.streams``
-file). Every entry becomes an input or a failure with its reason; nothing is silently skipped."""
+"""Finding inputs: a file, a folder (recursive), a glob, a ``.txt`` list, image and video URLs, objects in a store
+(``s3://bucket/prefix/`` and the other fsspec URLs: :mod:`toolkit.io.store`), a video's frames, and live streams
+(``rtsp://``, ``rtmp://``, an ``http(s)://`` URL naming no media file, a webcam index, a ``.streams`` file). Every
+entry becomes an input or a failure with its reason; nothing is silently skipped."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from toolkit.errors import InputError
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, regular_file, special_kind
 from toolkit.io.remote import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, fetch_video, is_url, url_name, url_suffix
+from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, read_object
 from toolkit.io.transfer import FetchContext, FetchLimits
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
@@ -72,6 +74,10 @@ def _kind(path: str) -> str | None:
 def _key(path: str, root: str) -> str:
     if is_url(path):
         return os.path.splitext(url_name(path))[0] or "url"
+    if is_store_url(path):
+        top = root.rstrip("/") + "/"
+        rel = path[len(top):] if root and path.startswith(top) else path.rstrip("/").rsplit("/", 1)[-1]
+        return os.path.splitext(rel)[0] or "object"
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
     if rel.startswith(".."):
         rel = os.path.basename(path)
@@ -92,6 +98,8 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return SourceList([], [], "", _streams([text]))
     if is_url(text):
         return _from_files([text], "", failed)
+    if is_store_url(text):
+        return _from_store(text)
     if path.suffix.lower() == ".streams" and path.is_file():
         try:
             lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
@@ -177,8 +185,9 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
         if is_live(f):
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
-        elif "://" in f and not is_url(f):
-            failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp or rtmp"))
+        elif "://" in f and not is_url(f) and not is_store_url(f):
+            failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
+                                f"store's URL (s3://...) or the file's path"))
         elif _kind(f) is None:
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":
@@ -188,13 +197,49 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     return SourceList(items, failed, root)
 
 
+LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
+
+
+def _from_store(url: str) -> SourceList:
+    """The inputs a store URL names: an object; every image and video object below a prefix (recursively, in key
+    order, from the store's listing as it streams; other objects are ignored, as other files in a folder); the
+    objects a pattern matches; or the entries of a ``.txt`` list object (relative ones below the list's prefix).
+    Each object found by listing carries its ETag (``content_id``), the fingerprint a resume compares."""
+    failed: list[tuple[InputRef, str]] = []
+    if any(ch in url.split("://", 1)[1] for ch in "*?["):
+        files = glob_objects(url)
+        if not files:
+            raise InputError(f"{url}: the pattern matches no objects")
+        root = url.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        return _from_files(files, root, failed)
+    if url.lower().endswith(".txt"):
+        base = url.rsplit("/", 1)[0]
+        lines = [ln.strip() for ln in read_object(url, LIST_LIMIT).decode(errors="replace").splitlines()]
+        return _from_files([ln if "://" in ln else f"{base}/{ln.lstrip('/')}" for ln in lines
+                            if ln and not ln.startswith("#")], "", failed)
+    root = url.rstrip("/")
+    items: list[InputRef] = []
+    taken: set[str] = set()
+    for obj in list_objects(url):
+        kind = _kind(obj.url)
+        if kind is None:
+            continue
+        key = _unique_key(_key(obj.url, root), obj.url, taken)
+        items.append(InputRef(obj.url, key, -1 if kind == "video" else None, content_id=obj.content_id))
+    if not items:
+        raise InputError(f"{url}: no images or videos there (looked for "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; is the bucket and prefix right?)")
+    return SourceList(items, failed, root)
+
+
 def fingerprint(ref: InputRef) -> str:
-    """What tells a resumed run whether an input changed since it was recorded: the ``content_id`` its source gave,
-    else a local file's size and modification time (``SIZE:MTIME_NS``, the link's target for a symbolic link).
-    Empty when nothing can be known: a URL, or a path that cannot be reached now."""
+    """What tells a resumed run whether an input changed since it was recorded: the ``content_id`` its source gave
+    (an object's ETag), else a local file's size and modification time (``SIZE:MTIME_NS``, the link's target for a
+    symbolic link). Empty when nothing can be known: a URL or an object named in a list, or a path that cannot be
+    reached now."""
     if ref.content_id:
         return ref.content_id
-    if is_url(ref.path):
+    if is_url(ref.path) or is_store_url(ref.path):
         return ""
     try:
         st = os.stat(ref.path)
@@ -227,9 +272,10 @@ def iter_video(ref: InputRef, stride: int = 1, max_bytes: int = DEFAULT_MAX_FILE
     stretch or file (see :func:`video_frames`). Only a regular file is opened (a named pipe named .mp4 would block
     the decoder); a URL is downloaded first, here (within ``max_bytes``, ``timeout`` s of silence and ``deadline``
     s in all; a run downloads its videos ahead, in its download pool: :mod:`toolkit.io.downloads`)."""
-    if is_url(ref.path):
+    if is_url(ref.path) or is_store_url(ref.path):
+        fetch = fetch_video if is_url(ref.path) else fetch_object_video
         try:
-            got = fetch_video(ref.path, FetchContext(FetchLimits(max_bytes, timeout, deadline)))
+            got = fetch(ref.path, FetchContext(FetchLimits(max_bytes, timeout, deadline)))
         except ImageReadError as e:
             yield ref, None, e.reason
             return

@@ -25,6 +25,7 @@ import numpy as np
 
 from toolkit.errors import InputError
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, size_text
+from toolkit.io.imageheader import image_format
 
 DEFAULT_TIMEOUT = 30.0  # seconds a server may stay silent (connecting, or between two reads): --stream-timeout
 DEFAULT_DEADLINE = 600.0  # seconds a whole download may take, however its bytes arrive: --download-timeout
@@ -382,3 +383,51 @@ def receive(stream: Stream, url: str, ctx: FetchContext, deadline: Deadline, to_
     except BaseException:
         sink.discard()
         raise
+
+
+def sniff_media(head: bytes) -> str | None:
+    """What downloaded bytes are, from their first bytes: ``image``, ``video``, ``html``, ``text``, or None."""
+    if image_format(np.frombuffer(head, np.uint8)) is not None:
+        return "image"
+    if (head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1aE\xdf\xa3"
+            or head[:3] == b"FLV" or head[:4] in (b"\x00\x00\x01\xba", b"0&\xb2u")
+            or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)):
+        return "video"
+    text = head[:512].lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "html"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:512]):
+        return "text"
+    return None
+
+
+def _what(kind: str | None) -> str:
+    return {"html": "an HTML page", "text": "text", "video": "a video", "image": "an image"}.get(kind or "",
+                                                                                              "unknown data")
+
+
+def expect_image(got: Download, url: str, sender: str = "the server sent") -> Download:
+    """``got``, when its bytes are an image; otherwise released and refused with what they are (``sender`` starts
+    the reason: "the server sent", "the object holds")."""
+    kind = sniff_media(got.head)
+    if kind != "image":
+        got.close()
+        if not got.size:
+            raise FetchError(url, f"{sender} an empty body" if "server" in sender else "the object is empty",
+                             "content")
+        hint = "; name it with a video suffix (.mp4) to run its frames" if kind == "video" else ""
+        raise FetchError(url, f"{sender} {_what(kind)}, not an image{hint}", "content")
+    return got
+
+
+def expect_video(got: Download, url: str, sender: str = "the server sent") -> Download:
+    """``got``, when its bytes are a video (or an animated GIF, which OpenCV reads as one); otherwise released and
+    refused."""
+    kind = sniff_media(got.head)
+    if kind != "video" and got.head[:3] != b"GIF":
+        got.close()
+        if not got.size:
+            raise FetchError(url, f"{sender} an empty body" if "server" in sender else "the object is empty",
+                             "content")
+        raise FetchError(url, f"{sender} {_what(kind)}, not a video", "content")
+    return got

@@ -363,11 +363,14 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     import backends
     from toolkit.model.configs import resolve_model
 
+    options = options or ExportOptions()
+    module = _exporter(to)
+    tools = module.export_unavailable_reason(options.simplify)  # the export tools are not in the run-only extras
+    if tools:
+        raise BackendUnavailableError(tools)
     backends.require(backends.checkpoint_backend())  # every export reads a checkpoint with PyTorch
     from toolkit.model.load import load_model
 
-    options = options or ExportOptions()
-    module = _exporter(to)
     options = export_defaults(options, module.DEFAULT_DEVICE)
     reason = module.unavailable_reason()
     if reason:

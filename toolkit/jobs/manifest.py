@@ -1,7 +1,8 @@
 """A run folder's bookkeeping: ``run.json`` (the settings that make its outputs), ``manifest.jsonl`` (one line per
 finished input, written after its outputs, with the input's fingerprint and the files it got), ``failures.jsonl``
 and ``predictions.jsonl``; resuming a run from them: same settings, changed inputs redone, vanished inputs' outputs
-removed, failed inputs retried where that can help."""
+removed, failed inputs retried where that can help. The run folder is a :class:`toolkit.io.store.Store` (a local
+folder or a prefix in object storage); the three ``.jsonl`` records are its journals (:mod:`toolkit.jobs.journal`)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from toolkit.errors import InputError, OutputError
-from toolkit.io.outputs import CSV_HEADER, atomic_write_bytes, write_json
+from toolkit.io.outputs import CSV_HEADER, json_bytes
+from toolkit.io.store import LocalStore, Store, atomic_write_bytes
+from toolkit.jobs.journal import journal, parse_lines
 from toolkit.jobs.records import Outcome, identity_changes
 
 # the files a run writes itself, besides each input's outputs
@@ -117,15 +120,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete JSON lines of a file; a line cut short by a crash is dropped."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return parse_lines(path.read_text(errors="replace"))
 
 
 def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -153,15 +148,15 @@ def input_id(record: dict[str, Any]) -> str:
 class Manifest:
     """The run folder's records. :meth:`open` checks a resume, reconciles it with the inputs SOURCE now holds and
     tidies what a crash left; :meth:`record` appends an input's lines (the manifest line last: a manifest line means
-    the input's outputs exist)."""
+    the input's outputs exist). ``out_dir``: the run folder, a :class:`~toolkit.io.store.Store` or a local path."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-        self.manifest, self.failures = out_dir / "manifest.jsonl", out_dir / "failures.jsonl"
-        self.preds = out_dir / "predictions.jsonl"
+    def __init__(self, out_dir: Store | Path) -> None:
+        self.store = out_dir if isinstance(out_dir, Store) else LocalStore(out_dir)
+        self.out_dir = self.store.local  # the folder on this machine, or None in object storage
+        self.manifest, self.failures = journal(self.store, "manifest"), journal(self.store, "failures")
+        self.preds = journal(self.store, "predictions")
         self.previous: list[dict[str, Any]] = []
         self.recorded = 0  # inputs recorded by this run
-        self._files: list[IO[str]] = []
 
     @property
     def done_keys(self) -> set[str]:
@@ -182,36 +177,36 @@ class Manifest:
         check the settings and reconcile the records with ``inputs``, the inputs SOURCE holds now."""
         found = Reconciled()
         if resume:
-            if not self.manifest.is_file():
-                raise InputError(f"{self.out_dir}: nothing to resume (no manifest.jsonl); run without --resume first")
+            if not self.manifest.exists():
+                raise InputError(f"{self.store}: nothing to resume (no manifest.jsonl); run without --resume first")
             self._check(identity)
-            self.previous = read_jsonl(self.manifest)
+            self.previous = self.manifest.rows()
             if inputs is not None:
                 found = self._reconcile(inputs, retry_failed)
-        prepare_out_dir(self.out_dir)
-        write_json(self.out_dir / "run.json", {**identity, "run_format": RUN_FORMAT})
+        if self.out_dir is not None:
+            prepare_out_dir(self.out_dir)
+        self.store.put("run.json", json_bytes({**identity, "run_format": RUN_FORMAT}))
         done = self.done_keys
         # a crash can leave a torn last line or outputs of inputs that never reached the manifest: tidy both
-        rewrite_jsonl(self.manifest, self.previous)
-        rewrite_jsonl(self.failures, [r for r in read_jsonl(self.failures) if r.get("key") in done])
-        rewrite_jsonl(self.preds, [r for r in read_jsonl(self.preds) if r.get("key") in done])
-        if resume:
+        self.manifest.rewrite(self.previous)
+        self.failures.rewrite([r for r in self.failures.rows() if r.get("key") in done])
+        self.preds.rewrite([r for r in self.preds.rows() if r.get("key") in done])
+        if resume and self.out_dir is not None:
             remove_partial_writes(self.out_dir)
         return found
 
     def _check(self, identity: dict[str, Any]) -> None:
-        info = self.out_dir / "run.json"
         try:
-            before = json.loads(info.read_text()) if info.is_file() else {}
+            before = json.loads(self.store.read("run.json"))
         except (OSError, ValueError):
             before = {}
         if not isinstance(before, dict) or before.get("run_format") != RUN_FORMAT:
-            raise InputError(f"{self.out_dir}: this run folder was made by an earlier yolokit, whose run.json does "
+            raise InputError(f"{self.store}: this run folder was made by an earlier yolokit, whose run.json does "
                              f"not record every setting that shapes the outputs, so --resume cannot check them; "
                              f"start a new run without --resume")
         changes = identity_changes(before, identity)
         if changes:
-            raise InputError(f"{self.out_dir}: --resume continues a run with the settings it started with, and "
+            raise InputError(f"{self.store}: --resume continues a run with the settings it started with, and "
                              f"these differ: {'; '.join(changes)}. Resume with the run's settings (its run.json "
                              f"lists them), or start a new run without --resume")
 
@@ -244,54 +239,58 @@ class Manifest:
                 continue
             dropped.extend(recs)
         if dropped:
-            root = self.out_dir.resolve()
             for r in dropped:
                 for name in [*(r.get("files") or ()), *(f"crops/{c}" for c in r.get("crops") or ())]:
-                    path = (self.out_dir / str(name)).resolve()
-                    if path.is_relative_to(root) and path != root:  # only files of this folder, whatever the lines say
-                        with contextlib.suppress(OSError):
-                            path.unlink()
+                    # only files of this folder, whatever the lines say (the store refuses a name with "..")
+                    with contextlib.suppress(OSError, OutputError):
+                        self.store.delete(str(name))
             self.previous = kept
         return found
 
     @contextlib.contextmanager
-    def removed_unless_used(self, made: list[Path], also: tuple[str, ...] = ()) -> Iterator[None]:
-        """Remove the run folder again, and the parents this run made (``made``, deepest first), when the run fails
-        before recording any input (a model that cannot be found, downloaded or loaded; no inputs at all): only the
-        files a run writes itself (and ``also``) are deleted, and a folder only when that leaves it empty."""
+    def removed_unless_used(self, new: bool, folders: list[Path] | None = None,
+                            also: tuple[str, ...] = ()) -> Iterator[None]:
+        """Remove a ``new`` run folder again, with the parent ``folders`` this run made on local disk (deepest
+        first), when the run fails before recording any input (a model that cannot be found, downloaded or loaded;
+        no inputs at all): only the files a run writes itself (and ``also``) are deleted, and a folder only when
+        that leaves it empty."""
         try:
             yield
         except BaseException:
-            if made and not self.recorded and not self.previous:
+            if new and not self.recorded and not self.previous:
                 for name in (*BOOKKEEPING, *also):
-                    with contextlib.suppress(OSError):
-                        (self.out_dir / name).unlink()
-                for folder in made:
+                    with contextlib.suppress(OSError, OutputError):
+                        self.store.delete(name)
+                for j in (self.manifest, self.failures, self.preds):
+                    with contextlib.suppress(OSError, OutputError):
+                        j.remove()
+                for folder in folders or ():
                     with contextlib.suppress(OSError):
                         folder.rmdir()
             raise
 
     def __enter__(self) -> Manifest:
-        self._files = [p.open("a") for p in (self.manifest, self.failures, self.preds)]
+        for j in (self.manifest, self.failures, self.preds):
+            j.open()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for f in self._files:
-            with contextlib.suppress(OSError):
-                f.close()
-        self._files = []
+        try:  # what a segment journal holds is put, the failures and predictions before the manifest
+            for j in (self.failures, self.preds, self.manifest):
+                j.close()
+        except (OSError, OutputError):
+            if kind is None:
+                raise
 
     def record(self, oc: Outcome, source: str = "", fingerprint: str = "", retry: bool = True) -> None:
         """Append ``oc``'s lines. ``source``: the input's path (when it is not ``oc.path``: a video frame's video);
         ``fingerprint``: the input's, from before it was read; ``retry``: whether a failure is retried on resume."""
-        manifest, failures, preds = self._files
         entry: dict[str, Any] = {"key": oc.key, "path": oc.path}
         if source and source != oc.path:
             entry["src"] = source
         entry["fp"] = fingerprint
         if oc.error is not None:
-            failures.write(json.dumps({"key": oc.key, "path": oc.path, "reason": oc.error, "retry": retry}) + "\n")
-            failures.flush()
+            self.failures.append({"key": oc.key, "path": oc.path, "reason": oc.error, "retry": retry})
             entry.update(ok=False, reason=oc.error, retry=retry)
         else:
             if oc.coco is not None or oc.rows is not None:
@@ -300,8 +299,7 @@ class Manifest:
                     row["results"] = oc.coco
                 if oc.rows is not None:
                     row["rows"] = oc.rows
-                preds.write(json.dumps(row) + "\n")
-                preds.flush()
+                self.preds.append(row)
             entry.update(ok=True, n=oc.n, classes=oc.classes)
             if oc.crops:
                 entry["crops"] = oc.crops
@@ -311,22 +309,23 @@ class Manifest:
             entry["video"] = oc.video
             if oc.video_done:
                 entry["video_done"] = True
-        manifest.write(json.dumps(entry) + "\n")  # after the outputs: a manifest line means done
-        manifest.flush()
+        self.manifest.append(entry)  # after the outputs: a manifest line means done
+        if self.manifest.due():  # a segment journal puts its lines together, the manifest's last
+            for j in (self.failures, self.preds, self.manifest):
+                j.flush()
         self.recorded += 1
 
     def write_predictions(self, coco: bool = True, rows: bool = False) -> None:
         """``predictions.json`` (COCO results) and ``predictions.csv`` (one row per box) of the whole run, resumed
         parts included: both come from ``predictions.jsonl``, which holds only inputs the manifest records, so a
         killed and resumed run has every box once."""
-        records = read_jsonl(self.preds)
+        records = self.preds.rows()
         if coco:
-            write_json(self.out_dir / "predictions.json", [p for r in records for p in r.get("results") or ()])
+            self.store.put("predictions.json", json_bytes([p for r in records for p in r.get("results") or ()]))
         if rows:
             text = io.StringIO()
             out = csv.writer(text, lineterminator="\n")
             out.writerow(CSV_HEADER)
             for r in records:
                 out.writerows(r.get("rows") or ())
-            atomic_write_bytes(self.out_dir / "predictions.csv", text.getvalue().encode(),
-                               "free some space or fix the permissions, then continue the run with --resume")
+            self.store.put("predictions.csv", text.getvalue().encode())

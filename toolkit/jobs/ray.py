@@ -1,24 +1,30 @@
-"""``yolokit run --engine ray``: the same job on a Ray cluster, through Ray Data.
+"""``yolokit run --engine ray``: the same job on a Ray cluster.
 
-The driver lists the inputs (paths only; it never reads an image) and streams them, in blocks, to a fixed
-pool of inference actors. Each actor loads the model once, then per batch reads the files' raw bytes,
-decodes them with OpenCV, runs the model and writes that batch's labels and annotated images itself. Only
-small records (key, counts, COCO results) come back to the driver, which writes ``manifest.jsonl``,
-``failures.jsonl`` and the summary exactly as a local run does. Ray Data's streaming executor bounds what is
-in flight, and images never pass through the object store, so memory does not grow with the inputs.
+The driver lists the inputs (paths or object URLs; it never reads an image) and hands them, a batch at a time, to a
+fixed pool of inference actors, at most two batches in flight per actor. Each actor loads the model once (weights
+given as a store URL are downloaded by each node into its own cache), then per batch reads its inputs (local files,
+http(s) URLs or objects, within the run's limits), decodes them with OpenCV, runs the model and writes that batch's
+labels and annotated images itself, into the run folder's store: a shared disk, or object storage, so that the
+nodes need share nothing else. Only small records (key, counts, COCO results) come back to the driver, which keeps
+the run folder's bookkeeping (``manifest.jsonl`` and the rest) exactly as a local run does, in the same store.
 
-A killed actor is restarted by Ray and its batch retried once; a batch that fails again is dropped by
-Ray Data (``max_errored_blocks``) and its images are reported failed with the reason (``--resume`` retries
-them). Outputs go under the run folder, which every node must see (shared storage) on a multi-node cluster.
+Lost work is retried within the run. When an actor dies (killed, out of memory, or its node lost), its batches go
+back to the queue and run on the actors still alive, and a new actor is started wherever the cluster has room. A
+batch whose actor died twice is split and each of its inputs tried once more alone; an input that kills its actor
+again is reported failed (``--resume`` retries it). Inputs are reported lost only when no actor is left and none
+could be started again within :data:`START_GRACE` seconds. Every input the driver hands out is recorded once,
+whichever actor finished it; a batch done twice writes the same outputs twice, each object whole.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
-import warnings
+import time
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +34,23 @@ from toolkit.engine.core import DetectorConfig, set_threads
 from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
 from toolkit.io.remote import is_url
 from toolkit.io.sources import InputRef, SourceList
+from toolkit.io.store import Store, is_store_url, open_store
 from toolkit.jobs.records import Outcome, RunOptions, write_outputs
 
 LOST_REASON = "its Ray worker died twice while processing it (killed or out of memory); it was retried once"
+NO_WORKER_REASON = ("no Ray worker was left to process it: every inference actor died and none could be started "
+                    "again (the cluster lost its nodes, or has no room)")
 VIDEO_REASON = "videos are not supported by --engine ray; run them with the local engine"
+DEPTH = 2  # batches in flight per actor: one running, one waiting beside it
+START_GRACE = 120.0  # seconds the driver waits for a new actor when none is left
+RESTARTS = 3  # new actors started per actor of the pool, over the whole run
 
 
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError:
-        raise BackendUnavailableError("--engine ray needs Ray Data: pip install 'yolokit[ray]'") from None
+        raise BackendUnavailableError("--engine ray needs Ray: pip install 'yolokit[ray]'") from None
     return ray
 
 
@@ -55,16 +66,19 @@ class InferActor:
         self.routine = ModelRoutine.load(config)
         set_threads(self.routine.runner, int(config.threads or 1))
         self.opts = run_options
-        self.out_dir = Path(out_dir)
+        self.out_dir = open_store(out_dir)
         self.pid = os.getpid()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def ready(self) -> str:
+        return f"{os.uname().nodename}:{self.pid}"
+
+    def run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         det = self.routine
-        refs = [InputRef(str(p), str(k)) for p, k in zip(batch["path"], batch["key"], strict=True)]
+        refs = [InputRef(str(r["path"]), str(r["key"])) for r in rows]
         before = det.times.snapshot()
         fatal = ""
         try:
-            outcomes = self._process(batch, refs)
+            outcomes = self._process(rows, refs)
         except (OSError, OutputError) as e:  # writing outputs failed (disk full, permissions): the run stops
             fatal = (f"{self.out_dir}: cannot write outputs ({e.strerror or e}); free some space or fix the "
                      f"permissions, then continue the run with --resume") if isinstance(e, OSError) else str(e)
@@ -72,28 +86,19 @@ class InferActor:
         except Exception as e:  # noqa: BLE001 - anything else fails this batch's images, not the run
             outcomes = [Outcome(r.key, r.name, f"worker error: {first_line(e)}") for r in refs]
         after = det.times.snapshot()
-        ms = json.dumps([1000 * (a - b) / max(len(refs), 1) for a, b in zip(after, before, strict=True)])
+        ms = [1000 * (a - b) / max(len(refs), 1) for a, b in zip(after, before, strict=True)]
         worker = f"{os.uname().nodename}:{self.pid}"
-        meta = json.dumps({"imgsz": list(det.imgsz), "precision": det.meta.precision, "fixed": not det.auto,
-                           "stride": det.meta.stride})
-        return {
-            "i": [int(i) for i in batch["i"]],
-            "key": [o.key for o in outcomes],
-            "path": [o.path for o in outcomes],
-            "error": [o.error or "" for o in outcomes],
-            "fatal": [fatal] * len(outcomes),
-            "record": [json.dumps({"n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows,
-                                   "files": o.files}) for o in outcomes],
-            "ms": [ms] * len(outcomes),
-            "worker": [worker] * len(outcomes),
-            "meta": [meta] * len(outcomes),
-        }
+        meta = {"imgsz": list(det.imgsz), "precision": det.meta.precision, "fixed": not det.auto,
+                "stride": det.meta.stride}
+        return [{"i": int(r["i"]), "key": o.key, "path": o.path, "error": o.error or "", "fatal": fatal,
+                 "n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows, "files": o.files,
+                 "ms": ms, "worker": worker, "meta": meta} for r, o in zip(rows, outcomes, strict=True)]
 
-    def _process(self, batch: dict[str, np.ndarray], refs: list[InputRef]) -> list[Outcome]:
+    def _process(self, rows: list[dict[str, Any]], refs: list[InputRef]) -> list[Outcome]:
         """The batch routine over this batch: files are read by their absolute paths (an actor may run in another
-        folder), results keep the paths the user gave. The actor reads its own batch: a separate Ray read stage
-        (object-store copies, more worker processes) was slower on a 2-core machine than the reads themselves."""
-        items = [(i, InputRef(str(batch["abs"][i]), ref.key), None) for i, ref in enumerate(refs)]
+        folder), results keep the paths the user gave."""
+        items = [(i, InputRef(str(r["abs"]), ref.key), None) for i, (r, ref) in enumerate(zip(rows, refs,
+                                                                                             strict=True))]
         done = self.routine.process(items, keep_images=not self.opts.save.nosave,
                                     fast_decode=self.opts.detector.fast_decode)
         outcomes = []
@@ -106,26 +111,36 @@ class InferActor:
         return outcomes
 
 
+@dataclass
+class _Batch:
+    rows: list[dict[str, Any]]
+    deaths: int = 0  # actors that died while holding it
+
+
 class RayJob:
     """Runs one ``yolokit run`` job on a Ray cluster; ``outcomes()`` streams the finished inputs."""
 
-    def __init__(self, opts: RunOptions, out_dir: Path) -> None:
+    def __init__(self, opts: RunOptions, out_dir: Store) -> None:
         import backends
         from toolkit.model.configs import resolve_model
 
         self.ray = _import_ray()
         self.opts = opts
-        self.out_dir = out_dir.resolve()
-        # absolute: actors may start in another folder (a built-in config name stays a name there)
-        path = resolve_model(opts.detector.weights).resolve()
-        self.weights = str(path)
+        # absolute: actors may start in another folder (a store URL stays a URL: each node reads it itself)
+        self.out_dir = out_dir.root if out_dir.local is None else str(out_dir.local.resolve())
+        weights = opts.detector.weights
+        path = resolve_model(weights).resolve()  # a model in a store is downloaded here too, to be checked
+        self.weights: str = weights if weights is not None and is_store_url(weights) else str(path)
         self.backend = opts.detector.backend or backends.backend_for(path)
         _check_model(self.backend, path)
         self._owns_ray = False
         self._ms: list[list[float]] = []
         self._workers: set[str] = set()
         self._meta: dict[str, Any] = {}
+        self._actors: list[Any] = []
         self.lost = 0
+        self.retried = 0
+        self.deaths = 0
         self.n_workers = 0
         self.cpus = 0.0
         self.batch = 0
@@ -166,8 +181,7 @@ class RayJob:
         self.batch = o.batch or 8
 
     # ------------------------------------------------------------------------------------------- run
-    def outcomes(self, sources: SourceList) -> Iterator[Any]:
-
+    def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
         for ref, reason in sources.failed:
             yield Outcome(ref.key, ref.name, reason)
         items: list[InputRef] = []
@@ -180,59 +194,16 @@ class RayJob:
             return
         self._connect()
         self._sizes()
-        ray = self.ray
-        o = self.opts
-        rows = [{"i": i, "abs": r.path if is_url(r.path) else os.path.abspath(r.path), "path": r.path, "key": r.key}
-                for i, r in enumerate(items)]
-        # one batch per block: an actor returns a block's records when the whole block is done, so small blocks
-        # mean early, steady results (and a killed actor loses less); capped at 20,000 blocks for huge jobs
-        per_block = max(self.batch, -(-len(rows) // 20_000))
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_block)))
-        config = o.detector_config(weights=self.weights, backend=self.backend, threads=max(1, int(self.cpus)))
-        with warnings.catch_warnings():
-            # Ray Data's default for actors is to retry a dead actor's batch forever (a batch that kills its
-            # actor every time would never end); retrying once needs the ray_remote_args that Ray deprecates
-            # without a named replacement yet.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ds.map_batches(InferActor, batch_size=self.batch, batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=self.n_workers),
-                                fn_constructor_kwargs=dict(config=config, run_options=o, out_dir=str(self.out_dir)),
-                                num_cpus=self.cpus, num_gpus=o.engine.gpus_per_worker or None,
-                                max_restarts=-1, max_task_retries=1)
-        ctx = ds.context  # this dataset's own copy: the process-wide DataContext is left alone
-        ctx.max_errored_blocks = -1  # a batch that fails after its retry is dropped, then reported below
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        expected = dict(enumerate(items))  # by position: a list file may name the same image twice
-        try:
-            for row in ds.iter_rows():
-                if row["fatal"]:
-                    raise OutputError(str(row["fatal"]))
-                if expected.pop(int(row["i"]), None) is None:
-                    continue  # already reported (a retried batch that had in fact finished)
-                rec = json.loads(row["record"])
-                self._ms.append(json.loads(row["ms"]))
-                self._workers.add(str(row["worker"]))
-                self._meta = self._meta or json.loads(row["meta"])
-                shape = tuple(rec["shape"]) if rec.get("shape") else None
-                yield Outcome(str(row["key"]), str(row["path"]), str(row["error"]) or None, int(rec["n"]),
-                              {str(k): int(v) for k, v in rec["classes"].items()}, rec["coco"], shape,
-                              rec.get("rows"), files=[str(f) for f in rec.get("files") or ()])
-        except YolokitError:
-            raise
-        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in its own exception types
-            cause = _yolokit_cause(e)
-            if cause is not None:  # e.g. the model file, found bad by every actor
-                raise cause from None
-            # Ray stopped the job (e.g. actors dying faster than they restart): what did not finish is
-            # reported, with the reason, so the summary still accounts for every input
-            reason = f"the Ray job stopped before this input finished: {last_line(e)}"
-            for ref in expected.values():
-                yield Outcome(ref.key, ref.name, reason)
-            return
-        for ref in expected.values():  # batches Ray gave up on after their retry
-            self.lost += 1
-            yield Outcome(ref.key, ref.name, LOST_REASON)
+        yield from _Dispatch(self, items).run()
+
+    def _record(self, row: dict[str, Any]) -> Outcome:
+        self._ms.append([float(v) for v in row["ms"]])
+        self._workers.add(str(row["worker"]))
+        self._meta = self._meta or dict(row["meta"])
+        shape = tuple(row["shape"]) if row.get("shape") else None
+        return Outcome(str(row["key"]), str(row["path"]), str(row["error"]) or None, int(row["n"]),
+                       {str(k): int(v) for k, v in (row["classes"] or {}).items()}, row["coco"], shape,
+                       row.get("rows"), files=[str(f) for f in row.get("files") or ()])
 
     # ----------------------------------------------------------------------------------------- report
     def ms_per_image(self) -> dict[str, float]:
@@ -245,9 +216,11 @@ class RayJob:
         if not self.n_workers:
             return "ray: nothing to run"
         gpus = f", {self.opts.engine.gpus_per_worker:g} GPU" if self.opts.engine.gpus_per_worker else ""
-        lost = f"; {self.lost} lost to dead workers" if self.lost else ""
+        died = (f"; {self.deaths} actor(s) died, {self.retried} batch(es) retried on the others"
+                if self.deaths else "")
+        lost = f"; {self.lost} input(s) lost to dead workers" if self.lost else ""
         return (f"ray: {self.n_workers} actors x {self.cpus:g} CPU{gpus}, batch {self.batch}, "
-                f"{len(self._workers)} actor processes served results{lost}")
+                f"{len(self._workers)} actor processes served results{died}{lost}")
 
     def letterbox_differs(self, shape: tuple[int, int]) -> bool:
         """See :meth:`toolkit.engine.detector.Detector.letterbox_differs` (from what the actors reported)."""
@@ -266,8 +239,155 @@ class RayJob:
         return out
 
     def close(self) -> None:
-        if self._owns_ray and self.ray.is_initialized():
-            self.ray.shutdown()
+        ray = self.ray
+        if ray.is_initialized():
+            for actor in self._actors:
+                with contextlib.suppress(Exception):  # already gone
+                    ray.kill(actor, no_restart=True)
+        self._actors = []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+class _Dispatch:
+    """One pass of a :class:`RayJob` over its inputs (see the module's description): batches to actors, lost
+    batches back to the queue, dead actors replaced where the cluster has room."""
+
+    def __init__(self, job: RayJob, items: list[InputRef]) -> None:
+        self.job, self.ray = job, job.ray
+        o = job.opts
+        config = o.detector_config(weights=job.weights, backend=job.backend, threads=max(1, int(job.cpus)))
+        self.make = self.ray.remote(InferActor).options(
+            num_cpus=job.cpus, num_gpus=o.engine.gpus_per_worker or None, max_restarts=0, max_task_retries=0)
+        self.args = (config, o, job.out_dir)
+        self.expected = dict(enumerate(items))  # by position: a list file may name the same image twice
+        self.rows = ({"i": i, "abs": _readable(r.path), "path": r.path, "key": r.key} for i, r in enumerate(items))
+        self.queue: deque[_Batch] = deque()  # batches handed back by dead actors, run before new ones
+        self.starting: dict[Any, Any] = {}  # the ready() call of an actor starting -> the actor
+        self.alive: dict[Any, int] = {}  # an actor that answered ready() -> its batches in flight
+        self.inflight: dict[Any, tuple[Any, _Batch]] = {}  # a run() call -> (its actor, its batch)
+        self.restarts = RESTARTS * job.n_workers
+        self.alone_since: float | None = None  # when the last actor was lost, while none is alive
+        self.start_error: YolokitError | None = None
+        self.start_failure = ""  # why the last actor that could not start did not
+
+    def _start(self) -> None:
+        actor = self.make.remote(*self.args)
+        self.job._actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+
+    def _next(self) -> _Batch | None:
+        if self.queue:
+            return self.queue.popleft()
+        rows = [r for _, r in zip(range(self.job.batch), self.rows, strict=False)]
+        return _Batch(rows) if rows else None
+
+    def _feed(self) -> None:
+        for actor in list(self.alive):
+            while self.alive[actor] < DEPTH:
+                batch = self._next()
+                if batch is None:
+                    return
+                self.inflight[actor.run.remote(batch.rows)] = (actor, batch)
+                self.alive[actor] += 1
+
+    def _lose(self, actor: Any) -> None:
+        """An actor that died (or cannot be reached): dropped, and replaced while the run may start more."""
+        if actor in self.alive:
+            del self.alive[actor]
+            self.job.deaths += 1
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(actor, no_restart=True)
+            if self.restarts > 0:
+                self.restarts -= 1
+                self._start()
+            if not self.alive and self.alone_since is None:
+                self.alone_since = time.monotonic()
+
+    def _requeue(self, batch: _Batch) -> Iterator[Outcome]:
+        """A batch whose actor died: retried on the others; after a second death, each input alone; an input that
+        kills its actor again is failed."""
+        batch.deaths += 1
+        self.job.retried += 1
+        if batch.deaths < 2:
+            self.queue.appendleft(batch)
+        elif len(batch.rows) > 1:
+            self.queue.extendleft(_Batch([r], 1) for r in reversed(batch.rows))
+        else:
+            yield from self._fail(batch.rows, LOST_REASON)
+
+    def _fail(self, rows: list[dict[str, Any]], reason: str) -> Iterator[Outcome]:
+        for r in rows:
+            ref = self.expected.pop(int(r["i"]), None)
+            if ref is not None:
+                self.job.lost += 1
+                yield Outcome(ref.key, ref.name, reason)
+
+    def _started(self, ref: Any) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            self.ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - the actor died in its constructor, or its node did
+            cause = _yolokit_cause(e)
+            self.start_failure = str(cause) if cause is not None else last_line(e)
+            if cause is not None:  # e.g. the model file, found bad by the actor: no other actor would do better
+                self.start_error = cause
+            elif self.restarts > 0:
+                self.restarts -= 1
+                self._start()
+            return
+        self.alive[actor] = 0
+        self.alone_since = None
+
+    def _finished(self, ref: Any) -> Iterator[Outcome]:
+        actor, batch = self.inflight.pop(ref)
+        if actor in self.alive:
+            self.alive[actor] -= 1
+        try:
+            rows = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:  # the batch's own code failed: its inputs fail
+            cause = _yolokit_cause(e)
+            yield from self._fail(batch.rows, f"worker error: {cause or last_line(e)}")
+            return
+        except self.ray.exceptions.RayError:  # the actor died or cannot be reached, or its result was lost
+            self._lose(actor)
+            yield from self._requeue(batch)
+            return
+        for row in rows:
+            if row["fatal"]:
+                raise OutputError(str(row["fatal"]))
+            if self.expected.pop(int(row["i"]), None) is None:
+                continue  # already reported (a batch handed back that had in fact finished)
+            yield self.job._record(row)
+
+    def run(self) -> Iterator[Outcome]:
+        for _ in range(self.job.n_workers):
+            self._start()
+        while self.expected:
+            self._feed()
+            if self.start_error is not None and not self.alive and not self.inflight:
+                raise self.start_error
+            if not self.inflight and not self.alive:
+                waited = time.monotonic() - (self.alone_since or time.monotonic())
+                if not self.starting or (self.alone_since is not None and waited > START_GRACE):
+                    why = f" (the last actor that tried to start: {self.start_failure})" if self.start_failure else ""
+                    yield from self._fail([{"i": i} for i in list(self.expected)], NO_WORKER_REASON + why)
+                    return
+            refs = [*self.inflight, *self.starting]
+            if not refs:  # nothing in flight or starting, yet inputs unaccounted for: never left unreported
+                yield from self._fail([{"i": i} for i in list(self.expected)], NO_WORKER_REASON)
+                return
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=5.0)
+            for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                else:
+                    yield from self._finished(ref)
+
+
+def _readable(path: str) -> str:
+    """Where an actor reads an input: a URL or object as given, a local path made absolute."""
+    return path if is_url(path) or is_store_url(path) else os.path.abspath(path)
 
 
 def _check_model(backend: str, path: Path) -> None:
@@ -301,4 +421,4 @@ def _yolokit_cause(e: BaseException) -> YolokitError | None:
     return None
 
 
-__all__ = ["InferActor", "RayJob", "LOST_REASON", "VIDEO_REASON"]
+__all__ = ["InferActor", "RayJob", "LOST_REASON", "NO_WORKER_REASON", "VIDEO_REASON"]

@@ -23,15 +23,17 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
+from toolkit.io.store import Store
 from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, group, identity, option
 from toolkit.tiling import TileOptions
 
 ENGINES = ("local", "ray")
 
 SOURCE_HELP = ("Image, folder (recursive), glob ('imgs/*.jpg'), .txt list of paths or URLs, video, http(s) image or "
-               "video URL, or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam index "
-               "(0), a .streams file (one a line, batched together). Default: the four sample photos shipped with "
-               "yolokit.")
+               "video URL, a prefix or object in a store (s3://bucket/images/, gs://, az://: pip install "
+               "'yolokit[cloud]'), or a live stream: rtsp://, rtmp://, an http(s) URL naming no media file, a webcam "
+               "index (0), a .streams file (one a line, batched together). Default: the four sample photos shipped "
+               "with yolokit.")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class SaveOptions:
 class RunFolder:
     """Where a run writes: ``project/name`` (``name2``, ``name3``... when it exists, unless ``exist_ok``)."""
 
-    project: str = option("runs/detect", "Parent folder of the run folder.", panel=FOLDER)
+    project: str = option("runs/detect", "Parent folder of the run folder: a local folder, or a prefix in a store "
+                          "(s3://bucket/runs; see docs/guide/object-storage.md).", panel=FOLDER)
     name: str = option("exp", "Run folder name (exp, exp2, ... when it exists).", panel=FOLDER)
     exist_ok: bool = option(False, "Reuse PROJECT/NAME instead of making a new one (never while another run holds "
                             "it).", panel=FOLDER)
@@ -91,8 +94,8 @@ class EngineOptions:
                        "the number of inputs; the summary shows the choice.", panel=CONCURRENCY, choices=MODES)
     save_workers: int = option(0, "Threads that annotate, encode and write outputs (0: from the core count).",
                                cli=False, lo=0)
-    name: str = option("local", "local (this machine) or ray (a Ray cluster, through Ray Data; pip install "
-                       "'yolokit[ray]').", cli_name="engine", panel=RAY, choices=ENGINES)
+    name: str = option("local", "local (this machine) or ray (a Ray cluster; pip install 'yolokit[ray]').",
+                       cli_name="engine", panel=RAY, choices=ENGINES)
     address: str | None = option(None, "With --engine ray: the cluster to join (auto, or HOST:PORT of 'ray start "
                                  "--head'); default: start a local one.", panel=RAY)
     gpus_per_worker: float = option(0.0, "With --engine ray: GPUs per inference actor.", panel=RAY, lo=0)
@@ -181,8 +184,9 @@ class CropNames:
         return out
 
 
-def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list[str] | None = None) -> Outcome:
-    """Write one result's labels, crops and annotated image under ``out_dir`` (atomically); what to record of it.
+def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
+    """Write one result's labels, crops and annotated image into the run folder ``out_dir``, each whole (a local
+    folder or object storage: :mod:`toolkit.io.store`); what to record of it.
     A video frame's annotated image goes into its video (:class:`toolkit.jobs.saving.OutputPool`), not here.
 
     The local engine calls this in its output pool, the Ray engine inside its workers."""
@@ -196,16 +200,16 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
         d = d.rounded()
     files = []
     if save.save_txt and len(d):
-        write_labels(out_dir / "labels" / f"{key}.txt", d, save.save_conf)
+        write_labels(out_dir, f"labels/{key}.txt", d, save.save_conf)
         files.append(f"labels/{key}.txt")
     if not save.nosave and not video and (res.image is not None or res.annotated is not None):
         suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
         name = f"{key}{image_suffix(Path(suffix))}"  # the name write_image gives it too
         if res.annotated is not None:
-            write_encoded(out_dir / name, res.annotated)
+            write_encoded(out_dir, name, res.annotated)
         else:
             assert res.image is not None
-            write_image(out_dir / f"{key}{suffix}", annotate(res.image, d, opts.draw))
+            write_image(out_dir, f"{key}{suffix}", annotate(res.image, d, opts.draw))
         files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
@@ -213,7 +217,7 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Path, crop_names: list
         written = []
         for name, data in zip(crop_names, crops, strict=True):
             if data is not None:
-                write_encoded(out_dir / "crops" / name, data)
+                write_encoded(out_dir, f"crops/{name}", data)
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,

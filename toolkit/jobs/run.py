@@ -11,16 +11,18 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit.engine.core import Result
 from toolkit.engine.detector import Detector
+from toolkit.engine.plan import load_threads
 from toolkit.errors import InputError, OutputError
-from toolkit.io.outputs import write_json
+from toolkit.io.outputs import json_bytes
 from toolkit.io.sources import SourceList, fingerprint, list_sources
-from toolkit.jobs.lock import LOCK_NAME, FolderLock
+from toolkit.io.store import LocalStore, Store, is_store_url
+from toolkit.jobs.lock import LOCK_NAME, FolderLock, StoreLock, claim_store_folder
 from toolkit.jobs.manifest import (
     Inputs,
     Manifest,
@@ -32,7 +34,7 @@ from toolkit.jobs.manifest import (
     retried_on_resume,
     with_resume_note,
 )
-from toolkit.jobs.records import ENGINES, Outcome, RunOptions, write_outputs
+from toolkit.jobs.records import ENGINES, Outcome, RunFolder, RunOptions, write_outputs
 from toolkit.jobs.saving import OutputPool
 
 __all__ = ["ENGINES", "LocalEngine", "Outcome", "RunOptions", "RunSummary", "format_summary", "increment_dir",
@@ -105,10 +107,14 @@ class LocalEngine:
     """This machine: a :class:`Detector` over threads or processes (or live streams, batched across streams);
     outputs written by an :class:`OutputPool` as results arrive."""
 
-    def __init__(self, opts: RunOptions, out_dir: Path, detector: Detector | None = None,
-                 taken_crops: list[str] | None = None) -> None:
+    def __init__(self, opts: RunOptions, out_dir: Store, detector: Detector | None = None,
+                 taken_crops: list[str] | None = None, n_inputs: int | None = None) -> None:
         self.opts, self.out_dir = opts, out_dir
-        self.det = detector or Detector.from_config(opts.detector_config())
+        config = opts.detector_config()
+        if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
+            e = opts.engine
+            config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
+        self.det = detector or Detector.from_config(config)
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -156,8 +162,12 @@ class LocalEngine:
 
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
-        return {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-                "batch": plan.batch if plan else self.opts.engine.batch}
+        out = {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
+               "batch": plan.batch if plan else self.opts.engine.batch}
+        computes = self.det.meta.extra.get("inference_precision")  # what the runtime computes in (--precision)
+        if computes:
+            out["inference_precision"] = computes
+        return out
 
     def stream_stats(self) -> list[dict[str, Any]]:
         return self.live.stats() if self.live is not None else []
@@ -183,12 +193,13 @@ def _inputs(sources: SourceList) -> Inputs:
     return {ref.key: (ref.path, fingerprint(ref)) for ref in [*sources.items, *(r for r, _ in sources.failed)]}
 
 
-def _engine(opts: RunOptions, out_dir: Path, detector: Detector | None, records: Manifest) -> Engine:
+def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records: Manifest,
+            sources: SourceList) -> Engine:
     if opts.engine.name == "ray":
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
-    return LocalEngine(opts, out_dir, detector, records.crop_names)
+    return LocalEngine(opts, out_dir, detector, records.crop_names, None if sources.streams else len(sources.items))
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
@@ -211,21 +222,32 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
     if sources.streams and opts.engine.name != "local":
         raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
+    out_dir, lock, new, made = _claim(folder)
+    records = Manifest(out_dir)
+    # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
+    # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
+    with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
+        return _run_in(out_dir, opts, sources, records, progress, detector, lock)
+
+
+def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
+    """The run folder (a local folder, or a prefix in a store, claimed by creating its lock object), its lock (held
+    for a store, taken by ``with`` for a local folder), whether it is new, and the local folders this run made
+    (deepest first)."""
+    if is_store_url(folder.project):
+        store, held, new = claim_store_folder(folder.project, folder.name, folder.exist_ok, folder.resume)
+        return store, held, new, []
     project = Path(folder.project)
     kept = {p for p in (project, *project.parents) if p.exists()}  # folders this run did not make
     if folder.resume or (folder.exist_ok and (project / folder.name).is_dir()):
         kept.add(project / folder.name)
     out_dir = claim_out_dir(folder.project, folder.name, folder.exist_ok, folder.resume)
     made = list(itertools.takewhile(lambda p: p not in kept, (out_dir, *out_dir.parents)))  # deepest first
-    records = Manifest(out_dir)
-    # one run at a time holds the folder (released when the run ends, or by the kernel when the process dies);
-    # a run that fails before any input leaves no empty run folder behind
-    with FolderLock(out_dir) as lock, records.removed_unless_used(made, also=(LOCK_NAME,)):
-        return _run_in(out_dir, opts, sources, records, progress, detector, lock.note)
+    return LocalStore(out_dir), FolderLock(out_dir), bool(made), made
 
 
-def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
-            detector: Detector | None, lock_note: str) -> RunSummary:
+def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
+            detector: Detector | None, lock: FolderLock | StoreLock) -> RunSummary:
     live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     inputs = {} if live else _inputs(sources)
@@ -244,7 +266,7 @@ def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manif
                                    "resumed": len(records.previous), "engine": opts.engine.name,
                                    "augment": d.augment, "vid_stride": d.vid_stride})
     summary.resume = {"changed": found.changed, "retried": found.retried, "removed": found.removed}
-    summary.notes.extend(_resume_notes(summary.resume) + ([lock_note] if lock_note else []))
+    summary.notes.extend(_resume_notes(summary.resume) + ([lock.note] if lock.note else []))
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
@@ -253,7 +275,7 @@ def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manif
     engine: Engine | None = None
     outcomes: Iterator[Outcome] | None = None
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
-        engine = _engine(opts, out_dir, detector, records)
+        engine = _engine(opts, out_dir, detector, records, sources)
         summary.weights, summary.backend = engine.weights, engine.backend
         outcomes = engine.outcomes(sources)
         with records:
@@ -286,7 +308,10 @@ def _run_in(out_dir: Path, opts: RunOptions, sources: SourceList, records: Manif
     if engine is not None:
         summary.streams = list(getattr(engine, "stream_stats", list)())
     _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
-    write_json(out_dir / "summary.json", summary.to_dict())
+    if getattr(lock, "lost", False):
+        summary.notes.append("another run took this run folder's lock over while this run held it (its renewals "
+                             "had stopped for longer than the lease): check that no other run wrote here")
+    out_dir.put("summary.json", json_bytes(summary.to_dict()))
     if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{opts.source or source_label}: no inputs to process")
     return summary

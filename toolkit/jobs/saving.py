@@ -16,13 +16,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from toolkit.engine.core import Result
 from toolkit.io.media import VideoSink
 from toolkit.io.outputs import annotate
+from toolkit.io.store import Store
 from toolkit.jobs.records import CropNames, Outcome, RunOptions, write_outputs
 
 
@@ -69,7 +69,7 @@ class OutputPool:
     :meth:`ready` and :meth:`finish` hand back the outcomes, in input order, whose outputs exist.
     ``taken_crops``: crop names earlier parts of a resumed run used."""
 
-    def __init__(self, opts: RunOptions, out_dir: Path, taken_crops: Iterable[str] = (), workers: int = 0) -> None:
+    def __init__(self, opts: RunOptions, out_dir: Store, taken_crops: Iterable[str] = (), workers: int = 0) -> None:
         n = workers or max(2, min(4, os.cpu_count() or 1))
         self.opts, self.out_dir = opts, out_dir
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="yolokit-save")
@@ -110,7 +110,7 @@ class OutputPool:
         if self.opts.save.nosave:
             return _Video(key, None, None)
         writer = ThreadPoolExecutor(1, thread_name_prefix="yolokit-video")
-        return _Video(key, VideoSink(self.out_dir / f"{key}.mp4", fps), writer)
+        return _Video(key, VideoSink(self.out_dir, f"{key}.mp4", fps), writer)
 
     def _file_video(self, key: str, fps: float) -> _Video:
         if self.video is None or self.video.key != key:

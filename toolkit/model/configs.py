@@ -26,7 +26,8 @@ def resolve_model(weights: str | Path | None) -> Path:
     from toolkit.io.files import special_kind
     from toolkit.model.weights import resolve_weights
 
-    if weights is not None and is_builtin_config(Path(weights).name) and not Path(weights).exists():
+    if (weights is not None and is_builtin_config(Path(weights).name) and "://" not in str(weights)
+            and not Path(weights).exists()):
         return Path(weights)
     found = resolve_weights(None if weights is None else str(weights))
     kind = special_kind(os.stat(found).st_mode)

@@ -26,7 +26,8 @@ from typing import Any, Final
 
 from toolkit.errors import DownloadError, InputError, ModelFileError
 from toolkit.io.remote import HttpStream, open_http
-from toolkit.io.transfer import DEFAULT_DEADLINE, Deadline, FetchError, FileStream, pump
+from toolkit.io.store import atomic_write_bytes, content_id, fetch_object, filesystem, is_store_url, store_reason
+from toolkit.io.transfer import DEFAULT_DEADLINE, Deadline, FetchContext, FetchError, FetchLimits, FileStream, pump
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -35,6 +36,7 @@ __all__ = [
     "WeightsEntry",
     "default_cache_dir",
     "download",
+    "fetch_stored_model",
     "get_entry",
     "known_names",
     "normalize_name",
@@ -413,6 +415,54 @@ def download(
     )
 
 
+# --------------------------------------------------------------------------------------------- object storage
+
+MODEL_MAX_BYTES: Final = 8 << 30  # a model file in a store larger than this is refused
+
+
+def fetch_stored_model(url: str, cache_dir: str | os.PathLike[str] | None = None,
+                       deadline: float = DEFAULT_DEADLINE) -> Path:
+    """A model file in object storage (``s3://bucket/models/yolov5s.onnx``), downloaded once into the cache
+    (``<cache>/store/<hash of the URL>/<name>``) and downloaded again when the object's ETag changes. An OpenVINO
+    ``.xml`` brings its ``.bin``. The download has the limits of any other (a deadline, the silence timeout)."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    fs, path = filesystem(url)
+    try:
+        tag = content_id(fs.info(path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{url}: no such model object (check the bucket, the key and the store's "
+                             f"endpoint)") from None
+    except Exception as e:  # noqa: BLE001 - a store's client error
+        raise DownloadError(f"{url}: cannot read the model object ({store_reason(e)})") from None
+    folder = cache / "store" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    target, stamp = folder / name, folder / f".{name}.etag"
+    with contextlib.suppress(OSError):
+        if tag and target.is_file() and stamp.read_text() == tag:
+            return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create the weights cache folder {folder}: {e.strerror or e}. Fix: set "
+                            f"${ENV_CACHE_DIR} to a writable folder") from None
+    ctx = FetchContext(FetchLimits(MODEL_MAX_BYTES, 30.0, deadline), directory=str(folder))
+    parts = [url] + ([url[:-4] + ".bin"] if url.lower().endswith(".xml") else [])
+    for part in parts:
+        try:
+            got = fetch_object(part, ctx, to_file=True, suffix=".part")
+        except FetchError as e:
+            raise DownloadError(f"could not download the model {part}: {e.reason}") from None
+        try:
+            os.replace(str(got.path), folder / part.rsplit("/", 1)[-1])
+        except OSError as e:
+            raise DownloadError(f"cannot write the model into {folder}: {e.strerror or e}") from None
+        finally:
+            got.close()
+    if tag:
+        atomic_write_bytes(stamp, tag.encode())
+    return target
+
+
 # --------------------------------------------------------------------------------------------- lookup
 
 
@@ -436,6 +486,8 @@ def resolve_weights(
 
     Lookup order, first hit wins:
 
+    0. A store URL (``s3://...``): downloaded into the cache, again when its ETag changes
+       (:func:`fetch_stored_model`).
     1. ``weights`` itself when it is an existing path (file or folder; taken as given, not checksummed).
     2. When ``weights`` is ``None``: ``$YOLOKIT_WEIGHTS`` (a path, or a manifest name that continues below).
        Otherwise the name is ``weights``, and with neither the default ``yolov5n.pt``.
@@ -461,6 +513,8 @@ def resolve_weights(
         if env:
             given, source = env, f"${ENV_WEIGHTS}"
 
+    if given is not None and is_store_url(given):
+        return fetch_stored_model(given)
     if given is not None:
         p = Path(given).expanduser()
         if p.exists():

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.devices import is_gpu
-from toolkit.engine.core import DetectorConfig
+from toolkit.engine.core import PRECISIONS, DetectorConfig
 from toolkit.errors import InputError, first_line
+from toolkit.jobs.bench.ceiling import Parts, parts_in_fresh_process, startup_seconds
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
 from toolkit.jobs.val import ValOptions
@@ -55,9 +56,15 @@ class BenchOptions:
         help="Decode large JPEGs at reduced size in every configuration (faster, changes detections; off by default).")
     nms: bool = option(True, "Also run every exported configuration with NMS inside the model (end-to-end).",
                        decls=("--nms/--no-nms",))
+    ceiling: bool = option(True, "Also measure the machine's ceiling for each model (decode, letterbox, the model, "
+                           "NMS and start-up, as scripts/ceiling.py does) and give each configuration's share of it.",
+                           decls=("--ceiling/--no-ceiling",))
 
     def __post_init__(self) -> None:
         check(self)
+
+
+RUN_ONLY = tuple(p for p in PRECISIONS if p not in ("auto", "fp32"))  # computed in, not exported: bf16
 
 
 @dataclass
@@ -87,12 +94,13 @@ def _available(device: str) -> list[str]:
 
 
 def _baseline(opts: BenchOptions) -> Config:
-    """The checkpoint run by its own backend, sequentially, at that backend's default precision on the device
-    (PyTorch: FP32 on a CPU, FP16 on a GPU)."""
+    """The checkpoint run by its own backend, sequentially: plain PyTorch as people run it, FP32 on a CPU and FP16
+    on a GPU where the backend runs FP16 there (its fastest plain precision; yolokit's own default is FP32)."""
     import backends
 
     name = backends.checkpoint_backend()
-    return Config(name, backends.REGISTRY[name].PRECISIONS[_kind(opts.device)][0], 1, "seq", 0)
+    runs = backends.REGISTRY[name].PRECISIONS[_kind(opts.device)]
+    return Config(name, "fp16" if _kind(opts.device) != "cpu" and "fp16" in runs else runs[0], 1, "seq", 0)
 
 
 def grid(opts: BenchOptions) -> list[Config]:
@@ -106,6 +114,8 @@ def grid(opts: BenchOptions) -> list[Config]:
         defaults = module.PRECISIONS.get(_kind(opts.device), ()) if module is not None else ()
         if b == baseline.backend:
             defaults = defaults[:1]  # the checkpoint's own backend: its default precision
+        elif module is not None and _kind(opts.device) == "cpu":  # and what it can compute in besides (bf16)
+            defaults = (*defaults, *(p for p in module.RUN_PRECISIONS if p not in ("auto", "fp32", *defaults)))
         for p in opts.precisions or defaults or ("fp32",):
             for batch in opts.batches:
                 for mode in opts.modes:
@@ -130,6 +140,17 @@ def nms_settings(labelled: bool) -> dict[str, Any]:
             "max_det": val.max_det}
 
 
+def exported_precision(cfg: Config) -> str:
+    """The precision of the artifact a configuration runs: its own, or FP32 for one the runtime computes in from
+    an FP32 model (``--precision bf16``)."""
+    return "fp32" if cfg.precision in RUN_ONLY else cfg.precision
+
+
+def run_precision(cfg: Config) -> str:
+    """The ``--precision`` a configuration runs its artifact at: bf16, or the model's own (auto)."""
+    return cfg.precision if cfg.precision in RUN_ONLY else "auto"
+
+
 def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False) -> str:
     """The model file for a configuration, exported once and cached by checkpoint hash and options."""
     import backends
@@ -141,14 +162,15 @@ def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled:
     module = backends.get_backend(cfg.backend)  # an unknown name is a clear InputError
     if cfg.backend == _baseline(opts).backend:
         return opts.weights
+    precision = exported_precision(cfg)
     weights = Path(opts.weights)
     digest = sha256_file(weights)[:12] if weights.is_file() else hashlib.sha256(opts.weights.encode()).hexdigest()[:12]
     nms = BakedNMS(**nms_settings(labelled)) if cfg.nms else None
     tag = f"_nms{nms.conf:g}_{nms.iou:g}_{nms.max_det}" if nms else ""
-    path = cache / module.default_name(f"{digest}_{cfg.precision}_{opts.imgsz}{tag}", "_dyn")
+    path = cache / module.default_name(f"{digest}_{precision}_{opts.imgsz}{tag}", "_dyn")
     if not path.exists():
-        eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=cfg.precision == "fp16",
-                           int8=cfg.precision == "int8", calib_data=calib if cfg.precision == "int8" else None,
+        eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=precision == "fp16",
+                           int8=precision == "int8", calib_data=calib if precision == "int8" else None,
                            device=opts.device, nms=nms)
         export(opts.weights, cfg.backend, path, eo)
     return str(path)
@@ -176,6 +198,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
 
     labelled = all(label_path(Path(p)).is_file() for p in paths[:5])
     rows: list[dict[str, Any]] = []
+    ceilings: dict[tuple[str, str], Parts] = {}
     configs = grid(opts)
     for i, cfg in enumerate(configs, 1):
         say(f"[{i}/{len(configs)}] {cfg.name}")
@@ -184,7 +207,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             model = artifact(opts, cfg, out / "artifacts", opts.source, labelled)
             spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
                     "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers, **nms_settings(labelled),
-                    "multi_label": labelled, "fast_decode": opts.fast_decode}
+                    "multi_label": labelled, "fast_decode": opts.fast_decode, "precision": run_precision(cfg)}
             runs = [_spawn(spec) for _ in range(opts.repeat)]
         except Exception as e:  # recorded; the bench goes on
             row["error"] = f"{type(e).__name__}: {first_line(e)}"
@@ -196,7 +219,20 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
             row[k] = statistics.median(vals)
             row[f"{k}_min"], row[f"{k}_max"] = min(vals), max(vals)
         row["gpu_peak_mb"] = runs[-1]["gpu_peak_mb"]
+        row["shapes"] = runs[-1].get("shapes")
+        row["first_calls_s"] = statistics.median(float(r.get("first_calls_s", 0.0)) for r in runs)
         row["plan"] = runs[-1]["plan"]
+        if opts.ceiling and opts.device == "cpu":  # the machine's ceiling for this model, measured once
+            key = (model, run_precision(cfg))
+            try:
+                if key not in ceilings:
+                    say(f"    measuring the ceiling of {Path(model).name} ({key[1]})")
+                    ceilings[key] = parts_in_fresh_process(model, paths, len(paths), key[1], opts.imgsz)
+                    ceilings[key].startup = startup_seconds(model, 0)[0]
+                row["ceiling_img_s"] = len(paths) / ceilings[key].ceiling_seconds(len(paths), save=False)
+                row["ceiling_share"] = row["img_s"] / row["ceiling_img_s"]
+            except Exception as e:  # the ceiling is extra: the row keeps its own measurements
+                say(f"    no ceiling: {first_line(e)}")
         row["_dets"] = runs[-1]["detections"]
         rows.append(row)
         say(f"    {row['img_s']:.1f} img/s (steady {row['steady_img_s']:.1f}, raw model {row['raw_img_s']:.1f})")
@@ -219,11 +255,11 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
                "versions": versions()}
-    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows}
+    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows,
+              "charts": charts(rows, out, len(paths))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
-    charts(rows, out)
     return result
 
 

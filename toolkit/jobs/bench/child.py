@@ -23,7 +23,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     det = Detector(spec["model"], device=spec["device"], imgsz=spec["imgsz"], conf=spec["conf"],
                    iou=spec["iou"], max_det=spec["max_det"], multi_label=spec["multi_label"],
-                   fast_decode=bool(spec.get("fast_decode", False)))
+                   fast_decode=bool(spec.get("fast_decode", False)), precision=spec.get("precision", "auto"))
     paths: list[str] = spec["paths"]
     routine = det.routine  # the raw model's rate is measured on the routine's own inference step
     warm = to_chw_rgb(letterbox(read_image(paths[0]), det.imgsz, det.meta.stride, auto=routine.auto)[0])[None]
@@ -39,6 +39,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         dets.append(None if d is None else [d.xyxy.round(2).tolist(), d.confidence.round(5).tolist(),
                                              d.class_id.tolist(), list(d.shape or (0, 0))])
     run_s = time.perf_counter() - t1
+    shapes, first_calls = det.times.first_call_cost()  # what new input shapes cost (a dynamic-shape runtime)
     gaps = np.diff([t1, *stamps])
     steady = len(stamps) - 5
     steady_rate = steady / (stamps[-1] - stamps[4]) if steady > 0 and stamps[-1] > stamps[4] else len(paths) / run_s
@@ -57,4 +58,5 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "steady_img_s": steady_rate, "p50_ms": float(np.percentile(gaps, 50) * 1000),
             "p95_ms": float(np.percentile(gaps, 95) * 1000), "raw_img_s": raw,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_peak_mb": gpu_peak,
-            "plan": det.last_plan.describe() if det.last_plan else "", "detections": dets}
+            "plan": det.last_plan.describe() if det.last_plan else "", "shapes": shapes,
+            "first_calls_s": first_calls, "detections": dets}
