@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import test_serve
 from tests.helpers import serving
 from tests.helpers.serving import Served
 
@@ -42,22 +43,12 @@ pytest.importorskip("fastapi", reason="Ray Serve's dependencies are not installe
 from toolkit.serve.ray import LOST  # noqa: E402
 
 MODEL = "yolov5n"
+onnx_model = test_serve.onnx_model  # the fixtures of the single-process server's tests: its model, coco128
+images = test_serve.images
 KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # both servers: a batch waits up to 30 ms for company; bodies over 8 MiB are refused
 OPTIONS = ("--name", MODEL, "--max-delay-ms", "30", "--max-body", "8M")
-
-
-@pytest.fixture(scope="module")
-def onnx_model(exported: dict[str, Path]) -> Path:
-    if "onnx" not in exported:
-        pytest.skip("onnxruntime is not installed")
-    return exported["onnx"]
-
-
-@pytest.fixture(scope="module")
-def images(coco128_images: Path) -> list[Path]:
-    return sorted(coco128_images.glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ loop at a fixed rate); and the CPU time and memory of a server's process tree.
 * **LitServe** with its batching on the same Detector (:mod:`toolkit.jobs.bench.litserve_api`):
   ``python -m toolkit.jobs.bench.serving litserve WEIGHTS --port N --max-batch 8 --batch-timeout 0.005``.
 
-The load generator (:func:`closed_loop`, :func:`open_loop`, run in the caller's process with httpx) sends prepared
+The load generator (:func:`closed_loop`, :func:`open_loop`: threads in the caller's process, each with its own
+keep-alive connection through the standard library's ``http.client``, so that nothing needs installing) sends prepared
 request bodies round robin and records each request's start, latency and status; an open loop's latency counts from
 the moment the request was due, so a client that falls behind does not hide the server's queue. :func:`summary`
 turns the records into throughput, latency percentiles and error and 503 shares. :class:`ProcessWatch` samples a
@@ -20,8 +21,8 @@ process tree's CPU seconds and resident memory (``/proc``; Linux).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import http.client
 import os
 import resource
 import signal
@@ -29,7 +30,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +93,15 @@ def as_json(det: Any) -> dict[str, Any]:
                                                  strict=True)]}
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the benchmark is about to start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def server_command(kind: str, weights: str, port: int, *args: str) -> list[str]:
     """The command that starts baseline server ``kind`` (:data:`PER_REQUEST` or :data:`LITSERVE`) on
     127.0.0.1:``port``."""
@@ -144,8 +158,6 @@ def start_server(cmd: list[str], url: str, health: str, log: Path, timeout: floa
                  env: dict[str, str] | None = None) -> Started:
     """Start ``cmd`` in a process group of its own (output to ``log``) and wait until ``url + health`` answers
     200."""
-    import httpx
-
     log.parent.mkdir(parents=True, exist_ok=True)
     out = log.open("wb")
     t0 = time.perf_counter()
@@ -158,20 +170,17 @@ def start_server(cmd: list[str], url: str, health: str, log: Path, timeout: floa
         if proc.poll() is not None:
             raise YolokitError(f"{' '.join(cmd)} exited with {proc.returncode}: "
                                f"{log.read_text(errors='replace')[-1500:]}")
-        try:
-            if httpx.get(url + health, timeout=5).status_code == 200:
-                started.ready_s = time.perf_counter() - t0
-                return started
-        except httpx.HTTPError:
-            pass
+        if get(url + health)[0] == 200:
+            started.ready_s = time.perf_counter() - t0
+            return started
         time.sleep(0.2)
     started.stop()
     raise YolokitError(f"{' '.join(cmd)} was not ready within {timeout:g} s: "
                        f"{log.read_text(errors='replace')[-1500:]}")
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it now (from ``/proc``; Linux)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -192,7 +201,7 @@ def tree_usage(pid: int) -> tuple[float, int]:
     """CPU seconds (user + system) and resident bytes of ``pid``'s process tree, now."""
     tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     cpu, rss = 0.0, 0
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             fields = (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1]).split()
             statm = Path(f"/proc/{p}/statm").read_text().split()
@@ -289,70 +298,106 @@ class Sample:
     status: int
 
 
-def _client(connections: int) -> Any:
-    import httpx
+class _Connections(threading.local):
+    """One keep-alive HTTP connection per client thread (``http.client``: the standard library's client, so that the
+    benchmarks need nothing installed on the client's side)."""
 
-    return httpx.AsyncClient(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-                             timeout=httpx.Timeout(120.0))
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: Body) -> int:
+        """The status of one POST of ``body`` (0: the connection failed); a kept-alive connection the server has
+        closed meanwhile is opened again once, as any HTTP client does."""
+        for attempt in range(2):
+            fresh, conn = self.conn is None, self.conn
+            if conn is None:
+                conn = self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            try:
+                conn.request("POST", self.path, body=body.content, headers=body.headers)
+                r = conn.getresponse()
+                r.read()
+                if r.will_close:
+                    conn.close()
+                    self.conn = None
+                return r.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.conn = None
+                if fresh or attempt:
+                    return 0
+        return 0
 
 
-async def _one(client: Any, url: str, body: Body, due: float, t0: float) -> Sample:
-    import httpx
-
+def get(url: str, timeout: float = 30) -> tuple[int, str]:
+    """Status and text of ``GET url`` (0 and the reason when it cannot be had)."""
     try:
-        r = await client.post(url, content=body.content, headers=body.headers)
-        await r.aread()
-        status = r.status_code
-    except httpx.HTTPError:
-        status = 0
-    now = time.perf_counter()
-    return Sample(due - t0, now - due, status)
-
-
-async def _closed(url: str, bodies: Sequence[Body], concurrency: int, seconds: float) -> list[Sample]:
-    out: list[Sample] = []
-    counter = iter(range(1 << 62))
-    async with _client(concurrency) as client:
-        t0 = time.perf_counter()
-        end = t0 + seconds
-
-        async def worker() -> None:
-            while time.perf_counter() < end:
-                i = next(counter)
-                out.append(await _one(client, url, bodies[i % len(bodies)], time.perf_counter(), t0))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return out
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status), r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return int(e.code), ""
+    except (OSError, http.client.HTTPException) as e:
+        return 0, str(e)
 
 
 def closed_loop(url: str, bodies: Sequence[Body], concurrency: int, seconds: float) -> list[Sample]:
-    """``concurrency`` clients, each sending its next request as soon as its last is answered, for ``seconds``."""
-    return asyncio.run(_closed(url, bodies, concurrency, seconds))
+    """``concurrency`` clients (threads, each with its own connection), each sending its next request as soon as
+    its last is answered, for ``seconds``."""
+    out: list[Sample] = []
+    counter = iter(range(1 << 62))
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+    end = t0 + seconds
+
+    def client() -> None:
+        conns = _Connections(url)
+        while time.perf_counter() < end:
+            with lock:
+                i = next(counter)
+            sent = time.perf_counter()
+            status = conns.post(bodies[i % len(bodies)])
+            with lock:
+                out.append(Sample(sent - t0, time.perf_counter() - sent, status))
+        if conns.conn is not None:
+            conns.conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
-async def _open(url: str, bodies: Sequence[Body], rate: float, seconds: float) -> list[Sample]:
-    tasks: list[asyncio.Task[Sample]] = []
-    async with _client(1024) as client:
-        t0 = time.perf_counter()
-        n = max(1, int(rate * seconds))
-        for i in range(n):
+def open_loop(url: str, bodies: Sequence[Body], rate: float, seconds: float, connections: int = 512) -> list[Sample]:
+    """Requests sent at a fixed ``rate`` for ``seconds``, whether or not earlier ones were answered (up to
+    ``connections`` at once); a request's latency counts from when it was due, so a client that falls behind does
+    not hide the server's queue."""
+    local = _Connections(url)
+    t0 = time.perf_counter()
+
+    def one(i: int, due: float) -> Sample:
+        status = local.post(bodies[i % len(bodies)])
+        return Sample(due - t0, time.perf_counter() - due, status)
+
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        futures = []
+        for i in range(max(1, int(rate * seconds))):
             due = t0 + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(client, url, bodies[i % len(bodies)], due, t0)))
-        return list(await asyncio.gather(*tasks))
-
-
-def open_loop(url: str, bodies: Sequence[Body], rate: float, seconds: float) -> list[Sample]:
-    """Requests sent at a fixed ``rate`` for ``seconds``, whether or not earlier ones were answered; a request's
-    latency counts from when it was due."""
-    return asyncio.run(_open(url, bodies, rate, seconds))
+                time.sleep(delay)
+            futures.append(pool.submit(one, i, due))
+        return [f.result() for f in futures]
 
 
 def summary(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
-    """Throughput (answers 200 per second of the phase), latency percentiles of the answers 200 (ms), the shares of
-    503 answers, of other errors and of failed connections, and how fast the 503 came (p99, ms)."""
+    """Throughput (answers 200 per second, from the phase's start to its last answer, at least ``seconds``: an open
+    loop past capacity is still answering after its last request went out), latency percentiles of the answers 200
+    (ms), the shares of 503 answers, of other errors and of failed connections, and how fast the 503 came (p99,
+    ms)."""
+    elapsed = max([seconds, *(s.start + s.latency for s in samples)])
     ok = np.array([s.latency for s in samples if s.status == 200]) * 1000
     busy = np.array([s.latency for s in samples if s.status == 503]) * 1000
     n = max(len(samples), 1)
@@ -360,7 +405,8 @@ def summary(samples: Sequence[Sample], seconds: float) -> dict[str, Any]:
     def pct(a: np.ndarray, q: float) -> float | None:
         return round(float(np.percentile(a, q)), 1) if a.size else None
 
-    return {"requests": len(samples), "throughput": round(len(ok) / seconds, 2), "p50_ms": pct(ok, 50),
+    return {"requests": len(samples), "throughput": round(len(ok) / elapsed, 2), "elapsed_s": round(elapsed, 2),
+            "p50_ms": pct(ok, 50),
             "p90_ms": pct(ok, 90), "p99_ms": pct(ok, 99), "share_503": round(len(busy) / n, 4),
             "p99_503_ms": pct(busy, 99),
             "share_errors": round(sum(1 for s in samples if s.status not in (200, 503, 0)) / n, 4),
