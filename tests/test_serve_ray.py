@@ -33,6 +33,7 @@ import pytest
 from tests import test_serve
 from tests.helpers import serving
 from tests.helpers.serving import Served
+from toolkit.jobs.bench.serving import process_tree
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (dev extra)")
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (dev extra)")
@@ -203,26 +204,13 @@ def test_concurrent_requests_are_batched_on_replicas_on_two_nodes(on_ray: Served
     assert len(nodes) == 2 and all(v > 0 for v in nodes.values()), nodes  # two replicas, on two nodes
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def _kill_node(cluster: Any, node: Any) -> None:
     """SIGKILL a worker node: its raylet and every process it started (the replica's among them), then let the
     cluster forget it."""
     from ray._private import ray_constants
 
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    for pid in [raylet, *_children(raylet)]:
+    for pid in process_tree(raylet):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     cluster.remove_node(node, allow_graceful=False)
