@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--litserve-batch", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="60 images, 6 s phases, 2 s warm-up, 1,000 overload requests")
     a = ap.parse_args(argv)
+    kinds = [k for k in a.servers.split(",") if k]
+    unknown = [k for k in kinds if k not in SERVERS]
+    if unknown or "yolokit" not in kinds:
+        ap.error(f"--servers {a.servers}: give yolokit and any of {', '.join(SERVERS[1:])}, comma-separated")
     if a.quick:
         a.images, a.phase_s, a.warmup_s, a.overload_requests = 60, 6.0, 2.0, 1000
     t_all = time.perf_counter()
@@ -240,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     images = photo_set(a.photos, a.out / "images_1920x1080", a.images)
     model = exported(a.weights, "openvino", a.out / "yolov5n_openvino")
-    kinds = [k for k in a.servers.split(",") if k]
     not_run: dict[str, str] = {}
     if sv.LITSERVE in kinds:
         try:
