@@ -15,10 +15,20 @@ onnxruntime, openvino, pycocotools, rich or tensorrt. The processes it starts in
    (``toolkit.jobs.bench.seed``: PyTorch FP16, one image at a time, cv2.imread in the loop), ``yolokit run --device
    cuda --nosave``, and the default run (annotated images saved); for yolov5s also ``--nosave --gpu-resize``.
    Per-stage times and peak GPU memory come from inside each process.
+3. Serving (issue 24): ``yolokit serve --weights --device`` (dynamic batching) against the per-request server (one
+   Detector call per request under a lock, as YOLOv5's Flask example works, done properly:
+   ``toolkit.jobs.bench.serving``), both on the GPU, each sent ``POST`` requests with the raw 1080p JPEGs by 16
+   clients in a closed loop for ``--serve-s`` seconds after a warm-up (the client runs here, on the same machine).
+   Target: yolokit serve answers >= 2x the per-request server's requests per second. Needs the ``serve`` extra (the
+   load generator is the standard library's); without it this part is reported as not run, with the reason. Where
+   nothing can be installed, bring it in a folder (``pip install --target serve_deps starlette 'uvicorn[standard]'
+   python-multipart grpcio protobuf prometheus-client`` on a machine with the same Python) and put that folder on
+   ``PYTHONPATH`` after the checkout.
 
 Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when every verdict passes:
 the GPU pipeline matches >= 99.5 % of the reference boxes in FP32 and >= 95 % in FP16 (``TARGETS``), and the
-throughput targets hold; 1 when a verdict fails or a run errs, 2 when there is no CUDA GPU (nothing is measured).
+throughput and serving targets hold; 1 when a verdict fails or a run errs, 2 when there is no CUDA GPU (nothing is
+measured).
 
     PYTHONPATH=. python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
         --coco ../shared/datasets/coco128/images/train2017 --out bench_out/gpu_check
@@ -54,7 +64,9 @@ REPO = Path(__file__).resolve().parents[1]  # the default --weights and --coco a
 
 # shares of reference boxes matched (same class, IoU >= MIN_IOU, |conf difference| <= CONF_TOL), and speed targets
 TARGETS = {"fp32_match": 0.995, "fp16_match": 0.95, "yolov5s_nosave_img_s": 1000.0, "speedup_vs_seed": 10.0,
-           "save_vs_nosave": 0.85}
+           "save_vs_nosave": 0.85, "serve_vs_per_request": 2.0}
+SERVE_CONCURRENCY = 16
+SERVE_NEEDS = ("starlette", "uvicorn", "multipart", "grpc", "google.protobuf", "prometheus_client")  # the serve extra
 MIN_IOU = 0.9
 CONF_TOL = {"fp32": 0.002, "fp16": 0.02}
 
@@ -232,6 +244,45 @@ def throughput(args: argparse.Namespace, folder: Path, out: Path) -> list[dict[s
     return rows
 
 
+def serving(args: argparse.Namespace, folder: Path, out: Path) -> dict[str, Any]:
+    """yolokit serve against the per-request server on ``args.device`` (see the module's docstring, point 3): a row
+    for each, or ``{"not_run": why}``."""
+    import importlib.util
+
+    missing = [m for m in SERVE_NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"not_run": f"{', '.join(missing)} not installed: pip install 'yolokit[serve]'"}
+    from toolkit.jobs.bench import serving as sv
+    from toolkit.jobs.bench.timing import yolokit_command
+
+    bodies = [sv.raw_body(p.read_bytes()) for p in sorted(folder.glob("*.jpg"))[:300]]
+    common = ["--device", args.device, "--imgsz", str(args.imgsz)]
+    ports = {"yolokit serve": sv.free_port(), sv.PER_REQUEST: sv.free_port()}
+    commands = {"yolokit serve": (yolokit_command("serve", args.weights, "--port", str(ports["yolokit serve"]),
+                                                  "--grpc-port", "0", *common), "/v1/detect", "/v2/health/ready"),
+                sv.PER_REQUEST: (sv.server_command(sv.PER_REQUEST, args.weights, ports[sv.PER_REQUEST], *common),
+                                 "/detect", "/health")}
+    started: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for name, (cmd, _, health) in commands.items():
+            started[name] = sv.start_server(cmd, f"http://127.0.0.1:{ports[name]}", health,
+                                            out / f"serve_{name.replace(' ', '_')}.log")
+        for name, (_, route, _) in commands.items():  # warm-up, not recorded
+            sv.closed_loop(started[name].url + route, bodies, SERVE_CONCURRENCY, args.serve_s / 4)
+        for name, (_, route, _) in commands.items():
+            with sv.ProcessWatch(started[name].proc.pid) as watch:
+                samples = sv.closed_loop(started[name].url + route, bodies, SERVE_CONCURRENCY, args.serve_s)
+            rows.append({"server": name, "concurrency": SERVE_CONCURRENCY, "ready_s": round(started[name].ready_s, 1),
+                         **sv.summary(samples, args.serve_s), **watch.report()})
+    except YolokitError as e:
+        return {"not_run": f"a server failed: {' | '.join(str(e).strip().splitlines()[-5:])}", "rows": rows}
+    finally:
+        for server in started.values():
+            server.stop()
+    return {"rows": rows, "images": len(bodies), "seconds": args.serve_s}
+
+
 # ----------------------------------------------------------------------------------------------- reporting
 def _matched(corr: dict[str, Any], run: str, target: str) -> bool:
     """Whether ``run`` matched at least its target share of the reference boxes (a run that is missing did not)."""
@@ -239,10 +290,16 @@ def _matched(corr: dict[str, Any], run: str, target: str) -> bool:
     return share is not None and share >= TARGETS[target]
 
 
-def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool) -> dict[str, Any]:
+def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool,
+             serve: dict[str, Any] | None = None) -> dict[str, Any]:
     """PASS/FAIL of each target: the GPU pipeline's FP32 matching (on the CPU device in a dry run) and, on a GPU, its
-    FP16 matching (the default precision there) and the throughput targets."""
+    FP16 matching (the default precision there), the throughput targets and, when the serving comparison ran, its
+    target (one that did not run is reported as not run, not judged)."""
     v: dict[str, Any] = {"fp32_match": _matched(corr, "fp32_gpu_pipeline", "fp32_match")}
+    served = {r["server"]: r for r in (serve or {}).get("rows", [])}
+    if gpu and "yolokit serve" in served and "per-request" in served:
+        v[f"serve_c{SERVE_CONCURRENCY}_at_least_2x_per_request"] = served["yolokit serve"]["throughput"] >= \
+            TARGETS["serve_vs_per_request"] * served["per-request"]["throughput"]
     if gpu:
         v["fp16_match"] = _matched(corr, "fp16_gpu_pipeline", "fp16_match")
         by = {(r["model"], r.get("kind")): r for r in rows if "error" not in r}
@@ -286,6 +343,17 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['run']} | {r['whole_img_s']} | {r['run_img_s']} | {r['whole_s']} | "
                      f"{r['startup_s']} | {' / '.join(f'{st.get(k, 0):.2f}' for k in ('read', 'pre', 'infer', 'post'))}"
                      f" | {mem.get('peak_allocated_mib', '-')} / {mem.get('peak_reserved_mib', '-')} |")
+    serve = rep.get("serving", {})
+    lines += ["", f"## Serving ({SERVE_CONCURRENCY} clients, closed loop, raw 1080p JPEGs; client on this machine)", ""]
+    if serve.get("not_run"):
+        lines.append(f"Not run: {serve['not_run']}")
+    if serve.get("rows"):
+        lines += ["| server | req/s | p50 ms | p90 ms | p99 ms | 503 | errors | server CPU cores | server RSS MiB | "
+                  "client CPU cores |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['server']} | {r['throughput']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
+                  f"{r['share_503']:.1%} | {r['share_errors']:.1%} +{r['connection_errors']} conn | "
+                  f"{r['server_cpu_cores']} | {r['server_rss_mib_max']} | {r['client_cpu_cores']} |"
+                  for r in serve["rows"]]
     lines += ["", "Plans: " + "; ".join(sorted({f"{r['run']}: {r['plan']}" for r in rep['throughput']
                                                if r.get('plan')})), "",
               "## Verdicts", "", *(f"- {k}: {'PASS' if ok else 'FAIL'}" for k, ok in rep["verdicts"].items()), ""]
@@ -304,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--coco-images", type=int, default=128)
     ap.add_argument("--child-timeout", type=int, default=240)
+    ap.add_argument("--serve-s", type=float, default=20.0, help="seconds of load on each server (serving)")
     ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU, tiny: proves it runs")
     ap.add_argument("--child", choices=("nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -315,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     if args.dry_run:
         args.device, args.images, args.size, args.imgsz, args.coco_images = "cpu", 4, "320x180", 160, 4
+        args.serve_s = 2.0
     spec = parse_device(args.device)
     if spec.is_gpu and not torch.cuda.is_available():
         print(f"gpu_check.py needs a CUDA GPU, but PyTorch {torch.__version__} (CUDA build: {torch.version.cuda}) "
@@ -335,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         photo_set(coco_dir, folder, args.images, (w, h))
         corr = correctness(args, coco)
         rows = throughput(args, folder, out)
+        serve = serving(args, folder, out)
     except YolokitError as e:
         print(f"gpu_check.py: {e}", file=sys.stderr)
         return 1
@@ -343,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                        "torch": torch.__version__, "cuda": torch.version.cuda, "opencv": cv2.__version__,
                        "cpus": os.cpu_count(), "platform": platform.platform()},
            "device": args.device, "images": args.images, "image_size": f"{w}x{h}", "imgsz": args.imgsz,
-           "correctness": corr, "throughput": rows}
-    rep["verdicts"] = verdicts(corr, rows, gpu)
+           "correctness": corr, "throughput": rows, "serving": serve}
+    rep["verdicts"] = verdicts(corr, rows, gpu, serve)
     rep["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=str))
     md = markdown(rep) + f"\nTotal: {rep['seconds']} s\n"

@@ -51,6 +51,18 @@ def test_photo_set_is_made_once_mirrored_on_the_second_pass_and_trimmed(tmp_path
     assert lst.read_text().splitlines() == [str(p.resolve()) for p in bigger]
 
 
+def test_photo_set_past_twice_the_photos_stays_distinct(tmp_path: Path) -> None:
+    """From the third pass on, each pass crops the photo a little more, so a set of many passes over few photos
+    holds no two equal images (a server benchmark must not be able to cache an answer)."""
+    photos = _photos(tmp_path / "photos", 2)
+    made = photo_set(photos, tmp_path / "set", 10, size=(64, 36))
+    imgs = [cv2.imread(str(p)).astype(int) for p in made]
+    closest = min(np.abs(imgs[i] - imgs[j]).mean() for i in range(10) for j in range(i))
+    assert closest > 1.0 and len({p.read_bytes() for p in made}) == 10
+    right = [float(im[:, -8:].mean()) for im in imgs]
+    assert right[6] > 240 and right[4] < 240  # pass 3 (images 6, 7) mirrored, pass 2 (4, 5) not
+
+
 def test_photo_set_without_photos_names_the_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: no .jpg photos"):
@@ -99,3 +111,52 @@ def test_the_seed_loop_finds_what_yolokit_finds(yolov5n_pt: Path, coco128_images
     with Detector(yolov5n_pt, backend="torch") as det:
         want = sum(len(r.detections) for r in det.predict_iter([str(p) for p in paths]) if r.detections is not None)
     assert run["detections"] == want > 0
+
+
+# ----------------------------------------------------------------------------------------------- serving
+def test_serving_summary_counts_answers_until_the_last_one() -> None:
+    """Throughput counts the answers 200 over the phase or until the last answer, whichever is longer (an open loop
+    past capacity is still answering after its last request went out); latencies are of the answers 200 only."""
+    from toolkit.jobs.bench.serving import Sample, summary
+
+    samples = [Sample(0.1 * i, 0.05, 200) for i in range(10)] + [Sample(0.5, 0.01, 503), Sample(0.6, 3.4, 200),
+                                                                  Sample(0.7, 0.2, 500), Sample(0.8, 0.3, 0)]
+    s = summary(samples, 2.0)
+    assert s["elapsed_s"] == 4.0 and s["throughput"] == 11 / 4.0 and s["requests"] == 14
+    assert s["p50_ms"] == 50.0 and s["p99_ms"] > 3000 and s["p99_503_ms"] == 10.0
+    assert (s["share_503"], s["share_errors"], s["connection_errors"]) == (round(1 / 14, 4), round(1 / 14, 4), 1)
+    quick = summary([Sample(0.0, 0.1, 200)], 2.0)
+    assert quick["elapsed_s"] == 2.0 and quick["throughput"] == 0.5 and quick["p99_503_ms"] is None
+
+
+@pytest.mark.timeout(300)
+def test_the_per_request_server_under_both_loads_answers_as_the_detector(tmp_path: Path, yolov5n_pt: Path,
+                                                                         coco128_images: Path) -> None:
+    """The per-request baseline, started as the benchmarks start it (its own process on 127.0.0.1), answers a
+    closed and an open loop with nothing but 200s, gives the Detector's own boxes, refuses bytes that are no image
+    with 400, and its process tree's CPU time and memory are seen; SIGTERM stops it."""
+    import httpx
+
+    from toolkit.jobs.bench import serving as sv
+
+    photos = sorted(coco128_images.glob("*.jpg"))[:4]
+    port = sv.free_port()
+    server = sv.start_server(sv.server_command(sv.PER_REQUEST, str(yolov5n_pt), port, "--imgsz", "320"),
+                             f"http://127.0.0.1:{port}", "/health", tmp_path / "server.log")
+    try:
+        url = server.url + "/detect"
+        bodies = [sv.raw_body(p.read_bytes()) for p in photos]
+        with sv.ProcessWatch(server.proc.pid) as watch:
+            closed = sv.summary(sv.closed_loop(url, bodies, 3, 2.0), 2.0)
+        assert closed["requests"] >= 3 and closed["throughput"] > 0 and closed["share_errors"] == 0
+        assert closed["share_503"] == 0 and closed["connection_errors"] == 0
+        report = watch.report()
+        assert report["server_cpu_cores"] > 0 and report["server_rss_mib_max"] >= report["server_rss_mib_start"] > 50
+        opened = sv.open_loop(url, bodies, 5.0, 1.0)
+        assert len(opened) == 5 and {s.status for s in opened} == {200}
+        got = httpx.post(url, content=photos[0].read_bytes(), timeout=60).json()
+        det = Detector(str(yolov5n_pt), imgsz=320).predict(cv2.imread(str(photos[0])))[0]
+        assert got == sv.as_json(det) and got["detections"]
+        assert httpx.post(url, content=b"no image", timeout=60).status_code == 400
+    finally:
+        assert server.stop() in (0, -15)

@@ -82,8 +82,15 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path, yolov5n_pt: Path, coco128_
     for r in rep["throughput"]:
         assert r["images"] == 4 and r["whole_s"] > r["run_s"] > 0 and set(r["ms_per_image"]) >= {"read", "infer"}
     assert rep["verdicts"] == {"fp32_match": True}
+    # the serving comparison ran both servers on the CPU and every request was answered (judged on a GPU only)
+    serve = rep["serving"]
+    assert "not_run" not in serve, serve
+    assert [r["server"] for r in serve["rows"]] == ["yolokit serve", "per-request"]
+    for r in serve["rows"]:
+        assert r["requests"] > 0 and r["throughput"] > 0 and r["share_503"] == r["share_errors"] == 0, r
+        assert r["connection_errors"] == 0 and r["p50_ms"] is not None, r
     md = (out / "report.md").read_text()
-    assert "## Correctness" in md and "## Throughput" in md and "yolokit --nosave" in md
+    assert "## Correctness" in md and "## Throughput" in md and "yolokit --nosave" in md and "## Serving" in md
 
 
 def _script() -> ModuleType:
@@ -113,3 +120,20 @@ def test_the_verdict_fails_on_fp16_matching_too() -> None:
     assert gc.verdicts(corr(1.0, None), [], gpu=True)["fp16_match"] is False
     assert gc.verdicts(corr(fp32 - 0.001, 1.0), [], gpu=True)["fp32_match"] is False
     assert gc.verdicts(corr(1.0, None), [], gpu=False) == {"fp32_match": True}
+
+
+def test_the_serving_verdict_needs_2x_the_per_request_server_on_a_gpu() -> None:
+    """On a GPU, yolokit serve must answer at least twice the per-request server's requests per second at
+    concurrency 16; a comparison that did not run gets no verdict (the report says why), and a CPU run none."""
+    gc = _script()
+    ok = {"fp32_gpu_pipeline": {"share": 1.0}, "fp16_gpu_pipeline": {"share": 1.0}}
+
+    def serve(yolokit: float, per_request: float) -> dict[str, object]:
+        return {"rows": [{"server": "yolokit serve", "throughput": yolokit},
+                         {"server": "per-request", "throughput": per_request}]}
+
+    key = "serve_c16_at_least_2x_per_request"
+    assert gc.verdicts(ok, [], gpu=True, serve=serve(200.0, 100.0))[key] is True
+    assert gc.verdicts(ok, [], gpu=True, serve=serve(199.0, 100.0))[key] is False
+    assert key not in gc.verdicts(ok, [], gpu=True, serve={"not_run": "starlette not installed"})
+    assert key not in gc.verdicts(ok, [], gpu=False, serve=serve(10.0, 100.0))

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import s3
+from toolkit.jobs.bench.serving import process_tree
 
 pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'yolokit[ray]'")
 
@@ -90,23 +91,6 @@ def test_coco128_from_a_bucket_on_three_nodes_equals_a_local_disk_run(cluster: C
     assert summary["detections"] == sum(len(v.splitlines()) for v in local.values())
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def _actors_on(pids: list[int]) -> list[int]:
     out = []
     for pid in pids:
@@ -141,11 +125,11 @@ def test_a_worker_node_killed_mid_run_loses_nothing(cluster: Cluster, s3_store: 
     while time.monotonic() < deadline and job.poll() is None:
         fs.invalidate_cache()
         done = len(fs.find("runs/nodekill/exp/labels"))
-        if done >= 20 and _actors_on(_descendants(raylet)):
+        if done >= 20 and _actors_on(process_tree(raylet)):
             break
         time.sleep(0.2)
     assert job.poll() is None, "the run ended before the node could be killed"
-    node = _descendants(raylet)
+    node = process_tree(raylet)
     assert _actors_on(node), "no inference actor on the node to kill"
     for pid in node:  # the raylet and every process on its node, at once
         with contextlib.suppress(ProcessLookupError):

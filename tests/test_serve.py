@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -275,17 +274,6 @@ def test_batching_gathers_concurrent_requests_and_keeps_their_answers(server: Se
 
 
 # ------------------------------------------------------------------------------------------------------ refusals
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` (a pixel bomb: nothing behind it)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    data = zlib.compress(b"\x00" * 16)
-    idat = b"IDAT" + data
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", len(data)) + idat + struct.pack(">I", zlib.crc32(idat))
-            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
-
-
 @pytest.fixture(scope="module")
 def bad_images(images: list[Path], onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, tuple[bytes, str]]:
@@ -295,7 +283,7 @@ def bad_images(images: list[Path], onnx_model: Path, tmp_path_factory: pytest.Te
 
     good = images[0].read_bytes()
     cases = {"not_an_image": b"hello, this is text", "truncated": good[: len(good) // 2],
-             "pixel_bomb": _png_header(60000, 60000), "empty": b""}
+             "pixel_bomb": serving.png_header(60000, 60000), "empty": b""}
     folder = tmp_path_factory.mktemp("bad")
     out = {}
     with Detector(onnx_model) as det:
@@ -631,8 +619,7 @@ def test_which_runtimes_answer_an_image_the_same_in_any_batch(onnx_model: Path, 
     --max-batch serves it one image per execution, as ``yolokit run`` runs it on a CPU."""
     from toolkit.engine.core import DetectorConfig
     from toolkit.io.samples import sample_paths
-    from toolkit.serve.model import ServedModel
-    from toolkit.serve.server import choose_batch
+    from toolkit.serve.model import ServedModel, choose_batch
 
     onnx = ServedModel.load(DetectorConfig(weights=str(onnx_model)), instances=1)
     try:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +90,14 @@ def start(model: str | Path, log: Path, *args: str, env: dict[str, str] | None =
         time.sleep(0.2)
     served.stop()
     raise AssertionError(f"yolokit serve was not ready within {timeout} s:\n{served.output()}")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (a pixel bomb: nothing behind it)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = zlib.compress(b"\x00" * 16)
+    idat = b"IDAT" + data
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", len(data)) + idat + struct.pack(">I", zlib.crc32(idat))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))

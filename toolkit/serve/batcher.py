@@ -57,34 +57,77 @@ class _Job:
 
 @dataclass
 class Ticket:
-    """One admitted request: it counts as preparing until :meth:`submit`, and in the server until released."""
+    """One admitted request: it counts as preparing until :meth:`submit` (or :meth:`prepared`), and in the server
+    until released."""
 
-    batcher: Batcher
+    admission: Admission
     preparing: bool = True
     jobs: list[_Job] = field(default_factory=list)
 
     def submit(self, items: Sequence[Any], keys: Sequence[Hashable], deadline: float) -> list[asyncio.Future[Any]]:
         """Queue this request's items (prepared; ``keys``: what may share a batch); one future per item, which the
         caller awaits (and cancels when it gives up: the item leaves the queue)."""
-        futures = self.batcher._enqueue(self, items, keys, deadline)
-        self._done_preparing()
+        if not isinstance(self.admission, Batcher):
+            raise TypeError("this ticket's admission has no batch queue")
+        futures = self.admission._enqueue(self, items, keys, deadline)
+        self.prepared()
         return futures
 
-    def _done_preparing(self) -> None:
+    def prepared(self) -> None:
+        """This request is no longer being prepared (its work is queued, or sent elsewhere)."""
         if self.preparing:
             self.preparing = False
-            self.batcher._preparing -= 1
-            self.batcher._wake.set()
+            self.admission._preparing -= 1
+            self.admission._wake.set()
 
     def release(self) -> None:
-        self._done_preparing()
+        self.prepared()
         for job in self.jobs:
             job.future.cancel()
-        self.batcher._admitted -= 1
-        self.batcher._wake.set()
+        self.admission._admitted -= 1
+        self.admission._wake.set()
 
 
-class Batcher:
+class Admission:
+    """How many requests are in the server, bounded by ``max_queue``: :meth:`admit` takes one in (a
+    :class:`Ticket`), or refuses it at once (:class:`QueueFull`, or :class:`Draining` once :meth:`drain` was
+    called). The :class:`Batcher` is one; a server that batches elsewhere (Ray Serve) admits with one alone."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self._admitted = self._preparing = 0
+        self._draining = False
+        self._wake = asyncio.Event()
+
+    @property
+    def admitted(self) -> int:
+        """Requests in the server: being prepared, queued or running."""
+        return self._admitted
+
+    def admit(self) -> Ticket:
+        """Admit one request, or :class:`QueueFull` / :class:`Draining` at once."""
+        if self._draining:
+            raise Draining()
+        if self._admitted >= self.max_queue:
+            raise QueueFull()
+        self._admitted += 1
+        self._preparing += 1
+        return Ticket(self)
+
+    def drain(self) -> None:
+        """Admit nothing more."""
+        self._draining = True
+        self._wake.set()
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until no request is admitted (or ``timeout`` seconds); whether it is idle."""
+        end = time.monotonic() + timeout
+        while self._admitted and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return not self._admitted
+
+
+class Batcher(Admission):
     """The dynamic batcher (see the module's docstring). ``runs``: one callable per model instance, each called in a
     thread of its own with a list of same-key items, returning their results in order. Start it on the running
     loop (:meth:`start`) before submitting."""
@@ -93,23 +136,17 @@ class Batcher:
                  max_queue: int, observer: Observer | None = None) -> None:
         if not runs:
             raise ValueError("a batcher needs at least one instance")
-        self.runs, self.max_batch, self.max_delay, self.max_queue = list(runs), max(1, max_batch), max_delay, max_queue
+        super().__init__(max_queue)
+        self.runs, self.max_batch, self.max_delay = list(runs), max(1, max_batch), max_delay
         self.observer = observer
         self._groups: dict[Hashable, list[_Job]] = {}
         self._free = list(range(len(self.runs)))
-        self._admitted = self._preparing = self._depth = 0
-        self._draining = False
-        self._wake = asyncio.Event()
+        self._depth = 0
         self._pool = ThreadPoolExecutor(len(self.runs), thread_name_prefix="yolokit-serve")
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------------------------------------ the public face
-    @property
-    def admitted(self) -> int:
-        """Requests in the server: being prepared, queued or running."""
-        return self._admitted
-
     @property
     def running(self) -> int:
         """Batches running in the instances' threads."""
@@ -123,27 +160,9 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
 
-    def admit(self) -> Ticket:
-        """Admit one request, or :class:`QueueFull` / :class:`Draining` at once."""
-        if self._draining:
-            raise Draining()
-        if self._admitted >= self.max_queue:
-            raise QueueFull()
-        self._admitted += 1
-        self._preparing += 1
-        return Ticket(self)
-
     def drain(self) -> None:
         """Admit nothing more; what is queued still runs, without waiting for more."""
-        self._draining = True
-        self._wake.set()
-
-    async def idle(self, timeout: float) -> bool:
-        """Wait until no request is admitted (or ``timeout`` seconds); whether it is idle."""
-        end = time.monotonic() + timeout
-        while self._admitted and time.monotonic() < end:
-            await asyncio.sleep(0.02)
-        return not self._admitted
+        super().drain()
 
     async def close(self) -> None:
         """Stop dispatching; a batch that is running finishes in its thread."""

@@ -81,10 +81,13 @@ class _ApiKey:
         self.state = getattr(app, "state", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan (a server that runs it, as Ray Serve does), websockets (none here)
+            await self.app(scope, receive, send)
+            return
         path, root = scope["path"], scope.get("root_path", "")
         if root and path.startswith(root):  # mounted in an app of one's own: the path below the mount
             path = path[len(root):]
-        if scope["type"] == "http" and path not in OPEN_PATHS:
+        if path not in OPEN_PATHS:
             given = b""
             for name, value in scope.get("headers", []):
                 if name == b"authorization":

@@ -76,7 +76,7 @@ class ServerMetrics:
     thread (the batcher's instances report from theirs)."""
 
     def __init__(self, model: str, version: str = "1") -> None:
-        from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.triton = _TritonCounters(model, version)
@@ -100,12 +100,14 @@ class ServerMetrics:
         self.compute_seconds = histogram("yolokit_compute_duration_seconds", "Time one model execution (a batch: "
                                          "the model and its NMS) took")
         self.batch_size = histogram("yolokit_batch_size", "Images per model execution", SIZES)
+        self.node_executions = Counter("yolokit_node_executions", "Model executions by the Ray node whose replica ran "
+                                       "them (yolokit serve --engine ray)", (*labels, "node"), registry=self.registry)
 
     # ------------------------------------------------------------------------------ the batcher's Observer
     def queued(self, depth: int) -> None:
         self.pending.set(depth)
 
-    def executed(self, size: int, seconds: float, waits: list[float]) -> None:
+    def executed(self, size: int, seconds: float, waits: list[float], node: str = "") -> None:
         self.triton.add("nv_inference_count", size)
         self.triton.add("nv_inference_exec_count", 1)
         self.triton.add("nv_inference_compute_infer_duration_us", seconds * size * 1e6)
@@ -114,6 +116,8 @@ class ServerMetrics:
         for w in waits:
             self.queue_seconds.observe(w)
         self.triton.add("nv_inference_queue_duration_us", sum(waits) * 1e6)
+        if node:
+            self.node_executions.labels(*self._labels, node).inc()
 
     # ------------------------------------------------------------------------------ a request's outcome
     def decoded(self, seconds: list[float]) -> None:

@@ -1,28 +1,34 @@
-"""A loaded model as the server serves it, with no transport and no event loop: :class:`ServedModel` holds the
-model's routine(s) and does, as plain synchronous calls, what a request needs:
+"""A loaded model as the server serves it, with no transport and no event loop.
 
-* :meth:`ServedModel.nms_for`: a request's ``parameters`` -> its NMS settings (checked against the declarations);
-* :meth:`ServedModel.preparations`: its ``images`` input -> one zero-argument call per image that decodes and
-  letterboxes it exactly as ``yolokit run`` does (an encoded file), or takes it as given (an FP32 tensor), giving a
-  :class:`~toolkit.engine.core.Prepared` or raising with the reason ``yolokit run`` would give;
-* :meth:`ServedModel.run`: a list of prepared images -> their results, one model execution per letterbox shape
-  (:meth:`~toolkit.engine.core.BatchRoutine.run_batch`, the routine every run uses);
-* :meth:`ServedModel.outputs` / :meth:`ServedModel.detect_json`: detections -> the ``--nms`` export's four output
+:class:`ModelFacts` is what a request needs to know of the model, as plain data that travels between processes (a
+Ray Serve ingress holds it without the model): its name, settings, letterbox and NMS, and, as plain synchronous calls:
+
+* :meth:`ModelFacts.nms_for`: a request's ``parameters`` -> its NMS settings (checked against the declarations);
+* :meth:`ModelFacts.preparations`: its ``images`` input -> one :class:`Work` per image (the image's bytes or tensor,
+  its name, its NMS), the input's form and shape checked;
+* :meth:`ModelFacts.outputs` / :meth:`ModelFacts.detect_json`: detections -> the ``--nms`` export's four output
   tensors, or ``/v1/detect``'s JSON.
 
-The asyncio batcher (:mod:`toolkit.serve.batcher`) and the HTTP and gRPC transports call these; a Ray Serve
-deployment can call the same ones (its ``@serve.batch`` method calling :meth:`ServedModel.run`).
+:class:`ServedModel` is a :class:`ModelFacts` with the model loaded (its routine(s)):
+
+* :meth:`ServedModel.prepare`: one :class:`Work` -> the image decoded and letterboxed exactly as ``yolokit run`` does
+  (an encoded file), or taken as given (an FP32 tensor): a :class:`~toolkit.engine.core.Prepared`, or the reason
+  ``yolokit run`` would give (run it off the event loop);
+* :meth:`ServedModel.run`: a list of prepared images -> their results, one model execution per letterbox shape
+  (:meth:`~toolkit.engine.core.BatchRoutine.run_batch`, the routine every run uses).
+
+The asyncio batcher (:mod:`toolkit.serve.batcher`) and the HTTP and gRPC transports call these; so does the Ray Serve
+deployment (:mod:`toolkit.serve.ray`), whose ``@serve.batch`` method calls :meth:`ServedModel.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +41,7 @@ from toolkit.errors import YolokitError
 from toolkit.io.files import ImageReadError, check_size
 from toolkit.io.samples import sample_paths
 from toolkit.io.sources import InputRef
+from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, to_chw_rgb
 from toolkit.options import refuse_unknown
 from toolkit.serve.options import REQUEST_PARAMETERS, request_nms
@@ -48,21 +55,154 @@ CPU_INSTANCES = 4  # the most model instances --instances 0 starts on a CPU (one
 # (microseconds) and priority (accepted, not used)
 PROTOCOL_PARAMETERS = ("binary_data_output", "timeout", "priority")
 _FORMS = "BYTES [B] (encoded image files) or FP32 [B,3,H,W] (RGB in 0-1, letterboxed)"
+ENCODED, TENSOR = "encoded", "tensor"  # the two forms of an image (Work.form)
+T = TypeVar("T")
 
 
 class ModelFailure(YolokitError):
     """The model failed on a batch (the runtime's error, in one line)."""
 
 
-class ServedModel:
+@dataclass(frozen=True)
+class Work:
+    """One image of a request, as data: ``data`` an encoded image file (``form`` ``"encoded"``) or an FP32 (3, H, W)
+    RGB tensor in 0-1 (``"tensor"``); ``name`` what errors call it (``images[0]``); ``nms`` its request's settings;
+    ``index`` its place in the request."""
+
+    form: str
+    data: Any
+    name: str
+    nms: NMSOptions
+    index: int = 0
+
+    def portable(self) -> Work:
+        """The same work with its data owned (a view into a request's body becomes bytes), to send to another
+        process."""
+        return replace(self, data=bytes(self.data)) if isinstance(self.data, memoryview) else self
+
+
+class ModelFacts:
+    """What a request needs to know of a served model, and the request-level work that needs no model loaded (see
+    the module's docstring). Plain data: it pickles, so a process that does not hold the model (a Ray Serve ingress)
+    can check requests and encode answers exactly as the server that holds it."""
+
+    def __init__(self, name: str, version: str, config: DetectorConfig, meta: ModelMeta, nms: NMSOptions,
+                 imgsz: tuple[int, int], auto: bool) -> None:
+        self.name, self.version = name, version
+        self.config, self.meta, self.nms = config, meta, nms
+        self.imgsz, self.auto = imgsz, auto
+        self.names: dict[int, str] = dict(meta.names)
+
+    def facts(self) -> ModelFacts:
+        """These facts alone, as a plain :class:`ModelFacts` (without a loaded model)."""
+        return ModelFacts(self.name, self.version, self.config, self.meta, self.nms, self.imgsz, self.auto)
+
+    def metadata(self) -> dict[str, Any]:
+        """The KServe v2 model metadata (``properties`` holds the class names, as JSON, and the model's facts)."""
+        import json
+
+        meta = self.meta
+        properties = {"names": json.dumps({str(k): v for k, v in self.names.items()}), "stride": str(meta.stride),
+                      "imgsz": f"{self.imgsz[0]},{self.imgsz[1]}", "letterbox": "rect" if self.auto else "fixed",
+                      "format": meta.format, "precision": meta.precision,
+                      "input_forms": f"{INPUT}: {_FORMS}; boxes in original-image pixels for BYTES, input pixels for "
+                                     f"FP32"}
+        if meta.nms is not None:
+            properties["nms"] = (f"conf {meta.nms.conf:g}, iou {meta.nms.iou:g}, max_det {meta.nms.max_det}, "
+                                 f"agnostic {meta.nms.agnostic}")
+        return {"name": self.name, "versions": [self.version], "platform": f"yolokit_{meta.format}",
+                "inputs": [{"name": INPUT, "datatype": BYTES, "shape": [-1]}],
+                "outputs": [{"name": "num_dets", "datatype": "INT32", "shape": [-1, 1]},
+                            {"name": "det_boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
+                            {"name": "det_scores", "datatype": "FP32", "shape": [-1, -1]},
+                            {"name": "det_classes", "datatype": "INT32", "shape": [-1, -1]}],
+                "properties": properties}
+
+    # ------------------------------------------------------------------------------------------- a request
+    def nms_for(self, parameters: dict[str, Any]) -> NMSOptions:
+        """The NMS settings of a request with these ``parameters`` (unknown names refused, naming the nearest)."""
+        refuse_unknown(parameters, (*REQUEST_PARAMETERS, *PROTOCOL_PARAMETERS), "the request's parameters")
+        asked = {k: v for k, v in parameters.items() if k in REQUEST_PARAMETERS}
+        return request_nms(self.config, self.meta, self.nms, asked, self.name)
+
+    def check_outputs(self, request: InferRequest) -> list[str]:
+        """The outputs a request asks for, in order (all four when it names none)."""
+        if request.outputs is None:
+            return list(E2E_OUTPUTS)
+        unknown = [o for o in request.outputs if o not in E2E_OUTPUTS]
+        if unknown:
+            raise ProtocolError(f"this model has no output {unknown[0]!r}; it has {', '.join(E2E_OUTPUTS)}")
+        return list(request.outputs)
+
+    def preparations(self, request: InferRequest, nms: NMSOptions) -> list[Work]:
+        """One :class:`Work` per image of the request's ``images`` input (each prepared by
+        :meth:`ServedModel.prepare`, off the event loop); the input's form and shape are checked here."""
+        if [t.name for t in request.inputs] != [INPUT]:
+            raise ProtocolError(f"this model takes one input, {INPUT!r} ({_FORMS}); got "
+                                + ", ".join(repr(t.name) for t in request.inputs))
+        t = request.inputs[0]
+        if t.datatype == BYTES and t.shape and t.shape[0] >= 1 and (len(t.shape) == 1 or t.shape[1:] == (1,)):
+            return [Work(ENCODED, data, f"{INPUT}[{i}]", nms, i) for i, data in enumerate(t.data)]
+        if t.datatype == "FP32" and len(t.shape) == 4 and t.shape[0] >= 1 and t.shape[1] == 3:
+            self.check_tensor_shape(t.shape[2], t.shape[3])
+            return [Work(TENSOR, t.data[i], f"{INPUT}[{i}]", nms, i) for i in range(t.shape[0])]
+        raise ProtocolError(f"input {INPUT} must be {_FORMS}, got {t.describe()}")
+
+    def check_tensor_shape(self, h: int, w: int) -> None:
+        """Refuse an FP32 input of ``h`` x ``w`` this model cannot take, in one line."""
+        meta = self.meta
+        if meta.imgsz is not None and (h, w) != tuple(meta.imgsz):
+            raise ProtocolError(f"this model takes {meta.imgsz[0]}x{meta.imgsz[1]} FP32 input, got {h}x{w}")
+        if h < 1 or w < 1 or h % meta.stride or w % meta.stride:
+            raise ProtocolError(f"FP32 input {h}x{w}: height and width must be multiples of the model stride, "
+                                f"{meta.stride}")
+        limit = meta.max_imgsz or (4 * max(self.imgsz),) * 2
+        if h > limit[0] or w > limit[1]:
+            raise ProtocolError(f"FP32 input {h}x{w} is larger than this model takes, {limit[0]}x{limit[1]}")
+
+    @staticmethod
+    def key(p: Prepared) -> tuple[Any, ...]:
+        """What images may share a model execution: the same input shape and type."""
+        return (*p.chw.shape, p.chw.dtype.str)
+
+    # ------------------------------------------------------------------------------------------- answers
+    @staticmethod
+    def outputs(dets: list[Detections], names: list[str]) -> list[Tensor]:
+        """The ``--nms`` export's outputs for these images (K: the most detections of any of them; rows past an
+        image's ``num_dets`` are zero, as the exported model leaves them)."""
+        b, k = len(dets), max((len(d) for d in dets), default=0)
+        num = np.zeros((b, 1), np.int32)
+        boxes, scores, classes = np.zeros((b, k, 4), np.float32), np.zeros((b, k), np.float32), \
+            np.zeros((b, k), np.int32)
+        for i, d in enumerate(dets):
+            n = len(d)
+            num[i, 0] = n
+            boxes[i, :n], scores[i, :n], classes[i, :n] = d.xyxy, d.confidence, d.class_id
+        arrays = {"num_dets": ("INT32", num), "det_boxes": ("FP32", boxes), "det_scores": ("FP32", scores),
+                  "det_classes": ("INT32", classes)}
+        return [Tensor(n, arrays[n][0], arrays[n][1].shape, arrays[n][1]) for n in names]
+
+    @staticmethod
+    def detect_json(det: Detections) -> dict[str, Any]:
+        """``/v1/detect``'s answer: the image's size and its boxes (original-image pixels, float32 values written
+        with the fewest digits that read back the same)."""
+        h, w = det.shape or (0, 0)
+        names = det.class_names
+        rows = [{"x1": _f32(b[0]), "y1": _f32(b[1]), "x2": _f32(b[2]), "y2": _f32(b[3]), "confidence": _f32(c),
+                 "class_id": int(k), "class_name": n}
+                for b, c, k, n in zip(det.xyxy, det.confidence, det.class_id, names, strict=True)]
+        return {"width": int(w), "height": int(h), "detections": rows}
+
+
+class ServedModel(ModelFacts):
     """One loaded model behind a server: ``routines`` holds one :class:`ModelRoutine` per instance (copies of one
     model), ``name`` and ``version`` are what the routes call it."""
 
     def __init__(self, routines: list[ModelRoutine], name: str = "", version: str = VERSION) -> None:
+        r = routines[0]
+        super().__init__(name or Path(str(r.config.weights)).stem, version, r.config, r.meta, r.nms, r.imgsz, r.auto)
         self.routines = routines
-        self.routine = routines[0]
-        self.name = name or Path(str(self.routine.config.weights)).stem
-        self.version = version
+        self.routine = r
 
     @classmethod
     def load(cls, config: DetectorConfig, name: str = "", instances: int = 0) -> ServedModel:
@@ -95,74 +235,22 @@ class ServedModel:
         for r in self.routines:
             r.close()
 
-    # ------------------------------------------------------------------------------------------- what it is
-    @property
-    def names(self) -> dict[int, str]:
-        return self.routine.names
-
     def default_batch(self) -> int:
         """The batch size ``--max-batch 0`` means: the GPU plan's on a CUDA device, else :data:`CPU_BATCH`; within
         the model's own limit (a static artifact: exactly its batch)."""
-        meta = self.routine.meta
+        meta = self.meta
         if meta.batch is not None:
             return int(meta.batch)
         plan = make_plan(self.routine, 1 << 20)
         batch = plan.batch if plan.gpu else CPU_BATCH
         return min(batch, int(meta.max_batch)) if meta.max_batch is not None else batch
 
-    def metadata(self) -> dict[str, Any]:
-        """The KServe v2 model metadata (``properties`` holds the class names, as JSON, and the model's facts)."""
-        import json
-
-        meta, r = self.routine.meta, self.routine
-        properties = {"names": json.dumps({str(k): v for k, v in self.names.items()}), "stride": str(meta.stride),
-                      "imgsz": f"{r.imgsz[0]},{r.imgsz[1]}", "letterbox": "rect" if r.auto else "fixed",
-                      "format": meta.format, "precision": meta.precision,
-                      "input_forms": f"{INPUT}: {_FORMS}; boxes in original-image pixels for BYTES, input pixels for "
-                                     f"FP32"}
-        if meta.nms is not None:
-            properties["nms"] = (f"conf {meta.nms.conf:g}, iou {meta.nms.iou:g}, max_det {meta.nms.max_det}, "
-                                 f"agnostic {meta.nms.agnostic}")
-        return {"name": self.name, "versions": [self.version], "platform": f"yolokit_{meta.format}",
-                "inputs": [{"name": INPUT, "datatype": BYTES, "shape": [-1]}],
-                "outputs": [{"name": "num_dets", "datatype": "INT32", "shape": [-1, 1]},
-                            {"name": "det_boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
-                            {"name": "det_scores", "datatype": "FP32", "shape": [-1, -1]},
-                            {"name": "det_classes", "datatype": "INT32", "shape": [-1, -1]}],
-                "properties": properties}
-
-    # ------------------------------------------------------------------------------------------- a request
-    def nms_for(self, parameters: dict[str, Any]) -> NMSOptions:
-        """The NMS settings of a request with these ``parameters`` (unknown names refused, naming the nearest)."""
-        refuse_unknown(parameters, (*REQUEST_PARAMETERS, *PROTOCOL_PARAMETERS), "the request's parameters")
-        asked = {k: v for k, v in parameters.items() if k in REQUEST_PARAMETERS}
-        r = self.routine
-        return request_nms(r.config, r.meta, r.nms, asked, self.name)
-
-    def check_outputs(self, request: InferRequest) -> list[str]:
-        """The outputs a request asks for, in order (all four when it names none)."""
-        if request.outputs is None:
-            return list(E2E_OUTPUTS)
-        unknown = [o for o in request.outputs if o not in E2E_OUTPUTS]
-        if unknown:
-            raise ProtocolError(f"this model has no output {unknown[0]!r}; it has {', '.join(E2E_OUTPUTS)}")
-        return list(request.outputs)
-
-    def preparations(self, request: InferRequest, nms: NMSOptions) -> list[Callable[[], Prepared]]:
-        """One call per image of the request's ``images`` input, each giving the image prepared (run them off the
-        event loop); the input's form and shape are checked here."""
-        if [t.name for t in request.inputs] != [INPUT]:
-            raise ProtocolError(f"this model takes one input, {INPUT!r} ({_FORMS}); got "
-                                + ", ".join(repr(t.name) for t in request.inputs))
-        t = request.inputs[0]
-        if t.datatype == BYTES and t.shape and t.shape[0] >= 1 and (len(t.shape) == 1 or t.shape[1:] == (1,)):
-            return [functools.partial(self.prepare_encoded, data, f"{INPUT}[{i}]", nms, i)
-                    for i, data in enumerate(t.data)]
-        if t.datatype == "FP32" and len(t.shape) == 4 and t.shape[0] >= 1 and t.shape[1] == 3:
-            self.check_tensor_shape(t.shape[2], t.shape[3])
-            return [functools.partial(self.prepare_tensor, t.data[i], f"{INPUT}[{i}]", nms, i)
-                    for i in range(t.shape[0])]
-        raise ProtocolError(f"input {INPUT} must be {_FORMS}, got {t.describe()}")
+    # ------------------------------------------------------------------------------------------- an image
+    def prepare(self, work: Work) -> Prepared:
+        """One image of a request, prepared (:meth:`prepare_encoded` or :meth:`prepare_tensor`)."""
+        if work.form == TENSOR:
+            return self.prepare_tensor(work.data, work.name, work.nms, work.index)
+        return self.prepare_encoded(work.data, work.name, work.nms, work.index)
 
     def prepare_encoded(self, data: bytes | memoryview | np.ndarray, name: str, nms: NMSOptions | None = None,
                         index: int = 0) -> Prepared:
@@ -178,18 +266,6 @@ class ServedModel:
         got.nms = nms
         return got
 
-    def check_tensor_shape(self, h: int, w: int) -> None:
-        """Refuse an FP32 input of ``h`` x ``w`` this model cannot take, in one line."""
-        meta = self.routine.meta
-        if meta.imgsz is not None and (h, w) != tuple(meta.imgsz):
-            raise ProtocolError(f"this model takes {meta.imgsz[0]}x{meta.imgsz[1]} FP32 input, got {h}x{w}")
-        if h < 1 or w < 1 or h % meta.stride or w % meta.stride:
-            raise ProtocolError(f"FP32 input {h}x{w}: height and width must be multiples of the model stride, "
-                                f"{meta.stride}")
-        limit = meta.max_imgsz or (4 * max(self.routine.imgsz),) * 2
-        if h > limit[0] or w > limit[1]:
-            raise ProtocolError(f"FP32 input {h}x{w} is larger than this model takes, {limit[0]}x{limit[1]}")
-
     def prepare_tensor(self, chw: np.ndarray, name: str, nms: NMSOptions | None = None, index: int = 0) -> Prepared:
         """One FP32 (3, H, W) RGB image in 0-1, already letterboxed: given to the model as it is (on the 0-255
         scale runners take, which maps uint8 / 255 back to the same integers exactly); its boxes stay in input
@@ -201,11 +277,6 @@ class ServedModel:
         info = LetterboxInfo(1.0, (0.0, 0.0), (h, w), (h, w))
         return Prepared(index, InputRef(name, name), np.ascontiguousarray(x * np.float32(255)), info, None, (h, w),
                         nms)
-
-    @staticmethod
-    def key(p: Prepared) -> tuple[Any, ...]:
-        """What images may share a model execution: the same input shape and type."""
-        return (*p.chw.shape, p.chw.dtype.str)
 
     def run(self, items: list[Prepared], instance: int = 0) -> list[Detections]:
         """Prepared images -> their detections, in order: one execution per input shape on instance ``instance``;
@@ -223,34 +294,6 @@ class ServedModel:
                 out[i] = res.detections
         return out  # type: ignore[return-value]
 
-    # ------------------------------------------------------------------------------------------- answers
-    @staticmethod
-    def outputs(dets: list[Detections], names: list[str]) -> list[Tensor]:
-        """The ``--nms`` export's outputs for these images (K: the most detections of any of them; rows past an
-        image's ``num_dets`` are zero, as the exported model leaves them)."""
-        b, k = len(dets), max((len(d) for d in dets), default=0)
-        num = np.zeros((b, 1), np.int32)
-        boxes, scores, classes = np.zeros((b, k, 4), np.float32), np.zeros((b, k), np.float32), \
-            np.zeros((b, k), np.int32)
-        for i, d in enumerate(dets):
-            n = len(d)
-            num[i, 0] = n
-            boxes[i, :n], scores[i, :n], classes[i, :n] = d.xyxy, d.confidence, d.class_id
-        arrays = {"num_dets": ("INT32", num), "det_boxes": ("FP32", boxes), "det_scores": ("FP32", scores),
-                  "det_classes": ("INT32", classes)}
-        return [Tensor(n, arrays[n][0], arrays[n][1].shape, arrays[n][1]) for n in names]
-
-    @staticmethod
-    def detect_json(det: Detections) -> dict[str, Any]:
-        """``/v1/detect``'s answer: the image's size and its boxes (original-image pixels, float32 values written
-        with the fewest digits that read back the same)."""
-        h, w = det.shape or (0, 0)
-        names = det.class_names
-        rows = [{"x1": _f32(b[0]), "y1": _f32(b[1]), "x2": _f32(b[2]), "y2": _f32(b[3]), "confidence": _f32(c),
-                 "class_id": int(k), "class_name": n}
-                for b, c, k, n in zip(det.xyxy, det.confidence, det.class_id, names, strict=True)]
-        return {"width": int(w), "height": int(h), "detections": rows}
-
     # ------------------------------------------------------------------------------------------- warm-up
     def warm(self, batch: int) -> float | None:
         """Run every instance once on a sample photo (decoded, letterboxed, inferred, as a request is), then check
@@ -260,7 +303,7 @@ class ServedModel:
         data = Path(paths[0]).read_bytes()
         for i in range(len(self.routines)):
             self.run([self.prepare_encoded(data, "warm-up")], i)
-        if batch <= 1 or self.routine.meta.batch is not None:
+        if batch <= 1 or self.meta.batch is not None:
             return None
         return self.batch_difference(batch, paths)
 
@@ -282,12 +325,34 @@ class ServedModel:
         return float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
 
 
+def choose_batch(model: ServedModel, asked: int, log: Callable[[str], None]) -> int:
+    """Warm the model up and settle the batch size: ``asked``, or :meth:`ServedModel.default_batch`; on a CPU, an
+    automatic choice falls to 1 when the warm-up finds that an image's output changes with the batch it rides in
+    (so that every answer is ``yolokit run``'s, which runs such a runtime one image at a time there)."""
+    meta = model.meta
+    batch = asked or model.default_batch()
+    if meta.batch is not None:
+        batch = int(meta.batch)
+    elif meta.max_batch is not None:
+        batch = min(batch, int(meta.max_batch))
+    diff = model.warm(batch)
+    if diff:
+        if not asked and not model.routine.gpu:
+            log(f"yolokit serve: this runtime's output for an image changes with the batch it rides in (by up to "
+                f"{diff:.3g}); serving one image per execution, so that answers are yolokit run's exactly "
+                f"(--max-batch N batches anyway)")
+            return 1
+        log(f"yolokit serve: note: this runtime's output for an image changes with the batch it rides in (by up to "
+            f"{diff:.3g}), so answers can differ from yolokit run's in the last digits")
+    return batch
+
+
 def _f32(v: Any) -> float:
     return float(str(np.float32(v)))
 
 
-def timed(fn: Callable[[], Prepared]) -> tuple[Prepared, float]:
-    """``fn()`` and the seconds it took (a preparation, in its thread)."""
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and the seconds it took (a preparation or a batch, in its thread)."""
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0

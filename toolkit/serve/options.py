@@ -18,7 +18,7 @@ from toolkit.engine.core import DetectorConfig, resolve_nms
 from toolkit.errors import InputError
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions
-from toolkit.options import SERVER, build, check, declared, group, option
+from toolkit.options import RAY, SERVER, build, check, declared, group, option
 
 # DetectorConfig's options that a server has no use for (by flat name): it reads no files, URLs, videos or streams,
 # and letterboxes on the host
@@ -28,6 +28,7 @@ NOT_SERVED = ("vid_stride", "stream_timeout", "download_timeout", "download_work
 REQUEST_PARAMETERS = ("conf", "iou", "max_det", "classes")
 
 API_KEY_ENV = "YOLOKIT_API_KEY"
+ENGINES = ("local", "ray")  # where the model runs: this process, or Ray Serve replicas across a Ray cluster
 DEFAULT_MAX_BODY = 64 << 20
 
 
@@ -82,12 +83,52 @@ class ServeOptions:
 
 
 @dataclass(frozen=True)
+class ServeEngine:
+    """Where the model runs (``name``: ``--engine``): in the server's process, or on Ray Serve, as ``--replicas``
+    model replicas placed across a Ray cluster behind Ray's HTTP proxy (:mod:`toolkit.serve.ray`)."""
+
+    name: str = option("local", "local (this process serves HTTP and gRPC and runs the model on --instances) or ray "
+                       "(Ray Serve: --replicas model replicas across a Ray cluster, behind Ray's HTTP proxy on "
+                       "--host/--port; HTTP only; pip install 'yolokit[ray]').", cli_name="engine", panel=RAY,
+                       choices=ENGINES)
+    replicas: int = option(1, "With --engine ray: model replicas, each one instance of the model batching with "
+                           "@serve.batch, placed across the cluster's nodes.", panel=RAY, lo=1)
+    address: str | None = option(None, "With --engine ray: the cluster to join (auto, or HOST:PORT of 'ray start "
+                                 "--head'); default: start a local one.", panel=RAY)
+    cpus_per_replica: float = option(1.0, "With --engine ray: CPUs each model replica takes (also its intra-op "
+                                     "threads).", panel=RAY, lo=0, lo_open=True)
+    gpus_per_replica: float = option(0.0, "With --engine ray: GPUs each model replica takes.", panel=RAY, lo=0)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    @property
+    def ray(self) -> bool:
+        return self.name == "ray"
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     """Everything ``yolokit serve`` is given: the detector (every :class:`DetectorConfig` option but
-    :data:`NOT_SERVED`) and the server. :meth:`of` builds one from flat settings by their command-line names."""
+    :data:`NOT_SERVED`), the server, and where the model runs. :meth:`of` builds one from flat settings by their
+    command-line names."""
 
     detector: DetectorConfig = group(DetectorConfig)
     server: ServeOptions = group(ServeOptions)
+    engine: ServeEngine = group(ServeEngine)
+
+    def __post_init__(self) -> None:
+        e = self.engine
+        if e.ray:
+            if self.server.instances > 1:
+                raise InputError(f"--instances {self.server.instances}: with --engine ray each replica is one model "
+                                 f"instance; give --replicas {self.server.instances} instead")
+            return
+        ray_only = [flag for flag, given in (("--replicas", e.replicas != 1), ("--address", e.address is not None),
+                                             ("--cpus-per-replica", e.cpus_per_replica != 1.0),
+                                             ("--gpus-per-replica", e.gpus_per_replica != 0.0)) if given]
+        if ray_only:
+            raise InputError(f"{ray_only[0]} is for --engine ray; add --engine ray, or drop {ray_only[0]}")
 
     @classmethod
     def of(cls, **settings: Any) -> ServeSettings:

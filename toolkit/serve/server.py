@@ -1,7 +1,7 @@
-"""``yolokit serve``'s lifecycle (:func:`serve`): listen first (so that the probes answer: live 200, ready 503),
-load the model and warm it (choosing the batch size), report ready; on SIGTERM or SIGINT, turn readiness off, refuse
-new requests, let the ones in flight finish within ``--drain-timeout``, stop both servers and return (the process
-exits 0). A second signal stops at once.
+"""``yolokit serve``'s lifecycle (:func:`serve`; with ``--engine ray``, :func:`toolkit.serve.ray.serve_on_ray`):
+listen first (so that the probes answer: live 200, ready 503), load the model and warm it (choosing the batch size),
+report ready; on SIGTERM or SIGINT, turn readiness off, refuse new requests, let the ones in flight finish within
+``--drain-timeout``, stop both servers and return (the process exits 0). A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import InputError, MissingExtraError
-from toolkit.serve.model import ServedModel
+from toolkit.serve.model import ServedModel, choose_batch
 from toolkit.serve.options import ServeSettings
 from toolkit.serve.service import Service
 
@@ -39,6 +39,16 @@ def serve(settings: ServeSettings, log: Log = print) -> None:
     that cannot be loaded raise their :class:`~toolkit.errors.YolokitError`."""
     opts = settings.server
     opts.check_exposure()
+    if settings.engine.ray:
+        require_extra(False)
+        listen(opts.host, opts.port, "HTTP").close()  # a clear message when the port is taken
+        try:
+            from toolkit.serve.ray import serve_on_ray
+        except ImportError:
+            raise MissingExtraError("yolokit serve --engine ray needs Ray Serve, which is not installed: pip install "
+                                    "'yolokit[ray]'") from None
+        serve_on_ray(settings, log)
+        return
     require_extra(opts.grpc_port != 0)
     asyncio.run(_main(settings, log))
 
@@ -136,8 +146,9 @@ async def _main(settings: ServeSettings, log: Log) -> None:
                         f"instance(s)); Ctrl-C or SIGTERM drains and stops")
                     await signals.stop.wait()
                     service.drain()
-                    log(f"yolokit serve: {signals.name}: draining {service.batcher.admitted if service.batcher else 0}"
-                        f" request(s) in flight (up to {opts.drain_timeout:g} s) ...")
+                    admitted = service.admission.admitted if service.admission else 0
+                    log(f"yolokit serve: {signals.name}: draining {admitted} request(s) in flight (up to "
+                        f"{opts.drain_timeout:g} s) ...")
                     drained = asyncio.ensure_future(service.idle(opts.drain_timeout))
                     now = asyncio.ensure_future(signals.now.wait())
                     await asyncio.wait({drained, now}, return_when=asyncio.FIRST_COMPLETED)
@@ -171,25 +182,3 @@ def _load(settings: ServeSettings, name: str, log: Log) -> tuple[ServedModel, in
         model.close()
         raise
     return model, batch
-
-
-def choose_batch(model: ServedModel, asked: int, log: Log) -> int:
-    """Warm the model up and settle the batch size: ``asked``, or :meth:`ServedModel.default_batch`; on a CPU, an
-    automatic choice falls to 1 when the warm-up finds that an image's output changes with the batch it rides in
-    (so that every answer is ``yolokit run``'s, which runs such a runtime one image at a time there)."""
-    meta = model.routine.meta
-    batch = asked or model.default_batch()
-    if meta.batch is not None:
-        batch = int(meta.batch)
-    elif meta.max_batch is not None:
-        batch = min(batch, int(meta.max_batch))
-    diff = model.warm(batch)
-    if diff:
-        if not asked and not model.routine.gpu:
-            log(f"yolokit serve: this runtime's output for an image changes with the batch it rides in (by up to "
-                f"{diff:.3g}); serving one image per execution, so that answers are yolokit run's exactly "
-                f"(--max-batch N batches anyway)")
-            return 1
-        log(f"yolokit serve: note: this runtime's output for an image changes with the batch it rides in (by up to "
-            f"{diff:.3g}), so answers can differ from yolokit run's in the last digits")
-    return batch

@@ -2,29 +2,39 @@
 preparation off the event loop, the batcher, deadlines, client disconnects and the metrics. HTTP
 (:mod:`toolkit.serve.http`) and gRPC (:mod:`toolkit.serve.grpc`) only decode a request, call :meth:`Service.infer`
 or :meth:`Service.detect`, and encode the answer or the :class:`Refusal`.
+
+The service runs the model itself (:meth:`Service.start`: images prepared in a thread pool, batched by the
+:class:`~toolkit.serve.batcher.Batcher` on the model's instances), or has each image's
+:class:`~toolkit.serve.model.Work` done elsewhere (:meth:`Service.start_remote`: a Ray Serve ingress, whose model
+replicas prepare and batch); the checks, refusals, deadlines and answers are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from toolkit.detections import Detections
 from toolkit.engine.plan import cpu_count
 from toolkit.errors import InputError, YolokitError
 from toolkit.serve import metrics as m
-from toolkit.serve.batcher import Batcher, Draining, Expired, QueueFull, Ticket
+from toolkit.serve.batcher import Admission, Batcher, Draining, Expired, QueueFull, Ticket
 from toolkit.serve.metrics import ServerMetrics
-from toolkit.serve.model import ModelFailure, ServedModel, timed
+from toolkit.serve.model import ENCODED, ModelFacts, ModelFailure, ServedModel, Work, timed
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import InferRequest, ProtocolError, Tensor
 
 T = TypeVar("T")
 
 LOADING, READY, DRAINING = "loading", "ready", "draining"
+
+# one image's work done elsewhere (a model replica): its detections
+Remote = Callable[[Work], Awaitable[Detections]]
 
 
 @dataclass
@@ -39,6 +49,9 @@ class Refusal(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles whole (a Ray Serve replica sends its refusals back)
+        return (Refusal, (self.status, self.message, self.reason, self.retry_after))
 
 
 @dataclass(frozen=True)
@@ -62,20 +75,32 @@ class Service:
         self.options = options
         self.name = name
         self.state = LOADING
-        self.model: ServedModel | None = None
+        self.model: ModelFacts | None = None
+        self.served: ServedModel | None = None
+        self.admission: Admission | None = None
         self.batcher: Batcher | None = None
         self.metrics = ServerMetrics(name)
         self._prepare: ThreadPoolExecutor | None = None
+        self._remote: Remote | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, model: ServedModel, max_batch: int) -> None:
         """Serve ``model`` (loaded and warmed), batching at most ``max_batch`` images; call on the event loop."""
-        self.model = model
+        self.model = self.served = model
         opts = self.options
         runs = [lambda items, i=i: model.run(items, i) for i in range(len(model.routines))]
-        self.batcher = Batcher(runs, max_batch, opts.max_delay_ms / 1000, opts.max_queue, self.metrics)
+        self.admission = self.batcher = Batcher(runs, max_batch, opts.max_delay_ms / 1000, opts.max_queue,
+                                                self.metrics)
         self.batcher.start()
         self._prepare = ThreadPoolExecutor(min(8, cpu_count()), thread_name_prefix="yolokit-prepare")
+        self.state = READY
+
+    def start_remote(self, facts: ModelFacts, remote: Remote) -> None:
+        """Serve the model ``facts`` describes, each image's work done by ``remote`` (which prepares, batches and
+        runs it where the model is); call on the event loop."""
+        self.model = facts
+        self.admission = Admission(self.options.max_queue)
+        self._remote = remote
         self.state = READY
 
     @property
@@ -85,11 +110,11 @@ class Service:
     def drain(self) -> None:
         """Readiness off, new requests refused; the admitted ones go on."""
         self.state = DRAINING
-        if self.batcher is not None:
-            self.batcher.drain()
+        if self.admission is not None:
+            self.admission.drain()
 
     async def idle(self, timeout: float) -> bool:
-        return await self.batcher.idle(timeout) if self.batcher is not None else True
+        return await self.admission.idle(timeout) if self.admission is not None else True
 
     async def close(self) -> None:
         if self.batcher is not None:
@@ -98,7 +123,7 @@ class Service:
             self._prepare.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------ requests
-    def check_model(self, name: str, version: str = "") -> ServedModel:
+    def check_model(self, name: str, version: str = "") -> ModelFacts:
         """The served model if ``name`` (and ``version``, when given) names it; 404 otherwise, 503 while loading."""
         if name != self.name or version not in ("", "1"):
             what = f"model {name!r}" + (f" version {version!r}" if version else "")
@@ -109,11 +134,11 @@ class Service:
 
     def admit(self) -> Ticket:
         """Admit one request, or refuse it at once (503): shutting down, still loading, or the queue is full."""
-        if self.batcher is None or self.state == LOADING:
+        if self.admission is None or self.state == LOADING:
             raise Refusal(503, f"model {self.name!r} is still loading; retry when /v2/health/ready says so",
                           m.REJECTED, retry_after=1)
         try:
-            ticket = self.batcher.admit()
+            ticket = self.admission.admit()
         except Draining:
             raise Refusal(503, "the server is shutting down and takes no new requests", m.REJECTED,
                           retry_after=1) from None
@@ -150,7 +175,7 @@ class Service:
         deadline = self._deadline(arrived, None)
         with self._refusals():
             nms = model.nms_for(parameters)
-            dets = await self._run(ticket, [lambda: model.prepare_encoded(data, "image", nms)], deadline, gone)
+            dets = await self._run(ticket, [Work(ENCODED, data, "image", nms)], deadline, gone)
             return model.detect_json(dets[0])
 
     def succeeded(self, arrived: float) -> None:
@@ -166,15 +191,21 @@ class Service:
             seconds = min(seconds, timeout_us / 1e6)  # Triton's request timeout, in microseconds
         return Deadline(arrived + seconds, seconds)
 
-    async def _run(self, ticket: Ticket, preparations: list[Any], deadline: Deadline,
-                   gone: asyncio.Future[Any] | None) -> list[Any]:
+    async def _run(self, ticket: Ticket, works: list[Work], deadline: Deadline,
+                   gone: asyncio.Future[Any] | None) -> list[Detections]:
+        if self._remote is not None:
+            ticket.prepared()
+            remote = self._remote
+            return await self._wait(asyncio.gather(*(remote(w) for w in works)), deadline, gone)
         loop = asyncio.get_running_loop()
-        assert self.model is not None and self._prepare is not None
-        jobs = [loop.run_in_executor(self._prepare, timed, p) for p in preparations]
+        model, pool = self.served, self._prepare
+        if model is None or pool is None:
+            raise Refusal(503, f"model {self.name!r} is still loading", m.REJECTED, retry_after=1)
+        jobs = [loop.run_in_executor(pool, timed, functools.partial(model.prepare, w)) for w in works]
         prepared = await self._wait(asyncio.gather(*jobs), deadline, gone)
         self.metrics.decoded([s for _, s in prepared])
         items = [p for p, _ in prepared]
-        futures = ticket.submit(items, [self.model.key(p) for p in items], deadline.at)
+        futures = ticket.submit(items, [model.key(p) for p in items], deadline.at)
         return await self._wait(asyncio.gather(*futures), deadline, gone)
 
     async def _wait(self, work: Awaitable[T], deadline: Deadline, gone: asyncio.Future[Any] | None) -> T:
@@ -205,14 +236,20 @@ class Service:
             yield
         except (Refusal, ClientGone, asyncio.CancelledError):
             raise
-        except Expired:
-            raise Refusal(504, "the request waited past its deadline; its work was dropped", m.REJECTED) from None
-        except ProtocolError as e:
-            raise Refusal(e.status, str(e)) from None
-        except ModelFailure as e:
-            raise Refusal(500, str(e), m.BACKEND) from None
-        except InputError as e:  # an image yolokit run would list as failed, a parameter out of its limits
-            raise Refusal(400, str(e)) from None
-        except YolokitError as e:
-            raise Refusal(500, str(e), m.BACKEND) from None
+        except (Expired, YolokitError) as e:
+            raise refusal_for(e) from None
+
+
+def refusal_for(e: Expired | YolokitError) -> Refusal:
+    """The :class:`Refusal` an error of a request's own making (bad input, past its deadline) or of the model
+    gets."""
+    if isinstance(e, Expired):
+        return Refusal(504, "the request waited past its deadline; its work was dropped", m.REJECTED)
+    if isinstance(e, ProtocolError):
+        return Refusal(e.status, str(e))
+    if isinstance(e, ModelFailure):
+        return Refusal(500, str(e), m.BACKEND)
+    if isinstance(e, InputError):  # an image yolokit run would list as failed, a parameter out of its limits
+        return Refusal(400, str(e))
+    return Refusal(500, str(e), m.BACKEND)
 

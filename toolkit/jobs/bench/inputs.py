@@ -2,9 +2,10 @@
 naming them, and exported models made once and reused.
 
 The photos are resized in turn with ``cv2.INTER_LINEAR`` and written at JPEG quality 90; after the first pass over
-the photos each one is mirrored on every other pass, so no two files of a set of up to twice the photos are the
-same bytes. A set is kept in its folder with the recipe that made it (``recipe.json``) and reused while the recipe
-is the same; generated images never belong in the repository (``bench_out/`` is ignored)."""
+the photos each one is mirrored on every other pass, and from the third pass on, pass ``k`` first crops ``k`` percent
+off the photo's right and bottom edges, so no two files of a set are the same image (nor the same bytes), however
+many passes it takes. A set is kept in its folder with the recipe that made it (``recipe.json``) and reused while the
+recipe is the same; generated images never belong in the repository (``bench_out/`` is ignored)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def photo_set(photos: str | Path, folder: str | Path, n: int, size: tuple[int, i
                          "such as coco128/images/train2017")
     folder = Path(folder)
     recipe = {"photos": str(Path(photos).resolve()), "size": list(size), "quality": QUALITY, "resize": "linear",
-              "mirror": "every other pass"}
+              "mirror": "every other pass", "crop": "pass k >= 2: k percent off the right and bottom"}
     stamp = folder / "recipe.json"
     same = stamp.is_file() and json.loads(stamp.read_text()) == recipe
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,8 +52,11 @@ def photo_set(photos: str | Path, folder: str | Path, n: int, size: tuple[int, i
             img = cv2.imread(str(src))
             if img is None:
                 raise InputError(f"{src}: cannot be read as an image; remove it from {photos}")
+            rounds = i // len(sources)
+            if rounds >= 2:
+                img = img[: img.shape[0] * (100 - rounds) // 100, : img.shape[1] * (100 - rounds) // 100]
             img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-            if (i // len(sources)) % 2:
+            if rounds % 2:
                 img = cv2.flip(img, 1)
             _, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
             tmp = path.with_name(path.name + ".part")  # a set cut short never holds a half-written image
