@@ -85,7 +85,7 @@ def server(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The main server: one instance, so that concurrent requests queue and batch; a batch waits up to 100 ms for
     the requests still being decoded."""
     s = serving.start(onnx_model, tmp_path_factory.mktemp("serve") / "serve.log", "--name", MODEL, "--instances", "1",
-                      "--max-delay-ms", "100")
+                      "--max-delay-ms", "100", "--max-wait-ms", "0")  # answers under concurrency, never shed
     try:
         yield s
     finally:
@@ -426,9 +426,9 @@ def test_metrics_carry_tritons_names(server: Served) -> None:
 # ------------------------------------------------------------------------------------------------------ capacity
 @pytest.fixture(scope="module")
 def busy_server(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One instance, one image per execution, at most 16 requests in the server."""
+    """One instance, one image per execution, at most 16 requests in the server (by count alone: no wait bound)."""
     s = serving.start(onnx_model, tmp_path_factory.mktemp("busy") / "serve.log", "--name", MODEL, "--instances", "1",
-                      "--max-batch", "1", "--max-queue", "16", "--timeout-s", "20")
+                      "--max-batch", "1", "--max-queue", "16", "--max-wait-ms", "0", "--timeout-s", "20")
     try:
         yield s
     finally:
@@ -468,6 +468,41 @@ def test_a_full_queue_is_refused_at_once_then_served(busy_server: Served, images
                       np.array([d["class_id"] for d in rows]), len(rows), images[i], names)
         assert got == run_labels[images[i].stem]
     assert busy_server.metric("nv_inference_request_failure", reason="REJECTED") >= 2
+
+
+def test_work_ahead_past_max_wait_is_refused_at_once_then_served(onnx_model: Path, tmp_path: Path, images: list[Path],
+                                                                   run_labels: dict[str, str],
+                                                                   names: dict[int, str]) -> None:
+    """--max-wait-ms: once an image was timed, a request that would find more model work ahead of it than the
+    bound gets 503 at once (HTTP and gRPC), naming the option; the admitted request is then answered as usual."""
+    s = serving.start(onnx_model, tmp_path / "serve.log", "--name", MODEL, "--instances", "1", "--max-batch", "1",
+                      "--max-wait-ms", "1")
+    try:
+        assert httpx.post(s.url + "/v1/detect", content=images[0].read_bytes(), timeout=60).status_code == 200
+        held, rest = _trickle(s.port, images[1].read_bytes())  # admitted: a full batch is always let in
+        deadline = time.monotonic() + 30
+        while s.metric("yolokit_requests_in_flight") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = httpx.post(s.url + "/v1/detect", content=images[2].read_bytes(), timeout=60)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "--max-wait-ms is 1" in r.json()["error"]
+        with pytest.raises(InferenceServerException) as e:
+            tritonclient_grpc.InferenceServerClient(s.grpc).infer(
+                MODEL, [_bytes_input(tritonclient_grpc, [images[2].read_bytes()])])
+        assert e.value.status() == "StatusCode.UNAVAILABLE" and "--max-wait-ms" in e.value.message()
+        held.sendall(rest)
+        status, _, body = _response(held)
+        held.close()
+        assert status == 200, body
+        import json
+
+        rows = json.loads(body)["detections"]
+        boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in rows], np.float32).reshape(-1, 4)
+        got = _labels(boxes, np.array([d["confidence"] for d in rows], np.float32),
+                      np.array([d["class_id"] for d in rows]), len(rows), images[1], names)
+        assert got == run_labels[images[1].stem]
+        assert httpx.post(s.url + "/v1/detect", content=images[2].read_bytes(), timeout=60).status_code == 200
+    finally:
+        assert s.stop() == 0, s.output()
 
 
 def test_requests_past_their_deadline_get_504_and_their_work_is_dropped(busy_server: Served,

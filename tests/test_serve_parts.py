@@ -173,6 +173,39 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     assert _run(main()) < 1.0  # max_delay is 5 s: nothing else was being prepared, so it ran at once
 
 
+def test_admission_bounds_the_work_ahead_by_the_measured_time_per_image() -> None:
+    """Past max_wait of work ahead (images in the server x the measured seconds per image, over the instances) a
+    request is refused at once, naming the bound; never below a full batch per instance, nor before any timing."""
+
+    def run(items: list[Any]) -> list[Any]:
+        time.sleep(0.1 * len(items))  # 0.1 s per image
+        return items
+
+    async def main() -> None:
+        b = Batcher([run], max_batch=2, max_delay=0.0, max_queue=100, max_wait=0.25)
+        b.start()
+        first = [b.admit() for _ in range(5)]  # nothing timed yet: only max_queue bounds admission
+        for t in first:
+            t.release()
+        t = b.admit()
+        (f,) = t.submit(["x"], ["k"], deadline=1e18)
+        await f
+        t.release()
+        assert b.per_image is not None and 0.09 < b.per_image < 0.5
+        held = [b.admit(), b.admit()]  # a full batch is always admitted
+        assert b.work_ahead() == pytest.approx(2 * b.per_image)
+        while (b.work_ahead() or 0) <= 0.25:
+            held.append(b.admit())
+        with pytest.raises(QueueFull, match="--max-wait-ms is 250"):
+            b.admit()
+        for h in held:
+            h.release()
+        b.admit().release()  # room again once they left
+        await b.close()
+
+    _run(main())
+
+
 def test_admission_is_bounded_and_cancelled_or_late_work_is_dropped() -> None:
     ran: list[Any] = []
 

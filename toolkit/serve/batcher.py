@@ -9,9 +9,13 @@ holds ``max_batch`` items, when its oldest item has waited ``max_delay``, or whe
 prepared (nothing more can come soon, so waiting would only add latency); otherwise wait for one of those. While
 every instance is busy, items gather, so batches grow with the load and a lone request never waits.
 
-Admission (:meth:`Batcher.admit`) bounds the requests in the server (preparing, queued or running) by ``max_queue``:
-past it, :class:`QueueFull` at once. An item whose request gave up (timed out, client gone) is cancelled and dropped
-from the queue; one past its deadline when its batch forms fails with :class:`Expired`.
+Admission (:meth:`Batcher.admit`) bounds the requests in the server (preparing, queued or running) by ``max_queue``,
+and the model work a new request would find ahead of it by ``max_wait``: the images in the server times the time per
+image the executions took lately (a moving average), over the instances. Past either, :class:`QueueFull` at once, so
+that under overload the excess is refused at once and what is admitted is answered within about ``max_wait`` plus its
+own execution (a count alone would hold seconds of work on a slow model, or refuse early on a fast one). An item
+whose request gave up (timed out, client gone) is cancelled and dropped from the queue; one past its deadline when
+its batch forms fails with :class:`Expired`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any, Protocol
 
 
 class QueueFull(Exception):
-    """The server holds ``max_queue`` requests already."""
+    """The server holds as much as it may (``max_queue`` requests, or ``max_wait`` of work); the message says
+    which."""
 
 
 class Draining(Exception):
@@ -109,10 +114,14 @@ class Admission:
         if self._draining:
             raise Draining()
         if self._admitted >= self.max_queue:
-            raise QueueFull()
+            raise QueueFull(f"{self.max_queue} requests are in progress (its --max-queue)")
+        self._check_room()
         self._admitted += 1
         self._preparing += 1
         return Ticket(self)
+
+    def _check_room(self) -> None:
+        """Refuse (:class:`QueueFull`) past a bound other than the count; none here."""
 
     def drain(self) -> None:
         """Admit nothing more."""
@@ -133,11 +142,14 @@ class Batcher(Admission):
     loop (:meth:`start`) before submitting."""
 
     def __init__(self, runs: Sequence[Callable[[list[Any]], list[Any]]], max_batch: int, max_delay: float,
-                 max_queue: int, observer: Observer | None = None) -> None:
+                 max_queue: int, observer: Observer | None = None, max_wait: float = 0.0) -> None:
         if not runs:
             raise ValueError("a batcher needs at least one instance")
         super().__init__(max_queue)
         self.runs, self.max_batch, self.max_delay = list(runs), max(1, max_batch), max_delay
+        self.max_wait = max_wait
+        self.per_image: float | None = None  # seconds of execution per image, a moving average (None: none ran yet)
+        self._running_items = 0
         self.observer = observer
         self._groups: dict[Hashable, list[_Job]] = {}
         self._free = list(range(len(self.runs)))
@@ -175,6 +187,24 @@ class Batcher(Admission):
                 job.future.cancel()
         self._groups.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def work_ahead(self) -> float | None:
+        """Seconds of model work a request admitted now would find ahead of it: the images being prepared, queued
+        or running, times :attr:`per_image`, over the instances (None before any execution was timed)."""
+        if self.per_image is None:
+            return None
+        return (self._preparing + self._depth + self._running_items) * self.per_image / len(self.runs)
+
+    def _check_room(self) -> None:
+        ahead = self.work_ahead()
+        if (self.max_wait > 0 and ahead is not None and ahead > self.max_wait
+                and self._admitted >= self.max_batch * len(self.runs)):
+            raise QueueFull(f"about {ahead * 1000:.0f} ms of work is queued ahead (its --max-wait-ms is "
+                            f"{self.max_wait * 1000:.0f})")
+
+    def _timed(self, size: int, seconds: float) -> None:
+        per = seconds / max(1, size)
+        self.per_image = per if self.per_image is None else 0.8 * self.per_image + 0.2 * per
 
     # ------------------------------------------------------------------------------------------ the queue
     def _enqueue(self, ticket: Ticket, items: Sequence[Any], keys: Sequence[Hashable],
@@ -262,9 +292,11 @@ class Batcher(Admission):
 
         fut = loop.run_in_executor(self._pool, timed)
         self._running.add(fut)
+        self._running_items += len(batch)
 
         def finished(f: asyncio.Future[tuple[list[Any], float]]) -> None:
             self._running.discard(f)
+            self._running_items -= len(batch)
             self._free.append(instance)
             self._wake.set()
             if f.cancelled():
@@ -278,6 +310,7 @@ class Batcher(Admission):
                         j.future.set_exception(error)
                 return
             results, seconds = f.result()
+            self._timed(len(batch), seconds)
             if self.observer is not None:
                 self.observer.executed(len(batch), seconds, waits)
             for j, r in zip(batch, results, strict=True):

@@ -50,7 +50,6 @@ from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor
 INPUT = "images"
 VERSION = "1"
 CPU_BATCH = 8  # the default --max-batch on a CPU, where batching buys little beyond fewer Python round trips
-CPU_INSTANCES = 4  # the most model instances --instances 0 starts on a CPU (one per core)
 # request parameters of the protocol itself, beside the detector settings: binary outputs; Triton's request timeout
 # (microseconds) and priority (accepted, not used)
 PROTOCOL_PARAMETERS = ("binary_data_output", "timeout", "priority")
@@ -206,16 +205,13 @@ class ServedModel(ModelFacts):
 
     @classmethod
     def load(cls, config: DetectorConfig, name: str = "", instances: int = 0) -> ServedModel:
-        """Load ``instances`` copies of the model ``config`` describes (0: :data:`CPU_INSTANCES` at most, one per
-        core, on a CPU; 1 on a CUDA device); the CPU's cores are shared between them unless ``config.threads`` says
-        how many each takes."""
-        n = instances or min(cpu_count(), CPU_INSTANCES)
+        """Load ``instances`` copies of the model ``config`` describes (0: one, whose intra-op threads use every
+        core); the CPU's cores are shared between the copies unless ``config.threads`` says how many each takes."""
+        n = instances or 1
         if config.threads is None:
             config = replace(config, threads=max(1, cpu_count() // n))
         routines = [ModelRoutine.load(config)]
         try:
-            if not instances and routines[0].gpu:
-                n = 1
             routines += [ModelRoutine.load(routines[0].config) for _ in range(n - 1)]
         except BaseException:
             for r in routines:

@@ -50,11 +50,17 @@ class ServeOptions:
     max_delay_ms: float = option(5.0, "Most milliseconds a batch waits for more requests while others are still "
                                  "being decoded; it never waits when none are.", panel=SERVER, lo=0)
     instances: int = option(0, "Model instances: threads that run batches at once, each with its own copy of the "
-                            "model, sharing the CPU's cores. 0: one per core on a CPU (at most 4; with one intra-op "
-                            "thread each on 2 cores, which measured faster than one instance on both), 1 on a CUDA "
-                            "device.", panel=SERVER, lo=0)
+                            "model, sharing the CPU's cores. 0: one, whose intra-op threads use every core (a lone "
+                            "request is then as fast as in a plain one-model server, and batching gives the "
+                            "throughput); 2 or more can serve more under sustained load on some runtimes, at the "
+                            "cost of a lone request's latency and another copy's memory (docs/guide/serving.md).",
+                            panel=SERVER, lo=0)
     max_queue: int = option(64, "Most requests admitted at once (decoding, waiting or running); past it a request "
                             "gets 503 with Retry-After at once (gRPC: UNAVAILABLE).", panel=SERVER, lo=1)
+    max_wait_ms: float = option(500.0, "Most milliseconds of model work a new request may find ahead of it (the "
+                                "images in the server times the time per image measured while serving); past it, "
+                                "503 with Retry-After at once, so that what is admitted is answered quickly under "
+                                "overload. 0: only --max-queue bounds the queue.", panel=SERVER, lo=0)
     timeout_s: float = option(30.0, "A request not answered this many seconds after it arrived gets 504 (gRPC: "
                               "DEADLINE_EXCEEDED), and its queued work is dropped.", panel=SERVER, lo=0, lo_open=True)
     max_body: int = option(DEFAULT_MAX_BODY, "Largest request body (bytes, or 64M); a larger one gets 413 before it "

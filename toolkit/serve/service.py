@@ -90,7 +90,7 @@ class Service:
         opts = self.options
         runs = [lambda items, i=i: model.run(items, i) for i in range(len(model.routines))]
         self.admission = self.batcher = Batcher(runs, max_batch, opts.max_delay_ms / 1000, opts.max_queue,
-                                                self.metrics)
+                                                self.metrics, opts.max_wait_ms / 1000)
         self.batcher.start()
         self._prepare = ThreadPoolExecutor(min(8, cpu_count()), thread_name_prefix="yolokit-prepare")
         self.state = READY
@@ -142,9 +142,8 @@ class Service:
         except Draining:
             raise Refusal(503, "the server is shutting down and takes no new requests", m.REJECTED,
                           retry_after=1) from None
-        except QueueFull:
-            raise Refusal(503, f"the server is busy: {self.options.max_queue} requests are in progress (its "
-                               f"--max-queue); retry shortly", m.REJECTED, retry_after=1) from None
+        except QueueFull as full:
+            raise Refusal(503, f"the server is busy: {full}; retry shortly", m.REJECTED, retry_after=1) from None
         self.metrics.in_flight.inc()
         return ticket
 

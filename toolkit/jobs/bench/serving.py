@@ -197,11 +197,12 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def tree_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system) and resident bytes of ``pid``'s process tree, now."""
+def tree_usage(pid: int, tree: Sequence[int] | None = None) -> tuple[float, int]:
+    """CPU seconds (user + system) and resident bytes of ``pid``'s process tree, now (``tree``: its processes,
+    when known: walking all of ``/proc`` takes the client's time)."""
     tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     cpu, rss = 0.0, 0
-    for p in process_tree(pid):
+    for p in tree if tree is not None else process_tree(pid):
         try:
             fields = (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1]).split()
             statm = Path(f"/proc/{p}/statm").read_text().split()
@@ -221,7 +222,9 @@ def own_cpu() -> float:
 @dataclass
 class ProcessWatch:
     """A server's process tree watched over one phase: its CPU seconds, its resident memory at the start, at the end
-    and at its highest (sampled every ``every`` seconds), and this process's own CPU seconds (the client's)."""
+    and at its highest (sampled every ``every`` seconds), and this process's own CPU seconds (the client's). The tree
+    is read from ``/proc`` at the start and the end, and the samples read only its processes, so that watching takes
+    little of the client's time (a walk of ``/proc`` four times a second delayed the load generator's requests)."""
 
     pid: int
     every: float = 0.25
@@ -238,10 +241,11 @@ class ProcessWatch:
         self._cpu0, self.rss_start = tree_usage(self.pid)
         self._client0, self._t0 = own_cpu(), time.perf_counter()
         self.rss_max = self.rss_start
+        tree = process_tree(self.pid)
 
         def sample() -> None:
             while not self._stop.wait(self.every):
-                self.rss_max = max(self.rss_max, tree_usage(self.pid)[1])
+                self.rss_max = max(self.rss_max, tree_usage(self.pid, tree)[1])
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -306,6 +310,7 @@ class _Connections(threading.local):
         parts = urllib.parse.urlsplit(url)
         self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
         self.conn: http.client.HTTPConnection | None = None
+        self.retry_after = 0.0  # the last answer's Retry-After, in seconds (0: none)
 
     def post(self, body: Body) -> int:
         """The status of one POST of ``body`` (0: the connection failed); a kept-alive connection the server has
@@ -318,6 +323,10 @@ class _Connections(threading.local):
                 conn.request("POST", self.path, body=body.content, headers=body.headers)
                 r = conn.getresponse()
                 r.read()
+                try:
+                    self.retry_after = float(r.getheader("Retry-After") or 0)
+                except ValueError:
+                    self.retry_after = 0.0
                 if r.will_close:
                     conn.close()
                     self.conn = None
@@ -343,7 +352,8 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
 
 def closed_loop(url: str, bodies: Sequence[Body], concurrency: int, seconds: float) -> list[Sample]:
     """``concurrency`` clients (threads, each with its own connection), each sending its next request as soon as
-    its last is answered, for ``seconds``."""
+    its last is answered, for ``seconds``; a client refused with a ``Retry-After`` waits that long first, as a
+    well-behaved client does (without it, a refused client would ask again at once, all the time)."""
     out: list[Sample] = []
     counter = iter(range(1 << 62))
     lock = threading.Lock()
@@ -359,6 +369,8 @@ def closed_loop(url: str, bodies: Sequence[Body], concurrency: int, seconds: flo
             status = conns.post(bodies[i % len(bodies)])
             with lock:
                 out.append(Sample(sent - t0, time.perf_counter() - sent, status))
+            if status == 503 and conns.retry_after:
+                time.sleep(max(0.0, min(conns.retry_after, end - time.perf_counter())))
         if conns.conn is not None:
             conns.conn.close()
 
