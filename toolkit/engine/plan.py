@@ -71,7 +71,8 @@ class Plan:
     pipeline: str = "host"  # "device" once a run uses the GPU pipeline (letterbox and NMS on the device)
 
     def describe(self) -> str:
-        readers = (f", {self.readers} reader thread(s)" if self.readers else ", decode inline") \
+        readers = (f", {self.readers} reader thread(s)" if self.readers
+                   else ", each decodes its own inputs" if self.workers > 1 and not self.gpu else ", decode inline") \
             if self.mode == "thread" else ""
         if self.pipeline == "device":
             return (f"{self.mode} mode: GPU pipeline (letterbox, graph/engine, NMS on the device), batch "

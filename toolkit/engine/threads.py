@@ -1,8 +1,12 @@
-"""Thread mode: reader threads decode and letterbox, inference threads share one loaded model, queues are bounded
-and results come back in input order. Tiled runs: huge images one at a time, their tile batches over the threads."""
+"""Thread mode: inference threads share one loaded model, queues are bounded and results come back in input order.
+On a CPU plan without reader threads (every core taken by inference), each inference thread decodes and letterboxes
+its own inputs, as a process-mode worker does: one thread decoding for all beside the inference threads would be a
+busy thread more than there are cores. Otherwise reader threads decode (a GPU plan: the device infers). Tiled runs:
+huge images one at a time, their tile batches over the threads."""
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,8 +106,83 @@ class _Batcher:
             self.collect(block=True)
 
 
+class _Groups:
+    """Prepared images grouped by letterboxed shape, shared by the threads that prepare them: a group is handed back
+    to run once it holds a batch, or once it is older than a few batches' worth of inputs (bounded memory)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch, self.max_wait = batch, 4 * batch
+        self.groups: dict[tuple[int, ...], list[Prepared]] = {}
+        self.lock = threading.Lock()
+
+    def add(self, item: Prepared) -> list[list[Prepared]]:
+        with self.lock:
+            group = self.groups.setdefault(item.chw.shape, [])
+            group.append(item)
+            ready = [self.groups.pop(item.chw.shape)] if len(group) >= self.batch else []
+            stale = [k for k, g in self.groups.items() if g[0].index < item.index - self.max_wait]
+            return ready + [self.groups.pop(k) for k in stale]
+
+    def rest(self) -> list[list[Prepared]]:
+        with self.lock:
+            out, self.groups = list(self.groups.values()), {}
+            return out
+
+
+def _run_groups(routine: BatchRoutine, plan: Plan, groups: list[list[Prepared]]) -> list[tuple[int, Result]]:
+    out: list[tuple[int, Result]] = []
+    for group in groups:
+        start = 0
+        for size in batch_sizes(len(group), plan.batch, routine.whole_batches):
+            out += routine.run_batch(group[start:start + size])
+            start += size
+    return out
+
+
+def run_workers(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
+                fast_decode: bool) -> Iterator[Result]:
+    """Thread mode where the plan's inference threads also decode: each takes an input, decodes and letterboxes it,
+    adds it to its shape's group and runs the groups that are ready (batches formed as the other path forms them);
+    a bounded number of inputs in flight; results in input order."""
+    pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer")
+    groups = _Groups(max(1, plan.batch))
+    futures: deque[Future[list[tuple[int, Result]]]] = deque()
+    results: dict[int, Result] = {}
+    next_out = 0
+
+    def one(item: Item) -> list[tuple[int, Result]]:
+        index, got = routine.load_and_prepare(item, keep_images, fast_decode)
+        if isinstance(got, Result):
+            return [(index, got)]
+        return _run_groups(routine, plan, groups.add(got))
+
+    def drain(block: bool) -> Iterator[Result]:
+        nonlocal next_out
+        while futures and (block or futures[0].done()):
+            results.update(futures.popleft().result())
+        while next_out in results:
+            yield results.pop(next_out)
+            next_out += 1
+
+    try:
+        with intra_op_threads(routine.runner, plan.threads):
+            for item in expand(items, routine.config):
+                futures.append(pool.submit(one, item))
+                while len(futures) > 2 * plan.workers * max(1, plan.batch):
+                    results.update(futures.popleft().result())
+                yield from drain(block=False)
+            yield from drain(block=True)
+            futures.extend(pool.submit(_run_groups, routine, plan, [g]) for g in groups.rest())
+            yield from drain(block=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_threads(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
                 fast_decode: bool) -> Iterator[Result]:
+    if not plan.gpu and plan.readers == 0 and plan.workers > 1:
+        yield from run_workers(routine, items, plan, keep_images, fast_decode)
+        return
     readers = ThreadPoolExecutor(max(1, plan.readers), thread_name_prefix="yolokit-read")
     infer_pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer")
     batcher = _Batcher(routine, plan, infer_pool)
