@@ -441,6 +441,20 @@ def _trickle(port: int, data: bytes) -> tuple[socket.socket, bytes]:
     return s, data[100:]
 
 
+def _held_answer(s: socket.socket, rest: bytes, image: Path, names: dict[int, str]) -> str:
+    """A held /v1/detect request ends its body; its answer (which must be 200) as YOLO label lines."""
+    import json
+
+    s.sendall(rest)
+    status, _, body = _response(s)
+    s.close()
+    assert status == 200, body
+    rows = json.loads(body)["detections"]
+    boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in rows], np.float32).reshape(-1, 4)
+    return _labels(boxes, np.array([d["confidence"] for d in rows], np.float32),
+                   np.array([d["class_id"] for d in rows]), len(rows), image, names)
+
+
 def test_a_full_queue_is_refused_at_once_then_served(busy_server: Served, images: list[Path],
                                                      run_labels: dict[str, str], names: dict[int, str]) -> None:
     held = [_trickle(busy_server.port, images[i].read_bytes()) for i in range(16)]
@@ -456,17 +470,7 @@ def test_a_full_queue_is_refused_at_once_then_served(busy_server: Served, images
             MODEL, [_bytes_input(tritonclient_grpc, [images[16].read_bytes()])])
     assert e.value.status() == "StatusCode.UNAVAILABLE" and "--max-queue" in e.value.message()
     for i, (s, rest) in enumerate(held):  # the held requests end their bodies and are answered
-        s.sendall(rest)
-        status, _, body = _response(s)
-        s.close()
-        assert status == 200, body
-        import json
-
-        rows = json.loads(body)["detections"]
-        boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in rows], np.float32).reshape(-1, 4)
-        got = _labels(boxes, np.array([d["confidence"] for d in rows], np.float32),
-                      np.array([d["class_id"] for d in rows]), len(rows), images[i], names)
-        assert got == run_labels[images[i].stem]
+        assert _held_answer(s, rest, images[i], names) == run_labels[images[i].stem]
     assert busy_server.metric("nv_inference_request_failure", reason="REJECTED") >= 2
 
 
@@ -489,17 +493,7 @@ def test_work_ahead_past_max_wait_is_refused_at_once_then_served(onnx_model: Pat
             tritonclient_grpc.InferenceServerClient(s.grpc).infer(
                 MODEL, [_bytes_input(tritonclient_grpc, [images[2].read_bytes()])])
         assert e.value.status() == "StatusCode.UNAVAILABLE" and "--max-wait-ms" in e.value.message()
-        held.sendall(rest)
-        status, _, body = _response(held)
-        held.close()
-        assert status == 200, body
-        import json
-
-        rows = json.loads(body)["detections"]
-        boxes = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in rows], np.float32).reshape(-1, 4)
-        got = _labels(boxes, np.array([d["confidence"] for d in rows], np.float32),
-                      np.array([d["class_id"] for d in rows]), len(rows), images[1], names)
-        assert got == run_labels[images[1].stem]
+        assert _held_answer(held, rest, images[1], names) == run_labels[images[1].stem]
         assert httpx.post(s.url + "/v1/detect", content=images[2].read_bytes(), timeout=60).status_code == 200
     finally:
         assert s.stop() == 0, s.output()
