@@ -156,7 +156,7 @@ def test_the_per_request_server_under_both_loads_answers_as_the_detector(tmp_pat
         assert len(opened) == 5 and {s.status for s in opened} == {200}
         got = httpx.post(url, content=photos[0].read_bytes(), timeout=60).json()
         det = Detector(str(yolov5n_pt), imgsz=320).predict(cv2.imread(str(photos[0])))[0]
-        assert got == sv.as_json(det) and got["detections"]
+        assert got == det.to_detect_json() and got["detections"]
         assert httpx.post(url, content=b"no image", timeout=60).status_code == 400
     finally:
         assert server.stop() in (0, -15)

@@ -103,6 +103,15 @@ class Detections:
                            "class_name": self.names.get(int(k), str(int(k)))}
                           for box, c, k in zip(self.xyxy, self.confidence, self.class_id, strict=True)]}
 
+    def to_detect_json(self) -> dict[str, Any]:
+        """``yolokit serve``'s ``/v1/detect`` answer for this image: its size and its boxes (image pixels, float32
+        values written with the fewest digits that read back the same)."""
+        h, w = self.shape or (0, 0)
+        rows = [{"x1": _f32(b[0]), "y1": _f32(b[1]), "x2": _f32(b[2]), "y2": _f32(b[3]), "confidence": _f32(c),
+                 "class_id": int(k), "class_name": n}
+                for b, c, k, n in zip(self.xyxy, self.confidence, self.class_id, self.class_names, strict=True)]
+        return {"width": int(w), "height": int(h), "detections": rows}
+
     def to_pandas(self) -> Any:
         """A pandas DataFrame, one row per box: x1, y1, x2, y2, confidence, class_id, class_name (needs pandas:
         ``pip install 'yolokit[pandas]'``)."""
@@ -131,3 +140,8 @@ class Detections:
         names = names if names is not None else meta.get("names") or {}
         return cls(np.asarray(detections.xyxy), conf, cls_id, dict(names),
                    path if path is not None else meta.get("path"), shape if shape is not None else meta.get("shape"))
+
+
+def _f32(v: Any) -> float:
+    """A float32 value as the Python float its shortest decimal form reads back as."""
+    return float(str(np.float32(v)))

@@ -6,8 +6,8 @@ Ray Serve ingress holds it without the model): its name, settings, letterbox and
 * :meth:`ModelFacts.nms_for`: a request's ``parameters`` -> its NMS settings (checked against the declarations);
 * :meth:`ModelFacts.preparations`: its ``images`` input -> one :class:`Work` per image (the image's bytes or tensor,
   its name, its NMS), the input's form and shape checked;
-* :meth:`ModelFacts.outputs` / :meth:`ModelFacts.detect_json`: detections -> the ``--nms`` export's four output
-  tensors, or ``/v1/detect``'s JSON.
+* :meth:`ModelFacts.outputs`: detections -> the ``--nms`` export's four output tensors (``/v1/detect``'s JSON is
+  :meth:`~toolkit.detections.Detections.to_detect_json`).
 
 :class:`ServedModel` is a :class:`ModelFacts` with the model loaded (its routine(s)):
 
@@ -181,16 +181,6 @@ class ModelFacts:
                   "det_classes": ("INT32", classes)}
         return [Tensor(n, arrays[n][0], arrays[n][1].shape, arrays[n][1]) for n in names]
 
-    @staticmethod
-    def detect_json(det: Detections) -> dict[str, Any]:
-        """``/v1/detect``'s answer: the image's size and its boxes (original-image pixels, float32 values written
-        with the fewest digits that read back the same)."""
-        h, w = det.shape or (0, 0)
-        names = det.class_names
-        rows = [{"x1": _f32(b[0]), "y1": _f32(b[1]), "x2": _f32(b[2]), "y2": _f32(b[3]), "confidence": _f32(c),
-                 "class_id": int(k), "class_name": n}
-                for b, c, k, n in zip(det.xyxy, det.confidence, det.class_id, names, strict=True)]
-        return {"width": int(w), "height": int(h), "detections": rows}
 
 
 class ServedModel(ModelFacts):
@@ -341,10 +331,6 @@ def choose_batch(model: ServedModel, asked: int, log: Callable[[str], None]) -> 
         log(f"yolokit serve: note: this runtime's output for an image changes with the batch it rides in (by up to "
             f"{diff:.3g}), so answers can differ from yolokit run's in the last digits")
     return batch
-
-
-def _f32(v: Any) -> float:
-    return float(str(np.float32(v)))
 
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:

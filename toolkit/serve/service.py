@@ -175,7 +175,7 @@ class Service:
         with self._refusals():
             nms = model.nms_for(parameters)
             dets = await self._run(ticket, [Work(ENCODED, data, "image", nms)], deadline, gone)
-            return model.detect_json(dets[0])
+            return dets[0].to_detect_json()
 
     def succeeded(self, arrived: float) -> None:
         self.metrics.succeeded(asyncio.get_running_loop().time() - arrived)

@@ -17,8 +17,6 @@ from typing import Any
 import litserve as ls
 import numpy as np
 
-from toolkit.jobs.bench.serving import as_json
-
 BATCH_LOG = "YOLOKIT_BENCH_BATCHES"
 
 
@@ -58,7 +56,7 @@ class DetectorAPI(ls.LitAPI):  # type: ignore[misc]
         return output
 
     def encode_response(self, output: Any, **kwargs: Any) -> dict[str, Any]:
-        return as_json(output)
+        return output.to_detect_json()
 
 
 def run_litserve(weights: str, port: int, max_batch: int, batch_timeout: float, **detector: Any) -> None:

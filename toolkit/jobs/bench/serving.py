@@ -75,22 +75,12 @@ def per_request_app(weights: str, **detector: Any) -> Any:
         found = await run_in_threadpool(infer, await request.body())  # decode and model off the event loop
         if found is None:
             return JSONResponse({"error": "not an image"}, 400)
-        return JSONResponse(as_json(found))
+        return JSONResponse(found.to_detect_json())
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ready": True})
 
     return Starlette(routes=[Route("/detect", detect, methods=["POST"]), Route("/health", health)])
-
-
-def as_json(det: Any) -> dict[str, Any]:
-    """A baseline server's answer for one image: its size and boxes (the same fields ``/v1/detect`` answers)."""
-    h, w = det.shape or (0, 0)
-    return {"width": int(w), "height": int(h),
-            "detections": [{"x1": float(b[0]), "y1": float(b[1]), "x2": float(b[2]), "y2": float(b[3]),
-                            "confidence": float(c), "class_id": int(k), "class_name": n}
-                           for b, c, k, n in zip(det.xyxy, det.confidence, det.class_id, det.class_names,
-                                                 strict=True)]}
 
 
 def free_port() -> int:
