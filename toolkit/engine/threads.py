@@ -60,52 +60,6 @@ def run_tiled(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_ima
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Batcher:
-    """Groups prepared images by letterboxed shape into batches and runs them (inline, or on the inference
-    threads), keeping at most two batches per thread in flight; results by input index."""
-
-    def __init__(self, routine: BatchRoutine, plan: Plan, pool: ThreadPoolExecutor) -> None:
-        self.routine, self.plan, self.pool = routine, plan, pool
-        self.inline = plan.workers == 1 and plan.readers == 0  # exactly the sequential loop, nothing in parallel
-        self.groups: dict[tuple[int, ...], list[Prepared]] = {}
-        self.futures: deque[Future[list[tuple[int, Result]]]] = deque()
-        self.results: dict[int, Result] = {}
-
-    def add(self, item: Prepared, index: int) -> None:
-        key = item.chw.shape
-        group = self.groups.setdefault(key, [])
-        group.append(item)
-        if len(group) >= self.plan.batch:
-            self.submit(self.groups.pop(key))
-        max_wait = 4 * self.plan.batch  # a partial group older than this many inputs is flushed (bounded memory)
-        for k in [k for k, g in self.groups.items() if g[0].index < index - max_wait]:
-            self.submit(self.groups.pop(k))
-        while len(self.futures) > self.plan.workers * 2:
-            self.collect(block=True)
-        self.collect(block=False)
-
-    def submit(self, group: list[Prepared]) -> None:
-        start = 0
-        for size in batch_sizes(len(group), self.plan.batch, self.routine.whole_batches):
-            part, start = group[start:start + size], start + size
-            if self.inline:
-                self.results.update(self.routine.run_batch(part))
-            else:
-                self.futures.append(self.pool.submit(self.routine.run_batch, part))
-
-    def collect(self, block: bool) -> None:
-        while self.futures and (block or self.futures[0].done()):
-            self.results.update(self.futures.popleft().result())
-            block = False
-
-    def finish(self) -> None:
-        for group in self.groups.values():
-            self.submit(group)
-        self.groups.clear()
-        while self.futures:
-            self.collect(block=True)
-
-
 class _Groups:
     """Prepared images grouped by letterboxed shape, shared by the threads that prepare them: a group is handed back
     to run once it holds a batch, or once it is older than a few batches' worth of inputs (bounded memory)."""
@@ -129,14 +83,53 @@ class _Groups:
             return out
 
 
+def _parts(routine: BatchRoutine, plan: Plan, group: list[Prepared]) -> Iterator[list[Prepared]]:
+    """A shape group cut into the batch sizes the plan and the runtime take."""
+    start = 0
+    for size in batch_sizes(len(group), plan.batch, routine.whole_batches):
+        yield group[start:start + size]
+        start += size
+
+
 def _run_groups(routine: BatchRoutine, plan: Plan, groups: list[list[Prepared]]) -> list[tuple[int, Result]]:
-    out: list[tuple[int, Result]] = []
-    for group in groups:
-        start = 0
-        for size in batch_sizes(len(group), plan.batch, routine.whole_batches):
-            out += routine.run_batch(group[start:start + size])
-            start += size
-    return out
+    return [r for group in groups for part in _parts(routine, plan, group) for r in routine.run_batch(part)]
+
+
+class _Batcher:
+    """Groups prepared images by letterboxed shape into batches (:class:`_Groups`) and runs them (inline, or on the
+    inference threads), keeping at most two batches per thread in flight; results by input index."""
+
+    def __init__(self, routine: BatchRoutine, plan: Plan, pool: ThreadPoolExecutor) -> None:
+        self.routine, self.plan, self.pool = routine, plan, pool
+        self.inline = plan.workers == 1 and plan.readers == 0  # exactly the sequential loop, nothing in parallel
+        self.groups = _Groups(max(1, plan.batch))
+        self.futures: deque[Future[list[tuple[int, Result]]]] = deque()
+        self.results: dict[int, Result] = {}
+
+    def add(self, item: Prepared) -> None:
+        for group in self.groups.add(item):
+            self.submit(group)
+        while len(self.futures) > self.plan.workers * 2:
+            self.collect(block=True)
+        self.collect(block=False)
+
+    def submit(self, group: list[Prepared]) -> None:
+        for part in _parts(self.routine, self.plan, group):
+            if self.inline:
+                self.results.update(self.routine.run_batch(part))
+            else:
+                self.futures.append(self.pool.submit(self.routine.run_batch, part))
+
+    def collect(self, block: bool) -> None:
+        while self.futures and (block or self.futures[0].done()):
+            self.results.update(self.futures.popleft().result())
+            block = False
+
+    def finish(self) -> None:
+        for group in self.groups.rest():
+            self.submit(group)
+        while self.futures:
+            self.collect(block=True)
 
 
 def run_workers(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
@@ -201,7 +194,7 @@ def run_threads(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_i
                     batcher.results[index] = item
                     batcher.collect(block=False)
                 else:
-                    batcher.add(item, index)
+                    batcher.add(item)
                 while next_out in batcher.results:
                     yield batcher.results.pop(next_out)
                     next_out += 1
