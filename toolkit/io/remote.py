@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import os
 import socket
-import ssl
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +35,10 @@ from toolkit.io.transfer import (
     sniff_media,
 )
 from toolkit.meta import YOLOKIT_VERSION
+
+if TYPE_CHECKING:
+    import http.client
+    import urllib.request
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "MAX_REDIRECTS", "HttpStream", "fetch", "fetch_image",
            "fetch_image_bytes", "fetch_video", "is_url", "open_http", "read_source", "sniff_media", "url_name",
@@ -119,38 +119,48 @@ class _Watched:
         return sock
 
 
-class _Connection(_Watched, http.client.HTTPConnection):
-    pass
+@functools.cache
+def _handlers() -> tuple[type, type]:
+    """The http and https handlers whose connections are :class:`_Watched`, made on the first download (http.client,
+    ssl and urllib.request cost a run that reads no URL about 20 ms of start-up)."""
+    import http.client
+    import ssl
+    import urllib.request
 
+    class Connection(_Watched, http.client.HTTPConnection):
+        pass
 
-class _TLSConnection(_Watched, http.client.HTTPSConnection):
-    pass
+    class TLSConnection(_Watched, http.client.HTTPSConnection):
+        pass
 
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def __init__(self, sockets: _Sockets) -> None:
+            super().__init__()
+            self.sockets = sockets
 
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, sockets: _Sockets) -> None:
-        super().__init__()
-        self.sockets = sockets
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(functools.partial(Connection, sockets=self.sockets), req)  # type: ignore[arg-type]
 
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_Connection, sockets=self.sockets), req)  # type: ignore[arg-type]
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def __init__(self, sockets: _Sockets) -> None:
+            super().__init__()
+            self.sockets = sockets
 
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(functools.partial(TLSConnection, sockets=self.sockets), req,  # type: ignore[arg-type]
+                                context=ssl.create_default_context())
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, sockets: _Sockets) -> None:
-        super().__init__()
-        self.sockets = sockets
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_TLSConnection, sockets=self.sockets), req,  # type: ignore[arg-type]
-                            context=ssl.create_default_context())
+    return HTTPHandler, HTTPSHandler
 
 
 def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
     """http and https only (proxies from the environment apply); a redirect comes back as an HTTPError, for
     :func:`open_http` to check and follow."""
+    import urllib.request
+
+    plain, tls = _handlers()
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(sockets), _HTTPSHandler(sockets),
+    for handler in (urllib.request.ProxyHandler(), plain(sockets), tls(sockets),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
@@ -169,6 +179,8 @@ class HttpStream:
         self.length: int | None = response.length
 
     def read1(self, n: int) -> bytes:
+        import http.client
+
         try:
             return self.response.read1(n)
         except http.client.IncompleteRead:
@@ -199,6 +211,10 @@ def open_http(url: str, timeout: float, deadline: Deadline, headers: Mapping[str
     """``GET url``, following redirects: each hop must be http or https, new (no loop), and at most
     :data:`MAX_REDIRECTS` of them. Raises :class:`FetchError` in one sentence of yolokit's own; the connections are
     cut at ``deadline``."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
     if not is_url(url):
         raise FetchError(url, "not an http or https URL", "refused")
     sockets = _Sockets()

@@ -14,13 +14,13 @@ one within a run's limits, deadline and memory budget (:mod:`toolkit.io.transfer
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import inspect
 import os
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +86,8 @@ def store_reason(e: BaseException) -> str:
         return "no such object, prefix or bucket"
     if isinstance(e, PermissionError):
         return "access denied (check the store's credentials)"
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+    # asyncio's own before Python 3.11 (none can have been raised where asyncio was never imported)
+    if isinstance(e, (TimeoutError, getattr(sys.modules.get("asyncio"), "TimeoutError", TimeoutError))):
         return "the store did not answer in time"
     if isinstance(e, OSError) and e.strerror:
         return _plain(str(e.strerror))
@@ -364,6 +365,8 @@ def open_store(location: str | os.PathLike[str]) -> Store:
 
 def _run(fs: Any, coro: Any, timeout: float | None = None) -> Any:
     """Run one of an async file system's coroutines on its own event loop, from this thread."""
+    import asyncio  # not at the top: a run that reads no store does not pay for it
+
     return asyncio.run_coroutine_threadsafe(coro, fs.loop).result(timeout)
 
 
@@ -497,6 +500,8 @@ class ObjectStream:
 
     def _submit(self, name: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         if getattr(self.fs, "async_impl", False):
+            import asyncio
+
             coro = getattr(self.fs, "_" + name)(*args, **kwargs)
             return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
         # a daemon thread per request: one stuck in a file system that never answers cannot hold the process at exit

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +244,9 @@ def _open(entry: WeightsEntry, src: str, part: Path, start: int, timeout: float,
         headers["Range"] = f"bytes={start}-"
     if src.lower().startswith("file://"):
         try:
-            return FileStream(urllib.request.url2pathname(src[7:]))
+            from urllib.request import url2pathname
+
+            return FileStream(url2pathname(src[7:]))
         except OSError as e:
             raise DownloadError(f"could not download {entry.name}: cannot read {src} ({e.strerror or e})") from None
     try:
