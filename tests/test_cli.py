@@ -31,6 +31,32 @@ def test_help_teaches() -> None:
         assert flag in out.stdout
 
 
+EXIT_NOW = """
+import atexit, sys, threading, time
+from pathlib import Path
+from toolkit.cli.app import exit_now
+
+out = Path(sys.argv[1])
+def late() -> None:  # a thread still writing when the command returns
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()
+atexit.register(lambda: (out / "atexit").write_text("done"))
+print("printed", end="")  # unflushed when exit_now is called
+exit_now(3)
+"""
+
+
+def test_the_fast_exit_still_does_what_pythons_own_shutdown_does(tmp_path: Path) -> None:
+    """exit_now skips only the interpreter's final teardown: a thread still at work is waited for, atexit handlers
+    run, buffered output is flushed, and the exit code is kept."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_NOW, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "printed"
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
+
+
 def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = _cli("run", str(tmp_path / "nope"), "--weights", "yolov5n.yaml", "--project", str(tmp_path))
     assert out.returncode == 2
