@@ -147,18 +147,20 @@ def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "au
 
 
 STARTUP = """
-import sys
+import os, sys
 from pathlib import Path
 import numpy, cv2
 import backends
 from backends.base import LoadOptions
 runner = backends.get_backend(sys.argv[2]).load(Path(sys.argv[1]), LoadOptions(threads=int(sys.argv[3]) or None))
+os._exit(0)  # without the interpreter's teardown (a runtime unloading its libraries), which a run can skip too
 """
 
 
 def startup_seconds(model: str, threads: int, repeat: int = 3) -> tuple[float, float]:
     """Median (wall, CPU) seconds of a fresh Python process that imports numpy, OpenCV and the runtime and loads the
-    model (its compiled form cached, as a run finds it after the first): the start-up no run can avoid."""
+    model (its compiled form cached, as a run finds it after the first), then ends without the interpreter's
+    teardown (``yolokit`` skips it: :func:`toolkit.cli.app.exit_now`): the start-up no run can avoid."""
     import backends
 
     name = backends.backend_for(Path(model))
