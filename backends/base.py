@@ -88,7 +88,8 @@ class ExportOptions:
 class PlanningHints:
     """What a runtime is like, for the automatic plan on a CPU (see :func:`toolkit.engine.plan.make_plan`).
 
-    ``thread_batch``: the batch that suits it in thread mode (measured per runtime). ``process_inputs_per_core``:
+    ``thread_batch``: the batch that suits it in thread mode (measured per runtime); ``int8_thread_batch``: the one
+    that suits its INT8 models, where it differs (None: ``thread_batch``). ``process_inputs_per_core``:
     from how many inputs per core separate worker processes pay for their start-up (None: threads always; a
     runtime whose inference releases the GIL shares one loaded model between threads instead).
     """
@@ -96,6 +97,7 @@ class PlanningHints:
     releases_gil: bool
     thread_batch: int = 1
     process_inputs_per_core: int | None = None
+    int8_thread_batch: int | None = None
 
 
 class DeviceRunner(Protocol):

@@ -105,10 +105,13 @@ def main() -> None:
                     row: dict[str, Any] = {"round": rnd, "model": model, "images": n, "run": run,
                                            "parts": p.to_dict(), "load": load_average(), "startup_cpu": startup_cpu}
                     row["ceiling_s"] = p.ceiling_seconds(n, run == "default")
-                    row["wall_s"], row["cpu_s"] = timed_run(yolokit_cmd(listings[n], model, run, tmp), tmp)
-                    if args.baseline_checkout:
-                        row["base_wall_s"], row["base_cpu_s"] = timed_run(
-                            yolokit_cmd(listings[n], model, run, tmp), tmp, str(Path(args.baseline_checkout)))
+                    # this checkout and the baseline take turns at going first: neither always runs right after the
+                    # parts' measurement
+                    for base in ([False, True] if rnd % 2 == 0 else [True, False]) if args.baseline_checkout \
+                            else [False]:
+                        wall, cpu = timed_run(yolokit_cmd(listings[n], model, run, tmp), tmp,
+                                              str(Path(args.baseline_checkout)) if base else None)
+                        row["base_wall_s" if base else "wall_s"], row["base_cpu_s" if base else "cpu_s"] = wall, cpu
                     if model == models[0] and (args.yolov5 or run == "nosave"):  # detect.py, or the seed loop
                         cmd = detect_py_cmd(args, listings[n], run, tmp) if args.yolov5 else \
                             seed_command(args.weights, listings[n])

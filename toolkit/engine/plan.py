@@ -14,8 +14,8 @@ Rules of ``auto`` (see :func:`make_plan`):
   core, one intra-op thread each (PyTorch, whose module calls hold the GIL: 250; ONNX Runtime, whose per-image Python
   work contends for it: 64).
 * CPU, otherwise: one thread per core sharing one loaded model, one intra-op thread each, at the runtime's thread
-  batch (OpenVINO: 4). Small models parallelise poorly inside one inference, so independent single-threaded
-  inferences keep every core busy, without process start-up.
+  batch (OpenVINO: 1, and 4 for an INT8 model). Small models parallelise poorly inside one inference, so
+  independent single-threaded inferences keep every core busy, without process start-up.
 * Always workers x threads <= cores, and decode threads only get cores that inference leaves free.
 
 Process mode counts the parent as one of its workers (see :mod:`toolkit.engine.processes`).
@@ -111,7 +111,8 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads:
         else:
             why = "the runtime releases the GIL" if hints.releases_gil else f"{n_inputs} inputs"
             mode, workers, reason = "thread", workers or cores, f"{why}: one shared model, no process start-up"
-            batch = batch or static or hints.thread_batch
+            int8 = meta.precision == "int8" and hints.int8_thread_batch
+            batch = batch or static or (hints.int8_thread_batch if int8 else hints.thread_batch) or 1
     else:
         reason = "as asked"
         workers = workers or (cores if mode == "process" else 1)
