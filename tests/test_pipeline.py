@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.helpers.ports import ctrl_c_reaches
 from toolkit import Detector
 from toolkit.devices import GPU_BATCH
 from toolkit.engine.plan import make_plan
@@ -235,7 +236,7 @@ def _long_process_run(tmp_path: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
                              "--mode", "process", "--workers", "2", "--nosave", "--save-txt", "--project",
                              str(tmp_path), "--name", "r", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=ctrl_c_reaches)
 
 
 def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path) -> None:
@@ -291,7 +292,7 @@ def test_ctrl_c_while_the_model_loads_still_ends_with_a_summary(tmp_path: Path, 
     """Ctrl-C before the first result (yolov5x.yaml takes seconds to build) still writes and prints the summary."""
     proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(coco128_images), "--weights",
                              "yolov5x.yaml", "--project", str(tmp_path), "--name", "r", "--json", "--nosave"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches)
     deadline = time.monotonic() + 60
     while not (tmp_path / "r" / "failures.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.02)

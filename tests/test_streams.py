@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.ports import free_port, wait_listening
+from tests.helpers.ports import ctrl_c_reaches, free_port, wait_listening
 from tests.test_video import _video
 from toolkit.engine.detector import Detector
 from toolkit.io.sources import InputRef, list_sources
@@ -213,7 +213,8 @@ def test_ctrl_c_stops_a_live_run_with_the_summary(tmp_path: Path) -> None:
         cmd = [sys.executable, "-m", "toolkit.cli", "run", f"http://127.0.0.1:{port}/cam", "--weights", RANDOM,
                "--imgsz", "64", "--save-txt", "--stream-timeout", "10", "--project", str(tmp_path), "--name", "r",
                "--json"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=ctrl_c_reaches)
         manifest = tmp_path / "r" / "manifest.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:

@@ -60,3 +60,12 @@ def wait_listening(port: int, timeout: float = 15.0, pid: int | None = None) -> 
             return False
         time.sleep(0.05)
     return False
+
+
+def ctrl_c_reaches() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: Ctrl-C's default action, whatever the test run
+    inherited (a suite started as a background job of a non-interactive shell, ``bash scripts/test.sh &``, ignores
+    SIGINT, and so would every command it starts: Python keeps an ignored SIGINT ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
