@@ -99,6 +99,10 @@ class PlanningHints:
     process_inputs_per_core: int | None = None
     int8_thread_batch: int | None = None
 
+    def batch_for(self, precision: str) -> int:
+        """The thread-mode batch for a model of ``precision``."""
+        return self.int8_thread_batch if precision == "int8" and self.int8_thread_batch else self.thread_batch
+
 
 class DeviceRunner(Protocol):
     """A runner's device side, for the engine's GPU pipeline (``toolkit.engine.gpu``).

@@ -96,6 +96,8 @@ def main() -> None:
     runs = [r for r in args.runs.split(",") if r]
     tmp = Path(tempfile.mkdtemp(prefix="yolokit_ceiling_runs_"))
     samples: list[dict[str, Any]] = []
+    # None: this checkout; then the baseline's, when given (its PYTHONPATH)
+    checkouts = [None, *([str(Path(args.baseline_checkout))] if args.baseline_checkout else [])]
     for rnd in range(args.repeats):
         for model in models:
             for n in counts:
@@ -107,11 +109,10 @@ def main() -> None:
                     row["ceiling_s"] = p.ceiling_seconds(n, run == "default")
                     # this checkout and the baseline take turns at going first: neither always runs right after the
                     # parts' measurement
-                    for base in ([False, True] if rnd % 2 == 0 else [True, False]) if args.baseline_checkout \
-                            else [False]:
-                        wall, cpu = timed_run(yolokit_cmd(listings[n], model, run, tmp), tmp,
-                                              str(Path(args.baseline_checkout)) if base else None)
-                        row["base_wall_s" if base else "wall_s"], row["base_cpu_s" if base else "cpu_s"] = wall, cpu
+                    for checkout in checkouts if rnd % 2 == 0 else checkouts[::-1]:
+                        prefix = "base_" if checkout else ""
+                        row[prefix + "wall_s"], row[prefix + "cpu_s"] = timed_run(
+                            yolokit_cmd(listings[n], model, run, tmp), tmp, checkout)
                     if model == models[0] and (args.yolov5 or run == "nosave"):  # detect.py, or the seed loop
                         cmd = detect_py_cmd(args, listings[n], run, tmp) if args.yolov5 else \
                             seed_command(args.weights, listings[n])

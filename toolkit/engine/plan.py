@@ -111,8 +111,7 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads:
         else:
             why = "the runtime releases the GIL" if hints.releases_gil else f"{n_inputs} inputs"
             mode, workers, reason = "thread", workers or cores, f"{why}: one shared model, no process start-up"
-            int8 = meta.precision == "int8" and hints.int8_thread_batch
-            batch = batch or static or (hints.int8_thread_batch if int8 else hints.thread_batch) or 1
+            batch = batch or static or hints.batch_for(meta.precision)
     else:
         reason = "as asked"
         workers = workers or (cores if mode == "process" else 1)
