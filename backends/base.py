@@ -92,12 +92,16 @@ class PlanningHints:
     that suits its INT8 models, where it differs (None: ``thread_batch``). ``process_inputs_per_core``:
     from how many inputs per core separate worker processes pay for their start-up (None: threads always; a
     runtime whose inference releases the GIL shares one loaded model between threads instead).
+    ``costly_new_shapes``: its first inference at an input shape new to the process costs much more than a repeat
+    (OpenVINO sets up its kernels per shape: 40-65 ms beyond a repeat for an INT8 model), so process mode sends each
+    worker the inputs of shapes it has met (:class:`toolkit.engine.processes.ProcessPool`).
     """
 
     releases_gil: bool
     thread_batch: int = 1
     process_inputs_per_core: int | None = None
     int8_thread_batch: int | None = None
+    costly_new_shapes: bool = False
 
     def batch_for(self, precision: str) -> int:
         """The thread-mode batch for a model of ``precision``."""

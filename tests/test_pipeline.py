@@ -68,6 +68,61 @@ def test_modes_equal_sequential_and_keep_order(images: Path, mode: str, workers:
     assert _key(got) == _key(seq)
 
 
+@pytest.fixture(scope="module")
+def three_shapes(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """30 images whose letterboxed shapes (at 128) cycle through three, in input order."""
+    d = tmp_path_factory.mktemp("shapes")
+    sizes = [(120, 200), (200, 120), (60, 240)]
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(30):
+        h, w = sizes[i % 3]
+        cv2.imwrite(str(d / f"{i:02d}.jpg"), cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+                                                              (5, 5), 0))
+        paths.append(str(d / f"{i:02d}.jpg"))
+    return paths
+
+
+def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list[str]) -> None:
+    """With shape affinity (a runtime whose first inference at a new shape is costly), each worker is handed the
+    inputs of shapes it has met; every input is handed out once, and none waits more than a bounded number of tasks
+    behind its turn. The scheduling alone: no process is started."""
+    from toolkit.engine.processes import ProcessPool, TaskSpec
+    from toolkit.io.sources import list_sources
+
+    det = _det()
+    refs = list_sources(three_shapes).items
+    true_shape = {p: tuple(det.routine.preprocess(cv2.imread(p))[0].shape[1:]) for p in three_shapes}
+    assert len(set(true_shape.values())) == 3
+    for affinity in (False, True):
+        plan = replace(make_plan(det, 30, mode="process", workers=2, batch=1), shape_affinity=affinity)
+        pool = ProcessPool(det.routine, lambda c: det.routine, refs, plan, TaskSpec(batch=1, fast_decode=False))
+        handed: list[int] = []
+        pairs: set[tuple[int, tuple[int, ...]]] = set()  # (worker, shape) met
+        turn = 0
+        while (task := pool.next_items(turn % 2)) is not None:  # the two workers ask in turn
+            for index, ref, _ in task[1]:
+                handed.append(index)
+                pairs.add((turn % 2, true_shape[ref.path]))
+            turn += 1
+        assert sorted(handed) == list(range(30))
+        if affinity:
+            assert len(pairs) <= 4, sorted(pairs)  # 3 shapes over 2 workers: each set up about once
+            # no input waits more than 2 tasks per worker (of 2 inputs each) behind its turn
+            assert max(pos - index for pos, index in enumerate(handed)) <= (2 * 2 + 1) * 2
+            assert all(pool._shape((i, ref, None)) == true_shape[ref.path]  # the header's hint is right
+                       for i, ref in enumerate(refs))
+        else:
+            assert handed == list(range(30)) and len(pairs) == 6  # input order: every worker meets every shape
+
+
+def test_process_mode_with_shape_affinity_gives_the_sequential_results_in_order(images: Path) -> None:
+    det = _det()
+    seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))
+    plan = replace(make_plan(det, 14, mode="process", workers=2, batch=1), shape_affinity=True, parent_works=False)
+    assert _key(list(det.predict_iter(images, plan=plan))) == _key(seq)
+
+
 def test_process_mode_starts_no_process_for_a_job_done_within_one_task(images: Path) -> None:
     det = _det()
     two = [str(images / "00.jpg"), str(images / "01.jpg")]
@@ -99,6 +154,10 @@ def test_auto_plan_rules() -> None:
 
     int8 = plan_for(ModelMeta(names={}, precision="int8"), OpenVinoBackend.PLANNING, "cpu", None, 100000, cores=2)
     assert (int8.mode, int8.workers, int8.batch) == ("thread", 2, 4)
+    # OpenVINO sets kernels up per input shape: its process mode sends each worker the shapes it has met
+    ov_processes = plan_for(ModelMeta(names={}), OpenVinoBackend.PLANNING, "cpu", None, 1000, "process", cores=2)
+    assert ov_processes.shape_affinity and "shapes it has met" in ov_processes.describe()
+    assert not int8.shape_affinity and not onnx_many.shape_affinity and not many.shape_affinity
     assert make_plan(det, 100000, cores=2, batch=2).batch == 2  # an explicit batch is kept
     det.routine.config = replace(det.config, backend="torch")
     assert make_plan(det, 1000, cores=8, mode="process", workers=2).threads == 4  # workers x threads <= cores

@@ -17,6 +17,8 @@ Rules of ``auto`` (see :func:`make_plan`):
   batch (OpenVINO: 1, and 4 for an INT8 model). Small models parallelise poorly inside one inference, so
   independent single-threaded inferences keep every core busy, without process start-up.
 * Always workers x threads <= cores, and decode threads only get cores that inference leaves free.
+* Process mode for a runtime whose first inference at a new shape is costly (``costly_new_shapes``: OpenVINO): each
+  worker is given the inputs of shapes it has met (``shape_affinity``; :class:`toolkit.engine.processes.ProcessPool`).
 
 Process mode counts the parent as one of its workers (see :mod:`toolkit.engine.processes`).
 """
@@ -69,6 +71,7 @@ class Plan:
     parent_works: bool = True  # process mode: the parent process is one of the workers
     gpu: bool = False  # a CUDA device: thread mode runs the GPU pipeline when the runner has a device side
     pipeline: str = "host"  # "device" once a run uses the GPU pipeline (letterbox and NMS on the device)
+    shape_affinity: bool = False  # process mode: each worker gets the inputs of shapes it has met (costly new shapes)
 
     def describe(self) -> str:
         readers = (f", {self.readers} reader thread(s)" if self.readers
@@ -79,8 +82,9 @@ class Plan:
                     f"{self.batch}{readers} ({self.reason})")
         who = f" (this process and {self.workers - 1} started)" if self.mode == "process" and self.parent_works \
             else ""
+        shapes = ", each worker given the image shapes it has met" if self.shape_affinity else ""
         return (f"{self.mode} mode: {self.workers} worker(s){who} x {self.threads} intra-op thread(s), batch "
-                f"{self.batch}{readers} ({self.reason})")
+                f"{self.batch}{readers}{shapes} ({self.reason})")
 
 
 def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads: int | None, n_inputs: int,
@@ -123,7 +127,8 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads:
     # on a CPU, decode threads only get the cores inference leaves free: a reader thread beside spinning
     # intra-op threads slows inference more than it saves (measured: 66 vs 40 ms/image on 2 cores)
     readers = cores if gpu else max(0, min(4, cores - workers * threads))
-    return Plan(mode, workers, batch, threads, readers, reason, gpu=gpu)
+    affinity = mode == "process" and workers > 1 and hints.costly_new_shapes
+    return Plan(mode, workers, batch, threads, readers, reason, gpu=gpu, shape_affinity=affinity)
 
 
 def make_plan(det: PlannedDetector, n_inputs: int, mode: str = "auto", workers: int = 0, batch: int = 0,

@@ -9,6 +9,10 @@ The parent is one of the ``workers`` (``Plan.parent_works``): its model is loade
 before any process starts, and only if more work remains do ``workers - 1`` processes join it (the parent then runs
 with the workers' intra-op thread budget). A job done within one task starts nothing, and one process start-up (a
 Python process, imports, the model) fewer is paid.
+
+With ``Plan.shape_affinity`` (a runtime whose first inference at a new input shape is costly), the parent reads each
+local image's size from its header and hands each worker the oldest inputs of a shape it has met, from a bounded
+window read ahead; the oldest waiting input goes out after at most two tasks per worker, whatever its shape.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, expa
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
 from toolkit.errors import YolokitError
+from toolkit.io.files import ImageReadError, read_head
+from toolkit.io.imageheader import header_size
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef
+from toolkit.ops import letterbox_shape
 from toolkit.tiling import TileOptions
 
 # index, xyxy, conf, cls, shape, error, annotated, crops
@@ -172,7 +179,15 @@ class ProcessPool:
         self.ctx = mp.get_context("spawn")
         self.chunk = 1 if spec.tile is not None else max(plan.batch, 2)
         self.source = expand(items, routine.config)
-        self.exhausted = False
+        self.source_done = False
+        # inputs read ahead of dispatch, each with its letterboxed shape when shape affinity is on (else None): a
+        # worker is given the inputs of shapes it has met (their kernels set up), from this window
+        self.affinity = plan.shape_affinity and routine.auto and spec.tile is None and not any(
+            r.video for r in items)
+        self.lookahead = 16 * self.chunk * max(1, plan.workers) if self.affinity else self.chunk
+        self.window: deque[tuple[Item, tuple[int, int] | None]] = deque()
+        self.met: dict[int, set[tuple[int, int] | None]] = {}  # worker id (-1: the parent) -> shapes it has met
+        self.head_skips = 0  # tasks handed out while the window's oldest input waited (bounded: see _key_for)
         self.retry: deque[tuple[int, list[Item]]] = deque()  # (attempt, items)
         self.attempts: dict[int, int] = {}
         self.task_items: dict[int, list[Item]] = {}
@@ -197,19 +212,66 @@ class ProcessPool:
         self.workers[self.next_wid] = _Worker(self.next_wid, p, tq, recv_end)
         self.next_wid += 1
 
-    def next_items(self) -> tuple[int, list[Item]] | None:
+    def next_items(self, wid: int = -1) -> tuple[int, list[Item]] | None:
+        """The next task for worker ``wid`` (-1: the parent): a retry first; else up to ``chunk`` inputs, the next
+        in input order or, with shape affinity, the oldest of a shape that worker has met."""
         if self.retry:
             return self.retry.popleft()
-        if self.exhausted:
+        self._read_ahead()
+        if not self.window:
             return None
-        batch_items = []
-        for item in self.source:
-            batch_items.append(item)
-            if len(batch_items) >= self.chunk:
-                break
-        else:
-            self.exhausted = True
-        return (0, batch_items) if batch_items else None
+        key = self._key_for(wid)
+        taken: list[Item] = []
+        kept: deque[tuple[Item, tuple[int, int] | None]] = deque()
+        for item, shape in self.window:
+            if len(taken) < self.chunk and shape == key:
+                taken.append(item)
+            else:
+                kept.append((item, shape))
+        self.window = kept
+        return 0, taken
+
+    def _read_ahead(self) -> None:
+        while not self.source_done and len(self.window) < self.lookahead:
+            item = next(self.source, None)
+            if item is None:
+                self.source_done = True
+            else:
+                self.window.append((item, self._shape(item)))
+
+    def _key_for(self, wid: int) -> tuple[int, int] | None:
+        """The shape worker ``wid`` takes next: the oldest waiting one it has met; the oldest waiting input's when it
+        has met none of them, or when that input was passed over for 2 tasks per worker (no input waits longer)."""
+        head = self.window[0][1]
+        met = self.met.setdefault(wid, set())
+        if self.affinity and head not in met and self.head_skips < 2 * max(1, self.plan.workers):
+            for _, key in self.window:
+                if key in met:
+                    self.head_skips += 1
+                    return key
+        met.add(head)
+        self.head_skips = 0
+        return head
+
+    def _shape(self, item: Item) -> tuple[int, int] | None:
+        """The letterboxed shape of a local image file from its header (None: not known before decoding). A hint
+        for scheduling only: a wrong one (an EXIF-rotated photo) costs a shape set-up, never an answer."""
+        _, ref, payload = item
+        if not self.affinity or payload is not None:  # a downloaded input, a failure to report
+            return None
+        try:
+            size = header_size(read_head(ref.path, 1 << 16))
+        except (ImageReadError, OSError):
+            return None
+        if not size or min(size) <= 0:
+            return None
+        r = self.routine
+        return letterbox_shape(size, r.imgsz, r.meta.stride, auto=True)[1]
+
+    def _more(self) -> bool:
+        """Whether inputs remain to hand out."""
+        self._read_ahead()
+        return bool(self.retry or self.window)
 
     def new_task(self, attempt: int, entries: list[Item]) -> int:
         tid = self.next_task
@@ -248,7 +310,7 @@ class ProcessPool:
         """The parent's share: run the next task here. Returns whether there was one."""
         if len(self.done) >= 64 * self.chunk:
             return False
-        nxt = self.next_items()
+        nxt = self.next_items(-1)
         if nxt is None:
             return False
         tid = self.new_task(*nxt)
@@ -258,9 +320,7 @@ class ProcessPool:
             self.handle("error", -1, tid, f"{type(e).__name__}: {e}")
         if not self.started:
             self.started = True
-            more = self.next_items() if self.plan.workers > 1 else None
-            if more is not None:
-                self.retry.appendleft(more)  # a peek: back to the front of the queue
+            if self.plan.workers > 1 and self._more():
                 for _ in range(self.plan.workers - 1):
                     self.start_worker()
                 self.local = self._at_worker_threads()
@@ -278,7 +338,7 @@ class ProcessPool:
         """At most two tasks in flight per ready worker, and a bounded reorder buffer."""
         for w in self.workers.values():
             while w.ready and len(w.inflight) < 2 and len(self.done) < 64 * self.chunk:
-                nxt = self.next_items()
+                nxt = self.next_items(w.wid)
                 if nxt is None:
                     break
                 tid = self.new_task(*nxt)
@@ -354,7 +414,7 @@ class ProcessPool:
                         yield self.done.pop(next_out)
                         next_out += 1
                     idle = not any(w.inflight for w in self.workers.values())
-                    if self.exhausted and not self.retry and idle and not self.done:
+                    if not self._more() and idle and not self.done:
                         break
                     self.receive(timeout=0 if worked else 0.5)
                     self.replace_dead()
