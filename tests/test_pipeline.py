@@ -116,6 +116,32 @@ def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list
             assert handed == list(range(30)) and len(pairs) == 6  # input order: every worker meets every shape
 
 
+def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: list[str]) -> None:
+    """Shape affinity lets inputs go ahead of older ones, whose results the run then holds (a bounded reorder
+    buffer). Once that buffer is full, the input every held result waits for must still go out, or the run would
+    wait for ever. The scheduling alone, with a buffer of 6 results and tasks that finish at once."""
+    from toolkit.engine.processes import ProcessPool, TaskSpec
+    from toolkit.io.sources import list_sources
+
+    det = _det()
+    plan = replace(make_plan(det, 30, mode="process", workers=2, batch=1), shape_affinity=True)
+    pool = ProcessPool(det.routine, lambda c: det.routine, list_sources(three_shapes).items, plan,
+                       TaskSpec(batch=1, fast_decode=False))
+    pool.held = 6
+    out: list[int] = []
+    most = 0
+    for step in range(200):
+        if pool._may_hand_out() and (task := pool.next_items(step % 2)) is not None:
+            for index, _, _ in task[1]:
+                pool.done[index] = index  # type: ignore[assignment]
+        most = max(most, len(pool.done))
+        while pool.next_out in pool.done:
+            out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
+            pool.next_out += 1
+    assert out == list(range(30))
+    assert most <= pool.held + pool.chunk  # a task goes out only while the buffer has room, or to unblock it
+
+
 def test_process_mode_with_shape_affinity_gives_the_sequential_results_in_order(images: Path) -> None:
     det = _det()
     seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))

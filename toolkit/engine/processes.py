@@ -184,7 +184,10 @@ class ProcessPool:
         # worker is given the inputs of shapes it has met (their kernels set up), from this window
         self.affinity = plan.shape_affinity and routine.auto and spec.tile is None and not any(
             r.video for r in items)
-        self.lookahead = 16 * self.chunk * max(1, plan.workers) if self.affinity else self.chunk
+        self.held = 64 * self.chunk  # results held at most for an earlier input (the reorder buffer)
+        self.next_out = 0  # the input whose result every held one waits for
+        # the window: half the reorder buffer at most, so that what it lets go ahead of its oldest input stays held
+        self.lookahead = min(16 * max(1, plan.workers), 32) * self.chunk if self.affinity else self.chunk
         self.window: deque[tuple[Item, tuple[int, int] | None]] = deque()
         self.met: dict[int, set[tuple[int, int] | None]] = {}  # worker id (-1: the parent) -> shapes it has met
         self.head_skips = 0  # tasks handed out while the window's oldest input waited (bounded: see _key_for)
@@ -220,7 +223,7 @@ class ProcessPool:
         self._read_ahead()
         if not self.window:
             return None
-        key = self._key_for(wid)
+        key = self.window[0][1] if self._full() else self._key_for(wid)
         taken: list[Item] = []
         kept: deque[tuple[Item, tuple[int, int] | None]] = deque()
         for item, shape in self.window:
@@ -268,6 +271,23 @@ class ProcessPool:
         r = self.routine
         return letterbox_shape(size, r.imgsz, r.meta.stride, auto=True)[1]
 
+    def _full(self) -> bool:
+        return len(self.done) >= self.held
+
+    def _may_hand_out(self) -> bool:
+        """Whether a task may go out: while the reorder buffer is full, only the one holding the input every held
+        result waits for (brought to the front; without it, a full buffer would wait for an input never sent)."""
+        if not self._full():
+            return True
+        for i, (_, entries) in enumerate(self.retry):
+            if any(index == self.next_out for index, _, _ in entries):
+                self.retry.rotate(-i)
+                return True
+        if self.retry:
+            return False
+        self._read_ahead()
+        return bool(self.window) and self.window[0][0][0] == self.next_out
+
     def _more(self) -> bool:
         """Whether inputs remain to hand out."""
         self._read_ahead()
@@ -308,7 +328,7 @@ class ProcessPool:
     # ------------------------------------------------------------------------------------------- the loop
     def work_here(self) -> bool:
         """The parent's share: run the next task here. Returns whether there was one."""
-        if len(self.done) >= 64 * self.chunk:
+        if not self._may_hand_out():
             return False
         nxt = self.next_items(-1)
         if nxt is None:
@@ -337,7 +357,7 @@ class ProcessPool:
     def dispatch(self) -> None:
         """At most two tasks in flight per ready worker, and a bounded reorder buffer."""
         for w in self.workers.values():
-            while w.ready and len(w.inflight) < 2 and len(self.done) < 64 * self.chunk:
+            while w.ready and len(w.inflight) < 2 and self._may_hand_out():
                 nxt = self.next_items(w.wid)
                 if nxt is None:
                     break
@@ -404,15 +424,14 @@ class ProcessPool:
         if self.started:
             for _ in range(self.plan.workers):
                 self.start_worker()
-        next_out = 0
         try:
             with intra_op_threads(self.routine.runner, self.routine.config.threads):
                 while True:
                     self.dispatch()
                     worked = self.plan.parent_works and self.work_here()
-                    while next_out in self.done:
-                        yield self.done.pop(next_out)
-                        next_out += 1
+                    while self.next_out in self.done:
+                        yield self.done.pop(self.next_out)
+                        self.next_out += 1
                     idle = not any(w.inflight for w in self.workers.values())
                     if not self._more() and idle and not self.done:
                         break
