@@ -13,7 +13,8 @@ The images are the shared 1080p JPEG set made from real photos (toolkit.jobs.ben
 are the default ONNX and OpenVINO exports of --weights, made once (or --models). Against other code, in the same
 rounds: `--baseline-checkout DIR` runs the same commands from another yolokit checkout (before/after);
 `--yolov5 DIR --yolov5-python PY` times the official YOLOv5 detect.py (a checkout outside this repository, run with
-its own Python) on the same images and .pt; without it, the seed loop (python -m toolkit.jobs.bench.seed, PyTorch
+its own Python; `--torchvision-stand-in` where no torchvision wheel fits its torch) on the same images and .pt, on
+both runs; without it, the seed loop (python -m toolkit.jobs.bench.seed, PyTorch
 FP32, one image at a time) stands in for it, on `--nosave` rows.
 
     PYTHONPATH=. python scripts/ceiling.py --counts 100,1000 --repeats 3 --out bench_out/ceiling
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.jobs.bench.ceiling import Parts, cpu_flags, load_average, parts_in_fresh_process, startup_seconds, timed
+from toolkit.jobs.bench.detectpy import detect_py_command, detect_py_env, write_torchvision_stand_in
 from toolkit.jobs.bench.inputs import exported, list_file, photo_set
 from toolkit.jobs.bench.seed import seed_command
 from toolkit.jobs.bench.timing import yolokit_command
@@ -47,28 +49,34 @@ def yolokit_cmd(listing: Path, model: str, run: str, tmp: Path) -> list[str]:
                            "--exist-ok")
 
 
-def timed_run(cmd: list[str], tmp: Path, env_path: str | None = None) -> tuple[float, float]:
-    old = os.environ.get("PYTHONPATH")
-    if env_path is not None:
-        os.environ["PYTHONPATH"] = env_path
+def timed_run(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``cmd`` in ``tmp``, with ``env`` over this process's environment."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
     try:
         return timed(cmd, cwd=str(tmp))
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         shutil.rmtree(tmp / "r", ignore_errors=True)
 
 
-def detect_py_cmd(args: argparse.Namespace, listing: Path, run: str, tmp: Path) -> list[str]:
-    return [args.yolov5_python, str(Path(args.yolov5) / "detect.py"), "--weights", args.pt, "--source", str(listing),
-            "--device", "cpu", *(["--nosave"] if run == "nosave" else []), "--project", str(tmp), "--name", "r",
-            "--exist-ok"]
+def linked_folder(images: list[Path], folder: Path) -> Path:
+    """A folder of symbolic links to ``images`` (detect.py takes a folder, not a list file)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for p in images:
+        (folder / p.name).symlink_to(p.resolve())
+    return folder
 
 
 def against(args: argparse.Namespace) -> str:
-    return "detect.py" if args.yolov5 else "seed loop (stand-in for detect.py)"
+    if not args.yolov5:
+        return "seed loop (stand-in for detect.py)"
+    return "detect.py (torchvision stand-in)" if args.torchvision_stand_in else "detect.py"
 
 
 def main() -> None:
@@ -84,6 +92,9 @@ def main() -> None:
     ap.add_argument("--baseline-checkout", help="also run the same commands from this yolokit checkout")
     ap.add_argument("--yolov5", help="a YOLOv5 checkout (outside this repository) whose detect.py is timed")
     ap.add_argument("--yolov5-python", default=sys.executable, help="the Python that runs detect.py")
+    ap.add_argument("--torchvision-stand-in", action="store_true",
+                    help="put a stand-in for torchvision on detect.py's path (its NMS in plain torch), for a Python "
+                         "whose torch has no matching torchvision wheel (toolkit/jobs/bench/detectpy.py)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +109,9 @@ def main() -> None:
     samples: list[dict[str, Any]] = []
     # None: this checkout; then the baseline's, when given (its PYTHONPATH)
     checkouts = [None, *([str(Path(args.baseline_checkout))] if args.baseline_checkout else [])]
+    folders = {n: linked_folder(images[:n], out / f"images_{n}") for n in counts} if args.yolov5 else {}
+    detect_env = detect_py_env(write_torchvision_stand_in(out / "torchvision_stand_in")
+                               if args.torchvision_stand_in else None)
     for rnd in range(args.repeats):
         for model in models:
             for n in counts:
@@ -111,12 +125,16 @@ def main() -> None:
                     # parts' measurement
                     for checkout in checkouts if rnd % 2 == 0 else checkouts[::-1]:
                         prefix = "base_" if checkout else ""
+                        env = {"PYTHONPATH": checkout} if checkout else None
                         row[prefix + "wall_s"], row[prefix + "cpu_s"] = timed_run(
-                            yolokit_cmd(listings[n], model, run, tmp), tmp, checkout)
+                            yolokit_cmd(listings[n], model, run, tmp), tmp, env)
                     if model == models[0] and (args.yolov5 or run == "nosave"):  # detect.py, or the seed loop
-                        cmd = detect_py_cmd(args, listings[n], run, tmp) if args.yolov5 else \
-                            seed_command(args.weights, listings[n])
-                        row["detect_wall_s"], _ = timed_run(cmd, tmp)
+                        if args.yolov5:
+                            cmd = detect_py_command(args.yolov5_python, Path(args.yolov5), args.weights, folders[n],
+                                                    tmp, run == "nosave")
+                            row["detect_wall_s"], _ = timed_run(cmd, tmp, detect_env)
+                        else:
+                            row["detect_wall_s"], _ = timed_run(seed_command(args.weights, listings[n]), tmp)
                     samples.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "parts"}), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)

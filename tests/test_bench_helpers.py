@@ -160,3 +160,36 @@ def test_the_per_request_server_under_both_loads_answers_as_the_detector(tmp_pat
         assert httpx.post(url, content=b"no image", timeout=60).status_code == 400
     finally:
         assert server.stop() in (0, -15)
+
+
+def test_the_torchvision_stand_in_for_detect_py_keeps_the_boxes_yolokits_nms_keeps(tmp_path: Path) -> None:
+    """scripts/ceiling.py --torchvision-stand-in times YOLOv5's detect.py with this package in torchvision's place:
+    its NMS must keep what torchvision's keeps, which yolokit's own NMS reproduces (the parity tests against the
+    official outputs), ties in score included; and YOLOv5's imports of it must work."""
+    import importlib.util
+
+    import torch
+
+    from toolkit.jobs.bench.detectpy import write_torchvision_stand_in
+    from toolkit.ops import nms
+
+    root = write_torchvision_stand_in(tmp_path / "stand_in")
+    spec = importlib.util.spec_from_file_location("stand_in_ops", root / "torchvision" / "ops.py")
+    assert spec is not None and spec.loader is not None
+    ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ops)
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(0, 250))
+        xy = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(1, 150, (n, 2))], 1).astype(np.float32)
+        scores = (rng.choice([0.3, 0.5, 0.9], n) if trial % 2 else rng.uniform(0, 1, n)).astype(np.float32)
+        for thres in (0.45, 0.6):
+            got = ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thres)
+            assert got.tolist() == nms(boxes, scores, thres).tolist(), (trial, thres)
+    probe = ("import torchvision, torchvision.transforms as T, torchvision.transforms.functional as TF\n"
+             "class Dataset(torchvision.datasets.ImageFolder): pass\n"
+             "print(torchvision.ops.nms.__module__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "torchvision.ops", out.stderr
