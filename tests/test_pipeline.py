@@ -142,6 +142,65 @@ def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: 
     assert most <= pool.held + pool.chunk  # a task goes out only while the buffer has room, or to unblock it
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_full_reorder_buffer_unblocks_with_late_inputs_and_retries(three_shapes: list[str], seed: int) -> None:
+    """The input every held result waits for need not head the window: a remote image comes late from its download
+    (the source yields it out of order), and a dead worker's inputs wait as retries. With the buffer full, that input
+    must still go out wherever it waits. Four simulated workers finish their tasks in a random order; one dies once
+    while the buffer is full; every input comes out, in order."""
+    import random
+
+    from toolkit.engine.processes import ProcessPool, TaskSpec
+    from toolkit.io.sources import list_sources
+
+    det = _det()
+    rng = random.Random(seed)
+    plan = replace(make_plan(det, 30, mode="process", workers=4, batch=1), shape_affinity=True)
+    pool = ProcessPool(det.routine, lambda c: det.routine, list_sources(three_shapes).items, plan,
+                       TaskSpec(batch=1, fast_decode=False))
+    items = list(pool.source)
+    for i in (0, 9, 17):  # three inputs come five places late
+        items.insert(i + 5, items.pop(i))
+    pool.source = iter(items)
+    pool.held = 6
+    inflight: dict[int, list[list]] = {w: [] for w in range(4)}  # type: ignore[type-arg]
+    out: list[int] = []
+    died = False
+    for _ in range(2000):
+        for w in range(4):
+            while len(inflight[w]) < 2 and pool._may_hand_out() and (task := pool.next_items(w)) is not None:
+                inflight[w].append(task[1])
+        busy = [w for w in range(4) if inflight[w]]
+        if not busy:
+            break
+        w = rng.choice(busy)
+        if not died and pool._full():  # worker w dies: its inputs are retried one by one
+            died = True
+            pool.retry.extend((1, [entry]) for task in inflight[w] for entry in task)
+            inflight[w] = []
+            continue
+        for index, _, _ in inflight[w].pop(0):
+            pool.done[index] = index  # type: ignore[assignment]
+        while pool.next_out in pool.done:
+            out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
+            pool.next_out += 1
+    assert out == list(range(30)) and not pool._more()
+
+
+def test_a_result_a_worker_cannot_send_fails_its_task_and_the_worker_goes_on() -> None:
+    """A worker's results go out from its sender thread; one that cannot be pickled becomes an error for its task
+    (as an error inside the task would), and the next result still goes out."""
+    from toolkit.engine.processes import _Sender
+
+    recv_end, send_end = mp.Pipe(duplex=False)
+    sender = _Sender(send_end)
+    sender.send(("done", 0, 7, [lambda: None]))  # not picklable
+    sender.send(("done", 0, 8, []))
+    first, second = recv_end.recv(), recv_end.recv()
+    assert first[:3] == ("error", 0, 7) and "cannot send the result" in first[3]
+    assert second == ("done", 0, 8, []) and not sender.broken
+
+
 def test_process_mode_with_shape_affinity_gives_the_sequential_results_in_order(images: Path) -> None:
     det = _det()
     seq = list(det.predict_iter(images, mode="thread", workers=1, batch=1))

@@ -146,9 +146,16 @@ class _Sender:
         self.queue.put(message)
 
     def _run(self) -> None:
+        from multiprocessing.reduction import ForkingPickler  # what Connection.send pickles with
+
         while True:
+            kind, wid, tid, payload = self.queue.get()
             try:
-                self.conn.send(self.queue.get())
+                data = ForkingPickler.dumps((kind, wid, tid, payload))
+            except Exception as e:  # a result that cannot be sent fails its task, as an error in it would
+                data = ForkingPickler.dumps(("error", wid, tid, f"cannot send the result: {type(e).__name__}: {e}"))
+            try:
+                self.conn.send_bytes(data)
             except Exception:  # the parent is gone (or the pipe broke): the worker stops
                 self.broken = True
                 return
@@ -186,7 +193,8 @@ class ProcessPool:
             r.video for r in items)
         self.held = 64 * self.chunk  # results held at most for an earlier input (the reorder buffer)
         self.next_out = 0  # the input whose result every held one waits for
-        # the window: half the reorder buffer at most, so that what it lets go ahead of its oldest input stays held
+        # the window read ahead: bounded (an entry may hold a downloaded image); inputs it lets go ahead of older
+        # ones are held for them, and a full buffer sends only the input they wait for (_may_hand_out)
         self.lookahead = min(16 * max(1, plan.workers), 32) * self.chunk if self.affinity else self.chunk
         self.window: deque[tuple[Item, tuple[int, int] | None]] = deque()
         self.met: dict[int, set[tuple[int, int] | None]] = {}  # worker id (-1: the parent) -> shapes it has met
@@ -217,22 +225,41 @@ class ProcessPool:
 
     def next_items(self, wid: int = -1) -> tuple[int, list[Item]] | None:
         """The next task for worker ``wid`` (-1: the parent): a retry first; else up to ``chunk`` inputs, the next
-        in input order or, with shape affinity, the oldest of a shape that worker has met."""
+        in input order or, with shape affinity, the oldest of a shape that worker has met. While the reorder buffer
+        is full: the task holding the input every held result waits for (:meth:`_may_hand_out`), or None."""
+        if self._full():
+            return self._unblocking()
         if self.retry:
             return self.retry.popleft()
         self._read_ahead()
         if not self.window:
             return None
-        key = self.window[0][1] if self._full() else self._key_for(wid)
-        taken: list[Item] = []
+        return 0, self._take(self._key_for(wid))
+
+    def _take(self, key: tuple[int, int] | None, first: int | None = None) -> list[Item]:
+        """Up to ``chunk`` inputs of shape ``key`` out of the window, oldest first (input ``first`` among them)."""
+        taken = [item for item, _ in self.window if item[0] == first]
         kept: deque[tuple[Item, tuple[int, int] | None]] = deque()
         for item, shape in self.window:
-            if len(taken) < self.chunk and shape == key:
+            if item[0] != first and len(taken) < self.chunk and shape == key:
                 taken.append(item)
-            else:
+            elif item[0] != first:
                 kept.append((item, shape))
         self.window = kept
-        return 0, taken
+        return taken
+
+    def _unblocking(self) -> tuple[int, list[Item]] | None:
+        """The task holding input ``next_out``, from the retries or the window (which an input late from its
+        download, or one passed over for others' shapes, need not head); None if it is already out."""
+        for i, (attempt, entries) in enumerate(self.retry):
+            if any(index == self.next_out for index, _, _ in entries):
+                del self.retry[i]
+                return attempt, entries
+        self._read_ahead()
+        for item, shape in self.window:
+            if item[0] == self.next_out:
+                return 0, self._take(shape, first=self.next_out)
+        return None
 
     def _read_ahead(self) -> None:
         while not self.source_done and len(self.window) < self.lookahead:
@@ -276,17 +303,12 @@ class ProcessPool:
 
     def _may_hand_out(self) -> bool:
         """Whether a task may go out: while the reorder buffer is full, only the one holding the input every held
-        result waits for (brought to the front; without it, a full buffer would wait for an input never sent)."""
+        result waits for, wherever it waits (without it, a full buffer would wait for an input never sent)."""
         if not self._full():
             return True
-        for i, (_, entries) in enumerate(self.retry):
-            if any(index == self.next_out for index, _, _ in entries):
-                self.retry.rotate(-i)
-                return True
-        if self.retry:
-            return False
         self._read_ahead()
-        return bool(self.window) and self.window[0][0][0] == self.next_out
+        return any(index == self.next_out for _, entries in self.retry for index, _, _ in entries) or any(
+            item[0] == self.next_out for item, _ in self.window)
 
     def _more(self) -> bool:
         """Whether inputs remain to hand out."""
