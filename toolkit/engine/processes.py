@@ -271,7 +271,7 @@ class ProcessPool:
 
     def _key_for(self, wid: int) -> tuple[int, int] | None:
         """The shape worker ``wid`` takes next: the oldest waiting one it has met; the oldest waiting input's when it
-        has met none of them, or when that input was passed over for 2 tasks per worker (no input waits longer)."""
+        has met none of them, or when that input was passed over for 2 tasks per worker (the oldest waits no longer)."""
         head = self.window[0][1]
         met = self.met.setdefault(wid, set())
         if self.affinity and head not in met and self.head_skips < 2 * max(1, self.plan.workers):
