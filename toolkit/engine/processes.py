@@ -236,30 +236,46 @@ class ProcessPool:
             return None
         return 0, self._take(self._key_for(wid))
 
-    def _take(self, key: tuple[int, int] | None, first: int | None = None) -> list[Item]:
-        """Up to ``chunk`` inputs of shape ``key`` out of the window, oldest first (input ``first`` among them)."""
-        taken = [item for item, _ in self.window if item[0] == first]
+    def _take(self, key: tuple[int, int] | None) -> list[Item]:
+        """Up to ``chunk`` inputs of shape ``key`` out of the window, in window order."""
+        taken: list[Item] = []
         kept: deque[tuple[Item, tuple[int, int] | None]] = deque()
         for item, shape in self.window:
-            if item[0] != first and len(taken) < self.chunk and shape == key:
+            if len(taken) < self.chunk and shape == key:
                 taken.append(item)
-            elif item[0] != first:
+            else:
                 kept.append((item, shape))
         self.window = kept
         return taken
 
-    def _unblocking(self) -> tuple[int, list[Item]] | None:
-        """The task holding input ``next_out``, from the retries or the window (which an input late from its
-        download, or one passed over for others' shapes, need not head); None if it is already out."""
-        for i, (attempt, entries) in enumerate(self.retry):
+    def _holder(self) -> tuple[str, int] | None:
+        """Where input ``next_out`` waits to go out: ``("retry", i)`` or ``("window", i)``, positions in those
+        queues (an input late from its download, or one passed over for others' shapes, need not head the window);
+        None when it is out already."""
+        for i, (_, entries) in enumerate(self.retry):
             if any(index == self.next_out for index, _, _ in entries):
-                del self.retry[i]
-                return attempt, entries
+                return "retry", i
         self._read_ahead()
-        for item, shape in self.window:
+        for i, (item, _) in enumerate(self.window):
             if item[0] == self.next_out:
-                return 0, self._take(shape, first=self.next_out)
+                return "window", i
         return None
+
+    def _unblocking(self) -> tuple[int, list[Item]] | None:
+        """The task holding input ``next_out`` (:meth:`_holder`): its retry, or it and the oldest inputs of its
+        shape from the window; None if it is already out."""
+        holder = self._holder()
+        if holder is None:
+            return None
+        where, i = holder
+        if where == "retry":
+            task = self.retry[i]
+            del self.retry[i]
+            return task
+        entry = self.window[i]
+        del self.window[i]
+        self.window.appendleft(entry)  # first in window order, so that _take takes it
+        return 0, self._take(entry[1])
 
     def _read_ahead(self) -> None:
         while not self.source_done and len(self.window) < self.lookahead:
@@ -304,11 +320,7 @@ class ProcessPool:
     def _may_hand_out(self) -> bool:
         """Whether a task may go out: while the reorder buffer is full, only the one holding the input every held
         result waits for, wherever it waits (without it, a full buffer would wait for an input never sent)."""
-        if not self._full():
-            return True
-        self._read_ahead()
-        return any(index == self.next_out for _, entries in self.retry for index, _, _ in entries) or any(
-            item[0] == self.next_out for item, _ in self.window)
+        return not self._full() or self._holder() is not None
 
     def _more(self) -> bool:
         """Whether inputs remain to hand out."""
