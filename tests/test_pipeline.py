@@ -22,6 +22,8 @@ from tests.helpers.ports import ctrl_c_reaches
 from toolkit import Detector
 from toolkit.devices import GPU_BATCH
 from toolkit.engine.plan import make_plan
+from toolkit.engine.processes import ProcessPool, TaskSpec
+from toolkit.io.sources import list_sources
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +85,30 @@ def three_shapes(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return paths
 
 
+def _scheduler(det: Detector, paths: list[str], workers: int, affinity: bool = True) -> ProcessPool:
+    """A process pool over ``paths`` for driving its scheduling by hand (next_items, done): no process starts."""
+    plan = replace(make_plan(det, len(paths), mode="process", workers=workers, batch=1), shape_affinity=affinity)
+    return ProcessPool(det.routine, lambda c: det.routine, list_sources(paths).items, plan,
+                       TaskSpec(batch=1, fast_decode=False))
+
+
+def _release(pool: ProcessPool, out: list[int]) -> None:
+    """Hand the pool's held results that are next in input order to ``out``, as ProcessPool.results does (these
+    tests hold input indexes where results would be)."""
+    while pool.next_out in pool.done:
+        out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
+        pool.next_out += 1
+
+
 def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list[str]) -> None:
     """With shape affinity (a runtime whose first inference at a new shape is costly), each worker is handed the
     inputs of shapes it has met; every input is handed out once, and none waits more than a bounded number of tasks
     behind its turn. The scheduling alone: no process is started."""
-    from toolkit.engine.processes import ProcessPool, TaskSpec
-    from toolkit.io.sources import list_sources
-
     det = _det()
-    refs = list_sources(three_shapes).items
     true_shape = {p: tuple(det.routine.preprocess(cv2.imread(p))[0].shape[1:]) for p in three_shapes}
     assert len(set(true_shape.values())) == 3
     for affinity in (False, True):
-        plan = replace(make_plan(det, 30, mode="process", workers=2, batch=1), shape_affinity=affinity)
-        pool = ProcessPool(det.routine, lambda c: det.routine, refs, plan, TaskSpec(batch=1, fast_decode=False))
+        pool = _scheduler(det, three_shapes, 2, affinity)
         handed: list[int] = []
         pairs: set[tuple[int, tuple[int, ...]]] = set()  # (worker, shape) met
         turn = 0
@@ -111,7 +123,7 @@ def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list
             # no input waits more than 2 tasks per worker (of 2 inputs each) behind its turn
             assert max(pos - index for pos, index in enumerate(handed)) <= (2 * 2 + 1) * 2
             assert all(pool._shape((i, ref, None)) == true_shape[ref.path]  # the header's hint is right
-                       for i, ref in enumerate(refs))
+                       for i, ref in enumerate(list_sources(three_shapes).items))
         else:
             assert handed == list(range(30)) and len(pairs) == 6  # input order: every worker meets every shape
 
@@ -120,13 +132,7 @@ def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: 
     """Shape affinity lets inputs go ahead of older ones, whose results the run then holds (a bounded reorder
     buffer). Once that buffer is full, the input every held result waits for must still go out, or the run would
     wait for ever. The scheduling alone, with a buffer of 6 results and tasks that finish at once."""
-    from toolkit.engine.processes import ProcessPool, TaskSpec
-    from toolkit.io.sources import list_sources
-
-    det = _det()
-    plan = replace(make_plan(det, 30, mode="process", workers=2, batch=1), shape_affinity=True)
-    pool = ProcessPool(det.routine, lambda c: det.routine, list_sources(three_shapes).items, plan,
-                       TaskSpec(batch=1, fast_decode=False))
+    pool = _scheduler(_det(), three_shapes, 2)
     pool.held = 6
     out: list[int] = []
     most = 0
@@ -135,9 +141,7 @@ def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: 
             for index, _, _ in task[1]:
                 pool.done[index] = index  # type: ignore[assignment]
         most = max(most, len(pool.done))
-        while pool.next_out in pool.done:
-            out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
-            pool.next_out += 1
+        _release(pool, out)
     assert out == list(range(30))
     assert most <= pool.held + pool.chunk  # a task goes out only while the buffer has room, or to unblock it
 
@@ -150,14 +154,8 @@ def test_a_full_reorder_buffer_unblocks_with_late_inputs_and_retries(three_shape
     while the buffer is full; every input comes out, in order."""
     import random
 
-    from toolkit.engine.processes import ProcessPool, TaskSpec
-    from toolkit.io.sources import list_sources
-
-    det = _det()
     rng = random.Random(seed)
-    plan = replace(make_plan(det, 30, mode="process", workers=4, batch=1), shape_affinity=True)
-    pool = ProcessPool(det.routine, lambda c: det.routine, list_sources(three_shapes).items, plan,
-                       TaskSpec(batch=1, fast_decode=False))
+    pool = _scheduler(_det(), three_shapes, 4)
     items = list(pool.source)
     for i in (0, 9, 17):  # three inputs come five places late
         items.insert(i + 5, items.pop(i))
@@ -181,9 +179,7 @@ def test_a_full_reorder_buffer_unblocks_with_late_inputs_and_retries(three_shape
             continue
         for index, _, _ in inflight[w].pop(0):
             pool.done[index] = index  # type: ignore[assignment]
-        while pool.next_out in pool.done:
-            out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
-            pool.next_out += 1
+        _release(pool, out)
     assert out == list(range(30)) and not pool._more()
 
 
