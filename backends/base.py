@@ -95,6 +95,10 @@ class PlanningHints:
     ``costly_new_shapes``: its first inference at an input shape new to the process costs much more than a repeat
     (OpenVINO sets up its kernels per shape: 40-65 ms beyond a repeat for an INT8 model), so process mode sends each
     worker the inputs of shapes it has met (:class:`toolkit.engine.processes.ProcessPool`).
+    ``workers_per_core``: thread-mode workers per core. 2 for a runtime that infers on threads of its own while the
+    calling thread waits (OpenVINO's streams): each worker decodes its next input only after its inference returns,
+    so with one worker per core a core waits whenever both workers are between the two; a second worker per core has
+    an input decoded by the time a stream frees. The runtime's own threads still number the cores.
     """
 
     releases_gil: bool
@@ -102,6 +106,7 @@ class PlanningHints:
     process_inputs_per_core: int | None = None
     int8_thread_batch: int | None = None
     costly_new_shapes: bool = False
+    workers_per_core: int = 1
 
     def batch_for(self, precision: str) -> int:
         """The thread-mode batch for a model of ``precision``."""

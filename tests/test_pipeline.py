@@ -227,14 +227,16 @@ def test_auto_plan_rules() -> None:
     onnx_many = make_plan(det, 128, cores=2)
     assert (onnx_many.mode, onnx_many.workers, onnx_many.threads, onnx_many.batch) == ("process", 2, 1, 1)
     det.routine.config = replace(det.config, backend="openvino")  # OpenVINO: threads whatever the count; batch 1,
-    ov = make_plan(det, 100000, cores=2)  # and 4 for an INT8 model (measured: backends/openvino/backend.py)
-    assert (ov.mode, ov.workers, ov.threads, ov.batch) == ("thread", 2, 1, 1)
+    ov = make_plan(det, 100000, cores=2)  # and 4 for an INT8 model (measured: backends/openvino/backend.py);
+    # two workers per core, as it infers on threads of its own: one per core decodes while the other's input infers
+    assert (ov.mode, ov.workers, ov.threads, ov.batch) == ("thread", 4, 1, 1)
+    assert make_plan(det, 100000, cores=2, workers=3).workers == 3  # an explicit count is kept
     from backends.openvino.backend import OpenVinoBackend
     from toolkit.engine.plan import plan_for
     from toolkit.meta import ModelMeta
 
     int8 = plan_for(ModelMeta(names={}, precision="int8"), OpenVinoBackend.PLANNING, "cpu", None, 100000, cores=2)
-    assert (int8.mode, int8.workers, int8.batch) == ("thread", 2, 4)
+    assert (int8.mode, int8.workers, int8.batch) == ("thread", 4, 4)
     # OpenVINO sets kernels up per input shape: its process mode sends each worker the shapes it has met
     ov_processes = plan_for(ModelMeta(names={}), OpenVinoBackend.PLANNING, "cpu", None, 1000, "process", cores=2)
     assert ov_processes.shape_affinity and "shapes it has met" in ov_processes.describe()

@@ -42,7 +42,7 @@ class OpenVinoBackend(Backend):
     # alternated: FP32 at batch 1 costs 7-12 % less model time than at batch 4 (the ceiling's parts, 6 measurements)
     # and runs 100 images 4 % faster (1,000: within 1 %); INT8 at batch 4 runs 400 images 7 % faster (100: equal)
     PLANNING = PlanningHints(releases_gil=True, thread_batch=1, process_inputs_per_core=None, int8_thread_batch=4,
-                             costly_new_shapes=True)
+                             costly_new_shapes=True, workers_per_core=2)
 
     def claims(self, path: Path) -> bool:
         """An ``.xml`` file, or a folder holding exactly one."""

@@ -15,8 +15,11 @@ Rules of ``auto`` (see :func:`make_plan`):
   work contends for it: 64).
 * CPU, otherwise: one thread per core sharing one loaded model, one intra-op thread each, at the runtime's thread
   batch (OpenVINO: 1, and 4 for an INT8 model). Small models parallelise poorly inside one inference, so
-  independent single-threaded inferences keep every core busy, without process start-up.
-* Always workers x threads <= cores, and decode threads only get cores that inference leaves free.
+  independent single-threaded inferences keep every core busy, without process start-up. A runtime that infers on
+  threads of its own while the calling thread waits (OpenVINO) gets two worker threads per core
+  (``workers_per_core``): one decodes its next input while the other's inference runs, so a decoded input is
+  ready whenever the runtime frees a core; the runtime's own threads still number the cores.
+* Always inference threads <= cores, and decode threads only get cores that inference leaves free.
 * Process mode for a runtime whose first inference at a new shape is costly (``costly_new_shapes``: OpenVINO): each
   worker is given the inputs of shapes it has met (``shape_affinity``; :class:`toolkit.engine.processes.ProcessPool`).
 
@@ -114,7 +117,8 @@ def plan_for(meta: ModelMeta, hints: PlanningHints, device: str | None, threads:
                                                                   f"process start-up")
         else:
             why = "the runtime releases the GIL" if hints.releases_gil else f"{n_inputs} inputs"
-            mode, workers, reason = "thread", workers or cores, f"{why}: one shared model, no process start-up"
+            mode, reason = "thread", f"{why}: one shared model, no process start-up"
+            workers = workers or cores * hints.workers_per_core
             batch = batch or static or hints.batch_for(meta.precision)
     else:
         reason = "as asked"
