@@ -583,6 +583,20 @@ def test_a_run_gets_the_intra_op_threads_of_its_plan(exported: dict[str, Path], 
         assert det.last_plan is not None and det.last_plan.workers == 1 and det.routine._copies == {}
 
 
+def test_openvino_s_two_workers_per_core_give_the_sequential_answers_in_order(exported: dict[str, Path],
+                                                                              images: Path) -> None:
+    """OpenVINO's thread plan has two workers per core (its streams infer while the calling threads wait): twice as
+    many threads as streams share the model, and the results are the sequential ones, in input order."""
+    if "openvino" not in exported:
+        pytest.skip("OpenVINO not installed")
+    with Detector(exported["openvino"], threads=1) as det:
+        plan = make_plan(det, 1000, cores=2)
+        assert (plan.mode, plan.workers, plan.threads) == ("thread", 4, 1)
+        seq = _key(list(det.predict_iter(images, mode="thread", workers=1, batch=1)))
+        got = _key(list(det.predict_iter(images, plan=plan)))
+    assert len(seq) == 14 and got == seq
+
+
 def test_stage_times_count_what_new_input_shapes_cost() -> None:
     from toolkit.engine.core import StageTimes
 
