@@ -364,7 +364,9 @@ def format_summary(s: RunSummary) -> str:
     if s.interrupted:
         lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")
     if s.ms_per_image:
-        lines.append("  ms/image: " + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
+        # each stage's wall time in the worker that ran it: workers overlap, so these add up to more than the run
+        lines.append("  ms/image in each stage, per worker (workers overlap): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
     if s.failed:
         lines.append(f"  {len(s.failed)} failed (listed in {s.out_dir}/failures.jsonl):")
         lines.extend(f"    {f['path']}: {f['reason']}" for f in s.failed[:20])
