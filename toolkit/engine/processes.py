@@ -194,7 +194,7 @@ class ProcessPool:
         self.held = 64 * self.chunk  # results held at most for an earlier input (the reorder buffer)
         self.next_out = 0  # the input whose result every held one waits for
         # the window read ahead: bounded (an entry may hold a downloaded image); inputs it lets go ahead of older
-        # ones are held for them, and a full buffer sends only the input they wait for (_may_hand_out)
+        # ones are held for them, and a full buffer sends only the input they wait for (next_items)
         self.lookahead = min(16 * max(1, plan.workers), 32) * self.chunk if self.affinity else self.chunk
         self.window: deque[tuple[Item, tuple[int, int] | None]] = deque()
         self.met: dict[int, set[tuple[int, int] | None]] = {}  # worker id (-1: the parent) -> shapes it has met
@@ -226,7 +226,8 @@ class ProcessPool:
     def next_items(self, wid: int = -1) -> tuple[int, list[Item]] | None:
         """The next task for worker ``wid`` (-1: the parent): a retry first; else up to ``chunk`` inputs, the next
         in input order or, with shape affinity, the oldest of a shape that worker has met. While the reorder buffer
-        is full: the task holding the input every held result waits for (:meth:`_may_hand_out`), or None."""
+        is full: only the task holding the input every held result waits for, wherever it waits (without it, a full
+        buffer would wait for an input never sent), or None."""
         if self._full():
             return self._unblocking()
         if self.retry:
@@ -317,11 +318,6 @@ class ProcessPool:
     def _full(self) -> bool:
         return len(self.done) >= self.held
 
-    def _may_hand_out(self) -> bool:
-        """Whether a task may go out: while the reorder buffer is full, only the one holding the input every held
-        result waits for, wherever it waits (without it, a full buffer would wait for an input never sent)."""
-        return not self._full() or self._holder() is not None
-
     def _more(self) -> bool:
         """Whether inputs remain to hand out."""
         self._read_ahead()
@@ -362,8 +358,6 @@ class ProcessPool:
     # ------------------------------------------------------------------------------------------- the loop
     def work_here(self) -> bool:
         """The parent's share: run the next task here. Returns whether there was one."""
-        if not self._may_hand_out():
-            return False
         nxt = self.next_items(-1)
         if nxt is None:
             return False
@@ -391,7 +385,7 @@ class ProcessPool:
     def dispatch(self) -> None:
         """At most two tasks in flight per ready worker, and a bounded reorder buffer."""
         for w in self.workers.values():
-            while w.ready and len(w.inflight) < 2 and self._may_hand_out():
+            while w.ready and len(w.inflight) < 2:
                 nxt = self.next_items(w.wid)
                 if nxt is None:
                     break
