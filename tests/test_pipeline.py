@@ -92,14 +92,6 @@ def _scheduler(det: Detector, paths: list[str], workers: int, affinity: bool = T
                        TaskSpec(batch=1, fast_decode=False))
 
 
-def _release(pool: ProcessPool, out: list[int]) -> None:
-    """Hand the pool's held results that are next in input order to ``out``, as ProcessPool.results does (these
-    tests hold input indexes where results would be)."""
-    while pool.next_out in pool.done:
-        out.append(pool.done.pop(pool.next_out))  # type: ignore[arg-type]
-        pool.next_out += 1
-
-
 def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list[str]) -> None:
     """With shape affinity (a runtime whose first inference at a new shape is costly), each worker is handed the
     inputs of shapes it has met; every input is handed out once, and none waits more than a bounded number of tasks
@@ -141,7 +133,7 @@ def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: 
             for index, _, _ in task[1]:
                 pool.done[index] = index  # type: ignore[assignment]
         most = max(most, len(pool.done))
-        _release(pool, out)
+        out.extend(pool.released())  # type: ignore[arg-type]  # input indexes stand for results
     assert out == list(range(30))
     assert most <= pool.held + pool.chunk  # a task goes out only while the buffer has room, or to unblock it
 
@@ -179,7 +171,7 @@ def test_a_full_reorder_buffer_unblocks_with_late_inputs_and_retries(three_shape
             continue
         for index, _, _ in inflight[w].pop(0):
             pool.done[index] = index  # type: ignore[assignment]
-        _release(pool, out)
+        out.extend(pool.released())  # type: ignore[arg-type]  # input indexes stand for results
     assert out == list(range(30)) and not pool._more()
 
 

@@ -315,6 +315,12 @@ class ProcessPool:
         r = self.routine
         return letterbox_shape(size, r.imgsz, r.meta.stride, auto=True)[1]
 
+    def released(self) -> Iterator[Result]:
+        """The held results that are next in input order, taken out of the reorder buffer."""
+        while self.next_out in self.done:
+            yield self.done.pop(self.next_out)
+            self.next_out += 1
+
     def _full(self) -> bool:
         return len(self.done) >= self.held
 
@@ -457,9 +463,7 @@ class ProcessPool:
                 while True:
                     self.dispatch()
                     worked = self.plan.parent_works and self.work_here()
-                    while self.next_out in self.done:
-                        yield self.done.pop(self.next_out)
-                        self.next_out += 1
+                    yield from self.released()
                     idle = not any(w.inflight for w in self.workers.values())
                     if not self._more() and idle and not self.done:
                         break
