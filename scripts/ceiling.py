@@ -50,17 +50,11 @@ def yolokit_cmd(listing: Path, model: str, run: str, tmp: Path) -> list[str]:
 
 
 def timed_run(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``cmd`` in ``tmp``, with ``env`` over this process's environment."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
+    """(wall, CPU) seconds of ``cmd`` in ``tmp``, with ``env`` over this process's environment; its run folder
+    removed after."""
     try:
-        return timed(cmd, cwd=str(tmp))
+        return timed(cmd, cwd=str(tmp), env=env)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(tmp / "r", ignore_errors=True)
 
 

@@ -172,11 +172,12 @@ def startup_seconds(model: str, threads: int, repeat: int = 3) -> tuple[float, f
     return statistics.median(walls[1:]), statistics.median(cpus[1:])
 
 
-def timed(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``cmd`` in a fresh process, its children included; a failure raises."""
+def timed(cmd: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``cmd`` in a fresh process, its children included, with ``env`` over this process's
+    environment; a failure raises."""
     before = os.times()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, **env} if env else None)
     wall = time.perf_counter() - t0
     after = os.times()
     if proc.returncode not in (0,):
