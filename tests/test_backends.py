@@ -288,6 +288,62 @@ def test_openvino_compiled_model_cache(artifact: Callable[..., Path], tmp_path: 
     assert compile_cache_dir({"cache_dir": str(tmp_path / "given")}) == tmp_path / "given"
 
 
+def test_openvino_gives_a_frequent_input_shape_a_model_of_its_own_with_bit_identical_outputs(
+        artifact: Callable[..., Path]) -> None:
+    """An input shape met SHAPE_AFTER times, in at least 1/SHAPE_SHARE of the inferences, gets a model compiled for
+    it alone (2-3 ms less per inference than the dynamic model); its outputs equal the dynamic model's bit for bit,
+    also when several threads infer while one compiles; a rare shape and shapes past the cap keep the dynamic
+    model."""
+    _need("openvino")
+    from backends.openvino.runner import SHAPE_AFTER, SHAPE_SHARE
+
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    dynamic = module.load(path, LoadOptions(threads=1, options={"shape_models": 0}))
+    runner = module.load(path, LoadOptions(threads=1, options={"shape_models": 1}))
+    assert runner.meta.extra["inference_precision"] == "f32" and dynamic.shapes.most == 0
+    wide, tall, rare = _batch(1, 128, 160, seed=1), _batch(1, 160, 128, seed=2), _batch(1, 96, 160, seed=3)
+    refs = {x.shape: dynamic.infer(x) for x in (wide, tall, rare)}
+    for i in range(SHAPE_AFTER - 1):
+        np.testing.assert_array_equal(runner.infer(wide), refs[wide.shape])
+        if i % SHAPE_SHARE == 0:
+            np.testing.assert_array_equal(runner.infer(rare), refs[rare.shape])
+    assert runner.shapes.count() == 0  # met SHAPE_AFTER - 1 times: still the dynamic model
+    batches = [wide] * 8
+    got = _concurrent(runner, batches)  # one thread compiles, the others infer meanwhile
+    assert runner.shapes.count() == 1
+    for i in range(len(batches)):
+        np.testing.assert_array_equal(got[i], refs[wide.shape])
+    for _ in range(SHAPE_AFTER):
+        np.testing.assert_array_equal(runner.infer(wide), refs[wide.shape])  # on the shape's own model
+    assert runner.shapes._seen[rare.shape] * SHAPE_SHARE < runner.shapes._total  # rare: never compiled
+    for _ in range(2 * SHAPE_AFTER):
+        np.testing.assert_array_equal(runner.infer(tall), refs[tall.shape])
+    assert runner.shapes.count() == 1  # the cap: one shape model, the tall inputs keep the dynamic model
+    runner.close()
+    dynamic.close()
+
+
+def test_openvino_shape_models_only_where_they_change_no_output(tmp_path: Path) -> None:
+    """f32 on the CPU only (bf16, f16 and INT8 outputs of a shape's model may differ from the dynamic model's), within
+    the weights budget; the cache of shape models keeps its newest entries."""
+    import os
+
+    from backends.openvino.runner import SHAPE_MEMORY, SHAPE_MODELS, prune, shape_models
+
+    assert shape_models("CPU", "f32", 7_600_000) == SHAPE_MODELS  # yolov5n
+    assert shape_models("CPU", "f32", SHAPE_MEMORY // 2) == 2
+    assert shape_models("CPU", "f32", 186_000_000) == 0  # yolov5l: the weights alone pass the budget
+    assert shape_models("CPU", "bf16", 7_600_000) == 0
+    assert shape_models("CPU", "f16", 7_600_000) == 0
+    assert shape_models("GPU", "f32", 7_600_000) == 0
+    for i in range(5):
+        (tmp_path / f"{i}.blob").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"{i}.blob", (1_000_000 + i, 1_000_000 + i))
+    prune(tmp_path, 2500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.blob", "4.blob"]
+
+
 def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
                        ) -> None:
     _need("openvino")

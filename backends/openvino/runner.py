@@ -15,10 +15,22 @@ configuration, device and its own version, and recompiles over a corrupt or trun
 ``LoadOptions.options["cache_dir"]``, else ``$YOLOKIT_OPENVINO_CACHE`` (``off`` disables it), else
 ``~/.cache/yolokit/openvino``; one that cannot be written is not used, and a compile that fails with the cache
 is retried without it.
+
+Models compiled for one input shape (:class:`ShapeModels`): the IR's input is dynamic (any letterbox rectangle),
+and OpenVINO's CPU plugin spends 2-3 ms of every inference on a dynamic input (measured on a 2-core AMD EPYC:
+yolov5n at 384x640 on one thread, 19.8 ms dynamic, 17.7 ms compiled for that shape; in a run's plan, four threads
+on two streams, 111 and 127 images/s; yolov5s 55.3 and 52.3 ms; yolov5l 330 and 327 ms). An input shape met
+:data:`SHAPE_AFTER` times, and in at least 1/:data:`SHAPE_SHARE` of the inferences so far, gets a model compiled
+for it alone, by the inference thread that meets it then (the others keep to the dynamic model meanwhile); at most
+:data:`SHAPE_MODELS` of them, fewer for a large model (each holds its own copy of the weights: :data:`SHAPE_MEMORY`
+bytes in all), none after a compile fails. Only where the CPU computes in f32: there the shape's model gives
+bit-identical outputs (tests/test_backends.py checks it); in bf16 or INT8 it need not, so those keep the dynamic
+model alone. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -33,6 +45,11 @@ from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
 
 ENV_CACHE = "YOLOKIT_OPENVINO_CACHE"
+SHAPE_AFTER = 64  # inferences at one input shape before it gets a model compiled for it alone
+SHAPE_MODELS = 4  # such models at most
+SHAPE_MEMORY = 128 << 20  # bytes of weights they may hold together (yolov5n and s: 4; m: 1; l and x: none)
+SHAPE_SHARE = 4  # ... and only a shape that had at least 1/SHAPE_SHARE of the inferences so far
+SHAPE_CACHE = 256 << 20  # bytes the shape models' compile cache keeps (the newest entries)
 
 
 def cpu_count() -> int:
@@ -144,6 +161,8 @@ class OpenVinoRunner(BaseRunner):
         self._local = threading.local()
         self._requests: list[Any] = []
         self._lock = threading.Lock()
+        most = shape_models(device, executes, xml.with_suffix(".bin").stat().st_size)
+        self.shapes = ShapeModels(model, device, config, int(extra.get("shape_models", most)), cache)
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -154,10 +173,24 @@ class OpenVinoRunner(BaseRunner):
                 self._requests.append(req)
         return req
 
+    def _request_at(self, shape: tuple[int, ...]) -> Any:
+        """This thread's infer request for an input of ``shape``: on the model compiled for that shape when there
+        is one, else on the dynamic model."""
+        compiled = self.shapes.model_for(shape)
+        if compiled is None:
+            return self._request()
+        own: dict[tuple[int, ...], Any] | None = getattr(self._local, "at_shape", None)
+        if own is None:
+            own = self._local.at_shape = {}
+        req = own.get(shape)
+        if req is None:
+            req = own[shape] = compiled.create_infer_request()
+        return req
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = batch.astype(np.float32)
         x /= 255
-        req = self._request()
+        req = self._request_at(x.shape)
         req.infer({0: x})
         return outputs_of(req, self._outs)
 
@@ -166,6 +199,7 @@ class OpenVinoRunner(BaseRunner):
             self._requests.clear()
         self._local = threading.local()
         self.compiled = None
+        self.shapes.close()
 
 
 def first_tensor_access() -> None:
@@ -187,3 +221,120 @@ def outputs_of(request: Any, names: list[str] | None) -> np.ndarray:
     if len(names) == 1:
         return np.array(request.get_tensor(names[0]).data, dtype=np.float32)
     return pack_detections(*(np.array(request.get_tensor(n).data) for n in names))
+
+
+def shape_models(device: str, executes: str, weight_bytes: int) -> int:
+    """How many models compiled for one input shape a runner may hold: on the CPU computing in f32 (bit-identical
+    to the dynamic model), within :data:`SHAPE_MEMORY` bytes of weights; none otherwise."""
+    if device != "CPU" or executes != "f32":
+        return 0
+    return min(SHAPE_MODELS, SHAPE_MEMORY // max(1, weight_bytes))
+
+
+class ShapeModels:
+    """Models compiled for one input shape each (see the module docstring): :meth:`model_for` counts the
+    inferences at each shape and compiles one for a shape on the calling thread once it was met
+    :data:`SHAPE_AFTER` times and had at least 1/:data:`SHAPE_SHARE` of the inferences so far (a folder of
+    photos of a few sizes, not every rectangle of a dataset: each compile costs 0.1-0.2 core-seconds for yolov5n,
+    0.05 from the cache, against 2-3 ms saved per inference), up to ``most`` of them; None means the dynamic
+    model. The other threads keep to the dynamic model while one compiles. Their compile cache is a folder of its
+    own, ``<cache>/shapes``, kept to its newest :data:`SHAPE_CACHE` bytes (each letterbox rectangle and batch is
+    an entry)."""
+
+    def __init__(self, model: Any, device: str, config: dict[str, Any], most: int, cache: Path | None = None
+                 ) -> None:
+        self.model = model if most > 0 else None
+        self.device, self.config, self.most = device, dict(config), max(0, most)
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._ready: dict[tuple[int, ...], Any] = {}
+        self._seen: dict[tuple[int, ...], int] = {}
+        self._total = 0
+        self._busy: set[tuple[int, ...]] = set()
+
+    def model_for(self, shape: tuple[int, ...]) -> Any:
+        if self.model is None:
+            return None
+        with self._lock:
+            self._total += 1
+            got = self._ready.get(shape)
+            if got is not None:
+                return got
+            seen = self._seen[shape] = self._seen.get(shape, 0) + 1
+            if seen < SHAPE_AFTER or seen * SHAPE_SHARE < self._total or shape in self._busy \
+                    or len(self._ready) + len(self._busy) >= self.most:
+                return None
+            self._busy.add(shape)
+        compiled = self._compile(shape)
+        with self._lock:
+            self._busy.discard(shape)
+            if compiled is None:
+                self.most = 0  # a shape OpenVINO cannot specialise: the dynamic model serves every shape
+            elif self.model is not None:
+                self._ready[shape] = compiled
+        return compiled
+
+    def _compile(self, shape: tuple[int, ...]) -> Any:
+        import openvino as ov
+
+        source = self.model
+        if source is None:  # closed meanwhile
+            return None
+        try:
+            model = source.clone()
+            model.reshape(list(shape))
+            core = ov.Core()
+            folder = shape_cache(self.cache)
+            if folder is not None:
+                try:
+                    core.set_property({"CACHE_DIR": str(folder)})
+                    compiled = core.compile_model(model, self.device, self.config)
+                    prune(folder, SHAPE_CACHE)
+                    return compiled
+                except Exception:  # a cache problem (full disk, ...): compiled without it
+                    core.set_property({"CACHE_DIR": ""})
+            return core.compile_model(model, self.device, self.config)
+        except Exception:  # the dynamic model still serves this shape
+            return None
+
+    def count(self) -> int:
+        """Shapes with a model of their own."""
+        with self._lock:
+            return len(self._ready)
+
+    def close(self) -> None:
+        with self._lock:
+            self._ready.clear()
+            self.model = None
+
+
+def shape_cache(cache: Path | None) -> Path | None:
+    """``<cache>/shapes``, created if needed; None without a cache or when it cannot be written."""
+    if cache is None:
+        return None
+    folder = cache / "shapes"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK | os.X_OK) else None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete the oldest files of ``folder`` until the rest take at most ``keep`` bytes (other processes may prune
+    it at the same time)."""
+    files = []
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                files.append((st.st_mtime, st.st_size, entry.path))
+        except OSError:
+            continue
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= keep:
+            break
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        total -= size
