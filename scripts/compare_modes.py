@@ -1,8 +1,9 @@
 """Side-by-side timing of `yolokit run` modes: interleaved repeats, whole-process wall time and CPU time, median.
 
 Each repeat runs every (image list, weights, mode) once before the next repeat starts, so the noise of a shared
-machine falls on every configuration alike. ``--baseline DIR`` also runs process mode from another checkout
-(for example ``git worktree add /tmp/before <commit>``), to compare a change with what came before it.
+machine falls on every configuration alike. ``--baseline DIR`` also runs process mode (with ``--variant``: the
+first variant) from another checkout (for example ``git worktree add /tmp/before <commit>``), to compare a change
+with what came before it.
 ``--variant NAME=FLAGS`` (repeatable) compares any ``yolokit run`` flags instead of the modes, for example
 ``--variant "2 workers=--workers 2" --variant "4 workers=--workers 4"``; ``--save`` keeps the annotated images
 (the default run) instead of ``--nosave``. Idle core-seconds = cores x wall - CPU seconds: the time a core had
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--lists", required=True, help="comma-separated image lists (or folders)")
     ap.add_argument("--weights", required=True, help="comma-separated models")
     ap.add_argument("--modes", default="seq,process,auto", help=f"comma-separated, from {', '.join(MODES)}")
-    ap.add_argument("--baseline", help="another checkout whose process mode runs beside this one's")
+    ap.add_argument("--baseline", help="another checkout whose process mode (or first variant) runs beside this one's")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                     help="yolokit run flags to compare instead of --modes (repeatable)")
     ap.add_argument("--save", action="store_true", help="save the annotated images (the default run)")
@@ -47,7 +48,8 @@ def main() -> None:
         configs = [(v.split("=", 1)[0], None, v.split("=", 1)[1].split() if "=" in v else v.split())
                    for v in args.variant]
     if args.baseline:
-        configs.append(("process (baseline)", Path(args.baseline).resolve(), MODES["process"]))
+        name, _, flags = configs[0] if args.variant else ("process", None, MODES["process"])
+        configs.append((f"{name} (baseline)", Path(args.baseline).resolve(), flags))
     lists = [str(Path(x).resolve()) for x in args.lists.split(",")]
     weights = [str(Path(w).resolve()) if Path(w).exists() else w for w in args.weights.split(",")]
     project = str(Path("bench_out/compare_runs").resolve())
