@@ -368,6 +368,17 @@ def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_p
     y = runner.infer(x)
     assert y.shape == _reference(source, x).shape and np.isfinite(y).all()
     runner.close()
+    # its float parts in f32 (--precision fp32): a frequent shape's own model, bit-identical to the dynamic one
+    from backends.openvino.runner import SHAPE_AFTER
+
+    one = backends.REGISTRY["openvino"].load(path, LoadOptions(precision="fp32", options={"shape_models": 1}))
+    dynamic = backends.REGISTRY["openvino"].load(path, LoadOptions(precision="fp32", options={"shape_models": 0}))
+    ref = dynamic.infer(x)
+    for _ in range(SHAPE_AFTER + 1):
+        np.testing.assert_array_equal(one.infer(x), ref)
+    assert one.shapes.count() == 1
+    one.close()
+    dynamic.close()
 
 
 def test_int8_needs_calibration_data(source: LoadedModel, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ on two streams, 111 and 127 images/s; yolov5s 55.3 and 52.3 ms; yolov5l 330 and 
 for it alone, by the inference thread that meets it then (the others keep to the dynamic model meanwhile); at most
 :data:`SHAPE_MODELS` of them, fewer for a large model (each holds its own copy of the weights: :data:`SHAPE_MEMORY`
 bytes in all), none after a compile fails. Only where the CPU computes in f32: there the shape's model gives
-bit-identical outputs (tests/test_backends.py checks it); in bf16 or INT8 it need not, so those keep the dynamic
-model alone. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
+bit-identical outputs (tests/test_backends.py checks it, for an INT8 IR computing its float parts in f32 too); in
+bf16 or f16 it need not, so those keep the dynamic model alone. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
