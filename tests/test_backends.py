@@ -344,6 +344,32 @@ def test_openvino_shape_models_only_where_they_change_no_output(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3.blob", "4.blob"]
 
 
+def test_openvino_runs_a_model_without_importing_its_conversion_api(artifact: Callable[..., Path]) -> None:
+    """Running an IR imports openvino without openvino.tools.ovc and the telemetry client it brings (about 70 of the
+    import's 150 ms, in every process that runs a model); openvino.convert_model still converts a model in that
+    process, and the API imports as usual afterwards."""
+    _need("openvino")
+    ir = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    onnx = artifact("onnx", imgsz=(160, 160), dynamic=True)  # an ONNX file for convert_model (skips without one)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "import backends\n"
+        "from backends.base import LoadOptions\n"
+        "runner = backends.REGISTRY['openvino'].load(Path(sys.argv[1]), LoadOptions(threads=1))\n"
+        "assert runner.infer(np.zeros((1, 3, 160, 160), np.uint8)).shape[0] == 1\n"
+        "late = [m for m in ('openvino.tools.ovc', 'openvino_telemetry') if m in sys.modules]\n"
+        "assert not late, late\n"
+        "import openvino as ov\n"
+        "model = ov.convert_model(sys.argv[2])\n"
+        "assert model.inputs and 'openvino.tools.ovc' in sys.modules\n"
+        "from openvino.tools.ovc import convert_model\n"
+        "assert callable(convert_model)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(ir), str(onnx)], cwd=REPO, check=True)
+
+
 def test_openvino_int8(source: LoadedModel, artifact: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
                        ) -> None:
     _need("openvino")

@@ -1,8 +1,10 @@
 """An OpenVINO IR on disk (``.xml`` + ``.bin``, or a folder holding one): finding it, reading it, and the yolokit
-metadata in its ``rt_info``."""
+metadata in its ``rt_info``; :func:`runtime`, the ``openvino`` module as running an IR imports it."""
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,37 @@ from toolkit.meta import META_KEY, ModelMeta
 
 REEXPORT_HINT = "re-export it with `yolokit export WEIGHTS --to openvino`"
 FOLDER_SUFFIX = "_openvino"  # what an exported IR's folder is named after the model: yolov5n_openvino/
+CONVERSION = "openvino.tools.ovc"  # OpenVINO's model-conversion API (convert_model)
+
+
+def runtime() -> Any:
+    """The ``openvino`` module, for running IRs. ``import openvino`` also imports its model-conversion API
+    (``openvino.tools.ovc``) and with it OpenVINO's telemetry client (urllib, http.client): about 70 of the 150 ms
+    the import takes on a 2-core VM, paid by every process that runs a model (3 % of a 100-image run), and never used
+    to run one. The first import made here goes without it: a module named like it, without ``convert_model``, stands
+    in while ``openvino`` imports (its ``__init__`` then leaves the API out, as when it is not installed) and is
+    removed at once; ``openvino.convert_model`` is then a function that imports the API on its first call, so code
+    that converts models in the same process works as before."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    stand_in = None
+    if CONVERSION not in sys.modules:
+        stand_in = sys.modules[CONVERSION] = types.ModuleType(CONVERSION)
+    try:
+        import openvino
+    finally:
+        if stand_in is not None and sys.modules.get(CONVERSION) is stand_in:
+            del sys.modules[CONVERSION]
+    if not hasattr(openvino, "convert_model"):
+        openvino.convert_model = convert_model  # type: ignore[attr-defined]
+    return openvino
+
+
+def convert_model(*args: Any, **kwargs: Any) -> Any:
+    """``openvino.convert_model``, its API imported on the first call (see :func:`runtime`)."""
+    from openvino.tools.ovc import convert_model as convert
+
+    return convert(*args, **kwargs)
 
 
 def xml_in(folder: Path) -> list[Path]:
@@ -32,8 +65,7 @@ def resolve_xml(path: Path) -> Path:
 
 def read_model(path: Path) -> tuple[Any, Path]:
     """The ``openvino.Model`` of an IR (``.xml`` or its folder) and its .xml; one clear line when it cannot be read."""
-    import openvino as ov
-
+    ov = runtime()
     xml = resolve_xml(path)
     if not xml.with_suffix(".bin").is_file():
         raise ModelFileError(f"{xml}: the weights file {xml.with_suffix('.bin').name} is missing beside it; "

@@ -25,7 +25,8 @@ for it alone, by the inference thread that meets it then (the others keep to the
 :data:`SHAPE_MODELS` of them, fewer for a large model (each holds its own copy of the weights: :data:`SHAPE_MEMORY`
 bytes in all), none after a compile fails. Only where the CPU computes in f32: there the shape's model gives
 bit-identical outputs (tests/test_backends.py checks it, for an INT8 IR computing its float parts in f32 too); in
-bf16 or f16 it need not, so those keep the dynamic model alone. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
+bf16 or f16 it need not, so those keep the dynamic model alone. ``LoadOptions.options["shape_models"]`` sets the
+number (0: none).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import E2E_OUTPUTS, RAW_OUTPUT, BaseRunner, LoadOptions, cache_dir, pack_detections
-from backends.openvino.ir import REEXPORT_HINT, meta_of, read_model
+from backends.openvino.ir import REEXPORT_HINT, meta_of, read_model, runtime
 from backends.shared.onnx_nms import RAW_NAME
 from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
@@ -88,8 +89,7 @@ class OpenVinoRunner(BaseRunner):
     """A compiled model with one infer request per thread (``CompiledModel`` is thread-safe, requests are not)."""
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
-        import openvino as ov
-
+        ov = runtime()
         model, xml = read_model(path)
         meta = meta_of(model, xml)
         raw = bool(options.options.get(RAW_OUTPUT)) and meta.nms is not None
@@ -207,8 +207,7 @@ def first_tensor_access() -> None:
     its tensor-to-array conversion on the first ``Tensor.data`` access of a process; two threads making that first
     access at once deadlocked both (OpenVINO 2026.4: 7 of 60 fresh processes whose two or four threads each made
     their first inference at once hung for good; 0 of 90 after this call). Every element type a runner reads."""
-    import openvino as ov
-
+    ov = runtime()
     for dtype in (np.float32, np.int64, np.int32):
         _ = ov.Tensor(np.zeros((1,), dtype)).data
 
@@ -275,8 +274,7 @@ class ShapeModels:
         return compiled
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
-        import openvino as ov
-
+        ov = runtime()
         source = self.model
         if source is None:  # closed meanwhile
             return None
