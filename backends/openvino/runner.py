@@ -307,15 +307,9 @@ class ShapeModels:
 
 
 def shape_cache(cache: Path | None) -> Path | None:
-    """``<cache>/shapes``, created if needed; None without a cache or when it cannot be written."""
-    if cache is None:
-        return None
-    folder = cache / "shapes"
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK | os.X_OK) else None
+    """``<cache>/shapes``, created if needed (:func:`backends.base.cache_dir`); None without a cache or when it
+    cannot be written."""
+    return None if cache is None else cache_dir({"cache_dir": str(cache / "shapes")}, ENV_CACHE, "openvino")
 
 
 def prune(folder: Path, keep: int) -> None:
