@@ -216,52 +216,81 @@ def _kill_node(cluster: Any, node: Any) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
 
-@pytest.mark.timeout(240)
+def _replica_up_on(on_ray: Served, node_id: str, photos: list[Path], deadline: float) -> bool:
+    """Whether a replica on ``node_id`` has answered a batch before ``deadline``, asking in batches of 8 meanwhile
+    (the controller restarts a lost replica on a node with a free CPU, which loads and warms the model first)."""
+    while time.monotonic() < deadline:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda p: httpx.post(on_ray.url + "/v1/detect", content=p.read_bytes(), headers=AUTH,
+                                               timeout=120), photos[:8]))
+        if _node_executions(on_ray).get(node_id, 0) > 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+KILL_ATTEMPTS = 3
+
+
+@pytest.mark.timeout(600)
 def test_a_node_killed_under_load_fails_its_requests_retryably_and_the_rest_go_to_the_survivor(
         on_ray: Served, local: Served, cluster: Any, coco128_large: Path) -> None:
-    """Large photos (up to 4032x3024, slow to decode), 64 at once (--max-queue; 48 photos, 16 of them twice): as
+    """Large photos (up to 4032x3024, slow to decode), 64 at once (--max-queue; 34 photos, 30 of them twice): as
     soon as either replica has answered a batch (the ingress counts executions per node as answers come back), a
-    node whose replica has not answered yet is killed, in the middle of the batch it accepted. (Waiting for the
-    victim's own first answer let it finish its share now and then; killing the node that had just answered found
-    it between batches once in a full suite, with nothing lost: Ray Serve re-routes a request its replica has not
-    accepted yet.)"""
+    node whose replica has not answered yet (else the first) is killed, in the middle of the work it accepted.
+
+    Whether the killed replica holds a request at that instant is up to the cluster: the proxy and the ingress feed
+    the replicas only as fast as they take in the uploads, and Ray Serve re-routes a request its replica has not
+    accepted yet, so now and then (once in the CI runs so far) the victim was between batches with nothing
+    accepted, and nothing was lost. Then the kill showed nothing, and the test adds a worker node, waits for the
+    controller's new replica on it to answer, and kills again (at most three kills); every answer of every round is
+    checked either way."""
     photos = sorted(coco128_large.glob("*.jpg"))[:48]
     want = {p.name: httpx.post(local.url + "/v1/detect", content=p.read_bytes(), headers=AUTH, timeout=120).json()
             for p in photos}
     chosen = list(enumerate((photos * 2)[:64]))
-    before = _node_executions(on_ray)
-    results: dict[int, Any] = {}
+    lost: dict[int, Any] = {}
+    for attempt in range(KILL_ATTEMPTS):
+        before = _node_executions(on_ray)
+        results: dict[int, Any] = {}
 
-    def ask(i: int, p: Path) -> None:
-        try:
-            r = httpx.post(on_ray.url + "/v1/detect", content=p.read_bytes(), headers=AUTH, timeout=120)
-            results[i] = (r.status_code, r.headers.get("retry-after"), r.json())
-        except httpx.HTTPError as e:  # a connection error: what must not happen
-            results[i] = ("connection", None, repr(e))
+        def ask(i: int, p: Path, results: dict[int, Any] = results) -> None:
+            try:
+                r = httpx.post(on_ray.url + "/v1/detect", content=p.read_bytes(), headers=AUTH, timeout=120)
+                results[i] = (r.status_code, r.headers.get("retry-after"), r.json())
+            except httpx.HTTPError as e:  # a connection error: what must not happen
+                results[i] = ("connection", None, repr(e))
 
-    threads = [threading.Thread(target=ask, args=(i, p)) for i, p in chosen]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 120
-    answered: set[str] = set()
-    while not answered and time.monotonic() < deadline:
-        answered = {n for n, v in _node_executions(on_ray).items() if v > before.get(n, 0)}
-        time.sleep(0.05)
-    workers = list(cluster.worker_nodes)
-    victim = next((n for n in workers if n.node_id not in answered), workers[0])
-    _kill_node(cluster, victim)
-    for t in threads:
-        t.join(180)
-    assert len(results) == len(chosen)
-    lost = {k: v for k, v in results.items() if v[0] != 200}
-    for i, (status, retry_after, body) in results.items():
-        name = chosen[i][1].name
-        if status == 200:
-            assert body == want[name], name
-        else:
-            assert (status, retry_after, body) == (503, "1", {"error": LOST}), (name, status, body)
-    assert lost, "no request was in flight on the killed node"
-    assert len(lost) < len(chosen)
+        threads = [threading.Thread(target=ask, args=(i, p)) for i, p in chosen]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        answered: set[str] = set()
+        while not answered and time.monotonic() < deadline:
+            answered = {n for n, v in _node_executions(on_ray).items() if v > before.get(n, 0)}
+            time.sleep(0.05)
+        workers = list(cluster.worker_nodes)
+        assert len(workers) == 2, [w.node_id for w in workers]
+        victim = next((n for n in workers if n.node_id not in answered), workers[0])
+        _kill_node(cluster, victim)
+        for t in threads:
+            t.join(180)
+        assert len(results) == len(chosen)
+        lost = {k: v for k, v in results.items() if v[0] != 200}
+        for i, (status, retry_after, body) in results.items():
+            name = chosen[i][1].name
+            if status == 200:
+                assert body == want[name], name
+            else:
+                assert (status, retry_after, body) == (503, "1", {"error": LOST}), (name, status, body)
+        assert len(lost) < len(chosen)
+        if lost or attempt == KILL_ATTEMPTS - 1:
+            break
+        # nothing was in flight on the victim: a new node, the replica the controller starts there, another kill
+        fresh = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        assert _replica_up_on(on_ray, fresh.node_id, photos, time.monotonic() + 180), "no replica on the new node"
+    assert lost, f"no request was in flight on the killed node, in {KILL_ATTEMPTS} kills"
     # what comes after goes to the replica still up, and is answered as before
     for p in photos[:6]:
         r = httpx.post(on_ray.url + "/v1/detect", content=p.read_bytes(), headers=AUTH, timeout=120)
