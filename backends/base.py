@@ -178,6 +178,11 @@ class BaseRunner:
         """The intra-op thread count where :meth:`set_threads` can change it, else None."""
         return None
 
+    def expect(self, inferences: int | None) -> None:
+        """A hint before a run: about how many inferences come next (None: not known, as for videos and streams). A
+        runner that prepares for repeated work weighs it (OpenVINO compiles a model for a frequent input shape
+        only where enough inferences remain to pay for it); others ignore it. It never changes an output."""
+
     def close(self) -> None:
         pass
 

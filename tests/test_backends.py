@@ -324,6 +324,36 @@ def test_openvino_gives_a_frequent_input_shape_a_model_of_its_own_with_bit_ident
     dynamic.close()
 
 
+def test_openvino_compiles_a_shape_only_where_the_announced_work_pays_for_it(artifact: Callable[..., Path]) -> None:
+    """A run that says how many inferences come (BaseRunner.expect) gets a shape's model only while SHAPE_AHEAD of
+    them are still ahead at that shape's share: not at the SHAPE_AFTER-th of SHAPE_AFTER + SHAPE_AHEAD - 1, at once
+    when more are announced; with nothing announced (None) as before. Outputs stay the dynamic model's."""
+    _need("openvino")
+    from backends.openvino.runner import SHAPE_AFTER, SHAPE_AHEAD
+
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    x = _batch(1, 128, 160, seed=4)
+    dynamic = module.load(path, LoadOptions(threads=1, options={"shape_models": 0}))
+    ref = dynamic.infer(x)
+    dynamic.close()
+    runner = module.load(path, LoadOptions(threads=1, options={"shape_models": 1}))
+    runner.expect(SHAPE_AFTER + SHAPE_AHEAD - 2)  # at the SHAPE_AFTER-th, SHAPE_AHEAD - 1 ahead (it included)
+    for _ in range(SHAPE_AFTER + SHAPE_AHEAD - 2):
+        np.testing.assert_array_equal(runner.infer(x), ref)
+    assert runner.shapes.count() == 0  # met SHAPE_AFTER times and more, never with SHAPE_AHEAD ahead
+    runner.expect(SHAPE_AHEAD)  # a run of SHAPE_AHEAD more, all at this shape: pays at once
+    np.testing.assert_array_equal(runner.infer(x), ref)
+    assert runner.shapes.count() == 1
+    runner.close()
+    again = module.load(path, LoadOptions(threads=1, options={"shape_models": 1}))
+    again.expect(None)  # not known (a video, a stream): compiled at the SHAPE_AFTER-th as before
+    for _ in range(SHAPE_AFTER):
+        np.testing.assert_array_equal(again.infer(x), ref)
+    assert again.shapes.count() == 1
+    again.close()
+
+
 def test_openvino_shape_models_only_where_they_change_no_output(tmp_path: Path) -> None:
     """f32 on the CPU only (bf16, f16 and INT8 outputs of a shape's model may differ from the dynamic model's), within
     the weights budget; the cache of shape models keeps its newest entries."""

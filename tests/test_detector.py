@@ -44,6 +44,27 @@ def test_predict_iter_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     assert "cannot decode" in (results[2].error or "")
 
 
+def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) -> None:
+    """The hint a runner may weigh (BaseRunner.expect; OpenVINO's shape models): the batches of a list of images;
+    None where a video makes the count unknown until it is decoded."""
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"{i}.jpg"
+        cv2.imwrite(str(p), np.full((64, 96, 3), 20 * i, np.uint8))
+        paths.append(str(p))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    for i in range(3):
+        writer.write(np.full((64, 96, 3), 40 * i, np.uint8))
+    writer.release()
+    det = Detector("yolov5n.yaml", imgsz=128)
+    told: list[int | None] = []
+    det.routine.runner.expect = told.append
+    assert all(r.ok for r in det.predict_iter(paths, batch=3))
+    assert [r.ok for r in det.predict_iter(str(video))] == [True] * 3
+    assert told == [3, None]
+
+
 def test_classes_filter_and_max_det(coco128_images: Path, yolov5n_pt: Path) -> None:
     img = str(coco128_images / "000000000009.jpg")  # bowls, broccoli, oranges
     all_dets = Detector(yolov5n_pt, conf=0.01).predict(img)[0]

@@ -25,8 +25,10 @@ for it alone, by the inference thread that meets it then (the others keep to the
 :data:`SHAPE_MODELS` of them, fewer for a large model (each holds its own copy of the weights: :data:`SHAPE_MEMORY`
 bytes in all), none after a compile fails. Only where the CPU computes in f32: there the shape's model gives
 bit-identical outputs (tests/test_backends.py checks it, for an INT8 IR computing its float parts in f32 too); in
-bf16 or f16 it need not, so those keep the dynamic model alone. ``LoadOptions.options["shape_models"]`` sets the
-number (0: none).
+bf16 or f16 it need not, so those keep the dynamic model alone. Where the caller said how many inferences come
+(:meth:`~backends.base.BaseRunner.expect`: a run over a list of images), a shape is compiled only while at least
+:data:`SHAPE_AHEAD` of them are still ahead at its share (a 100-image run does not pay a compile at its 64th image
+that its last 36 cannot pay back). ``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ SHAPE_MODELS = 4  # such models at most
 SHAPE_MEMORY = 128 << 20  # bytes of weights they may hold together (yolov5n and s: 4; m: 1; l and x: none)
 SHAPE_SHARE = 4  # ... and only a shape that had at least 1/SHAPE_SHARE of the inferences so far
 SHAPE_CACHE = 256 << 20  # bytes the shape models' compile cache keeps (the newest entries)
+SHAPE_AHEAD = 64  # ... and, where the run said how many inferences come (BaseRunner.expect), this many of them
+# are still ahead at that shape (a compile costs what 20-80 inferences save)
 
 
 def cpu_count() -> int:
@@ -194,6 +198,9 @@ class OpenVinoRunner(BaseRunner):
         req.infer({0: x})
         return outputs_of(req, self._outs)
 
+    def expect(self, inferences: int | None) -> None:
+        self.shapes.expect(inferences)
+
     def close(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -250,6 +257,19 @@ class ShapeModels:
         self._seen: dict[tuple[int, ...], int] = {}
         self._total = 0
         self._busy: set[tuple[int, ...]] = set()
+        self._until: int | None = None  # the inference count (_total) the caller's announced work ends at
+
+    def expect(self, inferences: int | None) -> None:
+        """The caller's hint (:meth:`~backends.base.BaseRunner.expect`): ``inferences`` come next (None: not known)."""
+        with self._lock:
+            self._until = None if inferences is None else self._total + max(0, inferences)
+
+    def _pays(self, seen: int) -> bool:
+        """Whether a compile for a shape met ``seen`` times of ``self._total`` has :data:`SHAPE_AHEAD` inferences
+        of the announced work ahead (this one included) at that shape's share (always, when none was announced)."""
+        if self._until is None:
+            return True
+        return (self._until - self._total + 1) * seen >= SHAPE_AHEAD * self._total  # this inference counted
 
     def model_for(self, shape: tuple[int, ...]) -> Any:
         if self.model is None:
@@ -261,7 +281,7 @@ class ShapeModels:
                 return got
             seen = self._seen[shape] = self._seen.get(shape, 0) + 1
             if seen < SHAPE_AFTER or seen * SHAPE_SHARE < self._total or shape in self._busy \
-                    or len(self._ready) + len(self._busy) >= self.most:
+                    or len(self._ready) + len(self._busy) >= self.most or not self._pays(seen):
                 return None
             self._busy.add(shape)
         compiled = self._compile(shape)
