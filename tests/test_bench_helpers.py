@@ -193,3 +193,17 @@ def test_the_torchvision_stand_in_for_detect_py_keeps_the_boxes_yolokits_nms_kee
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.strip() == "torchvision.ops", out.stderr
+
+
+def test_the_ceilings_model_hears_the_runs_image_count_as_a_run_tells_it() -> None:
+    """model_cost tells the runner how many inferences a run over ``images`` has (BaseRunner.expect), so that the
+    ceiling times the model as such a run gets it (OpenVINO: a shape's own model for 1,000 photos, not for 100)."""
+    from toolkit.jobs.bench.ceiling import model_cost
+
+    det = Detector("yolov5n.yaml", imgsz=64)
+    told: list[int | None] = []
+    det.routine.runner.expect = told.append
+    batch = np.zeros((2, 3, 64, 64), np.float32)
+    assert model_cost(det.routine, batch, 1, 0.05, images=101) > 0
+    assert model_cost(det.routine, batch, 1, 0.05) > 0
+    assert told == [51]  # 101 images in batches of 2; nothing told without a count

@@ -7,7 +7,9 @@ too):
 * ``decode``: reading the file and decoding it whole (``cv2.imdecode``, as detect.py);
 * ``letterbox``: the resize and padding, and the channel reorder into the model's layout;
 * ``model``: the model alone on letterboxed batches, at the run's plan (its workers, threads and batch), and at the
-  best of the alternatives tried (:func:`model_cost`); the ceiling takes the cheapest;
+  best of the alternatives tried (:func:`model_cost`); the ceiling takes the cheapest. The runner is told how many
+  images the run has, as a run tells it, so it prepares as that run would (OpenVINO's model compiled for one input
+  shape, which a run of 1,000 photos pays for and one of 100 does not);
 * ``post``: NMS and scaling the boxes back;
 * ``save``: for the default run (annotated images saved), drawing the boxes, encoding the JPEG and writing the file;
 * ``startup`` (seconds of wall time): a fresh Python process that imports numpy, OpenCV and the runtime and loads
@@ -74,8 +76,14 @@ def cpu_ms(fn: Callable[..., Any], *args: Any, repeat: int = 1) -> float:
     return statistics.median(times)
 
 
-def model_cost(routine: Any, batch: np.ndarray, workers: int, seconds: float) -> float:
-    """Core-ms per image of ``routine.infer`` on ``batch`` from ``workers`` threads at once for ``seconds``."""
+def model_cost(routine: Any, batch: np.ndarray, workers: int, seconds: float, images: int | None = None) -> float:
+    """Core-ms per image of ``routine.infer`` on ``batch`` from ``workers`` threads at once for ``seconds``. With
+    ``images``, the runner first hears what a run over that many images tells it
+    (:meth:`backends.base.BaseRunner.expect`), so that it prepares only as far as such a run pays for (OpenVINO
+    compiles a model for the one input shape of 1,000 photos, not of 100)."""
+    expect = getattr(routine.runner, "expect", None)
+    if images is not None and callable(expect):
+        expect(-(-images // len(batch)))
     for _ in range(2):
         routine.infer(batch)  # warm: the first inferences at a shape allocate
     done = [0] * workers
@@ -124,11 +132,12 @@ def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "au
     shape = prepared[0][0].shape
     same = [p for p in prepared if p[0].shape == shape]
     batch = np.stack([same[i % len(same)][0] for i in range(plan.batch)])
-    at_plan = model_cost(routine, batch, plan.workers, seconds)
+    at_plan = model_cost(routine, batch, plan.workers, seconds, n_run)
     options = {f"{plan.workers}x{plan.threads} threads, batch {plan.batch} (the plan)": at_plan}
     single = Detector(model, threads=1, precision=precision, imgsz=imgsz)
     if (plan.workers, plan.threads, plan.batch) != (cpu_count(), 1, 1):
-        options[f"{cpu_count()}x1 threads, batch 1"] = model_cost(single.routine, batch[:1], cpu_count(), seconds)
+        options[f"{cpu_count()}x1 threads, batch 1"] = model_cost(single.routine, batch[:1], cpu_count(), seconds,
+                                                                  n_run)
     single.close()
     preds = [routine.infer(p[0][None])[0] for p in prepared[:8]]
     post = statistics.median(cpu_ms(routine.postprocess, preds[i], prepared[i][1], repeat=5)
