@@ -508,6 +508,21 @@ def test_openvino_refuses_cuda(artifact: Callable[..., Path]) -> None:
         module.load(artifact("openvino", imgsz=(160, 160), dynamic=True), LoadOptions(device="cuda"))
 
 
+def test_openvino_names_the_devices_it_sees_for_one_it_lacks(artifact: Callable[..., Path]) -> None:
+    """A device OpenVINO does not see is refused in one line naming the ones it does (the CPU is not looked up:
+    its plugin ships in every wheel, and listing the devices probes every plugin)."""
+    module = _need("openvino")
+    from backends.openvino.ir import runtime
+
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    seen = runtime().Core().available_devices
+    assert "CPU" in seen
+    lacking = next(d for d in ("NPU", "GPU", "HDDL") if d not in seen)
+    with pytest.raises(BackendUnavailableError, match=f"device '{lacking.lower()}': OpenVINO sees {', '.join(seen)}$"):
+        module.load(path, LoadOptions(device=lacking.lower()))
+    module.load(path, LoadOptions(device="CPU", threads=1)).close()
+
+
 # ------------------------------------------------------------------------------------------------ TensorRT
 
 
