@@ -323,6 +323,14 @@ class BatchRoutine:
         self.times = StageTimes()
         self.whole_batches = True  # partial batches run one image at a time (batch_sizes); a GPU routine: False
 
+    def expect(self, images: int | None, batch: int) -> None:
+        """Tell the runner how many inferences come: ``images`` inputs in batches of ``batch`` (None: not known, as
+        for a video or tiles). A hint it may weigh (:meth:`backends.base.BaseRunner.expect`); a runner of one's own
+        without the method is left alone."""
+        expect = getattr(self.runner, "expect", None)
+        if callable(expect):
+            expect(None if images is None else -(-images // max(1, batch)))
+
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         """BGR HWC uint8 -> (letterboxed CHW RGB uint8, letterbox info)."""

@@ -347,10 +347,8 @@ class Detector:
                 yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
             else:
                 local = routine if plan.gpu else routine.at_threads(plan.threads)  # the plan's CPU threads
-                expect = getattr(local.runner, "expect", None)
-                if callable(expect):  # a hint: how many inferences come (unknown with a video, or tiles)
-                    known = tile is None and all(ref.frame is None for ref in sources.items)
-                    expect(-(-len(sources.items) // max(1, plan.batch)) if known else None)
+                known = tile is None and all(ref.frame is None for ref in sources.items)  # no video, no tiles
+                local.expect(len(sources.items) if known else None, plan.batch)
                 if tile is not None:
                     yield from run_tiled(local, sources.items, plan, keep, tile)
                 else:

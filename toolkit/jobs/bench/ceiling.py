@@ -79,11 +79,10 @@ def cpu_ms(fn: Callable[..., Any], *args: Any, repeat: int = 1) -> float:
 def model_cost(routine: Any, batch: np.ndarray, workers: int, seconds: float, images: int | None = None) -> float:
     """Core-ms per image of ``routine.infer`` on ``batch`` from ``workers`` threads at once for ``seconds``. With
     ``images``, the runner first hears what a run over that many images tells it
-    (:meth:`backends.base.BaseRunner.expect`), so that it prepares only as far as such a run pays for (OpenVINO
+    (:meth:`toolkit.engine.core.BatchRoutine.expect`), so that it prepares only as far as such a run pays for (OpenVINO
     compiles a model for the one input shape of 1,000 photos, not of 100)."""
-    expect = getattr(routine.runner, "expect", None)
-    if images is not None and callable(expect):
-        expect(-(-images // len(batch)))
+    if images is not None:
+        routine.expect(images, len(batch))
     for _ in range(2):
         routine.infer(batch)  # warm: the first inferences at a shape allocate
     done = [0] * workers
