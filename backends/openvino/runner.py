@@ -110,11 +110,10 @@ class OpenVinoRunner(BaseRunner):
                                           f"GPUs/NPUs, not CUDA; use --device cpu or the onnx/trt backend")
         # the CPU plugin ships in every OpenVINO wheel; listing the devices loads and probes every plugin (GPU, NPU:
         # 10-15 ms of each process's start-up, measured on a machine with neither), so only another device asks
-        known = {"CPU", "AUTO"} if device == "CPU" else (
-            set(core.available_devices) | {d.split(".")[0] for d in core.available_devices} | {"AUTO"})
-        if device not in known:
-            raise BackendUnavailableError(f"device {options.device!r}: OpenVINO sees "
-                                          f"{', '.join(core.available_devices)}")
+        if device != "CPU":
+            seen = list(core.available_devices)
+            if device not in {*seen, *(d.split(".")[0] for d in seen), "AUTO"}:
+                raise BackendUnavailableError(f"device {options.device!r}: OpenVINO sees {', '.join(seen)}")
         extra = options.options
         hint = str(extra.get("hint", extra.get("performance_hint", "LATENCY"))).upper()
         if hint not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
