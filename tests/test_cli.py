@@ -57,6 +57,31 @@ def test_the_fast_exit_still_does_what_pythons_own_shutdown_does(tmp_path: Path)
     assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
 
 
+BLAS = """
+import atexit, os, sys
+import toolkit.cli
+print("numpy before entry:", "numpy" in sys.modules)
+atexit.register(lambda: print("numpy:", "numpy" in sys.modules, "threads:", os.environ.get("OPENBLAS_NUM_THREADS")))
+sys.argv = ["yolokit", "info", sys.argv[1]]
+toolkit.cli.entry()
+"""
+
+
+@pytest.mark.parametrize("given", [None, "3"])
+def test_the_command_starts_numpy_with_one_blas_thread_unless_told(given: str | None, tmp_path: Path) -> None:
+    """Importing toolkit.cli loads no numpy, so the command can set OPENBLAS_NUM_THREADS before numpy reads it (its
+    idle thread spun on the other core at every start); a value in the environment is the user's and is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-c", BLAS, str(model)], capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert "numpy before entry: False" in proc.stdout, proc.stdout + proc.stderr
+    assert f"numpy: True threads: {given or '1'}" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = _cli("run", str(tmp_path / "nope"), "--weights", "yolov5n.yaml", "--project", str(tmp_path))
     assert out.returncode == 2
