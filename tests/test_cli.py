@@ -34,7 +34,7 @@ def test_help_teaches() -> None:
 EXIT_NOW = """
 import atexit, sys, threading, time
 from pathlib import Path
-from toolkit.cli.app import exit_now
+from toolkit.cli.root import exit_now
 
 out = Path(sys.argv[1])
 def late() -> None:  # a thread still writing when the command returns

@@ -1,6 +1,6 @@
 """The ``yolokit`` command line. It parses, calls the library, prints, and maps errors to exit codes.
 
-:mod:`toolkit.cli.app` holds the Typer app, the entry point and the exit codes; :mod:`~toolkit.cli.run`,
+:mod:`toolkit.cli.root` holds the Typer app, the entry point and the exit codes; :mod:`~toolkit.cli.run`,
 :mod:`~toolkit.cli.export`, :mod:`~toolkit.cli.tools` (val, info, bench, weights) and :mod:`~toolkit.cli.serve` the
 commands, which register on the app when ``app`` or ``main`` is first taken from this package (or :func:`entry` runs);
 :mod:`~toolkit.cli.params` builds their options from the option declarations, :mod:`~toolkit.cli.parse` reads values
@@ -24,18 +24,18 @@ BLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
 def entry() -> None:
     """The ``yolokit`` command (and ``python -m toolkit.cli``): one BLAS thread unless the environment says otherwise
-    (set before numpy is imported, which is when OpenBLAS reads it), then :func:`toolkit.cli.app.entry`."""
+    (set before numpy is imported, which is when OpenBLAS reads it), then :func:`toolkit.cli.root.entry`."""
     if "numpy" not in sys.modules:
         os.environ.setdefault(BLAS_THREADS, "1")
     commands().entry()
 
 
 def commands() -> Any:
-    """:mod:`toolkit.cli.app` with every command registered on its app; ``app`` and ``main`` of this package are then
-    its Typer app and :func:`~toolkit.cli.app.main` (the submodule's import would leave ``app`` naming the module)."""
+    """:mod:`toolkit.cli.root` with every command registered on its app (``app`` and ``main`` of this package are
+    that app and :func:`~toolkit.cli.root.main`)."""
     import importlib
 
-    module = importlib.import_module("toolkit.cli.app")
+    module = importlib.import_module("toolkit.cli.root")
     for name in ("export", "run", "serve", "tools"):  # the commands register on the app
         importlib.import_module(f"toolkit.cli.{name}")
     globals().update(app=module.app, main=module.main)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from toolkit.cli.app import app
+from toolkit.cli.root import app
 from toolkit.errors import InputError
 from toolkit.options import CONF, IMGSZ, IOU, MAX_DET
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from toolkit.cli.app import app
+from toolkit.cli import app  # the Typer app with its commands
 from toolkit.engine.core import DetectorConfig
 from toolkit.jobs.records import RunOptions
 from toolkit.options import KEY, REQUIRED, keys

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 
-from toolkit.cli.app import app
 from toolkit.cli.params import collect, command, flag
+from toolkit.cli.root import app
 from toolkit.jobs.records import RunOptions
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from toolkit.cli.app import app
 from toolkit.cli.params import collect, command
+from toolkit.cli.root import app
 from toolkit.serve.options import NOT_SERVED, ServeSettings
 
 WEIGHTS_HELP = ("The model to serve: a .pt checkpoint, .onnx, OpenVINO .xml or folder, TensorRT .engine, an export "

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.cli.app import app, weights_app
 from toolkit.cli.params import collect, command, flag
+from toolkit.cli.root import app, weights_app
 from toolkit.engine.core import DetectorConfig
 from toolkit.errors import InputError
 from toolkit.jobs.bench import BenchOptions

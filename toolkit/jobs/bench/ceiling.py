@@ -168,7 +168,7 @@ os._exit(0)  # without the interpreter's teardown (a runtime unloading its libra
 def startup_seconds(model: str, threads: int, repeat: int = 3) -> tuple[float, float]:
     """Median (wall, CPU) seconds of a fresh Python process that imports numpy, OpenCV and the runtime and loads the
     model (its compiled form cached, as a run finds it after the first), then ends without the interpreter's
-    teardown (``yolokit`` skips it: :func:`toolkit.cli.app.exit_now`): the start-up no run can avoid."""
+    teardown (``yolokit`` skips it: :func:`toolkit.cli.root.exit_now`): the start-up no run can avoid."""
     import backends
 
     name = backends.backend_for(Path(model))

@@ -1,5 +1,6 @@
-"""The ``yolokit`` Typer app, its entry point and exit codes. The commands live beside it (``run``, ``export``,
-``tools``: val, info, bench, weights) and register on :data:`app` when :mod:`toolkit.cli` is imported.
+"""The root of the ``yolokit`` command: its Typer app, entry point and exit codes. The commands live beside it
+(``run``, ``export``, ``serve``, ``tools``: val, info, bench, weights) and register on :data:`app` when
+:func:`toolkit.cli.commands` imports them (``from toolkit.cli import app, main`` and :func:`toolkit.cli.entry` do).
 
 Exit codes: 0 success; 1 some inputs failed (the rest were processed); 2 bad input or options;
 3 bad model file; 4 backend or device unavailable; 5 download failed; 6 export failed; 7 output not
