@@ -11,22 +11,16 @@ Importing this package loads neither numpy nor the commands, so that :func:`entr
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
-
-# numpy's OpenBLAS starts a thread per core when numpy is imported; with nothing to do, it spins on its core for about
-# 0.1 s of each start (measured: a 100-photo OpenVINO run used 3.58 core-s with it, 3.35 without, 1.89 -> 1.86 s).
-# yolokit makes no BLAS call (no matrix products: letterbox, decode, NMS and box scaling are elementwise), so the
-# command's own process and the worker processes it starts (which inherit the setting) take one.
-BLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
 
 def entry() -> None:
-    """The ``yolokit`` command (and ``python -m toolkit.cli``): one BLAS thread unless the environment says otherwise
-    (set before numpy is imported, which is when OpenBLAS reads it), then :func:`toolkit.cli.root.entry`."""
-    if "numpy" not in sys.modules:
-        os.environ.setdefault(BLAS_THREADS, "1")
+    """The ``yolokit`` command (and ``python -m toolkit.cli``): this process set up as yolokit's own
+    (:func:`toolkit.host.own_process`: one OpenBLAS thread, set before numpy is imported, and freed memory kept for
+    reuse), then :func:`toolkit.cli.root.entry`."""
+    from toolkit.host import own_process
+
+    own_process()
     commands().entry()
 
 

@@ -37,6 +37,7 @@ from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, expa
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
 from toolkit.errors import YolokitError
+from toolkit.host import keep_freed_memory
 from toolkit.io.files import ImageReadError, read_head
 from toolkit.io.imageheader import header_size
 from toolkit.io.outputs import AnnotateStyle
@@ -102,6 +103,7 @@ def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSp
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(config.threads)
+    keep_freed_memory()  # yolokit's own process (the command's setting of OpenBLAS is inherited)
     import cv2
 
     from toolkit.io.decode import quiet_decoders

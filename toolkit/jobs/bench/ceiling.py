@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.host import BLAS_THREADS, keep_freed_memory
 from toolkit.options import IMGSZ
 
 PER_IMAGE = ("decode", "letterbox", "model", "post")
@@ -157,6 +158,8 @@ def measure_parts(model: str, paths: list[str], n_run: int, precision: str = "au
 STARTUP = """
 import os, sys
 from pathlib import Path
+from toolkit.host import own_process
+own_process()  # as the yolokit command sets up its process
 import numpy, cv2
 import backends
 from backends.base import LoadOptions
@@ -225,7 +228,10 @@ def parts_in_fresh_process(model: str, paths: list[str], n_run: int, precision: 
         listing.write_text("".join(f"{p}\n" for p in paths))
         cmd = [sys.executable, "-m", "toolkit.jobs.bench.ceiling", model, str(listing), str(n_run), precision,
                str(imgsz)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # the process set up as the yolokit command sets up its own (toolkit.host): one OpenBLAS thread from the
+        # start (the rest in _main)
+        env = {**os.environ, BLAS_THREADS: os.environ.get(BLAS_THREADS, "1")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@")), None)
     if proc.returncode != 0 or line is None:
         err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -238,6 +244,7 @@ def _main() -> None:
     line."""
     import json
 
+    keep_freed_memory()  # as the yolokit command does (toolkit.host)
     model, listing, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     precision = sys.argv[4] if len(sys.argv) > 4 else "auto"
     imgsz = int(sys.argv[5]) if len(sys.argv) > 5 else 640
