@@ -120,6 +120,29 @@ def test_process_mode_gives_each_worker_the_shapes_it_has_met(three_shapes: list
             assert handed == list(range(30)) and len(pairs) == 6  # input order: every worker meets every shape
 
 
+def test_each_process_hears_its_share_of_the_inputs(three_shapes: list[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's hint (BaseRunner.expect; OpenVINO compiles a shape only where the work ahead pays for it) in
+    process mode: each process, the parent and the workers, hears its share of the run's inputs (30 over 2: 15), as
+    a thread-mode run's one model hears them all. A worker hears it as soon as it has loaded the model."""
+    from tests.helpers.recording import recording_load
+
+    log = tmp_path / "expect.log"
+    monkeypatch.setenv("YOLOKIT_TEST_EXPECT_LOG", str(log))
+    det = Detector("yolov5n.yaml", imgsz=128)
+    det.routine = recording_load(det.config)
+    # the workers do every task (the parent only hands them out), so at least one worker has loaded and heard
+    plan = replace(make_plan(det, len(three_shapes), mode="process", workers=2, batch=1), parent_works=False)
+    assert plan.mode == "process" and plan.workers == 2
+    spec = TaskSpec(batch=1, fast_decode=False, each=-(-len(three_shapes) // plan.workers))
+    results = list(ProcessPool(det.routine, recording_load, list_sources(three_shapes).items, plan, spec).results())
+    assert len(results) == 30 and all(r.ok for r in results)
+    told = [line.split() for line in log.read_text().splitlines()]
+    assert {n for _, n in told} == {"15"}, told
+    pids = {pid for pid, _ in told}
+    assert str(os.getpid()) in pids and len(pids) >= 2, told  # the parent and a worker process
+
+
 def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: list[str]) -> None:
     """Shape affinity lets inputs go ahead of older ones, whose results the run then holds (a bounded reorder
     buffer). Once that buffer is full, the input every held result waits for must still go out, or the run would

@@ -342,12 +342,13 @@ class Detector:
                 yield from in_order(results)  # a remote image comes when downloaded: back in input order
             return
         with routine.device_settings():
-            if plan.mode == "process":
-                spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle())
+            known = tile is None and all(ref.frame is None for ref in sources.items)  # no video, no tiles
+            if plan.mode == "process":  # each process hears its share of the inputs
+                each = -(-len(sources.items) // max(1, plan.workers)) if known else None
+                spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle(), each)
                 yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
             else:
                 local = routine if plan.gpu else routine.at_threads(plan.threads)  # the plan's CPU threads
-                known = tile is None and all(ref.frame is None for ref in sources.items)  # no video, no tiles
                 local.expect(len(sources.items) if known else None, plan.batch)
                 if tile is not None:
                     yield from run_tiled(local, sources.items, plan, keep, tile)

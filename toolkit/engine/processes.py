@@ -60,6 +60,7 @@ class TaskSpec:
     annotate: bool = False  # encode the annotated image in the worker (annotated images are saved)
     crops: bool = False  # cut and encode each box's crop in the worker (--save-crop)
     style: AnnotateStyle = field(default_factory=AnnotateStyle)
+    each: int | None = None  # inputs each process is expected to run (the run's, shared out); None: not known
 
     @property
     def keep_images(self) -> bool:
@@ -113,6 +114,7 @@ def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSp
     try:
         routine = factory(config)
         set_threads(routine.runner, int(config.threads or 1))
+        routine.expect(spec.each, spec.batch)  # the runner prepares as far as this worker's share pays for
     except Exception as e:  # reported to the parent, which stops the run with this message
         results.send(("init_error", wid, None, f"{type(e).__name__}: {e}"))
         return
@@ -213,6 +215,7 @@ class ProcessPool:
         self.restarts = 0
         self.max_restarts = 3 * plan.workers + 3
         self.worker_config = replace(routine.config, threads=plan.threads)
+        routine.expect(spec.each, spec.batch)
 
     # ------------------------------------------------------------------------------------------- tasks
     def start_worker(self) -> None:
@@ -388,6 +391,7 @@ class ProcessPool:
         if self.routine.config.threads == self.plan.threads or set_threads(self.routine.runner, self.plan.threads):
             return self.routine
         self.copy = self.factory(self.worker_config)
+        self.copy.expect(self.spec.each, self.spec.batch)
         return self.copy
 
     def dispatch(self) -> None:
