@@ -63,6 +63,16 @@ def test_kept_memory_spares_the_page_faults_of_each_image(coco128_large: Path) -
     assert kept < plain / 3, (plain, kept)
 
 
-def test_the_users_own_malloc_settings_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+@pytest.mark.parametrize("tunables", ["glibc.malloc.mmap_threshold=65536", "glibc.malloc.trim_threshold=0",
+                                      "glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=131072"])
+def test_the_users_own_thresholds_are_kept(tunables: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
     assert keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's malloc's; this C library is not glibc")
+def test_other_malloc_settings_of_the_user_go_with_the_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (2 MiB pages for malloc's heaps, which only the environment can ask
+    for) leaves the thresholds to yolokit."""
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert keep_freed_memory() is True

@@ -1,6 +1,7 @@
 """Settings of a process that yolokit owns: the ``yolokit`` command's (:func:`toolkit.cli.entry`), the worker
-processes of a process-mode run, and the processes its benchmarks measure. A program that imports yolokit as a
-library keeps its own: nothing here runs on import.
+processes of a process-mode run, its Ray actors and Serve replicas (freed memory only: Ray starts them), and the
+processes its benchmarks measure. A program that imports yolokit as a library keeps its own: nothing here runs on
+import.
 
 * **One OpenBLAS thread.** numpy's OpenBLAS starts a thread per core when numpy is imported; with nothing to do it
   spins on its core for about 0.1 s of each start (a 100-photo OpenVINO run used 3.60 core-s with it, 3.44 without).
@@ -12,7 +13,12 @@ library keeps its own: nothing here runs on import.
   faults and 1.8 s of kernel time in a 1,000-photo OpenVINO run. Kept below 32 MiB (the most glibc allows) and not
   trimmed, the same run had 64,000 faults, took 12.9 instead of 14.2 s, and peaked at the same memory (383 MB;
   24 photos of 13400x9528: 2.6 instead of 3.0 GB, since blocks this large are still unmapped when freed). Only with
-  glibc (other C libraries allocate otherwise), and not where ``GLIBC_TUNABLES`` already sets glibc's malloc.
+  glibc (other C libraries allocate otherwise), and not where ``GLIBC_TUNABLES`` sets these thresholds itself.
+
+  The blocks kept are in 4 KiB pages, where a fresh mapping of numpy's was advised into 2 MiB pages: a little more
+  user time (fewer TLB hits) against much less kernel time. Only glibc can advise its own heaps, and only when told
+  at the process's start (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), which a process cannot do for itself: a user
+  who sets it gets both (1,000 photos: 14.69 -> 13.93 s, docs/guide/performance.md).
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ def own_process() -> None:
 
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed blocks below :data:`MMAP_THRESHOLD` for reuse instead of unmapping them or
-    trimming its heaps; False where the C library is not glibc or ``GLIBC_TUNABLES`` sets malloc already. Both
+    trimming its heaps; False where the C library is not glibc or ``GLIBC_TUNABLES`` sets these thresholds. Both
     settings go together: either one alone turns off glibc's moving threshold, and every block above the fixed
     default (128 KiB) is then mapped afresh (measured: 2.4-4x the page faults of neither)."""
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        return False  # the user's own malloc settings
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in tunables or "glibc.malloc.trim_threshold" in tunables:
+        return False  # the user's own thresholds (their other malloc settings, such as hugetlb, go with ours)
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError, AttributeError):  # not a GNU system

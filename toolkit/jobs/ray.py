@@ -60,9 +60,11 @@ class InferActor:
 
     def __init__(self, config: DetectorConfig, run_options: RunOptions, out_dir: str) -> None:
         from toolkit.engine.detector import ModelRoutine
+        from toolkit.host import keep_freed_memory
         from toolkit.io.decode import quiet_decoders
 
         quiet_decoders()  # an actor process is yolokit's own: unreadable inputs are reported in its results
+        keep_freed_memory()  # and its freed memory is kept for the next image (toolkit.host)
         self.routine = ModelRoutine.load(config)
         set_threads(self.routine.runner, int(config.threads or 1))
         self.opts = run_options

@@ -88,9 +88,11 @@ class ModelReplica:
     def __init__(self, settings: ServeSettings, name: str) -> None:
         import ray
 
+        from toolkit.host import keep_freed_memory
         from toolkit.io.decode import quiet_decoders
 
         quiet_decoders()  # a replica's process is yolokit's own: unreadable images are answered 400
+        keep_freed_memory()  # and its freed memory is kept for the next image (toolkit.host)
         e = settings.engine
         config = settings.detector
         threads = max(1, int(e.cpus_per_replica))
