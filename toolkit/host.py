@@ -9,14 +9,15 @@ import.
   when numpy is imported, so it is set only before that, and only where the environment does not set it.
 * **Freed memory kept for the next image.** glibc returns large freed blocks to the kernel (each block over its
   moving mmap threshold is unmapped; the top of a heap is trimmed), so every decoded photo, letterboxed input and
-  model output of a run was mapped afresh, and every page of it faulted in again, zeroed by the kernel: 414,000 page
-  faults and 1.8 s of kernel time in a 1,000-photo OpenVINO run. Kept below 32 MiB (the most glibc allows) and not
-  trimmed, the same run had 64,000 faults, took 12.9 instead of 14.2 s, and peaked at the same memory (383 MB;
-  24 photos of 13400x9528: 2.6 instead of 3.0 GB, since blocks this large are still unmapped when freed). Only with
-  glibc (other C libraries allocate otherwise), and not where ``GLIBC_TUNABLES`` sets these thresholds itself.
+  model output of a run was mapped afresh, and every page of it faulted in again, zeroed by the kernel: 414,000-541,000
+  page faults and 1.2-1.8 s of kernel time in a 1,000-photo OpenVINO run. Kept below 32 MiB (the most glibc allows)
+  and not trimmed: 65,000 faults and 0.5 s, at the same peak memory (383 MB; 24 photos of 13400x9528: 2.6 instead
+  of 3.0 GB, since blocks this large are still unmapped when freed); whole runs 2-7 % faster at 100 photos, 2 % at
+  1,000 (docs/benchmarks.md, run H). Only with glibc (other C libraries allocate otherwise), and not where
+  ``GLIBC_TUNABLES`` sets these thresholds itself.
 
-  The blocks kept are in 4 KiB pages, where a fresh mapping of numpy's was advised into 2 MiB pages: a little more
-  user time (fewer TLB hits) against much less kernel time. Only glibc can advise its own heaps, and only when told
+  The blocks kept are in 4 KiB pages, where a fresh mapping of numpy's was advised into 2 MiB pages: some more
+  user time (more TLB misses) against much less kernel time. Only glibc can advise its own heaps, and only when told
   at the process's start (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), which a process cannot do for itself: a user
   who sets it gets both (1,000 photos: 14.69 -> 13.93 s, docs/guide/performance.md).
 """
