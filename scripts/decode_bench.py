@@ -80,9 +80,9 @@ def main() -> None:
         args.repeats)
     speed = {}
     for to in models:
-        exact, fast = statistics.median(times[f"{to} exact"]), statistics.median(times[f"{to} fast"])
-        speed[to] = {"exact_s": exact, "fast_s": fast, "exact_img_s": args.images / exact,
-                     "fast_img_s": args.images / fast, "exact_vs_fast": fast / exact,
+        exact_s, fast_s = statistics.median(times[f"{to} exact"]), statistics.median(times[f"{to} fast"])
+        speed[to] = {"exact_s": exact_s, "fast_s": fast_s, "exact_img_s": args.images / exact_s,
+                     "fast_img_s": args.images / fast_s, "exact_vs_fast": fast_s / exact_s,
                      "runs_exact": times[f"{to} exact"], "runs_fast": times[f"{to} fast"]}
     result["speed"] = {"images": args.images, "size": "1920x1080", "repeats": args.repeats, **speed}
     (out / "decode_bench.json").write_text(json.dumps(result, indent=1))

@@ -72,6 +72,13 @@ CONF_TOL = {"fp32": 0.002, "fp16": 0.02}
 
 
 # ---------------------------------------------------------------------------------------------- correctness
+
+def _read(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path))
+    if img is None:
+        raise SystemExit(f"{path}: not a readable image")
+    return img
+
 def _detect(paths: list[Path], weights: str, device: str, **kw: Any) -> tuple[dict[str, Any], str]:
     from toolkit import Detector
 
@@ -130,7 +137,7 @@ def unit_checks(paths: list[Path], weights: str, device: str) -> dict[str, Any]:
     dev = torch.device(parse_device(device).torch)
     diffs, exact_1080 = [], True
     for p in paths[:16]:
-        img = cv2.imread(str(p))
+        img = _read(p)
         # coco128 photos resized to 416 (a real resize; at 640 most are only padded), 1920x1080 to 640 (exact)
         for src, size in ((img, 416), (cv2.resize(img, (1920, 1080), interpolation=cv2.INTER_LINEAR), 640)):
             ref, _ = letterbox(src, size, 32)
@@ -143,7 +150,7 @@ def unit_checks(paths: list[Path], weights: str, device: str) -> dict[str, Any]:
     model = load_model(weights).model.to(dev).float().eval()
     same = total = 0
     for opts in (NMSOptions(), NMSOptions(conf=0.001, iou=0.6, max_det=300)):
-        batch = np.stack([letterbox(cv2.imread(str(p)), (480, 640), 32, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
+        batch = np.stack([letterbox(_read(p), (480, 640), 32, auto=False)[0][:, :, ::-1].transpose(2, 0, 1)
                           for p in paths[:8]])
         with torch.inference_mode():
             preds = model(torch.from_numpy(np.ascontiguousarray(batch)).to(dev).float() / 255)

@@ -23,5 +23,6 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
 fi
 "$PY" -m ruff check toolkit backends tests scripts
 "$PY" -m mypy
+"$PY" -m mypy scripts  # the benchmark and check scripts (not a package: checked as files)
 "$VENV/bin/lint-imports"
 "$PY" -m pytest -q "$@"

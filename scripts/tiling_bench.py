@@ -201,8 +201,9 @@ def main() -> None:
     cw, ch = (int(v) for v in args.canvas.lower().split("x"))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     files = sorted((Path(args.data) / "images" / "train2017").glob("*.jpg"))[:args.images]
-    images = [cv2.imread(str(f)) for f in files]
-    if not images or any(im is None for im in images):
+    read = [cv2.imread(str(f)) for f in files]
+    images = [im for im in read if im is not None]
+    if not images or len(images) < len(read):
         sys.exit(f"{args.data}: no readable images in images/train2017")
     det = Detector(weights)
     plan = make_plan(det, 1)  # what `yolokit run --tile` plans for one image

@@ -71,7 +71,8 @@ class Calls:
     """Counts the S3 API calls (by operation name) the cached s3fs client makes in this process."""
 
     def __init__(self, fs: Any) -> None:
-        self.fs, self.counts = fs, {}
+        self.fs = fs
+        self.counts: dict[str, int] = {}
         fs.connect()  # the client exists now
 
         def count(model: Any = None, **_: Any) -> None:

@@ -179,7 +179,8 @@ def load_threads(config: DetectorConfig, n_inputs: int, mode: str = "auto", work
 class PlannedDetector(Protocol):
     """A loaded model: its ``config`` names the backend and device it resolved to."""
 
-    meta: ModelMeta
+    @property
+    def meta(self) -> ModelMeta: ...
 
     @property
     def config(self) -> DetectorConfig: ...
