@@ -709,3 +709,37 @@ def test_mutated_images_never_raise(seed: str, edits: list[tuple[int, int]], cut
         data[offset % len(data)] = value
     _all_public(bytes(data))
     _all_public(bytes(data[: cut % (len(data) + 1)]))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("order", ["<", ">"])  # PIL writes little-endian EXIF; the big-endian one by hand below
+def test_oriented_size_is_the_decoded_size(orientation: int, order: str) -> None:
+    """A JPEG's EXIF orientation, read from its Exif segment without decoding: 5-8 turn the photo a quarter, and
+    OpenCV's decode (detect.py's) applies it, so the size a run will decode is the header's, swapped."""
+    rng = np.random.default_rng(orientation)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[ih.EXIF_ORIENTATION] = orientation
+    Image.fromarray(rng.integers(0, 255, (48, 80, 3), np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
+    data = buf.getvalue()
+    if order == ">":  # the same EXIF written big-endian (as many cameras do)
+        at = data.index(b"Exif\x00\x00") + 6
+        tiff = b"MM" + struct.pack(">HI", 42, 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1,
+                                                                                   orientation, 0) + b"\0\0\0\0"
+        seg_len = struct.unpack_from(">H", data, at - 8)[0]
+        seg_end = at - 10 + 2 + seg_len
+        body = b"Exif\x00\x00" + tiff
+        data = data[:at - 8] + struct.pack(">H", len(body) + 2) + body + data[seg_end:]
+    assert ih.jpeg_orientation(data) == orientation
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert ih.oriented_size(data) == decoded.shape[:2]
+    assert ih.header_size(data) == (48, 80)
+
+
+def test_orientation_of_what_has_none() -> None:
+    rng = np.random.default_rng(0)
+    plain = cv2.imencode(".jpg", rng.integers(0, 255, (30, 50, 3), np.uint8))[1].tobytes()
+    png = cv2.imencode(".png", rng.integers(0, 255, (30, 50, 3), np.uint8))[1].tobytes()
+    for data in (plain, png, b"", b"\xff\xd8\xff", plain[:40]):
+        assert ih.jpeg_orientation(data) == 1
+    assert ih.oriented_size(plain) == (30, 50) and ih.oriented_size(png) == (30, 50)

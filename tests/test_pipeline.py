@@ -143,6 +143,24 @@ def test_each_process_hears_its_share_of_the_inputs(three_shapes: list[str], tmp
     assert str(os.getpid()) in pids and len(pids) >= 2, told  # the parent and a worker process
 
 
+def test_the_shape_hint_turns_with_a_photos_exif_orientation(tmp_path: Path) -> None:
+    """A phone photo stored 120x200 with EXIF orientation 6 decodes as 200x120 (OpenCV applies it, as detect.py
+    reads it); the process pool's shape hint, read from the header before decoding, says the decoded shape."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rng = np.random.default_rng(2)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(rng.integers(0, 255, (120, 200, 3), np.uint8)).save(path, "JPEG", exif=exif.tobytes())
+    det = _det()
+    pool = _scheduler(det, [str(path)], 2)
+    item = (0, list_sources([str(path)]).items[0], None)
+    decoded = cv2.imread(str(path))
+    assert decoded.shape[:2] == (200, 120)
+    assert pool._shape(item) == tuple(det.routine.preprocess(decoded)[0].shape[1:])
+
+
 def test_a_full_reorder_buffer_still_sends_the_input_it_waits_for(three_shapes: list[str]) -> None:
     """Shape affinity lets inputs go ahead of older ones, whose results the run then holds (a bounded reorder
     buffer). Once that buffer is full, the input every held result waits for must still go out, or the run would

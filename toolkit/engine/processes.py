@@ -39,7 +39,7 @@ from toolkit.engine.tiled import tiled_result
 from toolkit.errors import YolokitError
 from toolkit.host import keep_freed_memory
 from toolkit.io.files import ImageReadError, read_head
-from toolkit.io.imageheader import header_size
+from toolkit.io.imageheader import oriented_size
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef
 from toolkit.ops import letterbox_shape
@@ -306,13 +306,13 @@ class ProcessPool:
         return head
 
     def _shape(self, item: Item) -> tuple[int, int] | None:
-        """The letterboxed shape of a local image file from its header (None: not known before decoding). A hint
-        for scheduling only: a wrong one (an EXIF-rotated photo) costs a shape set-up, never an answer."""
+        """The letterboxed shape of a local image file from its header, a JPEG's EXIF orientation applied (None: not
+        known before decoding). A hint for scheduling only: a wrong one costs a shape set-up, never an answer."""
         _, ref, payload = item
         if not self.affinity or payload is not None:  # a downloaded input, a failure to report
             return None
         try:
-            size = header_size(read_head(ref.path, 1 << 16))
+            size = oriented_size(read_head(ref.path, 1 << 16))
         except (ImageReadError, OSError):
             return None
         if not size or min(size) <= 0:

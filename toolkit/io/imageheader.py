@@ -188,9 +188,16 @@ def _webp_size(mv: memoryview) -> tuple[int, int] | None:
 
 def _tiff_size(mv: memoryview) -> tuple[int, int] | None:
     """ImageWidth (256) and ImageLength (257) from the first IFD, classic or BigTIFF, either byte order."""
+    found = _tiff_tags(mv, (256, 257))
+    return (found[257], found[256]) if len(found) == 2 else None
+
+
+def _tiff_tags(mv: memoryview, wanted: tuple[int, ...]) -> dict[int, int]:
+    """The ``wanted`` tags of a TIFF structure's first IFD that hold one inline SHORT, LONG or LONG8 (classic TIFF
+    or BigTIFF, either byte order; also the body of a JPEG's Exif segment); those it lacks are left out."""
     n = len(mv)
     if n < 8:
-        return None
+        return {}
     order = "<" if mv[0:2] == b"II" else ">"
     version = struct.unpack_from(order + "H", mv, 2)[0]
     if version == 42:
@@ -198,14 +205,14 @@ def _tiff_size(mv: memoryview) -> tuple[int, int] | None:
         count_fmt, entry_fmt, entry_size, value_at = "H", "HHI", 12, 8
     elif version == 43:
         if n < 16 or struct.unpack_from(order + "HH", mv, 4) != (8, 0):
-            return None
+            return {}
         ifd = struct.unpack_from(order + "Q", mv, 8)[0]
         count_fmt, entry_fmt, entry_size, value_at = "Q", "HHQ", 20, 12
     else:
-        return None
+        return {}
     count_size = struct.calcsize(count_fmt)
     if ifd + count_size > n:
-        return None
+        return {}
     count = struct.unpack_from(order + count_fmt, mv, ifd)[0]
     first = ifd + count_size
     # A damaged count can send us neither past the data nor into a long loop (real IFDs have < 100 entries).
@@ -215,13 +222,49 @@ def _tiff_size(mv: memoryview) -> tuple[int, int] | None:
     for k in range(count):
         at = first + k * entry_size
         tag, kind, _ = struct.unpack_from(order + entry_fmt, mv, at)
-        if tag in (256, 257) and kind in value_formats and tag not in found:
+        if tag in wanted and kind in value_formats and tag not in found:
             fmt = value_formats[kind]
             if struct.calcsize(fmt) <= entry_size - value_at:  # the value is stored inline
                 found[tag] = struct.unpack_from(order + fmt, mv, at + value_at)[0]
-        if len(found) == 2:
-            return found[257], found[256]
-    return None
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+EXIF_ORIENTATION = 0x0112
+_SOF_CODES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_orientation(data: Encoded) -> int:
+    """A JPEG's EXIF orientation (1-8; 1, as stored, where it has none or the data is not a JPEG): the first Exif
+    APP1 segment before the frame header, as decoders read it. 5-8 turn the image a quarter, so the decoded image
+    (``cv2.imdecode`` applies the orientation) has the header's height and width swapped."""
+    mv = as_view(data)
+    n = len(mv)
+    if head_bytes(mv, 3) != b"\xff\xd8\xff":
+        return 1
+    pos = 2
+    for _ in range(64):  # the segments before the frame: a few APPn, DQT, DHT
+        if pos + 4 > n or mv[pos] != 0xFF:
+            return 1
+        code = mv[pos + 1]
+        if code in _SOF_CODES or code in (0xDA, 0xD9):
+            return 1
+        end = pos + 2 + ((mv[pos + 2] << 8) | mv[pos + 3])
+        if code == 0xE1 and bytes(mv[pos + 4:pos + 10]) == b"Exif\x00\x00":
+            value = _tiff_tags(mv[pos + 10:min(end, n)], (EXIF_ORIENTATION,)).get(EXIF_ORIENTATION, 1)
+            return value if 1 <= value <= 8 else 1
+        pos = end
+    return 1
+
+
+def oriented_size(data: Encoded) -> tuple[int, int] | None:
+    """(height, width) of the image as decoded: :func:`header_size`, swapped for a JPEG whose EXIF orientation
+    turns it a quarter. A hint (a header can be damaged), not a check."""
+    size = header_size(data)
+    if size is not None and jpeg_orientation(data) >= 5:
+        return size[1], size[0]
+    return size
 
 
 def _pnm_size(mv: memoryview) -> tuple[int, int] | None:
