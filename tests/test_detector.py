@@ -45,8 +45,9 @@ def test_predict_iter_keeps_order_and_reports_failures(tmp_path: Path) -> None:
 
 
 def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) -> None:
-    """The hint a runner may weigh (BaseRunner.expect; OpenVINO's shape models): the batches of a list of images;
-    None where a video makes the count unknown until it is decoded."""
+    """The hint a runner may weigh (BaseRunner.expect; OpenVINO's shape models): the batches of a list of images,
+    three times with test-time augmentation (its three views); None where a video makes the count unknown until it
+    is decoded."""
     paths = []
     for i in range(7):
         p = tmp_path / f"{i}.jpg"
@@ -63,6 +64,10 @@ def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) 
     assert all(r.ok for r in det.predict_iter(paths, batch=3))
     assert [r.ok for r in det.predict_iter(str(video))] == [True] * 3
     assert told == [3, None]
+    tta = Detector("yolov5n.yaml", imgsz=128, augment=True)  # three views: each batch runs three times
+    tta.routine.runner.expect = told.append
+    assert all(r.ok for r in tta.predict_iter(paths, batch=3))
+    assert told == [3, None, 9]
 
 
 def test_classes_filter_and_max_det(coco128_images: Path, yolov5n_pt: Path) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.augment import augment_views, merge_views
+from toolkit.augment import SCALES, augment_views, merge_views
 from toolkit.detections import Detections
 from toolkit.errors import InputError, first_line, last_line
 from toolkit.io.decode import decode_image
@@ -324,12 +324,13 @@ class BatchRoutine:
         self.whole_batches = True  # partial batches run one image at a time (batch_sizes); a GPU routine: False
 
     def expect(self, images: int | None, batch: int) -> None:
-        """Tell the runner how many inferences come: ``images`` inputs in batches of ``batch`` (None: not known, as
-        for a video or tiles). A hint it may weigh (:meth:`backends.base.BaseRunner.expect`); a runner of one's own
-        without the method is left alone."""
+        """Tell the runner how many inferences come: ``images`` inputs in batches of ``batch``, each batch once per
+        test-time augmentation view (None: not known, as for a video or tiles). A hint it may weigh
+        (:meth:`backends.base.BaseRunner.expect`); a runner of one's own without the method is left alone."""
         expect = getattr(self.runner, "expect", None)
         if callable(expect):
-            expect(None if images is None else -(-images // max(1, batch)))
+            views = len(SCALES) if self.config.augment else 1
+            expect(None if images is None else views * -(-images // max(1, batch)))
 
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
