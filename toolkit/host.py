@@ -14,7 +14,8 @@ import.
   and not trimmed: 65,000 faults and 0.5 s, at the same peak memory (383 MB; 24 photos of 13400x9528: 2.6 instead
   of 3.0 GB, since blocks this large are still unmapped when freed); whole runs 2-7 % faster at 100 photos, 2 % at
   1,000 (docs/benchmarks.md, run H). Only with glibc (other C libraries allocate otherwise), and not where
-  ``GLIBC_TUNABLES`` sets these thresholds itself.
+  ``GLIBC_TUNABLES`` sets these thresholds itself. A long-lived process (``yolokit serve``) so keeps the high-water
+  mark of its blocks below 32 MiB until it ends, as most allocators keep theirs.
 
   The blocks kept are in 4 KiB pages, where a fresh mapping of numpy's was advised into 2 MiB pages: some more
   user time (more TLB misses) against much less kernel time. Only glibc can advise its own heaps, and only when told
