@@ -6,8 +6,9 @@ entry becomes an input or a failure with its reason; nothing is silently skipped
 from __future__ import annotations
 
 import glob as globmod
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, r
 from toolkit.io.remote import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, fetch_video, is_url, url_name, url_suffix
 from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, read_object
 from toolkit.io.transfer import FetchContext, FetchLimits
+from toolkit.io.videofile import counts_its_frames, lost_frames
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
@@ -197,6 +199,10 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     return SourceList(items, failed, root)
 
 
+UNDECODABLE = "cannot decode this frame"
+MAX_MISSES = 10  # failed grabs in a row before a video is taken to have ended
+# a frame the demuxer skips (toolkit.io.videofile); "re-copy or re-export the file" marks it as lasting for --resume
+LOST_FRAME = "this frame's chunk in the AVI file is damaged and cannot be read; re-copy or re-export the file"
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
@@ -295,33 +301,77 @@ def iter_video(ref: InputRef, stride: int = 1, max_bytes: int = DEFAULT_MAX_FILE
 def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
     """The frames of the video file at ``path`` (``ref``'s own file, or its download). Frames are numbered as
     YOLOv5's detect.py numbers them with ``--vid-stride``: it reads ``stride`` frames and keeps the last, counting
-    kept frames from 1 (keys ``<video>_1``, ``<video>_2``...); a frame's ``frame`` is its index in the video."""
+    kept frames from 1 (keys ``<video>_1``, ``<video>_2``...); a frame's ``frame`` is its index in the video.
+
+    A frame that cannot be read fails as itself, and the frames after it keep their numbers, also where OpenCV's
+    reader passes over frames without a word and hands on a later one in their place: an AVI frame whose chunk
+    header is damaged (found from the file's index: :func:`toolkit.io.videofile.lost_frames`), and the frames a
+    decoder drops after a damaged one (an H.264 frame whose references are gone), told by the next frame's
+    timestamp where the video's timestamps kept to its frame rate until then (a variable-frame-rate video is
+    numbered as the reader hands its frames on, as detect.py numbers them). Frames the reader cannot give after
+    the last one it gave fail only where the container records its frame count
+    (:func:`toolkit.io.videofile.counts_its_frames`): elsewhere the count is OpenCV's estimate from the duration,
+    and the video ends with its last frame."""
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         yield ref, None, "cannot open the video (corrupt or unsupported codec)"
         return
     try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        fps = fps / stride if fps > 0 and fps == fps else 0.0
+        native = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        native = native if native > 0 and native == native else 0.0
+        fps = native / stride
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
-        i = misses = 0  # i: the index of the next frame in the video
+        lost = lost_frames(path, total)  # an AVI's frames the demuxer skips unseen (their chunk header damaged)
+        # the file's number of the n-th frame the demuxer hands on (timestamps count those, in an AVI)
+        handed = [k for k in range(total) if k not in lost] if lost else None
+        n = 0  # the number of the next frame
+        pending: list[int] = []  # the numbers of the grabs that failed since the last frame read
+        timed = native > 0  # every frame so far had the timestamp its number gives at the frame rate
 
         def frame_ref(index: int) -> InputRef:
             return InputRef(ref.path, f"{ref.key}_{(index + 1) // stride}", index, ref.key, fps)
 
+        def failed(numbers: Iterable[int], reason: str = UNDECODABLE) -> Iterator[tuple[InputRef, None, str]]:
+            return ((frame_ref(k), None, reason) for k in numbers if (k + 1) % stride == 0)
+
         while True:
-            kept = (i + 1) % stride == 0
-            if cap.grab():
-                misses = 0
-                if kept:
+            if n in lost:  # the reader hands on the next frame in its place: this one is reported as itself
+                yield from failed(pending)
+                pending = []
+                yield from failed([n], LOST_FRAME)
+            elif cap.grab():
+                at = _frame_number(cap, native, handed) if timed else None
+                if pending:  # a corrupt stretch: its frames fail, the one read now keeps its number
+                    if at is not None and at >= pending[0]:  # the frames the failed grabs stood for, and any the
+                        yield from failed(range(pending[0], at))  # decoder dropped after them
+                        n = at
+                    else:
+                        timed = False
+                        yield from failed(pending)
+                    pending = []
+                elif timed and at != n:
+                    timed = False  # timestamps that leave the frame rate: frames counted as they come
+                if (n + 1) % stride == 0:
                     ok, frame = cap.retrieve()
-                    yield (frame_ref(i), frame, None) if ok else (frame_ref(i), None, "cannot decode this frame")
-            elif total and i < total and misses < 10:  # a corrupt stretch: report its frames, try the next
-                misses += 1
-                if kept:
-                    yield frame_ref(i), None, "cannot decode this frame"
+                    yield (frame_ref(n), frame, None) if ok else (frame_ref(n), None, UNDECODABLE)
+            elif total and n < total and len(pending) < MAX_MISSES:  # a corrupt stretch, or the video's end
+                pending.append(n)
             else:
                 break
-            i += 1
+            n += 1
+        if pending and counts_its_frames(path):  # the container says the frames are there: they fail
+            yield from failed(pending)
     finally:
         cap.release()
+
+
+def _frame_number(cap: cv2.VideoCapture, fps: float, handed: list[int] | None) -> int | None:
+    """The number of the frame ``cap`` just grabbed, from its timestamp at ``fps`` (mapped through ``handed`` in an
+    AVI with frames its demuxer skips); None without a usable timestamp."""
+    ms = float(cap.get(cv2.CAP_PROP_POS_MSEC))
+    if math.isnan(ms) or ms < 0:
+        return None
+    n = round(ms * fps / 1000)
+    if handed is not None:
+        return handed[n] if n < len(handed) else None
+    return n

@@ -1,0 +1,161 @@
+"""What a video file's own structure says, read before a decoder sees it.
+
+OpenCV's reader (FFmpeg) hands frames on one after another and says nothing of the frames it passes over, and its
+frame count is, for some containers, a guess. Two facts read from the file fill the gaps:
+
+* :func:`lost_frames`: the frames of an AVI file that its demuxer will skip without a word. FFmpeg's AVI demuxer
+  reads the chunks of the ``movi`` list one after another; a chunk whose header is damaged (its four-character tag
+  or its size) is passed over as it resynchronises on the next valid header, and the next frame is handed on in its
+  place, its timestamp counting the frames handed on, not the file's. Counted as they come, every later frame would
+  be numbered one too low. The file's ``idx1`` index lists every chunk, its tag, offset and size: a video chunk the
+  index lists whose header in the file does not say the same is one the demuxer skips (checked on OpenCV 4 and 5:
+  a tag or a size zeroed, or both, each skip exactly that frame). Only the RIFF headers, the stream headers, the
+  index and eight bytes at each indexed offset (through a memory map) are read, so a long video costs a few
+  milliseconds. An index that cannot be trusted gives no answer (an empty set) rather than a wrong one: no ``idx1``
+  (OpenDML files past 1 GB index themselves otherwise), offsets that match the file nowhere, or an index that does
+  not list as many video frames as the reader counts.
+* :func:`counts_its_frames`: whether the container records how many frames the video has (an MP4 or MOV sample
+  table, an AVI), so that frames the reader cannot give at the end are missing. Elsewhere (Matroska and WebM,
+  MPEG transport streams, fragmented MP4) OpenCV estimates the count from the file's duration, which is the longest
+  stream's: a clip whose sound runs a second past its pictures is "missing" ten frames at 10 fps that it never had.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+MAX_BOXES = 4096  # ISO BMFF boxes walked before giving up
+MAX_TOP_CHUNKS = 4096  # top-level chunks walked before giving up (a real AVI has a handful)
+MAX_HEADER_BYTES = 1 << 20  # the hdrl list (stream headers) read at most
+MAX_INDEX_BYTES = 256 << 20  # the idx1 index read at most (16 bytes an entry: 16 million chunks)
+VIDEO_TYPES = (b"dc", b"db")  # compressed and uncompressed video chunks
+
+
+def lost_frames(path: str | Path, frames: int = 0) -> frozenset[int]:
+    """The 0-based numbers of the first video stream's frames in the AVI file at ``path`` that its index lists but
+    whose chunk header in the file is damaged (so that the demuxer skips them). ``frames``: how many frames the
+    reader says the video has (0: unknown); an index listing another number is not used. Empty for a file that is
+    not an AVI, has no usable index, or has no damaged chunk; never raises for the file's content."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+                return frozenset()
+            size = f.seek(0, 2)
+            layout = _layout(f, size)
+            if layout is None:
+                return frozenset()
+            movi, index_at, index_size, stream = layout
+            f.seek(index_at)
+            index = f.read(min(index_size, MAX_INDEX_BYTES))
+        return _damaged(path, size, movi, index, stream, frames)
+    except (OSError, ValueError, struct.error):
+        return frozenset()
+
+
+def _layout(f: BinaryIO, size: int) -> tuple[int, int, int, int] | None:
+    """(the ``movi`` list's four-character code's offset, the index's data offset, its size, the video stream's
+    number) of the first RIFF list, or None when one of them is missing."""
+    read, seek = f.read, f.seek
+    movi = index_at = index_size = stream = -1
+    i = 12
+    for _ in range(MAX_TOP_CHUNKS):
+        if i + 8 > size:
+            break
+        seek(i)
+        tag, n = struct.unpack("<4sI", read(8))
+        if tag == b"LIST":
+            kind = read(4)
+            if kind == b"movi" and movi < 0:
+                movi = i + 8
+            elif kind == b"hdrl" and stream < 0:
+                stream = _video_stream(read(min(max(0, n - 4), MAX_HEADER_BYTES)))
+        elif tag == b"idx1":
+            index_at, index_size = i + 8, n
+        i += 8 + n + (n & 1)
+    if min(movi, index_at, stream) < 0:
+        return None
+    return movi, index_at, index_size, stream
+
+
+def _video_stream(hdrl: bytes) -> int:
+    """The number of the first video stream (``strh`` type ``vids``) of an ``hdrl`` list's content; -1 for none."""
+    i, number = 0, 0
+    while i + 12 <= len(hdrl):
+        tag, n = struct.unpack_from("<4sI", hdrl, i)
+        if tag == b"LIST" and hdrl[i + 8:i + 12] == b"strl":
+            if hdrl[i + 12:i + 16] == b"strh" and hdrl[i + 20:i + 24] == b"vids":
+                return number
+            number += 1
+        i += 8 + n + (n & 1)
+    return -1
+
+
+def _damaged(path: str | Path, size: int, movi: int, index: bytes, stream: int, frames: int) -> frozenset[int]:
+    entries = np.frombuffer(index, dtype="<u4", count=len(index) // 16 * 4).reshape(-1, 4)  # tag, flags, offset, size
+    tags = [int.from_bytes(f"{stream:02d}".encode() + t, "little") for t in VIDEO_TYPES]
+    video = entries[np.isin(entries[:, 0], tags)]
+    if not len(video) or (frames and len(video) != frames):
+        return frozenset()
+    data = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    # offsets count from the 'movi' code (as most writers put them) or from the file's start: the one under which
+    # the first frames' headers match
+    first = video[:16]
+    base = max((movi, 0), key=lambda b: int(_matching(data, first, b).sum()))
+    ok = _matching(data, video, base)
+    if not ok[:len(first)].any():
+        return frozenset()  # the offsets match the file nowhere: not an index to go by
+    return frozenset(int(k) for k in np.flatnonzero(~ok))
+
+
+def _matching(data: np.ndarray, video: np.ndarray, base: int) -> np.ndarray:
+    """Whether each indexed chunk's header in ``data`` (offsets from ``base``) carries the index's tag and size."""
+    at = video[:, 2].astype(np.int64) + base
+    inside = (at >= 0) & (at + 8 <= len(data))
+    heads = np.zeros((len(video), 8), np.uint8)
+    heads[inside] = data[at[inside, None] + np.arange(8)]
+    expected = np.ascontiguousarray(video[:, [0, 3]].astype("<u4")).view(np.uint8)  # the tag, then the size
+    return inside & (heads == expected).all(axis=1)
+
+
+def counts_its_frames(path: str | Path) -> bool:
+    """Whether the video file at ``path`` records its frame count: an AVI, or an ISO BMFF file (MP4, MOV, M4V,
+    3GP) whose ``moov`` box holds the sample tables (not a fragmented MP4, whose samples are listed in fragments).
+    False for every other container and for anything unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+                return True
+            if head[4:8] != b"ftyp":
+                return False
+            size = f.seek(0, 2)
+            moov = _box(f, 0, size, b"moov")
+            return moov is not None and _box(f, moov[0], moov[1], b"mvex") is None
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def _box(f: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """(content start, content end) of the first box of type ``kind`` among the boxes in ``[start, end)``."""
+    i = start
+    for _ in range(MAX_BOXES):
+        if i + 8 > end:
+            return None
+        f.seek(i)
+        n, tag = struct.unpack(">I4s", f.read(8))
+        head = 8
+        if n == 1:  # a 64-bit size follows
+            n, head = struct.unpack(">Q", f.read(8))[0], 16
+        elif n == 0:  # to the end
+            n = end - i
+        if n < head:
+            return None
+        if tag == kind:
+            return i + head, min(i + n, end)
+        i += n
+    return None
