@@ -230,11 +230,11 @@ def test_a_variable_frame_rate_video_is_numbered_as_its_frames_come(tmp_path: Pa
     assert [k for k, _ in got] == list(range(20)) and all(f is not None for _, f in got)
 
 
-@pytest.mark.parametrize("suffix", [".mkv", ".ts"])
+@pytest.mark.parametrize("suffix", [".mkv", ".ts", ".wmv"])
 def test_sound_that_outlasts_the_pictures_is_no_missing_frame(suffix: str, tmp_path: Path) -> None:
-    """In Matroska and MPEG-TS OpenCV's frame count is an estimate from the file's duration, the longest stream's:
-    a 2 s clip with 3 s of sound "has" 30 frames at 10 fps. Its 20 frames are processed and none fails (before,
-    the ten it never had failed and the run exited 1)."""
+    """In Matroska, MPEG-TS and ASF (.wmv) OpenCV's frame count is an estimate from the file's duration, the longest
+    stream's: a 2 s clip with 3 s of sound "has" 30 frames at 10 fps. Its 20 frames are processed and none fails
+    (before, the ten it never had failed and the run exited 1)."""
     src = tmp_path / "src"
     src.mkdir()
     _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-f", "lavfi", "-i",

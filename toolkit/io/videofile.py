@@ -15,7 +15,7 @@ frame count is, for some containers, a guess. Two facts read from the file fill 
   (OpenDML files past 1 GB index themselves otherwise), offsets that match the file nowhere, or an index that does
   not list as many video frames as the reader counts.
 * :func:`counts_its_frames`: whether the container records how many frames the video has (an MP4 or MOV sample
-  table, an AVI), so that frames the reader cannot give at the end are missing. Elsewhere (Matroska and WebM,
+  table, an AVI), so that frames the reader cannot give at the end are missing. Elsewhere (Matroska and WebM, ASF,
   MPEG transport streams, fragmented MP4) OpenCV estimates the count from the file's duration, which is the longest
   stream's: a clip whose sound runs a second past its pictures is "missing" ten frames at 10 fps that it never had.
 """
