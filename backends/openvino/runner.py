@@ -27,8 +27,9 @@ bytes in all), none after a compile fails. Only where the CPU computes in f32: t
 bit-identical outputs (tests/test_backends.py checks it, for an INT8 IR computing its float parts in f32 too); in
 bf16 or f16 it need not, so those keep the dynamic model alone. Where the caller said how many inferences come
 (:meth:`~backends.base.BaseRunner.expect`: a run over a list of images), a shape is compiled only while at least
-:data:`SHAPE_AHEAD` of them are still ahead at its share (a 100-image run does not pay a compile at its 64th image
-that its last 36 cannot pay back). ``LoadOptions.options["shape_models"]`` sets the number (0: none).
+:data:`SHAPE_AHEAD` of them are still ahead at its share: 100 photos of one size compile at their 16th
+inference (85 ahead), while a 100-image run of many shapes, or one whose shape comes late, compiles none it cannot
+pay back. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.meta import ModelMeta
 
 ENV_CACHE = "YOLOKIT_OPENVINO_CACHE"
-SHAPE_AFTER = 64  # inferences at one input shape before it gets a model compiled for it alone
+# inferences at one input shape before it gets a model compiled for it alone: 16, not 64, since the run says how
+# many come (SHAPE_AHEAD): 100 one-size photos ran 4 % faster with 6 % less CPU (12 pairs; docs/benchmarks.md)
+SHAPE_AFTER = 16
 SHAPE_MODELS = 4  # such models at most
 SHAPE_MEMORY = 128 << 20  # bytes of weights they may hold together (yolov5n and s: 4; m: 1; l and x: none)
 SHAPE_SHARE = 4  # ... and only a shape that had at least 1/SHAPE_SHARE of the inferences so far
