@@ -8,7 +8,7 @@ frame count is, for some containers, a guess. Two facts read from the file fill 
   or its size) is passed over as it resynchronises on the next valid header, and the next frame is handed on in its
   place, its timestamp counting the frames handed on, not the file's. Counted as they come, every later frame would
   be numbered one too low. The file's ``idx1`` index lists every chunk, its tag, offset and size: a video chunk the
-  index lists whose header in the file does not say the same is one the demuxer skips (checked on OpenCV 4 and 5:
+  index lists whose header in the file does not say the same is one the demuxer skips (checked on OpenCV 4.11 and 5.1:
   a tag or a size zeroed, or both, each skip exactly that frame). Only the RIFF headers, the stream headers, the
   index and eight bytes at each indexed offset (through a memory map) are read, so a long video costs a few
   milliseconds. An index that cannot be trusted gives no answer (an empty set) rather than a wrong one: no ``idx1``
