@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.avi import frame_spans, frames_touched
+from tests.helpers.videos import ffmpeg
 from toolkit.cli import main
 from toolkit.io.sources import InputRef, iter_video
 
@@ -137,15 +138,9 @@ def test_frames_the_demuxer_drops_in_an_interleaved_avi_keep_their_numbers(tmp_p
     """An AVI as FFmpeg writes it (video and audio chunks interleaved, MPEG-4 Part 2 with P-frames): two damaged
     video chunk headers fail those two frames, and every other frame keeps its number (where its pixels are those
     of the intact file, its detections are too)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("needs the ffmpeg command (scripts/test.sh installs it) to write an interleaved AVI")
     v = tmp_path / "ff.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-f",
-                    "lavfi", "-i", "sine=f=440:sample_rate=8000", "-t", "3", "-c:v", "mpeg4", "-g", "5", "-c:a",
-                    "pcm_s16le", str(v)], check=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i", "sine=f=440:sample_rate=8000",
+           "-t", "3", "-c:v", "mpeg4", "-g", "5", "-c:a", "pcm_s16le", str(v))
     data = bytearray(v.read_bytes())
     spans = frame_spans(bytes(data))
     assert len(spans) == 30
@@ -168,17 +163,6 @@ def test_frames_the_demuxer_drops_in_an_interleaved_avi_keep_their_numbers(tmp_p
         [want[f"clip_{k + 1}.txt"] for k in same]
 
 
-def _ffmpeg(*args: str) -> None:
-    import shutil
-    import subprocess
-
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("needs the ffmpeg command (scripts/test.sh installs it) to write the video")
-    proc = subprocess.run(["ffmpeg", "-v", "error", "-y", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"this ffmpeg cannot write the video: {proc.stderr.strip()[-200:]}")
-
-
 def _packets(path: Path) -> list[tuple[int, int]]:
     """(offset, size) of each video packet, as ffprobe finds them."""
     import subprocess
@@ -198,8 +182,8 @@ def test_frames_a_decoder_drops_after_a_damaged_one_fail_as_themselves(tmp_path:
     dropped frames fail as themselves, and every frame from the next keyframe on is the intact file's frame under
     its own number (before, each was numbered as the one before it, and the video's last frames failed)."""
     v = tmp_path / "h264.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "3", "-c:v", "libx264", "-g", "5", "-bf",
-            "0", "-pix_fmt", "yuv420p", str(v))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "3", "-c:v", "libx264", "-g", "5", "-bf",
+           "0", "-pix_fmt", "yuv420p", str(v), skip_if_it_cannot=True)
     intact = _frames(v)
     assert len(intact) == 30 and all(f is not None for _, f in intact)
     data = bytearray(v.read_bytes())
@@ -218,8 +202,8 @@ def test_a_variable_frame_rate_video_is_numbered_as_its_frames_come(tmp_path: Pa
     """Timestamps that leave the frame rate (a gap of exactly three frames in an intact video) are not taken for
     lost frames: the frames are numbered as the reader hands them on, as detect.py numbers them, and none fails."""
     v = tmp_path / "vfr.mkv"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-vf",
-            "setpts='(N+3*gte(N,8))/10/TB'", "-fps_mode", "vfr", "-c:v", "mpeg4", "-g", "5", str(v))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-vf", "setpts='(N+3*gte(N,8))/10/TB'",
+           "-fps_mode", "vfr", "-c:v", "mpeg4", "-g", "5", str(v), skip_if_it_cannot=True)
     cap = cv2.VideoCapture(str(v))
     stamps = []
     while cap.grab():
@@ -237,8 +221,9 @@ def test_sound_that_outlasts_the_pictures_is_no_missing_frame(suffix: str, tmp_p
     (before, the ten it never had failed and the run exited 1)."""
     src = tmp_path / "src"
     src.mkdir()
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-f", "lavfi", "-i",
-            "sine=f=440:sample_rate=8000:duration=3", "-c:v", "mpeg4", "-c:a", "mp2", str(src / f"clip{suffix}"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=2", "-f", "lavfi", "-i",
+           "sine=f=440:sample_rate=8000:duration=3", "-c:v", "mpeg4", "-c:a", "mp2", str(src / f"clip{suffix}"),
+           skip_if_it_cannot=True)
     assert cv2.VideoCapture(str(src / f"clip{suffix}")).get(cv2.CAP_PROP_FRAME_COUNT) > 20  # the estimate
     assert main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "r"]) == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -249,8 +234,8 @@ def test_frames_missing_from_a_cut_mp4_still_fail(tmp_path: Path) -> None:
     """An MP4 records its frame count: frames its cut-off end no longer holds fail (at most ten in a row are
     tried), and the run exits 1."""
     v = tmp_path / "whole.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3", "-c:v", "mpeg4", "-g", "5",
-            "-movflags", "+faststart", str(v))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3", "-c:v", "mpeg4", "-g", "5",
+           "-movflags", "+faststart", str(v), skip_if_it_cannot=True)
     data = v.read_bytes()
     src = tmp_path / "src"
     src.mkdir()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.avi import frame_spans
+from tests.helpers.videos import ffmpeg
 from toolkit.io.videofile import counts_its_frames, lost_frames
 
 
@@ -107,13 +108,7 @@ def test_a_missing_file_gives_no_answer(tmp_path: Path) -> None:
 
 
 def _ffmpeg_video(path: Path, *args: str) -> Path:
-    import shutil
-    import subprocess
-
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("needs the ffmpeg command (scripts/test.sh installs it) to write the container")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1",
-                    "-c:v", "mpeg4", *args, str(path)], check=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1", "-c:v", "mpeg4", *args, str(path))
     return path
 
 
