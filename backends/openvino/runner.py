@@ -200,7 +200,9 @@ class OpenVinoRunner(BaseRunner):
         x = batch.astype(np.float32)
         x /= 255
         req = self._request_at(x.shape)
-        req.infer({0: x})
+        # the request reads ``x`` in place and its result is read below: without sharing, infer() copies the input
+        # in and every output out to a dict dropped unread (3 and 5 MB at 384x640; about 0.5 core-ms an inference)
+        req.infer({0: x}, share_inputs=True, share_outputs=True)
         return outputs_of(req, self._outs)
 
     def expect(self, inferences: int | None) -> None:
