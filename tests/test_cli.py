@@ -82,6 +82,38 @@ def test_the_command_starts_numpy_with_one_blas_thread_unless_told(given: str | 
     assert f"numpy: True threads: {given or '1'}" in proc.stdout, proc.stdout + proc.stderr
 
 
+COMMAND_MODULES = """
+import sys
+from toolkit.cli import commands
+root = commands(sys.argv[1:2])
+loaded = sorted(m for m in sys.modules if m.startswith(("toolkit.cli.", "toolkit.jobs.bench", "toolkit.jobs.val")))
+print(" ".join(loaded))
+sys.exit(root.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv, loads, skips", [
+    (["run", "--help"], "toolkit.cli.run", ("toolkit.cli.tools", "toolkit.cli.serve", "toolkit.cli.export",
+                                            "toolkit.jobs.bench", "toolkit.jobs.val")),
+    (["weights", "list"], "toolkit.cli.tools", ("toolkit.cli.run", "toolkit.cli.serve", "toolkit.cli.export")),
+    (["--help"], "toolkit.cli.tools", ()),
+])
+def test_a_command_loads_only_its_own_modules(argv: list[str], loads: str, skips: tuple[str, ...]) -> None:
+    out = subprocess.run([sys.executable, "-c", COMMAND_MODULES, *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout.splitlines()[0].split()
+    assert loads in loaded and not set(skips) & set(loaded), loaded
+    if argv == ["--help"]:  # the help lists every command
+        for name in ("run", "export", "serve", "val", "info", "bench", "weights"):
+            assert f" {name} " in out.stdout
+
+
+def test_a_misspelt_command_is_named_with_the_nearest_one() -> None:
+    out = _cli("rnu", "photos/")
+    assert out.returncode == 2
+    assert "No such command 'rnu'" in out.stderr and "'run'" in out.stderr
+
+
 def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = _cli("run", str(tmp_path / "nope"), "--weights", "yolov5n.yaml", "--project", str(tmp_path))
     assert out.returncode == 2
