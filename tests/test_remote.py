@@ -66,6 +66,8 @@ def test_sniffing() -> None:
     ok, buf = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
     assert sniff_media(buf.tobytes()) == "image"
     assert sniff_media(b"\x00\x00\x00\x18ftypisom" + bytes(20)) == "video"
+    assert sniff_media(b"RIFF\x10\x00\x00\x00AVI LIST" + bytes(20)) == "video"
+    assert sniff_media(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(20)) is None  # RIFF, but sound
     assert sniff_media(b"  <!doctype html><html>") == "html"
     assert sniff_media(b"just words\n") == "text"
     assert sniff_media(bytes(range(256))) is None

@@ -43,6 +43,7 @@ from toolkit.io.integrity import (
     png_check,
     walk_jpeg,
 )
+from toolkit.io.isobmff import box_at
 
 _REFETCH = "re-copy or re-export the file"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
@@ -285,12 +286,12 @@ def _jp2_size(mv: memoryview) -> tuple[int, int] | None:
         return _siz_size(mv, 4)
     pos = 0
     for _ in range(64):  # top-level boxes: signature, ftyp, jp2h (holds ihdr), ..., jp2c
-        box = _jp2_box(mv, pos)
+        box = box_at(mv, pos)
         if box is None:
             return None
         kind, data_at, box_end = box
         if kind == b"jp2h":
-            sub = _jp2_box(mv, data_at)
+            sub = box_at(mv, data_at)
             if sub is not None and sub[0] == b"ihdr" and sub[1] + 8 <= n:
                 height, width = struct.unpack_from(">II", mv, sub[1])
                 return height, width
@@ -299,25 +300,6 @@ def _jp2_size(mv: memoryview) -> tuple[int, int] | None:
             return _siz_size(mv, data_at + 4) if mv[data_at : data_at + 4] == _J2K_CODESTREAM else None
         pos = box_end
     return None
-
-
-def _jp2_box(mv: memoryview, pos: int) -> tuple[bytes, int, int] | None:
-    """(type, data offset, end offset) of the JP2 box at ``pos``, or None when it does not fit."""
-    n = len(mv)
-    if pos + 8 > n:
-        return None
-    length, kind = struct.unpack_from(">I4s", mv, pos)
-    data_at = pos + 8
-    if length == 1:  # 64-bit length follows
-        if pos + 16 > n:
-            return None
-        length = struct.unpack_from(">Q", mv, pos + 8)[0]
-        data_at = pos + 16
-    elif length == 0:  # box runs to the end
-        length = n - pos
-    if length < data_at - pos:
-        return None
-    return kind, data_at, pos + length
 
 
 def _siz_size(mv: memoryview, at: int) -> tuple[int, int] | None:

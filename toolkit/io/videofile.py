@@ -28,6 +28,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from toolkit.io.isobmff import box_at
+
 MAX_BOXES = 4096  # ISO BMFF boxes walked before giving up
 MAX_TOP_CHUNKS = 4096  # top-level chunks walked before giving up (a real AVI has a handful)
 MAX_HEADER_BYTES = 1 << 20  # the hdrl list (stream headers) read at most
@@ -43,7 +45,7 @@ def lost_frames(path: str | Path, frames: int = 0) -> frozenset[int]:
     try:
         with open(path, "rb") as f:
             head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+            if not is_avi(head):
                 return frozenset()
             size = f.seek(0, 2)
             layout = _layout(f, size)
@@ -129,7 +131,7 @@ def counts_its_frames(path: str | Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(12)
-            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+            if is_avi(head):
                 return True
             if head[4:8] != b"ftyp":
                 return False
@@ -144,18 +146,17 @@ def _box(f: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | No
     """(content start, content end) of the first box of type ``kind`` among the boxes in ``[start, end)``."""
     i = start
     for _ in range(MAX_BOXES):
-        if i + 8 > end:
-            return None
         f.seek(i)
-        n, tag = struct.unpack(">I4s", f.read(8))
-        head = 8
-        if n == 1:  # a 64-bit size follows
-            n, head = struct.unpack(">Q", f.read(8))[0], 16
-        elif n == 0:  # to the end
-            n = end - i
-        if n < head:
+        box = box_at(f.read(16), 0, end - i)
+        if box is None:
             return None
+        tag, content, box_end = box
         if tag == kind:
-            return i + head, min(i + n, end)
-        i += n
+            return i + content, min(i + box_end, end)
+        i += box_end
     return None
+
+
+def is_avi(head: bytes) -> bool:
+    """Whether a file's first 12 bytes are an AVI file's (a RIFF file of form ``AVI ``)."""
+    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
