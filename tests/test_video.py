@@ -230,21 +230,29 @@ def test_sound_that_outlasts_the_pictures_is_no_missing_frame(suffix: str, tmp_p
     assert (summary["images"], summary["processed"], summary["failed"]) == (20, 20, [])
 
 
-def test_frames_missing_from_a_cut_mp4_still_fail(tmp_path: Path) -> None:
-    """An MP4 records its frame count: frames its cut-off end no longer holds fail (at most ten in a row are
-    tried), and the run exits 1."""
-    v = tmp_path / "whole.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3", "-c:v", "mpeg4", "-g", "5",
-           "-movflags", "+faststart", str(v), skip_if_it_cannot=True)
+@pytest.mark.parametrize("suffix, extra", [(".mp4", ["-movflags", "+faststart"]), (".mkv", []), (".avi", [])])
+def test_every_frame_missing_from_a_cut_video_fails(suffix: str, extra: list[str], tmp_path: Path) -> None:
+    """A video cut off (an interrupted copy or download) misses its frames up to the count, each failing as cut
+    short and the run exiting 1: MP4 and AVI record their count (before, at most ten failed, the rest went
+    unlisted), and a Matroska file declares its size (before, its missing frames went unlisted and the run exited
+    0). With --vid-stride, the frames it keeps."""
+    v = tmp_path / f"whole{suffix}"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=6", "-c:v", "mpeg4", "-g", "5", *extra,
+           str(v), skip_if_it_cannot=True)
     data = v.read_bytes()
     src = tmp_path / "src"
     src.mkdir()
-    (src / "cut.mp4").write_bytes(data[: len(data) * 2 // 3])
-    assert main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "r"]) == 1
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    frames = sorted(int(f["path"].rsplit("#frame", 1)[1]) for f in summary["failed"])
-    assert frames and len(frames) <= 10 and frames[-1] < 30 and summary["processed"] + len(frames) == summary["images"]
-    assert frames == list(range(frames[0], frames[0] + len(frames))) and frames[0] == summary["processed"]
+    (src / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    for stride in (1, 4):
+        name = f"r{stride}"
+        assert main(["run", str(src), *ARGS, "--vid-stride", str(stride), "--project", str(tmp_path),
+                     "--name", name]) == 1
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        frames = sorted(int(f["path"].rsplit("#frame", 1)[1]) for f in summary["failed"])
+        kept = [k for k in range(60) if (k + 1) % stride == 0]
+        assert summary["images"] == len(kept) and summary["processed"] + len(frames) == len(kept)
+        assert frames == kept[summary["processed"]:] and len(frames) > 10 // stride
+        assert all("cut short" in f["reason"] for f in summary["failed"])
 
 
 def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Path) -> None:

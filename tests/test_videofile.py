@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.avi import frame_spans
 from tests.helpers.videos import ffmpeg
-from toolkit.io.videofile import counts_its_frames, lost_frames
+from toolkit.io.videofile import SEGMENT, counts_its_frames, cut_short, lost_frames
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,40 @@ def test_which_containers_count_their_frames(name: str, args: list[str], counted
 def test_garbage_does_not_count_its_frames(data: bytes, tmp_path: Path) -> None:
     assert counts_its_frames(_write(tmp_path, data, "x.mp4")) is False
     assert counts_its_frames(tmp_path / "missing.mp4") is False
+
+
+@pytest.mark.parametrize(("name", "args", "declares_its_end"), [
+    ("a.mp4", [], True),
+    ("b.mp4", ["-movflags", "+faststart"], True),
+    ("c.mov", [], True),
+    ("d.mp4", ["-movflags", "frag_keyframe+empty_moov"], True),  # its fragments' boxes declare their sizes too
+    ("e.mkv", [], True),
+    ("f.avi", [], True),
+    ("g.ts", [], False),  # packets, and no size anywhere
+])
+def test_a_file_cut_off_is_told_where_its_container_declares_its_end(name: str, args: list[str],
+                                                                     declares_its_end: bool, tmp_path: Path) -> None:
+    whole = _ffmpeg_video(tmp_path / name, *args)
+    assert cut_short(whole) is False
+    data = whole.read_bytes()
+    for keep in (len(data) // 2, len(data) - 1):
+        assert cut_short(_write(tmp_path, data[:keep], f"cut_{keep}_{name}")) is declares_its_end
+
+
+def test_a_matroska_segment_of_unknown_size_declares_no_end(tmp_path: Path) -> None:
+    """A live recording writes its Segment's size as "unknown" (every bit set): its end is not known, cut or not."""
+    data = bytearray(_ffmpeg_video(tmp_path / "a.mkv").read_bytes())
+    at = data.index(SEGMENT) + 4
+    assert data[at] == 0x01  # the size ffmpeg writes: eight bytes
+    data[at:at + 8] = b"\x01" + b"\xff" * 7
+    assert cut_short(_write(tmp_path, bytes(data), "live.mkv")) is False
+    assert cut_short(_write(tmp_path, bytes(data[: len(data) // 2]), "live_cut.mkv")) is False
+
+
+@pytest.mark.parametrize("data", [b"", b"\x1aE\xdf\xa3", b"\x1aE\xdf\xa3\x00" + bytes(40),
+                                  b"\x1aE\xdf\xa3\x81\x00" + SEGMENT,  # a Segment without its size
+                                  b"RIFF\xff\xff\xff\x7fWAVEfmt ",  # RIFF, but not a video
+                                  b"\x00\x00\x00\x04ftyp", bytes(64)])
+def test_garbage_is_not_cut_short(data: bytes, tmp_path: Path) -> None:
+    assert cut_short(_write(tmp_path, data, "x.bin")) is False
+    assert cut_short(tmp_path / "missing.mkv") is False

@@ -20,7 +20,7 @@ from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, r
 from toolkit.io.remote import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, fetch_video, is_url, url_name, url_suffix
 from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, read_object
 from toolkit.io.transfer import FetchContext, FetchLimits
-from toolkit.io.videofile import counts_its_frames, lost_frames
+from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
@@ -203,6 +203,9 @@ UNDECODABLE = "cannot decode this frame"
 MAX_MISSES = 10  # failed grabs in a row before a video is taken to have ended
 # a frame the demuxer skips (toolkit.io.videofile); "re-copy or re-export the file" marks it as lasting for --resume
 LOST_FRAME = "this frame's chunk in the AVI file is damaged and cannot be read; re-copy or re-export the file"
+# a frame past the end of a file cut short (toolkit.io.videofile.cut_short); lasting too
+CUT_SHORT = ("the video file ends before this frame (cut short, as by an interrupted copy or download); re-copy or "
+             "re-export the file")
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
@@ -309,8 +312,9 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
     decoder drops after a damaged one (an H.264 frame whose references are gone), told by the next frame's
     timestamp where the video's timestamps kept to its frame rate until then (a variable-frame-rate video is
     numbered as the reader hands its frames on, as detect.py numbers them). Frames the reader cannot give after
-    the last one it gave fail only where the container records its frame count
-    (:func:`toolkit.io.videofile.counts_its_frames`): elsewhere the count is OpenCV's estimate from the duration,
+    the last one it gave fail, every one up to the count, where the file ends before its container's declared end
+    (:func:`toolkit.io.videofile.cut_short`: an interrupted copy) or the container records its frame count
+    (:func:`toolkit.io.videofile.counts_its_frames`); elsewhere the count is OpenCV's estimate from the duration,
     and the video ends with its last frame."""
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
@@ -359,8 +363,10 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
             else:
                 break
             n += 1
-        if pending and counts_its_frames(path):  # the container says the frames are there: they fail
-            yield from failed(pending)
+        if pending:  # the reader gave up before the count: where the frames are missing, every one fails
+            short = cut_short(path)
+            if short or counts_its_frames(path):
+                yield from failed(range(pending[0], total), CUT_SHORT if short else UNDECODABLE)
     finally:
         cap.release()
 

@@ -18,11 +18,16 @@ frame count is, for some containers, a guess. Two facts read from the file fill 
   table, an AVI), so that frames the reader cannot give at the end are missing. Elsewhere (Matroska and WebM, ASF,
   MPEG transport streams, fragmented MP4) OpenCV estimates the count from the file's duration, which is the longest
   stream's: a clip whose sound runs a second past its pictures is "missing" ten frames at 10 fps that it never had.
+* :func:`cut_short`: whether the file ends before the end its container declares (a copy or download cut off): an
+  AVI's RIFF chunks, an MP4 or MOV's top-level boxes, a Matroska or WebM file's Segment. Then the frames after the
+  last one the reader gives are missing, whatever the container says of their count; MPEG-TS and a live recording's
+  Matroska Segment of unknown size declare no end, so a cut there is not seen.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +40,8 @@ MAX_TOP_CHUNKS = 4096  # top-level chunks walked before giving up (a real AVI ha
 MAX_HEADER_BYTES = 1 << 20  # the hdrl list (stream headers) read at most
 MAX_INDEX_BYTES = 256 << 20  # the idx1 index read at most (16 bytes an entry: 16 million chunks)
 VIDEO_TYPES = (b"dc", b"db")  # compressed and uncompressed video chunks
+EBML = b"\x1aE\xdf\xa3"  # the first element of a Matroska or WebM file
+SEGMENT = b"\x18\x53\x80\x67"  # the Matroska element that holds everything else
 
 
 def lost_frames(path: str | Path, frames: int = 0) -> frozenset[int]:
@@ -140,6 +147,84 @@ def counts_its_frames(path: str | Path) -> bool:
             return moov is not None and _box(f, moov[0], moov[1], b"mvex") is None
     except (OSError, ValueError, struct.error):
         return False
+
+
+def cut_short(path: str | Path) -> bool:
+    """Whether the video file at ``path`` ends before the end its container declares: an AVI whose RIFF chunks (the
+    first and any OpenDML extension) run past the file's end, an ISO BMFF file (MP4, MOV) whose top-level boxes do,
+    a Matroska or WebM file shorter than its Segment's declared size. False for a container that declares no end
+    (MPEG-TS, FLV, a Matroska Segment of unknown size) and for anything unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            size = f.seek(0, 2)
+            if is_avi(head):
+                return _declared_end(f, size, _riff_length, MAX_TOP_CHUNKS) > size
+            if head[4:8] == b"ftyp":
+                return _declared_end(f, size, _box_length, MAX_BOXES) > size
+            if head[:4] == EBML:
+                end = _segment_end(head)
+                return end is not None and end > size
+    except (OSError, ValueError, struct.error):
+        pass
+    return False
+
+
+def _declared_end(f: BinaryIO, size: int, length: Callable[[bytes, int], int | None], most: int) -> int:
+    """Where the file's top-level elements declare they end, walked one after another (at most ``most``) until one
+    runs to or past the file's end or is not one: ``length(its first 16 bytes, the bytes left)``."""
+    pos = 0
+    for _ in range(most):
+        f.seek(pos)
+        n = length(f.read(16), size - pos)
+        if n is None:
+            break
+        pos += n
+        if pos >= size:
+            break
+    return pos
+
+
+def _riff_length(head: bytes, left: int) -> int | None:
+    """The length of the RIFF chunk (the first one, or an OpenDML extension) ``head`` starts."""
+    if len(head) < 8 or head[:4] != b"RIFF":
+        return None
+    n = struct.unpack_from("<I", head, 4)[0]
+    return 8 + n + (n & 1)  # a chunk of odd size is padded to an even one
+
+
+def _box_length(head: bytes, left: int) -> int | None:
+    """The length of the ISO BMFF box ``head`` starts."""
+    box = box_at(head, 0, left)
+    return None if box is None else box[2]
+
+
+def _segment_end(head: bytes) -> int | None:
+    """Where a Matroska file's Segment ends, from its first bytes (the EBML header, then the Segment's ID and size);
+    None where the size is unknown (a live recording's) or the bytes are not such a header."""
+    header = _vint(head, 4)
+    if header is None:
+        return None
+    at = 4 + header[1] + header[0]
+    if head[at:at + 4] != SEGMENT:
+        return None
+    seg = _vint(head, at + 4)
+    if seg is None or seg[0] < 0:
+        return None
+    return at + 4 + seg[1] + seg[0]
+
+
+def _vint(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """(value, length) of the EBML variable-size integer at ``pos`` (value -1: all its bits set, "unknown size");
+    None where it does not fit or is longer than eight bytes."""
+    if pos >= len(buf) or buf[pos] == 0:
+        return None
+    length = 9 - buf[pos].bit_length()
+    if pos + length > len(buf):
+        return None
+    bits = 7 * length
+    value = int.from_bytes(buf[pos:pos + length], "big") & ((1 << bits) - 1)
+    return (-1 if value == (1 << bits) - 1 else value), length
 
 
 def _box(f: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
