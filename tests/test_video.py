@@ -255,6 +255,23 @@ def test_every_frame_missing_from_a_cut_video_fails(suffix: str, extra: list[str
         assert all("cut short" in f["reason"] for f in summary["failed"])
 
 
+def test_a_video_cut_before_its_index_says_it_is_cut_short(tmp_path: Path) -> None:
+    """An MP4 whose index (moov) came last cannot be opened once cut: the one failure says why, not "corrupt or
+    unsupported codec"."""
+    v = tmp_path / "whole.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=3", "-c:v", "mpeg4", str(v),
+           skip_if_it_cannot=True)
+    data = v.read_bytes()
+    assert data.rfind(b"moov") > len(data) // 2  # the index last
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cut.mp4").write_bytes(data[: len(data) // 2])
+    assert main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "r"]) == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [f["path"].rsplit("/", 1)[-1] for f in summary["failed"]] == ["cut.mp4"]
+    assert "cannot open the video: the file ends before its declared end" in summary["failed"][0]["reason"]
+
+
 def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _video(src / "a.avi", 6)

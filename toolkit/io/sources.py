@@ -206,6 +206,9 @@ LOST_FRAME = "this frame's chunk in the AVI file is damaged and cannot be read; 
 # a frame past the end of a file cut short (toolkit.io.videofile.cut_short); lasting too
 CUT_SHORT = ("the video file ends before this frame (cut short, as by an interrupted copy or download); re-copy or "
              "re-export the file")
+# ... and a video that cannot be opened at all for it (an MP4 or MOV whose index came last)
+CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end (cut short, as by an interrupted "
+                   "copy or download); re-copy or re-export the file")
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
@@ -318,7 +321,7 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
     and the video ends with its last frame."""
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
-        yield ref, None, "cannot open the video (corrupt or unsupported codec)"
+        yield ref, None, CUT_SHORT_VIDEO if cut_short(path) else "cannot open the video (corrupt or unsupported codec)"
         return
     try:
         native = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
