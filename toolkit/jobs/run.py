@@ -369,8 +369,29 @@ def format_summary(s: RunSummary) -> str:
                      + ", ".join(f"{k} {v:.1f}" for k, v in s.ms_per_image.items()))
     if s.failed:
         lines.append(f"  {len(s.failed)} failed (listed in {s.out_dir}/failures.jsonl):")
-        lines.extend(f"    {f['path']}: {f['reason']}" for f in s.failed[:20])
-        if len(s.failed) > 20:
-            lines.append(f"    ... and {len(s.failed) - 20} more")
+        lines.extend(f"    {line}" for line in failure_lines(s.failed))
     lines.append(f"  results in {s.out_dir}")
     return "\n".join(lines)
+
+
+def failure_lines(failed: list[dict[str, Any]], most: int = 20) -> list[str]:
+    """``path: reason`` for each failed input, in order, a video's frames that follow one another failing for the
+    same reason folded into one line (``clip.mp4#frame27-59 (33 frames): ...``, as a file cut short gives them);
+    at most ``most`` lines, then how many more failed."""
+    groups: list[tuple[str, int, int, int, str]] = []  # path or video, first frame (-1: none), last frame, count, why
+    for f in failed:
+        path, reason = str(f.get("path", "")), str(f.get("reason", ""))
+        video, sep, number = path.rpartition("#frame")
+        frame = int(number) if sep and number.isdigit() else -1
+        if frame >= 0 and groups and groups[-1][0] == video and groups[-1][4] == reason and groups[-1][2] < frame:
+            first = groups[-1][1]
+            groups[-1] = (video, first, frame, groups[-1][3] + 1, reason)
+        else:
+            groups.append((video if frame >= 0 else path, frame, frame, 1, reason))
+    lines = [f"{name}: {why}" if first < 0 else f"{name}#frame{first}: {why}" if count == 1
+             else f"{name}#frame{first}-{last} ({count} frames): {why}"
+             for name, first, last, count, why in groups[:most]]
+    shown = sum(g[3] for g in groups[:most])
+    if shown < len(failed):
+        lines.append(f"... and {len(failed) - shown} more")
+    return lines

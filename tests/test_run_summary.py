@@ -1,0 +1,42 @@
+"""The run's printed summary: failures listed one line each, a video's run of failed frames folded into one."""
+
+from __future__ import annotations
+
+from toolkit.jobs.run import failure_lines
+
+CUT = "the video file ends before this frame (cut short)"
+
+
+def _frames(video: str, frames: range | list[int], reason: str = CUT) -> list[dict[str, str]]:
+    return [{"path": f"{video}#frame{k}", "reason": reason} for k in frames]
+
+
+def test_a_videos_frames_that_fail_for_one_reason_are_one_line() -> None:
+    failed = [{"path": "a.jpg", "reason": "empty file (0 bytes)"}, *_frames("clip.mp4", range(27, 60)),
+              *_frames("other.mkv", range(3, 60, 4)), {"path": "b.png", "reason": "damaged PNG"}]
+    assert failure_lines(failed) == [
+        "a.jpg: empty file (0 bytes)",
+        f"clip.mp4#frame27-59 (33 frames): {CUT}",
+        f"other.mkv#frame3-59 (15 frames): {CUT}",  # --vid-stride 4: the frames it keeps
+        "b.png: damaged PNG",
+    ]
+
+
+def test_another_reason_another_video_or_a_frame_out_of_order_starts_a_new_line() -> None:
+    failed = [*_frames("v.avi", [5], "cannot decode this frame"), *_frames("v.avi", [6, 7]),
+              *_frames("w.avi", [8]), *_frames("v.avi", [9, 2])]
+    assert failure_lines(failed) == [
+        "v.avi#frame5: cannot decode this frame",
+        f"v.avi#frame6-7 (2 frames): {CUT}",
+        f"w.avi#frame8: {CUT}",
+        f"v.avi#frame9: {CUT}",
+        f"v.avi#frame2: {CUT}",
+    ]
+
+
+def test_at_most_so_many_lines_then_how_many_inputs_more() -> None:
+    failed = [{"path": f"{i}.jpg", "reason": "not an image file"} for i in range(25)] + _frames("c.mp4", range(10))
+    lines = failure_lines(failed, most=20)
+    assert len(lines) == 21 and lines[-1] == "... and 15 more"  # 5 images and the 10 frames not shown
+    assert failure_lines(_frames("c.mp4", range(100)), most=1) == [f"c.mp4#frame0-99 (100 frames): {CUT}"]
+    assert failure_lines([]) == []
