@@ -1,7 +1,7 @@
 """What a video file's own structure says, read before a decoder sees it.
 
 OpenCV's reader (FFmpeg) hands frames on one after another and says nothing of the frames it passes over, and its
-frame count is, for some containers, a guess. Two facts read from the file fill the gaps:
+frame count is, for some containers, a guess. Three facts read from the file fill the gaps:
 
 * :func:`lost_frames`: the frames of an AVI file that its demuxer will skip without a word. FFmpeg's AVI demuxer
   reads the chunks of the ``movi`` list one after another; a chunk whose header is damaged (its four-character tag
