@@ -162,8 +162,7 @@ class OpenVinoRunner(BaseRunner):
             # the shapes the caller says most inferences take: compiled while the dynamic model compiles (a core is
             # idle then), so that no inference warms the dynamic model up at them (measured: docs/benchmarks.md)
             try:
-                most_early = int(extra.get("shape_models", shape_models(device, "f32", weight_bytes)))
-                wanted = early_shapes(options.expected(meta), most_early)
+                wanted = early_shapes(options.expected(meta), shape_models(device, "f32", weight_bytes))
             except Exception:  # a hint never stops a load
                 wanted = []
             if wanted:
