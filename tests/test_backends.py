@@ -354,52 +354,6 @@ def test_openvino_compiles_a_shape_only_where_the_announced_work_pays_for_it(art
     again.close()
 
 
-def test_openvino_compiles_the_shape_a_run_says_most_inputs_take_while_it_loads(
-        artifact: Callable[..., Path]) -> None:
-    """Told at load which input shapes come and how many inferences each (LoadOptions.expected), the runner
-    compiles a model for a shape that meets the run's rule (SHAPE_AHEAD of them, 1/SHAPE_SHARE of all) beside the
-    dynamic model, and the first inference at it runs on that model (no warm-up of the dynamic one): outputs
-    bit-identical. A shape too rare or too few, a hint that fails, or a precision other than f32 compiles none."""
-    _need("openvino")
-    from backends.openvino.runner import SHAPE_AHEAD, SHAPE_SHARE, early_shapes
-
-    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
-    module: Any = backends.REGISTRY["openvino"]
-    wide, tall = _batch(1, 128, 160, seed=5), _batch(1, 160, 128, seed=6)
-    dynamic = module.load(path, LoadOptions(threads=1, options={"shape_models": 0}))
-    refs = {x.shape: dynamic.infer(x) for x in (wide, tall)}
-    dynamic.close()
-    seen: list[Any] = []
-
-    def expected(meta: Any) -> dict[tuple[int, ...], int]:
-        seen.append(meta)
-        return {wide.shape: 4 * SHAPE_AHEAD, tall.shape: SHAPE_AHEAD}  # tall: under 1/SHAPE_SHARE of all
-    runner = module.load(path, LoadOptions(threads=1, expected=expected))
-    assert seen and seen[0].stride == runner.meta.stride  # asked with the model's own metadata
-    assert list(runner.shapes._early) == [wide.shape]
-    np.testing.assert_array_equal(runner.infer(wide), refs[wide.shape])
-    assert runner.shapes.count() == 1 and not runner.shapes._early  # the first inference at it: its own model
-    assert runner.shapes._seen.get(wide.shape) is None  # never counted on the dynamic model
-    np.testing.assert_array_equal(runner.infer(tall), refs[tall.shape])
-    assert runner.shapes.count() == 1
-    runner.close()
-
-    assert early_shapes({wide.shape: SHAPE_AHEAD - 1}, 4) == []  # too few to pay
-    assert early_shapes({wide.shape: SHAPE_AHEAD, tall.shape: SHAPE_AHEAD * SHAPE_SHARE + 1}, 4) == [tall.shape]
-    assert early_shapes({wide.shape: 2 * SHAPE_AHEAD, tall.shape: 2 * SHAPE_AHEAD}, 1) == [wide.shape]  # the cap
-
-    def broken(meta: Any) -> dict[tuple[int, ...], int]:
-        raise RuntimeError("a hint that fails")
-    for options in (LoadOptions(threads=1, expected=broken),
-                    LoadOptions(threads=1, expected=lambda meta: {wide.shape: SHAPE_AHEAD - 1}),
-                    LoadOptions(threads=1, expected=expected, options={"inference_precision": "f16"})):
-        other = module.load(path, options)
-        assert not other.shapes._early and other.shapes.count() == 0
-        other.infer(wide)
-        assert other.shapes.count() == 0
-        other.close()
-
-
 def test_openvino_shape_models_only_where_they_change_no_output(tmp_path: Path) -> None:
     """f32 on the CPU only (bf16, f16 and INT8 outputs of a shape's model may differ from the dynamic model's), within
     the weights budget; the cache of shape models keeps its newest entries."""

@@ -29,11 +29,7 @@ bf16 or f16 it need not, so those keep the dynamic model alone. Where the caller
 (:meth:`~backends.base.BaseRunner.expect`: a run over a list of images), a shape is compiled only while at least
 :data:`SHAPE_AHEAD` of them are still ahead at its share: 100 photos of one size compile at their 16th
 inference (85 ahead), while a 100-image run of many shapes, or one whose shape comes late, compiles none it cannot
-pay back. Where the caller says at load which shapes come and how many inferences each
-(:attr:`~backends.base.LoadOptions.expected`: a run that read its first images' headers), a shape that meets that
-rule in advance is compiled on a thread of its own while the dynamic model compiles (a core is idle then), and the
-inferences at it wait for that model instead of warming the dynamic one up at it (:func:`early_shapes`).
-``LoadOptions.options["shape_models"]`` sets the number (0: none).
+pay back. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
@@ -41,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +58,6 @@ SHAPE_SHARE = 4  # ... and only a shape that had at least 1/SHAPE_SHARE of the i
 SHAPE_CACHE = 256 << 20  # bytes the shape models' compile cache keeps (the newest entries)
 SHAPE_AHEAD = 64  # ... and, where the run said how many inferences come (BaseRunner.expect), this many of them
 # are still ahead at that shape (a compile costs what 20-80 inferences save)
-EARLY_WAIT = 60.0  # seconds an inference waits for its shape's model compiling since the load, before the dynamic one
 
 
 def cpu_count() -> int:
@@ -155,21 +148,6 @@ class OpenVinoRunner(BaseRunner):
         cache = compile_cache_dir(extra)
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
-        weight_bytes = xml.with_suffix(".bin").stat().st_size
-        self._compiling: ThreadPoolExecutor | None = None
-        early: dict[tuple[int, ...], Future[Any]] = {}
-        if options.expected is not None and device == "CPU" and precision == "f32":
-            # the shapes the caller says most inferences take: compiled while the dynamic model compiles (a core is
-            # idle then), so that no inference warms the dynamic model up at them (measured: docs/benchmarks.md)
-            try:
-                wanted = early_shapes(options.expected(meta), shape_models(device, "f32", weight_bytes))
-            except Exception:  # a hint never stops a load
-                wanted = []
-            if wanted:
-                self._compiling = ThreadPoolExecutor(1, thread_name_prefix="yolokit-openvino-shape")
-                for shape in wanted:  # each on a copy of the IR taken here: one thread at a time reads the IR
-                    early[shape] = self._compiling.submit(compile_shape, model.clone(), shape, device, dict(config),
-                                                          cache)
         try:
             try:
                 self.compiled = core.compile_model(model, device, config)
@@ -192,10 +170,8 @@ class OpenVinoRunner(BaseRunner):
         self._local = threading.local()
         self._requests: list[Any] = []
         self._lock = threading.Lock()
-        most = shape_models(device, executes, weight_bytes)
+        most = shape_models(device, executes, xml.with_suffix(".bin").stat().st_size)
         self.shapes = ShapeModels(model, device, config, int(extra.get("shape_models", most)), cache)
-        for shape, compiling in early.items():
-            self.shapes.ahead(shape, compiling)
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -238,8 +214,6 @@ class OpenVinoRunner(BaseRunner):
         self._local = threading.local()
         self.compiled = None
         self.shapes.close()
-        if self._compiling is not None:
-            self._compiling.shutdown(wait=False, cancel_futures=True)
 
 
 def first_tensor_access() -> None:
@@ -291,7 +265,6 @@ class ShapeModels:
         self._total = 0
         self._busy: set[tuple[int, ...]] = set()
         self._until: int | None = None  # the inference count (_total) the caller's announced work ends at
-        self._early: dict[tuple[int, ...], Future[Any]] = {}  # shapes compiling since the load (ahead)
 
     def expect(self, inferences: int | None) -> None:
         """The caller's hint (:meth:`~backends.base.BaseRunner.expect`): ``inferences`` come next (None: not known)."""
@@ -313,10 +286,6 @@ class ShapeModels:
             got = self._ready.get(shape)
             if got is not None:
                 return got
-            early = self._early.get(shape)
-        if early is not None:
-            return self._take_early(shape, early)
-        with self._lock:
             seen = self._seen[shape] = self._seen.get(shape, 0) + 1
             if seen < SHAPE_AFTER or seen * SHAPE_SHARE < self._total or shape in self._busy \
                     or len(self._ready) + len(self._busy) >= self.most or not self._pays(seen):
@@ -332,31 +301,26 @@ class ShapeModels:
         return compiled
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
+        ov = runtime()
         source = self.model
         if source is None:  # closed meanwhile
             return None
-        return compile_shape(source.clone(), shape, self.device, self.config, self.cache)
-
-    def ahead(self, shape: tuple[int, ...], compiled: Future[Any]) -> None:
-        """A model for ``shape`` compiling already (started while the dynamic model loaded, for a shape the caller
-        said most inferences will take): inferences at that shape wait for it (:data:`EARLY_WAIT` at most) instead
-        of warming the dynamic model up at it."""
-        with self._lock:
-            if self.model is not None and len(self._ready) + len(self._busy) < self.most:
-                self._early[shape] = compiled
-                self._busy.add(shape)
-
-    def _take_early(self, shape: tuple[int, ...], early: Future[Any]) -> Any:
         try:
-            compiled = early.result(timeout=EARLY_WAIT)
-        except FutureTimeout:
-            compiled = None  # the dynamic model serves it; the usual rule may compile it later
-        with self._lock:
-            if self._early.pop(shape, None) is not None:
-                self._busy.discard(shape)
-                if compiled is not None and self.model is not None:
-                    self._ready[shape] = compiled
-            return self._ready.get(shape)
+            model = source.clone()
+            model.reshape(list(shape))
+            core = ov.Core()
+            folder = shape_cache(self.cache)
+            if folder is not None:
+                try:
+                    core.set_property({"CACHE_DIR": str(folder)})
+                    compiled = core.compile_model(model, self.device, self.config)
+                    prune(folder, SHAPE_CACHE)
+                    return compiled
+                except Exception:  # a cache problem (full disk, ...): compiled without it
+                    core.set_property({"CACHE_DIR": ""})
+            return core.compile_model(model, self.device, self.config)
+        except Exception:  # the dynamic model still serves this shape
+            return None
 
     def count(self) -> int:
         """Shapes with a model of their own."""
@@ -366,38 +330,7 @@ class ShapeModels:
     def close(self) -> None:
         with self._lock:
             self._ready.clear()
-            self._early.clear()
             self.model = None
-
-
-def compile_shape(model: Any, shape: tuple[int, ...], device: str, config: dict[str, Any], cache: Path | None) -> Any:
-    """``model`` (a copy of the IR, reshaped here) compiled for ``shape`` alone, through the shapes' compile cache;
-    None where OpenVINO cannot (the dynamic model still serves that shape)."""
-    ov = runtime()
-    try:
-        model.reshape(list(shape))
-        core = ov.Core()
-        folder = shape_cache(cache)
-        if folder is not None:
-            try:
-                core.set_property({"CACHE_DIR": str(folder)})
-                compiled = core.compile_model(model, device, config)
-                prune(folder, SHAPE_CACHE)
-                return compiled
-            except Exception:  # a cache problem (full disk, ...): compiled without it
-                core.set_property({"CACHE_DIR": ""})
-        return core.compile_model(model, device, config)
-    except Exception:
-        return None
-
-
-def early_shapes(counts: dict[tuple[int, ...], int], most: int) -> list[tuple[int, ...]]:
-    """The shapes worth a model of their own before the first inference, from the caller's expected inferences at
-    each: at least :data:`SHAPE_AHEAD` of them and 1/:data:`SHAPE_SHARE` of all (the rule a shape meets during a
-    run, here known in advance), the commonest first, at most ``most``."""
-    total = sum(counts.values())
-    fit = [shape for shape, n in counts.items() if n >= SHAPE_AHEAD and n * SHAPE_SHARE >= total]
-    return sorted(fit, key=lambda shape: -counts[shape])[:most]
 
 
 def shape_cache(cache: Path | None) -> Path | None:
