@@ -354,6 +354,42 @@ def test_openvino_compiles_a_shape_only_where_the_announced_work_pays_for_it(art
     again.close()
 
 
+def test_openvino_shapes_compiled_together_keep_the_process_locale(artifact: Callable[..., Path]) -> None:
+    """Two shapes reaching their turn at once compile one after the other: OpenVINO sets the C locale while it
+    serializes a model and puts back what it found, and two at once left the process in the C locale (Python's
+    default text encoding ASCII) in 2 of 3 tries."""
+    _need("openvino")
+    import locale
+    import threading
+
+    from backends.openvino.runner import SHAPE_AFTER
+
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    before = locale.setlocale(locale.LC_ALL, None)
+    try:
+        for trial in range(3):
+            runner = module.load(path, LoadOptions(threads=1, options={"shape_models": 2}))
+            together = threading.Barrier(2)
+
+            def infer(x: np.ndarray, runner: Any = runner, together: threading.Barrier = together) -> None:
+                for i in range(SHAPE_AFTER):
+                    if i == SHAPE_AFTER - 1:
+                        together.wait()  # both shapes' turn at once
+                    runner.infer(x)
+            threads = [threading.Thread(target=infer, args=(x,))
+                       for x in (_batch(1, 128, 160, seed=trial), _batch(1, 160, 128, seed=trial))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert runner.shapes.count() == 2
+            assert locale.setlocale(locale.LC_ALL, None) == before, trial
+            runner.close()
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+
+
 def test_openvino_shape_models_only_where_they_change_no_output(tmp_path: Path) -> None:
     """f32 on the CPU only (bf16, f16 and INT8 outputs of a shape's model may differ from the dynamic model's), within
     the weights budget; the cache of shape models keeps its newest entries."""

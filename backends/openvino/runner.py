@@ -60,6 +60,12 @@ SHAPE_AHEAD = 64  # ... and, where the run said how many inferences come (BaseRu
 # are still ahead at that shape (a compile costs what 20-80 inferences save)
 
 
+# OpenVINO sets the C locale while it reads an IR or serializes a model (a compile's cache key) and then puts back
+# what it found; two threads at once leave the process in the C locale (measured: two shapes compiled together ended
+# 2 of 3 runs with Python's default text encoding ASCII). Every read and compile of this module takes this lock.
+COMPILING = threading.Lock()
+
+
 def cpu_count() -> int:
     """The cores this process may run on."""
     try:
@@ -97,7 +103,8 @@ class OpenVinoRunner(BaseRunner):
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         ov = runtime()
-        model, xml = read_model(path)
+        with COMPILING:
+            model, xml = read_model(path)
         meta = meta_of(model, xml)
         raw = bool(options.options.get(RAW_OUTPUT)) and meta.nms is not None
         if raw:
@@ -149,13 +156,14 @@ class OpenVinoRunner(BaseRunner):
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
         try:
-            try:
-                self.compiled = core.compile_model(model, device, config)
-            except Exception:
-                if cache is None:
-                    raise
-                core.set_property({"CACHE_DIR": ""})  # a cache problem (full disk, ...) must not stop the run
-                self.compiled = core.compile_model(model, device, config)
+            with COMPILING:
+                try:
+                    self.compiled = core.compile_model(model, device, config)
+                except Exception:
+                    if cache is None:
+                        raise
+                    core.set_property({"CACHE_DIR": ""})  # a cache problem (full disk, ...) must not stop the run
+                    self.compiled = core.compile_model(model, device, config)
         except Exception as e:
             raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
         first_tensor_access()
@@ -306,19 +314,20 @@ class ShapeModels:
         if source is None:  # closed meanwhile
             return None
         try:
-            model = source.clone()
-            model.reshape(list(shape))
-            core = ov.Core()
-            folder = shape_cache(self.cache)
-            if folder is not None:
-                try:
-                    core.set_property({"CACHE_DIR": str(folder)})
-                    compiled = core.compile_model(model, self.device, self.config)
-                    prune(folder, SHAPE_CACHE)
-                    return compiled
-                except Exception:  # a cache problem (full disk, ...): compiled without it
-                    core.set_property({"CACHE_DIR": ""})
-            return core.compile_model(model, self.device, self.config)
+            with COMPILING:  # one at a time (two shapes may reach their turn together)
+                model = source.clone()
+                model.reshape(list(shape))
+                core = ov.Core()
+                folder = shape_cache(self.cache)
+                if folder is not None:
+                    try:
+                        core.set_property({"CACHE_DIR": str(folder)})
+                        compiled = core.compile_model(model, self.device, self.config)
+                        prune(folder, SHAPE_CACHE)
+                        return compiled
+                    except Exception:  # a cache problem (full disk, ...): compiled without it
+                        core.set_property({"CACHE_DIR": ""})
+                return core.compile_model(model, self.device, self.config)
         except Exception:  # the dynamic model still serves this shape
             return None
 
