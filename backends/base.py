@@ -28,6 +28,10 @@ class LoadOptions:
     imgsz: tuple[int, int] | None = None  # the input size the caller will use, when known (warm-up)
     options: dict[str, Any] = field(default_factory=dict)  # runtime-specific (e.g. OpenVINO hint)
     precision: str = "auto"  # how the runtime computes: auto (the model's own), fp32, bf16 (RUN_PRECISIONS)
+    # the input shapes (B, 3, H, W) the caller expects and how many inferences each will take, given the model's
+    # metadata (the letterbox rule is the caller's): a hint a runtime may prepare for while it loads (OpenVINO
+    # compiles a model for a shape most of them share); it never changes an output. None: not known
+    expected: Callable[[ModelMeta], dict[tuple[int, ...], int]] | None = None
 
 
 # the outputs of a model with NMS inside, in this order: num_dets int32 (B, 1), det_boxes float32 (B, max_det, 4)

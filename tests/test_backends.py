@@ -354,6 +354,57 @@ def test_openvino_compiles_a_shape_only_where_the_announced_work_pays_for_it(art
     again.close()
 
 
+def test_openvino_compiles_the_shape_a_run_says_most_inputs_take_instead_of_the_dynamic_model(
+        artifact: Callable[..., Path]) -> None:
+    """Told at load which input shapes come and how many inferences each (LoadOptions.expected), the runner
+    compiles a model for a shape that meets the run's rule (SHAPE_AHEAD of them, 1/SHAPE_SHARE of all) and not the
+    dynamic model, which it compiles when an input of another shape first comes: outputs bit-identical to the
+    dynamic model's. A shape too rare or too few, a hint that fails, a precision other than f32 or shape_models 0
+    compile the dynamic model at load, as without a hint."""
+    _need("openvino")
+    from backends.openvino.runner import SHAPE_AHEAD, SHAPE_SHARE, early_shapes
+
+    path = artifact("openvino", imgsz=(160, 160), dynamic=True)
+    module: Any = backends.REGISTRY["openvino"]
+    wide, tall = _batch(1, 128, 160, seed=5), _batch(1, 160, 128, seed=6)
+    dynamic = module.load(path, LoadOptions(threads=1, options={"shape_models": 0}))
+    refs = {x.shape: dynamic.infer(x) for x in (wide, tall)}
+    dynamic.close()
+    seen: list[Any] = []
+
+    def expected(meta: Any) -> dict[tuple[int, ...], int]:
+        seen.append(meta)
+        return {wide.shape: 4 * SHAPE_AHEAD, tall.shape: SHAPE_AHEAD}  # tall: under 1/SHAPE_SHARE of all
+    runner = module.load(path, LoadOptions(threads=1, expected=expected))
+    assert seen and seen[0].stride == runner.meta.stride  # asked with the model's own metadata
+    assert runner.meta.extra["inference_precision"] == "f32"  # read from the shape's model
+    assert runner._dynamic is None and runner.shapes.count() == 1
+    for _ in range(2):
+        np.testing.assert_array_equal(runner.infer(wide), refs[wide.shape])
+    assert runner._dynamic is None and runner.shapes._seen.get(wide.shape) is None  # its own model from the first
+    np.testing.assert_array_equal(runner.infer(tall), refs[tall.shape])  # another shape: the dynamic model now
+    assert runner._dynamic is not None and runner.shapes.count() == 1
+    runner.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = runner.compiled
+
+    assert early_shapes({wide.shape: SHAPE_AHEAD - 1}, 4) == []  # too few to pay
+    assert early_shapes({wide.shape: SHAPE_AHEAD, tall.shape: SHAPE_AHEAD * SHAPE_SHARE + 1}, 4) == [tall.shape]
+    assert early_shapes({wide.shape: 2 * SHAPE_AHEAD, tall.shape: 2 * SHAPE_AHEAD}, 1) == [wide.shape]  # the cap
+
+    def broken(meta: Any) -> dict[tuple[int, ...], int]:
+        raise RuntimeError("a hint that fails")
+    for options in (LoadOptions(threads=1, expected=broken),
+                    LoadOptions(threads=1, expected=lambda meta: {wide.shape: SHAPE_AHEAD - 1}),
+                    LoadOptions(threads=1, expected=expected, options={"inference_precision": "f16"}),
+                    LoadOptions(threads=1, expected=expected, options={"shape_models": 0})):
+        other = module.load(path, options)
+        assert other._dynamic is not None and other.shapes.count() == 0  # as without a hint
+        other.infer(wide)
+        assert other.shapes.count() == 0
+        other.close()
+
+
 def test_openvino_shapes_compiled_together_keep_the_process_locale(artifact: Callable[..., Path]) -> None:
     """Two shapes reaching their turn at once compile one after the other: OpenVINO sets the C locale while it
     serializes a model and puts back what it found, and two at once left the process in the C locale (Python's

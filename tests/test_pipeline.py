@@ -642,3 +642,47 @@ def test_stage_times_count_what_new_input_shapes_cost() -> None:
     t.add_shape((1, 3, 480, 640), 0.050)  # met once: beyond the typical repeat (0.011 or 0.044, the median's pick)
     shapes, cost = t.first_call_cost()
     assert shapes == 3 and cost == pytest.approx((0.060 - 0.011) + (0.090 - 0.044) + (0.050 - 0.044))
+
+
+def test_the_image_sizes_a_run_reads_ahead_from_headers(tmp_path: Path) -> None:
+    """The sizes of the first images (as displayed: EXIF rotation counted), scaled to the whole list; videos, URLs
+    and unreadable files are not read ahead."""
+    from toolkit.engine.core import image_sizes
+    from toolkit.io.sources import InputRef
+
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"w{i}.jpg"), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "t.png"), np.zeros((64, 48, 3), np.uint8))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    refs = [InputRef(str(p), p.stem) for p in sorted(tmp_path.iterdir())]
+    refs += [InputRef(str(tmp_path / "v.mp4"), "v", frame=-1), InputRef("https://example.com/a.jpg", "a")]
+    assert image_sizes(refs) == {(48, 64): 6, (64, 48): 1}
+    assert image_sizes(refs * 4, sample=len(refs)) == {(48, 64): 24, (64, 48): 4}  # the first ones, scaled
+    assert image_sizes([]) == {}
+
+
+def test_a_run_tells_the_loading_model_the_sizes_of_its_images(exported: dict[str, Path], tmp_path: Path) -> None:
+    """`yolokit run` reads the first images' headers before the model loads, so that OpenVINO compiles the shape
+    most of them take as it loads, and not the dynamic model (LoadOptions.expected); not where the inputs are not
+    letterboxed one at a time as decoded (--batch, --augment, --fast-decode)."""
+    import backends
+    from backends.openvino.runner import SHAPE_AHEAD
+    from toolkit.io.store import LocalStore
+    from toolkit.jobs.run import LocalEngine, RunOptions
+
+    if not backends.REGISTRY["openvino"].is_available():
+        pytest.skip("openvino is not installed: pip install 'yolokit[openvino]'")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(SHAPE_AHEAD + 2):
+        cv2.imwrite(str(src / f"{i:03d}.png"), np.full((96, 128, 3), i, np.uint8))
+    refs = list_sources(str(src)).items
+    weights = str(exported["openvino"])
+    for settings, compiles in (({}, True), ({"batch": 4}, False), ({"augment": True}, False),
+                               ({"fast_decode": True}, False)):
+        opts = RunOptions.of(source=str(src), weights=weights, nosave=True, **settings)
+        engine = LocalEngine(opts, LocalStore(tmp_path / "out"), refs=refs)
+        runner = engine.det.routine.runner
+        assert (list(runner.shapes._ready) == [(1, 3, 480, 640)]) is compiles, settings
+        assert (runner._dynamic is None) is compiles, settings
+        engine.close()

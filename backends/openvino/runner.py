@@ -29,7 +29,12 @@ bf16 or f16 it need not, so those keep the dynamic model alone. Where the caller
 (:meth:`~backends.base.BaseRunner.expect`: a run over a list of images), a shape is compiled only while at least
 :data:`SHAPE_AHEAD` of them are still ahead at its share: 100 photos of one size compile at their 16th
 inference (85 ahead), while a 100-image run of many shapes, or one whose shape comes late, compiles none it cannot
-pay back. ``LoadOptions.options["shape_models"]`` sets the number (0: none).
+pay back. Where the caller says at load which shapes come and how many inferences each
+(:attr:`~backends.base.LoadOptions.expected`: a run that read its first images' headers), a shape that meets that
+rule in advance (:func:`early_shapes`) is compiled at load *instead of* the dynamic model, which is compiled only
+when an input of another shape first comes: a run of one-size photos then never compiles the dynamic model nor
+warms it up (one compile at load, not two, and never two at once: see :data:`COMPILING`).
+``LoadOptions.options["shape_models"]`` sets the number (0: none).
 """
 
 from __future__ import annotations
@@ -155,20 +160,28 @@ class OpenVinoRunner(BaseRunner):
         cache = compile_cache_dir(extra)
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
-        try:
-            with COMPILING:
-                try:
-                    self.compiled = core.compile_model(model, device, config)
-                except Exception:
-                    if cache is None:
-                        raise
-                    core.set_property({"CACHE_DIR": ""})  # a cache problem (full disk, ...) must not stop the run
-                    self.compiled = core.compile_model(model, device, config)
-        except Exception as e:
-            raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
+        self._core, self._model, self._device, self._config, self._xml = core, model, device, config, xml
+        self._cached = cache is not None
+        self._dynamic: Any = None  # the model for any input shape, compiled at load or when first needed
+        self._loading = threading.Lock()
+        weight_bytes = xml.with_suffix(".bin").stat().st_size
+        early: dict[tuple[int, ...], Any] = {}
+        if options.expected is not None and device == "CPU" and precision == "f32":
+            # the shapes the caller says most inferences take get their own models now, and the dynamic model waits
+            # until an input of another shape comes (measured: docs/benchmarks.md)
+            try:
+                most_early = int(extra.get("shape_models", shape_models(device, "f32", weight_bytes)))
+                wanted = early_shapes(options.expected(meta), most_early)
+            except Exception:  # a hint never stops a load
+                wanted = []
+            for shape in wanted:
+                compiled = compile_shape(model, shape, device, config, cache)
+                if compiled is not None:
+                    early[shape] = compiled
+        any_model = next(iter(early.values())) if early else self.compiled  # the dynamic one compiled now
         first_tensor_access()
         try:
-            hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            hint_type = any_model.get_property("INFERENCE_PRECISION_HINT")
             executes = str(hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else hint_type)
         except Exception:  # not every device reports it
             executes = "unknown"
@@ -178,8 +191,22 @@ class OpenVinoRunner(BaseRunner):
         self._local = threading.local()
         self._requests: list[Any] = []
         self._lock = threading.Lock()
-        most = shape_models(device, executes, xml.with_suffix(".bin").stat().st_size)
+        most = shape_models(device, executes, weight_bytes)
         self.shapes = ShapeModels(model, device, config, int(extra.get("shape_models", most)), cache)
+        for shape, compiled in early.items():
+            self.shapes.add(shape, compiled)
+
+    @property
+    def compiled(self) -> Any:
+        """The model compiled for any input shape (compiled on first use where the load compiled only the shapes
+        the caller announced; :class:`~toolkit.errors.ModelFileError` where OpenVINO cannot)."""
+        with self._loading:
+            if self._dynamic is None:
+                if self._model is None:
+                    raise RuntimeError("the OpenVINO runner is closed")
+                self._dynamic = compile_dynamic(self._core, self._model, self._device, self._config, self._xml,
+                                                self._cached)
+            return self._dynamic
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -220,8 +247,26 @@ class OpenVinoRunner(BaseRunner):
         with self._lock:
             self._requests.clear()
         self._local = threading.local()
-        self.compiled = None
+        with self._loading:
+            self._dynamic = self._model = None
         self.shapes.close()
+
+
+def compile_dynamic(core: Any, model: Any, device: str, config: dict[str, Any], xml: Path, cached: bool) -> Any:
+    """``model`` compiled for any input shape, through the compile cache ``core`` was given where ``cached``
+    (retried without it: a cache problem such as a full disk must not stop a run); where OpenVINO cannot, a
+    :class:`~toolkit.errors.ModelFileError` of one line."""
+    try:
+        with COMPILING:
+            try:
+                return core.compile_model(model, device, config)
+            except Exception:
+                if not cached:
+                    raise
+                core.set_property({"CACHE_DIR": ""})
+                return core.compile_model(model, device, config)
+    except Exception as e:
+        raise ModelFileError(f"{xml}: OpenVINO cannot compile this model for {device} ({e})") from None
 
 
 def first_tensor_access() -> None:
@@ -309,27 +354,17 @@ class ShapeModels:
         return compiled
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
-        ov = runtime()
         source = self.model
         if source is None:  # closed meanwhile
             return None
-        try:
-            with COMPILING:  # one at a time (two shapes may reach their turn together)
-                model = source.clone()
-                model.reshape(list(shape))
-                core = ov.Core()
-                folder = shape_cache(self.cache)
-                if folder is not None:
-                    try:
-                        core.set_property({"CACHE_DIR": str(folder)})
-                        compiled = core.compile_model(model, self.device, self.config)
-                        prune(folder, SHAPE_CACHE)
-                        return compiled
-                    except Exception:  # a cache problem (full disk, ...): compiled without it
-                        core.set_property({"CACHE_DIR": ""})
-                return core.compile_model(model, self.device, self.config)
-        except Exception:  # the dynamic model still serves this shape
-            return None
+        return compile_shape(source, shape, self.device, self.config, self.cache)
+
+    def add(self, shape: tuple[int, ...], compiled: Any) -> None:
+        """A model for ``shape`` compiled already (at load, for a shape the caller said most inferences take);
+        it counts towards the ``most`` this holds."""
+        with self._lock:
+            if self.model is not None and len(self._ready) + len(self._busy) < self.most:
+                self._ready[shape] = compiled
 
     def count(self) -> int:
         """Shapes with a model of their own."""
@@ -340,6 +375,39 @@ class ShapeModels:
         with self._lock:
             self._ready.clear()
             self.model = None
+
+
+def compile_shape(source: Any, shape: tuple[int, ...], device: str, config: dict[str, Any], cache: Path | None
+                  ) -> Any:
+    """A copy of ``source`` (the IR) compiled for ``shape`` alone, through the shapes' compile cache (kept to
+    :data:`SHAPE_CACHE` bytes); None where OpenVINO cannot (the dynamic model serves that shape)."""
+    ov = runtime()
+    try:
+        with COMPILING:  # one at a time (two shapes may reach their turn together)
+            model = source.clone()
+            model.reshape(list(shape))
+            core = ov.Core()
+            folder = shape_cache(cache)
+            if folder is not None:
+                try:
+                    core.set_property({"CACHE_DIR": str(folder)})
+                    compiled = core.compile_model(model, device, config)
+                    prune(folder, SHAPE_CACHE)
+                    return compiled
+                except Exception:  # a cache problem (full disk, ...): compiled without it
+                    core.set_property({"CACHE_DIR": ""})
+            return core.compile_model(model, device, config)
+    except Exception:
+        return None
+
+
+def early_shapes(counts: dict[tuple[int, ...], int], most: int) -> list[tuple[int, ...]]:
+    """The shapes worth a model of their own before the first inference, from the caller's expected inferences at
+    each: at least :data:`SHAPE_AHEAD` of them and 1/:data:`SHAPE_SHARE` of all (the rule a shape meets during a
+    run, here known in advance), the commonest first, at most ``most``."""
+    total = sum(counts.values())
+    fit = [shape for shape, n in counts.items() if n >= SHAPE_AHEAD and n * SHAPE_SHARE >= total]
+    return sorted(fit, key=lambda shape: -counts[shape])[:most]
 
 
 def shape_cache(cache: Path | None) -> Path | None:

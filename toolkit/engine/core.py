@@ -22,14 +22,23 @@ import numpy as np
 
 from toolkit.augment import SCALES, augment_views, merge_views
 from toolkit.detections import Detections
-from toolkit.errors import InputError, first_line, last_line
+from toolkit.errors import InputError, YolokitError, first_line, last_line
 from toolkit.io.decode import decode_image
 from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
 from toolkit.meta import ModelMeta
-from toolkit.ops import LetterboxInfo, NMSOptions, final_detections, letterbox, postprocess, scale_boxes, to_chw_rgb
+from toolkit.ops import (
+    LetterboxInfo,
+    NMSOptions,
+    final_detections,
+    letterbox,
+    letterbox_shape,
+    postprocess,
+    scale_boxes,
+    to_chw_rgb,
+)
 from toolkit.options import CONF, DETECTION, IMGSZ, INPUTS, IOU, MAX_DET, MODEL, SPEED, check, option
 
 if TYPE_CHECKING:
@@ -504,6 +513,49 @@ def resolve_size(config: DetectorConfig, meta: ModelMeta, path: Path) -> tuple[t
                          f"asks for {size[0]}x{size[1]}; use --imgsz {max(limit)} or less, or re-export with "
                          f"--imgsz {max(size)}")
     return size, True
+
+
+def image_sizes(refs: Sequence[InputRef], sample: int = 64) -> dict[tuple[int, int], int]:
+    """How many of ``refs`` are images of each size ((h, w) as displayed), estimated from the headers of the first
+    ``sample`` (the files a run reads first) and scaled to the whole list: local image files only (a video, a URL
+    or an object in a store is not read ahead). Empty where none could be read."""
+    from toolkit.io.files import read_head
+    from toolkit.io.imageheader import oriented_size
+    from toolkit.io.remote import is_url
+    from toolkit.io.store import is_store_url
+
+    first = list(refs[:sample])
+    found: dict[tuple[int, int], int] = {}
+    for ref in first:
+        if ref.frame is not None or is_url(ref.path) or is_store_url(ref.path):
+            continue
+        try:
+            size = oriented_size(read_head(ref.path, 1 << 16))
+        except (ImageReadError, OSError):
+            continue
+        if size and min(size) > 0:
+            found[size] = found.get(size, 0) + 1
+    scale = len(refs) / max(1, len(first))
+    return {size: round(n * scale) for size, n in found.items()}
+
+
+def expected_shapes(config: DetectorConfig, path: Path, sizes: dict[tuple[int, int], int]
+                    ) -> Callable[[ModelMeta], dict[tuple[int, ...], int]]:
+    """:attr:`backends.base.LoadOptions.expected` for images of ``sizes`` (how many of each): the letterboxed input
+    shapes, batch 1, that they take with a model once its metadata is known, as :meth:`BatchRoutine.preprocess`
+    letterboxes them."""
+    def shapes(meta: ModelMeta) -> dict[tuple[int, ...], int]:
+        try:
+            imgsz, auto = resolve_size(config, meta, path)
+        except YolokitError:
+            return {}
+        out: dict[tuple[int, ...], int] = {}
+        for size, n in sizes.items():
+            shape = (1, 3, *letterbox_shape(size, imgsz, meta.stride, auto=auto)[1])
+            out[shape] = out.get(shape, 0) + n
+        return out
+
+    return shapes
 
 
 def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptions:

@@ -22,6 +22,7 @@ from toolkit.engine.core import (
     Result,
     StageTimes,
     expand,
+    expected_shapes,
     in_order,
     intra_op_threads,
     resolve_nms,
@@ -63,10 +64,12 @@ class ModelRoutine(BatchRoutine):
         self._copies: dict[int, ModelRoutine] = {}  # this model at other intra-op thread counts (at_threads)
 
     @classmethod
-    def load(cls, config: DetectorConfig) -> ModelRoutine:
+    def load(cls, config: DetectorConfig, sizes: dict[tuple[int, int], int] | None = None) -> ModelRoutine:
         """Find the model, choose its backend (unless ``config.backend`` names one), load it on ``config.device``
         (default: the backend's own) and resolve the letterbox size and NMS; ``config`` of the result records the
-        model's path, the backend and the device. Worker processes and Ray actors load theirs this way."""
+        model's path, the backend and the device. Worker processes and Ray actors load theirs this way. ``sizes``:
+        the image sizes a run will give it, how many of each (:func:`~toolkit.engine.core.image_sizes`), which the
+        runtime may prepare for while it loads (:attr:`backends.base.LoadOptions.expected`)."""
         import backends
         from backends.base import LoadOptions
         from toolkit.model.configs import resolve_model
@@ -77,9 +80,10 @@ class ModelRoutine(BatchRoutine):
         module.check_precision(config.precision)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
         config = replace(config, weights=str(path), backend=name, device=device)
+        expected = expected_shapes(config, path, sizes) if sizes else None
         runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
                                                imgsz=config.size, options=dict(config.options),
-                                               precision=config.precision))
+                                               precision=config.precision, expected=expected))
         try:
             imgsz, auto = resolve_size(config, runner.meta, path)
             nms = resolve_nms(config, runner.meta, path)
@@ -215,10 +219,11 @@ class Detector:
     __init__.__signature__ = _settings_signature()  # type: ignore[attr-defined]
 
     @classmethod
-    def from_config(cls, config: DetectorConfig) -> Detector:
-        """The detector ``config`` describes."""
+    def from_config(cls, config: DetectorConfig, sizes: dict[tuple[int, int], int] | None = None) -> Detector:
+        """The detector ``config`` describes; ``sizes``: the image sizes a run will give it
+        (:meth:`ModelRoutine.load`)."""
         det = cls.__new__(cls)
-        det._hold(ModelRoutine.load(config))
+        det._hold(ModelRoutine.load(config, sizes))
         return det
 
     def _hold(self, routine: ModelRoutine) -> None:

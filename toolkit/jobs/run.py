@@ -10,17 +10,17 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from toolkit.engine.core import Result
+from toolkit.engine.core import DetectorConfig, Result, image_sizes
 from toolkit.engine.detector import Detector
-from toolkit.engine.plan import load_threads
+from toolkit.engine.plan import load_threads, preplan
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import json_bytes
-from toolkit.io.sources import SourceList, fingerprint, list_sources
+from toolkit.io.sources import InputRef, SourceList, fingerprint, list_sources
 from toolkit.io.store import LocalStore, Store, is_store_url
 from toolkit.jobs.lock import LOCK_NAME, FolderLock, StoreLock, claim_store_folder
 from toolkit.jobs.manifest import (
@@ -108,13 +108,19 @@ class LocalEngine:
     outputs written by an :class:`OutputPool` as results arrive."""
 
     def __init__(self, opts: RunOptions, out_dir: Store, detector: Detector | None = None,
-                 taken_crops: list[str] | None = None, n_inputs: int | None = None) -> None:
+                 taken_crops: list[str] | None = None, n_inputs: int | None = None,
+                 refs: Sequence[InputRef] | None = None) -> None:
         self.opts, self.out_dir = opts, out_dir
         config = opts.detector_config()
+        if refs is not None:
+            n_inputs = len(refs)
+        sizes = None
         if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
             e = opts.engine
             config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
-        self.det = detector or Detector.from_config(config)
+            if refs is not None and _sizes_help(opts, config, n_inputs):
+                sizes = image_sizes(refs)  # the model may prepare for them as it loads
+        self.det = detector or Detector.from_config(config, sizes)
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -177,6 +183,17 @@ class LocalEngine:
             self.det.close()
 
 
+def _sizes_help(opts: RunOptions, config: DetectorConfig, n_inputs: int) -> bool:
+    """Whether the loading model is told the sizes of the images coming (their headers read ahead): where one loaded
+    model runs them in this process, one image to an inference, letterboxed as decoded in full (a thread-mode CPU
+    run without --batch, --augment, --tile or --fast-decode)."""
+    e = opts.engine
+    if opts.tiling is not None or config.augment or config.fast_decode or e.batch > 1:
+        return False
+    plan = preplan(config, n_inputs, e.mode, e.workers)
+    return plan is not None and plan.mode == "thread"
+
+
 def _check(opts: RunOptions) -> None:
     """Option checks first: nothing is created for a bad command (each group checked its own values already)."""
     if opts.engine.name != "local" and opts.tiling is not None:
@@ -199,7 +216,9 @@ def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records
         from toolkit.jobs.ray import RayJob
 
         return RayJob(opts, out_dir)
-    return LocalEngine(opts, out_dir, detector, records.crop_names, None if sources.streams else len(sources.items))
+    if sources.streams:
+        return LocalEngine(opts, out_dir, detector, records.crop_names)
+    return LocalEngine(opts, out_dir, detector, records.crop_names, refs=sources.items)
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
