@@ -26,7 +26,7 @@ import numpy as np
 from toolkit.errors import InputError
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, size_text
 from toolkit.io.imageheader import image_format
-from toolkit.io.videofile import is_avi
+from toolkit.io.videofile import EBML, is_avi
 
 DEFAULT_TIMEOUT = 30.0  # seconds a server may stay silent (connecting, or between two reads): --stream-timeout
 DEFAULT_DEADLINE = 600.0  # seconds a whole download may take, however its bytes arrive: --download-timeout
@@ -390,7 +390,7 @@ def sniff_media(head: bytes) -> str | None:
     """What downloaded bytes are, from their first bytes: ``image``, ``video``, ``html``, ``text``, or None."""
     if image_format(np.frombuffer(head, np.uint8)) is not None:
         return "image"
-    if (head[4:8] == b"ftyp" or is_avi(head) or head[:4] == b"\x1aE\xdf\xa3"
+    if (head[4:8] == b"ftyp" or is_avi(head) or head[:4] == EBML
             or head[:3] == b"FLV" or head[:4] in (b"\x00\x00\x01\xba", b"0&\xb2u")
             or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)):
         return "video"

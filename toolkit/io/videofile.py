@@ -85,7 +85,7 @@ def _layout(f: BinaryIO, size: int) -> tuple[int, int, int, int] | None:
                 stream = _video_stream(read(min(max(0, n - 4), MAX_HEADER_BYTES)))
         elif tag == b"idx1":
             index_at, index_size = i + 8, n
-        i += 8 + n + (n & 1)
+        i += _riff_span(n)
     if min(movi, index_at, stream) < 0:
         return None
     return movi, index_at, index_size, stream
@@ -100,7 +100,7 @@ def _video_stream(hdrl: bytes) -> int:
             if hdrl[i + 12:i + 16] == b"strh" and hdrl[i + 20:i + 24] == b"vids":
                 return number
             number += 1
-        i += 8 + n + (n & 1)
+        i += _riff_span(n)
     return -1
 
 
@@ -190,7 +190,13 @@ def _riff_length(head: bytes, left: int) -> int | None:
     if len(head) < 8 or head[:4] != b"RIFF":
         return None
     n = struct.unpack_from("<I", head, 4)[0]
-    return 8 + n + (n & 1)  # a chunk of odd size is padded to an even one
+    return _riff_span(n)
+
+
+def _riff_span(n: int) -> int:
+    """The bytes a RIFF chunk with ``n`` bytes of content takes: its 8-byte header, the content, and a pad byte
+    after content of odd size."""
+    return 8 + n + (n & 1)
 
 
 def _box_length(head: bytes, left: int) -> int | None:
