@@ -45,6 +45,43 @@ def test_glob_list_file_and_missing(tmp_path: Path) -> None:
         list_sources(str(tmp_path / "*.gif"))
 
 
+
+def test_a_list_written_by_any_editor_finds_every_name(tmp_path: Path) -> None:
+    """A list saved with a byte-order mark and Windows line ends, naming files whose names are not ASCII, finds
+    them all; a name holding a NUL byte is one clear failure, not a crash."""
+    names = ["a.jpg", "ñandú 鸟.jpg", "b.png"]
+    for name in names:
+        _jpg(tmp_path / name)
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(names).encode() + b"\r\n\r\n")
+    found = list_sources(lst).items
+    assert [Path(r.path).name for r in found] == names
+    for ref in found:
+        assert read_image(ref.path).shape == (40, 60, 3)
+    lst.write_bytes(b"a.jpg\nb\x00c.jpg\n")
+    refs = list_sources(lst).items
+    with pytest.raises(ImageReadError, match="NUL byte"):
+        read_image(refs[1].path)
+
+
+def test_a_list_of_non_ascii_names_in_the_c_locale(tmp_path: Path) -> None:
+    """Where Python decodes file names as ASCII (the C locale, no UTF-8 mode), a list's UTF-8 names still name
+    their files: a list is decoded as the system decodes file names, each byte kept."""
+    import subprocess
+    import sys
+
+    name = "ñandú 鸟.jpg"
+    _jpg(tmp_path / name)
+    (tmp_path / "list.txt").write_bytes(name.encode() + b"\n")
+    code = ("import sys; from toolkit.io.sources import list_sources; from toolkit.io.decode import read_image; "
+            "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding(); "
+            "refs = list_sources(sys.argv[1]).items; print(len(refs), read_image(refs[0].path).shape)")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "list.txt")], env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "(40,", "60,", "3)"]
+
 def test_read_image_channels_depth_and_orientation(tmp_path: Path) -> None:
     gray = tmp_path / "g.png"
     cv2.imwrite(str(gray), np.full((10, 20), 200, np.uint8))

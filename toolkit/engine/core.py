@@ -531,7 +531,7 @@ def image_sizes(refs: Sequence[InputRef], sample: int = 64) -> dict[tuple[int, i
             continue
         try:
             size = oriented_size(read_head(ref.path, 1 << 16))
-        except (ImageReadError, OSError):
+        except (ImageReadError, OSError, ValueError):
             continue
         if size and min(size) > 0:
             found[size] = found.get(size, 0) + 1

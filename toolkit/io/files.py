@@ -87,6 +87,8 @@ def regular_file(path: str) -> os.stat_result:
         raise ImageReadError(path, "permission denied (cannot reach the file)") from None
     except OSError as e:
         raise ImageReadError(path, f"cannot read: {os_reason(e)}") from None
+    except (UnicodeError, ValueError):  # a NUL byte, or a character this system's file names cannot hold
+        raise ImageReadError(path, f"{unusable_name(path)}; check the list or the name") from None
     kind = special_kind(st.st_mode)
     if kind is not None:
         raise _not_regular(path, kind)
@@ -127,6 +129,16 @@ def read_bytes(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> np.ndar
         except OSError as e:
             raise ImageReadError(path, f"cannot read: {os_reason(e)}") from None
     return data[:got]
+
+
+def unusable_name(path: str) -> str:
+    """Why ``path`` cannot name a file on this system: a NUL byte, or characters its file-name encoding lacks."""
+    if "\0" in path:
+        return "the name holds a NUL byte, which no file name can"
+    import sys
+
+    return (f"the name has characters this system's file names cannot hold (encoding "
+            f"{sys.getfilesystemencoding()}; set a UTF-8 locale, such as LANG=C.UTF-8)")
 
 
 def os_reason(e: OSError) -> str:

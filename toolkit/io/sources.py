@@ -104,7 +104,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_store(text)
     if path.suffix.lower() == ".streams" and path.is_file():
         try:
-            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+            lines = list_lines(path.read_bytes())
         except OSError as e:
             raise InputError(f"{text}: cannot read the streams file ({os_reason(e)})") from None
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -148,7 +148,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if path.suffix.lower() == ".txt" and path.is_file():
         base = path.parent
         try:
-            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+            lines = list_lines(path.read_bytes())
         except OSError as e:
             raise InputError(f"{text}: cannot read the list file ({os_reason(e)})") from None
         files = [str(base / ln) if not (os.path.isabs(ln) or "://" in ln) else ln
@@ -212,6 +212,17 @@ CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
+def list_lines(data: bytes, names: str | None = None) -> list[str]:
+    """The lines of a list file (``.txt``, ``.streams``), stripped: decoded as this system decodes file names
+    (``names=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so every name the list holds is found
+    again), or as ``names`` (object keys: UTF-8) with bad bytes replaced; a UTF-8 byte-order mark, which Windows
+    editors write first, is dropped."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    text = os.fsdecode(data) if names is None else data.decode(names, errors="replace")
+    return [ln.strip() for ln in text.splitlines()]
+
+
 def _from_store(url: str) -> SourceList:
     """The inputs a store URL names: an object; every image and video object below a prefix (recursively, in key
     order, from the store's listing as it streams; other objects are ignored, as other files in a folder); the
@@ -226,7 +237,7 @@ def _from_store(url: str) -> SourceList:
         return _from_files(files, root, failed)
     if url.lower().endswith(".txt"):
         base = url.rsplit("/", 1)[0]
-        lines = [ln.strip() for ln in read_object(url, LIST_LIMIT).decode(errors="replace").splitlines()]
+        lines = list_lines(read_object(url, LIST_LIMIT), names="utf-8")
         return _from_files([ln if "://" in ln else f"{base}/{ln.lstrip('/')}" for ln in lines
                             if ln and not ln.startswith("#")], "", failed)
     root = url.rstrip("/")
