@@ -49,6 +49,24 @@ def test_annotation_styles() -> None:
     assert np.array_equal(img, np.full((120, 200, 3), 60, np.uint8))  # the original is untouched
 
 
+def test_annotating_in_place_draws_the_same_pixels() -> None:
+    """``copy=False`` (a caller done with the picture) draws on the image itself, the same pixels as on a copy; an
+    image it cannot write (read-only, as from Ray's object store, or a strided view) is copied."""
+    d = _det()
+    img = np.random.default_rng(3).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    want = annotate(img, d)
+    own = img.copy()
+    got = annotate(own, d, copy=False)
+    assert got is own and np.array_equal(got, want)
+    frozen = img.copy()
+    frozen.flags.writeable = False
+    assert np.array_equal(annotate(frozen, d, copy=False), want) and np.array_equal(frozen, img)
+    wide = np.zeros((120, 400, 3), np.uint8)
+    wide[:, ::2] = img
+    view = wide[:, ::2]
+    assert np.array_equal(annotate(view, d, copy=False), want) and np.array_equal(view, img)
+
+
 def _save_one_box_reference(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """YOLOv5 v7.0 save_one_box's arithmetic, step by step: xyxy2xywh, wh * 1.02 + 10, xywh2xyxy, .long(), clip."""
     x1, y1, x2, y2 = (float(v) for v in box)

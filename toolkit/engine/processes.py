@@ -88,7 +88,7 @@ def _lite(index: int, r: Result, spec: TaskSpec) -> Lite:
         # a video frame goes into its video: the parent, which decoded it, annotates it there
         if spec.annotate and not r.ref.video:
             suffix = image_suffix(Path(r.ref.path)) if r.ref.frame is None else ".jpg"
-            encoded = encode_image(annotate(r.image, rounded, spec.style), suffix, r.ref.name)
+            encoded = encode_image(annotate(r.image, rounded, spec.style, copy=spec.crops), suffix, r.ref.name)
         if spec.crops:
             crops = encode_crops(r.image, rounded)
     return (index, d.xyxy, d.confidence, d.class_id, d.shape, None, encoded, crops)

@@ -209,7 +209,8 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: lis
             write_encoded(out_dir, name, res.annotated)
         else:
             assert res.image is not None
-            write_image(out_dir, f"{key}{suffix}", annotate(res.image, d, opts.draw))
+            # drawn on the decoded image itself unless crops are cut from it next (nothing else reads it)
+            write_image(out_dir, f"{key}{suffix}", annotate(res.image, d, opts.draw, copy=bool(crop_names)))
         files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):

@@ -140,7 +140,8 @@ class OutputPool:
         d = res.detections
         if d is None or res.image is None:
             return oc, None  # a frame that failed is not in the video
-        return oc, annotate(res.image, d.rounded() if self.opts.save.round_boxes else d, self.style)
+        # its crops are cut (write_outputs): drawn on the frame itself
+        return oc, annotate(res.image, d.rounded() if self.opts.save.round_boxes else d, self.style, copy=False)
 
     # ------------------------------------------------------------------------------------------- out
     def ready(self) -> Iterator[Outcome]:
