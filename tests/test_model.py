@@ -94,3 +94,10 @@ def test_yaml_architecture_file(tmp_path: Path) -> None:
     loaded = load_model(p)
     assert loaded.meta.names == {0: "a", 1: "b", 2: "c"}
     assert loaded.model(torch.rand(1, 3, 64, 64)).shape[-1] == 8
+    arch["names"] = ["птица", "鸟", "c"]  # UTF-8, whatever the locale
+    p.write_bytes(yaml.safe_dump(arch, allow_unicode=True).encode())
+    assert load_model(p).meta.names == {0: "птица", 1: "鸟", 2: "c"}
+    p.write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3]]\n")
+    with pytest.raises(ModelFileError, match="not valid YAML .* at line 3, column 1.; fix the file") as e:
+        load_model(p)
+    assert "\n" not in str(e.value)

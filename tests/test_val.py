@@ -137,6 +137,35 @@ def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str
         validate(ValOptions())
 
 
+
+def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """Bad YAML, a yaml that is not a mapping, a split that is not text: one line naming the file, the reason and
+    the fix (a traceback before); a good yaml in UTF-8 with non-ASCII class names and a val list saved with a
+    byte-order mark and Windows line ends finds its images and names."""
+    from toolkit.jobs.valdata import dataset_images
+
+    cases = {"bad.yaml": ("path: x\nval: [a, b\nnames: {0: a}\n", "not valid YAML .* at line 3, column"),
+             "list.yaml": ("- a\n- b\n", "not a dataset yaml \\(it holds a list\\)"),
+             "num.yaml": ("val: 3\n", "must be text")}
+    for name, (text, reason) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=reason):
+            dataset_images(str(tmp_path / name))
+        assert main(["val", "--data", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"yolokit: {tmp_path / name}: ") and "\n" not in err and "Traceback" not in err, err
+        assert "path, train, val and names" in err
+    images = tmp_path / "ds" / "images"
+    images.mkdir(parents=True)
+    for stem in ("a", "b"):
+        cv2.imwrite(str(images / f"{stem}.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "ds" / "val.txt").write_bytes(b"\xef\xbb\xbf./images/a.jpg\r\n./images/b.jpg\r\n")
+    (tmp_path / "ds" / "data.yaml").write_bytes("path: .\nval: val.txt\nnames: ['птица', '鸟']\n".encode())
+    found, names = dataset_images(str(tmp_path / "ds" / "data.yaml"))
+    assert [p.name for p in found] == ["a.jpg", "b.jpg"] and all(p.is_file() for p in found)
+    assert names == {0: "птица", 1: "鸟"}
+
 # -- the pure steps, against val.py's facts ----------------------------------------------------------------------
 
 

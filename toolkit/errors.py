@@ -67,3 +67,12 @@ def last_line(e: BaseException) -> str:
     """An exception's last non-empty line, or its type name: wrapped errors put the cause last."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
+
+
+def yaml_problem(e: BaseException) -> str:
+    """A YAML parser's error in one line: what is wrong and where (``line 2, column 6``), without the parser's
+    quoted excerpt of the file."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or first_line(e)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"

@@ -212,14 +212,14 @@ CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
-def list_lines(data: bytes, names: str | None = None) -> list[str]:
+def list_lines(data: bytes, encoding: str | None = None) -> list[str]:
     """The lines of a list file (``.txt``, ``.streams``), stripped: decoded as this system decodes file names
-    (``names=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so every name the list holds is found
-    again), or as ``names`` (object keys: UTF-8) with bad bytes replaced; a UTF-8 byte-order mark, which Windows
-    editors write first, is dropped."""
+    (``encoding=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so every name the list holds is
+    found again), or in ``encoding`` (object keys: UTF-8) with bad bytes replaced; a UTF-8 byte-order mark, which
+    Windows editors write first, is dropped."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    text = os.fsdecode(data) if names is None else data.decode(names, errors="replace")
+    text = os.fsdecode(data) if encoding is None else data.decode(encoding, errors="replace")
     return [ln.strip() for ln in text.splitlines()]
 
 
@@ -237,7 +237,7 @@ def _from_store(url: str) -> SourceList:
         return _from_files(files, root, failed)
     if url.lower().endswith(".txt"):
         base = url.rsplit("/", 1)[0]
-        lines = list_lines(read_object(url, LIST_LIMIT), names="utf-8")
+        lines = list_lines(read_object(url, LIST_LIMIT), encoding="utf-8")
         return _from_files([ln if "://" in ln else f"{base}/{ln.lstrip('/')}" for ln in lines
                             if ln and not ln.startswith("#")], "", failed)
     root = url.rstrip("/")

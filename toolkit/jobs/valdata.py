@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from toolkit.errors import InputError
-from toolkit.io.sources import IMAGE_SUFFIXES
+from toolkit.errors import InputError, yaml_problem
+from toolkit.io.files import os_reason
+from toolkit.io.sources import IMAGE_SUFFIXES, list_lines
 from toolkit.ops import LetterboxInfo
 
 
@@ -47,14 +48,26 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
     if p.suffix in (".yaml", ".yml") and p.is_file():
         import yaml
 
-        d = yaml.safe_load(p.read_text()) or {}
-        root = Path(d.get("path") or p.parent)
-        if not root.is_absolute():
-            root = (p.parent / root).resolve()
+        fix = "a YOLO dataset yaml has the keys path, train, val and names"
+        try:
+            d = yaml.safe_load(p.read_bytes()) or {}  # bytes: the parser reads UTF-8 (or UTF-16 with its mark)
+        except OSError as e:
+            raise InputError(f"{p}: cannot read the dataset yaml ({os_reason(e)})") from None
+        except yaml.YAMLError as e:
+            raise InputError(f"{p}: not valid YAML ({yaml_problem(e)}); fix the file: {fix}") from None
+        if not isinstance(d, dict):
+            raise InputError(f"{p}: not a dataset yaml (it holds a {type(d).__name__}); {fix}")
+        base = d.get("path") or p.parent
         split = d.get("val") or d.get("test") or d.get("train")
         if not split:
             raise InputError(f"{p}: the dataset yaml has no val/train split")
-        folders = [root / s for s in (split if isinstance(split, list) else [split])]
+        splits = split if isinstance(split, list) else [split]
+        if not isinstance(base, str | Path) or not all(isinstance(s, str) for s in splits):
+            raise InputError(f"{p}: its path and val/train splits must be text (folders or .txt lists); {fix}")
+        root = Path(base)
+        if not root.is_absolute():
+            root = (p.parent / root).resolve()
+        folders = [root / s for s in splits]
         raw = d.get("names")
         if isinstance(raw, dict):
             names = {int(k): str(v) for k, v in raw.items()}
@@ -68,7 +81,7 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
     images: list[Path] = []
     for folder in folders:
         if folder.is_file() and folder.suffix == ".txt":
-            lines = [line.strip() for line in folder.read_text().splitlines() if line.strip()]
+            lines = [line for line in list_lines(folder.read_bytes()) if line]
             images += [folder.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
             continue
         if not folder.is_dir():
@@ -86,7 +99,7 @@ def read_labels(image: Path) -> np.ndarray:
     lp = label_path(image)
     if not lp.is_file():
         return np.zeros((0, 5), np.float32)
-    rows = [line.split() for line in lp.read_text().strip().splitlines() if len(line)]
+    rows = [line.split() for line in list_lines(lp.read_bytes(), encoding="utf-8") if line]
     fix = "fix it to 'class xc yc w h' rows, normalised to 0-1"
     try:
         if any(len(r) > 6 for r in rows):  # polygons: class x1 y1 x2 y2 ...

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from toolkit.errors import ModelFileError
+from toolkit.errors import ModelFileError, yaml_problem
+from toolkit.io.files import os_reason
 from toolkit.meta import ModelMeta
 from toolkit.model.configs import is_builtin_config
 from toolkit.model.yolov5 import YOLOv5, build_model
@@ -68,9 +69,12 @@ def _load_yaml(path: Path) -> LoadedModel:
     import yaml
 
     try:
-        arch: Any = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelFileError(f"{path}: cannot read the architecture yaml ({e})") from None
+        arch: Any = yaml.safe_load(path.read_bytes())
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the architecture yaml ({os_reason(e)})") from None
+    except yaml.YAMLError as e:
+        raise ModelFileError(f"{path}: the architecture yaml is not valid YAML ({yaml_problem(e)}); fix the "
+                             f"file, or start from one of YOLOv5's models/*.yaml") from None
     if not isinstance(arch, dict):
         raise ModelFileError(f"{path}: not a YOLOv5 architecture yaml")
     try:
