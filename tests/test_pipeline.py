@@ -659,6 +659,8 @@ def test_the_image_sizes_a_run_reads_ahead_from_headers(tmp_path: Path) -> None:
     assert image_sizes(refs) == {(48, 64): 6, (64, 48): 1}
     assert image_sizes(refs * 4, sample=len(refs)) == {(48, 64): 24, (64, 48): 4}  # the first ones, scaled
     assert image_sizes([]) == {}
+    wide = [r for r in refs if r.key.startswith("w")]
+    assert image_sizes(wide * 4, budget=0) == {(48, 64): 24}  # out of time after the first header: scaled from it
 
 
 def test_a_run_tells_the_loading_model_the_sizes_of_its_images(exported: dict[str, Path], tmp_path: Path) -> None:

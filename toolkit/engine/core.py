@@ -515,18 +515,23 @@ def resolve_size(config: DetectorConfig, meta: ModelMeta, path: Path) -> tuple[t
     return size, True
 
 
-def image_sizes(refs: Sequence[InputRef], sample: int = 64) -> dict[tuple[int, int], int]:
+def image_sizes(refs: Sequence[InputRef], sample: int = 64, budget: float = 0.05) -> dict[tuple[int, int], int]:
     """How many of ``refs`` are images of each size ((h, w) as displayed), estimated from the headers of the first
     ``sample`` (the files a run reads first) and scaled to the whole list: local image files only (a video, a URL
-    or an object in a store is not read ahead). Empty where none could be read."""
+    or an object in a store is not read ahead), and only for ``budget`` seconds (a slow network file system gets a
+    smaller sample, not a later start). Empty where none could be read."""
     from toolkit.io.files import read_head
     from toolkit.io.imageheader import oriented_size
     from toolkit.io.remote import is_url
     from toolkit.io.store import is_store_url
 
-    first = list(refs[:sample])
+    until = time.monotonic() + budget
     found: dict[tuple[int, int], int] = {}
-    for ref in first:
+    looked = 0
+    for ref in refs[:sample]:
+        if looked and time.monotonic() > until:
+            break
+        looked += 1
         if ref.frame is not None or is_url(ref.path) or is_store_url(ref.path):
             continue
         try:
@@ -535,7 +540,7 @@ def image_sizes(refs: Sequence[InputRef], sample: int = 64) -> dict[tuple[int, i
             continue
         if size and min(size) > 0:
             found[size] = found.get(size, 0) + 1
-    scale = len(refs) / max(1, len(first))
+    scale = len(refs) / max(1, looked)
     return {size: round(n * scale) for size, n in found.items()}
 
 
