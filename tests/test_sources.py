@@ -82,6 +82,25 @@ def test_a_list_of_non_ascii_names_in_the_c_locale(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1", "(40,", "60,", "3)"]
 
+
+def test_an_address_that_is_no_url_is_one_line(tmp_path: Path) -> None:
+    """A SOURCE URL that cannot be parsed (an IPv6 host left open, a port that is not a number) is refused in one
+    line; in a list, it is one failure and the rest go on; a stream address of bytes that are not UTF-8 is refused
+    (it crashed OpenCV's reader). Each was a traceback or a crash."""
+    for bad in ("http://[::1/a.jpg", "https://host:abc/a.jpg", "http://a b.com/x.jpg"):
+        with pytest.raises(InputError, match="not a valid URL"):
+            list_sources(bad)
+    good = _jpg(tmp_path / "a.jpg")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{good}\nhttp://[::1/b.jpg\n")
+    got = list_sources(lst)
+    assert [Path(r.path).name for r in got.items] == ["a.jpg"]
+    assert [(r.path, why.split(" (")[0]) for r, why in got.failed] == [("http://[::1/b.jpg", "not a valid URL")]
+    streams = tmp_path / "cams.streams"
+    streams.write_bytes(b"rtsp://cam/1\n\xff\n")
+    with pytest.raises(InputError, match=r"\\xff: not a stream address"):
+        list_sources(streams)
+
 def test_read_image_channels_depth_and_orientation(tmp_path: Path) -> None:
     gray = tmp_path / "g.png"
     cv2.imwrite(str(gray), np.full((10, 20), 200, np.uint8))

@@ -272,6 +272,44 @@ def test_a_video_cut_before_its_index_says_it_is_cut_short(tmp_path: Path) -> No
     assert "cannot open the video: the file ends before its declared end" in summary["failed"][0]["reason"]
 
 
+
+def test_a_video_that_gives_no_frame_fails_as_a_whole(tmp_path: Path) -> None:
+    """A GIF whose header says 65535x65535 opens and gives no frame: it is listed as failed (it was in no list, the
+    image beside it processed and the run ending 1/2 without a word)."""
+    import struct
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    side = 65535
+    (src / "big.gif").write_bytes(b"GIF89a" + struct.pack("<HHBBB", side, side, 0, 0, 0) + b","
+                                  + struct.pack("<HHHHB", 0, 0, side, side, 0) + bytes([2, 2, 0x4C, 0x01, 0]) + b";")
+    assert main(["run", str(src), *ARGS, "--project", str(tmp_path), "--name", "r"]) == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [f["path"].rsplit("/", 1)[-1] for f in summary["failed"]] == ["big.gif"]
+    assert "gives no frame that can be decoded" in summary["failed"][0]["reason"]
+    assert summary["processed"] == 1
+
+
+def test_a_video_named_in_bytes_that_are_not_utf8_is_read(tmp_path: Path) -> None:
+    """OpenCV's reader crashed the process (SIGSEGV) on a file name that is not UTF-8 text: the video is read
+    through a link with a plain name, every frame processed. In a child process, so that a crash fails this test
+    alone."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    _video(src / "plain.avi", 4)
+    os.rename(src / "plain.avi", os.path.join(os.fsencode(src), b"\xff clip.avi"))
+    code = ("import sys; from toolkit.cli import main; "
+            f"sys.exit(main(['run', sys.argv[1], *{ARGS!r}, '--project', sys.argv[2], '--name', 'r']))")
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path)], capture_output=True, text=True,
+                          errors="replace", timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["processed"] == 4 and not summary["failed"]
+
 def test_resume_redoes_an_unfinished_video_and_skips_a_finished_one(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _video(src / "a.avi", 6)

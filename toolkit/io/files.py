@@ -6,8 +6,12 @@ it, so a named pipe, a socket or a device can never block a run or stream foreve
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +133,38 @@ def read_bytes(path: str, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> np.ndar
         except OSError as e:
             raise ImageReadError(path, f"cannot read: {os_reason(e)}") from None
     return data[:got]
+
+
+@contextlib.contextmanager
+def opencv_name(path: str) -> Iterator[str]:
+    """``path`` as a name OpenCV's video reader and writer can be given: itself where it is UTF-8 text; otherwise
+    (OpenCV crashed the process on a name of other bytes) a name in a temporary folder of its own, linked to the
+    file where the file's own name is not UTF-8, else to the file's folder (so a file not yet written, a video
+    being encoded, gets created under its real name). The links go when the block ends."""
+    if _utf8(path):
+        yield path
+        return
+    alias = tempfile.mkdtemp(prefix="yolokit-name-")
+    try:
+        parent, base = os.path.split(os.path.abspath(path))
+        if _utf8(base):
+            os.symlink(parent, os.path.join(alias, "folder"))
+            yield os.path.join(alias, "folder", base)
+        else:
+            suffix = os.path.splitext(base)[1]
+            link = os.path.join(alias, "file" + (suffix if suffix.isascii() and suffix.isprintable() else ""))
+            os.symlink(os.path.abspath(path), link)
+            yield link
+    finally:
+        shutil.rmtree(alias, ignore_errors=True)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: bytes of a name that is not UTF-8, kept by the file-system decoding
+        return False
+    return True
 
 
 def unusable_name(path: str) -> str:

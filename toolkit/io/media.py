@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from toolkit.errors import OutputError
+from toolkit.io.files import opencv_name
 from toolkit.io.store import Store
 
 DEFAULT_FPS = 30.0  # when a source does not say its frame rate
@@ -29,6 +30,7 @@ class VideoSink:
         self.fps = fps if fps > 0 else DEFAULT_FPS
         folder = self.path.parent if store.local is not None else Path(tempfile.gettempdir())
         self.tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp.mp4"
+        self._names = contextlib.ExitStack()  # a name OpenCV can take for a path that is not UTF-8 (opencv_name)
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
@@ -41,9 +43,11 @@ class VideoSink:
             except OSError as e:
                 raise OutputError(f"{self.path}: cannot write ({e.strerror or e}); free some space or fix the "
                                   f"permissions, then continue the run with --resume") from None
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
+            name = self._names.enter_context(opencv_name(str(self.tmp)))
+            self.writer = cv2.VideoWriter(name, cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
             if not self.writer.isOpened():
                 self.writer = None
+                self._names.close()
                 raise OutputError(f"{self.path}: cannot write the annotated video (this OpenCV cannot encode "
                                   f"MPEG-4, or the folder is not writable); use --nosave, or check the folder")
             self.size = (w, h)
@@ -58,6 +62,7 @@ class VideoSink:
             return
         self.writer.release()
         self.writer = None
+        self._names.close()
         if self.store.local is None:
             self.store.put_file(self.name, self.tmp)  # one whole upload; the temporary file is removed
             return

@@ -54,10 +54,30 @@ def is_url(text: str) -> bool:
 
 
 def url_name(url: str) -> str:
-    """The file name a URL ends with (``https://host/a/b.jpg?x=1`` -> ``b.jpg``); the host when it has none."""
-    parts = urllib.parse.urlsplit(url)
-    name = os.path.basename(urllib.parse.unquote(parts.path.rstrip("/")))
-    return name or parts.hostname or "url"
+    """The file name a URL ends with (``https://host/a/b.jpg?x=1`` -> ``b.jpg``); the host when it has none; for
+    an address that is no valid URL (:func:`url_problem`), the text after its last ``/``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        name = os.path.basename(urllib.parse.unquote(parts.path.rstrip("/")))
+        return name or parts.hostname or "url"
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "url"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is no URL a request can be made to (a bracketed IPv6 host left open, a port that is not a
+    number, no host, a character a URL cannot hold), in a phrase ending with the fix; None for a valid one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+        host = parts.hostname
+    except ValueError as e:
+        return f"not a valid URL ({_short(str(e), 80)}); fix the address"
+    if not host:
+        return "not a valid URL (no host name); fix the address"
+    if any(not c.isprintable() or c.isspace() for c in url):
+        return "not a valid URL (it holds a space or a control character; write a space as %20); fix the address"
+    return None
 
 
 def url_suffix(url: str) -> str:

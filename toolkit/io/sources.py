@@ -16,8 +16,23 @@ import cv2
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, ImageReadError, os_reason, regular_file, special_kind
-from toolkit.io.remote import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, fetch_video, is_url, url_name, url_suffix
+from toolkit.io.files import (
+    DEFAULT_MAX_FILE_SIZE,
+    ImageReadError,
+    opencv_name,
+    os_reason,
+    regular_file,
+    special_kind,
+)
+from toolkit.io.remote import (
+    DEFAULT_DEADLINE,
+    DEFAULT_TIMEOUT,
+    fetch_video,
+    is_url,
+    url_name,
+    url_problem,
+    url_suffix,
+)
 from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, read_object
 from toolkit.io.transfer import FetchContext, FetchLimits
 from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
@@ -99,6 +114,9 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if is_live(text) and not path.exists():  # a folder named 0 stays a folder
         return SourceList([], [], "", _streams([text]))
     if is_url(text):
+        problem = url_problem(text)
+        if problem is not None:
+            raise InputError(f"{text}: {problem}")
         return _from_files([text], "", failed)
     if is_store_url(text):
         return _from_store(text)
@@ -187,6 +205,8 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
         if is_live(f):
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
+        elif is_url(f) and url_problem(f) is not None:
+            failed.append((ref, str(url_problem(f))))
         elif "://" in f and not is_url(f) and not is_store_url(f):
             failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
                                 f"store's URL (s3://...) or the file's path"))
@@ -282,6 +302,11 @@ def _streams(lines: list[str]) -> list[InputRef]:
     taken: set[str] = set()
     refs = []
     for ln in lines:
+        try:
+            ln.encode("utf-8")
+        except UnicodeEncodeError:  # bytes no address holds (OpenCV's reader crashed the process on them)
+            raise InputError(f"{repr(os.fsencode(ln))[2:-1]}: not a stream address (it holds bytes that are not "
+                             f"UTF-8 text); fix the line") from None
         base = f"webcam{ln}" if ln.isdigit() else os.path.splitext(url_name(ln) if "://" in ln
                                                                    else os.path.basename(ln))[0]
         refs.append(InputRef(ln, _unique_key(base or "stream", ln, taken), live=True))
@@ -329,8 +354,20 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
     the last one it gave fail, every one up to the count, where the file ends before its container's declared end
     (:func:`toolkit.io.videofile.cut_short`: an interrupted copy) or the container records its frame count
     (:func:`toolkit.io.videofile.counts_its_frames`); elsewhere the count is OpenCV's estimate from the duration,
-    and the video ends with its last frame."""
-    cap = cv2.VideoCapture(path)
+    and the video ends with its last frame. A video that opens but gives no frame at all fails as a whole
+    (:data:`NO_FRAMES`)."""
+    with opencv_name(path) as name:
+        yield from _video_frames(ref, path, name, stride)
+
+
+NO_FRAMES = ("the video gives no frame that can be decoded (damaged, or frames larger than the decoder takes); "
+             "re-copy or re-export the file")
+
+
+def _video_frames(ref: InputRef, path: str, name: str, stride: int
+                  ) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
+    """:func:`video_frames` of the file at ``path``, opened by OpenCV as ``name``."""
+    cap = cv2.VideoCapture(name)
     if not cap.isOpened():
         yield ref, None, CUT_SHORT_VIDEO if cut_short(path) else "cannot open the video (corrupt or unsupported codec)"
         return
@@ -345,6 +382,7 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
         n = 0  # the number of the next frame
         pending: list[int] = []  # the numbers of the grabs that failed since the last frame read
         timed = native > 0  # every frame so far had the timestamp its number gives at the frame rate
+        grabbed = False
 
         def frame_ref(index: int) -> InputRef:
             return InputRef(ref.path, f"{ref.key}_{(index + 1) // stride}", index, ref.key, fps)
@@ -358,6 +396,7 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
                 pending = []
                 yield from failed([n], LOST_FRAME)
             elif cap.grab():
+                grabbed = True
                 at = _frame_number(cap, native, handed) if timed else None
                 if pending:  # a corrupt stretch: its frames fail, the one read now keeps its number
                     if at is not None and at >= pending[0]:  # the frames the failed grabs stood for, and any the
@@ -377,7 +416,9 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
             else:
                 break
             n += 1
-        if pending:  # the reader gave up before the count: where the frames are missing, every one fails
+        if not grabbed and not lost:  # it opened, and not one frame came out of it
+            yield ref, None, CUT_SHORT_VIDEO if cut_short(path) else NO_FRAMES
+        elif pending:  # the reader gave up before the count: where the frames are missing, every one fails
             short = cut_short(path)
             if short or counts_its_frames(path):
                 yield from failed(range(pending[0], total), CUT_SHORT if short else UNDECODABLE)
