@@ -139,6 +139,19 @@ def test_cli_export_refusals(args: list[str], code: int, text: str, tmp_path: Pa
     assert text in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize(("to", "where"), [("onnx", "afile/m.onnx"), ("openvino", "afile/sub"),
+                                           ("openvino", "afile"), ("onnx", "/proc/self/m.onnx")])
+def test_cli_export_to_a_place_it_cannot_write_is_one_line(to: str, where: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A file where the export needs a folder (above it, or in its place) or a virtual file system: exit 7 and one
+    line naming the path and the fix (tracebacks, or exit 6 in PyTorch's words, before)."""
+    (tmp_path / "afile").write_text("in the way")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    assert main(["export", "yolov5n.yaml", "--to", to, "-o", out]) == 7
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("yolokit: ") and "\n" not in err and "choose another path with -o" in err, err
+
 def test_cli_export_trt_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if backends.REGISTRY["trt"].is_available():
         pytest.skip("TensorRT and a CUDA GPU are available here")

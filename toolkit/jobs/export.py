@@ -18,7 +18,8 @@ import numpy as np
 
 from backends.base import NMS_MIN_OPSET, RAW_OUTPUT, ExportOptions
 from toolkit.devices import GPU_BATCH, is_gpu
-from toolkit.errors import BackendUnavailableError, ExportError, InputError
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, OutputError
+from toolkit.io.files import os_reason
 from toolkit.meta import BakedNMS, ModelMeta
 
 if TYPE_CHECKING:
@@ -356,6 +357,24 @@ def export_defaults(options: ExportOptions, default_device: str) -> ExportOption
     return options
 
 
+def writable_folder(folder: Path, target: Path) -> None:
+    """Refuse, in one line naming ``target``, a folder that cannot be created or written (a file in its place, a
+    read-only or virtual file system), before minutes of exporting."""
+    import tempfile
+
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise OutputError(f"{target}: {above} is a file, where the export needs a folder; choose another path "
+                              f"with -o, or move the file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write the export in {folder} ({os_reason(e)}); choose another path "
+                          f"with -o, or fix the folder") from None
+
+
 def export(weights: str | Path, to: str, out: Path | None = None, options: ExportOptions | None = None,
            parity_images: list[str] | None = None) -> ExportReport:
     """Export ``weights`` (a .pt checkpoint, architecture yaml or built-in config) to ``to`` and check the
@@ -383,8 +402,13 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
 
         options = replace(options, int8_data=int8_data(options, source.meta.stride, options.nms is not None))
     target = module.output_path(Path(out)) if out is not None else default_output(src_path, to, options)
+    writable_folder(target.parent, target)
     t0 = time.perf_counter()
-    artifact = module.export(source, target, options)
+    try:
+        artifact = module.export(source, target, options)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        raise OutputError(f"{target}: cannot write the export there ({os_reason(e)}); choose another path with "
+                          f"-o, or move what is in the way") from None
     export_s = time.perf_counter() - t0
     meta = module.read_meta(artifact)
     notes = [str(n) for n in meta.extra.get("notes", [])]
