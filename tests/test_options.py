@@ -79,6 +79,8 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: DetectorConfig(conf=1.5), "--conf must be in [0, 1], got 1.5"),
     (lambda: DetectorConfig(max_det=0), "--max-det must be at least 1"),
+    (lambda: DetectorConfig(imgsz=99999), "--imgsz must be in [1, 16384], got 99999"),  # 120 GB: killed silently
+    (lambda: DetectorConfig(imgsz=(640, 99999)), "--imgsz must be in [1, 16384]"),
     (lambda: DetectorConfig(vid_stride=0), "--vid-stride must be at least 1"),
     (lambda: DetectorConfig(timeout=0), "--stream-timeout must be positive"),
     (lambda: DetectorConfig(pipeline="gpu"), "pipeline must be one of auto, host, device"),

@@ -144,8 +144,11 @@ def group(cls: type, optional: bool = False) -> Any:
 
 
 # ------------------------------------------------------------------------------ declared here: several layers read them
+# the largest --imgsz: a 16384-pixel square input is 3.2 GB as float32 before the model's own activations (99999
+# asked for 120 GB and the process was killed without a word); larger images are for --tile
+IMGSZ_MAX = 16384
 IMGSZ = Option(640, "Inference size: the long side, in pixels (rounded up to a multiple of the model stride).",
-               panel=MODEL, affects_output=True, cli_type=int, lo=1)
+               panel=MODEL, affects_output=True, cli_type=int, lo=1, hi=IMGSZ_MAX)
 CONF = Option(0.25, "Confidence threshold: a box whose score (objectness x class score) is not above it is dropped.",
               panel=DETECTION, affects_output=True, lo=0, hi=1)
 IOU = Option(0.45, "NMS IoU threshold: a box that overlaps a more confident box of its class by more than this is "

@@ -21,6 +21,7 @@ from toolkit.devices import GPU_BATCH, is_gpu
 from toolkit.errors import BackendUnavailableError, ExportError, InputError, OutputError
 from toolkit.io.files import os_reason
 from toolkit.meta import BakedNMS, ModelMeta
+from toolkit.options import IMGSZ_MAX
 
 if TYPE_CHECKING:
     from backends.base import Backend
@@ -147,6 +148,8 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
     if h <= 0 or w <= 0 or h % stride or w % stride:
         raise InputError(f"--imgsz {h},{w}: height and width must be positive multiples of the model stride "
                          f"{stride}")
+    if max(h, w) > IMGSZ_MAX:
+        raise InputError(f"--imgsz {h},{w}: at most {IMGSZ_MAX} a side (larger images are run with --tile)")
     if options.batch < 1:
         raise InputError(f"--batch {options.batch}: must be at least 1")
     if options.half and options.int8:
