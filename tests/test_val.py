@@ -122,11 +122,15 @@ def test_unreadable_images_and_bad_labels_are_listed_and_the_rest_scored(small: 
     (small / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     first = sorted((small / "labels").glob("*.txt"))[0]
     first.write_text("0 0.5 0.5 1.7 0.2\n")  # not normalised: val.py ignores the image as corrupt
+    second = sorted((small / "labels").glob("*.txt"))[1]
+    second.write_text("0 nan 0.5 0.1 0.2\n")  # val.py's (lb >= 0).all() rejects nan: it was scored here
     m = validate(ValOptions(weights=str(yolov5n_pt), data=str(small)))
     reasons = {Path(f["path"]).name: f["reason"] for f in m["failed"]}
-    assert set(reasons) == {"broken.jpg", f"{first.stem}.jpg"}, reasons
+    assert set(reasons) == {"broken.jpg", f"{first.stem}.jpg", f"{second.stem}.jpg"}, reasons
     assert "not normalised" in reasons[f"{first.stem}.jpg"] and str(first) in reasons[f"{first.stem}.jpg"]
-    assert m["images"] == 5 and m["map50"] > 0 and "2 images failed" in format_metrics(m)
+    assert "not a number" in reasons[f"{second.stem}.jpg"]
+    assert m["images"] == 4 and m["map50"] > 0 and "3 images failed" in format_metrics(m)
+    assert main(["val", "--weights", str(yolov5n_pt), "--data", str(small)]) == 1  # as a run with failed inputs
 
 
 def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,9 @@ def val(**kwargs: Any) -> None:
     The defaults are YOLOv5's val.py's (--conf 0.001 --iou 0.6 --max-det 300, multi-label NMS, rectangular batches
     of 32), so the numbers are the ones val.py prints.
 
+    Images or label files that cannot be used are listed with their reasons and the rest scored; the exit code is
+    then 1, as for a run with failed inputs.
+
     Example: yolokit val --weights yolov5n.pt --data ../shared/datasets/coco128
     """
     from toolkit.jobs.val import format_metrics, validate
@@ -35,6 +38,8 @@ def val(**kwargs: Any) -> None:
     opts = collect(ValOptions, kwargs)
     metrics = validate(opts)
     typer.echo(json.dumps(metrics, indent=1) if json_out else format_metrics(metrics))
+    if metrics.get("failed"):
+        raise typer.Exit(1)
 
 
 app.command()(command(val, ValOptions, [flag("json_out", "Print the metrics as JSON on stdout.", ("--json",))]))

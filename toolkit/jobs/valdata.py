@@ -117,6 +117,8 @@ def read_labels(image: Path) -> np.ndarray:
         return np.zeros((0, 5), np.float32)
     if arr.ndim != 2 or arr.shape[1] != 5:
         raise InputError(f"{lp}: labels need 5 columns (class xc yc w h); {fix}")
+    if not np.isfinite(arr).all():  # val.py's (lb >= 0).all() is False for NaN too
+        raise InputError(f"{lp}: a label value is not a number (nan or inf); {fix}")
     if (arr < 0).any():
         raise InputError(f"{lp}: negative label values; {fix}")
     if (arr[:, 1:] > 1).any():
