@@ -6,9 +6,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from toolkit import Detector
 from toolkit.detections import Detections
+from toolkit.errors import InputError
 
 
 def test_predict_arrays_paths_and_batches_agree(coco128_images: Path, yolov5n_pt: Path) -> None:
@@ -78,3 +80,5 @@ def test_classes_filter_and_max_det(coco128_images: Path, yolov5n_pt: Path) -> N
     only = Detector(yolov5n_pt, conf=0.01, classes=[found[0]]).predict(img)[0]
     assert len(only) and set(only.class_id.tolist()) == {found[0]}
     assert len(Detector(yolov5n_pt, conf=0.01, max_det=2).predict(img)[0]) == 2
+    with pytest.raises(InputError, match=r"--classes 80,999: this model's classes are 0-79 \(person ... toothbrush"):
+        Detector(yolov5n_pt, classes=[0, 999, 80])  # a class the model has not: no box ever, and no word (before)

@@ -569,6 +569,13 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptio
     ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting cannot be, and are refused in one line.
     Multi-label is not possible there: such a model keeps the best class per box (as YOLOv5's ``detect.py``)."""
     nms = config.nms()
+    if nms.classes is not None and meta.names:
+        nc = max(meta.names) + 1
+        beyond = sorted({int(c) for c in nms.classes if not 0 <= int(c) < nc})
+        if beyond:
+            first, last = meta.names.get(0, 0), meta.names.get(nc - 1, nc - 1)
+            raise InputError(f"--classes {','.join(map(str, beyond))}: this model's classes are 0-{nc - 1} "
+                             f"({first} ... {last}); `yolokit info {path.name}` lists them")
     baked = meta.nms
     if baked is None:
         return nms
