@@ -40,3 +40,13 @@ def test_at_most_so_many_lines_then_how_many_inputs_more() -> None:
     assert len(lines) == 21 and lines[-1] == "... and 15 more"  # 5 images and the 10 frames not shown
     assert failure_lines(_frames("c.mp4", range(100)), most=1) == [f"c.mp4#frame0-99 (100 frames): {CUT}"]
     assert failure_lines([]) == []
+
+
+def test_a_name_with_a_newline_or_other_bytes_stays_on_its_line() -> None:
+    """A file name holding a newline split its failure line in two; an escape or a byte that is not UTF-8 (kept as
+    a surrogate) is written as its escape too."""
+    failed = [{"path": "/data/bad\nname.jpg", "reason": "truncated"},
+              {"path": "/data/\x1b[31mred.jpg", "reason": "empty file"},
+              {"path": "/data/\udcff.jpg", "reason": "empty file"}]
+    assert failure_lines(failed) == ["/data/bad\\nname.jpg: truncated", "/data/\\x1b[31mred.jpg: empty file",
+                                     "/data/\\udcff.jpg: empty file"]

@@ -413,4 +413,12 @@ def failure_lines(failed: list[dict[str, Any]], most: int = 20) -> list[str]:
     shown = sum(g[3] for g in groups[:most])
     if shown < len(failed):
         lines.append(f"... and {len(failed) - shown} more")
-    return lines
+    return [one_line(line) for line in lines]
+
+
+def one_line(text: str) -> str:
+    """``text`` fit for one line of a terminal: a character that is not printable (a newline or an escape in a
+    file's name, a byte of a name that is not UTF-8) written as its Python escape, ``\\n``, ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -414,6 +414,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("save_json"):
         lines.append(f"  predictions: {m['save_json']}")
     if m["failed"]:
-        lines.append(f"  {len(m['failed'])} images failed: " + "; ".join(
+        n = len(m["failed"])
+        lines.append(f"  {n} image{'s' if n != 1 else ''} failed: " + "; ".join(
             f"{f['path']}: {f['reason']}" for f in m["failed"][:5]))
     return "\n".join(lines)
