@@ -32,6 +32,20 @@ def test_folder_is_recursive_sorted_and_keys_keep_relative_paths(tmp_path: Path)
     assert not s.failed
 
 
+
+def test_a_folder_linked_inside_the_source_is_walked_once(tmp_path: Path) -> None:
+    """A symbolic link to a folder inside SOURCE is followed (its images were skipped without a word); a link
+    back up to an ancestor, or a second link to a folder walked already, adds nothing twice and does not loop."""
+    _jpg(tmp_path / "elsewhere" / "far.jpg")
+    src = tmp_path / "src"
+    _jpg(src / "near.jpg")
+    (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (src / "again").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (src / "loop").symlink_to(src, target_is_directory=True)
+    s = list_sources(src)
+    assert [r.key for r in s.items] == [os.path.join("again", "far"), "near"]
+    assert not s.failed
+
 def test_glob_list_file_and_missing(tmp_path: Path) -> None:
     a = _jpg(tmp_path / "imgs" / "a.jpg")
     _jpg(tmp_path / "imgs" / "b.png")

@@ -150,7 +150,16 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
             failed.append((InputRef(where, key), f"{os_reason(e)} (cannot list the folder; its images were "
                                                   f"not read)"))
 
-        for dirpath, dirnames, filenames in os.walk(text, onerror=unlistable, followlinks=False):
+        seen: set[tuple[int, int]] = set()  # folders walked, by device and inode: a link back up is walked once
+        for dirpath, dirnames, filenames in os.walk(text, onerror=unlistable, followlinks=True):
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:  # a link to a folder walked already (a loop, or two links to one)
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames.sort()
             for f in filenames:
                 full = os.path.join(dirpath, f)
