@@ -46,6 +46,24 @@ def test_a_folder_linked_inside_the_source_is_walked_once(tmp_path: Path) -> Non
     assert [r.key for r in s.items] == [os.path.join("again", "far"), "near"]
     assert not s.failed
 
+
+def test_a_file_url_is_the_local_path_it_names(tmp_path: Path) -> None:
+    """As docs/guide/object-storage.md says: SOURCE, a list's line and --project as file:// URLs are local paths
+    (they were "no such file", "not a URL yolokit reads", and a folder named file: under the working one)."""
+    from toolkit.cli import main
+
+    a = _jpg(tmp_path / "my photos" / "a.jpg")
+    url = "file://" + str(a).replace(" ", "%20")
+    assert [r.path for r in list_sources(url).items] == [str(a)]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{url}\nfile://localhost{a.parent.as_posix().replace(' ', '%20')}/a.jpg\n")
+    got = list_sources(lst)
+    assert [r.path for r in got.items] == [str(a), str(a)] and not got.failed
+    out = tmp_path / "out"
+    assert main(["run", url, "--weights", "yolov5n.yaml", "--imgsz", "64", "--nosave", "--project",
+                 f"file://{out}", "--name", "r"]) == 0
+    assert (out / "r" / "summary.json").is_file()
+
 def test_glob_list_file_and_missing(tmp_path: Path) -> None:
     a = _jpg(tmp_path / "imgs" / "a.jpg")
     _jpg(tmp_path / "imgs" / "b.png")

@@ -33,7 +33,7 @@ from toolkit.io.remote import (
     url_problem,
     url_suffix,
 )
-from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, read_object
+from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, local_path, read_object
 from toolkit.io.transfer import FetchContext, FetchLimits
 from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
 
@@ -108,7 +108,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if isinstance(source, list):
         items = [InputRef(str(p), _key(str(p), "")) for p in source]
         return SourceList(items, [], "")
-    text = os.fspath(source)
+    text = local_path(os.fspath(source))
     path = Path(text)
     failed: list[tuple[InputRef, str]] = []
     if is_live(text) and not path.exists():  # a folder named 0 stays a folder
@@ -178,6 +178,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
             lines = list_lines(path.read_bytes())
         except OSError as e:
             raise InputError(f"{text}: cannot read the list file ({os_reason(e)})") from None
+        lines = [local_path(ln) for ln in lines]
         files = [str(base / ln) if not (os.path.isabs(ln) or "://" in ln) else ln
                  for ln in lines if ln and not ln.startswith("#")]
         return _from_files(files, "", failed)

@@ -46,6 +46,20 @@ def url_scheme(text: str) -> str:
     return m.group(1).lower() if m else ""
 
 
+def local_path(text: str) -> str:
+    """A ``file://`` URL (``file:///data/a.jpg``, ``file://localhost/data/a%20b.jpg``) as the local path it names;
+    any other text as it is."""
+    if url_scheme(text) != "file":
+        return text
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        return text  # another machine's file: no local path (refused where it is read, naming the scheme)
+    return urllib.request.url2pathname(parts.path)
+
+
 def is_store_url(text: str) -> bool:
     """A URL of object storage or any other fsspec file system (``s3://``, ``gs://``, ``az://``, ``memory://``...),
     not one yolokit reads itself (http, https, rtsp, rtmp, file)."""

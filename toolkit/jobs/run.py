@@ -21,7 +21,7 @@ from toolkit.engine.plan import load_threads, preplan
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import json_bytes
 from toolkit.io.sources import InputRef, SourceList, fingerprint, list_sources
-from toolkit.io.store import LocalStore, Store, is_store_url
+from toolkit.io.store import LocalStore, Store, is_store_url, local_path
 from toolkit.jobs.lock import LOCK_NAME, FolderLock, StoreLock, claim_store_folder
 from toolkit.jobs.manifest import (
     Inputs,
@@ -256,11 +256,11 @@ def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list
     if is_store_url(folder.project):
         store, held, new = claim_store_folder(folder.project, folder.name, folder.exist_ok, folder.resume)
         return store, held, new, []
-    project = Path(folder.project)
+    project = Path(local_path(folder.project))  # a file:// URL is the local folder it names
     kept = {p for p in (project, *project.parents) if p.exists()}  # folders this run did not make
     if folder.resume or (folder.exist_ok and (project / folder.name).is_dir()):
         kept.add(project / folder.name)
-    out_dir = claim_out_dir(folder.project, folder.name, folder.exist_ok, folder.resume)
+    out_dir = claim_out_dir(str(project), folder.name, folder.exist_ok, folder.resume)
     made = list(itertools.takewhile(lambda p: p not in kept, (out_dir, *out_dir.parents)))  # deepest first
     return LocalStore(out_dir), FolderLock(out_dir), bool(made), made
 
