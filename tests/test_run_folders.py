@@ -389,3 +389,15 @@ def test_retry_failed_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["run", str(tmp_path / "src"), *COMMON, "--project", str(tmp_path), "--retry-failed"]) == 2
     assert "add --resume" in capsys.readouterr().err
     assert not list(tmp_path.glob("exp*"))  # refused before any folder is made
+
+
+@pytest.mark.parametrize("name", ["/abs", "../../escape", "a/../b", ".", "", " "])
+def test_a_run_name_stays_inside_the_project(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--name is a folder inside --project: an absolute path or one with . or .. (a run wrote to /abs and beside
+    the project) and an empty name are refused in one line; a nested name is fine."""
+    project = tmp_path / "p"
+    assert main(["run", str(tmp_path), "--weights", "yolov5n.yaml", "--nosave", "--project", str(project),
+                 "--name", name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"yolokit: --name {name!r}: ") and "\n" not in err
+    assert not project.exists()

@@ -12,7 +12,7 @@ import pytest
 from toolkit.errors import InputError
 from toolkit.io.decode import read_image
 from toolkit.io.files import ImageReadError
-from toolkit.io.sources import list_sources
+from toolkit.io.sources import InputRef, list_sources
 
 
 def _jpg(path: Path, h: int = 40, w: int = 60) -> Path:
@@ -63,6 +63,26 @@ def test_a_file_url_is_the_local_path_it_names(tmp_path: Path) -> None:
     assert main(["run", url, "--weights", "yolov5n.yaml", "--imgsz", "64", "--nosave", "--project",
                  f"file://{out}", "--name", "r"]) == 0
     assert (out / "r" / "summary.json").is_file()
+
+
+def test_what_a_list_cannot_hold_says_what_it_is(tmp_path: Path) -> None:
+    """A folder or another list named in a list, a zero-byte video: each failure says what it is (they read "not an
+    image or video file type (no suffix)" and "cannot open the video (corrupt...)"); a store URL with no bucket is
+    refused in one line."""
+    from toolkit.io.sources import iter_video
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "other.txt").write_text("")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    lst = tmp_path / "list.txt"
+    lst.write_text("sub\nother.txt\n")
+    reasons = {Path(r.path).name: why for r, why in list_sources(lst).failed}
+    assert reasons["sub"].startswith("a folder, named in a list")
+    assert reasons["other.txt"].startswith("a list named in a list is not read")
+    got = list(iter_video(InputRef(str(tmp_path / "empty.mp4"), "empty", -1)))
+    assert [why for _, _, why in got] == ["empty file (0 bytes)"]
+    with pytest.raises(InputError, match="names no bucket"):
+        list_sources("s3://")
 
 def test_glob_list_file_and_missing(tmp_path: Path) -> None:
     a = _jpg(tmp_path / "imgs" / "a.jpg")

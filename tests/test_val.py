@@ -151,7 +151,8 @@ def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsy
 
     cases = {"bad.yaml": ("path: x\nval: [a, b\nnames: {0: a}\n", "not valid YAML .* at line 3, column"),
              "list.yaml": ("- a\n- b\n", "not a dataset yaml \\(it holds a list\\)"),
-             "num.yaml": ("val: 3\n", "must be text")}
+             "num.yaml": ("val: 3\n", "must be text"),
+             "url.yaml": ("path: https://x/y.zip\nval: images\n", "is a URL; yolokit val reads a dataset on this")}
     for name, (text, reason) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=reason):
@@ -159,7 +160,7 @@ def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsy
         assert main(["val", "--data", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"yolokit: {tmp_path / name}: ") and "\n" not in err and "Traceback" not in err, err
-        assert "path, train, val and names" in err
+        assert "path, train, val and names" in err or "download and unpack it" in err
     images = tmp_path / "ds" / "images"
     images.mkdir(parents=True)
     for stem in ("a", "b"):

@@ -471,3 +471,16 @@ def test_resolve_real_shared_checkpoint(tmp_path: Path, monkeypatch: pytest.Monk
     got = resolve_weights("yolov5n", allow_download=False, shared_dir=_REAL_SHARED)
     assert got == _REAL_SHARED / "weights" / "yolov5n.pt"
     assert verify(got, MANIFEST["yolov5n.pt"])
+
+
+@pytest.mark.parametrize(("args", "text"), [(["--download-timeout", "-1"], "--download-timeout must be positive"),
+                                            (["--download-timeout", "nan"], "--download-timeout must be positive"),
+                                            (["--url", ""], "--url is empty")])
+def test_weights_download_refuses_bad_options_before_downloading(args: list[str], text: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """They failed later as a download error (exit 5), or fell back to the official URL without a word."""
+    from toolkit.cli import main
+
+    assert main(["weights", "download", "yolov5n", "--cache-dir", str(tmp_path), *args]) == 2
+    assert text in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

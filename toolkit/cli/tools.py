@@ -107,8 +107,12 @@ def weights_download(
     """Download official checkpoints, verify size and sha256, and store them atomically in the cache."""
     from toolkit.model.weights import download
 
-    if url and len(names) != 1:
+    if url is not None and len(names) != 1:
         raise InputError("--url takes exactly one name")
+    if url is not None and not url.strip():
+        raise InputError("--url is empty; give the checkpoint's address, or leave --url out for the official one")
+    if not download_timeout > 0 or download_timeout == float("inf"):  # nan is not > 0
+        raise InputError(f"--download-timeout must be positive, got {download_timeout:g}")
     for n in names:
         path = download(n, cache_dir=Path(cache_dir) if cache_dir else None, url=url, deadline=download_timeout)
         typer.echo(f"{path}  (verified)")

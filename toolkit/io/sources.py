@@ -5,6 +5,7 @@ entry becomes an input or a failure with its reason; nothing is silently skipped
 
 from __future__ import annotations
 
+import contextlib
 import glob as globmod
 import math
 import os
@@ -220,6 +221,10 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         elif "://" in f and not is_url(f) and not is_store_url(f):
             failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
                                 f"store's URL (s3://...) or the file's path"))
+        elif "://" not in f and os.path.isdir(f):
+            failed.append((ref, "a folder, named in a list: give the folder as SOURCE, or list its images"))
+        elif _kind(f) is None and os.path.splitext(f)[1].lower() in (".txt", ".streams"):
+            failed.append((ref, "a list named in a list is not read: give it as SOURCE, or copy its lines in"))
         elif _kind(f) is None:
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":
@@ -259,6 +264,8 @@ def _from_store(url: str) -> SourceList:
     objects a pattern matches; or the entries of a ``.txt`` list object (relative ones below the list's prefix).
     Each object found by listing carries its ETag (``content_id``), the fingerprint a resume compares."""
     failed: list[tuple[InputRef, str]] = []
+    if not url.split("://", 1)[1].strip("/"):
+        raise InputError(f"{url}: names no bucket or folder; give {url.split('://', 1)[0]}://BUCKET/PREFIX")
     if any(ch in url.split("://", 1)[1] for ch in "*?["):
         files = glob_objects(url)
         if not files:
@@ -377,6 +384,10 @@ NO_FRAMES = ("the video gives no frame that can be decoded (damaged, or frames l
 def _video_frames(ref: InputRef, path: str, name: str, stride: int
                   ) -> Iterator[tuple[InputRef, np.ndarray | None, str | None]]:
     """:func:`video_frames` of the file at ``path``, opened by OpenCV as ``name``."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            yield ref, None, "empty file (0 bytes)"
+            return
     cap = cv2.VideoCapture(name)
     if not cap.isOpened():
         yield ref, None, CUT_SHORT_VIDEO if cut_short(path) else "cannot open the video (corrupt or unsupported codec)"

@@ -11,6 +11,7 @@ from typing import Any
 
 from toolkit.engine.core import DetectorConfig, Result
 from toolkit.engine.plan import MODES
+from toolkit.errors import InputError
 from toolkit.io.outputs import (
     AnnotateStyle,
     annotate,
@@ -80,6 +81,11 @@ class RunFolder:
 
     def __post_init__(self) -> None:
         check(self)
+        parts = self.name.replace("\\", "/").split("/")
+        if not self.name.strip() or self.name.startswith(("/", "\\")) or Path(self.name).drive \
+                or any(part in (".", "..") for part in parts):
+            raise InputError(f"--name {self.name!r}: the run folder's name inside --project (exp, or survey/day1), "
+                             f"not empty, an absolute path, or a path with . or .. that leaves --project")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
         splits = split if isinstance(split, list) else [split]
         if not isinstance(base, str | Path) or not all(isinstance(s, str) for s in splits):
             raise InputError(f"{p}: its path and val/train splits must be text (folders or .txt lists); {fix}")
+        remote = [str(s) for s in (base, *splits) if "://" in str(s)]
+        if remote:
+            raise InputError(f"{p}: {remote[0]} is a URL; yolokit val reads a dataset on this machine: download and "
+                             f"unpack it, then give its folder as path")
         root = Path(base)
         if not root.is_absolute():
             root = (p.parent / root).resolve()
