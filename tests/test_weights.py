@@ -484,3 +484,15 @@ def test_weights_download_refuses_bad_options_before_downloading(args: list[str]
     assert main(["weights", "download", "yolov5n", "--cache-dir", str(tmp_path), *args]) == 2
     assert text in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_cache_folder_that_cannot_be_made_is_exit_7_naming_the_option(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A file where --cache-dir must be: exit 7 (the output folder) and the option the user gave (it was exit 5, the
+    raw errno text and a hint to set $YOLOKIT_CACHE_DIR)."""
+    from toolkit.cli import main
+
+    (tmp_path / "afile").write_text("in the way")
+    assert main(["weights", "download", "yolov5n", "--cache-dir", str(tmp_path / "afile")]) == 7
+    err = capsys.readouterr().err.strip()
+    assert "a file is in the way" in err and "set --cache-dir to a writable folder" in err and "Errno" not in err

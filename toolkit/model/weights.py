@@ -23,7 +23,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from toolkit.errors import DownloadError, InputError, ModelFileError
+from toolkit.errors import DownloadError, InputError, ModelFileError, OutputError
+from toolkit.io.files import os_reason
 from toolkit.io.remote import HttpStream, open_http
 from toolkit.io.store import atomic_write_bytes, content_id, fetch_object, filesystem, is_store_url, store_reason
 from toolkit.io.transfer import DEFAULT_DEADLINE, Deadline, FetchContext, FetchError, FetchLimits, FileStream, pump
@@ -376,9 +377,10 @@ def download(
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DownloadError(
-            f"cannot create weights cache folder {cache}: {e}. Fix: set ${ENV_CACHE_DIR} to a writable folder"
-        ) from None
+        where = "--cache-dir" if cache_dir is not None else f"${ENV_CACHE_DIR}"
+        raise OutputError(f"cannot create the weights cache folder {cache} "
+                          f"({'a file is in the way' if isinstance(e, FileExistsError) else os_reason(e)}); "
+                          f"set {where} to a writable folder") from None
 
     src = _source_url(entry, url)
     attempts = retries + 1
