@@ -579,6 +579,18 @@ def test_openvino_bad_files(tmp_path: Path, artifact: Callable[..., Path]) -> No
         module.read_meta(garbage)
     with pytest.raises(ModelFileError):
         module.load(garbage, LoadOptions())
+    # an XML whose root is <net> without a version: refused before OpenVINO's other readers try it (TensorFlow's
+    # logged its parse errors to stderr, three lines before yolokit's one)
+    import subprocess
+    import sys
+
+    bare = tmp_path / "bare.xml"
+    bare.write_text("<net>\n")
+    bare.with_suffix(".bin").write_bytes(b"\0" * 16)
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "info", str(bare)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "not a readable OpenVINO IR" in done.stderr
     good = artifact("openvino", imgsz=(160, 160), dynamic=True)
     xml = next(good.glob("*.xml"))
     nobin = tmp_path / "nobin.xml"

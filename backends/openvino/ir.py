@@ -3,6 +3,7 @@ metadata in its ``rt_info``; :func:`runtime`, the ``openvino`` module as running
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -63,6 +64,9 @@ def resolve_xml(path: Path) -> Path:
     return path
 
 
+IR_ROOT = re.compile(rb"<net\b[^>]*\bversion\s*=\s*[\"']\d+[\"']")  # an IR's root element, as OpenVINO writes it
+
+
 def read_model(path: Path) -> tuple[Any, Path]:
     """The ``openvino.Model`` of an IR (``.xml`` or its folder) and its .xml; one clear line when it cannot be read."""
     ov = runtime()
@@ -70,6 +74,14 @@ def read_model(path: Path) -> tuple[Any, Path]:
     if not xml.with_suffix(".bin").is_file():
         raise ModelFileError(f"{xml}: the weights file {xml.with_suffix('.bin').name} is missing beside it; "
                              f"{REEXPORT_HINT}")
+    unreadable = ModelFileError(f"{xml}: not a readable OpenVINO IR; the file is corrupt or not an IR; {REEXPORT_HINT}")
+    try:
+        with open(xml, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        raise unreadable from None
+    if not IR_ROOT.search(head):  # not an IR: OpenVINO would try its other readers on it, and TensorFlow's logs
+        raise unreadable  # its parse errors to stderr in lines of its own
     try:
         return ov.Core().read_model(str(xml)), xml
     except Exception:  # OpenVINO's parser text names its own sources: not a reason a user can act on
