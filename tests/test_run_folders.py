@@ -401,3 +401,10 @@ def test_a_run_name_stays_inside_the_project(name: str, tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"yolokit: --name {name!r}: ") and "\n" not in err
     assert not project.exists()
+
+
+def test_ray_options_without_the_ray_engine_are_refused(tmp_path: Path) -> None:
+    """--address (or the per-actor resources) with the local engine did nothing, without a word."""
+    with pytest.raises(InputError, match="--address applies to --engine ray only; add --engine ray, or drop it"):
+        run(RunOptions.of(source=str(tmp_path), weights="yolov5n.yaml", address="auto", project=str(tmp_path / "p")))
+    assert not (tmp_path / "p").exists()

@@ -200,6 +200,13 @@ def _check(opts: RunOptions) -> None:
         raise InputError("--tile runs with the local engine only; drop --engine ray or --tile")
     if opts.engine.name != "local" and opts.save.save_crop:
         raise InputError("--save-crop runs with the local engine only; drop --engine ray or --save-crop")
+    e = opts.engine
+    if e.name == "local":
+        ray_only = [flag for flag, value in (("--address", e.address), ("--gpus-per-worker", e.gpus_per_worker),
+                                             ("--cpus-per-worker", e.cpus_per_worker)) if value]
+        if ray_only:
+            raise InputError(f"{', '.join(ray_only)} {'applies' if len(ray_only) == 1 else 'apply'} to --engine "
+                             f"ray only; add --engine ray, or drop {'it' if len(ray_only) == 1 else 'them'}")
     if opts.folder.retry_failed and not opts.folder.resume:
         raise InputError("--retry-failed retries the failed inputs of a run it resumes: add --resume")
 
