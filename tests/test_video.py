@@ -356,3 +356,28 @@ def test_resume_redoes_a_changed_video_and_removes_a_vanished_one(tmp_path: Path
     assert main([*args, "--name", "fresh"]) == 0
     assert sorted(json.loads(x)["key"] for x in (out / "manifest.jsonl").read_text().splitlines()) == \
         sorted(json.loads(x)["key"] for x in (tmp_path / "fresh" / "manifest.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_a_gif_cut_short_lists_the_frame_where_it_ends(stride: int, tmp_path: Path) -> None:
+    """A GIF cut at half its bytes: OpenCV's reader gives the frames before the cut and ends, its count only
+    those frames (for some writers' GIFs: the run ended 10/10, exit 0). Now the frames after the cut that can be
+    named fail as cut short: the first one kept where the count ends with the cut."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+              for i in range(20)]
+    whole = tmp_path / "whole.gif"
+    frames[0].save(whole, save_all=True, append_images=frames[1:], duration=100)
+    data = whole.read_bytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cut.gif").write_bytes(data[: len(data) // 2])
+    got = list(iter_video(InputRef(str(src / "cut.gif"), "cut", -1), stride))
+    read = [r.frame for r, f, why in got if why is None]
+    bad = [(r.frame, r.key, why) for r, f, why in got if why is not None]
+    assert read and bad and all("cut short" in why for _, _, why in bad), bad
+    assert min(k for k, _, _ in bad) > max(read) and all((k + 1) % stride == 0 for k, _, _ in bad)
+    assert len({r.key for r, _, _ in got}) == len(got)  # every frame, read or failed, a key of its own
+    whole_run = list(iter_video(InputRef(str(whole), "whole", -1), stride))
+    assert all(why is None for _, _, why in whole_run) and len(whole_run) == 20 // stride

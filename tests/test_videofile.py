@@ -167,3 +167,20 @@ def test_a_matroska_segment_of_unknown_size_declares_no_end(tmp_path: Path) -> N
 def test_garbage_is_not_cut_short(data: bytes, tmp_path: Path) -> None:
     assert cut_short(_write(tmp_path, data, "x.bin")) is False
     assert cut_short(tmp_path / "missing.mkv") is False
+
+
+def test_a_gif_without_its_trailer_is_cut_short(tmp_path: Path) -> None:
+    """A GIF ends with ';' (zero bytes may follow it): one without is cut; garbage named .gif is not a GIF."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (16, 8), (i * 40, 0, 0)) for i in range(4)]
+    whole = tmp_path / "whole.gif"
+    frames[0].save(whole, save_all=True, append_images=frames[1:], duration=100)
+    data = whole.read_bytes()
+    cases = {"whole.gif": data, "padded.gif": data + b"\0" * 8, "cut.gif": data[:-1],
+             "half.gif": data[: len(data) // 2], "other.gif": b"not a gif at all"}
+    got = {}
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+        got[name] = cut_short(tmp_path / name)
+    assert got == {"whole.gif": False, "padded.gif": False, "cut.gif": True, "half.gif": True, "other.gif": False}

@@ -241,6 +241,9 @@ LOST_FRAME = "this frame's chunk in the AVI file is damaged and cannot be read; 
 # a frame past the end of a file cut short (toolkit.io.videofile.cut_short); lasting too
 CUT_SHORT = ("the video file ends before this frame (cut short, as by an interrupted copy or download); re-copy or "
              "re-export the file")
+# ... and where the reader ends at the cut without a count of what is missing (a GIF): the frames from there on
+CUT_SHORT_REST = ("the video file ends here, before its container's end (cut short, as by an interrupted copy or "
+                  "download): this frame and any after it are lost; re-copy or re-export the file")
 # ... and a video that cannot be opened at all for it (an MP4 or MOV whose index came last)
 CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end (cut short, as by an interrupted "
                    "copy or download); re-copy or re-export the file")
@@ -442,9 +445,19 @@ def _video_frames(ref: InputRef, path: str, name: str, stride: int
         elif pending:  # the reader gave up before the count: where the frames are missing, every one fails
             short = cut_short(path)
             if short or counts_its_frames(path):
-                yield from failed(range(pending[0], total), CUT_SHORT if short else UNDECODABLE)
+                gone = list(failed(range(pending[0], total), CUT_SHORT if short else UNDECODABLE))
+                yield from gone
+                if short and not gone:  # the count ends at the cut (a GIF's): the first frame kept from there on
+                    yield frame_ref(_kept(pending[0], stride)), None, CUT_SHORT_REST
+        elif cut_short(path):  # it ended where the file does, short of the container's end (a cut GIF): the
+            yield frame_ref(_kept(n, stride)), None, CUT_SHORT_REST  # frames past it are unknown
     finally:
         cap.release()
+
+
+def _kept(n: int, stride: int) -> int:
+    """The first frame from number ``n`` on that ``--vid-stride`` keeps (detect.py keeps every stride-th)."""
+    return n + (stride - (n + 1) % stride) % stride
 
 
 def _frame_number(cap: cv2.VideoCapture, fps: float, handed: list[int] | None) -> int | None:

@@ -152,8 +152,8 @@ def counts_its_frames(path: str | Path) -> bool:
 def cut_short(path: str | Path) -> bool:
     """Whether the video file at ``path`` ends before the end its container declares: an AVI whose RIFF chunks (the
     first and any OpenDML extension) run past the file's end, an ISO BMFF file (MP4, MOV) whose top-level boxes do,
-    a Matroska or WebM file shorter than its Segment's declared size. False for a container that declares no end
-    (MPEG-TS, FLV, a Matroska Segment of unknown size) and for anything unreadable."""
+    a Matroska or WebM file shorter than its Segment's declared size, a GIF without its trailer. False for a
+    container that declares no end (MPEG-TS, FLV, a Matroska Segment of unknown size) and for anything unreadable."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -165,6 +165,9 @@ def cut_short(path: str | Path) -> bool:
             if head[:4] == EBML:
                 end = _segment_end(head)
                 return end is not None and end > size
+            if head[:6] in (b"GIF87a", b"GIF89a"):  # a GIF ends with its trailer byte, ';' (zero bytes may follow)
+                f.seek(max(0, size - 256))
+                return not f.read().rstrip(b"\0").endswith(b";")
     except (OSError, ValueError, struct.error):
         pass
     return False
