@@ -132,6 +132,9 @@ def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (["--to", "onnx", "--nms", "--iou", "1.5"], 2, "must be in [0, 1]"),
     (["--to", "onnx", "--nms", "--max-det", "0"], 2, "--max-det 0"),
     (["--to", "onnx", "--max-drop", "0.01"], 2, "--max-drop applies to --int8"),
+    (["--to", "onnx", "--max-batch", "0"], 2, "--max-batch 0: must be at least 1"),
+    (["--to", "openvino", "--fraction", "5"], 2, "--fraction 5: must be in (0, 1]"),
+    (["--to", "openvino", "--fraction", "0.5"], 2, "--fraction applies to --int8"),
     (["--to", "openvino", "--int8", "--data", "x", "--max-drop", "-1"], 2, "--max-drop -1"),
 ])
 def test_cli_export_refusals(args: list[str], code: int, text: str, tmp_path: Path,

@@ -496,3 +496,11 @@ def test_a_cache_folder_that_cannot_be_made_is_exit_7_naming_the_option(tmp_path
     assert main(["weights", "download", "yolov5n", "--cache-dir", str(tmp_path / "afile")]) == 7
     err = capsys.readouterr().err.strip()
     assert "a file is in the way" in err and "set --cache-dir to a writable folder" in err and "Errno" not in err
+
+
+def test_an_empty_model_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`yolokit info ''` (or --weights '') took the default model without a word."""
+    from toolkit.cli import main
+
+    assert main(["info", ""]) == 2
+    assert "the model is empty" in capsys.readouterr().err

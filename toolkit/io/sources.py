@@ -214,10 +214,10 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     taken = {ref.key for ref, _ in failed}
     for f in files:
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
-        if is_live(f):
-            failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
-        elif is_url(f) and url_problem(f) is not None:
+        if is_url(f) and url_problem(f) is not None:
             failed.append((ref, str(url_problem(f))))
+        elif is_live(f):
+            failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
         elif "://" in f and not is_url(f) and not is_store_url(f):
             failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
                                 f"store's URL (s3://...) or the file's path"))

@@ -161,6 +161,12 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
         raise InputError(f"{flag} is supported for --to {' or '.join(able)} only (not {to})")
     if options.int8 and not options.calib_data and options.int8_data is None:
         raise InputError("--int8 needs calibration images: --data FOLDER")
+    if options.max_batch < 1:
+        raise InputError(f"--max-batch {options.max_batch}: must be at least 1")
+    if not 0 < options.fraction <= 1:  # nan too
+        raise InputError(f"--fraction {options.fraction:g}: must be in (0, 1], the share of --data's images used")
+    if options.fraction != 1 and not options.int8:
+        raise InputError("--fraction applies to --int8 exports (the share of --data's images calibrated on)")
     if options.max_drop is not None and not options.int8:
         raise InputError("--max-drop applies to --int8 exports (accuracy-controlled quantization)")
     if options.max_drop_iterations is not None and (options.max_drop is None or options.max_drop_iterations < 0):

@@ -22,9 +22,13 @@ def resolve_model(weights: str | Path | None) -> Path:
     yolov5n)."""
     import os
 
-    from toolkit.errors import ModelFileError
+    from toolkit.errors import InputError, ModelFileError
     from toolkit.io.files import special_kind
     from toolkit.model.weights import resolve_weights
+
+    if weights is not None and not str(weights).strip():  # an empty --weights took the default model, unsaid
+        raise InputError("the model is empty (''); give a model file, a name like yolov5n, or leave it out for "
+                         "the default")
 
     if (weights is not None and is_builtin_config(Path(weights).name) and "://" not in str(weights)
             and not Path(weights).exists()):
