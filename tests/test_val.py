@@ -152,7 +152,9 @@ def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsy
     cases = {"bad.yaml": ("path: x\nval: [a, b\nnames: {0: a}\n", "not valid YAML .* at line 3, column"),
              "list.yaml": ("- a\n- b\n", "not a dataset yaml \\(it holds a list\\)"),
              "num.yaml": ("val: 3\n", "must be text"),
-             "url.yaml": ("path: https://x/y.zip\nval: images\n", "is a URL; yolokit val reads a dataset on this")}
+             "url.yaml": ("path: https://x/y.zip\nval: images\n", "is a URL; yolokit val reads a dataset on this"),
+             "names.yaml": ("val: images\nnames: 5\n", "names must be a list or a mapping"),
+             "nc.yaml": ("val: images\nnc: abc\nnames: [a]\n", "nc 'abc' must be the number of classes .1 names.")}
     for name, (text, reason) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=reason):

@@ -74,9 +74,20 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
         folders = [root / s for s in splits]
         raw = d.get("names")
         if isinstance(raw, dict):
-            names = {int(k): str(v) for k, v in raw.items()}
+            try:
+                names = {int(k): str(v) for k, v in raw.items()}
+            except (TypeError, ValueError):
+                raise InputError(f"{p}: its names map class numbers to names, and a key is not a number; "
+                                 f"{fix}") from None
         elif isinstance(raw, list):
             names = dict(enumerate(map(str, raw)))
+        elif raw is not None:
+            raise InputError(f"{p}: its names must be a list or a mapping of class names, not {raw!r}; {fix}")
+        nc = d.get("nc")
+        if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1
+                               or (names is not None and nc != len(names))):
+            raise InputError(f"{p}: nc {nc!r} must be the number of classes"
+                             f"{f' ({len(names)} names)' if names is not None else ''}; {fix}")
     elif p.is_dir():
         folders = [p / "images"] if (p / "images").is_dir() else [p]
     else:
