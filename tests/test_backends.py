@@ -111,7 +111,9 @@ def test_backend_for_claims(tmp_path: Path) -> None:
     assert backends.backend_for(tmp_path / "m.engine") == "trt"
     assert backends.backend_for(tmp_path / "m.plan") == "trt"
     (folder / "other.xml").write_text("<net/>")
-    assert not backends.REGISTRY["openvino"].claims(folder)  # two IRs: ambiguous
+    assert backends.backend_for(folder) == "openvino"  # two IRs: OpenVINO's, and loading it names both
+    with pytest.raises(ModelFileError, match=r"holds 2 OpenVINO models \(m.xml, other.xml\); give the .xml"):
+        backends.REGISTRY["openvino"].read_meta(folder)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -597,8 +599,10 @@ def test_openvino_bad_files(tmp_path: Path, artifact: Callable[..., Path]) -> No
     nobin.write_bytes(xml.read_bytes())
     with pytest.raises(ModelFileError, match="nobin.bin.*missing"):
         module.read_meta(nobin)
-    with pytest.raises(ModelFileError, match="exactly one .xml"):
-        module.read_meta(tmp_path)  # holds garbage.xml and nobin.xml
+    with pytest.raises(ModelFileError, match=r"the folder holds \d OpenVINO models \(.*garbage.xml.*nobin.xml"):
+        module.read_meta(tmp_path)  # holds garbage.xml and nobin.xml (and bare.xml)
+    from backends import backend_for  # and the run finds the backend by the folder (it said "holds no model")
+    assert backend_for(tmp_path) == "openvino"
 
 
 def test_openvino_refuses_cuda(artifact: Callable[..., Path]) -> None:

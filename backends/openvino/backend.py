@@ -45,9 +45,9 @@ class OpenVinoBackend(Backend):
                              costly_new_shapes=True, workers_per_core=2)
 
     def claims(self, path: Path) -> bool:
-        """An ``.xml`` file, or a folder holding exactly one."""
+        """An ``.xml`` file, or a folder holding one (or several: loading it then names them)."""
         if path.is_dir():
-            return len(xml_in(path)) == 1
+            return len(xml_in(path)) >= 1
         return path.suffix.lower() in self.SUFFIXES
 
     def sniff(self, head: bytes) -> bool:

@@ -56,8 +56,12 @@ def resolve_xml(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         found = xml_in(path)
-        if len(found) != 1:
-            raise ModelFileError(f"{path}: an OpenVINO model folder holds exactly one .xml (found {len(found)})")
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found[:4]) + (", ..." if len(found) > 4 else "")
+            raise ModelFileError(f"{path}: the folder holds {len(found)} OpenVINO models ({names}); give the .xml of "
+                                 f"the one to load")
+        if not found:
+            raise ModelFileError(f"{path}: an OpenVINO model folder holds its model's .xml and .bin; found no .xml")
         return found[0]
     if not path.is_file():
         raise ModelFileError(f"{path}: no such OpenVINO .xml file or folder")
