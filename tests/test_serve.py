@@ -318,6 +318,9 @@ def test_bad_images_get_400_with_yolokit_runs_reasons(server: Served, bad_images
         == run_labels[p.stem]
 
 
+_ONE_JPEG = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}'
+
+
 def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, images: list[Path],
                                                            run_labels: dict[str, str],
                                                            names: dict[int, str]) -> None:
@@ -341,12 +344,22 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
          b'"parameters": {"binary_data_size": ' + str(len(jpeg) + 4).encode() + b"}}]}",
          {"binary": True}, 400, "this model has no output 'boxes'"),
         (b"", {}, 400, "not valid JSON"),
+        # 100,000 empty elements (400 KB) held the whole server, health probes included, for 15 s
+        (b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [300], "parameters": {"binary_data_size": '
+         b"1200}}]}", {"elements": 300}, 400, "holds 300 images; a request takes at most 256"),
+        (_ONE_JPEG, {"gzip_cut": True}, 400, "not valid gzip data (it ends before the compressed stream does)"),
     ]
     for body, how, status, message in cases:
         headers = {}
         if how.get("binary"):
             headers["Inference-Header-Content-Length"] = str(len(body))
             body += struct.pack("<I", len(jpeg)) + jpeg
+        if how.get("elements"):
+            headers["Inference-Header-Content-Length"] = str(len(body))
+            body += struct.pack("<I", 0) * int(how["elements"])
+        if how.get("gzip_cut"):
+            headers["Content-Encoding"] = "gzip"
+            body = gzip.compress(body)[:-20]  # was read as far as it went: "binary_data_size ... runs past the end"
         r = httpx.post(url, content=body, headers=headers, timeout=60)
         assert r.status_code == status and message in r.json()["error"], (message, r.text)
         assert "Traceback" not in r.text and "\n" not in r.json()["error"]
@@ -518,6 +531,7 @@ def test_requests_past_their_deadline_get_504_and_their_work_is_dropped(busy_ser
     client.close()
     assert "504" in statuses and set(statuses) <= {"200", "504"}, statuses
     time.sleep(1.0)
+    assert "never retrieved" not in busy_server.log.read_text(errors="replace")  # asyncio's traceback per 504
     assert busy_server.metric("nv_inference_count") - ran < len(big)  # what timed out in the queue never ran
     assert busy_server.metric("yolokit_requests_in_flight") == 0
 

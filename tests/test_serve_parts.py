@@ -84,6 +84,12 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (_ONE + b"junk", len(_ONE), "4 bytes follow the JSON"),
     (_ONE, 500, "says 500 bytes"),
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [-1], "data": []}]}', None, "whole numbers"),
+    # each of these was a 500 ("internal error: unhashable type: 'list'", "maximum recursion depth exceeded")
+    (b'{"inputs": [{"name": "images", "datatype": [], "shape": [1], "data": [1]}]}', None, "not a KServe"),
+    (b'{"inputs": [{"name": "images", "datatype": {}, "shape": [1], "data": [1]}]}', None, "not a KServe"),
+    (b"[" * 5000 + b"]" * 5000, None, "nested too deeply"),
+    (_ONE[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"binary_data": "false"}}]}', None,
+     "binary_data must be true or false"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:
@@ -126,6 +132,13 @@ def test_grpc_messages_take_raw_and_typed_contents() -> None:
 
     back = InferResult(theirs.ModelInferResponse.FromString(msg.SerializeToString()))
     assert np.array_equal(back.as_numpy("det_scores"), scores)
+    for datatype, field_name, values in (("UINT8", "uint_contents", [1, 2, 300]), ("INT8", "int_contents", [-1000])):
+        bad = theirs.ModelInferRequest(model_name="m")  # a value out of its type's range was gRPC's INTERNAL
+        t = bad.inputs.add(name="images", datatype=datatype, shape=[len(values)])
+        getattr(t.contents, field_name).extend(values)
+        with pytest.raises(ProtocolError, match=f"a value does not fit {datatype}") as e:
+            parse_grpc(ours.ModelInferRequest.FromString(bad.SerializeToString()))
+        assert e.value.status == 400
 
 
 # ------------------------------------------------------------------------------------------------- the batcher
@@ -254,6 +267,7 @@ def test_request_parameters_are_checked_against_the_declarations() -> None:
                             ({"iou": "x"}, "parameter iou takes a number"),
                             ({"max_det": 2.5}, "takes a whole number"),
                             ({"classes": "a"}, "takes class ids"),
+                            ({"classes": [999]}, "--classes 999: this model's classes are 0-1"),  # was 200, nothing
                             ({"agnostic": True}, "not one this server takes")):
         with pytest.raises(InputError, match=message):
             request_nms(config, meta, base, values, "m")

@@ -278,6 +278,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise ProtocolError(f"the request body is not valid {encoding} data") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise _too_large(limit)
+    if not inflater.eof:  # the compressed stream stops before its end: the body was cut short
+        raise ProtocolError(f"the request body is not valid {encoding} data (it ends before the compressed stream "
+                            f"does)")
     return out
 
 
@@ -295,7 +298,10 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
     try:
         form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
     except Exception as e:
-        raise ProtocolError(f"the multipart body cannot be read: {first_line(e)}") from None
+        reason = first_line(e)
+        if getattr(e, "status_code", None) is not None:  # Starlette's HTTPException: "400: Invalid ..." in str()
+            reason = str(getattr(e, "detail", reason))
+        raise ProtocolError(f"the multipart body cannot be read: {reason}") from None
     field = form.get("image")
     if isinstance(field, UploadFile):
         return await field.read()

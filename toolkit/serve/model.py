@@ -48,6 +48,7 @@ from toolkit.serve.options import REQUEST_PARAMETERS, request_nms
 from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor
 
 INPUT = "images"
+MAX_IMAGES = 256  # images in one request (each is decoded and prepared on its own; 256 JPEGs fill the 64 MB body)
 VERSION = "1"
 CPU_BATCH = 8  # the default --max-batch on a CPU, where batching buys little beyond fewer Python round trips
 # request parameters of the protocol itself, beside the detector settings: binary outputs; Triton's request timeout
@@ -140,6 +141,9 @@ class ModelFacts:
             raise ProtocolError(f"this model takes one input, {INPUT!r} ({_FORMS}); got "
                                 + ", ".join(repr(t.name) for t in request.inputs))
         t = request.inputs[0]
+        if t.shape and t.shape[0] > MAX_IMAGES:  # each image is prepared on its own: 100,000 held the server 15 s
+            raise ProtocolError(f"input {INPUT} holds {t.shape[0]} images; a request takes at most {MAX_IMAGES} "
+                                f"(send more requests: the server batches images across them)")
         if t.datatype == BYTES and t.shape and t.shape[0] >= 1 and (len(t.shape) == 1 or t.shape[1:] == (1,)):
             return [Work(ENCODED, data, f"{INPUT}[{i}]", nms, i) for i, data in enumerate(t.data)]
         if t.datatype == "FP32" and len(t.shape) == 4 and t.shape[0] >= 1 and t.shape[1] == 3:

@@ -173,9 +173,8 @@ def request_nms(config: DetectorConfig, meta: ModelMeta, base: NMSOptions, value
             raise InputError(f"parameter {name} must be {decl.limits()}, got {value!r}")
         changes[name] = value
     asked = replace(config, **changes)
-    if meta.nms is not None:
-        resolve_nms(asked, meta, Path(model))
-    return replace(base, **changes)
+    resolve_nms(asked, meta, Path(model))  # refusals as `yolokit run` gives them: classes the model has not, and
+    return replace(base, **changes)  # for a model with NMS inside, what its NMS cannot give
 
 
 def _typed(name: str, value: Any) -> Any:

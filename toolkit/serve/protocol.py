@@ -183,6 +183,8 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     head, binary = (mv, mv[:0]) if json_length is None else (mv[:json_length], mv[json_length:])
     try:
         doc = json.loads(bytes(head))
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply to be a KServe v2 request") from None
     except (ValueError, UnicodeDecodeError) as e:
         hint = ("; a body with binary data needs the Inference-Header-Content-Length header" if json_length is None
                 else "")
@@ -224,7 +226,9 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
         wanted = {}
         for o in outputs:
             flag = _params(o.get("parameters"), f"output {o['name']}").get("binary_data")
-            wanted[o["name"]] = None if flag is None else bool(flag)
+            if flag is not None and not isinstance(flag, bool):  # "false" read as true
+                raise ProtocolError(f"output {o['name']}: binary_data must be true or false, got {flag!r}")
+            wanted[o["name"]] = flag
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {request_id!r}")
@@ -238,7 +242,7 @@ def _json_reason(e: Exception) -> str:
 
 
 def _datatype(value: Any, name: str) -> str:
-    if value not in DTYPES and value != BYTES:
+    if not isinstance(value, str) or (value not in DTYPES and value != BYTES):
         raise ProtocolError(f"input {name}: datatype {value!r} is not a KServe v2 datatype (BOOL, UINT8..UINT64, "
                             f"INT8..INT64, FP16, FP32, FP64, BYTES)")
     return str(value)
@@ -319,7 +323,10 @@ def parse_grpc(request: Any) -> InferRequest:
                                     f"{len(values)}")
             tensors.append(Tensor(inp.name, datatype, shape, list(values)))
         else:
-            arr = np.asarray(values, dtype=DTYPES[datatype])
+            try:
+                arr = np.asarray(values, dtype=DTYPES[datatype])
+            except (OverflowError, ValueError):
+                raise ProtocolError(f"input {inp.name}: a value does not fit {datatype}") from None
             if arr.size != _elements(shape):
                 raise ProtocolError(f"input {inp.name}: {datatype} {list(shape)} takes {_elements(shape)} values, "
                                     f"got {arr.size}")

@@ -225,6 +225,7 @@ class Service:
         finally:
             if not task.done():
                 task.cancel()  # a gathering future cancels its parts at once: queued images leave the queue
+                task.add_done_callback(_retrieve)  # its end, once cancelled, is nobody's to log
             elif not task.cancelled():
                 task.exception()  # retrieved, whatever it is: this request is answered already
 
@@ -237,6 +238,13 @@ class Service:
             raise
         except (Expired, YolokitError) as e:
             raise refusal_for(e) from None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a finished future's outcome, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()
 
 
 def refusal_for(e: Expired | YolokitError) -> Refusal:
