@@ -82,3 +82,30 @@ def test_classes_filter_and_max_det(coco128_images: Path, yolov5n_pt: Path) -> N
     assert len(Detector(yolov5n_pt, conf=0.01, max_det=2).predict(img)[0]) == 2
     with pytest.raises(InputError, match=r"--classes 80,999: this model's classes are 0-79 \(person ... toothbrush"):
         Detector(yolov5n_pt, classes=[0, 999, 80])  # a class the model has not: no box ever, and no word (before)
+
+
+def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) -> None:
+    """Raw TypeErrors and IndexErrors, bytes read as paths ("255: file not found") and a division by zero before;
+    an encoded file's bytes are now decoded, and each refusal names the image and the fix."""
+    import re
+
+    jpg = coco128_images / "000000000009.jpg"
+    im = cv2.imread(str(jpg))
+    d = Detector("yolov5n.yaml", imgsz=64, conf=0.001)
+    assert len(d.predict(jpg.read_bytes())[0]) == len(d.predict(im)[0])
+    for bad, reason in ((None, "got NoneType"), (5, "got int"), ({"a": 1}, "got dict"),
+                        (np.zeros(10, np.uint8), "<array 0>: images must be BGR uint8"),
+                        (np.zeros((0, 0, 3), np.uint8), "<array 0>: the image has no pixels"),
+                        (im[:, :, 0], "COLOR_GRAY2BGR"), (np.dstack([im, im[:, :, :1]]), "COLOR_BGRA2BGR"),
+                        (im.astype(np.float32) / 255, "astype"), ([im, None], "image 1: predict takes")):
+        with pytest.raises(InputError, match=re.escape(reason)):
+            d.predict(bad)
+    for settings, reason in (({"classes": "0,2"}, None), ({"classes": 5}, None), ({"imgsz": (320,)}, None),
+                             ({"classes": "a"}, "--classes takes class ids"),
+                             ({"imgsz": (1, 2, 3)}, "--imgsz takes one size"),
+                             ({"max_det": 1.5}, "--max-det takes a whole number")):
+        if reason is None:
+            Detector("yolov5n.yaml", **settings)
+        else:
+            with pytest.raises(InputError, match=reason):
+                Detector("yolov5n.yaml", **settings)

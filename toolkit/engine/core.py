@@ -126,7 +126,15 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            object.__setattr__(self, "classes", class_ids(self.classes))
+        if not isinstance(self.imgsz, (int, np.integer)) or isinstance(self.imgsz, bool):
+            size = tuple(self.imgsz) if isinstance(self.imgsz, (tuple, list)) else ()
+            if len(size) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                  for v in size):
+                raise InputError(f"--imgsz takes one size or (height, width) in pixels, got {self.imgsz!r}")
+            object.__setattr__(self, "imgsz", int(size[0]) if len(size) == 1 else (int(size[0]), int(size[1])))
+        if isinstance(self.max_det, bool) or not isinstance(self.max_det, (int, np.integer)):
+            raise InputError(f"--max-det takes a whole number, got {self.max_det!r}")  # 1.5 kept 2 boxes
         object.__setattr__(self, "options", dict(self.options))
         check(self)
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
@@ -344,8 +352,9 @@ class BatchRoutine:
     # ------------------------------------------------------------------------------------------- steps
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         """BGR HWC uint8 -> (letterboxed CHW RGB uint8, letterbox info)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"images must be BGR uint8 (H, W, 3) arrays, got {image.dtype} {image.shape}")
+        problem = image_array_problem(image)
+        if problem is not None:
+            raise InputError(problem)
         lb, info = letterbox(image, self.imgsz, self.meta.stride, auto=self.auto)
         return to_chw_rgb(lb), info
 
@@ -598,6 +607,42 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptio
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
     return replace(nms, multi_label=False)
+
+
+def class_ids(value: Any) -> tuple[int, ...]:
+    """``--classes`` as class ids: ``0,2`` (text), one id, or a sequence of ids; :class:`InputError` otherwise."""
+    try:
+        if isinstance(value, str):
+            return tuple(int(c) for c in value.replace(" ", "").split(",") if c)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return (int(value),)
+        ids = tuple(value)
+        if all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in ids):
+            return tuple(int(c) for c in ids)
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"--classes takes class ids like 0,2 (or a list of them), got {value!r}")
+
+
+def image_array_problem(image: np.ndarray) -> str | None:
+    """Why ``image`` is no picture the detector takes (a BGR uint8 (H, W, 3) array with pixels), with the fix; None
+    for one it takes."""
+    got = f"got {image.dtype} {image.shape}"
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 4)):
+        fix = "cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)" if image.ndim == 2 or image.shape[2] == 1 \
+            else "cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)"
+        if image.dtype == np.uint8 and image.size:
+            return f"images must be BGR uint8 (H, W, 3) arrays, {got}; convert it with {fix}"
+    if image.ndim != 3 or image.shape[2] != 3:
+        return (f"images must be BGR uint8 (H, W, 3) arrays, {got} (a batch or CHW tensor: pass a list of HWC "
+                f"images)")
+    if image.dtype != np.uint8:
+        fix = "(image * 255).round().astype(np.uint8) for 0-1 floats" if image.dtype.kind == "f" \
+            else "cv2.convertScaleAbs or a shift to 8 bits"
+        return f"images must be BGR uint8 (H, W, 3) arrays, {got}; convert it, e.g. {fix}"
+    if not image.size:
+        return f"the image has no pixels ({got})"
+    return None
 
 
 def as_items(images: Sequence[Any]) -> list[Item]:

@@ -23,6 +23,7 @@ from toolkit.engine.core import (
     StageTimes,
     expand,
     expected_shapes,
+    image_array_problem,
     in_order,
     intra_op_threads,
     resolve_nms,
@@ -32,8 +33,8 @@ from toolkit.engine.plan import Plan, cpu_count, make_plan
 from toolkit.engine.processes import ProcessPool, TaskSpec
 from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
-from toolkit.errors import YolokitError
-from toolkit.io.decode import read_image
+from toolkit.errors import InputError, YolokitError
+from toolkit.io.decode import decode_image, read_image
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
@@ -282,19 +283,25 @@ class Detector:
         return tuple(rect) != tuple(r.imgsz)
 
     # -------------------------------------------------------------------------------------------- API
-    def predict(self, images: np.ndarray | str | Path | Iterable[np.ndarray | str | Path],
+    def predict(self, images: np.ndarray | str | Path | bytes | Iterable[np.ndarray | str | Path | bytes],
                 batch: int = 1, tile: TileOptions | int | None = None) -> list[Detections]:
-        """Detections for one image or a sequence of images (BGR arrays or paths), in order.
+        """Detections for one image or a sequence of images (BGR uint8 arrays, paths, or encoded files' bytes), in
+        order.
 
         ``tile`` (a :class:`TileOptions` or a tile size) switches to sliced inference for huge images.
         An unreadable path raises :class:`~toolkit.io.files.ImageReadError`; use :meth:`predict_iter` to carry on
         past it.
         """
-        if isinstance(images, (np.ndarray, str, Path)):
-            images = [images]
-        arrays = [im if isinstance(im, np.ndarray) else read_image(str(im), limits=self.config.limits)
-                  for im in images]
-        paths = [None if isinstance(im, np.ndarray) else str(im) for im in images]
+        given: list[Any]
+        if isinstance(images, (np.ndarray, str, Path, bytes, bytearray, memoryview)):
+            given = [images]
+        elif isinstance(images, (dict, set)) or not isinstance(images, Iterable):
+            raise InputError(f"predict takes an image (a BGR uint8 array, a path, or an encoded file's bytes) or a "
+                             f"list of them, got {type(images).__name__}")
+        else:
+            given = list(images)
+        arrays = [self._picture(im, i) for i, im in enumerate(given)]
+        paths = [str(im) if isinstance(im, (str, Path)) else None for im in given]
         if tile is not None:
             opts = TileOptions(tile=tile) if isinstance(tile, int) else tile
             return [self.predict_tiled(a, opts, p) for a, p in zip(arrays, paths, strict=True)]
@@ -309,6 +316,22 @@ class Detector:
             res.detections.path = p  # an in-memory image has no path
             out.append(res.detections)
         return out
+
+    def _picture(self, image: Any, i: int) -> np.ndarray:
+        """One of :meth:`predict`'s images as a checked BGR array: an array as it is, a path read, encoded bytes
+        decoded; :class:`InputError` naming it otherwise."""
+        if isinstance(image, np.ndarray):
+            problem = image_array_problem(image)
+            if problem is not None:
+                raise InputError(f"<array {i}>: {problem}")
+            return image
+        if isinstance(image, (str, Path)):
+            return read_image(str(image), limits=self.config.limits)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            limits = self.config.limits
+            return decode_image(np.frombuffer(bytes(image), np.uint8), f"<bytes {i}>", max_pixels=limits.max_pixels)
+        raise InputError(f"image {i}: predict takes BGR uint8 arrays, paths or encoded files' bytes, got "
+                         f"{type(image).__name__}")
 
     def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
                      mode: str = "thread", keep_images: bool = False, fast_decode: bool | None = None,
