@@ -100,6 +100,12 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
                         (im.astype(np.float32) / 255, "astype"), ([im, None], "image 1: predict takes")):
         with pytest.raises(InputError, match=re.escape(reason)):
             d.predict(bad)
+    for kwargs, reason in (({"batch": "2"}, "batch takes a whole number"), ({"batch": -3}, "at least 1"),
+                           ({"tile": "a"}, "tile takes a tile size")):
+        with pytest.raises(InputError, match=reason):
+            d.predict(im, **kwargs)
+    with pytest.raises(InputError, match="predict_iter takes a source"):
+        next(d.predict_iter(im))  # type: ignore[arg-type]
     for settings, reason in (({"classes": "0,2"}, None), ({"classes": 5}, None), ({"imgsz": (320,)}, None),
                              ({"classes": "a"}, "--classes takes class ids"),
                              ({"imgsz": (1, 2, 3)}, "--imgsz takes one size"),

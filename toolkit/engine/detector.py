@@ -292,6 +292,10 @@ class Detector:
         An unreadable path raises :class:`~toolkit.io.files.ImageReadError`; use :meth:`predict_iter` to carry on
         past it.
         """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch takes a whole number of images, at least 1, got {batch!r}")
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, TileOptions))):
+            raise InputError(f"tile takes a tile size in pixels or a TileOptions, got {tile!r}")
         given: list[Any]
         if isinstance(images, (np.ndarray, str, Path, bytes, bytearray, memoryview)):
             given = [images]
@@ -347,6 +351,9 @@ class Detector:
         Process-mode workers annotate (in ``style``) and encode the images they keep, and with ``crops`` cut and
         encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``).
         """
+        if not isinstance(source, (SourceList, str, Path, list)):
+            raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
+                             f"paths, got {type(source).__name__}; for arrays in memory use predict")
         sources = source if isinstance(source, SourceList) else list_sources(
             [str(s) for s in source] if isinstance(source, list) else source)
         for ref, reason in sources.failed:
