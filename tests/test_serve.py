@@ -348,6 +348,8 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
         (b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [300], "parameters": {"binary_data_size": '
          b"1200}}]}", {"elements": 300}, 400, "holds 300 images; a request takes at most 256"),
         (_ONE_JPEG, {"gzip_cut": True}, 400, "not valid gzip data (it ends before the compressed stream does)"),
+        (_ONE_JPEG[:-1] + b', "parameters": {"timeout": "soon"}}', {}, 400,
+         "parameter timeout takes microseconds"),  # ignored before
     ]
     for body, how, status, message in cases:
         headers = {}
@@ -363,6 +365,8 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
         r = httpx.post(url, content=body, headers=headers, timeout=60)
         assert r.status_code == status and message in r.json()["error"], (message, r.text)
         assert "Traceback" not in r.text and "\n" not in r.json()["error"]
+    r = httpx.post(server.url + "/v1/detect?timeout=-5", content=jpeg, timeout=60)  # the query string's, ignored
+    assert r.status_code == 400 and "parameter timeout takes microseconds" in r.json()["error"], r.text
     for path in ("/v2/models/nope/infer", f"/v2/models/{MODEL}/versions/7/infer"):
         r = httpx.post(server.url + path, content=b"{}", timeout=60)
         assert r.status_code == 404 and "unknown model" in r.json()["error"]

@@ -90,6 +90,7 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (b"[" * 5000 + b"]" * 5000, None, "nested too deeply"),
     (_ONE[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"binary_data": "false"}}]}', None,
      "binary_data must be true or false"),
+    (_ONE[:-1] + b', "parameters": {"binary_data_output": "no"}}', None, "binary_data_output must be true or false"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:

@@ -78,7 +78,7 @@ class InferRequest:
     def binary(self, name: str) -> bool:
         """Whether output ``name`` goes back in binary (HTTP)."""
         asked = self.outputs.get(name) if self.outputs is not None else None
-        return bool(self.parameters.get("binary_data_output", False)) if asked is None else asked
+        return self.parameters.get("binary_data_output") is True if asked is None else asked
 
 
 # ----------------------------------------------------------------------------------------------- tensor data
@@ -232,7 +232,11 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {request_id!r}")
-    return InferRequest(tensors, request_id, _params(doc.get("parameters"), "the request"), wanted)
+    params = _params(doc.get("parameters"), "the request")
+    flag = params.get("binary_data_output")
+    if flag is not None and not isinstance(flag, bool):  # "no" was read as true
+        raise ProtocolError(f"binary_data_output must be true or false, got {flag!r}")
+    return InferRequest(tensors, request_id, params, wanted)
 
 
 def _json_reason(e: Exception) -> str:

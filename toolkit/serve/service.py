@@ -171,7 +171,7 @@ class Service:
                      gone: asyncio.Future[Any] | None = None) -> dict[str, Any]:
         """``/v1/detect``: one encoded image -> its JSON answer."""
         model = self.check_model(self.name)
-        deadline = self._deadline(arrived, None)
+        deadline = self._deadline(arrived, parameters.get("timeout"))  # the query string's, as the docs say
         with self._refusals():
             nms = model.nms_for(parameters)
             dets = await self._run(ticket, [Work(ENCODED, data, "image", nms)], deadline, gone)
@@ -186,8 +186,12 @@ class Service:
 
     def _deadline(self, arrived: float, timeout_us: Any) -> Deadline:
         seconds = self.options.timeout_s
-        if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
-            seconds = min(seconds, timeout_us / 1e6)  # Triton's request timeout, in microseconds
+        if timeout_us is not None:  # Triton's request timeout, in microseconds (a query string's text too)
+            us = int(timeout_us) if isinstance(timeout_us, str) and timeout_us.strip().isdigit() else timeout_us
+            if isinstance(us, bool) or not isinstance(us, int) or us <= 0:
+                raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
+                                   f"{timeout_us!r}")
+            seconds = min(seconds, us / 1e6)
         return Deadline(arrived + seconds, seconds)
 
     async def _run(self, ticket: Ticket, works: list[Work], deadline: Deadline,
