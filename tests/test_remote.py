@@ -108,7 +108,7 @@ def test_url_failures_are_listed_with_reasons(site: tuple[str, Path], silent: st
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join([f"{base}/photo.jpg", f"{base}/missing.jpg", f"{base}/page.jpg",
                                   f"{base}/clip_as.jpg", f"{base}/big.png", f"http://127.0.0.1:{closed}/x.jpg",
-                                  silent, "rtsp://127.0.0.1:1/cam", "file:///tmp/a.jpg",
+                                  silent, "rtsp://127.0.0.1:1/cam", f"file://{tmp_path}/a.jpg",
                                   str(root / "photo.jpg")]) + "\n")
     rc = main(["run", str(listing), *RANDOM, "--max-file-size", "100K", "--stream-timeout", "1", "--project",
                str(tmp_path), "--name", "r"])
@@ -122,7 +122,7 @@ def test_url_failures_are_listed_with_reasons(site: tuple[str, Path], silent: st
     assert "over the 100 KB limit" in reasons["big.png"]
     assert "connection refused" in reasons["x.jpg"]
     assert "within 1 s" in reasons["slow.jpg"] or "for 1 s" in reasons["slow.jpg"]
-    assert "live stream" in reasons["cam"] and "not a URL yolokit reads" in reasons["a.jpg"]
+    assert "live stream" in reasons["cam"] and "file not found" in reasons["a.jpg"]  # file:// is a local path
 
 
 def test_fetch_refuses_bad_content_in_one_sentence(site: tuple[str, Path]) -> None:
