@@ -14,6 +14,7 @@ run also reports the process's peak GPU memory (:func:`peak_gpu_memory`), read a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -72,8 +73,10 @@ def seed_loop(weights: str | Path, paths: list[str], device: str = "cpu", imgsz:
     nms = NMSOptions(conf=defaults.conf, iou=defaults.iou, max_det=defaults.max_det)
     dev = torch.device(parse_device(device).torch)
     half = dev.type == "cuda"
-    if half:  # the peak of this run, should an earlier one have run in this process
-        torch.cuda.reset_peak_memory_stats(dev)
+    if half:  # the peak of this run, should an earlier one have run in this process; torch 2.11 refuses before
+        # its allocator has run ("Invalid device argument", on an H200), when there is no peak yet anyway
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.reset_peak_memory_stats(dev)
     loaded = load_model(weights)
     model = loaded.model.to(dev).eval()
     model = model.half() if half else model.float()
