@@ -141,13 +141,13 @@ def opencv_name(path: str) -> Iterator[str]:
     (OpenCV crashed the process on a name of other bytes) a name in a temporary folder of its own, linked to the
     file where the file's own name is not UTF-8, else to the file's folder (so a file not yet written, a video
     being encoded, gets created under its real name). The links go when the block ends."""
-    if _utf8(path):
+    if is_utf8(path):
         yield path
         return
     alias = tempfile.mkdtemp(prefix="yolokit-name-")
     try:
         parent, base = os.path.split(os.path.abspath(path))
-        if _utf8(base):
+        if is_utf8(base):
             os.symlink(parent, os.path.join(alias, "folder"))
             yield os.path.join(alias, "folder", base)
         else:
@@ -159,10 +159,12 @@ def opencv_name(path: str) -> Iterator[str]:
         shutil.rmtree(alias, ignore_errors=True)
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text (no surrogates: bytes of a name that is not UTF-8, kept as the file system
+    decodes them)."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:  # surrogates: bytes of a name that is not UTF-8, kept by the file-system decoding
+    except UnicodeEncodeError:
         return False
     return True
 

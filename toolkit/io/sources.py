@@ -20,6 +20,7 @@ from toolkit.errors import InputError
 from toolkit.io.files import (
     DEFAULT_MAX_FILE_SIZE,
     ImageReadError,
+    is_utf8,
     opencv_name,
     os_reason,
     regular_file,
@@ -214,8 +215,8 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     taken = {ref.key for ref, _ in failed}
     for f in files:
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
-        if is_url(f) and url_problem(f) is not None:
-            failed.append((ref, str(url_problem(f))))
+        if is_url(f) and (problem := url_problem(f)) is not None:
+            failed.append((ref, problem))
         elif is_live(f):
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
         elif "://" in f and not is_url(f) and not is_store_url(f):
@@ -322,11 +323,9 @@ def _streams(lines: list[str]) -> list[InputRef]:
     taken: set[str] = set()
     refs = []
     for ln in lines:
-        try:
-            ln.encode("utf-8")
-        except UnicodeEncodeError:  # bytes no address holds (OpenCV's reader crashed the process on them)
+        if not is_utf8(ln):  # bytes no address holds (OpenCV's reader crashed the process on them)
             raise InputError(f"{repr(os.fsencode(ln))[2:-1]}: not a stream address (it holds bytes that are not "
-                             f"UTF-8 text); fix the line") from None
+                             f"UTF-8 text); fix the line")
         base = f"webcam{ln}" if ln.isdigit() else os.path.splitext(url_name(ln) if "://" in ln
                                                                    else os.path.basename(ln))[0]
         refs.append(InputRef(ln, _unique_key(base or "stream", ln, taken), live=True))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit.engine.core import DetectorConfig, resolve_nms
+from toolkit.engine.core import DetectorConfig, class_ids, resolve_nms
 from toolkit.errors import InputError
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions
@@ -186,13 +186,9 @@ def _typed(name: str, value: Any) -> Any:
             if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return kind(value)
-        if isinstance(value, str):
-            return tuple(int(c) for c in value.replace(" ", "").split(",") if c) or None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return (value,)
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return tuple(value) or None
-    except (TypeError, ValueError):
+        if isinstance(value, (str, int, list, tuple)):
+            return class_ids(value) or None  # the library's reading of --classes
+    except (TypeError, ValueError, InputError):
         pass
     what = {"conf": "a number", "iou": "a number", "max_det": "a whole number"}.get(name, "class ids like 0,2")
     raise InputError(f"parameter {name} takes {what}, got {value!r}")
