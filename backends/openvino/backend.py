@@ -8,7 +8,6 @@ One traced graph for every format, with stable ``/model.N/...`` node names that 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +74,8 @@ class OpenVinoBackend(Backend):
         if options.half and options.int8:
             raise InputError("choose one of --half and --int8")
         artifact, xml = output_paths(path)
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="yolokit_ov_") as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             # OpenVINO's NonMaxSuppression suppresses at IoU >= its threshold (YOLOv5: >): see

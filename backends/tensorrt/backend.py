@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExportOptions, LoadOptions, PlanningHints
 from backends.tensorrt.engine_file import MAGIC, read_engine_meta
-from backends.tensorrt.export import build_engine
 from backends.tensorrt.plan import engine_nms
-from backends.tensorrt.runner import TrtRunner
 from backends.tensorrt.runtime import cuda_unavailable_reason
 from toolkit.errors import BackendUnavailableError
 from toolkit.meta import ModelMeta
 
 if TYPE_CHECKING:
+    from backends.tensorrt.runner import TrtRunner
     from toolkit.model.load import LoadedModel
 
 
@@ -53,10 +52,14 @@ class TensorRTBackend(Backend):
 
     def export(self, source: LoadedModel, path: Path, options: ExportOptions) -> Path:
         """Build an engine for this GPU from the traced ONNX graph and write it with the yolokit header."""
+        from backends.tensorrt.export import build_engine  # here: running an engine needs none of it
+
         self._require()
         return build_engine(source, path, options)
 
     def load(self, path: Path, options: LoadOptions) -> TrtRunner:
+        from backends.tensorrt.runner import TrtRunner
+
         self._require()
         return TrtRunner(Path(path), options)
 

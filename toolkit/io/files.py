@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -144,6 +143,8 @@ def opencv_name(path: str) -> Iterator[str]:
     if is_utf8(path):
         yield path
         return
+    import tempfile
+
     alias = tempfile.mkdtemp(prefix="yolokit-name-")
     try:
         parent, base = os.path.split(os.path.abspath(path))

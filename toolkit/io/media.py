@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -28,8 +26,10 @@ class VideoSink:
         self.store, self.name = store, name
         self.path = store.local / name if store.local is not None else Path(store.url(name))
         self.fps = fps if fps > 0 else DEFAULT_FPS
+        import tempfile
+
         folder = self.path.parent if store.local is not None else Path(tempfile.gettempdir())
-        self.tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp.mp4"
+        self.tmp = folder / f".{self.path.name}.{os.urandom(6).hex()}.tmp.mp4"
         self._names = contextlib.ExitStack()  # a name OpenCV can take for a path that is not UTF-8 (opencv_name)
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from toolkit.meta import YOLOKIT_VERSION
 
 if TYPE_CHECKING:
     import http.client
+    import socket
     import urllib.request
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "MAX_REDIRECTS", "HttpStream", "fetch", "fetch_image",
@@ -104,6 +104,8 @@ class _Sockets:
         self._cut = False
 
     def add(self, sock: socket.socket) -> None:
+        import socket
+
         with self._lock:
             self._socks.append(sock.dup())
             if self._cut:  # opened as the deadline passed
@@ -111,6 +113,8 @@ class _Sockets:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
+        import socket
+
         with self._lock:
             self._cut = True
             for s in self._socks:
@@ -134,6 +138,8 @@ class _Watched:
 
     def _watched_connection(self, address: tuple[str, int], timeout: float | None,
                             source_address: tuple[str, int] | None = None) -> socket.socket:
+        import socket
+
         sock = socket.create_connection(address, timeout, source_address)
         self._sockets.add(sock)
         return sock
@@ -220,6 +226,8 @@ class HttpStream:
 def _connect_reason(e: object, timeout: float) -> str:
     if isinstance(e, TimeoutError):
         return f"no answer within {timeout:g} s"
+    import socket
+
     if isinstance(e, socket.gaierror):
         return "unknown host"
     if isinstance(e, BaseException):

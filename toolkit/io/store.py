@@ -19,7 +19,6 @@ import contextlib
 import inspect
 import os
 import re
-import secrets
 import sys
 import threading
 from collections.abc import Iterator
@@ -185,7 +184,7 @@ def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space an
     try:  # creating the folder or the temporary file fails too on a full disk or a read-only folder
         path.parent.mkdir(parents=True, exist_ok=True)
         # os.open with 0o666 lets the umask decide the mode, as for any other file (mkstemp would give 0600)
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

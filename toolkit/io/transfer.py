@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -327,6 +326,8 @@ class _Sink:
             self.buf = bytearray()
 
     def _to_file(self) -> None:
+        import tempfile
+
         fd, self.path = tempfile.mkstemp(prefix="yolokit-", suffix=self.suffix, dir=self.ctx.directory)
         self.file = os.fdopen(fd, "wb")
         if self.buf is not None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import socket
 import sys
 import threading
 import time
@@ -93,6 +91,8 @@ class FolderLock:
 
 
 def _holder() -> str:
+    import socket  # here: a local run imports no networking
+
     return f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
@@ -103,7 +103,7 @@ class StoreLock:
 
     def __init__(self, store: Store, lease: float = LEASE, beat: float = BEAT) -> None:
         self.store, self.lease, self.beat = store, lease, beat
-        self.token = secrets.token_hex(8)
+        self.token = os.urandom(8).hex()
         self.held = False
         self.lost = False  # another run took the lock over while this one held it
         self.note = ""
