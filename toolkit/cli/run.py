@@ -68,7 +68,7 @@ def run(**kwargs: Any) -> None:
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
     # there) goes to stderr
     with Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
-        summary = run_job(opts, progress=bar.update)
+        summary = run_job(opts, progress=bar.update, release=False)  # the process ends after it (exit_now)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:

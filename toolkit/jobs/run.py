@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -228,7 +229,8 @@ def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records
     return LocalEngine(opts, out_dir, detector, records.crop_names, refs=sources.items)
 
 
-def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None) -> RunSummary:
+def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None,
+        release: bool = True) -> RunSummary:
     """Run detection over ``opts.source`` and write the outputs under ``project/name``.
 
     Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
@@ -236,7 +238,9 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     continues an interrupted run in the same folder: nothing done twice, nothing missing. A resume needs the same
     output settings; it redoes inputs that changed, removes the outputs of inputs gone from SOURCE and retries
     failed inputs that may pass now (all of them with ``opts.retry_failed``). One run at a time holds the folder.
-    ``progress(done, total, result)`` is called after each input.
+    ``progress(done, total, result)`` is called after each input. ``release=False`` releases the model this run
+    loaded in a background thread, for a caller whose process ends right after (the ``yolokit`` command): the run
+    returns without waiting for it (OpenVINO took 25 ms), and an exit that does not wait for it ends it.
     """
     from toolkit.io.samples import sample_paths
 
@@ -253,7 +257,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
     # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
     with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
-        return _run_in(out_dir, opts, sources, records, progress, detector, lock)
+        return _run_in(out_dir, opts, sources, records, progress, detector, lock, release)
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
@@ -273,7 +277,7 @@ def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list
 
 
 def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
-            detector: Detector | None, lock: FolderLock | StoreLock) -> RunSummary:
+            detector: Detector | None, lock: FolderLock | StoreLock, release: bool = True) -> RunSummary:
     live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     inputs = {} if live else _inputs(sources)
@@ -326,8 +330,10 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
         stop = getattr(outcomes, "close", None)
         if stop is not None:
             stop()  # the local engine's output pool finishes the writes under way and the open videos
-        if engine is not None:
-            engine.close()
+        if engine is not None and (release or not isinstance(engine, LocalEngine)):
+            engine.close()  # a Ray job always ends its actors
+        elif engine is not None:
+            threading.Thread(target=engine.close, name="yolokit-release", daemon=True).start()
     save = opts.save
     if save.save_json or save.save_csv:
         records.write_predictions(coco=save.save_json, rows=save.save_csv)
