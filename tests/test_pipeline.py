@@ -663,6 +663,151 @@ def test_the_image_sizes_a_run_reads_ahead_from_headers(tmp_path: Path) -> None:
     assert image_sizes(wide * 4, budget=0) == {(48, 64): 24}  # out of time after the first header: scaled from it
 
 
+def _photos(folder: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(7)
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / (f"{i:02d}.jpg" if i % 2 else f"{i:02d}.png")
+        cv2.imwrite(str(path), rng.integers(0, 255, (60 + i, 80, 3), np.uint8))
+        paths.append(path)
+    return paths
+
+
+def test_a_head_start_decodes_the_first_images_as_a_worker_would(tmp_path: Path) -> None:
+    """The images decoded while the model loads are the pixels a worker gets from the file, handed to their own
+    inputs (in order, a duplicate name once), their decoding counted in the read stage; the head start ends at the
+    first file it cannot read (its worker reads it and says why), and nothing is kept after stop()."""
+    from toolkit.engine.ahead import HeadStart
+    from toolkit.engine.core import StageTimes, expand
+    from toolkit.io.decode import decode_image
+    from toolkit.io.files import ReadLimits, read_bytes
+    from toolkit.io.sources import InputRef
+
+    paths = _photos(tmp_path, 6)
+    paths[4].write_bytes(b"not an image")
+    refs = [InputRef(str(p), p.stem) for p in paths]
+    refs.insert(1, refs[0])  # the same file twice
+    ahead = HeadStart(refs, ReadLimits())
+    ahead._thread.join(10)
+    assert ahead.stop() == 4  # 00, 01, 02, 03 (00 once); 04 is not an image: the head start ends there
+    times = StageTimes()
+    items = list(ahead.fill(expand(refs), times))
+    assert [i for i, _, _ in items] == list(range(len(refs)))
+    given = [(ref.path, payload) for _, ref, payload in items if payload is not None]
+    assert [Path(p).name for p, _ in given] == ["00.png", "01.jpg", "02.png", "03.jpg"]
+    for path, image in given:
+        assert np.array_equal(image, decode_image(read_bytes(path, 1 << 20), path))
+    assert items[1][2] is None  # the second 00.png is read by its worker
+    assert times.read > 0 and times.images == 0  # the images are counted where they are prepared
+
+    limited = HeadStart(refs, ReadLimits(), most=2)
+    limited._thread.join(10)
+    assert limited.stop() == 1  # the first two inputs are the same file
+    small = HeadStart(refs[2:], ReadLimits(), budget=1)
+    small._thread.join(10)
+    assert small.stop() == 1  # past the budget after the first image
+    bombs = HeadStart(refs[2:], ReadLimits(max_pixels=100))
+    bombs._thread.join(10)
+    assert bombs.stop() == 0  # a refused image ends it: its worker says why
+    video = HeadStart([InputRef(str(tmp_path / "v.mp4"), "v", frame=-1), *refs], ReadLimits())
+    video._thread.join(10)
+    assert video.stop() == 0  # only the first inputs, in the order the run takes them
+    stopped = HeadStart(refs, ReadLimits())
+    kept = stopped.stop()
+    stopped._thread.join(10)
+    assert len(stopped._done) == kept  # nothing kept after stop()
+
+
+def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str, Path], coco128_images: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`yolokit run` starts decoding its first images before loading the model (one thread, the core a load
+    leaves idle); the results are those of a run without it. Not where an image is not decoded whole and
+    letterboxed alone (--batch, --fast-decode, --augment, --tile)."""
+    from toolkit.engine import ahead as ahead_module
+    from toolkit.io.store import LocalStore
+    from toolkit.jobs.run import LocalEngine, RunOptions
+
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime is not installed: pip install 'yolokit[onnx]'")
+    src = tmp_path / "src"
+    src.mkdir()
+    for photo in sorted(coco128_images.glob("*.jpg"))[:8]:
+        (src / photo.name).symlink_to(photo)
+    sources = list_sources(str(src))
+    handed: list[str] = []
+    fill = ahead_module.HeadStart.fill
+
+    def counted(self: ahead_module.HeadStart, items, times=None):  # type: ignore[no-untyped-def]
+        for item in fill(self, items, times):
+            if item[2] is not None:
+                handed.append(item[1].path)
+            yield item
+
+    weights = str(exported["onnx"])
+    plain = Detector(weights)
+    want = [(r.ref.path, r.detections.xyxy.tolist(), r.detections.class_id.tolist())
+            for r in plain.predict_iter(sources)]
+    plain.close()
+    started: list[ahead_module.HeadStart] = []
+    init, load = ahead_module.HeadStart.__init__, Detector.from_config
+
+    def noted(self: ahead_module.HeadStart, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        started.append(self)
+
+    def slow_load(config, sizes=None):  # type: ignore[no-untyped-def]
+        if started:  # a model that loads slower than the head start decodes: every image is handed over
+            started[-1]._thread.join(10)
+        return load(config, sizes)
+
+    monkeypatch.setattr(ahead_module.HeadStart, "fill", counted)
+    monkeypatch.setattr(ahead_module.HeadStart, "__init__", noted)
+    monkeypatch.setattr(Detector, "from_config", staticmethod(slow_load))
+    for settings, starts in (({}, True), ({"batch": 4}, False), ({"fast_decode": True}, False),
+                             ({"augment": True}, False), ({"tile": 640}, False)):
+        opts = RunOptions.of(source=str(src), weights=weights, nosave=True, **settings)
+        engine = LocalEngine(opts, LocalStore(tmp_path / "out"), refs=sources.items)
+        assert (engine.ahead is not None) is starts, settings
+        if not settings:
+            got = [(r.ref.path, r.detections.xyxy.tolist(), r.detections.class_id.tolist())
+                   for r in engine.results(sources)]
+            assert got == want and sum(len(cls) for _, _, cls in got) >= 20
+            assert engine.ahead is None  # the first pass only
+        engine.close()
+    assert handed == [r.path for r in sources.items]  # 8 photos: all decoded ahead, each used once
+
+
+def test_a_run_whose_process_ends_after_it_releases_its_model_in_the_background(
+        exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run(release=False), as the yolokit command calls it, returns without waiting for the model's release (a
+    thread of its own does it); by default the run releases it before returning."""
+    import threading
+
+    from toolkit.jobs.run import LocalEngine, RunOptions, run
+
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime is not installed: pip install 'yolokit[onnx]'")
+    src = tmp_path / "src"
+    _photos(src, 2)
+    closed_on: list[str] = []
+    close = LocalEngine.close
+
+    def noted(self: LocalEngine) -> None:
+        closed_on.append(threading.current_thread().name)
+        close(self)
+
+    monkeypatch.setattr(LocalEngine, "close", noted)
+    for release in (False, True):
+        opts = RunOptions.of(source=str(src), weights=str(exported["onnx"]), nosave=True,
+                             project=str(tmp_path / "runs"), name=f"r{release}")
+        assert run(opts, release=release).ok
+        for thread in threading.enumerate():
+            if thread.name == "yolokit-release":
+                thread.join(10)
+    assert closed_on == ["yolokit-release", threading.current_thread().name]
+
+
 def test_a_run_tells_the_loading_model_the_sizes_of_its_images(exported: dict[str, Path], tmp_path: Path) -> None:
     """`yolokit run` reads the first images' headers before the model loads, so that OpenVINO compiles the shape
     most of them take as it loads, and not the dynamic model (LoadOptions.expected); not where the inputs are not

@@ -30,7 +30,6 @@ from toolkit.engine.core import (
     resolve_size,
 )
 from toolkit.engine.plan import Plan, cpu_count, make_plan
-from toolkit.engine.processes import ProcessPool, TaskSpec
 from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
 from toolkit.errors import InputError, YolokitError
@@ -43,6 +42,7 @@ from toolkit.options import refuse_unknown
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
+    from toolkit.engine.ahead import HeadStart
     from toolkit.engine.gpu import DevicePipeline
 
 
@@ -340,7 +340,7 @@ class Detector:
     def predict_iter(self, source: str | Path | SourceList | list[str], batch: int = 1, workers: int = 1,
                      mode: str = "thread", keep_images: bool = False, fast_decode: bool | None = None,
                      plan: Plan | None = None, tile: TileOptions | None = None, crops: bool = False,
-                     style: AnnotateStyle | None = None) -> Iterator[Result]:
+                     style: AnnotateStyle | None = None, ahead: HeadStart | None = None) -> Iterator[Result]:
         """Results for every input of ``source`` (see :func:`toolkit.io.sources.list_sources`), in input order.
 
         ``mode`` is ``thread``, ``process`` or ``auto`` (see :func:`toolkit.engine.plan.make_plan`); decoding runs
@@ -349,7 +349,9 @@ class Detector:
         ``fast_decode`` (default: the detector's own setting, off unless asked for) decodes large JPEGs at reduced
         size when they are at least twice the model input (never when ``keep_images`` asks for the full image).
         Process-mode workers annotate (in ``style``) and encode the images they keep, and with ``crops`` cut and
-        encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``).
+        encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``). ``ahead``: the
+        first images, decoded while the model loaded (:class:`~toolkit.engine.ahead.HeadStart`; thread mode, used
+        where an image is decoded whole).
         """
         if not isinstance(source, (SourceList, str, Path, list)):
             raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
@@ -380,6 +382,8 @@ class Detector:
             known = tile is None and all(ref.frame is None for ref in sources.items)  # no video, no tiles
             if plan.mode == "process":  # each process hears its share of the inputs
                 each = -(-len(sources.items) // max(1, plan.workers)) if known else None
+                from toolkit.engine.processes import ProcessPool, TaskSpec
+
                 spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle(), each)
                 yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
             else:
@@ -388,7 +392,7 @@ class Detector:
                 if tile is not None:
                     yield from run_tiled(local, sources.items, plan, keep, tile)
                 else:
-                    yield from run_threads(local, sources.items, plan, keep, fast)
+                    yield from run_threads(local, sources.items, plan, keep, fast, None if fast else ahead)
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:

@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from toolkit.engine.core import (
     BatchRoutine,
@@ -28,6 +29,9 @@ from toolkit.engine.tiled import tiled_result
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import Download
 from toolkit.tiling import TileOptions
+
+if TYPE_CHECKING:
+    from toolkit.engine.ahead import HeadStart
 
 
 def run_tiled(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
@@ -132,8 +136,14 @@ class _Batcher:
             self.collect(block=True)
 
 
+def _numbered(routine: BatchRoutine, items: list[InputRef], ahead: HeadStart | None) -> Iterator[Item]:
+    """The run's items (:func:`toolkit.engine.core.expand`), with the images decoded ahead handed over."""
+    got = expand(items, routine.config)
+    return ahead.fill(got, routine.times) if ahead is not None else got
+
+
 def run_workers(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
-                fast_decode: bool) -> Iterator[Result]:
+                fast_decode: bool, ahead: HeadStart | None = None) -> Iterator[Result]:
     """Thread mode where the plan's inference threads also decode: each takes an input, decodes and letterboxes it,
     adds it to its shape's group and runs the groups that are ready (batches formed as the other path forms them);
     a bounded number of inputs in flight; results in input order."""
@@ -159,7 +169,7 @@ def run_workers(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_i
 
     try:
         with intra_op_threads(routine.runner, plan.threads):
-            for item in expand(items, routine.config):
+            for item in _numbered(routine, items, ahead):
                 futures.append(pool.submit(one, item))
                 while len(futures) > 2 * plan.workers * max(1, plan.batch):
                     results.update(futures.popleft().result())
@@ -172,9 +182,11 @@ def run_workers(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_i
 
 
 def run_threads(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_images: bool,
-                fast_decode: bool) -> Iterator[Result]:
+                fast_decode: bool, ahead: HeadStart | None = None) -> Iterator[Result]:
+    """Thread mode: reader threads decode and letterbox, the plan's inference threads run the batches (or, without
+    readers, :func:`run_workers`); images a :class:`~toolkit.engine.ahead.HeadStart` decoded are not read again."""
     if not plan.gpu and plan.readers == 0 and plan.workers > 1:
-        yield from run_workers(routine, items, plan, keep_images, fast_decode)
+        yield from run_workers(routine, items, plan, keep_images, fast_decode, ahead)
         return
     readers = ThreadPoolExecutor(max(1, plan.readers), thread_name_prefix="yolokit-read")
     infer_pool = ThreadPoolExecutor(plan.workers, thread_name_prefix="yolokit-infer")
@@ -187,8 +199,8 @@ def run_threads(routine: BatchRoutine, items: list[InputRef], plan: Plan, keep_i
     try:
         with intra_op_threads(routine.runner, plan.threads):
             prepared: Iterable[tuple[int, Result | Prepared]] = (
-                ordered_map(readers, load, expand(items, routine.config), window=plan.readers * 4) if plan.readers
-                else map(load, expand(items, routine.config)))
+                ordered_map(readers, load, _numbered(routine, items, ahead), window=plan.readers * 4)
+                if plan.readers else map(load, _numbered(routine, items, ahead)))
             for index, item in prepared:
                 if isinstance(item, Result):
                     batcher.results[index] = item

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from toolkit.engine.ahead import HeadStart
 from toolkit.engine.core import DetectorConfig, Result, image_sizes
 from toolkit.engine.detector import Detector
 from toolkit.engine.plan import load_threads, preplan
@@ -116,12 +117,18 @@ class LocalEngine:
         if refs is not None:
             n_inputs = len(refs)
         sizes = None
+        self.ahead: HeadStart | None = None
         if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
             e = opts.engine
             config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
             if refs is not None and _sizes_help(opts, config, n_inputs):
                 sizes = image_sizes(refs)  # the model may prepare for them as it loads
-        self.det = detector or Detector.from_config(config, sizes)
+                self.ahead = HeadStart(refs, config.limits)  # and the first images are decoded meanwhile
+        try:
+            self.det = detector or Detector.from_config(config, sizes)
+        finally:
+            if self.ahead is not None:
+                self.ahead.stop()
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -132,9 +139,10 @@ class LocalEngine:
         if sources.streams:
             yield from self._live(sources)
             return
+        ahead, self.ahead = self.ahead, None  # for the first pass over the inputs only
         yield from self.det.predict_iter(sources, batch=o.engine.batch, workers=o.engine.workers, mode=o.engine.mode,
                                          keep_images=not o.save.nosave, fast_decode=o.detector.fast_decode,
-                                         tile=o.tiling, crops=o.save.save_crop, style=o.draw)
+                                         tile=o.tiling, crops=o.save.save_crop, style=o.draw, ahead=ahead)
 
     def _live(self, sources: SourceList) -> Iterator[Result]:
         from toolkit.engine.live import run_live

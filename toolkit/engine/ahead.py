@@ -1,0 +1,83 @@
+"""``HeadStart``: a run's first images decoded while its model loads.
+
+Loading a model keeps one core busy (ONNX Runtime builds its session, OpenVINO compiles, in the loading thread) and,
+on a machine of a few cores, leaves the others idle until the first image is read. A head start decodes the first
+local image files in one thread meanwhile, exactly as a worker would (:func:`toolkit.io.decode.decode_image`, the
+same limits), and hands each to the worker that takes it up: the same pixels, earlier. It stops when the model is
+loaded (the image being decoded then is dropped), after ``most`` images or ``budget`` bytes of decoded pixels, and at
+the first image it cannot read (its worker reads it again and reports it as it would have).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from toolkit.io.decode import decode_image
+from toolkit.io.files import ImageReadError, ReadLimits, read_bytes
+from toolkit.io.remote import is_url
+from toolkit.io.sources import InputRef
+from toolkit.io.store import is_store_url
+
+if TYPE_CHECKING:
+    from toolkit.engine.core import Item, StageTimes
+
+MOST = 16  # images decoded ahead at most (a 2-core load lasts 0.06-0.2 s: 4-12 1080p photos)
+BUDGET = 128 << 20  # bytes of decoded pixels held at most (three 4032x3024 photos)
+
+
+class HeadStart:
+    """Decodes ``refs``' first local image files in a thread of its own from construction until :meth:`stop`; a
+    run's inputs pass through :meth:`fill`, which hands each decoded image to its input."""
+
+    def __init__(self, refs: Sequence[InputRef], limits: ReadLimits, most: int = MOST, budget: int = BUDGET) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._done: dict[str, tuple[np.ndarray, float]] = {}  # path -> (decoded image, CPU seconds it took)
+        todo = []
+        for ref in refs[:most]:
+            if ref.frame is not None or is_url(ref.path) or is_store_url(ref.path):
+                break  # the first images only, in the order the run takes them
+            todo.append(ref.path)
+        self._thread = threading.Thread(target=self._decode, args=(todo, limits, budget),
+                                        name="yolokit-headstart", daemon=True)  # a read that hangs holds no exit
+        self._thread.start()
+
+    def _decode(self, paths: list[str], limits: ReadLimits, budget: int) -> None:
+        held = 0
+        for path in paths:
+            if self._stopped or held >= budget:
+                return
+            t0 = time.thread_time()
+            try:
+                image = decode_image(read_bytes(path, limits.max_file_size), path, 1, limits.max_pixels)
+            except (ImageReadError, OSError, ValueError):
+                return  # its worker reads it and says why
+            with self._lock:
+                if self._stopped:
+                    return
+                self._done.setdefault(path, (image, time.thread_time() - t0))
+            held += image.nbytes
+
+    def stop(self) -> int:
+        """End the head start (the model is loaded): nothing more is decoded or kept. How many images were."""
+        with self._lock:
+            self._stopped = True
+            return len(self._done)
+
+    def fill(self, items: Iterable[Item], times: StageTimes | None = None) -> Iterator[Item]:
+        """``items`` with each image decoded ahead as its payload (a payload of None reads the file), its decoding
+        counted in ``times``' read stage (as CPU time: the waits for the core the loading model held are not)."""
+        self.stop()
+        for index, ref, payload in items:
+            got = self._done.pop(ref.path, None) if payload is None and ref.frame is None and self._done else None
+            if got is None:
+                yield index, ref, payload
+                continue
+            if times is not None:
+                times.add("read", got[1])
+            yield index, ref, got[0]
