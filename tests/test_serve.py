@@ -394,6 +394,21 @@ def _response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
 
+def test_grpc_bytes_that_are_not_the_calls_message_get_invalid_argument(server: Served) -> None:
+    """A gRPC request whose body does not decode as its call's protobuf message gets INVALID_ARGUMENT and one
+    sentence (gRPC itself answered UNKNOWN, naming protobuf's DecodeError class); the server serves on."""
+    import grpc
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        for call in ("ModelInfer", "ModelReady", "ServerLive"):
+            send = channel.unary_unary(f"/inference.GRPCInferenceService/{call}")  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as e:
+                send(b"\xff\xff\xff\xff garbage, not protobuf", timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, e.value)
+            assert f"not a KServe v2 {call}Request message" in e.value.details() and "\n" not in e.value.details()
+    assert tritonclient_grpc.InferenceServerClient(server.grpc).is_server_live()
+
+
 def test_a_body_over_the_limit_gets_413_before_it_is_read(server: Served) -> None:
     head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {2 << 30}\r\n\r\n")

@@ -123,6 +123,45 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 _AbortError: type[BaseException] = getattr(grpc.aio, "AbortError", RuntimeError)
 
+SERVICE = "inference.GRPCInferenceService"
+CALLS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+
+
+class _Undecodable:
+    """A request whose bytes are not its call's protobuf message (gRPC itself answered those UNKNOWN, naming
+    protobuf's DecodeError)."""
+
+
+def _reader(message: Any) -> Any:
+    def read(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception:  # protobuf's DecodeError (its class differs between protobuf's implementations)
+            return _Undecodable()
+    return read
+
+
+def _checked(call: str, method: Any) -> Any:
+    async def run(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a KServe v2 {call}Request message (its protobuf bytes do not "
+                                f"decode); send it with a KServe v2 client such as tritonclient")
+        return await method(request, context)
+    return run
+
+
+def add_servicer(servicer: KServeServicer, server: Any) -> None:
+    """The protocol's calls on ``server``, as the generated ``add_GRPCInferenceServiceServicer_to_server`` adds them,
+    but a request whose bytes do not decode is refused INVALID_ARGUMENT in one sentence."""
+    handlers = {call: grpc.unary_unary_rpc_method_handler(
+        _checked(call, getattr(servicer, call)), request_deserializer=_reader(getattr(pb, f"{call}Request")),
+        response_serializer=getattr(pb, f"{call}Response").SerializeToString) for call in CALLS}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    register = getattr(server, "add_registered_method_handlers", None)  # grpcio 1.62+
+    if register is not None:
+        register(SERVICE, handlers)
+
 
 def grpc_server(service: Service, address: str) -> tuple[Any, int]:
     """A ``grpc.aio`` server for ``service`` bound to ``address`` (host:port), not started, and its port (0: it
@@ -130,7 +169,7 @@ def grpc_server(service: Service, address: str) -> tuple[Any, int]:
     limit = service.options.max_body
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
+    add_servicer(KServeServicer(service), server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:
