@@ -91,6 +91,10 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (_ONE[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"binary_data": "false"}}]}', None,
      "binary_data must be true or false"),
     (_ONE[:-1] + b', "parameters": {"binary_data_output": "no"}}', None, "binary_data_output must be true or false"),
+    # JSON's true is not a number (these were taken as 1)
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [true, false]}]}', None,
+     "takes 2 numbers in 'data', got 2 true/false values"),
+    (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1], "data": [true]}]}', None, "takes 1 number in"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:
@@ -349,6 +353,17 @@ def test_the_http_listener_gives_connections_tcp_nodelay() -> None:
             listen("127.0.0.1", taken.getsockname()[1], "HTTP")
         finally:
             taken.close()
+
+
+@pytest.mark.parametrize("value", ["1_0", "+5", "-1", "٣", "", "ten", " 12x"])
+def test_the_binary_headers_length_is_a_plain_byte_count(value: str) -> None:
+    """Only ASCII digits (int() took "1_0" as 10, "+5" as 5 and Arabic-Indic digits as numbers)."""
+    from toolkit.serve.protocol import header_length
+
+    with pytest.raises(ProtocolError, match="must be a byte count") as e:
+        header_length(value)
+    assert e.value.status == 400
+    assert header_length(" 42 ") == 42 and header_length(None) is None
 
 
 def test_every_http_error_is_the_protocols_error_object() -> None:

@@ -142,12 +142,14 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
         arr = np.asarray(data)
     except ValueError:
         arr = np.asarray([], dtype=object)
-    kinds = "b" if datatype == "BOOL" else "biuf" if datatype.startswith("FP") else "biu"
+    kinds = "b" if datatype == "BOOL" else "iuf" if datatype.startswith("FP") else "iu"  # true is not a number
     if arr.dtype.kind not in kinds or arr.size != count:
+        what = {"b": "true/false values", "O": "values", "i": "numbers", "u": "numbers", "f": "numbers"}
         raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes {count} "
-                            f"{'true/false values' if datatype == 'BOOL' else 'numbers'} in 'data', got "
+                            f"{'true/false value' if datatype == 'BOOL' else 'number'}{'' if count == 1 else 's'} in "
+                            f"'data', got "
                             f"{arr.size if arr.dtype.kind != 'O' else 'an uneven list of'} "
-                            f"{'values' if arr.dtype.kind in 'biufO' else 'strings'}")
+                            f"{what.get(arr.dtype.kind, 'strings')}")
     return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
 
 
@@ -164,13 +166,10 @@ def header_length(value: str | None) -> int | None:
     """The ``Inference-Header-Content-Length`` header's value, checked."""
     if value is None:
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):  # int() would also take "1_0", "+5" and other digits than 0-9
         raise ProtocolError(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
-    return n
+    return int(text)
 
 
 def parse_http(body: bytes, json_length: int | None) -> InferRequest:
