@@ -80,7 +80,8 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
     (lambda: DetectorConfig(conf=1.5), "--conf must be in [0, 1], got 1.5"),
     (lambda: DetectorConfig(max_det=0), "--max-det must be at least 1"),
     (lambda: DetectorConfig(imgsz=99999), "--imgsz must be in [1, 16384], got 99999"),  # 120 GB: killed silently
-    (lambda: DetectorConfig(imgsz=(640, 99999)), "--imgsz must be in [1, 16384]"),
+    (lambda: DetectorConfig(imgsz=(640, 99999)), "--imgsz must be in [1, 16384], got 99999"),  # the element
+    (lambda: DetectorConfig(classes=(0, -1)), "--classes must be at least 0, got -1"),  # was "got (0, -1)"
     (lambda: DetectorConfig(vid_stride=0), "--vid-stride must be at least 1"),
     (lambda: DetectorConfig(timeout=0), "--stream-timeout must be positive"),
     (lambda: DetectorConfig(pipeline="gpu"), "pipeline must be one of auto, host, device"),
@@ -90,6 +91,8 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
     (lambda: EngineOptions(mode="fast"), "--mode must be one of auto, thread, process"),
     (lambda: EngineOptions(name="spark"), "--engine must be one of local, ray"),
     (lambda: BenchOptions(weights="w", source="s", modes=["seq", "turbo"]), "--modes must be one of"),
+    (lambda: BenchOptions(weights="w", source="s", modes=["seq", "turbo"]), "--modes must be one of seq, thread, "
+                                                                           "process, auto, got 'turbo'"),
 ])
 def test_values_outside_their_limits_are_refused_naming_the_flag(make: Any, message: str) -> None:
     with pytest.raises(InputError) as e:

@@ -219,6 +219,8 @@ def check(obj: Any) -> None:
         value = getattr(obj, f.name)
         if not opt.allows(value):
             flag = "--" + (opt.cli_name or f.name).replace("_", "-") if opt.cli else f.name
+            if isinstance(value, (tuple, list)):  # the element out of its limits, as given (not the tuple)
+                value = next(v for v in value if not opt.allows(v))
             raise InputError(f"{flag} must be {opt.limits()}, got {value!r}")
 
 
