@@ -148,6 +148,13 @@ def test_keep_images_fast_decode_and_the_routine_entry_points(det: Detector, res
     assert sorted(res) == [10, 11, 12, 13, 14] and all(r.ok for r in res.values())
     bad = det.routine.process([(7, InputRef("<a>", "a"), np.zeros((4, 4), np.uint8))])
     assert bad[7].error is not None and bad[7].error.startswith("cannot prepare the image")
+    # the same reason, with its fix, as the host path gives (it had one of its own, without the fix)
+    for array in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)):
+        on_device = det.routine.process([(7, InputRef("<a>", "a"), array)])[7].error
+        _host(det)
+        on_host = det.routine.process([(7, InputRef("<a>", "a"), array)])[7].error
+        _device(det)
+        assert on_device == on_host and on_host is not None, array.shape
 
 
 def test_fast_decode_boxes_come_back_in_original_pixels(tmp_path: Path) -> None:

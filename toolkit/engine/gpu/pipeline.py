@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from toolkit.detections import Detections
-from toolkit.engine.core import BatchRoutine, Item, Result, ordered_map, to_original
+from toolkit.engine.core import BatchRoutine, Item, Result, image_array_problem, ordered_map, to_original
 from toolkit.engine.gpu.letterbox import letterbox_torch, pad_normalise
 from toolkit.engine.gpu.memory import (
     CapturedForward,
@@ -155,9 +155,9 @@ class DevicePipeline:
             img, shape = got
         else:
             img, shape = payload, (int(payload.shape[0]), int(payload.shape[1]))
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            return Result(ref, error=f"cannot prepare the image: images must be BGR uint8 (H, W, 3) arrays, got "
-                                     f"{img.dtype} {img.shape}")
+        problem = image_array_problem(img)  # as the host path's preprocess refuses it
+        if problem is not None:
+            return Result(ref, error=f"cannot prepare the image: {problem}")
         r = self.routine
         t0 = time.perf_counter()
         try:
