@@ -75,6 +75,12 @@ def command(fn: Callable[..., Any], cls: type, extra: Sequence[inspect.Parameter
     return fn
 
 
+def context() -> inspect.Parameter:
+    """The parameter ``ctx`` through which Typer hands a command its context (``ctx.obj``: the
+    :class:`~toolkit.cli.root.Invocation`); not an option."""
+    return inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+
 def flag(name: str, help: str, decls: tuple[str, ...] = (), default: Any = False) -> inspect.Parameter:
     """A command's own option that is no library setting (``--json``)."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 
 import typer
 
@@ -28,13 +29,23 @@ def err(msg: str) -> None:
     typer.echo(f"yolokit: {msg}", err=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the Typer app and map yolokit errors to exit codes."""
+@dataclass(frozen=True)
+class Invocation:
+    """What a command knows of the process it runs in (Typer's ``ctx.obj``): ``exits``, whether the process ends
+    right after the command without the interpreter's teardown (:func:`entry`), so that nothing need be released
+    before."""
+
+    exits: bool = False
+
+
+def main(argv: list[str] | None = None, exits: bool = False) -> int:
+    """Entry point: run the Typer app and map yolokit errors to exit codes. ``exits``: the process ends right after,
+    by :func:`exit_now` (:func:`entry`; not a program or a test calling this)."""
     from toolkit.io.decode import quiet_decoders
 
     quiet_decoders()  # this process is the CLI's: failures are reported by yolokit, one line each
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False, obj=Invocation(exits))
     except YolokitError as e:
         err(str(e))
         return e.exit_code
@@ -61,7 +72,7 @@ def entry() -> None:
     (:func:`exit_now`). After an interrupted run (130) the summary and every output are already written and the
     workers stopped; the process ends at once, so a Ctrl-C that arrives again while the interpreter shuts down
     cannot turn the exit code into a death by SIGINT (seen once in a full test run as -2 instead of 130)."""
-    rc = main()
+    rc = main(exits=True)
     if rc == 130:
         _flush()
         os._exit(130)

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from toolkit.cli.params import collect, command, flag
+from toolkit.cli.params import collect, command, context, flag
 from toolkit.cli.root import app
 from toolkit.jobs.records import RunOptions
 
@@ -64,11 +64,13 @@ def run(**kwargs: Any) -> None:
     from toolkit.jobs.run import run as run_job
 
     json_out = kwargs.pop("json_out")
+    invocation = kwargs.pop("ctx").obj
     opts = collect(RunOptions, kwargs)
     # stdout carries only the summary: anything a runtime prints meanwhile (Ray prints its workers' errors
     # there) goes to stderr
     with Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
-        summary = run_job(opts, progress=bar.update, release=False)  # the process ends after it (exit_now)
+        # where the process ends right after (exit_now), the model's release is not waited for
+        summary = run_job(opts, progress=bar.update, release=not getattr(invocation, "exits", False))
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:
@@ -79,4 +81,5 @@ def run(**kwargs: Any) -> None:
         raise typer.Exit(1)
 
 
-app.command()(command(run, RunOptions, [flag("json_out", "Print the summary as JSON on stdout.", ("--json",))]))
+app.command()(command(run, RunOptions, [flag("json_out", "Print the summary as JSON on stdout.", ("--json",)),
+                                        context()]))
