@@ -25,10 +25,16 @@ onnxruntime, openvino, pycocotools, rich or tensorrt. The processes it starts in
    python-multipart grpcio protobuf prometheus-client`` on a machine with the same Python) and put that folder on
    ``PYTHONPATH`` after the checkout.
 
-Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when every verdict passes:
-the GPU pipeline matches >= 99.5 % of the reference boxes in FP32 and >= 95 % in FP16 (``TARGETS``), and the
-throughput and serving targets hold; 1 when a verdict fails or a run errs, 2 when there is no CUDA GPU (nothing is
-measured).
+4. Host decoding (what bounds the pipeline's readers): the JPEGs read and decoded as a reader does it
+   (``read_bytes`` + ``decode_image``), then also letterboxed (OpenCV's resize and pad), by 1, 2, 4, ... threads up to
+   the CPU count, each thread count over the same images: images per second and each image's milliseconds per
+   thread. Where these do not scale with the threads, the readers cannot either.
+
+``--parts`` runs some of the four (``correctness,throughput,serving,decoding``, the default all); the others are
+reported as not run. Writes ``report.json`` and ``report.md`` under ``--out`` and prints the markdown. Exit 0 when
+every verdict passes: the GPU pipeline matches >= 99.5 % of the reference boxes in FP32 and >= 95 % in FP16
+(``TARGETS``), and the throughput and serving targets hold; 1 when a verdict fails or a run errs, 2 when there is
+no CUDA GPU (nothing is measured).
 
     PYTHONPATH=. python scripts/gpu_check.py --weights ../shared/weights/yolov5n.pt \\
         --coco ../shared/datasets/coco128/images/train2017 --out bench_out/gpu_check
@@ -66,6 +72,7 @@ REPO = Path(__file__).resolve().parents[1]  # the default --weights and --coco a
 TARGETS = {"fp32_match": 0.995, "fp16_match": 0.95, "yolov5s_nosave_img_s": 1000.0, "speedup_vs_seed": 10.0,
            "save_vs_nosave": 0.85, "serve_vs_per_request": 2.0}
 SERVE_CONCURRENCY = 16
+PARTS = ("correctness", "throughput", "serving", "decoding")
 SERVE_NEEDS = ("starlette", "uvicorn", "multipart", "grpc", "google.protobuf", "prometheus_client")  # the serve extra
 MIN_IOU = 0.9
 CONF_TOL = {"fp32": 0.002, "fp16": 0.02}
@@ -291,6 +298,42 @@ def serving(args: argparse.Namespace, folder: Path, out: Path) -> dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------- reporting
+def decoding(folder: Path, most: int = 200) -> dict[str, Any]:
+    """The readers' work on this host (the module's docstring, point 4): per thread count, img/s decoding and
+    decoding + letterboxing ``most`` of the JPEGs in ``folder`` once each (after a warm-up of 8)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.io.decode import decode_image
+    from toolkit.io.files import read_bytes
+    from toolkit.ops import letterbox
+
+    paths = [str(p) for p in sorted(folder.glob("*.jpg"))[:most]]
+    if not paths:
+        return {"not_run": f"no JPEGs in {folder}"}
+
+    def decode(path: str) -> np.ndarray:
+        return decode_image(read_bytes(path, 1 << 30), path)
+
+    def prepare(path: str) -> np.ndarray:
+        return letterbox(decode(path), 640, 32, auto=True)[0]
+
+    cpus = os.cpu_count() or 1
+    counts = sorted({1, cpus, *(n for n in (2, 4, 8, 16, 32) if n < cpus)})
+    rows = []
+    for n in counts:
+        row: dict[str, Any] = {"threads": n}
+        for name, work in (("decode", decode), ("decode_letterbox", prepare)):
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(work, paths[:8]))
+                t0 = time.perf_counter()
+                list(pool.map(work, paths))
+                wall = time.perf_counter() - t0
+            row[f"{name}_img_s"] = round(len(paths) / wall, 1)
+            row[f"{name}_ms_per_thread"] = round(1000 * wall * n / len(paths), 2)
+        rows.append(row)
+    return {"images": len(paths), "opencv_threads": cv2.getNumThreads(), "rows": rows}
+
+
 def _matched(corr: dict[str, Any], run: str, target: str) -> bool:
     """Whether ``run`` matched at least its target share of the reference boxes (a run that is missing did not)."""
     share = corr.get(run, {}).get("share")
@@ -301,14 +344,16 @@ def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool,
              serve: dict[str, Any] | None = None) -> dict[str, Any]:
     """PASS/FAIL of each target: the GPU pipeline's FP32 matching (on the CPU device in a dry run) and, on a GPU, its
     FP16 matching (the default precision there), the throughput targets and, when the serving comparison ran, its
-    target (one that did not run is reported as not run, not judged)."""
-    v: dict[str, Any] = {"fp32_match": _matched(corr, "fp32_gpu_pipeline", "fp32_match")}
+    target (one that did not run is reported as not run, not judged; nor are the parts --parts left out)."""
+    judged = any(k != "unit" for k in corr)  # correctness ran (not left out by --parts)
+    v: dict[str, Any] = {"fp32_match": _matched(corr, "fp32_gpu_pipeline", "fp32_match")} if judged else {}
     served = {r["server"]: r for r in (serve or {}).get("rows", [])}
     if gpu and "yolokit serve" in served and "per-request" in served:
         v[f"serve_c{SERVE_CONCURRENCY}_at_least_2x_per_request"] = served["yolokit serve"]["throughput"] >= \
             TARGETS["serve_vs_per_request"] * served["per-request"]["throughput"]
-    if gpu:
+    if gpu and judged:
         v["fp16_match"] = _matched(corr, "fp16_gpu_pipeline", "fp16_match")
+    if gpu:
         by = {(r["model"], r.get("kind")): r for r in rows if "error" not in r}
         s_seed, s_nosave, s_save = (by.get(("yolov5s", k)) for k in ("seed", "nosave", "save"))
         if s_nosave:
@@ -361,6 +406,17 @@ def markdown(rep: dict[str, Any]) -> str:
                   f"{r['share_503']:.1%} | {r['share_errors']:.1%} +{r['connection_errors']} conn | "
                   f"{r['server_cpu_cores']} | {r['server_rss_mib_max']} | {r['client_cpu_cores']} |"
                   for r in serve["rows"]]
+    dec = rep.get("decoding", {})
+    lines += ["", "## Host decoding (the readers' work: read + decode, then also letterbox, each thread count over the "
+              "same JPEGs)", ""]
+    if dec.get("not_run"):
+        lines.append(f"Not run: {dec['not_run']}")
+    if dec.get("rows"):
+        lines += [f"{dec['images']} images; OpenCV's own threads: {dec['opencv_threads']}", "",
+                  "| threads | decode img/s | ms/img per thread | decode + letterbox img/s | ms/img per thread |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['threads']} | {r['decode_img_s']} | {r['decode_ms_per_thread']} | "
+                  f"{r['decode_letterbox_img_s']} | {r['decode_letterbox_ms_per_thread']} |" for r in dec["rows"]]
     lines += ["", "Plans: " + "; ".join(sorted({f"{r['run']}: {r['plan']}" for r in rep['throughput']
                                                if r.get('plan')})), "",
               "## Verdicts", "", *(f"- {k}: {'PASS' if ok else 'FAIL'}" for k, ok in rep["verdicts"].items()), ""]
@@ -381,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child-timeout", type=int, default=240)
     ap.add_argument("--serve-s", type=float, default=20.0, help="seconds of load on each server (serving)")
     ap.add_argument("--dry-run", action="store_true", help="the whole script on the CPU, tiny: proves it runs")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which checks run, of {', '.join(PARTS)}")
     ap.add_argument("--child", choices=("nosave", "save", "gpuresize"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--images-dir", help=argparse.SUPPRESS)
@@ -392,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.device, args.images, args.size, args.imgsz, args.coco_images = "cpu", 4, "320x180", 160, 4
         args.serve_s = 2.0
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        print(f"gpu_check.py: --parts takes some of {', '.join(PARTS)}, got {args.parts!r}", file=sys.stderr)
+        return 2
     spec = parse_device(args.device)
     if spec.is_gpu and not torch.cuda.is_available():
         print(f"gpu_check.py needs a CUDA GPU, but PyTorch {torch.__version__} (CUDA build: {torch.version.cuda}) "
@@ -410,9 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     folder = out / f"images_{w}x{h}"
     try:
         photo_set(coco_dir, folder, args.images, (w, h))
-        corr = correctness(args, coco)
-        rows = throughput(args, folder, out)
-        serve = serving(args, folder, out)
+        skipped = {"not_run": "not in --parts"}
+        corr = correctness(args, coco) if "correctness" in parts else {"unit": skipped}
+        rows = throughput(args, folder, out) if "throughput" in parts else []
+        serve = serving(args, folder, out) if "serving" in parts else skipped
+        decode = decoding(folder) if "decoding" in parts else skipped
     except YolokitError as e:
         print(f"gpu_check.py: {e}", file=sys.stderr)
         return 1
@@ -421,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                        "torch": torch.__version__, "cuda": torch.version.cuda, "opencv": cv2.__version__,
                        "cpus": os.cpu_count(), "platform": platform.platform()},
            "device": args.device, "images": args.images, "image_size": f"{w}x{h}", "imgsz": args.imgsz,
-           "correctness": corr, "throughput": rows, "serving": serve}
+           "correctness": corr, "throughput": rows, "serving": serve, "decoding": decode, "parts": parts}
     rep["verdicts"] = verdicts(corr, rows, gpu, serve)
     rep["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=str))

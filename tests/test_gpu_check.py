@@ -91,6 +91,28 @@ def test_gpu_check_dry_run_end_to_end(tmp_path: Path, yolov5n_pt: Path, coco128_
         assert r["connection_errors"] == 0 and r["p50_ms"] is not None, r
     md = (out / "report.md").read_text()
     assert "## Correctness" in md and "## Throughput" in md and "yolokit --nosave" in md and "## Serving" in md
+    # the readers' work on this host, at 1 thread and at the CPU count
+    dec = rep["decoding"]
+    assert dec["images"] == 4 and [r["threads"] for r in dec["rows"]][0] == 1
+    assert dec["rows"][-1]["threads"] == os.cpu_count()
+    assert all(r["decode_img_s"] > 0 and r["decode_letterbox_ms_per_thread"] > 0 for r in dec["rows"])
+    assert "## Host decoding" in md
+
+
+def test_gpu_check_runs_the_parts_asked_for(tmp_path: Path, yolov5n_pt: Path, coco128_images: Path) -> None:
+    """--parts decoding measures the host's decoding alone (the others reported as not run, and not judged);
+    an unknown part is refused before anything is measured."""
+    env, _ = _env(tmp_path)
+    out = tmp_path / "out"
+    base = [sys.executable, str(SCRIPT), "--dry-run", "--weights", str(yolov5n_pt), "--coco", str(coco128_images),
+            "--out", str(out)]
+    proc = subprocess.run([*base, "--parts", "decoding"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["parts"] == ["decoding"] and rep["decoding"]["rows"] and rep["throughput"] == []
+    assert rep["serving"] == {"not_run": "not in --parts"} and rep["verdicts"] == {}
+    proc = subprocess.run([*base, "--parts", "decoding,speed"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--parts takes some of correctness, throughput, serving, decoding" in proc.stderr
 
 
 def _script() -> ModuleType:
