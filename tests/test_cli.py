@@ -251,24 +251,15 @@ def test_only_a_process_that_ends_after_the_command_leaves_the_models_release_be
     """`yolokit` (entry: the process ends by exit_now after the command) does not wait for the model's release;
     main() called by a program or a test releases it before returning (a release left running when the interpreter
     tears down killed such a process: "terminate called without an active exception")."""
-    from toolkit.jobs.run import LocalEngine
+    from tests.helpers.releases import note_releases, wait_for_releases
 
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
-    closed_on: list[str] = []
-    close = LocalEngine.close
-
-    def noted(self: LocalEngine) -> None:
-        closed_on.append(threading.current_thread().name)
-        close(self)
-
-    monkeypatch.setattr(LocalEngine, "close", noted)
+    closed_on = note_releases(monkeypatch)
     argv = ["run", str(image), "--weights", "yolov5n.yaml", "--imgsz", "64", "--nosave", "--project",
             str(tmp_path / "runs")]
     assert main(argv) == 0
     assert closed_on == [threading.current_thread().name]
     assert main(argv, exits=True) == 0
-    for thread in threading.enumerate():
-        if thread.name == "yolokit-release":
-            thread.join(30)
+    wait_for_releases()
     assert closed_on[1:] == ["yolokit-release"]

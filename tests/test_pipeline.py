@@ -784,27 +784,19 @@ def test_a_run_whose_process_ends_after_it_releases_its_model_in_the_background(
     thread of its own does it); by default the run releases it before returning."""
     import threading
 
-    from toolkit.jobs.run import LocalEngine, RunOptions, run
+    from tests.helpers.releases import note_releases, wait_for_releases
+    from toolkit.jobs.run import RunOptions, run
 
     if "onnx" not in exported:
         pytest.skip("onnxruntime is not installed: pip install 'yolokit[onnx]'")
     src = tmp_path / "src"
     _photos(src, 2)
-    closed_on: list[str] = []
-    close = LocalEngine.close
-
-    def noted(self: LocalEngine) -> None:
-        closed_on.append(threading.current_thread().name)
-        close(self)
-
-    monkeypatch.setattr(LocalEngine, "close", noted)
+    closed_on = note_releases(monkeypatch)
     for release in (False, True):
         opts = RunOptions.of(source=str(src), weights=str(exported["onnx"]), nosave=True,
                              project=str(tmp_path / "runs"), name=f"r{release}")
         assert run(opts, release=release).ok
-        for thread in threading.enumerate():
-            if thread.name == "yolokit-release":
-                thread.join(10)
+        wait_for_releases()
     assert closed_on == ["yolokit-release", threading.current_thread().name]
 
 
