@@ -722,7 +722,7 @@ def test_a_head_start_decodes_the_first_images_as_a_worker_would(tmp_path: Path)
 def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str, Path], coco128_images: Path,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`yolokit run` starts decoding its first images before loading the model (one thread, the core a load
-    leaves idle); the results are those of a run without it. Not where an image is not decoded whole and
+    leaves idle; one image for each worker to start with); the results are those of a run without it. Not where an image is not decoded whole and
     letterboxed alone (--batch, --fast-decode, --augment, --tile)."""
     from toolkit.engine import ahead as ahead_module
     from toolkit.io.store import LocalStore
@@ -770,12 +770,15 @@ def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str
         engine = LocalEngine(opts, LocalStore(tmp_path / "out"), refs=sources.items)
         assert (engine.ahead is not None) is starts, settings
         if not settings:
+            assert engine.ahead is not None
+            most = engine.ahead.most
             got = [(r.ref.path, r.detections.xyxy.tolist(), r.detections.class_id.tolist())
                    for r in engine.results(sources)]
             assert got == want and sum(len(cls) for _, _, cls in got) >= 20
             assert engine.ahead is None  # the first pass only
+            assert engine.det.last_plan is not None and most == engine.det.last_plan.workers  # one each
         engine.close()
-    assert handed == [r.path for r in sources.items]  # 8 photos: all decoded ahead, each used once
+    assert handed == [r.path for r in sources.items][:most]  # decoded ahead, each used once
 
 
 def test_a_run_whose_process_ends_after_it_releases_its_model_in_the_background(

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from toolkit.engine.ahead import HeadStart
 from toolkit.engine.core import DetectorConfig, Result, image_sizes
 from toolkit.engine.detector import Detector
-from toolkit.engine.plan import load_threads, preplan
+from toolkit.engine.plan import Plan, load_threads, preplan
 from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import json_bytes
 from toolkit.io.sources import InputRef, SourceList, fingerprint, list_sources
@@ -121,9 +121,11 @@ class LocalEngine:
         if detector is None and n_inputs is not None:  # loaded at the plan's intra-op threads: no second copy
             e = opts.engine
             config = replace(config, threads=load_threads(config, n_inputs, e.mode, e.workers))
-            if refs is not None and _sizes_help(opts, config, n_inputs):
+            plan = _one_by_one(opts, config, n_inputs) if refs is not None else None
+            if refs is not None and plan is not None:
                 sizes = image_sizes(refs)  # the model may prepare for them as it loads
-                self.ahead = HeadStart(refs, config.limits)  # and the first images are decoded meanwhile
+                # and each worker's first image is decoded meanwhile
+                self.ahead = HeadStart(refs, config.limits, most=plan.workers)
         try:
             self.det = detector or Detector.from_config(config, sizes)
         finally:
@@ -192,15 +194,16 @@ class LocalEngine:
             self.det.close()
 
 
-def _sizes_help(opts: RunOptions, config: DetectorConfig, n_inputs: int) -> bool:
-    """Whether the loading model is told the sizes of the images coming (their headers read ahead): where one loaded
-    model runs them in this process, one image to an inference, letterboxed as decoded in full (a thread-mode CPU
-    run without --batch, --augment, --tile or --fast-decode)."""
+def _one_by_one(opts: RunOptions, config: DetectorConfig, n_inputs: int) -> Plan | None:
+    """The run's plan where one loaded model runs its images in this process, one to an inference, letterboxed as
+    decoded in full (a thread-mode CPU run without --batch, --augment, --tile or --fast-decode), else None: there the
+    loading model is told the sizes of the images coming (their headers read ahead), and the first images are
+    decoded as it loads."""
     e = opts.engine
     if opts.tiling is not None or config.augment or config.fast_decode or e.batch > 1:
-        return False
+        return None
     plan = preplan(config, n_inputs, e.mode, e.workers)
-    return plan is not None and plan.mode == "thread"
+    return plan if plan is not None and plan.mode == "thread" else None
 
 
 def _check(opts: RunOptions) -> None:
