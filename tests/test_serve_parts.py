@@ -95,6 +95,10 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [true, false]}]}', None,
      "takes 2 numbers in 'data', got 2 true/false values"),
     (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1], "data": [true]}]}', None, "takes 1 number in"),
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [1.5, true]}]}', None,
+     "got true/false among them"),
+    (b'{"inputs": [{"name": "images", "datatype": "INT32", "shape": [2, 1], "data": [[1], [false]]}]}', None,
+     "got true/false among them"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:
@@ -355,9 +359,10 @@ def test_the_http_listener_gives_connections_tcp_nodelay() -> None:
             taken.close()
 
 
-@pytest.mark.parametrize("value", ["1_0", "+5", "-1", "٣", "", "ten", " 12x"])
+@pytest.mark.parametrize("value", ["1_0", "+5", "-1", "٣", "", "ten", " 12x", "1" * 5000])
 def test_the_binary_headers_length_is_a_plain_byte_count(value: str) -> None:
-    """Only ASCII digits (int() took "1_0" as 10, "+5" as 5 and Arabic-Indic digits as numbers)."""
+    """Only ASCII digits, at most 18 (int() took "1_0" as 10, "+5" as 5 and Arabic-Indic digits as numbers, and
+    raised a ValueError on more than 4300 digits: a 500)."""
     from toolkit.serve.protocol import header_length
 
     with pytest.raises(ProtocolError, match="must be a byte count") as e:

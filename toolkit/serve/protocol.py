@@ -143,6 +143,9 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
     except ValueError:
         arr = np.asarray([], dtype=object)
     kinds = "b" if datatype == "BOOL" else "iuf" if datatype.startswith("FP") else "iu"  # true is not a number
+    if datatype != "BOOL" and arr.dtype.kind in "iuf" and _holds_bools(data):  # numpy took each as 1 or 0
+        raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes numbers in 'data', got true/false among "
+                            f"them")
     if arr.dtype.kind not in kinds or arr.size != count:
         what = {"b": "true/false values", "O": "values", "i": "numbers", "u": "numbers", "f": "numbers"}
         raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes {count} "
@@ -151,6 +154,14 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
                             f"{arr.size if arr.dtype.kind != 'O' else 'an uneven list of'} "
                             f"{what.get(arr.dtype.kind, 'strings')}")
     return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
+
+
+def _holds_bools(data: Any) -> bool:
+    """Whether a regular nested list of numbers holds a JSON true or false (numpy reads them as 1 and 0)."""
+    if not isinstance(data, list):
+        return data is True or data is False
+    flat = np.asarray(data, dtype=object).ravel()
+    return any(v is True or v is False for v in flat)
 
 
 def _flatten(data: Any) -> Iterable[Any]:
@@ -167,8 +178,9 @@ def header_length(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not (text.isascii() and text.isdigit()):  # int() would also take "1_0", "+5" and other digits than 0-9
-        raise ProtocolError(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
+    # int() would also take "1_0", "+5" and other digits than 0-9, and refuse more than 4300 digits with a ValueError
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ProtocolError(f"Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
     return int(text)
 
 
