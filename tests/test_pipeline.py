@@ -722,8 +722,9 @@ def test_a_head_start_decodes_the_first_images_as_a_worker_would(tmp_path: Path)
 def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str, Path], coco128_images: Path,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`yolokit run` starts decoding its first images before loading the model (one thread, the core a load
-    leaves idle; one image for each worker to start with); the results are those of a run without it. Not where an image is not decoded whole and
-    letterboxed alone (--batch, --fast-decode, --augment, --tile)."""
+    leaves idle; one image for each worker to start with); the results are those of a run without it. Not where an
+    image is not decoded whole and letterboxed alone (--batch, --fast-decode, --augment, --tile, --pipeline
+    device)."""
     from toolkit.engine import ahead as ahead_module
     from toolkit.io.store import LocalStore
     from toolkit.jobs.run import LocalEngine, RunOptions
@@ -779,6 +780,44 @@ def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str
             assert engine.det.last_plan is not None and most == engine.det.last_plan.workers  # one each
         engine.close()
     assert handed == [r.path for r in sources.items][:most]  # decoded ahead, each used once
+
+
+def test_a_run_whose_model_fails_to_load_leaves_no_decoding_behind(coco128_images: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that fails to load ends the run at once: the head start is stopped and waited for, so that no thread
+    is still decoding when a program's interpreter tears down (a daemon thread inside OpenCV aborted it)."""
+    import threading
+
+    from toolkit.engine import ahead as ahead_module
+    from toolkit.errors import YolokitError
+    from toolkit.io.store import LocalStore
+    from toolkit.jobs.run import LocalEngine, RunOptions
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for photo in sorted(coco128_images.glob("*.jpg"))[:4]:
+        (src / photo.name).symlink_to(photo)
+    decode = ahead_module.decode_image
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)  # still decoding when the load fails
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(ahead_module, "decode_image", slow)
+    started: list[ahead_module.HeadStart] = []
+    init = ahead_module.HeadStart.__init__
+
+    def noted(self: ahead_module.HeadStart, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(ahead_module.HeadStart, "__init__", noted)
+    bad = tmp_path / "broken.onnx"  # planned for (its backend known from its name), fails as it loads
+    bad.write_bytes(b"not a model")
+    opts = RunOptions.of(source=str(src), weights=str(bad), nosave=True)
+    with pytest.raises(YolokitError):
+        LocalEngine(opts, LocalStore(tmp_path / "out"), refs=list_sources(str(src)).items)
+    assert len(started) == 1 and not started[0]._thread.is_alive()
 
 
 def test_a_run_whose_process_ends_after_it_releases_its_model_in_the_background(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 
 import typer
@@ -72,7 +73,11 @@ def entry() -> None:
     (:func:`exit_now`). After an interrupted run (130) the summary and every output are already written and the
     workers stopped; the process ends at once, so a Ctrl-C that arrives again while the interpreter shuts down
     cannot turn the exit code into a death by SIGINT (seen once in a full test run as -2 instead of 130)."""
-    rc = main(exits=True)
+    try:
+        rc = main(exits=True)
+    except Exception:  # a bug: its traceback and exit 1, as Python gives them, without the teardown (a model may
+        traceback.print_exc()  # still be being released in its thread: exit_now does not wait for it, teardown would)
+        rc = 1
     if rc == 130:
         _flush()
         os._exit(130)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from toolkit.io.decode import decode_image
-from toolkit.io.files import ImageReadError, ReadLimits, read_bytes
+from toolkit.io.files import ReadLimits, read_bytes
 from toolkit.io.remote import is_url
 from toolkit.io.sources import InputRef
 from toolkit.io.store import is_store_url
@@ -59,13 +59,20 @@ class HeadStart:
             t0 = time.thread_time()
             try:
                 image = decode_image(read_bytes(path, limits.max_file_size), path, 1, limits.max_pixels)
-            except (ImageReadError, OSError, ValueError):
-                return  # its worker reads it and says why
+            except Exception:  # ImageReadError, OSError, MemoryError, ...: its worker reads it and says why
+                return
             with self._lock:
                 if self._stopped:
                     return
                 self._done.setdefault(path, (image, time.thread_time() - t0))
             held += image.nbytes
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop and wait (at most ``timeout`` s: one decode, or a read that hangs) for the thread to end: where the
+        run ends at once (its model failed to load), so that no thread is still decoding when the interpreter tears
+        down (a daemon thread inside OpenCV then aborted the process)."""
+        self.stop()
+        self._thread.join(timeout)
 
     def stop(self) -> int:
         """End the head start (the model is loaded): nothing more is decoded or kept. How many images were."""

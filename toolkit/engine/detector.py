@@ -368,6 +368,8 @@ class Detector:
         fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep and tile is None
         wanted = plan.gpu or self.config.pipeline == "device"
         pipe = routine.device_pipeline(plan.batch) if plan.mode == "thread" and wanted and tile is None else None
+        if pipe is not None or plan.mode != "thread" or tile is not None or fast:
+            ahead = None  # decoded whole for the thread path alone: not held through a run that cannot use them
         if pipe is not None:
             from toolkit.engine.gpu import background
 
@@ -392,7 +394,7 @@ class Detector:
                 if tile is not None:
                     yield from run_tiled(local, sources.items, plan, keep, tile)
                 else:
-                    yield from run_threads(local, sources.items, plan, keep, fast, None if fast else ahead)
+                    yield from run_threads(local, sources.items, plan, keep, fast, ahead)
 
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:

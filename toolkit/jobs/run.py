@@ -128,9 +128,12 @@ class LocalEngine:
                 self.ahead = HeadStart(refs, config.limits, most=plan.workers)
         try:
             self.det = detector or Detector.from_config(config, sizes)
-        finally:
+        except BaseException:  # the run ends here: nothing may still be decoding when the process ends
             if self.ahead is not None:
-                self.ahead.stop()
+                self.ahead.close()
+            raise
+        if self.ahead is not None:
+            self.ahead.stop()
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
@@ -196,11 +199,12 @@ class LocalEngine:
 
 def _one_by_one(opts: RunOptions, config: DetectorConfig, n_inputs: int) -> Plan | None:
     """The run's plan where one loaded model runs its images in this process, one to an inference, letterboxed as
-    decoded in full (a thread-mode CPU run without --batch, --augment, --tile or --fast-decode), else None: there the
+    decoded in full (a thread-mode CPU run without --batch, --augment, --tile, --fast-decode or the device pipeline),
+    else None: there the
     loading model is told the sizes of the images coming (their headers read ahead), and the first images are
     decoded as it loads."""
     e = opts.engine
-    if opts.tiling is not None or config.augment or config.fast_decode or e.batch > 1:
+    if opts.tiling is not None or config.augment or config.fast_decode or e.batch > 1 or config.pipeline == "device":
         return None
     plan = preplan(config, n_inputs, e.mode, e.workers)
     return plan if plan is not None and plan.mode == "thread" else None
