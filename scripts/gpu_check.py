@@ -364,8 +364,9 @@ def verdicts(corr: dict[str, Any], rows: list[dict[str, Any]], gpu: bool,
             if s_save:
                 v["default_run_within_15pct_of_nosave"] = s_save["run_img_s"] >= TARGETS["save_vs_nosave"] * \
                     s_nosave["run_img_s"]
-        v["gpu_pipeline_used"] = all("GPU pipeline" in r.get("plan", "") for r in rows
-                                     if r.get("kind") in ("nosave", "save", "gpuresize") and "error" not in r)
+        runs = [r for r in rows if r.get("kind") in ("nosave", "save", "gpuresize") and "error" not in r]
+        if runs:  # not judged where the throughput part did not run
+            v["gpu_pipeline_used"] = all("GPU pipeline" in r.get("plan", "") for r in runs)
     return v
 
 
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check.py: --parts takes some of {', '.join(PARTS)}, got {args.parts!r}", file=sys.stderr)
         return 2
     spec = parse_device(args.device)
-    if spec.is_gpu and not torch.cuda.is_available():
+    if spec.is_gpu and not torch.cuda.is_available() and parts != ["decoding"]:  # decoding: the host's alone
         print(f"gpu_check.py needs a CUDA GPU, but PyTorch {torch.__version__} (CUDA build: {torch.version.cuda}) "
               f"sees none; nothing was measured. To check the script itself on a CPU: --dry-run", file=sys.stderr)
         return 2
@@ -480,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     except YolokitError as e:
         print(f"gpu_check.py: {e}", file=sys.stderr)
         return 1
-    gpu = spec.is_gpu
-    rep = {"machine": {"device_name": torch.cuda.get_device_name(spec.index) if gpu else "CPU (dry run)",
+    gpu = spec.is_gpu and torch.cuda.is_available()  # not on a host without one (--parts decoding)
+    host = "CPU (dry run)" if args.dry_run else "no CUDA GPU (the host's decoding alone)"
+    rep = {"machine": {"device_name": torch.cuda.get_device_name(spec.index) if gpu else host,
                        "torch": torch.__version__, "cuda": torch.version.cuda, "opencv": cv2.__version__,
                        "cpus": os.cpu_count(), "platform": platform.platform()},
            "device": args.device, "images": args.images, "image_size": f"{w}x{h}", "imgsz": args.imgsz,

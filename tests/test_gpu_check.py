@@ -113,6 +113,12 @@ def test_gpu_check_runs_the_parts_asked_for(tmp_path: Path, yolov5n_pt: Path, co
     assert rep["serving"] == {"not_run": "not in --parts"} and rep["verdicts"] == {}
     proc = subprocess.run([*base, "--parts", "decoding,speed"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--parts takes some of correctness, throughput, serving, decoding" in proc.stderr
+    if not torch.cuda.is_available():  # the host's decoding needs no GPU: measured without --dry-run too
+        proc = subprocess.run([*base[:2], *base[3:], "--parts", "decoding", "--images", "4", "--size", "320x180"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["machine"]["device_name"].startswith("no CUDA GPU") and rep["decoding"]["rows"]
 
 
 def _script() -> ModuleType:
@@ -136,8 +142,11 @@ def test_the_verdict_fails_on_fp16_matching_too() -> None:
             c["fp16_gpu_pipeline"] = {"share": fp16_share}
         return c
 
-    assert gc.verdicts(corr(fp32, fp16), [], gpu=True) == {"fp32_match": True, "fp16_match": True,
-                                                           "gpu_pipeline_used": True}
+    assert gc.verdicts(corr(fp32, fp16), [], gpu=True) == {"fp32_match": True, "fp16_match": True}
+    # the GPU pipeline's use is judged where the throughput runs ran (not where --parts left them out)
+    runs = [{"model": "yolov5n", "kind": "nosave", "plan": "thread mode ... GPU pipeline"}]
+    assert gc.verdicts(corr(fp32, fp16), runs, gpu=True)["gpu_pipeline_used"] is True
+    assert gc.verdicts(corr(fp32, fp16), [{**runs[0], "plan": "thread mode"}], gpu=True)["gpu_pipeline_used"] is False
     assert gc.verdicts(corr(1.0, fp16 - 0.01), [], gpu=True)["fp16_match"] is False
     assert gc.verdicts(corr(1.0, None), [], gpu=True)["fp16_match"] is False
     assert gc.verdicts(corr(fp32 - 0.001, 1.0), [], gpu=True)["fp32_match"] is False
