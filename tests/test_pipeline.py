@@ -786,7 +786,6 @@ def test_a_run_whose_model_fails_to_load_leaves_no_decoding_behind(coco128_image
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A model that fails to load ends the run at once: the head start is stopped and waited for, so that no thread
     is still decoding when a program's interpreter tears down (a daemon thread inside OpenCV aborted it)."""
-    import threading
 
     from toolkit.engine import ahead as ahead_module
     from toolkit.errors import YolokitError
