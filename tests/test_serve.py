@@ -223,6 +223,16 @@ def test_v1_detect_takes_a_raw_body_or_a_multipart_field(server: Served, images:
         assert _labels(boxes, scores, classes, len(rows), p, names) == run_labels[p.stem], p.name
     r = httpx.post(server.url + "/v1/detect?conf=0.6&classes=0", content=images[1].read_bytes(), timeout=60)
     assert r.status_code == 200 and all(d["confidence"] > 0.6 and d["class_id"] == 0 for d in r.json()["detections"])
+    # a multipart body that is none (the parser's own words were the reason), two images (one was used), no image
+    jpeg = images[0].read_bytes()
+    for kwargs, message in (
+            ({"content": jpeg, "headers": {"Content-Type": "multipart/form-data"}}, "cannot be read (no boundary"),
+            ({"files": [("image", ("a.jpg", jpeg, "image/jpeg")), ("image", ("b.jpg", jpeg, "image/jpeg"))]},
+             "has 2 fields named 'image'"),
+            ({"files": {"picture": ("a.jpg", jpeg, "image/jpeg")}}, "no file field named 'image'")):
+        r = httpx.post(server.url + "/v1/detect", timeout=60, **kwargs)  # type: ignore[arg-type]
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+        assert "Missing boundary" not in r.text and "\n" not in r.json()["error"]
 
 
 def test_request_parameters_change_the_nms_as_the_detectors_settings_do(server: Served, onnx_model: Path,

@@ -99,6 +99,14 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
      "got true/false among them"),
     (b'{"inputs": [{"name": "images", "datatype": "INT32", "shape": [2, 1], "data": [[1], [false]]}]}', None,
      "got true/false among them"),
+    # each of these was a 500, a misleading reason, a numpy warning on stderr, or a 200
+    (b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["\\ud800"]}]}', None,
+     "not text UTF-8 can hold"),
+    (b'{"parameters": {"max_det": 1' + b"0" * 5000 + b'}, "inputs": []}', None,
+     "a number of more than 4300 digits\\)$"),
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [1e39, 1]}]}', None,
+     "out of FP32's range"),
+    (_ONE[:-1] + b', "outputs": [{"name": "num_dets"}, {"name": "num_dets"}]}', None, "num_dets is asked for twice"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:
@@ -148,6 +156,24 @@ def test_grpc_messages_take_raw_and_typed_contents() -> None:
         with pytest.raises(ProtocolError, match=f"a value does not fit {datatype}") as e:
             parse_grpc(ours.ModelInferRequest.FromString(bad.SerializeToString()))
         assert e.value.status == 400
+    # accepted before, each of them: data in two places, an output asked for twice
+    both = theirs.ModelInferRequest(model_name="m")
+    t = both.inputs.add(name="images", datatype="BYTES", shape=[1])
+    t.contents.bytes_contents.append(b"jpeg")
+    both.raw_input_contents.append(pack_bytes([b"jpeg"]))
+    two_kinds = theirs.ModelInferRequest(model_name="m")
+    t = two_kinds.inputs.add(name="images", datatype="FP32", shape=[1])
+    t.contents.fp32_contents.append(0.5)
+    t.contents.bytes_contents.append(b"x")
+    twice = theirs.ModelInferRequest(model_name="m")
+    twice.inputs.add(name="images", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"jpeg")
+    twice.outputs.add(name="num_dets")
+    twice.outputs.add(name="num_dets")
+    for bad, message in ((both, "in raw_input_contents and in contents"), (twice, "num_dets is asked for twice"),
+                         (two_kinds, "contents.bytes_contents holds values too")):
+        with pytest.raises(ProtocolError, match=message) as e:
+            parse_grpc(ours.ModelInferRequest.FromString(bad.SerializeToString()))
+        assert e.value.status == 400 and "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------- the batcher
@@ -276,7 +302,8 @@ def test_request_parameters_are_checked_against_the_declarations() -> None:
                             ({"iou": "x"}, "parameter iou takes a number"),
                             ({"max_det": 2.5}, "takes a whole number"),
                             ({"classes": "a"}, "takes class ids"),
-                            ({"classes": [999]}, "--classes 999: this model's classes are 0-1"),  # was 200, nothing
+                            ({"classes": [999]}, "parameter classes 999: this model's classes are 0-1"),  # was 200
+                            ({"classes": -1}, "parameter classes must be at least 0, got -1$"),  # was "got (-1,)"
                             ({"agnostic": True}, "not one this server takes")):
         with pytest.raises(InputError, match=message):
             request_nms(config, meta, base, values, "m")
@@ -286,9 +313,9 @@ def test_a_model_with_nms_inside_refuses_what_its_nms_cannot_give() -> None:
     meta = ModelMeta(names={0: "a"}, nms=BakedNMS(conf=0.25, iou=0.45, max_det=100, agnostic=False))
     base = NMSOptions(max_det=100)
     assert request_nms(DetectorConfig(max_det=100), meta, base, {"conf": 0.5, "max_det": 10}, "m").conf == 0.5
-    with pytest.raises(InputError, match="has NMS inside.*--conf 0.1 is below the exported --conf 0.25"):
+    with pytest.raises(InputError, match="has NMS inside.*parameter conf 0.1 is below the exported --conf 0.25"):
         request_nms(DetectorConfig(max_det=100), meta, base, {"conf": 0.1}, "m")
-    with pytest.raises(InputError, match="--iou 0.6 differs"):
+    with pytest.raises(InputError, match="parameter iou 0.6 differs"):
         request_nms(DetectorConfig(max_det=100), meta, base, {"iou": 0.6}, "m")
 
 

@@ -112,6 +112,13 @@ class Option:
             return f"below {self.hi:g}" if self.hi_open else f"at most {self.hi:g}"
         return ""
 
+    def refused(self, value: Any) -> Any:
+        """What to name of a value :meth:`allows` refuses: the value, or a tuple's first element out of the limits
+        (as given: ``-1``, not ``(-1,)``)."""
+        if isinstance(value, (tuple, list)):
+            return next((v for v in value if not self.allows(v)), value)
+        return value
+
     def allows(self, value: Any) -> bool:
         """Whether ``value`` keeps the limits (each element, for a tuple); None passes when the default is None."""
         if value is None:
@@ -219,9 +226,7 @@ def check(obj: Any) -> None:
         value = getattr(obj, f.name)
         if not opt.allows(value):
             flag = "--" + (opt.cli_name or f.name).replace("_", "-") if opt.cli else f.name
-            if isinstance(value, (tuple, list)):  # the element out of its limits, as given (not the tuple)
-                value = next(v for v in value if not opt.allows(v))
-            raise InputError(f"{flag} must be {opt.limits()}, got {value!r}")
+            raise InputError(f"{flag} must be {opt.limits()}, got {opt.refused(value)!r}")
 
 
 def refuse_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:

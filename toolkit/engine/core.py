@@ -572,18 +572,20 @@ def expected_shapes(config: DetectorConfig, path: Path, sizes: dict[tuple[int, i
     return shapes
 
 
-def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptions:
+def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
+                named: Callable[[str], str] = lambda key: "--" + key.replace("_", "-")) -> NMSOptions:
     """The NMS options of a detector. For a model with NMS inside, what is asked must be reachable from what was
     exported: a higher ``conf``, a smaller ``max_det`` and a ``classes`` filter are applied on top; a lower
     ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting cannot be, and are refused in one line.
-    Multi-label is not possible there: such a model keeps the best class per box (as YOLOv5's ``detect.py``)."""
+    Multi-label is not possible there: such a model keeps the best class per box (as YOLOv5's ``detect.py``).
+    ``named``: how a refusal names a setting asked for (the command line's flag; a server's request parameter)."""
     nms = config.nms()
     if nms.classes is not None and meta.names:
         nc = max(meta.names) + 1
         beyond = sorted({int(c) for c in nms.classes if not 0 <= int(c) < nc})
         if beyond:
             first, last = meta.names.get(0, 0), meta.names.get(nc - 1, nc - 1)
-            raise InputError(f"--classes {','.join(map(str, beyond))}: this model's classes are 0-{nc - 1} "
+            raise InputError(f"{named('classes')} {','.join(map(str, beyond))}: this model's classes are 0-{nc - 1} "
                              f"({first} ... {last}); `yolokit info {path.name}` lists them")
     baked = meta.nms
     if baked is None:
@@ -596,11 +598,13 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path) -> NMSOptio
                 + (" --agnostic-nms" if baked.agnostic else ""))
     problems = []
     if nms.conf < baked.conf:
-        problems.append(f"--conf {nms.conf:g} is below the exported --conf {baked.conf:g} (boxes under it are gone)")
+        problems.append(f"{named('conf')} {nms.conf:g} is below the exported --conf {baked.conf:g} (boxes under it are "
+                        f"gone)")
     if nms.max_det > baked.max_det:
-        problems.append(f"--max-det {nms.max_det} is above the exported --max-det {baked.max_det}")
+        problems.append(f"{named('max_det')} {nms.max_det} is above the exported --max-det {baked.max_det}")
     if abs(nms.iou - baked.iou) > 1e-9:
-        problems.append(f"--iou {nms.iou:g} differs from the exported --iou {baked.iou:g} (NMS cannot be redone)")
+        problems.append(f"{named('iou')} {nms.iou:g} differs from the exported --iou {baked.iou:g} (NMS cannot be "
+                        f"redone)")
     if nms.agnostic != baked.agnostic:
         problems.append(f"{'' if nms.agnostic else 'no '}--agnostic-nms differs from the export")
     if problems:

@@ -297,12 +297,14 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
-    except Exception as e:
-        reason = first_line(e)
-        if getattr(e, "status_code", None) is not None:  # Starlette's HTTPException: "400: Invalid ..." in str()
-            reason = str(getattr(e, "detail", reason))
-        raise ProtocolError(f"the multipart body cannot be read: {reason}") from None
-    field = form.get("image")
+    except Exception:  # the parser's own words ("Missing boundary in multipart.") name no fix
+        raise ProtocolError("the multipart body cannot be read (no boundary, or its parts are malformed); send the "
+                            "image as the raw body, or as a multipart/form-data file field named 'image'") from None
+    fields = form.getlist("image")
+    if len(fields) > 1:
+        raise ProtocolError(f"the multipart body has {len(fields)} fields named 'image'; /v1/detect takes one image "
+                            f"a request (several go in one /v2 infer request)")
+    field = fields[0] if fields else None
     if isinstance(field, UploadFile):
         return await field.read()
     raise ProtocolError("the multipart body has no file field named 'image'")

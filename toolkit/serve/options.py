@@ -170,11 +170,17 @@ def request_nms(config: DetectorConfig, meta: ModelMeta, base: NMSOptions, value
         value = _typed(name, value)
         decl = declared(DetectorConfig, name)
         if not decl.allows(value):
-            raise InputError(f"parameter {name} must be {decl.limits()}, got {value!r}")
+            raise InputError(f"parameter {name} must be {decl.limits()}, got {decl.refused(value)!r}")
         changes[name] = value
     asked = replace(config, **changes)
-    resolve_nms(asked, meta, Path(model))  # refusals as `yolokit run` gives them: classes the model has not, and
-    return replace(base, **changes)  # for a model with NMS inside, what its NMS cannot give
+    # refusals as `yolokit run` gives them, naming the parameter: classes the model has not, and for a model with
+    # NMS inside, what its NMS cannot give
+    resolve_nms(asked, meta, Path(model), _parameter)
+    return replace(base, **changes)
+
+
+def _parameter(key: str) -> str:
+    return f"parameter {key}"
 
 
 def _typed(name: str, value: Any) -> Any:

@@ -137,7 +137,11 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
         if len(flat) != count or not all(isinstance(v, str) for v in flat):
             raise ProtocolError(f"input {name}: BYTES {list(shape)} takes {count} strings in 'data'; an image file "
                                 f"is sent as binary data (the binary tensor extension), not in JSON")
-        return Tensor(name, datatype, shape, [v.encode() for v in flat])
+        try:
+            return Tensor(name, datatype, shape, [v.encode() for v in flat])
+        except UnicodeEncodeError:  # a lone surrogate (\ud800): JSON allows it, UTF-8 has no bytes for it
+            raise ProtocolError(f"input {name}: a BYTES element is not text UTF-8 can hold (a lone surrogate escape "
+                                f"such as \\ud800); an image file is sent as binary data, not in JSON") from None
     try:
         arr = np.asarray(data)
     except ValueError:
@@ -153,6 +157,10 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
                             f"'data', got "
                             f"{arr.size if arr.dtype.kind != 'O' else 'an uneven list of'} "
                             f"{what.get(arr.dtype.kind, 'strings')}")
+    if datatype in ("FP16", "FP32") and arr.dtype.kind == "f" and arr.size and \
+            float(np.abs(arr[np.isfinite(arr)]).max(initial=0.0)) > float(np.finfo(DTYPES[datatype]).max):
+        raise ProtocolError(f"input {name}: a value is out of {datatype}'s range (at most "
+                            f"{float(np.finfo(DTYPES[datatype]).max):.4g} in magnitude)")
     return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
 
 
@@ -197,8 +205,8 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     except RecursionError:
         raise ProtocolError("the request's JSON is nested too deeply to be a KServe v2 request") from None
     except (ValueError, UnicodeDecodeError) as e:
-        hint = ("; a body with binary data needs the Inference-Header-Content-Length header" if json_length is None
-                else "")
+        hint = ("; a body with binary data needs the Inference-Header-Content-Length header"
+                if json_length is None and isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else "")
         raise ProtocolError(f"the request is not valid JSON ({_json_reason(e)}){hint}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request must be a JSON object with 'inputs'")
@@ -236,6 +244,8 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         wanted = {}
         for o in outputs:
+            if o["name"] in wanted:
+                raise ProtocolError(f"output {o['name']} is asked for twice in 'outputs'")
             flag = _params(o.get("parameters"), f"output {o['name']}").get("binary_data")
             if flag is not None and not isinstance(flag, bool):  # "false" read as true
                 raise ProtocolError(f"output {o['name']}: binary_data must be true or false, got {flag!r}")
@@ -253,7 +263,9 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
 def _json_reason(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"{e.msg} at byte {e.pos}"
-    return "not UTF-8 text"
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return "a number of more than 4300 digits"
 
 
 def _datatype(value: Any, name: str) -> str:
@@ -323,6 +335,8 @@ def parse_grpc(request: Any) -> InferRequest:
     tensors = []
     for i, inp in enumerate(request.inputs):
         datatype, shape = _datatype(inp.datatype, inp.name), tuple(int(d) for d in inp.shape)
+        if raw and inp.HasField("contents"):
+            raise ProtocolError(f"input {inp.name}: its data is in raw_input_contents and in contents; send it in one")
         if any(d < 0 for d in shape):
             raise ProtocolError(f"input {inp.name}: shape must be whole numbers, got {list(shape)}")
         if raw:
@@ -332,6 +346,10 @@ def parse_grpc(request: Any) -> InferRequest:
         if field_name is None:
             raise ProtocolError(f"input {inp.name}: {datatype} comes only in raw_input_contents")
         values = getattr(inp.contents, field_name)
+        others = sorted(f for f in set(_CONTENTS.values()) if f != field_name and len(getattr(inp.contents, f)))
+        if others:
+            raise ProtocolError(f"input {inp.name}: {datatype} data goes in contents.{field_name}, but "
+                                f"contents.{others[0]} holds values too")
         if datatype == BYTES:
             if len(values) != _elements(shape):
                 raise ProtocolError(f"input {inp.name}: BYTES {list(shape)} takes {_elements(shape)} elements, got "
@@ -347,7 +365,11 @@ def parse_grpc(request: Any) -> InferRequest:
                                     f"got {arr.size}")
             tensors.append(Tensor(inp.name, datatype, shape, arr.reshape(shape)))
     params = {k: parameter_value(v) for k, v in request.parameters.items()}
-    outputs: dict[str, bool | None] | None = {o.name: None for o in request.outputs} if request.outputs else None
+    names = [o.name for o in request.outputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ProtocolError(f"output {twice[0]} is asked for twice in 'outputs'")
+    outputs: dict[str, bool | None] | None = dict.fromkeys(names) if names else None
     return InferRequest(tensors, request.id, params, outputs)
 
 
