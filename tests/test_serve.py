@@ -229,7 +229,8 @@ def test_v1_detect_takes_a_raw_body_or_a_multipart_field(server: Served, images:
             ({"content": jpeg, "headers": {"Content-Type": "multipart/form-data"}}, "cannot be read (no boundary"),
             ({"files": [("image", ("a.jpg", jpeg, "image/jpeg")), ("image", ("b.jpg", jpeg, "image/jpeg"))]},
              "has 2 fields named 'image'"),
-            ({"files": {"picture": ("a.jpg", jpeg, "image/jpeg")}}, "no file field named 'image'")):
+            ({"files": {"picture": ("a.jpg", jpeg, "image/jpeg")}}, "no file field named 'image'"),
+            ({"content": jpeg, "params": [("conf", "0.5"), ("conf", "0.6")]}, "conf is given more than once")):
         r = httpx.post(server.url + "/v1/detect", timeout=60, **kwargs)  # type: ignore[arg-type]
         assert r.status_code == 400 and message in r.json()["error"], r.text
         assert "Missing boundary" not in r.text and "\n" not in r.json()["error"]

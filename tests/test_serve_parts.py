@@ -301,6 +301,8 @@ def test_request_parameters_are_checked_against_the_declarations() -> None:
                             ({"max_det": 0}, "parameter max_det must be at least 1"),
                             ({"iou": "x"}, "parameter iou takes a number"),
                             ({"max_det": 2.5}, "takes a whole number"),
+                            ({"max_det": "1_0"}, "takes a whole number"),  # int() read 10
+                            ({"conf": "\u0660.5"}, "takes a number"),  # float() read Arabic-Indic digits
                             ({"classes": "a"}, "takes class ids"),
                             ({"classes": [999]}, "parameter classes 999: this model's classes are 0-1"),  # was 200
                             ({"classes": -1}, "parameter classes must be at least 0, got -1$"),  # was "got (-1,)"

@@ -192,6 +192,9 @@ class _Http:
             if not data:
                 raise ProtocolError("the request has no image: send the image file as the body, or as a multipart "
                                     "field named 'image'")
+            twice = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+            if twice:  # dict() kept the last one
+                raise ProtocolError(f"parameter {twice[0]} is given more than once in the query string; give it once")
             params = dict(request.query_params)
             return JSONResponse(await svc.detect(ticket, data, params, arrived, gone))
 

@@ -191,6 +191,8 @@ def _typed(name: str, value: Any) -> Any:
         if kind is not None:
             if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
                 raise ValueError
+            if isinstance(value, str) and (not value.isascii() or "_" in value):
+                raise ValueError  # float() and int() take "1_0" as 10 and other digits than 0-9
             return kind(value)
         if isinstance(value, (str, int, list, tuple)):
             return class_ids(value) or None  # the library's reading of --classes
