@@ -112,6 +112,10 @@ class Option:
             return f"below {self.hi:g}" if self.hi_open else f"at most {self.hi:g}"
         return ""
 
+    def flag(self, name: str) -> str:
+        """The command-line flag of this option, declared on the field ``name``."""
+        return flag_of(self.cli_name or name)
+
     def refused(self, value: Any) -> Any:
         """What to name of a value :meth:`allows` refuses: the value, or a tuple's first element out of the limits
         (as given: ``-1``, not ``(-1,)``)."""
@@ -184,7 +188,12 @@ class Entry:
 
     @property
     def flag(self) -> str:
-        return "--" + self.key.replace("_", "-")
+        return flag_of(self.key)
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag of an option's flat name (``max_det`` -> ``--max-det``)."""
+    return "--" + key.replace("_", "-")
 
 
 def declared(cls: type, name: str) -> Option:
@@ -225,7 +234,7 @@ def check(obj: Any) -> None:
             continue
         value = getattr(obj, f.name)
         if not opt.allows(value):
-            flag = "--" + (opt.cli_name or f.name).replace("_", "-") if opt.cli else f.name
+            flag = opt.flag(f.name) if opt.cli else f.name
             raise InputError(f"{flag} must be {opt.limits()}, got {opt.refused(value)!r}")
 
 

@@ -80,7 +80,7 @@ def _library() -> list[str]:
              "| keyword | default | flag | what it does |", "| --- | --- | --- | --- |"]
     for f in fields(DetectorConfig):
         opt = f.metadata[KEY]
-        flag = ("`--" + (opt.cli_name or f.name).replace("_", "-") + "`") if opt.cli else "library only"
+        flag = f"`{opt.flag(f.name)}`" if opt.cli else "library only"
         lines.append(f"| `{f.name}` | `{opt.default!r}` | {flag} | {_cell(opt.help)} |")
     return [*lines, ""]
 

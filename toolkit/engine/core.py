@@ -39,7 +39,7 @@ from toolkit.ops import (
     scale_boxes,
     to_chw_rgb,
 )
-from toolkit.options import CONF, DETECTION, IMGSZ, INPUTS, IOU, MAX_DET, MODEL, SPEED, check, option
+from toolkit.options import CONF, DETECTION, IMGSZ, INPUTS, IOU, MAX_DET, MODEL, SPEED, check, flag_of, option
 
 if TYPE_CHECKING:
     from backends.base import Runner
@@ -573,7 +573,7 @@ def expected_shapes(config: DetectorConfig, path: Path, sizes: dict[tuple[int, i
 
 
 def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
-                named: Callable[[str], str] = lambda key: "--" + key.replace("_", "-")) -> NMSOptions:
+                named: Callable[[str], str] = flag_of) -> NMSOptions:
     """The NMS options of a detector. For a model with NMS inside, what is asked must be reachable from what was
     exported: a higher ``conf``, a smaller ``max_det`` and a ``classes`` filter are applied on top; a lower
     ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting cannot be, and are refused in one line.

@@ -25,7 +25,7 @@ from toolkit.io.outputs import (
     write_labels,
 )
 from toolkit.io.store import Store
-from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, group, identity, option
+from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, flag_of, group, identity, option
 from toolkit.tiling import TileOptions
 
 ENGINES = ("local", "ray")
@@ -250,6 +250,6 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     for k, v in now.items():
         old = before.get(k, defaults.get(k))
         if old != v:
-            flag = "SOURCE" if k == "source" else "--" + k.replace("_", "-")
+            flag = "SOURCE" if k == "source" else flag_of(k)
             out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
     return out

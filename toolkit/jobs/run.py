@@ -200,9 +200,8 @@ class LocalEngine:
 def _one_by_one(opts: RunOptions, config: DetectorConfig, n_inputs: int) -> Plan | None:
     """The run's plan where one loaded model runs its images in this process, one to an inference, letterboxed as
     decoded in full (a thread-mode CPU run without --batch, --augment, --tile, --fast-decode or the device pipeline),
-    else None: there the
-    loading model is told the sizes of the images coming (their headers read ahead), and the first images are
-    decoded as it loads."""
+    else None: there the loading model is told the sizes of the images coming (their headers read ahead), and the
+    first images are decoded as it loads."""
     e = opts.engine
     if opts.tiling is not None or config.augment or config.fast_decode or e.batch > 1 or config.pipeline == "device":
         return None
