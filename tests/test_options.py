@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import typer
 
@@ -20,7 +21,7 @@ from toolkit.errors import InputError
 from toolkit.jobs.bench import BenchOptions, nms_settings
 from toolkit.jobs.records import EngineOptions, RunOptions
 from toolkit.jobs.val import ValOptions
-from toolkit.options import CONF, IMGSZ, IOU, MAX_DET, build, keys, option, walk
+from toolkit.options import CONF, IMGSZ, IOU, MAX_DET, build, class_ids, keys, option, walk
 from toolkit.tiling import TileOptions
 
 
@@ -98,6 +99,31 @@ def test_values_outside_their_limits_are_refused_naming_the_flag(make: Any, mess
     with pytest.raises(InputError) as e:
         make()
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0,,2", "--classes takes class ids like 0,2"),  # read as 0,2 (a slip for 0,1,2?)
+    ("0,", "--classes takes class ids like 0,2"),
+    ("1_0", "--classes takes class ids like 0,2"),  # int() read 10
+    ("\u0663", "--classes takes class ids like 0,2"),  # int() read an Arabic-Indic 3 as 3
+    ("zero", "--classes takes class ids like 0,2"),
+    ([], "--classes is empty, which would keep no detection; leave it out"),  # kept no detection, silently
+    ((True,), "--classes takes class ids"),
+    (1.0, "--classes takes class ids"),
+])
+def test_class_ids_are_read_strictly(value: Any, message: str) -> None:
+    with pytest.raises(InputError) as e:
+        DetectorConfig(classes=value)
+    assert str(e.value).startswith(message)
+    assert class_ids(" 0 , 2 ") == class_ids([0, np.int64(2)]) == class_ids(np.array([0, 2])) == (0, 2)
+    assert class_ids(3) == (3,)
+
+
+def test_classes_on_the_command_line_are_the_librarys_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    assert main(["run", str(tmp_path), "--classes", "0,,2", "--project", str(tmp_path / "p")]) == 2
+    assert "--classes takes class ids like 0,2 (or a list of them), got '0,,2'" in capsys.readouterr().err
+    assert collect(RunOptions, _parsed("run", ["--classes", ""])).detector.classes is None  # "": every class
 
 
 def test_a_bad_option_on_the_command_line_creates_nothing(tmp_path: Path) -> None:

@@ -378,6 +378,38 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
         assert "Traceback" not in r.text and "\n" not in r.json()["error"]
     r = httpx.post(server.url + "/v1/detect?timeout=-5", content=jpeg, timeout=60)  # the query string's, ignored
     assert r.status_code == 400 and "parameter timeout takes microseconds" in r.json()["error"], r.text
+    # each answered 200 before, its setting ignored or misread
+    for path, body, message in (
+            (f"/v2/models/{MODEL}/infer?conf=0.9", _ONE_JPEG, "takes no query string"),  # conf was ignored
+            ("/v1/detect?binary_data_output=true", jpeg, "has no setting 'binary_data_output'"),  # a /v2 parameter
+            ("/v1/detect?priority=1", jpeg, "has no setting 'priority'"),
+            ("/v1/detect?classes=0,,2", jpeg, "parameter classes takes class ids like 0,2"),  # read as 0,2
+            ("/v1/detect?classes=", jpeg, "parameter classes is empty, which would keep no detection"),  # every class
+            ("/v1/detect?classes=1_0", jpeg, "parameter classes takes class ids"),  # read as 10
+            ("/v1/detect?timeout=\u0663", jpeg, "parameter timeout takes microseconds"),  # an Arabic-Indic 3
+            (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"priority": "high"}}',
+             "parameter priority takes a whole number"),  # taken, whatever it was
+            (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"classes": []}}',
+             "parameter classes is empty")):  # an empty list kept every class
+        r = httpx.post(server.url + path, content=body, timeout=60)
+        assert r.status_code == 400 and message in r.json()["error"], (path, r.text)
+    # over gRPC, written by hand: tritonclient refuses to send the protocol's reserved names as parameters
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for key, kind, value, message in (
+                ("binary_data_output", "string_param", "false", "binary_data_output must be true or false"),
+                ("priority", "int64_param", -1, "parameter priority takes a whole number"),
+                ("classes", "string_param", "0,", "parameter classes takes class ids")):
+            request = service_pb2.ModelInferRequest(model_name=MODEL)
+            tensor = request.inputs.add(name="images", datatype="BYTES", shape=[1])
+            tensor.contents.bytes_contents.append(jpeg)
+            setattr(request.parameters[key], kind, value)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request, timeout=60)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), key
     for path in ("/v2/models/nope/infer", f"/v2/models/{MODEL}/versions/7/infer"):
         r = httpx.post(server.url + path, content=b"{}", timeout=60)
         assert r.status_code == 404 and "unknown model" in r.json()["error"]

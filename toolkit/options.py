@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -323,3 +324,35 @@ def identity(obj: Any) -> dict[str, Any]:
 __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
            "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "build", "check", "declared",
            "group", "identity", "keys", "nearest", "option", "plain", "refuse_unknown", "walk"]
+
+
+def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
+    """``--classes`` as class ids: ``0,2`` (text), one id, or a sequence of ids; :class:`InputError` naming ``flag``
+    otherwise. Strict, since a slip here silently changes what a run keeps: an empty part (``0,,2``), an id written
+    ``1_0`` or in other digits than 0-9 (``int()`` takes both) and an empty list (it would keep no detection) are
+    refused."""
+    ids: tuple[int, ...] | None = None
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        parts = text.split(",") if text else []
+        if all(_ID.fullmatch(p) for p in parts):
+            ids = tuple(int(p) for p in parts)
+    elif _whole(value):
+        ids = (int(value),)
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, dict)):
+        items = list(value)
+        if all(_whole(c) for c in items):
+            ids = tuple(int(c) for c in items)
+    if ids == ():
+        raise InputError(f"{flag} is empty, which would keep no detection; leave it out for every class, or give ids "
+                         f"like 0,2")
+    if ids is None:
+        raise InputError(f"{flag} takes class ids like 0,2 (or a list of them), got {value!r}")
+    return ids
+
+
+_ID = re.compile(r"-?[0-9]+")  # an id as text, in ASCII digits (a negative one is refused by --classes' limit)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

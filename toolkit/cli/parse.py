@@ -9,14 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from toolkit.errors import InputError
+from toolkit.options import class_ids
 
 
 def parse_classes(text: str | None, flag: str = "--classes") -> tuple[int, ...] | None:
-    """``0,2,5`` -> ``(0, 2, 5)``; None or "" -> None (every class)."""
-    try:
-        return tuple(int(c) for c in text.replace(" ", "").split(",") if c) if text else None
-    except ValueError:
-        raise InputError(f"{flag} takes class ids like 0,2,5, got {text!r}") from None
+    """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None or "" -> None (every class)."""
+    return class_ids(text, flag) if text else None
 
 
 def parse_amount(text: str, flag: str, base: int) -> int:

@@ -39,7 +39,20 @@ from toolkit.ops import (
     scale_boxes,
     to_chw_rgb,
 )
-from toolkit.options import CONF, DETECTION, IMGSZ, INPUTS, IOU, MAX_DET, MODEL, SPEED, check, flag_of, option
+from toolkit.options import (
+    CONF,
+    DETECTION,
+    IMGSZ,
+    INPUTS,
+    IOU,
+    MAX_DET,
+    MODEL,
+    SPEED,
+    check,
+    class_ids,
+    flag_of,
+    option,
+)
 
 if TYPE_CHECKING:
     from backends.base import Runner
@@ -611,21 +624,6 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
     return replace(nms, multi_label=False)
-
-
-def class_ids(value: Any) -> tuple[int, ...]:
-    """``--classes`` as class ids: ``0,2`` (text), one id, or a sequence of ids; :class:`InputError` otherwise."""
-    try:
-        if isinstance(value, str):
-            return tuple(int(c) for c in value.replace(" ", "").split(",") if c)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return (int(value),)
-        ids = tuple(value)
-        if all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in ids):
-            return tuple(int(c) for c in ids)
-    except (TypeError, ValueError):
-        pass
-    raise InputError(f"--classes takes class ids like 0,2 (or a list of them), got {value!r}")
 
 
 def image_array_problem(image: np.ndarray) -> str | None:

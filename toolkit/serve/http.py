@@ -166,6 +166,10 @@ class _Http:
             return _error(r)
 
         async def answer(gone: asyncio.Future[Any], body: bytes, ticket: Any, arrived: float) -> Response:
+            if request.query_params:  # ?conf=0.5 here would be ignored, and the answer would look like it took it
+                raise ProtocolError(f"the KServe v2 infer route takes no query string (got "
+                                    f"{request.url.query[:60]!r}); put settings in the request's 'parameters' "
+                                    f"(tritonclient: parameters={{...}}), or use /v1/detect?conf=...")
             parsed = parse_http(body, header_length(request.headers.get(HEADER_LENGTH)))
             tensors = await svc.infer(ticket, parsed, arrived, gone)
             t0 = asyncio.get_running_loop().time()

@@ -52,8 +52,9 @@ MAX_IMAGES = 256  # images in one request (each is decoded and prepared on its o
 VERSION = "1"
 CPU_BATCH = 8  # the default --max-batch on a CPU, where batching buys little beyond fewer Python round trips
 # request parameters of the protocol itself, beside the detector settings: binary outputs; Triton's request timeout
-# (microseconds) and priority (accepted, not used)
+# (microseconds, read by the service) and priority (checked, not used); /v1/detect takes the timeout alone
 PROTOCOL_PARAMETERS = ("binary_data_output", "timeout", "priority")
+DETECT_PARAMETERS = ("timeout",)
 _FORMS = "BYTES [B] (encoded image files) or FP32 [B,3,H,W] (RGB in 0-1, letterboxed)"
 ENCODED, TENSOR = "encoded", "tensor"  # the two forms of an image (Work.form)
 T = TypeVar("T")
@@ -119,9 +120,11 @@ class ModelFacts:
                 "properties": properties}
 
     # ------------------------------------------------------------------------------------------- a request
-    def nms_for(self, parameters: dict[str, Any]) -> NMSOptions:
-        """The NMS settings of a request with these ``parameters`` (unknown names refused, naming the nearest)."""
-        refuse_unknown(parameters, (*REQUEST_PARAMETERS, *PROTOCOL_PARAMETERS), "the request's parameters")
+    def nms_for(self, parameters: dict[str, Any], protocol: tuple[str, ...] = PROTOCOL_PARAMETERS) -> NMSOptions:
+        """The NMS settings of a request with these ``parameters`` (unknown names refused, naming the nearest;
+        ``protocol``: the protocol's own parameters the route takes, checked by :func:`check_protocol`)."""
+        refuse_unknown(parameters, (*REQUEST_PARAMETERS, *protocol), "the request's parameters")
+        check_protocol(parameters)
         asked = {k: v for k, v in parameters.items() if k in REQUEST_PARAMETERS}
         return request_nms(self.config, self.meta, self.nms, asked, self.name)
 
@@ -342,3 +345,17 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def check_protocol(parameters: dict[str, Any]) -> None:
+    """Refuse a protocol parameter of the wrong kind, as its detector settings are refused: ``binary_data_output``
+    true or false, ``priority`` a whole number (Triton's uint64). The ``timeout`` is read with the deadline."""
+    flag = parameters.get("binary_data_output")
+    if flag is not None and not isinstance(flag, bool):  # a gRPC string_param "false" read as nothing at all
+        raise ProtocolError(f"parameter binary_data_output must be true or false, got {flag!r}")
+    priority = parameters.get("priority")
+    whole = (isinstance(priority, int) and not isinstance(priority, bool) and priority >= 0) or \
+        (isinstance(priority, str) and priority.isascii() and priority.isdigit())
+    if priority is not None and not whole:
+        raise ProtocolError(f"parameter priority takes a whole number of 0 or more (Triton's request priority), got "
+                            f"{priority!r}")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit.engine.core import DetectorConfig, class_ids, resolve_nms
+from toolkit.engine.core import DetectorConfig, resolve_nms
 from toolkit.errors import InputError
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions
-from toolkit.options import RAY, SERVER, build, check, declared, group, option
+from toolkit.options import RAY, SERVER, build, check, class_ids, declared, group, option
 
 # DetectorConfig's options that a server has no use for (by flat name): it reads no files, URLs, videos or streams,
 # and letterboxes on the host
@@ -194,9 +194,10 @@ def _typed(name: str, value: Any) -> Any:
             if isinstance(value, str) and (not value.isascii() or "_" in value):
                 raise ValueError  # float() and int() take "1_0" as 10 and other digits than 0-9
             return kind(value)
-        if isinstance(value, (str, int, list, tuple)):
-            return class_ids(value) or None  # the library's reading of --classes
-    except (TypeError, ValueError, InputError):
+    except (TypeError, ValueError):
         pass
+    else:
+        if isinstance(value, (str, int, list, tuple)):
+            return class_ids(value, f"parameter {name}")  # the library's reading of --classes
     what = {"conf": "a number", "iou": "a number", "max_det": "a whole number"}.get(name, "class ids like 0,2")
     raise InputError(f"parameter {name} takes {what}, got {value!r}")

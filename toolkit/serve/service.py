@@ -25,7 +25,7 @@ from toolkit.errors import InputError, YolokitError
 from toolkit.serve import metrics as m
 from toolkit.serve.batcher import Admission, Batcher, Draining, Expired, QueueFull, Ticket
 from toolkit.serve.metrics import ServerMetrics
-from toolkit.serve.model import ENCODED, ModelFacts, ModelFailure, ServedModel, Work, timed
+from toolkit.serve.model import DETECT_PARAMETERS, ENCODED, ModelFacts, ModelFailure, ServedModel, Work, timed
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import InferRequest, ProtocolError, Tensor
 
@@ -173,7 +173,7 @@ class Service:
         model = self.check_model(self.name)
         deadline = self._deadline(arrived, parameters.get("timeout"))  # the query string's, as the docs say
         with self._refusals():
-            nms = model.nms_for(parameters)
+            nms = model.nms_for(parameters, DETECT_PARAMETERS)
             dets = await self._run(ticket, [Work(ENCODED, data, "image", nms)], deadline, gone)
             return dets[0].to_detect_json()
 
@@ -187,7 +187,8 @@ class Service:
     def _deadline(self, arrived: float, timeout_us: Any) -> Deadline:
         seconds = self.options.timeout_s
         if timeout_us is not None:  # Triton's request timeout, in microseconds (a query string's text too)
-            us = int(timeout_us) if isinstance(timeout_us, str) and timeout_us.strip().isdigit() else timeout_us
+            text = timeout_us.strip() if isinstance(timeout_us, str) else ""
+            us = int(text) if text.isascii() and text.isdigit() else timeout_us  # not "1_0", nor other digits
             if isinstance(us, bool) or not isinstance(us, int) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
                                    f"{timeout_us!r}")
