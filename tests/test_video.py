@@ -74,6 +74,24 @@ def test_vid_stride_writes_one_mp4_at_source_fps_over_n(mode: str, tmp_path: Pat
     assert [bool(m.get("video_done")) for m in frames] == [False] * 7 + [True]
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_the_progress_counts_a_videos_frames_toward_its_total(mode: str, tmp_path: Path) -> None:
+    """The total was the count of inputs, a video one of them: 20/1 on the bar for a video of 20 frames."""
+    from toolkit.jobs.run import RunOptions, run
+
+    src = tmp_path / "src"
+    _video(src / "clip.avi", 25, fps=10.0)
+    cv2.imwrite(str(src / "still.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    seen: list[tuple[int, int]] = []
+    summary = run(RunOptions.of(source=str(src), weights=RANDOM, imgsz=64, vid_stride=3, mode=mode, workers=2,
+                                nosave=True, project=str(tmp_path), name="r"),
+                  progress=lambda done, total, _: seen.append((done, total)))
+    assert summary.images == 9 and [d for d, _ in seen] == list(range(1, 10))  # 8 frames (25 // 3) and the still
+    assert all(done <= total for done, total in seen)
+    first_frame = next(i for i, (_, total) in enumerate(seen) if total != 2)  # until then: two inputs
+    assert {total for _, total in seen[first_frame:]} == {9}, seen
+
+
 def test_a_corrupt_stretch_fails_only_its_frames_and_the_video_keeps_the_rest(tmp_path: Path) -> None:
     v = _video(tmp_path / "v.avi", 20)
     data = bytearray(v.read_bytes())

@@ -39,7 +39,7 @@ class Progress:
         if self._bar is not None:
             elapsed = self._bar.tasks[0].elapsed or 0.0
             rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
-            self._bar.update(self._task, completed=done, total=total, rate=rate)
+            self._bar.update(self._task, completed=done, total=total or None, rate=rate)  # 0: not known
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

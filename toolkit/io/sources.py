@@ -62,6 +62,7 @@ class InputRef:
     fps: float = 0.0
     live: bool = False
     content_id: str = ""
+    frames: int = 0  # a video frame's: how many frames its video is to give (after --vid-stride); 0: not known
 
     @property
     def name(self) -> str:
@@ -408,7 +409,7 @@ def _video_frames(ref: InputRef, path: str, name: str, stride: int
         grabbed = False
 
         def frame_ref(index: int) -> InputRef:
-            return InputRef(ref.path, f"{ref.key}_{(index + 1) // stride}", index, ref.key, fps)
+            return InputRef(ref.path, f"{ref.key}_{(index + 1) // stride}", index, ref.key, fps, frames=total // stride)
 
         def failed(numbers: Iterable[int], reason: str = UNDECODABLE) -> Iterator[tuple[InputRef, None, str]]:
             return ((frame_ref(k), None, reason) for k in numbers if (k + 1) % stride == 0)

@@ -162,6 +162,7 @@ class Outcome:
     crops: list[str] | None = None  # crop files written (below crops/), with --save-crop
     video: str = ""  # a video frame's video key
     video_done: bool = False  # the last record of a video whose outputs (its annotated .mp4) are complete
+    frames: int = 0  # a video frame's: the frames its video is to give (InputRef.frames; 0: not known)
     files: list[str] = field(default_factory=list)  # files written (below the run folder), crops apart
 
 
@@ -198,7 +199,7 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: lis
     The local engine calls this in its output pool, the Ray engine inside its workers."""
     key, video = res.ref.key, res.ref.video
     if res.error is not None:
-        return Outcome(key, res.ref.name, res.error, video=video)
+        return Outcome(key, res.ref.name, res.error, video=video, frames=res.ref.frames)
     d = res.detections
     assert d is not None
     save = opts.save
@@ -229,7 +230,7 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: lis
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,
                    csv_rows(d, res.ref.path, res.ref.frame) if save.save_csv else None, written, video,
-                   files=files)
+                   files=files, frames=res.ref.frames)
 
 
 def _shown(value: Any) -> str:

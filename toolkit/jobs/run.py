@@ -11,6 +11,7 @@ import itertools
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -252,7 +253,9 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     continues an interrupted run in the same folder: nothing done twice, nothing missing. A resume needs the same
     output settings; it redoes inputs that changed, removes the outputs of inputs gone from SOURCE and retries
     failed inputs that may pass now (all of them with ``opts.retry_failed``). One run at a time holds the folder.
-    ``progress(done, total, result)`` is called after each input. ``release=False`` releases the model this run
+    ``progress(done, total, result)`` is called after each image or frame (``total``: the images and frames of
+    the run, as far as known: a video counts as its frames once its first is read; 0 for live streams).
+    ``release=False`` releases the model this run
     loaded in a background thread, for a caller whose process ends right after (the ``yolokit`` command): the run
     returns without waiting for it (OpenVINO took 25 ms), and an exit that does not wait for it ends it.
     """
@@ -314,7 +317,11 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
-    total = len(sources.items) + len(sources.failed) + len(records.previous)
+    # what the progress counts toward: images and frames; a video counts as one until its first frame says how many
+    # frames it gives (a live stream's are not known: 0, no total)
+    total = 0 if live else len(sources.items) + len(sources.failed) + len(records.previous)
+    counted: set[str] = set()  # the videos whose frames are in the total
+    recorded = Counter(str(r["video"]) for r in records.previous if r.get("video"))  # a resumed run's frames
     reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
     engine: Engine | None = None
     outcomes: Iterator[Outcome] | None = None
@@ -334,6 +341,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                 reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
                 records.record(oc, path, fp, retry)
                 if progress is not None:
+                    total = _progress_total(total, oc, counted, recorded, summary.images)
                     progress(summary.images, total, oc)
     except KeyboardInterrupt:
         summary.interrupted = True  # what is done is written; the summary says the run was cut short
@@ -361,6 +369,19 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     if summary.images == 0 and not summary.interrupted:
         raise InputError(f"{opts.source or source_label}: no inputs to process")
     return summary
+
+
+def _progress_total(total: int, oc: Outcome, counted: set[str], recorded: Counter[str], done: int) -> int:
+    """The progress's total once ``oc`` is done: a video's first frame turns the one input it was counted as into
+    the frames it is to give, less those a resumed run had recorded; never below what is done (a frame count is
+    the container's, and can be an estimate). 0 stays 0 (not known)."""
+    if not total:
+        return 0
+    if oc.video and oc.video not in counted:
+        counted.add(oc.video)
+        if oc.frames:
+            total += max(oc.frames - recorded[oc.video], 0) - 1
+    return max(total, done)
 
 
 def _resume_notes(found: dict[str, list[str]]) -> list[str]:
