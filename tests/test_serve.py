@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
 import os
 import signal
 import socket
@@ -450,6 +451,21 @@ def test_grpc_bytes_that_are_not_the_calls_message_get_invalid_argument(server: 
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, e.value)
             assert f"not a KServe v2 {call}Request message" in e.value.details() and "\n" not in e.value.details()
     assert tritonclient_grpc.InferenceServerClient(server.grpc).is_server_live()
+
+
+def test_a_request_that_is_not_http_gets_the_protocols_error_object(server: Served) -> None:
+    """uvicorn's own refusal was the plain text "Invalid HTTP request received."; a script reading every error as
+    {"error": ...} could not read it. Now the same 400 and the protocol's error object, the connection closed."""
+    for head in ("POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                 "GARBAGE\r\n\r\n",
+                 "POST /v1/detect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                 "POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"):
+        s = _raw(server.port, head)
+        status, headers, body = _response(s)
+        s.close()
+        assert status == 400 and headers["content-type"] == "application/json", (head, body)
+        assert "is not valid HTTP/1.1" in json.loads(body)["error"] and headers["connection"] == "close"
+    assert httpx.get(server.url + "/v2/health/ready", timeout=60).status_code == 200
 
 
 def test_a_body_over_the_limit_gets_413_before_it_is_read(server: Served) -> None:

@@ -120,7 +120,7 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             yield
 
     config = uvicorn.Config(create_app(service=service), log_level="warning", access_log=False, lifespan="off",
-                            server_header=False,
+                            server_header=False, http=_json_refusals(),
                             timeout_graceful_shutdown=max(1, int(opts.drain_timeout)))
     http = Server(config)
     signals = _Signals()
@@ -170,6 +170,28 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             if model is not None and not running:  # a batch still running keeps its model (the process is ending)
                 model.close()
     log("yolokit serve: stopped")
+
+
+# what a request that is not HTTP at all gets (uvicorn answered "Invalid HTTP request received." as plain text)
+NOT_HTTP = ("the request is not valid HTTP/1.1 (a malformed request line, header or body framing, such as a "
+            "Content-Length that is not a number); send it with an HTTP client")
+
+
+def _json_refusals() -> type:
+    """uvicorn's HTTP protocol (httptools where installed, else h11), answering a request it cannot parse with the
+    protocol's error object, as every other refusal is, instead of a plain-text body."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from toolkit.serve.protocol import error_body
+
+    class JsonRefusals(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def send_400_response(self, msg: str) -> None:
+            body = error_body(NOT_HTTP)
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.close()
+
+    return JsonRefusals
 
 
 def _load(settings: ServeSettings, name: str, log: Log) -> tuple[ServedModel, int]:
