@@ -116,7 +116,18 @@ def test_class_ids_are_read_strictly(value: Any, message: str) -> None:
         DetectorConfig(classes=value)
     assert str(e.value).startswith(message)
     assert class_ids(" 0 , 2 ") == class_ids([0, np.int64(2)]) == class_ids(np.array([0, 2])) == (0, 2)
+    assert class_ids("4 5") == class_ids("4,\t5") == (4, 5)  # "4 5" was class 45: the spaces were dropped
     assert class_ids(3) == (3,)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1e300G", "1_0M", "\u0665M", "ten"])
+def test_amounts_that_are_no_number_are_refused_in_one_line(value: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """nan and inf were a traceback (ValueError, OverflowError from int()); 1_0M was 10M."""
+    for flag in ("--max-pixels", "--max-file-size", "--download-memory"):
+        assert main(["run", str(tmp_path), flag, value, "--project", str(tmp_path / "p")]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} takes a number like 500M or 2G, got {value!r}" in err and "Traceback" not in err, err
 
 
 def test_classes_on_the_command_line_are_the_librarys_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]

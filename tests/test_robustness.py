@@ -193,8 +193,9 @@ from toolkit.errors import InputError
 from toolkit.io.sources import list_sources
 for source in sys.argv[1:]:
     try:
-        list_sources(source)
-        print("no error")
+        found = list_sources(source)
+        print("no error: " + " ".join(sorted(ref.path.rsplit("/", 1)[-1] for ref in found.items)) + " | "
+              + " | ".join(f"{ref.path.rsplit('/', 1)[-1]}: {why}" for ref, why in found.failed))
     except InputError as e:
         print(e)
 """
@@ -230,14 +231,21 @@ def test_unreadable_file_and_folder_are_listed_as_permission_denied(tmp_path: Pa
                               "--conf", "0.00001", "--save-txt", "--nosave", "--project", str(tmp_path), "--name",
                               "r", "--json"], capture_output=True, text=True, timeout=120)
         # an unreadable SOURCE folder or list file is one clear error, not "no images" or a traceback
-        as_source = subprocess.run([*python, "-c", _LIST_SOURCES, str(src / "sealed"), str(listing)],
-                                   capture_output=True, text=True, timeout=60)
+        as_source = subprocess.run([*python, "-c", _LIST_SOURCES, str(src / "sealed"), str(listing),
+                                    str(src / "sealed" / "*.jpg"), str(src / "**" / "*.jpg"),
+                                    str(src / "sealed" / "c.jpg")], capture_output=True, text=True, timeout=60)
     finally:
         for p, mode in ((locked, 0o644), (src / "sealed", 0o755), (listing, 0o644)):
             p.chmod(mode)
-    assert as_source.stdout.splitlines() == [f"{src / 'sealed'}: cannot list the folder (permission denied)",
-                                             f"{listing}: cannot read the list file (permission denied)"], \
-        as_source.stderr
+    # a glob: was a traceback (PermissionError from Path.exists), and its ** skipped the folder without a word
+    assert as_source.stdout.splitlines() == [
+        f"{src / 'sealed'}: cannot list the folder (permission denied)",
+        f"{listing}: cannot read the list file (permission denied)",
+        f"{src / 'sealed' / '*.jpg'}: cannot list the folder {src / 'sealed'} (permission denied)",
+        "no error: a.jpg b.jpg locked.jpg | sealed: permission denied (cannot list the folder; its images were not "
+        "read)",
+        f"{src / 'sealed' / 'c.jpg'}: permission denied (a folder on the way cannot be searched); check its "
+        f"permissions"], as_source.stderr
     assert out.returncode == 1, out.stderr
     summary = json.loads(out.stdout)
     failures = [json.loads(line) for line in (tmp_path / "r" / "failures.jsonl").read_text().splitlines()]

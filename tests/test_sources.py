@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -96,6 +97,40 @@ def test_glob_list_file_and_missing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="matches no files"):
         list_sources(str(tmp_path / "*.gif"))
 
+
+
+def test_a_glob_walks_each_folder_once_and_matches_as_glob_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """glob's ** followed a link back up until the path grew too long: one image listed 41 times, or, with two
+    loops, a run that printed nothing for minutes. Now each folder is walked once, as a folder SOURCE is."""
+    d = tmp_path / "gl" / "d"
+    _jpg(d / "x.jpg")
+    (d / "up").symlink_to("..")
+    (d / "self").symlink_to(".")
+    assert [r.path for r in list_sources(str(tmp_path / "gl" / "**" / "*.jpg")).items] == [str(d / "x.jpg")]
+    # glob's own matching otherwise: ** any folders (none too), * within a name, hidden names only when asked
+    for name in ("a.jpg", "s/b.jpg", "s/t/c.jpg", ".h.jpg", ".hid/d.jpg", "s/e.png", "s/t/u/f.jpg"):
+        _jpg(tmp_path / "m" / name)
+    monkeypatch.chdir(tmp_path / "m")
+    for pattern in ("**/*.jpg", "*.jpg", "*/*.jpg", "s/**/*.jpg", "s/*/c.jpg", "**/t/*.jpg", "s/**", ".*/*.jpg",
+                    "[as]*/*.?pg", "*/t/**/*.jpg", str(tmp_path / "m" / "s" / "*.jpg")):
+        want = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+        got = [r.path for r in list_sources(pattern).items] + [r.path for r, _ in list_sources(pattern).failed]
+        assert sorted(got) == want, pattern
+
+
+def test_a_source_that_cannot_be_looked_at_is_one_line(tmp_path: Path) -> None:
+    for source, message in (("", "SOURCE is empty"),
+                            (str(tmp_path / ("a" * 300 + ".jpg")), "the name is longer than the file system allows"),
+                            (str(tmp_path / ("a" * 300) / "*.jpg"), "the pattern matches no files")):
+        with pytest.raises(InputError, match=message):
+            list_sources(source)  # the long name was a traceback (OSError: File name too long)
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(InputError, match="loop.jpg: a symbolic link loop"):
+        list_sources(tmp_path / "loop.jpg")  # was "broken symbolic link"
+    (tmp_path / "gone.jpg").symlink_to("nothing.jpg")
+    with pytest.raises(InputError, match="gone.jpg: broken symbolic link"):
+        list_sources(tmp_path / "gone.jpg")
 
 
 def test_a_list_written_by_any_editor_finds_every_name(tmp_path: Path) -> None:

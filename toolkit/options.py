@@ -327,14 +327,14 @@ __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "IN
 
 
 def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
-    """``--classes`` as class ids: ``0,2`` (text), one id, or a sequence of ids; :class:`InputError` naming ``flag``
-    otherwise. Strict, since a slip here silently changes what a run keeps: an empty part (``0,,2``), an id written
-    ``1_0`` or in other digits than 0-9 (``int()`` takes both) and an empty list (it would keep no detection) are
-    refused."""
+    """``--classes`` as class ids: ``0,2`` or ``0 2`` (text), one id, or a sequence of ids; :class:`InputError`
+    naming ``flag`` otherwise. Strict, since a slip here silently changes what a run keeps: an empty part
+    (``0,,2``), an id written ``1_0`` or in other digits than 0-9 (``int()`` takes both) and an empty list (it would
+    keep no detection) are refused."""
     ids: tuple[int, ...] | None = None
     if isinstance(value, str):
-        text = value.replace(" ", "")
-        parts = text.split(",") if text else []
+        text = value.strip()
+        parts = re.split(r"\s*,\s*|\s+", text) if text else []  # "0,2", "0, 2" or "0 2" (detect.py's form)
         if all(_ID.fullmatch(p) for p in parts):
             ids = tuple(int(p) for p in parts)
     elif _whole(value):

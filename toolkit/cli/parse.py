@@ -5,6 +5,7 @@ The option declarations name these forms (``Option.text``); :mod:`toolkit.cli.pa
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,9 @@ def parse_amount(text: str, flag: str, base: int) -> int:
     try:
         value = float(t[:-1] if scale > 1 else t)
     except ValueError:
-        raise InputError(f"{flag} takes a number like 500M or 2G, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value * scale) or "_" in t or not t.isascii():  # nan, inf, 1e400; float() took 1_0 as 10
+        raise InputError(f"{flag} takes a number like 500M or 2G, got {text!r}")
     if value <= 0:
         raise InputError(f"{flag} must be positive, got {text!r}")
     return int(value * scale)

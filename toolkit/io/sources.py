@@ -6,7 +6,8 @@ entry becomes an input or a failure with its reason; nothing is silently skipped
 from __future__ import annotations
 
 import contextlib
-import glob as globmod
+import errno
+import fnmatch
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -114,7 +115,9 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     text = local_path(os.fspath(source))
     path = Path(text)
     failed: list[tuple[InputRef, str]] = []
-    if is_live(text) and not path.exists():  # a folder named 0 stays a folder
+    if not text.strip():
+        raise InputError("SOURCE is empty: give an image, a video, a folder, a glob, a .txt list or a stream")
+    if is_live(text) and not os.path.lexists(text):  # a folder named 0 stays a folder
         return SourceList([], [], "", _streams([text]))
     if is_url(text):
         problem = url_problem(text)
@@ -123,7 +126,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_files([text], "", failed)
     if is_store_url(text):
         return _from_store(text)
-    if path.suffix.lower() == ".streams" and path.is_file():
+    if path.suffix.lower() == ".streams" and os.path.isfile(text):
         try:
             lines = list_lines(path.read_bytes())
         except OSError as e:
@@ -132,50 +135,33 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         if not lines:
             raise InputError(f"{text}: the streams file lists no stream (one URL or webcam index a line)")
         return SourceList([], [], "", _streams(lines))
-    if any(ch in text for ch in "*?[") and not path.exists():
+    if _magic(text) and not os.path.lexists(text):
         root = text.split("*")[0].split("?")[0].split("[")[0]
         root = root if root.endswith(os.sep) else os.path.dirname(root)
         # every match that is not a folder: a named pipe or a device is listed and refused by the reader, not
         # silently dropped
-        files = sorted(p for p in globmod.glob(text, recursive=True) if not os.path.isdir(p))
-        if not files:
+        files = _glob(text, failed)
+        if not files and not failed:
             raise InputError(f"{text}: the pattern matches no files")
         return _from_files(files, root, failed)
-    if path.is_dir():
+    problem = _stat_problem(text)
+    if problem is not None:
+        raise InputError(f"{text}: {problem}")
+    if os.path.isdir(text):
         files = []
-
-        def unlistable(e: OSError) -> None:
-            # os.walk skips a folder it cannot list; record it so its images are not silently lost
-            where = e.filename if isinstance(e.filename, str) else text
-            if os.path.normpath(where) == os.path.normpath(text):
-                raise InputError(f"{text}: cannot list the folder ({os_reason(e)})")
-            key = os.path.relpath(where, text) + os.sep  # a folder's key cannot equal a file's key
-            failed.append((InputRef(where, key), f"{os_reason(e)} (cannot list the folder; its images were "
-                                                  f"not read)"))
-
-        seen: set[tuple[int, int]] = set()  # folders walked, by device and inode: a link back up is walked once
-        for dirpath, dirnames, filenames in os.walk(text, onerror=unlistable, followlinks=True):
-            try:
-                st = os.stat(dirpath)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in seen:  # a link to a folder walked already (a loop, or two links to one)
-                dirnames[:] = []
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            dirnames.sort()
+        for dirpath, _, filenames in _walk(text, text, failed):
             for f in filenames:
                 full = os.path.join(dirpath, f)
                 if _kind(full) is not None:
                     files.append(full)
                 elif os.path.islink(full) and not os.path.exists(full):
-                    failed.append((InputRef(full, _key(full, text)), "broken symbolic link"))
+                    failed.append((InputRef(full, _key(full, text)), _link_problem(full)))
         files.sort()
         if not files and not failed:
             raise InputError(f"{text}: the folder has no images or videos "
                              f"(looked for {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
         return _from_files(files, text, failed)
-    if path.suffix.lower() == ".txt" and path.is_file():
+    if path.suffix.lower() == ".txt" and os.path.isfile(text):
         base = path.parent
         try:
             lines = list_lines(path.read_bytes())
@@ -185,7 +171,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         files = [str(base / ln) if not (os.path.isabs(ln) or "://" in ln) else ln
                  for ln in lines if ln and not ln.startswith("#")]
         return _from_files(files, "", failed)
-    if path.is_file():
+    if os.path.isfile(text):
         return _from_files([text], str(path.parent), failed)
     if os.path.exists(text):  # neither a folder nor a regular file: a named pipe, a socket, a device
         if _kind(text) is not None:  # named like an image or video: one input, refused (with the reason) when read
@@ -193,8 +179,100 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         raise InputError(f"{text}: is {special_kind(os.stat(text).st_mode)}, not an image, video, folder or list "
                          f"file")
     if os.path.islink(text):
-        raise InputError(f"{text}: broken symbolic link")
+        raise InputError(f"{text}: {_link_problem(text)}")
     raise InputError(f"{text}: no such file or folder (give an image, a video, a folder, a glob or a .txt list)")
+
+
+def _magic(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _stat_problem(path: str) -> str | None:
+    """Why ``path`` cannot even be looked at, beyond its absence (which the caller words): None when it can, or
+    when it does not exist."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            return "the name is longer than the file system allows (255 bytes a name); check the path"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied (a folder on the way cannot be searched); check its permissions"
+    except ValueError:  # a NUL byte in it
+        return "the name holds a NUL byte, which no file name can"
+    return None
+
+
+def _link_problem(path: str) -> str:
+    """What is wrong with a symbolic link that leads nowhere."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (the link leads back to itself); point it at a file or folder"
+    return "broken symbolic link (what it points to is gone); fix or remove the link"
+
+
+def _walk(top: str, source: str, failed: list[tuple[InputRef, str]]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``top`` following links to folders, sorted, each folder once (by device and inode: a link
+    back up, or two links to one folder, is walked once); a folder below ``top`` that cannot be listed is a failure
+    of ``source`` (its images were not read), ``top`` itself an :class:`InputError`."""
+    def unlistable(e: OSError) -> None:
+        # os.walk skips a folder it cannot list; record it so its images are not silently lost
+        where = e.filename if isinstance(e.filename, str) else top
+        if os.path.normpath(where) == os.path.normpath(top):
+            named = "" if top == source else f" {top}"
+            raise InputError(f"{source}: cannot list the folder{named} ({os_reason(e)})")
+        key = os.path.relpath(where, top) + os.sep  # a folder's key cannot equal a file's key
+        failed.append((InputRef(where, key), f"{os_reason(e)} (cannot list the folder; its images were not read)"))
+
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a link to a folder walked already (a loop, or two links to one)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        yield dirpath, dirnames, sorted(filenames)
+
+
+def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> list[str]:
+    """The paths that glob's recursive form matches with ``pattern`` (``**``: any folders; a name starting with
+    '.' only where the pattern's part starts with '.'), but folders apart, found by walking from its fixed part as
+    a folder SOURCE is walked (:func:`_walk`): glob followed a link loop until the path grew too long, listing an
+    image once per turn (or for minutes), and skipped a folder it could not list without a word."""
+    parts = pattern.split(os.sep)
+    fixed = next(i for i, part in enumerate(parts) if _magic(part))
+    base = os.sep.join(parts[:fixed]) if fixed else ""
+    base = base or (os.sep if pattern.startswith(os.sep) else "")
+    rest = parts[fixed:]
+    top = base or os.curdir
+    if not os.path.isdir(top):
+        return []
+    deepest = None if any(part == "**" for part in rest) else len(rest) - 1  # folders below top a match can be in
+    out = []
+    for dirpath, dirnames, filenames in _walk(top, pattern, failed):
+        rel = [] if dirpath == top else os.path.relpath(dirpath, top).split(os.sep)
+        if deepest is not None and len(rel) >= deepest:
+            dirnames[:] = []
+        for f in filenames:
+            if _matches([*rel, f], rest):
+                out.append(os.path.join(dirpath, f) if base else os.path.join(*rel, f))
+    return sorted(out)
+
+
+def _matches(names: list[str], parts: list[str]) -> bool:
+    """Whether a path's ``names`` match a glob's ``parts`` (``**`` matching any number of names)."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return _matches(names, parts[1:]) or (bool(names) and not names[0].startswith(".")
+                                              and _matches(names[1:], parts))
+    return bool(names) and (not names[0].startswith(".") or parts[0].startswith(".")) and \
+        fnmatch.fnmatchcase(names[0], parts[0]) and _matches(names[1:], parts[1:])
 
 
 def _unique_key(key: str, path: str, taken: set[str]) -> str:
