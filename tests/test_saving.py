@@ -104,6 +104,29 @@ def _kill_part_way(cmd: list[str], manifest: Path, at: int, total: int) -> int:
     return done
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_annotated_images_keep_their_format_and_the_records_name_them(mode: str, tmp_path: Path) -> None:
+    """The records named every annotated image .jpg (Path(".png").suffix is ""), so a resume that removed a vanished
+    input's outputs left its .png behind, and process mode wrote PNG data into a file named .jpg."""
+    src = tmp_path / "src"
+    for i, name in enumerate(("a.png", "b.jpeg", "c.jpg", "d.tif", "e.bmp")):
+        _img(src / name, 48, 64, seed=i)
+    common = ["--weights", RANDOM, "--imgsz", "64", "--project", str(tmp_path), "--name", "r", "--mode", mode,
+              "--workers", "2"]
+    assert main(["run", str(src), *common]) == 0
+    out = tmp_path / "r"
+    want = {"a.png": b"\x89PNG", "b.jpeg": b"\xff\xd8", "c.jpg": b"\xff\xd8", "d.jpg": b"\xff\xd8", "e.bmp": b"BM"}
+    assert {p.name for p in out.iterdir() if p.suffix not in (".jsonl", ".json", ".lock")} == set(want)
+    for name, magic in want.items():
+        assert (out / name).read_bytes().startswith(magic), name
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(f for m in manifest for f in m["files"]) == sorted(want)
+    (src / "a.png").unlink()
+    (src / "b.jpeg").unlink()
+    assert main(["run", str(src), *common, "--resume"]) == 0
+    assert not (out / "a.png").exists() and not (out / "b.jpeg").exists() and (out / "c.jpg").is_file()
+
+
 def test_sigkill_then_resume_keeps_csv_and_crops_exact(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for i in range(80):

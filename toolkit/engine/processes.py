@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_ready
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,13 +81,13 @@ def _lite(index: int, r: Result, spec: TaskSpec) -> Lite:
         return (index, None, None, None, None, r.error, None, None)
     encoded = crops = None
     if r.image is not None:  # annotated and cut here, in the worker, with the whole-pixel boxes outputs carry
-        from toolkit.io.outputs import annotate, encode_crops, encode_image, image_suffix
+        from toolkit.io.outputs import annotate, annotated_suffix, encode_crops, encode_image
 
         rounded = d.rounded()
         # a video frame goes into its video: the parent, which decoded it, annotates it there
         if spec.annotate and not r.ref.video:
-            suffix = image_suffix(Path(r.ref.path)) if r.ref.frame is None else ".jpg"
-            encoded = encode_image(annotate(r.image, rounded, spec.style, copy=spec.crops), suffix, r.ref.name)
+            encoded = encode_image(annotate(r.image, rounded, spec.style, copy=spec.crops),
+                                   annotated_suffix(r.ref.path, r.ref.frame), r.ref.name)
         if spec.crops:
             crops = encode_crops(r.image, rounded)
     return (index, d.xyxy, d.confidence, d.class_id, d.shape, None, encoded, crops)

@@ -155,6 +155,11 @@ def image_suffix(path: Path) -> str:
     return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
 
 
+def annotated_suffix(path: str, frame: int | None) -> str:
+    """The suffix of an input's annotated image: its image's (:func:`image_suffix`), ``.jpg`` for a video frame."""
+    return image_suffix(Path(path)) if frame is None else ".jpg"
+
+
 def encode_image(image: np.ndarray, suffix: str, name: str = "image") -> bytes:
     ok, buf = cv2.imencode(suffix, image)
     if not ok:

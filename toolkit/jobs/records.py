@@ -15,11 +15,11 @@ from toolkit.errors import InputError
 from toolkit.io.outputs import (
     AnnotateStyle,
     annotate,
+    annotated_suffix,
     coco_image_id,
     coco_results,
     csv_rows,
     encode_crops,
-    image_suffix,
     write_encoded,
     write_image,
     write_labels,
@@ -210,14 +210,14 @@ def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: lis
         write_labels(out_dir, f"labels/{key}.txt", d, save.save_conf)
         files.append(f"labels/{key}.txt")
     if not save.nosave and not video and (res.image is not None or res.annotated is not None):
-        suffix = Path(res.ref.path).suffix if res.ref.frame is None else ".jpg"
-        name = f"{key}{image_suffix(Path(suffix))}"  # the name write_image gives it too
-        if res.annotated is not None:
+        # .png for a PNG, .jpg for a TIFF or a video frame (Path(".png").suffix is "": every name was .jpg here)
+        name = f"{key}{annotated_suffix(res.ref.path, res.ref.frame)}"
+        if res.annotated is not None:  # encoded by a process-mode worker, with the same suffix
             write_encoded(out_dir, name, res.annotated)
         else:
             assert res.image is not None
             # drawn on the decoded image itself unless crops are cut from it next (nothing else reads it)
-            write_image(out_dir, f"{key}{suffix}", annotate(res.image, d, opts.draw, copy=bool(crop_names)))
+            name = write_image(out_dir, name, annotate(res.image, d, opts.draw, copy=bool(crop_names)))
         files.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
