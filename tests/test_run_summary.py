@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.jobs.run import failure_lines
+from toolkit.jobs.run import RunSummary, failure_lines, format_summary
 
 CUT = "the video file ends before this frame (cut short)"
 
@@ -50,3 +50,15 @@ def test_a_name_with_a_newline_or_other_bytes_stays_on_its_line() -> None:
               {"path": "/data/\udcff.jpg", "reason": "empty file"}]
     assert failure_lines(failed) == ["/data/bad\\nname.jpg: truncated", "/data/\\x1b[31mred.jpg: empty file",
                                      "/data/\\udcff.jpg: empty file"]
+
+
+def test_an_interrupted_run_says_how_much_of_it_was_done() -> None:
+    """An interrupted run printed "42/42 images processed", as a complete one does."""
+    summary = RunSummary("runs/detect/exp", "yolov5n.onnx", "onnx", "coco128", images=42, processed=42,
+                         interrupted=True, planned=128)
+    text = format_summary(summary)
+    assert text.startswith("42/42 images processed (interrupted: 42 of 128 handled) in ")
+    assert "INTERRUPTED: 42 of 128 inputs were handled before the stop; the same command with --resume continues" \
+        in text
+    done = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=128, processed=128, planned=128))
+    assert done.startswith("128/128 images processed in ") and "INTERRUPTED" not in done

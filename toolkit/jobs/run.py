@@ -60,6 +60,7 @@ class RunSummary:
     ms_per_image: dict[str, float] = field(default_factory=dict)
     plan: str = ""
     interrupted: bool = False
+    planned: int = 0  # the images and frames the run was to handle, as far as known when it ended (0: live, unknown)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     streams: list[dict[str, Any]] = field(default_factory=list)  # live streams: frames read, processed, dropped, fps
@@ -340,8 +341,8 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                 summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
                 reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
                 records.record(oc, path, fp, retry)
+                total = _progress_total(total, oc, counted, recorded, summary.images)
                 if progress is not None:
-                    total = _progress_total(total, oc, counted, recorded, summary.images)
                     progress(summary.images, total, oc)
     except KeyboardInterrupt:
         summary.interrupted = True  # what is done is written; the summary says the run was cut short
@@ -356,6 +357,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
             engine.close()  # a Ray job always ends its actors
         elif engine is not None:
             threading.Thread(target=engine.close, name="yolokit-release", daemon=True).start()
+    summary.planned = total
     save = opts.save
     if save.save_json or save.save_csv:
         records.write_predictions(coco=save.save_json, rows=save.save_csv)
@@ -416,7 +418,8 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
 
 def format_summary(s: RunSummary) -> str:
     """A short human-readable summary."""
-    lines = [f"{s.processed}/{s.images} images processed in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
+    cut = f" (interrupted: {s.images} of {s.planned} handled)" if s.interrupted and s.planned > s.images else ""
+    lines = [f"{s.processed}/{s.images} images processed{cut} in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
              f"{s.detections} detections; backend {s.backend}, weights {os.path.basename(s.weights)}"]
     if s.per_class:
         lines.append("  " + ", ".join(f"{n} {k}" for k, n in list(s.per_class.items())[:12])
@@ -429,7 +432,9 @@ def format_summary(s: RunSummary) -> str:
                      f"{st['fps_processed']:.1f} fps; {st['reason'] or st['state']}")
     lines.extend(f"  note: {n}" for n in s.notes)
     if s.interrupted:
-        lines.append(f"  INTERRUPTED: {s.images} of the inputs were handled before the stop")
+        of = f"{s.images} of {s.planned}" if s.planned > s.images else f"{s.images} of the"
+        lines.append(f"  INTERRUPTED: {of} inputs were handled before the stop; the same command with --resume "
+                     f"continues")
     if s.ms_per_image:
         # each stage's wall time in the worker that ran it: workers overlap, so these add up to more than the run
         lines.append("  ms/image in each stage, per worker (workers overlap): "
