@@ -95,6 +95,33 @@ def test_resume_refuses_changed_output_settings_naming_each(mode: str, tmp_path:
     assert _outputs(tmp_path / "r") == before
 
 
+def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--weights was compared as text: ./yolov5n.pt for yolov5n.pt was refused, and another file under the same
+    name, run from another folder, was taken (one run folder, two models). SOURCE src/ was refused for src."""
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        shutil.copy(yolov5n_pt, tmp_path / where / "yolov5n.pt")
+        for i in range(2):
+            _img(tmp_path / where / "src" / f"{i}.jpg", seed=i)
+    with (tmp_path / "b" / "yolov5n.pt").open("ab") as f:
+        f.write(b"another model")  # refused before it is loaded: what matters is that its bytes differ
+    common = ["--imgsz", "64", "--nosave", "--save-txt", "--project", str(tmp_path / "runs"), "--name", "r"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["run", "src", "--weights", "yolov5n.pt", *common]) == 0
+    (tmp_path / "a" / "src" / "2.jpg").write_bytes((tmp_path / "a" / "src" / "0.jpg").read_bytes())
+    capsys.readouterr()
+    assert main(["run", "./src/", "--weights", "./yolov5n.pt", *common, "--resume"]) == 0  # the same model and SOURCE
+    assert "changed since they were recorded" not in capsys.readouterr().out  # ./src/0.jpg is src/0.jpg: not redone
+    assert len(_manifest_keys(tmp_path / "runs" / "r")) == 3
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["run", "src", "--weights", "yolov5n.pt", *common, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--weights ./yolov5n.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
+
+
 def test_run_identity_takes_every_output_setting_and_no_other() -> None:
     """Every option declared as changing outputs is checked by --resume, each on its own line; no other option is
     (so an option added later is checked once its declaration says it changes outputs)."""

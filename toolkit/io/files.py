@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -198,3 +199,27 @@ def read_head(path: str, size: int = 4096) -> bytes:
         return os.read(fd, size)
     finally:
         os.close(fd)
+
+
+def content_fingerprint(path: str) -> str | None:
+    """What identifies the content of a local model file, or of a model folder (an OpenVINO export: every file in
+    it): each file's name, size and CRC-32 (zlib's, at about a gigabyte a second); an ``.xml`` file's ``.bin`` is
+    part of it. None for a path that is not a local file or folder, or that cannot be read."""
+    if "://" in path or not os.path.exists(path):
+        return None
+    files = sorted(os.path.join(path, n) for n in os.listdir(path)) if os.path.isdir(path) else [path]
+    if path.endswith(".xml") and os.path.isfile(path[:-4] + ".bin"):
+        files.append(path[:-4] + ".bin")
+    parts = []
+    try:
+        for f in files:
+            if not os.path.isfile(f):
+                continue
+            crc = 0
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    crc = zlib.crc32(chunk, crc)
+            parts.append(f"{os.path.basename(f)}:{os.path.getsize(f)}:{crc:08x}")
+    except OSError:
+        return None
+    return ";".join(parts)

@@ -140,6 +140,11 @@ class Reconciled:
 Inputs = dict[str, tuple[str, str]]  # an input's id (its key; a video's key) -> (its path, its fingerprint)
 
 
+def _as_path(path: str) -> str:
+    """A local input's path in one spelling (``./src//a.jpg`` is ``src/a.jpg``); a URL as it is."""
+    return os.path.normpath(path) if path and "://" not in path else path
+
+
 def input_id(record: dict[str, Any]) -> str:
     """The input a manifest line belongs to: a video frame's video, else its own key."""
     return str(record.get("video") or record.get("key"))
@@ -230,7 +235,8 @@ class Manifest:
                     kept.extend(recs)
                     continue
                 found.removed.append(shown)
-            elif (str(first.get("src") or first.get("path")), str(first.get("fp", ""))) != now:
+            elif (_as_path(str(first.get("src") or first.get("path"))), str(first.get("fp", ""))) != \
+                    (_as_path(now[0]), now[1]):  # the same file: src/a.jpg is ./src/a.jpg
                 found.changed.append(shown)
             elif any(not r.get("ok") and (retry_failed or r.get("retry", True)) for r in recs):
                 found.retried.append(shown)

@@ -3,6 +3,7 @@ one function that writes an input's outputs; shared by the local and the Ray eng
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Any
 from toolkit.engine.core import DetectorConfig, Result
 from toolkit.engine.plan import MODES
 from toolkit.errors import InputError
+from toolkit.io.files import content_fingerprint
 from toolkit.io.outputs import (
     AnnotateStyle,
     annotate,
@@ -243,14 +245,42 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+MODEL_CONTENT = "weights_content"  # a run's identity: its local model's content (files.content_fingerprint)
+
+
+def run_identity(opts: RunOptions) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the settings that change outputs
+    (:meth:`RunOptions.identity`) and, for a local model, its content, so that the same file named another way
+    (``./yolov5n.onnx``) is the same model, and another file under the same name is not."""
+    out = opts.identity()
+    content = content_fingerprint(str(opts.detector.weights)) if opts.detector.weights else None
+    if content is not None:
+        out[MODEL_CONTENT] = content
+    return out
+
+
 def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Each setting of ``now`` (a :meth:`RunOptions.identity`) that differs from ``before`` as ``--flag OLD -> NEW``.
-    A setting ``before`` does not record (an option newer than the run folder) counts as its default."""
+    """Each setting of ``now`` (a :func:`run_identity`) that differs from ``before`` as ``--flag OLD -> NEW``.
+    A setting ``before`` does not record (an option newer than the run folder) counts as its default. The model is
+    compared by content where both record it (else by name), SOURCE as a path (``p1/`` is ``./p1``)."""
     defaults = {**RunOptions.of(tile=640).identity(), **RunOptions.of().identity()}  # tiling off, its options' defaults
+    known = before.get(MODEL_CONTENT) is not None and now.get(MODEL_CONTENT) is not None
     out = []
     for k, v in now.items():
         old = before.get(k, defaults.get(k))
+        if k == MODEL_CONTENT or (k == "weights" and known):
+            continue
+        if k == "source" and _as_path(old) == _as_path(v):
+            continue
         if old != v:
             flag = "SOURCE" if k == "source" else flag_of(k)
             out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
+    if known and before[MODEL_CONTENT] != now[MODEL_CONTENT]:
+        out.insert(0, f"--weights {_shown(before.get('weights'))} -> {_shown(now.get('weights'))} (another model: "
+                      f"the file's content differs from the run's)")
     return out
+
+
+def _as_path(value: Any) -> Any:
+    """A local SOURCE as a path (``p1/`` and ``./p1`` are ``p1``); anything else as it is."""
+    return os.path.normpath(value) if isinstance(value, str) and value and "://" not in value else value

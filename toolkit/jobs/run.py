@@ -37,7 +37,7 @@ from toolkit.jobs.manifest import (
     retried_on_resume,
     with_resume_note,
 )
-from toolkit.jobs.records import ENGINES, Outcome, RunFolder, RunOptions, write_outputs
+from toolkit.jobs.records import ENGINES, Outcome, RunFolder, RunOptions, run_identity, write_outputs
 from toolkit.jobs.saving import OutputPool
 
 __all__ = ["ENGINES", "LocalEngine", "Outcome", "RunOptions", "RunSummary", "format_summary", "increment_dir",
@@ -299,7 +299,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     inputs = {} if live else _inputs(sources)
-    found = records.open(opts.identity(), opts.folder.resume, inputs, opts.folder.retry_failed)
+    found = records.open(run_identity(opts), opts.folder.resume, inputs, opts.folder.retry_failed)
     done_keys, done_videos = records.done_keys, records.done_videos
     if done_keys:  # a video is skipped once its annotated .mp4 was finished; otherwise it is run again
         sources.items = [r for r in sources.items
