@@ -120,6 +120,20 @@ def test_sources_that_are_streams() -> None:
     assert [r.key for r in list_sources("0").streams] == ["webcam0"]
 
 
+def test_a_stream_whose_server_cannot_be_reached_fails_at_once_naming_why(tmp_path: Path) -> None:
+    from toolkit.io.streams import unreachable
+
+    dead = free_port()
+    t0 = time.monotonic()
+    s = run(RunOptions.of(source=f"rtsp://127.0.0.1:{dead}/x", weights=RANDOM, imgsz=64, project=str(tmp_path),
+                          name="r"))  # the default --stream-timeout: 30 s
+    assert time.monotonic() - t0 < 15 and s.processed == 0
+    assert s.failed[0]["reason"].startswith(f"cannot open the stream: connection refused by 127.0.0.1:{dead}")
+    assert unreachable("rtsp://yolokit-test.invalid/x", 1) == ("the host yolokit-test.invalid is not known (its name "
+                                                              "does not resolve); check the address")
+    assert unreachable("0", 1) is None and unreachable(str(tmp_path / "clip.mp4"), 1) is None
+
+
 def test_a_webcam_that_is_not_there_is_listed(tmp_path: Path) -> None:
     if Path("/dev/video0").exists():
         pytest.skip("this machine has a camera")
@@ -137,7 +151,7 @@ def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path)
     with _silent() as quiet, _serve(clip, f"http://127.0.0.1:{p1}/one", "mpegts"), \
             _serve(clip, f"http://127.0.0.1:{p2}/two", "mpegts"):
         listing.write_text(f"http://127.0.0.1:{p1}/one\nhttp://127.0.0.1:{p2}/two\n"
-                           f"rtsp://127.0.0.1:{dead}/dead\nrtsp://127.0.0.1:{quiet}/silent\n")
+                           f"rtsp://127.0.0.1:{dead}/dead\nrtsp://127.0.0.1:{quiet}/silent\nnot a url\n")
         det = Detector(RANDOM, imgsz=64, conf=1e-5, max_det=3)
         sizes: list[int] = []
         infer = det.routine.runner.infer
@@ -156,10 +170,14 @@ def test_streams_run_together_and_a_dead_or_silent_one_is_listed(tmp_path: Path)
         assert len(list((tmp_path / "r" / "labels").glob(f"{key}_*.txt"))) == st["frames_processed"]
     assert 2 in sizes  # frames of the two streams inferred as one batch
     reasons = {Path(f["path"]).name: f["reason"] for f in s.failed}
-    assert set(reasons) == {"dead", "silent"}
-    assert all("3 s" in r for r in reasons.values()), reasons
+    assert set(reasons) == {"dead", "silent", "not a url"}
+    assert "within 3 s" in reasons["silent"]
+    # at once, with the cause (it waited out --stream-timeout, then said only that it could not open)
+    assert reasons["dead"] == (f"cannot open the stream: connection refused by 127.0.0.1:{dead} (nothing listens "
+                               f"there); check the address and that the server is running")
+    assert reasons["not a url"].startswith("not a stream address")  # was tried as a stream for 3 s
     failures = (tmp_path / "r" / "failures.jsonl").read_text().splitlines()
-    assert len(failures) == 2
+    assert len(failures) == 3
     assert s.processed == stats["one"]["frames_processed"] + stats["two"]["frames_processed"]
 
 

@@ -134,7 +134,9 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
         if not lines:
             raise InputError(f"{text}: the streams file lists no stream (one URL or webcam index a line)")
-        return SourceList([], [], "", _streams(lines))
+        streams = _streams(lines)
+        odd = [(ref, NOT_A_STREAM) for ref in streams if not _addressable(ref.path)]
+        return SourceList([], odd, "", [ref for ref in streams if _addressable(ref.path)])
     if _magic(text) and not os.path.lexists(text):
         root = text.split("*")[0].split("?")[0].split("[")[0]
         root = root if root.endswith(os.sep) else os.path.dirname(root)
@@ -396,6 +398,15 @@ def is_live(text: str) -> bool:
     detect.py decides), or a webcam index (``0``)."""
     low = text.lower()
     return text.isdigit() or low.startswith(STREAM_SCHEMES) or (is_url(text) and _kind(text) is None)
+
+
+NOT_A_STREAM = ("not a stream address (a URL such as rtsp://host/path, or a webcam index such as 0) nor a file; "
+                "fix the line")
+
+
+def _addressable(line: str) -> bool:
+    """Whether a ``.streams`` line can name a stream: a webcam index, a URL, or a file that exists."""
+    return line.isdigit() or "://" in line or os.path.exists(line)
 
 
 def _streams(lines: list[str]) -> list[InputRef]:

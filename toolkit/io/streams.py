@@ -8,8 +8,10 @@ every stream that has one, so several streams are inferred as one batch, and end
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,36 @@ class Frame:
 
     ref: InputRef
     image: np.ndarray
+
+
+PROBE_S = 3.0  # most seconds the reachability probe of a stream's server waits for its connection
+_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
+
+
+def unreachable(address: str, wait: float) -> str | None:
+    """Why the server of a stream's ``address`` (``rtsp://host:port/...``) cannot be reached, in a phrase ending
+    with the fix: a host name that does not resolve, a connection refused; None when it answers, when it is slow
+    (the open's own timeout then decides), and for a webcam or a file."""
+    parts = urllib.parse.urlsplit(address)
+    try:
+        port = parts.port or _PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host or port is None:
+        return None
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return f"the host {host} is not known (its name does not resolve); check the address"
+    try:
+        socket.create_connection((host, port), timeout=wait).close()
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port} (nothing listens there); check the address and that the " \
+               f"server is running"
+    except OSError:
+        return None
+    return None
 
 
 class LiveStream:
@@ -75,6 +107,13 @@ class LiveStream:
                     break
                 cap.release()
                 cap = None
+                # why, where the server cannot be reached (OpenCV says nothing of it, and trying again until the
+                # timeout changes nothing); asked after the open fails, since a server that takes one client (an
+                # ffmpeg -listen) would have spent its one connection on the question
+                problem = unreachable(self.ref.path, min(self.timeout, PROBE_S))
+                if problem is not None:
+                    self._finish("failed", f"cannot open the {self.what}: {problem}")
+                    return
                 if time.monotonic() - self.started > self.timeout:
                     self._finish("failed", f"cannot open the {self.what} within {self.timeout:g} s "
                                            f"(--stream-timeout)")
