@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from toolkit.errors import InputError
+from toolkit.errors import InputError, OutputError
 from toolkit.meta import BakedNMS, ModelMeta
 from toolkit.options import IMGSZ
 
@@ -316,6 +316,13 @@ class Backend(ABC):
     def sniff(self, head: bytes) -> bool:
         """Whether a file's first bytes are one of this backend's artifacts."""
         return False
+
+    def check_target(self, target: Path) -> None:
+        """Refuse (:class:`OutputError`), before exporting, a ``target`` (from :meth:`output_path`) an export of
+        this format cannot be put in: a folder where a file goes."""
+        if target.is_dir():
+            raise OutputError(f"{target}: is a folder, where the export writes a file; choose another path with -o, "
+                              f"or move the folder")
 
     def output_path(self, path: Path) -> Path:
         """The export target: ``path`` with ``SUFFIXES[0]`` added when it has none of them (``-o m`` -> ``m.onnx``)."""

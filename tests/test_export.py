@@ -89,6 +89,40 @@ def test_parity_check_fails_with_too_few_detections(tmp_path: Path, monkeypatch:
     assert not report.passed and "a meaningful comparison needs" in report.reason
 
 
+def test_an_export_that_fails_its_check_or_is_interrupted_leaves_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The artifact was written under its name before the checks: a failed parity check, a device the runtime
+    lacks or a Ctrl-C left a model that loads like a good one, and replaced a good one already there."""
+    _need("onnx")
+    import toolkit.jobs.export as export_mod
+
+    opts = ExportOptions(imgsz=(128, 128))
+    good = export("yolov5n.yaml", "onnx", tmp_path / "n.onnx", opts).artifact
+    assert good == tmp_path / "n.onnx"
+    before = good.read_bytes()
+    monkeypatch.setattr(export_mod, "MIN_DETECTIONS", 10**9)  # every check fails
+    for target in (good, tmp_path / "new.onnx"):
+        with pytest.raises(ExportError, match=f"^{target}: parity check against PyTorch FP32 failed: .*nothing was "
+                                              f"written"):
+            export("yolov5n.yaml", "onnx", target, opts)
+    assert good.read_bytes() == before and not (tmp_path / "new.onnx").exists()
+    monkeypatch.setattr(export_mod, "parity_check", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        export("yolov5n.yaml", "onnx", tmp_path / "cut.onnx", opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.onnx"]  # no stage folder either
+
+
+def test_an_openvino_export_into_a_folder_with_another_model_is_refused_first(tmp_path: Path) -> None:
+    _need("openvino")
+    (tmp_path / "ov").mkdir()
+    (tmp_path / "ov" / "a_fp16.xml").write_text("<net/>")
+    with pytest.raises(InputError, match="ov: the folder already holds another OpenVINO model \\(a_fp16.xml\\)"):
+        export("yolov5n.yaml", "openvino", tmp_path / "ov", ExportOptions(imgsz=(128, 128)))
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["a_fp16.xml"]  # was written, then refused
+    art = export("yolov5n.yaml", "openvino", tmp_path / "fresh", ExportOptions(imgsz=(128, 128))).artifact
+    assert sorted(p.name for p in art.iterdir()) == ["fresh.bin", "fresh.xml"]
+
+
 def test_output_suffix_is_added_and_unknown_suffixes_are_sniffed(tmp_path: Path) -> None:
     _need("onnx")
     _need("openvino")

@@ -16,7 +16,7 @@ from backends.openvino.int8 import quantize
 from backends.openvino.ir import FOLDER_SUFFIX, output_paths, read_meta, xml_in
 from backends.openvino.runner import OpenVinoRunner
 from backends.shared.onnx_graph import export_graph, export_meta
-from toolkit.errors import ExportError, InputError
+from toolkit.errors import ExportError, InputError, OutputError
 from toolkit.meta import META_KEY, ModelMeta
 
 if TYPE_CHECKING:
@@ -60,6 +60,22 @@ class OpenVinoBackend(Backend):
 
     def default_name(self, stem: str, tag: str) -> str:
         return f"{stem}{tag}{FOLDER_SUFFIX}"
+
+    def check_target(self, target: Path) -> None:
+        """A folder target must hold no other IR (the run would not know which to load); an ``.xml`` target no
+        folder."""
+        artifact, xml = output_paths(target)
+        if artifact == xml:
+            super().check_target(target)
+            return
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"{target}: is a file, where the export writes a folder; choose another path with -o, "
+                              f"or move the file")
+        others = sorted(p.name for p in target.glob("*.xml") if p.name != xml.name) if target.is_dir() else []
+        if others:
+            raise InputError(f"{target}: the folder already holds another OpenVINO model ({', '.join(others[:3])}), "
+                             f"and a folder holds one; export into a new or empty folder with -o, or to an .xml "
+                             f"file (-o {target / xml.name})")
 
     def check_export(self, options: ExportOptions) -> None:
         super().check_export(options)

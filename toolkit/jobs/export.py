@@ -9,8 +9,11 @@ parity check raises :class:`ExportError`; nothing is swallowed.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from backends.base import NMS_MIN_OPSET, RAW_OUTPUT, ExportOptions
 from toolkit.devices import GPU_BATCH, is_gpu
-from toolkit.errors import BackendUnavailableError, ExportError, InputError, OutputError
+from toolkit.errors import BackendUnavailableError, ExportError, InputError, OutputError, YolokitError
 from toolkit.io.files import os_reason
 from toolkit.meta import BakedNMS, ModelMeta
 from toolkit.options import IMGSZ_MAX
@@ -412,19 +415,59 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
         options = replace(options, int8_data=int8_data(options, source.meta.stride, options.nms is not None))
     target = module.output_path(Path(out)) if out is not None else default_output(src_path, to, options)
     writable_folder(target.parent, target)
-    t0 = time.perf_counter()
+    module.check_target(target)
+    # exported and checked beside the target, then moved into place: a failed, refused or interrupted export leaves
+    # nothing under the target's name, and an artifact already there stays as it was
+    stage = _stage(target)
     try:
-        artifact = module.export(source, target, options)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        raise OutputError(f"{target}: cannot write the export there ({os_reason(e)}); choose another path with "
-                          f"-o, or move what is in the way") from None
-    export_s = time.perf_counter() - t0
-    meta = module.read_meta(artifact)
-    notes = [str(n) for n in meta.extra.get("notes", [])]
-    parity = parity_check(src_path, artifact, to, options, parity_images, notes)
-    report = ExportReport(artifact=artifact, format=to, precision=meta.precision, meta=meta, export_s=export_s,
-                          parity=parity, notes=notes)
-    if not parity.passed:
-        raise ExportError(f"{artifact}: parity check against PyTorch FP32 failed: {parity.reason} "
-                          f"(the artifact was written; inspect it or re-export with other options)")
-    return report
+        t0 = time.perf_counter()
+        try:
+            staged = module.export(source, stage / target.name, options)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+            raise OutputError(f"{target}: cannot write the export there ({os_reason(e)}); choose another path with "
+                              f"-o, or move what is in the way") from None
+        export_s = time.perf_counter() - t0
+        try:
+            meta = module.read_meta(staged)
+            notes = [str(n) for n in meta.extra.get("notes", [])]
+            parity = parity_check(src_path, staged, to, options, parity_images, notes)
+        except YolokitError as e:  # named as the target, not the folder it was checked in
+            e.args = (str(e).replace(str(stage / target.name), str(target)),)
+            raise
+        if not parity.passed:
+            raise ExportError(f"{target}: parity check against PyTorch FP32 failed: {parity.reason} (nothing was "
+                              f"written; re-export with other options, or --parity-data with more images)")
+        artifact = target.parent / staged.relative_to(stage)
+        _publish(stage, target.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return ExportReport(artifact=artifact, format=to, precision=meta.precision, meta=meta, export_s=export_s,
+                        parity=parity, notes=notes)
+
+
+STAGE_SUFFIX = ".export-partial"  # the hidden folder an export is written and checked in, beside its target
+
+
+def _stage(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to export into (the same file system: moved into place by renames);
+    those an earlier export to the same target left when it was killed are removed first."""
+    import tempfile
+
+    for old in target.parent.glob(f".{glob_escape(target.name)}.*{STAGE_SUFFIX}"):
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGE_SUFFIX, dir=target.parent))
+
+
+def _publish(stage: Path, folder: Path) -> None:
+    """Move what ``stage`` holds into ``folder``, file by file (each an atomic rename, replacing a file of the same
+    name: an IR's .xml and .bin, a folder's files)."""
+    for src in sorted(stage.rglob("*")):
+        if src.is_dir():
+            continue
+        dest = folder / src.relative_to(stage)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        except OSError as e:
+            raise OutputError(f"{dest}: cannot put the checked export there ({os_reason(e)}); move what is in the "
+                              f"way, or export with another -o") from None
