@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import pytest
 from toolkit import Detector
 from toolkit.detections import Detections
 from toolkit.errors import InputError
+from toolkit.tiling import TileOptions
 
 
 def test_predict_arrays_paths_and_batches_agree(coco128_images: Path, yolov5n_pt: Path) -> None:
@@ -87,8 +89,6 @@ def test_classes_filter_and_max_det(coco128_images: Path, yolov5n_pt: Path) -> N
 def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) -> None:
     """Raw TypeErrors and IndexErrors, bytes read as paths ("255: file not found") and a division by zero before;
     an encoded file's bytes are now decoded, and each refusal names the image and the fix."""
-    import re
-
     jpg = coco128_images / "000000000009.jpg"
     im = cv2.imread(str(jpg))
     d = Detector("yolov5n.yaml", imgsz=64, conf=0.001)
@@ -106,6 +106,10 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
             d.predict(im, **kwargs)
     with pytest.raises(InputError, match="predict_iter takes a source"):
         next(d.predict_iter(im))  # type: ignore[arg-type]
+    for kwargs, reason in (({"batch": 2.5}, "batch takes a whole number, at least 0, got 2.5"),  # was a TypeError
+                           ({"workers": -1}, "workers takes a whole number, at least 0, got -1")):
+        with pytest.raises(InputError, match=re.escape(reason)):
+            next(d.predict_iter([str(jpg)], **kwargs))
     for settings, reason in (({"classes": "0,2"}, None), ({"classes": 5}, None), ({"imgsz": (320,)}, None),
                              ({"classes": "a"}, "--classes takes class ids"),
                              ({"imgsz": (1, 2, 3)}, "--imgsz takes one size"),
@@ -115,3 +119,16 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
         else:
             with pytest.raises(InputError, match=reason):
                 Detector("yolov5n.yaml", **settings)
+
+
+def test_a_closed_detector_says_so() -> None:
+    """After close() or its with-block, predict failed with the runtime's own words ("'NoneType' object is not
+    callable"), and predict_iter failed every input one by one."""
+    image = np.full((64, 64, 3), 127, np.uint8)
+    with Detector("yolov5n.yaml", imgsz=64) as d:
+        d.predict(image)
+    d.close()  # a second close does nothing
+    for call in (lambda: d.predict(image), lambda: next(d.predict_iter(["a.jpg"])),
+                 lambda: d.predict_tiled(image, TileOptions(tile=32))):
+        with pytest.raises(InputError, match="this Detector is closed .*create a new Detector"):
+            call()

@@ -169,6 +169,14 @@ class ModelRoutine(BatchRoutine):
         self.runner.close()
 
 
+def _check_counts(least: int, **counts: Any) -> None:
+    """:class:`InputError` for a count that is not a whole number of at least ``least`` (``batch=2.5``: a TypeError
+    deep in the planner)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} takes a whole number, at least {least}, got {value!r}")
+
+
 def _settings_signature() -> inspect.Signature:
     """``Detector(weights, *, conf=..., ...)`` as help() and editors show it: the :class:`DetectorConfig` fields."""
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -230,6 +238,14 @@ class Detector:
     def _hold(self, routine: ModelRoutine) -> None:
         self.routine = routine
         self.last_plan: Plan | None = None  # the plan of the last predict_iter
+        self.closed = False  # close() (or the end of its with-block) released the model
+
+    def _open(self) -> ModelRoutine:
+        """The model, or :class:`InputError` once the detector is closed (the runtime's own failure named nothing)."""
+        if self.closed:
+            raise InputError("this Detector is closed (close(), or the end of its with-block, released the model); "
+                             "create a new Detector")
+        return self.routine
 
     # ------------------------------------------------------------------------------------------ what it is
     @property
@@ -292,8 +308,8 @@ class Detector:
         An unreadable path raises :class:`~toolkit.io.files.ImageReadError`; use :meth:`predict_iter` to carry on
         past it.
         """
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise InputError(f"batch takes a whole number of images, at least 1, got {batch!r}")
+        self._open()
+        _check_counts(1, batch=batch)
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, TileOptions))):
             raise InputError(f"tile takes a tile size in pixels or a TileOptions, got {tile!r}")
         given: list[Any]
@@ -353,6 +369,8 @@ class Detector:
         first images, decoded while the model loaded (:class:`~toolkit.engine.ahead.HeadStart`; thread mode, used
         where an image is decoded whole).
         """
+        self._open()
+        _check_counts(0, batch=batch, workers=workers)  # 0: the plan chooses
         if not isinstance(source, (SourceList, str, Path, list)):
             raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
                              f"paths, got {type(source).__name__}; for arrays in memory use predict")
@@ -399,10 +417,13 @@ class Detector:
     def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
                       pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:
         """Detections for one (huge) image by sliced inference (see :func:`toolkit.engine.tiled.predict_tiled`)."""
-        return predict_tiled(self.routine, image, tile, path, pool, in_flight)
+        return predict_tiled(self._open(), image, tile, path, pool, in_flight)
 
     def close(self) -> None:
-        self.routine.close()
+        """Release the model (a second call does nothing); the detector cannot predict after it."""
+        if not self.closed:
+            self.closed = True
+            self.routine.close()
 
     def __enter__(self) -> Detector:
         return self
