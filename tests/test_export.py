@@ -5,6 +5,7 @@ same detections through ``yolokit run`` as the .pt checkpoint."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import backends
 from backends.base import ExportOptions
 from tests.helpers.matching import match, read_label_file, xywhn_to_xyxy
+from toolkit import Detector
 from toolkit.cli import main
 from toolkit.errors import ExportError, InputError
 from toolkit.jobs.export import default_output, export, parity_check
@@ -121,6 +123,44 @@ def test_an_openvino_export_into_a_folder_with_another_model_is_refused_first(tm
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["a_fp16.xml"]  # was written, then refused
     art = export("yolov5n.yaml", "openvino", tmp_path / "fresh", ExportOptions(imgsz=(128, 128))).artifact
     assert sorted(p.name for p in art.iterdir()) == ["fresh.bin", "fresh.xml"]
+
+
+def test_metadata_that_does_not_fit_the_model_is_a_bad_model_file(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Tampered yolokit metadata in an ONNX file gave tracebacks (AttributeError on a list of names,
+    ZeroDivisionError on stride 0, OpenCV's assertion text on imgsz [0, -5]), or boxes named '54' from a model of 80
+    classes whose metadata named 2."""
+    _need("onnx")
+    onnx = pytest.importorskip("onnx", reason="the onnx package (export extra) is not installed")
+    from toolkit.errors import ModelFileError
+    from toolkit.meta import META_KEY
+
+    good = export("yolov5n.yaml", "onnx", tmp_path / "n.onnx", ExportOptions(imgsz=(128, 128))).artifact
+    image = np.full((96, 128, 3), 127, np.uint8)
+
+    def tampered(name: str, **changes: object) -> Path:
+        model = onnx.load(str(good))
+        prop = next(p for p in model.metadata_props if p.key == META_KEY)
+        prop.value = json.dumps({**json.loads(prop.value), **changes})
+        onnx.save(model, str(tmp_path / name))
+        return tmp_path / name
+
+    for name, changes, reason in (("ids.onnx", {"names": {"0": "a", "5": "b"}}, "the class ids in 'names' are not"),
+                                  ("stride.onnx", {"stride": 0}, "'stride' 0 is no model stride"),
+                                  ("size.onnx", {"imgsz": [0, -5]}, "'imgsz' [0, -5] is no (height, width)"),
+                                  ("kind.onnx", {"names": "person"}, "'names' is no list or map")):
+        path = tampered(name, **changes)
+        with pytest.raises(ModelFileError, match=f"the yolokit metadata is unreadable \\({re.escape(reason)}"):
+            Detector(path)
+        assert main(["info", str(path)]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    listed = Detector(tampered("list.onnx", names=[str(i) for i in range(80)]))  # YOLOv5's own form of names
+    assert listed.names[79] == "79" and listed.predict(image)[0] is not None
+    with Detector(tampered("two.onnx", names=["a", "b"])) as two, \
+            pytest.raises(ModelFileError, match="output has shape \\[1, .*, 85\\], where its metadata \\(2 classes\\) "
+                                                "says \\(batch, boxes, 7\\)"):
+        two.predict(image)
 
 
 def test_output_suffix_is_added_and_unknown_suffixes_are_sniffed(tmp_path: Path) -> None:

@@ -69,10 +69,30 @@ class ModelMeta:
             raise ValueError("not yolokit metadata (no 'names')")
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
-        d["names"] = {int(k): str(v) for k, v in sorted(d["names"].items(), key=lambda kv: int(kv[0]))}
+        names = d["names"]
+        if isinstance(names, list):  # YOLOv5's own form
+            names = dict(enumerate(names))
+        if not isinstance(names, dict) or not names:
+            raise ValueError("'names' is no list or map of class names")
+        d["names"] = {int(k): str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
+        if list(d["names"]) != list(range(len(d["names"]))):
+            raise ValueError("the class ids in 'names' are not 0 to n-1")
         if isinstance(d.get("nms"), dict):
             d["nms"] = BakedNMS(**{k: v for k, v in d["nms"].items() if k in BakedNMS.__dataclass_fields__})
+        stride = d.get("stride", 32)
+        if not _whole(stride) or stride not in (8, 16, 32, 64, 128):
+            raise ValueError(f"'stride' {stride!r} is no model stride (8 to 128, a power of two)")
         for key in ("imgsz", "max_imgsz"):
             if d.get(key) is not None:
-                d[key] = tuple(int(v) for v in d[key])
+                size = d[key]
+                if not isinstance(size, list) or len(size) != 2 or not all(_whole(v) and v > 0 for v in size):
+                    raise ValueError(f"'{key}' {size!r} is no (height, width) in pixels")
+                d[key] = tuple(int(v) for v in size)
+        for key in ("batch", "max_batch"):
+            if d.get(key) is not None and not (_whole(d[key]) and d[key] > 0):
+                raise ValueError(f"'{key}' {d[key]!r} is no batch size")
         return cls(**d)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -22,7 +22,7 @@ import numpy as np
 
 from toolkit.augment import SCALES, augment_views, merge_views
 from toolkit.detections import Detections
-from toolkit.errors import InputError, YolokitError, first_line, last_line
+from toolkit.errors import InputError, ModelFileError, YolokitError, first_line, last_line
 from toolkit.io.decode import decode_image
 from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
@@ -386,7 +386,15 @@ class BatchRoutine:
         limit = self.meta.batch or self.meta.max_batch
         if limit is not None and len(batch) > limit:
             return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
-        return self.runner.infer(batch)
+        pred = self.runner.infer(batch)
+        width = 6 if self.meta.nms is not None else 5 + self.meta.nc  # x1 y1 x2 y2 score class; or xywh obj classes
+        if getattr(pred, "ndim", 0) != 3 or pred.shape[-1] != width:
+            what = "final detections" if self.meta.nms is not None else f"{self.meta.nc} classes"
+            shape = list(getattr(pred, "shape", []))
+            raise ModelFileError(f"{self.config.weights}: the model's output has shape {shape}, where its metadata "
+                                 f"({what}) says (batch, boxes, {width}): the model and its metadata do not belong "
+                                 f"together; re-export it with yolokit export")
+        return pred
 
     def detect(self, pred: np.ndarray, nms: NMSOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image's model output -> ``(xyxy, conf, cls)`` in letterboxed-input pixels: YOLOv5's NMS over raw
@@ -474,6 +482,8 @@ class BatchRoutine:
         t0 = time.perf_counter()
         try:
             preds = self.infer(np.stack([p.chw for p in group]))
+        except ModelFileError:
+            raise  # the model itself is wrong: every image would fail the same way
         except Exception as e:
             return [(p.index, Result(p.ref, error=f"inference failed: {first_line(e)}")) for p in group]
         t1 = time.perf_counter()
