@@ -111,7 +111,7 @@ def test_a_command_loads_only_its_own_modules(argv: list[str], loads: str, skips
 def test_a_misspelt_command_is_named_with_the_nearest_one() -> None:
     out = _cli("rnu", "photos/")
     assert out.returncode == 2
-    assert "No such command 'rnu'" in out.stderr and "'run'" in out.stderr
+    assert out.stderr == "yolokit: no such command 'rnu'; did you mean 'run'? See 'yolokit --help'\n", out.stderr
 
 
 def test_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -263,3 +263,19 @@ def test_only_a_process_that_ends_after_the_command_leaves_the_models_release_be
     assert main(argv, exits=True) == 0
     wait_for_releases()
     assert closed_on[1:] == ["yolokit-release"]
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["run", "a.jpg", "b.jpg"], "yolokit run: got unexpected extra argument(s) (b.jpg); give one SOURCE (a folder, a "
+                                ".txt list, or a glob in quotes, 'photos/*.jpg', which the shell otherwise expands "
+                                "into many names); see 'yolokit run --help'"),
+    (["run", "--source", "x"], "yolokit run: SOURCE is an argument, not an option (detect.py's --source): yolokit run "
+                               "photos/; see 'yolokit run --help'"),
+    (["info"], "yolokit info: missing argument 'model'; see 'yolokit info --help'"),
+    (["nope"], "yolokit: no such command 'nope'; see 'yolokit --help'"),
+])
+def test_a_command_line_the_parser_refuses_is_one_line(argv: list[str], line: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The parser's own refusal was four lines ("Usage: ...", "Try ...", "", "Error: ...")."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
 
     quiet_decoders()  # this process is the CLI's: failures are reported by yolokit, one line each
     try:
-        rc = app(args=argv, standalone_mode=False, obj=Invocation(exits))
+        rc = app(args=argv, standalone_mode=False, obj=Invocation(exits), prog_name="yolokit")
     except YolokitError as e:
         err(str(e))
         return e.exit_code
@@ -57,15 +57,31 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
         return 130
     except Exception as e:
         # usage errors from the command-line parser (click, vendored by recent typer): shown, exit code 2
-        show = getattr(e, "show", None)
-        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
-            show()
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+            typer.echo(usage_line(e), err=True)
             return 2
         if type(e).__name__ == "Abort":
             err("aborted")
             return 130
         raise
     return rc if isinstance(rc, int) else 0
+
+
+def usage_line(e: Exception) -> str:
+    """A command-line parser's refusal (click's usage error: four lines, "Usage: ... Try ... Error: ...") as one line
+    naming the command, what is wrong and where the help is, with the fix for the slips users of detect.py make."""
+    ctx = getattr(e, "ctx", None)
+    command = getattr(ctx, "command_path", "") or "yolokit"
+    message = str(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
+    if "unexpected extra argument" in message and command.endswith(" run"):
+        message += ("; give one SOURCE (a folder, a .txt list, or a glob in quotes, 'photos/*.jpg', which the shell "
+                    "otherwise expands into many names)")
+    if "No such option: --source" in message:
+        message = "SOURCE is an argument, not an option (detect.py's --source): yolokit run photos/"
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    message = message.replace(". Did you mean", "; did you mean")  # a misspelt command, with the nearest one
+    return f"{command}: {message}" + (" See" if message.endswith("?") else "; see") + f" '{command} --help'"
 
 
 def entry() -> None:
