@@ -124,13 +124,23 @@ def test_unreadable_images_and_bad_labels_are_listed_and_the_rest_scored(small: 
     first.write_text("0 0.5 0.5 1.7 0.2\n")  # not normalised: val.py ignores the image as corrupt
     second = sorted((small / "labels").glob("*.txt"))[1]
     second.write_text("0 nan 0.5 0.1 0.2\n")  # val.py's (lb >= 0).all() rejects nan: it was scored here
+    third = sorted((small / "labels").glob("*.txt"))[2]
+    third.write_text("1e23 0.5 0.5 0.1 0.2\n")  # numpy's cast warning on stderr, and a class -9223372036854775808
     m = validate(ValOptions(weights=str(yolov5n_pt), data=str(small)))
     reasons = {Path(f["path"]).name: f["reason"] for f in m["failed"]}
-    assert set(reasons) == {"broken.jpg", f"{first.stem}.jpg", f"{second.stem}.jpg"}, reasons
+    assert set(reasons) == {"broken.jpg", f"{first.stem}.jpg", f"{second.stem}.jpg", f"{third.stem}.jpg"}, reasons
     assert "not normalised" in reasons[f"{first.stem}.jpg"] and str(first) in reasons[f"{first.stem}.jpg"]
     assert "not a number" in reasons[f"{second.stem}.jpg"]
-    assert m["images"] == 4 and m["map50"] > 0 and "3 images failed" in format_metrics(m)
+    assert "a class id is not a whole number" in reasons[f"{third.stem}.jpg"]
+    assert m["images"] == 3 and m["map50"] > 0 and "4 images failed" in format_metrics(m)
     assert main(["val", "--weights", str(yolov5n_pt), "--data", str(small)]) == 1  # as a run with failed inputs
+
+
+def test_a_dataset_without_labels_is_refused(small: Path, yolov5n_pt: Path) -> None:
+    """val.py warns and reports zeros; yolokit val printed the zeros and exited 0."""
+    shutil.rmtree(small / "labels")
+    with pytest.raises(InputError, match="none of its 6 images has a label file"):
+        validate(ValOptions(weights=str(yolov5n_pt), data=str(small)))
 
 
 def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str]) -> None:

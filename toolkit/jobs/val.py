@@ -32,6 +32,7 @@ from toolkit.io.sources import InputRef
 from toolkit.jobs.valdata import (
     Sample,
     dataset_images,
+    label_path,
     load_labels,
     load_resized,
     native_labels,
@@ -351,6 +352,10 @@ def validate(opts: ValOptions) -> dict[str, Any]:
 
     _check(opts)
     images, names = dataset_images(opts.data)
+    if not any(label_path(p).is_file() for p in images):  # val.py warns, and reports zeros
+        raise InputError(f"{opts.data}: none of its {len(images)} images has a label file (labels/NAME.txt beside "
+                         f"images/NAME.jpg, as YOLO datasets keep them), so there is nothing to score; check the "
+                         f"dataset's layout")
     t0 = time.perf_counter()
     with Detector(opts.weights, backend=opts.backend, device=opts.device, half=opts.half, imgsz=opts.imgsz,
                   conf=opts.conf, iou=opts.iou, max_det=opts.max_det, multi_label=True,

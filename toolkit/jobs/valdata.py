@@ -136,6 +136,8 @@ def read_labels(image: Path) -> np.ndarray:
         raise InputError(f"{lp}: a label value is not a number (nan or inf); {fix}")
     if (arr < 0).any():
         raise InputError(f"{lp}: negative label values; {fix}")
+    if (arr[:, 0] != np.round(arr[:, 0])).any() or (arr[:, 0] >= 1 << 24).any():  # 1.5 read as 1; 1e23 overflowed
+        raise InputError(f"{lp}: a class id is not a whole number below 16,777,216; {fix}")
     if (arr[:, 1:] > 1).any():
         raise InputError(f"{lp}: box coordinates above 1 (not normalised); {fix}")
     return np.unique(arr, axis=0)
