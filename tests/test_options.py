@@ -94,6 +94,9 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
     (lambda: BenchOptions(weights="w", source="s", modes=["seq", "turbo"]), "--modes must be one of"),
     (lambda: BenchOptions(weights="w", source="s", modes=["seq", "turbo"]), "--modes must be one of seq, thread, "
                                                                            "process, auto, got 'turbo'"),
+    # found after the PyTorch baseline had run (unknown backend), or benchmarked under that name (fp7)
+    (lambda: BenchOptions(weights="w", source="s", backends=["foo"]), "--backends foo: no such backend"),
+    (lambda: BenchOptions(weights="w", source="s", precisions=["fp7"]), "--precision fp7: no such precision"),
 ])
 def test_values_outside_their_limits_are_refused_naming_the_flag(make: Any, message: str) -> None:
     with pytest.raises(InputError) as e:

@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit.devices import is_gpu
 from toolkit.engine.core import PRECISIONS, DetectorConfig
-from toolkit.errors import InputError, first_line
+from toolkit.errors import InputError, OutputError, first_line
 from toolkit.jobs.bench.ceiling import Parts, parts_in_fresh_process, startup_seconds
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
@@ -62,6 +62,17 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         check(self)
+        import backends
+
+        unknown = [b for b in self.backends or () if b not in backends.REGISTRY]
+        if unknown:  # found after the PyTorch baseline had run, in the report
+            raise InputError(f"--backends {unknown[0]}: no such backend; choose from {', '.join(backends.REGISTRY)}")
+        known = {p for b in backends.REGISTRY.values() for ps in b.PRECISIONS.values() for p in ps} | set(RUN_ONLY)
+        odd = [p for p in self.precisions or () if p not in known]
+        if odd:  # "fp7" was benchmarked, under that name
+            raise InputError(f"--precision {odd[0]}: no such precision; choose from {', '.join(sorted(known))}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise OutputError(f"--out {self.out}: is a file, where the bench writes a folder; choose another --out")
 
 
 RUN_ONLY = tuple(p for p in PRECISIONS if p not in ("auto", "fp32"))  # computed in, not exported: bf16
