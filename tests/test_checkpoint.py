@@ -314,6 +314,15 @@ def _assert_benign_error(path: Path, *fragments: str) -> ModelFileError:
     return info.value
 
 
+def test_a_malformed_pickle_is_named_without_the_parsers_words(tmp_path: Path) -> None:
+    """The message carried the parser's exception ("TypeError: list indices must be integers or slices, not
+    list")."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02]q\x00]q\x01\x86\x94R.")  # a list called with a list: the unpickler's TypeError
+    error = _assert_benign_error(bad, "truncated or corrupt", "its pickled data does not decode")
+    assert "Error" not in str(error).replace(str(bad), ""), str(error)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     _assert_benign_error(tmp_path / "nope.pt", "no such file")
 

@@ -276,11 +276,10 @@ def unpickle_bytes(data: bytes, path: str) -> tuple[Any, str, int]:
             return _load_pickle_stream(data, path)
     except YolokitError:
         raise
-    except _PARSE_ERRORS as exc:
-        detail = printable(str(exc)) or type(exc).__name__
+    except _PARSE_ERRORS as exc:  # the parser's own words ("list indices must be integers") name no fix
         raise ModelFileError(
-            f"{path}: is truncated or corrupt and cannot be read as a PyTorch checkpoint "
-            f"({type(exc).__name__}: {detail}); {ARCHIVE_HINT}."
+            f"{path}: is truncated or corrupt and cannot be read as a PyTorch checkpoint (its pickled data does not "
+            f"decode); {ARCHIVE_HINT}."
         ) from exc
     _not_a_checkpoint(path, "it is neither a torch zip archive nor a pickle")
 
