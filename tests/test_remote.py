@@ -130,3 +130,53 @@ def test_fetch_refuses_bad_content_in_one_sentence(site: tuple[str, Path]) -> No
     assert len(fetch_image_bytes(f"{base}/photo.jpg", 1 << 20, 5)) > 100
     with pytest.raises(ImageReadError, match="HTML page"):
         fetch_image_bytes(f"{base}/page.jpg", 1 << 20, 5)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that signs itself, and its key (the cryptography package: moto's, in dev)."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509", reason="cryptography is not installed (it comes with moto)")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_tls_failures_are_named_without_openssls_words(site: tuple[str, Path], tmp_path: Path) -> None:
+    """Were "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)" and "[SSL: CERTIFICATE_VERIFY_FAILED]
+    certificate verify failed: self-signed certificate (_ssl.c:1006)"."""
+    import ssl
+
+    base, root = site
+    with pytest.raises(ImageReadError) as e:
+        fetch_image_bytes(base.replace("http://", "https://") + "/photo.jpg", 1 << 20, 5)
+    assert "the server does not speak TLS on this port (a plain http:// server?)" in str(e.value), str(e.value)
+    cert, key = _self_signed(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ImageReadError) as e:
+            fetch_image_bytes(f"https://127.0.0.1:{server.server_address[1]}/photo.jpg", 1 << 20, 5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "the server's TLS certificate is not trusted (self-signed certificate)" in str(e.value), str(e.value)
+    assert "_ssl.c" not in str(e.value) and "[SSL" not in str(e.value)

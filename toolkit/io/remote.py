@@ -227,9 +227,17 @@ def _connect_reason(e: object, timeout: float) -> str:
     if isinstance(e, TimeoutError):
         return f"no answer within {timeout:g} s"
     import socket
+    import ssl
 
     if isinstance(e, socket.gaierror):
         return "unknown host"
+    if isinstance(e, ssl.SSLCertVerificationError):  # OpenSSL's words: "[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c)"
+        why = str(getattr(e, "verify_message", "") or "not trusted")
+        return f"the server's TLS certificate is not trusted ({why}); fix the server's certificate"
+    if isinstance(e, ssl.SSLError):
+        if "WRONG_VERSION_NUMBER" in str(e) or "record layer failure" in str(e):
+            return "the server does not speak TLS on this port (a plain http:// server?); check the URL's scheme"
+        return "the TLS handshake failed; check the URL and the server's TLS set-up"
     if isinstance(e, BaseException):
         return os_reason(e)
     return _short(str(e), 80)
