@@ -119,12 +119,16 @@ def test_a_glob_walks_each_folder_once_and_matches_as_glob_does(tmp_path: Path, 
         assert sorted(got) == want, pattern
 
 
-def test_a_source_that_cannot_be_looked_at_is_one_line(tmp_path: Path) -> None:
+def test_a_source_that_cannot_be_looked_at_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for source, message in (("", "SOURCE is empty"),
                             (str(tmp_path / ("a" * 300 + ".jpg")), "the name is longer than the file system allows"),
                             (str(tmp_path / ("a" * 300) / "*.jpg"), "the pattern matches no files")):
         with pytest.raises(InputError, match=message):
             list_sources(source)  # the long name was a traceback (OSError: File name too long)
+    (tmp_path / "7").write_bytes(b"x")  # a file named like a webcam, given as SOURCE: a file, not a stream
+    monkeypatch.chdir(tmp_path)
+    found = list_sources("7")  # was failed as "a live stream: give it as SOURCE", given as SOURCE
+    assert not found.streams and [why for _, why in found.failed] == ["not an image or video file type (no suffix)"]
     (tmp_path / "loop.jpg").symlink_to("loop.jpg")
     with pytest.raises(InputError, match="loop.jpg: a symbolic link loop"):
         list_sources(tmp_path / "loop.jpg")  # was "broken symbolic link"

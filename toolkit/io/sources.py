@@ -298,7 +298,7 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
         if is_url(f) and (problem := url_problem(f)) is not None:
             failed.append((ref, problem))
-        elif is_live(f):
+        elif is_live(f) and not (f.isdigit() and os.path.lexists(f)):  # a file named 7 is a file
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
         elif "://" in f and not is_url(f) and not is_store_url(f):
             failed.append((ref, f"not a URL yolokit reads ({f.split('://')[0]}://); use http(s), rtsp, rtmp, a "
