@@ -196,6 +196,8 @@ def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize(("args", "code", "text"), [
     (["--to", "onnx", "--imgsz", "100"], 2, "multiples of the model stride"),
     (["--to", "onnx", "--imgsz", "a,b"], 2, "--imgsz takes"),
+    (["--to", "onnx", "--imgsz", "640,"], 2, "--imgsz takes 640 or H,W like 384,640, got '640,'"),  # was 640
+    (["--to", "onnx", "--imgsz", "1_28"], 2, "--imgsz takes"),  # was 128
     (["--to", "onnx", "--imgsz", "99968"], 2, "at most 16384 a side"),
     (["--to", "onnx", "--int8", "--data", "x"], 2, "openvino only"),
     (["--to", "openvino", "--int8"], 2, "--data"),

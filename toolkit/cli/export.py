@@ -97,10 +97,10 @@ def export(
     from toolkit.jobs.export import export as run_export
     from toolkit.jobs.export import format_report
 
-    try:
-        sizes = [int(v) for v in imgsz.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}") from None
+    parts = imgsz.replace(" ", "").split(",")
+    if not all(p.isascii() and p.isdigit() for p in parts):  # "640," or "1_0" were taken
+        raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}")
+    sizes = [int(p) for p in parts]
     if len(sizes) not in (1, 2):
         raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}")
     size = (sizes[0], sizes[-1])
