@@ -539,3 +539,29 @@ def test_file_size_and_pixel_limits_are_options(tmp_path: Path) -> None:
     assert ReadLimits().max_pixels > 13400 * 9528 * 3
     assert main(["run", str(small), "--weights", WEIGHTS, "--max-pixels", "2G"]) == 2
     assert main(["run", str(small), "--weights", WEIGHTS, "--max-file-size", "lots"]) == 2
+
+
+def test_the_decoders_own_lines_on_a_damaged_image_do_not_reach_the_terminal(tmp_path: Path) -> None:
+    """libjpeg printed "Corrupt JPEG data: 721 extraneous bytes before marker 0xd9" for a JPEG whose scan data is
+    damaged (decoded with a grey patch, as OpenCV and YOLOv5 decode it), and libpng "libpng error: Not enough image
+    data" for a PNG whose compressed data stops short behind valid checksums: native lines beside yolokit's own."""
+    import zlib
+
+    src = tmp_path / "src"
+    src.mkdir()
+    photo = corpus.photo(96, 128, seed=3)
+    jpeg = bytearray(corpus.jpeg(photo))
+    jpeg[len(jpeg) // 2:len(jpeg) // 2 + 200] = bytes(np.random.default_rng(0).integers(0, 255, 200, np.uint8))
+    (src / "damaged.jpg").write_bytes(bytes(jpeg))
+    ok, png = cv2.imencode(".png", photo)
+    chunks = corpus.png_chunks(png.tobytes())
+    pixels = zlib.decompress(b"".join(data for kind, data in chunks if kind == b"IDAT"))
+    short = [(kind, data) for kind, data in chunks if kind != b"IDAT"]
+    short.insert(-1, (b"IDAT", zlib.compress(pixels[:len(pixels) // 2])))  # half the rows, valid checksums
+    (src / "short.png").write_bytes(corpus.png_from(short))
+    out = subprocess.run([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", WEIGHTS, "--imgsz", "64",
+                          "--nosave", "--project", str(tmp_path), "--name", "r"], capture_output=True, text=True,
+                         timeout=120)
+    assert "Corrupt JPEG" not in out.stderr and "libpng" not in out.stderr, out.stderr
+    assert out.returncode == 1 and "short.png: " in out.stdout and "1/2 images processed" in out.stdout, out.stdout
+    assert out.stderr == "", out.stderr

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import typer
@@ -89,15 +91,64 @@ def entry() -> None:
     (:func:`exit_now`). After an interrupted run (130) the summary and every output are already written and the
     workers stopped; the process ends at once, so a Ctrl-C that arrives again while the interpreter shuts down
     cannot turn the exit code into a death by SIGINT (seen once in a full test run as -2 instead of 130)."""
-    try:
-        rc = main(exits=True)
-    except Exception:  # a bug: its traceback and exit 1, as Python gives them, without the teardown (a model may
-        traceback.print_exc()  # still be being released in its thread: exit_now does not wait for it, teardown would)
-        rc = 1
+    with decoder_lines_dropped():
+        try:
+            rc = main(exits=True)
+        except Exception:  # a bug: its traceback and exit 1, as Python gives them, without the teardown (a model
+            traceback.print_exc()  # may still be being released: exit_now does not wait for it, teardown would)
+            rc = 1
     if rc == 130:
         _flush()
         os._exit(130)
     exit_now(rc)
+
+
+# what the image decoders inside OpenCV print on their own for a damaged file, beside the failure (or the grey patch
+# of a damaged JPEG, decoded as far as it goes, as YOLOv5 decodes it) that yolokit reports in its own words
+DECODER_NOISE = re.compile(rb"(libpng (warning|error)|Corrupt JPEG data|Premature end of JPEG file|Invalid SOS "
+                           rb"parameters|Warning: unknown JFIF|Unsupported marker type|Bogus (marker|Huffman|DQT|DHT)"
+                           rb"|Invalid JPEG file structure|(Huffman|Quantization) table 0x)")
+
+
+@contextlib.contextmanager
+def decoder_lines_dropped() -> Iterator[None]:
+    """For the ``yolokit`` process: what native code writes to file descriptor 2 (libpng's and libjpeg's own lines
+    on a damaged image: ``Corrupt JPEG data: 721 extraneous bytes before marker 0xd9``) goes through a pipe that
+    drops those lines and passes every other one on, while Python's own stderr (the summary's errors, tracebacks,
+    the progress bar) writes to the terminal directly, as before. Where the descriptors cannot be set up, nothing
+    changes."""
+    import threading
+
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        read_end, write_end = os.pipe()
+    except (OSError, ValueError):
+        yield
+        return
+    python_stderr = sys.stderr
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = open(real, "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",  # noqa: SIM115
+                      errors="backslashreplace", closefd=False)  # the command's stderr until it ends
+
+    def pump() -> None:
+        with open(read_end, "rb", buffering=0) as lines:
+            for line in lines:
+                if not DECODER_NOISE.match(line.lstrip()):
+                    with contextlib.suppress(OSError):
+                        os.write(real, line)
+
+    thread = threading.Thread(target=pump, name="yolokit-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last writer here closes: the pump reads what is left, then its end
+        thread.join(timeout=2)  # a child process that still holds the pipe keeps it open: not waited for
+        sys.stderr = python_stderr
 
 
 def _flush() -> None:
