@@ -221,6 +221,8 @@ def test_info_on_checkpoint(yolov5n_pt: Path) -> None:
     assert info["parameters"] == 1867405 and info["stride"] == 32
     assert abs(info["gflops_640"] - 4.5) < 0.1
     assert info["names"]["0"] == "person"
+    text = _cli("info", str(yolov5n_pt)).stdout  # None was printed for a size or batch the model leaves open
+    assert "imgsz: any (dynamic)" in text and "batch: any (dynamic)" in text and "None" not in text, text
 
 
 def test_weights_list() -> None:
