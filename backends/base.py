@@ -221,7 +221,8 @@ class Backend(ABC):
     * :meth:`claims` (by name: a file with one of ``SUFFIXES``), :meth:`sniff` (by a file's first bytes, so that
       ``--weights anything.bin`` works; default False): which backend loads a file (``backends.backend_for``).
     * :meth:`output_path` (``-o m`` gets ``SUFFIXES[0]``) and :meth:`default_name` (``yolov5n_fp16.onnx``): export
-      targets.
+      targets; :meth:`check_target` refuses, before exporting, a target the artifact cannot be put in (default: a
+      folder where a file goes).
     * :meth:`read_meta`: an artifact's :class:`ModelMeta`, without loading a runtime where possible;
       :meth:`describe`: extra facts for ``yolokit info`` (default none).
     * :meth:`check_precision`: refuses a ``--precision`` outside ``RUN_PRECISIONS`` in one line.
