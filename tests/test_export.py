@@ -163,6 +163,17 @@ def test_metadata_that_does_not_fit_the_model_is_a_bad_model_file(tmp_path: Path
         two.predict(image)
 
 
+def test_nms_inside_that_keeps_nothing_on_the_parity_images_says_it_was_not_compared(tmp_path: Path) -> None:
+    """--nms --conf 1.0 passed its check on "0/0 matched" without a word."""
+    _need("onnx")
+    from toolkit.meta import BakedNMS
+
+    report = export("yolov5n.yaml", "onnx", tmp_path / "e2e.onnx", ExportOptions(imgsz=(128, 128),
+                                                                                  nms=BakedNMS(conf=1.0)))
+    assert report.parity.final is not None and report.parity.final["reference"] == 0
+    assert any("no box passes on the parity images, so the NMS inside was not compared" in n for n in report.notes)
+
+
 def test_output_suffix_is_added_and_unknown_suffixes_are_sniffed(tmp_path: Path) -> None:
     _need("onnx")
     _need("openvino")

@@ -289,6 +289,10 @@ def parity_check(weights: str | Path, artifact: Path, to: str, options: ExportOp
         if final["match_rate"] < min_rate:
             failures.append(f"only {final['matched']} of {max(final['reference'], final['artifact'])} final "
                             f"detections agree ({final['match_rate']:.2f} < {min_rate})")
+        elif not final["reference"] and not final["artifact"]:  # 0 of 0 "agree": nothing of the NMS was compared
+            notes.append(f"at the exported --conf {final['conf']:g} no box passes on the parity images, so the NMS "
+                         f"inside was not compared (only the raw output was); give --parity-data with images "
+                         f"where the model finds objects at that threshold")
     crit = ", ".join(x for x in (
         f"conf diff <= {max_conf:.0e}" if max_conf is not None else "",
         f"box diff <= {max_box_frac:g} x imgsz" if max_box_frac is not None else "",
