@@ -565,3 +565,27 @@ def test_the_decoders_own_lines_on_a_damaged_image_do_not_reach_the_terminal(tmp
     assert "Corrupt JPEG" not in out.stderr and "libpng" not in out.stderr, out.stderr
     assert out.returncode == 1 and "short.png: " in out.stdout and "1/2 images processed" in out.stdout, out.stdout
     assert out.stderr == "", out.stderr
+
+
+_NATIVE_WRITES = """
+import ctypes, os, sys
+from toolkit.cli.root import decoder_lines_dropped
+libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held while it writes
+with decoder_lines_dropped():
+    for line in (b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\\n", b"x" * 200000 + b"\\n"):
+        libc.write(2, line, len(line))
+    print("python's own", file=sys.stderr)
+    if sys.argv[1] == "abort":
+        libc.write(2, b"last words\\n", 11)
+        libc.abort()
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "abort"])
+def test_the_stderr_filter_never_blocks_native_code_and_passes_its_last_words(end: str) -> None:
+    """The first filter, a thread of this process, needed the GIL: native code writing more than a pipe holds
+    (64 KiB) while holding it waited for ever, a child process holding the pipe delayed every exit by 2 s, and what
+    was written just before an abort was lost."""
+    out = subprocess.run([sys.executable, "-c", _NATIVE_WRITES, end], capture_output=True, timeout=60)
+    assert b"x" * 200000 in out.stderr and b"python's own" in out.stderr and b"Corrupt JPEG" not in out.stderr
+    assert (b"last words" in out.stderr) == (end == "abort") and (out.returncode != 0) == (end == "abort")

@@ -110,20 +110,38 @@ DECODER_NOISE = re.compile(rb"(libpng (warning|error)|Corrupt JPEG data|Prematur
                            rb"|Invalid JPEG file structure|(Huffman|Quantization) table 0x)")
 
 
+# the filter: a Python of its own (no site, no environment), so that it needs no lock of this process: a thread here
+# waits for the GIL, and native code that writes much while holding it would wait for the thread
+_FILTER = ("import re, sys\nnoise = re.compile({pattern!r})\nfor line in sys.stdin.buffer:\n"
+           "    if not noise.match(line.lstrip()):\n        sys.stdout.buffer.write(line)\n"
+           "        sys.stdout.buffer.flush()\n")
+
+
 @contextlib.contextmanager
 def decoder_lines_dropped() -> Iterator[None]:
     """For the ``yolokit`` process: what native code writes to file descriptor 2 (libpng's and libjpeg's own lines
-    on a damaged image: ``Corrupt JPEG data: 721 extraneous bytes before marker 0xd9``) goes through a pipe that
-    drops those lines and passes every other one on, while Python's own stderr (the summary's errors, tracebacks,
-    the progress bar) writes to the terminal directly, as before. Where the descriptors cannot be set up, nothing
-    changes."""
-    import threading
-
+    on a damaged image: ``Corrupt JPEG data: 721 extraneous bytes before marker 0xd9``) goes through a pipe to a
+    small filter process that drops those lines and passes every other one on, while Python's own stderr (errors,
+    tracebacks, the progress bar) writes to the terminal directly, as before. The filter runs in a session of its
+    own (a Ctrl-C does not stop it before it has passed on what was written) and ends when the last writer closes
+    the pipe (child processes included), so nothing waits for it and a crash's last words still pass. Where it cannot
+    be started, nothing changes."""
     try:
         sys.stderr.flush()
         real = os.dup(2)
-        read_end, write_end = os.pipe()
     except (OSError, ValueError):
+        yield
+        return
+    try:
+        read_end, write_end = os.pipe()
+        code = _FILTER.format(pattern=DECODER_NOISE.pattern)
+        os.posix_spawn(sys.executable, [sys.executable, "-S", "-E", "-c", code], os.environ,
+                       file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0), (os.POSIX_SPAWN_DUP2, real, 1),
+                                     (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
+                       setsid=True)
+        os.close(read_end)
+    except (OSError, AttributeError, NotImplementedError):  # no posix_spawn (Windows), or it failed: as it was
+        os.close(real)
         yield
         return
     python_stderr = sys.stderr
@@ -131,23 +149,12 @@ def decoder_lines_dropped() -> Iterator[None]:
     os.close(write_end)
     sys.stderr = open(real, "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",  # noqa: SIM115
                       errors="backslashreplace", closefd=False)  # the command's stderr until it ends
-
-    def pump() -> None:
-        with open(read_end, "rb", buffering=0) as lines:
-            for line in lines:
-                if not DECODER_NOISE.match(line.lstrip()):
-                    with contextlib.suppress(OSError):
-                        os.write(real, line)
-
-    thread = threading.Thread(target=pump, name="yolokit-stderr", daemon=True)
-    thread.start()
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
-        os.dup2(real, 2)  # the pipe's last writer here closes: the pump reads what is left, then its end
-        thread.join(timeout=2)  # a child process that still holds the pipe keeps it open: not waited for
+        os.dup2(real, 2)  # this process's end of the pipe closes: the filter ends once its other writers have
         sys.stderr = python_stderr
 
 
