@@ -157,10 +157,18 @@ def test_metadata_that_does_not_fit_the_model_is_a_bad_model_file(tmp_path: Path
         assert "Traceback" not in err and err.count("\n") == 1, err
     listed = Detector(tampered("list.onnx", names=[str(i) for i in range(80)]))  # YOLOv5's own form of names
     assert listed.names[79] == "79" and listed.predict(image)[0] is not None
-    with Detector(tampered("two.onnx", names=["a", "b"])) as two, \
-            pytest.raises(ModelFileError, match="output has shape \\[1, .*, 85\\], where its metadata \\(2 classes\\) "
-                                                "says \\(batch, boxes, 7\\)"):
-        two.predict(image)
+    two = tampered("two.onnx", names=["a", "b"])
+    cv2.imwrite(str(tmp_path / "a.jpg"), image)
+    for pipeline in ("host", "device"):  # the device pipeline (a GPU's, run on the CPU here) gave boxes named '57'
+        with Detector(two, pipeline=pipeline) as det, \
+                pytest.raises(ModelFileError, match="output has shape \\[1, .*, 85\\], where its metadata \\(2 "
+                                                    "classes\\) says \\(batch, boxes, 7\\)"):
+            det.predict(image) if pipeline == "host" else list(det.predict_iter([str(tmp_path / "a.jpg")]))
+    for mode in ("thread", "process"):  # process mode listed every input as failed, 'worker error: ModelFileError'
+        capsys.readouterr()
+        assert main(["run", str(tmp_path / "a.jpg"), "--weights", str(two), "--mode", mode, "--workers", "2",
+                     "--project", str(tmp_path / "runs"), "--exist-ok"]) == 3, mode
+        assert "the model and its metadata do not belong together" in capsys.readouterr().err
 
 
 def test_nms_inside_that_keeps_nothing_on_the_parity_images_says_it_was_not_compared(tmp_path: Path) -> None:

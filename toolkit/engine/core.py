@@ -387,13 +387,7 @@ class BatchRoutine:
         if limit is not None and len(batch) > limit:
             return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
         pred = self.runner.infer(batch)
-        width = 6 if self.meta.nms is not None else 5 + self.meta.nc  # x1 y1 x2 y2 score class; or xywh obj classes
-        if getattr(pred, "ndim", 0) != 3 or pred.shape[-1] != width:
-            what = "final detections" if self.meta.nms is not None else f"{self.meta.nc} classes"
-            shape = list(getattr(pred, "shape", []))
-            raise ModelFileError(f"{self.config.weights}: the model's output has shape {shape}, where its metadata "
-                                 f"({what}) says (batch, boxes, {width}): the model and its metadata do not belong "
-                                 f"together; re-export it with yolokit export")
+        check_output(self.meta, pred, str(self.config.weights))
         return pred
 
     def detect(self, pred: np.ndarray, nms: NMSOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -634,6 +628,19 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
     return replace(nms, multi_label=False)
+
+
+def check_output(meta: ModelMeta, pred: Any, weights: str) -> None:
+    """:class:`ModelFileError` when a model's output (numpy or torch) does not have the shape its metadata says:
+    ``(batch, boxes, 5 + classes)``, or ``(batch, max_det, 6)`` with NMS inside. Tampered metadata, or another
+    network carrying yolokit's, gave boxes named '54' or an IndexError."""
+    width = 6 if meta.nms is not None else 5 + meta.nc  # x1 y1 x2 y2 score class; or xywh objectness classes
+    if getattr(pred, "ndim", 0) != 3 or pred.shape[-1] != width:
+        what = "final detections" if meta.nms is not None else f"{meta.nc} classes"
+        shape = [int(d) for d in getattr(pred, "shape", [])]
+        raise ModelFileError(f"{weights}: the model's output has shape {shape}, where its metadata ({what}) says "
+                             f"(batch, boxes, {width}): the model and its metadata do not belong together; "
+                             f"re-export it with yolokit export")
 
 
 def image_array_problem(image: np.ndarray) -> str | None:

@@ -35,7 +35,7 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, expand, intra_op_threads, set_threads
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
-from toolkit.errors import YolokitError
+from toolkit.errors import ModelFileError, YolokitError
 from toolkit.host import keep_freed_memory
 from toolkit.io.files import ImageReadError, read_head
 from toolkit.io.imageheader import oriented_size
@@ -129,6 +129,8 @@ def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSp
             continue
         try:
             sender.send(("done", wid, task_id, run_task(routine, items, spec)))
+        except ModelFileError as e:  # the model itself is wrong: the run stops with it, as in thread mode
+            sender.send(("model_error", wid, task_id, str(e)))
         except Exception as e:
             sender.send(("error", wid, task_id, f"{type(e).__name__}: {e}"))
 
@@ -347,6 +349,8 @@ class ProcessPool:
     def handle(self, kind: str, wid: int, tid: Any, payload: Any) -> None:
         if kind == "ready":
             self.workers[wid].ready = True
+        elif kind == "model_error":
+            raise ModelFileError(str(payload))
         elif kind == "init_error":
             raise YolokitError(f"a worker process could not load the model: {payload}")
         elif kind in ("done", "error"):
@@ -374,6 +378,8 @@ class ProcessPool:
         tid = self.new_task(*nxt)
         try:
             self.handle("done", -1, tid, run_task(self.local, nxt[1], self.spec))
+        except ModelFileError:
+            raise
         except Exception as e:  # reported for this task's inputs, as a worker's error would be
             self.handle("error", -1, tid, f"{type(e).__name__}: {e}")
         if not self.started:

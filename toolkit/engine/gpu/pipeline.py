@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from toolkit.detections import Detections
-from toolkit.engine.core import BatchRoutine, Item, Result, image_array_problem, ordered_map, to_original
+from toolkit.engine.core import BatchRoutine, Item, Result, check_output, image_array_problem, ordered_map, to_original
 from toolkit.engine.gpu.letterbox import letterbox_torch, pad_normalise
 from toolkit.engine.gpu.memory import (
     CapturedForward,
@@ -60,7 +60,7 @@ from toolkit.engine.gpu.memory import (
     cuda_settings,
 )
 from toolkit.engine.gpu.nms import BatchedNMS, Candidates
-from toolkit.errors import first_line, last_line
+from toolkit.errors import ModelFileError, first_line, last_line
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import Download
 from toolkit.ops import LetterboxInfo, letterbox_info, letterbox_padding, letterbox_resize, scale_boxes
@@ -241,6 +241,7 @@ class DevicePipeline:
                 else:
                     x = bucket.input if self.dev.static_batch else bucket.input[:b]
                     preds = self.dev.forward(x)[:b]
+                check_output(self.routine.meta, preds, str(self.routine.config.weights))
                 cand, out, info = self.nms(preds)
                 out = out.contiguous()  # one plain copy back
                 out_h = ctx.host_empty(tuple(out.shape), out.dtype)
@@ -248,6 +249,8 @@ class DevicePipeline:
                 out_h.copy_(out, non_blocking=True)
                 info_h.copy_(info, non_blocking=True)
                 ready = ctx.record(ctx.compute)
+        except ModelFileError:
+            raise  # the model itself is wrong: every image would fail the same way
         except Exception as e:
             for s in entries:
                 self._done[s.seq] = Result(s.ref, error=f"inference failed: {first_line(e)}")
