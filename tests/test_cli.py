@@ -275,9 +275,12 @@ def test_only_a_process_that_ends_after_the_command_leaves_the_models_release_be
                                "photos/; see 'yolokit run --help'"),
     (["info"], "yolokit info: missing argument 'model'; see 'yolokit info --help'"),
     (["nope"], "yolokit: no such command 'nope'; see 'yolokit --help'"),
+    (["run", "--imgsz"], "yolokit run: option '--imgsz' requires an argument; see 'yolokit run --help'"),  # no ctx
 ])
 def test_a_command_line_the_parser_refuses_is_one_line(argv: list[str], line: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The parser's own refusal was four lines ("Usage: ...", "Try ...", "", "Error: ...")."""
     assert main(argv) == 2
     assert capsys.readouterr().err == line + "\n"
+    assert main(["run", "--sourcedir", "x"]) == 2  # not taken for detect.py's --source
+    assert "no such option: --sourcedir" in capsys.readouterr().err

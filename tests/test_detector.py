@@ -106,6 +106,7 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
             d.predict(im, **kwargs)
     with pytest.raises(InputError, match="predict_iter takes a source"):
         next(d.predict_iter(im))  # type: ignore[arg-type]
+    assert len(list(d.predict_iter([str(jpg)], batch=np.int64(2)))) == 1  # numpy's integers, as before
     for kwargs, reason in (({"batch": 2.5}, "batch takes a whole number, at least 0, got 2.5"),  # was a TypeError
                            ({"workers": -1}, "workers takes a whole number, at least 0, got -1")):
         with pytest.raises(InputError, match=re.escape(reason)):

@@ -114,6 +114,25 @@ def test_an_export_that_fails_its_check_or_is_interrupted_leaves_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.onnx"]  # no stage folder either
 
 
+def test_an_export_removes_only_the_stage_folders_of_killed_exports_to_its_target(tmp_path: Path) -> None:
+    """A new export removed every '.NAME.*' stage folder: a concurrent export's, and another target's (m for
+    m.onnx)."""
+    _need("onnx")
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a process that has ended
+    stale = tmp_path / f".n.onnx.{gone}.abcd1234.export-partial"
+    live = tmp_path / f".n.onnx.{os.getppid()}.x.export-partial"  # a process still running: an export under way
+    other = tmp_path / f".n.{gone}.abcd1234.export-partial"  # the stage of a target named n
+    for folder in (stale, live, other):
+        folder.mkdir()
+    export("yolov5n.yaml", "onnx", tmp_path / "n.onnx", ExportOptions(imgsz=(128, 128)))
+    assert not stale.exists() and live.exists() and other.exists()
+
+
 def test_an_openvino_export_into_a_folder_with_another_model_is_refused_first(tmp_path: Path) -> None:
     _need("openvino")
     (tmp_path / "ov").mkdir()

@@ -14,8 +14,9 @@ from toolkit.options import class_ids
 
 
 def parse_classes(text: str | None, flag: str = "--classes") -> tuple[int, ...] | None:
-    """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None or "" -> None (every class)."""
-    return class_ids(text, flag) if text else None
+    """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None, "" or blanks -> None (every
+    class, as the flag left out)."""
+    return class_ids(text, flag) if text and text.strip() else None
 
 
 def parse_amount(text: str, flag: str, base: int) -> int:

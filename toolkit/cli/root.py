@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
     except Exception as e:
         # usage errors from the command-line parser (click, vendored by recent typer): shown, exit code 2
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
-            typer.echo(usage_line(e), err=True)
+            typer.echo(usage_line(e, argv if argv is not None else sys.argv[1:]), err=True)
             return 2
         if type(e).__name__ == "Abort":
             err("aborted")
@@ -69,16 +69,18 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-def usage_line(e: Exception) -> str:
+def usage_line(e: Exception, argv: list[str]) -> str:
     """A command-line parser's refusal (click's usage error: four lines, "Usage: ... Try ... Error: ...") as one line
-    naming the command, what is wrong and where the help is, with the fix for the slips users of detect.py make."""
+    naming the command, what is wrong and where the help is, with the fix for the slips users of detect.py make.
+    ``argv`` names the command where the refusal does not (an option missing its value)."""
     ctx = getattr(e, "ctx", None)
-    command = getattr(ctx, "command_path", "") or "yolokit"
+    command = getattr(ctx, "command_path", "") or (f"yolokit {argv[0]}" if argv and argv[0].isidentifier()
+                                                   else "yolokit")
     message = str(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
     if "unexpected extra argument" in message and command.endswith(" run"):
         message += ("; give one SOURCE (a folder, a .txt list, or a glob in quotes, 'photos/*.jpg', which the shell "
                     "otherwise expands into many names)")
-    if "No such option: --source" in message:
+    if re.search(r"No such option: --source(?= |$)", message):
         message = "SOURCE is an argument, not an option (detect.py's --source): yolokit run photos/"
     if message[:1].isupper() and not message[1:2].isupper():
         message = message[0].lower() + message[1:]

@@ -4,6 +4,7 @@ that it holds (with the GPU pipeline where the model's runner has a device side)
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -172,8 +173,8 @@ class ModelRoutine(BatchRoutine):
 def _check_counts(least: int, **counts: Any) -> None:
     """:class:`InputError` for a count that is not a whole number of at least ``least`` (``batch=2.5``: a TypeError
     deep in the planner)."""
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    for name, value in counts.items():  # numpy's integers too, as DetectorConfig takes them
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise InputError(f"{name} takes a whole number, at least {least}, got {value!r}")
 
 

@@ -453,13 +453,28 @@ STAGE_SUFFIX = ".export-partial"  # the hidden folder an export is written and c
 
 
 def _stage(target: Path) -> Path:
-    """A new hidden folder beside ``target`` to export into (the same file system: moved into place by renames);
-    those an earlier export to the same target left when it was killed are removed first."""
+    """A new hidden folder beside ``target`` to export into (the same file system: moved into place by renames),
+    named with this process's id; those an export to the same target left when it was killed (its process gone) are
+    removed first, never one still in use."""
+    import re
     import tempfile
 
+    mine = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+{re.escape(STAGE_SUFFIX)}")
     for old in target.parent.glob(f".{glob_escape(target.name)}.*{STAGE_SUFFIX}"):
-        shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGE_SUFFIX, dir=target.parent))
+        found = mine.fullmatch(old.name)  # not another target's (m for m.onnx)
+        if found is not None and not _alive(int(found.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=STAGE_SUFFIX, dir=target.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
 
 
 def _publish(stage: Path, folder: Path) -> None:
