@@ -112,8 +112,10 @@ def test_a_glob_walks_each_folder_once_and_matches_as_glob_does(tmp_path: Path, 
     for name in ("a.jpg", "s/b.jpg", "s/t/c.jpg", ".h.jpg", ".hid/d.jpg", "s/e.png", "s/t/u/f.jpg"):
         _jpg(tmp_path / "m" / name)
     monkeypatch.chdir(tmp_path / "m")
+    (tmp_path / "m" / "link").symlink_to("s")  # a second name of a folder, walked under both, as glob does
     for pattern in ("**/*.jpg", "*.jpg", "*/*.jpg", "s/**/*.jpg", "s/*/c.jpg", "**/t/*.jpg", "s/**", ".*/*.jpg",
-                    "[as]*/*.?pg", "*/t/**/*.jpg", str(tmp_path / "m" / "s" / "*.jpg")):
+                    "[as]*/*.?pg", "*/t/**/*.jpg", str(tmp_path / "m" / "s" / "*.jpg"), "l*/*.jpg", "[l]*/t/*.jpg",
+                    "s/*/../*.jpg", "./s/*.jpg"):
         want = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
         got = [r.path for r in list_sources(pattern).items] + [r.path for r, _ in list_sources(pattern).failed]
         assert sorted(got) == want, pattern

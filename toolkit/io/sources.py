@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import glob as globmod
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -214,10 +215,12 @@ def _link_problem(path: str) -> str:
     return "broken symbolic link (what it points to is gone); fix or remove the link"
 
 
-def _walk(top: str, source: str, failed: list[tuple[InputRef, str]]) -> Iterator[tuple[str, list[str], list[str]]]:
+def _walk(top: str, source: str, failed: list[tuple[InputRef, str]], once: bool = True
+          ) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` of ``top`` following links to folders, sorted, each folder once (by device and inode: a link
-    back up, or two links to one folder, is walked once); a folder below ``top`` that cannot be listed is a failure
-    of ``source`` (its images were not read), ``top`` itself an :class:`InputError`."""
+    back up, or two links to one folder, is walked once; with ``once`` False only a link back up is cut, so that
+    two names of one folder are both walked, as a glob sees them); a folder below ``top`` that cannot be listed is
+    a failure of ``source`` (its images were not read), ``top`` itself an :class:`InputError`."""
     def unlistable(e: OSError) -> None:
         # os.walk skips a folder it cannot list; record it so its images are not silently lost
         where = e.filename if isinstance(e.filename, str) else top
@@ -228,15 +231,19 @@ def _walk(top: str, source: str, failed: list[tuple[InputRef, str]]) -> Iterator
         failed.append((InputRef(where, key), f"{os_reason(e)} (cannot list the folder; its images were not read)"))
 
     seen: set[tuple[int, int]] = set()
+    above: dict[str, frozenset[tuple[int, int]]] = {}  # each folder's own and its parents' device and inode
     for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=True):
         try:
             st = os.stat(dirpath)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in seen:  # a link to a folder walked already (a loop, or two links to one)
+        me = (st.st_dev, st.st_ino)
+        chain = above.get(os.path.dirname(dirpath), frozenset())
+        if me in (seen if once else chain):  # a link back up (a loop), or to a folder walked already
             dirnames[:] = []
             continue
-        seen.add((st.st_dev, st.st_ino))
+        seen.add(me)
+        above[dirpath] = chain | {me}
         dirnames.sort()
         yield dirpath, dirnames, sorted(filenames)
 
@@ -251,19 +258,33 @@ def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> list[str]:
     base = os.sep.join(parts[:fixed]) if fixed else ""
     base = base or (os.sep if pattern.startswith(os.sep) else "")
     rest = parts[fixed:]
+    if any(part in (os.curdir, os.pardir) for part in rest):  # "photos/*/../*.jpg": glob's own reading, rare
+        return sorted(p for p in globmod.glob(pattern, recursive=True) if not os.path.isdir(p))
     top = base or os.curdir
     if not os.path.isdir(top):
         return []
-    deepest = None if any(part == "**" for part in rest) else len(rest) - 1  # folders below top a match can be in
     out = []
-    for dirpath, dirnames, filenames in _walk(top, pattern, failed):
+    for dirpath, dirnames, filenames in _walk(top, pattern, failed, once=False):
         rel = [] if dirpath == top else os.path.relpath(dirpath, top).split(os.sep)
-        if deepest is not None and len(rel) >= deepest:
-            dirnames[:] = []
+        # only folders a match can be in: no hidden one under **, no sibling the pattern does not name, and so no
+        # failure for a folder the pattern never reaches
+        dirnames[:] = [d for d in dirnames if _leads([*rel, d], rest)]
         for f in filenames:
             if _matches([*rel, f], rest):
                 out.append(os.path.join(dirpath, f) if base else os.path.join(*rel, f))
     return sorted(out)
+
+
+def _leads(names: list[str], parts: list[str]) -> bool:
+    """Whether folders ``names`` can begin a path that matches a glob's ``parts``, with a file still to come."""
+    if not names:
+        return bool(parts)
+    if not parts:
+        return False
+    if parts[0] == "**":
+        return _leads(names, parts[1:]) or (not names[0].startswith(".") and _leads(names[1:], parts))
+    return (not names[0].startswith(".") or parts[0].startswith(".")) and \
+        fnmatch.fnmatchcase(names[0], parts[0]) and _leads(names[1:], parts[1:])
 
 
 def _matches(names: list[str], parts: list[str]) -> bool:
