@@ -591,3 +591,17 @@ def test_the_stderr_filter_never_blocks_native_code_and_passes_its_last_words(en
     out = subprocess.run([sys.executable, "-c", _NATIVE_WRITES, end], capture_output=True, timeout=60)
     assert b"x" * 200000 in out.stderr and b"python's own" in out.stderr and b"Corrupt JPEG" not in out.stderr
     assert (b"last words" in out.stderr) == (end == "abort") and (out.returncode != 0) == (end == "abort")
+
+
+def test_an_output_name_too_long_for_the_file_system_fails_its_input_not_the_run(tmp_path: Path) -> None:
+    """'a.png' beside 'a.jpg' is keyed 'a.png', so its label is 'a.png.txt': with a 251-byte name that is over 255.
+    The run stopped with exit 7 ('File name too long; free some space ...'), the other images never processed."""
+    src = tmp_path / "src"
+    for name in ("p" * 251 + ".jpg", "p" * 251 + ".png", "ok.jpg"):
+        _img(src / name, 48, 64, seed=len(name))
+    summary = run(RunOptions.of(source=str(src), weights=WEIGHTS, imgsz=64, save_txt=True, project=str(tmp_path),
+                                name="r"))
+    assert summary.images == 3 and summary.processed == 2, summary.failed
+    assert summary.failed[0]["reason"].startswith("its output name ppp")
+    assert "is longer than the file system allows (255 bytes a name); rename the input" in summary.failed[0]["reason"]
+    assert not [p for p in (tmp_path / "r").rglob("*") if ".tmp" in p.name]

@@ -29,7 +29,7 @@ class VideoSink:
         import tempfile
 
         folder = self.path.parent if store.local is not None else Path(tempfile.gettempdir())
-        self.tmp = folder / f".{self.path.name}.{os.urandom(6).hex()}.tmp.mp4"
+        self.tmp = folder / f".{self.path.name[:200]}.{os.urandom(6).hex()}.tmp.mp4"  # within 255 bytes as the name
         self._names = contextlib.ExitStack()  # a name OpenCV can take for a path that is not UTF-8 (opencv_name)
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import inspect
 import os
 import re
@@ -184,7 +185,7 @@ def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space an
     try:  # creating the folder or the temporary file fails too on a full disk or a read-only folder
         path.parent.mkdir(parents=True, exist_ok=True)
         # os.open with 0o666 lets the umask decide the mode, as for any other file (mkstemp would give 0600)
-        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        tmp = str(path.parent / f".{path.name[:200]}.{os.urandom(6).hex()}.tmp")  # within 255 bytes as the name is
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -204,7 +205,14 @@ def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space an
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if e.errno == errno.ENAMETOOLONG:  # this name's fault, not the folder's: its input fails, the run goes on
+            raise NameTooLongError(f"its output name {path.name[:60]}... is longer than the file system allows "
+                                   f"(255 bytes a name); rename the input") from None
         raise OutputError(f"{path}: cannot write ({e.strerror or e}); {hint}") from None
+
+
+class NameTooLongError(OutputError):
+    """An output's name is longer than the file system takes: that input fails, not the run."""
 
 
 class LocalStore(Store):

@@ -44,6 +44,7 @@ _LASTING = re.compile("|".join(re.escape(text) for text in (
     "not a URL yolokit reads",
     "cannot open the video",
     "cannot decode this frame",
+    "is longer than the file system allows",  # its output name: renaming the input makes another input
 )))
 RETRY_NOTE = "--resume retries it"
 LASTING_NOTE = "--resume retries it only once the file changes, or with --retry-failed"

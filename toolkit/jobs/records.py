@@ -26,7 +26,7 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
-from toolkit.io.store import Store
+from toolkit.io.store import NameTooLongError, Store
 from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, flag_of, group, identity, option
 from toolkit.tiling import TileOptions
 
@@ -194,6 +194,15 @@ class CropNames:
 
 
 def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
+    """:func:`_write_outputs`, with an output name the file system cannot hold failing its input (the files it
+    wrote removed), not the run."""
+    try:
+        return _write_outputs(res, opts, out_dir, crop_names)
+    except NameTooLongError as e:
+        return Outcome(res.ref.key, res.ref.name, str(e), video=res.ref.video, frames=res.ref.frames)
+
+
+def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
     """Write one result's labels, crops and annotated image into the run folder ``out_dir``, each whole (a local
     folder or object storage: :mod:`toolkit.io.store`); what to record of it.
     A video frame's annotated image goes into its video (:class:`toolkit.jobs.saving.OutputPool`), not here.
