@@ -265,7 +265,13 @@ def test_reasons_say_what_resume_does(tmp_path: Path) -> None:
                    "not an image or video file type (.txt)", "cannot decode this frame",
                    "the file is 2 MB, over the 1 MB limit; raise it with --max-file-size if this is a real image",
                    "the header says 20000x20000 pixels (400 megapixels), over the 1-megapixel limit; raise it with "
-                   "--max-pixels if this image is real"):
+                   "--max-pixels if this image is real",
+                   # an object's (its ETag the fingerprint), a video shorter than the stride, a name too long: were
+                   # retried on every resume
+                   "the object is empty", "the object holds an HTML page, not an image",
+                   "the video has fewer frames than --vid-stride 31, so no frame of it is kept; lower --vid-stride",
+                   "its output name ppp... is longer than the file system allows (255 bytes a name); rename the "
+                   "input"):
         assert not retried_on_resume(reason, fp), reason
         assert retried_on_resume(reason, ""), reason  # no fingerprint (a URL): nothing says it is unchanged
     for reason in (LOST_REASON, VIDEO_REASON, "permission denied (cannot read the file)", "file not found",

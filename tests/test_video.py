@@ -92,6 +92,28 @@ def test_the_progress_counts_a_videos_frames_toward_its_total(mode: str, tmp_pat
     assert {total for _, total in seen[first_frame:]} == {9}, seen
 
 
+def test_a_video_shorter_than_the_stride_is_listed(tmp_path: Path) -> None:
+    """--vid-stride 31 over a video of 30 frames left it out of every list (exit 0, or 'no inputs' alone)."""
+    v = _video(tmp_path / "src" / "short.avi", 5)
+    got = list(iter_video(InputRef(str(v), "short", -1), 6))
+    assert [(r.key, why) for r, _, why in got] == [("short", "the video has fewer frames than --vid-stride 6, so no "
+                                                              "frame of it is kept; lower --vid-stride")]
+    assert [r.key for r, _, _ in iter_video(InputRef(str(v), "short", -1), 5)] == ["short_1"]
+
+
+def test_an_image_named_as_a_videos_frame_keeps_its_own_outputs(tmp_path: Path) -> None:
+    """a_1.jpg beside a.avi: the video's first frame is a_1 too (detect.py's naming), and both wrote labels/a_1.txt,
+    one's boxes lost without a word."""
+    src = tmp_path / "src"
+    _video(src / "a.avi", 3)
+    cv2.imwrite(str(src / "a_1.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    assert main(["run", str(src), *ARGS, "--nosave", "--project", str(tmp_path), "--name", "r"]) == 0
+    labels = sorted(p.name for p in (tmp_path / "r" / "labels").iterdir())
+    assert labels == ["a_1.jpg.txt", "a_1.txt", "a_2.txt", "a_3.txt"], labels
+    keys = [json.loads(line)["key"] for line in (tmp_path / "r" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(keys) == ["a_1", "a_1.jpg", "a_2", "a_3"]
+
+
 def test_a_corrupt_stretch_fails_only_its_frames_and_the_video_keeps_the_rest(tmp_path: Path) -> None:
     v = _video(tmp_path / "v.avi", 20)
     data = bytearray(v.read_bytes())

@@ -12,7 +12,7 @@ import glob as globmod
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -334,7 +334,22 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
             items.append(InputRef(f, ref.key, frame=-1))  # expanded to frames when read
         else:
             items.append(ref)
-    return SourceList(items, failed, root)
+    return SourceList(_apart_from_frames(items, taken), failed, root)
+
+
+def _apart_from_frames(items: list[InputRef], taken: set[str]) -> list[InputRef]:
+    """``items`` with an image keyed as a video's frame would be (``a_1.jpg`` beside ``a.avi``, whose first frame is
+    ``a_1``, as detect.py names it) keyed apart (``a_1.jpg``): the two wrote one label file, one's boxes lost."""
+    videos = {r.key for r in items if r.frame == -1}
+    if not videos:
+        return items
+    out = []
+    for r in items:
+        stem, sep, number = r.key.rpartition("_")
+        if r.frame is None and sep and number.isdigit() and stem in videos:
+            r = replace(r, key=_unique_key(r.key, r.path, taken))
+        out.append(r)
+    return out
 
 
 UNDECODABLE = "cannot decode this frame"
@@ -395,7 +410,7 @@ def _from_store(url: str) -> SourceList:
     if not items:
         raise InputError(f"{url}: no images or videos there (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; is the bucket and prefix right?)")
-    return SourceList(items, failed, root)
+    return SourceList(_apart_from_frames(items, taken), failed, root)
 
 
 def fingerprint(ref: InputRef) -> str:
@@ -487,7 +502,13 @@ def video_frames(ref: InputRef, path: str, stride: int) -> Iterator[tuple[InputR
     and the video ends with its last frame. A video that opens but gives no frame at all fails as a whole
     (:data:`NO_FRAMES`)."""
     with opencv_name(path) as name:
-        yield from _video_frames(ref, path, name, stride)
+        given = 0
+        for item in _video_frames(ref, path, name, stride):
+            given += 1
+            yield item
+    if not given:  # it gave frames, fewer than the stride: the video was in no list at all
+        yield ref, None, (f"the video has fewer frames than --vid-stride {stride}, so no frame of it is kept; lower "
+                          f"--vid-stride")
 
 
 NO_FRAMES = ("the video gives no frame that can be decoded (damaged, or frames larger than the decoder takes); "

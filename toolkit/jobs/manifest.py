@@ -45,6 +45,8 @@ _LASTING = re.compile("|".join(re.escape(text) for text in (
     "cannot open the video",
     "cannot decode this frame",
     "is longer than the file system allows",  # its output name: renaming the input makes another input
+    "fewer frames than --vid-stride",  # a resume keeps the stride
+    "the object is empty", "the object holds",  # an object store's words for an empty or non-image object
 )))
 RETRY_NOTE = "--resume retries it"
 LASTING_NOTE = "--resume retries it only once the file changes, or with --retry-failed"
