@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.helpers import hostile, s3
@@ -223,6 +225,22 @@ def test_objects_get_the_limits_and_refusals_of_local_files(store_env: dict[str,
     assert calls["GetObject"] == len(objects) - 1  # every object read once, in one request, but the huge one
     for reason in failed.values():
         assert "\n" not in reason and "Traceback" not in reason
+
+
+def test_objects_a_pattern_names_carry_their_etags(store_env: dict[str, str], tmp_path: Path) -> None:
+    """A store glob recorded no fingerprint, so a resume kept the old results of an object replaced since."""
+    fs = s3.filesystem()
+    image = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    other = cv2.imencode(".jpg", np.full((48, 64, 3), 10, np.uint8))[1].tobytes()
+    fs.pipe({"odd/pat/a.jpg": image, "odd/pat/b.jpg": image})
+    common = {"source": "s3://odd/pat/*.jpg", "weights": "yolov5n.yaml", "imgsz": 64, "nosave": True,
+              "project": str(tmp_path), "name": "r"}
+    run(RunOptions.of(**common))
+    fps = [json.loads(line)["fp"] for line in (tmp_path / "r" / "manifest.jsonl").read_text().splitlines()]
+    assert len(fps) == 2 and all(fps), fps  # were ""
+    fs.pipe({"odd/pat/b.jpg": other})
+    again = run(RunOptions.of(**common, resume=True))
+    assert [Path(p).name for p in again.resume["changed"]] == ["b.jpg"], again.resume
 
 
 # ------------------------------------------------------------------------------------------- the guard

@@ -388,11 +388,14 @@ def _from_store(url: str) -> SourceList:
     if not url.split("://", 1)[1].strip("/"):
         raise InputError(f"{url}: names no bucket or folder; give {url.split('://', 1)[0]}://BUCKET/PREFIX")
     if any(ch in url.split("://", 1)[1] for ch in "*?["):
-        files = glob_objects(url)
-        if not files:
+        objects = glob_objects(url)
+        if not objects:
             raise InputError(f"{url}: the pattern matches no objects")
         root = url.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        return _from_files(files, root, failed)
+        found = _from_files([o.url for o in objects], root, failed)
+        etags = {o.url: o.content_id for o in objects}  # a resume's fingerprints, as a prefix's listing gives them
+        found.items = [replace(r, content_id=etags.get(r.path, "")) for r in found.items]
+        return found
     if url.lower().endswith(".txt"):
         base = url.rsplit("/", 1)[0]
         lines = list_lines(read_object(url, LIST_LIMIT), encoding="utf-8")

@@ -474,15 +474,17 @@ def list_objects(url: str) -> Iterator[ObjectInfo]:
         raise InputError(f"{url}: cannot list ({store_reason(e)})") from None
 
 
-def glob_objects(pattern: str) -> list[str]:
-    """The objects a ``*``/``?``/``[]`` pattern matches, as URLs, sorted."""
+def glob_objects(pattern: str) -> list[ObjectInfo]:
+    """The objects a ``*``/``?``/``[]`` pattern matches, sorted by URL, each with its ETag (``content_id``) as a
+    prefix's listing gives it: the fingerprint a resume compares."""
     fs, path = filesystem(pattern)
     scheme = url_scheme(pattern)
     try:
         found = fs.glob(path, detail=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{pattern}: cannot list ({store_reason(e)})") from None
-    return sorted(f"{scheme}://{name}" for name, info in found.items() if info.get("type", "file") == "file")
+    return sorted((ObjectInfo(f"{scheme}://{name}", int(info.get("size") or 0), content_id(info))
+                   for name, info in found.items() if info.get("type", "file") == "file"), key=lambda o: o.url)
 
 
 def read_object(url: str, max_bytes: int) -> bytes:
