@@ -243,6 +243,19 @@ def test_objects_a_pattern_names_carry_their_etags(store_env: dict[str, str], tm
     assert [Path(p).name for p in again.resume["changed"]] == ["b.jpg"], again.resume
 
 
+def test_the_store_clients_own_words_are_replaced() -> None:
+    """'Could not connect to the endpoint URL: "http://127.0.0.1:5598/out?list-type=2&prefix=..."' and 'Unable to
+    locate credentials' (no fix) were the reasons."""
+    exceptions = pytest.importorskip("botocore.exceptions", reason="botocore (the cloud extra) is not installed")
+    from toolkit.io.store import store_reason
+
+    far = exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:5598/out?list-type=2&prefix=a")
+    assert store_reason(far) == ("cannot connect to the store at http://127.0.0.1:5598; check its endpoint "
+                                 "(AWS_ENDPOINT_URL) and that it is running")
+    assert store_reason(exceptions.NoCredentialsError()).startswith("no credentials for the store; set "
+                                                                    "AWS_ACCESS_KEY_ID")
+
+
 # ------------------------------------------------------------------------------------------- the guard
 
 

@@ -103,9 +103,17 @@ def store_reason(e: BaseException) -> str:
     # asyncio's own before Python 3.11 (none can have been raised where asyncio was never imported)
     if isinstance(e, (TimeoutError, getattr(sys.modules.get("asyncio"), "TimeoutError", TimeoutError))):
         return "the store did not answer in time"
-    if isinstance(e, OSError) and e.strerror:
-        return _plain(str(e.strerror))
-    return _plain(first_line(e))
+    kind = type(e).__name__
+    text = str(e.strerror) if isinstance(e, OSError) and e.strerror else first_line(e)
+    # botocore's own words, with a request's whole URL in them
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError") or text.startswith("Could not connect to"):
+        where = re.search(r'"(\w+://[^/"]+)', text)
+        return (f"cannot connect to the store{' at ' + where.group(1) if where else ''}; check its endpoint "
+                f"(AWS_ENDPOINT_URL) and that it is running")
+    if kind == "NoCredentialsError" or "Unable to locate credentials" in text:
+        return ("no credentials for the store; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile "
+                "(AWS_PROFILE)")
+    return _plain(text)
 
 
 def _plain(text: str) -> str:
