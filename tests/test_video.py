@@ -83,13 +83,20 @@ def test_the_progress_counts_a_videos_frames_toward_its_total(mode: str, tmp_pat
     _video(src / "clip.avi", 25, fps=10.0)
     cv2.imwrite(str(src / "still.jpg"), np.full((48, 64, 3), 90, np.uint8))
     seen: list[tuple[int, int]] = []
+    events: list[tuple[str, int, int]] = []
     summary = run(RunOptions.of(source=str(src), weights=RANDOM, imgsz=64, vid_stride=3, mode=mode, workers=2,
                                 nosave=True, project=str(tmp_path), name="r"),
-                  progress=lambda done, total, _: seen.append((done, total)))
+                  progress=lambda done, total, _: (seen.append((done, total)), events.append(("rec", done, total))),
+                  ticks=lambda done, total: events.append(("tick", done, total)))
     assert summary.images == 9 and [d for d, _ in seen] == list(range(1, 10))  # 8 frames (25 // 3) and the still
     assert all(done <= total for done, total in seen)
     first_frame = next(i for i, (_, total) in enumerate(seen) if total != 2)  # until then: two inputs
     assert {total for _, total in seen[first_frame:]} == {9}, seen
+    # a video's frames are recorded together once its .mp4 is complete: the ticks move while it is inferred
+    ticks = [done for kind, done, _ in events if kind == "tick"]
+    assert ticks == list(range(1, 10)) and all(done <= total for _, done, total in events)
+    before = [done for kind, done, _ in events[:next(i for i, e in enumerate(events) if e[0] == "rec")]]
+    assert before[:8] == list(range(1, 9)), events
 
 
 def test_a_video_shorter_than_the_stride_is_listed(tmp_path: Path) -> None:

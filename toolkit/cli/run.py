@@ -36,7 +36,10 @@ class Progress:
         return self
 
     def update(self, done: int, total: int, *_: Any) -> None:
+        """Both the run's ticks (each image or frame inferred) and its progress (each recorded) call this: the bar
+        shows the furthest of them."""
         if self._bar is not None:
+            done = max(done, int(self._bar.tasks[0].completed))
             elapsed = self._bar.tasks[0].elapsed or 0.0
             rate = f"{done / elapsed:.1f} img/s" if elapsed > 0 else ""
             self._bar.update(self._task, completed=done, total=total or None, rate=rate)  # 0: not known
@@ -70,7 +73,8 @@ def run(**kwargs: Any) -> None:
     # there) goes to stderr
     with Progress(not json_out, "detecting") as bar, contextlib.redirect_stdout(sys.stderr):
         # where the process ends right after (exit_now), the model's release is not waited for
-        summary = run_job(opts, progress=bar.update, release=not getattr(invocation, "exits", False))
+        summary = run_job(opts, progress=bar.update, release=not getattr(invocation, "exits", False),
+                          ticks=bar.update)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:

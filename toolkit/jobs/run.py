@@ -86,6 +86,7 @@ class RunSummary:
 
 
 ProgressFn = Callable[[int, int, Outcome], None]
+TickFn = Callable[[int, int], None]
 
 
 class Engine(Protocol):
@@ -139,6 +140,7 @@ class LocalEngine:
         self.owned = detector is None
         self.weights, self.backend = str(self.det.weights), self.det.backend_name
         self.taken_crops = taken_crops or []
+        self.on_result: Callable[[Result], None] | None = None  # told of each result as it is inferred (a tick)
         self.live: Any = None  # the StreamSet of a live run
 
     def results(self, sources: SourceList) -> Iterator[Result]:
@@ -165,6 +167,8 @@ class LocalEngine:
         saver = OutputPool(self.opts, self.out_dir, self.taken_crops, self.opts.engine.save_workers)
         try:
             for res in self.results(sources):
+                if self.on_result is not None:
+                    self.on_result(res)
                 saver.submit(res)
                 yield from saver.ready()
             yield from saver.finish()
@@ -246,7 +250,7 @@ def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None,
-        release: bool = True) -> RunSummary:
+        release: bool = True, ticks: TickFn | None = None) -> RunSummary:
     """Run detection over ``opts.source`` and write the outputs under ``project/name``.
 
     Every input ends up either processed or in ``failures.jsonl`` and the summary with its reason.
@@ -255,8 +259,10 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     output settings; it redoes inputs that changed, removes the outputs of inputs gone from SOURCE and retries
     failed inputs that may pass now (all of them with ``opts.retry_failed``). One run at a time holds the folder.
     ``progress(done, total, result)`` is called after each image or frame (``total``: the images and frames of
-    the run, as far as known: a video counts as its frames once its first is read; 0 for live streams).
-    ``release=False`` releases the model this run
+    the run, as far as known: a video counts as its frames once its first is read; 0 for live streams), once the
+    input's outputs are recorded (a video's frames together, once its annotated video is complete). ``ticks(done,
+    total)`` is called as each image or frame is inferred, before its outputs are written (the local engine; a
+    progress bar that moves through a long video). ``release=False`` releases the model this run
     loaded in a background thread, for a caller whose process ends right after (the ``yolokit`` command): the run
     returns without waiting for it (OpenVINO took 25 ms), and an exit that does not wait for it ends it.
     """
@@ -275,7 +281,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
     # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
     with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
-        return _run_in(out_dir, opts, sources, records, progress, detector, lock, release)
+        return _run_in(out_dir, opts, sources, records, progress, detector, lock, release, ticks)
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
@@ -295,7 +301,8 @@ def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list
 
 
 def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Manifest, progress: ProgressFn | None,
-            detector: Detector | None, lock: FolderLock | StoreLock, release: bool = True) -> RunSummary:
+            detector: Detector | None, lock: FolderLock | StoreLock, release: bool = True,
+            ticks: TickFn | None = None) -> RunSummary:
     live = bool(sources.streams)
     source_label = str(opts.source or "the sample photos shipped with yolokit")
     inputs = {} if live else _inputs(sources)
@@ -329,6 +336,18 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
         engine = _engine(opts, out_dir, detector, records, sources)
         summary.weights, summary.backend = engine.weights, engine.backend
+        if ticks is not None and isinstance(engine, LocalEngine):
+            inferred = len(records.previous)
+
+            def tick(res: Result) -> None:
+                nonlocal inferred, total
+                if res.ref.key in done_keys:  # recorded before an interruption: skipped below
+                    return
+                inferred += 1
+                total = _progress_total(total, res.ref.video, res.ref.frames, counted, recorded, inferred)
+                ticks(inferred, total)
+
+            engine.on_result = tick
         outcomes = engine.outcomes(sources)
         with records:
             for oc in outcomes:
@@ -341,7 +360,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                 summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
                 reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
                 records.record(oc, path, fp, retry)
-                total = _progress_total(total, oc, counted, recorded, summary.images)
+                total = _progress_total(total, oc.video, oc.frames, counted, recorded, summary.images)
                 if progress is not None:
                     progress(summary.images, total, oc)
     except KeyboardInterrupt:
@@ -373,16 +392,17 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     return summary
 
 
-def _progress_total(total: int, oc: Outcome, counted: set[str], recorded: Counter[str], done: int) -> int:
-    """The progress's total once ``oc`` is done: a video's first frame turns the one input it was counted as into
-    the frames it is to give, less those a resumed run had recorded; never below what is done (a frame count is
-    the container's, and can be an estimate). 0 stays 0 (not known)."""
+def _progress_total(total: int, video: str, frames: int, counted: set[str], recorded: Counter[str],
+                    done: int) -> int:
+    """The progress's total once an image or a frame of ``video`` (which is to give ``frames``) is done: a video's
+    first frame turns the one input it was counted as into its frames, less those a resumed run had recorded;
+    never below what is done (a frame count is the container's, and can be an estimate). 0 stays 0 (not known)."""
     if not total:
         return 0
-    if oc.video and oc.video not in counted:
-        counted.add(oc.video)
-        if oc.frames:
-            total += max(oc.frames - recorded[oc.video], 0) - 1
+    if video and video not in counted:
+        counted.add(video)
+        if frames:
+            total += max(frames - recorded[video], 0) - 1
     return max(total, done)
 
 
