@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from toolkit.options import CONF, IOU, MAX_DET
+from toolkit.options import CONF, IOU, MAX_DET, whole_number
 
 YOLOKIT_VERSION = "0.1.0"
 META_KEY = "yolokit"  # key under which artifacts store the JSON (ONNX metadata_props, OpenVINO rt_info, ...)
@@ -80,19 +80,16 @@ class ModelMeta:
         if isinstance(d.get("nms"), dict):
             d["nms"] = BakedNMS(**{k: v for k, v in d["nms"].items() if k in BakedNMS.__dataclass_fields__})
         stride = d.get("stride", 32)
-        if not _whole(stride) or stride not in (8, 16, 32, 64, 128):
+        if not whole_number(stride) or stride not in (8, 16, 32, 64, 128):
             raise ValueError(f"'stride' {stride!r} is no model stride (8 to 128, a power of two)")
         for key in ("imgsz", "max_imgsz"):
             if d.get(key) is not None:
                 size = d[key]
-                if not isinstance(size, list) or len(size) != 2 or not all(_whole(v) and v > 0 for v in size):
+                if not isinstance(size, list) or len(size) != 2 or not all(whole_number(v) and v > 0 for v in size):
                     raise ValueError(f"'{key}' {size!r} is no (height, width) in pixels")
                 d[key] = tuple(int(v) for v in size)
         for key in ("batch", "max_batch"):
-            if d.get(key) is not None and not (_whole(d[key]) and d[key] > 0):
+            if d.get(key) is not None and not (whole_number(d[key]) and d[key] > 0):
                 raise ValueError(f"'{key}' {d[key]!r} is no batch size")
         return cls(**d)
 
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

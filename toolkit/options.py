@@ -321,11 +321,6 @@ def identity(obj: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
-           "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "build", "check", "declared",
-           "group", "identity", "keys", "nearest", "option", "plain", "refuse_unknown", "walk"]
-
-
 def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
     """``--classes`` as class ids: ``0,2`` or ``0 2`` (text), one id, or a sequence of ids; :class:`InputError`
     naming ``flag`` otherwise. Strict, since a slip here silently changes what a run keeps: an empty part
@@ -337,11 +332,11 @@ def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
         parts = re.split(r"\s*,\s*|\s+", text) if text else []  # "0,2", "0, 2" or "0 2" (detect.py's form)
         if all(_ID.fullmatch(p) for p in parts):
             ids = tuple(int(p) for p in parts)
-    elif _whole(value):
+    elif whole_number(value):
         ids = (int(value),)
     elif isinstance(value, Iterable) and not isinstance(value, (bytes, dict)):
         items = list(value)
-        if all(_whole(c) for c in items):
+        if all(whole_number(c) for c in items):
             ids = tuple(int(c) for c in items)
     if ids == ():
         raise InputError(f"{flag} is empty, which would keep no detection; leave it out for every class, or give ids "
@@ -354,5 +349,18 @@ def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
 _ID = re.compile(r"-?[0-9]+")  # an id as text, in ASCII digits (a negative one is refused by --classes' limit)
 
 
-def _whole(value: Any) -> bool:
+def whole_number(value: Any) -> bool:
+    """An integer (numpy's too), not a bool: what a count, a size or an id takes."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def ascii_digits(text: str) -> bool:
+    """Text that is a whole number in digits 0-9 alone (``int()`` also takes ``1_0``, ``+5`` and other scripts'
+    digits)."""
+    return text.isascii() and text.isdigit()
+
+
+__all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
+           "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "ascii_digits", "build",
+           "check", "class_ids", "declared", "flag_of", "group", "identity", "keys", "nearest", "option", "plain",
+           "refuse_unknown", "walk", "whole_number"]

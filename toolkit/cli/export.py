@@ -14,7 +14,7 @@ import typer
 
 from toolkit.cli.root import app
 from toolkit.errors import InputError
-from toolkit.options import CONF, IMGSZ, IOU, MAX_DET
+from toolkit.options import CONF, IMGSZ, IOU, MAX_DET, ascii_digits
 
 
 @app.command()
@@ -98,7 +98,7 @@ def export(
     from toolkit.jobs.export import format_report
 
     parts = imgsz.replace(" ", "").split(",")
-    if not all(p.isascii() and p.isdigit() for p in parts):  # "640," or "1_0" were taken
+    if not all(ascii_digits(p) for p in parts):  # "640," or "1_0" were taken
         raise InputError(f"--imgsz takes 640 or H,W like 384,640, got {imgsz!r}")
     sizes = [int(p) for p in parts]
     if len(sizes) not in (1, 2):

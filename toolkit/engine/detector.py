@@ -4,7 +4,6 @@ that it holds (with the GPU pipeline where the model's runner has a device side)
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -39,7 +38,7 @@ from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions, letterbox_shape
-from toolkit.options import refuse_unknown
+from toolkit.options import refuse_unknown, whole_number
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
@@ -174,7 +173,7 @@ def _check_counts(least: int, **counts: Any) -> None:
     """:class:`InputError` for a count that is not a whole number of at least ``least`` (``batch=2.5``: a TypeError
     deep in the planner)."""
     for name, value in counts.items():  # numpy's integers too, as DetectorConfig takes them
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        if not whole_number(value) or value < least:
             raise InputError(f"{name} takes a whole number, at least {least}, got {value!r}")
 
 

@@ -22,7 +22,7 @@ from toolkit.errors import InputError, OutputError
 from toolkit.io.outputs import CSV_HEADER, json_bytes
 from toolkit.io.store import LocalStore, Store, atomic_write_bytes
 from toolkit.jobs.journal import journal, parse_lines
-from toolkit.jobs.records import Outcome, identity_changes
+from toolkit.jobs.records import Outcome, as_path, identity_changes
 
 # the files a run writes itself, besides each input's outputs
 BOOKKEEPING = ("run.json", "manifest.jsonl", "failures.jsonl", "predictions.jsonl", "predictions.json",
@@ -143,11 +143,6 @@ class Reconciled:
 Inputs = dict[str, tuple[str, str]]  # an input's id (its key; a video's key) -> (its path, its fingerprint)
 
 
-def _as_path(path: str) -> str:
-    """A local input's path in one spelling (``./src//a.jpg`` is ``src/a.jpg``); a URL as it is."""
-    return os.path.normpath(path) if path and "://" not in path else path
-
-
 def input_id(record: dict[str, Any]) -> str:
     """The input a manifest line belongs to: a video frame's video, else its own key."""
     return str(record.get("video") or record.get("key"))
@@ -238,8 +233,8 @@ class Manifest:
                     kept.extend(recs)
                     continue
                 found.removed.append(shown)
-            elif (_as_path(str(first.get("src") or first.get("path"))), str(first.get("fp", ""))) != \
-                    (_as_path(now[0]), now[1]):  # the same file: src/a.jpg is ./src/a.jpg
+            elif (as_path(str(first.get("src") or first.get("path"))), str(first.get("fp", ""))) != \
+                    (as_path(now[0]), now[1]):  # the same file: src/a.jpg is ./src/a.jpg
                 found.changed.append(shown)
             elif any(not r.get("ok") and (retry_failed or r.get("retry", True)) for r in recs):
                 found.retried.append(shown)

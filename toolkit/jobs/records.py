@@ -279,7 +279,7 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         old = before.get(k, defaults.get(k))
         if k == MODEL_CONTENT or (k == "weights" and known):
             continue
-        if k == "source" and _as_path(old) == _as_path(v):
+        if k == "source" and as_path(old) == as_path(v):
             continue
         if old != v:
             flag = "SOURCE" if k == "source" else flag_of(k)
@@ -290,6 +290,7 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-def _as_path(value: Any) -> Any:
-    """A local SOURCE as a path (``p1/`` and ``./p1`` are ``p1``); anything else as it is."""
+def as_path(value: Any) -> Any:
+    """A local path in one spelling (``p1/``, ``./p1`` and ``p1//`` are ``p1``), for SOURCE and each input; a URL,
+    or anything else, as it is."""
     return os.path.normpath(value) if isinstance(value, str) and value and "://" not in value else value

@@ -43,7 +43,7 @@ from toolkit.io.samples import sample_paths
 from toolkit.io.sources import InputRef
 from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, to_chw_rgb
-from toolkit.options import refuse_unknown
+from toolkit.options import ascii_digits, refuse_unknown, whole_number
 from toolkit.serve.options import REQUEST_PARAMETERS, request_nms
 from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor
 
@@ -354,8 +354,7 @@ def check_protocol(parameters: dict[str, Any]) -> None:
     if flag is not None and not isinstance(flag, bool):  # a gRPC string_param "false" read as nothing at all
         raise ProtocolError(f"parameter binary_data_output must be true or false, got {flag!r}")
     priority = parameters.get("priority")
-    whole = (isinstance(priority, int) and not isinstance(priority, bool) and priority >= 0) or \
-        (isinstance(priority, str) and priority.isascii() and priority.isdigit())
-    if priority is not None and not whole:
+    if priority is not None and not ((whole_number(priority) and priority >= 0)
+                                     or (isinstance(priority, str) and ascii_digits(priority))):
         raise ProtocolError(f"parameter priority takes a whole number of 0 or more (Triton's request priority), got "
                             f"{priority!r}")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError
+from toolkit.options import ascii_digits
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP header names: any case)
 
@@ -187,7 +188,7 @@ def header_length(value: str | None) -> int | None:
         return None
     text = value.strip()
     # int() would also take "1_0", "+5" and other digits than 0-9, and refuse more than 4300 digits with a ValueError
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    if not ascii_digits(text) or len(text) > 18:
         raise ProtocolError(f"Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
     return int(text)
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from toolkit.detections import Detections
 from toolkit.engine.plan import cpu_count
 from toolkit.errors import InputError, YolokitError
+from toolkit.options import ascii_digits, whole_number
 from toolkit.serve import metrics as m
 from toolkit.serve.batcher import Admission, Batcher, Draining, Expired, QueueFull, Ticket
 from toolkit.serve.metrics import ServerMetrics
@@ -188,8 +189,8 @@ class Service:
         seconds = self.options.timeout_s
         if timeout_us is not None:  # Triton's request timeout, in microseconds (a query string's text too)
             text = timeout_us.strip() if isinstance(timeout_us, str) else ""
-            us = int(text) if text.isascii() and text.isdigit() else timeout_us  # not "1_0", nor other digits
-            if isinstance(us, bool) or not isinstance(us, int) or us <= 0:
+            us = int(text) if ascii_digits(text) else timeout_us  # not "1_0", nor other digits
+            if not whole_number(us) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
                                    f"{timeout_us!r}")
             seconds = min(seconds, us / 1e6)
