@@ -139,11 +139,9 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         odd = [(ref, NOT_A_STREAM) for ref in streams if not _addressable(ref.path)]
         return SourceList([], odd, "", [ref for ref in streams if _addressable(ref.path)])
     if _magic(text) and not os.path.lexists(text):
-        root = text.split("*")[0].split("?")[0].split("[")[0]
-        root = root if root.endswith(os.sep) else os.path.dirname(root)
         # every match that is not a folder: a named pipe or a device is listed and refused by the reader, not
-        # silently dropped
-        files = _glob(text, failed)
+        # silently dropped; keys are below the pattern's fixed part
+        root, files = _glob(text, failed)
         if not files and not failed:
             raise InputError(f"{text}: the pattern matches no files")
         return _from_files(files, root, failed)
@@ -248,54 +246,45 @@ def _walk(top: str, source: str, failed: list[tuple[InputRef, str]], once: bool 
         yield dirpath, dirnames, sorted(filenames)
 
 
-def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> list[str]:
-    """The paths that glob's recursive form matches with ``pattern`` (``**``: any folders; a name starting with
-    '.' only where the pattern's part starts with '.'), but folders apart, found by walking from its fixed part as
-    a folder SOURCE is walked (:func:`_walk`): glob followed a link loop until the path grew too long, listing an
-    image once per turn (or for minutes), and skipped a folder it could not list without a word."""
+def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> tuple[str, list[str]]:
+    """The pattern's fixed part (the folders before its first wildcard; "" for none), and the paths that glob's
+    recursive form matches with ``pattern`` (``**``: any folders; a name starting with '.' only where the pattern's
+    part starts with '.'), but folders apart, found by walking from its fixed part as a folder SOURCE is walked
+    (:func:`_walk`): glob followed a link loop until the path grew too long, listing an image once per turn (or for
+    minutes), and skipped a folder it could not list without a word."""
     parts = pattern.split(os.sep)
     fixed = next(i for i, part in enumerate(parts) if _magic(part))
     base = os.sep.join(parts[:fixed]) if fixed else ""
     base = base or (os.sep if pattern.startswith(os.sep) else "")
     rest = parts[fixed:]
     if any(part in (os.curdir, os.pardir) for part in rest):  # "photos/*/../*.jpg": glob's own reading, rare
-        return sorted(p for p in globmod.glob(pattern, recursive=True) if not os.path.isdir(p))
+        return base, sorted(p for p in globmod.glob(pattern, recursive=True) if not os.path.isdir(p))
     top = base or os.curdir
     if not os.path.isdir(top):
-        return []
+        return base, []
     out = []
     for dirpath, dirnames, filenames in _walk(top, pattern, failed, once=False):
         rel = [] if dirpath == top else os.path.relpath(dirpath, top).split(os.sep)
         # only folders a match can be in: no hidden one under **, no sibling the pattern does not name, and so no
         # failure for a folder the pattern never reaches
-        dirnames[:] = [d for d in dirnames if _leads([*rel, d], rest)]
+        dirnames[:] = [d for d in dirnames if _fits([*rel, d], rest, whole=False)]
         for f in filenames:
-            if _matches([*rel, f], rest):
+            if _fits([*rel, f], rest, whole=True):
                 out.append(os.path.join(dirpath, f) if base else os.path.join(*rel, f))
-    return sorted(out)
+    return base, sorted(out)
 
 
-def _leads(names: list[str], parts: list[str]) -> bool:
-    """Whether folders ``names`` can begin a path that matches a glob's ``parts``, with a file still to come."""
+def _fits(names: list[str], parts: list[str], whole: bool) -> bool:
+    """Whether a path's ``names`` match a glob's ``parts`` (``whole``; ``**`` matching any number of names), or,
+    for folders, can begin a path that matches them with a file still to come."""
     if not names:
-        return bool(parts)
+        return all(part == "**" for part in parts) if whole else bool(parts)
     if not parts:
         return False
     if parts[0] == "**":
-        return _leads(names, parts[1:]) or (not names[0].startswith(".") and _leads(names[1:], parts))
+        return _fits(names, parts[1:], whole) or (not names[0].startswith(".") and _fits(names[1:], parts, whole))
     return (not names[0].startswith(".") or parts[0].startswith(".")) and \
-        fnmatch.fnmatchcase(names[0], parts[0]) and _leads(names[1:], parts[1:])
-
-
-def _matches(names: list[str], parts: list[str]) -> bool:
-    """Whether a path's ``names`` match a glob's ``parts`` (``**`` matching any number of names)."""
-    if not parts:
-        return not names
-    if parts[0] == "**":
-        return _matches(names, parts[1:]) or (bool(names) and not names[0].startswith(".")
-                                              and _matches(names[1:], parts))
-    return bool(names) and (not names[0].startswith(".") or parts[0].startswith(".")) and \
-        fnmatch.fnmatchcase(names[0], parts[0]) and _matches(names[1:], parts[1:])
+        fnmatch.fnmatchcase(names[0], parts[0]) and _fits(names[1:], parts[1:], whole)
 
 
 def _unique_key(key: str, path: str, taken: set[str]) -> str:
