@@ -194,8 +194,8 @@ class CropNames:
 
 
 def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
-    """:func:`_write_outputs`, with an output name the file system cannot hold failing its input (the files it
-    wrote removed), not the run."""
+    """:func:`_write_outputs`, with an output name the file system cannot hold failing its input, not the run (an
+    output of that input written before the one refused stays, unrecorded)."""
     try:
         return _write_outputs(res, opts, out_dir, crop_names)
     except NameTooLongError as e:
