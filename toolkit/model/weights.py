@@ -12,7 +12,6 @@ nothing) into a local file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -176,9 +175,16 @@ def _same_path(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------------------------- checks
 
 
+def _sha256(data: bytes = b"") -> Any:
+    """A sha256 hasher; hashlib is imported here, so that a run from a local model loads no OpenSSL (3 ms)."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
+    h = _sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -220,7 +226,7 @@ def _source_url(entry: WeightsEntry, url: str | None) -> str:
 
 
 def _hash_prefix(path: Path) -> tuple[Any, int]:
-    h = hashlib.sha256()
+    h = _sha256()
     n = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -299,7 +305,7 @@ def _attempt(
         else:
             # 200 (or a file:// URL, status None): the whole body follows, restart from zero.
             start = 0
-            hasher, done = hashlib.sha256(), 0
+            hasher, done = _sha256(), 0
             mode = "wb"
 
         if stream.length is not None and start + stream.length != entry.size:
@@ -437,7 +443,7 @@ def fetch_stored_model(url: str, cache_dir: str | os.PathLike[str] | None = None
                              f"endpoint)") from None
     except Exception as e:  # noqa: BLE001 - a store's client error
         raise DownloadError(f"{url}: cannot read the model object ({store_reason(e)})") from None
-    folder = cache / "store" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder = cache / "store" / _sha256(url.encode()).hexdigest()[:16]
     name = url.rstrip("/").rsplit("/", 1)[-1]
     target, stamp = folder / name, folder / f".{name}.etag"
     with contextlib.suppress(OSError):
