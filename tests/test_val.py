@@ -154,9 +154,9 @@ def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str
 
 def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
-    """Bad YAML, a yaml that is not a mapping, a split that is not text: one line naming the file, the reason and
-    the fix (a traceback before); a good yaml in UTF-8 with non-ASCII class names and a val list saved with a
-    byte-order mark and Windows line ends finds its images and names."""
+    """Bad YAML, a yaml that is not a mapping, a split that is not text, no val split: one line naming the file,
+    the reason and the fix (a traceback before); a good yaml in UTF-8 with non-ASCII class names and a val list
+    saved with a byte-order mark and Windows line ends finds its images and names."""
     from toolkit.jobs.valdata import dataset_images
 
     cases = {"bad.yaml": ("path: x\nval: [a, b\nnames: {0: a}\n", "not valid YAML .* at line 3, column"),
@@ -164,7 +164,10 @@ def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsy
              "num.yaml": ("val: 3\n", "must be text"),
              "url.yaml": ("path: https://x/y.zip\nval: images\n", "is a URL; yolokit val reads a dataset on this"),
              "names.yaml": ("val: images\nnames: 5\n", "names must be a list or a mapping"),
-             "nc.yaml": ("val: images\nnc: abc\nnames: [a]\n", "nc 'abc' must be the number of classes .1 names.")}
+             "nc.yaml": ("val: images\nnc: abc\nnames: [a]\n", "nc 'abc' must be the number of classes .1 names."),
+             # val.py measures the val split and refuses a yaml without one: not the train or test split silently
+             "train.yaml": ("path: .\ntrain: images\nnames: [a]\n", "has no val split .* add 'val:'"),
+             "test.yaml": ("path: .\ntrain: images\ntest: images\nval: []\nnames: [a]\n", "has no val split")}
     for name, (text, reason) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=reason):

@@ -58,12 +58,14 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
         if not isinstance(d, dict):
             raise InputError(f"{p}: not a dataset yaml (it holds a {type(d).__name__}); {fix}")
         base = d.get("path") or p.parent
-        split = d.get("val") or d.get("test") or d.get("train")
-        if not split:
-            raise InputError(f"{p}: the dataset yaml has no val/train split")
+        split = d.get("val")  # val.py's split (it refuses a yaml without one; not the train or test split instead)
+        if split is None or split == "" or split == []:
+            raise InputError(f"{p}: the dataset yaml has no val split (what yolokit val measures, as val.py does); "
+                             f"add 'val:' with the folder or .txt list of the images to measure (coco128.yaml "
+                             f"gives its train folder); {fix}")
         splits = split if isinstance(split, list) else [split]
         if not isinstance(base, str | Path) or not all(isinstance(s, str) for s in splits):
-            raise InputError(f"{p}: its path and val/train splits must be text (folders or .txt lists); {fix}")
+            raise InputError(f"{p}: its path and val split must be text (folders or .txt lists); {fix}")
         remote = [str(s) for s in (base, *splits) if "://" in str(s)]
         if remote:
             raise InputError(f"{p}: {remote[0]} is a URL; yolokit val reads a dataset on this machine: download and "
