@@ -122,6 +122,38 @@ def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: P
     assert "--weights ./yolov5n.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
 
 
+def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--exist-ok`` into SOURCE's own folder wrote each annotated image over its input (the photos lost), and a
+    run folder inside SOURCE had its outputs read as inputs on --resume (13 inputs for 3, and outputs of outputs
+    written deeper each time). Both are refused or set aside before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        _img(tmp_path / "proj" / f"{i}.jpg", seed=i)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "proj").iterdir()}
+    (tmp_path / "list.txt").write_text("proj/0.jpg\n")
+    for source in ("proj", "proj/", "list.txt", "proj/1.jpg", "proj/*.jpg"):
+        capsys.readouterr()
+        assert main(["run", source, *COMMON, "--project", ".", "--name", "proj", "--exist-ok"]) == 2, source
+        err = capsys.readouterr().err.strip()
+        assert "the run folder holds SOURCE's inputs (proj/" in err and "give another --name or --project" in err, err
+        assert "\n" not in err
+    _img(tmp_path / "top" / "imgs" / "0.jpg", seed=5)
+    assert main(["run", "top/imgs", *COMMON, "--project", ".", "--name", "top", "--exist-ok"]) == 2  # SOURCE inside
+    assert {p.name: p.read_bytes() for p in (tmp_path / "proj").iterdir()} == before  # nothing written or overwritten
+    assert main(["run", "proj", *COMMON, "--save-crop", "--project", "proj/runs", "--name", "e"]) == 0
+    first = _outputs(tmp_path / "proj" / "runs" / "e")
+    capsys.readouterr()
+    for _ in range(2):
+        assert main(["run", "proj", *COMMON, "--save-crop", "--project", "proj/runs", "--name", "e", "--resume"]) == 0
+        out = capsys.readouterr().out
+        assert "2/2 images processed" in out and "below SOURCE in the run folder proj/runs/e were not read" in out, out
+    assert sorted(_manifest_keys(tmp_path / "proj" / "runs" / "e")) == ["0", "1"]
+    assert _outputs(tmp_path / "proj" / "runs" / "e") == first  # no outputs of outputs
+    assert main(["run", "proj", *COMMON, "--project", "proj/runs", "--name", "e", "--exist-ok", "--save-crop"]) == 0
+    assert sorted(_manifest_keys(tmp_path / "proj" / "runs" / "e")) == ["0", "1"]
+
+
 def test_run_identity_takes_every_output_setting_and_no_other() -> None:
     """Every option declared as changing outputs is checked by --resume, each on its own line; no other option is
     (so an option added later is checked once its declaration says it changes outputs)."""

@@ -79,6 +79,7 @@ class SourceList:
     failed: list[tuple[InputRef, str]]
     root: str
     streams: list[InputRef] = field(default_factory=list)  # live streams (read in their own threads)
+    notes: list[str] = field(default_factory=list)  # what the run's summary says about the listing
 
     def __len__(self) -> int:
         return len(self.items)

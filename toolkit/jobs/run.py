@@ -276,12 +276,51 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
     if sources.streams and opts.engine.name != "local":
         raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
+    _apart_from_run_folder(sources, folder)
     out_dir, lock, new, made = _claim(folder)
     records = Manifest(out_dir)
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
     # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
     with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
         return _run_in(out_dir, opts, sources, records, progress, detector, lock, release, ticks)
+
+
+def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
+    """Keep a run's inputs out of its own run folder (an existing local one: ``--exist-ok`` or ``--resume``).
+    The run folder inside a SOURCE folder: the files in it are its outputs, not inputs (a resume read them, and
+    wrote outputs of outputs further down each time): set aside, with a note. SOURCE's images in the run folder
+    itself (the run folder is SOURCE's folder, or holds it, or a list names files in it): refused before anything
+    is written, since each annotated image would overwrite its input."""
+    if not (folder.resume or folder.exist_ok) or is_store_url(folder.project):
+        return
+    run_dir = os.path.join(local_path(folder.project), folder.name)
+    if not os.path.isdir(run_dir) or not (sources.items or sources.failed):
+        return
+    real = os.path.realpath(run_dir)
+
+    def within(path: str, top: str) -> bool:
+        return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+    root = sources.root
+    local = "://" not in root
+    if root and local and within(real, os.path.realpath(root)) and real != os.path.realpath(root):
+        below = os.path.normpath(os.path.join(root, os.path.relpath(real, os.path.realpath(root))))
+        kept = [r for r in sources.items if not within(os.path.normpath(r.path), below)]
+        failed = [(r, why) for r, why in sources.failed if not within(os.path.normpath(r.path), below)]
+        dropped = len(sources.items) + len(sources.failed) - len(kept) - len(failed)
+        if dropped:
+            sources.items, sources.failed = kept, failed
+            sources.notes.append(f"{dropped} file(s) below SOURCE in the run folder {run_dir} were not read: they "
+                                 f"are the run's outputs, not its inputs")
+        return
+    refs = [*sources.items, *(r for r, _ in sources.failed)]
+    folders = {root} if root and local else {os.path.dirname(r.path) or "." for r in refs if "://" not in r.path}
+    for f in sorted(folders):
+        if within(os.path.realpath(f), real):
+            first = next((r.path for r in refs if f == root or (os.path.dirname(r.path) or ".") == f), f)
+            raise InputError(f"{run_dir}: the run folder holds SOURCE's inputs ({first}), and a run folder holds "
+                             f"outputs only (an annotated image would overwrite an input of its name, a resume would "
+                             f"read outputs as inputs); give another --name or --project")
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
@@ -321,7 +360,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                                    "resumed": len(records.previous), "engine": opts.engine.name,
                                    "augment": d.augment, "vid_stride": d.vid_stride})
     summary.resume = {"changed": found.changed, "retried": found.retried, "removed": found.removed}
-    summary.notes.extend(_resume_notes(summary.resume) + ([lock.note] if lock.note else []))
+    summary.notes.extend(_resume_notes(summary.resume) + ([lock.note] if lock.note else []) + sources.notes)
     for r in records.previous:  # the summary covers the whole run, resumed or not
         summary.count(bool(r.get("ok")), int(r.get("n", 0)), r.get("classes"), str(r.get("path")),
                       str(r.get("reason")))
