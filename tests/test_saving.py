@@ -77,6 +77,28 @@ def test_crops_and_csv_follow_the_detections(mode: str, photos: Path, yolov5n_pt
             assert np.abs(crop.astype(int) - want).mean() < 6  # JPEG quality 95
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_crop_never_overwrites_an_input_s_annotated_image(mode: str, photos: Path, yolov5n_pt: Path,
+                                                            tmp_path: Path) -> None:
+    """An input below SOURCE/crops/<class>/ has its annotated image where crops of that class go: the crop of
+    img.jpg's first person overwrote crops/person/img.jpg, the annotated image of crops/person/img.jpg, and the
+    manifest listed the lost file. The crop now takes the next free name."""
+    src = tmp_path / "src"
+    first, second = photos / "000000000036.jpg", photos / "000000000025.jpg"  # people; giraffes
+    (src / "crops" / "person").mkdir(parents=True)
+    shutil.copy(first, src / "img.jpg")
+    shutil.copy(second, src / "crops" / "person" / "img.jpg")
+    assert main(["run", str(src), "--weights", str(yolov5n_pt), "--save-crop", "--mode", mode, "--workers", "2",
+                 "--project", str(tmp_path), "--name", "r"]) == 0
+    out = tmp_path / "r"
+    records = {json.loads(line)["key"]: json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()}
+    assert records["img"]["crops"][0] == "person/img_2.jpg", records["img"]  # the first free name
+    annotated = cv2.imread(str(out / "crops" / "person" / "img.jpg"))
+    assert annotated is not None and annotated.shape == cv2.imread(str(second)).shape  # the whole photo, annotated
+    for name in records["img"]["crops"]:
+        assert (out / "crops" / name).is_file()
+
+
 def test_annotation_options_change_the_annotated_images(photos: Path, yolov5n_pt: Path, tmp_path: Path) -> None:
     one = sorted(photos.glob("*.jpg"))[0]
     outs = {}

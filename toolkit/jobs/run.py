@@ -22,7 +22,7 @@ from toolkit.engine.core import DetectorConfig, Result, image_sizes
 from toolkit.engine.detector import Detector
 from toolkit.engine.plan import Plan, load_threads, preplan
 from toolkit.errors import InputError, OutputError
-from toolkit.io.outputs import json_bytes
+from toolkit.io.outputs import annotated_suffix, json_bytes
 from toolkit.io.sources import InputRef, SourceList, fingerprint, list_sources
 from toolkit.io.store import LocalStore, Store, is_store_url, local_path
 from toolkit.jobs.lock import LOCK_NAME, FolderLock, StoreLock, claim_store_folder
@@ -246,7 +246,17 @@ def _engine(opts: RunOptions, out_dir: Store, detector: Detector | None, records
         return RayJob(opts, out_dir)
     if sources.streams:
         return LocalEngine(opts, out_dir, detector, records.crop_names)
-    return LocalEngine(opts, out_dir, detector, records.crop_names, refs=sources.items)
+    return LocalEngine(opts, out_dir, detector, [*records.crop_names, *_crop_places(sources.items)],
+                       refs=sources.items)
+
+
+def _crop_places(items: list[InputRef]) -> list[str]:
+    """The crop names (below ``crops/``) that inputs below a SOURCE folder named ``crops`` have their annotated images
+    at (``crops/person/a.jpg``, where the crop of ``a``'s first person goes): taken, so that no crop overwrites
+    them."""
+    top = "crops" + os.sep
+    return ["/".join(r.key[len(top):].split(os.sep, 1)) + annotated_suffix(r.path, r.frame) for r in items
+            if r.frame is None and r.key.startswith(top)]  # as CropNames spells them: <class>/<key>.jpg
 
 
 def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector | None = None,
