@@ -99,6 +99,27 @@ def test_a_crop_never_overwrites_an_input_s_annotated_image(mode: str, photos: P
         assert (out / "crops" / name).is_file()
 
 
+def test_coco_results_keep_coco_image_ids_for_an_image_listed_twice(photos: Path, yolov5n_pt: Path, tmp_path: Path,
+                                                                      coco128: Path) -> None:
+    """A list naming one photo twice: its second entry (output key ``000000000009.jpg``) had the image id
+    "000000000009.jpg" in predictions.json, which pycocotools' loadRes refused ("Results do not correspond to
+    current coco set"). The id comes from the file's stem, as val.py takes it; a stem of other digits than 0-9
+    (``²``, which int() refuses) is no number."""
+    from pycocotools.coco import COCO
+
+    from toolkit.io.outputs import coco_image_id
+
+    first, second = photos / "000000000009.jpg", photos / "000000000025.jpg"
+    (tmp_path / "list.txt").write_text(f"{first}\n{second}\n{first}\n")
+    assert main(["run", str(tmp_path / "list.txt"), "--weights", str(yolov5n_pt), "--save-json", "--nosave",
+                 "--project", str(tmp_path), "--name", "r"]) == 0
+    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    assert {p["image_id"] for p in preds} == {9, 25}
+    gt = COCO(str(coco128 / "annotations" / "instances_train2017.json"))
+    assert len(gt.loadRes(str(tmp_path / "r" / "predictions.json")).getAnnIds()) == len(preds)
+    assert coco_image_id("a/\u00b2") == "a/\u00b2" and coco_image_id("x_2", "0042") == 42
+
+
 def test_annotation_options_change_the_annotated_images(photos: Path, yolov5n_pt: Path, tmp_path: Path) -> None:
     one = sorted(photos.glob("*.jpg"))[0]
     outs = {}

@@ -45,9 +45,12 @@ def write_labels(store: Store, name: str, det: Detections, save_conf: bool = Fal
     store.put(name, label_lines(det, save_conf).encode())
 
 
-def coco_image_id(key: str) -> int | str:
-    stem = Path(key).name
-    return int(stem) if stem.isnumeric() else key
+def coco_image_id(key: str, stem: str | None = None) -> int | str:
+    """An image's id in COCO results, as val.py gives it: the image file's stem (``stem``, else the last part of
+    ``key``) as a number where it is one (COCO's ids, ``000000000009.jpg`` -> 9), else ``key`` (unique in a run).
+    The stem, not the run's output key: an image listed twice has the key ``000000000009.jpg`` the second time."""
+    name = Path(key).name if stem is None else stem
+    return int(name) if name.isascii() and name.isdigit() else key
 
 
 def coco_results(det: Detections, image_id: int | str) -> list[dict[str, Any]]:

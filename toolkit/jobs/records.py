@@ -239,9 +239,17 @@ def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: li
                 write_encoded(out_dir, f"crops/{name}", data)
                 written.append(name)
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
-                   coco_results(d, coco_image_id(key)) if save.save_json else None, d.shape,
+                   coco_results(d, coco_image_id(key, None if video else _file_stem(res.ref.path)))
+                   if save.save_json else None, d.shape,
                    csv_rows(d, res.ref.path, res.ref.frame) if save.save_csv else None, written, video,
                    files=files, frames=res.ref.frames)
+
+
+def _file_stem(path: str) -> str:
+    """The stem of an input's file name: of a path, a store's key or a URL (without its query)."""
+    if "://" in path:
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    return os.path.splitext(os.path.basename(path.rstrip("/")))[0]
 
 
 def _shown(value: Any) -> str:
