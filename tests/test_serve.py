@@ -388,6 +388,8 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
             ("/v1/detect?classes=", jpeg, "parameter classes is empty, which would keep no detection"),  # every class
             ("/v1/detect?classes=1_0", jpeg, "parameter classes takes class ids"),  # read as 10
             ("/v1/detect?timeout=\u0663", jpeg, "parameter timeout takes microseconds"),  # an Arabic-Indic 3
+            ("/v1/detect?timeout=" + "9" * 5000, jpeg, "parameter timeout takes microseconds"),  # int() raised: a 500
+            ("/v1/detect?classes=0," + "9" * 5000, jpeg, "parameter classes takes class ids"),  # the same
             (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"priority": "high"}}',
              "parameter priority takes a whole number"),  # taken, whatever it was
             (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"classes": []}}',

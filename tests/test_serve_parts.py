@@ -304,6 +304,7 @@ def test_request_parameters_are_checked_against_the_declarations() -> None:
                             ({"max_det": "1_0"}, "takes a whole number"),  # int() read 10
                             ({"conf": "\u0660.5"}, "takes a number"),  # float() read Arabic-Indic digits
                             ({"classes": "a"}, "takes class ids"),
+                            ({"classes": "0," + "9" * 5000}, "takes class ids like 0,2 .*\\.\\.\\.$"),  # int(): 500
                             ({"classes": [999]}, "parameter classes 999: this model's classes are 0-1"),  # was 200
                             ({"classes": -1}, "parameter classes must be at least 0, got -1$"),  # was "got (-1,)"
                             ({"agnostic": True}, "not one this server takes")):

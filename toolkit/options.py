@@ -330,7 +330,7 @@ def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
     if isinstance(value, str):
         text = value.strip()
         parts = re.split(r"\s*,\s*|\s+", text) if text else []  # "0,2", "0, 2" or "0 2" (detect.py's form)
-        if all(_ID.fullmatch(p) for p in parts):
+        if all(_ID.fullmatch(p) and len(p) <= MAX_DIGITS for p in parts):
             ids = tuple(int(p) for p in parts)
     elif whole_number(value):
         ids = (int(value),)
@@ -342,7 +342,7 @@ def class_ids(value: Any, flag: str = "--classes") -> tuple[int, ...]:
         raise InputError(f"{flag} is empty, which would keep no detection; leave it out for every class, or give ids "
                          f"like 0,2")
     if ids is None:
-        raise InputError(f"{flag} takes class ids like 0,2 (or a list of them), got {value!r}")
+        raise InputError(f"{flag} takes class ids like 0,2 (or a list of them), got {brief(value)}")
     return ids
 
 
@@ -354,13 +354,22 @@ def whole_number(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+MAX_DIGITS = 4300  # int() refuses a longer digit string (Python's default int_max_str_digits): no number we read
+
+
 def ascii_digits(text: str) -> bool:
     """Text that is a whole number in digits 0-9 alone (``int()`` also takes ``1_0``, ``+5`` and other scripts'
-    digits)."""
-    return text.isascii() and text.isdigit()
+    digits), of at most :data:`MAX_DIGITS` of them (``int()`` raised on 5,000 nines: a server's 500)."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
 
 
-__all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MODEL",
-           "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "ascii_digits", "build",
-           "check", "class_ids", "declared", "flag_of", "group", "identity", "keys", "nearest", "option", "plain",
-           "refuse_unknown", "walk", "whole_number"]
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (a refused value may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+__all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MAX_DIGITS",
+           "MODEL", "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "ascii_digits",
+           "brief", "build", "check", "class_ids", "declared", "flag_of", "group", "identity", "keys", "nearest",
+           "option", "plain", "refuse_unknown", "walk", "whole_number"]

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from toolkit.detections import Detections
 from toolkit.engine.plan import cpu_count
 from toolkit.errors import InputError, YolokitError
-from toolkit.options import ascii_digits, whole_number
+from toolkit.options import ascii_digits, brief, whole_number
 from toolkit.serve import metrics as m
 from toolkit.serve.batcher import Admission, Batcher, Draining, Expired, QueueFull, Ticket
 from toolkit.serve.metrics import ServerMetrics
@@ -192,7 +192,7 @@ class Service:
             us = int(text) if ascii_digits(text) else timeout_us  # not "1_0", nor other digits
             if not whole_number(us) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
-                                   f"{timeout_us!r}")
+                                   f"{brief(timeout_us)}")
             seconds = min(seconds, us / 1e6)
         return Deadline(arrived + seconds, seconds)
 
