@@ -291,6 +291,15 @@ def test_admission_is_bounded_and_cancelled_or_late_work_is_dropped() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("name", ["a/b", "a?b", "a#b", "50%", "a\\b", " x", "x ", ".", "..", "a\tb"])
+def test_a_model_name_that_cannot_go_in_a_url_path_is_refused(name: str) -> None:
+    """--name a/b was taken ("a/b ready") and every HTTP route of the model answered 404 while gRPC took it."""
+    with pytest.raises(InputError, match="--name .*: a model's name goes in the URL path"):
+        ServeOptions(name=name)
+    for fine in ("yolov5n", "yolov5n.int8", "my-model_2", "\u043c\u043e\u0434\u0435\u043b\u044c"):
+        assert ServeOptions(name=fine).name == fine
+
+
 def test_request_parameters_are_checked_against_the_declarations() -> None:
     config, meta = DetectorConfig(), ModelMeta(names={0: "a", 1: "b"})
     base = NMSOptions()

@@ -32,6 +32,19 @@ ENGINES = ("local", "ray")  # where the model runs: this process, or Ray Serve r
 DEFAULT_MAX_BODY = 64 << 20
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model in the routes (/v2/models/NAME/...), or None: a ``/`` made every route of
+    the model unreachable over HTTP while gRPC took it; ``?``, ``#``, ``%``, a backslash, control characters and
+    spaces at its ends do not travel in a URL path as themselves, and ``.`` and ``..`` are folded away by clients."""
+    bad = sorted({c for c in name if c in "/\\?#%" or not c.isprintable()})
+    if bad:
+        return (f"a model's name goes in the URL path (/v2/models/NAME), and {', '.join(map(repr, bad))} cannot; "
+                f"use letters, digits, '.', '_' and '-'")
+    if name != name.strip() or name in (".", ".."):
+        return "a model's name goes in the URL path (/v2/models/NAME); use letters, digits, '.', '_' and '-'"
+    return None
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """The server's options: where it listens, how it batches, what it admits, how it stops."""
@@ -76,6 +89,9 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         check(self)
+        problem = name_problem(self.name) if self.name else None
+        if problem is not None:
+            raise InputError(f"--name {self.name!r}: {problem}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError(f"--api-key (or ${API_KEY_ENV}) is empty; give a key, or leave it unset")
 

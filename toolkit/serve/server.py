@@ -17,7 +17,7 @@ from typing import Any
 
 from toolkit.errors import InputError, MissingExtraError
 from toolkit.serve.model import ServedModel, choose_batch
-from toolkit.serve.options import ServeSettings
+from toolkit.serve.options import ServeSettings, name_problem
 from toolkit.serve.service import Service
 
 Log = Callable[[str], None]
@@ -102,6 +102,10 @@ async def _main(settings: ServeSettings, log: Log) -> None:
 
     opts = settings.server
     name = opts.name or Path(str(settings.detector.weights)).stem
+    problem = name_problem(name)
+    if problem is not None:  # the model file's stem
+        raise InputError(f"{settings.detector.weights}: its name {name!r} cannot name the model: {problem}; give "
+                         f"--name")
     service = Service(opts, name)
     http_sock = listen(opts.host, opts.port, "HTTP")
     grpc_server: Any = None
