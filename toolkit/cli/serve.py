@@ -17,7 +17,8 @@ WEIGHTS_HELP = ("The model to serve: a .pt checkpoint, .onnx, OpenVINO .xml or f
 
 def serve(**kwargs: Any) -> None:
     """Serve a model over HTTP and gRPC: KServe v2 as Triton speaks it (tritonclient works unchanged), plus
-    POST /v1/detect for curl, with dynamic batching; every answer is yolokit run's on the same file.
+    POST /v1/detect for curl, with dynamic batching; every answer is yolokit run's on the same file (bit for bit
+    with ONNX Runtime and OpenVINO; a .pt's scores may differ in the last digit, see docs/guide/serving.md).
 
     Ready (GET /v2/health/ready) once the model is loaded and warm. SIGTERM or Ctrl-C drains: readiness turns 503,
     the requests in flight finish, and the process exits 0. docs/guide/serving.md has the routes and clients.
