@@ -348,8 +348,31 @@ def test_cli_run_and_info_on_an_end_to_end_model(e2e: dict[tuple[str, str], Path
     src.mkdir()
     for p in sorted(coco128_images.glob("*.jpg"))[:3]:
         (src / p.name).write_bytes(p.read_bytes())
-    assert main(["run", str(src), "--weights", str(path), "--nosave", "--project", str(tmp_path)]) == 2
-    assert "exported with --conf 0.001 --iou 0.6 --max-det 300" in capsys.readouterr().err
+    # settings left at their defaults take the export's (both were refused: the default --iou 0.45 and --max-det
+    # 1000), and the summary says what ran; one asked for that the export cannot give is still refused
+    assert main(["run", str(src), "--weights", str(path), "--nosave", "--project", str(tmp_path), "--name", "d"]) == 0
+    settings = json.loads((tmp_path / "d" / "summary.json").read_text())["settings"]
+    assert (settings["conf"], settings["iou"], settings["max_det"]) == (0.25, 0.6, 300)
+    assert main(["run", str(src), "--weights", str(path), "--nosave", "--project", str(tmp_path), "--iou", "0.5"]) == 2
+    assert "exported with --conf 0.001 --iou 0.6 --max-det 300; --iou 0.5 differs" in capsys.readouterr().err
     assert main(["run", str(src), "--weights", str(path), "--nosave", "--project", str(tmp_path), "--name", "ok",
                  "--iou", "0.6", "--max-det", "300", "--save-txt"]) == 0
     assert len(list((tmp_path / "ok" / "labels").glob("*.txt"))) >= 2
+
+
+def test_an_end_to_end_model_needs_no_settings(e2e: dict[tuple[str, str], Path], coco128: Path,
+                                               coco128_images: Path) -> None:
+    """Detector(path) of an export made at val's settings, and yolokit val of a plain --nms export, were refused
+    for defaults nobody asked for (--iou 0.45 and --max-det 1000; val's --conf 0.001 and --iou 0.6)."""
+    from toolkit.engine.detector import Detector
+    from toolkit.jobs.val import ValOptions, validate
+
+    image = str(sorted(coco128_images.glob("*.jpg"))[0])
+    with Detector(e2e[("onnx", "val")]) as det:
+        assert (det.nms.conf, det.nms.iou, det.nms.max_det) == (0.25, 0.6, 300)
+        assert len(det.predict(image)) > 0
+    with pytest.raises(InputError, match="--max-det 500 is above the exported --max-det 300"):
+        Detector(e2e[("onnx", "val")], max_det=500)
+    got = validate(ValOptions(weights=str(e2e[("onnx", "default")]), data=str(coco128)))
+    assert got["images"] == 128 and "conf 0.25, NMS IoU 0.45, NMS inside the model" in got["metric"], got["metric"]
+    assert 0.3 < got["map50_95"] < 0.5  # conf 0.25: lower than at 0.001 (0.45), not nothing

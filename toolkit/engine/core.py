@@ -28,7 +28,7 @@ from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, exp
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import DEFAULT_DEADLINE, DEFAULT_MEMORY, DEFAULT_TIMEOUT, Download, FetchLimits
-from toolkit.meta import ModelMeta
+from toolkit.meta import BakedNMS, ModelMeta
 from toolkit.ops import (
     LetterboxInfo,
     NMSOptions,
@@ -594,9 +594,13 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
     """The NMS options of a detector. For a model with NMS inside, what is asked must be reachable from what was
     exported: a higher ``conf``, a smaller ``max_det`` and a ``classes`` filter are applied on top; a lower
     ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting cannot be, and are refused in one line.
+    A setting left at its default is not asked for: it takes the export's value (``Detector(path)`` needs nothing
+    else; an export made with ``--iou 0.6 --max-det 300`` was refused for the defaults 0.45 and 1000).
     Multi-label is not possible there: such a model keeps the best class per box (as YOLOv5's ``detect.py``).
     ``named``: how a refusal names a setting asked for (the command line's flag; a server's request parameter)."""
     nms = config.nms()
+    if meta.nms is not None:
+        nms = _unasked_from_export(nms, meta.nms)
     if nms.classes is not None and meta.names:
         nc = max(meta.names) + 1
         beyond = sorted({int(c) for c in nms.classes if not 0 <= int(c) < nc})
@@ -628,6 +632,21 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
     return replace(nms, multi_label=False)
+
+
+def _unasked_from_export(nms: NMSOptions, baked: BakedNMS) -> NMSOptions:
+    """``nms`` with each setting the export cannot give, where it is the default (not asked for), the export's."""
+    unset = DetectorConfig().nms()
+    changes: dict[str, Any] = {}
+    if nms.conf < baked.conf and nms.conf == unset.conf:
+        changes["conf"] = baked.conf
+    if nms.max_det > baked.max_det and nms.max_det == unset.max_det:
+        changes["max_det"] = baked.max_det
+    if abs(nms.iou - baked.iou) > 1e-9 and nms.iou == unset.iou:
+        changes["iou"] = baked.iou
+    if nms.agnostic != baked.agnostic and nms.agnostic == unset.agnostic:
+        changes["agnostic"] = baked.agnostic
+    return replace(nms, **changes) if changes else nms
 
 
 def check_output(meta: ModelMeta, pred: Any, weights: str) -> None:

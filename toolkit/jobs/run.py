@@ -188,8 +188,10 @@ class LocalEngine:
 
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
+        nms = self.det.nms  # a model with NMS inside takes its export's settings where none was asked for
         out = {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-               "batch": plan.batch if plan else self.opts.engine.batch}
+               "batch": plan.batch if plan else self.opts.engine.batch, "conf": nms.conf, "iou": nms.iou,
+               "max_det": nms.max_det}
         computes = self.det.meta.extra.get("inference_precision")  # what the runtime computes in (--precision)
         if computes:
             out["inference_precision"] = computes

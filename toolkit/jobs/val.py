@@ -345,6 +345,32 @@ def _scores(stats: list[tuple[np.ndarray, ...]], names: dict[int, str], verbose:
     return out
 
 
+def _nms_settings(opts: ValOptions) -> tuple[float, float, int]:
+    """``conf``, ``iou`` and ``max_det`` to validate at: the options', except for a model with NMS inside, where
+    one left at val's default (0.001, 0.6, 300: not asked for) and out of the export's reach takes the export's
+    value (a plain ``--nms`` export, made at 0.25 and 0.45, was refused)."""
+    import backends
+    from toolkit.errors import YolokitError
+    from toolkit.model.configs import resolve_model
+
+    conf, iou, max_det = opts.conf, opts.iou, opts.max_det
+    try:
+        path = resolve_model(opts.weights)
+        baked = None if path.suffix == ".pt" else \
+            backends.get_backend(opts.backend or backends.backend_for(path)).read_meta(path).nms
+    except YolokitError:  # the detector's load says what is wrong with the model
+        return conf, iou, max_det
+    if baked is None:
+        return conf, iou, max_det
+    if conf == declared(ValOptions, "conf").default and conf < baked.conf:
+        conf = baked.conf
+    if iou == declared(ValOptions, "iou").default and abs(iou - baked.iou) > 1e-9:
+        iou = baked.iou
+    if max_det == declared(ValOptions, "max_det").default and max_det > baked.max_det:
+        max_det = baked.max_det
+    return conf, iou, max_det
+
+
 def validate(opts: ValOptions) -> dict[str, Any]:
     """Run the model over the dataset and return the metrics (``map50_95``, ``map50``, ``precision``, ``recall``),
     the protocol, counts, failures and per-stage ms per image."""
@@ -357,8 +383,9 @@ def validate(opts: ValOptions) -> dict[str, Any]:
                          f"images/NAME.jpg, as YOLO datasets keep them), so there is nothing to score; check the "
                          f"dataset's layout")
     t0 = time.perf_counter()
+    conf, iou, max_det = _nms_settings(opts)
     with Detector(opts.weights, backend=opts.backend, device=opts.device, half=opts.half, imgsz=opts.imgsz,
-                  conf=opts.conf, iou=opts.iou, max_det=opts.max_det, multi_label=True,
+                  conf=conf, iou=iou, max_det=max_det, multi_label=True,
                   fast_decode=opts.fast_decode, augment=opts.augment) as det:
         if names is not None and len(names) != len(det.names):
             raise InputError(f"{opts.data}: the dataset has {len(names)} classes, the model {len(det.names)}; "
@@ -373,7 +400,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
                    "ms_per_image": {k: round(v, 2) for k, v in det.times.ms_per_image().items()}}
         nms = ("multi-label" if inside is None else
                f"NMS inside the model (exported conf {inside.conf:g}, max_det {inside.max_det}), single-label")
-        metrics["metric"] += f"; conf {opts.conf}, NMS IoU {opts.iou}, {nms}"
+        metrics["metric"] += f"; conf {conf:g}, NMS IoU {iou:g}, {nms}"
         if opts.save_json:
             metrics["save_json"] = _save_json(opts.save_json, dets, det.names)
     metrics["wall_s"] = round(time.perf_counter() - t0, 2)
