@@ -375,4 +375,4 @@ def test_an_end_to_end_model_needs_no_settings(e2e: dict[tuple[str, str], Path],
         Detector(e2e[("onnx", "val")], max_det=500)
     got = validate(ValOptions(weights=str(e2e[("onnx", "default")]), data=str(coco128)))
     assert got["images"] == 128 and "conf 0.25, NMS IoU 0.45, NMS inside the model" in got["metric"], got["metric"]
-    assert 0.3 < got["map50_95"] < 0.5  # conf 0.25: lower than at 0.001 (0.45), not nothing
+    assert 0.3 < got["map50_95"] < 0.5  # 0.41 at conf 0.25 (val.py's AP of the plain model there: 0.40)
