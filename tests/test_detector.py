@@ -122,6 +122,31 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
                 Detector("yolov5n.yaml", **settings)
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_closing_a_detector_while_it_runs_ends_the_run_saying_so(mode: str, coco128_images: Path,
+                                                                  exported: dict[str, Path]) -> None:
+    """close() during a predict_iter failed each remaining input with the runtime's own words ("inference failed:
+    'NoneType' object has no attribute 'run'", 127 times, in both modes): a run on the closed model now ends with
+    DetectorClosedError; in process mode the workers' own models may finish the inputs instead."""
+    from toolkit.errors import DetectorClosedError
+
+    paths = [str(p) for p in sorted(coco128_images.glob("*.jpg"))[:24]]
+    d = Detector(exported["onnx"])
+    it = d.predict_iter(paths, mode=mode, workers=2)
+    first = next(it)
+    assert first.ok
+    d.close()
+    rest = None
+    try:
+        rest = list(it)
+    except DetectorClosedError as e:
+        assert re.search("closed while this run used it .* close it after the run", str(e)), e
+    if mode == "thread":  # every inference is on the closed model
+        assert rest is None
+    else:
+        assert rest is None or [r.error for r in rest if not r.ok] == []
+
+
 def test_a_closed_detector_says_so() -> None:
     """After close() or its with-block, predict failed with the runtime's own words ("'NoneType' object is not
     callable"), and predict_iter failed every input one by one."""

@@ -16,6 +16,10 @@ class InputError(YolokitError):
     exit_code = 2
 
 
+class DetectorClosedError(InputError):
+    """The :class:`~toolkit.Detector` was closed (its model released), before or while a call used it."""
+
+
 class ModelFileError(YolokitError):
     """A model file is missing, truncated, corrupt, of the wrong kind or unsupported."""
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from toolkit.augment import SCALES, augment_views, merge_views
 from toolkit.detections import Detections
-from toolkit.errors import InputError, ModelFileError, YolokitError, first_line, last_line
+from toolkit.errors import DetectorClosedError, InputError, ModelFileError, YolokitError, first_line, last_line
 from toolkit.io.decode import decode_image
 from toolkit.io.downloads import DEFAULT_WORKERS, DownloadSettings, Payload, expand_inputs, read_input
 from toolkit.io.files import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, ImageReadError, ReadLimits
@@ -337,6 +337,12 @@ def intra_op_threads(runner: Runner, threads: int | None) -> Iterator[None]:
             set_threads(runner, before)
 
 
+CLOSED = ("this Detector is closed (close(), or the end of its with-block, released the model); create a new "
+          "Detector")
+CLOSED_WHILE_RUNNING = ("the Detector was closed while this run used it (close(), or the end of its with-block, "
+                        "released the model), so the run ends here; close it after the run")
+
+
 class BatchRoutine:
     """load -> prepare -> infer -> post-process over a loaded ``runner``: letterboxed to ``imgsz`` (a rectangle
     when ``auto``), NMS by ``nms``, stage times summed in :attr:`times`. A
@@ -349,6 +355,7 @@ class BatchRoutine:
         self.runner, self.config = runner, config
         self.meta: ModelMeta = runner.meta
         self.imgsz, self.auto, self.nms = imgsz, auto, nms
+        self.closed = False  # its model released (close()): a run still using it ends with DetectorClosedError
         self.names: dict[int, str] = dict(self.meta.names)
         self.times = StageTimes()
         self.whole_batches = True  # partial batches run one image at a time (batch_sizes); a GPU routine: False
@@ -383,6 +390,8 @@ class BatchRoutine:
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """The runner on one batch; a batch larger than a static artifact's batch (or than a dynamic artifact's
         ``max_batch``) is split."""
+        if self.closed:
+            raise DetectorClosedError(CLOSED_WHILE_RUNNING)
         limit = self.meta.batch or self.meta.max_batch
         if limit is not None and len(batch) > limit:
             return np.concatenate([self._infer(batch[i:i + limit]) for i in range(0, len(batch), limit)])
@@ -476,9 +485,11 @@ class BatchRoutine:
         t0 = time.perf_counter()
         try:
             preds = self.infer(np.stack([p.chw for p in group]))
-        except ModelFileError:
-            raise  # the model itself is wrong: every image would fail the same way
+        except (ModelFileError, DetectorClosedError):
+            raise  # the model itself is wrong, or released: every image would fail the same way
         except Exception as e:
+            if self.closed:  # released while this batch ran: the runtime's own words name nothing
+                raise DetectorClosedError(CLOSED_WHILE_RUNNING) from None
             return [(p.index, Result(p.ref, error=f"inference failed: {first_line(e)}")) for p in group]
         t1 = time.perf_counter()
         self.times.add_shape((len(group), *group[0].chw.shape), t1 - t0)

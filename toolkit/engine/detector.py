@@ -16,6 +16,7 @@ import numpy as np
 from toolkit.detections import Detections
 from toolkit.devices import parse_device
 from toolkit.engine.core import (
+    CLOSED,
     BatchRoutine,
     DetectorConfig,
     Item,
@@ -32,7 +33,7 @@ from toolkit.engine.core import (
 from toolkit.engine.plan import Plan, cpu_count, make_plan
 from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
-from toolkit.errors import InputError, YolokitError
+from toolkit.errors import DetectorClosedError, InputError, YolokitError
 from toolkit.io.decode import decode_image, read_image
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import InputRef, SourceList, list_sources
@@ -160,6 +161,7 @@ class ModelRoutine(BatchRoutine):
         return cuda_settings(torch.device(parse_device(self.config.device).torch), self.meta.precision == "fp32")
 
     def close(self) -> None:
+        self.closed = True
         if self._pipeline is not None and not self._pipeline.busy():
             self._pipeline.close()
         self._pipeline = None
@@ -243,8 +245,7 @@ class Detector:
     def _open(self) -> ModelRoutine:
         """The model, or :class:`InputError` once the detector is closed (the runtime's own failure named nothing)."""
         if self.closed:
-            raise InputError("this Detector is closed (close(), or the end of its with-block, released the model); "
-                             "create a new Detector")
+            raise DetectorClosedError(CLOSED)
         return self.routine
 
     # ------------------------------------------------------------------------------------------ what it is

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 
 from toolkit.detections import Detections
-from toolkit.engine.core import BatchRoutine, Payload, Result, ordered_map
-from toolkit.errors import first_line
+from toolkit.engine.core import CLOSED_WHILE_RUNNING, BatchRoutine, Payload, Result, ordered_map
+from toolkit.errors import DetectorClosedError, first_line
 from toolkit.io.sources import InputRef
 from toolkit.io.transfer import Download
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, scale_boxes, to_chw_rgb
@@ -128,6 +128,10 @@ def tiled_result(routine: BatchRoutine, ref: InputRef, payload: Payload, tile: T
         payload = got[0]
     try:
         d = predict_tiled(routine, payload, tile, ref.path, pool, in_flight)
+    except DetectorClosedError:
+        raise
     except Exception as e:  # this image fails, the run goes on
+        if routine.closed:
+            raise DetectorClosedError(CLOSED_WHILE_RUNNING) from None
         return Result(ref, error=f"tiled inference failed: {first_line(e)}")
     return Result(ref, d, image=payload if keep_images else None)
