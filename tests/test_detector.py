@@ -158,3 +158,16 @@ def test_a_closed_detector_says_so() -> None:
                  lambda: d.predict_tiled(image, TileOptions(tile=32))):
         with pytest.raises(InputError, match="this Detector is closed .*create a new Detector"):
             call()
+
+
+def test_detections_compare_by_value() -> None:
+    """Two Detections of one image compared with == raised numpy's "truth value of an array ... is ambiguous"
+    (the dataclass compared the arrays as a tuple); empty ones raised too."""
+    a = Detections(np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([0.9, 0.5]), np.array([0, 2]), {0: "a", 2: "c"})
+    b = Detections(a.xyxy.copy(), a.confidence.copy(), a.class_id.copy(), dict(a.names))
+    assert a == b and (a != b) is False and a is not b
+    assert a != Detections(a.xyxy, np.array([0.9, 0.6]), a.class_id, a.names)
+    assert a != a[:1] and a != "a" and a != None  # noqa: E711 - comparing with None must not raise
+    assert Detections.empty() == Detections.empty() and Detections.empty() != Detections.empty(path="x.jpg")
+    with pytest.raises(TypeError):
+        hash(a)

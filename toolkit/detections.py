@@ -21,7 +21,7 @@ def _optional(module: str, extra: str, what: str) -> Any:
                                 f"pip install 'yolokit[{extra}]'") from None
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Detections:
     """Detections for one image, in that image's original pixel coordinates.
 
@@ -46,6 +46,17 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.xyxy)
+
+    def __eq__(self, other: object) -> bool:
+        """The same boxes, scores, classes, names, path and shape (the dataclass's own comparison asked numpy for
+        the truth of an array and raised ValueError)."""
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return (np.array_equal(self.xyxy, other.xyxy) and np.array_equal(self.confidence, other.confidence)
+                and np.array_equal(self.class_id, other.class_id) and self.names == other.names
+                and self.path == other.path and self.shape == other.shape)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def __repr__(self) -> str:
         """A summary, not the arrays and every class name: ``Detections(3 boxes: 2 person, 1 dog; confidence
