@@ -171,3 +171,36 @@ def test_detections_compare_by_value() -> None:
     assert Detections.empty() == Detections.empty() and Detections.empty() != Detections.empty(path="x.jpg")
     with pytest.raises(TypeError):
         hash(a)
+
+
+def test_tiles_arrays_and_sources_are_taken_as_each_call_documents_them(coco128_images: Path,
+                                                                         tmp_path: Path) -> None:
+    """predict_iter(tile=320) failed each image ("'int' object has no attribute 'scales'"); predict_tiled(img, 320)
+    raised that AttributeError, a grey image an IndexError and a path "'str' object has no attribute 'shape'";
+    predict_iter([array]) made the array a file name ("cannot read: File name too long"); predict(URL) said "file
+    not found" and predict(video) "cannot decode"."""
+    from toolkit.io.files import ImageReadError
+
+    path = str(sorted(coco128_images.glob("*.jpg"))[0])
+    image = cv2.imread(path)
+    with Detector("yolov5n.yaml", imgsz=64) as d:
+        want = d.predict(image, tile=TileOptions(tile=320))[0]
+        for got in (d.predict(image, tile=np.int64(320))[0], d.predict_tiled(image, 320),
+                    d.predict_tiled(path, TileOptions(tile=320)), next(d.predict_iter([path], tile=320)).detections):
+            assert got is not None and np.array_equal(got.xyxy, want.xyxy) and np.array_equal(got.class_id,
+                                                                                          want.class_id)
+        for call, message in ((lambda: d.predict_tiled(image[:, :, 0], 320), "array"),
+                              (lambda: d.predict_tiled(image, "320"), "tile takes a tile size"),
+                              (lambda: d.predict(image, tile=True), "tile takes a tile size"),
+                              (lambda: list(d.predict_iter([path, image])), "item 1 is a ndarray; for arrays in "
+                                                                            "memory use predict"),
+                              (lambda: d.predict("https://example.org/a.jpg"), "for a URL, a video or a stream use "
+                                                                                "predict_iter"),
+                              (lambda: d.predict(str(tmp_path / "clip.mp4")), "use predict_iter"),
+                              (lambda: d.predict("0"), "use predict_iter")):
+            with pytest.raises(InputError, match=message):
+                call()
+        (tmp_path / "7").write_bytes(Path(path).read_bytes())  # a file named 7 is a file
+        assert len(d.predict(str(tmp_path / "7"))) == len(d.predict(path))
+        with pytest.raises(ImageReadError):
+            d.predict(str(tmp_path / "none.jpg"))

@@ -4,6 +4,7 @@ that it holds (with the GPU pipeline where the model's runner has a device side)
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -36,10 +37,10 @@ from toolkit.engine.tiled import predict_tiled
 from toolkit.errors import DetectorClosedError, InputError, YolokitError
 from toolkit.io.decode import decode_image, read_image
 from toolkit.io.outputs import AnnotateStyle
-from toolkit.io.sources import InputRef, SourceList, list_sources
+from toolkit.io.sources import VIDEO_SUFFIXES, InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions, letterbox_shape
-from toolkit.options import refuse_unknown, whole_number
+from toolkit.options import brief, refuse_unknown, whole_number
 from toolkit.tiling import TileOptions
 
 if TYPE_CHECKING:
@@ -169,6 +170,17 @@ class ModelRoutine(BatchRoutine):
             copy.close()
         self._copies.clear()
         self.runner.close()
+
+
+def _tile_options(tile: Any) -> TileOptions | None:
+    """``tile`` as the library takes it: a :class:`TileOptions`, a tile size in pixels (numpy's integers too), or
+    None (no tiling); :class:`InputError` otherwise (an int given to predict_iter failed each image with "'int'
+    object has no attribute 'scales'")."""
+    if tile is None or isinstance(tile, TileOptions):
+        return tile
+    if whole_number(tile):
+        return TileOptions(tile=int(tile))
+    raise InputError(f"tile takes a tile size in pixels or a TileOptions, got {brief(tile)}")
 
 
 def _check_counts(least: int, **counts: Any) -> None:
@@ -311,8 +323,7 @@ class Detector:
         """
         self._open()
         _check_counts(1, batch=batch)
-        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, TileOptions))):
-            raise InputError(f"tile takes a tile size in pixels or a TileOptions, got {tile!r}")
+        opts = _tile_options(tile)
         given: list[Any]
         if isinstance(images, (np.ndarray, str, Path, bytes, bytearray, memoryview)):
             given = [images]
@@ -323,8 +334,7 @@ class Detector:
             given = list(images)
         arrays = [self._picture(im, i) for i, im in enumerate(given)]
         paths = [str(im) if isinstance(im, (str, Path)) else None for im in given]
-        if tile is not None:
-            opts = TileOptions(tile=tile) if isinstance(tile, int) else tile
+        if opts is not None:
             return [self.predict_tiled(a, opts, p) for a, p in zip(arrays, paths, strict=True)]
         items: list[Item] = [(i, InputRef(p or f"<array {i}>", Path(p).stem if p else f"image{i}"), a)
                              for i, (a, p) in enumerate(zip(arrays, paths, strict=True))]
@@ -347,7 +357,12 @@ class Detector:
                 raise InputError(f"<array {i}>: {problem}")
             return image
         if isinstance(image, (str, Path)):
-            return read_image(str(image), limits=self.config.limits)
+            text = str(image)
+            if "://" in text or os.path.splitext(text)[1].lower() in VIDEO_SUFFIXES or (
+                    text.isdigit() and not os.path.exists(text)):  # a webcam's index; a file named 7 is a file
+                raise InputError(f"{text}: predict reads image files, arrays and bytes; for a URL, a video or a "
+                                 f"stream use predict_iter (or yolokit run)")
+            return read_image(text, limits=self.config.limits)
         if isinstance(image, (bytes, bytearray, memoryview)):
             limits = self.config.limits
             return decode_image(np.frombuffer(bytes(image), np.uint8), f"<bytes {i}>", max_pixels=limits.max_pixels)
@@ -372,9 +387,15 @@ class Detector:
         """
         self._open()
         _check_counts(0, batch=batch, workers=workers)  # 0: the plan chooses
+        tile = _tile_options(tile)
         if not isinstance(source, (SourceList, str, Path, list)):
             raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
                              f"paths, got {type(source).__name__}; for arrays in memory use predict")
+        listed: list[Any] = source if isinstance(source, list) else []
+        odd = next(((i, s) for i, s in enumerate(listed) if not isinstance(s, (str, Path))), None)
+        if odd is not None:  # an array was made a file name: "cannot read: File name too long"
+            raise InputError(f"predict_iter takes a list of paths, and item {odd[0]} is a {type(odd[1]).__name__}; "
+                             f"for arrays in memory use predict")
         sources = source if isinstance(source, SourceList) else list_sources(
             [str(s) for s in source] if isinstance(source, list) else source)
         for ref, reason in sources.failed:
@@ -415,10 +436,19 @@ class Detector:
                 else:
                     yield from run_threads(local, sources.items, plan, keep, fast, ahead)
 
-    def predict_tiled(self, image: np.ndarray, tile: TileOptions, path: str | None = None,
-                      pool: ThreadPoolExecutor | None = None, in_flight: int = 4) -> Detections:
-        """Detections for one (huge) image by sliced inference (see :func:`toolkit.engine.tiled.predict_tiled`)."""
-        return predict_tiled(self._open(), image, tile, path, pool, in_flight)
+    def predict_tiled(self, image: np.ndarray | str | Path | bytes, tile: TileOptions | int,
+                      path: str | None = None, pool: ThreadPoolExecutor | None = None,
+                      in_flight: int = 4) -> Detections:
+        """Detections for one (huge) image (as :meth:`predict` takes one) by sliced inference of ``tile`` (a
+        :class:`TileOptions` or a tile size; see :func:`toolkit.engine.tiled.predict_tiled`)."""
+        routine = self._open()
+        opts = _tile_options(tile)
+        if opts is None:
+            raise InputError("predict_tiled takes a tile size in pixels or a TileOptions, got None")
+        array = self._picture(image, 0)
+        if path is None and isinstance(image, (str, Path)):
+            path = str(image)
+        return predict_tiled(routine, array, opts, path, pool, in_flight)
 
     def close(self) -> None:
         """Release the model (a second call does nothing); the detector cannot predict after it."""
