@@ -114,7 +114,17 @@ def test_what_predict_cannot_take_is_one_line_naming_it(coco128_images: Path) ->
     for settings, reason in (({"classes": "0,2"}, None), ({"classes": 5}, None), ({"imgsz": (320,)}, None),
                              ({"classes": "a"}, "--classes takes class ids"),
                              ({"imgsz": (1, 2, 3)}, "--imgsz takes one size"),
-                             ({"max_det": 1.5}, "--max-det takes a whole number")):
+                             ({"max_det": 1.5}, "--max-det takes a whole number"),
+                             # the documented "500M" form was refused; "no" turned multi-label on, 1.5 threads and a
+                             # list of options were taken (the last a TypeError at load)
+                             ({"max_file_size": "500M", "max_pixels": "1G", "download_memory": "256M"}, None),
+                             ({"multi_label": np.bool_(False), "threads": np.int64(1)}, None),
+                             ({"max_file_size": "lots"}, "--max-file-size takes a number like 500M"),
+                             ({"multi_label": "no"}, "multi_label takes True or False, got 'no'"),
+                             ({"augment": 1}, "--augment takes True or False"),
+                             ({"half": "no"}, "--half takes True or False"),
+                             ({"threads": 1.5}, "threads takes a whole number, got 1.5"),
+                             ({"options": [1]}, "options takes a mapping")):
         if reason is None:
             Detector("yolov5n.yaml", **settings)
         else:

@@ -354,6 +354,23 @@ def whole_number(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def parse_amount(text: str, flag: str, base: int) -> int:
+    """``500M``, ``2G``, ``1.5k`` or a plain number; K/M/G are powers of ``base`` (1024 for sizes, 1000 for
+    pixel counts): the command line's and the library's reading of an amount (``text="bytes"`` or ``"pixels"``)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": base, "M": base**2, "G": base**3}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value * scale) or "_" in t or not t.isascii():  # nan, inf, 1e400; float() took 1_0 as 10
+        raise InputError(f"{flag} takes a number like 500M or 2G, got {text!r}")
+    if value <= 0:
+        raise InputError(f"{flag} must be positive, got {text!r}")
+    return int(value * scale)
+
+
+
 MAX_DIGITS = 4300  # int() refuses a longer digit string (Python's default int_max_str_digits): no number we read
 
 
@@ -372,4 +389,4 @@ def brief(value: Any, limit: int = 60) -> str:
 __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MAX_DIGITS",
            "MODEL", "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "ascii_digits",
            "brief", "build", "check", "class_ids", "declared", "flag_of", "group", "identity", "keys", "nearest",
-           "option", "plain", "refuse_unknown", "walk", "whole_number"]
+           "option", "parse_amount", "plain", "refuse_unknown", "walk", "whole_number"]

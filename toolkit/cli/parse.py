@@ -5,34 +5,17 @@ The option declarations name these forms (``Option.text``); :mod:`toolkit.cli.pa
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
 from toolkit.errors import InputError
-from toolkit.options import class_ids
+from toolkit.options import class_ids, parse_amount
 
 
 def parse_classes(text: str | None, flag: str = "--classes") -> tuple[int, ...] | None:
     """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None, "" or blanks -> None (every
     class, as the flag left out)."""
     return class_ids(text, flag) if text and text.strip() else None
-
-
-def parse_amount(text: str, flag: str, base: int) -> int:
-    """``500M``, ``2G``, ``1.5k`` or a plain number; K/M/G are powers of ``base`` (1024 for sizes, 1000 for
-    pixel counts)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": base, "M": base**2, "G": base**3}.get(t[-1:], 1)
-    try:
-        value = float(t[:-1] if scale > 1 else t)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value * scale) or "_" in t or not t.isascii():  # nan, inf, 1e400; float() took 1_0 as 10
-        raise InputError(f"{flag} takes a number like 500M or 2G, got {text!r}")
-    if value <= 0:
-        raise InputError(f"{flag} must be positive, got {text!r}")
-    return int(value * scale)
 
 
 def format_amount(value: int, base: int) -> str:
