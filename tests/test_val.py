@@ -143,6 +143,17 @@ def test_a_dataset_without_labels_is_refused(small: Path, yolov5n_pt: Path) -> N
         validate(ValOptions(weights=str(yolov5n_pt), data=str(small)))
 
 
+def test_a_dataset_of_another_class_count_is_refused(small: Path, yolov5n_pt: Path) -> None:
+    """A yaml giving nc: 3 and no names was scored against the 80-class model without a word (val.py stops on the
+    class count); with names it was refused already."""
+    for extra in ("nc: 3\n", "names: [a, b, c]\n"):
+        (small / "data.yaml").write_text(f"path: .\nval: images\n{extra}")
+        with pytest.raises(InputError, match="the dataset has 3 classes, the model 80"):
+            validate(ValOptions(weights=str(yolov5n_pt), data=str(small / "data.yaml")))
+    (small / "data.yaml").write_text("path: .\nval: images\nnc: 80\n")
+    assert validate(ValOptions(weights=str(yolov5n_pt), data=str(small / "data.yaml")))["images"] == 6
+
+
 def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["val", "--data", str(small), "--protocol", "voc"]) == 2
     err = capsys.readouterr().err.strip()

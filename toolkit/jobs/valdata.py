@@ -41,8 +41,9 @@ def label_path(image: Path) -> Path:
 
 def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
     """Image paths of a dataset, sorted as ``val.py`` sorts them (by the path's text), and its class names when a
-    yaml gives them: a YOLO dataset yaml (its ``val`` split: folders or ``.txt`` lists), a folder with ``images/``
-    (and ``labels/`` beside it), or a folder of images whose labels follow the images -> labels rule."""
+    yaml gives them (or only ``nc``: then numbered names, for the count): a YOLO dataset yaml (its ``val`` split:
+    folders or ``.txt`` lists), a folder with ``images/`` (and ``labels/`` beside it), or a folder of images whose
+    labels follow the images -> labels rule."""
     p = Path(data)
     names: dict[int, str] | None = None
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -90,6 +91,8 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
                                or (names is not None and nc != len(names))):
             raise InputError(f"{p}: nc {nc!r} must be the number of classes"
                              f"{f' ({len(names)} names)' if names is not None else ''}; {fix}")
+        if names is None and nc is not None:  # a count without names: checked against the model's as val.py does
+            names = {i: str(i) for i in range(nc)}
     elif p.is_dir():
         folders = [p / "images"] if (p / "images").is_dir() else [p]
     else:
