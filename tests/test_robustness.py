@@ -150,7 +150,8 @@ def test_a_13400x9528_jpeg_keeps_its_original_size(tmp_path: Path) -> None:
         x2, y2 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
         assert boxes[:, :2].min() >= 0 and x2.max() <= w and y2.max() <= h
         assert x2.max() > w / 2 and y2.max() > h / 2  # in original pixels, not in the reduced decode's
-        labels = np.loadtxt(out / "labels" / "huge.txt", ndmin=2)  # class xc yc w h, normalised to (w, h)
+        labels = np.loadtxt(out / "labels" / "huge.txt", ndmin=2)[::-1]  # class xc yc w h, normalised to (w, h);
+        # detect.py's order, the JSON's reversed
         np.testing.assert_allclose(labels[:, 1:] * [w, h, w, h],
                                    np.c_[boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], atol=0.5)
     assert jpeg_size(np.fromfile(tmp_path / "full" / "huge.jpg", np.uint8)) == (h, w)  # annotated at full size

@@ -60,7 +60,7 @@ def test_crops_and_csv_follow_the_detections(mode: str, photos: Path, yolov5n_pt
         image = cv2.imread(str(img))
         h, w = image.shape[:2]
         mine = [r for r in rows[1:] if r[0] == str(img)]
-        labels = read_label_file(out / "labels" / f"{img.stem}.txt")
+        labels = read_label_file(out / "labels" / f"{img.stem}.txt")[::-1]  # detect.py's order: the CSV's reversed
         assert len(mine) == len(labels)
         for r, lab in zip(mine, labels, strict=True):  # the same boxes as the label files, in source pixels
             x1, y1, x2, y2 = map(float, r[5:])

@@ -33,12 +33,13 @@ def is_coco_names(names: dict[int, str]) -> bool:
 
 
 def label_lines(det: Detections, save_conf: bool = False) -> str:
-    """YOLO label text: ``class xc yc w h [conf]`` per box, normalised to the original image, ``%g``."""
+    """YOLO label text: ``class xc yc w h [conf]`` per box, normalised to the original image, ``%g``, in detect.py's
+    order: its NMS output reversed (``for *xyxy, conf, cls in reversed(det)``), the lowest confidence first."""
     lines = []
     for (xc, yc, w, h), c, cls in zip(det.xywhn(), det.confidence, det.class_id, strict=True):
         vals: tuple[float, ...] = (float(cls), xc, yc, w, h) + ((float(c),) if save_conf else ())
         lines.append(" ".join(f"{v:g}" for v in vals))
-    return "".join(line + "\n" for line in lines)
+    return "".join(line + "\n" for line in reversed(lines))
 
 
 def write_labels(store: Store, name: str, det: Detections, save_conf: bool = False) -> None:
