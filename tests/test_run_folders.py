@@ -122,6 +122,26 @@ def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: P
     assert "--weights ./yolov5n.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
 
 
+def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A run started with no --weights (the default yolov5n, found in the shared folder) was refused on --resume
+    given that file's path or the name yolov5n ("--weights unset -> yolov5n"), and the other way round."""
+    for i in range(2):
+        _img(tmp_path / "src" / f"{i}.jpg", seed=i)
+    common = ["--imgsz", "64", "--nosave", "--save-txt", "--project", str(tmp_path / "runs")]
+    assert main(["run", str(tmp_path / "src"), *common, "--name", "a"]) == 0
+    assert main(["run", str(tmp_path / "src"), "--weights", "yolov5n", *common, "--name", "b"]) == 0
+    capsys.readouterr()
+    for name, weights in (("a", ["--weights", str(yolov5n_pt)]), ("a", ["--weights", "yolov5n"]), ("b", []),
+                          ("b", ["--weights", str(yolov5n_pt)])):
+        assert main(["run", str(tmp_path / "src"), *weights, *common, "--name", name, "--resume"]) == 0, \
+            capsys.readouterr().err
+    (tmp_path / "other.pt").write_bytes(yolov5n_pt.read_bytes() + b"another model")  # refused before it loads
+    assert main(["run", str(tmp_path / "src"), "--weights", str(tmp_path / "other.pt"), *common, "--name", "a",
+                 "--resume"]) == 2
+    assert "another model: the file's content differs" in capsys.readouterr().err
+
+
 def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``--exist-ok`` into SOURCE's own folder wrote each annotated image over its input (the photos lost), and a

@@ -268,12 +268,30 @@ MODEL_CONTENT = "weights_content"  # a run's identity: its local model's content
 def run_identity(opts: RunOptions) -> dict[str, Any]:
     """What a resumed run must share with the run it continues: the settings that change outputs
     (:meth:`RunOptions.identity`) and, for a local model, its content, so that the same file named another way
-    (``./yolov5n.onnx``) is the same model, and another file under the same name is not."""
+    (``./yolov5n.onnx``, ``yolov5n``, or no ``--weights`` at all for the default) is the same model, and another
+    file under the same name is not."""
     out = opts.identity()
-    content = content_fingerprint(str(opts.detector.weights)) if opts.detector.weights else None
+    local = _local_model(opts.detector.weights)
+    content = content_fingerprint(str(local)) if local is not None else None
     if content is not None:
         out[MODEL_CONTENT] = content
     return out
+
+
+def _local_model(weights: str | None) -> Path | None:
+    """The local file a run's ``--weights`` names, found as the run finds it (a path; a name like yolov5n, or none
+    at all, in $YOLOKIT_WEIGHTS, the cache or the shared folder) without downloading anything; None for a URL, a
+    store's object, a built-in config, or a model not found here (compared by name then)."""
+    from toolkit.errors import YolokitError
+    from toolkit.model.configs import is_builtin_config
+    from toolkit.model.weights import resolve_weights
+
+    if weights is not None and ("://" in str(weights) or is_builtin_config(Path(str(weights)).name)):
+        return None
+    try:
+        return resolve_weights(weights, allow_download=False)
+    except (YolokitError, OSError):
+        return None
 
 
 def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
