@@ -676,6 +676,38 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(onnx_model: Path, images:
             s.proc.kill()
 
 
+def test_a_request_cut_by_the_end_of_the_drain_gets_the_protocols_503(onnx_model: Path, images: list[Path],
+                                                                       tmp_path: Path) -> None:
+    """Past --drain-timeout, uvicorn cancels the requests still running: the client got a plain-text 500 ("Internal
+    Server Error") and the log about 45 lines of traceback ending in CancelledError."""
+    s = serving.start(onnx_model, tmp_path / "serve.log", "--name", MODEL, "--grpc-port", "0", "--drain-timeout",
+                      "1", grpc=False)
+    got: dict[str, Any] = {}
+
+    def big() -> None:  # about 5 s of work on 2 cores: still running when the drain ends
+        body, json_size = tritonclient_http.InferenceServerClient.generate_request_body(
+            [_bytes_input(tritonclient_http, [p.read_bytes() for p in images])])
+        headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+        got["r"] = httpx.post(s.url + f"/v2/models/{MODEL}/infer", content=body, headers=headers, timeout=120)
+
+    try:
+        worker = threading.Thread(target=big)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while s.metric("yolokit_requests_in_flight") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        worker.join(60)
+        r = got["r"]
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert "the server stopped before this request finished (past its --drain-timeout)" in r.json()["error"]
+        assert s.proc.wait(60) == 0, s.output()
+        assert "Traceback" not in s.output() and "CancelledError" not in s.output(), s.output()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
 def test_the_api_key_guards_every_route_but_the_probes(onnx_model: Path, images: list[Path], tmp_path: Path) -> None:
     key = "s3cret-key"
     s = serving.start(onnx_model, tmp_path / "serve.log", "--name", MODEL, "--max-batch", "2",

@@ -37,7 +37,7 @@ from toolkit.serve import metrics as m
 from toolkit.serve.model import ServedModel
 from toolkit.serve.options import ServeOptions
 from toolkit.serve.protocol import HEADER_LENGTH, ProtocolError, encode_http, header_length, parse_http
-from toolkit.serve.service import ClientGone, Refusal, Service
+from toolkit.serve.service import DRAINING, ClientGone, Refusal, Service
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")  # never behind the API key: the probes
 EXTENSIONS = ["binary_tensor_data"]
@@ -236,7 +236,12 @@ class _Http:
             return Response(status_code=499)  # nobody reads it
         except asyncio.CancelledError:
             svc.failed(m.CANCELED, arrived)
-            raise
+            if svc.state != DRAINING:
+                raise
+            # the server stops with this request still running (past --drain-timeout, or a second signal): the
+            # protocol's error object with 503, not uvicorn's plain-text 500 and a traceback in the log
+            return _error(Refusal(503, "the server stopped before this request finished (past its --drain-timeout); "
+                                       "send it again", m.REJECTED, retry_after=1))
         except Exception as e:  # a bug: one line to the client and the log, and the server goes on
             svc.failed(m.BACKEND, arrived)
             print(f"yolokit serve: internal error on {request.url.path}: {type(e).__name__}: {first_line(e)}",
