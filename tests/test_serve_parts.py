@@ -107,6 +107,11 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2], "data": [1e39, 1]}]}', None,
      "out of FP32's range"),
     (_ONE[:-1] + b', "outputs": [{"name": "num_dets"}, {"name": "num_dets"}]}', None, "num_dets is asked for twice"),
+    # each said "got an uneven list of values"
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": null}]}', None, "got null$"),
+    (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": {"a": 1}}]}', None, "got an object$"),
+    (b'{"inputs": [{"name": "images", "datatype": "INT64", "shape": [1], "data": [1' + b"0" * 30 + b']}]}', None,
+     "got a list whose values are not all numbers within the type's range"),
 ])
 def test_malformed_requests_are_one_sentence(body: bytes, length: int | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message) as e:

@@ -152,12 +152,16 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
         raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes numbers in 'data', got true/false among "
                             f"them")
     if arr.dtype.kind not in kinds or arr.size != count:
-        what = {"b": "true/false values", "O": "values", "i": "numbers", "u": "numbers", "f": "numbers"}
+        what = {"b": "true/false values", "i": "numbers", "u": "numbers", "f": "numbers"}
+        if not isinstance(data, list | int | float):  # null, an object, a string ("an uneven list" before)
+            got = {type(None): "null", dict: "an object", str: "a string"}.get(type(data), type(data).__name__)
+        elif arr.dtype.kind == "O":
+            got = "a list whose values are not all numbers within the type's range, or whose rows differ in length"
+        else:
+            got = f"{arr.size} {what.get(arr.dtype.kind, 'strings')}"
         raise ProtocolError(f"input {name}: {datatype} {list(shape)} takes {count} "
                             f"{'true/false value' if datatype == 'BOOL' else 'number'}{'' if count == 1 else 's'} in "
-                            f"'data', got "
-                            f"{arr.size if arr.dtype.kind != 'O' else 'an uneven list of'} "
-                            f"{what.get(arr.dtype.kind, 'strings')}")
+                            f"'data', got {got}")
     if datatype in ("FP16", "FP32") and arr.dtype.kind == "f" and arr.size and \
             float(np.abs(arr[np.isfinite(arr)]).max(initial=0.0)) > float(np.finfo(DTYPES[datatype]).max):
         raise ProtocolError(f"input {name}: a value is out of {datatype}'s range (at most "
