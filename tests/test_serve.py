@@ -390,6 +390,7 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
             ("/v1/detect?timeout=\u0663", jpeg, "parameter timeout takes microseconds"),  # an Arabic-Indic 3
             ("/v1/detect?timeout=" + "9" * 5000, jpeg, "parameter timeout takes microseconds"),  # int() raised: a 500
             ("/v1/detect?classes=0," + "9" * 5000, jpeg, "parameter classes takes class ids"),  # the same
+            ("/v1/detect?classes=0," + "9" * 400, jpeg, "this model's classes are 0-79"),  # float(): a 500
             (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"priority": "high"}}',
              "parameter priority takes a whole number"),  # taken, whatever it was
             (f"/v2/models/{MODEL}/infer", _ONE_JPEG[:-1] + b', "parameters": {"classes": []}}',

@@ -308,6 +308,7 @@ def test_a_model_name_that_cannot_go_in_a_url_path_is_refused(name: str) -> None
 def test_request_parameters_are_checked_against_the_declarations() -> None:
     config, meta = DetectorConfig(), ModelMeta(names={0: "a", 1: "b"})
     base = NMSOptions()
+    assert request_nms(config, meta, base, {"max_det": "9" * 400}, "m").max_det == int("9" * 400)  # not a 500
     got = request_nms(config, meta, base, {"conf": "0.5", "classes": "0,1", "max_det": 10}, "m")
     assert (got.conf, got.classes, got.max_det, got.iou) == (0.5, (0, 1), 10, base.iou)
     assert request_nms(config, meta, base, {"classes": [1]}, "m").classes == (1,)
@@ -319,6 +320,9 @@ def test_request_parameters_are_checked_against_the_declarations() -> None:
                             ({"conf": "\u0660.5"}, "takes a number"),  # float() read Arabic-Indic digits
                             ({"classes": "a"}, "takes class ids"),
                             ({"classes": "0," + "9" * 5000}, "takes class ids like 0,2 .*\\.\\.\\.$"),  # int(): 500
+                            # 309 to 4300 digits: float() of them raised OverflowError, a 500
+                            ({"classes": "0," + "9" * 400}, "parameter classes 9{50}.*: this model's classes are 0-1"),
+                            ({"conf": 10**400}, "parameter conf must be in \\[0, 1\\], got 1000"),
                             ({"classes": [999]}, "parameter classes 999: this model's classes are 0-1"),  # was 200
                             ({"classes": -1}, "parameter classes must be at least 0, got -1$"),  # was "got (-1,)"
                             ({"agnostic": True}, "not one this server takes")):

@@ -134,9 +134,14 @@ class Option:
             return value in self.choices
         if self.lo is None and self.hi is None:
             return True
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):  # numpy's too
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's numbers too
             return False
-        value = float(value)
+        if isinstance(value, numbers.Integral):
+            value = int(value)  # compared with the limits exactly: float() of 400 digits raised OverflowError
+        elif math.isnan(value):
+            return False
+        else:
+            value = float(value)
         low = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
         high = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
         return low and high
@@ -236,7 +241,7 @@ def check(obj: Any) -> None:
         value = getattr(obj, f.name)
         if not opt.allows(value):
             flag = opt.flag(f.name) if opt.cli else f.name
-            raise InputError(f"{flag} must be {opt.limits()}, got {opt.refused(value)!r}")
+            raise InputError(f"{flag} must be {opt.limits()}, got {brief(opt.refused(value))}")
 
 
 def refuse_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:

@@ -642,7 +642,9 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
         beyond = sorted({int(c) for c in nms.classes if not 0 <= int(c) < nc})
         if beyond:
             first, last = meta.names.get(0, 0), meta.names.get(nc - 1, nc - 1)
-            raise InputError(f"{named('classes')} {','.join(map(str, beyond))}: this model's classes are 0-{nc - 1} "
+            shown = ",".join(map(str, beyond))
+            shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+            raise InputError(f"{named('classes')} {shown}: this model's classes are 0-{nc - 1} "
                              f"({first} ... {last}); `yolokit info {path.name}` lists them")
     baked = meta.nms
     if baked is None:

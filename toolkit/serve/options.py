@@ -209,6 +209,8 @@ def _typed(name: str, value: Any) -> Any:
                 raise ValueError
             if isinstance(value, str) and (not value.isascii() or "_" in value):
                 raise ValueError  # float() and int() take "1_0" as 10 and other digits than 0-9
+            if kind is float and isinstance(value, int) and abs(value) > 10**300:
+                return value  # refused by the option's limits, as the number it is (float() raised OverflowError)
             return kind(value)
     except (TypeError, ValueError):
         pass

@@ -193,7 +193,7 @@ class Service:
             if not whole_number(us) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
                                    f"{brief(timeout_us)}")
-            seconds = min(seconds, us / 1e6)
+            seconds = min(seconds, us / 1e6) if us < 10**15 else seconds  # 400 digits: / 1e6 raised OverflowError
         return Deadline(arrived + seconds, seconds)
 
     async def _run(self, ticket: Ticket, works: list[Work], deadline: Deadline,
