@@ -145,8 +145,9 @@ def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: 
 def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``--exist-ok`` into SOURCE's own folder wrote each annotated image over its input (the photos lost), and a
-    run folder inside SOURCE had its outputs read as inputs on --resume (13 inputs for 3, and outputs of outputs
-    written deeper each time). Both are refused or set aside before anything is written."""
+    run folder inside SOURCE had its outputs read as inputs on --resume (13 inputs for 3, outputs of outputs
+    written deeper each time). The first is refused before anything is written; the outputs the run folder records
+    are set aside, however the folder is reached (a link, a glob from inside it); other files are inputs."""
     monkeypatch.chdir(tmp_path)
     for i in range(2):
         _img(tmp_path / "proj" / f"{i}.jpg", seed=i)
@@ -158,20 +159,35 @@ def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Pa
         err = capsys.readouterr().err.strip()
         assert "the run folder holds SOURCE's inputs (proj/" in err and "give another --name or --project" in err, err
         assert "\n" not in err
-    _img(tmp_path / "top" / "imgs" / "0.jpg", seed=5)
-    assert main(["run", "top/imgs", *COMMON, "--project", ".", "--name", "top", "--exist-ok"]) == 2  # SOURCE inside
     assert {p.name: p.read_bytes() for p in (tmp_path / "proj").iterdir()} == before  # nothing written or overwritten
-    assert main(["run", "proj", *COMMON, "--save-crop", "--project", "proj/runs", "--name", "e"]) == 0
-    first = _outputs(tmp_path / "proj" / "runs" / "e")
-    capsys.readouterr()
+    # a run folder that holds SOURCE, or one holding the user's own photos: nothing lands on an input, so both run
+    _img(tmp_path / "top" / "imgs" / "0.jpg", seed=5)
+    assert main(["run", "top/imgs", *COMMON, "--project", ".", "--name", "top", "--exist-ok"]) == 0
+    _img(tmp_path / "data" / "day1" / "a.jpg", seed=6)
+    _img(tmp_path / "data" / "b.jpg", seed=7)
+    assert main(["run", "data", *COMMON, "--project", "data", "--name", "day1", "--exist-ok"]) == 0
+    assert sorted(_manifest_keys(tmp_path / "data" / "day1")) == ["b", "day1/a"]
+    # the run folder inside SOURCE, reached directly or through a link: its outputs are set aside on --resume
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "proj" / "links").symlink_to(tmp_path / "disk")
+    for project in ("proj/runs", "proj/links"):
+        shutil.rmtree(tmp_path / "proj" / "runs", ignore_errors=True)  # another run folder's outputs are inputs
+        assert main(["run", "proj", *COMMON, "--save-crop", "--project", project, "--name", "e"]) == 0
+        first = _outputs(tmp_path / project / "e")
+        capsys.readouterr()
+        for _ in range(2):
+            assert main(["run", "proj", *COMMON, "--save-crop", "--project", project, "--name", "e", "--resume"]) == 0
+            out = capsys.readouterr().out
+            assert "2/2 images processed" in out and "records as its outputs were not read as inputs" in out, out
+        assert sorted(_manifest_keys(tmp_path / project / "e")) == ["0", "1"]
+        assert _outputs(tmp_path / project / "e") == first  # no outputs of outputs
+    (tmp_path / "proj" / "links").unlink()
+    # a glob with no fixed part, run twice from SOURCE's folder into a run folder below it
+    monkeypatch.chdir(tmp_path / "proj")
     for _ in range(2):
-        assert main(["run", "proj", *COMMON, "--save-crop", "--project", "proj/runs", "--name", "e", "--resume"]) == 0
-        out = capsys.readouterr().out
-        assert "2/2 images processed" in out and "below SOURCE in the run folder proj/runs/e were not read" in out, out
-    assert sorted(_manifest_keys(tmp_path / "proj" / "runs" / "e")) == ["0", "1"]
-    assert _outputs(tmp_path / "proj" / "runs" / "e") == first  # no outputs of outputs
-    assert main(["run", "proj", *COMMON, "--project", "proj/runs", "--name", "e", "--exist-ok", "--save-crop"]) == 0
-    assert sorted(_manifest_keys(tmp_path / "proj" / "runs" / "e")) == ["0", "1"]
+        assert main(["run", "*.jpg", *COMMON, "--project", "out", "--name", "g", "--exist-ok"]) == 0
+        assert main(["run", "**/*.jpg", *COMMON, "--project", "out", "--name", "h", "--exist-ok"]) == 0
+    assert sorted(_manifest_keys(tmp_path / "proj" / "out" / "g")) == ["0", "1"]
 
 
 def test_run_identity_takes_every_output_setting_and_no_other() -> None:

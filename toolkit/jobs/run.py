@@ -298,41 +298,68 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
 
 
 def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
-    """Keep a run's inputs out of its own run folder (an existing local one: ``--exist-ok`` or ``--resume``).
-    The run folder inside a SOURCE folder: the files in it are its outputs, not inputs (a resume read them, and
-    wrote outputs of outputs further down each time): set aside, with a note. SOURCE's images in the run folder
-    itself (the run folder is SOURCE's folder, or holds it, or a list names files in it): refused before anything
-    is written, since each annotated image would overwrite its input."""
+    """Keep a run's inputs apart from its own run folder (an existing local one: ``--exist-ok`` or ``--resume``).
+    Where an output would land on an input (the run folder is SOURCE's folder, or a listed file's, or such a folder
+    is the run folder's ``crops/<class>``), the run is refused before anything is written: each annotated image
+    would overwrite its photo. Files the run folder's records list as its outputs (a run folder inside a SOURCE
+    folder) are set aside, with a note: a resume read them as inputs, and wrote outputs of outputs deeper each
+    time. Other files are inputs like any."""
     if not (folder.resume or folder.exist_ok) or is_store_url(folder.project):
         return
     run_dir = os.path.join(local_path(folder.project), folder.name)
-    if not os.path.isdir(run_dir) or not (sources.items or sources.failed):
+    refs = [r for r in [*sources.items, *(r for r, _ in sources.failed)] if "://" not in r.path]
+    if not refs or not os.path.isdir(run_dir):
         return
-    real = os.path.realpath(run_dir)
+    real, seen = os.path.realpath(run_dir), {}
 
-    def within(path: str, top: str) -> bool:
-        return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+    def resolved(folder_path: str) -> str:  # one realpath per folder, not per file
+        if folder_path not in seen:
+            seen[folder_path] = os.path.realpath(folder_path or ".")
+        return seen[folder_path]
 
-    root = sources.root
-    local = "://" not in root
-    if root and local and within(real, os.path.realpath(root)) and real != os.path.realpath(root):
-        below = os.path.normpath(os.path.join(root, os.path.relpath(real, os.path.realpath(root))))
-        kept = [r for r in sources.items if not within(os.path.normpath(r.path), below)]
-        failed = [(r, why) for r, why in sources.failed if not within(os.path.normpath(r.path), below)]
-        dropped = len(sources.items) + len(sources.failed) - len(kept) - len(failed)
+    outputs = _recorded_outputs(run_dir, real)
+
+    def output(path: str) -> bool:
+        return os.path.join(resolved(os.path.dirname(os.path.abspath(path))), os.path.basename(path)) in outputs
+
+    if outputs:
+        before = len(sources.items) + len(sources.failed)
+        sources.items = [r for r in sources.items if "://" in r.path or not output(r.path)]
+        sources.failed = [(r, why) for r, why in sources.failed if "://" in r.path or not output(r.path)]
+        dropped = before - len(sources.items) - len(sources.failed)
         if dropped:
-            sources.items, sources.failed = kept, failed
-            sources.notes.append(f"{dropped} file(s) below SOURCE in the run folder {run_dir} were not read: they "
-                                 f"are the run's outputs, not its inputs")
-        return
-    refs = [*sources.items, *(r for r, _ in sources.failed)]
-    folders = {root} if root and local else {os.path.dirname(r.path) or "." for r in refs if "://" not in r.path}
+            sources.notes.append(f"{dropped} file(s) that the run folder {run_dir} records as its outputs were not "
+                                 f"read as inputs")
+        refs = [r for r in refs if not output(r.path)]
+    crops = os.path.join(real, "crops")
+    root = sources.root if "://" not in sources.root else ""
+    folders = {root} if root else {os.path.dirname(r.path) for r in refs}  # keys below SOURCE, else file names
     for f in sorted(folders):
-        if within(os.path.realpath(f), real):
-            first = next((r.path for r in refs if f == root or (os.path.dirname(r.path) or ".") == f), f)
-            raise InputError(f"{run_dir}: the run folder holds SOURCE's inputs ({first}), and a run folder holds "
-                             f"outputs only (an annotated image would overwrite an input of its name, a resume would "
-                             f"read outputs as inputs); give another --name or --project")
+        where = resolved(f)
+        if where == real or os.path.dirname(where) == crops:
+            first = next((r.path for r in refs if root or os.path.dirname(r.path) == f), f)
+            raise InputError(f"{run_dir}: the run folder holds SOURCE's inputs ({first}), where its outputs go: "
+                             f"each annotated image would overwrite its photo; give another --name or --project")
+
+
+def _recorded_outputs(run_dir: str, real: str) -> set[str]:
+    """The real paths of the outputs (annotated images and videos, crops) the run folder's records list."""
+    import json
+
+    out: set[str] = set()
+    try:
+        with open(os.path.join(run_dir, "manifest.jsonl"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict):
+                    names = [*(r.get("files") or ()), *(f"crops/{c}" for c in r.get("crops") or ())]
+                    out.update(os.path.normpath(os.path.join(real, str(n))) for n in names)
+    except OSError:
+        return set()
+    return out
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
