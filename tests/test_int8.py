@@ -54,6 +54,11 @@ def test_calibration_count_fraction_and_labels(labelled32: Path, tmp_path: Path)
         shutil.copy(p, plain / p.name)
     d = int8_data(ExportOptions(int8=True, calib_data=str(plain), calib_images=4), 32, False)
     assert len(d.calibration) == 4 and d.metric is None and not d.validation
+    # a dataset yaml with a train split alone calibrates on it (as YOLOv5's export does); only val needs 'val:'
+    (labelled32 / "train.yaml").write_text(f"path: {labelled32}\ntrain: images\nnames: [a]\n")
+    d = int8_data(ExportOptions(int8=True, calib_data=str(labelled32 / "train.yaml"), calib_images=4), 32, False)
+    assert len(d.calibration) == 4
+    (labelled32 / "train.yaml").unlink()
     with pytest.raises(InputError, match="--max-drop needs labelled images"):
         int8_data(ExportOptions(int8=True, calib_data=str(plain), max_drop=0.01), 32, False)
     for bad, text in (({"calib_images": 0}, "--calib-images 0"), ({"fraction": 0.0}, "--fraction 0.0"),

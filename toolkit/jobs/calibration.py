@@ -56,7 +56,7 @@ def _images(data: str) -> list[Path]:
     if not p.exists() and not any(ch in data for ch in "*?["):
         raise InputError(f"{data}: the INT8 calibration data does not exist (--data)")
     if p.suffix in (".yaml", ".yml") or (p.is_dir() and (p / "images").is_dir()):
-        return dataset_images(data)[0]
+        return dataset_images(data, ("val", "test", "train"))[0]  # calibration takes any split, val first
     from toolkit.io.sources import list_sources
 
     return sorted(Path(r.path) for r in list_sources(data).items if r.frame is None)

@@ -39,11 +39,12 @@ def label_path(image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
-def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
+def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Path], dict[int, str] | None]:
     """Image paths of a dataset, sorted as ``val.py`` sorts them (by the path's text), and its class names when a
     yaml gives them (or only ``nc``: then numbered names, for the count): a YOLO dataset yaml (its ``val`` split:
     folders or ``.txt`` lists), a folder with ``images/`` (and ``labels/`` beside it), or a folder of images whose
-    labels follow the images -> labels rule."""
+    labels follow the images -> labels rule. ``take``: the yaml's splits to take, the first it has (``yolokit val``
+    and ``bench`` take ``val`` alone, as val.py does; INT8 calibration any split, ``val`` first)."""
     p = Path(data)
     names: dict[int, str] | None = None
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -59,11 +60,13 @@ def dataset_images(data: str) -> tuple[list[Path], dict[int, str] | None]:
         if not isinstance(d, dict):
             raise InputError(f"{p}: not a dataset yaml (it holds a {type(d).__name__}); {fix}")
         base = d.get("path") or p.parent
-        split = d.get("val")  # val.py's split (it refuses a yaml without one; not the train or test split instead)
-        if split is None or split == "" or split == []:
+        split = next((d[k] for k in take if d.get(k) not in (None, "", [])), None)
+        if split is None and take == ("val",):  # val.py's split: it refuses a yaml without one
             raise InputError(f"{p}: the dataset yaml has no val split (what yolokit val measures, as val.py does); "
                              f"add 'val:' with the folder or .txt list of the images to measure (coco128.yaml "
                              f"gives its train folder); {fix}")
+        if split is None:
+            raise InputError(f"{p}: the dataset yaml has no {', '.join(take)} split; {fix}")
         splits = split if isinstance(split, list) else [split]
         if not isinstance(base, str | Path) or not all(isinstance(s, str) for s in splits):
             raise InputError(f"{p}: its path and val split must be text (folders or .txt lists); {fix}")
