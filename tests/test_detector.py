@@ -210,6 +210,14 @@ def test_tiles_arrays_and_sources_are_taken_as_each_call_documents_them(coco128_
                               (lambda: d.predict("0"), "use predict_iter")):
             with pytest.raises(InputError, match=message):
                 call()
+        from pathlib import PurePosixPath
+
+        assert len(d.predict(PurePosixPath(path))) == 1  # any os.PathLike, as a Path
+        assert next(d.predict_iter([PurePosixPath(path)])).ok
+        gif = tmp_path / "still.gif"  # .gif is a video suffix to a run (detect.py's), an image to predict
+        assert cv2.imwrite(str(gif), image) if cv2.haveImageWriter(str(gif)) else \
+            pytest.importorskip("PIL.Image").fromarray(image[:, :, ::-1]).save(gif) is None
+        assert len(d.predict(str(gif))) == 1
         (tmp_path / "7").write_bytes(Path(path).read_bytes())  # a file named 7 is a file
         assert len(d.predict(str(tmp_path / "7"))) == len(d.predict(path))
         with pytest.raises(ImageReadError):

@@ -36,6 +36,7 @@ from toolkit.engine.threads import run_threads, run_tiled
 from toolkit.engine.tiled import predict_tiled
 from toolkit.errors import DetectorClosedError, InputError, YolokitError
 from toolkit.io.decode import decode_image, read_image
+from toolkit.io.files import ImageReadError
 from toolkit.io.outputs import AnnotateStyle
 from toolkit.io.sources import VIDEO_SUFFIXES, InputRef, SourceList, list_sources
 from toolkit.meta import ModelMeta
@@ -325,7 +326,7 @@ class Detector:
         _check_counts(1, batch=batch)
         opts = _tile_options(tile)
         given: list[Any]
-        if isinstance(images, (np.ndarray, str, Path, bytes, bytearray, memoryview)):
+        if isinstance(images, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
             given = [images]
         elif isinstance(images, (dict, set)) or not isinstance(images, Iterable):
             raise InputError(f"predict takes an image (a BGR uint8 array, a path, or an encoded file's bytes) or a "
@@ -333,7 +334,7 @@ class Detector:
         else:
             given = list(images)
         arrays = [self._picture(im, i) for i, im in enumerate(given)]
-        paths = [str(im) if isinstance(im, (str, Path)) else None for im in given]
+        paths = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else None for im in given]
         if opts is not None:
             return [self.predict_tiled(a, opts, p) for a, p in zip(arrays, paths, strict=True)]
         items: list[Item] = [(i, InputRef(p or f"<array {i}>", Path(p).stem if p else f"image{i}"), a)
@@ -356,13 +357,18 @@ class Detector:
             if problem is not None:
                 raise InputError(f"<array {i}>: {problem}")
             return image
-        if isinstance(image, (str, Path)):
-            text = str(image)
-            if "://" in text or os.path.splitext(text)[1].lower() in VIDEO_SUFFIXES or (
-                    text.isdigit() and not os.path.exists(text)):  # a webcam's index; a file named 7 is a file
-                raise InputError(f"{text}: predict reads image files, arrays and bytes; for a URL, a video or a "
-                                 f"stream use predict_iter (or yolokit run)")
-            return read_image(text, limits=self.config.limits)
+        if isinstance(image, (str, os.PathLike)):
+            text = os.fspath(image)
+            use = (f"{text}: predict reads image files, arrays and bytes; for a URL, a video or a stream use "
+                   f"predict_iter (or yolokit run)")
+            if "://" in text or (text.isdigit() and not os.path.exists(text)):  # a webcam's index; a file named 7
+                raise InputError(use)
+            try:
+                return read_image(text, limits=self.config.limits)
+            except ImageReadError:
+                if os.path.splitext(text)[1].lower() in VIDEO_SUFFIXES:  # a .gif OpenCV reads is an image here
+                    raise InputError(use) from None
+                raise
         if isinstance(image, (bytes, bytearray, memoryview)):
             limits = self.config.limits
             return decode_image(np.frombuffer(bytes(image), np.uint8), f"<bytes {i}>", max_pixels=limits.max_pixels)
@@ -392,12 +398,12 @@ class Detector:
             raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
                              f"paths, got {type(source).__name__}; for arrays in memory use predict")
         listed: list[Any] = source if isinstance(source, list) else []
-        odd = next(((i, s) for i, s in enumerate(listed) if not isinstance(s, (str, Path))), None)
+        odd = next(((i, s) for i, s in enumerate(listed) if not isinstance(s, (str, os.PathLike))), None)
         if odd is not None:  # an array was made a file name: "cannot read: File name too long"
             raise InputError(f"predict_iter takes a list of paths, and item {odd[0]} is a {type(odd[1]).__name__}; "
                              f"for arrays in memory use predict")
         sources = source if isinstance(source, SourceList) else list_sources(
-            [str(s) for s in source] if isinstance(source, list) else source)
+            [os.fspath(s) for s in source] if isinstance(source, list) else source)
         for ref, reason in sources.failed:
             yield Result(ref, error=reason)
         routine = self.routine
@@ -446,8 +452,8 @@ class Detector:
         if opts is None:
             raise InputError("predict_tiled takes a tile size in pixels or a TileOptions, got None")
         array = self._picture(image, 0)
-        if path is None and isinstance(image, (str, Path)):
-            path = str(image)
+        if path is None and isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
         return predict_tiled(routine, array, opts, path, pool, in_flight)
 
     def close(self) -> None:

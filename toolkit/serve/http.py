@@ -240,8 +240,9 @@ class _Http:
                 raise
             # the server stops with this request still running (past --drain-timeout, or a second signal): the
             # protocol's error object with 503, not uvicorn's plain-text 500 and a traceback in the log
-            return _error(Refusal(503, "the server stopped before this request finished (past its --drain-timeout); "
-                                       "send it again", m.REJECTED, retry_after=1))
+            return _error(Refusal(503, "the server stopped before this request finished (its drain ended: "
+                                       "--drain-timeout passed, or a second signal came); send it again", m.REJECTED,
+                                  retry_after=1))
         except Exception as e:  # a bug: one line to the client and the log, and the server goes on
             svc.failed(m.BACKEND, arrived)
             print(f"yolokit serve: internal error on {request.url.path}: {type(e).__name__}: {first_line(e)}",
