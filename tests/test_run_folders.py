@@ -122,7 +122,7 @@ def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: P
     assert "--weights ./yolov5n.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
 
 
-def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: Path,
+def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """A run started with no --weights (the default yolov5n, found in the shared folder) was refused on --resume
     given that file's path or the name yolov5n ("--weights unset -> yolov5n"), and the other way round."""
@@ -140,6 +140,12 @@ def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: 
     assert main(["run", str(tmp_path / "src"), "--weights", str(tmp_path / "other.pt"), *common, "--name", "a",
                  "--resume"]) == 2
     assert "another model: the file's content differs" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "src"), *common, "--name", "c"]) == 0
+    monkeypatch.setenv("YOLOKIT_WEIGHTS", str(tmp_path / "other.pt"))  # the default names another file now
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "src"), *common, "--name", "c", "--resume"]) == 2
+    assert ("--weights unset names another model than the run's now (its file's content differs; $YOLOKIT_WEIGHTS "
+            "chooses the default)") in capsys.readouterr().err
 
 
 def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -311,8 +311,12 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             flag = "SOURCE" if k == "source" else flag_of(k)
             out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
     if known and before[MODEL_CONTENT] != now[MODEL_CONTENT]:
-        out.insert(0, f"--weights {_shown(before.get('weights'))} -> {_shown(now.get('weights'))} (another model: "
-                      f"the file's content differs from the run's)")
+        old, new = _shown(before.get("weights")), _shown(now.get("weights"))
+        if old == new:  # the same words name another file now ("unset -> unset" said nothing)
+            out.insert(0, f"--weights {new} names another model than the run's now (its file's content differs"
+                          f"{'; $YOLOKIT_WEIGHTS chooses the default' if new == 'unset' else ''})")
+        else:
+            out.insert(0, f"--weights {old} -> {new} (another model: the file's content differs from the run's)")
     return out
 
 

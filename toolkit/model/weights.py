@@ -12,6 +12,7 @@ nothing) into a local file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -194,14 +195,23 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def verify(path: str | os.PathLike[str], entry: WeightsEntry) -> bool:
     """True when ``path`` is a regular file of ``entry.size`` bytes whose sha256 is ``entry.sha256``.
 
-    The size is checked first, so a wrong-size file costs no hashing."""
+    The size is checked first, so a wrong-size file costs no hashing; a file already hashed in this process, unchanged
+    since (same size, modification time and inode), is not hashed again (a run resolves its model twice: for the run
+    folder's records and to load it)."""
     p = Path(path)
     try:
-        if not p.is_file() or p.stat().st_size != entry.size:
+        st = p.stat()
+        if not p.is_file() or st.st_size != entry.size:
             return False
-        return sha256_file(p) == entry.sha256.lower()
+        return _sha256_of(str(p), st.st_size, st.st_mtime_ns, st.st_ino) == entry.sha256.lower()
     except OSError:
         return False
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """:func:`sha256_file` of ``path`` as it was with this size, modification time and inode (the cache's key)."""
+    return sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------------- download
