@@ -82,6 +82,7 @@ def test_ray_run_on_a_local_cluster_equals_the_local_run(cluster: tuple[str, dic
     assert len(rows) - 1 == summary["detections"] == sum(len(t.splitlines()) for t in local_labels.values())
     assert summary["plan"].startswith("ray: 2 actors x 1 CPU")
     assert summary["settings"]["engine"] == "ray"
+    assert (summary["settings"]["conf"], summary["settings"]["max_det"]) == (0.25, 1000)  # what the actors ran
     out = Path(summary["out_dir"])
     assert _labels(out) == local_labels  # byte for byte, file for file
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

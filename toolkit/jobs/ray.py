@@ -90,8 +90,9 @@ class InferActor:
         after = det.times.snapshot()
         ms = [1000 * (a - b) / max(len(refs), 1) for a, b in zip(after, before, strict=True)]
         worker = f"{os.uname().nodename}:{self.pid}"
+        nms = det.nms  # a model with NMS inside takes its export's settings where none was asked for
         meta = {"imgsz": list(det.imgsz), "precision": det.meta.precision, "fixed": not det.auto,
-                "stride": det.meta.stride}
+                "stride": det.meta.stride, "conf": nms.conf, "iou": nms.iou, "max_det": nms.max_det}
         return [{"i": int(r["i"]), "key": o.key, "path": o.path, "error": o.error or "", "fatal": fatal,
                  "n": o.n, "classes": o.classes, "coco": o.coco, "shape": o.shape, "rows": o.rows, "files": o.files,
                  "ms": ms, "worker": worker, "meta": meta} for r, o in zip(rows, outcomes, strict=True)]
