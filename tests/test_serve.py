@@ -709,6 +709,22 @@ def test_a_request_cut_by_the_end_of_the_drain_gets_the_protocols_503(onnx_model
             s.proc.kill()
 
 
+def test_sigterm_while_loading_stops_and_says_nothing_after(yolov5n_pt: Path, tmp_path: Path) -> None:
+    """SIGTERM while a .pt loaded: the process waited for the load and then printed its warm-up's note ("serving
+    one image per execution ...") after "yolokit serve: stopped"."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(yolov5n_pt), "--port",
+                                 str(serving.free_port()), "--grpc-port", "0"], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"loading" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    lines = log.read_text().strip().splitlines()
+    assert lines[-1] == "yolokit serve: stopped" and "yolokit serve: SIGTERM while loading; stopping" in lines, lines
+
+
 def test_the_api_key_guards_every_route_but_the_probes(onnx_model: Path, images: list[Path], tmp_path: Path) -> None:
     key = "s3cret-key"
     s = serving.start(onnx_model, tmp_path / "serve.log", "--name", MODEL, "--max-batch", "2",

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,13 @@ async def _main(settings: ServeSettings, log: Log) -> None:
             where = f"http://{opts.host}:{opts.port}" + (f" and grpc {opts.host}:{opts.grpc_port}"
                                                          if opts.grpc_port else "")
             log(f"yolokit serve: listening on {where}; loading {settings.detector.weights} ...")
-            loading = asyncio.ensure_future(asyncio.to_thread(_load, settings, name, log))
+            cut = threading.Event()  # a load stopped by a signal says nothing after "stopped" (its warm-up's note)
+
+            def load_log(message: str) -> None:
+                if not cut.is_set():
+                    log(message)
+
+            loading = asyncio.ensure_future(asyncio.to_thread(_load, settings, name, load_log))
             stopping = asyncio.ensure_future(signals.stop.wait())
             await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if loading.done():
@@ -160,6 +167,7 @@ async def _main(settings: ServeSettings, log: Log) -> None:
                     if not (drained.done() and drained.result()):
                         log("yolokit serve: stopping with requests still in flight")
             else:
+                cut.set()
                 log(f"yolokit serve: {signals.name} while loading; stopping")
         finally:
             service.drain()
