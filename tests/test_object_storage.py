@@ -227,6 +227,32 @@ def test_objects_get_the_limits_and_refusals_of_local_files(store_env: dict[str,
         assert "\n" not in reason and "Traceback" not in reason
 
 
+def test_an_object_key_with_dot_dot_parts_is_failed_not_written_outside(store_env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    """A video object under the key v/../../x.mp4 had its annotated video written outside the run folder (anywhere
+    on disk, folders made as needed), and an image's such key stopped the whole run with exit 7 ("not a name inside
+    the run folder"). The object is listed as failed; the others run."""
+    import boto3
+
+    client = boto3.client("s3")
+    image = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 5, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    client.put_object(Bucket="odd", Key="esc/a/1.jpg", Body=image)
+    client.put_object(Bucket="odd", Key="esc/a/../../../escaped/x.mp4", Body=video.read_bytes())
+    client.put_object(Bucket="odd", Key="esc/a/../up.jpg", Body=image)
+    (tmp_path / "runs").mkdir()
+    s = run(RunOptions.of(source="s3://odd/esc/a/", weights="yolov5n.yaml", imgsz=64, save_txt=True,
+                          project=str(tmp_path / "runs" / "p"), name="r"))
+    assert s.processed == 1 and len(s.failed) == 2, s.failed
+    assert all("its key has a '..' part" in f["reason"] for f in s.failed)
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and "runs" not in p.parts and p != video]
+    assert outside == [], outside  # nothing beside the run folder
+
+
 def test_objects_a_pattern_names_carry_their_etags(store_env: dict[str, str], tmp_path: Path) -> None:
     """A store glob recorded no fingerprint, so a resume kept the old results of an object replaced since."""
     fs = s3.filesystem()

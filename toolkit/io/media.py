@@ -24,7 +24,7 @@ class VideoSink:
 
     def __init__(self, store: Store, name: str, fps: float) -> None:
         self.store, self.name = store, name
-        self.path = store.local / name if store.local is not None else Path(store.url(name))
+        self.path = Path(store.url(name))  # refuses a name outside the run folder (a key with '..' wrote anywhere)
         self.fps = fps if fps > 0 else DEFAULT_FPS
         import tempfile
 

@@ -302,12 +302,26 @@ def _unique_key(key: str, path: str, taken: set[str]) -> str:
     return out
 
 
+# a store object's key with a ".." part: its outputs would be named outside the run folder (an annotated video was
+# written there; an image's output stopped the whole run)
+ESCAPING_KEY = ("its key has a '..' part, which would name its outputs outside the run folder; rename the object "
+                "(or copy it to a key without '..')")
+
+
+def _escapes(key: str) -> bool:
+    """Whether an output key leaves the run folder (a ``..`` part, or an absolute key)."""
+    parts = key.replace("\\", "/").split("/")
+    return ".." in parts or key.startswith(("/", "\\"))
+
+
 def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]]) -> SourceList:
     items: list[InputRef] = []
     taken = {ref.key for ref, _ in failed}
     for f in files:
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
-        if is_url(f) and (problem := url_problem(f)) is not None:
+        if _escapes(ref.key):
+            failed.append((ref, ESCAPING_KEY))
+        elif is_url(f) and (problem := url_problem(f)) is not None:
             failed.append((ref, problem))
         elif is_live(f) and not (f.isdigit() and os.path.lexists(f)):  # a file named 7 is a file
             failed.append((ref, "a live stream: give it as SOURCE, or list streams in a .streams file"))
@@ -399,8 +413,11 @@ def _from_store(url: str) -> SourceList:
         if kind is None:
             continue
         key = _unique_key(_key(obj.url, root), obj.url, taken)
+        if _escapes(key):
+            failed.append((InputRef(obj.url, key), ESCAPING_KEY))
+            continue
         items.append(InputRef(obj.url, key, -1 if kind == "video" else None, content_id=obj.content_id))
-    if not items:
+    if not items and not failed:
         raise InputError(f"{url}: no images or videos there (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; is the bucket and prefix right?)")
     return SourceList(_apart_from_frames(items, taken), failed, root)
