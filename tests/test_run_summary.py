@@ -62,3 +62,11 @@ def test_an_interrupted_run_says_how_much_of_it_was_done() -> None:
         in text
     done = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=128, processed=128, planned=128))
     assert done.startswith("128/128 images processed in ") and "INTERRUPTED" not in done
+    # a live run: --resume is refused for streams, so the summary does not offer it
+    live = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "cam.streams", images=207, processed=207,
+                                     interrupted=True, streams=[{"source": "rtsp://cam", "frames_processed": 207,
+                                                                 "frames_read": 240, "dropped": 33, "fps_read": 25.0,
+                                                                 "fps_processed": 21.0, "reason": "",
+                                                                 "state": "live"}]))
+    assert "INTERRUPTED: 207 frames were recorded before the stop; a live run is not resumed" in live
+    assert "--resume" not in live

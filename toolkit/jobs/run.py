@@ -529,7 +529,10 @@ def format_summary(s: RunSummary) -> str:
                      f"({st['dropped']} dropped), read at {st['fps_read']:.1f} fps, processed at "
                      f"{st['fps_processed']:.1f} fps; {st['reason'] or st['state']}")
     lines.extend(f"  note: {n}" for n in s.notes)
-    if s.interrupted:
+    if s.interrupted and s.streams:  # a live run cannot be resumed (--resume is refused for streams)
+        lines.append(f"  INTERRUPTED: {s.images} frames were recorded before the stop; a live run is not resumed "
+                     f"(its outputs stay in the run folder)")
+    elif s.interrupted:
         of = f"{s.images} of {s.planned}" if s.planned > s.images else f"{s.images} of the"
         lines.append(f"  INTERRUPTED: {of} inputs were handled before the stop; the same command with --resume "
                      f"continues")
