@@ -45,7 +45,7 @@ def test_predict_iter_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     results = list(det.predict_iter(paths, batch=3))
     assert [r.ref.path for r in results] == paths
     assert [r.ok for r in results] == [True, True, False, True, True]
-    assert "cannot decode" in (results[2].error or "")
+    assert "text, not an image" in (results[2].error or "")
 
 
 def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) -> None:

@@ -212,7 +212,10 @@ def test_read_image_channels_depth_and_orientation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "reason"), [
     (b"", "empty file"),
-    (b"hello, not an image", "cannot decode"),
+    (b"hello, not an image", "text, not an image; re-copy the image itself"),
+    (b"<!DOCTYPE html><html><body>404</body></html>", "an HTML page, not an image"),
+    # a video named .jpg was told to re-copy or re-export the file (a URL's or an object's was told what it is)
+    (b"\x00\x00\x00\x18ftypmp42" + bytes(64), "a video, not an image; name it with a video suffix"),
     (os.urandom(5000), "cannot decode"),
 ])
 def test_read_image_failures(tmp_path: Path, content: bytes, reason: str) -> None:

@@ -51,12 +51,25 @@ def decode_image(data: np.ndarray, path: str = "<bytes>", reduce: int = 1,
     try:
         img = cv2.imdecode(data, flags)
     except cv2.error:  # OpenCV's text names its own source files and assertions: not a reason a user can act on
-        raise ImageReadError(path, _UNDECODABLE) from None
+        raise ImageReadError(path, _undecodable(data)) from None
     if img is None or img.size == 0:
-        raise ImageReadError(path, _UNDECODABLE)
+        raise ImageReadError(path, _undecodable(data))
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     return img
+
+
+def _undecodable(data: np.ndarray) -> str:
+    """Why bytes named as an image did not decode: what they are where their first bytes say (a video named .jpg
+    was told to re-copy the file; a URL's or an object's was told what it is), else the plain reason."""
+    from toolkit.io.transfer import sniff_media
+
+    kind = sniff_media(data[:1024].tobytes())
+    if kind == "video":
+        return "a video, not an image; name it with a video suffix (.mp4) to run its frames"
+    if kind in ("html", "text"):
+        return f"{'an HTML page' if kind == 'html' else 'text'}, not an image; re-copy the image itself"
+    return _UNDECODABLE
 
 
 def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
