@@ -411,10 +411,20 @@ def _long_process_run(tmp_path: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "run", str(src), "--weights", "yolov5s.yaml",
                              "--mode", "process", "--workers", "2", "--nosave", "--save-txt", "--project",
                              str(tmp_path), "--name", "r", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=ctrl_c_reaches)
+                            text=True, preexec_fn=_own_group)
 
 
-def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path) -> None:
+def _own_group() -> None:
+    """Ctrl-C's default action (:func:`ctrl_c_reaches`), in a process group of its own (a signal to the group
+    reaches the run and its workers, not the test)."""
+    ctrl_c_reaches()
+    os.setpgrp()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_stops_a_process_run_within_seconds_with_a_summary(sig: int, code: int, tmp_path: Path) -> None:
+    """Ctrl-C, and SIGTERM (timeout, docker stop, Kubernetes: it killed the run with no summary at all; to the
+    whole process group, as `timeout` sends it), end the run with its summary, exit 130 and 143."""
     proc = _long_process_run(tmp_path)
     labels = tmp_path / "r" / "failures.jsonl"
     deadline = time.monotonic() + 120
@@ -423,10 +433,13 @@ def test_sigint_stops_a_process_run_within_seconds_with_a_summary(tmp_path: Path
     time.sleep(4)  # let it get going
     assert proc.poll() is None, proc.communicate()
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    if sig == signal.SIGTERM:
+        os.killpg(proc.pid, sig)  # its workers too
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 15
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     summary = json.loads(out)
     assert summary["interrupted"] is True and summary["images"] < 400 and summary["planned"] == 400
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["interrupted"] is True

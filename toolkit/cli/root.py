@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import typer
 
@@ -93,6 +94,7 @@ def entry() -> None:
     (:func:`exit_now`). After an interrupted run (130) the summary and every output are already written and the
     workers stopped; the process ends at once, so a Ctrl-C that arrives again while the interpreter shuts down
     cannot turn the exit code into a death by SIGINT (seen once in a full test run as -2 instead of 130)."""
+    terminated = _stop_on_sigterm()
     with decoder_lines_dropped():
         try:
             rc = main(exits=True)
@@ -101,8 +103,25 @@ def entry() -> None:
             rc = 1
     if rc == 130:
         _flush()
-        os._exit(130)
+        os._exit(143 if terminated else 130)
     exit_now(rc)
+
+
+def _stop_on_sigterm() -> list[int]:
+    """SIGTERM (``timeout``, ``docker stop``, Kubernetes, systemd) ends a command as Ctrl-C does: what was done is
+    written and the summary printed; exit 143 instead of 130. It killed a run with no summary at all. ``yolokit
+    serve`` installs its own handlers (it drains). The list it returns gets the signal's number when one came."""
+    import signal
+
+    got: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError, OSError):  # not the main thread, or a platform without it
+        signal.signal(signal.SIGTERM, stop)
+    return got
 
 
 # what the image decoders inside OpenCV print on their own for a damaged file, beside the failure (or the grey patch
