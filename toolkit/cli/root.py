@@ -4,7 +4,7 @@
 
 Exit codes: 0 success; 1 some inputs failed (the rest were processed); 2 bad input or options;
 3 bad model file; 4 backend or device unavailable; 5 download failed; 6 export failed; 7 output not
-writable; 130 interrupted.
+writable; 130 interrupted; 143 stopped by SIGTERM (as 130).
 """
 
 from __future__ import annotations
