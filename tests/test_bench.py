@@ -60,13 +60,14 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
     src.mkdir()
     for i in range(3):
         cv2.imwrite(str(src / f"{i}.jpg"), np.full((64, 64, 3), 50 * i, np.uint8))
+    (src / "bad.jpg").write_bytes(b"garbage")  # counted as processed at no cost (136 % of the ceiling): left out
     import backends
 
     if backends.REGISTRY["trt"].is_available():
         pytest.skip("TensorRT runs here: this test needs a configuration that fails (an unknown backend is refused "
                     "up front)")
     opts = BenchOptions(weights="yolov5n.yaml", source=str(src), backends=["torch", "trt"], nms=False,
-                        precisions=["fp32"], modes=["seq"], images=3, repeat=1, out=str(tmp_path / "b"), imgsz=64)
+                        precisions=["fp32"], modes=["seq"], images=4, repeat=1, out=str(tmp_path / "b"), imgsz=64)
     result = bench(opts)
     assert "error" not in result["rows"][0] and "tensorrt" in result["rows"][1]["error"], result["rows"]
     base = result["rows"][0]  # the machine's ceiling for the model, and the configuration's share of it
@@ -74,6 +75,9 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
     assert "| ceiling img/s (share) |" in (tmp_path / "b" / "report.md").read_text()
     data = json.loads((tmp_path / "b" / "results.json").read_text())
     assert data["machine"]["cores"] and data["images"] == 3
+    assert [Path(b["path"]).name for b in data["left_out"]] == ["bad.jpg"]
+    assert "1 image(s) could not be read and are left out of every figure: " in (tmp_path / "b" / "report.md"
+                                                                                    ).read_text()
     _check_outputs(tmp_path / "b", 2)
 
 

@@ -201,8 +201,11 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     else:
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
+    paths, left_out = _readable(paths)
     if not paths:
-        raise InputError(f"{opts.source}: no images to benchmark")
+        raise InputError(f"{opts.data or opts.source}: no images to benchmark"
+                         + (f" ({len(left_out)} could not be read: {left_out[0]['path']}: {left_out[0]['reason']})"
+                            if left_out else ""))
     out = Path(opts.out)
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     from toolkit.jobs.valdata import label_path
@@ -266,12 +269,29 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
                "versions": versions()}
-    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "rows": rows,
-              "charts": charts(rows, out, len(paths))}
+    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "left_out": left_out,
+              "rows": rows, "charts": charts(rows, out, len(paths))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
     return result
+
+
+def _readable(paths: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The images that decode, and the others with their reasons: a bench times and scores what it can read (an
+    undecodable image counted as processed, at no cost: 136 % of the machine's ceiling)."""
+    from toolkit.io.decode import read_image
+    from toolkit.io.files import ImageReadError
+
+    ok, bad = [], []
+    for p in paths:
+        try:
+            read_image(p)
+        except ImageReadError as e:
+            bad.append({"path": p, "reason": e.reason})
+            continue
+        ok.append(p)
+    return ok, bad
 
 
 def _spawn(spec: dict[str, Any]) -> dict[str, Any]:

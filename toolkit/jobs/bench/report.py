@@ -115,7 +115,11 @@ def report(result: dict[str, Any]) -> str:
     rows = [r for r in result["rows"] if "error" not in r]
     rows.sort(key=lambda r: -r["img_s"])
     m = result["machine"]
+    left_out = result.get("left_out") or []
     lines = [f"# yolokit bench: {result['images']} images", "",
+             *([f"{len(left_out)} image(s) could not be read and are left out of every figure: "
+                + "; ".join(f"{b['path']}: {b['reason']}" for b in left_out[:5])
+                + (" ..." if len(left_out) > 5 else ""), ""] if left_out else []),
              f"Machine: {m['processor']}, {m['cores']} cores, device {m['device']}; {m['platform']}; "
              f"versions {m['versions']}. Median of {result['options']['repeat']} fresh-process runs.", "",
              "| rank | configuration | img/s (min-max) | steady | raw model | p50 ms | p95 ms | start-up s | "
