@@ -58,7 +58,7 @@ def backend_for(path: Path) -> str:
             return name
     kinds = ", ".join(b.DESCRIPTION for b in REGISTRY.values())
     raise ModelFileError(f"{path}: not a model file yolokit knows, by its name or its content (looked for {kinds}); "
-                         f"check the path, or pass --backend to choose one")
+                         f"check the path")
 
 
 def checkpoint_backend() -> str:

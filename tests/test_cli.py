@@ -284,3 +284,11 @@ def test_a_command_line_the_parser_refuses_is_one_line(argv: list[str], line: st
     assert capsys.readouterr().err == line + "\n"
     assert main(["run", "--sourcedir", "x"]) == 2  # not taken for detect.py's --source
     assert "no such option: --sourcedir" in capsys.readouterr().err
+
+
+def test_a_bare_command_prints_its_help_and_no_empty_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`yolokit` and `yolokit weights` alone printed their help, then the line "yolokit: ; see 'yolokit --help'"."""
+    for argv in ([], ["weights"]):
+        assert main(argv) == 2
+        got = capsys.readouterr()
+        assert "Usage" in got.out + got.err and ": ; see" not in got.err, got.err

@@ -151,7 +151,10 @@ def test_a_dataset_of_another_class_count_is_refused(small: Path, yolov5n_pt: Pa
         with pytest.raises(InputError, match="the dataset has 3 classes, the model 80"):
             validate(ValOptions(weights=str(yolov5n_pt), data=str(small / "data.yaml")))
     (small / "data.yaml").write_text("path: .\nval: images\nnc: 80\n")
-    assert validate(ValOptions(weights=str(yolov5n_pt), data=str(small / "data.yaml")))["images"] == 6
+    got = validate(ValOptions(data=str(small / "data.yaml")))  # the default model, named in the result (was null)
+    assert got["images"] == 6 and got["weights"] == str(yolov5n_pt), got["weights"]
+    with pytest.raises(InputError, match="coco128.yaml: no such file or folder"):  # was "not a dataset yaml"
+        validate(ValOptions(data=str(small / "coco128.yaml")))
 
 
 def test_bad_options_are_one_line(small: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,8 @@ from toolkit.errors import YolokitError
 app = typer.Typer(name="yolokit", help="Run YOLOv5 over many images: detect, validate, export, benchmark.\n\n"
                   "Quick start: `yolokit run` (sample photos, yolov5n) or `yolokit run photos/ --save-txt`.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-weights_app = typer.Typer(help="List, download and verify official YOLOv5 checkpoints.", no_args_is_help=True)
+weights_app = typer.Typer(help="List and download official YOLOv5 checkpoints (each download is verified against its "
+                          "sha256).", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
     except Exception as e:
         # usage errors from the command-line parser (click, vendored by recent typer): shown, exit code 2
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
-            typer.echo(usage_line(e, argv if argv is not None else sys.argv[1:]), err=True)
+            if str(e.format_message()).strip():  # type: ignore[attr-defined]  # none after a bare `yolokit`'s help
+                typer.echo(usage_line(e, argv if argv is not None else sys.argv[1:]), err=True)
             return 2
         if type(e).__name__ == "Abort":
             err("aborted")

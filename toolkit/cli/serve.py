@@ -12,7 +12,7 @@ from toolkit.cli.root import app
 from toolkit.serve.options import NOT_SERVED, ServeSettings
 
 WEIGHTS_HELP = ("The model to serve: a .pt checkpoint, .onnx, OpenVINO .xml or folder, TensorRT .engine, an export "
-                "with NMS inside, or a name (yolov5n..yolov5x6).")
+                "with NMS inside, or a name (yolov5n, yolov5s, yolov5m, yolov5l, yolov5x).")
 
 
 def serve(**kwargs: Any) -> None:

@@ -395,7 +395,7 @@ def validate(opts: ValOptions) -> dict[str, Any]:
         else:
             metrics, dets = _yolov5_protocol(det, images, opts)
         inside = det.meta.nms
-        metrics = {"protocol": opts.protocol, "weights": str(opts.weights), "backend": det.backend_name,
+        metrics = {"protocol": opts.protocol, "weights": str(det.weights), "backend": det.backend_name,
                    "model_precision": det.meta.precision, "data": opts.data, "augment": opts.augment, **metrics,
                    "ms_per_image": {k: round(v, 2) for k, v in det.times.ms_per_image().items()}}
         nms = ("multi-label" if inside is None else

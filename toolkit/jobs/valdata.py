@@ -98,6 +98,9 @@ def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Pa
             names = {i: str(i) for i in range(nc)}
     elif p.is_dir():
         folders = [p / "images"] if (p / "images").is_dir() else [p]
+    elif not p.exists():
+        raise InputError(f"{data}: no such file or folder (give a YOLO dataset .yaml, or a folder with images/ and "
+                         f"labels/; coco128.yaml is not built in: give the dataset's own yaml or folder)")
     else:
         raise InputError(f"{data}: not a dataset yaml or folder (give a YOLO dataset .yaml, or a folder with "
                          f"images/ and labels/)")
