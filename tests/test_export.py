@@ -46,6 +46,18 @@ def test_export_api_default_path_and_report(tmp_path: Path, monkeypatch: pytest.
     assert d["parity"]["passed"] and d["meta"]["format"] == "onnx"
 
 
+def test_a_model_given_by_name_exports_into_the_current_folder(yolov5n_pt: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`yolokit export yolov5n --to onnx` wrote into the folder the name was found in (the shared data folder, or
+    the weights cache), not where the user stood."""
+    _need("onnx")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(yolov5n_pt.parent.iterdir())
+    report = export("yolov5n", "onnx", None, ExportOptions(imgsz=(160, 192)))
+    assert report.artifact == tmp_path / "yolov5n.onnx" and report.artifact.is_file()
+    assert sorted(yolov5n_pt.parent.iterdir()) == before
+
+
 def test_default_output_names(tmp_path: Path) -> None:
     pt = tmp_path / "w" / "yolov5n.pt"
     assert default_output(pt, "onnx", ExportOptions()) == tmp_path / "w" / "yolov5n.onnx"

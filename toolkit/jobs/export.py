@@ -417,7 +417,11 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
         from toolkit.jobs.calibration import int8_data
 
         options = replace(options, int8_data=int8_data(options, source.meta.stride, options.nms is not None))
-    target = module.output_path(Path(out)) if out is not None else default_output(src_path, to, options)
+    # beside a checkpoint given by its path; a name (yolov5n), a URL or the default into the current folder (a name
+    # wrote into the shared data folder or the weights cache, found from nowhere the user stood)
+    given = weights is not None and "://" not in str(weights) and Path(str(weights)).exists()
+    near = src_path if given else Path.cwd() / src_path.name
+    target = module.output_path(Path(out)) if out is not None else default_output(near, to, options)
     writable_folder(target.parent, target)
     module.check_target(target)
     # exported and checked beside the target, then moved into place: a failed, refused or interrupted export leaves
