@@ -147,3 +147,18 @@ def test_without_matplotlib_the_report_says_how_to_get_charts(tmp_path: Path, mo
     monkeypatch.setattr(charts, "available", lambda: False)
     assert charts.draw(rows, tmp_path / "none", lambda r: (r["map50_95"], "mAP50-95")) == []
     assert "pip install 'yolokit[charts]'" in report({**result, "charts": []})
+
+
+def test_an_export_as_weights_is_refused_before_anything_runs(tmp_path: Path, exported: dict[str, Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--weights yolov5n.onnx ran the ONNX file as the "torch fp32" baseline, then failed every other
+    configuration ("is not a PyTorch checkpoint") and still wrote a ranked report."""
+    from toolkit.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    assert main(["bench", "--weights", str(exported["onnx"]), "--source", str(src), "--images", "1",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "compares the artifacts it exports from a .pt checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "report.md").exists()

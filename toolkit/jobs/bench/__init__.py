@@ -194,6 +194,12 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     from toolkit.io.sources import list_sources
 
     say = progress or (lambda _msg: None)
+    from toolkit.model.configs import is_builtin_config, resolve_model
+
+    source = resolve_model(opts.weights)
+    if source.suffix not in (".pt", ".pth") and not is_builtin_config(source.name):  # an ONNX file ran as "torch"
+        raise InputError(f"--weights {opts.weights}: yolokit bench compares the artifacts it exports from a .pt "
+                         f"checkpoint with the .pt itself; give the checkpoint (yolov5n.pt), not an export")
     if opts.data:  # a labelled dataset: its images, so accuracy is mAP
         from toolkit.jobs.valdata import dataset_images
 
