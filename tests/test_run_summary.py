@@ -70,3 +70,7 @@ def test_an_interrupted_run_says_how_much_of_it_was_done() -> None:
                                                                  "state": "live"}]))
     assert "INTERRUPTED: 207 frames were recorded before the stop; a live run is not resumed" in live
     assert "--resume" not in live
+    resumed = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=768, processed=768,
+                                        settings={"resumed": 119}, wall_s=21.6, img_per_s=30.0))
+    assert resumed.startswith("768/768 images processed (119 of them recorded before this resume) in 21.6 s "
+                              "(30.0 img/s)"), resumed  # 30 img/s is this session's 649 images

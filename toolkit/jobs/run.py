@@ -517,6 +517,9 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
 def format_summary(s: RunSummary) -> str:
     """A short human-readable summary."""
     cut = f" (interrupted: {s.images} of {s.planned} handled)" if s.interrupted and s.planned > s.images else ""
+    earlier = int(s.settings.get("resumed") or 0)
+    if earlier:  # the rate is this session's: say what the earlier ones did
+        cut += f" ({earlier} of them recorded before this resume)"
     lines = [f"{s.processed}/{s.images} images processed{cut} in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
              f"{s.detections} detections; backend {s.backend}, weights {os.path.basename(s.weights)}"]
     if s.per_class:
