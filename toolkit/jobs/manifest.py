@@ -126,6 +126,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return parse_lines(path.read_text(errors="replace"))
 
 
+def output_names(record: dict[str, Any]) -> list[str]:
+    """The run-folder names of the outputs a manifest record lists: annotated images and videos, then crops."""
+    return [str(n) for n in [*(record.get("files") or ()), *(f"crops/{c}" for c in record.get("crops") or ())]]
+
+
 def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
@@ -244,7 +249,7 @@ class Manifest:
             dropped.extend(recs)
         if dropped:
             for r in dropped:
-                for name in [*(r.get("files") or ()), *(f"crops/{c}" for c in r.get("crops") or ())]:
+                for name in output_names(r):
                     # only files of this folder, whatever the lines say (the store refuses a name with "..")
                     with contextlib.suppress(OSError, OutputError):
                         self.store.delete(str(name))

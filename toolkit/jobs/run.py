@@ -31,6 +31,7 @@ from toolkit.jobs.manifest import (
     Manifest,
     claim_out_dir,
     increment_dir,
+    output_names,
     prepare_out_dir,
     read_jsonl,
     remove_partial_writes,
@@ -344,22 +345,11 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
 
 def _recorded_outputs(run_dir: str, real: str) -> set[str]:
     """The real paths of the outputs (annotated images and videos, crops) the run folder's records list."""
-    import json
-
-    out: set[str] = set()
     try:
-        with open(os.path.join(run_dir, "manifest.jsonl"), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(r, dict):
-                    names = [*(r.get("files") or ()), *(f"crops/{c}" for c in r.get("crops") or ())]
-                    out.update(os.path.normpath(os.path.join(real, str(n))) for n in names)
+        records = read_jsonl(Path(run_dir) / "manifest.jsonl")
     except OSError:
         return set()
-    return out
+    return {os.path.normpath(os.path.join(real, name)) for r in records for name in output_names(r)}
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
