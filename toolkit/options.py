@@ -387,11 +387,15 @@ def ascii_digits(text: str) -> bool:
 
 def brief(value: Any, limit: int = 60) -> str:
     """``repr(value)`` for a message, cut to ``limit`` characters (a refused value may be megabytes long)."""
-    text = repr(value)
+    return clip(repr(value), limit)
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, ``...`` marking the cut."""
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 __all__ = ["CONCURRENCY", "CONF", "DETECTION", "DRAWING", "FOLDER", "IMGSZ", "INPUTS", "IOU", "MAX_DET", "MAX_DIGITS",
            "MODEL", "RAY", "REQUIRED", "SAVING", "SERVER", "SPEED", "TILING", "Entry", "Option", "ascii_digits",
-           "brief", "build", "check", "class_ids", "declared", "flag_of", "group", "identity", "keys", "nearest",
-           "option", "parse_amount", "plain", "refuse_unknown", "walk", "whole_number"]
+           "brief", "build", "check", "class_ids", "clip", "declared", "flag_of", "group", "identity", "keys",
+           "nearest", "option", "parse_amount", "plain", "refuse_unknown", "walk", "whole_number"]

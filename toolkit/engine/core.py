@@ -52,6 +52,7 @@ from toolkit.options import (
     brief,
     check,
     class_ids,
+    clip,
     flag_of,
     option,
     parse_amount,
@@ -636,16 +637,14 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
     ``named``: how a refusal names a setting asked for (the command line's flag; a server's request parameter)."""
     nms = config.nms()
     if meta.nms is not None:
-        nms = _unasked_from_export(nms, meta.nms)
+        nms = unasked_from_export(nms, meta.nms)
     if nms.classes is not None and meta.names:
         nc = max(meta.names) + 1
         beyond = sorted({int(c) for c in nms.classes if not 0 <= int(c) < nc})
         if beyond:
             first, last = meta.names.get(0, 0), meta.names.get(nc - 1, nc - 1)
-            shown = ",".join(map(str, beyond))
-            shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
-            raise InputError(f"{named('classes')} {shown}: this model's classes are 0-{nc - 1} "
-                             f"({first} ... {last}); `yolokit info {path.name}` lists them")
+            raise InputError(f"{named('classes')} {clip(','.join(map(str, beyond)))}: this model's classes are "
+                             f"0-{nc - 1} ({first} ... {last}); `yolokit info {path.name}` lists them")
     baked = meta.nms
     if baked is None:
         return nms
@@ -672,9 +671,10 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
     return replace(nms, multi_label=False)
 
 
-def _unasked_from_export(nms: NMSOptions, baked: BakedNMS) -> NMSOptions:
-    """``nms`` with each setting the export cannot give, where it is the default (not asked for), the export's."""
-    unset = DetectorConfig().nms()
+def unasked_from_export(nms: NMSOptions, baked: BakedNMS, unset: NMSOptions | None = None) -> NMSOptions:
+    """``nms`` with each setting the export cannot give, where it is the default (``unset``'s value: not asked
+    for; the declared defaults unless a job has its own, as val has), the export's."""
+    unset = unset or NMSOptions()
     changes: dict[str, Any] = {}
     if nms.conf < baked.conf and nms.conf == unset.conf:
         changes["conf"] = baked.conf

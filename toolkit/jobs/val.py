@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.detections import Detections
-from toolkit.engine.core import DetectorConfig
+from toolkit.engine.core import DetectorConfig, unasked_from_export
 from toolkit.errors import InputError, OutputError
 from toolkit.io.sources import InputRef
 from toolkit.jobs.valdata import (
@@ -42,7 +42,7 @@ from toolkit.jobs.valdata import (
     to_native,
 )
 from toolkit.metrics import IOU_LEVELS, ap_per_class, match_levels
-from toolkit.ops import LetterboxInfo, letterbox, match_greedy, to_chw_rgb
+from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, match_greedy, to_chw_rgb
 from toolkit.options import check, declared, option
 
 if TYPE_CHECKING:
@@ -362,13 +362,9 @@ def _nms_settings(opts: ValOptions) -> tuple[float, float, int]:
         return conf, iou, max_det
     if baked is None:
         return conf, iou, max_det
-    if conf == declared(ValOptions, "conf").default and conf < baked.conf:
-        conf = baked.conf
-    if iou == declared(ValOptions, "iou").default and abs(iou - baked.iou) > 1e-9:
-        iou = baked.iou
-    if max_det == declared(ValOptions, "max_det").default and max_det > baked.max_det:
-        max_det = baked.max_det
-    return conf, iou, max_det
+    unset = NMSOptions(**{k: declared(ValOptions, k).default for k in ("conf", "iou", "max_det")})
+    got = unasked_from_export(NMSOptions(conf=conf, iou=iou, max_det=max_det), baked, unset)
+    return got.conf, got.iou, got.max_det
 
 
 def validate(opts: ValOptions) -> dict[str, Any]:
