@@ -37,7 +37,15 @@ from toolkit.io.remote import (
     url_problem,
     url_suffix,
 )
-from toolkit.io.store import fetch_object_video, glob_objects, is_store_url, list_objects, local_path, read_object
+from toolkit.io.store import (
+    fetch_object_video,
+    glob_objects,
+    is_store_url,
+    list_objects,
+    local_path,
+    outside,
+    read_object,
+)
 from toolkit.io.transfer import FetchContext, FetchLimits
 from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
 
@@ -308,18 +316,12 @@ ESCAPING_KEY = ("its key has a '..' part, which would name its outputs outside t
                 "(or copy it to a key without '..')")
 
 
-def _escapes(key: str) -> bool:
-    """Whether an output key leaves the run folder (a ``..`` part, or an absolute key)."""
-    parts = key.replace("\\", "/").split("/")
-    return ".." in parts or key.startswith(("/", "\\"))
-
-
 def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]]) -> SourceList:
     items: list[InputRef] = []
     taken = {ref.key for ref, _ in failed}
     for f in files:
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
-        if _escapes(ref.key):
+        if outside(ref.key):
             failed.append((ref, ESCAPING_KEY))
         elif is_url(f) and (problem := url_problem(f)) is not None:
             failed.append((ref, problem))
@@ -413,7 +415,7 @@ def _from_store(url: str) -> SourceList:
         if kind is None:
             continue
         key = _unique_key(_key(obj.url, root), obj.url, taken)
-        if _escapes(key):
+        if outside(key):
             failed.append((InputRef(obj.url, key), ESCAPING_KEY))
             continue
         items.append(InputRef(obj.url, key, -1 if kind == "video" else None, content_id=obj.content_id))

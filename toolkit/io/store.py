@@ -123,10 +123,20 @@ def _plain(text: str) -> str:
 
 def _safe_name(name: str) -> str:
     """A name inside a store: relative, no ``..`` segment (a manifest line cannot point outside its run folder)."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    if outside(name):
         raise OutputError(f"{name!r}: not a name inside the run folder")
-    return "/".join(parts)
+    return "/".join(_parts(name))
+
+
+def outside(name: str) -> bool:
+    """Whether ``name`` names nothing inside a run folder (a ``..`` segment, or no name at all): what a store
+    refuses to write, and what an input's output key must not be."""
+    parts = _parts(name)
+    return not parts or ".." in parts
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
 
 
 # ----------------------------------------------------------------------------------------------------- stores
@@ -670,4 +680,5 @@ def fetch_object_video(url: str, ctx: FetchContext) -> Download:
 
 __all__ = ["BLOCK", "LocalStore", "ObjectInfo", "ObjectStore", "ObjectStream", "Store", "atomic_write_bytes",
            "content_id", "fetch_object", "fetch_object_image", "fetch_object_video", "filesystem", "glob_objects",
-           "is_local", "is_store_url", "list_objects", "open_store", "read_object", "store_reason", "url_scheme"]
+           "is_local", "is_store_url", "list_objects", "open_store", "outside", "read_object", "store_reason",
+           "url_scheme"]
