@@ -462,6 +462,13 @@ def test_resolve_unknown_name(places: dict) -> None:
         resolve_weights("yolov7", shared_dir=places["shared"], manifest=places["manifest"])
 
 
+def test_an_unknown_name_that_may_be_a_mistyped_export_folder_says_so(places: dict) -> None:
+    # `--weights yolov5n_openvino_model` (a folder that is not there) reads as a name: the message must not suggest
+    # that only .pt/.onnx files are models
+    with pytest.raises(InputError, match="no file or folder has that name here.*OpenVINO folder"):
+        resolve_weights("yolov5n_openvino_model", shared_dir=places["shared"], manifest=places["manifest"])
+
+
 @pytest.mark.skipif(
     not (_REAL_SHARED / "weights" / "yolov5n.pt").is_file(),
     reason="no shared yolov5n.pt (set YOLOKIT_SHARED)",

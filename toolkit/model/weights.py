@@ -122,8 +122,9 @@ def get_entry(name: str, manifest: Mapping[str, WeightsEntry] | None = None) -> 
     entry = table.get(key)
     if entry is None:
         raise InputError(
-            f"unknown weights name {name!r}: known names are {', '.join(known_names(table))} "
-            "(or give the path of an existing .pt/.onnx file)"
+            f"unknown weights name {name!r}: no file or folder has that name here, and the known names are "
+            f"{', '.join(known_names(table))} (give one of them, or the path of a model: a .pt, .onnx or .engine "
+            "file, or an OpenVINO folder)"
         )
     return entry
 
