@@ -213,3 +213,19 @@ def test_manifest_lines_come_in_input_order_after_their_outputs(tmp_path: Path) 
     s = run(RunOptions.of(source=str(src), weights=RANDOM, imgsz=96, conf=1e-5, save_txt=True, project=str(tmp_path),
                        name="r", mode="process", workers=2, save_workers=3), progress=progress)
     assert s.processed == 30 and seen == [f"{i:02d}" for i in range(30)]
+
+
+def test_a_file_name_that_is_not_utf8_reaches_the_csv_as_its_bytes(tmp_path: Path, coco128_images: Path,
+                                                                   yolov5n_pt: Path) -> None:
+    """A photo named in Latin-1 (b'caf\\xe9.jpg', as old cameras and Windows shares write names) crashed --save-csv
+    with a UnicodeEncodeError traceback, exit 1, no summary: its rows name the file by its own bytes now."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.jpg"), "wb") as f:
+        f.write((coco128_images / "000000000009.jpg").read_bytes())
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--save-csv", "--save-json",
+                 "--project", str(out), "--name", "r"]) == 0
+    rows = (out / "r" / "predictions.csv").read_bytes().splitlines()
+    assert len(rows) > 2 and all(b"caf\xe9.jpg" in row for row in rows[1:])
+    assert json.loads((out / "r" / "summary.json").read_text())["images"] == 1

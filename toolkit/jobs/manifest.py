@@ -337,4 +337,6 @@ class Manifest:
             out.writerow(CSV_HEADER)
             for r in records:
                 out.writerows(r.get("rows") or ())
-            self.store.put("predictions.csv", text.getvalue().encode())
+            # a file name that is not UTF-8 (decoded with its odd bytes kept, as Python keeps them) goes back to
+            # those bytes: the row names the file as the file system does
+            self.store.put("predictions.csv", text.getvalue().encode("utf-8", "surrogateescape"))
