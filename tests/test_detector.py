@@ -48,6 +48,32 @@ def test_predict_iter_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     assert "text, not an image" in (results[2].error or "")
 
 
+def _clip(video: Path, frames: int) -> Path:
+    """A small MJPG .avi of ``frames`` grey frames."""
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    for i in range(frames):
+        writer.write(np.full((64, 96, 3), 40 * i, np.uint8))
+    writer.release()
+    return video
+
+
+def test_predict_iter_gives_what_listing_refused_in_its_place(tmp_path: Path) -> None:
+    """A folder and a list named among a list's paths, and a video: results in the list's order, the video's
+    frames where the video is (the folder's failure came first, out of order; the video's frames never ran)."""
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    for p in (a, b):
+        cv2.imwrite(str(p), np.full((64, 96, 3), 90, np.uint8))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "l.txt").write_text("a.jpg\n")
+    video = _clip(tmp_path / "clip.avi", 2)
+    det = Detector("yolov5n.yaml", imgsz=128)
+    order = [str(a), str(tmp_path / "sub"), str(video), str(tmp_path / "l.txt"), str(b)]
+    for mode in ("thread", "process"):
+        got = [(Path(r.ref.path).name, r.ref.frame, r.ok) for r in det.predict_iter(order, mode=mode, workers=2)]
+        assert got == [("a.jpg", None, True), ("sub", None, False), ("clip.avi", 0, True), ("clip.avi", 1, True),
+                       ("l.txt", None, False), ("b.jpg", None, True)], mode
+
+
 def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) -> None:
     """The hint a runner may weigh (BaseRunner.expect; OpenVINO's shape models): the batches of a list of images,
     three times with test-time augmentation (its three views); None where a video makes the count unknown until it
@@ -57,11 +83,7 @@ def test_predict_iter_tells_the_runner_how_many_inferences_come(tmp_path: Path) 
         p = tmp_path / f"{i}.jpg"
         cv2.imwrite(str(p), np.full((64, 96, 3), 20 * i, np.uint8))
         paths.append(str(p))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
-    for i in range(3):
-        writer.write(np.full((64, 96, 3), 40 * i, np.uint8))
-    writer.release()
+    video = _clip(tmp_path / "clip.avi", 3)
     det = Detector("yolov5n.yaml", imgsz=128)
     told: list[int | None] = []
     det.routine.runner.expect = told.append

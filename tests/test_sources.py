@@ -238,3 +238,98 @@ def test_truncated_jpeg_and_missing(tmp_path: Path) -> None:
     link.symlink_to(tmp_path / "gone.jpg")
     with pytest.raises(ImageReadError, match="broken symbolic link"):
         read_image(str(link))
+
+
+def test_only_a_line_feed_ends_a_list_line(tmp_path: Path) -> None:
+    """File names may hold a form feed, a vertical tab, U+2028 or NEL, which str.splitlines broke lines at: two
+    real images became four failures ("x: no suffix", "y.jpg: file not found")."""
+    names = ["x\u2028y.jpg", "p\x0cq.jpg", "r\x0bs.jpg", "t\x85u.jpg", "v\x1cw.jpg"]
+    for name in names:
+        _jpg(tmp_path / name)
+    lst = tmp_path / "list.txt"
+    lst.write_bytes("".join(f"  {n}\t\r\n" for n in names).encode())
+    got = list_sources(lst)
+    assert not got.failed and [Path(r.path).name for r in got.items] == names
+
+
+def test_a_utf16_list_is_read_and_a_binary_one_refused_in_one_line(tmp_path: Path) -> None:
+    """Notepad's "Unicode" (UTF-16 with its mark) is a list like any; an image named .txt is one line, not a
+    failure for every chunk of its bytes."""
+    a, b = _jpg(tmp_path / "a.jpg"), _jpg(tmp_path / "ñ b.jpg")
+    for codec in ("utf-16", "utf-16-be"):
+        lst = tmp_path / f"{codec}.txt"
+        body = "a.jpg\r\nñ b.jpg\r\n".encode(codec)
+        lst.write_bytes(body if codec == "utf-16" else b"\xfe\xff" + body)
+        got = list_sources(lst)
+        assert [r.path for r in got.items] == [str(a), str(b)] and not got.failed, codec
+    fake = tmp_path / "img.txt"
+    fake.write_bytes(a.read_bytes())
+    with pytest.raises(InputError, match=r"img\.txt: not a text list \(it is an image\); give a text file"):
+        list_sources(fake)
+    (tmp_path / "le.txt").write_bytes("a.jpg\n".encode("utf-16-le"))  # UTF-16 without its mark
+    with pytest.raises(InputError, match=r"le\.txt: not a text list \(it holds NUL bytes"):
+        list_sources(tmp_path / "le.txt")
+    lst = tmp_path / "nul.txt"  # one NUL in one name: that entry fails, the others run
+    lst.write_bytes(b"a.jpg\nb\x00c.jpg\n" + b"a.jpg\n" * 40)
+    assert len(list_sources(lst).items) == 42
+
+
+def test_a_glob_without_a_fixed_folder_keeps_the_paths_below_the_current_one(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """'**/*.jpg' named two files x/same.jpg and y/same.jpg 'same' and 'same.jpg': their outputs flattened into one
+    folder, where 'same/**/*.jpg' keeps x/same and y/same."""
+    _jpg(tmp_path / "x" / "same.jpg")
+    _jpg(tmp_path / "y" / "same.jpg")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("**/*.jpg", "*/same.jpg"):
+        assert [r.key for r in list_sources(pattern).items] == [os.path.join("x", "same"),
+                                                                os.path.join("y", "same")], pattern
+        assert [r.path for r in list_sources(pattern).items] == [os.path.join("x", "same.jpg"),
+                                                                 os.path.join("y", "same.jpg")], pattern
+
+
+def test_a_folders_hidden_files_are_skipped_as_detect_py_skips_them_and_counted(tmp_path: Path) -> None:
+    """macOS's ._photo.jpg companions failed as undecodable and .thumbnails/ ran as photos; detect.py's glob, and a
+    glob SOURCE, leave names starting with '.' out. The summary's note says how many were skipped."""
+    _jpg(tmp_path / "a.jpg")
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # an AppleDouble file
+    _jpg(tmp_path / ".thumbnails" / "a.jpg")
+    _jpg(tmp_path / "sub" / ".b.png")
+    _jpg(tmp_path / "sub" / "c.png")
+    (tmp_path / ".notes.md").write_text("not an input either way")
+    got = list_sources(tmp_path)
+    assert [r.key for r in got.items] == ["a", os.path.join("sub", "c")] and not got.failed
+    assert len(got.notes) == 1 and got.notes[0].startswith("3 hidden file(s) or folder(s)")
+    only = tmp_path / "only"
+    _jpg(only / ".x.jpg")
+    with pytest.raises(InputError, match="1 hidden file"):
+        list_sources(only)
+
+
+def test_a_list_of_paths_is_checked_as_a_list_files_entries_are(tmp_path: Path) -> None:
+    """Detector.predict_iter([...]) took every entry for an image: a video's frames were never run ("name it with a
+    video suffix (.mp4)" of an .mp4), a folder or a list failed as undecodable, a file without suffix ran."""
+    a = _jpg(tmp_path / "a.jpg")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "l.txt").write_text("a.jpg\n")
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "nosuffix").write_bytes(a.read_bytes())
+    got = list_sources([str(a), str(tmp_path / "v.mp4"), str(tmp_path / "sub"), str(tmp_path / "l.txt"),
+                        str(tmp_path / "nosuffix")])
+    assert [(Path(r.path).name, r.frame) for r in got.items] == [("a.jpg", None), ("v.mp4", -1)]
+    reasons = {Path(r.path).name: why for r, why in got.failed}
+    assert reasons["sub"].startswith("a folder, named in a list")
+    assert reasons["l.txt"].startswith("a list named in a list")
+    assert reasons["nosuffix"].startswith("not an image or video file type (no suffix)")
+
+
+def test_listing_failures_come_back_in_their_place() -> None:
+    """predict_iter and the run's records gave every entry that failed while listing first, out of input order."""
+    from toolkit.io.sources import SourceList, in_listing_order
+
+    items = [InputRef("a.jpg", "a"), InputRef("c.jpg", "c"), InputRef("e.mp4", "e", frame=-1)]
+    failed = [(InputRef("d", "d"), "d failed"), (InputRef("b", "b"), "b failed"), (InputRef("f", "f"), "f failed")]
+    src = SourceList(items, failed, "", order={"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5})
+    produced = ["a", "c", "e_1", "e_2"]  # e's frames name their video
+    got = list(in_listing_order(src, produced, lambda p: p.split("_")[0], lambda ref, why: why))
+    assert got == ["a", "b failed", "c", "d failed", "e_1", "e_2", "f failed"]

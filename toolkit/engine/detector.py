@@ -38,7 +38,7 @@ from toolkit.errors import DetectorClosedError, InputError, YolokitError
 from toolkit.io.decode import decode_image, read_image
 from toolkit.io.files import ImageReadError
 from toolkit.io.outputs import AnnotateStyle
-from toolkit.io.sources import VIDEO_SUFFIXES, InputRef, SourceList, list_sources
+from toolkit.io.sources import VIDEO_SUFFIXES, InputRef, SourceList, in_listing_order, list_sources
 from toolkit.meta import ModelMeta
 from toolkit.ops import NMSOptions, letterbox_shape
 from toolkit.options import brief, refuse_unknown, whole_number
@@ -80,6 +80,8 @@ class ModelRoutine(BatchRoutine):
 
         path = resolve_model(config.weights)
         name = config.backend or backends.backend_for(path)
+        if config.backend:
+            backends.check_backend(name, path)
         module = backends.require(name)
         module.check_precision(config.precision)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
@@ -404,8 +406,15 @@ class Detector:
                              f"for arrays in memory use predict")
         sources = source if isinstance(source, SourceList) else list_sources(
             [os.fspath(s) for s in source] if isinstance(source, list) else source)
-        for ref, reason in sources.failed:
-            yield Result(ref, error=reason)
+        # what listing found unusable (a folder named in a list, a broken link) comes back in its place
+        yield from in_listing_order(sources, self._results(sources, batch, workers, mode, keep_images, fast_decode,
+                                                           plan, tile, crops, style, ahead),
+                                    lambda r: r.ref.video or r.ref.key, lambda ref, why: Result(ref, error=why))
+
+    def _results(self, sources: SourceList, batch: int, workers: int, mode: str, keep_images: bool,
+                 fast_decode: bool | None, plan: Plan | None, tile: TileOptions | None, crops: bool,
+                 style: AnnotateStyle | None, ahead: HeadStart | None) -> Iterator[Result]:
+        """:meth:`predict_iter`'s results for ``sources.items``, in their order."""
         routine = self.routine
         if plan is None:
             plan = make_plan(routine, len(sources.items), mode=mode, workers=workers, batch=batch)

@@ -5,15 +5,18 @@ entry becomes an input or a failure with its reason; nothing is silently skipped
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fnmatch
 import glob as globmod
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -46,9 +49,10 @@ from toolkit.io.store import (
     outside,
     read_object,
 )
-from toolkit.io.transfer import FetchContext, FetchLimits
+from toolkit.io.transfer import FetchContext, FetchLimits, sniff_media
 from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 VIDEO_SUFFIXES = frozenset({".asf", ".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ts",
                             ".wmv"})
@@ -88,6 +92,9 @@ class SourceList:
     root: str
     streams: list[InputRef] = field(default_factory=list)  # live streams (read in their own threads)
     notes: list[str] = field(default_factory=list)  # what the run's summary says about the listing
+    # each input's place in the listing, by key (items and failures alike): results come back in it
+    # (:func:`in_listing_order`); a key without one comes first
+    order: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -119,12 +126,11 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     """Expand SOURCE into inputs: an image or video file, a folder (recursive, sorted), a glob pattern,
     or a ``.txt`` file listing one path per line. A missing SOURCE raises :class:`InputError`; missing
     or unusable entries inside a folder or list are returned as failures, not raised."""
-    if isinstance(source, list):
-        items = [InputRef(str(p), _key(str(p), "")) for p in source]
-        return SourceList(items, [], "")
+    failed: list[tuple[InputRef, str]] = []
+    if isinstance(source, list):  # each entry as a list file's: a video's frames, a folder or a list refused, ...
+        return _from_files([local_path(str(p)) for p in source], "", failed)
     text = local_path(os.fspath(source))
     path = Path(text)
-    failed: list[tuple[InputRef, str]] = []
     if not text.strip():
         raise InputError("SOURCE is empty: give an image, a video, a folder, a glob, a .txt list or a stream")
     if is_live(text) and not os.path.lexists(text):  # a folder named 0 stays a folder
@@ -138,7 +144,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         return _from_store(text)
     if path.suffix.lower() == ".streams" and os.path.isfile(text):
         try:
-            lines = list_lines(path.read_bytes())
+            lines = list_lines(path.read_bytes(), name=text)
         except OSError as e:
             raise InputError(f"{text}: cannot read the streams file ({os_reason(e)})") from None
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -153,28 +159,36 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         root, files = _glob(text, failed)
         if not files and not failed:
             raise InputError(f"{text}: the pattern matches no files")
-        return _from_files(files, root, failed)
+        return _from_files(files, root or os.curdir, failed)  # keys below the current folder: x/a, y/a
     problem = _stat_problem(text)
     if problem is not None:
         raise InputError(f"{text}: {problem}")
     if os.path.isdir(text):
-        files = []
-        for dirpath, _, filenames in _walk(text, text, failed):
+        files, hidden = [], 0
+        for dirpath, dirnames, filenames in _walk(text, text, failed):
+            hidden += sum(d.startswith(".") for d in dirnames)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for f in filenames:
                 full = os.path.join(dirpath, f)
-                if _kind(full) is not None:
+                if f.startswith("."):
+                    hidden += _kind(full) is not None
+                elif _kind(full) is not None:
                     files.append(full)
                 elif os.path.islink(full) and not os.path.exists(full):
                     failed.append((InputRef(full, _key(full, text)), _link_problem(full)))
         files.sort()
         if not files and not failed:
-            raise InputError(f"{text}: the folder has no images or videos "
-                             f"(looked for {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
-        return _from_files(files, text, failed)
+            skipped = f"; {hidden} hidden file(s) or folder(s) skipped, as detect.py skips them" if hidden else ""
+            raise InputError(f"{text}: the folder has no images or videos (looked for "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}{skipped})")
+        found = _from_files(files, text, failed)
+        if hidden:
+            found.notes.append(HIDDEN_NOTE.format(hidden))
+        return found
     if path.suffix.lower() == ".txt" and os.path.isfile(text):
         base = path.parent
         try:
-            lines = list_lines(path.read_bytes())
+            lines = list_lines(path.read_bytes(), name=text)
         except OSError as e:
             raise InputError(f"{text}: cannot read the list file ({os_reason(e)})") from None
         lines = [local_path(ln) for ln in lines]
@@ -191,6 +205,12 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if os.path.islink(text):
         raise InputError(f"{text}: {_link_problem(text)}")
     raise InputError(f"{text}: no such file or folder (give an image, a video, a folder, a glob or a .txt list)")
+
+
+# a folder SOURCE's hidden entries (names starting with '.': macOS's ._photo.jpg companions, .thumbnails/) are not
+# inputs, as detect.py's glob and a glob SOURCE leave them out; the summary says how many were skipped
+HIDDEN_NOTE = ("{} hidden file(s) or folder(s) in the folder (names starting with '.', such as macOS's ._ files) "
+               "were not read, as detect.py skips them; list them in a .txt file to run them")
 
 
 def _magic(text: str) -> bool:
@@ -317,10 +337,15 @@ ESCAPING_KEY = ("its key has a '..' part, which would name its outputs outside t
 
 
 def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]]) -> SourceList:
+    """The inputs ``files`` name (keys below ``root``; "": file names), with ``failed``, the entries listing found
+    unusable before (a folder walk's or a glob's: placed among ``files``, which are sorted there, by path)."""
     items: list[InputRef] = []
     taken = {ref.key for ref, _ in failed}
-    for f in files:
+    order = {ref.key: bisect.bisect_left(files, ref.path) - 0.5 for ref, _ in failed}
+    at: list[int] = []  # each item's place in files
+    for i, f in enumerate(files):
         ref = InputRef(f, _unique_key(_key(f, root), f, taken))
+        order[ref.key] = i
         if outside(ref.key):
             failed.append((ref, ESCAPING_KEY))
         elif is_url(f) and (problem := url_problem(f)) is not None:
@@ -338,9 +363,32 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
             failed.append((ref, f"not an image or video file type ({os.path.splitext(f)[1] or 'no suffix'})"))
         elif _kind(f) == "video":
             items.append(InputRef(f, ref.key, frame=-1))  # expanded to frames when read
+            at.append(i)
         else:
             items.append(ref)
-    return SourceList(_apart_from_frames(items, taken), failed, root)
+            at.append(i)
+    items = _apart_from_frames(items, taken)  # may give an image another key: its place goes with it
+    order.update((r.key, i) for r, i in zip(items, at, strict=True))
+    return SourceList(items, failed, root, order=order)
+
+
+def in_listing_order(sources: SourceList, produced: Iterable[T], key_of: Callable[[T], str],
+                     failure: Callable[[InputRef, str], T]) -> Iterator[T]:
+    """``produced`` (what the run made of ``sources.items``, in their order) with each entry that failed while
+    listing (``sources.failed``, made into one by ``failure``) in its place: a list's third line that names a folder
+    comes third, not first. ``key_of``: the key of the input a product is of (a video frame's: its video's)."""
+    if not sources.failed:
+        yield from produced
+        return
+    order = sources.order
+    pending = deque(sorted(sources.failed, key=lambda f: order.get(f[0].key, -1.0)))
+    for item in produced:
+        at = order.get(key_of(item))
+        while pending and at is not None and order.get(pending[0][0].key, -1.0) < at:
+            yield failure(*pending.popleft())
+        yield item
+    for ref, reason in pending:
+        yield failure(ref, reason)
 
 
 def _apart_from_frames(items: list[InputRef], taken: set[str]) -> list[InputRef]:
@@ -374,15 +422,28 @@ CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
-def list_lines(data: bytes, encoding: str | None = None) -> list[str]:
-    """The lines of a list file (``.txt``, ``.streams``), stripped: decoded as this system decodes file names
-    (``encoding=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so every name the list holds is
-    found again), or in ``encoding`` (object keys: UTF-8) with bad bytes replaced; a UTF-8 byte-order mark, which
-    Windows editors write first, is dropped."""
+def list_lines(data: bytes, encoding: str | None = None, name: str = "the list") -> list[str]:
+    """The lines of a list file (``.txt``, ``.streams``), stripped of spaces, tabs and a Windows line end: decoded
+    as this system decodes file names (``encoding=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so
+    every name the list holds is found again), or in ``encoding`` (object keys: UTF-8) with bad bytes replaced. A
+    UTF-8 byte-order mark, which Windows editors write first, is dropped; a UTF-16 one (Notepad's "Unicode") decodes
+    the list as UTF-16. Only a line feed ends a line: the other characters ``str.splitlines`` breaks at (form feed,
+    U+2028, ...) can be part of a file's name. An image or video, or data of which NUL bytes make a tenth, is not a
+    text list: an :class:`InputError` naming ``name``."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            data = os.fsencode(data.decode("utf-16"))
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: starts as a UTF-16 text but is not one; save it as UTF-8 text, one path a "
+                             f"line") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    kind = sniff_media(data[:4096])
+    if kind in ("image", "video") or data.count(b"\0") * 10 > len(data):  # a NUL in one name: that entry fails
+        what = f"it is {'an image' if kind == 'image' else 'a video'}" if kind else "it holds NUL bytes: binary data"
+        raise InputError(f"{name}: not a text list ({what}); give a text file, one path a line, saved as UTF-8")
     text = os.fsdecode(data) if encoding is None else data.decode(encoding, errors="replace")
-    return [ln.strip() for ln in text.splitlines()]
+    return [ln.strip(" \t\r") for ln in text.split("\n")]
 
 
 def _from_store(url: str) -> SourceList:
@@ -404,17 +465,19 @@ def _from_store(url: str) -> SourceList:
         return found
     if url.lower().endswith(".txt"):
         base = url.rsplit("/", 1)[0]
-        lines = list_lines(read_object(url, LIST_LIMIT), encoding="utf-8")
+        lines = list_lines(read_object(url, LIST_LIMIT), encoding="utf-8", name=url)
         return _from_files([ln if "://" in ln else f"{base}/{ln.lstrip('/')}" for ln in lines
                             if ln and not ln.startswith("#")], "", failed)
     root = url.rstrip("/")
     items: list[InputRef] = []
     taken: set[str] = set()
+    order: dict[str, float] = {}
     for obj in list_objects(url):
         kind = _kind(obj.url)
         if kind is None:
             continue
         key = _unique_key(_key(obj.url, root), obj.url, taken)
+        order[key] = len(order)
         if outside(key):
             failed.append((InputRef(obj.url, key), ESCAPING_KEY))
             continue
@@ -422,7 +485,10 @@ def _from_store(url: str) -> SourceList:
     if not items and not failed:
         raise InputError(f"{url}: no images or videos there (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; is the bucket and prefix right?)")
-    return SourceList(_apart_from_frames(items, taken), failed, root)
+    places = [order[r.key] for r in items]
+    items = _apart_from_frames(items, taken)
+    order.update((r.key, i) for r, i in zip(items, places, strict=True))
+    return SourceList(items, failed, root, order=order)
 
 
 def fingerprint(ref: InputRef) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from toolkit.engine.core import DetectorConfig, set_threads
 from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
 from toolkit.io.remote import is_url
-from toolkit.io.sources import InputRef, SourceList
+from toolkit.io.sources import InputRef, SourceList, in_listing_order
 from toolkit.io.store import Store, is_store_url, open_store
 from toolkit.jobs.records import Outcome, RunOptions, write_outputs
 
@@ -185,8 +185,10 @@ class RayJob:
 
     # ------------------------------------------------------------------------------------------- run
     def outcomes(self, sources: SourceList) -> Iterator[Outcome]:
-        for ref, reason in sources.failed:
-            yield Outcome(ref.key, ref.name, reason)
+        yield from in_listing_order(sources, self._outcomes(sources), lambda oc: oc.video or oc.key,
+                                    lambda ref, why: Outcome(ref.key, ref.name, why))
+
+    def _outcomes(self, sources: SourceList) -> Iterator[Outcome]:
         items: list[InputRef] = []
         for ref in sources.items:
             if ref.frame is not None:

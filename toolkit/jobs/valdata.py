@@ -107,7 +107,7 @@ def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Pa
     images: list[Path] = []
     for folder in folders:
         if folder.is_file() and folder.suffix == ".txt":
-            lines = [line for line in list_lines(folder.read_bytes()) if line]
+            lines = [line for line in list_lines(folder.read_bytes(), name=str(folder)) if line]
             images += [folder.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
             continue
         if not folder.is_dir():
@@ -125,7 +125,7 @@ def read_labels(image: Path) -> np.ndarray:
     lp = label_path(image)
     if not lp.is_file():
         return np.zeros((0, 5), np.float32)
-    rows = [line.split() for line in list_lines(lp.read_bytes(), encoding="utf-8") if line]
+    rows = [line.split() for line in list_lines(lp.read_bytes(), encoding="utf-8", name=str(lp)) if line]
     fix = "fix it to 'class xc yc w h' rows, normalised to 0-1"
     try:
         if any(len(r) > 6 for r in rows):  # polygons: class x1 y1 x2 y2 ...
