@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -729,7 +730,37 @@ def test_a_head_start_decodes_the_first_images_as_a_worker_would(tmp_path: Path)
     stopped = HeadStart(refs, ReadLimits())
     kept = stopped.stop()
     stopped._thread.join(10)
-    assert len(stopped._done) == kept  # nothing kept after stop()
+    assert len(stopped._done) <= kept + 1  # nothing started after stop(): the one being decoded then is finished
+
+
+def test_an_image_being_decoded_ahead_when_the_model_loads_is_not_decoded_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge image still decoding in the head start when the model had loaded was dropped, and its worker decoded
+    it again beside it: two decodes at once, twice the memory (4.8 GB for a 20000x20000 PNG) and the time. Its
+    worker now waits for that decode and takes its pixels."""
+    from toolkit.engine import ahead as ahead_module
+    from toolkit.engine.core import expand
+    from toolkit.io.files import ReadLimits, read_bytes
+    from toolkit.io.sources import InputRef
+
+    paths = _photos(tmp_path, 2)
+    refs = [InputRef(str(p), p.stem) for p in paths]
+    calls: list[str] = []
+    decode, started = ahead_module.decode_image, threading.Event()
+
+    def slow(data: bytes, path: str, *args: object) -> np.ndarray:
+        calls.append(path)
+        started.set()
+        time.sleep(0.5)
+        return decode(data, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ahead_module, "decode_image", slow)
+    ahead = ahead_module.HeadStart(refs, ReadLimits())
+    assert started.wait(10)  # the first image is being decoded: the model "loads" now
+    items = list(ahead.fill(expand(refs)))
+    assert calls == [str(paths[0])]  # the second was never started
+    assert items[0][2] is not None and items[1][2] is None
+    assert np.array_equal(items[0][2], decode(read_bytes(str(paths[0]), 1 << 20), str(paths[0])))
 
 
 def test_a_run_decodes_its_first_images_while_the_model_loads(exported: dict[str, Path], coco128_images: Path,

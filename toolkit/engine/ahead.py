@@ -4,11 +4,12 @@ Loading a model keeps one core busy (ONNX Runtime builds its session, OpenVINO c
 on a machine of a few cores, leaves the others idle until the first image is read. A head start decodes the first
 local image files in one thread meanwhile, exactly as a worker would (:func:`toolkit.io.decode.decode_image`, the
 same limits), and hands each to the worker that takes it up: the same pixels, earlier. It stops when the model is
-loaded (the image being decoded then is dropped), after ``most`` images (``yolokit run``: one for each worker to
-start with) or ``budget`` bytes of decoded pixels, and at the first image it cannot read (its worker reads it again
-and reports it as it would have). More than a worker's first image did not pay: OpenVINO's load, which compiles,
-slowed by as much as the images decoded ahead saved (100 photos: 16 ahead, the same wall time and 2 % more CPU;
-4 ahead, 2 % faster).
+loaded (the image being decoded then is finished and kept: its worker waits for it rather than decode it a second
+time beside it, which for a 400-megapixel image doubled the run's memory and time), after ``most`` images
+(``yolokit run``: one for each worker to start with) or ``budget`` bytes of decoded pixels, and at the first image
+it cannot read (its worker reads it again and reports it as it would have). More than a worker's first image did
+not pay: OpenVINO's load, which compiles, slowed by as much as the images decoded ahead saved (100 photos: 16 ahead,
+the same wall time and 2 % more CPU; 4 ahead, 2 % faster).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class HeadStart:
         self._lock = threading.Lock()
         self._stopped = False
         self._done: dict[str, tuple[np.ndarray, float]] = {}  # path -> (decoded image, CPU seconds it took)
+        self._current: str | None = None  # the path being decoded now
         todo = []
         for ref in refs[:most]:
             if ref.frame is not None or is_url(ref.path) or is_store_url(ref.path):
@@ -54,17 +56,20 @@ class HeadStart:
     def _decode(self, paths: list[str], limits: ReadLimits, budget: int) -> None:
         held = 0
         for path in paths:
-            if self._stopped or held >= budget:
-                return
+            with self._lock:
+                if self._stopped or held >= budget:
+                    return
+                self._current = path
             t0 = time.thread_time()
             try:
                 image = decode_image(read_bytes(path, limits.max_file_size), path, 1, limits.max_pixels)
             except Exception:  # ImageReadError, OSError, MemoryError, ...: its worker reads it and says why
+                with self._lock:
+                    self._current = None
                 return
-            with self._lock:
-                if self._stopped:
-                    return
+            with self._lock:  # kept even when stopped meanwhile, and in the same step no longer current
                 self._done.setdefault(path, (image, time.thread_time() - t0))
+                self._current = None
             held += image.nbytes
 
     def close(self, timeout: float = 5.0) -> None:
@@ -85,6 +90,8 @@ class HeadStart:
         counted in ``times``' read stage (as CPU time: the waits for the core the loading model held are not)."""
         self.stop()
         for index, ref, payload in items:
+            if payload is None and ref.frame is None and ref.path == self._current:
+                self._thread.join()  # being decoded: wait for it rather than decode it again beside it
             got = self._done.pop(ref.path, None) if payload is None and ref.frame is None and self._done else None
             if got is None:
                 yield index, ref, payload
