@@ -40,8 +40,11 @@ def require(name: str) -> Backend:
 
 
 def backend_for(path: Path) -> str:
-    """The name of the backend that loads this file or folder: by its suffix, else by its first bytes (an artifact
-    saved under any name is still recognised)."""
+    """The name of the backend that loads this file or folder: by its first bytes where they say what it is (a
+    checkpoint named .onnx is still a checkpoint), else by its name (a folder holding an IR, an engine, a yaml)."""
+    found = content_backend(path)
+    if found is not None:
+        return found
     for name, backend in REGISTRY.items():
         if backend.claims(path):
             return name
@@ -50,15 +53,36 @@ def backend_for(path: Path) -> str:
     if os.path.isdir(path):
         raise ModelFileError(f"{path}: a folder that holds no model yolokit knows")
     try:
-        head = read_head(str(path))
+        read_head(str(path))
     except ImageReadError as e:
         raise ModelFileError(f"{path}: cannot read the model file ({e.reason})") from None
-    for name, backend in REGISTRY.items():
-        if backend.sniff(head):
-            return name
     kinds = ", ".join(b.DESCRIPTION for b in REGISTRY.values())
     raise ModelFileError(f"{path}: not a model file yolokit knows, by its name or its content (looked for {kinds}); "
                          f"check the path")
+
+
+def content_backend(path: Path) -> str | None:
+    """The backend whose artifact a file's first bytes are, or None (a folder, a file that cannot be read, content
+    no backend recognises)."""
+    from toolkit.io.files import ImageReadError, read_head
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        head = read_head(str(path))
+    except ImageReadError:
+        return None
+    return next((name for name, backend in REGISTRY.items() if backend.sniff(head)), None)
+
+
+def check_backend(name: str, path: Path) -> None:
+    """Refuse (:class:`ModelFileError`) a backend asked for by name (``--backend``) for a file whose content is
+    another backend's artifact: it failed with that backend's words for a corrupt file ("truncated, corrupt or not
+    ONNX", "the .bin beside it is missing") about a sound model."""
+    found = content_backend(path)
+    if found is not None and found != name:
+        raise ModelFileError(f"{path}: is {REGISTRY[found].DESCRIPTION}, which the {name} backend does not run; "
+                             f"leave --backend out (the file says what it is) or give --backend {found}")
 
 
 def checkpoint_backend() -> str:
@@ -71,5 +95,5 @@ def exporters() -> dict[str, Backend]:
     return {n: b for n, b in REGISTRY.items() if b.EXPORTS}
 
 
-__all__ = ["REGISTRY", "Backend", "ExportOptions", "LoadOptions", "Runner", "backend_for",
-           "checkpoint_backend", "exporters", "get_backend", "require"]
+__all__ = ["REGISTRY", "Backend", "ExportOptions", "LoadOptions", "Runner", "backend_for", "check_backend",
+           "checkpoint_backend", "content_backend", "exporters", "get_backend", "require"]

@@ -8,10 +8,12 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import backends
 from backends.base import ExportOptions
@@ -227,6 +229,32 @@ def test_output_suffix_is_added_and_unknown_suffixes_are_sniffed(tmp_path: Path)
     out = tmp_path / "run"
     assert main(["run", str(tmp_path / "ov"), "--weights", str(tmp_path / "renamed.bin"), "--project", str(out),
                  "--name", "r", "--nosave"]) != 3  # loads (the folder holds no images: exit 2, not a model error)
+
+
+def test_an_artifact_under_another_kinds_suffix_is_known_by_its_content(tmp_path: Path, capsys: Any) -> None:
+    """An ONNX file named .pt, a checkpoint named .onnx, an IR named .pt: the suffix won, and the message called a
+    sound model corrupt ("truncated, corrupt or not ONNX ... re-export it"). --backend naming the wrong runtime for
+    the file's content is refused in one line that says what the file is."""
+    _need("onnx")
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(onnx_file), "--imgsz", "128"]) == 0
+    torch.save({"not": "a model"}, tmp_path / "ck.pt")
+    (tmp_path / "ck.pt").rename(tmp_path / "ck.onnx")
+    (tmp_path / "ir.pt").write_text('<?xml version="1.0"?>\n<net name="m" version="11">\n</net>\n')
+    as_pt = tmp_path / "model.pt"
+    as_pt.write_bytes(onnx_file.read_bytes())
+    assert backends.backend_for(as_pt) == "onnx"
+    assert backends.backend_for(tmp_path / "ck.onnx") == backends.checkpoint_backend()
+    assert backends.backend_for(tmp_path / "ir.pt") == "openvino"
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.full((96, 128, 3), 80, np.uint8))
+    out = tmp_path / "run"
+    assert main(["run", str(img), "--weights", str(as_pt), "--project", str(out), "--name", "r", "--nosave"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(img), "--weights", str(onnx_file), "--backend", "openvino", "--project", str(out),
+                 "--name", "r2", "--nosave"]) == 3
+    err = capsys.readouterr().err
+    assert "is an ONNX model, which the openvino backend does not run" in err and "--backend onnx" in err
 
 
 def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
