@@ -89,9 +89,11 @@ def test_resume_refuses_changed_output_settings_naming_each(mode: str, tmp_path:
                  ["--fast-decode"], ["--max-pixels", "1M"], ["--vid-stride", "2"]):
         assert main([*base, *_workers(mode), "--classes", "0", "--resume", *flag]) == 2, flag
         assert f"{flag[0]} " in capsys.readouterr().err, flag
-    # settings that change no output may differ: the other mode, other workers and batch
+    # settings that change no output may differ: the other mode, other workers and batch; --fp32 is the default
+    # (it was refused: "--half unset -> off")
     other = "thread" if mode == "process" else "process"
     assert main([*base, "--mode", other, "--workers", "2", "--batch", "2", "--classes", "0", "--resume"]) == 0
+    assert main([*base, *_workers(mode), "--classes", "0", "--resume", "--fp32"]) == 0
     assert _outputs(tmp_path / "r") == before
 
 

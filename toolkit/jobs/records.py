@@ -307,6 +307,8 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             continue
         if k == "source" and as_path(old) == as_path(v):
             continue
+        if old is None and v is False or old is False and v is None:  # --fp32 is --half unset: FP32 either way
+            continue
         if old != v:
             flag = "SOURCE" if k == "source" else flag_of(k)
             out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
