@@ -91,6 +91,41 @@ def test_tile_options_refuse_bad_values_with_the_option_named() -> None:
             TileOptions(**kwargs)  # type: ignore[arg-type]
 
 
+def test_tile_options_of_the_wrong_type_are_refused_naming_the_option() -> None:
+    """TileOptions(tile=640.5) failed inside slicing ("slice indices must be integers"), scales='1,0.5' iterated its
+    characters, full_frame='no' counted as on, and a scale of 1e-320 overflowed the grid ("cannot convert float
+    infinity to integer", a failure of every image that --resume would retry)."""
+    for kwargs, message in (({"tile": 640.5}, "--tile takes a whole number"),
+                            ({"batch": 2.5}, "--tile-batch takes a whole number"),
+                            ({"scales": "1,0.5"}, "--tile-scales takes scales"),
+                            ({"scales": (1, "a")}, "--tile-scales takes scales"),
+                            ({"full_frame": "no"}, "--full-frame takes True or False"),
+                            ({"scales": (1, 1e-320)}, r"--tile-scales must be in \[0.01, 1\]")):
+        with pytest.raises(InputError, match=message):
+            TileOptions(**kwargs)  # type: ignore[arg-type]
+    assert TileOptions(scales=0.5).scales == (0.5,)  # type: ignore[arg-type]
+    assert TileOptions(scales=[1, 0.5], full_frame=np.bool_(False)).full_frame is False  # type: ignore[arg-type]
+
+
+def test_tiling_settings_without_tile_are_refused_not_ignored(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--overlap 5 --tile-merge foo without --tile ran, both unchecked and unused, without a word."""
+    from toolkit.jobs.records import RunOptions
+
+    for flags in (["--overlap", "0.5"], ["--tile-merge", "nms"], ["--no-full-frame"], ["--tile-scales", "1,0.5"],
+                  ["--tile", "0", "--tile-batch", "8"]):
+        rc = main(["run", str(tmp_path), "--weights", "yolov5n.yaml", *flags, "--project", str(tmp_path / "runs")])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 2 and len(err) == 1 and "works with --tile only" in err[0], (flags, err)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(InputError, match="--overlap works with --tile only"):
+        RunOptions.of(overlap=0.5)
+    assert RunOptions.of(overlap=0.2).tiling is None  # the default value says nothing
+    assert RunOptions.of(tile=640, overlap=0.5).tiling is not None
+    for text in ("1,,0.5", "1,"):
+        assert main(["run", str(tmp_path), "--weights", "yolov5n.yaml", "--tile", "640", "--tile-scales", text]) == 2
+
+
 def test_cut_sides_only_at_inner_tile_borders() -> None:
     boxes = np.array([[500, 100, 640, 200], [0, 100, 50, 200], [520, 600, 700, 640], [100, 100, 200, 200]])
     rects = np.array([A, A, B, A])

@@ -29,7 +29,7 @@ import difflib
 import math
 import numbers
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -231,6 +231,31 @@ def keys(cls: type) -> dict[str, Entry]:
     return out
 
 
+def typed(obj: Any) -> None:
+    """Each declared setting of ``obj`` of the type it declares, as the command line gives it (a dataclass calls
+    this from ``__post_init__``, before :func:`check`): a switch True or False (``"no"`` was taken, and turned
+    multi-label on), a count a whole number (``threads=1.5``, ``TileOptions(tile=640.5)`` failed later inside
+    slicing), an amount a number or text like ``500M`` (read as the command line reads it), a mapping a mapping."""
+    for f in fields(obj):
+        opt, value = f.metadata.get(KEY), getattr(obj, f.name)
+        if opt is None or value is None:
+            continue
+        kind, name = str(f.type), opt.flag(f.name) if opt.cli else f.name  # named as check() names it
+        if opt.text in ("bytes", "pixels") and isinstance(value, str):
+            value = parse_amount(value, name, 1024 if opt.text == "bytes" else 1000)
+            object.__setattr__(obj, f.name, value)
+        if kind.startswith("bool"):
+            if not isinstance(value, bool) and not (type(value).__module__ == "numpy" and  # numpy's too
+                                                    type(value).__name__ in ("bool", "bool_")):
+                raise InputError(f"{name} takes True or False, got {brief(value)}")
+            object.__setattr__(obj, f.name, bool(value))
+        elif kind.startswith("int |") or kind == "int":
+            if f.name != "imgsz" and not whole_number(value):
+                raise InputError(f"{name} takes a whole number, got {brief(value)}")
+        elif kind.startswith("dict") and not isinstance(value, Mapping):
+            raise InputError(f"{name} takes a mapping of a runtime's options, got {brief(value)}")
+
+
 def check(obj: Any) -> None:
     """Refuse, in one line naming the flag, a value of ``obj``'s own declared fields outside its limits or choices
     (a dataclass calls this from ``__post_init__``; its groups check themselves)."""
@@ -286,6 +311,7 @@ def _build(cls: type, values: dict[str, Any], table: dict[str, Entry], path: tup
             if f.default is None and switch is not None:  # an optional group: on when its switch says so
                 on = switch.key in mine and mine[switch.key] is not None and mine[switch.key] != switch.option.off
                 if not on:
+                    _unswitched(mine, table, switch)
                     continue
             if mine:
                 kwargs[f.name] = _build(sub, mine, table, (*path, f.name))
@@ -295,6 +321,16 @@ def _build(cls: type, values: dict[str, Any], table: dict[str, Entry], path: tup
             if opt is not None and key in values:
                 kwargs[f.name] = values[key]
     return cls(**kwargs)
+
+
+def _unswitched(values: dict[str, Any], table: dict[str, Entry], switch: Entry) -> None:
+    """Refuse a setting of an optional group that is off (``--overlap 0.5`` without ``--tile``) given another value
+    than its default: it was ignored without a word, its value unchecked (``--tile-merge foo`` ran)."""
+    for key, value in values.items():
+        entry = table[key]
+        if key != switch.key and value is not None and plain(value) != plain(entry.option.default):
+            raise InputError(f"{entry.flag} works with {switch.flag} only, which is off; add {switch.flag} (e.g. "
+                             f"{switch.flag} 640) or leave {entry.flag} out")
 
 
 def plain(value: Any) -> Any:

@@ -23,16 +23,21 @@ larger and shrunk to the model input when the object is larger), so they are see
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from toolkit.errors import InputError
 from toolkit.ops import nms
-from toolkit.options import TILING, check, option
+from toolkit.options import TILING, brief, check, option, typed
 
 Tile = tuple[int, int, int, int]
 MERGES = ("views", "nms", "nmm")
+# the smallest grid level: windows of tile / 0.01 source pixels (64,000 at --tile 640), past any image's side; a
+# smaller one overflowed the grid's arithmetic (1e-320: "cannot convert float infinity to integer")
+MIN_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class TileOptions:
     scales: tuple[float, ...] = option((1.0,), "With --tile: grid levels, e.g. 1,0.5: at 0.5, tiles twice as large, "
                                        "shrunk by half. Default 1: one level (the second look, --tile-refocus, costs "
                                        "less for the same recall).", cli_name="tile_scales", text="scales",
-                                       panel=TILING, affects_output=True, lo=0, lo_open=True, hi=1)
+                                       panel=TILING, affects_output=True, lo=MIN_SCALE, hi=1)
     refocus: bool = option(True, "With --tile: a second look, one window centred on each object that every tile cut, "
                            "so it is seen whole.", decls=("--tile-refocus/--no-tile-refocus",), cli_name="tile_refocus",
                            panel=TILING, affects_output=True)
@@ -72,9 +77,18 @@ class TileOptions:
                          cli_name="tile_near", panel=TILING, affects_output=True, lo=0, hi=1, hi_open=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        scales = self.scales
+        if isinstance(scales, numbers.Real) and not isinstance(scales, bool):
+            scales = (scales,)  # one level: TileOptions(scales=0.5)
+        scales = () if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable) else tuple(scales)
+        if not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in scales) or (
+                not scales and self.scales != ()):
+            raise InputError(f"--tile-scales takes scales in [{MIN_SCALE:g}, 1] like (1, 0.5), "
+                             f"got {brief(self.scales)}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in scales))
         if not self.scales:
-            raise InputError("--tile-scales takes scales in (0, 1] like 1,0.5, got none")
+            raise InputError(f"--tile-scales takes scales in [{MIN_SCALE:g}, 1] like 1,0.5, got none")
+        typed(self)
         check(self)
 
 

@@ -27,9 +27,10 @@ def format_amount(value: int, base: int) -> str:
 
 
 def parse_scales(text: str, flag: str = "--tile-scales") -> tuple[float, ...]:
-    """``1,0.5`` -> ``(1.0, 0.5)``, each in (0, 1]."""
+    """``1,0.5`` -> ``(1.0, 0.5)``; an empty part (``1,,0.5``, a slip) is refused, as ``--classes`` refuses one;
+    :class:`~toolkit.tiling.TileOptions` checks the range."""
     with contextlib.suppress(ValueError):
-        scales = tuple(float(c) for c in text.replace(" ", "").split(",") if c)
+        scales = tuple(float(c) for c in text.replace(" ", "").split(","))
         if scales and all(0 < s <= 1 for s in scales):
             return scales
     raise InputError(f"{flag} takes scales in (0, 1] like 1,0.5, got {text!r}")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,18 +45,15 @@ from toolkit.options import (
     IMGSZ,
     INPUTS,
     IOU,
-    KEY,
     MAX_DET,
     MODEL,
     SPEED,
-    brief,
     check,
     class_ids,
     clip,
     flag_of,
     option,
-    parse_amount,
-    whole_number,
+    typed,
 )
 
 if TYPE_CHECKING:
@@ -143,7 +140,7 @@ class DetectorConfig:
                             choices=PRECISIONS)
 
     def __post_init__(self) -> None:
-        self._typed()
+        typed(self)
         if self.classes is not None:
             object.__setattr__(self, "classes", class_ids(self.classes))
         if not isinstance(self.imgsz, (int, np.integer)) or isinstance(self.imgsz, bool):
@@ -156,28 +153,6 @@ class DetectorConfig:
         check(self)
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
         self.downloads()  # refuses a bad --stream-timeout, --download-timeout, --download-workers, --download-memory
-
-    def _typed(self) -> None:
-        """Each setting of the type it declares, as the command line gives it: a switch True or False (``"no"`` was
-        taken, and turned multi-label on), a count a whole number (``threads=1.5``), an amount a number or text
-        like ``500M`` (read as the command line reads it; refused before), ``options`` a mapping."""
-        for f in fields(self):
-            opt, value = f.metadata.get(KEY), getattr(self, f.name)
-            if opt is None or value is None:
-                continue
-            kind, name = str(f.type), opt.flag(f.name) if opt.cli else f.name  # named as check() names it
-            if opt.text in ("bytes", "pixels") and isinstance(value, str):
-                value = parse_amount(value, name, 1024 if opt.text == "bytes" else 1000)
-                object.__setattr__(self, f.name, value)
-            if kind.startswith("bool") and not isinstance(value, (bool, np.bool_)):
-                raise InputError(f"{name} takes True or False, got {brief(value)}")
-            if kind.startswith("bool"):
-                object.__setattr__(self, f.name, bool(value))
-            elif kind.startswith("int |") or kind == "int":
-                if f.name != "imgsz" and not whole_number(value):
-                    raise InputError(f"{name} takes a whole number, got {brief(value)}")
-            elif kind.startswith("dict") and not isinstance(value, Mapping):
-                raise InputError(f"{name} takes a mapping of a runtime's options, got {brief(value)}")
 
     @property
     def size(self) -> tuple[int, int]:
