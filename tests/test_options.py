@@ -87,7 +87,7 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
     (lambda: DetectorConfig(timeout=0), "--stream-timeout must be positive"),
     (lambda: DetectorConfig(pipeline="gpu"), "pipeline must be one of auto, host, device"),
     (lambda: TileOptions(overlap=1.0), "--overlap must be in [0, 1)"),
-    (lambda: TileOptions(scales=(1.0, 1.5)), "--tile-scales must be in (0, 1]"),
+    (lambda: TileOptions(scales=(1.0, 1.5)), "--tile-scales must be in [0.01, 1]"),
     (lambda: TileOptions(merge="union"), "--tile-merge must be one of views, nms, nmm"),
     (lambda: EngineOptions(mode="fast"), "--mode must be one of auto, thread, process"),
     (lambda: EngineOptions(name="spark"), "--engine must be one of local, ray"),
@@ -189,6 +189,8 @@ def test_two_options_with_one_flat_name_are_a_declaration_error() -> None:
 
 
 def test_build_leaves_an_optional_group_off_unless_switched_on() -> None:
-    assert build(RunOptions, {"tile_merge": "nms"}).tiling is None
-    assert build(RunOptions, {"tile": 0, "tile_merge": "nms"}).tiling is None
+    assert build(RunOptions, {"tile_merge": "views"}).tiling is None  # its default: says nothing
+    for values in ({"tile_merge": "nms"}, {"tile": 0, "tile_merge": "nms"}):  # another value: refused, not ignored
+        with pytest.raises(InputError, match="--tile-merge works with --tile only"):
+            build(RunOptions, values)
     assert build(RunOptions, {"tile": 512}).tiling == TileOptions(tile=512)
