@@ -376,3 +376,9 @@ def test_an_end_to_end_model_needs_no_settings(e2e: dict[tuple[str, str], Path],
     got = validate(ValOptions(weights=str(e2e[("onnx", "default")]), data=str(coco128)))
     assert got["images"] == 128 and "conf 0.25, NMS IoU 0.45, NMS inside the model" in got["metric"], got["metric"]
     assert 0.3 < got["map50_95"] < 0.5  # 0.41 at conf 0.25 (val.py's AP of the plain model there: 0.40)
+    # val asked for the run's defaults on an export at val's settings: refused as any other value out of reach (they
+    # were taken for not asked by the detector, the export's 0.6 and 300 ran, and val reported 0.45 and 1000)
+    for asked, message in (({"iou": 0.45}, "--iou 0.45 differs from the exported --iou 0.6"),
+                           ({"max_det": 1000}, "--max-det 1000 is above the exported --max-det 300")):
+        with pytest.raises(InputError, match=message):
+            validate(ValOptions(weights=str(e2e[("onnx", "val")]), data=str(coco128), **asked))

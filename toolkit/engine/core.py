@@ -626,6 +626,13 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
     if config.augment:
         raise InputError(f"{path}: --augment joins the raw predictions of three views before NMS, and this model has "
                          f"NMS inside; use the plain export (without --nms) for --augment")
+    refuse_unreachable(nms, baked, path, named)
+    return replace(nms, multi_label=False)
+
+
+def refuse_unreachable(nms: NMSOptions, baked: BakedNMS, path: Path, named: Callable[[str], str] = flag_of) -> None:
+    """Refuse, in one line, NMS settings a model with NMS inside (exported at ``baked``) cannot give: a lower
+    ``conf``, a larger ``max_det``, another IoU threshold or agnostic setting."""
     fix = "or re-export it with `yolokit export WEIGHTS --to FORMAT --nms` at the settings you need"
     exported = (f"--conf {baked.conf:g} --iou {baked.iou:g} --max-det {baked.max_det}"
                 + (" --agnostic-nms" if baked.agnostic else ""))
@@ -643,7 +650,6 @@ def resolve_nms(config: DetectorConfig, meta: ModelMeta, path: Path,
     if problems:
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
-    return replace(nms, multi_label=False)
 
 
 def unasked_from_export(nms: NMSOptions, baked: BakedNMS, unset: NMSOptions | None = None) -> NMSOptions:

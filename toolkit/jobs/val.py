@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.detections import Detections
-from toolkit.engine.core import DetectorConfig, unasked_from_export
+from toolkit.engine.core import DetectorConfig, refuse_unreachable, unasked_from_export
 from toolkit.errors import InputError, OutputError
 from toolkit.io.sources import InputRef
 from toolkit.jobs.valdata import (
@@ -364,6 +364,9 @@ def _nms_settings(opts: ValOptions) -> tuple[float, float, int]:
         return conf, iou, max_det
     unset = NMSOptions(**{k: declared(ValOptions, k).default for k in ("conf", "iou", "max_det")})
     got = unasked_from_export(NMSOptions(conf=conf, iou=iou, max_det=max_det), baked, unset)
+    # asked for and out of reach: refused here, against val's own defaults (the detector's load compares with the
+    # run's: --iou 0.45 there is the default, taken for not asked, and val reported 0.45 where the export's 0.6 ran)
+    refuse_unreachable(got, baked, path)
     return got.conf, got.iou, got.max_det
 
 
