@@ -462,6 +462,25 @@ def test_resolve_unknown_name(places: dict) -> None:
         resolve_weights("yolov7", shared_dir=places["shared"], manifest=places["manifest"])
 
 
+def test_an_unknown_name_from_the_environment_says_where_it_came_from(places: dict,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOLOKIT_WEIGHTS", "bogus")
+    with pytest.raises(InputError, match=r"^\$YOLOKIT_WEIGHTS: unknown weights name 'bogus'"):
+        resolve_weights(None, shared_dir=places["shared"], manifest=places["manifest"])
+
+
+def test_weights_list_says_where_each_checkpoint_is_found(yolov5n_pt: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The checkpoint a run takes from the shared folder was listed with no state at all (only 'cached' showed)."""
+    from toolkit.cli import main
+
+    monkeypatch.setenv("YOLOKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("YOLOKIT_SHARED", str(yolov5n_pt.parent.parent))
+    assert main(["weights", "list"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("yolov5n.pt"))
+    assert line.endswith(f"found: {yolov5n_pt}"), line
+
+
 def test_an_unknown_name_that_may_be_a_mistyped_export_folder_says_so(places: dict) -> None:
     # `--weights yolov5n_openvino_model` (a folder that is not there) reads as a name: the message must not suggest
     # that only .pt/.onnx files are models

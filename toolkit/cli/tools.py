@@ -48,7 +48,8 @@ app.command()(command(val, ValOptions, [flag("json_out", "Print the metrics as J
 @app.command()
 def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported artifact or model name.")],
          json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Show a model's classes, stride, input size, batch, precision, parameters and GFLOPs."""
+    """Show a model's classes, stride, input size, batch, precision and how it was made (parameters and GFLOPs for a
+    .pt checkpoint)."""
     from toolkit.jobs.info import model_info
 
     data = model_info(model)
@@ -87,13 +88,15 @@ app.command()(command(bench, BenchOptions))
 
 @weights_app.command("list")
 def weights_list() -> None:
-    """List the official checkpoints yolokit knows, and which are in the cache."""
-    from toolkit.model.weights import MANIFEST, default_cache_dir, verify
+    """List the official checkpoints yolokit knows, and where each is found here (the cache, $YOLOKIT_SHARED or a
+    shared folder beside this one), checksum checked, without downloading."""
+    from toolkit.model.weights import MANIFEST, default_cache_dir, found_locally
 
     cache = default_cache_dir()
     for entry in MANIFEST.values():
-        state = "cached" if verify(cache / entry.name, entry) else ""
-        typer.echo(f"{entry.name:<12} {entry.size / 1e6:7.1f} MB  {entry.sha256[:12]}…  {state}")
+        path = found_locally(entry.name)
+        state = "" if path is None else "cached" if path.parent == cache else f"found: {path}"
+        typer.echo(f"{entry.name:<12} {entry.size / 1e6:7.1f} MB  {entry.sha256[:12]}…  {state}".rstrip())
     typer.echo(f"cache: {cache}")
 
 

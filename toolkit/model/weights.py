@@ -495,6 +495,17 @@ def _looks_like_path(text: str, manifest: Mapping[str, WeightsEntry]) -> bool:
     return not (suffix.lower() == ".pt" and normalize_name(text) in manifest)
 
 
+def found_locally(name: str) -> Path | None:
+    """Where the official checkpoint ``name`` is found here as a run finds it (the cache, then the shared folders;
+    checksum checked), without downloading; None when it is not."""
+    from toolkit.errors import YolokitError
+
+    try:
+        return resolve_weights(normalize_name(name), allow_download=False)
+    except YolokitError:
+        return None
+
+
 def resolve_weights(
     weights: str | os.PathLike[str] | None,
     *,
@@ -545,7 +556,12 @@ def resolve_weights(
                 f"weights file not found: {given}{where} (give an existing .pt/.onnx/... path, "
                 f"or a name from the manifest: {names})"
             )
-        entry = get_entry(given, table)
+        try:
+            entry = get_entry(given, table)
+        except InputError as e:
+            if source == "argument":
+                raise
+            raise InputError(f"{source}: {e}") from None  # where the name came from, not a flag the user gave
     else:
         entry = get_entry(DEFAULT_WEIGHTS, table)
 
