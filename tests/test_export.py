@@ -409,3 +409,21 @@ def test_unknown_files_are_recognised_by_content_or_refused_in_one_line(tmp_path
     assert main(["run", str(tmp_path), "--weights", str(tmp_path / "notes.model")]) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "notes.model: not a model file yolokit knows" in err
+
+
+def test_an_export_replaces_an_earlier_export_but_nothing_else(tmp_path: Path, capsys: Any) -> None:
+    """`-o mine.onnx` over a file of notes wrote the model over it, exit 0; an OpenVINO folder's IR of another
+    tool was replaced the same way. What is there and is no yolokit export is refused (exit 7, nothing written); an
+    earlier export is replaced (a re-export), and the report says so."""
+    _need("onnx")
+    notes = tmp_path / "mine.onnx"
+    notes.write_text("my notes")
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(notes), "--imgsz", "128"]) == 7
+    assert notes.read_text() == "my notes"
+    assert "is not a yolokit export" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*export-partial"))
+    again = tmp_path / "m.onnx"
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(again), "--imgsz", "128"]) == 0
+    assert "replaced" not in capsys.readouterr().out
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(again), "--imgsz", "128"]) == 0
+    assert f"replaced the earlier export at {again}" in capsys.readouterr().out

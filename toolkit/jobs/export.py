@@ -424,6 +424,7 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     target = module.output_path(Path(out)) if out is not None else default_output(near, to, options)
     writable_folder(target.parent, target)
     module.check_target(target)
+    replacing = _replaceable(module, target)
     # exported and checked beside the target, then moved into place: a failed, refused or interrupted export leaves
     # nothing under the target's name, and an artifact already there stays as it was
     stage = _stage(target)
@@ -447,10 +448,27 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
                               f"written; re-export with other options, or --parity-data with more images)")
         artifact = target.parent / staged.relative_to(stage)
         _publish(stage, target.parent)
+        if replacing:
+            notes.append(f"replaced the earlier export at {target}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return ExportReport(artifact=artifact, format=to, precision=meta.precision, meta=meta, export_s=export_s,
                         parity=parity, notes=notes)
+
+
+def _replaceable(module: Backend, target: Path) -> bool:
+    """Whether an artifact is at ``target`` already, which the export replaces (a re-export); something there that
+    is no artifact of this format with yolokit's metadata (a file of notes named mine.onnx, another tool's model) is
+    refused before anything is written: it was overwritten without a word."""
+    if not (target.is_file() or (target.is_dir() and module.claims(target))):
+        return False
+    try:
+        module.read_meta(target)
+    except YolokitError:
+        raise OutputError(f"{target}: something is there that is not a yolokit export ({module.DESCRIPTION} with "
+                          f"yolokit's metadata), and the export would overwrite it; nothing was written: move it away "
+                          f"or choose another path with -o") from None
+    return True
 
 
 STAGE_SUFFIX = ".export-partial"  # the hidden folder an export is written and checked in, beside its target
