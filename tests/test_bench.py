@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from toolkit.errors import OutputError
 from toolkit.jobs.bench import BenchOptions, bench, grid
 from toolkit.jobs.bench.report import COLUMNS
 
@@ -79,6 +80,19 @@ def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) 
     assert "1 image(s) could not be read and are left out of every figure: " in (tmp_path / "b" / "report.md"
                                                                                     ).read_text()
     _check_outputs(tmp_path / "b", 2)
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """--out under a file, or on a read-only file system, ended in a PermissionError/NotADirectoryError traceback."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.full((64, 64, 3), 50, np.uint8))
+    (tmp_path / "precious.txt").write_text("mine")
+    opts = BenchOptions(weights="yolov5n.yaml", source=str(src), backends=["torch"], nms=False, precisions=["fp32"],
+                        modes=["seq"], images=1, repeat=1, out=str(tmp_path / "precious.txt" / "sub"), imgsz=64)
+    with pytest.raises(OutputError, match=r"precious.txt/sub: cannot write the bench's report there .*--out"):
+        bench(opts)
+    assert (tmp_path / "precious.txt").read_text() == "mine"
 
 
 def test_default_grid_has_the_baseline_first() -> None:

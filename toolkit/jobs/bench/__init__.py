@@ -24,6 +24,7 @@ from typing import Any
 from toolkit.devices import is_gpu
 from toolkit.engine.core import PRECISIONS, DetectorConfig
 from toolkit.errors import InputError, OutputError, first_line
+from toolkit.io.files import os_reason
 from toolkit.jobs.bench.ceiling import Parts, parts_in_fresh_process, startup_seconds
 from toolkit.jobs.bench.child import MODE_ARGS
 from toolkit.jobs.bench.report import agreement, charts, map50_95, mark_pareto, report, versions, write_csv
@@ -213,7 +214,11 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
                          + (f" ({len(left_out)} could not be read: {left_out[0]['path']}: {left_out[0]['reason']})"
                             if left_out else ""))
     out = Path(opts.out)
-    (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only or virtual file system: a traceback before
+        raise OutputError(f"{out}: cannot write the bench's report there ({os_reason(e)}); choose another --out") \
+            from None
     from toolkit.jobs.valdata import label_path
 
     labelled = all(label_path(Path(p)).is_file() for p in paths[:5])
