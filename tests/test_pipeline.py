@@ -910,3 +910,43 @@ def test_a_run_tells_the_loading_model_the_sizes_of_its_images(exported: dict[st
         assert (list(runner.shapes._ready) == [(1, 3, 480, 640)]) is compiles, settings
         assert (runner._dynamic is None) is compiles, settings
         engine.close()
+
+
+def test_a_worker_starts_with_ctrl_c_blocked_and_ends_quietly_when_its_parent_is_gone(
+        images: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while a worker's interpreter imported printed its KeyboardInterrupt traceback (or "Fatal Python
+    error: init_import_site"): the worker starts with SIGINT blocked (the mask is inherited) and ignores it before
+    unblocking. A worker whose parent was killed while it loaded printed a BrokenPipeError traceback."""
+    import signal as sig
+
+    from toolkit.engine import processes
+
+    det = Detector("yolov5n.yaml", imgsz=64)
+    pool = _scheduler(det, sorted(str(p) for p in images.glob("*.jpg")), workers=2)
+    masks: list[set[int]] = []
+
+    class Recording:
+        def __init__(self, **kwargs: object) -> None:
+            self.pid = 0
+
+        def start(self) -> None:
+            masks.append(set(sig.pthread_sigmask(sig.SIG_BLOCK, [])))
+
+    monkeypatch.setattr(pool.ctx, "Process", Recording)
+    pool.start_worker()
+    assert masks and sig.SIGINT in masks[0]  # blocked while the worker starts
+    assert sig.SIGINT not in sig.pthread_sigmask(sig.SIG_BLOCK, [])  # and this process's mask as it was
+
+    class Gone:
+        def send(self, message: object) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    before, cv_threads = sig.getsignal(sig.SIGINT), cv2.getNumThreads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # a worker sets them: put back after
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    try:
+        for factory in (lambda config: det.routine, lambda config: 1 / 0):  # loads, or fails to: nobody to tell
+            processes.worker_main(0, factory, det.routine.config, TaskSpec(1, False), None, Gone())
+    finally:
+        sig.signal(sig.SIGINT, before)
+        cv2.setNumThreads(cv_threads)

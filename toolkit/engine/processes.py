@@ -21,6 +21,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -98,9 +99,10 @@ def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSp
     """A worker process: load the model once, then turn tasks (lists of inputs) into small results. ``results`` is
     this worker's own pipe to the parent: if the worker is killed mid-message, only its own channel breaks (a queue
     shared by all workers would stay locked and hang the others)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    # started with Ctrl-C blocked (:meth:`ProcessPool._start`), so that one pressed while this interpreter imported
+    # printed no traceback of its start-up; ignored now, the pending one is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(config.threads)
     keep_freed_memory()  # yolokit's own process (the command's setting of OpenBLAS is inherited)
@@ -115,9 +117,13 @@ def worker_main(wid: int, factory: Factory, config: DetectorConfig, spec: TaskSp
         set_threads(routine.runner, int(config.threads or 1))
         routine.expect(spec.each, spec.batch)  # the runner prepares as far as this worker's share pays for
     except Exception as e:  # reported to the parent, which stops the run with this message
-        results.send(("init_error", wid, None, f"{type(e).__name__}: {e}"))
+        with contextlib.suppress(OSError):  # the parent gone (killed): nobody to tell, no traceback
+            results.send(("init_error", wid, None, f"{type(e).__name__}: {e}"))
         return
-    results.send(("ready", wid, None, None))
+    try:
+        results.send(("ready", wid, None, None))
+    except OSError:  # the parent was killed while this worker loaded (a BrokenPipeError traceback): end quietly
+        return
     sender = _Sender(results)
     parent = os.getppid()
     while not sender.broken:
@@ -224,7 +230,13 @@ class ProcessPool:
         recv_end, send_end = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main, name=f"yolokit-worker-{self.next_wid}", daemon=True,
                              args=(self.next_wid, self.factory, self.worker_config, self.spec, tq, send_end))
-        p.start()
+        # the new interpreter starts with Ctrl-C blocked (the mask is inherited), until worker_main ignores it: a
+        # Ctrl-C while it imported printed its KeyboardInterrupt traceback. This process's own is held meanwhile.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         send_end.close()  # the worker holds the only write end: its death reads as end-of-file here
         self.workers[self.next_wid] = _Worker(self.next_wid, p, tq, recv_end)
         self.next_wid += 1
