@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import hostile
 from tests.helpers.ports import free_port
-from toolkit.errors import InputError, ModelFileError
+from toolkit.errors import BackendUnavailableError, InputError, ModelFileError
 from toolkit.jobs.manifest import RETRY_NOTE
 from toolkit.jobs.run import RunOptions, run
 
@@ -86,8 +86,29 @@ def test_ray_run_on_a_local_cluster_equals_the_local_run(cluster: tuple[str, dic
     out = Path(summary["out_dir"])
     assert _labels(out) == local_labels  # byte for byte, file for file
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert sorted(r["key"] for r in manifest) == sorted(p.stem for p in (coco128 / "images" / "train2017").iterdir())
+    # in input order, as the local run writes them (they came in the order the actors finished their batches)
+    assert [r["key"] for r in manifest] == sorted(p.stem for p in (coco128 / "images" / "train2017").iterdir())
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_ends_a_ray_run_with_its_summary_and_exit_143(cluster: tuple[str, dict[str, str]], coco128: Path,
+                                                              yolov5n_pt: Path, tmp_path: Path) -> None:
+    """ray.init replaced yolokit's SIGTERM handler: `timeout`, `docker stop` or Kubernetes aborted a Ray run with
+    Ray's crash dump (exit 134; 15 or 1 against a running cluster, 1 reading as "some inputs failed"), no summary."""
+    address, env = cluster
+    proc = subprocess.Popen(_yolokit_ray(coco128, yolov5n_pt, address, tmp_path), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "ray" / "manifest.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (manifest.is_file() and manifest.read_text()):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["interrupted"] and 0 < summary["processed"] < 128
+    assert "SIGTERM received" not in err and "Traceback" not in err
 
 
 def _actor_pids() -> list[int]:
@@ -158,6 +179,13 @@ def test_ray_engine_checks_options_and_model_before_starting(tmp_path: Path, mon
     bad.write_bytes(os.urandom(4096))
     with pytest.raises(ModelFileError, match="bad.onnx"):  # found on the driver, before any cluster starts
         run(RunOptions.of(source=images, weights=str(bad), engine="ray", project=str(tmp_path)))
+    with pytest.raises(InputError, match="--mode process applies to the local engine only"):  # it was ignored
+        run(RunOptions.of(source=images, engine="ray", mode="process", project=str(tmp_path)))
+    # an address nothing answers at: one line at once (ray.init tried it for ever, logging every few seconds)
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match=r"cannot reach Ray at 127\.0\.0\.1:9 .*nothing answers"):
+        run(RunOptions.of(source=images, engine="ray", address="127.0.0.1:9", project=str(tmp_path)))
+    assert time.monotonic() - t0 < 60
 
 
 def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> None:

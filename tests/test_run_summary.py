@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from toolkit.jobs.run import RunSummary, failure_lines, format_summary
 
 CUT = "the video file ends before this frame (cut short)"
@@ -74,3 +77,21 @@ def test_an_interrupted_run_says_how_much_of_it_was_done() -> None:
                                         settings={"resumed": 119}, wall_s=21.6, img_per_s=30.0))
     assert resumed.startswith("768/768 images processed (119 of them recorded before this resume) in 21.6 s "
                               "(30.0 img/s)"), resumed  # 30 img/s is this session's 649 images
+
+
+def test_inputs_that_reached_max_det_are_told(tmp_path: Path, coco128_images: Path, yolov5n_pt: Path) -> None:
+    """A 128-megapixel image tiled gave exactly 1000 boxes, the lowest at 0.52 for --conf 0.25, and nothing said
+    the rest were dropped: a note now counts the inputs that reached --max-det."""
+    from toolkit.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(coco128_images.glob("*.jpg"))[:3]:
+        (src / p.name).symlink_to(p)
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--max-det", "1", "--project", str(out),
+                 "--name", "r"]) == 0
+    notes = json.loads((out / "r" / "summary.json").read_text())["notes"]
+    assert any(n.startswith("3 input(s) reached --max-det 1: only the 1 most confident") for n in notes), notes
+    assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--project", str(out), "--name", "d"]) == 0
+    assert not any("--max-det" in n for n in json.loads((out / "d" / "summary.json").read_text())["notes"])

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ import numpy as np
 
 from toolkit.engine.core import DetectorConfig, set_threads
 from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
+from toolkit.io.files import os_reason
 from toolkit.io.remote import is_url
 from toolkit.io.sources import InputRef, SourceList, in_listing_order
 from toolkit.io.store import Store, is_store_url, open_store
@@ -53,6 +56,22 @@ def _import_ray() -> Any:
         raise BackendUnavailableError("--engine ray needs Ray: pip install 'yolokit[ray]'") from None
     return ray
 
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a Ray address (``HOST:PORT``, ``ray://HOST:PORT``) nothing answers at: ray.init tried it
+    for ever, logging a line every few seconds ("Failed to connect to GCS ... within 5 seconds"), with no word from
+    yolokit. ``auto`` and other forms are Ray's to find."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise BackendUnavailableError(f"cannot reach Ray at {address} ({os_reason(e)}): nothing answers there; start "
+                                      f"a cluster with 'ray start --head' on that machine, check the address, or drop "
+                                      f"--address for a local one") from None
 
 class InferActor:
     """One Ray actor: loads the model once, then reads, detects and writes outputs batch by batch, through the same
@@ -153,13 +172,24 @@ class RayJob:
         ray = self.ray
         if ray.is_initialized():
             return
+        address = self.opts.engine.address
+        if address:
+            _reachable(address)
+        # ray.init puts its own SIGTERM handler in, which aborted the run with a crash dump (exit 134, or 15, or 1
+        # against a running cluster) where yolokit's writes the summary and exits 143: the process's handlers are
+        # put back as they were
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
-            ray.init(address=self.opts.engine.address, include_dashboard=False, logging_level="ERROR",
-                     log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            where = self.opts.engine.address or "a new local cluster"
+            where = address or "a new local cluster"
             raise BackendUnavailableError(f"cannot start or reach Ray at {where}: {first_line(e)}; "
                                           f"start one with 'ray start --head' or drop --address") from None
+        finally:
+            for number, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(number, handler)
         self._owns_ray = True
 
     def _sizes(self) -> None:
@@ -189,6 +219,25 @@ class RayJob:
                                     lambda ref, why: Outcome(ref.key, ref.name, why))
 
     def _outcomes(self, sources: SourceList) -> Iterator[Outcome]:
+        """The items' outcomes in input order: the actors finish batches in any order, and the records (the
+        manifest, predictions.json and .csv) are written as outcomes come, so they came in the order of completion
+        where docs/guide/concurrency.md promises the local run's files."""
+        place = {ref.key: i for i, ref in enumerate(sources.items)}
+        held: dict[int, Outcome] = {}
+        next_out = 0
+        for oc in self._unordered(sources):
+            at = place.get(oc.key)
+            if at is None:
+                yield oc
+                continue
+            held[at] = oc
+            while next_out in held:
+                yield held.pop(next_out)
+                next_out += 1
+        for at in sorted(held):
+            yield held.pop(at)
+
+    def _unordered(self, sources: SourceList) -> Iterator[Outcome]:
         items: list[InputRef] = []
         for ref in sources.items:
             if ref.frame is not None:

@@ -225,6 +225,9 @@ def _check(opts: RunOptions) -> None:
     if opts.engine.name != "local" and opts.save.save_crop:
         raise InputError("--save-crop runs with the local engine only; drop --engine ray or --save-crop")
     e = opts.engine
+    if e.name != "local" and e.mode != "auto":  # Ray's actors are its processes: --mode process was ignored
+        raise InputError(f"--mode {e.mode} applies to the local engine only (Ray runs each actor in a process of its "
+                         f"own); drop --mode or --engine ray")
     if e.name == "local":
         ray_only = [flag for flag, value in (("--address", e.address), ("--gpus-per-worker", e.gpus_per_worker),
                                              ("--cpus-per-worker", e.cpus_per_worker)) if value]
@@ -401,6 +404,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
     reshaped = 0  # images a fixed-shape artifact letterboxed differently from the .pt
     engine: Engine | None = None
     outcomes: Iterator[Outcome] | None = None
+    full: Counter[int] = Counter()  # inputs by their number of detections
     try:  # Ctrl-C at any point from here (the model still loading included) ends with a summary
         engine = _engine(opts, out_dir, detector, records, sources)
         summary.weights, summary.backend = engine.weights, engine.backend
@@ -426,6 +430,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                 if oc.error is not None and not live:  # a live run cannot be resumed
                     oc.error = with_resume_note(oc.error, retry)
                 summary.count(oc.error is None, oc.n, oc.classes, oc.path, oc.error or "")
+                full[oc.n] += 1  # how many inputs reached --max-det: told in a note (_finish)
                 reshaped += bool(oc.error is None and oc.shape is not None and engine.letterbox_differs(oc.shape))
                 records.record(oc, path, fp, retry)
                 total = _progress_total(total, oc.video, oc.frames, counted, recorded, summary.images)
@@ -450,7 +455,7 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
         records.write_predictions(coco=save.save_json, rows=save.save_csv)
     if engine is not None:
         summary.streams = list(getattr(engine, "stream_stats", list)())
-    _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped)
+    _finish(summary, engine, t0, sum(1 for r in records.previous if r.get("ok")), reshaped, full)
     if getattr(lock, "lost", False):
         summary.notes.append("another run took this run folder's lock over while this run held it (its renewals "
                              "had stopped for longer than the lease): check that no other run wrote here")
@@ -487,7 +492,8 @@ def _resume_notes(found: dict[str, list[str]]) -> list[str]:
     return notes
 
 
-def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: int, reshaped: int) -> None:
+def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: int, reshaped: int,
+            full: Counter[int] | None = None) -> None:
     summary.wall_s = time.perf_counter() - t0
     new = summary.processed - resumed_ok
     summary.img_per_s = new / summary.wall_s if summary.wall_s > 0 else 0.0
@@ -502,6 +508,12 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
         summary.notes.append(f"this model has a fixed {size} input: {reshaped} image(s) were letterboxed to it where "
                              f"the .pt letterboxes to a smaller rectangle, so detections can differ from the .pt's; "
                              f"export without --static for the same results")
+    max_det = summary.settings.get("max_det")
+    capped = (full or Counter()).get(max_det, 0) if isinstance(max_det, int) else 0
+    if capped:  # a huge or tiled image can hold more boxes than detect.py's 1000 per image: they went unsaid
+        summary.notes.append(f"{capped} input(s) reached --max-det {max_det}: only the {max_det} most confident "
+                             f"boxes of each were kept, the others above --conf dropped; raise --max-det to keep "
+                             f"them")
 
 
 def format_summary(s: RunSummary) -> str:
