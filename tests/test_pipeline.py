@@ -265,6 +265,12 @@ def test_auto_plan_rules() -> None:
     # two workers per core, as it infers on threads of its own: one per core decodes while the other's input infers
     assert (ov.mode, ov.workers, ov.threads, ov.batch) == ("thread", 4, 1, 1)
     assert make_plan(det, 100000, cores=2, workers=3).workers == 3  # an explicit count is kept
+    # ... but process mode starts no more workers than the images make batches for (64 workers for 3 images
+    # started 63 processes; 2 for 18 images in batches of 32 said "1 started" where none was)
+    few_images = make_plan(det, 3, mode="process", workers=64, cores=2, whole=True)
+    assert few_images.workers == 3 and "give no more work" in few_images.reason
+    assert make_plan(det, 18, mode="process", workers=2, batch=32, cores=2, whole=True).workers == 1
+    assert make_plan(det, 3, mode="process", workers=64, cores=2).workers == 64  # a video's frames: not known
     from backends.openvino.backend import OpenVinoBackend
     from toolkit.engine.plan import plan_for
     from toolkit.meta import ModelMeta

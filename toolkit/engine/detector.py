@@ -417,7 +417,8 @@ class Detector:
         """:meth:`predict_iter`'s results for ``sources.items``, in their order."""
         routine = self.routine
         if plan is None:
-            plan = make_plan(routine, len(sources.items), mode=mode, workers=workers, batch=batch)
+            whole = tile is None and all(ref.frame is None for ref in sources.items)  # no video to expand, no tiles
+            plan = make_plan(routine, len(sources.items), mode=mode, workers=workers, batch=batch, whole=whole)
         self.last_plan = plan
         keep = keep_images or crops
         fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep and tile is None
