@@ -180,8 +180,8 @@ def _validate(to: str, options: ExportOptions, stride: int) -> None:
     if options.nms is not None:
         _validate_nms(options.nms, options.opset)
     _exporter(to).check_export(options)
-    if not 7 <= options.opset <= 23:
-        raise InputError(f"--opset {options.opset}: choose an ONNX opset between 7 and 23 (default 17)")
+    if not MIN_OPSET <= options.opset <= 23:  # 7 and 8 have no Resize for YOLOv5's upsampling: 420 lines of graph
+        raise InputError(f"--opset {options.opset}: choose an ONNX opset between {MIN_OPSET} and 23 (default 17)")
     if options.workspace_gb <= 0:
         raise InputError(f"--workspace {options.workspace_gb}: must be positive (GB)")
 
@@ -471,6 +471,7 @@ def _replaceable(module: Backend, target: Path) -> bool:
     return True
 
 
+MIN_OPSET = 9  # the oldest opset YOLOv5's nearest upsampling exports to (torch.onnx fails on 7 and 8)
 STAGE_SUFFIX = ".export-partial"  # the hidden folder an export is written and checked in, beside its target
 
 
