@@ -14,7 +14,7 @@ import backends
 from backends.base import ExportOptions
 from toolkit.cli import main
 from toolkit.errors import ExportError, InputError
-from toolkit.jobs.calibration import int8_data, spread
+from toolkit.jobs.calibration import describe, int8_data, spread
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,13 @@ def test_calibration_count_fraction_and_labels(labelled32: Path, tmp_path: Path)
         shutil.copy(p, plain / p.name)
     d = int8_data(ExportOptions(int8=True, calib_data=str(plain), calib_images=4), 32, False)
     assert len(d.calibration) == 4 and d.metric is None and not d.validation
+    # an unreadable image is named and another taken in its place (it was dropped without a word, 4 of 6 for 20)
+    (plain / "junk.jpg").write_text("not an image")
+    d = int8_data(ExportOptions(int8=True, calib_data=str(plain), calib_images=7), 32, False)
+    assert len(d.calibration) == 6 and "junk.jpg" not in {p.name for p in d.calibration}
+    assert [Path(p).name for p in d.record["unreadable"]] == ["junk.jpg"]
+    assert "1 unreadable image(s) left out (" in describe(d.record)
+    (plain / "junk.jpg").unlink()
     # a dataset yaml with a train split alone calibrates on it (as YOLOv5's export does); only val needs 'val:'
     (labelled32 / "train.yaml").write_text(f"path: {labelled32}\ntrain: images\nnames: [a]\n")
     d = int8_data(ExportOptions(int8=True, calib_data=str(labelled32 / "train.yaml"), calib_images=4), 32, False)

@@ -85,7 +85,6 @@ def int8_data(options: ExportOptions, stride: int, nms_inside: bool) -> Int8Data
     if not images:
         raise InputError(f"{options.calib_data}: no images for INT8 calibration (--data)")
     n = min(options.calib_images, math.ceil(options.fraction * len(images)))
-    calibration = [images[i] for i in spread(len(images), n)]
     labelled = [p for p in images if label_path(p).is_file()]
     if options.max_drop is not None and not labelled:
         raise InputError(f"{options.calib_data}: --max-drop needs labelled images (YOLO label files under labels/ "
@@ -102,7 +101,15 @@ def int8_data(options: ExportOptions, stride: int, nms_inside: bool) -> Int8Data
         lb, _ = letterbox(img, square, stride, auto=False)
         return (to_chw_rgb(lb)[None].astype(np.float32) / 255).astype(np.float32)
 
-    calibration = [p for p in calibration if _read(p) is not None]
+    # an unreadable image (a FIFO, a text file named .jpg) is left out, named, and the next readable one taken in its
+    # place: it was dropped without a word, and the count fell short of --calib-images
+    chosen = set(spread(len(images), n))
+    calibration: list[Path] = []
+    unreadable: list[Path] = []
+    for i in [*sorted(chosen), *(i for i in range(len(images)) if i not in chosen)]:
+        if len(calibration) == n:
+            break
+        (calibration if _read(images[i]) is not None else unreadable).append(images[i])
     if not calibration:
         raise InputError(f"{options.calib_data}: no readable images for INT8 calibration (--data)")
 
@@ -118,6 +125,8 @@ def int8_data(options: ExportOptions, stride: int, nms_inside: bool) -> Int8Data
     record = {"calib_images": len(calibration), "calib_available": len(images), "fraction": options.fraction,
               "calib_data": str(options.calib_data), "selection": "evenly spaced over the sorted image list",
               "calib_letterbox": f"{size[0]}x{size[1]} (square padding)"}
+    if unreadable:
+        record["unreadable"] = [str(p) for p in unreadable]
     return Int8Data(calibration=calibration, to_input=to_input, validation=validation,
                     metric=metric if validation else None, max_drop=options.max_drop,
                     max_iterations=options.max_drop_iterations, record=record)
@@ -141,6 +150,9 @@ def describe(record: dict[str, Any]) -> str:
     """One line for the export report and ``yolokit info``."""
     text = (f"{record.get('calib_images')} calibration images of {record.get('calib_available')} "
             f"(fraction {record.get('fraction')}, {record.get('selection')})")
+    if record.get("unreadable"):
+        bad = record["unreadable"]
+        text += f"; {len(bad)} unreadable image(s) left out ({bad[0]}{', ...' if len(bad) > 1 else ''})"
     if "fp32_map50_95" in record:
         text += (f"; mAP50-95 FP32 {record['fp32_map50_95']:.4f} -> INT8 {record['int8_map50_95']:.4f}, drop "
                  f"{record['drop']:.4f}" + (f" (max {record['max_drop']:g})" if "max_drop" in record else "")
