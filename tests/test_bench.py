@@ -176,3 +176,34 @@ def test_an_export_as_weights_is_refused_before_anything_runs(tmp_path: Path, ex
                  "--out", str(tmp_path / "b")]) == 2
     assert "compares the artifacts it exports from a .pt checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "b" / "report.md").exists()
+
+
+def test_a_bad_label_or_an_unsafe_checkpoint_is_found_before_the_grid_runs(tmp_path: Path) -> None:
+    """A label with x = 1.5 threw away every measurement after the whole grid had run (exit 2, no report); an unsafe
+    checkpoint failed every configuration in turn (exit 1, an empty report)."""
+    import pickle
+
+    from toolkit.errors import ModelFileError
+
+    data = tmp_path / "ds"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(data / "images" / f"{i}.jpg"), np.full((64, 64, 3), 60 * i, np.uint8))
+        (data / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n" if i else "0 1.5 0.5 0.2 0.2\n")
+    opts = BenchOptions(weights="yolov5n.yaml", source="", data=str(data), backends=["torch"], nms=False,
+                        precisions=["fp32"], modes=["seq"], images=3, repeat=1, out=str(tmp_path / "b"), imgsz=64)
+    result = bench(opts)
+    assert [Path(b["path"]).name for b in result["left_out"]] == ["0.jpg"]
+    assert "coordinates" in result["left_out"][0]["reason"] and "error" not in result["rows"][0]
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(ModelFileError):
+        bench(BenchOptions(weights=str(evil), source=str(data / "images"), backends=["torch"], nms=False,
+                           precisions=["fp32"], modes=["seq"], images=1, repeat=1, out=str(tmp_path / "e")))
+    assert not (tmp_path / "e" / "results.json").exists()

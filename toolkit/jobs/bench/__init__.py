@@ -201,6 +201,13 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     if source.suffix not in (".pt", ".pth") and not is_builtin_config(source.name):  # an ONNX file ran as "torch"
         raise InputError(f"--weights {opts.weights}: yolokit bench compares the artifacts it exports from a .pt "
                          f"checkpoint with the .pt itself; give the checkpoint (yolov5n.pt), not an export")
+    import backends
+    from toolkit.engine.detector import Detector
+
+    # the baseline, loaded once before the grid: an unsafe checkpoint or a device that is not there is one line
+    # (exit 3, exit 4), where every configuration failed in turn and the run ended with exit 1 and an empty report
+    with Detector(str(source), backend=backends.checkpoint_backend(), device=opts.device):
+        pass
     if opts.data:  # a labelled dataset: its images, so accuracy is mAP
         from toolkit.jobs.valdata import dataset_images
 
@@ -208,7 +215,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     else:
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
-    paths, left_out = _readable(paths)
+    paths, left_out = _readable(paths, labelled=bool(opts.data))
     if not paths:
         raise InputError(f"{opts.data or opts.source}: no images to benchmark"
                          + (f" ({len(left_out)} could not be read: {left_out[0]['path']}: {left_out[0]['reason']})"
@@ -288,18 +295,25 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     return result
 
 
-def _readable(paths: list[str]) -> tuple[list[str], list[dict[str, str]]]:
-    """The images that decode, and the others with their reasons: a bench times and scores what it can read (an
-    undecodable image counted as processed, at no cost: 136 % of the machine's ceiling)."""
+def _readable(paths: list[str], labelled: bool = False) -> tuple[list[str], list[dict[str, str]]]:
+    """The images that decode (and, ``labelled``, whose label file val takes), and the others with their reasons:
+    a bench times and scores what it can read (an undecodable image counted as processed, at no cost: 136 % of the
+    machine's ceiling; one bad label file threw every measurement away after the whole grid had run)."""
     from toolkit.io.decode import read_image
     from toolkit.io.files import ImageReadError
+    from toolkit.jobs.valdata import read_labels
 
     ok, bad = [], []
     for p in paths:
         try:
             read_image(p)
+            if labelled:
+                read_labels(Path(p))
         except ImageReadError as e:
             bad.append({"path": p, "reason": e.reason})
+            continue
+        except InputError as e:
+            bad.append({"path": p, "reason": first_line(e)})
             continue
         ok.append(p)
     return ok, bad
