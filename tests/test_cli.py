@@ -292,3 +292,16 @@ def test_a_bare_command_prints_its_help_and_no_empty_error(capsys: pytest.Captur
         assert main(argv) == 2
         got = capsys.readouterr()
         assert "Usage" in got.out + got.err and ": ; see" not in got.err, got.err
+
+
+def test_help_and_messages_read_as_english(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`--nosave / --no-nosave` offered a double negative; the --name refusal read "not empty, an absolute path, or
+    a path with . or .." (the opposite of what it meant)."""
+
+
+    main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--nosave" in out and "--no-nosave" not in out
+    assert main(["run", str(tmp_path), "--name", "../x", "--project", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not empty, not an absolute path, no . or .. part that leaves --project" in err

@@ -52,7 +52,8 @@ class SaveOptions:
                             "y2 (source pixels), one row per box.", panel=SAVING, affects_output=True)
     save_crop: bool = option(False, "Write each box's crop to crops/<class>/<name>.jpg.", panel=SAVING,
                              affects_output=True)
-    nosave: bool = option(False, "Do not write annotated images or videos.", panel=SAVING, affects_output=True)
+    nosave: bool = option(False, "Do not write annotated images or videos.", decls=("--nosave",), panel=SAVING,
+                          affects_output=True)  # one flag: Typer's --no-nosave, a double negative, is no choice
     round_boxes: bool = option(True, "Written outputs use whole-pixel box corners, as YOLOv5's detect.py does.",
                                cli=False, affects_output=True)
 
@@ -86,8 +87,8 @@ class RunFolder:
         parts = self.name.replace("\\", "/").split("/")
         if not self.name.strip() or self.name.startswith(("/", "\\")) or Path(self.name).drive \
                 or any(part in (".", "..") for part in parts):
-            raise InputError(f"--name {self.name!r}: the run folder's name inside --project (exp, or survey/day1), "
-                             f"not empty, an absolute path, or a path with . or .. that leaves --project")
+            raise InputError(f"--name {self.name!r}: give the run folder's name inside --project (exp, or "
+                             f"survey/day1): not empty, not an absolute path, no . or .. part that leaves --project")
 
 
 @dataclass(frozen=True)
