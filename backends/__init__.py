@@ -51,7 +51,8 @@ def backend_for(path: Path) -> str:
     from toolkit.io.files import ImageReadError, read_head
 
     if os.path.isdir(path):
-        raise ModelFileError(f"{path}: a folder that holds no model yolokit knows")
+        raise ModelFileError(f"{path}: a folder that holds no model yolokit knows; give the model file, or the "
+                             f"folder an OpenVINO export wrote (NAME_openvino/)")
     try:
         read_head(str(path))
     except ImageReadError as e:

@@ -412,6 +412,20 @@ def test_unknown_files_are_recognised_by_content_or_refused_in_one_line(tmp_path
     assert len(err.splitlines()) == 1 and "notes.model: not a model file yolokit knows" in err
 
 
+def test_an_export_given_to_export_says_it_is_one(tmp_path: Path, capsys: Any) -> None:
+    """`yolokit export model.onnx --to openvino` said "is not a PyTorch checkpoint (.pt): it is neither a torch zip
+    archive nor a pickle"; a folder of no model named no fix."""
+    _need("onnx")
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(onnx_file), "--imgsz", "128"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(onnx_file), "--to", "openvino", "-o", str(tmp_path / "ov")]) == 2
+    assert "is an ONNX model, an export already; yolokit export starts from the .pt" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 3
+    assert "holds no model yolokit knows; give the model file" in capsys.readouterr().err
+
+
 def test_an_export_replaces_an_earlier_export_but_nothing_else(tmp_path: Path, capsys: Any) -> None:
     """`-o mine.onnx` over a file of notes wrote the model over it, exit 0; an OpenVINO folder's IR of another
     tool was replaced the same way. What is there and is no yolokit export is refused (exit 7, nothing written); an

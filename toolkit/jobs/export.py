@@ -411,6 +411,10 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     if reason:
         raise BackendUnavailableError(reason)
     src_path = resolve_model(weights)
+    found = backends.content_backend(src_path) or (backends.backend_for(src_path) if src_path.is_dir() else None)
+    if found is not None and found != backends.checkpoint_backend():  # "is not a PyTorch checkpoint ... a pickle"
+        raise InputError(f"{src_path}: is {backends.REGISTRY[found].DESCRIPTION}, an export already; yolokit export "
+                         f"starts from the .pt checkpoint it came from: give that")
     source = load_model(src_path)
     _validate(to, options, source.meta.stride)
     if options.int8 and options.int8_data is None:
