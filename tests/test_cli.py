@@ -225,6 +225,17 @@ def test_info_on_checkpoint(yolov5n_pt: Path) -> None:
     assert "imgsz: any (dynamic)" in text and "batch: any (dynamic)" in text and "None" not in text, text
 
 
+def test_info_on_a_static_export_says_its_size_is_fixed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A static export (one size, one batch) was shown with "max_imgsz: no limit"."""
+    pytest.importorskip("onnx", reason="the export extra is not installed: pip install 'yolokit[export]'")
+    model = tmp_path / "st.onnx"
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "--static", "--imgsz", "128,192", "-o", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    text = capsys.readouterr().out
+    assert "max_imgsz: fixed (static)" in text and "no limit" not in text, text
+
+
 def test_weights_list() -> None:
     out = _cli("weights", "list")
     assert out.returncode == 0 and "yolov5x.pt" in out.stdout

@@ -61,6 +61,8 @@ def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported a
             v = f"{len(v)} classes: " + ", ".join(list(v.values())[:10]) + (" ..." if len(v) > 10 else "")
         elif k in ("nms", "int8", "runtime_versions") and isinstance(v, dict):
             v = ", ".join(f"{a} {b}" for a, b in v.items()) or "-"
+        elif v is None and k in ("max_batch", "max_imgsz") and data.get(k.removeprefix("max_")) is not None:
+            v = "fixed (static)"  # a static model takes its one size and batch: 'no limit' said the opposite
         elif v is None and k in ("imgsz", "batch", "max_batch", "max_imgsz"):
             v = "any (dynamic)" if k in ("imgsz", "batch") else "no limit"  # None read as a missing value
         typer.echo(f"{k:>16}: {v}")
