@@ -392,8 +392,10 @@ def test_killed_worker_process_is_replaced_and_its_images_retried(images: Path) 
             os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
             killed = True
     assert killed and len(results) == 14
+    assert det.last_deaths == 1  # told in the run's plan, as Ray's actors' deaths are (it said nothing)
     assert [Path(r.ref.path).name for r in results if not r.ok] == ["13_broken.jpg"]  # only the broken file
     assert _key(results) == _key(list(det.predict_iter(images, mode="thread")))
+    assert det.last_deaths == 0
 
 
 def test_reduced_decode_maps_boxes_to_original_pixels(images: Path) -> None:

@@ -255,6 +255,7 @@ class Detector:
     def _hold(self, routine: ModelRoutine) -> None:
         self.routine = routine
         self.last_plan: Plan | None = None  # the plan of the last predict_iter
+        self.last_deaths = 0  # worker processes of the last predict_iter that died (and were started again)
         self.closed = False  # close() (or the end of its with-block) released the model
 
     def _open(self) -> ModelRoutine:
@@ -419,7 +420,7 @@ class Detector:
         if plan is None:
             whole = tile is None and all(ref.frame is None for ref in sources.items)  # no video to expand, no tiles
             plan = make_plan(routine, len(sources.items), mode=mode, workers=workers, batch=batch, whole=whole)
-        self.last_plan = plan
+        self.last_plan, self.last_deaths = plan, 0
         keep = keep_images or crops
         fast = (self.config.fast_decode if fast_decode is None else fast_decode) and not keep and tile is None
         wanted = plan.gpu or self.config.pipeline == "device"
@@ -443,7 +444,11 @@ class Detector:
                 from toolkit.engine.processes import ProcessPool, TaskSpec
 
                 spec = TaskSpec(plan.batch, fast, tile, keep_images, crops, style or AnnotateStyle(), each)
-                yield from ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec).results()
+                pool = ProcessPool(routine, ModelRoutine.load, sources.items, plan, spec)
+                try:
+                    yield from pool.results()
+                finally:
+                    self.last_deaths = pool.restarts
             else:
                 local = routine if plan.gpu else routine.at_threads(plan.threads)  # the plan's CPU threads
                 local.expect(len(sources.items) if known else None, plan.batch)

@@ -182,7 +182,10 @@ class LocalEngine:
     def describe(self) -> str:
         if self.live is not None:
             return f"live: {len(self.live.streams)} stream(s), the newest frame of each inferred as one batch"
-        return self.det.last_plan.describe() if self.det.last_plan else ""
+        deaths = self.det.last_deaths  # told as the Ray engine tells its actors' deaths
+        died = (f"; {deaths} worker process(es) died and were started again, their inputs retried"
+                if deaths else "")
+        return (self.det.last_plan.describe() + died) if self.det.last_plan else ""
 
     def ms_per_image(self) -> dict[str, float]:
         return {k: round(v, 2) for k, v in self.det.times.ms_per_image().items()}
