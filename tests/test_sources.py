@@ -333,3 +333,17 @@ def test_listing_failures_come_back_in_their_place() -> None:
     produced = ["a", "c", "e_1", "e_2"]  # e's frames name their video
     got = list(in_listing_order(src, produced, lambda p: p.split("_")[0], lambda ref, why: why))
     assert got == ["a", "b failed", "c", "d failed", "e_1", "e_2", "f failed"]
+
+
+def test_a_link_loop_or_a_dangling_link_named_as_an_image_says_what_it_is(tmp_path: Path) -> None:
+    """In a folder or a glob they failed when read, with the system's words ("cannot read: Too many levels of
+    symbolic links") and no fix; as SOURCE they had worded reasons: the same reasons everywhere now."""
+    _jpg(tmp_path / "a.jpg")
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    (tmp_path / "dang.jpg").symlink_to("gone.jpg")
+    for source in (str(tmp_path), str(tmp_path / "*.jpg")):
+        got = list_sources(source)
+        reasons = {Path(r.path).name: why for r, why in got.failed}
+        assert [Path(r.path).name for r in got.items] == ["a.jpg"], source
+        assert reasons["loop.jpg"].startswith("a symbolic link loop") and "point it at" in reasons["loop.jpg"]
+        assert reasons["dang.jpg"].startswith("broken symbolic link") and "fix or remove" in reasons["dang.jpg"]

@@ -357,6 +357,8 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
                                 f"store's URL (s3://...) or the file's path"))
         elif "://" not in f and os.path.isdir(f):
             failed.append((ref, "a folder, named in a list: give the folder as SOURCE, or list its images"))
+        elif "://" not in f and os.path.islink(f) and not os.path.exists(f):  # a loop read "Too many levels of ..."
+            failed.append((ref, _link_problem(f)))
         elif _kind(f) is None and os.path.splitext(f)[1].lower() in (".txt", ".streams"):
             failed.append((ref, "a list named in a list is not read: give it as SOURCE, or copy its lines in"))
         elif _kind(f) is None:
