@@ -269,6 +269,9 @@ class Backend(ABC):
     PRECISIONS: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",)}
     EXPORTS: ClassVar[bool] = False
     EXPORT_PRECISIONS: ClassVar[tuple[str, ...]] = ()
+    # whether a dynamic export of this format is tuned for a batch (a TensorRT profile's optimum): elsewhere --batch
+    # fixes a --static export's batch, and a dynamic export refuses it rather than ignore it
+    TUNES_BATCH: ClassVar[bool] = False
     # what --precision may ask of its runner (LoadOptions.precision); anything else is refused before loading
     RUN_PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32")
     # what exporting needs beyond the runtime: PyTorch reads the checkpoint, onnx builds the traced graph, onnxslim

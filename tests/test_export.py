@@ -284,6 +284,7 @@ def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (["--to", "onnx", "--conf", "0.1"], 2, "add --nms"),
     (["--to", "onnx", "--nms", "--opset", "12"], 2, "--opset 13"),
     (["--to", "onnx", "--opset", "8"], 2, "--opset 8: choose an ONNX opset between 9 and 23"),  # 420 lines of graph
+    (["--to", "openvino", "--batch", "4"], 2, "--batch 4 fixes a --static export's batch"),  # it was ignored
     (["--to", "onnx", "--nms", "--iou", "1.5"], 2, "must be in [0, 1]"),
     (["--to", "onnx", "--nms", "--max-det", "0"], 2, "--max-det 0"),
     (["--to", "onnx", "--max-drop", "0.01"], 2, "--max-drop applies to --int8"),

@@ -31,6 +31,7 @@ class TensorRTBackend(Backend):
     PRECISIONS = {"cuda": ("fp16", "fp32")}
     EXPORTS = True
     EXPORT_PRECISIONS = ("fp32", "fp16")
+    TUNES_BATCH = True  # the profile's optimum batch
     PLANNING = PlanningHints(releases_gil=True, thread_batch=1, process_inputs_per_core=None)
 
     def unavailable_reason(self) -> str | None:

@@ -406,6 +406,9 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     backends.require(backends.checkpoint_backend())  # every export reads a checkpoint with PyTorch
     from toolkit.model.load import load_model
 
+    if options.dynamic and options.batch > 1 and not module.TUNES_BATCH:  # accepted, then silently ignored
+        raise InputError(f"--batch {options.batch} fixes a --static export's batch; a dynamic export (the default) "
+                         f"takes any batch: add --static, or leave --batch out")
     options = export_defaults(options, module.DEFAULT_DEVICE)
     reason = module.unavailable_reason()
     if reason:
