@@ -126,6 +126,15 @@ def test_tiling_settings_without_tile_are_refused_not_ignored(tmp_path: Path,
         assert main(["run", str(tmp_path), "--weights", "yolov5n.yaml", "--tile", "640", "--tile-scales", text]) == 2
 
 
+def test_an_image_that_fits_one_tile_gets_the_plain_pass(coco128_images: Path, yolov5n_pt: Path) -> None:
+    """A 500x381 photo at --tile 640 ran as one tile at its own size, never enlarged, and found 5 of the 7 boxes
+    plain predict finds (the full-frame pass is skipped for one tile): tiling must not find less there."""
+    image = str(coco128_images / "000000000049.jpg")
+    det = Detector(str(yolov5n_pt))
+    plain, tiled = det.predict(image)[0], det.predict(image, tile=640)[0]
+    assert len(plain) >= 5 and tiled == plain
+
+
 def test_cut_sides_only_at_inner_tile_borders() -> None:
     boxes = np.array([[500, 100, 640, 200], [0, 100, 50, 200], [520, 600, 700, 640], [100, 100, 200, 200]])
     rects = np.array([A, A, B, A])

@@ -108,6 +108,10 @@ def predict_tiled(routine: BatchRoutine, image: np.ndarray, tile: TileOptions, p
     """Detections for one (huge) image by sliced inference (:func:`collect_views`, then :func:`toolkit.tiling.merge`
     by ``tile.merge``)."""
     h, w = image.shape[:2]
+    if len(pyramid_grid(h, w, tile)) <= 1:  # it fits one tile: the plain pass (the tile alone is not enlarged, and
+        chw, info = routine.preprocess(image)  # found 5 of plain predict's 7 boxes on a 500x381 photo at --tile 640)
+        routine.times.add("read", 0.0, images=1)
+        return routine.postprocess(routine.infer(chw[None])[0], info, path)
     views = collect_views(routine, image, tile, pool, in_flight)
     t0 = time.perf_counter()
     xyxy, conf, cls = merge(views, tile, routine.nms.iou, routine.nms.max_det)
