@@ -328,6 +328,11 @@ class Backend(ABC):
             raise OutputError(f"{target}: is a folder, where the export writes a file; choose another path with -o, "
                               f"or move the folder")
 
+    def written_files(self, target: Path) -> list[Path]:
+        """The files an export to ``target`` (from :meth:`output_path`) writes: the artifact, and any file beside it
+        (an IR's weights). What is already there is checked before exporting over it."""
+        return [Path(target)]
+
     def output_path(self, path: Path) -> Path:
         """The export target: ``path`` with ``SUFFIXES[0]`` added when it has none of them (``-o m`` -> ``m.onnx``)."""
         path = Path(path)

@@ -443,3 +443,10 @@ def test_an_export_replaces_an_earlier_export_but_nothing_else(tmp_path: Path, c
     assert "replaced" not in capsys.readouterr().out
     assert main(["export", "yolov5n.yaml", "--to", "onnx", "-o", str(again), "--imgsz", "128"]) == 0
     assert f"replaced the earlier export at {again}" in capsys.readouterr().out
+    _need("openvino")  # an IR's .bin is written too: a file of that name was overwritten (review)
+    for target, bin_file in ((tmp_path / "ov1" / "mine.xml", tmp_path / "ov1" / "mine.bin"),
+                             (tmp_path / "data_openvino", tmp_path / "data_openvino" / "data.bin")):
+        bin_file.parent.mkdir()
+        bin_file.write_text("my notes")
+        assert main(["export", "yolov5n.yaml", "--to", "openvino", "-o", str(target), "--imgsz", "128"]) == 7
+        assert bin_file.read_text() == "my notes", target

@@ -54,6 +54,11 @@ class OpenVinoBackend(Backend):
         text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
         return text.startswith((b"<?xml", b"<net")) and b"<net " in text[:4096]
 
+    def written_files(self, target: Path) -> list[Path]:
+        """The IR's .xml and the .bin beside it."""
+        xml = output_paths(target)[1]
+        return [xml, xml.with_suffix(".bin")]
+
     def output_path(self, path: Path) -> Path:
         """Export targets: an ``.xml`` file as given, anything else is the folder that gets the IR."""
         return Path(path)

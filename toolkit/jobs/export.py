@@ -467,10 +467,11 @@ def _replaceable(module: Backend, target: Path) -> bool:
     """Whether an artifact is at ``target`` already, which the export replaces (a re-export); something there that
     is no artifact of this format with yolokit's metadata (a file of notes named mine.onnx, another tool's model) is
     refused before anything is written: it was overwritten without a word."""
-    if not (target.is_file() or (target.is_dir() and module.claims(target))):
+    there = [p for p in module.written_files(target) if os.path.lexists(p)]  # an IR's .bin too: it was overwritten
+    if not there and not (target.is_file() or (target.is_dir() and module.claims(target))):
         return False
     try:
-        module.read_meta(target)
+        module.read_meta(target)  # the artifact there, whose own files the others are
     except YolokitError:
         raise OutputError(f"{target}: something is there that is not a yolokit export ({module.DESCRIPTION} with "
                           f"yolokit's metadata), and the export would overwrite it; nothing was written: move it away "
