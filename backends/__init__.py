@@ -81,6 +81,8 @@ def check_backend(name: str, path: Path) -> None:
     another backend's artifact: it failed with that backend's words for a corrupt file ("truncated, corrupt or not
     ONNX", "the .bin beside it is missing") about a sound model."""
     found = content_backend(path)
+    if found is None and os.path.isdir(path):  # a folder: the backend that claims it (an IR's, by its .xml)
+        found = next((n for n, b in REGISTRY.items() if b.claims(path)), None)
     if found is not None and found != name:
         raise ModelFileError(f"{path}: is {REGISTRY[found].DESCRIPTION}, which the {name} backend does not run; "
                              f"leave --backend out (the file says what it is) or give --backend {found}")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from toolkit.errors import OutputError
+from toolkit.errors import InputError, OutputError
 from toolkit.jobs.bench import BenchOptions, bench, grid
 from toolkit.jobs.bench.report import COLUMNS
 
@@ -201,6 +201,12 @@ def test_a_bad_label_or_an_unsafe_checkpoint_is_found_before_the_grid_runs(tmp_p
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return (print, ("pwned",))
 
+    fake = tmp_path / "fake.pt"  # an ONNX model named .pt: refused as an export, not with --backend's words
+    onnx_head = b"\x08\x08\x12\x07pytorch" + bytes(64)
+    fake.write_bytes(onnx_head)
+    with pytest.raises(InputError, match="give the checkpoint"):
+        bench(BenchOptions(weights=str(fake), source=str(data / "images"), backends=["torch"], nms=False,
+                           precisions=["fp32"], modes=["seq"], images=1, repeat=1, out=str(tmp_path / "f")))
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"model": Evil()}))
     with pytest.raises(ModelFileError):

@@ -255,6 +255,13 @@ def test_an_artifact_under_another_kinds_suffix_is_known_by_its_content(tmp_path
                  "--name", "r2", "--nosave"]) == 3
     err = capsys.readouterr().err
     assert "is an ONNX model, which the openvino backend does not run" in err and "--backend onnx" in err
+    _need("openvino")  # a folder: the backend that claims it (it said "no such ONNX file" of an IR's folder)
+    ir = tmp_path / "m_openvino"
+    assert main(["export", "yolov5n.yaml", "--to", "openvino", "-o", str(ir), "--imgsz", "128"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(img), "--weights", str(ir), "--backend", "onnx", "--project", str(out), "--name", "r3",
+                 "--nosave"]) == 3
+    assert "is an OpenVINO IR" in capsys.readouterr().err
 
 
 def test_cli_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -195,13 +195,15 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     from toolkit.io.sources import list_sources
 
     say = progress or (lambda _msg: None)
+    import backends
     from toolkit.model.configs import is_builtin_config, resolve_model
 
     source = resolve_model(opts.weights)
-    if source.suffix not in (".pt", ".pth") and not is_builtin_config(source.name):  # an ONNX file ran as "torch"
+    found = backends.content_backend(source)  # an ONNX file ran as "torch"; one named .pt was refused as --backend's
+    if (source.suffix not in (".pt", ".pth") and not is_builtin_config(source.name)) or \
+            found not in (None, backends.checkpoint_backend()):
         raise InputError(f"--weights {opts.weights}: yolokit bench compares the artifacts it exports from a .pt "
                          f"checkpoint with the .pt itself; give the checkpoint (yolov5n.pt), not an export")
-    import backends
     from toolkit.engine.detector import Detector
 
     # the baseline, loaded once before the grid: an unsafe checkpoint or a device that is not there is one line
