@@ -269,6 +269,9 @@ def test_a_utf16_list_is_read_and_a_binary_one_refused_in_one_line(tmp_path: Pat
     (tmp_path / "le.txt").write_bytes("a.jpg\n".encode("utf-16-le"))  # UTF-16 without its mark
     with pytest.raises(InputError, match=r"le\.txt: not a text list \(it holds NUL bytes"):
         list_sources(tmp_path / "le.txt")
+    gopro = tmp_path / "gopro.txt"  # text whose bytes 0 and 188 are 'G', as MPEG-TS packets start: still a list
+    gopro.write_text("".join(f"GoPro/GOPR{i:04d}.JPG\n" for i in range(1, 13)))
+    assert len(list_sources(gopro).items) == 12  # read as a list, not refused as "a video"
     lst = tmp_path / "nul.txt"  # one NUL in one name: that entry fails, the others run
     lst.write_bytes(b"a.jpg\nb\x00c.jpg\n" + b"a.jpg\n" * 40)
     assert len(list_sources(lst).items) == 42

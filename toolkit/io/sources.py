@@ -440,7 +440,9 @@ def list_lines(data: bytes, encoding: str | None = None, name: str = "the list")
                              f"line") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    kind = sniff_media(data[:4096])
+    head = data[:4096]
+    binary = any(b < 32 and b not in b"\t\n\r\f\v" for b in head)  # a list of GOPR0001.JPG lines read as MPEG-TS
+    kind = sniff_media(head) if binary else None
     if kind in ("image", "video") or data.count(b"\0") * 10 > len(data):  # a NUL in one name: that entry fails
         what = f"it is {'an image' if kind == 'image' else 'a video'}" if kind else "it holds NUL bytes: binary data"
         raise InputError(f"{name}: not a text list ({what}); give a text file, one path a line, saved as UTF-8")
