@@ -479,6 +479,11 @@ def test_weights_list_says_where_each_checkpoint_is_found(yolov5n_pt: Path, caps
     assert main(["weights", "list"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("yolov5n.pt"))
     assert line.endswith(f"found: {yolov5n_pt}"), line
+    monkeypatch.chdir(tmp_path)  # a file of that name here is not what a run given the name takes (review)
+    (tmp_path / "yolov5s.pt").write_text("not a model")
+    assert main(["weights", "list"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("yolov5s.pt"))
+    assert "found" not in line, line
 
 
 def test_an_unknown_name_that_may_be_a_mistyped_export_folder_says_so(places: dict) -> None:

@@ -496,14 +496,14 @@ def _looks_like_path(text: str, manifest: Mapping[str, WeightsEntry]) -> bool:
 
 
 def found_locally(name: str) -> Path | None:
-    """Where the official checkpoint ``name`` is found here as a run finds it (the cache, then the shared folders;
-    checksum checked), without downloading; None when it is not."""
-    from toolkit.errors import YolokitError
-
-    try:
-        return resolve_weights(normalize_name(name), allow_download=False)
-    except YolokitError:
-        return None
+    """Where the official checkpoint ``name`` is found here as a run given the name finds it (the cache, then the
+    shared folders; checksum checked), without downloading; None when it is not. A file of that name in the current
+    folder is not looked at: a run given the name does not take it (review: it was listed as found, unchecked)."""
+    entry = get_entry(name)
+    for candidate in [default_cache_dir() / entry.name, *(r / "weights" / entry.name for r in _default_shared_dirs())]:
+        if candidate.is_file() and verify(candidate, entry):
+            return candidate
+    return None
 
 
 def resolve_weights(
