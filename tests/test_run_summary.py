@@ -92,6 +92,6 @@ def test_inputs_that_reached_max_det_are_told(tmp_path: Path, coco128_images: Pa
     assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--max-det", "1", "--project", str(out),
                  "--name", "r"]) == 0
     notes = json.loads((out / "r" / "summary.json").read_text())["notes"]
-    assert any(n.startswith("3 input(s) reached --max-det 1: only the 1 most confident") for n in notes), notes
+    assert any(n.startswith("3 input(s) have 1 box(es), the most --max-det keeps: any more") for n in notes), notes
     assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--project", str(out), "--name", "d"]) == 0
     assert not any("--max-det" in n for n in json.loads((out / "d" / "summary.json").read_text())["notes"])

@@ -514,9 +514,9 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
     max_det = summary.settings.get("max_det")
     capped = (full or Counter()).get(max_det, 0) if isinstance(max_det, int) else 0
     if capped:  # a huge or tiled image can hold more boxes than detect.py's 1000 per image: they went unsaid
-        summary.notes.append(f"{capped} input(s) reached --max-det {max_det}: only the {max_det} most confident "
-                             f"boxes of each were kept, the others above --conf dropped; raise --max-det to keep "
-                             f"them")
+        summary.notes.append(f"{capped} input(s) have {max_det} box(es), the most --max-det keeps: any more above "
+                             f"--conf were dropped; to keep them, raise --max-det (a model with NMS inside: re-export "
+                             f"it with a larger --max-det)")
 
 
 def format_summary(s: RunSummary) -> str:
