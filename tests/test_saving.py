@@ -226,6 +226,7 @@ def test_a_file_name_that_is_not_utf8_reaches_the_csv_as_its_bytes(tmp_path: Pat
     out = tmp_path / "out"
     assert main(["run", str(src), "--weights", str(yolov5n_pt), "--nosave", "--save-csv", "--save-json",
                  "--project", str(out), "--name", "r"]) == 0
-    rows = (out / "r" / "predictions.csv").read_bytes().splitlines()
-    assert len(rows) > 2 and all(b"caf\xe9.jpg" in row for row in rows[1:])
+    rows = (out / "r" / "predictions.csv").read_text(encoding="utf-8").splitlines()  # UTF-8 as a whole (review)
+    assert len(rows) > 2 and all("caf\\udce9.jpg" in row for row in rows[1:])  # escaped as in predictions.json
+    assert "caf\\udce9" in (out / "r" / "predictions.json").read_text(encoding="utf-8")
     assert json.loads((out / "r" / "summary.json").read_text())["images"] == 1

@@ -337,6 +337,7 @@ class Manifest:
             out.writerow(CSV_HEADER)
             for r in records:
                 out.writerows(r.get("rows") or ())
-            # a file name that is not UTF-8 (decoded with its odd bytes kept, as Python keeps them) goes back to
-            # those bytes: the row names the file as the file system does
-            self.store.put("predictions.csv", text.getvalue().encode("utf-8", "surrogateescape"))
+            # a file name that is not UTF-8 (its odd bytes kept as Python keeps them, \udce9 for 0xe9) is written
+            # escaped, as predictions.json writes it: the file stays UTF-8 that pandas and csv read (its raw bytes
+            # made the whole file unreadable as UTF-8; a UnicodeEncodeError before that)
+            self.store.put("predictions.csv", text.getvalue().encode("utf-8", "backslashreplace"))
