@@ -122,8 +122,11 @@ def test_tiling_settings_without_tile_are_refused_not_ignored(tmp_path: Path,
         RunOptions.of(overlap=0.5)
     assert RunOptions.of(overlap=0.2).tiling is None  # the default value says nothing
     assert RunOptions.of(tile=640, overlap=0.5).tiling is not None
-    for text in ("1,,0.5", "1,"):
+    for text in ("1,,0.5", "1,", "0.001"):  # one range in every message: [0.01, 1] (review)
         assert main(["run", str(tmp_path), "--weights", "yolov5n.yaml", "--tile", "640", "--tile-scales", text]) == 2
+        assert "in [0.01, 1]" in capsys.readouterr().err, text
+    assert main(["run", str(tmp_path), "--weights", "yolov5n.yaml", "--no-tile-refocus"]) == 2
+    assert capsys.readouterr().err.startswith("yolokit: --no-tile-refocus works with --tile only")  # as typed
 
 
 def test_an_image_that_fits_one_tile_gets_the_plain_pass(coco128_images: Path, yolov5n_pt: Path) -> None:

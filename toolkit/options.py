@@ -329,8 +329,10 @@ def _unswitched(values: dict[str, Any], table: dict[str, Entry], switch: Entry) 
     for key, value in values.items():
         entry = table[key]
         if key != switch.key and value is not None and plain(value) != plain(entry.option.default):
-            raise InputError(f"{entry.flag} works with {switch.flag} only, which is off; add {switch.flag} (e.g. "
-                             f"{switch.flag} 640) or leave {entry.flag} out")
+            pair = entry.option.decls[0].split("/") if entry.option.decls else []
+            flag = pair[1] if value is False and len(pair) == 2 else entry.flag  # --no-tile-refocus, as typed
+            raise InputError(f"{flag} works with {switch.flag} only, which is off; add {switch.flag} (e.g. "
+                             f"{switch.flag} 640) or leave {flag} out")
 
 
 def plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from toolkit.errors import InputError
 from toolkit.options import class_ids, parse_amount
+from toolkit.tiling import MIN_SCALE
 
 
 def parse_classes(text: str | None, flag: str = "--classes") -> tuple[int, ...] | None:
@@ -31,9 +32,9 @@ def parse_scales(text: str, flag: str = "--tile-scales") -> tuple[float, ...]:
     :class:`~toolkit.tiling.TileOptions` checks the range."""
     with contextlib.suppress(ValueError):
         scales = tuple(float(c) for c in text.replace(" ", "").split(","))
-        if scales and all(0 < s <= 1 for s in scales):
+        if scales and all(MIN_SCALE <= s <= 1 for s in scales):
             return scales
-    raise InputError(f"{flag} takes scales in (0, 1] like 1,0.5, got {text!r}")
+    raise InputError(f"{flag} takes scales in [{MIN_SCALE:g}, 1] like 1,0.5, got {text!r}")
 
 
 def parse_list(text: str | None, kind: type, flag: str) -> list[Any] | None:
