@@ -244,3 +244,25 @@ def test_tiles_arrays_and_sources_are_taken_as_each_call_documents_them(coco128_
         assert len(d.predict(str(tmp_path / "7"))) == len(d.predict(path))
         with pytest.raises(ImageReadError):
             d.predict(str(tmp_path / "none.jpg"))
+
+
+def test_numpy_numbers_and_a_gpu_index_as_an_int_are_taken(tmp_path: Path) -> None:
+    """imgsz=np.int64(320) failed with IndexError; device=0 (an int: a GPU index, as the docs say) was read as not
+    chosen and ran on the CPU without a word; device=False was taken for the CPU. Two Results that kept their images
+    raised ValueError when compared."""
+    from toolkit.engine.core import DetectorConfig
+    from toolkit.errors import InputError
+
+    assert DetectorConfig(imgsz=np.int64(320)).size == (320, 320)
+    assert DetectorConfig(device=0).device == "0" and DetectorConfig(device=np.int64(1)).device == "1"
+    for bad in (False, 1.5):
+        with pytest.raises(InputError, match="--device takes"):
+            DetectorConfig(device=bad)  # type: ignore[arg-type]
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.full((64, 96, 3), 90, np.uint8))
+    det = Detector("yolov5n.yaml", imgsz=128)
+    a, b = (next(iter(det.predict_iter([str(image)], keep_images=True))) for _ in range(2))
+    assert a == b and a.image is not None
+    b.image = b.image.copy()
+    b.image[0, 0, 0] += 1
+    assert a != b

@@ -350,3 +350,11 @@ def test_a_link_loop_or_a_dangling_link_named_as_an_image_says_what_it_is(tmp_pa
         assert [Path(r.path).name for r in got.items] == ["a.jpg"], source
         assert reasons["loop.jpg"].startswith("a symbolic link loop") and "point it at" in reasons["loop.jpg"]
         assert reasons["dang.jpg"].startswith("broken symbolic link") and "fix or remove" in reasons["dang.jpg"]
+
+
+def test_a_folder_named_with_a_trailing_slash_in_a_list_says_it_is_a_folder(tmp_path: Path) -> None:
+    """'sub/inner/' had the key '' and failed as "its key has a '..' part" (review)."""
+    _jpg(tmp_path / "a.jpg")
+    (tmp_path / "sub" / "inner").mkdir(parents=True)
+    got = list_sources([str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "inner") + "/"])
+    assert [why.split(":")[0] for _, why in got.failed] == ["a folder, named in a list"]

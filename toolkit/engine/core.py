@@ -149,6 +149,12 @@ class DetectorConfig:
                                                   for v in size):
                 raise InputError(f"--imgsz takes one size or (height, width) in pixels, got {self.imgsz!r}")
             object.__setattr__(self, "imgsz", int(size[0]) if len(size) == 1 else (int(size[0]), int(size[1])))
+        else:
+            object.__setattr__(self, "imgsz", int(self.imgsz))  # numpy's int64 was indexed as a pair: IndexError
+        if isinstance(self.device, (int, np.integer)) and not isinstance(self.device, bool):
+            object.__setattr__(self, "device", str(int(self.device)))  # device=0 read as "not chosen": the CPU
+        elif self.device is not None and not isinstance(self.device, str):
+            raise InputError(f"--device takes cpu, cuda, cuda:N, gpu or a GPU index, got {self.device!r}")
         object.__setattr__(self, "options", dict(self.options))
         check(self)
         ReadLimits(self.max_file_size, self.max_pixels)  # checked here, where the options enter
@@ -241,6 +247,18 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def __eq__(self, other: object) -> bool:
+        """The same input, outcome and kept image (the dataclass's own comparison asked numpy for the truth of the
+        image array and raised ValueError, as Detections' once did)."""
+        if not isinstance(other, Result):
+            return NotImplemented
+        a, b = self.image, other.image
+        same_image = a is b if a is None or b is None else np.array_equal(a, b)
+        return (self.ref == other.ref and self.detections == other.detections and self.error == other.error
+                and same_image and self.annotated == other.annotated and self.crops == other.crops)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
 
 @dataclass

@@ -116,7 +116,7 @@ def _key(path: str, root: str) -> str:
         top = root.rstrip("/") + "/"
         rel = path[len(top):] if root and path.startswith(top) else path.rstrip("/").rsplit("/", 1)[-1]
         return os.path.splitext(rel)[0] or "object"
-    rel = os.path.relpath(path, root) if root else os.path.basename(path)
+    rel = os.path.relpath(path, root) if root else os.path.basename(path.rstrip("/" + os.sep) or path)  # "inner/"
     if rel.startswith(".."):
         rel = os.path.basename(path)
     return os.path.splitext(rel)[0]
