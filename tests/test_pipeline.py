@@ -958,3 +958,22 @@ def test_a_worker_starts_with_ctrl_c_blocked_and_ends_quietly_when_its_parent_is
     finally:
         sig.signal(sig.SIGINT, before)
         cv2.setNumThreads(cv_threads)
+
+
+def test_process_mode_from_a_script_without_a_main_guard_is_one_error(exported: dict[str, Path],
+                                                                      coco128_images: Path, tmp_path: Path) -> None:
+    """Each spawned worker ran the unguarded script again and tried to start workers of its own: ten of
+    multiprocessing's tracebacks (675 lines) and 13 s before the one line that says why."""
+    if "onnx" not in exported:
+        pytest.skip("onnxruntime is not installed: pip install 'yolokit[onnx]'")
+    script = tmp_path / "noguard.py"
+    script.write_text("from toolkit import Detector\n"
+                      f"d = Detector({str(exported['onnx'])!r})\n"
+                      f"for r in d.predict_iter({str(coco128_images)!r}, mode='process', workers=2, batch=1):\n"
+                      "    pass\n")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    assert done.returncode != 0 and time.monotonic() - t0 < 120
+    assert "without `if __name__ == '__main__':`" in done.stderr
+    assert done.stderr.count("Traceback") == 1 and "bootstrapping phase" not in done.stderr, done.stderr[-3000:]

@@ -36,7 +36,7 @@ from toolkit.detections import Detections
 from toolkit.engine.core import BatchRoutine, DetectorConfig, Item, Result, expand, intra_op_threads, set_threads
 from toolkit.engine.plan import Plan
 from toolkit.engine.tiled import tiled_result
-from toolkit.errors import ModelFileError, YolokitError
+from toolkit.errors import InputError, ModelFileError, YolokitError
 from toolkit.host import keep_freed_memory
 from toolkit.io.files import ImageReadError, read_head
 from toolkit.io.imageheader import oriented_size
@@ -65,6 +65,12 @@ class TaskSpec:
     @property
     def keep_images(self) -> bool:
         return self.annotate or self.crops
+
+
+UNGUARDED_EXIT = 86  # a worker's exit code: its script runs process mode again at import (no __main__ guard)
+UNGUARDED = ("process mode started from a script without `if __name__ == '__main__':`: each worker process runs the "
+             "script again as it starts (Python's spawn start method), and would start workers of its own; put the "
+             "script's work under that guard, or use mode='thread'")
 
 
 def run_task(routine: BatchRoutine, items: list[Item], spec: TaskSpec) -> list[Lite]:
@@ -226,6 +232,11 @@ class ProcessPool:
 
     # ------------------------------------------------------------------------------------------- tasks
     def start_worker(self) -> None:
+        if getattr(mp.current_process(), "_inheriting", False):
+            # this is a worker starting up, running an unguarded script again as its main module (the spawn start
+            # method does): ten tracebacks of multiprocessing's and 13 s before one line. It ends at once and
+            # quietly, with a code its parent turns into that line.
+            os._exit(UNGUARDED_EXIT)
         tq = self.ctx.Queue()
         recv_end, send_end = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main, name=f"yolokit-worker-{self.next_wid}", daemon=True,
@@ -446,6 +457,8 @@ class ProcessPool:
                 continue
             w.proc.join(timeout=1)
             code = w.proc.exitcode
+            if code == UNGUARDED_EXIT:  # the script ran again in the worker and asked for workers of its own
+                raise InputError(UNGUARDED)
             del self.workers[w.wid]
             w.close_channels()
             for tid, entries in w.inflight.items():
