@@ -284,7 +284,7 @@ def test_only_a_process_that_ends_after_the_command_leaves_the_models_release_be
                                 "into many names); see 'yolokit run --help'"),
     (["run", "--source", "x"], "yolokit run: SOURCE is an argument, not an option (detect.py's --source): yolokit run "
                                "photos/; see 'yolokit run --help'"),
-    (["info"], "yolokit info: missing argument 'model'; see 'yolokit info --help'"),
+    (["info"], "yolokit info: missing argument 'MODEL'; see 'yolokit info --help'"),
     (["nope"], "yolokit: no such command 'nope'; see 'yolokit --help'"),
     (["run", "--imgsz"], "yolokit run: option '--imgsz' requires an argument; see 'yolokit run --help'"),  # no ctx
 ])

@@ -19,8 +19,8 @@ from toolkit.options import CONF, IMGSZ, IOU, MAX_DET, ascii_digits
 
 @app.command()
 def export(
-    weights: Annotated[str, typer.Argument(help="A .pt checkpoint, architecture yaml, model name (yolov5n) or "
-                                                "built-in config (yolov5s.yaml, random weights).")],
+    weights: Annotated[str, typer.Argument(metavar="WEIGHTS", help="A .pt checkpoint, architecture yaml, model name "
+                                                "(yolov5n) or built-in config (yolov5s.yaml, random weights).")],
     to: Annotated[str, typer.Option(help="Format: onnx, openvino or trt (TensorRT engine).")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="Artifact path (default: beside the "
                                                "weights: NAME.onnx, NAME_openvino/, NAME.engine); the format's "

@@ -59,7 +59,7 @@ def parameters(cls: type, omit: Collection[str] = (), changes: Mapping[str, Mapp
     for entry in entries(cls, omit, changes):
         opt = entry.option
         text = opt.help.replace("[", "\\[")  # rich markup would take 'yolokit[ray]' for a tag and drop it
-        info = (typer.Argument(help=text) if opt.argument
+        info = (typer.Argument(help=text, metavar=entry.key.upper()) if opt.argument
                 else typer.Option(*opt.decls, help=text, rich_help_panel=opt.panel or None, envvar=opt.env or None,
                                   show_envvar=bool(opt.env)))
         out.append(inspect.Parameter(entry.key, inspect.Parameter.KEYWORD_ONLY, default=cli_default(entry),

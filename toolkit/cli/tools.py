@@ -46,7 +46,8 @@ app.command()(command(val, ValOptions, [flag("json_out", "Print the metrics as J
 
 
 @app.command()
-def info(model: Annotated[str, typer.Argument(help="A .pt checkpoint, exported artifact or model name.")],
+def info(model: Annotated[str, typer.Argument(metavar="MODEL",
+                                              help="A .pt checkpoint, exported artifact or model name.")],
          json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Show a model's classes, stride, input size, batch, precision and how it was made (parameters and GFLOPs for a
     .pt checkpoint)."""
@@ -104,7 +105,7 @@ def weights_list() -> None:
 
 @weights_app.command("download")
 def weights_download(
-    names: Annotated[list[str], typer.Argument(help="Names like yolov5n yolov5s.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAMES...", help="Names like yolov5n yolov5s.")],
     cache_dir: Annotated[str | None, typer.Option(help="Where to put them (default: the cache).")] = None,
     url: Annotated[str | None, typer.Option(help="Download from this URL instead (one name only).")] = None,
     download_timeout: Annotated[float, typer.Option(help="Seconds one checkpoint's download may take in all, however "
