@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +188,21 @@ def test_ray_engine_checks_options_and_model_before_starting(tmp_path: Path, mon
     with pytest.raises(BackendUnavailableError, match=r"cannot reach Ray at 127\.0\.0\.1:9 .*nothing answers"):
         run(RunOptions.of(source=images, engine="ray", address="127.0.0.1:9", project=str(tmp_path)))
     assert time.monotonic() - t0 < 60
+    # an address that answers, but not as Ray (the dashboard's port given for the cluster's): ray.init waited for ever
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.1)
+        with pytest.raises(BackendUnavailableError, match="answers, but not as a Ray cluster does"):
+            run(RunOptions.of(source=images, engine="ray", address=f"127.0.0.1:{port}", project=str(tmp_path)))
+    finally:
+        web.kill()
+        web.wait()
 
 
 def test_videos_are_reported_not_dropped_by_the_ray_engine(tmp_path: Path) -> None:

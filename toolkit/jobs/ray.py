@@ -67,11 +67,35 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
     if not sep or not port.isdigit() or not host:
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise BackendUnavailableError(f"cannot reach Ray at {address} ({os_reason(e)}): nothing answers there; start "
                                       f"a cluster with 'ray start --head' on that machine, check the address, or drop "
                                       f"--address for a local one") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+            _speaks_grpc(conn, address, timeout)
+
+
+def _speaks_grpc(conn: Any, address: str, timeout: float) -> None:
+    """Refuse an address whose server is no gRPC server, as Ray's GCS and its client server are (an HTTP/2 server
+    answers a connection preface with a SETTINGS frame): the dashboard's port 8265 given for the cluster's 6379 left
+    ray.init waiting for ever."""
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        head = b""
+        while len(head) < 9:
+            got = conn.recv(9 - len(head))
+            if not got:
+                break
+            head += got
+    except OSError:
+        head = b""
+    if len(head) < 9 or head[3] != 4:  # the frame type of SETTINGS
+        raise BackendUnavailableError(f"{address} answers, but not as a Ray cluster does (Ray's GCS speaks gRPC): is "
+                                      f"it the dashboard's port (8265)? give the cluster's address (port 6379 by "
+                                      f"default, as 'ray start --head' prints it), or drop --address for a local one")
 
 class InferActor:
     """One Ray actor: loads the model once, then reads, detects and writes outputs batch by batch, through the same
