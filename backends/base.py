@@ -210,7 +210,8 @@ class Backend(ABC):
       is refused before loading (:meth:`check_precision`).
     * ``EXPORTS``: whether ``yolokit export --to NAME`` writes its artifacts, at ``EXPORT_PRECISIONS``;
       ``EXPORT_REQUIRES``: the modules exporting needs (the ``export`` extra's), checked by
-      :meth:`export_unavailable_reason`.
+      :meth:`export_unavailable_reason`; ``TUNES_BATCH``: whether a dynamic export is tuned for ``--batch`` (a
+      TensorRT profile's optimum; elsewhere ``--batch`` needs ``--static``).
     * ``PLANNING``: :class:`PlanningHints`, which :func:`toolkit.engine.plan.make_plan` reads instead of comparing
       names.
 
@@ -222,7 +223,8 @@ class Backend(ABC):
       ``--weights anything.bin`` works; default False): which backend loads a file (``backends.backend_for``).
     * :meth:`output_path` (``-o m`` gets ``SUFFIXES[0]``) and :meth:`default_name` (``yolov5n_fp16.onnx``): export
       targets; :meth:`check_target` refuses, before exporting, a target the artifact cannot be put in (default: a
-      folder where a file goes).
+      folder where a file goes); :meth:`written_files`: the files an export there writes (default: the target; an
+      IR's .bin too), checked before exporting over them.
     * :meth:`read_meta`: an artifact's :class:`ModelMeta`, without loading a runtime where possible;
       :meth:`describe`: extra facts for ``yolokit info`` (default none).
     * :meth:`check_precision`: refuses a ``--precision`` outside ``RUN_PRECISIONS`` in one line.

@@ -109,7 +109,8 @@ def test_unchosen_device_is_the_backends_default(tmp_path: Path, monkeypatch: py
 
     fake = SimpleNamespace(NAME="fake", DEFAULT_DEVICE="cuda", PRECISIONS={"cuda": ("fp16",)},
                            PLANNING=HINTS, unavailable_reason=lambda: None, load=load,
-                           check_precision=lambda *args: None)
+                           check_precision=lambda *args: None, sniff=lambda head: False,
+                           claims=lambda path: False)
     monkeypatch.setitem(backends.REGISTRY, "fake", fake)
     model = tmp_path / "m.bin"
     model.write_bytes(b"x")
