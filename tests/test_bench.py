@@ -213,3 +213,17 @@ def test_a_bad_label_or_an_unsafe_checkpoint_is_found_before_the_grid_runs(tmp_p
         bench(BenchOptions(weights=str(evil), source=str(data / "images"), backends=["torch"], nms=False,
                            precisions=["fp32"], modes=["seq"], images=1, repeat=1, out=str(tmp_path / "e")))
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_a_report_without_charts_says_why() -> None:
+    """Every configuration failed: the report said "No charts: they are drawn with matplotlib (pip install ...)"
+    with matplotlib installed (review)."""
+    from toolkit.jobs.bench.plots import available
+    from toolkit.jobs.bench.report import report
+
+    result = {"rows": [{"config": "torch fp32 seq", "error": "failed"}], "images": 3, "options": {"repeat": 1},
+              "machine": {"processor": "x", "cores": 2, "device": "cpu", "platform": "p", "versions": "v"},
+              "charts": []}
+    text = report(result)
+    assert ("No charts: no configuration ran." in text) is available(), text
+    assert "with 5 or fewer, it is the whole run's rate" in text

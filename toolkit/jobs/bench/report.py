@@ -154,7 +154,8 @@ def report(result: dict[str, Any]) -> str:
     if failed:
         lines += ["", "Failed configurations:", *[f"- {r['config']}: {r['error']}" for r in failed]]
     lines += ["", f"Baseline: {result['rows'][0]['config']}. img/s is whole-run throughput including start-up; "
-              "steady excludes the first 5 images; raw model is the runner alone on a letterboxed batch. Parity: "
+              "steady excludes the first 5 images (with 5 or fewer, it is the whole run's rate); raw model is the "
+              "runner alone on a letterboxed batch. Parity: "
               f"the share of the baseline's boxes found again at IoU >= {PARITY_IOU} with a confidence within "
               f"{PARITY_CONF} (bf16 moves boxes; FP32 exports keep them). Ceiling: the fastest this machine could "
               "run the model over these images, start-up + images x (decode + letterbox + model + NMS core-ms) / "
@@ -163,9 +164,10 @@ def report(result: dict[str, Any]) -> str:
     if drawn:
         lines += ["", "Charts: " + ", ".join(f"![{name}]({name})" for name in drawn)]
     elif drawn is not None:
-        from toolkit.jobs.bench.plots import CHARTS_HINT
+        from toolkit.jobs.bench.plots import CHARTS_HINT, available
 
-        lines += ["", f"No charts: they are drawn with matplotlib ({CHARTS_HINT})."]
+        lines += ["", "No charts: no configuration ran." if available()  # it blamed a missing matplotlib
+                  else f"No charts: they are drawn with matplotlib ({CHARTS_HINT})."]
     return "\n".join(lines) + "\n"
 
 
