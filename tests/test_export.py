@@ -432,6 +432,8 @@ def test_an_export_given_to_export_says_it_is_one(tmp_path: Path, capsys: Any) -
     (tmp_path / "empty").mkdir()
     assert main(["info", str(tmp_path / "empty")]) == 3
     assert "holds no model yolokit knows; give the model file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "empty"), "--to", "onnx", "-o", str(tmp_path / "e.onnx")]) == 2
+    assert "a folder; yolokit export starts from a .pt checkpoint" in capsys.readouterr().err  # not "an IR folder"
 
 
 def test_an_export_replaces_an_earlier_export_but_nothing_else(tmp_path: Path, capsys: Any) -> None:
