@@ -192,6 +192,14 @@ def test_a_closed_detector_says_so() -> None:
             call()
 
 
+def test_detections_take_boxes_of_four_numbers() -> None:
+    """np.zeros((4, 2)) was reshaped into two boxes without a word; one box as four numbers and no boxes stay fine."""
+    with pytest.raises(ValueError, match=r"\(N, 4\) boxes .*shape \(4, 2\)"):
+        Detections(np.zeros((4, 2)), [1, 1, 1, 1], [0, 0, 0, 0])
+    assert len(Detections(np.array([1, 2, 3, 4]), [0.5], [0])) == 1
+    assert len(Detections(np.zeros((0, 4)), [], [])) == 0 and len(Detections(np.zeros(0), [], [])) == 0
+
+
 def test_detections_compare_by_value() -> None:
     """Two Detections of one image compared with == raised numpy's "truth value of an array ... is ambiguous"
     (the dataclass compared the arrays as a tuple); empty ones raised too."""

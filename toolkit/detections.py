@@ -37,7 +37,10 @@ class Detections:
     shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+        given = np.asarray(self.xyxy, dtype=np.float32)
+        if given.size and not (given.shape[-1:] == (4,) and given.ndim <= 2):  # (4, 2) was reshaped into 2 boxes
+            raise ValueError(f"xyxy takes (N, 4) boxes (x1, y1, x2, y2), got an array of shape {given.shape}")
+        self.xyxy = given.reshape(-1, 4)
         self.confidence = np.asarray(self.confidence, dtype=np.float32).reshape(-1)
         self.class_id = np.asarray(self.class_id, dtype=np.int64).reshape(-1)
         n = len(self.xyxy)
