@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.engine.core import DetectorConfig, set_threads
+from toolkit.engine.core import DetectorConfig, in_order, set_threads
 from toolkit.errors import BackendUnavailableError, InputError, OutputError, YolokitError, first_line, last_line
 from toolkit.io.files import os_reason
 from toolkit.io.remote import is_url
@@ -246,20 +246,8 @@ class RayJob:
         """The items' outcomes in input order: the actors finish batches in any order, and the records (the
         manifest, predictions.json and .csv) are written as outcomes come, so they came in the order of completion
         where docs/guide/concurrency.md promises the local run's files."""
-        place = {ref.key: i for i, ref in enumerate(sources.items)}
-        held: dict[int, Outcome] = {}
-        next_out = 0
-        for oc in self._unordered(sources):
-            at = place.get(oc.key)
-            if at is None:
-                yield oc
-                continue
-            held[at] = oc
-            while next_out in held:
-                yield held.pop(next_out)
-                next_out += 1
-        for at in sorted(held):
-            yield held.pop(at)
+        place = {ref.key: i for i, ref in enumerate(sources.items)}  # every outcome is of one of the items
+        yield from in_order((place[oc.key], oc) for oc in self._unordered(sources))
 
     def _unordered(self, sources: SourceList) -> Iterator[Outcome]:
         items: list[InputRef] = []

@@ -499,10 +499,18 @@ def found_locally(name: str) -> Path | None:
     """Where the official checkpoint ``name`` is found here as a run given the name finds it (the cache, then the
     shared folders; checksum checked), without downloading; None when it is not. A file of that name in the current
     folder is not looked at: a run given the name does not take it (review: it was listed as found, unchecked)."""
-    entry = get_entry(name)
-    for candidate in [default_cache_dir() / entry.name, *(r / "weights" / entry.name for r in _default_shared_dirs())]:
-        if candidate.is_file() and verify(candidate, entry):
-            return candidate
+    return _verified_copy(get_entry(name), _default_shared_dirs(), warn=False)
+
+
+def _verified_copy(entry: WeightsEntry, shared_roots: list[Path], warn: bool = True) -> Path | None:
+    """The first copy of ``entry`` in the cache, then in ``shared_roots``' weights/ folders, that matches its
+    checksum; one that does not is passed over (and, with ``warn``, logged)."""
+    for candidate in [default_cache_dir() / entry.name, *(root / "weights" / entry.name for root in shared_roots)]:
+        if candidate.exists():
+            if verify(candidate, entry):
+                return candidate
+            if warn:
+                log.warning("%s does not match its manifest checksum; ignoring it", candidate)
     return None
 
 
@@ -566,19 +574,10 @@ def resolve_weights(
         entry = get_entry(DEFAULT_WEIGHTS, table)
 
     cache = default_cache_dir()
-    cached = cache / entry.name
-    if verify(cached, entry):
-        return cached
-    if cached.exists():
-        log.warning("%s does not match its manifest checksum; ignoring it", cached)
-
     shared_roots = [Path(shared_dir).expanduser()] if shared_dir is not None else _default_shared_dirs()
-    for root in shared_roots:
-        candidate = root / "weights" / entry.name
-        if candidate.exists():
-            if verify(candidate, entry):
-                return candidate
-            log.warning("%s does not match its manifest checksum; ignoring it", candidate)
+    found = _verified_copy(entry, shared_roots)
+    if found is not None:
+        return found
 
     if not allow_download:
         looked = ", ".join(str(r / "weights") for r in shared_roots)
