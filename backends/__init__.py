@@ -42,12 +42,9 @@ def require(name: str) -> Backend:
 def backend_for(path: Path) -> str:
     """The name of the backend that loads this file or folder: by its first bytes where they say what it is (a
     checkpoint named .onnx is still a checkpoint), else by its name (a folder holding an IR, an engine, a yaml)."""
-    found = content_backend(path)
+    found = content_backend(path) or _claimed(path)
     if found is not None:
         return found
-    for name, backend in REGISTRY.items():
-        if backend.claims(path):
-            return name
     from toolkit.io.files import ImageReadError, read_head
 
     if os.path.isdir(path):
@@ -76,13 +73,22 @@ def content_backend(path: Path) -> str | None:
     return next((name for name, backend in REGISTRY.items() if backend.sniff(head)), None)
 
 
+def _claimed(path: Path) -> str | None:
+    """The backend that claims ``path`` by its name (a suffix; a folder holding an IR), or None."""
+    return next((name for name, backend in REGISTRY.items() if backend.claims(path)), None)
+
+
+def artifact_backend(path: Path) -> str | None:
+    """Whose artifact ``path`` is, where it says so itself: a file by its first bytes, a folder by what it holds
+    (an IR's .xml); None otherwise."""
+    return _claimed(path) if os.path.isdir(path) else content_backend(path)
+
+
 def check_backend(name: str, path: Path) -> None:
     """Refuse (:class:`ModelFileError`) a backend asked for by name (``--backend``) for a file whose content is
     another backend's artifact: it failed with that backend's words for a corrupt file ("truncated, corrupt or not
     ONNX", "the .bin beside it is missing") about a sound model."""
-    found = content_backend(path)
-    if found is None and os.path.isdir(path):  # a folder: the backend that claims it (an IR's, by its .xml)
-        found = next((n for n, b in REGISTRY.items() if b.claims(path)), None)
+    found = artifact_backend(path)
     if found is not None and found != name:
         raise ModelFileError(f"{path}: is {REGISTRY[found].DESCRIPTION}, which the {name} backend does not run; "
                              f"leave --backend out (the file says what it is) or give --backend {found}")
@@ -98,5 +104,5 @@ def exporters() -> dict[str, Backend]:
     return {n: b for n, b in REGISTRY.items() if b.EXPORTS}
 
 
-__all__ = ["REGISTRY", "Backend", "ExportOptions", "LoadOptions", "Runner", "backend_for", "check_backend",
-           "checkpoint_backend", "content_backend", "exporters", "get_backend", "require"]
+__all__ = ["REGISTRY", "Backend", "ExportOptions", "LoadOptions", "Runner", "artifact_backend", "backend_for",
+           "check_backend", "checkpoint_backend", "content_backend", "exporters", "get_backend", "require"]

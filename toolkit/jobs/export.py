@@ -414,9 +414,9 @@ def export(weights: str | Path, to: str, out: Path | None = None, options: Expor
     if reason:
         raise BackendUnavailableError(reason)
     src_path = resolve_model(weights)
-    if src_path.is_dir() and not any(b.claims(src_path) for b in backends.REGISTRY.values()):
+    found = backends.artifact_backend(src_path)
+    if src_path.is_dir() and found is None:
         raise InputError(f"{src_path}: a folder; yolokit export starts from a .pt checkpoint: give its path")
-    found = backends.content_backend(src_path) or (backends.backend_for(src_path) if src_path.is_dir() else None)
     if found is not None and found != backends.checkpoint_backend():  # "is not a PyTorch checkpoint ... a pickle"
         raise InputError(f"{src_path}: is {backends.REGISTRY[found].DESCRIPTION}, an export already; yolokit export "
                          f"starts from the .pt checkpoint it came from: give that")
