@@ -150,15 +150,17 @@ def _kill_part_way(cmd: list[str], manifest: Path, at: int, total: int) -> int:
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_annotated_images_keep_their_format_and_the_records_name_them(mode: str, tmp_path: Path) -> None:
     """The records named every annotated image .jpg (Path(".png").suffix is ""), so a resume that removed a vanished
-    input's outputs left its .png behind, and process mode wrote PNG data into a file named .jpg."""
+    input's outputs left its .png behind, and process mode wrote PNG data into a file named .jpg. A suffix keeps its
+    spelling, as detect.py names its output (``IMG_0001.JPG`` was written as ``IMG_0001.jpg``)."""
     src = tmp_path / "src"
-    for i, name in enumerate(("a.png", "b.jpeg", "c.jpg", "d.tif", "e.bmp")):
+    for i, name in enumerate(("a.png", "b.jpeg", "c.jpg", "d.tif", "e.bmp", "F.JPG", "g.Png", "h.TIFF")):
         _img(src / name, 48, 64, seed=i)
     common = ["--weights", RANDOM, "--imgsz", "64", "--project", str(tmp_path), "--name", "r", "--mode", mode,
               "--workers", "2"]
     assert main(["run", str(src), *common]) == 0
     out = tmp_path / "r"
-    want = {"a.png": b"\x89PNG", "b.jpeg": b"\xff\xd8", "c.jpg": b"\xff\xd8", "d.jpg": b"\xff\xd8", "e.bmp": b"BM"}
+    want = {"a.png": b"\x89PNG", "b.jpeg": b"\xff\xd8", "c.jpg": b"\xff\xd8", "d.jpg": b"\xff\xd8", "e.bmp": b"BM",
+            "F.JPG": b"\xff\xd8", "g.Png": b"\x89PNG", "h.jpg": b"\xff\xd8"}
     assert {p.name for p in out.iterdir() if p.suffix not in (".jsonl", ".json", ".lock")} == set(want)
     for name, magic in want.items():
         assert (out / name).read_bytes().startswith(magic), name

@@ -155,8 +155,9 @@ def csv_rows(det: Detections, path: str, frame: int | None) -> list[list[Any]]:
 
 
 def image_suffix(path: Path) -> str:
-    """The suffix an annotated image is written with: the source's when OpenCV writes it, else ``.jpg``."""
-    return path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
+    """The suffix an annotated image is written with: the source's, as it is spelled (``IMG_0001.JPG`` keeps ``.JPG``,
+    as detect.py names it), when OpenCV writes that format, else ``.jpg``."""
+    return path.suffix if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
 
 
 def annotated_suffix(path: str, frame: int | None) -> str:
