@@ -156,7 +156,7 @@ def csv_rows(det: Detections, path: str, frame: int | None) -> list[list[Any]]:
 
 def image_suffix(path: Path) -> str:
     """The suffix an annotated image is written with: the source's, as it is spelled (``IMG_0001.JPG`` keeps ``.JPG``,
-    as detect.py names it), when OpenCV writes that format, else ``.jpg``."""
+    as detect.py names it) for JPEG, PNG, BMP and WebP, else ``.jpg`` (a TIFF or a camera's raw file)."""
     return path.suffix if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".jpg"
 
 
