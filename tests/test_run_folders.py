@@ -150,6 +150,55 @@ def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: 
             "chooses the default)") in capsys.readouterr().err
 
 
+def test_an_output_that_would_land_on_an_input_in_the_run_folder_is_refused(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--exist-ok`` into a subfolder of SOURCE that holds a photo named as another input's annotated image
+    (photos/a.jpg's goes to photos/sub/a.jpg, itself a photo) overwrote that photo with exit 0. Refused in one line
+    before anything is written, as is an input in the run folder's crops folder; a run folder whose photos no
+    output names runs."""
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "ph" / "a.jpg", seed=1)
+    _img(tmp_path / "ph" / "sub" / "a.jpg", seed=2)
+    _img(tmp_path / "ph" / "v" / "clip.jpg", seed=3)
+    before = {p: p.read_bytes() for p in (tmp_path / "ph").rglob("*.jpg")}
+    for name, why in (("sub", "ph/sub/a.jpg, where the annotated image of ph/a.jpg goes"),
+                      ("v", None)):
+        capsys.readouterr()
+        rc = main(["run", "ph", *COMMON, "--project", "ph", "--name", name, "--exist-ok"])
+        err = capsys.readouterr().err.strip()
+        if why is None:
+            assert rc == 0, err
+            continue
+        assert rc == 2 and why in err and "give another --name or --project" in err and "\n" not in err, err
+        assert {p: p.read_bytes() for p in (tmp_path / "ph").rglob("*.jpg") if p in before} == before
+    _img(tmp_path / "q" / "b.jpg", seed=4)
+    _img(tmp_path / "q" / "r" / "crops" / "person" / "x.jpg", seed=5)
+    assert main(["run", "q", *COMMON, "--project", "q", "--name", "r", "--exist-ok"]) == 2
+    assert "holds SOURCE's input q/r/crops/person/x.jpg in its crops folder" in capsys.readouterr().err
+
+
+def test_run_folders_inside_source_have_their_outputs_set_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``--project photos/runs`` (the documented layout) run twice: the second run read the first's annotated images
+    and crops as photos (13 inputs for 2), and more each time. Every run folder below a SOURCE folder or a glob's
+    fixed part has the outputs its records list set aside, with a note; a user's photo put in it is still read."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        _img(tmp_path / "pin" / f"{i}.jpg", seed=i)
+    for n, source in enumerate(("pin", "pin", "pin/**/*.jpg", "pin")):
+        capsys.readouterr()
+        assert main(["run", source, *COMMON, "--project", "pin/runs", "--save-crop"]) == 0, source
+        out = capsys.readouterr().out
+        assert "2/2 images processed" in out, (source, out)
+        assert ("records as outputs were not read as inputs" in out) == (n > 0), out
+    _img(tmp_path / "pin" / "runs" / "exp" / "mine.jpg", seed=9)  # not an output: an input like any
+    assert main(["run", "pin", *COMMON, "--project", "pin/runs", "--nosave"]) == 0
+    assert "3/3 images processed" in capsys.readouterr().out
+    assert main(["run", "pin/runs/exp", *COMMON, "--project", "other"]) == 0  # a run folder as SOURCE: its files
+    assert len(_manifest_keys(tmp_path / "other" / "exp")) > 2
+
+
 def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``--exist-ok`` into SOURCE's own folder wrote each annotated image over its input (the photos lost), and a
@@ -186,7 +235,7 @@ def test_a_run_folder_is_never_read_as_inputs_nor_written_over_them(tmp_path: Pa
         for _ in range(2):
             assert main(["run", "proj", *COMMON, "--save-crop", "--project", project, "--name", "e", "--resume"]) == 0
             out = capsys.readouterr().out
-            assert "2/2 images processed" in out and "records as its outputs were not read as inputs" in out, out
+            assert "2/2 images processed" in out and "records as outputs were not read as inputs" in out, out
         assert sorted(_manifest_keys(tmp_path / project / "e")) == ["0", "1"]
         assert _outputs(tmp_path / project / "e") == first  # no outputs of outputs
     (tmp_path / "proj" / "links").unlink()

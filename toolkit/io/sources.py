@@ -95,6 +95,9 @@ class SourceList:
     # each input's place in the listing, by key (items and failures alike): results come back in it
     # (:func:`in_listing_order`); a key without one comes first
     order: dict[str, float] = field(default_factory=dict)
+    # folders below a walked SOURCE (a folder, a glob) that hold a yolokit run's records (:func:`holds_run`): the
+    # outputs those records list are a run's, not photos, and a run sets them aside
+    run_folders: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -127,6 +130,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     or a ``.txt`` file listing one path per line. A missing SOURCE raises :class:`InputError`; missing
     or unusable entries inside a folder or list are returned as failures, not raised."""
     failed: list[tuple[InputRef, str]] = []
+    runs: list[str] = []  # run folders found below a folder or a glob's fixed part
     if isinstance(source, list):  # each entry as a list file's: a video's frames, a folder or a list refused, ...
         return _from_files([local_path(str(p)) for p in source], "", failed)
     text = local_path(os.fspath(source))
@@ -156,16 +160,20 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if _magic(text) and not os.path.lexists(text):
         # every match that is not a folder: a named pipe or a device is listed and refused by the reader, not
         # silently dropped; keys are below the pattern's fixed part
-        root, files = _glob(text, failed)
+        root, files = _glob(text, failed, runs)
         if not files and not failed:
             raise InputError(f"{text}: the pattern matches no files")
-        return _from_files(files, root or os.curdir, failed)  # keys below the current folder: x/a, y/a
+        found = _from_files(files, root or os.curdir, failed)  # keys below the current folder: x/a, y/a
+        found.run_folders = runs
+        return found
     problem = _stat_problem(text)
     if problem is not None:
         raise InputError(f"{text}: {problem}")
     if os.path.isdir(text):
         files, hidden = [], 0
         for dirpath, dirnames, filenames in _walk(text, text, failed):
+            if dirpath != text and holds_run(filenames):
+                runs.append(dirpath)
             hidden += sum(d.startswith(".") for d in dirnames)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for f in filenames:
@@ -182,6 +190,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
             raise InputError(f"{text}: the folder has no images or videos (looked for "
                              f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}{skipped})")
         found = _from_files(files, text, failed)
+        found.run_folders = runs
         if hidden:
             found.notes.append(HIDDEN_NOTE.format(hidden))
         return found
@@ -205,6 +214,16 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
     if os.path.islink(text):
         raise InputError(f"{text}: {_link_problem(text)}")
     raise InputError(f"{text}: no such file or folder (give an image, a video, a folder, a glob or a .txt list)")
+
+
+# the records every yolokit run folder holds (toolkit.jobs.manifest writes them)
+RUN_RECORDS = ("run.json", "manifest.jsonl")
+
+
+def holds_run(filenames: Iterable[str]) -> bool:
+    """Whether a folder whose files are ``filenames`` is a yolokit run folder (it holds a run's records)."""
+    names = set(filenames)
+    return all(name in names for name in RUN_RECORDS)
 
 
 # a folder SOURCE's hidden entries (names starting with '.': macOS's ._photo.jpg companions, .thumbnails/) are not
@@ -275,7 +294,7 @@ def _walk(top: str, source: str, failed: list[tuple[InputRef, str]], once: bool 
         yield dirpath, dirnames, sorted(filenames)
 
 
-def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> tuple[str, list[str]]:
+def _glob(pattern: str, failed: list[tuple[InputRef, str]], runs: list[str] | None = None) -> tuple[str, list[str]]:
     """The pattern's fixed part (the folders before its first wildcard; "" for none), and the paths that glob's
     recursive form matches with ``pattern`` (``**``: any folders; a name starting with '.' only where the pattern's
     part starts with '.'), but folders apart, found by walking from its fixed part as a folder SOURCE is walked
@@ -294,6 +313,8 @@ def _glob(pattern: str, failed: list[tuple[InputRef, str]]) -> tuple[str, list[s
     out = []
     for dirpath, dirnames, filenames in _walk(top, pattern, failed, once=False):
         rel = [] if dirpath == top else os.path.relpath(dirpath, top).split(os.sep)
+        if runs is not None and rel and holds_run(filenames):  # ``runs``: the run folders below the fixed part
+            runs.append(dirpath)
         # only folders a match can be in: no hidden one under **, no sibling the pattern does not name, and so no
         # failure for a folder the pattern never reaches
         dirnames[:] = [d for d in dirnames if _fits([*rel, d], rest, whole=False)]

@@ -305,48 +305,74 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
 
 
 def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
-    """Keep a run's inputs apart from its own run folder (an existing local one: ``--exist-ok`` or ``--resume``).
-    Where an output would land on an input (the run folder is SOURCE's folder, or a listed file's, or such a folder
-    is the run folder's ``crops/<class>``), the run is refused before anything is written: each annotated image
-    would overwrite its photo. Files the run folder's records list as its outputs (a run folder inside a SOURCE
-    folder) are set aside, with a note: a resume read them as inputs, and wrote outputs of outputs deeper each
-    time. Other files are inputs like any."""
-    if not (folder.resume or folder.exist_ok) or is_store_url(folder.project):
-        return
-    run_dir = os.path.join(local_path(folder.project), folder.name)
+    """Keep a run's inputs apart from run folders' outputs, and its outputs off its inputs.
+
+    Files that a run folder's records list as its outputs (annotated images and videos, crops) are set aside, with a
+    note: those of every run folder found below a SOURCE folder or a glob's fixed part (``--project photos/runs``:
+    the second run read the first's outputs as photos, 13 inputs for 2, and more each time), and those of this run's
+    own folder when it exists already (``--exist-ok``, ``--resume``), however it is reached. Other files are inputs
+    like any. Where an output of this run would then land on an input (the run folder is SOURCE's folder, or a listed
+    file's, or holds an input named as another input's annotated image, or holds inputs in its ``crops/``), the run is
+    refused before anything is written: the annotated image would overwrite the photo."""
+    own = ""
+    if (folder.resume or folder.exist_ok) and not is_store_url(folder.project):
+        own = os.path.join(local_path(folder.project), folder.name)
+        own = own if os.path.isdir(own) else ""
     refs = [r for r in [*sources.items, *(r for r, _ in sources.failed)] if "://" not in r.path]
-    if not refs or not os.path.isdir(run_dir):
+    if not refs or not (own or sources.run_folders):
         return
-    real, seen = os.path.realpath(run_dir), {}
+    seen: dict[str, str] = {}
 
     def resolved(folder_path: str) -> str:  # one realpath per folder, not per file
         if folder_path not in seen:
             seen[folder_path] = os.path.realpath(folder_path or ".")
         return seen[folder_path]
 
-    outputs = _recorded_outputs(run_dir, real)
+    def real(path: str) -> str:
+        return os.path.join(resolved(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
 
-    def output(path: str) -> bool:
-        return os.path.join(resolved(os.path.dirname(os.path.abspath(path))), os.path.basename(path)) in outputs
-
+    runs = list(dict.fromkeys([*sources.run_folders, *([own] if own else [])]))
+    outputs: set[str] = set()
+    for run_dir in runs:
+        outputs |= _recorded_outputs(run_dir, os.path.realpath(run_dir))
     if outputs:
         before = len(sources.items) + len(sources.failed)
-        sources.items = [r for r in sources.items if "://" in r.path or not output(r.path)]
-        sources.failed = [(r, why) for r, why in sources.failed if "://" in r.path or not output(r.path)]
+        sources.items = [r for r in sources.items if "://" in r.path or real(r.path) not in outputs]
+        sources.failed = [(r, why) for r, why in sources.failed if "://" in r.path or real(r.path) not in outputs]
         dropped = before - len(sources.items) - len(sources.failed)
         if dropped:
-            sources.notes.append(f"{dropped} file(s) that the run folder {run_dir} records as its outputs were not "
-                                 f"read as inputs")
-        refs = [r for r in refs if not output(r.path)]
-    crops = os.path.join(real, "crops")
+            named = f"the run folder {runs[0]}" if len(runs) == 1 else f"{len(runs)} run folders ({runs[0]}, ...)"
+            sources.notes.append(f"{dropped} file(s) that {named} records as outputs were not read as inputs (give "
+                                 f"a run folder itself as SOURCE to read its files)")
+        refs = [r for r in refs if real(r.path) not in outputs]
+    if not own:
+        return
+    run_real = os.path.realpath(own)
+    crops = os.path.join(run_real, "crops")
     root = sources.root if "://" not in sources.root else ""
     folders = {root} if root else {os.path.dirname(r.path) for r in refs}  # keys below SOURCE, else file names
     for f in sorted(folders):
         where = resolved(f)
-        if where == real or os.path.dirname(where) == crops:
+        if where == run_real or os.path.dirname(where) == crops:
             first = next((r.path for r in refs if root or os.path.dirname(r.path) == f), f)
-            raise InputError(f"{run_dir}: the run folder holds SOURCE's inputs ({first}), where its outputs go: "
+            raise InputError(f"{own}: the run folder holds SOURCE's inputs ({first}), where its outputs go: "
                              f"each annotated image would overwrite its photo; give another --name or --project")
+    inside = {}  # an input in the run folder: its name there -> its path
+    for r in refs:
+        path = real(r.path)
+        if path.startswith(run_real + os.sep):
+            inside[os.path.relpath(path, run_real)] = r.path
+    cropped = next((p for n, p in inside.items() if n.split(os.sep, 1)[0] == "crops"), None)
+    if cropped is not None:
+        raise InputError(f"{own}: the run folder holds SOURCE's input {cropped} in its crops folder, where crops "
+                         f"are written over; give another --name or --project")
+    for r in sources.items if inside else ():
+        name = f"{r.key}.mp4" if r.frame == -1 else f"{r.key}{annotated_suffix(r.path, r.frame)}"
+        hit = inside.get(os.path.normpath(name))
+        if hit is not None:
+            raise InputError(f"{own}: the run folder holds SOURCE's input {hit}, where the annotated "
+                             f"{'video' if r.frame == -1 else 'image'} of {r.path} goes: it would be written over; "
+                             f"give another --name or --project")
 
 
 def _recorded_outputs(run_dir: str, real: str) -> set[str]:
