@@ -566,3 +566,22 @@ def test_ray_options_without_the_ray_engine_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--address applies to --engine ray only; add --engine ray, or drop it"):
         run(RunOptions.of(source=str(tmp_path), weights="yolov5n.yaml", address="auto", project=str(tmp_path / "p")))
     assert not (tmp_path / "p").exists()
+
+
+def test_coco_image_ids_never_name_two_files(tmp_path: Path) -> None:
+    """predictions.json gave day1/0001.jpg, day2/0001.jpg and 1.jpg the same image_id 1 (val.py's number of a
+    stem): their boxes could not be told apart. A number that names two files becomes each one's key; a number that
+    names one file stays a number; one file listed twice keeps its number."""
+    _img(tmp_path / "ids" / "day1" / "0001.jpg", seed=1)
+    _img(tmp_path / "ids" / "day2" / "0001.jpg", seed=2)
+    _img(tmp_path / "ids" / "1.jpg", seed=3)
+    _img(tmp_path / "ids" / "000000000009.jpg", seed=4)
+    assert main(["run", str(tmp_path / "ids"), *COMMON, "--project", str(tmp_path), "--name", "r", "--nosave",
+                 "--save-json"]) == 0
+    preds = json.loads((tmp_path / "r" / "predictions.json").read_text())
+    assert {p["image_id"] for p in preds} == {"1", "day1/0001", "day2/0001", 9}
+    (tmp_path / "twice.txt").write_text("ids/000000000009.jpg\nids/000000000009.jpg\n")
+    assert main(["run", str(tmp_path / "twice.txt"), *COMMON, "--project", str(tmp_path), "--name", "t", "--nosave",
+                 "--save-json"]) == 0
+    preds = json.loads((tmp_path / "t" / "predictions.json").read_text())
+    assert len(preds) == 8 and {p["image_id"] for p in preds} == {9}

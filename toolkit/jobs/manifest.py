@@ -131,6 +131,21 @@ def output_names(record: dict[str, Any]) -> list[str]:
     return [str(n) for n in [*(record.get("files") or ()), *(f"crops/{c}" for c in record.get("crops") or ())]]
 
 
+def _distinct_ids(preds: list[dict[str, Any]], manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The COCO results of ``preds`` (predictions.jsonl's rows), with an image id that numbers more than one file
+    (``day1/0001.jpg`` and ``day2/0001.jpg``, or ``1.jpg`` and ``0001.jpg``: both 1, as val.py numbers a stem) given
+    as each input's key instead, so that no two images share an id; a file listed twice keeps its number."""
+    paths = {m.get("key"): m.get("src") or m.get("path") for m in manifest}
+    files: dict[int, set[Any]] = {}
+    for r in preds:
+        for p in r.get("results") or ():
+            if isinstance(p.get("image_id"), int):
+                files.setdefault(p["image_id"], set()).add(paths.get(r.get("key"), r.get("key")))
+    shared = {i for i, named in files.items() if len(named) > 1}
+    return [{**p, "image_id": r.get("key")} if p.get("image_id") in shared and isinstance(p.get("image_id"), int)
+            else p for r in preds for p in r.get("results") or ()]
+
+
 def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
@@ -330,7 +345,7 @@ class Manifest:
         killed and resumed run has every box once."""
         records = self.preds.rows()
         if coco:
-            self.store.put("predictions.json", json_bytes([p for r in records for p in r.get("results") or ()]))
+            self.store.put("predictions.json", json_bytes(_distinct_ids(records, self.manifest.rows())))
         if rows:
             text = io.StringIO()
             out = csv.writer(text, lineterminator="\n")
