@@ -200,6 +200,68 @@ def test_a_broken_dataset_yaml_is_one_line_naming_the_file(tmp_path: Path, capsy
     assert [p.name for p in found] == ["a.jpg", "b.jpg"] and all(p.is_file() for p in found)
     assert names == {0: "птица", 1: "鸟"}
 
+def test_dataset_forms_are_read_as_val_py_reads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A yaml without ``path:`` given by a relative path was looked for below its folder twice (h2/h2/...); a
+    relative ``path:`` is found below the yaml's folder, else below the current folder (val.py's YOLOv5 folder:
+    ``data/coco128.yaml`` with ``path: ../datasets/coco128``), and a ``../`` split without that part (val.py's
+    fallback); a list of any suffix is a list, broken at any line break, images only; links to folders followed and
+    hidden files left out (glob's ``**/*.*``); an image listed twice counted once."""
+    from toolkit.jobs.valdata import dataset_images
+
+    def img(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.zeros((16, 16, 3), np.uint8))
+
+    for stem in ("a", "b"):
+        img(tmp_path / "ds" / "images" / "val" / f"{stem}.jpg")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "nopath.yaml").write_text("val: images/val\nnc: 80\n")
+    found, _ = dataset_images("ds/nopath.yaml")
+    assert [p.name for p in found] == ["a.jpg", "b.jpg"] and all(p.is_file() for p in found)
+    (tmp_path / "yolov5" / "data").mkdir(parents=True)
+    (tmp_path / "yolov5" / "data" / "c.yaml").write_text("path: ../ds\nval: images/val\nnc: 80\n")
+    monkeypatch.chdir(tmp_path / "yolov5")
+    assert len(dataset_images("data/c.yaml")[0]) == 2  # ../ds from the current folder, as val.py from yolov5/
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "rf.yaml").write_text("val: ../images/val\nnc: 80\n")  # Roboflow's export
+    assert len(dataset_images("ds/rf.yaml")[0]) == 2
+    (tmp_path / "ds" / "val.list").write_bytes(b"./images/val/a.jpg\r./images/val/b.jpg\r./images/val/a.jpg\r"
+                                               b"./clip.mp4\r")
+    (tmp_path / "ds" / "l.yaml").write_text("path: .\nval: val.list\nnc: 80\n")
+    assert [p.name for p in dataset_images("ds/l.yaml")[0]] == ["a.jpg", "b.jpg"]
+    (tmp_path / "ds" / "twice.yaml").write_text("path: .\nval: [images/val, images/val]\nnc: 80\n")
+    assert len(dataset_images("ds/twice.yaml")[0]) == 2
+    img(tmp_path / "other" / "c.jpg")
+    (tmp_path / "ds" / "images" / "val" / "more").symlink_to(tmp_path / "other")
+    (tmp_path / "ds" / "images" / "val" / "loop").symlink_to(tmp_path / "ds" / "images")
+    img(tmp_path / "ds" / "images" / "val" / "._a.jpg")
+    img(tmp_path / "ds" / "images" / "val" / ".ipynb_checkpoints" / "a.jpg")
+    assert [p.name for p in dataset_images("ds")[0]] == ["a.jpg", "b.jpg", "c.jpg"]
+    (tmp_path / "ds" / "dl.yaml").write_text("path: nowhere\nval: images/val\ndownload: https://x/y.zip\n")
+    with pytest.raises(InputError, match="split is not there .a 'download:' key is not run"):
+        dataset_images("ds/dl.yaml")
+
+
+def test_images_val_py_leaves_out_are_listed_not_scored(small: Path, yolov5n_pt: Path) -> None:
+    """An 8x8 image and a GIF named .jpg (OpenCV reads both) were scored; val.py leaves them out (image size under
+    10 pixels, a format outside its IMG_FORMATS). Label files with carriage returns alone are read."""
+    from PIL import Image
+
+    cv2.imwrite(str(small / "images" / "tiny.png"), np.full((8, 8, 3), 127, np.uint8))
+    (small / "labels" / "tiny.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    first = sorted((small / "images").glob("*.jpg"))[0]
+    Image.open(first).save(small / "images" / "gif.jpg", format="GIF")
+    shutil.copy(small / "labels" / f"{first.stem}.txt", small / "labels" / "gif.txt")
+    lines = (small / "labels" / f"{first.stem}.txt").read_text().split()
+    (small / "labels" / f"{first.stem}.txt").write_text("\r".join(" ".join(lines[i:i + 5])
+                                                                  for i in range(0, len(lines), 5)))
+    m = validate(ValOptions(weights=str(yolov5n_pt), data=str(small)))
+    reasons = {Path(f["path"]).name: f["reason"] for f in m["failed"]}
+    assert set(reasons) == {"tiny.png", "gif.jpg"}, reasons
+    assert "under 10 pixels" in reasons["tiny.png"] and "a GIF image named .jpg" in reasons["gif.jpg"]
+    assert m["images"] == 6
+
+
 # -- the pure steps, against val.py's facts ----------------------------------------------------------------------
 
 

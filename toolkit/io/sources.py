@@ -171,7 +171,7 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         raise InputError(f"{text}: {problem}")
     if os.path.isdir(text):
         files, hidden = [], 0
-        for dirpath, dirnames, filenames in _walk(text, text, failed):
+        for dirpath, dirnames, filenames in walk_tree(text, text, failed):
             if dirpath != text and holds_run(filenames):
                 runs.append(dirpath)
             hidden += sum(d.startswith(".") for d in dirnames)
@@ -261,7 +261,7 @@ def _link_problem(path: str) -> str:
     return "broken symbolic link (what it points to is gone); fix or remove the link"
 
 
-def _walk(top: str, source: str, failed: list[tuple[InputRef, str]], once: bool = True
+def walk_tree(top: str, source: str, failed: list[tuple[InputRef, str]], once: bool = True
           ) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` of ``top`` following links to folders, sorted, each folder once (by device and inode: a link
     back up, or two links to one folder, is walked once; with ``once`` False only a link back up is cut, so that
@@ -298,7 +298,7 @@ def _glob(pattern: str, failed: list[tuple[InputRef, str]], runs: list[str] | No
     """The pattern's fixed part (the folders before its first wildcard; "" for none), and the paths that glob's
     recursive form matches with ``pattern`` (``**``: any folders; a name starting with '.' only where the pattern's
     part starts with '.'), but folders apart, found by walking from its fixed part as a folder SOURCE is walked
-    (:func:`_walk`): glob followed a link loop until the path grew too long, listing an image once per turn (or for
+    (:func:`walk_tree`): glob followed a link loop until the path grew too long, listing an image once per turn (or for
     minutes), and skipped a folder it could not list without a word."""
     parts = pattern.split(os.sep)
     fixed = next(i for i, part in enumerate(parts) if _magic(part))
@@ -311,7 +311,7 @@ def _glob(pattern: str, failed: list[tuple[InputRef, str]], runs: list[str] | No
     if not os.path.isdir(top):
         return base, []
     out = []
-    for dirpath, dirnames, filenames in _walk(top, pattern, failed, once=False):
+    for dirpath, dirnames, filenames in walk_tree(top, pattern, failed, once=False):
         rel = [] if dirpath == top else os.path.relpath(dirpath, top).split(os.sep)
         if runs is not None and rel and holds_run(filenames):  # ``runs``: the run folders below the fixed part
             runs.append(dirpath)
@@ -445,14 +445,15 @@ CUT_SHORT_VIDEO = ("cannot open the video: the file ends before its declared end
 LIST_LIMIT = 64 << 20  # bytes a .txt list in a store may have
 
 
-def list_lines(data: bytes, encoding: str | None = None, name: str = "the list") -> list[str]:
+def list_lines(data: bytes, encoding: str | None = None, name: str = "the list", any_break: bool = False) -> list[str]:
     """The lines of a list file (``.txt``, ``.streams``), stripped of spaces, tabs and a Windows line end: decoded
     as this system decodes file names (``encoding=None``: UTF-8 on Linux and macOS, any other byte kept as it is, so
     every name the list holds is found again), or in ``encoding`` (object keys: UTF-8) with bad bytes replaced. A
     UTF-8 byte-order mark, which Windows editors write first, is dropped; a UTF-16 one (Notepad's "Unicode") decodes
     the list as UTF-16. Only a line feed ends a line: the other characters ``str.splitlines`` breaks at (form feed,
     U+2028, ...) can be part of a file's name. An image or video, or data of which NUL bytes make a tenth, is not a
-    text list: an :class:`InputError` naming ``name``."""
+    text list: an :class:`InputError` naming ``name``. ``any_break``: every line break ``str.splitlines`` knows
+    ends a line (a carriage return alone too), as val.py reads label files and a dataset's image lists."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             data = os.fsencode(data.decode("utf-16"))
@@ -468,7 +469,7 @@ def list_lines(data: bytes, encoding: str | None = None, name: str = "the list")
         what = f"it is {'an image' if kind == 'image' else 'a video'}" if kind else "it holds NUL bytes: binary data"
         raise InputError(f"{name}: not a text list ({what}); give a text file, one path a line, saved as UTF-8")
     text = os.fsdecode(data) if encoding is None else data.decode(encoding, errors="replace")
-    return [ln.strip(" \t\r") for ln in text.split("\n")]
+    return [ln.strip(" \t\r") for ln in (text.splitlines() if any_break else text.split("\n"))]
 
 
 def _from_store(url: str) -> SourceList:

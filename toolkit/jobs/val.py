@@ -33,6 +33,7 @@ from toolkit.jobs.valdata import (
     Sample,
     dataset_images,
     label_path,
+    left_out,
     load_labels,
     load_resized,
     native_labels,
@@ -172,6 +173,10 @@ def _coco_protocol(det: Detector, images: list[Path], opts: ValOptions) -> tuple
         if res.detections is None or res.detections.shape is None:
             failed.append({"path": res.ref.path, "reason": res.error or ""})
             continue
+        why = left_out(res.ref.path, res.detections.shape)
+        if why is not None:
+            failed.append({"path": res.ref.path, "reason": why})
+            continue
         try:
             cls, xyxy = load_labels(Path(res.ref.path), res.detections.shape)
         except InputError as e:
@@ -235,6 +240,9 @@ def _first_pass(det: Detector, images: list[Path], size: int, pool: ThreadPoolEx
         if isinstance(got, str):
             return {"path": str(p), "reason": got}
         img, shape = got
+        why = left_out(str(p), shape)
+        if why is not None:
+            return {"path": str(p), "reason": why}
         with det.times.timed("pre"):
             return _Image(str(p), shape, labels, load_resized(img, shape, size))
 
@@ -377,6 +385,10 @@ def validate(opts: ValOptions) -> dict[str, Any]:
 
     _check(opts)
     images, names = dataset_images(opts.data)
+    if not any(p.exists() for p in images):  # a list's lines read from another folder than its own
+        raise InputError(f"{opts.data}: none of the {len(images)} images its list names exists (first: "
+                         f"{images[0]}); a list's relative lines are read from the current folder, as val.py reads "
+                         f"them, and ./ lines from the list's own folder: run from the folder they start from")
     if not any(label_path(p).is_file() for p in images):  # val.py warns, and reports zeros
         raise InputError(f"{opts.data}: none of its {len(images)} images has a label file (labels/NAME.txt beside "
                          f"images/NAME.jpg, as YOLO datasets keep them), so there is nothing to score; check the "

@@ -9,7 +9,6 @@ suffix ``.txt``); a missing file means no objects. Rows are ``class xc yc w h`` 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from toolkit.errors import InputError, yaml_problem
 from toolkit.io.files import os_reason
-from toolkit.io.sources import IMAGE_SUFFIXES, list_lines
+from toolkit.io.imageheader import image_format
+from toolkit.io.sources import IMAGE_SUFFIXES, InputRef, list_lines, walk_tree
 from toolkit.ops import LetterboxInfo
 
 
@@ -59,7 +59,7 @@ def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Pa
             raise InputError(f"{p}: not valid YAML ({yaml_problem(e)}); fix the file: {fix}") from None
         if not isinstance(d, dict):
             raise InputError(f"{p}: not a dataset yaml (it holds a {type(d).__name__}); {fix}")
-        base = d.get("path") or p.parent
+        base = d.get("path") or ""
         split = next((d[k] for k in take if d.get(k) not in (None, "", [])), None)
         if split is None and take == ("val",):  # val.py's split: it refuses a yaml without one
             raise InputError(f"{p}: the dataset yaml has no val split (what yolokit val measures, as val.py does); "
@@ -74,10 +74,8 @@ def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Pa
         if remote:
             raise InputError(f"{p}: {remote[0]} is a URL; yolokit val reads a dataset on this machine: download and "
                              f"unpack it, then give its folder as path")
-        root = Path(base)
-        if not root.is_absolute():
-            root = (p.parent / root).resolve()
-        folders = [root / s for s in splits]
+        roots = _roots(p, str(base))
+        folders = [_split_path(roots, s) for s in splits]
         raw = d.get("names")
         if isinstance(raw, dict):
             try:
@@ -106,17 +104,76 @@ def dataset_images(data: str, take: tuple[str, ...] = ("val",)) -> tuple[list[Pa
                          f"images/ and labels/)")
     images: list[Path] = []
     for folder in folders:
-        if folder.is_file() and folder.suffix == ".txt":
-            lines = [line for line in list_lines(folder.read_bytes(), name=str(folder)) if line]
-            images += [folder.parent / line[2:] if line.startswith("./") else Path(line) for line in lines]
+        if folder.is_file():  # a list of images, whatever its suffix (val.py reads any file as one)
+            try:
+                lines = list_lines(folder.read_bytes(), name=str(folder), any_break=True)
+            except OSError as e:
+                raise InputError(f"{folder}: cannot read the dataset's image list ({os_reason(e)})") from None
+            # relative lines from the current folder, ./ ones from the list's, as val.py reads them
+            listed = [folder.parent / line[2:] if line.startswith("./") else Path(line) for line in lines if line]
+            images += [f for f in listed if f.suffix.lower() in IMAGE_SUFFIXES]  # val.py keeps images alone
             continue
         if not folder.is_dir():
-            raise InputError(f"{folder}: dataset split folder not found")
-        for dirpath, _, files in os.walk(folder):
-            images += [Path(dirpath) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+            hint = (" (a 'download:' key is not run: download the dataset and unpack it there)"
+                    if p.suffix in (".yaml", ".yml") and "download" in d else "")
+            raise InputError(f"{folder}: the dataset's split is not there{hint}; give the yaml a 'path:' (absolute, "
+                             f"or relative to the yaml's folder) under which its val folder or list is")
+        failed: list[tuple[InputRef, str]] = []
+        for dirpath, dirnames, files in walk_tree(str(folder), str(folder), failed):
+            dirnames[:] = [n for n in dirnames if not n.startswith(".")]  # glob's **/*.*, as val.py lists them
+            images += [Path(dirpath) / f for f in files
+                       if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if failed:
+            raise InputError(f"{failed[0][0].path}: {failed[0][1]}")
     if not images:
         raise InputError(f"{data}: no images found")
-    return sorted(images, key=str), names
+    # one image listed twice is scored once (val.py's label cache holds one entry a path)
+    return sorted(dict.fromkeys(images), key=str), names
+
+
+def _roots(yaml_path: Path, base: str) -> list[Path]:
+    """Where a dataset yaml's splits are looked for, in turn: its ``path`` if absolute; else below the yaml's folder
+    (``path`` relative to it, or the folder itself without one), then below the current folder (val.py resolves a
+    relative ``path`` from YOLOv5's folder, where it is run from: ``--data data/coco128.yaml`` with ``path:
+    ../datasets/coco128``)."""
+    given = Path(base)
+    if given.is_absolute():
+        return [given]
+    return list(dict.fromkeys([(yaml_path.parent / given).resolve(), given.resolve()]))
+
+
+def _split_path(roots: list[Path], split: str) -> Path:
+    """A split's folder or list: below the first of ``roots`` that has it; with val.py's fallback, a split starting
+    with ``../`` (Roboflow's exports) also without that part. Missing everywhere: where the first root would have
+    it (the caller says so)."""
+    tries = []
+    for root in roots:
+        tries.append((root / split).resolve())
+        if split.startswith("../"):
+            tries.append((root / split[3:]).resolve())
+    return next((t for t in tries if t.exists()), tries[0])
+
+
+# the formats val.py scores (its IMG_FORMATS, as Pillow names a file's format); others it leaves out with a warning
+VAL_FORMATS = ("jpeg", "png", "bmp", "webp", "tiff")
+
+
+def left_out(path: str, shape: tuple[int, int]) -> str | None:
+    """Why val.py would leave out a readable image (``shape``: its size, h and w): under 10 pixels a side, or a format
+    it does not score (a GIF or a PPM named .jpg: OpenCV reads them, Pillow names them); None when it scores it."""
+    h, w = shape
+    if min(h, w) < 10:
+        return f"image size {w}x{h} is under 10 pixels a side, and val.py leaves such images out; remove it"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None  # it was read a moment ago: what reads it next reports a change
+    fmt = image_format(head)
+    if fmt is None or fmt in VAL_FORMATS or (fmt == "pnm" and head[1:2] in b"fF"):  # PFM is one of val.py's
+        return None
+    return (f"a {fmt.upper()} image named {Path(path).suffix}, which val.py leaves out (it scores "
+            f"{', '.join(f.upper() for f in VAL_FORMATS)}); convert it to JPEG or PNG")
 
 
 def read_labels(image: Path) -> np.ndarray:
@@ -125,7 +182,8 @@ def read_labels(image: Path) -> np.ndarray:
     lp = label_path(image)
     if not lp.is_file():
         return np.zeros((0, 5), np.float32)
-    rows = [line.split() for line in list_lines(lp.read_bytes(), encoding="utf-8", name=str(lp)) if line]
+    rows = [line.split() for line in list_lines(lp.read_bytes(), encoding="utf-8", name=str(lp), any_break=True)
+            if line]
     fix = "fix it to 'class xc yc w h' rows, normalised to 0-1"
     try:
         if any(len(r) > 6 for r in rows):  # polygons: class x1 y1 x2 y2 ...
