@@ -318,6 +318,29 @@ def test_full_disk_is_one_clear_error_and_resume_completes(tmp_path: Path) -> No
         assert not [p for p in (disk / "r").rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_a_disk_full_before_the_first_input_says_to_run_again_not_to_resume(tmp_path: Path) -> None:
+    """A disk already full: the run folder is removed (nothing was recorded), and the message said "continue the run
+    with --resume", which then answered "nothing to resume (no manifest.jsonl)"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        assert cv2.imwrite(str(src / f"{i}.jpg"), rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))  # ~300 KB
+    disk = tmp_path / "disk"
+    args = ["-m", "toolkit.cli", "run", str(src), "--weights", WEIGHTS, "--imgsz", "64", "--conf", "0.00001",
+            "--project", str(disk), "--name", "r"]
+    with _small_disk(disk) as (python, make_room):
+        if make_room:  # a 1 MB tmpfs: filled all but a few KB first
+            (disk / "filler").write_bytes(bytes(1024 * 1024 - 16 * 1024))
+        full = subprocess.run([*python, *args], capture_output=True, text=True, timeout=120)
+        assert full.returncode == 7, full.stderr
+        line = full.stderr.strip()
+        assert "\n" not in line and "run the command again (nothing was recorded" in line, line
+        assert "--resume" not in line and not (disk / "r").exists()
+        if make_room:
+            (disk / "filler").unlink()
+
+
 def test_a_write_that_cannot_even_start_is_an_output_error(tmp_path: Path) -> None:
     """Creating the folder or the temporary file fails too on a full disk (no inodes left) or a read-only folder:
     one OutputError naming the file, never a bare OSError that reaches the user as a traceback."""

@@ -117,11 +117,15 @@ def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: P
     assert main(["run", "./src/", "--weights", "./yolov5n.pt", *common, "--resume"]) == 0  # the same model and SOURCE
     assert "changed since they were recorded" not in capsys.readouterr().out  # ./src/0.jpg is src/0.jpg: not redone
     assert len(_manifest_keys(tmp_path / "runs" / "r")) == 3
+    # a byte-identical copy under another name, and SOURCE given by its absolute path: the same model and folder
+    # (refused: "--weights ... -> copy.pt (another model ...)", "SOURCE src -> /.../src")
+    shutil.copy(yolov5n_pt, tmp_path / "a" / "copy.pt")
+    assert main(["run", str(tmp_path / "a" / "src"), "--weights", "copy.pt", *common, "--resume"]) == 0
     monkeypatch.chdir(tmp_path / "b")
     capsys.readouterr()
     assert main(["run", "src", "--weights", "yolov5n.pt", *common, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "--weights ./yolov5n.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
+    assert "--weights copy.pt -> yolov5n.pt (another model: the file's content differs from the run's)" in err, err
 
 
 def test_resume_knows_the_default_model_by_any_name(yolov5n_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -585,3 +589,19 @@ def test_coco_image_ids_never_name_two_files(tmp_path: Path) -> None:
                  "--save-json"]) == 0
     preds = json.loads((tmp_path / "t" / "predictions.json").read_text())
     assert len(preds) == 8 and {p["image_id"] for p in preds} == {9}
+
+
+def test_what_a_file_named_as_an_image_is_counts_as_lasting() -> None:
+    """Text, an HTML page or a video named .jpg was retried at every --resume while the file was unchanged (its
+    reason was missing from the lasting ones); every reason the decoder gives for what bytes are is lasting."""
+    from toolkit.io.decode import decode_image
+    from toolkit.io.files import ImageReadError
+    from toolkit.jobs.manifest import retried_on_resume
+
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(64)
+    for data in (b"hello, these are notes\n" * 4, b"<!DOCTYPE html><html><body>404</body></html>", video,
+                 b"\x01\x02garbage" * 8):
+        with pytest.raises(ImageReadError) as got:
+            decode_image(np.frombuffer(data, np.uint8), "x.jpg")
+        reason = got.value.reason
+        assert not retried_on_resume(reason, "x.jpg:100:0") and retried_on_resume(reason, ""), reason

@@ -75,8 +75,15 @@ def test_an_interrupted_run_says_how_much_of_it_was_done() -> None:
     assert "--resume" not in live
     resumed = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=768, processed=768,
                                         settings={"resumed": 119}, wall_s=21.6, img_per_s=30.0))
-    assert resumed.startswith("768/768 images processed (119 of them recorded before this resume) in 21.6 s "
+    assert resumed.startswith("768/768 images processed (119 processed before this resume) in 21.6 s "
                               "(30.0 img/s)"), resumed  # 30 img/s is this session's 649 images
+    # a failure recorded before is not one processed before (it read "1 of them recorded before this resume")
+    mixed = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=3, processed=1,
+                                      settings={"resumed": 2, "resumed_failed": 2}))
+    assert mixed.startswith("1/3 images processed (2 failed before this resume) in "), mixed
+    both = format_summary(RunSummary("runs/detect/exp", "w", "onnx", "s", images=9, processed=8,
+                                     settings={"resumed": 5, "resumed_failed": 1}))
+    assert both.startswith("8/9 images processed (4 processed and 1 failed before this resume) in "), both
 
 
 def test_inputs_that_reached_max_det_are_told(tmp_path: Path, coco128_images: Path, yolov5n_pt: Path) -> None:

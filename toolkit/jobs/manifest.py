@@ -35,6 +35,8 @@ RUN_FORMAT = 2  # run.json's "run_format": 2 records every output setting, manif
 # not listed here) may pass next time.
 _LASTING = re.compile("|".join(re.escape(text) for text in (
     "re-copy or re-export the file",  # damaged, truncated or undecodable images
+    "not an image; re-copy the image itself",  # text or an HTML page named as an image
+    "a video, not an image",  # a video named as an image
     "the header says",  # impossible sizes, pixel counts over --max-pixels
     "empty file (0 bytes)",
     "not an image file", "not a video file", "not a regular file",  # named pipes, sockets, devices
@@ -49,6 +51,7 @@ _LASTING = re.compile("|".join(re.escape(text) for text in (
     "the object is empty", "the object holds",  # an object store's words for an empty or non-image object
 )))
 RETRY_NOTE = "--resume retries it"
+RESUME_HINT = "then continue the run with --resume"  # the end of an output error's fix (toolkit.io.store.RUN_HINT)
 LASTING_NOTE = "--resume retries it only once the file changes, or with --retry-failed"
 
 
@@ -280,7 +283,7 @@ class Manifest:
         that leaves it empty."""
         try:
             yield
-        except BaseException:
+        except BaseException as e:
             if new and not self.recorded and not self.previous:
                 for name in (*BOOKKEEPING, *also):
                     with contextlib.suppress(OSError, OutputError):
@@ -291,6 +294,9 @@ class Manifest:
                 for folder in folders or ():
                     with contextlib.suppress(OSError):
                         folder.rmdir()
+                if isinstance(e, OutputError) and RESUME_HINT in str(e):  # a full disk before the first input
+                    raise OutputError(str(e).replace(RESUME_HINT, "then run the command again (nothing was "
+                                                                  "recorded: there is nothing to resume)")) from None
             raise
 
     def __enter__(self) -> Manifest:

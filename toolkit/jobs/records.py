@@ -306,14 +306,14 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         old = before.get(k, defaults.get(k))
         if k == MODEL_CONTENT or (k == "weights" and known):
             continue
-        if k == "source" and as_path(old) == as_path(v):
-            continue
+        if k == "source" and (as_path(old) == as_path(v) or _absolute(old) == _absolute(v)):
+            continue  # the same folder, named another way (relative then absolute)
         if old is None and v is False or old is False and v is None:  # --fp32 is --half unset: FP32 either way
             continue
         if old != v:
             flag = "SOURCE" if k == "source" else flag_of(k)
             out.append(f"{flag} {_shown(old)} -> {_shown(v)}")
-    if known and before[MODEL_CONTENT] != now[MODEL_CONTENT]:
+    if known and _content(before[MODEL_CONTENT]) != _content(now[MODEL_CONTENT]):
         old, new = _shown(before.get("weights")), _shown(now.get("weights"))
         if old == new:  # the same words name another file now ("unset -> unset" said nothing)
             out.insert(0, f"--weights {new} names another model than the run's now (its file's content differs"
@@ -321,6 +321,18 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         else:
             out.insert(0, f"--weights {old} -> {new} (another model: the file's content differs from the run's)")
     return out
+
+
+def _content(fingerprint: Any) -> Any:
+    """A model's content fingerprint without its files' names (``yolov5n.onnx:8020386:091dc8ce`` is
+    ``8020386:091dc8ce``): a byte-identical copy under another name is the same model."""
+    if not isinstance(fingerprint, str):
+        return fingerprint
+    return ";".join(":".join(part.rsplit(":", 2)[1:]) for part in fingerprint.split(";"))
+
+
+def _absolute(value: Any) -> Any:
+    return os.path.abspath(value) if isinstance(value, str) and value and "://" not in value else value
 
 
 def as_path(value: Any) -> Any:

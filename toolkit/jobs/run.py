@@ -418,7 +418,9 @@ def _run_in(out_dir: Store, opts: RunOptions, sources: SourceList, records: Mani
                          source=source_label,
                          settings={"imgsz": [d.imgsz, d.imgsz], "conf": d.conf, "iou": d.iou, "max_det": d.max_det,
                                    "batch": opts.engine.batch, "precision": "", "fast_decode": d.fast_decode,
-                                   "resumed": len(records.previous), "engine": opts.engine.name,
+                                   "resumed": len(records.previous),
+                                   "resumed_failed": sum(not r.get("ok") for r in records.previous),
+                                   "engine": opts.engine.name,
                                    "augment": d.augment, "vid_stride": d.vid_stride})
     summary.resume = {"changed": found.changed, "retried": found.retried, "removed": found.removed}
     summary.notes.extend(_resume_notes(summary.resume) + ([lock.note] if lock.note else []) + sources.notes)
@@ -550,7 +552,9 @@ def format_summary(s: RunSummary) -> str:
     cut = f" (interrupted: {s.images} of {s.planned} handled)" if s.interrupted and s.planned > s.images else ""
     earlier = int(s.settings.get("resumed") or 0)
     if earlier:  # the rate is this session's: say what the earlier ones did
-        cut += f" ({earlier} of them recorded before this resume)"
+        failed = int(s.settings.get("resumed_failed") or 0)
+        done = [f"{earlier - failed} processed" if earlier > failed else "", f"{failed} failed" if failed else ""]
+        cut += f" ({' and '.join(filter(None, done))} before this resume)"
     lines = [f"{s.processed}/{s.images} images processed{cut} in {s.wall_s:.1f} s ({s.img_per_s:.1f} img/s), "
              f"{s.detections} detections; backend {s.backend}, weights {os.path.basename(s.weights)}"]
     if s.per_class:
