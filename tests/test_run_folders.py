@@ -605,3 +605,29 @@ def test_what_a_file_named_as_an_image_is_counts_as_lasting() -> None:
             decode_image(np.frombuffer(data, np.uint8), "x.jpg")
         reason = got.value.reason
         assert not retried_on_resume(reason, "x.jpg:100:0") and retried_on_resume(reason, ""), reason
+
+
+def test_an_output_the_run_folder_cannot_hold_fails_its_input_alone_and_leaves_nothing(
+        tmp_path: Path, yolov5n_pt: Path, coco128_images: Path) -> None:
+    """One input's label file where another input's label folder goes (``e.jpg`` beside a folder ``e.txt/``) stopped
+    the whole run (exit 7, the images after it never read, and --resume stopped there again); an input whose second
+    crop's name was too long left its annotated image, label and first crop behind, unrecorded, for ever. Each now
+    fails its own input, with nothing of it left, and the run goes on."""
+    src = tmp_path / "src"
+    (src / "e.txt").mkdir(parents=True)
+    shutil.copy(coco128_images / "000000000009.jpg", src / "e.jpg")
+    shutil.copy(coco128_images / "000000000036.jpg", src / "e.txt" / "in.jpg")
+    long = src / ("N" * 251 + ".jpg")  # 255 bytes: its second crop of a class, N..._2.jpg, is 257
+    shutil.copy(coco128_images / "000000000049.jpg", long)
+    shutil.copy(coco128_images / "000000000030.jpg", src / "z.jpg")
+    assert main(["run", str(src), "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--name", "r",
+                 "--save-txt", "--save-crop"]) == 1
+    out = tmp_path / "r"
+    failures = {json.loads(x)["path"]: json.loads(x)["reason"] for x in (out / "failures.jsonl").read_text().splitlines()}
+    assert set(failures) == {str(src / "e.txt" / "in.jpg"), str(long)}, failures
+    assert "(a file is in the way of its folder); rename the input, or move what is in the way" in \
+        failures[str(src / "e.txt" / "in.jpg")]
+    assert "is longer than the file system allows" in failures[str(long)]
+    assert sorted(_manifest_keys(out)) == sorted(["e", "e.txt/in", "z", "N" * 251])
+    assert not [p for p in out.rglob("N*")], "the failed input's outputs are removed"
+    assert (out / "z.jpg").is_file() and (out / "labels" / "z.txt").is_file()  # read after the failures

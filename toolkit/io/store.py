@@ -218,19 +218,23 @@ def atomic_write_bytes(path: Path, data: bytes, hint: str = "check free space an
                 os.unlink(tmp)
         if create:
             raise
-        raise OutputError(f"{path}: cannot write (a folder or file is in the way); {hint}") from None
+        raise OutputNameError(f"{path}: cannot write (a file is in the way of its folder); {hint}") from None
     except OSError as e:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if e.errno == errno.ENAMETOOLONG:  # this name's fault, not the folder's: its input fails, the run goes on
-            raise NameTooLongError(f"its output name {path.name[:60]}... is longer than the file system allows "
-                                   f"(255 bytes a name); rename the input") from None
+            raise OutputNameError(f"its output name {path.name[:60]}... is longer than the file system allows "
+                                  f"(255 bytes a name); rename the input") from None
+        if e.errno in (errno.EISDIR, errno.ENOTDIR):  # a folder where the file goes, a file where a folder goes
+            raise OutputNameError(f"{path}: cannot write (a {'folder' if e.errno == errno.EISDIR else 'file'} is in "
+                                  f"the way); {hint}") from None
         raise OutputError(f"{path}: cannot write ({e.strerror or e}); {hint}") from None
 
 
-class NameTooLongError(OutputError):
-    """An output's name is longer than the file system takes: that input fails, not the run."""
+class OutputNameError(OutputError):
+    """An output cannot have its name (longer than the file system takes, or a folder or file in its way: another
+    input's outputs, ``a.jpg`` beside a folder ``a.jpg/``): written by a run, that input fails, not the run."""
 
 
 class LocalStore(Store):

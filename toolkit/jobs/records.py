@@ -3,6 +3,7 @@ one function that writes an input's outputs; shared by the local and the Ray eng
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ from typing import Any
 
 from toolkit.engine.core import DetectorConfig, Result
 from toolkit.engine.plan import MODES
-from toolkit.errors import InputError
+from toolkit.errors import InputError, OutputError
 from toolkit.io.files import content_fingerprint
 from toolkit.io.outputs import (
     AnnotateStyle,
@@ -26,7 +27,7 @@ from toolkit.io.outputs import (
     write_image,
     write_labels,
 )
-from toolkit.io.store import NameTooLongError, Store
+from toolkit.io.store import RUN_HINT, OutputNameError, Store
 from toolkit.options import CONCURRENCY, FOLDER, RAY, SAVING, build, check, flag_of, group, identity, option
 from toolkit.tiling import TileOptions
 
@@ -195,20 +196,29 @@ class CropNames:
 
 
 def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
-    """:func:`_write_outputs`, with an output name the file system cannot hold failing its input, not the run (an
-    output of that input written before the one refused stays, unrecorded)."""
+    """:func:`_write_outputs`, with an output name the run folder cannot hold (too long; a folder or file of
+    another input's outputs in its way) failing its input, not the run: the outputs of that input written before the
+    one refused are removed (they stayed, unrecorded, and no resume removed them)."""
+    written: list[str] = []
     try:
-        return _write_outputs(res, opts, out_dir, crop_names)
-    except NameTooLongError as e:
-        return Outcome(res.ref.key, res.ref.name, str(e), video=res.ref.video, frames=res.ref.frames)
+        return _write_outputs(res, opts, out_dir, crop_names, written)
+    except OutputNameError as e:
+        for name in written:
+            with contextlib.suppress(OSError, OutputError):
+                out_dir.delete(name)
+        reason = str(e).replace(RUN_HINT, "rename the input, or move what is in the way")
+        return Outcome(res.ref.key, res.ref.name, reason, video=res.ref.video, frames=res.ref.frames)
 
 
-def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
+def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None,
+                   written_now: list[str] | None = None) -> Outcome:
     """Write one result's labels, crops and annotated image into the run folder ``out_dir``, each whole (a local
     folder or object storage: :mod:`toolkit.io.store`); what to record of it.
     A video frame's annotated image goes into its video (:class:`toolkit.jobs.saving.OutputPool`), not here.
 
-    The local engine calls this in its output pool, the Ray engine inside its workers."""
+    The local engine calls this in its output pool, the Ray engine inside its workers. ``written_now`` gets the name
+    of each output as it is written."""
+    done = written_now if written_now is not None else []
     key, video = res.ref.key, res.ref.video
     if res.error is not None:
         return Outcome(key, res.ref.name, res.error, video=video, frames=res.ref.frames)
@@ -221,6 +231,7 @@ def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: li
     if save.save_txt and len(d):
         write_labels(out_dir, f"labels/{key}.txt", d, save.save_conf)
         files.append(f"labels/{key}.txt")
+        done.append(files[-1])
     if not save.nosave and not video and (res.image is not None or res.annotated is not None):
         # .png for a PNG, .jpg for a TIFF or a video frame (Path(".png").suffix is "": every name was .jpg here)
         name = f"{key}{annotated_suffix(res.ref.path, res.ref.frame)}"
@@ -231,6 +242,7 @@ def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: li
             # drawn on the decoded image itself unless crops are cut from it next (nothing else reads it)
             name = write_image(out_dir, name, annotate(res.image, d, opts.draw, copy=bool(crop_names)))
         files.append(name)
+        done.append(name)
     written: list[str] | None = None
     if crop_names and (res.crops is not None or res.image is not None):
         crops = res.crops if res.crops is not None else encode_crops(res.image, d)  # type: ignore[arg-type]
@@ -239,6 +251,7 @@ def _write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: li
             if data is not None:
                 write_encoded(out_dir, f"crops/{name}", data)
                 written.append(name)
+                done.append(f"crops/{name}")
     return Outcome(key, res.ref.name, None, len(d), dict(Counter(d.class_names)),
                    coco_results(d, coco_image_id(key, None if video else _file_stem(res.ref.path)))
                    if save.save_json else None, d.shape,
