@@ -623,7 +623,8 @@ def test_an_output_the_run_folder_cannot_hold_fails_its_input_alone_and_leaves_n
     assert main(["run", str(src), "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--name", "r",
                  "--save-txt", "--save-crop"]) == 1
     out = tmp_path / "r"
-    failures = {json.loads(x)["path"]: json.loads(x)["reason"] for x in (out / "failures.jsonl").read_text().splitlines()}
+    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    failures = {r["path"]: r["reason"] for r in rows}
     assert set(failures) == {str(src / "e.txt" / "in.jpg"), str(long)}, failures
     assert "(a file is in the way of its folder); rename the input, or move what is in the way" in \
         failures[str(src / "e.txt" / "in.jpg")]
