@@ -30,6 +30,7 @@ from toolkit.model.unpickler import (
     MAX_MODULE_DEPTH,
     MODEL_CLASSES,
     SUPPORTED_MODULE_CLASSES,
+    ArrayRecord,
     ModuleRecord,
 )
 
@@ -87,16 +88,23 @@ def _select_model(obj: Any, path: str) -> tuple[ModuleRecord, str]:
     )
 
 
+MAX_MODULE_VISITS = 200_000  # module paths walked at most (a shared module counts once per path)
+
+
 def _iter_modules(
-    record: ModuleRecord, prefix: str, path: str, seen: set[int], depth: int = 0
+    record: ModuleRecord, prefix: str, path: str, above: set[int], visits: list[int], depth: int = 0
 ) -> Iterator[tuple[str, ModuleRecord]]:
-    if depth > MAX_MODULE_DEPTH or id(record) in seen:
+    """Each module of the tree below ``record`` with its state-dict prefix. A module may appear at several places
+    (YOLOv5 v7.0 gives every ``Conv`` one shared ``SiLU``, ``Conv.default_act``: every checkpoint trained with it
+    holds one object under all of them), but never inside itself (``above``: the modules on the way down)."""
+    visits[0] += 1
+    if depth > MAX_MODULE_DEPTH or id(record) in above or visits[0] > MAX_MODULE_VISITS:
         raise ModelFileError(f"{path}: is corrupt: its module tree is cyclic or too deep; {ARCHIVE_HINT}.")
-    seen.add(id(record))
     yield prefix, record
     children = record.state.get("_modules", {})
     if not isinstance(children, dict):
         raise ModelFileError(f"{path}: is corrupt: {record.cls_name} has no module table; {ARCHIVE_HINT}.")
+    above.add(id(record))
     for name, child in children.items():
         if child is None:
             continue
@@ -105,7 +113,8 @@ def _iter_modules(
                 f"{path}: is corrupt: {record.cls_name} has a submodule that is not a module; "
                 f"{ARCHIVE_HINT}."
             )
-        yield from _iter_modules(child, f"{prefix}{name}.", path, seen, depth + 1)
+        yield from _iter_modules(child, f"{prefix}{name}.", path, above, visits, depth + 1)
+    above.discard(id(record))
 
 
 def _module_state_dict(
@@ -114,7 +123,7 @@ def _module_state_dict(
     state_dict: dict[str, torch.Tensor] = {}
     modules: list[ModuleRecord] = []
     bn_eps: dict[str, float] = {}
-    for prefix, record in _iter_modules(model, "", path, set()):
+    for prefix, record in _iter_modules(model, "", path, set(), [0]):
         modules.append(record)
         eps = record.state.get("eps")
         if record.cls_name.endswith("BatchNorm2d") and isinstance(eps, float):
@@ -151,11 +160,60 @@ def _as_float_list(value: Any) -> list[float] | None:
 def _jsonable_scalar(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, ArrayRecord):  # train.py's best_fitness before strip_optimizer: an array of one
+        value = value.array.reshape(-1)[0] if value.array.size == 1 and value.array.dtype.kind in "biuf" else None
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return None
+
+
+_ACTIVATION_SPECS = {
+    "torch.nn.modules.activation.SiLU": "nn.SiLU()",
+    "torch.nn.modules.activation.Hardswish": "nn.Hardswish()",
+    "torch.nn.modules.activation.ReLU": "nn.ReLU()",
+    "torch.nn.modules.activation.Mish": "nn.Mish()",
+}
+
+
+def _with_saved_activation(arch: dict[str, Any], modules: list[ModuleRecord], path: str) -> dict[str, Any]:
+    """``arch`` naming the activation its ``Conv`` layers were saved with. The model is built from the architecture
+    dict, whose ``activation`` key (SiLU when absent) can disagree with the modules saved: YOLOv5 v3's Conv was
+    Hardswish with no such key, and an edited ``Conv.default_act`` is saved only in the modules. detect.py runs the
+    saved modules, so their activation is the one used (it was SiLU whatever was saved: other boxes, no word)."""
+    specs = set()
+    for m in modules:
+        if m.cls_name not in ("models.common.Conv", "models.common.DWConv"):
+            continue
+        act = (m.state.get("_modules") or {}).get("act")
+        if not isinstance(act, ModuleRecord) or act.cls_name == "torch.nn.modules.linear.Identity":
+            continue
+        if act.cls_name == "torch.nn.modules.activation.LeakyReLU":
+            slope = act.state.get("negative_slope", 0.01)
+            specs.add(f"nn.LeakyReLU({float(slope) if isinstance(slope, (int, float)) else 0.01!r})")
+        elif act.cls_name in _ACTIVATION_SPECS:
+            specs.add(_ACTIVATION_SPECS[act.cls_name])
+        else:
+            raise ModelFileError(f"{path}: unsupported architecture: its Conv layers use {act.cls_name}; yolokit "
+                                 f"runs SiLU, ReLU, LeakyReLU, Hardswish and Mish")
+    if len(specs) > 1:
+        raise ModelFileError(f"{path}: unsupported architecture: its Conv layers use several activations "
+                             f"({', '.join(sorted(specs))}); yolokit runs models with one")
+    saved = next(iter(specs), None)
+    named = str(arch.get("activation") or "nn.SiLU()").replace(" ", "")
+    if saved is None or saved == named or (saved.startswith("nn.LeakyReLU(") and named.startswith("nn.LeakyReLU(")
+                                           and _slope(saved) == _slope(named)):
+        return arch
+    return {**arch, "activation": saved}
+
+
+def _slope(spec: str) -> float:
+    inner = spec[len("nn.LeakyReLU("):-1]
+    try:
+        return float(inner) if inner else 0.01
+    except ValueError:
+        return float("nan")
 
 
 def _names(
@@ -190,9 +248,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     model, source_key = _select_model(obj, where)
 
     if model.cls_name not in MODEL_CLASSES:
+        kind = {"models.yolo.SegmentationModel": "a YOLOv5 segmentation model",
+                "models.yolo.ClassificationModel": "a YOLOv5 classification model"}.get(
+            model.cls_name, f"a {model.cls_name}")
         raise ModelFileError(
-            f"{where}: unsupported architecture: the model is a {model.cls_name}; yolokit runs YOLOv5 "
-            "detection models (models.yolo.Model / DetectionModel)."
+            f"{where}: unsupported architecture: the model is {kind}; yolokit runs YOLOv5 detection models "
+            "(models.yolo.Model / DetectionModel, such as yolov5s.pt)."
         )
     arch = model.state.get("yaml")
     if not isinstance(arch, dict):
@@ -208,6 +269,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
             f"{where}: unsupported architecture: it uses {', '.join(unsupported)}; yolokit runs YOLOv5 "
             "detection models built from Conv/C3/SPPF/Detect layers."
         )
+    arch = _with_saved_activation(arch, modules, where)
     detect = next((m for m in reversed(modules) if m.cls_name == "models.yolo.Detect"), None)
     stride = _as_float_list(model.state.get("stride"))
     if stride is None and detect is not None:

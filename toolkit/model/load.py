@@ -43,13 +43,15 @@ def load_model(weights: str | Path, nc: int = 80) -> LoadedModel:
         model = YOLOv5(raw.arch)
     except ModelFileError as e:
         raise ModelFileError(f"{path}: {e}") from None
-    state = {k: v.float() if v.is_floating_point() else v for k, v in raw.state_dict.items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in raw.state_dict.items()
+             if not _derived(k, model)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        what = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "mismatch")
         raise ModelFileError(f"{path}: the weights do not fit the architecture the checkpoint describes "
-                             f"({first}); the file may be corrupt or from an unsupported YOLOv5 variant") from None
+                             f"({what[:300]}); the file may be corrupt or from an unsupported YOLOv5 variant") from None
     if raw.names and len(raw.names) != model.nc:
         raise ModelFileError(f"{path}: the checkpoint names {len(raw.names)} classes but its head has {model.nc}")
     modules = dict(model.named_modules())
@@ -63,6 +65,12 @@ def load_model(weights: str | Path, nc: int = 80) -> LoadedModel:
     meta = ModelMeta(names=names, stride=model.stride, source_sha256=raw.sha256,
                      extra={"checkpoint": path.name, "weights_from": raw.source_key})
     return LoadedModel(model, meta, path)
+
+
+def _derived(key: str, model: YOLOv5) -> bool:
+    """A saved tensor the model computes itself: the Detect head's ``anchor_grid`` buffer, which YOLOv5 before v6.0
+    saved (it is the anchors times the strides; v6.0 and later rebuild it, as yolokit does)."""
+    return key.endswith(".anchor_grid") and key not in model.state_dict()
 
 
 def _load_yaml(path: Path) -> LoadedModel:

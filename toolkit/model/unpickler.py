@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from toolkit.errors import UnsafeCheckpointError
+from toolkit.errors import ModelFileError, UnsafeCheckpointError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -53,6 +53,7 @@ SUPPORTED_MODULE_CLASSES: frozenset[str] = frozenset(
         "torch.nn.modules.activation.LeakyReLU",
         "torch.nn.modules.activation.ReLU",
         "torch.nn.modules.activation.Hardswish",
+        "torch.nn.modules.activation.Mish",
         "torch.nn.modules.linear.Identity",
         "torch.nn.modules.pooling.MaxPool2d",
         "torch.nn.modules.upsampling.Upsample",
@@ -87,6 +88,15 @@ _RECOGNISED_UNSUPPORTED_CLASSES: frozenset[str] = frozenset(
         "torch.nn.modules.dropout.Dropout",
         "torch.nn.modules.linear.Linear",
         "torch.nn.modules.pooling.AdaptiveAvgPool2d",
+        "torch.nn.modules.padding.ZeroPad2d",  # YOLOv3-tiny
+        "models.common.TransformerBlock",  # C3TR and the transformer models
+        "models.common.TransformerLayer",
+        "torch.nn.modules.activation.MultiheadAttention",
+        "torch.nn.modules.linear.NonDynamicallyQuantizableLinear",
+        "models.common.MixConv2d",
+        "models.experimental.MixConv2d",
+        "models.experimental.CrossConv",
+        "models.experimental.Sum",
     }
 )
 
@@ -192,6 +202,68 @@ class _DtypeRecord(metaclass=_FrozenType):
         elif self.byteorder == ">":
             dtype = dtype.newbyteorder(">")
         return dtype
+
+
+class _NdarrayMarker(metaclass=_FrozenType):
+    """Stand-in for ``numpy.ndarray`` as a pickle names it (the class handed to ``_reconstruct``); builds nothing."""
+
+
+class ArrayRecord(metaclass=_FrozenType):
+    """Stand-in for a pickled numpy array of plain numbers (``train.py``'s ``best_fitness`` of a run not finished:
+    every ``last.pt`` and ``best.pt`` before ``strip_optimizer``): its data decoded from raw bytes into ``array``,
+    never through numpy's own reducer."""
+
+    array: np.ndarray[Any, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ArrayRecord:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "array", np.zeros(0))
+        return obj
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _TamperError("numpy.ndarray")
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise ValueError("unexpected pickled state for a numpy array")
+        _, shape, dtype, fortran, data = state
+        object.__setattr__(self, "array", _array(data, dtype, shape, "F" if fortran else "C"))
+
+
+def _array(data: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray[Any, Any]:
+    if not isinstance(dtype, _DtypeRecord) or order not in ("C", "F"):
+        raise ValueError("unsupported numpy array in pickle")
+    if isinstance(data, pickle.PickleBuffer):
+        data = bytes(data.raw())
+    if not isinstance(data, (bytes, bytearray)):  # an array of objects pickles a list: never built
+        raise ValueError("unsupported numpy array in pickle (not plain numbers)")
+    dims = as_ints(shape, "array shape")
+    np_dtype = dtype.to_numpy()
+    if len(data) != int(np.prod(dims, dtype=np.int64)) * np_dtype.itemsize:
+        raise ValueError("numpy array in pickle has the wrong number of bytes")
+    return np.frombuffer(bytes(data), dtype=np_dtype).reshape(dims, order=order).copy()
+
+
+def _reconstruct(cls: Any, shape: Any = (0,), code: Any = b"b") -> ArrayRecord:
+    """Our own ``numpy.core.multiarray._reconstruct``: an empty :class:`ArrayRecord` its pickled state fills."""
+    if cls is not _NdarrayMarker:
+        raise ValueError("unsupported numpy reconstruction in pickle")
+    return ArrayRecord()
+
+
+def _frombuffer(data: Any, dtype: Any, shape: Any, order: Any = "C") -> ArrayRecord:
+    """Our own ``numpy.core.numeric._frombuffer`` (pickle protocol 5)."""
+    record = ArrayRecord()
+    object.__setattr__(record, "array", _array(data, dtype, shape, order))
+    return record
+
+
+def _getattr(obj: Any, name: Any) -> str:
+    """Our own ``getattr``, for a module class's method the pickle names (YOLOv5's ``Segment`` saves
+    ``Detect.forward``): its name only, nothing looked up."""
+    if not (isinstance(obj, type) and issubclass(obj, ModuleRecord)) or not isinstance(name, str):
+        raise ValueError("unsupported getattr in pickle")
+    return f"{obj.cls_name}.{name}"
 
 
 class StorageType:
@@ -323,6 +395,11 @@ _SAFE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "_codecs.encode": _codecs_encode,
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
+    "numpy.core.multiarray._reconstruct": _reconstruct,
+    "numpy._core.multiarray._reconstruct": _reconstruct,
+    "numpy.core.numeric._frombuffer": _frombuffer,
+    "numpy._core.numeric._frombuffer": _frombuffer,
+    "builtins.getattr": _getattr,
     "pathlib.PosixPath": _posix_path,
     "pathlib.PurePosixPath": _posix_path,
     "pathlib.WindowsPath": _windows_path,
@@ -340,6 +417,7 @@ _SAFE_TYPES: dict[str, type] = {
     "builtins.frozenset": frozenset,
     "argparse.Namespace": _NamespaceRecord,
     "numpy.dtype": _DtypeRecord,
+    "numpy.ndarray": _NdarrayMarker,
 }
 
 _STORAGE_GLOBALS = frozenset(f"torch.{name}" for name in _STORAGE_DTYPES)
@@ -395,10 +473,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _SafeCallable(full, _SAFE_FUNCTIONS[full])
         if full in _SAFE_TYPES:
             return _SAFE_TYPES[full]
+        if module.split(".")[0] == "ultralytics":
+            raise ModelFileError(
+                f"{self._path}: is an Ultralytics checkpoint (YOLOv8 or later: '{printable(full)}'), not a YOLOv5 "
+                "one; yolokit runs YOLOv5 detection models (saved by ultralytics/yolov5's train.py, such as "
+                "yolov5s.pt), nothing was executed"
+            )
         raise UnsafeCheckpointError(
             f"{self._path}: refused to load: the pickle asks for '{printable(full)}', which is not on "
             "yolokit's allow-list (nothing was executed). Only load checkpoints from sources you trust; "
-            "re-save it as a plain state_dict if it is yours."
+            "yolokit runs YOLOv5 detection checkpoints as YOLOv5's train.py saves them."
         )
 
     def persistent_load(self, pid: Any) -> Any:
