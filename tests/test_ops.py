@@ -8,6 +8,7 @@ import pytest
 from toolkit.ops import (
     NMSOptions,
     box_iou,
+    iou_cut,
     letterbox,
     letterbox_shape,
     nms,
@@ -127,3 +128,18 @@ def test_match_greedy_one_to_one_by_confidence_and_class() -> None:
     m = match_greedy(boxes, conf, cls, targets, np.array([0, 0]), 0.5)
     assert m.tolist() == [-1, 0, -1, -1]
     assert match_greedy(boxes[:0], conf[:0], cls[:0], targets, np.array([0, 0]), 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("thres", [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7])
+def test_nms_compares_the_iou_with_the_threshold_in_double_as_torchvision(thres: float) -> None:
+    """torchvision suppresses a box whose float IoU is above the double threshold; comparing in float32 (the
+    threshold rounded to nearest: float32(0.6) > 0.6) kept a box at an IoU of exactly 60/100 with --iou 0.6."""
+    for inter in range(1, 100):
+        a = np.array([[0, 0, 100, 1]], np.float32)  # area 100; b overlaps a by ``inter`` of 100 + 100 - inter
+        b = np.array([[100 - inter, 0, 200 - inter, 1]], np.float32)
+        boxes = np.concatenate([a, b])
+        iou32 = np.float32(inter) / np.float32(200 - inter)  # the float IoU (exact operands)
+        suppressed = float(iou32) > thres  # compared in double
+        kept = nms(boxes, np.array([0.9, 0.8], np.float32), thres)
+        assert (len(kept) == 1) == suppressed, (inter, float(iou32), thres)
+    assert float(np.float32(0.6)) > 0.6 and iou_cut(0.6) < 0.6 and iou_cut(0.5) == 0.5

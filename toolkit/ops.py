@@ -141,9 +141,20 @@ def match_greedy(xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray, target_xyx
     return out
 
 
+def iou_cut(iou_thres: float) -> float:
+    """The float32 value ``c`` for which a float32 IoU ``x > c`` exactly when ``x > iou_thres`` in double precision,
+    as torchvision's NMS compares them (its float IoU against a double threshold): ``iou_thres`` rounded down to
+    float32. A float32 comparison with the threshold rounded to nearest kept boxes at an IoU of exactly 60/100 with
+    ``--iou 0.6`` (float32(0.6) is above 0.6) that YOLOv5 suppresses."""
+    t = np.float32(iou_thres)
+    return float(t if float(t) <= iou_thres else np.nextafter(t, np.float32(-np.inf)))
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS: indices of kept boxes, highest score first. A box is suppressed when its IoU with a
-    kept box is strictly greater than ``iou_thres`` (torchvision's rule). Stops after ``max_keep``."""
+    kept box is strictly greater than ``iou_thres`` (torchvision's rule, :func:`iou_cut`). Stops after
+    ``max_keep``."""
+    cut = iou_cut(iou_thres)
     order = np.argsort(-scores, kind="stable")
     boxes = boxes.astype(np.float32, copy=False)
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
@@ -161,7 +172,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int |
         inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
         union = areas[i] + areas[rest] - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_thres]
+        order = rest[iou <= cut]
     return np.asarray(keep, dtype=np.int64)
 
 

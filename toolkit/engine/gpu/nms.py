@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import InputError
-from toolkit.ops import NMSOptions
+from toolkit.ops import NMSOptions, iou_cut
 
 __all__ = ["BatchedNMS", "Candidates", "candidates", "exact_rows", "nms_torch", "select"]
 
@@ -134,7 +134,7 @@ def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _suppression(off: torch.Tensor, iou_thres: float, upper: torch.Tensor) -> torch.Tensor:
     """``(b, K, K)`` bool: ``S[i, j]`` = i ranks above j and their IoU is > ``iou_thres``."""
-    return (_pair_iou(off, off) > iou_thres) & upper
+    return (_pair_iou(off, off) > iou_cut(iou_thres)) & upper
 
 
 def _fixed_point(sup: torch.Tensor, valid: torch.Tensor, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +226,7 @@ def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_k
             rest = torch.arange(e, n, device=device)
             for c in range(0, rest.numel(), 8192):  # bound the (kept x rest) matrix
                 cols = rest[c:c + 8192]
-                hit = (_pair_iou(b[k], b[cols]) > iou_thres).any(0)
+                hit = (_pair_iou(b[k], b[cols]) > iou_cut(iou_thres)).any(0)
                 alive[cols] &= ~hit
     if not kept:
         return torch.zeros(0, dtype=torch.long, device=device)
