@@ -274,3 +274,24 @@ def test_numpy_numbers_and_a_gpu_index_as_an_int_are_taken(tmp_path: Path) -> No
     b.image = b.image.copy()
     b.image[0, 0, 0] += 1
     assert a != b
+
+
+def test_worker_processes_run_the_detectors_own_file_after_a_chdir(tmp_path: Path, coco128_images: Path,
+                                                                     exported: dict[str, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process-mode workers loaded the model again by the name it was given, from the working folder of the moment:
+    after an os.chdir, ``Detector("m.onnx")`` failed every worker ("weights file not found"), and a name like
+    yolov5n.pt found another file (the shared official one) and ran it without a word. They load its file."""
+    import shutil
+
+    shutil.copy(exported["onnx"], tmp_path / "m.onnx")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    det = Detector("m.onnx")
+    images = [str(p) for p in sorted(coco128_images.glob("*.jpg"))[:4]]
+    threads = [len(r.detections) for r in det.predict_iter(images, mode="thread") if r.detections is not None]
+    monkeypatch.chdir(tmp_path / "sub")
+    got = list(det.predict_iter(images, mode="process", workers=2))
+    assert [r.error for r in got] == [None] * 4, got[0].error
+    assert [len(r.detections) for r in got if r.detections is not None] == threads
+    det.close()

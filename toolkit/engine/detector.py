@@ -85,7 +85,10 @@ class ModelRoutine(BatchRoutine):
         module = backends.require(name)
         module.check_precision(config.precision)
         device = config.device or module.DEFAULT_DEVICE  # not chosen: the backend's own (a GPU for engines)
-        config = replace(config, weights=str(path), backend=name, device=device)
+        # a file by its absolute path: worker processes and Ray actors load it again, from another working folder
+        # (after an os.chdir a relative name found another file, or none)
+        config = replace(config, weights=str(path.absolute()) if path.exists() else str(path), backend=name,
+                         device=device)
         expected = expected_shapes(config, path, sizes) if sizes else None
         runner = module.load(path, LoadOptions(device=device, half=config.half, threads=config.threads,
                                                imgsz=config.size, options=dict(config.options),
