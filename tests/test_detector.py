@@ -234,7 +234,7 @@ def test_tiles_arrays_and_sources_are_taken_as_each_call_documents_them(coco128_
                               (lambda: d.predict(image, tile=True), "tile takes a tile size"),
                               (lambda: list(d.predict_iter([path, image])), "item 1 is a ndarray; for arrays in "
                                                                             "memory use predict"),
-                              (lambda: d.predict("https://example.org/a.jpg"), "for a URL, a video or a stream use "
+                              (lambda: d.predict("https://example.org/a.jpg"), "a URL, a video or a stream use "
                                                                                 "predict_iter"),
                               (lambda: d.predict(str(tmp_path / "clip.mp4")), "use predict_iter"),
                               (lambda: d.predict("0"), "use predict_iter")):
@@ -295,3 +295,34 @@ def test_worker_processes_run_the_detectors_own_file_after_a_chdir(tmp_path: Pat
     assert [r.error for r in got] == [None] * 4, got[0].error
     assert [len(r.detections) for r in got if r.detections is not None] == threads
     det.close()
+
+
+def test_predict_reads_as_a_run_reads_and_names_what_it_does_not_read(tmp_path: Path, coco128_images: Path,
+                                                                       exported: dict[str, Path]) -> None:
+    """predict ignored fast_decode (predict_iter honoured it), decoded every image of a list before the first
+    inference, read an open file as a list of lines ("<bytes 0>: truncated JPEG" for an intact photo), and said
+    "file not found" for a glob and "text, not an image" for a .txt list; a folder got no fix."""
+    import io
+
+    jpgs = [str(p) for p in sorted(coco128_images.glob("*.jpg"))[:3]]
+    big = tmp_path / "big.jpg"
+    im = cv2.imread(jpgs[0])
+    cv2.imwrite(str(big), cv2.resize(im, (im.shape[1] * 4, im.shape[0] * 4)))
+    for fast in (False, True):
+        det = Detector(str(exported["onnx"]), fast_decode=fast)
+        want = [r.detections for r in det.predict_iter([str(big), *jpgs], batch=2)]
+        got = det.predict([str(big), *jpgs], batch=2)
+        assert [(d.xyxy.tolist(), d.confidence.tolist()) for d in got] == \
+            [(d.xyxy.tolist(), d.confidence.tolist()) for d in want if d is not None]
+        assert got[1].path == jpgs[0]
+        det.close()
+    det = Detector("yolov5n.yaml", imgsz=64)
+    with open(jpgs[0], "rb") as f:
+        for handle in (f, io.BytesIO(b"\xff\xd8")):
+            with pytest.raises(InputError, match=r"not an open file .* pass its bytes \(f.read\(\)\) or its path"):
+                det.predict(handle)  # type: ignore[arg-type]
+    (tmp_path / "list.txt").write_text(jpgs[0] + "\n")
+    for source in (str(coco128_images), str(coco128_images / "*.jpg"), str(tmp_path / "list.txt")):
+        with pytest.raises(InputError, match="for a folder, a glob, a .txt list, a URL, a video or a stream use "
+                                             "predict_iter"):
+            det.predict(source)

@@ -322,38 +322,81 @@ class Detector:
     def predict(self, images: np.ndarray | str | Path | bytes | Iterable[np.ndarray | str | Path | bytes],
                 batch: int = 1, tile: TileOptions | int | None = None) -> list[Detections]:
         """Detections for one image or a sequence of images (BGR uint8 arrays, paths, or encoded files' bytes), in
-        order.
+        order. Images are read ``batch`` at a time (a list of photos is never all in memory at once), as a run
+        reads them (``fast_decode`` included).
 
         ``tile`` (a :class:`TileOptions` or a tile size) switches to sliced inference for huge images.
         An unreadable path raises :class:`~toolkit.io.files.ImageReadError`; use :meth:`predict_iter` to carry on
-        past it.
+        past it, and for folders, globs, lists, videos, URLs and streams.
         """
-        self._open()
+        routine = self._open()
         _check_counts(1, batch=batch)
         opts = _tile_options(tile)
         given: list[Any]
         if isinstance(images, (np.ndarray, str, os.PathLike, bytes, bytearray, memoryview)):
             given = [images]
+        elif hasattr(images, "read") or hasattr(images, "readinto"):  # a file object iterates its lines
+            raise InputError(f"predict takes an image's path, array or bytes, not an open file "
+                             f"({type(images).__name__}): pass its bytes (f.read()) or its path")
         elif isinstance(images, (dict, set)) or not isinstance(images, Iterable):
             raise InputError(f"predict takes an image (a BGR uint8 array, a path, or an encoded file's bytes) or a "
                              f"list of them, got {type(images).__name__}")
         else:
             given = list(images)
-        arrays = [self._picture(im, i) for i, im in enumerate(given)]
         paths = [os.fspath(im) if isinstance(im, (str, os.PathLike)) else None for im in given]
         if opts is not None:
-            return [self.predict_tiled(a, opts, p) for a, p in zip(arrays, paths, strict=True)]
-        items: list[Item] = [(i, InputRef(p or f"<array {i}>", Path(p).stem if p else f"image{i}"), a)
-                             for i, (a, p) in enumerate(zip(arrays, paths, strict=True))]
-        results = self.routine.process(items, max(1, batch))
+            return [self.predict_tiled(self._picture(im, i), opts, p)
+                    for i, (im, p) in enumerate(zip(given, paths, strict=True))]
+        step = max(1, batch)
         out: list[Detections] = []
-        for i, p in enumerate(paths):
-            res = results[i]
-            if res.detections is None:
-                raise YolokitError(f"{res.ref.name}: {res.error}")
-            res.detections.path = p  # an in-memory image has no path
-            out.append(res.detections)
+        for start in range(0, len(given), step):
+            prepared = []
+            for i in range(start, min(start + step, len(given))):
+                named = paths[i]
+                ref = InputRef(named or f"<array {i}>", Path(named).stem if named else f"image{i}")
+                img, shape = self._decoded(given[i], i, routine)
+                ready = routine.prepare(i, ref, img, shape)
+                if isinstance(ready, Result):
+                    raise YolokitError(f"{ref.name}: {ready.error}")
+                prepared.append(ready)
+            results = routine.run_prepared(prepared, step)
+            for i in range(start, start + len(prepared)):
+                res = results[i]
+                if res.detections is None:
+                    raise YolokitError(f"{res.ref.name}: {res.error}")
+                res.detections.path = paths[i]  # an in-memory image has no path
+                out.append(res.detections)
         return out
+
+    def _decoded(self, image: Any, i: int, routine: ModelRoutine) -> tuple[np.ndarray, tuple[int, int]]:
+        """One of :meth:`predict`'s images decoded as a run decodes it (a file's or bytes' JPEG at reduced size
+        with ``fast_decode``) with its original (h, w); :class:`InputError` naming it otherwise."""
+        if isinstance(image, (str, os.PathLike)):
+            text = self._readable_path(os.fspath(image))
+            got = routine.load_input(InputRef(text, Path(text).stem))
+            if isinstance(got, str):
+                if os.path.splitext(text)[1].lower() in VIDEO_SUFFIXES:  # a .gif OpenCV reads is an image here
+                    raise InputError(self._elsewhere(text))
+                raise ImageReadError(text, got)
+            return got
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return routine.decode(np.frombuffer(bytes(image), np.uint8), f"<bytes {i}>")
+        img = self._picture(image, i)
+        return img, (img.shape[0], img.shape[1])
+
+    @staticmethod
+    def _elsewhere(text: str) -> str:
+        return (f"{text}: predict reads image files, arrays and bytes; for a folder, a glob, a .txt list, a URL, a "
+                f"video or a stream use predict_iter (or yolokit run)")
+
+    def _readable_path(self, text: str) -> str:
+        """``text``, or :class:`InputError` where it names what predict does not read (a URL, a webcam's index, a
+        folder, a glob, a list file): what does."""
+        listed = os.path.splitext(text)[1].lower() in (".txt", ".streams") and os.path.isfile(text)
+        glob = any(ch in text for ch in "*?[") and not os.path.lexists(text)
+        if "://" in text or (text.isdigit() and not os.path.exists(text)) or os.path.isdir(text) or listed or glob:
+            raise InputError(self._elsewhere(text))  # a webcam's index; a file named 7 is a file
+        return text
 
     def _picture(self, image: Any, i: int) -> np.ndarray:
         """One of :meth:`predict`'s images as a checked BGR array: an array as it is, a path read, encoded bytes
@@ -364,16 +407,12 @@ class Detector:
                 raise InputError(f"<array {i}>: {problem}")
             return image
         if isinstance(image, (str, os.PathLike)):
-            text = os.fspath(image)
-            use = (f"{text}: predict reads image files, arrays and bytes; for a URL, a video or a stream use "
-                   f"predict_iter (or yolokit run)")
-            if "://" in text or (text.isdigit() and not os.path.exists(text)):  # a webcam's index; a file named 7
-                raise InputError(use)
+            text = self._readable_path(os.fspath(image))
             try:
                 return read_image(text, limits=self.config.limits)
             except ImageReadError:
                 if os.path.splitext(text)[1].lower() in VIDEO_SUFFIXES:  # a .gif OpenCV reads is an image here
-                    raise InputError(use) from None
+                    raise InputError(self._elsewhere(text)) from None
                 raise
         if isinstance(image, (bytes, bytearray, memoryview)):
             limits = self.config.limits
