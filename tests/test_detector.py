@@ -326,3 +326,11 @@ def test_predict_reads_as_a_run_reads_and_names_what_it_does_not_read(tmp_path: 
         with pytest.raises(InputError, match="for a folder, a glob, a .txt list, a URL, a video or a stream use "
                                              "predict_iter"):
             det.predict(source)
+
+
+def test_an_unknown_backend_name_is_named_as_such(yolov5n_pt: Path) -> None:
+    """backend='foo' (or 'pytorch') was "yolov5n.pt: is a PyTorch .pt checkpoint ..., which the foo backend does
+    not run", a ModelFileError (exit 3) blaming the file."""
+    for name in ("foo", "pytorch", "TORCH"):
+        with pytest.raises(InputError, match=f"unknown backend '{name}'; choose one of torch, onnx"):
+            Detector(str(yolov5n_pt), backend=name)

@@ -78,6 +78,8 @@ class ModelRoutine(BatchRoutine):
         from backends.base import LoadOptions
         from toolkit.model.configs import resolve_model
 
+        if config.backend:  # a name that is no backend is that, not a file of another backend's
+            backends.get_backend(config.backend)
         path = resolve_model(config.weights)
         name = config.backend or backends.backend_for(path)
         if config.backend:
