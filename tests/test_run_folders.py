@@ -617,7 +617,7 @@ def test_an_output_the_run_folder_cannot_hold_fails_its_input_alone_and_leaves_n
     (src / "e.txt").mkdir(parents=True)
     shutil.copy(coco128_images / "000000000009.jpg", src / "e.jpg")
     shutil.copy(coco128_images / "000000000036.jpg", src / "e.txt" / "in.jpg")
-    long = src / ("N" * 251 + ".jpg")  # 255 bytes: its second crop of a class, N..._2.jpg, is 257
+    long = src / ("N" * 251 + ".jpg")  # 255 bytes: its second crop of a class, N...2.jpg, is 256
     shutil.copy(coco128_images / "000000000049.jpg", long)
     shutil.copy(coco128_images / "000000000030.jpg", src / "z.jpg")
     assert main(["run", str(src), "--weights", str(yolov5n_pt), "--project", str(tmp_path), "--name", "r",

@@ -96,7 +96,8 @@ def annotate(image: np.ndarray, det: Detections, style: AnnotateStyle | None = N
     out = image if not copy and image.flags.writeable and image.flags.c_contiguous else image.copy()
     lw = style.line_width or max(round(sum(out.shape[:2]) / 2 * 0.003), 2)
     font_scale = lw / 3
-    for (x1, y1, x2, y2), c, cls in zip(det.xyxy, det.confidence, det.class_id, strict=True):
+    # detect.py draws reversed(det), the least confident first: the most confident box and label end on top
+    for (x1, y1, x2, y2), c, cls in zip(det.xyxy[::-1], det.confidence[::-1], det.class_id[::-1], strict=True):
         color = _color(int(cls))
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, color, lw, cv2.LINE_AA)

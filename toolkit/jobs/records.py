@@ -171,28 +171,30 @@ class Outcome:
 
 
 class CropNames:
-    """Crop file names, unique within a run: ``<class>/<key>.jpg`` for an image's first box of a class, then
-    ``<key>_2.jpg``, ``<key>_3.jpg``... A name another input already took is skipped, so no crop overwrites another;
+    """Crop file names, unique within a run, as detect.py's ``save_one_box`` names them: ``<class>/<key>.jpg``, then
+    ``<key>2.jpg``, ``<key>3.jpg``... in detect.py's order (the lowest confidence first: its ``<key>.jpg`` is the
+    least confident box of the class). A name another input already took is skipped, so no crop overwrites another;
     names are given in input order, so a resumed run gives an input the names it had."""
 
     def __init__(self, taken: Iterable[str] = ()) -> None:
         self.taken = set(taken)
 
     def assign(self, key: str, class_names: list[str]) -> list[str]:
+        """The names of an image's crops, for its boxes in their order (the most confident first)."""
         counts: Counter[str] = Counter()
         out = []
-        for name in class_names:
+        for name in reversed(class_names):
             folder = name.replace("/", "_").replace("\\", "_").strip(". ") or "class"
             n = counts[folder] + 1
             while True:
-                candidate = f"{folder}/{key}.jpg" if n == 1 else f"{folder}/{key}_{n}.jpg"
+                candidate = f"{folder}/{key}.jpg" if n == 1 else f"{folder}/{key}{n}.jpg"
                 if candidate not in self.taken:
                     break
                 n += 1
             counts[folder] = n
             self.taken.add(candidate)
             out.append(candidate)
-        return out
+        return out[::-1]
 
 
 def write_outputs(res: Result, opts: RunOptions, out_dir: Store, crop_names: list[str] | None = None) -> Outcome:
