@@ -316,3 +316,26 @@ def test_help_and_messages_read_as_english(capsys: pytest.CaptureFixture[str], t
     assert main(["run", str(tmp_path), "--name", "../x", "--project", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not empty, not an absolute path, no . or .. part that leaves --project" in err
+
+
+def test_classes_as_detect_py_users_give_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--classes 0 --classes 2`` kept class 2 alone (the parser's last value wins), ``--classes 0 2`` said to give
+    one SOURCE, ``--classes ""`` kept every class where the library refuses an empty list; and ``--imgsz 70`` ran at
+    96 without the word detect.py says."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    assert cv2.imwrite(str(src / "a.jpg"), rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    common = ["run", str(src), "--weights", "yolov5n.yaml", "--imgsz", "64", "--conf", "0.00001", "--nosave",
+              "--project", str(tmp_path), "--exist-ok", "--json"]
+    assert main([*common, "--name", "one", "--classes", "0", "--classes", "2"]) == 0
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["classes"] == [0, 2]
+    assert main([*common, "--name", "two", "--classes", "0", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--classes takes its class ids as one list: --classes 0,2" in err and "\n" not in err, err
+    assert main([*common, "--name", "three", "--classes", ""]) == 2
+    assert "--classes is empty, which would keep no detection" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["run", str(src), "--weights", "yolov5n.yaml", "--imgsz", "70", "--nosave", "--project",
+                 str(tmp_path), "--name", "four"]) == 0
+    assert "--imgsz 70x70 is not a multiple of the model's stride: it ran at 96x96" in capsys.readouterr().out

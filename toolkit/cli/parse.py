@@ -14,9 +14,9 @@ from toolkit.tiling import MIN_SCALE
 
 
 def parse_classes(text: str | None, flag: str = "--classes") -> tuple[int, ...] | None:
-    """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None, "" or blanks -> None (every
-    class, as the flag left out)."""
-    return class_ids(text, flag) if text and text.strip() else None
+    """``0,2,5`` -> ``(0, 2, 5)``, read as the library reads ``classes``; None (the flag left out) -> None, every
+    class. An empty value is refused as the library refuses it (``--classes ""`` kept every class)."""
+    return class_ids(text, flag) if text is not None else None
 
 
 def format_amount(value: int, base: int) -> str:

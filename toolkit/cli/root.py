@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
 
     quiet_decoders()  # this process is the CLI's: failures are reported by yolokit, one line each
     try:
-        rc = app(args=argv, standalone_mode=False, obj=Invocation(exits), prog_name="yolokit")
+        args = _classes_joined(list(argv) if argv is not None else sys.argv[1:])
+        rc = app(args=args, standalone_mode=False, obj=Invocation(exits), prog_name="yolokit")
     except YolokitError as e:
         err(str(e))
         return e.exit_code
@@ -72,6 +73,29 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
     return rc if isinstance(rc, int) else 0
 
 
+def _classes_joined(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--classes`` given into one (``--classes 0 --classes 2`` is ``--classes 0,2``): the
+    parser kept the last alone, class 0's boxes dropped without a word."""
+    values, out, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg == "--classes" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--classes="):
+            values.append(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+        i += 1
+    if len(values) < 2:
+        return argv
+    return [*out, "--classes", ",".join(values)]
+
+
 def usage_line(e: Exception, argv: list[str]) -> str:
     """A command-line parser's refusal (click's usage error: four lines, "Usage: ... Try ... Error: ...") as one line
     naming the command, what is wrong and where the help is, with the fix for the slips users of detect.py make.
@@ -80,7 +104,10 @@ def usage_line(e: Exception, argv: list[str]) -> str:
     command = getattr(ctx, "command_path", "") or (f"yolokit {argv[0]}" if argv and argv[0].isidentifier()
                                                    else "yolokit")
     message = str(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
-    if "unexpected extra argument" in message and command.endswith(" run"):
+    extra = re.search(r"unexpected extra argument(?:s|\(s\))? \(([^)]*)\)", message)
+    if extra and "--classes" in argv and all(v.isdigit() for v in extra.group(1).split()):
+        message += "; --classes takes its class ids as one list: --classes 0,2 (not detect.py's --classes 0 2)"
+    elif "unexpected extra argument" in message and command.endswith(" run"):
         message += ("; give one SOURCE (a folder, a .txt list, or a glob in quotes, 'photos/*.jpg', which the shell "
                     "otherwise expands into many names)")
     if re.search(r"No such option: --source(?= |$)", message):

@@ -533,7 +533,14 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
         return
     summary.ms_per_image = engine.ms_per_image()
     summary.plan = engine.describe()
+    asked = summary.settings.get("imgsz")
     summary.settings.update(engine.settings())
+    got = summary.settings.get("imgsz")
+    if (isinstance(asked, list) and isinstance(got, list) and len(asked) == len(got) == 2
+            and all(isinstance(v, int) for v in (*asked, *got)) and asked != got
+            and all(0 < g - a < 64 for a, g in zip(asked, got, strict=True) if g != a)):
+        summary.notes.append(f"--imgsz {'x'.join(map(str, asked))} is not a multiple of the model's stride: it ran at "
+                             f"{'x'.join(map(str, got))}, as detect.py rounds it up")
     if reshaped:
         size = "x".join(str(v) for v in summary.settings.get("imgsz", []))
         summary.notes.append(f"this model has a fixed {size} input: {reshaped} image(s) were letterboxed to it where "
