@@ -665,6 +665,9 @@ def refuse_unreachable(nms: NMSOptions, baked: BakedNMS, path: Path, named: Call
                         f"redone)")
     if nms.agnostic != baked.agnostic:
         problems.append(f"{'' if nms.agnostic else 'no '}--agnostic-nms differs from the export")
+    elif baked.agnostic and nms.classes is not None:  # detect.py filters classes before NMS
+        problems.append(f"{named('classes')} cannot be applied to an export with --agnostic-nms inside (other classes' "
+                        f"boxes have suppressed these classes' boxes already, which detect.py keeps)")
     if problems:
         raise InputError(f"{path}: this model has NMS inside, exported with {exported}; " + "; ".join(problems)
                          + f"; run it with those settings (a higher --conf or a lower --max-det is fine), {fix}")
