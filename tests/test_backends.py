@@ -727,3 +727,20 @@ def test_trt_unavailable_is_a_clear_refusal(tmp_path: Path) -> None:
         trt.load(f, LoadOptions(device="cuda"))
     with pytest.raises(BackendUnavailableError):
         backends.require("trt")
+
+
+def test_runtime_options_of_the_wrong_kind_are_one_line(exported: dict[str, Path]) -> None:
+    """options={'providers': 5} was a TypeError ('int' object is not iterable), {'shape_models': 'x'} a ValueError,
+    and {'inference_precision': 'f99'} a ModelFileError of many lines of OpenVINO's source blaming the model."""
+    from toolkit import Detector
+    from toolkit.errors import InputError
+
+    cases = [("onnx", {"providers": 5}, "options\\['providers'\\] takes a list"),
+             ("onnx", {"providers": "CPUExecutionProvider"}, "options\\['providers'\\] takes a list"),
+             ("openvino", {"shape_models": "x"}, "options\\['shape_models'\\] takes a whole number"),
+             ("openvino", {"inference_precision": "f99"}, "options\\['inference_precision'\\] takes f32, bf16")]
+    for kind, options, reason in cases:
+        with pytest.raises(InputError, match=reason) as e:
+            Detector(exported[kind], options=options)
+        assert "\n" not in str(e.value)
+    Detector(exported["onnx"], options={"providers": ["CPUExecutionProvider"]}).close()

@@ -60,7 +60,12 @@ def provider_list(device: str | None, available: list[str], meta: ModelMeta, ext
     the shape profile of :func:`trt_profile_options`), then CUDA, then the CPU. ``extra["providers"]`` overrides
     everything; ``extra["tensorrt"] = False`` leaves TensorRT out."""
     if "providers" in extra:
-        return list(extra["providers"])
+        given = extra["providers"]
+        if isinstance(given, str | bytes) or not isinstance(given, list | tuple) or not all(
+                isinstance(p, str) or (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)) for p in given):
+            raise InputError(f"options['providers'] takes a list of ONNX Runtime provider names (or (name, options) "
+                             f"pairs), such as ['CPUExecutionProvider'], got {given!r:.80}")
+        return list(given)
     spec = parse_device(device)
     if spec.kind == "cpu":
         return ["CPUExecutionProvider"]

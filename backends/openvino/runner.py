@@ -155,6 +155,12 @@ class OpenVinoRunner(BaseRunner):
             precision = "f32"
         else:
             precision = extra.get("inference_precision") or ("f32" if meta.precision == "fp32" else None)
+            if precision not in (None, "f32", "bf16", "f16"):  # OpenVINO's own refusal is many lines of its source
+                raise InputError(f"options['inference_precision'] takes f32, bf16 or f16, got {precision!r}")
+        shapes_given = extra.get("shape_models")
+        if shapes_given is not None and (isinstance(shapes_given, bool) or not isinstance(shapes_given, int)
+                                         or shapes_given < 0):
+            raise InputError(f"options['shape_models'] takes a whole number, at least 0, got {shapes_given!r}")
         if precision and device == "CPU":
             config["INFERENCE_PRECISION_HINT"] = str(precision)
         cache = compile_cache_dir(extra)
