@@ -334,3 +334,22 @@ def test_an_unknown_backend_name_is_named_as_such(yolov5n_pt: Path) -> None:
     for name in ("foo", "pytorch", "TORCH"):
         with pytest.raises(InputError, match=f"unknown backend '{name}'; choose one of torch, onnx"):
             Detector(str(yolov5n_pt), backend=name)
+
+
+def test_arguments_of_the_wrong_kind_are_one_line_naming_them(coco128_images: Path) -> None:
+    """keep_images='yes' was taken as true, style='x' failed every input with an AttributeError in a worker, and
+    Detector(DetectorConfig(...)) looked for a file named 'DetectorConfig(weights=...)'."""
+    from toolkit.engine.core import DetectorConfig
+
+    det = Detector("yolov5n.yaml", imgsz=64)
+    jpg = [str(sorted(coco128_images.glob("*.jpg"))[0])]
+    for kwargs, reason in (({"keep_images": "yes"}, "keep_images takes True or False, got 'yes'"),
+                           ({"style": "x"}, "style takes an AnnotateStyle"),
+                           ({"fast_decode": "x"}, "fast_decode takes True, False or None"),
+                           ({"mode": 3}, "mode takes thread, process or auto")):
+        with pytest.raises(InputError, match=re.escape(reason)):
+            next(det.predict_iter(jpg, **kwargs))
+    with pytest.raises(InputError, match=r"got DetectorConfig; for a DetectorConfig use Detector.from_config"):
+        Detector(DetectorConfig(weights="yolov5n.yaml"))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="got int"):
+        Detector(5)  # type: ignore[arg-type]

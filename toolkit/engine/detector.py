@@ -199,6 +199,21 @@ def _check_counts(least: int, **counts: Any) -> None:
             raise InputError(f"{name} takes a whole number, at least {least}, got {value!r}")
 
 
+def _check_kinds(**given: Any) -> None:
+    """:class:`InputError` for an argument of ``predict_iter`` of the wrong kind (``keep_images='yes'`` was taken as
+    true; ``style='x'`` failed every input with an AttributeError inside a worker)."""
+    kinds: dict[str, tuple[type | None, ...]] = {"keep_images": (bool, np.bool_), "crops": (bool, np.bool_),
+                                                  "fast_decode": (bool, np.bool_, type(None)),
+                                                  "style": (AnnotateStyle, type(None)), "plan": (Plan, type(None)),
+                                                  "mode": (str,)}
+    for name, value in given.items():
+        allowed = tuple(k for k in kinds[name] if k is not None)
+        if not isinstance(value, allowed):
+            wants = {"keep_images": "True or False", "crops": "True or False", "fast_decode": "True, False or None",
+                     "style": "an AnnotateStyle", "plan": "a Plan", "mode": "thread, process or auto"}[name]
+            raise InputError(f"{name} takes {wants}, got {value!r:.60}")
+
+
 def _settings_signature() -> inspect.Signature:
     """``Detector(weights, *, conf=..., ...)`` as help() and editors show it: the :class:`DetectorConfig` fields."""
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -245,6 +260,11 @@ class Detector:
 
     def __init__(self, weights: str | Path | None = None, **settings: Any) -> None:
         refuse_unknown(settings, [f.name for f in fields(DetectorConfig) if f.name != "weights"], "Detector()")
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):  # str() of it was a file name
+            hint = "; for a DetectorConfig use Detector.from_config(config)" if isinstance(weights, DetectorConfig) \
+                else ""
+            raise InputError(f"Detector takes the model's path or name (a .pt, .onnx, OpenVINO folder, .engine, or "
+                             f"yolov5n), got {type(weights).__name__}{hint}")
         self._hold(ModelRoutine.load(DetectorConfig(weights=None if weights is None else str(weights), **settings)))
 
     __init__.__signature__ = _settings_signature()  # type: ignore[attr-defined]
@@ -440,6 +460,8 @@ class Detector:
         """
         self._open()
         _check_counts(0, batch=batch, workers=workers)  # 0: the plan chooses
+        _check_kinds(keep_images=keep_images, crops=crops, fast_decode=fast_decode, style=style, plan=plan,
+                     mode=mode)
         tile = _tile_options(tile)
         if not isinstance(source, (SourceList, str, Path, list)):
             raise InputError(f"predict_iter takes a source (a path, folder, glob, list file or URL) or a list of "
