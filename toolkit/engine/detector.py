@@ -454,7 +454,10 @@ class Detector:
         ``fast_decode`` (default: the detector's own setting, off unless asked for) decodes large JPEGs at reduced
         size when they are at least twice the model input (never when ``keep_images`` asks for the full image).
         Process-mode workers annotate (in ``style``) and encode the images they keep, and with ``crops`` cut and
-        encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``). ``ahead``: the
+        encode each box's crop; in thread mode results keep the image (``keep_images`` or ``crops``). So with
+        ``keep_images`` a result holds ``image`` (the decoded BGR image) in thread mode and ``annotated`` (the encoded
+        annotated image) in process mode; ``mode="auto"`` chooses by the number of inputs, so code that reads
+        ``image`` passes ``mode="thread"``. ``ahead``: the
         first images, decoded while the model loaded (:class:`~toolkit.engine.ahead.HeadStart`; thread mode, used
         where an image is decoded whole).
         """
