@@ -101,3 +101,35 @@ def test_yaml_architecture_file(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="not valid YAML .* at line 3, column 1.; fix the file") as e:
         load_model(p)
     assert "\n" not in str(e.value)
+
+
+def test_yolov5_v3_architecture_builds_as_its_checkpoints_hold_it() -> None:
+    """YOLOv5 v3's yolov5s (Focus, BottleneckCSP, SPP; Hardswish Conv layers; LeakyReLU(0.1) inside each
+    BottleneckCSP) was refused as an unsupported architecture. Its modules carry the official state-dict names
+    (checkpoints load strictly), its activations are the ones asked for, and it runs."""
+    arch = {"nc": 80, "depth_multiple": 0.33, "width_multiple": 0.5, "activation": "nn.Hardswish()",
+            "csp_activation": "nn.LeakyReLU(0.1)",
+            "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+            "backbone": [[-1, 1, "Focus", [64, 3]], [-1, 1, "Conv", [128, 3, 2]], [-1, 3, "BottleneckCSP", [128]],
+                         [-1, 1, "Conv", [256, 3, 2]], [-1, 9, "BottleneckCSP", [256]], [-1, 1, "Conv", [512, 3, 2]],
+                         [-1, 9, "BottleneckCSP", [512]], [-1, 1, "Conv", [1024, 3, 2]],
+                         [-1, 1, "SPP", [1024, [5, 9, 13]]], [-1, 3, "BottleneckCSP", [1024, False]]],
+            "head": [[-1, 1, "Conv", [512, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+                     [[-1, 6], 1, "Concat", [1]], [-1, 3, "BottleneckCSP", [512, False]],
+                     [-1, 1, "Conv", [256, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+                     [[-1, 4], 1, "Concat", [1]], [-1, 3, "BottleneckCSP", [256, False]],
+                     [-1, 1, "Conv", [256, 3, 2]], [[-1, 14], 1, "Concat", [1]],
+                     [-1, 3, "BottleneckCSP", [512, False]],
+                     [-1, 1, "Conv", [512, 3, 2]], [[-1, 10], 1, "Concat", [1]],
+                     [-1, 3, "BottleneckCSP", [1024, False]],
+                     [[17, 20, 23], 1, "Detect", ["nc", "anchors"]]]}
+    model = build_model(arch)
+    keys = set(model.state_dict())
+    for k in ("model.2.cv1.conv.weight", "model.2.cv2.weight", "model.2.cv3.weight", "model.2.cv4.conv.weight",
+              "model.2.bn.running_var", "model.2.m.0.cv2.conv.weight", "model.0.conv.conv.weight"):
+        assert k in keys, k
+    csp = model.model[2]
+    assert isinstance(csp.act, torch.nn.LeakyReLU) and csp.act.negative_slope == 0.1
+    assert isinstance(csp.cv1.act, torch.nn.Hardswish)
+    assert count_parameters(model) == 7_468_157  # YOLOv5 v3.1 yolov5s: 7.47M parameters (its README)
+    assert model.fuse()(torch.zeros(1, 3, 64, 64)).shape == (1, 252, 85)

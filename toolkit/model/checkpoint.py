@@ -182,9 +182,25 @@ def _with_saved_activation(arch: dict[str, Any], modules: list[ModuleRecord], pa
     dict, whose ``activation`` key (SiLU when absent) can disagree with the modules saved: YOLOv5 v3's Conv was
     Hardswish with no such key, and an edited ``Conv.default_act`` is saved only in the modules. detect.py runs the
     saved modules, so their activation is the one used (it was SiLU whatever was saved: other boxes, no word)."""
+    convs = _saved_activation(modules, ("models.common.Conv", "models.common.DWConv"), "Conv", path)
+    csps = _saved_activation(modules, ("models.common.BottleneckCSP",), "BottleneckCSP", path)
+    out = arch
+    named = str(arch.get("activation") or "nn.SiLU()").replace(" ", "")
+    if convs is not None and not (convs == named or (convs.startswith("nn.LeakyReLU(")
+                                                     and named.startswith("nn.LeakyReLU(")
+                                                     and _slope(convs) == _slope(named))):
+        out = {**out, "activation": convs}
+    if csps is not None:  # BottleneckCSP's own, after its BatchNorm: LeakyReLU(0.1) before v6.0
+        out = {**out, "csp_activation": csps}
+    return out
+
+
+def _saved_activation(modules: list[ModuleRecord], kinds: tuple[str, ...], what: str, path: str) -> str | None:
+    """The activation the ``kinds`` modules of a checkpoint hold as their ``act`` (an architecture dict's spelling:
+    ``nn.LeakyReLU(0.1)``), None where none does (or each is an Identity)."""
     specs = set()
     for m in modules:
-        if m.cls_name not in ("models.common.Conv", "models.common.DWConv"):
+        if m.cls_name not in kinds:
             continue
         act = (m.state.get("_modules") or {}).get("act")
         if not isinstance(act, ModuleRecord) or act.cls_name == "torch.nn.modules.linear.Identity":
@@ -195,17 +211,12 @@ def _with_saved_activation(arch: dict[str, Any], modules: list[ModuleRecord], pa
         elif act.cls_name in _ACTIVATION_SPECS:
             specs.add(_ACTIVATION_SPECS[act.cls_name])
         else:
-            raise ModelFileError(f"{path}: unsupported architecture: its Conv layers use {act.cls_name}; yolokit "
+            raise ModelFileError(f"{path}: unsupported architecture: its {what} layers use {act.cls_name}; yolokit "
                                  f"runs SiLU, ReLU, LeakyReLU, Hardswish and Mish")
     if len(specs) > 1:
-        raise ModelFileError(f"{path}: unsupported architecture: its Conv layers use several activations "
+        raise ModelFileError(f"{path}: unsupported architecture: its {what} layers use several activations "
                              f"({', '.join(sorted(specs))}); yolokit runs models with one")
-    saved = next(iter(specs), None)
-    named = str(arch.get("activation") or "nn.SiLU()").replace(" ", "")
-    if saved is None or saved == named or (saved.startswith("nn.LeakyReLU(") and named.startswith("nn.LeakyReLU(")
-                                           and _slope(saved) == _slope(named)):
-        return arch
-    return {**arch, "activation": saved}
+    return next(iter(specs), None)
 
 
 def _slope(spec: str) -> float:

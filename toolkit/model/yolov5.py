@@ -121,6 +121,30 @@ class C3(nn.Module):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
 
 
+class BottleneckCSP(nn.Module):
+    """YOLOv5's CSP bottleneck (its backbone until v4.0, C3's predecessor): two paths, one through ``n`` bottlenecks
+    and a plain conv, the other a plain conv, joined through a BatchNorm and an activation of their own (``csp_act``:
+    LeakyReLU(0.1) in the releases that trained with it, SiLU in v7.0's code; a checkpoint's saved one)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+                 default_act: nn.Module | None = None, csp_act: nn.Module | None = None) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1, default_act=default_act)
+        self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
+        self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
+        self.cv4 = Conv(2 * c_, c2, 1, 1, default_act=default_act)
+        self.bn = nn.BatchNorm2d(2 * c_)
+        self.act = copy.deepcopy(csp_act) if csp_act is not None else nn.SiLU()
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, default_act=default_act)
+                                 for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = self.cv3(self.m(self.cv1(x)))
+        y2 = self.cv2(x)
+        return self.cv4(self.act(self.bn(torch.cat((y1, y2), 1))))
+
+
 class SPP(nn.Module):
     def __init__(self, c1: int, c2: int, k: tuple[int, ...] = (5, 9, 13),
                  default_act: nn.Module | None = None) -> None:
@@ -291,7 +315,7 @@ def _make_divisible(x: float, divisor: int = 8) -> int:
 
 
 _CONV_LIKE = {"Conv": Conv, "Bottleneck": Bottleneck, "SPP": SPP, "SPPF": SPPF, "DWConv": DWConv,
-              "Focus": Focus, "C3": C3}
+              "Focus": Focus, "C3": C3, "BottleneckCSP": BottleneckCSP}
 
 
 class YOLOv5(nn.Module):
@@ -322,6 +346,8 @@ class YOLOv5(nn.Module):
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"the architecture dict is missing or has a bad field: {e}") from e
         act = _parse_activation(d.get("activation"))
+        # BottleneckCSP's own activation: yolokit's key, from the modules a checkpoint saved (checkpoint.py)
+        csp_act = _parse_activation(d.get("csp_activation"))
         if isinstance(anchors, int):
             raise ModelFileError("unsupported architecture: auto-anchor counts (anchors: int) are not supported")
         na = len(anchors[0]) // 2
@@ -348,12 +374,13 @@ class YOLOv5(nn.Module):
                 if c2 != no:
                     c2 = _make_divisible(c2 * gw, 8)
                 margs = [c1, c2, *args[1:]]
-                if name == "C3":
+                if name in ("C3", "BottleneckCSP"):
                     margs.insert(2, n)
                     n = 1
                 if name == "SPP" and len(margs) > 2:
                     margs[2] = tuple(margs[2])
-                blocks = [cls(*margs, default_act=act) for _ in range(n)]
+                extra = {"csp_act": csp_act} if name == "BottleneckCSP" else {}
+                blocks = [cls(*margs, default_act=act, **extra) for _ in range(n)]
                 module = nn.Sequential(*blocks) if n > 1 else blocks[0]
             elif name == "nn.BatchNorm2d":
                 c2 = ch[f]
@@ -374,7 +401,8 @@ class YOLOv5(nn.Module):
             else:
                 raise ModelFileError(
                     f"unsupported architecture: layer {i} is {name!r}; yolokit supports YOLOv5 detection "
-                    f"models built from Conv, C3, Bottleneck, SPP(F), Focus, DWConv, Concat, Upsample, Detect")
+                    f"models built from Conv, C3, BottleneckCSP, Bottleneck, SPP(F), Focus, DWConv, Concat, Upsample, "
+                    f"Detect")
             module.f, module.i = f, i  # type: ignore[assignment]
             save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
             layers.append(module)
