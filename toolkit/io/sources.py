@@ -337,16 +337,26 @@ def _fits(names: list[str], parts: list[str], whole: bool) -> bool:
         fnmatch.fnmatchcase(names[0], parts[0]) and _fits(names[1:], parts[1:], whole)
 
 
-def _unique_key(key: str, path: str, taken: set[str]) -> str:
+class _Taken(set[str]):
+    """The keys given so far, and for each numbered series (``photo.png_2``, ``photo.png_3`` ...) the next number:
+    20,000 inputs of one name counted up from 2 for each, minutes before the first result."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        super().__init__(keys)
+        self.next: dict[str, int] = {}
+
+
+def _unique_key(key: str, path: str, taken: _Taken) -> str:
     """``key``, or when another input already has it (``photo.jpg`` beside ``photo.png``, or a list naming one file
     twice) ``photo.png`` then ``photo.png_2`` ...: each input gets its own outputs and manifest line."""
     out = key
     if out in taken:
-        out = key + os.path.splitext(path)[1]
-        n = 2
+        base = key + os.path.splitext(path)[1]
+        out, n = base, taken.next.get(base, 2)
         while out in taken:
-            out = f"{key}{os.path.splitext(path)[1]}_{n}"
+            out = f"{base}_{n}"
             n += 1
+        taken.next[base] = n
     taken.add(out)
     return out
 
@@ -361,7 +371,7 @@ def _from_files(files: list[str], root: str, failed: list[tuple[InputRef, str]])
     """The inputs ``files`` name (keys below ``root``; "": file names), with ``failed``, the entries listing found
     unusable before (a folder walk's or a glob's: placed among ``files``, which are sorted there, by path)."""
     items: list[InputRef] = []
-    taken = {ref.key for ref, _ in failed}
+    taken = _Taken(ref.key for ref, _ in failed)
     order = {ref.key: bisect.bisect_left(files, ref.path) - 0.5 for ref, _ in failed}
     at: list[int] = []  # each item's place in files
     for i, f in enumerate(files):
@@ -414,7 +424,7 @@ def in_listing_order(sources: SourceList, produced: Iterable[T], key_of: Callabl
         yield failure(ref, reason)
 
 
-def _apart_from_frames(items: list[InputRef], taken: set[str]) -> list[InputRef]:
+def _apart_from_frames(items: list[InputRef], taken: _Taken) -> list[InputRef]:
     """``items`` with an image keyed as a video's frame would be (``a_1.jpg`` beside ``a.avi``, whose first frame is
     ``a_1``, as detect.py names it) keyed apart (``a_1.jpg``): the two wrote one label file, one's boxes lost."""
     videos = {r.key for r in items if r.frame == -1}
@@ -496,7 +506,7 @@ def _from_store(url: str) -> SourceList:
                             if ln and not ln.startswith("#")], "", failed)
     root = url.rstrip("/")
     items: list[InputRef] = []
-    taken: set[str] = set()
+    taken = _Taken()
     order: dict[str, float] = {}
     for obj in list_objects(url):
         kind = _kind(obj.url)
@@ -550,7 +560,7 @@ def _addressable(line: str) -> bool:
 
 
 def _streams(lines: list[str]) -> list[InputRef]:
-    taken: set[str] = set()
+    taken = _Taken()
     refs = []
     for ln in lines:
         if not is_utf8(ln):  # bytes no address holds (OpenCV's reader crashed the process on them)
