@@ -227,3 +227,39 @@ def test_a_report_without_charts_says_why() -> None:
     text = report(result)
     assert ("No charts: no configuration ran." in text) is available(), text
     assert "with 5 or fewer, it is the whole run's rate" in text
+
+
+def _dataset(root: Path, labels: list[str | None]) -> Path:
+    """A YOLO dataset folder (images/, labels/) of 64x64 images, one per entry of ``labels``: the label file's text,
+    or None for a background image (no label file)."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, text in enumerate(labels):
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), np.full((64, 64, 3), 40 + 60 * i, np.uint8))
+        if text is not None:
+            (root / "labels" / f"{i}.txt").write_text(text)
+    return root
+
+
+def _tiny(**kw: object) -> BenchOptions:
+    """A one-configuration bench of the built-in yolov5n.yaml at 64 px: the PyTorch baseline once."""
+    opts: dict[str, object] = {"weights": "yolov5n.yaml", "source": "", "backends": ["torch"], "nms": False,
+                               "precisions": ["fp32"], "modes": ["seq"], "repeat": 1, "imgsz": 64, "ceiling": False}
+    return BenchOptions(**{**opts, **kw})  # type: ignore[arg-type]
+
+
+def test_background_images_do_not_turn_map_off(tmp_path: Path) -> None:
+    """An image without a label file among the first five (a background image, normal in YOLO datasets) made the
+    bench report "F1 vs baseline" with mAP None and exit 0, with --data too; a --data without any label file was
+    scored as agreement instead of refused as yolokit val refuses it."""
+    data = _dataset(tmp_path / "ds", [None, "0 0.5 0.5 0.2 0.2\n", None])
+    rows = bench(_tiny(data=str(data), images=3, out=str(tmp_path / "d")))["rows"]
+    assert rows[0]["map50_95"] is not None and rows[0]["map_delta"] == 0.0, rows[0]
+    rows = bench(_tiny(source=str(data / "images"), images=3, out=str(tmp_path / "s")))["rows"]
+    assert rows[0]["map50_95"] is not None, rows[0]  # without --data: labelled, as some image has a label file
+    bare = _dataset(tmp_path / "bare", [None, None])
+    with pytest.raises(InputError, match=r"bare: none of the 2 images benchmarked has a label file .*layout"):
+        bench(_tiny(data=str(bare), images=2, out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
+    rows = bench(_tiny(source=str(bare / "images"), images=2, out=str(tmp_path / "a")))["rows"]
+    assert rows[0].get("map50_95") is None and rows[0]["agree_f1"] == 1.0  # no labels anywhere: agreement

@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess (clean start-up time and peak memory), over the same images,
 ``repeat`` times; the median is reported with min-max. The baseline is the checkpoint run by its own backend
 (PyTorch), sequentially, at that backend's default precision: FP32 on a CPU, FP16 on a GPU. Accuracy: mAP50-95
-when the images have YOLO labels, else agreement with the baseline's boxes
+when any image has a YOLO label file (one without is a background image), else agreement with the baseline's boxes
 (precision / recall / F1 at IoU 0.5, same class). Exported artifacts are cached by checkpoint hash and options.
 """
 
@@ -217,6 +217,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     else:
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
+    labelled = labelled_images(paths, opts.data)
     paths, left_out = _readable(paths, labelled=bool(opts.data))
     if not paths:
         raise InputError(f"{opts.data or opts.source}: no images to benchmark"
@@ -228,9 +229,6 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     except OSError as e:  # a file in the way, a read-only or virtual file system: a traceback before
         raise OutputError(f"{out}: cannot write the bench's report there ({os_reason(e)}); choose another --out") \
             from None
-    from toolkit.jobs.valdata import label_path
-
-    labelled = all(label_path(Path(p)).is_file() for p in paths[:5])
     rows: list[dict[str, Any]] = []
     ceilings: dict[tuple[str, str], Parts] = {}
     configs = grid(opts)
@@ -295,6 +293,20 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
     return result
+
+
+def labelled_images(paths: list[str], data: str | None) -> bool:
+    """Whether accuracy is mAP: some image has a label file. A missing one is a background image, with no objects,
+    as YOLO datasets keep them (the first five images without one turned mAP off, with --data too). A --data whose
+    images have none is refused, as ``yolokit val`` refuses it: there would be nothing to score."""
+    from toolkit.jobs.valdata import label_path
+
+    found = any(label_path(Path(p)).is_file() for p in paths)
+    if data and not found:
+        raise InputError(f"{data}: none of the {len(paths)} images benchmarked has a label file (labels/NAME.txt "
+                         f"beside images/NAME.jpg, as YOLO datasets keep them), so there is nothing to score; check "
+                         f"the dataset's layout, or leave --data out to compare with the baseline's boxes")
+    return found
 
 
 def _readable(paths: list[str], labelled: bool = False) -> tuple[list[str], list[dict[str, str]]]:
