@@ -263,3 +263,14 @@ def test_background_images_do_not_turn_map_off(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
     rows = bench(_tiny(source=str(bare / "images"), images=2, out=str(tmp_path / "a")))["rows"]
     assert rows[0].get("map50_95") is None and rows[0]["agree_f1"] == 1.0  # no labels anywhere: agreement
+
+
+def test_a_bad_label_under_source_is_left_out_before_the_grid_runs(tmp_path: Path) -> None:
+    """Labels were checked up front with --data only: a labelled --source with one bad label file ran the whole
+    grid, then threw every measurement away (exit 2, no results.json) when the mAP read that file."""
+    data = _dataset(tmp_path / "ds", ["0 0.5 0.5 0.2 0.2\n", "0 1.5 0.5 0.2 0.2\n", None])
+    result = bench(_tiny(source=str(data / "images"), images=3, out=str(tmp_path / "b")))
+    assert [Path(b["path"]).name for b in result["left_out"]] == ["1.jpg"]
+    assert "coordinates above 1" in result["left_out"][0]["reason"] and result["images"] == 2
+    assert result["rows"][0]["map50_95"] is not None
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["left_out"] == result["left_out"]

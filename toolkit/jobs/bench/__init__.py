@@ -218,7 +218,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
     labelled = labelled_images(paths, opts.data)
-    paths, left_out = _readable(paths, labelled=bool(opts.data))
+    paths, left_out = _readable(paths, labelled)  # whenever labels are scored: one bad file ended the bench
     if not paths:
         raise InputError(f"{opts.data or opts.source}: no images to benchmark"
                          + (f" ({len(left_out)} could not be read: {left_out[0]['path']}: {left_out[0]['reason']})"
