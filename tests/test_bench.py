@@ -49,11 +49,14 @@ def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, t
     report = (tmp_path / "b" / "report.md").read_text()
     assert "torch fp32 b1 seq" in report and "onnx fp32 b1 seq" in report and "Pareto front" in report
     assert rows[0]["config"] == "torch fp32 b1 seq"
-    # a second run reuses the exported artifact
+    # a second run writes into a new folder beside the first, and reuses the first's exported artifacts
     artifacts = sorted((tmp_path / "b" / "artifacts").iterdir())
     mtimes = [p.stat().st_mtime for p in artifacts]
-    bench(BenchOptions(**{**opts.__dict__, "backends": ["onnx"]}))
+    again = bench(BenchOptions(**{**opts.__dict__, "backends": ["onnx"]}))
+    assert again["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "report.md").is_file()
     assert [p.stat().st_mtime for p in sorted((tmp_path / "b" / "artifacts").iterdir())] == mtimes
+    assert not any((tmp_path / "b2" / "artifacts").iterdir())
+    assert again["rows"][1]["plan"] and "error" not in again["rows"][1]
 
 
 def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) -> None:
@@ -274,3 +277,31 @@ def test_a_bad_label_under_source_is_left_out_before_the_grid_runs(tmp_path: Pat
     assert "coordinates above 1" in result["left_out"][0]["reason"] and result["images"] == 2
     assert result["rows"][0]["map50_95"] is not None
     assert json.loads((tmp_path / "b" / "results.json").read_text())["left_out"] == result["left_out"]
+
+
+def test_a_bench_writes_over_neither_an_earlier_bench_nor_a_users_files(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--out DIR wrote over results.csv and report.md there without a word, a user's own or the last bench's; the
+    CLI then printed DIR's report.md. A bench now makes DIR2, DIR3... beside a DIR that holds files, as yolokit run
+    numbers its run folders, and --exist-ok writes into DIR."""
+    from toolkit.cli import main
+
+    data = _dataset(tmp_path / "ds", [None])
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "results.csv").write_text("mine\n")
+    (out / "report.md").write_text("my notes\n")
+    first = bench(_tiny(source=str(data / "images"), images=1, out=str(out)))
+    assert (out / "results.csv").read_text() == "mine\n" and (out / "report.md").read_text() == "my notes\n"
+    assert first["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "report.md").is_file()
+    earlier = (tmp_path / "b2" / "results.json").read_text()
+    assert main(["bench", "--weights", "yolov5n.yaml", "--source", str(data / "images"), "--images", "1",
+                 "--backends", "torch", "--precision", "fp32", "--modes", "seq", "--no-nms", "--no-ceiling",
+                 "--repeat", "1", "--imgsz", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert (tmp_path / "b3" / "report.md").read_text() in printed.out and "my notes" not in printed.out
+    assert f"this bench writes into {tmp_path / 'b3'}" in printed.err
+    assert (tmp_path / "b2" / "results.json").read_text() == earlier
+    again = bench(_tiny(source=str(data / "images"), images=1, out=str(tmp_path / "b2"), exist_ok=True))
+    assert again["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "results.json").read_text() != earlier
+    assert not (tmp_path / "b22").exists()

@@ -73,7 +73,8 @@ def bench(**kwargs: Any) -> None:
     """Which backend, precision, batch and mode should I use here, and what do I lose?
 
     Runs each configuration in a fresh process against the PyTorch baseline (FP32 on a CPU, FP16 on a GPU),
-    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy.
+    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy into --out, or into
+    a new folder beside it (runs/bench2, ...) when --out holds files.
 
     Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
     """
@@ -81,7 +82,7 @@ def bench(**kwargs: Any) -> None:
 
     opts = collect(BenchOptions, kwargs)
     result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
-    typer.echo((Path(opts.out) / "report.md").read_text())
+    typer.echo((Path(result["out"]) / "report.md").read_text())
     if any("error" in r for r in result["rows"]):
         raise typer.Exit(1)
 
