@@ -305,3 +305,24 @@ def test_a_bench_writes_over_neither_an_earlier_bench_nor_a_users_files(tmp_path
     again = bench(_tiny(source=str(data / "images"), images=1, out=str(tmp_path / "b2"), exist_ok=True))
     assert again["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "results.json").read_text() != earlier
     assert not (tmp_path / "b22").exists()
+
+
+def test_the_report_says_what_it_measured(tmp_path: Path) -> None:
+    """With --data ds1 --source ds4/images the images were ds1's and --source was silently not benchmarked; neither
+    report.md nor results.json said which images, by which protocol the mAP was measured, or at which conf."""
+    ds1 = _dataset(tmp_path / "ds1", ["0 0.5 0.5 0.2 0.2\n", None])
+    ds4 = _dataset(tmp_path / "ds4", [None])
+    result = bench(_tiny(data=str(ds1), source=str(ds4 / "images"), images=2, out=str(tmp_path / "b")))
+    assert result["images"] == 2  # ds1's two, not ds4's one
+    what = json.loads((tmp_path / "b" / "results.json").read_text())["measured"]
+    assert what["data"] == str(ds1) and what["source_benchmarked"] is False and what["accuracy"] == "mAP50-95"
+    assert (what["conf"], what["iou"], what["max_det"], what["multi_label"]) == (0.001, 0.6, 300, True)
+    assert "yolokit val --protocol coco" in what["protocol"]
+    text = (tmp_path / "b" / "report.md").read_text()
+    assert f"Images: 2 from the dataset --data {ds1}" in text
+    assert f"--source {ds4 / 'images'} is not benchmarked with --data" in text
+    assert "pycocotools COCOeval" in text and "yolokit val --protocol coco" in text and "conf 0.001" in text
+    bench(_tiny(source=str(ds4 / "images"), images=1, out=str(tmp_path / "a")))
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert f"Images: 1 from --source {ds4 / 'images'}." in text and "Accuracy: agreement with the baseline" in text
+    assert "conf 0.25, NMS IoU 0.45" in text and "single-label" in text

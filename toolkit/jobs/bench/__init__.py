@@ -40,8 +40,8 @@ class BenchOptions:
     weights: str = declared(DetectorConfig, "weights").field(
         default=REQUIRED, help="The .pt checkpoint to compare (artifacts are exported from it).")
     source: str = option(REQUIRED, "Folder (or glob/list) of images to run on.")
-    data: str | None = option(None, "A labelled dataset (yaml or folder): accuracy as mAP50-95 on its images instead "
-                              "of agreement with the baseline.")
+    data: str | None = option(None, "A labelled dataset (yaml or folder): its images are benchmarked instead of "
+                              "--source's (which then only calibrates INT8 exports), accuracy as mAP50-95.")
     backends: list[str] | None = option(None, "e.g. torch,onnx,openvino,trt (default: every installed one).",
                                         text="strs")
     precisions: list[str] | None = option(None, "e.g. fp32,fp16,int8 (default: what each backend supports on this "
@@ -156,6 +156,25 @@ def nms_settings(labelled: bool) -> dict[str, Any]:
             "max_det": val.max_det}
 
 
+def measured(opts: BenchOptions, labelled: bool) -> dict[str, Any]:
+    """What the figures are of, for the report and results.json: where the images came from (with --data its val
+    split; --source is then not benchmarked), the accuracy measure and its protocol, and the NMS every configuration
+    ran with (val's conf 0.001 on labelled images, detect.py's 0.25 otherwise): none of it was stated."""
+    if labelled:
+        accuracy = "mAP50-95"
+        protocol = (f"pycocotools COCOeval bbox, IoU 0.50:0.95, area all, maxDets {ValOptions().max_det}, on each "
+                    f"configuration's detections with each image letterboxed alone, as yolokit val --protocol coco "
+                    f"scores them (yolokit val's default protocol, val.py's rectangular batches, is another); an "
+                    f"image without a label file has no objects")
+    else:
+        accuracy = "agreement with the baseline"
+        protocol = ("precision, recall and F1 of each configuration's boxes against the baseline's (IoU 0.5, same "
+                    "class, one to one): no image has a label file")
+    return {"data": opts.data or None, "source": opts.source or None, "source_benchmarked": not opts.data,
+            "accuracy": accuracy, "protocol": protocol, **nms_settings(labelled), "multi_label": labelled,
+            "end_to_end": opts.nms}
+
+
 def exported_precision(cfg: Config) -> str:
     """The precision of the artifact a configuration runs: its own, or FP32 for one the runtime computes in from
     an FP32 model (``--precision bf16``)."""
@@ -225,6 +244,9 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
     labelled = labelled_images(paths, opts.data)
+    if opts.data and opts.source:  # the images are the dataset's: --source was silently not benchmarked
+        say(f"--data {opts.data}: benchmarking its images; --source {opts.source} is not benchmarked (only INT8 "
+            f"exports are calibrated on it)")
     paths, left_out = _readable(paths, labelled)  # whenever labels are scored: one bad file ended the bench
     if not paths:
         raise InputError(f"{opts.data or opts.source}: no images to benchmark"
@@ -293,7 +315,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
                "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
                "versions": versions()}
     result = {"out": str(out), "machine": machine, "options": asdict(opts), "images": len(paths), "left_out": left_out,
-              "rows": rows, "charts": charts(rows, out, len(paths))}
+              "measured": measured(opts, labelled), "rows": rows, "charts": charts(rows, out, len(paths))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
