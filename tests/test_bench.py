@@ -326,3 +326,19 @@ def test_the_report_says_what_it_measured(tmp_path: Path) -> None:
     text = (tmp_path / "a" / "report.md").read_text()
     assert f"Images: 1 from --source {ds4 / 'images'}." in text and "Accuracy: agreement with the baseline" in text
     assert "conf 0.25, NMS IoU 0.45" in text and "single-label" in text
+
+
+def test_images_left_out_make_the_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bench that left images out (listed in its report) exited 0, where yolokit run and val exit 1 when inputs
+    failed (the README's exit codes)."""
+    from toolkit.cli import main
+
+    data = _dataset(tmp_path / "ds", [None])
+    args = ["bench", "--weights", "yolov5n.yaml", "--source", str(data / "images"), "--images", "2", "--backends",
+            "torch", "--precision", "fp32", "--modes", "seq", "--no-nms", "--no-ceiling", "--repeat", "1",
+            "--imgsz", "64", "--out"]
+    assert main([*args, str(tmp_path / "ok")]) == 0
+    (data / "images" / "bad.jpg").write_bytes(b"garbage")
+    assert main([*args, str(tmp_path / "b")]) == 1
+    assert "1 image(s) could not be read and are left out of every figure: " in capsys.readouterr().out
+    assert (tmp_path / "b" / "results.json").is_file()

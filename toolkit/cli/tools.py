@@ -76,6 +76,9 @@ def bench(**kwargs: Any) -> None:
     exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy into --out, or into
     a new folder beside it (runs/bench2, ...) when --out holds files.
 
+    Images (or label files) that cannot be used are listed in the report with their reasons and the rest measured;
+    the exit code is then 1, as it is when a configuration failed and for a run with failed inputs.
+
     Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
     """
     from toolkit.jobs.bench import bench as run_bench
@@ -83,7 +86,7 @@ def bench(**kwargs: Any) -> None:
     opts = collect(BenchOptions, kwargs)
     result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
     typer.echo((Path(result["out"]) / "report.md").read_text())
-    if any("error" in r for r in result["rows"]):
+    if result["left_out"] or any("error" in r for r in result["rows"]):  # as run and val when inputs failed
         raise typer.Exit(1)
 
 
