@@ -49,11 +49,14 @@ def test_tiny_grid_on_official_weights(yolov5n_pt: Path, coco128_images: Path, t
     report = (tmp_path / "b" / "report.md").read_text()
     assert "torch fp32 b1 seq" in report and "onnx fp32 b1 seq" in report and "Pareto front" in report
     assert rows[0]["config"] == "torch fp32 b1 seq"
-    # a second run reuses the exported artifact
+    # a second run writes into a new folder beside the first, and reuses the first's exported artifacts
     artifacts = sorted((tmp_path / "b" / "artifacts").iterdir())
     mtimes = [p.stat().st_mtime for p in artifacts]
-    bench(BenchOptions(**{**opts.__dict__, "backends": ["onnx"]}))
+    again = bench(BenchOptions(**{**opts.__dict__, "backends": ["onnx"]}))
+    assert again["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "report.md").is_file()
     assert [p.stat().st_mtime for p in sorted((tmp_path / "b" / "artifacts").iterdir())] == mtimes
+    assert not any((tmp_path / "b2" / "artifacts").iterdir())
+    assert again["rows"][1]["plan"] and "error" not in again["rows"][1]
 
 
 def test_failed_configuration_is_recorded_and_the_bench_goes_on(tmp_path: Path) -> None:
@@ -227,3 +230,115 @@ def test_a_report_without_charts_says_why() -> None:
     text = report(result)
     assert ("No charts: no configuration ran." in text) is available(), text
     assert "with 5 or fewer, it is the whole run's rate" in text
+
+
+def _dataset(root: Path, labels: list[str | None]) -> Path:
+    """A YOLO dataset folder (images/, labels/) of 64x64 images, one per entry of ``labels``: the label file's text,
+    or None for a background image (no label file)."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, text in enumerate(labels):
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), np.full((64, 64, 3), 40 + 60 * i, np.uint8))
+        if text is not None:
+            (root / "labels" / f"{i}.txt").write_text(text)
+    return root
+
+
+def _tiny(**kw: object) -> BenchOptions:
+    """A one-configuration bench of the built-in yolov5n.yaml at 64 px: the PyTorch baseline once."""
+    opts: dict[str, object] = {"weights": "yolov5n.yaml", "source": "", "backends": ["torch"], "nms": False,
+                               "precisions": ["fp32"], "modes": ["seq"], "repeat": 1, "imgsz": 64, "ceiling": False}
+    return BenchOptions(**{**opts, **kw})  # type: ignore[arg-type]
+
+
+def test_background_images_do_not_turn_map_off(tmp_path: Path) -> None:
+    """An image without a label file among the first five (a background image, normal in YOLO datasets) made the
+    bench report "F1 vs baseline" with mAP None and exit 0, with --data too; a --data without any label file was
+    scored as agreement instead of refused as yolokit val refuses it."""
+    data = _dataset(tmp_path / "ds", [None, "0 0.5 0.5 0.2 0.2\n", None])
+    rows = bench(_tiny(data=str(data), images=3, out=str(tmp_path / "d")))["rows"]
+    assert rows[0]["map50_95"] is not None and rows[0]["map_delta"] == 0.0, rows[0]
+    rows = bench(_tiny(source=str(data / "images"), images=3, out=str(tmp_path / "s")))["rows"]
+    assert rows[0]["map50_95"] is not None, rows[0]  # without --data: labelled, as some image has a label file
+    bare = _dataset(tmp_path / "bare", [None, None])
+    with pytest.raises(InputError, match=r"bare: none of the 2 images benchmarked has a label file .*layout"):
+        bench(_tiny(data=str(bare), images=2, out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
+    rows = bench(_tiny(source=str(bare / "images"), images=2, out=str(tmp_path / "a")))["rows"]
+    assert rows[0].get("map50_95") is None and rows[0]["agree_f1"] == 1.0  # no labels anywhere: agreement
+
+
+def test_a_bad_label_under_source_is_left_out_before_the_grid_runs(tmp_path: Path) -> None:
+    """Labels were checked up front with --data only: a labelled --source with one bad label file ran the whole
+    grid, then threw every measurement away (exit 2, no results.json) when the mAP read that file."""
+    data = _dataset(tmp_path / "ds", ["0 0.5 0.5 0.2 0.2\n", "0 1.5 0.5 0.2 0.2\n", None])
+    result = bench(_tiny(source=str(data / "images"), images=3, out=str(tmp_path / "b")))
+    assert [Path(b["path"]).name for b in result["left_out"]] == ["1.jpg"]
+    assert "coordinates above 1" in result["left_out"][0]["reason"] and result["images"] == 2
+    assert result["rows"][0]["map50_95"] is not None
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["left_out"] == result["left_out"]
+
+
+def test_a_bench_writes_over_neither_an_earlier_bench_nor_a_users_files(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--out DIR wrote over results.csv and report.md there without a word, a user's own or the last bench's; the
+    CLI then printed DIR's report.md. A bench now makes DIR2, DIR3... beside a DIR that holds files, as yolokit run
+    numbers its run folders, and --exist-ok writes into DIR."""
+    from toolkit.cli import main
+
+    data = _dataset(tmp_path / "ds", [None])
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "results.csv").write_text("mine\n")
+    (out / "report.md").write_text("my notes\n")
+    first = bench(_tiny(source=str(data / "images"), images=1, out=str(out)))
+    assert (out / "results.csv").read_text() == "mine\n" and (out / "report.md").read_text() == "my notes\n"
+    assert first["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "report.md").is_file()
+    earlier = (tmp_path / "b2" / "results.json").read_text()
+    assert main(["bench", "--weights", "yolov5n.yaml", "--source", str(data / "images"), "--images", "1",
+                 "--backends", "torch", "--precision", "fp32", "--modes", "seq", "--no-nms", "--no-ceiling",
+                 "--repeat", "1", "--imgsz", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert (tmp_path / "b3" / "report.md").read_text() in printed.out and "my notes" not in printed.out
+    assert f"this bench writes into {tmp_path / 'b3'}" in printed.err
+    assert (tmp_path / "b2" / "results.json").read_text() == earlier
+    again = bench(_tiny(source=str(data / "images"), images=1, out=str(tmp_path / "b2"), exist_ok=True))
+    assert again["out"] == str(tmp_path / "b2") and (tmp_path / "b2" / "results.json").read_text() != earlier
+    assert not (tmp_path / "b22").exists()
+
+
+def test_the_report_says_what_it_measured(tmp_path: Path) -> None:
+    """With --data ds1 --source ds4/images the images were ds1's and --source was silently not benchmarked; neither
+    report.md nor results.json said which images, by which protocol the mAP was measured, or at which conf."""
+    ds1 = _dataset(tmp_path / "ds1", ["0 0.5 0.5 0.2 0.2\n", None])
+    ds4 = _dataset(tmp_path / "ds4", [None])
+    result = bench(_tiny(data=str(ds1), source=str(ds4 / "images"), images=2, out=str(tmp_path / "b")))
+    assert result["images"] == 2  # ds1's two, not ds4's one
+    what = json.loads((tmp_path / "b" / "results.json").read_text())["measured"]
+    assert what["data"] == str(ds1) and what["source_benchmarked"] is False and what["accuracy"] == "mAP50-95"
+    assert (what["conf"], what["iou"], what["max_det"], what["multi_label"]) == (0.001, 0.6, 300, True)
+    assert "yolokit val --protocol coco" in what["protocol"]
+    text = (tmp_path / "b" / "report.md").read_text()
+    assert f"Images: 2 from the dataset --data {ds1}" in text
+    assert f"--source {ds4 / 'images'} is not benchmarked with --data" in text
+    assert "pycocotools COCOeval" in text and "yolokit val --protocol coco" in text and "conf 0.001" in text
+    bench(_tiny(source=str(ds4 / "images"), images=1, out=str(tmp_path / "a")))
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert f"Images: 1 from --source {ds4 / 'images'}." in text and "Accuracy: agreement with the baseline" in text
+    assert "conf 0.25, NMS IoU 0.45" in text and "single-label" in text
+
+
+def test_images_left_out_make_the_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bench that left images out (listed in its report) exited 0, where yolokit run and val exit 1 when inputs
+    failed (the README's exit codes)."""
+    from toolkit.cli import main
+
+    data = _dataset(tmp_path / "ds", [None])
+    args = ["bench", "--weights", "yolov5n.yaml", "--source", str(data / "images"), "--images", "2", "--backends",
+            "torch", "--precision", "fp32", "--modes", "seq", "--no-nms", "--no-ceiling", "--repeat", "1",
+            "--imgsz", "64", "--out"]
+    assert main([*args, str(tmp_path / "ok")]) == 0
+    (data / "images" / "bad.jpg").write_bytes(b"garbage")
+    assert main([*args, str(tmp_path / "b")]) == 1
+    assert "1 image(s) could not be read and are left out of every figure: " in capsys.readouterr().out
+    assert (tmp_path / "b" / "results.json").is_file()

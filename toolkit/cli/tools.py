@@ -73,7 +73,11 @@ def bench(**kwargs: Any) -> None:
     """Which backend, precision, batch and mode should I use here, and what do I lose?
 
     Runs each configuration in a fresh process against the PyTorch baseline (FP32 on a CPU, FP16 on a GPU),
-    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy.
+    exporting what it needs once (cached), and writes a ranked report with speed-ups and accuracy into --out, or into
+    a new folder beside it (runs/bench2, ...) when --out holds files.
+
+    Images (or label files) that cannot be used are listed in the report with their reasons and the rest measured;
+    the exit code is then 1, as it is when a configuration failed and for a run with failed inputs.
 
     Example: yolokit bench --weights yolov5n.pt --source coco128/images/train2017 --images 100
     """
@@ -81,8 +85,8 @@ def bench(**kwargs: Any) -> None:
 
     opts = collect(BenchOptions, kwargs)
     result = run_bench(opts, progress=lambda m: typer.echo(m, err=True))
-    typer.echo((Path(opts.out) / "report.md").read_text())
-    if any("error" in r for r in result["rows"]):
+    typer.echo((Path(result["out"]) / "report.md").read_text())
+    if result["left_out"] or any("error" in r for r in result["rows"]):  # as run and val when inputs failed
         raise typer.Exit(1)
 
 

@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess (clean start-up time and peak memory), over the same images,
 ``repeat`` times; the median is reported with min-max. The baseline is the checkpoint run by its own backend
 (PyTorch), sequentially, at that backend's default precision: FP32 on a CPU, FP16 on a GPU. Accuracy: mAP50-95
-when the images have YOLO labels, else agreement with the baseline's boxes
+when any image has a YOLO label file (one without is a background image), else agreement with the baseline's boxes
 (precision / recall / F1 at IoU 0.5, same class). Exported artifacts are cached by checkpoint hash and options.
 """
 
@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,8 @@ class BenchOptions:
     weights: str = declared(DetectorConfig, "weights").field(
         default=REQUIRED, help="The .pt checkpoint to compare (artifacts are exported from it).")
     source: str = option(REQUIRED, "Folder (or glob/list) of images to run on.")
-    data: str | None = option(None, "A labelled dataset (yaml or folder): accuracy as mAP50-95 on its images instead "
-                              "of agreement with the baseline.")
+    data: str | None = option(None, "A labelled dataset (yaml or folder): its images are benchmarked instead of "
+                              "--source's (which then only calibrates INT8 exports), accuracy as mAP50-95.")
     backends: list[str] | None = option(None, "e.g. torch,onnx,openvino,trt (default: every installed one).",
                                         text="strs")
     precisions: list[str] | None = option(None, "e.g. fp32,fp16,int8 (default: what each backend supports on this "
@@ -50,7 +51,10 @@ class BenchOptions:
     workers: list[int] = option([0], "Worker counts for thread/process modes, e.g. 1,2 (0: auto).", text="ints", lo=0)
     images: int = option(100, "How many images.", lo=1)
     repeat: int = option(3, "Fresh-process runs per configuration (median reported).", lo=1)
-    out: str = option("runs/bench", "Where results.json/.csv, report.md and charts go.")
+    out: str = option("runs/bench", "Where results.json/.csv, report.md and charts go: a new folder beside it "
+                      "(runs/bench2, runs/bench3, ...) when it holds files.")
+    exist_ok: bool = option(False, "Write into --out even when it holds files (a previous bench's results there are "
+                            "replaced).")
     imgsz: int = declared(DetectorConfig, "imgsz").field()
     device: str = declared(DetectorConfig, "device").field(default="cpu", help="cpu or cuda.")
     fast_decode: bool = declared(DetectorConfig, "fast_decode").field(
@@ -152,6 +156,25 @@ def nms_settings(labelled: bool) -> dict[str, Any]:
             "max_det": val.max_det}
 
 
+def measured(opts: BenchOptions, labelled: bool) -> dict[str, Any]:
+    """What the figures are of, for the report and results.json: where the images came from (with --data its val
+    split; --source is then not benchmarked), the accuracy measure and its protocol, and the NMS every configuration
+    ran with (val's conf 0.001 on labelled images, detect.py's 0.25 otherwise): none of it was stated."""
+    if labelled:
+        accuracy = "mAP50-95"
+        protocol = (f"pycocotools COCOeval bbox, IoU 0.50:0.95, area all, maxDets {ValOptions().max_det}, on each "
+                    f"configuration's detections with each image letterboxed alone, as yolokit val --protocol coco "
+                    f"scores them (yolokit val's default protocol, val.py's rectangular batches, is another); an "
+                    f"image without a label file has no objects")
+    else:
+        accuracy = "agreement with the baseline"
+        protocol = ("precision, recall and F1 of each configuration's boxes against the baseline's (IoU 0.5, same "
+                    "class, one to one): no image has a label file")
+    return {"data": opts.data or None, "source": opts.source or None, "source_benchmarked": not opts.data,
+            "accuracy": accuracy, "protocol": protocol, **nms_settings(labelled), "multi_label": labelled,
+            "end_to_end": opts.nms}
+
+
 def exported_precision(cfg: Config) -> str:
     """The precision of the artifact a configuration runs: its own, or FP32 for one the runtime computes in from
     an FP32 model (``--precision bf16``)."""
@@ -163,8 +186,10 @@ def run_precision(cfg: Config) -> str:
     return cfg.precision if cfg.precision in RUN_ONLY else "auto"
 
 
-def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False) -> str:
-    """The model file for a configuration, exported once and cached by checkpoint hash and options."""
+def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled: bool = False,
+             reuse: Sequence[Path] = ()) -> str:
+    """The model file for a configuration, exported once and cached by checkpoint hash and options: into
+    ``cache``, unless one of the folders ``reuse`` (earlier benches' caches) has it."""
     import backends
     from backends.base import ExportOptions
     from toolkit.jobs.export import export
@@ -179,7 +204,8 @@ def artifact(opts: BenchOptions, cfg: Config, cache: Path, calib: str, labelled:
     digest = sha256_file(weights)[:12] if weights.is_file() else hashlib.sha256(opts.weights.encode()).hexdigest()[:12]
     nms = BakedNMS(**nms_settings(labelled)) if cfg.nms else None
     tag = f"_nms{nms.conf:g}_{nms.iou:g}_{nms.max_det}" if nms else ""
-    path = cache / module.default_name(f"{digest}_{precision}_{opts.imgsz}{tag}", "_dyn")
+    name = module.default_name(f"{digest}_{precision}_{opts.imgsz}{tag}", "_dyn")
+    path = next((d / name for d in reuse if (d / name).exists()), cache / name)
     if not path.exists():
         eo = ExportOptions(imgsz=(opts.imgsz, opts.imgsz), dynamic=True, half=precision == "fp16",
                            int8=precision == "int8", calib_data=calib if precision == "int8" else None,
@@ -218,17 +244,18 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         refs = [r for r in list_sources(opts.source).items if r.frame is None][: opts.images]
         paths = [str(Path(r.path).resolve()) for r in refs]
     labelled = labelled_images(paths, opts.data)
-    paths, left_out = _readable(paths, labelled=bool(opts.data))
+    if opts.data and opts.source:  # the images are the dataset's: --source was silently not benchmarked
+        say(f"--data {opts.data}: benchmarking its images; --source {opts.source} is not benchmarked (only INT8 "
+            f"exports are calibrated on it)")
+    paths, left_out = _readable(paths, labelled)  # whenever labels are scored: one bad file ended the bench
     if not paths:
         raise InputError(f"{opts.data or opts.source}: no images to benchmark"
                          + (f" ({len(left_out)} could not be read: {left_out[0]['path']}: {left_out[0]['reason']})"
                             if left_out else ""))
-    out = Path(opts.out)
-    try:
-        (out / "artifacts").mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file in the way, a read-only or virtual file system: a traceback before
-        raise OutputError(f"{out}: cannot write the bench's report there ({os_reason(e)}); choose another --out") \
-            from None
+    out = claim_folder(Path(opts.out), opts.exist_ok)
+    if out != Path(opts.out):
+        say(f"{opts.out} holds files: this bench writes into {out} (--exist-ok writes into {opts.out})")
+    reuse = [f / "artifacts" for f in series(Path(opts.out)) if f != out]  # earlier benches' exports
     rows: list[dict[str, Any]] = []
     ceilings: dict[tuple[str, str], Parts] = {}
     configs = grid(opts)
@@ -236,7 +263,7 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
         say(f"[{i}/{len(configs)}] {cfg.name}")
         row: dict[str, Any] = {"config": cfg.name, **asdict(cfg)}
         try:
-            model = artifact(opts, cfg, out / "artifacts", opts.source, labelled)
+            model = artifact(opts, cfg, out / "artifacts", opts.source, labelled, reuse)
             spec = {"model": model, "device": opts.device, "imgsz": opts.imgsz, "paths": paths,
                     "batch": cfg.batch, "mode": cfg.mode, "workers": cfg.workers, **nms_settings(labelled),
                     "multi_label": labelled, "fast_decode": opts.fast_decode, "precision": run_precision(cfg)}
@@ -287,12 +314,51 @@ def bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "python": platform.python_version(), "device": opts.device,
                "versions": versions()}
-    result = {"machine": machine, "options": asdict(opts), "images": len(paths), "left_out": left_out,
-              "rows": rows, "charts": charts(rows, out, len(paths))}
+    result = {"out": str(out), "machine": machine, "options": asdict(opts), "images": len(paths), "left_out": left_out,
+              "measured": measured(opts, labelled), "rows": rows, "charts": charts(rows, out, len(paths))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     write_csv(out / "results.csv", rows)
     (out / "report.md").write_text(report(result))
     return result
+
+
+def _named(out: Path) -> Path:
+    """``out`` as a path that ends in a name, which the numbered folders beside it extend (``.`` is numbered as the
+    current folder's name, not as ``.2``)."""
+    return out if out.name not in ("", "..") else out.resolve()
+
+
+def series(out: Path) -> list[Path]:
+    """``out`` and the numbered folders beside it that benches given ``--out out`` made (``out2``, ``out3``...)."""
+    out = _named(out)
+    numbered = re.compile(re.escape(out.name) + r"[1-9][0-9]*")
+    try:
+        beside = sorted((p for p in out.parent.iterdir() if numbered.fullmatch(p.name)),
+                        key=lambda p: int(p.name[len(out.name):]))
+    except OSError:  # a parent that cannot be listed: no earlier benches found there
+        beside = []
+    return [out, *beside]
+
+
+def claim_folder(out: Path, exist_ok: bool) -> Path:
+    """The folder this bench writes into, created: ``out`` when it is new or empty (or ``exist_ok``), else the first
+    of ``out2``, ``out3``... that is, as ``yolokit run`` numbers its run folders (a bench wrote over the results.csv
+    and report.md there, a user's own or the last bench's, without a word). A folder is claimed by creating its
+    ``artifacts`` folder exclusively, so two benches starting together never share one."""
+    out, n = _named(out), 1
+    while True:
+        folder = out if n == 1 else out.with_name(f"{out.name}{n}")
+        n += 1
+        try:
+            if not exist_ok and (folder.is_file() or (folder.is_dir() and any(folder.iterdir()))):
+                continue
+            (folder / "artifacts").mkdir(parents=True, exist_ok=exist_ok)
+        except FileExistsError:
+            continue  # another bench took it meanwhile: the next name
+        except OSError as e:  # a file in the way, a read-only or virtual file system: a traceback before
+            raise OutputError(f"{folder}: cannot write the bench's report there ({os_reason(e)}); choose another "
+                              f"--out") from None
+        return folder
 
 
 def labelled_images(paths: list[str], data: str | None) -> bool:

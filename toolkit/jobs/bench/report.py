@@ -111,6 +111,27 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None or v == "" else format(v, spec)
 
 
+def _measured(what: dict[str, Any] | None, images: int) -> list[str]:
+    """The report's lines on what it measured (``results.json``'s ``measured``): the images, the accuracy measure and
+    its protocol, and the NMS settings."""
+    if not what:
+        return []
+    if what.get("data"):
+        where = f"the dataset --data {what['data']} (its val split, in val.py's order)"
+        if what.get("source"):
+            where += (f"; --source {what['source']} is not benchmarked with --data (only INT8 exports are calibrated "
+                      f"on it)")
+    else:
+        where = f"--source {what['source']}"
+    label, whose = ("multi-label", "yolokit val's settings") if what["multi_label"] else \
+        ("single-label", "detect.py's conf and IoU")
+    inside = "; the +nms configurations were exported with them, single-label" if what.get("end_to_end") else ""
+    nms = (f"conf {what['conf']:g}, NMS IoU {what['iou']:g}, at most {what['max_det']} boxes an image, {label} "
+           f"({whose}{inside})")
+    return [f"Images: {images} from {where}.", "",
+            f"Accuracy: {what['accuracy']}, by {what['protocol']}. Detections: {nms}.", ""]
+
+
 def report(result: dict[str, Any]) -> str:
     rows = [r for r in result["rows"] if "error" not in r]
     rows.sort(key=lambda r: -r["img_s"])
@@ -120,6 +141,7 @@ def report(result: dict[str, Any]) -> str:
              *([f"{len(left_out)} image(s) could not be read and are left out of every figure: "
                 + "; ".join(f"{b['path']}: {b['reason']}" for b in left_out[:5])
                 + (" ..." if len(left_out) > 5 else ""), ""] if left_out else []),
+             *_measured(result.get("measured"), result["images"]),
              f"Machine: {m['processor']}, {m['cores']} cores, device {m['device']}; {m['platform']}; "
              f"versions {m['versions']}. Median of {result['options']['repeat']} fresh-process runs.", "",
              "| rank | configuration | img/s (min-max) | steady | raw model | p50 ms | p95 ms | start-up s | "
