@@ -767,6 +767,19 @@ def test_listening_beyond_loopback_without_a_key_is_refused_with_exit_2(onnx_mod
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # a traceback (OverflowError: int(inf) for uvicorn's graceful shutdown) after the server had started listening
+    (("--drain-timeout", "inf"), "--drain-timeout must be in [0, 86400], got inf"),
+])
+def test_options_out_of_their_limits_are_one_line_with_exit_2(yolov5n_pt: Path, args: tuple[str, ...],
+                                                               message: str) -> None:
+    from tests.helpers.ports import free_port
+
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "serve", str(yolov5n_pt), "--port", str(free_port()),
+                        "--grpc-port", "0", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"yolokit: {message}", r.stderr
+
+
 def test_a_port_in_use_and_a_bad_model_are_one_line(onnx_model: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -30,6 +30,7 @@ REQUEST_PARAMETERS = ("conf", "iou", "max_det", "classes")
 API_KEY_ENV = "YOLOKIT_API_KEY"
 ENGINES = ("local", "ray")  # where the model runs: this process, or Ray Serve replicas across a Ray cluster
 DEFAULT_MAX_BODY = 64 << 20
+DRAIN_MAX = 86400  # seconds: --drain-timeout's largest
 
 
 def name_problem(name: str) -> str | None:
@@ -81,9 +82,11 @@ class ServeOptions:
     api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every route but /v2/health/live and "
                                  "/v2/health/ready (gRPC: the same metadata; all but ServerLive and ServerReady).",
                                  panel=SERVER, env=API_KEY_ENV)
+    # at most a day: inf was a traceback (uvicorn takes whole seconds: int(inf) raised OverflowError), and a drain
+    # longer than any orchestrator's grace period is cut short by its SIGKILL anyway
     drain_timeout: float = option(30.0, "On SIGTERM or SIGINT: seconds the requests in flight get to finish (readiness "
-                                  "turns 503 and new requests are refused meanwhile); then the process exits 0.",
-                                  panel=SERVER, lo=0)
+                                  "turns 503 and new requests are refused meanwhile), at most 86400 (a day); then the "
+                                  "process exits 0.", panel=SERVER, lo=0, hi=DRAIN_MAX)
     insecure: bool = option(False, "Allow listening on an address other than loopback without --api-key.",
                             panel=SERVER)
 
