@@ -770,6 +770,8 @@ def test_listening_beyond_loopback_without_a_key_is_refused_with_exit_2(onnx_mod
 @pytest.mark.parametrize(("args", "message"), [
     # a traceback (OverflowError: int(inf) for uvicorn's graceful shutdown) after the server had started listening
     (("--drain-timeout", "inf"), "--drain-timeout must be in [0, 86400], got inf"),
+    # the warm-up stacked 100000 images at once: numpy's _ArrayMemoryError (114 GiB), exit 1
+    (("--max-batch", "100000"), "--max-batch must be in [0, 256], got 100000"),
 ])
 def test_options_out_of_their_limits_are_one_line_with_exit_2(yolov5n_pt: Path, args: tuple[str, ...],
                                                                message: str) -> None:

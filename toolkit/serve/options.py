@@ -31,6 +31,9 @@ API_KEY_ENV = "YOLOKIT_API_KEY"
 ENGINES = ("local", "ray")  # where the model runs: this process, or Ray Serve replicas across a Ray cluster
 DEFAULT_MAX_BODY = 64 << 20
 DRAIN_MAX = 86400  # seconds: --drain-timeout's largest
+# --max-batch's largest: the most images one request may carry (toolkit.serve.model.MAX_IMAGES), 8 times the GPU
+# plan's batch; the warm-up runs a batch of this size at once (100000 asked 114 GiB for its images alone)
+MAX_BATCH = 256
 
 
 def name_problem(name: str) -> str | None:
@@ -57,10 +60,11 @@ class ServeOptions:
     port: int = option(8000, "HTTP port: KServe v2 REST, /v1/detect, /metrics.", panel=SERVER, lo=1, hi=65535)
     grpc_port: int = option(8001, "gRPC port: KServe v2 GRPCInferenceService; 0 turns gRPC off.", panel=SERVER, lo=0,
                             hi=65535)
-    max_batch: int = option(0, "Most images in one model execution (requests are gathered into batches). 0: 8 on a "
-                            "CPU, the GPU plan's batch on a CUDA device, within the model's own limit; 1 when the "
-                            "warm-up finds that this runtime's output for an image changes with the batch it rides in "
-                            "(so that answers stay yolokit run's exactly).", panel=SERVER, lo=0)
+    max_batch: int = option(0, "Most images in one model execution (requests are gathered into batches), at most "
+                            "256. 0: 8 on a CPU, the GPU plan's batch on a CUDA device, within the model's own limit; "
+                            "1 when the warm-up finds that this runtime's output for an image changes with the batch "
+                            "it rides in (so that answers stay yolokit run's exactly).", panel=SERVER, lo=0,
+                            hi=MAX_BATCH)
     max_delay_ms: float = option(5.0, "Most milliseconds a batch waits for more requests while others are still "
                                  "being decoded; it never waits when none are.", panel=SERVER, lo=0)
     instances: int = option(0, "Model instances: threads that run batches at once, each with its own copy of the "
