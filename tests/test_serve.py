@@ -767,6 +767,45 @@ def test_listening_beyond_loopback_without_a_key_is_refused_with_exit_2(onnx_mod
     assert "Traceback" not in r.stderr
 
 
+def test_an_ipv6_host_serves_http_and_grpc(onnx_model: Path, images: list[Path], tmp_path: Path) -> None:
+    """--host ::1 (unbracketed, as one writes it): gRPC was given "::1:PORT" (its own "Misformatted domain name"
+    line, then "cannot listen on ::1:PORT (gRPC); choose another --grpc-port", exit 2), and the log printed
+    http://::1:PORT, which no client reads."""
+    from tests.helpers.ports import free_port
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port, grpc_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(onnx_model), "--name", MODEL,
+                                 "--host", "::1", "--port", str(port), "--grpc-port", str(grpc_port)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://[::1]:{port}/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        assert f"listening on http://[::1]:{port} and grpc [::1]:{grpc_port};" in log.read_text()
+        jpeg = images[0].read_bytes()
+        g = tritonclient_grpc.InferenceServerClient(f"[::1]:{grpc_port}")
+        assert g.is_server_ready()
+        want = httpx.post(f"http://[::1]:{port}/v1/detect", content=jpeg, timeout=60).json()["detections"]
+        got = g.infer(MODEL, [_bytes_input(tritonclient_grpc, [jpeg])])
+        assert int(got.as_numpy("num_dets")[0, 0]) == len(want) > 0
+        g.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     # a traceback (OverflowError: int(inf) for uvicorn's graceful shutdown) after the server had started listening
     (("--drain-timeout", "inf"), "--drain-timeout must be in [0, 86400], got inf"),

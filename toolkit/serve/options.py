@@ -178,6 +178,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL and gRPC write it: an IPv6 literal in brackets (``[::1]:8001``; gRPC read ``::1:8001``
+    as a misformatted domain name, and the log printed ``http://::1:8000``)."""
+    bare = host.strip("[]")
+    return f"[{bare}]:{port}" if ":" in bare else f"{host}:{port}"
+
+
 def request_nms(config: DetectorConfig, meta: ModelMeta, base: NMSOptions, values: dict[str, Any],
                 model: str) -> NMSOptions:
     """The NMS settings of one request: ``base`` (the server's) with ``values`` (a request's conf, iou, max_det,
