@@ -429,6 +429,44 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
     assert _result_labels(result, 0, p, names) == run_labels[p.stem]
 
 
+def test_input_and_output_parameters_the_server_does_not_implement_are_refused(server: Served,
+                                                                               images: list[Path]) -> None:
+    """Triton's classification and shared-memory extensions, asked for through an output's or an input's parameters
+    (tritonclient's class_count=, set_shared_memory), and unknown ones: each was answered 200 with the plain outputs,
+    the parameter ignored, over HTTP and gRPC."""
+    jpeg = images[0].read_bytes()
+    classification = "output det_scores: parameter 'classification' asks for Triton's classification extension, " \
+                     "which this server does not offer; ask for the output without it"
+    shared = "parameter 'shared_memory_region' asks for Triton's shared-memory extensions, which this server does " \
+             "not offer"
+    for module, status in ((tritonclient_http, "400"), (tritonclient_grpc, "StatusCode.INVALID_ARGUMENT")):
+        host = server.http if module is tritonclient_http else server.grpc
+        client = module.InferenceServerClient(host)
+        region_output = module.InferRequestedOutput("det_boxes")
+        region_output.set_shared_memory("region", 64)
+        region_input = module.InferInput("images", [1], "BYTES")
+        region_input.set_shared_memory("region", len(jpeg) + 4)
+        for inputs, outputs, message in (
+                ([_bytes_input(module, [jpeg])], [module.InferRequestedOutput("det_scores", class_count=2)],
+                 classification),
+                ([_bytes_input(module, [jpeg])], [region_output], f"output det_boxes: {shared}"),
+                ([region_input], None, f"input images: {shared}; send the input's data in the request")):
+            with pytest.raises(InferenceServerException) as e:
+                client.infer(MODEL, inputs, outputs=outputs)
+            assert e.value.status() == status and message in e.value.message(), (module.__name__, e.value)
+        assert client.infer(MODEL, [_bytes_input(module, [jpeg])]).as_numpy("num_dets")[0, 0] > 0
+        client.close()
+    url = server.url + f"/v2/models/{MODEL}/infer"
+    for body, message in (
+            (b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"], "parameters": '
+             b'{"binary_data_sise": 4}}]}', "input images: parameter 'binary_data_sise' is not one this server takes; "
+                                            "did you mean 'binary_data_size'?"),
+            (_ONE_JPEG[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"fmt": "csv"}}]}',
+             "output num_dets: parameter 'fmt' is not one this server takes; it takes binary_data")):
+        r = httpx.post(url, content=body, timeout=60)
+        assert r.status_code == 400 and r.json()["error"] == message, r.text
+
+
 def _raw(port: int, head: str, body: bytes = b"") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     s.sendall(head.encode() + body)

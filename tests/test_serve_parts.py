@@ -181,6 +181,35 @@ def test_grpc_messages_take_raw_and_typed_contents() -> None:
         assert e.value.status == 400 and "\n" not in str(e.value)
 
 
+def test_tensor_parameters_are_the_binary_extensions_alone() -> None:
+    """What KServe's client copies into a gRPC request from its HTTP form (binary_data_size on an input, binary_data
+    on an output) is taken; what asks for an extension the server does not offer was ignored, and is refused."""
+    from tritonclient.grpc import service_pb2 as theirs
+
+    from toolkit.serve.kserve import kserve_v2_pb2 as ours
+
+    req = theirs.ModelInferRequest(model_name="m")
+    inp = req.inputs.add(name="images", datatype="BYTES", shape=[1])
+    inp.parameters["binary_data_size"].int64_param = 8
+    req.raw_input_contents.append(pack_bytes([b"jpeg"]))
+    out = req.outputs.add(name="det_scores")
+    out.parameters["binary_data"].bool_param = True
+    assert parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString())).outputs == {"det_scores": None}
+    out.parameters["classification"].int64_param = 2
+    with pytest.raises(ProtocolError, match="^output det_scores: parameter 'classification' asks for Triton's "
+                                            "classification extension") as e:
+        parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString()))
+    assert e.value.status == 400
+    del out.parameters["classification"]
+    inp.parameters["shared_memory_offset"].int64_param = 0
+    with pytest.raises(ProtocolError, match="^input images: parameter 'shared_memory_offset' asks for Triton's "
+                                            "shared-memory extensions"):
+        parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString()))
+    with pytest.raises(ProtocolError, match="^output num_dets: parameter 'binary' is not one this server takes; did "
+                                            "you mean 'binary_data'\\?$"):
+        parse_http(_ONE[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"binary": true}}]}', None)
+
+
 # ------------------------------------------------------------------------------------------------- the batcher
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)

@@ -14,6 +14,9 @@ What the extension defines, and this module does:
 * over gRPC, inputs may come in ``raw_input_contents`` (one per input, in order) and outputs always go in
   ``raw_output_contents``, as Triton sends them.
 
+An input's or a requested output's ``parameters`` hold the extension's alone: Triton's classification and
+shared-memory extensions, which tritonclient asks for there, are refused rather than ignored.
+
 Errors are :class:`ProtocolError` (an :class:`~toolkit.errors.InputError`) carrying the HTTP status to answer.
 """
 
@@ -29,9 +32,17 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.options import ascii_digits
+from toolkit.options import ascii_digits, nearest
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP header names: any case)
+# what an input's and a requested output's "parameters" may hold: the binary tensor extension's. Over gRPC they say
+# nothing (raw contents are binary already), but KServe's client copies them there from its HTTP form
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data",)
+# Triton's extensions that tritonclient asks for through those parameters, which this server does not offer
+_NOT_OFFERED = {"classification": "Triton's classification extension",
+                **dict.fromkeys(("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"),
+                                "Triton's shared-memory extensions")}
 
 DTYPES: dict[str, Any] = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                           "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -224,7 +235,7 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
         if not isinstance(name, str):
             raise ProtocolError(f"input {i} has no 'name'")
         datatype, shape, params = _datatype(spec.get("datatype"), name), _shape(spec.get("shape"), name), \
-            _params(spec.get("parameters"), f"input {name}")
+            _tensor_params(spec.get("parameters"), f"input {name}", INPUT_PARAMETERS)
         size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -251,7 +262,7 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
         for o in outputs:
             if o["name"] in wanted:
                 raise ProtocolError(f"output {o['name']} is asked for twice in 'outputs'")
-            flag = _params(o.get("parameters"), f"output {o['name']}").get("binary_data")
+            flag = _tensor_params(o.get("parameters"), f"output {o['name']}", OUTPUT_PARAMETERS).get("binary_data")
             if flag is not None and not isinstance(flag, bool):  # "false" read as true
                 raise ProtocolError(f"output {o['name']}: binary_data must be true or false, got {flag!r}")
             wanted[o["name"]] = flag
@@ -286,6 +297,25 @@ def _params(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{where}: 'parameters' must be a JSON object")
     return value
+
+
+def _tensor_params(value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """An input's or a requested output's ``parameters``, refused in one line when they hold one this server does not
+    implement: ignored, it looked taken (an output asked as a classification came back whole, with 200)."""
+    params = _params(value, where)
+    for key in params:
+        if key in known:
+            continue
+        extension = _NOT_OFFERED.get(key)
+        if extension is not None:
+            fix = ("ask for the output without it (it comes back whole, in the response)" if where.startswith("output")
+                   else "send the input's data in the request")
+            raise ProtocolError(f"{where}: parameter {key!r} asks for {extension}, which this server does not offer; "
+                                f"{fix}")
+        near = nearest(key, known)
+        raise ProtocolError(f"{where}: parameter {key!r} is not one this server takes; "
+                            + (f"did you mean {near!r}?" if near else f"it takes {', '.join(known)}"))
+    return params
 
 
 def encode_http(model: str, version: str, request_id: str, outputs: list[Tensor], binary: Mapping[str, bool]
@@ -330,6 +360,11 @@ def parameter_value(p: Any) -> Any:
     return getattr(p, which) if which else None
 
 
+def _grpc_params(parameters: Any) -> dict[str, Any]:
+    """A protobuf map of ``InferParameter`` as a plain dict."""
+    return {k: parameter_value(v) for k, v in parameters.items()}
+
+
 def parse_grpc(request: Any) -> InferRequest:
     """A ``ModelInferRequest`` (inputs in ``raw_input_contents`` or in their typed ``contents``)."""
     raw = request.raw_input_contents
@@ -340,6 +375,7 @@ def parse_grpc(request: Any) -> InferRequest:
     tensors = []
     for i, inp in enumerate(request.inputs):
         datatype, shape = _datatype(inp.datatype, inp.name), tuple(int(d) for d in inp.shape)
+        _tensor_params(_grpc_params(inp.parameters), f"input {inp.name}", INPUT_PARAMETERS)
         if raw and inp.HasField("contents"):
             raise ProtocolError(f"input {inp.name}: its data is in raw_input_contents and in contents; send it in one")
         if any(d < 0 for d in shape):
@@ -369,7 +405,9 @@ def parse_grpc(request: Any) -> InferRequest:
                 raise ProtocolError(f"input {inp.name}: {datatype} {list(shape)} takes {_elements(shape)} values, "
                                     f"got {arr.size}")
             tensors.append(Tensor(inp.name, datatype, shape, arr.reshape(shape)))
-    params = {k: parameter_value(v) for k, v in request.parameters.items()}
+    params = _grpc_params(request.parameters)
+    for o in request.outputs:
+        _tensor_params(_grpc_params(o.parameters), f"output {o.name}", OUTPUT_PARAMETERS)
     names = [o.name for o in request.outputs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
