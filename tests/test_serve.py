@@ -330,6 +330,23 @@ def test_bad_images_get_400_with_yolokit_runs_reasons(server: Served, bad_images
         == run_labels[p.stem]
 
 
+def test_a_request_with_several_bad_images_names_each(server: Served, bad_images: dict[str, tuple[bytes, str]],
+                                                      images: list[Path]) -> None:
+    """[good, truncated, garbage, good, garbage]: the 400 named images[1] alone (asyncio.gather's first failure);
+    now every bad image, with its reason, in one line (those with one reason together)."""
+    good = images[0].read_bytes()
+    truncated, cut = bad_images["truncated"]
+    garbage, text = bad_images["not_an_image"]
+    batch = [good, truncated, garbage, good, garbage]
+    want = f"images[1]: {cut}; images[2], images[4]: {text}"
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_http.InferenceServerClient(server.http).infer(MODEL, [_bytes_input(tritonclient_http, batch)])
+    assert (e.value.status(), e.value.message()) == ("400", want)
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_grpc.InferenceServerClient(server.grpc).infer(MODEL, [_bytes_input(tritonclient_grpc, batch)])
+    assert (e.value.status(), e.value.message()) == ("StatusCode.INVALID_ARGUMENT", want)
+
+
 _ONE_JPEG = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}'
 
 

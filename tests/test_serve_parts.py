@@ -324,6 +324,22 @@ def test_admission_is_bounded_and_cancelled_or_late_work_is_dropped() -> None:
     assert ran == ["first"]
 
 
+def test_one_refusal_names_every_bad_image_within_a_bounded_line() -> None:
+    """Every bad image of a request is named; one reason is written once; the line stays short enough for gRPC's
+    trailing metadata (8 KiB) whatever the request holds (256 images, each with a reason of its own)."""
+    from toolkit.serve.service import MAX_REASONS, bad_images
+
+    assert bad_images([("images[1]", "images[1]: truncated JPEG"), ("images[2]", "images[2]: text, not an image"),
+                       ("images[4]", "images[4]: truncated JPEG")]) \
+        == "images[1], images[4]: truncated JPEG; images[2]: text, not an image"
+    same = bad_images([(f"images[{i}]", f"images[{i}]: text, not an image") for i in range(256)])
+    assert same.startswith("images[0], images[1], ") and same.endswith("images[255]: text, not an image")
+    each = bad_images([(f"images[{i}]", f"images[{i}]: the file is {i} bytes over the limit") for i in range(256)])
+    assert len(each) < MAX_REASONS + 100 and each.startswith("images[0]: the file is 0 bytes over the limit; ")
+    shown = each.count("bytes over the limit")
+    assert each.endswith(f"; and {256 - shown} more bad image(s)") and "\n" not in each
+
+
 # ------------------------------------------------------------------------------------------------- options
 @pytest.mark.parametrize("name", ["a/b", "a?b", "a#b", "50%", "a\\b", " x", "x ", ".", "..", "a\tb"])
 def test_a_model_name_that_cannot_go_in_a_url_path_is_refused(name: str) -> None:
