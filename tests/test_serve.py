@@ -347,6 +347,33 @@ def test_a_request_with_several_bad_images_names_each(server: Served, bad_images
     assert (e.value.status(), e.value.message()) == ("StatusCode.INVALID_ARGUMENT", want)
 
 
+def test_an_image_sent_as_a_json_string_is_told_to_travel_as_binary_data(server: Served, images: list[Path]) -> None:
+    """A JPEG's base64 in JSON 'data' (the usual mistake) got "text, not an image; re-copy the image itself", which
+    names no fix; now what was sent and how to send an image instead."""
+    import base64
+
+    jpeg = images[0].read_bytes()
+    b64 = base64.b64encode(jpeg).decode()
+    fix = ("not an image file: a BYTES element in JSON is text; send the image file's own bytes as binary data (the "
+           "binary tensor extension: tritonclient.http's set_data_from_numpy(..., binary_data=True), its default), "
+           "or the file to /v1/detect")
+    for data, what in (([b64], "base64 text"), ([f"data:image/jpeg;base64,{b64}"], "base64 text"),
+                       ([base64.urlsafe_b64encode(jpeg).decode()], "base64 text"),
+                       ([base64.encodebytes(jpeg).decode()], "base64 text"), (["a photo of a cat"], "text")):
+        client = tritonclient_http.InferenceServerClient(server.http)
+        inp = tritonclient_http.InferInput("images", [1], "BYTES")
+        inp.set_data_from_numpy(np.array(data, dtype=object), binary_data=False)
+        with pytest.raises(InferenceServerException) as e:
+            client.infer(MODEL, [inp])
+        assert (e.value.status(), e.value.message()) == ("400", f"images[0]: {what}, {fix}"), data[0][:40]
+        client.close()
+    # sent as bytes, the same text keeps yolokit run's reason
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_grpc.InferenceServerClient(server.grpc).infer(
+            MODEL, [_bytes_input(tritonclient_grpc, [b64.encode()])])
+    assert e.value.message() == "images[0]: text, not an image; re-copy the image itself"
+
+
 _ONE_JPEG = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}'
 
 

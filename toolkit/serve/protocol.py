@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,12 +67,13 @@ class ProtocolError(InputError):
 @dataclass
 class Tensor:
     """A named tensor: ``data`` a numpy array of ``shape`` (numeric datatypes) or a list of bytes (BYTES, one per
-    element, row-major)."""
+    element, row-major); ``text``: BYTES elements that came as JSON strings (their UTF-8), not as bytes."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     data: Any
+    text: bool = False
 
     def describe(self) -> str:
         return f"{self.datatype} {list(self.shape)}"
@@ -150,7 +152,7 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
             raise ProtocolError(f"input {name}: BYTES {list(shape)} takes {count} strings in 'data'; an image file "
                                 f"is sent as binary data (the binary tensor extension), not in JSON")
         try:
-            return Tensor(name, datatype, shape, [v.encode() for v in flat])
+            return Tensor(name, datatype, shape, [v.encode() for v in flat], text=True)
         except UnicodeEncodeError:  # a lone surrogate (\ud800): JSON allows it, UTF-8 has no bytes for it
             raise ProtocolError(f"input {name}: a BYTES element is not text UTF-8 can hold (a lone surrogate escape "
                                 f"such as \\ud800); an image file is sent as binary data, not in JSON") from None
@@ -178,6 +180,22 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
         raise ProtocolError(f"input {name}: a value is out of {datatype}'s range (at most "
                             f"{float(np.finfo(DTYPES[datatype]).max):.4g} in magnitude)")
     return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
+
+
+def json_text_reason(data: bytes | memoryview) -> str:
+    """Why a BYTES element sent as a JSON string is no image, and the fix: JSON has no bytes, so the server gets the
+    string's text; base64 text (a data: URL too) is told apart, as the usual mistake."""
+    text = bytes(data).strip()
+    if text[:5].lower() == b"data:" and b";base64," in text[:100]:
+        text = text.split(b",", 1)[1]
+    compact = b"".join(text.split())  # MIME base64 wraps its lines
+    what = "base64 text" if len(compact) >= 16 and _BASE64.fullmatch(compact) else "text"
+    return (f"{what}, not an image file: a BYTES element in JSON is text; send the image file's own bytes as binary "
+            f"data (the binary tensor extension: tritonclient.http's set_data_from_numpy(..., binary_data=True), its "
+            f"default), or the file to /v1/detect")
+
+
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")  # the standard alphabet, or the URL-safe one
 
 
 def _holds_bools(data: Any) -> bool:
