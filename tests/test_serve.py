@@ -511,6 +511,24 @@ def test_input_and_output_parameters_the_server_does_not_implement_are_refused(s
         assert r.status_code == 400 and r.json()["error"] == message, r.text
 
 
+def test_a_wrong_inference_header_content_length_is_named(server: Served, images: list[Path]) -> None:
+    """The header 5 bytes past the JSON's end, or 5 short of it: "the request is not valid JSON (...)", with no word
+    of the header (its hint was given only when it was missing)."""
+    body, json_size = tritonclient_http.InferenceServerClient.generate_request_body(
+        [_bytes_input(tritonclient_http, [images[0].read_bytes()])])
+    assert json_size is not None
+    url = server.url + f"/v2/models/{MODEL}/infer"
+    for length in (json_size + 5, json_size - 5):
+        r = httpx.post(url, content=body, headers={"Inference-Header-Content-Length": str(length)}, timeout=60)
+        error = r.json()["error"]
+        assert r.status_code == 400, r.text
+        assert error.startswith(f"the request's first {length} bytes, its JSON by its Inference-Header-Content-Length, "
+                                f"are not valid JSON ("), error
+        assert error.endswith("; the header must be the exact length of the JSON, which the binary data follows")
+    r = httpx.post(url, content=body, headers={"Inference-Header-Content-Length": str(json_size)}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
 def _raw(port: int, head: str, body: bytes = b"") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     s.sendall(head.encode() + body)

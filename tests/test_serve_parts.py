@@ -81,6 +81,8 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}', None, "takes 3 numbers"),
     (_SIZED + b"\x01\x00\x00\x00x", len(_SIZED), "runs past the end"),
     (_SIZED + b"\x01\x00\x00\x00x", None, "needs the Inference-Header-Content-Length header"),
+    (_SIZED + b"\x01\x00\x00\x00x", len(_SIZED) + 3, "first 109 bytes, its JSON by its Inference-Header-Content-"
+     "Length, are not valid JSON \\(Extra data at byte 106\\); the header must be the exact length"),
     (_ONE + b"junk", len(_ONE), "4 bytes follow the JSON"),
     (_ONE, 500, "says 500 bytes"),
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [-1], "data": []}]}', None, "whole numbers"),

@@ -239,8 +239,12 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     except RecursionError:
         raise ProtocolError("the request's JSON is nested too deeply to be a KServe v2 request") from None
     except (ValueError, UnicodeDecodeError) as e:
-        hint = ("; a body with binary data needs the Inference-Header-Content-Length header"
-                if json_length is None and isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else "")
+        malformed = isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))  # not a number of 4300 digits
+        if malformed and json_length is not None:  # the header was named only when it was missing
+            raise ProtocolError(f"the request's first {json_length} bytes, its JSON by its "
+                                f"Inference-Header-Content-Length, are not valid JSON ({_json_reason(e)}); the header "
+                                f"must be the exact length of the JSON, which the binary data follows") from None
+        hint = "; a body with binary data needs the Inference-Header-Content-Length header" if malformed else ""
         raise ProtocolError(f"the request is not valid JSON ({_json_reason(e)}){hint}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request must be a JSON object with 'inputs'")
