@@ -170,6 +170,23 @@ def test_json_outputs_and_requested_outputs(server: Served, images: list[Path], 
     client.close()
 
 
+def test_an_empty_outputs_list_asks_for_every_output_as_over_grpc(server: Served, images: list[Path]) -> None:
+    """KServe v2: outputs left out are all of them, and gRPC cannot tell an empty list from none; over HTTP,
+    "outputs": [] answered 200 with no outputs at all."""
+    jpeg = images[0].read_bytes()
+    grpc_result = tritonclient_grpc.InferenceServerClient(server.grpc).infer(
+        MODEL, [_bytes_input(tritonclient_grpc, [jpeg])], outputs=[])
+    want = {n: grpc_result.as_numpy(n).tolist() for n in OUTPUTS}
+    assert want["num_dets"][0][0] > 0
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                   "parameters": {"binary_data_size": len(jpeg) + 4}}], "outputs": []}).encode()
+    r = httpx.post(server.url + f"/v2/models/{MODEL}/infer", content=head + struct.pack("<I", len(jpeg)) + jpeg,
+                   headers={"Inference-Header-Content-Length": str(len(head))}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = {o["name"]: np.array(o["data"]).reshape(o["shape"]).tolist() for o in r.json()["outputs"]}
+    assert got == want
+
+
 def test_fp32_letterboxed_input_gives_the_routines_detections_in_input_pixels(server: Served, onnx_model: Path,
                                                                               images: list[Path]) -> None:
     from toolkit import Detector

@@ -295,7 +295,9 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     flag = params.get("binary_data_output")
     if flag is not None and not isinstance(flag, bool):  # "no" was read as true
         raise ProtocolError(f"binary_data_output must be true or false, got {flag!r}")
-    return InferRequest(tensors, request_id, params, wanted)
+    # none asked for is all of them, as the protocol says of 'outputs' left out, and as gRPC (which cannot tell an
+    # empty list from none) answers: [] answered no outputs at all
+    return InferRequest(tensors, request_id, params, wanted or None)
 
 
 def _json_reason(e: Exception) -> str:
