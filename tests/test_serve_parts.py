@@ -342,6 +342,22 @@ def test_one_refusal_names_every_bad_image_within_a_bounded_line() -> None:
     assert each.endswith(f"; and {256 - shown} more bad image(s)") and "\n" not in each
 
 
+def test_a_request_timeout_past_timeout_s_is_capped_as_the_guide_says() -> None:
+    """A request's own timeout above --timeout-s was cut to --timeout-s, while the guide's limits column said "at most
+    --timeout-s", as the other rows say what is refused: the guide now says what the server does."""
+    from pathlib import Path
+
+    from toolkit.serve.service import Deadline, Service
+
+    svc = Service(ServeOptions(timeout_s=2.0), "m")
+    assert svc._deadline(10.0, 5_000_000) == Deadline(12.0, 2.0)  # 5 s asked: the server's 2
+    assert svc._deadline(10.0, "500000") == Deadline(10.5, 0.5)
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "serving.md"
+    row = next(line for line in guide.read_text().splitlines() if line.startswith("| `timeout` |"))
+    assert row.endswith("| a whole number above 0; capped at `--timeout-s` (a longer one gets the server's, not a "
+                        "refusal) |"), row
+
+
 # ------------------------------------------------------------------------------------------------- options
 @pytest.mark.parametrize("name", ["a/b", "a?b", "a#b", "50%", "a\\b", " x", "x ", ".", "..", "a\tb"])
 def test_a_model_name_that_cannot_go_in_a_url_path_is_refused(name: str) -> None:

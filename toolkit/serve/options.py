@@ -80,7 +80,8 @@ class ServeOptions:
                                 "503 with Retry-After at once, so that what is admitted is answered quickly under "
                                 "overload. 0: only --max-queue bounds the queue.", panel=SERVER, lo=0)
     timeout_s: float = option(30.0, "A request not answered this many seconds after it arrived gets 504 (gRPC: "
-                              "DEADLINE_EXCEEDED), and its queued work is dropped.", panel=SERVER, lo=0, lo_open=True)
+                              "DEADLINE_EXCEEDED), and its queued work is dropped; a request's own timeout parameter "
+                              "may shorten this, not lengthen it.", panel=SERVER, lo=0, lo_open=True)
     max_body: int = option(DEFAULT_MAX_BODY, "Largest request body (bytes, or 64M); a larger one gets 413 before it "
                            "is read whole.", text="bytes", panel=SERVER, lo=1)
     api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every route but /v2/health/live and "

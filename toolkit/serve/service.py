@@ -194,6 +194,7 @@ class Service:
             if not whole_number(us) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
                                    f"{brief(timeout_us)}")
+            # capped at --timeout-s, as the guide says: a client's generous timeout is no reason to refuse it
             seconds = min(seconds, us / 1e6) if us < 10**15 else seconds  # 400 digits: / 1e6 raised OverflowError
         return Deadline(arrived + seconds, seconds)
 
