@@ -170,6 +170,23 @@ def test_json_outputs_and_requested_outputs(server: Served, images: list[Path], 
     client.close()
 
 
+def test_an_empty_outputs_list_asks_for_every_output_as_over_grpc(server: Served, images: list[Path]) -> None:
+    """KServe v2: outputs left out are all of them, and gRPC cannot tell an empty list from none; over HTTP,
+    "outputs": [] answered 200 with no outputs at all."""
+    jpeg = images[0].read_bytes()
+    grpc_result = tritonclient_grpc.InferenceServerClient(server.grpc).infer(
+        MODEL, [_bytes_input(tritonclient_grpc, [jpeg])], outputs=[])
+    want = {n: grpc_result.as_numpy(n).tolist() for n in OUTPUTS}
+    assert want["num_dets"][0][0] > 0
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                   "parameters": {"binary_data_size": len(jpeg) + 4}}], "outputs": []}).encode()
+    r = httpx.post(server.url + f"/v2/models/{MODEL}/infer", content=head + struct.pack("<I", len(jpeg)) + jpeg,
+                   headers={"Inference-Header-Content-Length": str(len(head))}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = {o["name"]: np.array(o["data"]).reshape(o["shape"]).tolist() for o in r.json()["outputs"]}
+    assert got == want
+
+
 def test_fp32_letterboxed_input_gives_the_routines_detections_in_input_pixels(server: Served, onnx_model: Path,
                                                                               images: list[Path]) -> None:
     from toolkit import Detector
@@ -330,6 +347,50 @@ def test_bad_images_get_400_with_yolokit_runs_reasons(server: Served, bad_images
         == run_labels[p.stem]
 
 
+def test_a_request_with_several_bad_images_names_each(server: Served, bad_images: dict[str, tuple[bytes, str]],
+                                                      images: list[Path]) -> None:
+    """[good, truncated, garbage, good, garbage]: the 400 named images[1] alone (asyncio.gather's first failure);
+    now every bad image, with its reason, in one line (those with one reason together)."""
+    good = images[0].read_bytes()
+    truncated, cut = bad_images["truncated"]
+    garbage, text = bad_images["not_an_image"]
+    batch = [good, truncated, garbage, good, garbage]
+    want = f"images[1]: {cut}; images[2], images[4]: {text}"
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_http.InferenceServerClient(server.http).infer(MODEL, [_bytes_input(tritonclient_http, batch)])
+    assert (e.value.status(), e.value.message()) == ("400", want)
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_grpc.InferenceServerClient(server.grpc).infer(MODEL, [_bytes_input(tritonclient_grpc, batch)])
+    assert (e.value.status(), e.value.message()) == ("StatusCode.INVALID_ARGUMENT", want)
+
+
+def test_an_image_sent_as_a_json_string_is_told_to_travel_as_binary_data(server: Served, images: list[Path]) -> None:
+    """A JPEG's base64 in JSON 'data' (the usual mistake) got "text, not an image; re-copy the image itself", which
+    names no fix; now what was sent and how to send an image instead."""
+    import base64
+
+    jpeg = images[0].read_bytes()
+    b64 = base64.b64encode(jpeg).decode()
+    fix = ("not an image file: a BYTES element in JSON is text; send the image file's own bytes as binary data (the "
+           "binary tensor extension: tritonclient.http's set_data_from_numpy(..., binary_data=True), its default), "
+           "or the file to /v1/detect")
+    for data, what in (([b64], "base64 text"), ([f"data:image/jpeg;base64,{b64}"], "base64 text"),
+                       ([base64.urlsafe_b64encode(jpeg).decode()], "base64 text"),
+                       ([base64.encodebytes(jpeg).decode()], "base64 text"), (["a photo of a cat"], "text")):
+        client = tritonclient_http.InferenceServerClient(server.http)
+        inp = tritonclient_http.InferInput("images", [1], "BYTES")
+        inp.set_data_from_numpy(np.array(data, dtype=object), binary_data=False)
+        with pytest.raises(InferenceServerException) as e:
+            client.infer(MODEL, [inp])
+        assert (e.value.status(), e.value.message()) == ("400", f"images[0]: {what}, {fix}"), data[0][:40]
+        client.close()
+    # sent as bytes, the same text keeps yolokit run's reason
+    with pytest.raises(InferenceServerException) as e:
+        tritonclient_grpc.InferenceServerClient(server.grpc).infer(
+            MODEL, [_bytes_input(tritonclient_grpc, [b64.encode()])])
+    assert e.value.message() == "images[0]: text, not an image; re-copy the image itself"
+
+
 _ONE_JPEG = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}'
 
 
@@ -427,6 +488,62 @@ def test_malformed_requests_get_400_or_404_in_one_sentence(server: Served, image
     result = tritonclient_http.InferenceServerClient(server.http).infer(MODEL, [_bytes_input(tritonclient_http,
                                                                                              [p.read_bytes()])])
     assert _result_labels(result, 0, p, names) == run_labels[p.stem]
+
+
+def test_input_and_output_parameters_the_server_does_not_implement_are_refused(server: Served,
+                                                                               images: list[Path]) -> None:
+    """Triton's classification and shared-memory extensions, asked for through an output's or an input's parameters
+    (tritonclient's class_count=, set_shared_memory), and unknown ones: each was answered 200 with the plain outputs,
+    the parameter ignored, over HTTP and gRPC."""
+    jpeg = images[0].read_bytes()
+    classification = "output det_scores: parameter 'classification' asks for Triton's classification extension, " \
+                     "which this server does not offer; ask for the output without it"
+    shared = "parameter 'shared_memory_region' asks for Triton's shared-memory extensions, which this server does " \
+             "not offer"
+    for module, status in ((tritonclient_http, "400"), (tritonclient_grpc, "StatusCode.INVALID_ARGUMENT")):
+        host = server.http if module is tritonclient_http else server.grpc
+        client = module.InferenceServerClient(host)
+        region_output = module.InferRequestedOutput("det_boxes")
+        region_output.set_shared_memory("region", 64)
+        region_input = module.InferInput("images", [1], "BYTES")
+        region_input.set_shared_memory("region", len(jpeg) + 4)
+        for inputs, outputs, message in (
+                ([_bytes_input(module, [jpeg])], [module.InferRequestedOutput("det_scores", class_count=2)],
+                 classification),
+                ([_bytes_input(module, [jpeg])], [region_output], f"output det_boxes: {shared}"),
+                ([region_input], None, f"input images: {shared}; send the input's data in the request")):
+            with pytest.raises(InferenceServerException) as e:
+                client.infer(MODEL, inputs, outputs=outputs)
+            assert e.value.status() == status and message in e.value.message(), (module.__name__, e.value)
+        assert client.infer(MODEL, [_bytes_input(module, [jpeg])]).as_numpy("num_dets")[0, 0] > 0
+        client.close()
+    url = server.url + f"/v2/models/{MODEL}/infer"
+    for body, message in (
+            (b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"], "parameters": '
+             b'{"binary_data_sise": 4}}]}', "input images: parameter 'binary_data_sise' is not one this server takes; "
+                                            "did you mean 'binary_data_size'?"),
+            (_ONE_JPEG[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"fmt": "csv"}}]}',
+             "output num_dets: parameter 'fmt' is not one this server takes; it takes binary_data")):
+        r = httpx.post(url, content=body, timeout=60)
+        assert r.status_code == 400 and r.json()["error"] == message, r.text
+
+
+def test_a_wrong_inference_header_content_length_is_named(server: Served, images: list[Path]) -> None:
+    """The header 5 bytes past the JSON's end, or 5 short of it: "the request is not valid JSON (...)", with no word
+    of the header (its hint was given only when it was missing)."""
+    body, json_size = tritonclient_http.InferenceServerClient.generate_request_body(
+        [_bytes_input(tritonclient_http, [images[0].read_bytes()])])
+    assert json_size is not None
+    url = server.url + f"/v2/models/{MODEL}/infer"
+    for length in (json_size + 5, json_size - 5):
+        r = httpx.post(url, content=body, headers={"Inference-Header-Content-Length": str(length)}, timeout=60)
+        error = r.json()["error"]
+        assert r.status_code == 400, r.text
+        assert error.startswith(f"the request's first {length} bytes, its JSON by its Inference-Header-Content-Length, "
+                                f"are not valid JSON ("), error
+        assert error.endswith("; the header must be the exact length of the JSON, which the binary data follows")
+    r = httpx.post(url, content=body, headers={"Inference-Header-Content-Length": str(json_size)}, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def _raw(port: int, head: str, body: bytes = b"") -> socket.socket:
@@ -765,6 +882,60 @@ def test_listening_beyond_loopback_without_a_key_is_refused_with_exit_2(onnx_mod
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "--host 0.0.0.0 listens beyond this machine" in r.stderr and "--insecure" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_ipv6_host_serves_http_and_grpc(onnx_model: Path, images: list[Path], tmp_path: Path) -> None:
+    """--host ::1 (unbracketed, as one writes it): gRPC was given "::1:PORT" (its own "Misformatted domain name"
+    line, then "cannot listen on ::1:PORT (gRPC); choose another --grpc-port", exit 2), and the log printed
+    http://::1:PORT, which no client reads."""
+    from tests.helpers.ports import free_port
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port, grpc_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", str(onnx_model), "--name", MODEL,
+                                 "--host", "::1", "--port", str(port), "--grpc-port", str(grpc_port)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://[::1]:{port}/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        assert f"listening on http://[::1]:{port} and grpc [::1]:{grpc_port};" in log.read_text()
+        jpeg = images[0].read_bytes()
+        g = tritonclient_grpc.InferenceServerClient(f"[::1]:{grpc_port}")
+        assert g.is_server_ready()
+        want = httpx.post(f"http://[::1]:{port}/v1/detect", content=jpeg, timeout=60).json()["detections"]
+        got = g.infer(MODEL, [_bytes_input(tritonclient_grpc, [jpeg])])
+        assert int(got.as_numpy("num_dets")[0, 0]) == len(want) > 0
+        g.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # a traceback (OverflowError: int(inf) for uvicorn's graceful shutdown) after the server had started listening
+    (("--drain-timeout", "inf"), "--drain-timeout must be in [0, 86400], got inf"),
+    # the warm-up stacked 100000 images at once: numpy's _ArrayMemoryError (114 GiB), exit 1
+    (("--max-batch", "100000"), "--max-batch must be in [0, 256], got 100000"),
+])
+def test_options_out_of_their_limits_are_one_line_with_exit_2(yolov5n_pt: Path, args: tuple[str, ...],
+                                                               message: str) -> None:
+    from tests.helpers.ports import free_port
+
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "serve", str(yolov5n_pt), "--port", str(free_port()),
+                        "--grpc-port", "0", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"yolokit: {message}", r.stderr
 
 
 def test_a_port_in_use_and_a_bad_model_are_one_line(onnx_model: Path, tmp_path: Path) -> None:

@@ -81,6 +81,8 @@ _SIZED = b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "pa
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}', None, "takes 3 numbers"),
     (_SIZED + b"\x01\x00\x00\x00x", len(_SIZED), "runs past the end"),
     (_SIZED + b"\x01\x00\x00\x00x", None, "needs the Inference-Header-Content-Length header"),
+    (_SIZED + b"\x01\x00\x00\x00x", len(_SIZED) + 3, "first 109 bytes, its JSON by its Inference-Header-Content-"
+     "Length, are not valid JSON \\(Extra data at byte 106\\); the header must be the exact length"),
     (_ONE + b"junk", len(_ONE), "4 bytes follow the JSON"),
     (_ONE, 500, "says 500 bytes"),
     (b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [-1], "data": []}]}', None, "whole numbers"),
@@ -179,6 +181,35 @@ def test_grpc_messages_take_raw_and_typed_contents() -> None:
         with pytest.raises(ProtocolError, match=message) as e:
             parse_grpc(ours.ModelInferRequest.FromString(bad.SerializeToString()))
         assert e.value.status == 400 and "\n" not in str(e.value)
+
+
+def test_tensor_parameters_are_the_binary_extensions_alone() -> None:
+    """What KServe's client copies into a gRPC request from its HTTP form (binary_data_size on an input, binary_data
+    on an output) is taken; what asks for an extension the server does not offer was ignored, and is refused."""
+    from tritonclient.grpc import service_pb2 as theirs
+
+    from toolkit.serve.kserve import kserve_v2_pb2 as ours
+
+    req = theirs.ModelInferRequest(model_name="m")
+    inp = req.inputs.add(name="images", datatype="BYTES", shape=[1])
+    inp.parameters["binary_data_size"].int64_param = 8
+    req.raw_input_contents.append(pack_bytes([b"jpeg"]))
+    out = req.outputs.add(name="det_scores")
+    out.parameters["binary_data"].bool_param = True
+    assert parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString())).outputs == {"det_scores": None}
+    out.parameters["classification"].int64_param = 2
+    with pytest.raises(ProtocolError, match="^output det_scores: parameter 'classification' asks for Triton's "
+                                            "classification extension") as e:
+        parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString()))
+    assert e.value.status == 400
+    del out.parameters["classification"]
+    inp.parameters["shared_memory_offset"].int64_param = 0
+    with pytest.raises(ProtocolError, match="^input images: parameter 'shared_memory_offset' asks for Triton's "
+                                            "shared-memory extensions"):
+        parse_grpc(ours.ModelInferRequest.FromString(req.SerializeToString()))
+    with pytest.raises(ProtocolError, match="^output num_dets: parameter 'binary' is not one this server takes; did "
+                                            "you mean 'binary_data'\\?$"):
+        parse_http(_ONE[:-1] + b', "outputs": [{"name": "num_dets", "parameters": {"binary": true}}]}', None)
 
 
 # ------------------------------------------------------------------------------------------------- the batcher
@@ -293,6 +324,38 @@ def test_admission_is_bounded_and_cancelled_or_late_work_is_dropped() -> None:
 
     _run(main())
     assert ran == ["first"]
+
+
+def test_one_refusal_names_every_bad_image_within_a_bounded_line() -> None:
+    """Every bad image of a request is named; one reason is written once; the line stays short enough for gRPC's
+    trailing metadata (8 KiB) whatever the request holds (256 images, each with a reason of its own)."""
+    from toolkit.serve.service import MAX_REASONS, bad_images
+
+    assert bad_images([("images[1]", "images[1]: truncated JPEG"), ("images[2]", "images[2]: text, not an image"),
+                       ("images[4]", "images[4]: truncated JPEG")]) \
+        == "images[1], images[4]: truncated JPEG; images[2]: text, not an image"
+    same = bad_images([(f"images[{i}]", f"images[{i}]: text, not an image") for i in range(256)])
+    assert same.startswith("images[0], images[1], ") and same.endswith("images[255]: text, not an image")
+    each = bad_images([(f"images[{i}]", f"images[{i}]: the file is {i} bytes over the limit") for i in range(256)])
+    assert len(each) < MAX_REASONS + 100 and each.startswith("images[0]: the file is 0 bytes over the limit; ")
+    shown = each.count("bytes over the limit")
+    assert each.endswith(f"; and {256 - shown} more bad image(s)") and "\n" not in each
+
+
+def test_a_request_timeout_past_timeout_s_is_capped_as_the_guide_says() -> None:
+    """A request's own timeout above --timeout-s was cut to --timeout-s, while the guide's limits column said "at most
+    --timeout-s", as the other rows say what is refused: the guide now says what the server does."""
+    from pathlib import Path
+
+    from toolkit.serve.service import Deadline, Service
+
+    svc = Service(ServeOptions(timeout_s=2.0), "m")
+    assert svc._deadline(10.0, 5_000_000) == Deadline(12.0, 2.0)  # 5 s asked: the server's 2
+    assert svc._deadline(10.0, "500000") == Deadline(10.5, 0.5)
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "serving.md"
+    row = next(line for line in guide.read_text().splitlines() if line.startswith("| `timeout` |"))
+    assert row.endswith("| a whole number above 0; capped at `--timeout-s` (a longer one gets the server's, not a "
+                        "refusal) |"), row
 
 
 # ------------------------------------------------------------------------------------------------- options

@@ -132,6 +132,7 @@ def _cases(images: list[Path]) -> list[tuple[str, str, bytes | dict[str, Any] | 
                           _infer_body([fp32], datatype="FP32", shape=[1, 3, 64, 96]),
                           _infer_body([fp32], datatype="FP32", shape=[1, 3, 96, 64], binary_outputs=False),
                           _infer_body([jpeg[0], b"\xff\xd8\xff\xe0 not really"]),
+                          _infer_body([jpeg[0], b"garbage", jpeg[1][: len(jpeg[1]) // 2], b"garbage"]),
                           _infer_body([jpeg[0]], datatype="INT32", shape=[len(jpeg[0]) // 4])):
         cases.append(("POST", infer, body, headers))
     cases += [("POST", infer, b"{not json", AUTH), ("POST", "/v2/models/nope/infer", b"{}", AUTH),

@@ -45,7 +45,7 @@ from toolkit.meta import ModelMeta
 from toolkit.ops import LetterboxInfo, NMSOptions, letterbox, to_chw_rgb
 from toolkit.options import ascii_digits, refuse_unknown, whole_number
 from toolkit.serve.options import REQUEST_PARAMETERS, request_nms
-from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor
+from toolkit.serve.protocol import BYTES, InferRequest, ProtocolError, Tensor, json_text_reason
 
 INPUT = "images"
 MAX_IMAGES = 256  # images in one request (each is decoded and prepared on its own; 256 JPEGs fill the 64 MB body)
@@ -56,7 +56,8 @@ CPU_BATCH = 8  # the default --max-batch on a CPU, where batching buys little be
 PROTOCOL_PARAMETERS = ("binary_data_output", "timeout", "priority")
 DETECT_PARAMETERS = ("timeout",)
 _FORMS = "BYTES [B] (encoded image files) or FP32 [B,3,H,W] (RGB in 0-1, letterboxed)"
-ENCODED, TENSOR = "encoded", "tensor"  # the two forms of an image (Work.form)
+# the forms of an image (Work.form): an encoded file, one sent as a JSON string (text), an FP32 tensor
+ENCODED, TEXT, TENSOR = "encoded", "text", "tensor"
 T = TypeVar("T")
 
 
@@ -66,9 +67,9 @@ class ModelFailure(YolokitError):
 
 @dataclass(frozen=True)
 class Work:
-    """One image of a request, as data: ``data`` an encoded image file (``form`` ``"encoded"``) or an FP32 (3, H, W)
-    RGB tensor in 0-1 (``"tensor"``); ``name`` what errors call it (``images[0]``); ``nms`` its request's settings;
-    ``index`` its place in the request."""
+    """One image of a request, as data: ``data`` an encoded image file (``form`` ``"encoded"``; ``"text"`` when it
+    came as a JSON string) or an FP32 (3, H, W) RGB tensor in 0-1 (``"tensor"``); ``name`` what errors call it
+    (``images[0]``); ``nms`` its request's settings; ``index`` its place in the request."""
 
     form: str
     data: Any
@@ -148,7 +149,8 @@ class ModelFacts:
             raise ProtocolError(f"input {INPUT} holds {t.shape[0]} images; a request takes at most {MAX_IMAGES} "
                                 f"(send more requests: the server batches images across them)")
         if t.datatype == BYTES and t.shape and t.shape[0] >= 1 and (len(t.shape) == 1 or t.shape[1:] == (1,)):
-            return [Work(ENCODED, data, f"{INPUT}[{i}]", nms, i) for i, data in enumerate(t.data)]
+            form = TEXT if t.text else ENCODED
+            return [Work(form, data, f"{INPUT}[{i}]", nms, i) for i, data in enumerate(t.data)]
         if t.datatype == "FP32" and len(t.shape) == 4 and t.shape[0] >= 1 and t.shape[1] == 3:
             self.check_tensor_shape(t.shape[2], t.shape[3])
             return [Work(TENSOR, t.data[i], f"{INPUT}[{i}]", nms, i) for i in range(t.shape[0])]
@@ -240,10 +242,17 @@ class ServedModel(ModelFacts):
 
     # ------------------------------------------------------------------------------------------- an image
     def prepare(self, work: Work) -> Prepared:
-        """One image of a request, prepared (:meth:`prepare_encoded` or :meth:`prepare_tensor`)."""
+        """One image of a request, prepared (:meth:`prepare_encoded` or :meth:`prepare_tensor`); one sent as a JSON
+        string that is no image is told how to send an image instead."""
         if work.form == TENSOR:
             return self.prepare_tensor(work.data, work.name, work.nms, work.index)
-        return self.prepare_encoded(work.data, work.name, work.nms, work.index)
+        try:
+            return self.prepare_encoded(work.data, work.name, work.nms, work.index)
+        except ImageReadError:
+            if work.form != TEXT:
+                raise
+            # "text, not an image; re-copy the image itself" named no fix for a JSON string (base64, as a rule)
+            raise ImageReadError(work.name, json_text_reason(work.data)) from None
 
     def prepare_encoded(self, data: bytes | memoryview | np.ndarray, name: str, nms: NMSOptions | None = None,
                         index: int = 0) -> Prepared:
@@ -311,11 +320,14 @@ class ServedModel(ModelFacts):
                  for i in range(batch)]
         x = np.ascontiguousarray(np.stack(views))
         together = r.infer(x)
-        alone = np.concatenate([r.infer(x[i:i + 1]) for i in range(batch)])
-        if together.shape != alone.shape:
-            return float("inf")
-        diff = np.abs(together.astype(np.float64) - alone.astype(np.float64))
-        return float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+        worst = 0.0
+        for i in range(batch):  # one image's output at a time: no second batch of outputs, none in float64
+            alone = r.infer(x[i:i + 1])
+            if alone.shape != together[i:i + 1].shape:
+                return float("inf")
+            diff = np.abs(together[i:i + 1].astype(np.float64) - alone.astype(np.float64))
+            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0)
+        return worst
 
 
 def choose_batch(model: ServedModel, asked: int, log: Callable[[str], None]) -> int:

@@ -30,6 +30,10 @@ REQUEST_PARAMETERS = ("conf", "iou", "max_det", "classes")
 API_KEY_ENV = "YOLOKIT_API_KEY"
 ENGINES = ("local", "ray")  # where the model runs: this process, or Ray Serve replicas across a Ray cluster
 DEFAULT_MAX_BODY = 64 << 20
+DRAIN_MAX = 86400  # seconds: --drain-timeout's largest
+# --max-batch's largest: the most images one request may carry (toolkit.serve.model.MAX_IMAGES), 8 times the GPU
+# plan's batch; the warm-up runs a batch of this size at once (100000 asked 114 GiB for its images alone)
+MAX_BATCH = 256
 
 
 def name_problem(name: str) -> str | None:
@@ -56,10 +60,11 @@ class ServeOptions:
     port: int = option(8000, "HTTP port: KServe v2 REST, /v1/detect, /metrics.", panel=SERVER, lo=1, hi=65535)
     grpc_port: int = option(8001, "gRPC port: KServe v2 GRPCInferenceService; 0 turns gRPC off.", panel=SERVER, lo=0,
                             hi=65535)
-    max_batch: int = option(0, "Most images in one model execution (requests are gathered into batches). 0: 8 on a "
-                            "CPU, the GPU plan's batch on a CUDA device, within the model's own limit; 1 when the "
-                            "warm-up finds that this runtime's output for an image changes with the batch it rides in "
-                            "(so that answers stay yolokit run's exactly).", panel=SERVER, lo=0)
+    max_batch: int = option(0, "Most images in one model execution (requests are gathered into batches), at most "
+                            "256. 0: 8 on a CPU, the GPU plan's batch on a CUDA device, within the model's own limit; "
+                            "1 when the warm-up finds that this runtime's output for an image changes with the batch "
+                            "it rides in (so that answers stay yolokit run's exactly).", panel=SERVER, lo=0,
+                            hi=MAX_BATCH)
     max_delay_ms: float = option(5.0, "Most milliseconds a batch waits for more requests while others are still "
                                  "being decoded; it never waits when none are.", panel=SERVER, lo=0)
     instances: int = option(0, "Model instances: threads that run batches at once, each with its own copy of the "
@@ -75,15 +80,18 @@ class ServeOptions:
                                 "503 with Retry-After at once, so that what is admitted is answered quickly under "
                                 "overload. 0: only --max-queue bounds the queue.", panel=SERVER, lo=0)
     timeout_s: float = option(30.0, "A request not answered this many seconds after it arrived gets 504 (gRPC: "
-                              "DEADLINE_EXCEEDED), and its queued work is dropped.", panel=SERVER, lo=0, lo_open=True)
+                              "DEADLINE_EXCEEDED), and its queued work is dropped; a request's own timeout parameter "
+                              "may shorten this, not lengthen it.", panel=SERVER, lo=0, lo_open=True)
     max_body: int = option(DEFAULT_MAX_BODY, "Largest request body (bytes, or 64M); a larger one gets 413 before it "
                            "is read whole.", text="bytes", panel=SERVER, lo=1)
     api_key: str | None = option(None, "Require 'Authorization: Bearer KEY' on every route but /v2/health/live and "
                                  "/v2/health/ready (gRPC: the same metadata; all but ServerLive and ServerReady).",
                                  panel=SERVER, env=API_KEY_ENV)
+    # at most a day: inf was a traceback (uvicorn takes whole seconds: int(inf) raised OverflowError), and a drain
+    # longer than any orchestrator's grace period is cut short by its SIGKILL anyway
     drain_timeout: float = option(30.0, "On SIGTERM or SIGINT: seconds the requests in flight get to finish (readiness "
-                                  "turns 503 and new requests are refused meanwhile); then the process exits 0.",
-                                  panel=SERVER, lo=0)
+                                  "turns 503 and new requests are refused meanwhile), at most 86400 (a day); then the "
+                                  "process exits 0.", panel=SERVER, lo=0, hi=DRAIN_MAX)
     insecure: bool = option(False, "Allow listening on an address other than loopback without --api-key.",
                             panel=SERVER)
 
@@ -169,6 +177,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL and gRPC write it: an IPv6 literal in brackets (``[::1]:8001``; gRPC read ``::1:8001``
+    as a misformatted domain name, and the log printed ``http://::1:8000``)."""
+    bare = host.strip("[]")
+    return f"[{bare}]:{port}" if ":" in bare else f"{host}:{port}"
 
 
 def request_nms(config: DetectorConfig, meta: ModelMeta, base: NMSOptions, values: dict[str, Any],

@@ -14,6 +14,9 @@ What the extension defines, and this module does:
 * over gRPC, inputs may come in ``raw_input_contents`` (one per input, in order) and outputs always go in
   ``raw_output_contents``, as Triton sends them.
 
+An input's or a requested output's ``parameters`` hold the extension's alone: Triton's classification and
+shared-memory extensions, which tritonclient asks for there, are refused rather than ignored.
+
 Errors are :class:`ProtocolError` (an :class:`~toolkit.errors.InputError`) carrying the HTTP status to answer.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +33,17 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.options import ascii_digits
+from toolkit.options import ascii_digits, nearest
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP header names: any case)
+# what an input's and a requested output's "parameters" may hold: the binary tensor extension's. Over gRPC they say
+# nothing (raw contents are binary already), but KServe's client copies them there from its HTTP form
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data",)
+# Triton's extensions that tritonclient asks for through those parameters, which this server does not offer
+_NOT_OFFERED = {"classification": "Triton's classification extension",
+                **dict.fromkeys(("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"),
+                                "Triton's shared-memory extensions")}
 
 DTYPES: dict[str, Any] = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                           "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -55,12 +67,13 @@ class ProtocolError(InputError):
 @dataclass
 class Tensor:
     """A named tensor: ``data`` a numpy array of ``shape`` (numeric datatypes) or a list of bytes (BYTES, one per
-    element, row-major)."""
+    element, row-major); ``text``: BYTES elements that came as JSON strings (their UTF-8), not as bytes."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     data: Any
+    text: bool = False
 
     def describe(self) -> str:
         return f"{self.datatype} {list(self.shape)}"
@@ -139,7 +152,7 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
             raise ProtocolError(f"input {name}: BYTES {list(shape)} takes {count} strings in 'data'; an image file "
                                 f"is sent as binary data (the binary tensor extension), not in JSON")
         try:
-            return Tensor(name, datatype, shape, [v.encode() for v in flat])
+            return Tensor(name, datatype, shape, [v.encode() for v in flat], text=True)
         except UnicodeEncodeError:  # a lone surrogate (\ud800): JSON allows it, UTF-8 has no bytes for it
             raise ProtocolError(f"input {name}: a BYTES element is not text UTF-8 can hold (a lone surrogate escape "
                                 f"such as \\ud800); an image file is sent as binary data, not in JSON") from None
@@ -167,6 +180,22 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> Te
         raise ProtocolError(f"input {name}: a value is out of {datatype}'s range (at most "
                             f"{float(np.finfo(DTYPES[datatype]).max):.4g} in magnitude)")
     return Tensor(name, datatype, shape, arr.reshape(shape).astype(DTYPES[datatype]))
+
+
+def json_text_reason(data: bytes | memoryview) -> str:
+    """Why a BYTES element sent as a JSON string is no image, and the fix: JSON has no bytes, so the server gets the
+    string's text; base64 text (a data: URL too) is told apart, as the usual mistake."""
+    text = bytes(data).strip()
+    if text[:5].lower() == b"data:" and b";base64," in text[:100]:
+        text = text.split(b",", 1)[1]
+    compact = b"".join(text.split())  # MIME base64 wraps its lines
+    what = "base64 text" if len(compact) >= 16 and _BASE64.fullmatch(compact) else "text"
+    return (f"{what}, not an image file: a BYTES element in JSON is text; send the image file's own bytes as binary "
+            f"data (the binary tensor extension: tritonclient.http's set_data_from_numpy(..., binary_data=True), its "
+            f"default), or the file to /v1/detect")
+
+
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")  # the standard alphabet, or the URL-safe one
 
 
 def _holds_bools(data: Any) -> bool:
@@ -210,8 +239,12 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     except RecursionError:
         raise ProtocolError("the request's JSON is nested too deeply to be a KServe v2 request") from None
     except (ValueError, UnicodeDecodeError) as e:
-        hint = ("; a body with binary data needs the Inference-Header-Content-Length header"
-                if json_length is None and isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else "")
+        malformed = isinstance(e, (json.JSONDecodeError, UnicodeDecodeError))  # not a number of 4300 digits
+        if malformed and json_length is not None:  # the header was named only when it was missing
+            raise ProtocolError(f"the request's first {json_length} bytes, its JSON by its "
+                                f"Inference-Header-Content-Length, are not valid JSON ({_json_reason(e)}); the header "
+                                f"must be the exact length of the JSON, which the binary data follows") from None
+        hint = "; a body with binary data needs the Inference-Header-Content-Length header" if malformed else ""
         raise ProtocolError(f"the request is not valid JSON ({_json_reason(e)}){hint}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("the request must be a JSON object with 'inputs'")
@@ -224,7 +257,7 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
         if not isinstance(name, str):
             raise ProtocolError(f"input {i} has no 'name'")
         datatype, shape, params = _datatype(spec.get("datatype"), name), _shape(spec.get("shape"), name), \
-            _params(spec.get("parameters"), f"input {name}")
+            _tensor_params(spec.get("parameters"), f"input {name}", INPUT_PARAMETERS)
         size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -251,7 +284,7 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
         for o in outputs:
             if o["name"] in wanted:
                 raise ProtocolError(f"output {o['name']} is asked for twice in 'outputs'")
-            flag = _params(o.get("parameters"), f"output {o['name']}").get("binary_data")
+            flag = _tensor_params(o.get("parameters"), f"output {o['name']}", OUTPUT_PARAMETERS).get("binary_data")
             if flag is not None and not isinstance(flag, bool):  # "false" read as true
                 raise ProtocolError(f"output {o['name']}: binary_data must be true or false, got {flag!r}")
             wanted[o["name"]] = flag
@@ -262,7 +295,9 @@ def parse_http(body: bytes, json_length: int | None) -> InferRequest:
     flag = params.get("binary_data_output")
     if flag is not None and not isinstance(flag, bool):  # "no" was read as true
         raise ProtocolError(f"binary_data_output must be true or false, got {flag!r}")
-    return InferRequest(tensors, request_id, params, wanted)
+    # none asked for is all of them, as the protocol says of 'outputs' left out, and as gRPC (which cannot tell an
+    # empty list from none) answers: [] answered no outputs at all
+    return InferRequest(tensors, request_id, params, wanted or None)
 
 
 def _json_reason(e: Exception) -> str:
@@ -286,6 +321,25 @@ def _params(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{where}: 'parameters' must be a JSON object")
     return value
+
+
+def _tensor_params(value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """An input's or a requested output's ``parameters``, refused in one line when they hold one this server does not
+    implement: ignored, it looked taken (an output asked as a classification came back whole, with 200)."""
+    params = _params(value, where)
+    for key in params:
+        if key in known:
+            continue
+        extension = _NOT_OFFERED.get(key)
+        if extension is not None:
+            fix = ("ask for the output without it (it comes back whole, in the response)" if where.startswith("output")
+                   else "send the input's data in the request")
+            raise ProtocolError(f"{where}: parameter {key!r} asks for {extension}, which this server does not offer; "
+                                f"{fix}")
+        near = nearest(key, known)
+        raise ProtocolError(f"{where}: parameter {key!r} is not one this server takes; "
+                            + (f"did you mean {near!r}?" if near else f"it takes {', '.join(known)}"))
+    return params
 
 
 def encode_http(model: str, version: str, request_id: str, outputs: list[Tensor], binary: Mapping[str, bool]
@@ -330,6 +384,11 @@ def parameter_value(p: Any) -> Any:
     return getattr(p, which) if which else None
 
 
+def _grpc_params(parameters: Any) -> dict[str, Any]:
+    """A protobuf map of ``InferParameter`` as a plain dict."""
+    return {k: parameter_value(v) for k, v in parameters.items()}
+
+
 def parse_grpc(request: Any) -> InferRequest:
     """A ``ModelInferRequest`` (inputs in ``raw_input_contents`` or in their typed ``contents``)."""
     raw = request.raw_input_contents
@@ -340,6 +399,7 @@ def parse_grpc(request: Any) -> InferRequest:
     tensors = []
     for i, inp in enumerate(request.inputs):
         datatype, shape = _datatype(inp.datatype, inp.name), tuple(int(d) for d in inp.shape)
+        _tensor_params(_grpc_params(inp.parameters), f"input {inp.name}", INPUT_PARAMETERS)
         if raw and inp.HasField("contents"):
             raise ProtocolError(f"input {inp.name}: its data is in raw_input_contents and in contents; send it in one")
         if any(d < 0 for d in shape):
@@ -369,7 +429,9 @@ def parse_grpc(request: Any) -> InferRequest:
                 raise ProtocolError(f"input {inp.name}: {datatype} {list(shape)} takes {_elements(shape)} values, "
                                     f"got {arr.size}")
             tensors.append(Tensor(inp.name, datatype, shape, arr.reshape(shape)))
-    params = {k: parameter_value(v) for k, v in request.parameters.items()}
+    params = _grpc_params(request.parameters)
+    for o in request.outputs:
+        _tensor_params(_grpc_params(o.parameters), f"output {o.name}", OUTPUT_PARAMETERS)
     names = [o.name for o in request.outputs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -52,7 +52,7 @@ from toolkit.serve import metrics as m
 from toolkit.serve.batcher import Expired
 from toolkit.serve.http import create_app
 from toolkit.serve.model import CPU_BATCH, ModelFacts, ServedModel, Work, choose_batch, timed
-from toolkit.serve.options import ServeOptions, ServeSettings
+from toolkit.serve.options import ServeOptions, ServeSettings, host_port
 from toolkit.serve.service import Refusal, Service, refusal_for
 
 HEAD = "node:__internal_head__"  # the resource only the head node has: the ingress stays next to the HTTP proxy
@@ -214,7 +214,7 @@ def serve_on_ray(settings: ServeSettings, log: Any = print) -> None:
     deployed = False
     try:
         _check_resources(ray.cluster_resources(), e.replicas, e.cpus_per_replica, e.gpus_per_replica)
-        where = f"http://{opts.host}:{opts.port}"
+        where = f"http://{host_port(opts.host, opts.port)}"
         log(f"yolokit serve: starting Ray Serve on {where} (Ray's HTTP proxy; gRPC is not served with --engine "
             f"ray); {e.replicas} replica(s) of {settings.detector.weights} ...")
         serve.start(http_options={"host": opts.host, "port": opts.port}, proxy_location="HeadOnly")
@@ -303,7 +303,7 @@ def _deploy_failure(name: str, err: Exception) -> str:
 def _wait_ready(opts: ServeOptions, stop: _Stop) -> None:
     """Until the app answers ready through Ray's proxy (the ingress has asked a replica what the model is)."""
     host = "127.0.0.1" if opts.host in ("0.0.0.0", "::", "") else opts.host.strip("[]")
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{opts.port}/v2/health/ready"
+    url = f"http://{host_port(host, opts.port)}/v2/health/ready"
     end = time.monotonic() + READY_WAIT_S
     while time.monotonic() < end and not stop.is_set():
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError), \

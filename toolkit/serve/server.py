@@ -18,7 +18,7 @@ from typing import Any
 
 from toolkit.errors import InputError, MissingExtraError
 from toolkit.serve.model import ServedModel, choose_batch
-from toolkit.serve.options import ServeSettings, name_problem
+from toolkit.serve.options import ServeSettings, host_port, name_problem
 from toolkit.serve.service import Service
 
 Log = Callable[[str], None]
@@ -66,7 +66,7 @@ def listen(host: str, port: int, what: str) -> socket.socket:
         sock.listen(2048)
         sock.setblocking(False)
     except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port} ({what}): {e.strerror or e}; choose another "
+        raise InputError(f"cannot listen on {host_port(host, port)} ({what}): {e.strerror or e}; choose another "
                          f"{'--grpc-port' if what == 'gRPC' else '--port'} or --host") from None
     return sock
 
@@ -114,10 +114,11 @@ async def _main(settings: ServeSettings, log: Log) -> None:
         from toolkit.serve.grpc import grpc_server as make_grpc
 
         listen(opts.host, opts.grpc_port, "gRPC").close()  # a clear message when the port is taken
-        grpc_server, bound = make_grpc(service, f"{opts.host}:{opts.grpc_port}")
+        grpc_server, bound = make_grpc(service, host_port(opts.host, opts.grpc_port))
         if not bound:
             http_sock.close()
-            raise InputError(f"cannot listen on {opts.host}:{opts.grpc_port} (gRPC); choose another --grpc-port")
+            raise InputError(f"cannot listen on {host_port(opts.host, opts.grpc_port)} (gRPC); choose another "
+                             f"--grpc-port")
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -135,8 +136,8 @@ async def _main(settings: ServeSettings, log: Log) -> None:
         if grpc_server is not None:
             await grpc_server.start()
         try:
-            where = f"http://{opts.host}:{opts.port}" + (f" and grpc {opts.host}:{opts.grpc_port}"
-                                                         if opts.grpc_port else "")
+            where = f"http://{host_port(opts.host, opts.port)}" + (
+                f" and grpc {host_port(opts.host, opts.grpc_port)}" if opts.grpc_port else "")
             log(f"yolokit serve: listening on {where}; loading {settings.detector.weights} ...")
             cut = threading.Event()  # a load stopped by a signal says nothing after "stopped" (its warm-up's note)
 

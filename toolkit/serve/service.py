@@ -33,6 +33,7 @@ from toolkit.serve.protocol import InferRequest, ProtocolError, Tensor
 T = TypeVar("T")
 
 LOADING, READY, DRAINING = "loading", "ready", "draining"
+MAX_REASONS = 2000  # characters of the bad images' reasons in one refusal
 
 # one image's work done elsewhere (a model replica): its detections
 Remote = Callable[[Work], Awaitable[Detections]]
@@ -193,6 +194,7 @@ class Service:
             if not whole_number(us) or us <= 0:
                 raise Refusal(400, f"parameter timeout takes microseconds, a whole number above 0, got "
                                    f"{brief(timeout_us)}")
+            # capped at --timeout-s, as the guide says: a client's generous timeout is no reason to refuse it
             seconds = min(seconds, us / 1e6) if us < 10**15 else seconds  # 400 digits: / 1e6 raised OverflowError
         return Deadline(arrived + seconds, seconds)
 
@@ -201,13 +203,16 @@ class Service:
         if self._remote is not None:
             ticket.prepared()
             remote = self._remote
-            return await self._wait(asyncio.gather(*(remote(w) for w in works)), deadline, gone)
+            done = await self._wait(asyncio.gather(*(remote(w) for w in works), return_exceptions=True), deadline,
+                                    gone)
+            return settled(works, done)
         loop = asyncio.get_running_loop()
         model, pool = self.served, self._prepare
         if model is None or pool is None:
             raise Refusal(503, f"model {self.name!r} is still loading", m.REJECTED, retry_after=1)
         jobs = [loop.run_in_executor(pool, timed, functools.partial(model.prepare, w)) for w in works]
-        prepared = await self._wait(asyncio.gather(*jobs), deadline, gone)
+        # every image is prepared, so that one answer names each bad image (the first failure hid the others)
+        prepared = settled(works, await self._wait(asyncio.gather(*jobs, return_exceptions=True), deadline, gone))
         self.metrics.decoded([s for _, s in prepared])
         items = [p for p, _ in prepared]
         futures = ticket.submit(items, [model.key(p) for p in items], deadline.at)
@@ -244,6 +249,47 @@ class Service:
             raise
         except (Expired, YolokitError) as e:
             raise refusal_for(e) from None
+
+
+def settled(works: list[Work], outcomes: list[T | BaseException]) -> list[T]:
+    """Each image's outcome, or the one error its request gets: any failure that is not the image's own (the model
+    failed, a replica was lost, a bug) as it is; else each bad image's reason, in one line (:func:`bad_images`)."""
+    failures = [(w.name, o) for w, o in zip(works, outcomes, strict=True) if isinstance(o, BaseException)]
+    if not failures:
+        return outcomes  # type: ignore[return-value]
+    other = next((e for _, e in failures if not _images_own(e)), None)
+    if other is not None:
+        raise other
+    if len(failures) == 1:
+        raise failures[0][1]
+    text = bad_images([(name, str(e)) for name, e in failures])
+    raise Refusal(400, text) if isinstance(failures[0][1], Refusal) else ProtocolError(text)
+
+
+def _images_own(e: BaseException) -> bool:
+    """Whether ``e`` is an image's own refusal (400: not an image, truncated, too large, ...), here or from a model
+    replica."""
+    return isinstance(e, InputError) or (isinstance(e, Refusal) and e.status == 400)
+
+
+def bad_images(failures: list[tuple[str, str]]) -> str:
+    """One line naming each bad image of a request with its reason (``images[1]: ...; images[2]: ...``), those with
+    one reason together (``images[0], images[3]: ...``); past :data:`MAX_REASONS` characters (gRPC sends the line in
+    its trailing metadata, 8 KiB at most) the rest are counted."""
+    reasons: dict[str, list[str]] = {}
+    for name, text in failures:
+        reason = text[len(name) + 2:] if text.startswith(f"{name}: ") else text
+        reasons.setdefault(reason, []).append(name)
+    parts: list[str] = []
+    shown = length = 0
+    for reason, names in reasons.items():
+        part = f"{', '.join(names)}: {reason}"
+        if parts and length + len(part) > MAX_REASONS:
+            break
+        parts.append(part)
+        shown, length = shown + len(names), length + len(part) + 2
+    rest = len(failures) - shown
+    return "; ".join(parts) + (f"; and {rest} more bad image(s)" if rest else "")
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
