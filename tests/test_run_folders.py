@@ -117,10 +117,12 @@ def test_resume_compares_the_model_by_content_and_source_as_a_path(yolov5n_pt: P
     assert main(["run", "./src/", "--weights", "./yolov5n.pt", *common, "--resume"]) == 0  # the same model and SOURCE
     assert "changed since they were recorded" not in capsys.readouterr().out  # ./src/0.jpg is src/0.jpg: not redone
     assert len(_manifest_keys(tmp_path / "runs" / "r")) == 3
-    # a byte-identical copy under another name, and SOURCE given by its absolute path: the same model and folder
-    # (refused: "--weights ... -> copy.pt (another model ...)", "SOURCE src -> /.../src")
+    # a byte-identical copy under another name: the same model (refused: "--weights ... -> copy.pt (another model)")
     shutil.copy(yolov5n_pt, tmp_path / "a" / "copy.pt")
-    assert main(["run", str(tmp_path / "a" / "src"), "--weights", "copy.pt", *common, "--resume"]) == 0
+    assert main(["run", "src", "--weights", "copy.pt", *common, "--resume"]) == 0
+    # SOURCE by another path is refused: a relative SOURCE recorded is not known to be today's folder (a resume from
+    # another folder with the same relative name removed the run's outputs as inputs gone)
+    assert main(["run", str(tmp_path / "a" / "src"), "--weights", "copy.pt", *common, "--resume"]) == 2
     monkeypatch.chdir(tmp_path / "b")
     capsys.readouterr()
     assert main(["run", "src", "--weights", "yolov5n.pt", *common, "--resume"]) == 2

@@ -321,8 +321,8 @@ def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         old = before.get(k, defaults.get(k))
         if k == MODEL_CONTENT or (k == "weights" and known):
             continue
-        if k == "source" and (as_path(old) == as_path(v) or _absolute(old) == _absolute(v)):
-            continue  # the same folder, named another way (relative then absolute)
+        if k == "source" and as_path(old) == as_path(v):  # not resolved from today's folder: run.json does not
+            continue  # record the one the run started in (a relative SOURCE from elsewhere is another folder)
         if old is None and v is False or old is False and v is None:  # --fp32 is --half unset: FP32 either way
             continue
         if old != v:
@@ -344,10 +344,6 @@ def _content(fingerprint: Any) -> Any:
     if not isinstance(fingerprint, str):
         return fingerprint
     return ";".join(":".join(part.rsplit(":", 2)[1:]) for part in fingerprint.split(";"))
-
-
-def _absolute(value: Any) -> Any:
-    return os.path.abspath(value) if isinstance(value, str) and value and "://" not in value else value
 
 
 def as_path(value: Any) -> Any:
