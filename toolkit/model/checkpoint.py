@@ -14,6 +14,7 @@ plain pickle file; all of them go through the same restricted unpickler.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,18 +89,23 @@ def _select_model(obj: Any, path: str) -> tuple[ModuleRecord, str]:
     )
 
 
-MAX_MODULE_VISITS = 200_000  # module paths walked at most (a shared module counts once per path)
+MAX_NAME = 256  # characters of one module's name in its parent (YOLOv5's are "model", "24", "cv1", "act" ...)
 
 
 def _iter_modules(
-    record: ModuleRecord, prefix: str, path: str, above: set[int], visits: list[int], depth: int = 0
+    record: ModuleRecord, prefix: str, path: str, above: set[int], seen: set[int], depth: int = 0
 ) -> Iterator[tuple[str, ModuleRecord]]:
-    """Each module of the tree below ``record`` with its state-dict prefix. A module may appear at several places
-    (YOLOv5 v7.0 gives every ``Conv`` one shared ``SiLU``, ``Conv.default_act``: every checkpoint trained with it
-    holds one object under all of them), but never inside itself (``above``: the modules on the way down)."""
-    visits[0] += 1
-    if depth > MAX_MODULE_DEPTH or id(record) in above or visits[0] > MAX_MODULE_VISITS:
+    """Each module of the tree below ``record`` with its state-dict prefix. A module without submodules, parameters
+    or buffers may appear at several places (YOLOv5 v7.0 gives every ``Conv`` one shared ``SiLU``,
+    ``Conv.default_act``: every checkpoint trained with it holds one object under all of them); any other module
+    once, and never inside itself (``above``: the modules on the way down). So the walk is as long as the pickle:
+    a small file of modules shared two ways at each of 16 levels made 131,071 paths (830 MB of names)."""
+    if id(record) in seen and not _bare(record):
+        what = "cyclic" if id(record) in above else "shares a module that holds weights"
+        raise ModelFileError(f"{path}: is corrupt: its module tree is {what}; {ARCHIVE_HINT}.")
+    if depth > MAX_MODULE_DEPTH:
         raise ModelFileError(f"{path}: is corrupt: its module tree is cyclic or too deep; {ARCHIVE_HINT}.")
+    seen.add(id(record))
     yield prefix, record
     children = record.state.get("_modules", {})
     if not isinstance(children, dict):
@@ -108,13 +114,18 @@ def _iter_modules(
     for name, child in children.items():
         if child is None:
             continue
-        if not isinstance(name, str) or not isinstance(child, ModuleRecord):
+        if not isinstance(name, str) or not isinstance(child, ModuleRecord) or len(name) > MAX_NAME:
             raise ModelFileError(
                 f"{path}: is corrupt: {record.cls_name} has a submodule that is not a module; "
                 f"{ARCHIVE_HINT}."
             )
-        yield from _iter_modules(child, f"{prefix}{name}.", path, above, visits, depth + 1)
+        yield from _iter_modules(child, f"{prefix}{name}.", path, above, seen, depth + 1)
     above.discard(id(record))
+
+
+def _bare(record: ModuleRecord) -> bool:
+    """A module with no submodules, parameters or buffers (an activation): sharing it costs nothing."""
+    return not any(record.state.get(k) for k in ("_modules", "_parameters", "_buffers"))
 
 
 def _module_state_dict(
@@ -123,7 +134,7 @@ def _module_state_dict(
     state_dict: dict[str, torch.Tensor] = {}
     modules: list[ModuleRecord] = []
     bn_eps: dict[str, float] = {}
-    for prefix, record in _iter_modules(model, "", path, set(), [0]):
+    for prefix, record in _iter_modules(model, "", path, set(), set()):
         modules.append(record)
         eps = record.state.get("eps")
         if record.cls_name.endswith("BatchNorm2d") and isinstance(eps, float):
@@ -207,7 +218,14 @@ def _saved_activation(modules: list[ModuleRecord], kinds: tuple[str, ...], what:
             continue
         if act.cls_name == "torch.nn.modules.activation.LeakyReLU":
             slope = act.state.get("negative_slope", 0.01)
-            specs.add(f"nn.LeakyReLU({float(slope) if isinstance(slope, (int, float)) else 0.01!r})")
+            try:
+                value = float(slope)
+            except (TypeError, ValueError, OverflowError):
+                value = float("nan")
+            if not math.isfinite(value):
+                raise ModelFileError(f"{path}: is corrupt: a LeakyReLU's slope is {str(slope)[:40]!r}, not a number; "
+                                     f"{ARCHIVE_HINT}")
+            specs.add(f"nn.LeakyReLU({value!r})")
         elif act.cls_name in _ACTIVATION_SPECS:
             specs.add(_ACTIVATION_SPECS[act.cls_name])
         else:

@@ -345,6 +345,10 @@ class YOLOv5(nn.Module):
             layers_spec = list(d["backbone"]) + list(d["head"])
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"the architecture dict is missing or has a bad field: {e}") from e
+        last = layers_spec[-1] if layers_spec else None
+        if not isinstance(last, (list, tuple)) or len(last) != 4 or last[2] != "Detect":
+            raise ModelFileError("unsupported architecture: its last layer is not a Detect head (a YOLOv5 detection "
+                                 "model's is)")
         act = _parse_activation(d.get("activation"))
         # BottleneckCSP's own activation: yolokit's key, from the modules a checkpoint saved (checkpoint.py)
         csp_act = _parse_activation(d.get("csp_activation"))
