@@ -5,6 +5,7 @@ agrees, and a Detector uses such a model without post-processing it again."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -180,6 +181,27 @@ def test_openvinos_iou_rule_and_the_graph_that_gives_yolov5s(tmp_path: Path) -> 
         path.write_bytes(_nms_model(TIE, nc=1, suppresses_at_equal=at_equal))
         c = core.compile_model(ov.convert_model(str(path)), "CPU")
         assert int(np.asarray(c(TIE_ROWS)[c.output("num_dets")])[0, 0]) == want
+
+
+def test_the_baked_threshold_compares_as_yolov5_at_any_iou(tmp_path: Path) -> None:
+    """The baked threshold was float32(iou): float32(0.6) is above 0.6, so with --nms --iou 0.6 both runtimes kept a
+    box at an IoU of exactly 60/100 that YOLOv5 (its float IoU against the double 0.6) and yolokit's host NMS
+    suppress. Each runtime now gets the threshold that gives YOLOv5's answer, at 0.6 and at 0.5 (a tie kept)."""
+    from toolkit.ops import NMSOptions, postprocess
+
+    rows = np.array([[[5, 5, 10, 10, 0.9, 1.0], [5, 3, 10, 6, 0.8, 1.0]]], np.float32)  # IoU 60/100 exactly
+    for iou, tie_rows in ((0.6, rows), (0.5, TIE_ROWS)):
+        nms = BakedNMS(conf=0.1, iou=iou, max_det=10)
+        want = len(postprocess(tie_rows[0], NMSOptions(conf=0.1, iou=iou))[0])
+        e2e = ort.InferenceSession(_nms_model(nms, nc=1), providers=["CPUExecutionProvider"])
+        assert int(e2e.run(["num_dets"], {"x": tie_rows})[0][0, 0]) == want, ("onnxruntime", iou)
+        if importlib.util.find_spec("openvino") is not None:
+            import openvino as ov
+
+            path = tmp_path / f"e2e_{iou}.onnx"
+            path.write_bytes(_nms_model(nms, nc=1, suppresses_at_equal=True))
+            c = ov.Core().compile_model(ov.convert_model(str(path)), "CPU")
+            assert int(np.asarray(c(tie_rows)[c.output("num_dets")])[0, 0]) == want, ("openvino", iou)
 
 
 def test_trt_settings_and_opset_refusals() -> None:

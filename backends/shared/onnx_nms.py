@@ -38,6 +38,7 @@ import numpy as np
 from backends.base import E2E_OUTPUTS, NMS_MIN_OPSET
 from toolkit.errors import ExportError
 from toolkit.meta import BakedNMS
+from toolkit.ops import iou_cut
 
 MIN_OPSET = NMS_MIN_OPSET
 MAX_WH = 7680.0  # YOLOv5's class offset for per-class NMS in one pass
@@ -78,10 +79,12 @@ def opset_of(proto: Any) -> int:
 
 
 def iou_threshold(iou: float, suppresses_at_equal: bool) -> float:
-    """The threshold to give a runtime's ``NonMaxSuppression`` so that it suppresses exactly the boxes whose IoU
-    with a kept box is greater than ``iou`` (YOLOv5's rule): ``iou`` itself where the runtime follows that rule
-    (ONNX Runtime), else the next float32 above it (OpenVINO suppresses at IoU >= its threshold)."""
-    t = np.float32(iou)
+    """The float32 threshold to give a runtime's ``NonMaxSuppression`` so that it suppresses exactly the boxes whose
+    float32 IoU with a kept box is greater than ``iou`` in double precision (YOLOv5's rule, torchvision's
+    comparison: :func:`toolkit.ops.iou_cut`): that cut where the runtime suppresses above its threshold (ONNX
+    Runtime), else the next float32 above it (OpenVINO suppresses at IoU >= its threshold). ``float32(0.6)``, above
+    0.6, kept a box at an IoU of exactly 60/100 that YOLOv5 suppresses with ``--iou 0.6``."""
+    t = np.float32(iou_cut(iou))
     return float(np.nextafter(t, np.float32(np.inf))) if suppresses_at_equal else float(t)
 
 
