@@ -180,8 +180,13 @@ def test_an_output_that_would_land_on_an_input_in_the_run_folder_is_refused(tmp_
         assert {p: p.read_bytes() for p in (tmp_path / "ph").rglob("*.jpg") if p in before} == before
     _img(tmp_path / "q" / "b.jpg", seed=4)
     _img(tmp_path / "q" / "r" / "crops" / "person" / "x.jpg", seed=5)
-    assert main(["run", "q", *COMMON, "--project", "q", "--name", "r", "--exist-ok"]) == 2
+    assert main(["run", "q", *COMMON, "--project", "q", "--name", "r", "--exist-ok", "--save-crop"]) == 2
     assert "holds SOURCE's input q/r/crops/person/x.jpg in its crops folder" in capsys.readouterr().err
+    # what is not written lands on nothing: no crops without --save-crop, no annotated image with --nosave
+    assert main(["run", "q", *COMMON, "--project", "q", "--name", "r", "--exist-ok", "--nosave"]) == 0
+    assert main(["run", "ph", *COMMON, "--project", "ph", "--name", "sub", "--exist-ok", "--nosave",
+                 "--save-txt"]) == 0
+    assert {p: p.read_bytes() for p in (tmp_path / "ph").rglob("*.jpg") if p in before} == before
 
 
 def test_run_folders_inside_source_have_their_outputs_set_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -634,3 +639,27 @@ def test_an_output_the_run_folder_cannot_hold_fails_its_input_alone_and_leaves_n
     assert sorted(_manifest_keys(out)) == sorted(["e", "e.txt/in", "z", "N" * 251])
     assert not [p for p in out.rglob("N*")], "the failed input's outputs are removed"
     assert (out / "z.jpg").is_file() and (out / "labels" / "z.txt").is_file()  # read after the failures
+
+
+def test_what_run_folders_hold_is_read_only_from_a_yolokit_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder with a run.json and a manifest.jsonl of its own ('files': 5) was a TypeError traceback; a manifest
+    naming ../photo.jpg would have set a photo outside it aside; a SOURCE whose images were all a run's outputs said
+    "no inputs to process" without the reason."""
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "p2" / "a.jpg", seed=1)
+    (tmp_path / "p2" / "sub").mkdir()
+    (tmp_path / "p2" / "sub" / "run.json").write_text("{}")
+    (tmp_path / "p2" / "sub" / "manifest.jsonl").write_text('{"key": "x", "files": 5}\n')
+    assert main(["run", "p2", *COMMON, "--project", "o", "--nosave"]) == 0
+    (tmp_path / "p2" / "sub" / "run.json").write_text('{"run_format": 2}')
+    (tmp_path / "p2" / "sub" / "manifest.jsonl").write_text('{"key": "x", "files": ["../a.jpg", "b.jpg"]}\n')
+    capsys.readouterr()
+    assert main(["run", "p2", *COMMON, "--project", "o", "--nosave"]) == 0
+    assert "1/1 images processed" in capsys.readouterr().out  # ../a.jpg is not the run folder's to set aside
+    _img(tmp_path / "pin" / "0.jpg", seed=2)
+    assert main(["run", "pin", *COMMON, "--project", "pin/runs"]) == 0
+    capsys.readouterr()
+    assert main(["run", "pin/runs", *COMMON, "--project", "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "are all outputs that the run folder pin/runs/exp records; give a run folder itself as SOURCE" in err, err

@@ -8,6 +8,7 @@ exit codes) is the same for both.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from toolkit.jobs.manifest import (
     retried_on_resume,
     with_resume_note,
 )
-from toolkit.jobs.records import ENGINES, Outcome, RunFolder, RunOptions, run_identity, write_outputs
+from toolkit.jobs.records import ENGINES, Outcome, RunFolder, RunOptions, SaveOptions, run_identity, write_outputs
 from toolkit.jobs.saving import OutputPool
 
 __all__ = ["ENGINES", "LocalEngine", "Outcome", "RunOptions", "RunSummary", "format_summary", "increment_dir",
@@ -295,7 +296,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         raise InputError(f"{source}: live streams cannot be resumed; run them again without --resume")
     if sources.streams and opts.engine.name != "local":
         raise InputError(f"{source}: live streams run with the local engine only; drop --engine ray")
-    _apart_from_run_folder(sources, folder)
+    _apart_from_run_folder(sources, folder, opts.save)
     out_dir, lock, new, made = _claim(folder)
     records = Manifest(out_dir)
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
@@ -304,7 +305,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
         return _run_in(out_dir, opts, sources, records, progress, detector, lock, release, ticks)
 
 
-def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
+def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOptions | None = None) -> None:
     """Keep a run's inputs apart from run folders' outputs, and its outputs off its inputs.
 
     Files that a run folder's records list as its outputs (annotated images and videos, crops) are set aside, with a
@@ -342,6 +343,9 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
         dropped = before - len(sources.items) - len(sources.failed)
         if dropped:
             named = f"the run folder {runs[0]}" if len(runs) == 1 else f"{len(runs)} run folders ({runs[0]}, ...)"
+            if not sources.items and not sources.failed and not sources.streams:  # "no inputs to process" said why not
+                raise InputError(f"{sources.root or 'SOURCE'}: its {dropped} image(s) are all outputs that {named} "
+                                 f"records; give a run folder itself as SOURCE to read its files")
             sources.notes.append(f"{dropped} file(s) that {named} records as outputs were not read as inputs (give "
                                  f"a run folder itself as SOURCE to read its files)")
         refs = [r for r in refs if real(r.path) not in outputs]
@@ -362,11 +366,12 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
         path = real(r.path)
         if path.startswith(run_real + os.sep):
             inside[os.path.relpath(path, run_real)] = r.path
+    save = save or SaveOptions()
     cropped = next((p for n, p in inside.items() if n.split(os.sep, 1)[0] == "crops"), None)
-    if cropped is not None:
+    if cropped is not None and save.save_crop:
         raise InputError(f"{own}: the run folder holds SOURCE's input {cropped} in its crops folder, where crops "
                          f"are written over; give another --name or --project")
-    for r in sources.items if inside else ():
+    for r in sources.items if inside and not save.nosave else ():
         name = f"{r.key}.mp4" if r.frame == -1 else f"{r.key}{annotated_suffix(r.path, r.frame)}"
         hit = inside.get(os.path.normpath(name))
         if hit is not None:
@@ -376,12 +381,26 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder) -> None:
 
 
 def _recorded_outputs(run_dir: str, real: str) -> set[str]:
-    """The real paths of the outputs (annotated images and videos, crops) the run folder's records list."""
+    """The real paths of the outputs (annotated images and videos, crops) the run folder's records list: a yolokit
+    run folder's (its run.json says so), names inside it alone (a foreign manifest.jsonl beside a run.json was a
+    TypeError traceback; one naming ../photo.jpg would have set a photo outside aside)."""
     try:
+        identity = json.loads((Path(run_dir) / "run.json").read_bytes())
         records = read_jsonl(Path(run_dir) / "manifest.jsonl")
-    except OSError:
+    except (OSError, ValueError):
         return set()
-    return {os.path.normpath(os.path.join(real, name)) for r in records for name in output_names(r)}
+    if not isinstance(identity, dict) or not {"run_format", "source"} & identity.keys():
+        return set()
+    out = set()
+    for r in records:
+        if not isinstance(r, dict) or not isinstance(r.get("files") or [], list) \
+                or not isinstance(r.get("crops") or [], list):
+            continue
+        for name in output_names(r):
+            path = os.path.normpath(os.path.join(real, name))
+            if path.startswith(real + os.sep):
+                out.add(path)
+    return out
 
 
 def _claim(folder: RunFolder) -> tuple[Store, FolderLock | StoreLock, bool, list[Path]]:
