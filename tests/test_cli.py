@@ -229,11 +229,17 @@ def test_info_on_a_static_export_says_its_size_is_fixed(tmp_path: Path, capsys: 
     """A static export (one size, one batch) was shown with "max_imgsz: no limit"."""
     pytest.importorskip("onnx", reason="the export extra is not installed: pip install 'yolokit[export]'")
     model = tmp_path / "st.onnx"
-    assert main(["export", "yolov5n.yaml", "--to", "onnx", "--static", "--imgsz", "128,192", "-o", str(model)]) == 0
+    assert main(["export", "yolov5n.yaml", "--to", "onnx", "--static", "--imgsz", "128,160", "-o", str(model)]) == 0
     capsys.readouterr()
     assert main(["info", str(model)]) == 0
     text = capsys.readouterr().out
     assert "max_imgsz: fixed (static)" in text and "no limit" not in text, text
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.full((64, 96, 3), 128, np.uint8))
+    assert main(["run", str(img), "--weights", str(model), "--imgsz", "120", "--nosave", "--project",
+                 str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out  # it ran at the export's fixed size, not 120 rounded up (review)
+    assert "1/1 images processed" in out and "not a multiple of the model's stride" not in out, out
 
 
 def test_weights_list() -> None:
@@ -330,6 +336,8 @@ def test_classes_as_detect_py_users_give_them(tmp_path: Path, capsys: pytest.Cap
               "--project", str(tmp_path), "--exist-ok", "--json"]
     assert main([*common, "--name", "one", "--classes", "0", "--classes", "2"]) == 0
     assert json.loads((tmp_path / "one" / "run.json").read_text())["classes"] == [0, 2]
+    rest = [a for a in common if a != str(src)]  # SOURCE after "--": the joined --classes goes before it (review)
+    assert main([*rest, "--name", "one", "--classes", "0", "--classes", "2", "--", str(src)]) == 0
     assert main([*common, "--name", "two", "--classes", "0", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--classes takes its class ids as one list: --classes 0,2" in err and "\n" not in err, err

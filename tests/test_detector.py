@@ -12,6 +12,7 @@ import pytest
 from toolkit import Detector
 from toolkit.detections import Detections
 from toolkit.errors import InputError
+from toolkit.io.files import ImageReadError
 from toolkit.tiling import TileOptions
 
 
@@ -322,6 +323,8 @@ def test_predict_reads_as_a_run_reads_and_names_what_it_does_not_read(tmp_path: 
             with pytest.raises(InputError, match=r"not an open file .* pass its bytes \(f.read\(\)\) or its path"):
                 det.predict(handle)  # type: ignore[arg-type]
     (tmp_path / "list.txt").write_text(jpgs[0] + "\n")
+    with pytest.raises(ImageReadError, match="file not found"):  # a missing photo[1].jpg is no glob (review)
+        det.predict(str(tmp_path / "photo[1].jpg"))
     for source in (str(coco128_images), str(coco128_images / "*.jpg"), str(tmp_path / "list.txt")):
         with pytest.raises(InputError, match="for a folder, a glob, a .txt list, a URL, a video or a stream use "
                                              "predict_iter"):

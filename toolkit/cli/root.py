@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None, exits: bool = False) -> int:
 def _classes_joined(argv: list[str]) -> list[str]:
     """``argv`` with every ``--classes`` given into one (``--classes 0 --classes 2`` is ``--classes 0,2``): the
     parser kept the last alone, class 0's boxes dropped without a word."""
-    values, out, i = [], [], 0
+    values, out, tail, i = [], [], [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--":
-            out += argv[i:]
+        if arg == "--":  # what follows is arguments, not options: the joined option goes before it
+            tail = argv[i:]
             break
         if arg == "--classes" and i + 1 < len(argv):
             values.append(argv[i + 1])
@@ -93,7 +93,7 @@ def _classes_joined(argv: list[str]) -> list[str]:
         i += 1
     if len(values) < 2:
         return argv
-    return [*out, "--classes", ",".join(values)]
+    return [*out, "--classes", ",".join(values), *tail]
 
 
 def usage_line(e: Exception, argv: list[str]) -> str:

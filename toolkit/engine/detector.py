@@ -3,6 +3,7 @@ that it holds (with the GPU pipeline where the model's runner has a device side)
 
 from __future__ import annotations
 
+import glob as globmod
 import inspect
 import os
 from collections.abc import Iterable, Iterator
@@ -415,7 +416,7 @@ class Detector:
         """``text``, or :class:`InputError` where it names what predict does not read (a URL, a webcam's index, a
         folder, a glob, a list file): what does."""
         listed = os.path.splitext(text)[1].lower() in (".txt", ".streams") and os.path.isfile(text)
-        glob = any(ch in text for ch in "*?[") and not os.path.lexists(text)
+        glob = any(ch in text for ch in "*?[") and not os.path.lexists(text) and bool(globmod.glob(text))
         if "://" in text or (text.isdigit() and not os.path.exists(text)) or os.path.isdir(text) or listed or glob:
             raise InputError(self._elsewhere(text))  # a webcam's index; a file named 7 is a file
         return text

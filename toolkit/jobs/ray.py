@@ -302,6 +302,7 @@ class RayJob:
                                "gpus_per_worker": self.opts.engine.gpus_per_worker,
                                "address": self.opts.engine.address}
         out.update({k: v for k, v in self._meta.items() if k not in ("fixed", "stride")})
+        out["fixed_input"] = bool(self._meta.get("fixed"))
         return out
 
     def close(self) -> None:

@@ -194,9 +194,9 @@ class LocalEngine:
     def settings(self) -> dict[str, Any]:
         plan = self.det.last_plan
         nms = self.det.nms  # a model with NMS inside takes its export's settings where none was asked for
-        out = {"imgsz": list(self.det.imgsz), "precision": self.det.meta.precision,
-               "batch": plan.batch if plan else self.opts.engine.batch, "conf": nms.conf, "iou": nms.iou,
-               "max_det": nms.max_det}
+        out = {"imgsz": list(self.det.imgsz), "fixed_input": not self.det.routine.auto,
+               "precision": self.det.meta.precision, "batch": plan.batch if plan else self.opts.engine.batch,
+               "conf": nms.conf, "iou": nms.iou, "max_det": nms.max_det}
         computes = self.det.meta.extra.get("inference_precision")  # what the runtime computes in (--precision)
         if computes:
             out["inference_precision"] = computes
@@ -555,7 +555,8 @@ def _finish(summary: RunSummary, engine: Engine | None, t0: float, resumed_ok: i
     asked = summary.settings.get("imgsz")
     summary.settings.update(engine.settings())
     got = summary.settings.get("imgsz")
-    if (isinstance(asked, list) and isinstance(got, list) and len(asked) == len(got) == 2
+    if (not summary.settings.get("fixed_input") and isinstance(asked, list) and isinstance(got, list)
+            and len(asked) == len(got) == 2
             and all(isinstance(v, int) for v in (*asked, *got)) and asked != got
             and all(0 < g - a < 64 for a, g in zip(asked, got, strict=True) if g != a)):
         summary.notes.append(f"--imgsz {'x'.join(map(str, asked))} is not a multiple of the model's stride: it ran at "
