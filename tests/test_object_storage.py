@@ -437,3 +437,25 @@ def test_an_object_read_ends_at_its_deadline(url: str, stall: bool, timeout: flo
     assert time.monotonic() - t0 < 30
     assert s.processed == 1 and len(s.failed) == 1
     assert s.failed[0]["path"] == url and reason in s.failed[0]["reason"], s.failed[0]["reason"]
+
+
+def test_run_folders_below_a_bucket_source_are_not_read_as_photos(store_env: dict[str, str]) -> None:
+    """``--project s3://data/photos/runs`` run twice: the second run read the first's annotated images as photos
+    (4 inputs for 2, outputs of outputs below runs/exp2/runs/exp/). Objects below a run folder in the SOURCE prefix
+    are set aside with a note; the run folder given as SOURCE is read whole."""
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="runfolders")
+    for i in range(2):
+        image = cv2.imencode(".jpg", np.full((48, 64, 3), 60 + 40 * i, np.uint8))[1].tobytes()
+        client.put_object(Bucket="runfolders", Key=f"photos/{i}.jpg", Body=image)
+    common = dict(weights="yolov5n.yaml", imgsz=64, conf=1e-5, project="s3://runfolders/photos/runs")
+    first = run(RunOptions.of(source="s3://runfolders/photos/", **common))
+    assert first.processed == 2
+    second = run(RunOptions.of(source="s3://runfolders/photos/", **common))
+    assert second.images == 2 and any("below 1 yolokit run folder(s) in SOURCE" in n for n in second.notes), \
+        second.notes
+    whole = run(RunOptions.of(source="s3://runfolders/photos/runs/exp/", weights="yolov5n.yaml", imgsz=64,
+                              project="s3://runfolders/other"))
+    assert whole.images == 2  # its annotated images, given as SOURCE

@@ -508,9 +508,15 @@ def _from_store(url: str) -> SourceList:
     items: list[InputRef] = []
     taken = _Taken()
     order: dict[str, float] = {}
-    for obj in list_objects(url):
+    objects = list(list_objects(url))
+    runs = _store_runs(root, [o.url for o in objects])
+    aside = 0
+    for obj in objects:
         kind = _kind(obj.url)
         if kind is None:
+            continue
+        if runs and any(obj.url.startswith(r + "/") for r in runs):
+            aside += 1
             continue
         key = _unique_key(_key(obj.url, root), obj.url, taken)
         order[key] = len(order)
@@ -518,13 +524,35 @@ def _from_store(url: str) -> SourceList:
             failed.append((InputRef(obj.url, key), ESCAPING_KEY))
             continue
         items.append(InputRef(obj.url, key, -1 if kind == "video" else None, content_id=obj.content_id))
+    if not items and not failed and aside:
+        raise InputError(f"{url}: its {aside} image(s) are all below yolokit run folders ({runs[0]}, ...): a run's "
+                         f"outputs; give a run folder itself as SOURCE to read them")
     if not items and not failed:
         raise InputError(f"{url}: no images or videos there (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))}; is the bucket and prefix right?)")
     places = [order[r.key] for r in items]
     items = _apart_from_frames(items, taken)
     order.update((r.key, i) for r, i in zip(items, places, strict=True))
-    return SourceList(items, failed, root, order=order)
+    found = SourceList(items, failed, root, order=order)
+    if aside:
+        found.notes.append(f"{aside} object(s) below {len(runs)} yolokit run folder(s) in SOURCE ({runs[0]}, ...) "
+                           f"were not read: a run's outputs, not photos; give a run folder itself as SOURCE to read "
+                           f"them")
+    return found
+
+
+def _store_runs(root: str, urls: list[str]) -> list[str]:
+    """The run folders below ``root`` in a store's listing ``urls``: prefixes holding a run's ``run.json`` and its
+    records (``.yolokit/``, the store's journal; or ``manifest.jsonl``). ``--project s3://b/photos/runs`` run twice
+    read the first run's annotated images and crops as photos (4 inputs for 2, outputs of outputs below)."""
+    present = set(urls)
+    runs = []
+    for u in urls:
+        if u.endswith("/run.json") and u.startswith(root + "/") and u != root + "/run.json":  # SOURCE's own: whole
+            prefix = u[: -len("/run.json")]
+            if prefix + "/manifest.jsonl" in present or any(v.startswith(prefix + "/.yolokit/") for v in urls):
+                runs.append(prefix)
+    return runs
 
 
 def fingerprint(ref: InputRef) -> str:
