@@ -114,10 +114,18 @@ def test_the_newest_frame_is_kept_and_the_rest_counted_as_dropped(tmp_path: Path
     assert all(r.live and r.video == "clip" for r in taken)
 
 
-def test_sources_that_are_streams() -> None:
+def test_sources_that_are_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.key for r in list_sources("rtsp://127.0.0.1:8554/cam1").streams] == ["cam1"]
     assert [r.key for r in list_sources("rtmp://127.0.0.1/live/s").streams] == ["s"]
     assert [r.key for r in list_sources("0").streams] == ["webcam0"]
+    # a relative file in a .streams file is read from its folder, as a .txt list's lines (from the current folder,
+    # it was "not a stream address ... nor a file" run from elsewhere)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "sub" / "rel.streams").write_text("a.mp4\n0\n")
+    monkeypatch.chdir(tmp_path)
+    found = list_sources("sub/rel.streams")
+    assert [r.path for r in found.streams] == [str(Path("sub") / "a.mp4"), "0"] and not found.failed
 
 
 def test_a_stream_whose_server_cannot_be_reached_fails_at_once_naming_why(tmp_path: Path) -> None:
@@ -269,3 +277,63 @@ def test_silence_is_judged_from_the_open_not_from_the_start() -> None:
     t.open_grace = 8
     t.check_timeout(t.started + 8.5)
     assert t.state == "failed" and "cannot open" in t.reason
+
+
+@contextlib.contextmanager
+def _mjpeg(frames: list[bytes], then_stall: bool) -> Iterator[int]:
+    """An HTTP MJPEG camera on 127.0.0.1 (multipart/x-mixed-replace) that sends ``frames`` 5 a second, then keeps
+    the connection open and silent (``then_stall``) or closes it."""
+    import http.server
+    import threading
+
+    stop = threading.Event()
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for data in frames:
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
+                                     + data + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                if then_stall:
+                    stop.wait(60)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_camera_that_goes_silent_is_failed_not_ended_and_stride_divides_the_rate(tmp_path: Path) -> None:
+    """A camera that sent 10 frames and then nothing, its connection kept open, was reported "ended" (the source
+    closed the stream), exit 0: a hung camera looked like a finished one. And the annotated video of a live stream
+    kept the source's frame rate with --vid-stride 2 (a file video's is divided, as the guide says)."""
+    import cv2
+    import numpy as np
+
+    frames = [bytes(cv2.imencode(".jpg", np.full((64, 96, 3), 20 * i, np.uint8))[1]) for i in range(10)]
+    with _mjpeg(frames, then_stall=True) as port:
+        s = run(RunOptions.of(source=f"http://127.0.0.1:{port}/cam", weights=RANDOM, imgsz=64, nosave=True,
+                              stream_timeout=3, project=str(tmp_path), name="stall"))
+    st = s.streams[0]
+    assert st["state"] == "failed" and "no frame for 3 s after" in st["reason"], st
+    assert [f["path"] for f in s.failed] == [f"http://127.0.0.1:{port}/cam"]
+    with _mjpeg(frames, then_stall=False) as port:
+        s = run(RunOptions.of(source=f"http://127.0.0.1:{port}/cam", weights=RANDOM, imgsz=64, vid_stride=2,
+                              stream_timeout=3, project=str(tmp_path), name="stride"))
+    assert s.streams[0]["state"] == "ended", s.streams
+    video = cv2.VideoCapture(str(tmp_path / "stride" / "cam.mp4"))
+    fps, source = video.get(cv2.CAP_PROP_FPS), s.streams[0]["source_fps"]
+    video.release()
+    assert source > 0 and abs(fps - source / 2) < 0.01, (fps, source)

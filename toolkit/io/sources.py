@@ -154,6 +154,10 @@ def list_sources(source: str | os.PathLike[str] | list[str]) -> SourceList:
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
         if not lines:
             raise InputError(f"{text}: the streams file lists no stream (one URL or webcam index a line)")
+        # a file's relative path from the streams file's folder, as a .txt list reads its lines (it was read from
+        # the current folder)
+        lines = [str(path.parent / ln) if not ("://" in ln or ln.isdigit() or os.path.isabs(ln))
+                 and os.path.lexists(path.parent / ln) else ln for ln in lines]
         streams = _streams(lines)
         odd = [(ref, NOT_A_STREAM) for ref in streams if not _addressable(ref.path)]
         return SourceList([], odd, "", [ref for ref in streams if _addressable(ref.path)])

@@ -145,7 +145,11 @@ class LiveStream:
                 with self.wake:
                     self.wake.notify_all()
             if not self._stop.is_set():
-                if self.read:
+                silent = time.monotonic() - (self.last_t or self.opened_at)
+                if self.read and silent >= 0.9 * self.timeout:  # the read gave up on a source that stopped sending
+                    self._finish("failed", f"no frame for {self.timeout:g} s after {self.read} frames (the "
+                                           f"{self.what} died; --stream-timeout)")
+                elif self.read:
                     self._finish("ended", f"the source closed the stream after {self.read} frames")
                 else:
                     self._finish("failed", f"the {self.what} opened but sent no frame")
@@ -192,7 +196,9 @@ class LiveStream:
             self.used += 1
             n = self.used
         index, image = got
-        ref = InputRef(self.ref.path, f"{self.ref.key}_{n}", index, self.ref.key, self.fps or DEFAULT_FPS, True)
+        # the annotated video's rate: the source's divided by --vid-stride, as a file video's (it was the source's)
+        ref = InputRef(self.ref.path, f"{self.ref.key}_{n}", index, self.ref.key,
+                       (self.fps or DEFAULT_FPS) / self.stride, True)
         return Frame(ref, image)
 
     @property
