@@ -428,3 +428,35 @@ def test_a_gif_cut_short_lists_the_frame_where_it_ends(stride: int, tmp_path: Pa
     assert len({r.key for r, _, _ in got}) == len(got)  # every frame, read or failed, a key of its own
     whole_run = list(iter_video(InputRef(str(whole), "whole", -1), stride))
     assert all(why is None for _, _, why in whole_run) and len(whole_run) == 20 // stride
+
+
+def test_ctrl_c_in_a_file_video_leaves_no_finished_looking_video(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a video left its annotated .mp4 under its final name with the frames done so far
+    (it looked finished; the records did not list it). The unfinished file is dropped; --resume makes the video."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers.ports import ctrl_c_reaches
+
+    clip = _video(tmp_path / "long.avi", 300, size=(160, 120))
+    args = [sys.executable, "-m", "toolkit.cli", "run", str(clip), "--weights", "yolov5n.yaml", "--imgsz", "256",
+            "--conf", "0.00001", "--save-txt", "--project", str(tmp_path), "--name", "r", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches)
+    labels = tmp_path / "r" / "labels"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(labels.glob("*.txt"))) < 20:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the video was done before it could be interrupted")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert not (tmp_path / "r" / "long.mp4").exists()
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp.mp4")]
+    done = subprocess.run([*args, "--resume"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    video = cv2.VideoCapture(str(tmp_path / "r" / "long.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 300
+    video.release()

@@ -56,6 +56,16 @@ class VideoSink:
         self.writer.write(frame)
         self.frames += 1
 
+    def discard(self) -> None:
+        """Stop without giving the file its name (a file video cut short by Ctrl-C: under its name it looked
+        finished; ``--resume`` redoes the video)."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+            self._names.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
     def close(self) -> None:
         """Finish the file and rename it to its name (nothing is written for a video without a processed frame)."""
         if self.writer is None:

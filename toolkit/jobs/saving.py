@@ -56,10 +56,11 @@ class _Video:
     writer: ThreadPoolExecutor | None
     frames: list[Future[Outcome]] = field(default_factory=list)
 
-    def close(self) -> Future[None] | None:
+    def close(self, finish: bool = True) -> Future[None] | None:
+        """Finish the video with its frames (``finish``), or drop the file (a file video cut short)."""
         if self.sink is None or self.writer is None:
             return None
-        closing = self.writer.submit(self.sink.close)
+        closing = self.writer.submit(self.sink.close if finish else self.sink.discard)
         self.writer.shutdown(wait=False)  # the queued frames and the closing still run
         return closing
 
@@ -159,14 +160,15 @@ class OutputPool:
             yield from self.pending.popleft().result()
 
     def close(self) -> None:
-        """Stop: writes under way finish, queued ones are dropped (a resumed run redoes their inputs); open videos
-        are finished with the frames they have."""
+        """Stop: writes under way finish, queued ones are dropped (a resumed run redoes their inputs); live streams'
+        videos are finished with the frames they have, a file video's unfinished file is dropped (under its name it
+        looked complete, unrecorded; ``--resume`` redoes the video)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
-        videos = [v for v in [self.video, *self.live.values()] if v is not None]
+        videos = [(v, v is not self.video) for v in [self.video, *self.live.values()] if v is not None]
         self.video, self.live = None, {}
-        for v in videos:
+        for v, live in videos:
             with contextlib.suppress(Exception):
-                closing = v.close()
+                closing = v.close(finish=live)
                 if closing is not None:
                     closing.result(timeout=60)
 
