@@ -459,3 +459,26 @@ def test_run_folders_below_a_bucket_source_are_not_read_as_photos(store_env: dic
     whole = run(RunOptions.of(source="s3://runfolders/photos/runs/exp/", weights="yolov5n.yaml", imgsz=64,
                               project="s3://runfolders/other"))
     assert whole.images == 2  # its annotated images, given as SOURCE
+
+
+def test_a_bucket_run_never_writes_over_its_photos_nor_two_keys_into_one_output(store_env: dict[str, str]) -> None:
+    """``--project s3://b --name photos --exist-ok`` on SOURCE s3://b/photos/ replaced each photo by its annotated
+    image (exit 0); keys c.jpg and ./c.jpg, a/b.jpg and a//b.jpg got one output name each pair (the store spells
+    them alike), one overwriting the other, both recorded."""
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="overwrite")
+    image = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    for key in ("photos/0.jpg", "photos/1.jpg", "col/c.jpg", "col/./c.jpg", "col/a/b.jpg", "col/a//b.jpg"):
+        client.put_object(Bucket="overwrite", Key=key, Body=image)
+    before = client.head_object(Bucket="overwrite", Key="photos/0.jpg")["ETag"]
+    with pytest.raises(InputError, match="the run folder holds SOURCE's input s3://overwrite/photos/0.jpg"):
+        run(RunOptions.of(source="s3://overwrite/photos/", weights="yolov5n.yaml", imgsz=64,
+                          project="s3://overwrite", name="photos", exist_ok=True))
+    assert client.head_object(Bucket="overwrite", Key="photos/0.jpg")["ETag"] == before
+    s = run(RunOptions.of(source="s3://overwrite/col/", weights="yolov5n.yaml", imgsz=64, conf=1e-5, save_txt=True,
+                          project="s3://overwrite/out", name="r"))
+    assert s.processed == 4
+    labels = {k for k in s3.objects(s3.filesystem(), "overwrite/out/r") if k.startswith("labels/")}
+    assert len(labels) == 4, labels

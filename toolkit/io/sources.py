@@ -352,7 +352,11 @@ class _Taken(set[str]):
 
 def _unique_key(key: str, path: str, taken: _Taken) -> str:
     """``key``, or when another input already has it (``photo.jpg`` beside ``photo.png``, or a list naming one file
-    twice) ``photo.png`` then ``photo.png_2`` ...: each input gets its own outputs and manifest line."""
+    twice) ``photo.png`` then ``photo.png_2`` ...: each input gets its own outputs and manifest line. The key is
+    first spelt as the run folder will name its outputs (a store's ``a//b`` and ``./c``, a file named ``a\\b``: the
+    outputs of ``a/b`` and ``c``, which two inputs wrote over each other, both recorded)."""
+    parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
+    key = "/".join(parts) if parts else key
     out = key
     if out in taken:
         base = key + os.path.splitext(path)[1]

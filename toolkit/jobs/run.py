@@ -315,6 +315,14 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOpt
     like any. Where an output of this run would then land on an input (the run folder is SOURCE's folder, or a listed
     file's, or holds an input named as another input's annotated image, or holds inputs in its ``crops/``), the run is
     refused before anything is written: the annotated image would overwrite the photo."""
+    if (folder.resume or folder.exist_ok) and is_store_url(folder.project):
+        # a run folder in a store: its own earlier outputs were set aside with every run folder below SOURCE when
+        # listed (toolkit.io.sources); an object still below it is a photo its outputs would replace
+        run_url = folder.project.rstrip("/") + "/" + folder.name
+        photo = next((r.path for r in sources.items if r.path.startswith(run_url + "/")), None)
+        if photo is not None:
+            raise InputError(f"{run_url}: the run folder holds SOURCE's input {photo}, where its outputs go: each "
+                             f"annotated image would replace its photo; give another --name or --project")
     own = ""
     if (folder.resume or folder.exist_ok) and not is_store_url(folder.project):
         own = os.path.join(local_path(folder.project), folder.name)
