@@ -347,3 +347,12 @@ def test_classes_as_detect_py_users_give_them(tmp_path: Path, capsys: pytest.Cap
     assert main(["run", str(src), "--weights", "yolov5n.yaml", "--imgsz", "70", "--nosave", "--project",
                  str(tmp_path), "--name", "four"]) == 0
     assert "--imgsz 70x70 is not a multiple of the model's stride: it ran at 96x96" in capsys.readouterr().out
+
+
+def test_timeouts_past_a_day_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--stream-timeout inf failed every object ("timestamp out of range for platform time_t") and --download-timeout
+    1e300 killed the deadline thread with a traceback; both are one line, exit 2."""
+    for flag, value in (("--stream-timeout", "inf"), ("--download-timeout", "1e300")):
+        assert main(["run", str(tmp_path), flag, value, "--project", str(tmp_path / "p")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{flag} must be in (0, 86400]" in err and "\n" not in err, err

@@ -117,11 +117,13 @@ class DetectorConfig:
                            "time.", panel=DETECTION, affects_output=True)
     vid_stride: int = option(1, "Process every N-th video or stream frame (YOLOv5's --vid-stride).", panel=INPUTS,
                              affects_output=True, lo=1)
+    # at most a day: inf (or 1e12) overflowed the clock's arithmetic (every object failed "timestamp out of range";
+    # a download's deadline thread died with a traceback)
     timeout: float = option(DEFAULT_TIMEOUT, "Seconds a URL or live stream may stay silent before it is listed as "
-                            "failed.", cli_name="stream_timeout", panel=INPUTS, lo=0, lo_open=True)
+                            "failed.", cli_name="stream_timeout", panel=INPUTS, lo=0, lo_open=True, hi=86400)
     download_timeout: float = option(DEFAULT_DEADLINE, "Seconds a whole download (an image or video URL) may take, "
                                      "however slowly its bytes arrive; past it the URL is listed as failed.",
-                                     panel=INPUTS, lo=0, lo_open=True)
+                                     panel=INPUTS, lo=0, lo_open=True, hi=86400)
     download_workers: int = option(DEFAULT_WORKERS, "URLs downloaded at once, beside decoding and inference.",
                                    panel=INPUTS, lo=1)
     download_memory: int = option(DEFAULT_MEMORY, "Memory the downloads in progress hold together: bytes, or 256M; "
