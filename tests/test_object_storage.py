@@ -322,6 +322,12 @@ def test_the_lock_object_guards_a_run_folder_in_a_bucket(store_env: dict[str, st
     taker.acquire()
     assert "taken over" in taker.note
     taker.release()
+    # an empty lock object (no run's: a store writes an object whole) blocked the folder for ever
+    first.put(".yolokit.lock", b"")
+    foreign = StoreLock(first)
+    foreign.acquire()
+    assert "a lock object that is not a yolokit run's" in foreign.note
+    foreign.release()
 
 
 def test_weights_in_a_bucket_are_cached_by_their_etag(store_env: dict[str, str], tmp_path: Path) -> None:

@@ -120,8 +120,10 @@ class StoreLock:
             got = json.loads(self.store.read(LOCK_NAME))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, OutputError):
-            return {}  # unreadable: taken for one just being written
+        except (OSError, OutputError):
+            return {"time": time.time()}  # could not be read now: taken for a live run's
+        except ValueError:
+            return {}  # not JSON: no run's lock (a store writes an object whole)
         return got if isinstance(got, dict) else {}
 
     def acquire(self, fresh: bool = False) -> None:
@@ -141,9 +143,12 @@ class StoreLock:
             other = self._read()
             if other is None:
                 continue  # released meanwhile: try again
-            age = time.time() - float(other.get("time") or time.time())
-            lease = float(other.get("lease") or self.lease)
-            holder = str(other.get("holder") or "one that is just starting")
+            try:  # a store writes an object whole: a lock without its time is no run's (an empty object blocked the
+                age = time.time() - float(other["time"])  # folder for ever, "one that is just starting")
+                lease = float(other.get("lease") or self.lease)
+                holder = str(other.get("holder") or "one that is just starting")
+            except (KeyError, TypeError, ValueError):
+                age, lease, holder = float("inf"), self.lease, "a lock object that is not a yolokit run's"
             if age < lease:
                 raise InputError(f"{self.store}: another yolokit run ({holder}, last seen {max(age, 0):.0f} s ago) is "
                                  f"writing this run folder; wait for it to end, or give another --name (the lock "
