@@ -488,3 +488,27 @@ def test_a_bucket_run_never_writes_over_its_photos_nor_two_keys_into_one_output(
     assert s.processed == 4
     labels = {k for k in s3.objects(s3.filesystem(), "overwrite/out/r") if k.startswith("labels/")}
     assert len(labels) == 4, labels
+
+
+def test_odd_names_in_a_bucket_are_read_as_on_disk(store_env: dict[str, str], tmp_path: Path) -> None:
+    """An object named photo[1].jpg given as SOURCE was "the pattern matches no objects"; a file:// line in a list
+    object was "not a URL yolokit reads" (a list on disk reads it as its path); a key with a '..' part was retried at
+    every --resume though it can never pass."""
+    import boto3
+
+    from toolkit.io.sources import list_sources
+    from toolkit.jobs.manifest import retried_on_resume
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="oddnames")
+    image = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    client.put_object(Bucket="oddnames", Key="br/photo[1].jpg", Body=image)
+    local = tmp_path / "here.jpg"
+    local.write_bytes(image)
+    client.put_object(Bucket="oddnames", Key="lists/l.txt", Body=f"file://{local}\n../br/photo[1].jpg\n".encode())
+    found = list_sources("s3://oddnames/br/photo[1].jpg")
+    assert [r.path for r in found.items] == ["s3://oddnames/br/photo[1].jpg"]
+    listed = list_sources("s3://oddnames/lists/l.txt")
+    assert str(local) in [r.path for r in listed.items], (listed.items, listed.failed)
+    assert not retried_on_resume("its key has a '..' part, which would name its outputs outside the run folder; "
+                                 "rename the object (or copy it to a key without '..')", "etag")

@@ -42,6 +42,7 @@ from toolkit.io.remote import (
 )
 from toolkit.io.store import (
     fetch_object_video,
+    filesystem,
     glob_objects,
     is_store_url,
     list_objects,
@@ -498,7 +499,7 @@ def _from_store(url: str) -> SourceList:
     failed: list[tuple[InputRef, str]] = []
     if not url.split("://", 1)[1].strip("/"):
         raise InputError(f"{url}: names no bucket or folder; give {url.split('://', 1)[0]}://BUCKET/PREFIX")
-    if any(ch in url.split("://", 1)[1] for ch in "*?["):
+    if any(ch in url.split("://", 1)[1] for ch in "*?[") and not _object_named(url):  # photo[1].jpg is a name
         objects = glob_objects(url)
         if not objects:
             raise InputError(f"{url}: the pattern matches no objects")
@@ -510,8 +511,11 @@ def _from_store(url: str) -> SourceList:
     if url.lower().endswith(".txt"):
         base = url.rsplit("/", 1)[0]
         lines = list_lines(read_object(url, LIST_LIMIT), encoding="utf-8", name=url)
-        return _from_files([ln if "://" in ln else f"{base}/{ln.lstrip('/')}" for ln in lines
-                            if ln and not ln.startswith("#")], "", failed)
+        # a line is an object below the list's prefix, a URL, or a file:// URL: the local path it names, as in a
+        # list on disk (it was refused as "not a URL yolokit reads")
+        return _from_files([local_path(ln) if ln.lower().startswith("file://") else ln if "://" in ln
+                            else f"{base}/{ln.lstrip('/')}" for ln in lines if ln and not ln.startswith("#")], "",
+                           failed)
     root = url.rstrip("/")
     items: list[InputRef] = []
     taken = _Taken()
@@ -547,6 +551,16 @@ def _from_store(url: str) -> SourceList:
                            f"were not read: a run's outputs, not photos; give a run folder itself as SOURCE to read "
                            f"them")
     return found
+
+
+def _object_named(url: str) -> bool:
+    """Whether ``url`` names an object as it is spelt (a key holding ``[``, ``*`` or ``?``), as a local path with
+    such characters is a file before it is a pattern."""
+    try:
+        fs, path = filesystem(url)
+        return bool(fs.isfile(path))
+    except Exception:  # noqa: BLE001 - any failure: read as a pattern, whose own errors are worded
+        return False
 
 
 def _store_runs(root: str, urls: list[str]) -> list[str]:

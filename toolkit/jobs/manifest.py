@@ -49,6 +49,7 @@ _LASTING = re.compile("|".join(re.escape(text) for text in (
     "is longer than the file system allows",  # its output name: renaming the input makes another input
     "fewer frames than --vid-stride",  # a resume keeps the stride
     "the object is empty", "the object holds",  # an object store's words for an empty or non-image object
+    "its key has a '..' part",  # an object's key: the same until the object is renamed
 )))
 RETRY_NOTE = "--resume retries it"
 RESUME_HINT = "then continue the run with --resume"  # the end of an output error's fix (toolkit.io.store.RUN_HINT)
