@@ -512,3 +512,13 @@ def test_odd_names_in_a_bucket_are_read_as_on_disk(store_env: dict[str, str], tm
     assert str(local) in [r.path for r in listed.items], (listed.items, listed.failed)
     assert not retried_on_resume("its key has a '..' part, which would name its outputs outside the run folder; "
                                  "rename the object (or copy it to a key without '..')", "etag")
+
+
+def test_a_project_url_without_a_bucket_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--project s3:// was "s3:///exp: cannot list (Parameter validation failed:)", exit 7."""
+    from toolkit.cli import main
+
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 90, np.uint8))
+    assert main(["run", str(image), "--weights", "yolov5n.yaml", "--project", "s3://", "--nosave"]) == 2
+    assert "--project s3://: names no bucket; give s3://BUCKET/PREFIX" in capsys.readouterr().err

@@ -204,6 +204,8 @@ def claim_store_folder(project: str, name: str, exist_ok: bool, resume: bool) ->
     """The run folder ``project/name`` in a store, held: to resume (it must hold a run) or with ``exist_ok``;
     otherwise a new one, ``name``, ``name2``, ``name3``... the first with nothing in it whose lock this run creates
     (two runs starting together never get the same). Also whether the folder is new (empty before)."""
+    if not project.split("://", 1)[1].strip("/"):  # the client's "Parameter validation failed:" said nothing
+        raise InputError(f"--project {project}: names no bucket; give {project.split('://', 1)[0]}://BUCKET/PREFIX")
     parent = open_store(project)
     if resume or exist_ok:
         store = parent.child(name)
