@@ -337,3 +337,32 @@ def test_a_camera_that_goes_silent_is_failed_not_ended_and_stride_divides_the_ra
     fps, source = video.get(cv2.CAP_PROP_FPS), s.streams[0]["source_fps"]
     video.release()
     assert source > 0 and abs(fps - source / 2) < 0.01, (fps, source)
+
+
+def test_a_stream_address_the_http_server_refuses_fails_at_once_naming_the_status(tmp_path: Path) -> None:
+    """An http address answering 404 was tried as a stream for --stream-timeout (61 requests over 30 s), then "cannot
+    open the stream within 30 s"; it fails at once with the server's status."""
+    import http.server
+    import threading
+
+    class Missing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            self.send_error(404, "Not Found")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Missing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/nothing-here"
+        t0 = time.monotonic()
+        s = run(RunOptions.of(source=url, weights=RANDOM, imgsz=64, nosave=True, stream_timeout=20,
+                              project=str(tmp_path), name="r"))
+        took = time.monotonic() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [f["reason"] for f in s.failed] == ["cannot open the stream: the server answered HTTP 404 Not Found; "
+                                               "check the address"], s.failed
+    assert took < 20  # not the whole --stream-timeout

@@ -59,6 +59,26 @@ def unreachable(address: str, wait: float) -> str | None:
                f"server is running"
     except OSError:
         return None
+    if parts.scheme.lower() in ("http", "https"):  # a 404 was tried as a stream until --stream-timeout, unnamed
+        return _http_refusal(parts, host, port, wait)
+    return None
+
+
+def _http_refusal(parts: urllib.parse.SplitResult, host: str, port: int, wait: float) -> str | None:
+    """The HTTP server's refusal of a stream's address (its status 400 or more), or None."""
+    import http.client
+
+    conn_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+    conn = conn_type(host, port, timeout=wait)
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        answer = conn.getresponse()
+        if answer.status >= 400:
+            return f"the server answered HTTP {answer.status} {answer.reason}; check the address"
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
     return None
 
 
