@@ -522,3 +522,21 @@ def test_a_project_url_without_a_bucket_is_one_line(tmp_path: Path, capsys: pyte
     cv2.imwrite(str(image), np.full((48, 64, 3), 90, np.uint8))
     assert main(["run", str(image), "--weights", "yolov5n.yaml", "--project", "s3://", "--nosave"]) == 2
     assert "--project s3://: names no bucket; give s3://BUCKET/PREFIX" in capsys.readouterr().err
+
+
+def test_a_lock_the_run_cannot_delete_is_said(tmp_path: Path) -> None:
+    """A store that lets a run write but not delete (a bucket policy without DeleteObject) left the run's lock behind
+    without a word: the next --resume was refused as "another yolokit run ... is writing", then exit 7. The run's
+    summary says so. (The store here is a folder that refuses deletes: yolokit's own Store interface.)"""
+    from toolkit.jobs.lock import LOCK_NAME, StoreLock
+
+    class NoDelete(LocalStore):
+        def delete(self, name: str) -> None:
+            raise OSError(13, "Access Denied")
+
+    store = NoDelete(tmp_path)
+    lock = StoreLock(store, lease=60.0, beat=30.0)
+    lock.acquire()
+    lock.release()
+    assert (tmp_path / LOCK_NAME).exists()
+    assert "could not be deleted" in lock.problem and "a --resume waits 60 s" in lock.problem, lock.problem

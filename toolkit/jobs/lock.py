@@ -107,6 +107,7 @@ class StoreLock:
         self.held = False
         self.lost = False  # another run took the lock over while this one held it
         self.note = ""
+        self.problem = ""  # why its release failed (the lock object could not be deleted), for the summary
         self.since = _holder()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,10 +188,14 @@ class StoreLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        with contextlib.suppress(Exception):
+        try:
             now = self._read()
             if now is not None and now.get("token") in (None, self.token):
                 self.store.delete(LOCK_NAME)
+        except Exception as e:  # noqa: BLE001 - said in the summary: a resume would wait for the lease unexplained
+            self.problem = (f"the run folder's lock ({self.store}/{LOCK_NAME}) could not be deleted "
+                            f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__}): a --resume waits "
+                            f"{self.lease:.0f} s for its lease to run out; check the store's permissions to delete")
 
     def __enter__(self) -> StoreLock:
         self.acquire()

@@ -302,7 +302,11 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     # one run at a time holds the folder (released when the run ends; by the kernel when the process dies on local
     # disk, at the end of its lease in a store); a run that fails before any input leaves no empty run folder behind
     with lock, records.removed_unless_used(new, made, also=(LOCK_NAME,)):
-        return _run_in(out_dir, opts, sources, records, progress, detector, lock, release, ticks)
+        summary = _run_in(out_dir, opts, sources, records, progress, detector, lock, release, ticks)
+    problem = getattr(lock, "problem", "")
+    if problem:  # a store's lock this run could not delete: the next --resume waits for its lease
+        summary.notes.append(problem)
+    return summary
 
 
 def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOptions | None = None) -> None:
