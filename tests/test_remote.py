@@ -180,3 +180,14 @@ def test_tls_failures_are_named_without_openssls_words(site: tuple[str, Path], t
         server.server_close()
     assert "the server's TLS certificate is not trusted (self-signed certificate)" in str(e.value), str(e.value)
     assert "_ssl.c" not in str(e.value) and "[SSL" not in str(e.value)
+
+
+def test_a_url_with_letters_beyond_ascii_is_fetched(site: tuple[str, Path], tmp_path: Path) -> None:
+    """http://host/ü.jpg was "not a valid URL ('ascii' codec can't encode character ...)", Python's words cut off;
+    its path is sent percent-encoded, as a browser sends it."""
+    import shutil
+
+    base, root = site
+    shutil.copy(root / "photo.jpg", root / "füße.jpg")
+    assert main(["run", f"{base}/füße.jpg", *RANDOM, "--save-txt", "--project", str(tmp_path), "--name", "u"]) == 0
+    assert (tmp_path / "u" / "labels" / "füße.txt").read_text()

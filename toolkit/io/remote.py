@@ -243,6 +243,18 @@ def _connect_reason(e: object, timeout: float) -> str:
     return _short(str(e), 80)
 
 
+def _ascii_url(url: str) -> str:
+    """``url`` with the characters of its path and query a request line cannot hold percent-encoded (UTF-8), as a
+    browser sends ``.../ü.jpg``; it was "not a valid URL ('ascii' codec can't encode ...)"."""
+    if url.isascii():
+        return url
+    parts = urllib.parse.urlsplit(url)
+    keep = "/%:@!$&'()*+,;=-._~?"
+    host = parts.netloc.encode("idna").decode("ascii") if not parts.netloc.isascii() else parts.netloc
+    return urllib.parse.urlunsplit((parts.scheme, host, urllib.parse.quote(parts.path, safe=keep),
+                                    urllib.parse.quote(parts.query, safe=keep), ""))
+
+
 def open_http(url: str, timeout: float, deadline: Deadline, headers: Mapping[str, str] | None = None) -> HttpStream:
     """``GET url``, following redirects: each hop must be http or https, new (no loop), and at most
     :data:`MAX_REDIRECTS` of them. Raises :class:`FetchError` in one sentence of yolokit's own; the connections are
@@ -264,7 +276,7 @@ def open_http(url: str, timeout: float, deadline: Deadline, headers: Mapping[str
                 raise deadline.refusal(url, 0)
             wait = max(0.05, min(timeout, deadline.remaining()))
             try:
-                response = opener.open(urllib.request.Request(current, headers=sent), timeout=wait)
+                response = opener.open(urllib.request.Request(_ascii_url(current), headers=sent), timeout=wait)
                 return HttpStream(response, sockets)
             except urllib.error.HTTPError as e:
                 location = e.headers.get("Location") if e.code in _REDIRECTS and e.headers else None
