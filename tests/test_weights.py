@@ -535,3 +535,12 @@ def test_an_empty_model_name_is_refused(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["info", ""]) == 2
     assert "the model is empty" in capsys.readouterr().err
+
+
+def test_a_web_address_as_weights_says_what_is_downloaded(tmp_path: Path) -> None:
+    """--weights http://host/yolov5n.onnx was "weights file not found: http://..." as if it were a path."""
+    from toolkit.model.weights import resolve_weights
+
+    with pytest.raises(InputError, match="yolokit does not download models from web addresses .* download it and "
+                                         "give its path"):
+        resolve_weights("https://example.org/models/yolov5n.onnx")

@@ -554,6 +554,10 @@ def resolve_weights(
 
     if given is not None and is_store_url(given):
         return fetch_stored_model(given)
+    if given is not None and given.lower().startswith(("http://", "https://")):  # "weights file not found: http://"
+        raise InputError(f"--weights {given}: yolokit does not download models from web addresses (only the "
+                         f"official names, {names.split(', ')[0]} ..., and s3:// or gs:// objects); download it and "
+                         f"give its path")
     if given is not None:
         p = Path(given).expanduser()
         if p.exists():
