@@ -84,7 +84,7 @@ def test_the_shared_defaults_are_the_declared_ones() -> None:
     (lambda: DetectorConfig(imgsz=(640, 99999)), "--imgsz must be in [1, 16384], got 99999"),  # the element
     (lambda: DetectorConfig(classes=(0, -1)), "--classes must be at least 0, got -1"),  # was "got (0, -1)"
     (lambda: DetectorConfig(vid_stride=0), "--vid-stride must be at least 1"),
-    (lambda: DetectorConfig(timeout=0), "--stream-timeout must be positive"),
+    (lambda: DetectorConfig(timeout=0), "--stream-timeout must be in (0, 86400]"),
     (lambda: DetectorConfig(pipeline="gpu"), "pipeline must be one of auto, host, device"),
     (lambda: TileOptions(overlap=1.0), "--overlap must be in [0, 1)"),
     (lambda: TileOptions(scales=(1.0, 1.5)), "--tile-scales must be in [0.01, 1]"),

@@ -184,3 +184,19 @@ def test_a_gif_without_its_trailer_is_cut_short(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(body)
         got[name] = cut_short(tmp_path / name)
     assert got == {"whole.gif": False, "padded.gif": False, "cut.gif": True, "half.gif": True, "other.gif": False}
+
+
+def test_a_file_without_a_video_track_says_so(tmp_path: Path) -> None:
+    """An audio-only .mp4 (and one with no tracks) failed as "cannot open the video (corrupt or unsupported codec)",
+    which names neither the reason nor the fix."""
+    from toolkit.io.sources import list_sources, video_frames
+    from toolkit.io.videofile import has_no_video_track
+
+    audio = tmp_path / "voice.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio))
+    video = _ffmpeg_video(tmp_path / "clip.mp4")
+    assert has_no_video_track(audio) and not has_no_video_track(video)
+    assert not has_no_video_track(_ffmpeg_video(tmp_path / "fast.mp4", "-movflags", "+faststart"))
+    ref = list_sources(str(audio)).items[0]
+    reasons = [why for _, _, why in video_frames(ref, str(audio), 1)]
+    assert reasons == ["the file has no video track (audio only, or no tracks at all); give a video with pictures"]

@@ -51,7 +51,7 @@ from toolkit.io.store import (
     read_object,
 )
 from toolkit.io.transfer import FetchContext, FetchLimits, sniff_media
-from toolkit.io.videofile import counts_its_frames, cut_short, lost_frames
+from toolkit.io.videofile import counts_its_frames, cut_short, has_no_video_track, lost_frames
 
 T = TypeVar("T")
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
@@ -688,7 +688,8 @@ def _video_frames(ref: InputRef, path: str, name: str, stride: int
             return
     cap = cv2.VideoCapture(name)
     if not cap.isOpened():
-        yield ref, None, CUT_SHORT_VIDEO if cut_short(path) else "cannot open the video (corrupt or unsupported codec)"
+        yield ref, None, (CUT_SHORT_VIDEO if cut_short(path) else NO_VIDEO_TRACK if has_no_video_track(path)
+                          else "cannot open the video (corrupt or unsupported codec)")
         return
     try:
         native = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -748,6 +749,9 @@ def _video_frames(ref: InputRef, path: str, name: str, stride: int
             yield frame_ref(_kept(n, stride)), None, CUT_SHORT_REST  # frames past it are unknown
     finally:
         cap.release()
+
+
+NO_VIDEO_TRACK = "the file has no video track (audio only, or no tracks at all); give a video with pictures"
 
 
 def _kept(n: int, stride: int) -> int:

@@ -251,6 +251,42 @@ def _box(f: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | No
     return None
 
 
+MAX_MOOV_BYTES = 64 << 20  # the moov box read at most, to look at its tracks
+
+
+def has_no_video_track(path: str | Path) -> bool:
+    """Whether the file at ``path`` is an MP4 or MOV whose movie holds no video track (an audio-only .mp4, or one
+    with no tracks at all): OpenCV's "cannot open" said "corrupt or unsupported codec" of it. False where it has one,
+    is another container, or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+            if head[4:8] != b"ftyp":
+                return False
+            moov = _box(f, 0, size, b"moov")
+            if moov is None or moov[1] - moov[0] > MAX_MOOV_BYTES:
+                return False
+            f.seek(moov[0])
+            data = f.read(moov[1] - moov[0])
+    except OSError:
+        return False
+    pos = 0
+    for _ in range(MAX_BOXES):
+        box = box_at(data, pos)
+        if box is None:
+            return True
+        kind, content, end = box
+        if kind == b"trak" and b"hdlr" in data[content:end]:
+            at = data.index(b"hdlr", content, end)  # hdlr: size, type, version+flags, pre_defined, handler_type
+            if data[at + 12:at + 16] == b"vide":
+                return False
+        pos = end
+        if pos >= len(data):
+            return True
+    return False
+
+
 def is_avi(head: bytes) -> bool:
     """Whether a file's first 12 bytes are an AVI file's (a RIFF file of form ``AVI ``)."""
     return head[:4] == b"RIFF" and head[8:12] == b"AVI "

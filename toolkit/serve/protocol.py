@@ -327,7 +327,8 @@ def _tensor_params(value: Any, where: str, known: tuple[str, ...]) -> dict[str, 
     """An input's or a requested output's ``parameters``, refused in one line when they hold one this server does not
     implement: ignored, it looked taken (an output asked as a classification came back whole, with 200)."""
     params = _params(value, where)
-    for key in params:
+    order = list(_NOT_OFFERED)  # one answer whatever order the parameters came in (a gRPC map has none)
+    for key in sorted(params, key=lambda k: (order.index(k) if k in _NOT_OFFERED else len(order), k)):
         if key in known:
             continue
         extension = _NOT_OFFERED.get(key)
