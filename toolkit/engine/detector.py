@@ -200,18 +200,20 @@ def _check_counts(least: int, **counts: Any) -> None:
             raise InputError(f"{name} takes a whole number, at least {least}, got {value!r}")
 
 
+# the kinds predict_iter's arguments take, and how a refusal says them
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "keep_images": ((bool, np.bool_), "True or False"), "crops": ((bool, np.bool_), "True or False"),
+    "fast_decode": ((bool, np.bool_, type(None)), "True, False or None"),
+    "style": ((AnnotateStyle, type(None)), "an AnnotateStyle"), "plan": ((Plan, type(None)), "a Plan"),
+    "mode": ((str,), "thread, process or auto")}
+
+
 def _check_kinds(**given: Any) -> None:
     """:class:`InputError` for an argument of ``predict_iter`` of the wrong kind (``keep_images='yes'`` was taken as
     true; ``style='x'`` failed every input with an AttributeError inside a worker)."""
-    kinds: dict[str, tuple[type | None, ...]] = {"keep_images": (bool, np.bool_), "crops": (bool, np.bool_),
-                                                  "fast_decode": (bool, np.bool_, type(None)),
-                                                  "style": (AnnotateStyle, type(None)), "plan": (Plan, type(None)),
-                                                  "mode": (str,)}
     for name, value in given.items():
-        allowed = tuple(k for k in kinds[name] if k is not None)
-        if not isinstance(value, allowed):
-            wants = {"keep_images": "True or False", "crops": "True or False", "fast_decode": "True, False or None",
-                     "style": "an AnnotateStyle", "plan": "a Plan", "mode": "thread, process or auto"}[name]
+        kinds, wants = _KINDS[name]
+        if not isinstance(value, kinds):
             raise InputError(f"{name} takes {wants}, got {value!r:.60}")
 
 

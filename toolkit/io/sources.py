@@ -49,6 +49,7 @@ from toolkit.io.store import (
     local_path,
     outside,
     read_object,
+    store_name,
 )
 from toolkit.io.transfer import FetchContext, FetchLimits, sniff_media
 from toolkit.io.videofile import counts_its_frames, cut_short, has_no_video_track, lost_frames
@@ -356,8 +357,7 @@ def _unique_key(key: str, path: str, taken: _Taken) -> str:
     twice) ``photo.png`` then ``photo.png_2`` ...: each input gets its own outputs and manifest line. The key is
     first spelt as the run folder will name its outputs (a store's ``a//b`` and ``./c``, a file named ``a\\b``: the
     outputs of ``a/b`` and ``c``, which two inputs wrote over each other, both recorded)."""
-    parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".")]
-    key = "/".join(parts) if parts else key
+    key = store_name(key)
     out = key
     if out in taken:
         base = key + os.path.splitext(path)[1]

@@ -125,7 +125,13 @@ def _safe_name(name: str) -> str:
     """A name inside a store: relative, no ``..`` segment (a manifest line cannot point outside its run folder)."""
     if outside(name):
         raise OutputError(f"{name!r}: not a name inside the run folder")
-    return "/".join(_parts(name))
+    return store_name(name)
+
+
+def store_name(name: str) -> str:
+    """``name`` as a run folder spells it (``a//b``, ``./c`` and ``a\\b`` are ``a/b``, ``c`` and ``a/b``); a name of
+    nothing at all as it is."""
+    return "/".join(_parts(name)) or name
 
 
 def outside(name: str) -> bool:

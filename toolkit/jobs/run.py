@@ -309,7 +309,7 @@ def run(opts: RunOptions, progress: ProgressFn | None = None, detector: Detector
     return summary
 
 
-def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOptions | None = None) -> None:
+def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOptions) -> None:
     """Keep a run's inputs apart from run folders' outputs, and its outputs off its inputs.
 
     Files that a run folder's records list as its outputs (annotated images and videos, crops) are set aside, with a
@@ -378,7 +378,6 @@ def _apart_from_run_folder(sources: SourceList, folder: RunFolder, save: SaveOpt
         path = real(r.path)
         if path.startswith(run_real + os.sep):
             inside[os.path.relpath(path, run_real)] = r.path
-    save = save or SaveOptions()
     cropped = next((p for n, p in inside.items() if n.split(os.sep, 1)[0] == "crops"), None)
     if cropped is not None and save.save_crop:
         raise InputError(f"{own}: the run folder holds SOURCE's input {cropped} in its crops folder, where crops "
